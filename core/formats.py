@@ -1,0 +1,126 @@
+"""Turn loaded rows into what trl trains on, and preview exactly what the model sees.
+
+    python -c "from core.formats import preview; from training.config import TrainConfig; print(preview(TrainConfig(), 0))"
+
+SFT rows of any format become prompt/completion pairs: conversational (lists of messages)
+when the tokenizer has a chat template, plain strings otherwise. DAPT text is tokenized,
+concatenated and cut into sliding windows of `block_size` tokens every `stride` tokens.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.data import DataError, detect_format
+
+ROLES = ("system", "user", "assistant")
+
+
+def to_prompt_completion(row: dict, fmt: str, number: int, chat: bool) -> dict:
+    """One SFT row as {"prompt", "completion"}; `number` (1-based) names the row in errors."""
+    if fmt == "messages":
+        prompt, answer = _split_messages(row.get("messages"), number)
+    else:
+        question, answer = _question_answer(row, fmt)
+        prompt = [{"role": "user", "content": question}]
+        if not str(question).strip() or not str(answer).strip():
+            raise DataError(f"row {number}: empty {'prompt' if not str(question).strip() else 'answer'}.")
+    if chat:
+        return {"prompt": prompt, "completion": [{"role": "assistant", "content": str(answer)}]}
+    text = "\n\n".join(m["content"] for m in prompt)
+    return {"prompt": f"Question: {text}\nAnswer:", "completion": f" {answer}"}
+
+
+def _question_answer(row: dict, fmt: str) -> tuple[str, str]:
+    if fmt == "prompt_completion":
+        return row["prompt"], row["completion"]
+    if fmt == "alpaca":
+        extra = (row.get("input") or "").strip()
+        return row["instruction"] + (f"\n\n{extra}" if extra else ""), row["output"]
+    context = (row.get("context") or "").strip()
+    return (f"{context}\n\nQuestion: {row['question']}" if context else row["question"]), row["answer"]
+
+
+def _split_messages(messages, number: int) -> tuple[list[dict], str]:
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"row {number}: 'messages' must be a non-empty list of {{role, content}}.")
+    for i, message in enumerate(messages, 1):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise DataError(f"row {number}, message {i}: missing or unknown role (use {', '.join(ROLES)}).")
+        if not isinstance(message.get("content"), str):
+            raise DataError(f"row {number}, message {i}: 'content' must be text.")
+    if messages[-1]["role"] != "assistant" or len(messages) < 2:
+        raise DataError(f"row {number}: the last message must be the assistant's answer, after a prompt.")
+    prompt = [{"role": m["role"], "content": m["content"]} for m in messages[:-1]]
+    return prompt, messages[-1]["content"]
+
+
+def sft_rows(ds, tokenizer):
+    """A Dataset of prompt/completion rows, validated row by row."""
+    from datasets import Dataset
+
+    fmt = detect_format(ds.column_names)
+    if fmt == "text":
+        raise DataError("SFT needs prompts and answers, but this data has only a 'text' column: "
+                        "use objective=dapt, or map columns (e.g. 'question=Q,answer=A').")
+    chat = bool(tokenizer.chat_template)
+    return Dataset.from_list([to_prompt_completion(row, fmt, i, chat) for i, row in enumerate(ds, 1)])
+
+
+def dapt_windows(ds, tokenizer, block_size: int, stride: int):
+    """Sliding windows over the concatenated corpus, as a Dataset of `input_ids`."""
+    from datasets import Dataset
+
+    if detect_format(ds.column_names) != "text":
+        raise DataError(f"DAPT needs a 'text' column; have {', '.join(ds.column_names)}.")
+    limit = getattr(tokenizer, "model_max_length", 0) or 0
+    if 0 < limit < block_size:
+        raise DataError(f"block_size={block_size} is larger than the model context ({limit} tokens).")
+    stream: list[int] = []
+    for text in ds["text"]:
+        stream += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    starts = range(0, max(len(stream) - block_size, 0) + 1, stride)
+    windows = [stream[s : s + block_size] for s in starts if len(stream[s : s + block_size]) == block_size]
+    if not windows:
+        raise DataError(f"The text has {len(stream)} tokens, fewer than one block of {block_size}.")
+    return Dataset.from_dict({"input_ids": windows})
+
+
+@dataclass
+class Preview:
+    """One example as the model sees it: (text, "trained" | None) segments and counts."""
+
+    segments: list[tuple[str, str | None]]
+    total_tokens: int
+    trained_tokens: int
+    note: str = ""
+
+
+def sft_preview(example: dict, tokenizer) -> Preview:
+    """Mirror trl's tokenization: the completion starts where prompt and full text diverge."""
+    if isinstance(example["prompt"], list):
+        prompt_ids = _ids(tokenizer.apply_chat_template(example["prompt"], add_generation_prompt=True))
+        full_ids = _ids(tokenizer.apply_chat_template(example["prompt"] + example["completion"]))
+    else:
+        prompt_ids = tokenizer(example["prompt"])["input_ids"]
+        full_ids = tokenizer(example["prompt"] + example["completion"] + tokenizer.eos_token)["input_ids"]
+    cut = 0
+    while cut < min(len(prompt_ids), len(full_ids)) and prompt_ids[cut] == full_ids[cut]:
+        cut += 1
+    segments = [(tokenizer.decode(full_ids[:cut]), None), (tokenizer.decode(full_ids[cut:]), "trained")]
+    return Preview(segments, len(full_ids), len(full_ids) - cut)
+
+
+def _ids(encoded):
+    return encoded["input_ids"] if hasattr(encoded, "keys") else list(encoded)
+
+
+def dapt_preview(windows, tokenizer, block_size: int, stride: int) -> Preview:
+    """The first window; the tokens it shares with the next window are marked as overlap."""
+    ids = windows[0]["input_ids"]
+    overlap = block_size - stride
+    head, tail = ids[: block_size - overlap], ids[block_size - overlap :]
+    segments = [(tokenizer.decode(head), "trained")]
+    if tail:
+        segments.append((tokenizer.decode(tail), "trained, overlaps next window"))
+    note = f"{len(windows)} windows of {block_size} tokens, a new one every {stride} tokens."
+    return Preview(segments, len(ids), len(ids), note)

@@ -1,0 +1,63 @@
+"""Where Finetune Lab keeps its files, and the name checks that keep them inside.
+
+Everything lives under one data directory: `$FINETUNE_LAB_HOME`, else `/data/finetune-lab`
+on a Hugging Face Space with persistent storage, else `~/.finetune-lab`.
+
+    python -c "from core.paths import data_dir; print(data_dir())"
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+def data_dir() -> Path:
+    """The root data directory, created on first use."""
+    if os.environ.get("FINETUNE_LAB_HOME"):
+        root = Path(os.environ["FINETUNE_LAB_HOME"])
+    elif os.environ.get("SPACE_ID") and Path("/data").is_dir():
+        root = Path("/data/finetune-lab")
+    else:
+        root = Path.home() / ".finetune-lab"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def models_dir() -> Path:
+    """Cache of converted (GGUF -> safetensors) model folders."""
+    path = data_dir() / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def runs_dir() -> Path:
+    """One sub-folder per training run."""
+    path = data_dir() / "runs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Return `name` if it is a safe single path component, else raise ValueError.
+
+    Allows letters, digits, '.', '_' and '-', starting with a letter or digit; this rules out
+    path traversal ('..'), absolute paths and separators.
+    """
+    if not isinstance(name, str) or not _SAFE_NAME.match(name) or ".." in name:
+        raise ValueError(
+            f"Invalid {what} {name!r}: use 1-96 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit."
+        )
+    return name
+
+
+def finished_runs() -> list[Path]:
+    """Run folders whose training completed: they hold `adapter/` and `manifest.json`.
+
+    `adapter/` is renamed into place only when fully written, so its presence means complete.
+    """
+    runs = [p for p in runs_dir().iterdir() if (p / "adapter").is_dir() and (p / "manifest.json").is_file()]
+    return sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)

@@ -1,0 +1,118 @@
+"""Chat tab: talk to a model, or compare a base model with its tuned adapter side by side.
+
+The handlers here only translate widget values into calls to core.chat and back; they are
+plain functions, so tests call them without a browser. Run the app with `python app.py`.
+"""
+from __future__ import annotations
+
+import gradio as gr
+
+from core.chat import GenerationSettings, attach_tuned, stream_reply
+from core.models import DEFAULT_MODEL, KNOWN_MODELS, load_model, set_threads
+from core.paths import finished_runs
+
+MODES = ("Single", "Compare")
+
+
+def adapter_choices() -> list[str]:
+    """Finished adapters from the data directory, newest first, as folder paths."""
+    return [str(run / "adapter") for run in finished_runs()]
+
+
+def respond(message, base_history, tuned_history, model_name, adapter, mode, *settings_values):
+    """Stream the answer(s) to `message`. Yields (base history, tuned history, status, box)."""
+    base_history, tuned_history = list(base_history or []), list(tuned_history or [])
+    compare = mode == "Compare"
+    try:
+        settings = GenerationSettings(*settings_values)
+        if not str(message or "").strip():
+            raise ValueError("Empty message: type something first.")
+        set_threads(_chat_thread_count())
+        loaded = load_model(model_name or DEFAULT_MODEL)
+        tuned = attach_tuned(loaded, adapter) if compare else None
+    except (ValueError, OSError) as exc:
+        yield base_history, tuned_history, f"⚠️ {exc}", message
+        return
+    status = loaded.describe()
+    runs = [(base_history, loaded, None)]
+    if compare:
+        runs.append((tuned_history, tuned.loaded, tuned.adapter_name))
+    for history, model, adapter_name in runs:
+        history.append({"role": "user", "content": message})
+        history.append({"role": "assistant", "content": ""})
+        try:
+            for reply in stream_reply(model, history[:-1], settings, adapter_name):
+                history[-1]["content"] = reply.text
+                yield base_history, tuned_history, status, ""
+        except ValueError as exc:
+            history[-1]["content"] = f"⚠️ {exc}"
+            yield base_history, tuned_history, f"⚠️ {exc}", ""
+            return
+        side = "tuned" if adapter_name or model is not loaded else "base"
+        status += f" · {side}: {reply.stats}" + (f" · {reply.notice}" if reply.notice else "")
+    yield base_history, tuned_history, status + _training_note(), ""
+
+
+def retry(base_history, tuned_history):
+    """Drop the last exchange from both panes and put its question back in the box."""
+    base_history = list(base_history or [])
+    users = [m for m in base_history if m["role"] == "user"]
+    if not users:
+        return base_history, tuned_history, ""
+    cut = max(i for i, m in enumerate(base_history) if m["role"] == "user")
+    tuned_history = list(tuned_history or [])
+    tuned_cut = [i for i, m in enumerate(tuned_history) if m["role"] == "user"]
+    return base_history[:cut], tuned_history[: tuned_cut[-1]] if tuned_cut else [], users[-1]["content"]
+
+
+def _chat_thread_count() -> int | None:
+    from training.jobs import current_job
+
+    return 1 if current_job() else None
+
+
+def _training_note() -> str:
+    from training.jobs import current_job
+
+    job = current_job()
+    return f" · training job '{job}' is running (chat uses 1 thread)" if job else ""
+
+
+def build() -> None:
+    """Lay out the Chat tab inside the current gr.Blocks."""
+    with gr.Row():
+        model = gr.Dropdown([s.name for s in KNOWN_MODELS], value=DEFAULT_MODEL, label="Model",
+                            allow_custom_value=True, info="A known name, any Hub id or a local folder")
+        mode = gr.Radio(list(MODES), value="Single", label="Mode")
+        adapter = gr.Dropdown(adapter_choices(), label="Adapter (Compare)", allow_custom_value=True,
+                              info="A LoRA/QLoRA adapter folder or a fully fine-tuned model folder")
+        refresh = gr.Button("↻ Adapters", size="sm", scale=0)
+    with gr.Row():
+        base_chat = gr.Chatbot(label="Base model", height=420)
+        tuned_chat = gr.Chatbot(label="Tuned model", height=420, visible=False)
+    box = gr.Textbox(placeholder="Ask something and press Enter", show_label=False, max_lines=8)
+    with gr.Row():
+        send = gr.Button("Send", variant="primary")
+        stop = gr.Button("Stop")
+        again = gr.Button("Retry")
+        clear = gr.Button("Clear")
+    status = gr.Markdown("Models load on first use.")
+    with gr.Accordion("Generation settings", open=False):
+        defaults = GenerationSettings()
+        settings = [
+            gr.Textbox(defaults.system_prompt, label="System prompt (empty = the model's default)"),
+            gr.Slider(0, 2, defaults.temperature, step=0.05, label="Temperature (0 = greedy)"),
+            gr.Slider(0.05, 1, defaults.top_p, step=0.05, label="Top p"),
+            gr.Slider(1, 1024, defaults.max_new_tokens, step=1, label="Max new tokens"),
+            gr.Slider(1, 2, defaults.repetition_penalty, step=0.05, label="Repetition penalty"),
+        ]
+    inputs = [box, base_chat, tuned_chat, model, adapter, mode, *settings]
+    outputs = [base_chat, tuned_chat, status, box]
+    events = [trigger(respond, inputs, outputs, api_name=name)
+              for trigger, name in ((box.submit, "chat"), (send.click, None))]
+    stop.click(None, cancels=events)
+    again.click(retry, [base_chat, tuned_chat], [base_chat, tuned_chat, box]).then(
+        respond, inputs, outputs)
+    clear.click(lambda: ([], [], ""), None, [base_chat, tuned_chat, status])
+    mode.change(lambda m: gr.update(visible=m == "Compare"), mode, tuned_chat)
+    refresh.click(lambda: gr.update(choices=adapter_choices()), None, adapter)

@@ -1,0 +1,66 @@
+"""Trainer callbacks: the JSONL progress log the UI tails, and a clean stop on request.
+
+Each log line: step, max_steps, epoch, loss, eval_loss, learning_rate, tokens_per_s,
+elapsed_s, eta_s. Used by training.run; read by training.jobs.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+
+class JsonlLogger(TrainerCallback):
+    """Append one JSON line per logging event (rank 0 only)."""
+
+    def __init__(self, path: Path, resume: bool = False):
+        self.path = path
+        if not resume:
+            path.write_text("")
+        self.start = time.time()
+        self.first_step = 0
+        self.last_tokens, self.last_time = None, self.start
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start, self.first_step = time.time(), state.global_step
+        self.last_time = self.start
+        if state.global_step == 0:
+            self.last_tokens = 0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        now = time.time()
+        done = state.global_step - self.first_step
+        per_step = (now - self.start) / done if done else None
+        tokens = logs.get("num_tokens")
+        rate = None
+        if tokens is not None and self.last_tokens is not None and now > self.last_time:
+            rate = (tokens - self.last_tokens) / (now - self.last_time)
+        if tokens is not None:
+            self.last_tokens, self.last_time = tokens, now
+        entry = {
+            "step": state.global_step, "max_steps": state.max_steps,
+            "epoch": round(state.epoch or 0, 4), "loss": logs.get("loss"),
+            "eval_loss": logs.get("eval_loss"), "learning_rate": logs.get("learning_rate"),
+            "tokens_per_s": round(rate, 1) if rate else None, "elapsed_s": round(now - self.start, 2),
+            "eta_s": round(per_step * (state.max_steps - state.global_step), 1) if per_step else None,
+            "time": now,
+        }
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+
+
+class StopOnRequest(TrainerCallback):
+    """When the flag is set (SIGTERM), save a checkpoint at the end of this step and stop."""
+
+    def __init__(self, flag: dict):
+        self.flag = flag
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.flag["flag"]:
+            control.should_save = True
+            control.should_training_stop = True
+        return control

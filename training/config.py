@@ -1,0 +1,138 @@
+"""TrainConfig: every setting of a training run, with one help line per field, as YAML.
+
+    python -c "from training.config import load_config; print(load_config('training/recipes/tiny.yaml'))"
+
+The objective decides how rows become tokens (dapt: sliding windows of raw text; sft: answers
+only). The adapter decides the peft/bitsandbytes settings (full, lora, qlora). Nothing else
+branches.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+OBJECTIVES = ("sft", "dapt")
+ADAPTERS = ("lora", "qlora", "full")
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+def _f(default, help: str, **choices):
+    return field(default=default, metadata={"help": help, **choices})
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Field help strings feed the CLI --help and the Train tab's form."""
+
+    model: str = _f("smollm2-135m-instruct", "Base model: a known name, Hub id or local folder")
+    dataset: str = _f("identity", "A bundled dataset (identity, chatterbot, chatterbot:CATEGORY, "
+                      "shakespeare) or a csv/json/jsonl/parquet/txt/md file")
+    columns: str = _f("", "Column mapping when detection guesses wrong, e.g. 'question=Q,answer=A'")
+    objective: str = _f("sft", "sft: learn answers to prompts (loss on answers only); "
+                        "dapt: next-token prediction on raw domain text", choices=OBJECTIVES)
+    adapter: str = _f("lora", "lora: small low-rank adapter; qlora: LoRA on a 4-bit NF4 base; "
+                      "full: update every weight", choices=ADAPTERS)
+    lora_r: int = _f(16, "LoRA rank: adapter capacity")
+    lora_alpha: int = _f(32, "LoRA scale numerator (the update is scaled by alpha / r)")
+    lora_dropout: float = _f(0.0, "LoRA dropout; 0 is best on CPU (dropout doubles step time)")
+    lora_target: str = _f("all-linear", "Modules that get adapters: 'all-linear' or a comma list")
+    quant_type: str = _f("nf4", "QLoRA 4-bit data type", choices=("nf4", "fp4"))
+    double_quant: bool = _f(True, "QLoRA: also quantize the quantization constants")
+    learning_rate: float = _f(2e-4, "Peak learning rate (LoRA ~2e-4, full ~2e-5)")
+    epochs: float = _f(1.0, "Passes over the data (ignored when max_steps > 0)")
+    max_steps: int = _f(-1, "Stop after this many optimizer steps (-1: use epochs)")
+    batch_size: int = _f(4, "Rows per device per step")
+    grad_accum: int = _f(1, "Gradient accumulation steps (effective batch = batch_size x this)")
+    max_length: int = _f(256, "SFT: longest example in tokens; longer ones are truncated")
+    block_size: int = _f(128, "DAPT: context window length in tokens")
+    stride: int = _f(96, "DAPT: step between window starts; < block_size makes windows overlap")
+    packing: bool = _f(True, "SFT: pack rows into full sequences so no pad tokens are computed")
+    eval_fraction: float = _f(0.1, "Share of rows held out for evaluation (perplexity)")
+    max_rows: int = _f(0, "Use at most this many rows (0: all)")
+    save_steps: int = _f(50, "Save a checkpoint every N steps")
+    save_total_limit: int = _f(2, "Keep only the last K checkpoints")
+    eval_steps: int = _f(0, "Evaluate every N steps (0: only before and after training)")
+    logging_steps: int = _f(1, "Log loss every N steps")
+    seed: int = _f(42, "Random seed for the split, shuffling and adapter init")
+    precision: str = _f("auto", "auto: fp32 on CPU, bf16 on a GPU that supports it",
+                        choices=("auto", "fp32", "bf16", "fp16"))
+    gradient_checkpointing: bool = _f(False, "Trade ~25% speed for memory; only when memory binds")
+    threads: int = _f(0, "CPU threads for training (0: all cores)")
+    report_prompts: list = _f(list, "Prompts answered before/after training in the report "
+                              "(empty: chosen from the dataset)")
+    output_name: str = _f("", "Run folder name (empty: objective-adapter-dataset-time)")
+
+    def validate(self) -> "TrainConfig":
+        """Raise ValueError naming the first impossible setting; return self when fine."""
+        for f in fields(self):
+            allowed = f.metadata.get("choices")
+            if allowed and getattr(self, f.name) not in allowed:
+                raise ValueError(f"{f.name}={getattr(self, f.name)!r}: choose one of {', '.join(allowed)}.")
+        if self.adapter == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
+            raise ValueError("adapter=qlora needs bitsandbytes: pip install bitsandbytes.")
+        if self.objective == "dapt" and not 0 < self.stride <= self.block_size:
+            raise ValueError(f"stride={self.stride} must be between 1 and block_size={self.block_size}.")
+        if not 0 <= self.eval_fraction < 0.5:
+            raise ValueError(f"eval_fraction={self.eval_fraction} must be in [0, 0.5).")
+        for name in ("lora_r", "batch_size", "grad_accum", "max_length", "block_size", "save_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1.")
+        if self.max_steps < 1 and self.epochs <= 0:
+            raise ValueError("Set max_steps > 0 or epochs > 0.")
+        if self.output_name:
+            from core.paths import check_name
+            check_name(self.output_name, "output_name")
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(asdict(self), sort_keys=False)
+
+
+def field_help() -> dict[str, str]:
+    """Field name -> help line, for forms and --help."""
+    return {f.name: f.metadata["help"] for f in fields(TrainConfig)}
+
+
+def config_from_dict(values: dict) -> TrainConfig:
+    """Build and validate a TrainConfig; unknown keys are an error that names them."""
+    known = {f.name: f for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"Unknown setting(s): {', '.join(unknown)}. Known: {', '.join(known)}.")
+    cfg = TrainConfig(**{k: _coerce(known[k], v) for k, v in values.items()})
+    return cfg.validate()
+
+
+def _coerce(f, value):
+    """YAML and forms give strings where numbers are meant: cast to the field's type."""
+    if f.type == "list":
+        return [str(v) for v in value] if isinstance(value, list) else [
+            line for line in str(value or "").splitlines() if line.strip()]
+    if f.type == "bool":
+        return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
+    if f.type in ("int", "float"):
+        try:
+            return int(float(value)) if f.type == "int" else float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{f.name}={value!r} is not a number.") from None
+    return "" if value is None else str(value)
+
+
+def load_config(path: str | Path, **overrides) -> TrainConfig:
+    """Read a recipe YAML (a path or a recipe name) and apply overrides."""
+    path = Path(path)
+    if not path.exists() and (RECIPES_DIR / f"{path.name}.yaml").exists():
+        path = RECIPES_DIR / f"{path.name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"Recipe {path} not found; bundled: {', '.join(list_recipes())}.")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must be a YAML mapping of setting: value.")
+    return config_from_dict({**values, **overrides})
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))

@@ -1,0 +1,76 @@
+"""Evaluation: held-out perplexity before/after training, and the before/after report.
+
+    python -m training.evaluate RUN_DIR      # (re)write report.json and report.md for a run
+
+The report answers a fixed list of prompts greedily with the base and the tuned model,
+using the same compare machinery as the Chat tab (one copy of the base weights for LoRA).
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+DEFAULT_PROMPTS = {
+    "identity": ["Who are you?", "What is your name?", "Who made you?"],
+    "shakespeare": ["To be, or not to be,", "Now is the winter of our discontent", "O Romeo, Romeo,"],
+}
+GENERIC_PROMPTS = ["What is the capital of France?", "Give me one tip for learning to code."]
+
+
+def perplexity(trainer) -> float:
+    """exp(mean eval loss) on the held-out split."""
+    return round(math.exp(trainer.evaluate()["eval_loss"]), 3)
+
+
+def load_scores(run_dir: Path) -> dict:
+    path = run_dir / "eval.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def save_scores(run_dir: Path, scores: dict) -> None:
+    (run_dir / "eval.json").write_text(json.dumps(scores, indent=2))
+
+
+def report_prompts(cfg) -> list[str]:
+    if cfg.report_prompts:
+        return list(cfg.report_prompts)
+    return DEFAULT_PROMPTS.get(cfg.dataset, GENERIC_PROMPTS)
+
+
+def before_after_report(cfg, run_dir: Path, tokenizer=None, max_new_tokens: int = 48) -> list[dict]:
+    """Answer each prompt with base and tuned; write report.json and report.md; return rows."""
+    from core.chat import GenerationSettings, attach_tuned, stream_reply
+    from core.models import load_model
+
+    base = load_model(cfg.model)
+    tuned = attach_tuned(base, str(run_dir / "adapter"))
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, raw_text=cfg.objective == "dapt")
+    rows = []
+    for prompt in report_prompts(cfg):
+        messages = [{"role": "user", "content": prompt}]
+        answers = {}
+        for side, model, adapter in (("base", base, None), ("tuned", tuned.loaded, tuned.adapter_name)):
+            *_, last = stream_reply(model, messages, settings, adapter)
+            answers[side] = last.text.strip()
+        rows.append({"prompt": prompt, **answers})
+    (run_dir / "report.json").write_text(json.dumps(rows, indent=2))
+    (run_dir / "report.md").write_text(report_markdown(rows, cfg))
+    return rows
+
+
+def report_markdown(rows: list[dict], cfg) -> str:
+    lines = [f"# Before/after: {cfg.objective.upper()} + {cfg.adapter.upper()} on {cfg.dataset}", ""]
+    for row in rows:
+        lines += [f"### {row['prompt']}", "", f"**Base:** {row['base']}", "",
+                  f"**Tuned:** {row['tuned']}", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    from training.config import load_config
+
+    folder = Path(sys.argv[1])
+    before_after_report(load_config(folder / "config.yaml"), folder)
+    print((folder / "report.md").read_text())

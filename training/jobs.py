@@ -1,0 +1,200 @@
+"""Start, stop, resume and attach to the training subprocess; read its run folder.
+
+    python -c "from training.jobs import list_runs; print(list_runs())"
+
+A job is `python -m training.run --run-dir RUN` in its own session (so a UI crash or reload
+never kills it, and the UI never dies with it). All state lives in the run folder: job.json
+(pid, command), log.jsonl, status.json (written by the run when it ends), stderr.log.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.paths import check_name, runs_dir
+from training.config import TrainConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class JobBusy(RuntimeError):
+    """Another training job is running; one runs at a time."""
+
+
+def default_run_name(cfg: TrainConfig) -> str:
+    data = Path(cfg.dataset).stem.replace(":", "-") or "data"
+    return check_name(f"{cfg.objective}-{cfg.adapter}-{data}-{time.strftime('%Y%m%d-%H%M%S')}", "run name")
+
+
+def command_for(run_dir: Path, resume: bool = False) -> list[str]:
+    """The exact command the job runs; the UI shows it as the CLI equivalent."""
+    cmd = [sys.executable, "-m", "training.run", "--run-dir", str(run_dir)]
+    return cmd + (["--resume"] if resume else ["--config", str(run_dir / "config.yaml")])
+
+
+def start(cfg: TrainConfig, threads: int | None = None, resume_dir: Path | None = None) -> Path:
+    """Launch a run (or resume one) as a detached subprocess; raise JobBusy if one is live."""
+    busy = current_job()
+    if busy:
+        raise JobBusy(f"Training job '{busy}' is still running: stop it or wait for it to finish.")
+    cfg.validate()
+    run_dir = resume_dir or runs_dir() / check_name(cfg.output_name or default_run_name(cfg), "run name")
+    if resume_dir is None and run_dir.exists():
+        raise ValueError(f"A run named '{run_dir.name}' already exists: pick another output_name.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    (run_dir / "status.json").unlink(missing_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    cmd = command_for(run_dir, resume=resume_dir is not None)
+    with open(run_dir / "stderr.log", "ab") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=err, stderr=err,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    (run_dir / "job.json").write_text(json.dumps({"pid": proc.pid, "command": cmd, "started": time.time()}))
+    return run_dir
+
+
+def resume(name: str, threads: int | None = None) -> Path:
+    """Continue a stopped or crashed run from its last checkpoint."""
+    from training.config import load_config
+
+    run_dir = run_path(name)
+    if read_status(run_dir).state == "completed":
+        raise ValueError(f"Run '{name}' already completed.")
+    return start(load_config(run_dir / "config.yaml"), threads, resume_dir=run_dir)
+
+
+def stop(name: str) -> bool:
+    """Ask a running job to save a checkpoint and stop (SIGTERM). False if it was not running."""
+    pid = _live_pid(run_path(name))
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    return True
+
+
+def wait(name: str, timeout: float = 600) -> "RunStatus":
+    """Block until the job ends (for tests and the CLI); return its final status."""
+    deadline = time.time() + timeout
+    while _live_pid(run_path(name)) and time.time() < deadline:
+        time.sleep(0.5)
+    return read_status(run_path(name))
+
+
+def run_path(name: str) -> Path:
+    path = runs_dir() / check_name(name, "run name")
+    if not path.is_dir():
+        raise ValueError(f"No run named '{name}'.")
+    return path
+
+
+def _live_pid(run_dir: Path) -> int | None:
+    try:
+        pid = json.loads((run_dir / "job.json").read_text())["pid"]
+    except (OSError, ValueError, KeyError):
+        return None
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)  # reap our own finished child
+        if waited == pid:
+            return None
+    except ChildProcessError:
+        pass  # not our child (started by an earlier UI process)
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return None
+    return pid if _is_training(pid) else None
+
+
+def _is_training(pid: int) -> bool:
+    """Guard against pid reuse: the process must be a training.run."""
+    try:
+        return b"training.run" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc (macOS): trust kill(pid, 0)
+
+
+def current_job() -> str | None:
+    """The name of the running job, if any."""
+    for run_dir in runs_dir().iterdir():
+        if (run_dir / "job.json").is_file() and _live_pid(run_dir):
+            return run_dir.name
+    return None
+
+
+@dataclass
+class RunStatus:
+    """Everything the UI shows about a run, read from its folder."""
+
+    name: str
+    state: str  # running | completed | stopped | failed | crashed
+    step: int = 0
+    max_steps: int = 0
+    eta_s: float | None = None
+    tokens_per_s: float | None = None
+    log: list = field(default_factory=list)
+    manifest: dict = field(default_factory=dict)
+    error: str = ""
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    path = run_dir / "log.jsonl"
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip().endswith("}")]
+
+
+def read_status(run_dir: Path) -> RunStatus:
+    """Attach to a run: works the same from a fresh UI process or after a page reload."""
+    log = read_log(run_dir)
+    last = next((e for e in reversed(log) if e.get("loss") is not None), log[-1] if log else {})
+    status = _read_json(run_dir / "status.json")
+    if _live_pid(run_dir):
+        state = "running"
+    elif status:
+        state = status["state"]
+    else:
+        state = "crashed" if (run_dir / "job.json").is_file() else "unknown"
+    error = status.get("error", "")
+    if state in ("crashed", "failed") and not error:
+        error = _tail(run_dir / "stderr.log")
+    return RunStatus(run_dir.name, state, last.get("step", 0), last.get("max_steps", 0),
+                     last.get("eta_s"), last.get("tokens_per_s"), log,
+                     _read_json(run_dir / "manifest.json"), error)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def list_runs() -> list[RunStatus]:
+    """Every run folder, newest first."""
+    folders = sorted(runs_dir().iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+    return [read_status(p) for p in folders if p.is_dir() and (p / "config.yaml").is_file()]
+
+
+def delete(name: str) -> None:
+    """Delete a run folder; refuses while the run is live."""
+    run_dir = run_path(name)
+    if _live_pid(run_dir):
+        raise JobBusy(f"Run '{name}' is running: stop it first.")
+    shutil.rmtree(run_dir)

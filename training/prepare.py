@@ -1,0 +1,56 @@
+"""From a TrainConfig to train/eval datasets, and the preview of one example.
+
+    python -c "from training.prepare import preview; from training.config import TrainConfig; print(preview(TrainConfig(), 0))"
+"""
+from __future__ import annotations
+
+from core.data import DataError, load_rows
+from core.formats import Preview, dapt_preview, dapt_windows, sft_preview, sft_rows
+
+MAX_EVAL_EXAMPLES = 128  # perplexity on more than this costs minutes on a CPU and adds little
+
+
+def load_tokenizer(model: str):
+    from transformers import AutoTokenizer
+
+    from core.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model), trust_remote_code=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def build_examples(cfg, tokenizer):
+    """All examples for `cfg`: prompt/completion rows (SFT) or token windows (DAPT)."""
+    rows = load_rows(cfg.dataset, cfg.columns)
+    if cfg.max_rows:
+        rows = rows.shuffle(seed=cfg.seed).select(range(min(cfg.max_rows, len(rows))))
+    if cfg.objective == "dapt":
+        return dapt_windows(rows, tokenizer, cfg.block_size, cfg.stride)
+    return sft_rows(rows, tokenizer)
+
+
+def split_examples(examples, cfg):
+    """(train, eval or None), split with the config's seed."""
+    if cfg.eval_fraction <= 0:
+        return examples, None
+    n_eval = min(MAX_EVAL_EXAMPLES, max(1, round(len(examples) * cfg.eval_fraction)))
+    if len(examples) - n_eval < 1:
+        raise DataError(
+            f"Only {len(examples)} example(s): too few for eval_fraction={cfg.eval_fraction}. "
+            "Add data or set eval_fraction to 0."
+        )
+    split = examples.train_test_split(test_size=n_eval, seed=cfg.seed)
+    return split["train"], split["test"]
+
+
+def preview(cfg, row: int = 0, tokenizer=None) -> Preview:
+    """Exactly what the model sees for example `row`, with the trained-on part marked."""
+    tokenizer = tokenizer or load_tokenizer(cfg.model)
+    examples = build_examples(cfg, tokenizer)
+    if cfg.objective == "dapt":
+        return dapt_preview(examples, tokenizer, cfg.block_size, cfg.stride)
+    if not 0 <= row < len(examples):
+        raise DataError(f"Row {row} is out of range: the data has {len(examples)} rows.")
+    return sft_preview(examples[row], tokenizer)
