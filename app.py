@@ -23,7 +23,8 @@ def build_app() -> gr.Blocks:
     with gr.Blocks(title="Finetune Lab") as demo:
         gr.Markdown("# Finetune Lab\nChat with, fine-tune and explore small language models.")
         with gr.Tab("Chat"):
-            chat.build()
+            adapter_picker = chat.build()
+        demo.load(chat.refresh_adapters, None, adapter_picker, api_name=False)
     # Generation is CPU-bound: more than 2 concurrent streams only slows every one of them.
     demo.queue(default_concurrency_limit=2, max_size=64)
     return demo

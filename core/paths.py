@@ -1,7 +1,8 @@
 """Where Finetune Lab keeps its files, and the name checks that keep them inside.
 
 Everything lives under one data directory: `$FINETUNE_LAB_HOME`, else `/data/finetune-lab`
-on a Hugging Face Space with persistent storage, else `~/.finetune-lab`.
+on a Hugging Face Space with persistent storage, else `~/.finetune-lab`. The converted-model
+cache may live elsewhere (`$FINETUNE_LAB_MODELS`), so tests can share it across data dirs.
 
     python -c "from core.paths import data_dir; print(data_dir())"
 """
@@ -27,8 +28,9 @@ def data_dir() -> Path:
 
 
 def models_dir() -> Path:
-    """Cache of converted (GGUF -> safetensors) model folders."""
-    path = data_dir() / "models"
+    """Cache of converted (GGUF -> safetensors) model folders ($FINETUNE_LAB_MODELS overrides)."""
+    override = os.environ.get("FINETUNE_LAB_MODELS")
+    path = Path(override) if override else data_dir() / "models"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -19,12 +19,25 @@ def adapter_choices() -> list[str]:
     return [str(run / "adapter") for run in finished_runs()]
 
 
-def respond(message, base_history, tuned_history, model_name, adapter, mode, *settings_values):
+def plain_history(history) -> list[dict]:
+    """Chatbot messages as {role, content: str}; Gradio 6 may send content as a list of parts."""
+    def text(content):
+        if isinstance(content, str):
+            return content
+        parts = content if isinstance(content, list) else [content]
+        return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in parts)
+
+    return [{"role": m["role"], "content": text(m["content"])} for m in history or []]
+
+
+def respond(message, base_history, tuned_history, model_name, adapter, mode, system_prompt="",
+            temperature=0.0, top_p=0.9, max_new_tokens=256, repetition_penalty=1.1):
     """Stream the answer(s) to `message`. Yields (base history, tuned history, status, box)."""
-    base_history, tuned_history = list(base_history or []), list(tuned_history or [])
+    base_history, tuned_history = plain_history(base_history), plain_history(tuned_history)
     compare = mode == "Compare"
     try:
-        settings = GenerationSettings(*settings_values)
+        settings = GenerationSettings(system_prompt or "", float(temperature), float(top_p),
+                                      int(max_new_tokens), float(repetition_penalty))
         if not str(message or "").strip():
             raise ValueError("Empty message: type something first.")
         set_threads(_chat_thread_count())
@@ -55,12 +68,12 @@ def respond(message, base_history, tuned_history, model_name, adapter, mode, *se
 
 def retry(base_history, tuned_history):
     """Drop the last exchange from both panes and put its question back in the box."""
-    base_history = list(base_history or [])
+    base_history = plain_history(base_history)
     users = [m for m in base_history if m["role"] == "user"]
     if not users:
         return base_history, tuned_history, ""
     cut = max(i for i, m in enumerate(base_history) if m["role"] == "user")
-    tuned_history = list(tuned_history or [])
+    tuned_history = plain_history(tuned_history)
     tuned_cut = [i for i, m in enumerate(tuned_history) if m["role"] == "user"]
     return base_history[:cut], tuned_history[: tuned_cut[-1]] if tuned_cut else [], users[-1]["content"]
 
@@ -78,25 +91,29 @@ def _training_note() -> str:
     return f" · training job '{job}' is running (chat uses 1 thread)" if job else ""
 
 
-def build() -> None:
-    """Lay out the Chat tab inside the current gr.Blocks."""
+def refresh_adapters():
+    return gr.update(choices=adapter_choices())
+
+
+def build() -> gr.Dropdown:
+    """Lay out the Chat tab inside the current gr.Blocks; return the adapter picker."""
     with gr.Row():
         model = gr.Dropdown([s.name for s in KNOWN_MODELS], value=DEFAULT_MODEL, label="Model",
                             allow_custom_value=True, info="A known name, any Hub id or a local folder")
         mode = gr.Radio(list(MODES), value="Single", label="Mode")
-        adapter = gr.Dropdown(adapter_choices(), label="Adapter (Compare)", allow_custom_value=True,
+        adapter = gr.Dropdown([], value=None, label="Adapter (Compare)", allow_custom_value=True, elem_id="adapter-picker",
                               info="A LoRA/QLoRA adapter folder or a fully fine-tuned model folder")
         refresh = gr.Button("↻ Adapters", size="sm", scale=0)
     with gr.Row():
-        base_chat = gr.Chatbot(label="Base model", height=420)
-        tuned_chat = gr.Chatbot(label="Tuned model", height=420, visible=False)
+        base_chat = gr.Chatbot(label="Base model", height=420, elem_id="base-chat")
+        tuned_chat = gr.Chatbot(label="Tuned model", height=420, visible=False, elem_id="tuned-chat")
     box = gr.Textbox(placeholder="Ask something and press Enter", show_label=False, max_lines=8)
     with gr.Row():
         send = gr.Button("Send", variant="primary")
         stop = gr.Button("Stop")
         again = gr.Button("Retry")
         clear = gr.Button("Clear")
-    status = gr.Markdown("Models load on first use.")
+    status = gr.Markdown("Models load on first use.", elem_id="chat-status")
     with gr.Accordion("Generation settings", open=False):
         defaults = GenerationSettings()
         settings = [
@@ -115,4 +132,5 @@ def build() -> None:
         respond, inputs, outputs)
     clear.click(lambda: ([], [], ""), None, [base_chat, tuned_chat, status])
     mode.change(lambda m: gr.update(visible=m == "Compare"), mode, tuned_chat)
-    refresh.click(lambda: gr.update(choices=adapter_choices()), None, adapter)
+    refresh.click(refresh_adapters, None, adapter, api_name=False)
+    return adapter

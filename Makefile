@@ -1,0 +1,16 @@
+# The two commands that set up a fresh machine:
+#   make run    install everything and start the app on http://127.0.0.1:7860
+#   make test   install everything (Chromium included) and run the whole test suite
+.PHONY: run test bench
+
+run:
+	bash setup.sh
+	.venv/bin/python app.py
+
+test:
+	bash setup.sh --test
+	GRADIO_ANALYTICS_ENABLED=False HF_HUB_DISABLE_TELEMETRY=1 .venv/bin/python -m pytest -q -rs --durations=15
+
+bench:
+	.venv/bin/python bench/bench_chat.py
+	.venv/bin/python bench/bench_train.py

@@ -1,0 +1,83 @@
+"""Finetune Lab from the command line: the same functions the UI calls.
+
+    python cli.py chat "What is the capital of France?"
+    python cli.py chat --adapter RUN/adapter --compare "Who are you?"
+    python cli.py train --config training/recipes/sft_lora.yaml [--max_steps 20 ...]
+    python cli.py runs
+
+Heavy libraries are imported inside each command, so `--help` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def cmd_chat(args) -> int:
+    from core.chat import GenerationSettings, attach_tuned, stream_reply
+    from core.models import ModelError, load_model
+
+    settings = GenerationSettings(temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                                  system_prompt=args.system or "")
+    messages = [{"role": "user", "content": args.prompt}]
+    try:
+        base = load_model(args.model)
+        sides = [("base", base, None)]
+        if args.adapter:
+            tuned = attach_tuned(base, args.adapter)
+            sides = (sides if args.compare else []) + [("tuned", tuned.loaded, tuned.adapter_name)]
+        for label, model, adapter in sides:
+            if len(sides) > 1:
+                print(f"--- {label} ---")
+            shown = 0
+            for reply in stream_reply(model, messages, settings, adapter):
+                print(reply.text[shown:], end="", flush=True)
+                shown = len(reply.text)
+            print(f"\n[{reply.stats}]" + (f" [{reply.notice}]" if reply.notice else ""), file=sys.stderr)
+    except ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_train(rest: list[str]) -> int:
+    from training.run import main
+
+    return main(rest)
+
+
+def cmd_runs(args) -> int:
+    from training.jobs import list_runs
+
+    for run in list_runs():
+        metrics = run.manifest.get("perplexity_after")
+        print(f"{run.name:40} {run.state:10} step {run.step}/{run.max_steps} ppl_after={metrics}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cli.py", description="Finetune Lab command line.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    chat = sub.add_parser("chat", help="stream a reply from a model (and its adapter)")
+    chat.add_argument("prompt")
+    chat.add_argument("--model", default="smollm2-135m-instruct", help="known name, Hub id or folder")
+    chat.add_argument("--adapter", help="LoRA adapter folder or fully fine-tuned model folder")
+    chat.add_argument("--compare", action="store_true", help="answer with base and tuned")
+    chat.add_argument("--temperature", type=float, default=0.0)
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    chat.add_argument("--system", help="system prompt")
+    sub.add_parser("train", help="train a run: same flags as python -m training.run", add_help=False)
+    sub.add_parser("runs", help="list training runs")
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:
+        return cmd_train(argv[1:])
+    args = build_parser().parse_args(argv)
+    return {"chat": cmd_chat, "runs": cmd_runs}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

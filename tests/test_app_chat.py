@@ -1,0 +1,93 @@
+"""The real app server driven by gradio_client: streaming chat, compare, isolation between clients."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def chat_args(message, history=(), mode="Single", adapter=None, max_new_tokens=24):
+    return dict(message=message, base_history=list(history), tuned_history=[],
+                model_name="smollm2-135m-instruct", adapter=adapter, mode=mode,
+                system_prompt="", temperature=0.0, top_p=0.9, max_new_tokens=max_new_tokens,
+                repetition_penalty=1.1, api_name="/chat")
+
+
+def text_of(message):
+    content = message["content"]
+    return content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
+
+
+def test_chat_streams_over_the_api(app_server):
+    from gradio_client import Client
+
+    job = Client(app_server, verbose=False).submit(**chat_args("What is the capital of France?"))
+    updates = []
+    while not job.done():
+        updates = job.outputs()
+        time.sleep(0.05)
+    updates = job.outputs()
+    assert len(updates) >= 3, "the reply should arrive in several streamed updates"
+    base, tuned, status, box = updates[-1]
+    assert "Paris" in text_of(base[-1]) and base[-1]["role"] == "assistant"
+    assert "tok/s" in status and box == ""
+
+
+def test_two_clients_keep_their_own_history(app_server):
+    from gradio_client import Client
+
+    results = {}
+
+    def converse(name, first, second):
+        client = Client(app_server, verbose=False)
+        base, *_ = client.predict(**chat_args(first))
+        base, *_ = client.predict(**chat_args(second, history=base))
+        results[name] = [text_of(m) for m in base if m["role"] == "user"]
+
+    threads = [threading.Thread(target=converse, args=("a", "My name is Ada.", "What is 2+2?")),
+               threading.Thread(target=converse, args=("b", "I like tea.", "Name a color."))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert results["a"] == ["My name is Ada.", "What is 2+2?"]
+    assert results["b"] == ["I like tea.", "Name a color."]
+
+
+def test_compare_gives_two_different_answers(app_server, tiny_run):
+    from gradio_client import Client
+
+    base, tuned, status, _ = Client(app_server, verbose=False).predict(
+        **chat_args("Who are you?", mode="Compare", adapter=str(tiny_run / "adapter"), max_new_tokens=32))
+    assert text_of(base[-1]) and text_of(tuned[-1])
+    assert text_of(base[-1]) != text_of(tuned[-1])
+    assert "Lumen" in text_of(tuned[-1]) and "tuned" in status
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    (dict(message="hi", model_name="nobody/nothing-here"), "not in the HF cache"),
+    (dict(message="   "), "Empty message"),
+    (dict(message="hi", mode="Compare", adapter="/no/such/adapter"), "does not exist"),
+])
+def test_bad_inputs_show_a_message_not_a_traceback(app_server, kwargs, expected, monkeypatch):
+    from gradio_client import Client
+
+    args = {**chat_args("x"), **kwargs}
+    *_, status, _ = Client(app_server, verbose=False).predict(**args)
+    assert expected in status and "Traceback" not in status
+
+
+def test_cli_help_is_instant_and_chat_streams():
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "cli.py", "--help"], cwd=ROOT, check=True, capture_output=True)
+    assert time.perf_counter() - start < 3
+    out = subprocess.run([sys.executable, "cli.py", "chat", "--max-new-tokens", "16",
+                          "What is the capital of France?"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and "Paris" in out.stdout

