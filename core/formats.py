@@ -66,15 +66,14 @@ def sft_rows(ds, tokenizer):
     return Dataset.from_list([to_prompt_completion(row, fmt, i, chat) for i, row in enumerate(ds, 1)])
 
 
-def dapt_windows(ds, tokenizer, block_size: int, stride: int):
+def dapt_windows(ds, tokenizer, block_size: int, stride: int, context_length: int):
     """Sliding windows over the concatenated corpus, as a Dataset of `input_ids`."""
     from datasets import Dataset
 
     if detect_format(ds.column_names) != "text":
         raise DataError(f"DAPT needs a 'text' column; have {', '.join(ds.column_names)}.")
-    limit = getattr(tokenizer, "model_max_length", 0) or 0
-    if 0 < limit < block_size:
-        raise DataError(f"block_size={block_size} is larger than the model context ({limit} tokens).")
+    if block_size > context_length:
+        raise DataError(f"block_size={block_size} is larger than the model context ({context_length} tokens).")
     stream: list[int] = []
     for text in ds["text"]:
         stream += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]

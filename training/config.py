@@ -20,6 +20,8 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 
 
 def _f(default, help: str, **choices):
+    if default is list:
+        return field(default_factory=list, metadata={"help": help, **choices})
     return field(default=default, metadata={"help": help, **choices})
 
 

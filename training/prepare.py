@@ -27,8 +27,18 @@ def build_examples(cfg, tokenizer):
     if cfg.max_rows:
         rows = rows.shuffle(seed=cfg.seed).select(range(min(cfg.max_rows, len(rows))))
     if cfg.objective == "dapt":
-        return dapt_windows(rows, tokenizer, cfg.block_size, cfg.stride)
+        return dapt_windows(rows, tokenizer, cfg.block_size, cfg.stride, context_length(cfg.model))
     return sft_rows(rows, tokenizer)
+
+
+def context_length(model: str) -> int:
+    """The model's maximum sequence length, read from its config (no weights loaded)."""
+    from transformers import AutoConfig
+
+    from core.models import resolve_model
+
+    config = AutoConfig.from_pretrained(resolve_model(model), trust_remote_code=False)
+    return int(getattr(config, "max_position_embeddings", 2048))
 
 
 def split_examples(examples, cfg):

@@ -1,0 +1,166 @@
+"""Data loading, format detection, column mapping, conversion, preview, and bad inputs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.data import DataError, detect_format, load_rows
+from core.formats import dapt_windows, sft_preview, sft_rows
+from training.config import TrainConfig, config_from_dict, load_config
+from training.prepare import build_examples, load_tokenizer, preview, split_examples
+
+ROWS = {
+    "text": {"text": "Some raw domain text."},
+    "messages": {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]},
+    "prompt_completion": {"prompt": "2+2?", "completion": "4"},
+    "alpaca": {"instruction": "Add", "input": "2 and 2", "output": "4"},
+    "qa": {"question": "Capital of France?", "answer": "Paris", "context": "Europe"},
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("smollm2-135m-instruct")
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.mark.parametrize("fmt", list(ROWS))
+def test_each_format_is_detected_from_a_file(tmp_path, fmt):
+    ds = load_rows(write_jsonl(tmp_path / "d.jsonl", [ROWS[fmt]] * 3))
+    assert detect_format(ds.column_names) == fmt
+
+
+@pytest.mark.parametrize("fmt", [f for f in ROWS if f != "text"])
+def test_each_sft_format_becomes_prompt_completion(tmp_path, fmt, tokenizer):
+    ds = load_rows(write_jsonl(tmp_path / "d.jsonl", [ROWS[fmt]]))
+    row = sft_rows(ds, tokenizer)[0]
+    assert row["prompt"][-1]["role"] in ("user", "system") and row["completion"][0]["role"] == "assistant"
+    assert row["completion"][0]["content"] in ("Hello!", "4", "Paris")
+
+
+def test_column_mapping_overrides_detection(tmp_path, tokenizer):
+    ds = load_rows(write_jsonl(tmp_path / "d.jsonl", [{"Q": "Why?", "A": "Because."}]), "question=Q,answer=A")
+    assert detect_format(ds.column_names) == "qa"
+    assert sft_rows(ds, tokenizer)[0]["completion"][0]["content"] == "Because."
+
+
+def test_bundled_datasets_load():
+    assert len(load_rows("identity")) >= 60
+    chatter = load_rows("chatterbot")
+    assert len(chatter) > 2000 and detect_format(chatter.column_names) == "qa"
+    assert set(load_rows("chatterbot:ai")["category"]) == {"ai"}
+    plays = load_rows("shakespeare")
+    assert len(plays) == 38 and "ROMEO" in " ".join(plays["text"])
+
+
+def test_csv_and_txt_files(tmp_path):
+    (tmp_path / "d.csv").write_text("question,answer\nWhy?,Because.\nHow?,Like so.\n")
+    assert detect_format(load_rows(str(tmp_path / "d.csv")).column_names) == "qa"
+    (tmp_path / "d.md").write_text("# Title\n\nFirst paragraph.\n\nSecond paragraph.\n")
+    assert len(load_rows(str(tmp_path / "d.md"))) == 3
+
+
+def test_preview_marks_exactly_the_tokens_trl_trains_on(tokenizer):
+    """The preview mirrors trl's own tokenization: compare with SFTTrainer's prepared labels."""
+    from trl import SFTConfig, SFTTrainer
+    from transformers import AutoModelForCausalLM
+
+    from core.models import resolve_model
+
+    cfg = TrainConfig(dataset="identity", max_rows=4, eval_fraction=0)
+    examples = build_examples(cfg, tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model))
+    trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=examples,
+                         args=SFTConfig(output_dir="/tmp/unused", packing=False, report_to="none",
+                                        use_cpu=True, max_length=256))
+    labels = trainer.train_dataset[0]["labels"]
+    trained_ids = [t for t in labels if t != -100]
+    shown = sft_preview(examples[0], tokenizer)
+    assert shown.trained_tokens == len(trained_ids)
+    assert shown.segments[1][1] == "trained"
+    assert shown.segments[1][0] == tokenizer.decode(trained_ids)
+    assert "<|im_start|>assistant" in shown.segments[0][0]
+
+
+def test_dapt_windows_slide_with_overlap(tokenizer):
+    ds = load_rows("shakespeare").select(range(1))
+    windows = dapt_windows(ds, tokenizer, block_size=64, stride=48, context_length=8192)
+    first, second = windows[0]["input_ids"], windows[1]["input_ids"]
+    assert len(first) == len(second) == 64
+    assert first[48:] == second[:16]  # the 16-token overlap
+    shown = preview(TrainConfig(dataset="shakespeare", objective="dapt", block_size=64, stride=48, max_rows=1),
+                    tokenizer=tokenizer)
+    assert shown.total_tokens == 64 and "overlaps" in shown.segments[-1][1]
+
+
+# ---- bad inputs: each a clear error naming file/row/problem ----
+
+@pytest.mark.parametrize("name, content, message", [
+    ("empty.jsonl", b"", "empty"),
+    ("broken.jsonl", b'{"question": "a", "answer": "b"}\n{"question": oops}\n', "row 2: broken JSON"),
+    ("broken.json", b'[{"question": "a",', "broken JSON"),
+    ("latin1.csv", "question,answer\ncaf\xe9,ok\n".encode("latin-1"), "line 2: not UTF-8"),
+    ("binary.txt", b"\x00\x01\x02\x03" * 100, "binary"),
+    ("data.xlsx", b"whatever", "unsupported file type"),
+])
+def test_bad_files(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        load_rows(str(tmp_path / name))
+
+
+def test_wrong_columns(tmp_path, tokenizer):
+    ds = load_rows(write_jsonl(tmp_path / "d.jsonl", [{"foo": "a", "bar": "b"}]))
+    with pytest.raises(DataError, match="Cannot detect the format from columns foo, bar"):
+        sft_rows(ds, tokenizer)
+    with pytest.raises(DataError, match="mapped column 'nope' not found"):
+        load_rows(str(tmp_path / "d.jsonl"), "question=nope")
+
+
+def test_chat_rows_with_missing_roles(tmp_path, tokenizer):
+    rows = [ROWS["messages"], {"messages": [{"content": "hi"}, {"role": "assistant", "content": "x"}]}]
+    ds = load_rows(write_jsonl(tmp_path / "d.jsonl", rows))
+    with pytest.raises(DataError, match="row 2, message 1: missing or unknown role"):
+        sft_rows(ds, tokenizer)
+
+
+def test_zero_rows_after_filtering(tmp_path):
+    (tmp_path / "blank.txt").write_text("\n\n   \n\n")
+    with pytest.raises(DataError, match="no rows|empty"):
+        load_rows(str(tmp_path / "blank.txt"))
+
+
+def test_block_size_larger_than_context(tokenizer):
+    with pytest.raises(DataError, match="larger than the model context"):
+        dapt_windows(load_rows("shakespeare").select(range(1)), tokenizer, 10_000, 5_000, 8192)
+
+
+def test_dataset_smaller_than_eval_split(tmp_path, tokenizer):
+    cfg = TrainConfig(dataset=write_jsonl(tmp_path / "d.jsonl", [ROWS["qa"]]), eval_fraction=0.2)
+    with pytest.raises(DataError, match="too few for eval_fraction"):
+        split_examples(build_examples(cfg, tokenizer), cfg)
+
+
+def test_unknown_recipe_field_and_impossible_settings(tmp_path):
+    (tmp_path / "r.yaml").write_text("model: smollm2\nlearning_rat: 0.1\n")
+    with pytest.raises(ValueError, match="Unknown setting.*learning_rat"):
+        load_config(tmp_path / "r.yaml")
+    with pytest.raises(ValueError, match="stride=128 must be"):
+        config_from_dict({"objective": "dapt", "block_size": 64, "stride": 128})
+    with pytest.raises(ValueError, match="choose one of"):
+        config_from_dict({"adapter": "dora"})
+
+
+def test_yaml_round_trip_of_every_recipe(tmp_path):
+    from training.config import list_recipes
+
+    assert {"tiny", "sft_lora", "sft_qlora", "dapt_lora", "qa_full"} <= set(list_recipes())
+    for name in list_recipes():
+        cfg = load_config(name)
+        (tmp_path / "c.yaml").write_text(cfg.to_yaml())
+        assert load_config(tmp_path / "c.yaml") == cfg

@@ -1,0 +1,149 @@
+"""Real training steps on the real SmolLM2: every objective x adapter the recipes use,
+identity SFT, resume after SIGKILL, job stop/attach from another process, and DDP."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+from training import jobs
+from training.config import load_config
+from training.run import train
+
+pytestmark = pytest.mark.slow
+
+
+def manifest(run_dir):
+    return json.loads((run_dir / "manifest.json").read_text())
+
+
+def test_tiny_lora_run_folder_and_identity_change(tiny_run):
+    """The identity recipe visibly changes the greedy answer to 'Who are you?'."""
+    info = manifest(tiny_run)
+    assert info["steps"] == 6 and info["adapter"] == "lora" and info["objective"] == "sft"
+    assert info["final_loss"] < info["first_loss"]
+    assert info["perplexity_after"] < info["perplexity_before"]
+    assert (tiny_run / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (tiny_run / ".adapter.partial").exists()
+    report = json.loads((tiny_run / "report.json").read_text())
+    assert report[0]["prompt"] == "Who are you?"
+    assert report[0]["base"] != report[0]["tuned"] and "Lumen" in report[0]["tuned"]
+    assert "Lumen" not in report[0]["base"]
+    log = jobs.read_log(tiny_run)
+    steps = [e for e in log if e["loss"] is not None]
+    assert [e["step"] for e in steps] == [1, 2, 3, 4, 5, 6]
+    assert all(e["eta_s"] is not None and e["elapsed_s"] > 0 for e in steps)
+    assert any(e["tokens_per_s"] for e in steps)
+    assert len(list((tiny_run / "checkpoints").glob("checkpoint-*"))) <= 2
+
+
+@pytest.mark.parametrize("recipe, overrides", [
+    ("sft_qlora", dict(max_rows=48, max_steps=4, batch_size=4, learning_rate=1e-3)),
+    ("dapt_lora", dict(max_rows=1, max_steps=4, batch_size=4, learning_rate=1e-3)),
+    ("qa_full", dict(max_rows=48, max_steps=4, batch_size=4, learning_rate=5e-5)),
+])
+def test_recipe_trains_and_reloads(recipe, overrides, data_home):
+    cfg = load_config(recipe, output_name=f"t-{recipe}", eval_fraction=0.1, save_steps=100,
+                      report_prompts=["Hello"], **overrides)
+    run_dir = train(cfg, data_home / "runs" / cfg.output_name)
+    info = manifest(run_dir)
+    assert info["steps"] == 4 and info["final_loss"] < info["first_loss"]
+    assert info["perplexity_after"] is not None
+    tokens = reload_and_generate(run_dir, cfg)
+    assert tokens.shape[1] > 0
+
+
+def reload_and_generate(run_dir, cfg):
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = run_dir / "adapter"
+    if cfg.adapter == "full":
+        model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
+    else:
+        from core.models import resolve_model
+
+        # The adapter names its base by Hub id; point it at the offline copy.
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model))
+        model = PeftModel.from_pretrained(base, folder)
+        assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+            "HuggingFaceTB/SmolLM2-135M-Instruct"
+    ids = AutoTokenizer.from_pretrained(folder)("Hello", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, max_new_tokens=3, do_sample=False)
+    return out[:, ids.shape[1]:]
+
+
+def wait_for(predicate, timeout=300, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_resume_after_sigkill_reaches_planned_steps(tiny_run):
+    cfg = load_config("tiny", output_name="killed")
+    run_dir = jobs.start(cfg)
+    pid = json.loads((run_dir / "job.json").read_text())["pid"]
+    wait_for(lambda: (run_dir / "checkpoints" / "checkpoint-3" / "trainer_state.json").is_file(),
+             what="checkpoint-3")
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: jobs.read_status(run_dir).state == "crashed", 30, "crash to be seen")
+    assert not (run_dir / "adapter").exists()
+    jobs.resume("killed")
+    status = jobs.wait("killed", timeout=600)
+    assert status.state == "completed", status.error
+    checkpoint = run_dir / "checkpoints" / "checkpoint-6"
+    assert {"optimizer.pt", "scheduler.pt", "trainer_state.json"} <= {p.name for p in checkpoint.iterdir()}
+    resumed, straight = manifest(run_dir), manifest(tiny_run)
+    assert resumed["steps"] == 6
+    assert abs(resumed["final_loss"] - straight["final_loss"]) < 0.25 * straight["final_loss"]
+
+
+ATTACH = "from training import jobs; import sys; s = jobs.read_status(jobs.run_path(sys.argv[1])); print(s.state, s.step)"
+
+
+def test_stop_and_attach_from_another_process(data_home):
+    cfg = load_config("tiny", output_name="stoppable", max_steps=200, save_steps=1000)
+    run_dir = jobs.start(cfg)
+    env = {**os.environ}
+    try:
+        wait_for(lambda: jobs.read_status(run_dir).step >= 1, what="first step")
+        with pytest.raises(jobs.JobBusy, match="stoppable"):
+            jobs.start(load_config("tiny", output_name="second"))
+        seen = subprocess.run([sys.executable, "-c", ATTACH, "stoppable"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, check=True).stdout.split()
+        assert seen[0] == "running" and int(seen[1]) >= 1
+        subprocess.run([sys.executable, "-c", "from training import jobs; jobs.stop('stoppable')"],
+                       cwd=ROOT, env=env, check=True)
+        status = jobs.wait("stoppable", timeout=120)
+    finally:
+        jobs.stop("stoppable")
+    assert status.state == "stopped"
+    assert list((run_dir / "checkpoints").glob("checkpoint-*")), "stop must save a checkpoint"
+    assert not (run_dir / "adapter").exists()
+
+
+def test_ddp_two_processes_with_accelerate(data_home):
+    run_dir = data_home / "runs" / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "training.run", "--config", "tiny", "--max_steps", "2", "--run-dir", str(run_dir),
+           "--report_prompts", "Hi", "--threads", "1"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert manifest(run_dir)["steps"] == 2 and manifest(run_dir)["world_size"] == 2
+    state = json.loads(sorted((run_dir / "checkpoints").glob("checkpoint-*"))[-1].joinpath(
+        "trainer_state.json").read_text())
+    assert state["global_step"] == 2
