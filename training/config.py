@@ -51,7 +51,9 @@ class TrainConfig:
     max_length: int = _f(256, "SFT: longest example in tokens; longer ones are truncated")
     block_size: int = _f(128, "DAPT: context window length in tokens")
     stride: int = _f(96, "DAPT: step between window starts; < block_size makes windows overlap")
-    packing: bool = _f(True, "SFT: pack rows into full sequences so no pad tokens are computed")
+    batching: str = _f("auto", "SFT batches: grouped (rows of similar length, little padding; fastest "
+                       "on CPU), packed (rows packed padding-free; best on GPU), padded, or auto",
+                       choices=("auto", "grouped", "packed", "padded"))
     eval_fraction: float = _f(0.1, "Share of rows held out for evaluation (perplexity)")
     max_rows: int = _f(0, "Use at most this many rows (0: all)")
     save_steps: int = _f(50, "Save a checkpoint every N steps")
