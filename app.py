@@ -15,7 +15,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from tabs import chat  # noqa: E402
+from tabs import chat, train  # noqa: E402
 
 
 def build_app() -> gr.Blocks:
@@ -24,7 +24,13 @@ def build_app() -> gr.Blocks:
         gr.Markdown("# Finetune Lab\nChat with, fine-tune and explore small language models.")
         with gr.Tab("Chat"):
             adapter_picker = chat.build()
+        with gr.Tab("Train"):
+            run, data_outputs, dataset, columns, runs = train.build(adapter_picker)
         demo.load(chat.refresh_adapters, None, adapter_picker, api_name=False)
+        # A (re)loaded page re-attaches to the live job, or shows the newest run.
+        demo.load(train.attach_latest, None, run, api_name=False)
+        demo.load(train._on_dataset, [dataset, columns], data_outputs, api_name=False)
+        demo.load(train.runs_table, None, runs, api_name=False)
     # Generation is CPU-bound: more than 2 concurrent streams only slows every one of them.
     demo.queue(default_concurrency_limit=2, max_size=64)
     return demo

@@ -133,4 +133,5 @@ def build() -> gr.Dropdown:
     clear.click(lambda: ([], [], ""), None, [base_chat, tuned_chat, status])
     mode.change(lambda m: gr.update(visible=m == "Compare"), mode, tuned_chat)
     refresh.click(refresh_adapters, None, adapter, api_name=False)
+    gr.api(adapter_choices, api_name="adapters")
     return adapter

@@ -61,9 +61,9 @@ def before_after_report(cfg, run_dir: Path, tokenizer=None, max_new_tokens: int 
 
 
 def report_markdown(rows: list[dict], cfg) -> str:
-    lines = [f"# Before/after: {cfg.objective.upper()} + {cfg.adapter.upper()} on {cfg.dataset}", ""]
+    lines = [f"#### Before/after: {cfg.objective.upper()} + {cfg.adapter.upper()} on {cfg.dataset}", ""]
     for row in rows:
-        lines += [f"### {row['prompt']}", "", f"**Base:** {row['base']}", "",
+        lines += [f"**Prompt:** {row['prompt']}", "", f"**Base:** {row['base']}", "",
                   f"**Tuned:** {row['tuned']}", ""]
     return "\n".join(lines)
 

@@ -156,7 +156,8 @@ def set_training_threads(threads: int) -> None:
     import torch
 
     world = int(os.environ.get("WORLD_SIZE", 1))
-    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // world))
+    threads = threads or int(os.environ.get("OMP_NUM_THREADS", 0)) or (os.cpu_count() or 1) // world
+    torch.set_num_threads(max(1, threads))
 
 
 def last_checkpoint(run_dir: Path) -> str | None:

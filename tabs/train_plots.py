@@ -1,0 +1,38 @@
+"""Figures for the Train tab: the live loss curve and the progress bar, from the JSONL log."""
+from __future__ import annotations
+
+import html
+
+
+def loss_figure(log: list[dict]):
+    """Train loss (line + markers, so one or two steps still show) and eval loss points."""
+    import plotly.graph_objects as go
+
+    train = [(e["step"], e["loss"]) for e in log if e.get("loss") is not None]
+    evals = [(e["step"], e["eval_loss"]) for e in log if e.get("eval_loss") is not None]
+    fig = go.Figure()
+    if train:
+        fig.add_scatter(x=[s for s, _ in train], y=[v for _, v in train], mode="lines+markers", name="train loss")
+    if evals:
+        fig.add_scatter(x=[s for s, _ in evals], y=[v for _, v in evals], mode="markers", name="eval loss",
+                        marker=dict(size=11, symbol="diamond"))
+    steps = [s for s, _ in train + evals] or [0, 1]
+    fig.update_layout(height=300, margin=dict(l=40, r=10, t=30, b=40), xaxis_title="step",
+                      yaxis_title="loss", title="Loss", legend=dict(orientation="h"),
+                      xaxis=dict(range=[min(steps) - 0.5, max(steps) + 0.5], tickformat="d"))
+    return fig
+
+
+def progress_html(status) -> str:
+    """A progress bar with step/total and ETA."""
+    total = status.max_steps or 0
+    done = min(status.step, total) if total else 0
+    eta = f" · ETA {_duration(status.eta_s)}" if status.eta_s and status.state == "running" else ""
+    label = f"step {done}/{total or '?'}{eta} · {html.escape(status.state)}"
+    return (f'<div id="train-progress"><progress value="{done}" max="{total or 1}" style="width:100%"></progress>'
+            f"<div>{label}</div></div>")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"

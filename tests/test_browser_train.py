@@ -1,0 +1,62 @@
+"""The whole Train flow in Chromium: start, live curve, reload mid-run, result, compare in Chat."""
+from __future__ import annotations
+
+import pytest
+
+from tests.browser import browser_page
+from tests.conftest import ARTIFACTS
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+
+def progress_step(page) -> int:
+    text = page.locator("#train-progress").inner_text()
+    return int(text.split("step ")[1].split("/")[0])
+
+
+def test_train_reload_and_compare_in_browser(app_server):
+    with browser_page(app_server) as page:
+        page.get_by_role("tab", name="Train").click()
+        page.locator("#cfg-dataset input").fill("identity")
+        page.locator("#cfg-dataset input").press("Enter")
+        page.get_by_text("detected format: qa").wait_for(timeout=30_000)
+        page.get_by_label("Recipe (loads its settings)").fill("tiny")
+        page.get_by_role("option", name="tiny").click()
+        page.get_by_text("Advanced", exact=True).click()
+        page.locator("#cfg-output_name textarea, #cfg-output_name input").first.fill("browser-run")
+        page.locator("#cfg-adapter").get_by_role("radio", name="lora", exact=True).check()
+        page.wait_for_timeout(1000)
+        page.locator("#train-start").click()
+        page.get_by_text("Started browser-run").wait_for(timeout=30_000)
+        page.wait_for_function("() => document.querySelector('#train-progress')?.innerText.includes('step 2/')",
+                               timeout=240_000)
+        page.locator("#loss-plot .js-plotly-plot").wait_for(timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "train-running.png"), full_page=True)
+        before = progress_step(page)
+
+        page.reload(wait_until="load")
+        page.get_by_role("tab", name="Train").click()
+        page.wait_for_function("() => document.querySelector('#train-stats')?.innerText.includes('browser-run')",
+                               timeout=60_000)
+        assert progress_step(page) >= before, "the reloaded page must re-attach to the same run"
+        page.locator("#loss-plot .js-plotly-plot").wait_for(timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "train-reattached.png"), full_page=True)
+
+        page.get_by_text("Before/after").wait_for(timeout=400_000)
+        result = page.locator("#train-result").inner_text()
+        assert "Who are you?" in result and "Tuned:" in result
+        page.screenshot(path=str(ARTIFACTS / "train-result.png"), full_page=True)
+
+        page.get_by_role("tab", name="Chat").click()
+        page.get_by_role("radio", name="Compare").check()
+        page.locator("#adapter-picker input").click()
+        page.get_by_role("option", name="browser-run").first.click()
+        box = page.get_by_placeholder("Ask something")
+        box.fill("Who are you?")
+        box.press("Enter")
+        page.wait_for_function(
+            "() => document.querySelector('#chat-status')?.innerText.includes('tuned:')", timeout=120_000)
+        base = page.locator("#base-chat [data-testid='bot']").last.inner_text()
+        tuned = page.locator("#tuned-chat [data-testid='bot']").last.inner_text()
+        assert base and tuned and base != tuned
+        page.screenshot(path=str(ARTIFACTS / "train-then-compare.png"), full_page=True)

@@ -1,0 +1,92 @@
+"""Train tab handlers called directly (no browser), including stop/resume on a real job."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tabs import train, train_form
+from training import jobs
+from training.config import TrainConfig, load_config
+
+
+def values(**changes):
+    cfg = TrainConfig(**changes)
+    return train_form.config_to_values(cfg)
+
+
+def test_form_round_trips_every_recipe():
+    for name in ("tiny", "sft_qlora", "dapt_lora", "qa_full"):
+        cfg = load_config(name)
+        assert train_form.values_to_config(train.load_recipe(name)) == cfg
+
+
+def test_form_covers_every_config_field():
+    from dataclasses import fields
+
+    assert train_form.NAMES == [f.name for f in fields(TrainConfig)]
+    with pytest.raises(ValueError, match="choose one of"):
+        train_form.values_to_config(values()[:3] + ["nope"] + values()[4:])
+
+
+def test_upload_detection_and_mapping(tmp_path):
+    src = tmp_path / "my data.csv"
+    src.write_text("Q,A\nWhy?,Because.\nHow?,Like this.\n")
+    stored = train.save_upload(str(src))
+    assert stored.endswith("my_data.csv") and "uploads" in stored
+    summary, head, columns = train.inspect_data(stored)
+    assert "Cannot detect" in summary and columns == []
+    mapping = train.mapping_string("Q", "A", "")
+    assert mapping == "question=Q,answer=A"
+    summary, head, columns = train.inspect_data(stored, mapping)
+    assert "**2 rows**" in summary and "qa" in summary and list(head.columns) == ["question", "answer"]
+
+
+def test_bad_file_gives_a_message_not_a_traceback(tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"question": "a"\n')
+    summary, head, _ = train.inspect_data(str(tmp_path / "bad.jsonl"))
+    assert summary.startswith("⚠️") and "row 1: broken JSON" in summary and head is None
+
+
+def test_preview_highlights_the_answer():
+    segments, info = train.preview_example(0, *values(dataset="identity"))
+    assert segments[1][1] == "trained" and "<|im_start|>assistant" in segments[0][0]
+    assert "trained on" in info
+    segments, info = train.preview_example(0, *values(dataset="shakespeare", objective="dapt", max_rows=1))
+    assert "overlaps" in segments[-1][1] and "windows of 128 tokens" in info
+
+
+def test_cli_preview_yaml_downloads_and_reloads():
+    command, text, path = train.cli_preview(*values(max_steps=7))
+    assert command.startswith("python cli.py train --config") and "max_steps: 7" in text
+    assert load_config(path).max_steps == 7
+
+
+def test_explanations_come_from_help_strings():
+    assert "4-bit" in train._explain("sft", "qlora") and "next-token" in train._explain("dapt", "lora")
+
+
+@pytest.mark.slow
+def test_stop_and_resume_through_ui_functions(data_home):
+    message, run = train.start_training(*values(output_name="ui-stop", max_steps=200, save_steps=1000,
+                                                learning_rate=1e-3, max_length=128))
+    assert run == "ui-stop", message
+    deadline = time.time() + 180
+    while jobs.read_status(jobs.run_path(run)).step < 1 and time.time() < deadline:
+        time.sleep(0.5)
+    busy, _ = train.start_training(*values(output_name="ui-other"))
+    assert "still running" in busy
+    assert "Stopping" in train.stop_training(run)
+    assert jobs.wait(run, 120).state == "stopped"
+    step = jobs.read_status(jobs.run_path(run)).step
+    message, _ = train.resume_training(run)
+    assert "Resumed" in message
+    while jobs.read_status(jobs.run_path(run)).step <= step and time.time() < deadline + 120:
+        time.sleep(0.5)
+    train.stop_training(run)
+    final = jobs.wait(run, 120)
+    assert final.state == "stopped" and final.step > step
+    progress, fig, stats, tail, result, state, _ = train.poll(run, None)
+    assert f"step {final.step}/200" in progress and "stopped" in stats and state == "stopped"
+    assert len(fig.data[0].x) >= 2
+    assert "Deleted" in train.delete_run(run, True)
