@@ -15,7 +15,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from tabs import chat, train  # noqa: E402
+from tabs import chat, topics, train  # noqa: E402
 
 
 def build_app() -> gr.Blocks:
@@ -26,6 +26,8 @@ def build_app() -> gr.Blocks:
             adapter_picker = chat.build()
         with gr.Tab("Train"):
             run, data_outputs, dataset, columns, runs = train.build(adapter_picker)
+        with gr.Tab("Embeddings & topics"):
+            topics.build()
         demo.load(chat.refresh_adapters, None, adapter_picker, api_name=False)
         # A (re)loaded page re-attaches to the live job, or shows the newest run.
         demo.load(train.attach_latest, None, run, api_name=False)

@@ -4,6 +4,7 @@
     python cli.py chat --adapter RUN/adapter --compare "Who are you?"
     python cli.py train --config training/recipes/sft_lora.yaml [--max_steps 20 ...]
     python cli.py runs
+    python cli.py topics --corpus guardian-headlines [--method fast|umap] [--out DIR]
 
 Heavy libraries are imported inside each command, so `--help` is instant.
 """
@@ -55,6 +56,26 @@ def cmd_runs(args) -> int:
     return 0
 
 
+def cmd_topics(args) -> int:
+    from pathlib import Path
+
+    from core.corpora import load_corpus
+    from core.embeddings import embed, load_embedder
+    from core.topics import export, fit_topics
+
+    try:
+        corpus = load_corpus(args.corpus, args.text_column, args.label_column, args.max_docs)
+        vectors = embed(corpus.texts, args.embedder)
+        result = fit_topics(corpus.texts, vectors, args.method, args.topics, embedder=load_embedder(args.embedder))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in export(result, Path(args.out)):
+        print(path)
+    print(result.table()[["Topic", "Count", "Representation"]].head(12).to_string(index=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cli.py", description="Finetune Lab command line.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", help="system prompt")
     sub.add_parser("train", help="train a run: same flags as python -m training.run", add_help=False)
     sub.add_parser("runs", help="list training runs")
+    topics = sub.add_parser("topics", help="fit BERTopic on a corpus; write the table and figures")
+    topics.add_argument("--corpus", default="guardian-headlines", help="bundled corpus or csv/jsonl/txt file")
+    topics.add_argument("--method", choices=("fast", "umap"), default="fast")
+    topics.add_argument("--topics", type=int, default=20, help="number of topics (fast method)")
+    topics.add_argument("--out", default="topics-out", help="folder for topics.csv and the HTML figures")
+    topics.add_argument("--text-column", default="")
+    topics.add_argument("--label-column", default="")
+    topics.add_argument("--max-docs", type=int, default=5000)
+    topics.add_argument("--embedder", default="all-MiniLM-L6-v2")
     return parser
 
 
@@ -76,7 +106,7 @@ def main(argv=None) -> int:
     if argv[:1] == ["train"]:
         return cmd_train(argv[1:])
     args = build_parser().parse_args(argv)
-    return {"chat": cmd_chat, "runs": cmd_runs}[args.command](args)
+    return {"chat": cmd_chat, "runs": cmd_runs, "topics": cmd_topics}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,142 @@
+"""Embed documents with sentence-transformers (cached on disk), cluster, project, classify.
+
+    python -c "from core.embeddings import embed; print(embed(['hello', 'world']).shape)"
+
+The cache key is the model name plus a hash of every text, so re-running on the same corpus
+loads a .npy file instead of encoding. Every projection and split is seeded.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from core import assets
+from core.paths import data_dir
+
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+ENCODED = {"texts": 0}  # how many texts were actually encoded (tests check the cache with it)
+_MODELS: dict = {}
+_LOCK = threading.Lock()
+
+
+def load_embedder(name: str = DEFAULT_EMBEDDER):
+    """A SentenceTransformer; the default comes from the packaged MiniLM folder."""
+    from sentence_transformers import SentenceTransformer
+
+    from core.models import ModelError
+
+    key = name or DEFAULT_EMBEDDER
+    with _LOCK:
+        if key not in _MODELS:
+            local = assets.minilm_dir() if key in (DEFAULT_EMBEDDER, "sentence-transformers/all-MiniLM-L6-v2") else None
+            try:
+                _MODELS[key] = SentenceTransformer(str(local or key), device="cpu", trust_remote_code=False)
+            except OSError as exc:
+                raise ModelError(f"Could not load embedding model '{key}': {str(exc).splitlines()[0]}") from None
+        return _MODELS[key]
+
+
+def embed(texts: list[str], model: str = DEFAULT_EMBEDDER, progress=None, batch_size: int = 64) -> np.ndarray:
+    """Normalised embeddings, shape (len(texts), dim); `progress(fraction)` is called per batch."""
+    digest = hashlib.sha256((model or DEFAULT_EMBEDDER).encode())
+    for text in texts:
+        digest.update(hashlib.sha256(text.encode()).digest())
+    cache = data_dir() / "embeddings" / f"{digest.hexdigest()[:32]}.npy"
+    if cache.is_file():
+        return np.load(cache)
+    encoder = load_embedder(model)
+    parts = []
+    for start in range(0, len(texts), batch_size):
+        batch = texts[start:start + batch_size]
+        parts.append(encoder.encode(batch, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False))
+        ENCODED["texts"] += len(batch)
+        if progress:
+            progress(min(1.0, (start + len(batch)) / len(texts)))
+    vectors = np.vstack(parts).astype(np.float32)
+    cache.parent.mkdir(exist_ok=True)
+    tmp = cache.with_suffix(".tmp.npy")
+    np.save(tmp, vectors)
+    tmp.replace(cache)
+    return vectors
+
+
+def cluster(vectors: np.ndarray, method: str = "kmeans", n_clusters: int = 8, min_cluster_size: int = 10,
+            seed: int = 0) -> np.ndarray:
+    """Cluster ids per document (-1: HDBSCAN noise)."""
+    from sklearn.cluster import HDBSCAN, KMeans
+
+    if method == "kmeans":
+        if not 2 <= n_clusters <= len(vectors):
+            raise ValueError(f"KMeans needs 2 to {len(vectors)} clusters for {len(vectors)} documents.")
+        return KMeans(n_clusters=n_clusters, random_state=seed, n_init=4).fit_predict(vectors)
+    if method == "hdbscan":
+        return HDBSCAN(min_cluster_size=max(2, int(min_cluster_size))).fit_predict(vectors)
+    raise ValueError(f"Unknown clustering method {method!r}: use kmeans or hdbscan.")
+
+
+def project(vectors: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
+    """A seeded 2-D projection, so the map is identical on every run."""
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        return PCA(n_components=2, random_state=seed).fit_transform(vectors)
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        perplexity = max(2, min(30, (len(vectors) - 1) // 3))
+        return TSNE(n_components=2, random_state=seed, perplexity=perplexity, init="pca").fit_transform(vectors)
+    if method == "umap":
+        from umap import UMAP
+
+        return UMAP(n_components=2, random_state=seed, n_neighbors=min(15, len(vectors) - 1)).fit_transform(vectors)
+    raise ValueError(f"Unknown projection {method!r}: use pca, tsne or umap.")
+
+
+def cluster_scores(labels, clusters) -> dict:
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    return {"nmi": round(float(normalized_mutual_info_score(labels, clusters)), 3),
+            "ari": round(float(adjusted_rand_score(labels, clusters)), 3)}
+
+
+@dataclass
+class Classification:
+    """A fitted classifier on embeddings and its held-out scores."""
+
+    model: object
+    accuracy: float
+    macro_f1: float
+    majority_baseline: float
+    classes: list
+    confusion: np.ndarray
+    misclassified: list = field(default_factory=list)  # (text, true, predicted)
+
+
+def classify(vectors, labels, texts, method: str = "logreg", test_size: float = 0.25, seed: int = 0) -> Classification:
+    """Train logistic regression (or kNN) on a seeded stratified split and score it."""
+    from collections import Counter
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.neighbors import KNeighborsClassifier
+
+    counts = Counter(labels)
+    if len(counts) < 2:
+        raise ValueError("Classification needs at least two different labels.")
+    stratify = labels if min(counts.values()) >= 2 else None
+    idx_train, idx_test = train_test_split(np.arange(len(labels)), test_size=test_size, random_state=seed,
+                                           stratify=stratify)
+    y = np.asarray(labels)
+    model = LogisticRegression(max_iter=2000) if method == "logreg" else KNeighborsClassifier(n_neighbors=5)
+    model.fit(vectors[idx_train], y[idx_train])
+    predicted = model.predict(vectors[idx_test])
+    classes = sorted(counts)
+    wrong = [(texts[i], y[i], p) for i, p in zip(idx_test, predicted) if y[i] != p]
+    return Classification(model, float(accuracy_score(y[idx_test], predicted)),
+                          float(f1_score(y[idx_test], predicted, average="macro")),
+                          max(counts.values()) / len(labels), classes,
+                          confusion_matrix(y[idx_test], predicted, labels=classes), wrong[:50])

@@ -1,0 +1,156 @@
+"""Topic models with BERTopic on precomputed embeddings, its own figures, search, labels, export.
+
+    python cli.py topics --corpus guardian-headlines --method fast --out topics-out
+
+"fast" is PCA(10) + KMeans (seconds on cached embeddings); "umap" is UMAP + HDBSCAN (BERTopic's
+default, slower). Both are seeded. Figures that BERTopic cannot draw for a given model (the
+intertopic map needs at least 3 topics) come back as a figure that says why, never a crash.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+MIN_DOCS = 10
+FIGURES = ("topics", "barchart", "hierarchy", "documents", "heatmap")
+
+
+class TopicsError(ValueError):
+    """A topic model that cannot be fitted on this input; the message is user-facing."""
+
+
+@dataclass
+class TopicResult:
+    model: object  # the fitted BERTopic
+    texts: list[str]
+    embeddings: np.ndarray
+    reduced_2d: np.ndarray
+
+    def table(self):
+        info = self.model.get_topic_info()
+        keep = [c for c in ("Topic", "Count", "CustomName", "Name", "Representation", "Representative_Docs")
+                if c in info.columns]
+        info = info[keep].copy()
+        info["Representation"] = info["Representation"].map(lambda words: ", ".join(words[:8]))
+        info["Representative_Docs"] = info["Representative_Docs"].map(lambda docs: " | ".join(d[:90] for d in docs[:2]))
+        return info
+
+
+def fit_topics(texts: list[str], embeddings: np.ndarray, method: str = "fast", n_topics: int = 20,
+               seed: int = 0, embedder=None) -> TopicResult:
+    """Fit BERTopic on `texts` with their precomputed embeddings."""
+    from bertopic import BERTopic
+    from sklearn.decomposition import PCA
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    if len(texts) < MIN_DOCS:
+        raise TopicsError(f"Topic modelling needs at least {MIN_DOCS} documents; this corpus has {len(texts)}.")
+    n_topics = max(2, min(int(n_topics), len(texts) // 3))
+    if method == "fast":
+        from sklearn.cluster import KMeans
+
+        reducer = PCA(n_components=min(10, len(texts) - 1, embeddings.shape[1]), random_state=seed)
+        clusterer = KMeans(n_clusters=n_topics, random_state=seed, n_init=4)
+    elif method == "umap":
+        from hdbscan import HDBSCAN
+        from umap import UMAP
+
+        reducer = UMAP(n_neighbors=min(15, len(texts) - 1), n_components=5, min_dist=0.0, metric="cosine",
+                       random_state=seed)
+        clusterer = HDBSCAN(min_cluster_size=max(5, len(texts) // 100), prediction_data=True)
+    else:
+        raise TopicsError(f"Unknown method {method!r}: use fast or umap.")
+    vectorizer = CountVectorizer(stop_words="english", min_df=2 if len(texts) >= 50 else 1)
+    model = BERTopic(embedding_model=embedder, umap_model=reducer, hdbscan_model=clusterer,
+                     vectorizer_model=vectorizer, calculate_probabilities=False)
+    model.fit_transform(texts, embeddings)
+    reduced = PCA(n_components=2, random_state=seed).fit_transform(embeddings)
+    return TopicResult(model, texts, embeddings, reduced)
+
+
+def figure(result: TopicResult, name: str):
+    """One of BERTopic's own figures, or a placeholder figure explaining why it can't be drawn."""
+    model = result.model
+    n_topics = len([t for t in model.get_topics() if t != -1])
+    custom = model.custom_labels_ is not None
+    try:
+        if name == "topics":
+            if n_topics < 3:
+                return message_figure(f"The intertopic map needs at least 3 topics; this model has {n_topics}.")
+            return model.visualize_topics(custom_labels=custom)
+        if name == "barchart":
+            return model.visualize_barchart(top_n_topics=min(n_topics, 12), custom_labels=custom)
+        if name == "hierarchy":
+            if n_topics < 2:
+                return message_figure("The hierarchy needs at least 2 topics.")
+            return model.visualize_hierarchy(custom_labels=custom)
+        if name == "documents":
+            return model.visualize_documents(result.texts, reduced_embeddings=result.reduced_2d,
+                                             custom_labels=custom, hide_annotations=n_topics > 20)
+        if name == "heatmap":
+            return model.visualize_heatmap(custom_labels=custom)
+    except (ValueError, IndexError, TypeError) as exc:  # BERTopic's figures fail on degenerate models
+        return message_figure(f"BERTopic could not draw the {name} figure: {str(exc).splitlines()[0][:160]}")
+    raise TopicsError(f"Unknown figure {name!r}: use one of {', '.join(FIGURES)}.")
+
+
+def message_figure(text: str):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_annotation(text=text, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font=dict(size=15))
+    fig.update_layout(height=300, xaxis=dict(visible=False), yaxis=dict(visible=False))
+    return fig
+
+
+def search_topics(result: TopicResult, query: str, top_n: int = 5) -> list[tuple[int, float, str]]:
+    """Topics most similar to `query`: (topic id, similarity, top words)."""
+    if not query.strip():
+        raise TopicsError("Type something to search for.")
+    topics, similarities = result.model.find_topics(query, top_n=top_n)
+    return [(int(t), round(float(s), 3), ", ".join(w for w, _ in result.model.get_topic(t)[:6]))
+            for t, s in zip(topics, similarities)]
+
+
+def label_topics(result: TopicResult, chat_model: str = "smollm2-135m-instruct", max_topics: int = 30,
+                 progress=None) -> dict[int, str]:
+    """Ask the chat model for a short name per topic, from its top words and example documents."""
+    from core.chat import GenerationSettings, stream_reply
+    from core.models import load_model
+
+    loaded = load_model(chat_model)
+    settings = GenerationSettings(max_new_tokens=12, system_prompt="You name topics in 2 to 4 words. "
+                                  "Answer with the name only.")
+    topic_ids = [t for t in sorted(result.model.get_topics()) if t != -1][:max_topics]
+    labels = {}
+    for i, topic in enumerate(topic_ids):
+        words = ", ".join(w for w, _ in result.model.get_topic(topic)[:8])
+        docs = "\n".join(f"- {d[:120]}" for d in (result.model.get_representative_docs(topic) or [])[:3])
+        prompt = f"Keywords: {words}\nExample documents:\n{docs}\nWhat is a short name for this topic?"
+        *_, reply = stream_reply(loaded, [{"role": "user", "content": prompt}], settings)
+        labels[topic] = _clean_label(reply.text) or words.split(", ")[0]
+        if progress:
+            progress((i + 1) / len(topic_ids))
+    if -1 in result.model.get_topics():
+        labels[-1] = "Outliers"
+    result.model.set_topic_labels(labels)
+    return labels
+
+
+def _clean_label(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line.strip(" .\"'*:#").removeprefix("Topic name").strip(" :")[:60]
+
+
+def export(result: TopicResult, out: Path) -> list[Path]:
+    """Write the topic table as CSV and every figure as HTML into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "topics.csv"]
+    result.table().to_csv(written[0], index=False)
+    for name in FIGURES:
+        path = out / f"{name}.html"
+        figure(result, name).write_html(path, include_plotlyjs="cdn")
+        written.append(path)
+    return written

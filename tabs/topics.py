@@ -1,0 +1,213 @@
+"""Embeddings and topics tab: embed a corpus, cluster it on a 2-D map, classify it, explore topics.
+
+Handlers take the corpus settings and reload the corpus and its embeddings each time: the
+embeddings come from the on-disk cache after the first run, so that costs milliseconds and
+keeps the handlers stateless. Only the fitted topic model and classifier live in gr.State.
+"""
+from __future__ import annotations
+
+import time
+
+import gradio as gr
+
+from core.corpora import CORPORA, DEFAULT_MAX_DOCS, load_corpus
+from core.embeddings import DEFAULT_EMBEDDER, classify, cluster, cluster_scores, embed, load_embedder, project
+from core.paths import data_dir
+from core import topics as topic_core
+
+ERRORS = (ValueError, OSError)
+
+
+def corpus_and_vectors(source, upload, text_column, label_column, max_docs, embedder, progress=None):
+    corpus = load_corpus(upload or source, (text_column or "").strip(), (label_column or "").strip(),
+                         int(max_docs or DEFAULT_MAX_DOCS))
+    callback = (lambda f: progress(f, desc="Embedding")) if progress else None
+    return corpus, embed(corpus.texts, embedder or DEFAULT_EMBEDDER, progress=callback)
+
+
+def embed_corpus(*spec, progress=gr.Progress()):
+    """Summary of the corpus and its embeddings (computed once, then cached)."""
+    start = time.perf_counter()
+    try:
+        corpus, vectors = corpus_and_vectors(*spec, progress=progress)
+    except ERRORS as exc:
+        return f"⚠️ {exc}"
+    labels = f", {len(set(corpus.labels))} labels" if corpus.labels else ", no labels"
+    return (f"**{len(corpus.texts)} documents**{labels} · embeddings {vectors.shape[1]}-d in "
+            f"{time.perf_counter() - start:.1f} s. {corpus.note}")
+
+
+def run_clustering(*args, progress=gr.Progress()):
+    """(2-D map, scores markdown, cluster table)."""
+    *spec, method, n_clusters, min_size, projection, color_by = args
+    try:
+        corpus, vectors = corpus_and_vectors(*spec, progress=progress)
+        ids = cluster(vectors, method, int(n_clusters), int(min_size))
+        points = project(vectors, projection)
+    except ERRORS as exc:
+        return None, f"⚠️ {exc}", None
+    scores = cluster_scores(corpus.labels, ids) if corpus.labels else {}
+    text = f"{len(set(ids) - {-1})} clusters" + (f" · NMI {scores['nmi']} · ARI {scores['ari']} against the labels"
+                                                 if scores else " · no labels to score against")
+    return cluster_map(corpus, ids, points, color_by), text + f". {corpus.note}", cluster_table(corpus, ids)
+
+
+def cluster_map(corpus, ids, points, color_by: str):
+    import plotly.express as px
+
+    colour = corpus.labels if color_by == "label" and corpus.labels else [str(i) for i in ids]
+    hover = [t[:120] for t in corpus.texts]
+    fig = px.scatter(x=points[:, 0], y=points[:, 1], color=colour, hover_name=hover, height=520,
+                     labels={"color": color_by, "x": "", "y": ""})
+    fig.update_traces(marker=dict(size=5, opacity=0.75))
+    return fig
+
+
+def cluster_table(corpus, ids):
+    import pandas as pd
+
+    frame = pd.DataFrame({"cluster": ids, "text": corpus.texts})
+    groups = frame.groupby("cluster")["text"]
+    return pd.DataFrame({"cluster": groups.size().index, "size": groups.size().values,
+                         "examples": [" | ".join(t[:80] for t in texts[:3]) for _, texts in groups]})
+
+
+def run_classification(*args, progress=gr.Progress()):
+    """(scores markdown, confusion matrix, misclassified examples, fitted classifier)."""
+    *spec, method = args
+    try:
+        corpus, vectors = corpus_and_vectors(*spec, progress=progress)
+        if not corpus.labels:
+            raise ValueError("This corpus has no label column: pick one to classify.")
+        result = classify(vectors, corpus.labels, corpus.texts, method)
+    except ERRORS as exc:
+        return f"⚠️ {exc}", None, None, None
+    import pandas as pd
+    import plotly.express as px
+
+    text = (f"Accuracy **{result.accuracy:.3f}** · macro-F1 **{result.macro_f1:.3f}** · majority class "
+            f"{result.majority_baseline:.3f} ({method}, seeded 75/25 split)")
+    fig = px.imshow(result.confusion, x=result.classes, y=result.classes, text_auto=True, height=520,
+                    labels=dict(x="predicted", y="true"), color_continuous_scale="Blues")
+    wrong = pd.DataFrame(result.misclassified, columns=["text", "true", "predicted"])
+    return text, fig, wrong, result
+
+
+def classify_text(result, text: str, embedder: str) -> str:
+    if result is None:
+        return "Train a classifier first."
+    if not (text or "").strip():
+        return "Type a text to classify."
+    vector = embed([text], embedder or DEFAULT_EMBEDDER)
+    return f"→ **{result.model.predict(vector)[0]}**"
+
+
+def run_topics(*args, progress=gr.Progress()):
+    """(message, topic table, five figures, fitted result)."""
+    *spec, method, n_topics = args
+    try:
+        corpus, vectors = corpus_and_vectors(*spec, progress=progress)
+        result = topic_core.fit_topics(corpus.texts, vectors, method, int(n_topics),
+                                       embedder=load_embedder(spec[-1] or DEFAULT_EMBEDDER))
+    except ERRORS as exc:
+        return (f"⚠️ {exc}", None, *[None] * len(topic_core.FIGURES), None)
+    return (_topics_message(result, corpus.note), result.table(),
+            *[topic_core.figure(result, name) for name in topic_core.FIGURES], result)
+
+
+def _topics_message(result, note=""):
+    n = len([t for t in result.model.get_topics() if t != -1])
+    return f"{n} topics over {len(result.texts)} documents. {note}"
+
+
+def search(result, query: str):
+    import pandas as pd
+
+    if result is None:
+        return pd.DataFrame({"message": ["Fit topics first."]})
+    try:
+        rows = topic_core.search_topics(result, query or "")
+    except ERRORS as exc:
+        return pd.DataFrame({"message": [str(exc)]})
+    return pd.DataFrame(rows, columns=["topic", "similarity", "top words"])
+
+
+def label_with_llm(result, progress=gr.Progress()):
+    if result is None:
+        return "Fit topics first.", None, *[None] * len(topic_core.FIGURES)
+    try:
+        topic_core.label_topics(result, progress=lambda f: progress(f, desc="Naming topics"))
+    except ERRORS as exc:
+        return f"⚠️ {exc}", result.table(), *[gr.update()] * len(topic_core.FIGURES)
+    return ("Topics named by the chat model.", result.table(),
+            *[topic_core.figure(result, name) for name in topic_core.FIGURES])
+
+
+def export_topics(result):
+    if result is None:
+        return None
+    out = data_dir() / "exports" / f"topics-{time.strftime('%Y%m%d-%H%M%S')}"
+    return [str(p) for p in topic_core.export(result, out)]
+
+
+def build() -> None:
+    """Lay out the Embeddings and topics tab."""
+    topic_state, classifier_state = gr.State(None), gr.State(None)
+    with gr.Row():
+        source = gr.Dropdown(list(CORPORA), value=CORPORA[0], label="Bundled corpus")
+        upload = gr.File(label="…or upload csv / jsonl / txt (one document per line)", type="filepath",
+                         file_types=[".csv", ".jsonl", ".json", ".txt"])
+    with gr.Row():
+        text_column = gr.Textbox(label="Text column (uploads)", placeholder="text")
+        label_column = gr.Textbox(label="Label column (optional)")
+        max_docs = gr.Number(DEFAULT_MAX_DOCS, precision=0, label="Document cap")
+        embedder = gr.Textbox(DEFAULT_EMBEDDER, label="Embedding model (name, Hub id or path)")
+    spec = [source, upload, text_column, label_column, max_docs, embedder]
+    embed_btn = gr.Button("Embed", variant="primary")
+    corpus_info = gr.Markdown(elem_id="corpus-info")
+    with gr.Tab("Clusters"):
+        with gr.Row():
+            method = gr.Radio(["kmeans", "hdbscan"], value="kmeans", label="Clustering")
+            n_clusters = gr.Slider(2, 60, 12, step=1, label="KMeans clusters")
+            min_size = gr.Slider(2, 200, 15, step=1, label="HDBSCAN min cluster size")
+            projection = gr.Radio(["pca", "tsne", "umap"], value="pca", label="2-D projection (seeded)")
+            color_by = gr.Radio(["cluster", "label"], value="cluster", label="Colour by")
+        cluster_btn = gr.Button("Cluster")
+        cluster_info, cluster_plot = gr.Markdown(), gr.Plot(label="Map")
+        cluster_tbl = gr.Dataframe(label="Clusters", interactive=False, max_height=300)
+    with gr.Tab("Classify"):
+        clf_method = gr.Radio(["logreg", "knn"], value="logreg", label="Classifier")
+        clf_btn = gr.Button("Train and evaluate")
+        clf_info, confusion = gr.Markdown(), gr.Plot(label="Confusion matrix")
+        wrong = gr.Dataframe(label="Misclassified examples", interactive=False, max_height=300)
+        with gr.Row():
+            new_text = gr.Textbox(label="Classify a new text")
+            predicted = gr.Markdown()
+    with gr.Tab("Topics"):
+        with gr.Row():
+            topic_method = gr.Radio(["fast", "umap"], value="fast", label="Method (fast: PCA+KMeans)")
+            n_topics = gr.Slider(2, 60, 20, step=1, label="Topics (fast method)")
+            topics_btn = gr.Button("Fit topics", variant="primary", elem_id="fit-topics")
+            name_btn = gr.Button("Name topics with the chat model")
+        topic_info = gr.Markdown(elem_id="topic-info")
+        topic_tbl = gr.Dataframe(label="Topics", interactive=False, max_height=360)
+        figures = []
+        for name in topic_core.FIGURES:
+            with gr.Tab(name.capitalize()):
+                figures.append(gr.Plot(label=name, elem_id=f"topic-{name}"))
+        with gr.Row():
+            query = gr.Textbox(label="Find topics similar to…")
+            export_btn = gr.Button("Export CSV + HTML")
+        found = gr.Dataframe(interactive=False)
+        files = gr.File(label="Exported files", file_count="multiple")
+    embed_btn.click(embed_corpus, spec, corpus_info, api_name="embed")
+    cluster_btn.click(run_clustering, [*spec, method, n_clusters, min_size, projection, color_by],
+                      [cluster_plot, cluster_info, cluster_tbl], api_name="cluster")
+    clf_btn.click(run_classification, [*spec, clf_method], [clf_info, confusion, wrong, classifier_state],
+                  api_name="classify")
+    new_text.submit(classify_text, [classifier_state, new_text, embedder], predicted, api_name=False)
+    topics_btn.click(run_topics, [*spec, topic_method, n_topics], [topic_info, topic_tbl, *figures, topic_state],
+                     api_name="topics")
+    name_btn.click(label_with_llm, topic_state, [topic_info, topic_tbl, *figures], api_name=False)
+    query.submit(search, [topic_state, query], found, api_name=False)
+    export_btn.click(export_topics, topic_state, files, api_name=False)

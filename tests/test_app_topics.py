@@ -1,0 +1,40 @@
+"""The topics pipeline on the real app server: gradio_client and Chromium."""
+from __future__ import annotations
+
+import pytest
+
+from tests.browser import browser_page
+from tests.conftest import ARTIFACTS
+
+pytestmark = pytest.mark.slow
+SPEC = dict(source="guardian-headlines", upload=None, text_column="", label_column="", max_docs=800,
+            embedder="all-MiniLM-L6-v2")
+
+
+def test_topics_pipeline_over_the_api(app_server):
+    from gradio_client import Client
+
+    client = Client(app_server, verbose=False)
+    info = client.predict(*SPEC.values(), api_name="/embed")
+    assert "**800 documents**" in info and "Using 800 of 4080" in info
+    message, table, *figures = client.predict(*SPEC.values(), "fast", 10, api_name="/topics")
+    assert message.startswith("10 topics over 800 documents")
+    assert len(table["data"]) >= 10
+    assert len(figures) == 5 and all(figures)
+    info = client.predict(*{**SPEC, "source": "chatterbot"}.values(), "logreg", api_name="/classify")
+    assert "Accuracy" in info[0]
+
+
+@pytest.mark.browser
+def test_topics_render_in_browser(app_server):
+    with browser_page(app_server) as page:
+        page.get_by_role("tab", name="Embeddings & topics").click()
+        page.get_by_label("Document cap").fill("800")
+        page.get_by_role("tab", name="Topics", exact=True).click()
+        page.locator("#fit-topics").click()
+        page.wait_for_function("() => document.querySelector('#topic-info')?.innerText.includes('topics over')",
+                               timeout=180_000)
+        page.locator("#topic-topics .js-plotly-plot").wait_for(timeout=60_000)
+        page.get_by_role("tab", name="Barchart").click()
+        page.locator("#topic-barchart .js-plotly-plot").wait_for(timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "topics.png"), full_page=True)

@@ -1,0 +1,112 @@
+"""Embeddings, clustering, classification and BERTopic on real data with the packaged MiniLM."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from core import embeddings
+from core.corpora import load_corpus
+from core.topics import FIGURES, TopicsError, figure, fit_topics, label_topics, search_topics
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def chatterbot():
+    corpus = load_corpus("chatterbot")
+    return corpus, embeddings.embed(corpus.texts)
+
+
+@pytest.fixture(scope="module")
+def headlines():
+    corpus = load_corpus("guardian-headlines", max_docs=1500)
+    vectors = embeddings.embed(corpus.texts)
+    return fit_topics(corpus.texts, vectors, "fast", 15, embedder=embeddings.load_embedder())
+
+
+def test_packaged_minilm_embeds_meaningfully():
+    vectors = embeddings.embed(["A cat sat on the mat.", "A kitten rested on the rug.", "Stock markets fell."])
+    assert vectors.shape == (3, 384)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.2
+
+
+def test_second_embedding_call_hits_the_cache():
+    texts = [f"cache test sentence number {i}" for i in range(40)]
+    before = embeddings.ENCODED["texts"]
+    first = embeddings.embed(texts)
+    assert embeddings.ENCODED["texts"] == before + 40
+    second = embeddings.embed(texts)
+    assert embeddings.ENCODED["texts"] == before + 40, "the second call must not encode again"
+    np.testing.assert_array_equal(first, second)
+
+
+def test_kmeans_recovers_chatterbot_categories(chatterbot):
+    corpus, vectors = chatterbot
+    ids = embeddings.cluster(vectors, "kmeans", len(set(corpus.labels)))
+    assert embeddings.cluster_scores(corpus.labels, ids)["nmi"] > 0.5
+
+
+def test_projection_is_seeded(chatterbot):
+    _, vectors = chatterbot
+    sample = vectors[:300]
+    np.testing.assert_allclose(embeddings.project(sample, "tsne"), embeddings.project(sample, "tsne"))
+
+
+def test_classification_beats_the_majority_class(chatterbot):
+    corpus, vectors = chatterbot
+    result = embeddings.classify(vectors, corpus.labels, corpus.texts)
+    assert result.accuracy > result.majority_baseline + 0.25
+    assert result.confusion.shape == (len(result.classes),) * 2 and result.misclassified
+
+
+def test_corpus_cap_is_explained():
+    corpus = load_corpus("guardian-headlines", max_docs=100)
+    assert len(corpus.texts) == 100 and "Using 100 of 4080" in corpus.note
+    debates = load_corpus("debates-2016")
+    assert debates.labels and "TRUMP" in debates.labels
+
+
+def test_fast_topics_on_headlines_and_every_figure(headlines):
+    table = headlines.table()
+    assert len(table[table.Topic != -1]) >= 5
+    assert all(words for words in table.Representation)
+    for name in FIGURES:
+        fig = figure(headlines, name)
+        assert fig.data or fig.layout.annotations, name
+    found = search_topics(headlines, "coronavirus pandemic")
+    assert found and "coronavirus" in " ".join(words for _, _, words in found)
+
+
+def test_too_few_documents_is_a_clear_message():
+    texts = ["cats purr", "dogs bark", "birds sing", "fish swim", "cows moo"]
+    with pytest.raises(TopicsError, match="at least 10 documents; this corpus has 5"):
+        fit_topics(texts, embeddings.embed(texts))
+
+
+def test_two_topics_give_a_fallback_intertopic_figure():
+    texts = [f"the cat number {i} purrs softly" for i in range(6)] + [f"stock market {i} falls hard" for i in range(6)]
+    result = fit_topics(texts, embeddings.embed(texts), "fast", 2)
+    fig = figure(result, "topics")
+    assert "needs at least 3 topics" in fig.layout.annotations[0].text
+
+
+@pytest.mark.slow
+def test_llm_names_topics(headlines, smol):
+    from copy import deepcopy
+
+    small = deepcopy(headlines)
+    labels = label_topics(small, max_topics=3)
+    named = [labels[t] for t in sorted(labels) if t != -1][:3]
+    assert len(named) == 3 and all(name.strip() for name in named)
+    assert "CustomName" in small.table().columns
+
+
+@pytest.mark.slow
+def test_cli_topics_writes_table_and_figures(tmp_path):
+    out = subprocess.run([sys.executable, "cli.py", "topics", "--corpus", "guardian-headlines", "--max-docs", "600",
+                          "--topics", "8", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "topics.csv").read_text().count("\n") >= 8
+    assert all((tmp_path / f"{name}.html").stat().st_size > 1000 for name in FIGURES)
