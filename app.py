@@ -1,13 +1,13 @@
 """Finetune Lab: a Gradio app to chat with, fine-tune and explore small language models.
 
-    python app.py                       # http://127.0.0.1:7860
-    python app.py --share --auth admin:secret   # public link; training/publishing need login
+    python app.py                                   # http://127.0.0.1:7860
+    python app.py --share                           # public link: chat open, training/publishing locked
+    FINETUNE_LAB_ADMIN_KEY=... python app.py --share    # the key unlocks them per browser session
+    python app.py --auth user:password              # or put the whole app behind a login
 
 The page is served before any model loads; models load lazily on first use. On a Hugging Face
-Space this file runs as is.
+Space this file runs as is (the Space owner's Hugging Face login unlocks training/publishing).
 """
-from __future__ import annotations
-
 import argparse
 import os
 
@@ -15,27 +15,55 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from tabs import chat, topics, train  # noqa: E402
+from core import access  # noqa: E402
+from tabs import chat, publish, topics, train  # noqa: E402
+
+MAX_UPLOAD = "50mb"
 
 
 def build_app() -> gr.Blocks:
     """The whole app as one gr.Blocks, with each tab laid out by its module."""
     with gr.Blocks(title="Finetune Lab") as demo:
         gr.Markdown("# Finetune Lab\nChat with, fine-tune and explore small language models.")
+        if access.is_public():
+            _access_row()
         with gr.Tab("Chat"):
             adapter_picker = chat.build()
         with gr.Tab("Train"):
             run, data_outputs, dataset, columns, runs = train.build(adapter_picker)
         with gr.Tab("Embeddings & topics"):
             topics.build()
+        with gr.Tab("Publish"):
+            publish_runs = publish.build()
         demo.load(chat.refresh_adapters, None, adapter_picker, api_name=False)
         # A (re)loaded page re-attaches to the live job, or shows the newest run.
         demo.load(train.attach_latest, None, run, api_name=False)
         demo.load(train._on_dataset, [dataset, columns], data_outputs, api_name=False)
         demo.load(train.runs_table, None, runs, api_name=False)
+        demo.load(lambda: gr.update(choices=publish.run_choices()), None, publish_runs, api_name=False)
+        if os.environ.get("SPACE_ID"):
+            demo.load(_oauth_unlock, None, None, api_name=False)
     # Generation is CPU-bound: more than 2 concurrent streams only slows every one of them.
     demo.queue(default_concurrency_limit=2, max_size=64)
     return demo
+
+
+def _access_row() -> None:
+    with gr.Row():
+        gr.Markdown("This app is public: chat is open; training, deleting runs and publishing need a login.")
+        if os.environ.get("SPACE_ID"):
+            gr.LoginButton()
+        key = gr.Textbox(label="Admin key", type="password", scale=1)
+        state = gr.Markdown()
+        key.submit(_unlock, key, state, api_name="unlock")
+
+
+def _unlock(key: str, request: gr.Request) -> str:
+    return access.unlock(key, request)
+
+
+def _oauth_unlock(request: gr.Request, profile: gr.OAuthProfile | None = None) -> None:
+    access.unlock_from_oauth(request, profile)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,15 +72,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
     parser.add_argument("--auth", default=os.environ.get("FINETUNE_LAB_AUTH"),
-                        help="USER:PASSWORD required to log in (or $FINETUNE_LAB_AUTH)")
+                        help="USER:PASSWORD login for the whole app (or $FINETUNE_LAB_AUTH)")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.share:
+        os.environ["FINETUNE_LAB_PUBLIC"] = "1"
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
-    build_app().launch(server_name=args.host, server_port=args.port, share=args.share,
-                       auth=auth, max_file_size="50mb")
+    # run_history=False: Gradio would otherwise keep every call's inputs (the HF token too) in the browser.
+    build_app().launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
+                       max_file_size=MAX_UPLOAD, run_history=False, footer_links=["api", "gradio"])
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
     python cli.py train --config training/recipes/sft_lora.yaml [--max_steps 20 ...]
     python cli.py runs
     python cli.py topics --corpus guardian-headlines [--method fast|umap] [--out DIR]
+    HF_TOKEN=... python cli.py publish --run RUN --repo USER/NAME [--space USER/SPACE] [--private]
 
 Heavy libraries are imported inside each command, so `--help` is instant.
 """
@@ -76,6 +77,22 @@ def cmd_topics(args) -> int:
     return 0
 
 
+def cmd_publish(args) -> int:
+    from core.hub import HubError, push_adapter, push_space
+
+    def progress(fraction, desc=""):
+        print(f"[{fraction:4.0%}] {desc}", file=sys.stderr)
+
+    try:
+        print(push_adapter(args.run, args.repo, None, args.private, progress))
+        if args.space:
+            print(push_space(args.run, args.space, args.repo, None, args.private, progress))
+    except (HubError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cli.py", description="Finetune Lab command line.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -98,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     topics.add_argument("--label-column", default="")
     topics.add_argument("--max-docs", type=int, default=5000)
     topics.add_argument("--embedder", default="all-MiniLM-L6-v2")
+    publish = sub.add_parser("publish", help="push a run's adapter (and a compare Space); token from HF_TOKEN")
+    publish.add_argument("--run", required=True, help="run folder name (see: cli.py runs)")
+    publish.add_argument("--repo", required=True, help="model repo, OWNER/NAME")
+    publish.add_argument("--space", help="also create or update this Space, OWNER/NAME")
+    publish.add_argument("--private", action="store_true")
     return parser
 
 
@@ -106,7 +128,8 @@ def main(argv=None) -> int:
     if argv[:1] == ["train"]:
         return cmd_train(argv[1:])
     args = build_parser().parse_args(argv)
-    return {"chat": cmd_chat, "runs": cmd_runs, "topics": cmd_topics}[args.command](args)
+    commands = {"chat": cmd_chat, "runs": cmd_runs, "topics": cmd_topics, "publish": cmd_publish}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,20 @@
 """Who may train, delete runs and publish when the app is public.
 
-    FINETUNE_LAB_AUTH=user:pass python app.py --share     # login required for those actions
+    FINETUNE_LAB_ADMIN_KEY=secret python app.py --share   # unlock box required for those actions
 
 Chat stays open to everyone. The app counts as public when launched with --share, when it
 runs on a Hugging Face Space (SPACE_ID is set), or when FINETUNE_LAB_PUBLIC=1. Then the guarded
-handlers need a logged-in user: a Gradio --auth login, or on a Space the Hugging Face OAuth
-login of the Space owner. The check runs in the server handler, so an API client without a
-session is refused too, not only hidden from in the UI.
+handlers need one of: a Gradio --auth login (which gates the whole app), the admin key
+($FINETUNE_LAB_ADMIN_KEY) typed into the "Unlock" box (chat stays open to everyone), or on a
+Space the Hugging Face login of the Space owner. The check runs in the server handler, so an
+API client without an unlocked session is refused too, not only hidden from in the UI.
 """
 from __future__ import annotations
 
+import hmac
 import os
+
+_UNLOCKED_SESSIONS: set[str] = set()
 
 
 class AccessDenied(PermissionError):
@@ -27,17 +31,36 @@ def space_owner() -> str | None:
     return os.environ.get("SPACE_AUTHOR_NAME") or (space.split("/")[0] if "/" in space else None)
 
 
-def require_user(request=None, oauth_profile=None, action: str = "this action") -> str | None:
-    """Return the user allowed to act, or raise AccessDenied. No check when the app is private."""
+def unlock(key: str, request=None) -> str:
+    """Unlock the guarded actions for this browser session with $FINETUNE_LAB_ADMIN_KEY."""
+    expected = os.environ.get("FINETUNE_LAB_ADMIN_KEY", "")
+    session = getattr(request, "session_hash", None)
+    if not expected:
+        return "No admin key is configured (set FINETUNE_LAB_ADMIN_KEY, or launch with --auth)."
+    if session and hmac.compare_digest((key or "").encode(), expected.encode()):
+        _UNLOCKED_SESSIONS.add(session)
+        return "Unlocked: training and publishing are enabled for this session."
+    return "Wrong admin key."
+
+
+def unlock_from_oauth(request=None, profile=None) -> None:
+    """On a Space, a Hugging Face login by the Space owner unlocks this session."""
+    owner, name = space_owner(), getattr(profile, "username", None)
+    if owner and name and name.lower() == owner.lower() and getattr(request, "session_hash", None):
+        _UNLOCKED_SESSIONS.add(request.session_hash)
+
+
+def require_user(request=None, action: str = "this action") -> str | None:
+    """Return who may act, or raise AccessDenied. No check while the app is private.
+
+    Allowed: a Gradio --auth login, or a session unlocked by the admin key or by the Space
+    owner's Hugging Face login.
+    """
     if not is_public():
         return None
-    username = getattr(request, "username", None) if request is not None else None
+    username = getattr(request, "username", None)
     if username:
         return username
-    owner = space_owner()
-    oauth_name = getattr(oauth_profile, "username", None) if oauth_profile is not None else None
-    if oauth_name and owner and oauth_name.lower() == owner.lower():
-        return oauth_name
-    if oauth_name:
-        raise AccessDenied(f"Only the Space owner ({owner}) may do {action}.")
+    if getattr(request, "session_hash", None) in _UNLOCKED_SESSIONS:
+        return "admin"
     raise AccessDenied(f"Log in to do {action}: this app is public, and only chat is open to everyone.")

@@ -1,0 +1,167 @@
+"""Publish a finished run to the Hugging Face Hub: the adapter with a model card, and a Space.
+
+    python cli.py publish --run RUN --repo USER/NAME [--space USER/SPACE] [--private]
+
+The token comes from the caller (the tab's password box) or HF_TOKEN. It is passed to
+huggingface_hub only: never printed, logged, written to a file, or echoed in an error.
+HF_ENDPOINT selects another Hub (the tests use a local server that speaks the protocol).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from core.paths import runs_dir
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+class HubError(RuntimeError):
+    """A one-line, token-free message about a failed Hub action."""
+
+
+def resolve_token(token: str | None) -> str:
+    token = (token or "").strip() or os.environ.get("HF_TOKEN", "").strip()
+    if not token:
+        raise HubError("No Hugging Face token: set HF_TOKEN or paste a write token in the token box.")
+    return token
+
+
+def check_repo_id(repo_id: str, what: str = "repo") -> str:
+    repo_id = (repo_id or "").strip()
+    if not _REPO_ID.match(repo_id) or ".." in repo_id or "--" in repo_id or repo_id.endswith((".", "-")):
+        raise HubError(f"Invalid {what} name {repo_id!r}: use OWNER/NAME with letters, digits, '.', '_' or '-'.")
+    return repo_id
+
+
+def _api(token: str):
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
+
+
+@contextmanager
+def hub_errors(token: str, repo_id: str = ""):
+    """Turn any Hub failure into a HubError whose text cannot contain the token."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        yield
+    except HubError:
+        raise
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        messages = {401: "The Hugging Face token was rejected: it is invalid or expired.",
+                    403: f"No write access to {repo_id}: it belongs to someone else, or the token is read-only.",
+                    404: f"{repo_id} was not found on the Hub."}
+        raise HubError(_scrub(messages.get(status, f"The Hub refused the request (HTTP {status})."), token)) from None
+    except (OSError, ConnectionError) as exc:
+        raise HubError(_scrub(f"The Hugging Face Hub is unreachable ({type(exc).__name__}).", token)) from None
+    except Exception as exc:  # httpx transport errors and anything else: still one clean line
+        name = type(exc).__name__
+        detail = "unreachable" if "Connect" in name or "Timeout" in name else f"failed: {str(exc)[:160]}"
+        raise HubError(_scrub(f"The Hugging Face Hub request {detail} ({name}).", token)) from None
+
+
+def _scrub(text: str, token: str) -> str:
+    return text.replace(token, "[token]") if token else text
+
+
+def finished_run(name: str) -> Path:
+    from core.paths import check_name
+
+    run = runs_dir() / check_name(name, "run name")
+    if not (run / "adapter").is_dir() or not (run / "manifest.json").is_file():
+        raise HubError(f"Run '{name}' has no finished adapter to publish.")
+    return run
+
+
+def model_card(run: Path, repo_id: str) -> str:
+    """README.md for the model repo: valid card metadata, results, report and usage."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    manifest = json.loads((run / "manifest.json").read_text())
+    config = (run / "config.yaml").read_text()
+    is_lora = (run / "adapter" / "adapter_config.json").is_file()
+    data = ModelCardData(base_model=manifest["base_model"], library_name="peft" if is_lora else "transformers",
+                         pipeline_tag="text-generation", license="apache-2.0",
+                         tags=["finetune-lab", manifest["objective"], manifest["adapter"], "text-generation"])
+    report = (run / "report.md").read_text() if (run / "report.md").is_file() else "(no report)"
+    body = (TEMPLATES / "model_card.md").read_text().format(
+        repo_id=repo_id, method=manifest["method"], base=manifest["base_model"], dataset=manifest["dataset"],
+        steps=manifest["steps"], ppl_before=manifest.get("perplexity_before"),
+        ppl_after=manifest.get("perplexity_after"), first_loss=manifest.get("first_loss"),
+        final_loss=manifest.get("final_loss"), config=config, report=report,
+        usage=_usage(repo_id, manifest["base_model"], is_lora))
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+    return str(card)
+
+
+def _usage(repo_id: str, base: str, is_lora: bool) -> str:
+    if is_lora:
+        return (f'from peft import AutoPeftModelForCausalLM\nmodel = AutoPeftModelForCausalLM.from_pretrained("{repo_id}")'
+                f'\n# or: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base}"), "{repo_id}")')
+    return f'from transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained("{repo_id}")'
+
+
+def push_adapter(run_name: str, repo_id: str, token: str | None = None, private: bool = False,
+                 progress=None) -> str:
+    """Create or update the model repo with the adapter (or full model) and its card; return its URL."""
+    from huggingface_hub import CommitOperationAdd
+
+    run, repo_id, token = finished_run(run_name), check_repo_id(repo_id), resolve_token(token)
+    api = _api(token)
+    with hub_errors(token, repo_id):
+        _step(progress, 0.1, "Checking the token")
+        api.whoami()
+        _step(progress, 0.3, "Creating or updating the repo")
+        url = api.create_repo(repo_id, private=private, exist_ok=True)
+        _step(progress, 0.5, "Uploading the adapter and model card in one commit")
+        files = [CommitOperationAdd(p.name, str(p)) for p in sorted((run / "adapter").iterdir())
+                 if p.is_file() and p.name != "README.md"]  # peft writes a stub card; ours replaces it
+        files.append(CommitOperationAdd("README.md", model_card(run, repo_id).encode()))
+        api.create_commit(repo_id, operations=files, commit_message=f"Upload {run.name} from Finetune Lab")
+        _step(progress, 1.0, "Done")
+    return str(url)
+
+
+def space_files(model_repo: str, base_model: str, is_lora: bool) -> dict[str, str]:
+    """The Space folder: app.py (compare chat for this adapter), requirements.txt, README.md."""
+    name = model_repo.split("/")[-1]
+    app = (TEMPLATES / "space_app.py").read_text()
+    app = app.replace("@@MODEL_REPO@@", model_repo).replace("@@BASE_MODEL@@", base_model)
+    app = app.replace("@@IS_LORA@@", "True" if is_lora else "False")
+    readme = (TEMPLATES / "space_readme.md").read_text().format(
+        title=name[:30], model_repo=model_repo, base_model=base_model)
+    requirements = "\n".join(["torch==2.13.0", "transformers==5.24.0", "peft==0.21.2", "gradio==6.31.0",
+                              "huggingface_hub==2.4.0", "safetensors"]) + "\n"
+    return {"app.py": app, "requirements.txt": requirements, "README.md": readme}
+
+
+def push_space(run_name: str, space_id: str, model_repo: str, token: str | None = None,
+               private: bool = False, progress=None) -> str:
+    """Create or update a Gradio Space serving the base-vs-tuned compare chat; return its URL."""
+    run, space_id = finished_run(run_name), check_repo_id(space_id, "Space")
+    model_repo, token = check_repo_id(model_repo), resolve_token(token)
+    manifest = json.loads((run / "manifest.json").read_text())
+    is_lora = (run / "adapter" / "adapter_config.json").is_file()
+    api = _api(token)
+    with hub_errors(token, space_id), tempfile.TemporaryDirectory() as tmp:
+        _step(progress, 0.2, "Creating or updating the Space")
+        url = api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+        for name, text in space_files(model_repo, manifest["base_model"], is_lora).items():
+            (Path(tmp) / name).write_text(text)
+        _step(progress, 0.6, "Uploading app.py, requirements.txt and README.md")
+        api.upload_folder(repo_id=space_id, repo_type="space", folder_path=tmp, commit_message="Update Space")
+        _step(progress, 1.0, "Done")
+    return str(url)
+
+
+def _step(progress, fraction: float, text: str) -> None:
+    if progress:
+        progress(fraction, desc=text)

@@ -1,0 +1,172 @@
+"""Publishing against a local server that speaks the Hub's protocol, with the real client."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from core import hub
+from tests.conftest import ROOT, free_port
+from tests.hub_server import VALID_TOKENS, serve_in_thread
+
+TOKEN = "hf_test_valid_token_abcdefghijklmnop"
+LEAK = "hf_LEAKCHECK_7f3a9c2e5b1d8046"
+
+
+@pytest.fixture(scope="module")
+def hub_url():
+    port = free_port()
+    server = serve_in_thread(port)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+
+
+@pytest.fixture
+def endpoint(hub_url, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_ENDPOINT", hub_url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    return hub_url
+
+
+def in_subprocess(code: str, env: dict) -> str:
+    """Run code where huggingface_hub reads HF_ENDPOINT at import, as a fresh process does."""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **env},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+LOAD_BACK = """
+import json, sys, torch
+sys.path.insert(0, '.')
+from huggingface_hub import hf_hub_download
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+from core.models import resolve_model
+path = hf_hub_download("tester/lumen-lora", "adapter_model.safetensors")
+base = resolve_model("smollm2-135m-instruct")
+remote = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), "tester/lumen-lora").eval()
+local = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), sys.argv[1]).eval()
+ids = torch.tensor([[1, 9690, 198, 2683, 359, 253, 5356]])
+with torch.no_grad():
+    print(json.dumps({"equal": bool(torch.equal(remote(ids).logits, local(ids).logits))}))
+"""
+
+
+@pytest.mark.slow
+def test_push_adapter_download_and_load_back(endpoint, tiny_run, data_home):
+    url = hub.push_adapter(tiny_run.name, "tester/lumen-lora", TOKEN)
+    assert url.endswith("/tester/lumen-lora")
+    code = LOAD_BACK.replace("sys.argv[1]", repr(str(tiny_run / "adapter")))
+    result = json.loads(in_subprocess(code, {"HF_ENDPOINT": endpoint}).splitlines()[-1])
+    assert result["equal"]
+
+
+def test_model_card_front_matter(tiny_run):
+    from huggingface_hub import ModelCard
+
+    card = ModelCard(hub.model_card(tiny_run, "tester/lumen-lora"))
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert card.data.library_name == "peft" and "finetune-lab" in card.data.tags
+    assert "perplexity" in card.text and "Who are you?" in card.text and "PeftModel" in card.text
+
+
+@pytest.mark.slow
+def test_space_is_created_and_its_app_builds(endpoint, tiny_run, hub_url):
+    hub.push_adapter(tiny_run.name, "tester/space-lora", TOKEN)
+    url = hub.push_space(tiny_run.name, "tester/lumen-compare", "tester/space-lora", TOKEN)
+    assert "/spaces/tester/lumen-compare" in url
+    code = """
+import importlib.util, json, sys
+from huggingface_hub import HfApi, hf_hub_download
+files = sorted(s.rfilename for s in HfApi().space_info("tester/lumen-compare").siblings)
+readme = open(hf_hub_download("tester/lumen-compare", "README.md", repo_type="space")).read()
+app_path = hf_hub_download("tester/lumen-compare", "app.py", repo_type="space")
+spec = importlib.util.spec_from_file_location("space_app", app_path)
+space = importlib.util.module_from_spec(spec); spec.loader.exec_module(space)
+demo = space.build_demo()
+base, tuned = space.answer_both("Who are you?")
+print(json.dumps({"files": files, "readme": readme, "blocks": type(demo).__name__, "base": base, "tuned": tuned}))
+"""
+    sys.path.insert(0, str(ROOT))
+    from core.models import resolve_model
+
+    env = {"HF_ENDPOINT": endpoint, "BASE_MODEL": resolve_model("smollm2-135m-instruct")}
+    out = json.loads(in_subprocess(code, env).splitlines()[-1])
+    assert out["files"] == ["README.md", "app.py", "requirements.txt"]
+    assert "sdk: gradio" in out["readme"] and "app_file: app.py" in out["readme"]
+    assert "tester/space-lora" in out["readme"] and out["blocks"] == "Blocks"
+    assert out["base"] != out["tuned"] and "Lumen" in out["tuned"]
+
+
+@pytest.mark.slow
+def test_pushing_twice_updates(endpoint, tiny_run):
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=endpoint, token=TOKEN)
+    hub.push_adapter(tiny_run.name, "tester/twice", TOKEN)
+    first = api.model_info("tester/twice").sha
+    hub.push_adapter(tiny_run.name, "tester/twice", TOKEN)
+    assert api.model_info("tester/twice").sha != first
+
+
+@pytest.mark.parametrize("repo, token, message", [
+    ("tester/x", "", "No Hugging Face token"),
+    ("tester/x", "hf_wrong", "token was rejected"),
+    ("../etc/passwd", TOKEN, "Invalid repo name"),
+    ("tester/bad name", TOKEN, "Invalid repo name"),
+    ("someone-else/their-model", TOKEN, "belongs to someone else"),
+])
+def test_clear_one_line_errors(endpoint, tiny_run, repo, token, message):
+    with pytest.raises(hub.HubError, match=message) as info:
+        hub.push_adapter(tiny_run.name, repo, token)
+    assert "\n" not in str(info.value) and (not token or token not in str(info.value))
+
+
+def test_unreachable_hub(monkeypatch, tiny_run):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(hub.HubError, match="unreachable"):
+        hub.push_adapter(tiny_run.name, "tester/x", TOKEN)
+
+
+@pytest.mark.slow
+def test_token_never_leaks(hub_url, tiny_run, data_home, tmp_path):
+    """Publish through the real app with a recognisable token; it must appear nowhere."""
+    from gradio_client import Client
+
+    from tests.conftest import ARTIFACTS, start_app
+
+    assert LEAK in VALID_TOKENS
+    proc, url = start_app(env={"HF_ENDPOINT": hub_url})
+    outputs = []
+    try:
+        client = Client(url, verbose=False)
+        outputs.append(client.predict(tiny_run.name, "tester/leak-check", False, LEAK, api_name="/publish_adapter"))
+        outputs.append(client.predict(tiny_run.name, "tester/leak-space", "tester/leak-check", False, LEAK,
+                                      api_name="/publish_space"))
+        outputs.append(client.predict(tiny_run.name, "someone-else/their-model", False, LEAK,
+                                      api_name="/publish_adapter"))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert outputs[0].startswith("✅") and outputs[1].startswith("✅") and outputs[2].startswith("⚠️")
+    for text in outputs:
+        assert LEAK not in text
+    space = tmp_path / "space"
+    for name, text in hub.space_files("tester/leak-check", "base/model", True).items():
+        (space / name).parent.mkdir(exist_ok=True)
+        (space / name).write_text(text)
+    scanned = 0
+    for folder in (data_home, ARTIFACTS, space):
+        for path in folder.rglob("*"):
+            if path.is_file():
+                scanned += 1
+                assert LEAK.encode() not in path.read_bytes(), f"token found in {path}"
+    assert scanned > 10
+    with pytest.raises(hub.HubError) as info:
+        hub.push_adapter(tiny_run.name, "someone-else/their-model", LEAK)
+    assert LEAK not in str(info.value) and LEAK not in repr(info.value)
