@@ -16,7 +16,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 
 from core import access  # noqa: E402
-from tabs import chat, publish, topics, train  # noqa: E402
+from tabs import chat, publish, topics, train, train_live  # noqa: E402
 
 MAX_UPLOAD = "50mb"
 
@@ -37,9 +37,9 @@ def build_app() -> gr.Blocks:
             publish_runs = publish.build()
         demo.load(chat.refresh_adapters, None, adapter_picker, api_name=False)
         # A (re)loaded page re-attaches to the live job, or shows the newest run.
-        demo.load(train.attach_latest, None, run, api_name=False)
+        demo.load(train_live.attach_latest, None, run, api_name=False)
         demo.load(train._on_dataset, [dataset, columns], data_outputs, api_name=False)
-        demo.load(train.runs_table, None, runs, api_name=False)
+        demo.load(train_live.runs_table, None, runs, api_name=False)
         demo.load(lambda: gr.update(choices=publish.run_choices()), None, publish_runs, api_name=False)
         if os.environ.get("SPACE_ID"):
             demo.load(_oauth_unlock, None, None, api_name=False)

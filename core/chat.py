@@ -98,21 +98,13 @@ class _StopOnEvent:
 def stream_reply(loaded: LoadedModel, messages: list[dict], settings: GenerationSettings,
                  adapter_name: str | None = None) -> Iterator[Reply]:
     """Yield the growing reply. With a peft model, `adapter_name=None` runs the pure base."""
-    from transformers import StoppingCriteriaList, TextIteratorStreamer
+    from transformers import TextIteratorStreamer
 
     _check_messages(messages)
     input_ids, notice = build_inputs(loaded, messages, settings)
-    tokenizer = loaded.tokenizer
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
     stop, result = threading.Event(), {}
-    sampling = dict(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
-    kwargs = dict(
-        input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer,
-        max_new_tokens=int(settings.max_new_tokens), pad_token_id=tokenizer.pad_token_id,
-        repetition_penalty=settings.repetition_penalty,
-        stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
-        **(sampling if settings.temperature > 0 else dict(do_sample=False, top_p=None, top_k=None)),
-    )
+    kwargs = _generate_kwargs(loaded, input_ids, settings, streamer, stop)
 
     def run():
         try:
@@ -140,6 +132,19 @@ def stream_reply(loaded: LoadedModel, messages: list[dict], settings: Generation
     reply.stats = f"{reply.new_tokens} tokens, {reply.new_tokens / reply.seconds:.1f} tok/s"
     reply.done = True
     yield reply
+
+
+def _generate_kwargs(loaded: LoadedModel, input_ids, settings: GenerationSettings, streamer, stop) -> dict:
+    from transformers import StoppingCriteriaList
+
+    if settings.temperature > 0:
+        sampling = dict(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
+    else:
+        sampling = dict(do_sample=False, top_p=None, top_k=None)
+    return dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer,
+                max_new_tokens=int(settings.max_new_tokens), pad_token_id=loaded.tokenizer.pad_token_id,
+                repetition_penalty=settings.repetition_penalty,
+                stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]), **sampling)
 
 
 def _check_messages(messages: list[dict]) -> None:

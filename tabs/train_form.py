@@ -48,9 +48,13 @@ def config_to_values(cfg: TrainConfig) -> list:
     return ["\n".join(v) if isinstance(v, list) else v for v in (getattr(cfg, n) for n in NAMES)]
 
 
+def help_of(name: str) -> str:
+    return next(f.metadata["help"] for f in FIELDS if f.name == name)
+
+
 def explain(name: str, choice: str) -> str:
     """The help line of a choice field, with the chosen option's part first."""
-    help_text = next(f.metadata["help"] for f in FIELDS if f.name == name)
+    help_text = help_of(name)
     parts = [p.strip() for p in help_text.split(";")]
     chosen = [p for p in parts if p.startswith(f"{choice}:")]
     return chosen[0] if chosen else help_text

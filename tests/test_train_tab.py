@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tabs import train, train_form
+from tabs import train, train_form, train_live
 from training import jobs
 from training.config import TrainConfig, load_config
 
@@ -68,25 +68,25 @@ def test_explanations_come_from_help_strings():
 
 @pytest.mark.slow
 def test_stop_and_resume_through_ui_functions(data_home):
-    message, run = train.start_training(*values(output_name="ui-stop", max_steps=200, save_steps=1000,
+    message, run = train_live.start_training(*values(output_name="ui-stop", max_steps=200, save_steps=1000,
                                                 learning_rate=1e-3, max_length=128))
     assert run == "ui-stop", message
     deadline = time.time() + 180
     while jobs.read_status(jobs.run_path(run)).step < 1 and time.time() < deadline:
         time.sleep(0.5)
-    busy, _ = train.start_training(*values(output_name="ui-other"))
+    busy, _ = train_live.start_training(*values(output_name="ui-other"))
     assert "still running" in busy
-    assert "Stopping" in train.stop_training(run)
+    assert "Stopping" in train_live.stop_training(run)
     assert jobs.wait(run, 120).state == "stopped"
     step = jobs.read_status(jobs.run_path(run)).step
-    message, _ = train.resume_training(run)
+    message, _ = train_live.resume_training(run)
     assert "Resumed" in message
     while jobs.read_status(jobs.run_path(run)).step <= step and time.time() < deadline + 120:
         time.sleep(0.5)
-    train.stop_training(run)
+    train_live.stop_training(run)
     final = jobs.wait(run, 120)
     assert final.state == "stopped" and final.step > step
-    progress, fig, stats, tail, result, state, _ = train.poll(run, None)
+    progress, fig, stats, tail, result, state, _ = train_live.poll(run, None)
     assert f"step {final.step}/200" in progress and "stopped" in stats and state == "stopped"
     assert len(fig.data[0].x) >= 2
-    assert "Deleted" in train.delete_run(run, True)
+    assert "Deleted" in train_live.delete_run(run, True)

@@ -61,7 +61,6 @@ def test_recipe_trains_and_reloads(recipe, overrides, data_home):
 
 
 def reload_and_generate(run_dir, cfg):
-    from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = run_dir / "adapter"

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStream
 
 MODEL_REPO = os.environ.get("MODEL_REPO", "@@MODEL_REPO@@")
 BASE_MODEL = os.environ.get("BASE_MODEL", "@@BASE_MODEL@@")
-IS_LORA = @@IS_LORA@@
+IS_LORA = "@@IS_LORA@@" == "True"
 _MODELS = {}
 
 

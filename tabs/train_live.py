@@ -1,0 +1,143 @@
+"""Train tab, live part: start/stop/resume jobs, poll the run folder, list and delete runs.
+
+Plain functions over widget values, wired by tabs/train.py; the API endpoints train_recipe and
+train_status live here too. All state is read from the run folder (training.jobs), which is what
+lets a reloaded page re-attach to a running job.
+"""
+from __future__ import annotations
+
+import os
+
+import gradio as gr
+
+from core.access import require_user
+from tabs import train_form
+from tabs.train_plots import loss_figure, progress_html
+from training import jobs
+from training.config import load_config
+
+
+def start_training(*values, request: gr.Request = None):
+    """Start a job from the form; returns (message, run name to attach to)."""
+    try:
+        require_user(request, action="training")
+        cfg = train_form.values_to_config(values)
+        run_dir = jobs.start(cfg, threads=_training_threads())
+    except (ValueError, PermissionError, jobs.JobBusy) as exc:
+        return f"⚠️ {exc}", gr.update()
+    return f"Started **{run_dir.name}**: `{' '.join(jobs.command_for(run_dir)[1:])}`", run_dir.name
+
+
+def _training_threads() -> int:
+    """Leave one core to chat: two busy processes on 2 cores collapse generation to ~1 tok/s."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+def stop_training(run: str, request: gr.Request = None) -> str:
+    try:
+        require_user(request, action="stopping a run")
+        return f"Stopping **{run}**: saving a checkpoint…" if run and jobs.stop(run) else "No running job."
+    except (ValueError, PermissionError) as exc:
+        return f"⚠️ {exc}"
+
+
+def resume_training(run: str, request: gr.Request = None):
+    try:
+        require_user(request, action="training")
+        jobs.resume(run)
+    except (ValueError, PermissionError, jobs.JobBusy) as exc:
+        return f"⚠️ {exc}", gr.update()
+    return f"Resumed **{run}** from its last checkpoint.", run
+
+
+def api_start(recipe: str, overrides: str = "", request: gr.Request = None) -> str:
+    """API: start a bundled recipe with YAML overrides (e.g. 'max_steps: 2'); returns the run name."""
+    import yaml
+
+    try:
+        require_user(request, action="training")
+        extra = yaml.safe_load(overrides or "") or {}
+        if not isinstance(extra, dict):
+            raise ValueError("overrides must be a YAML mapping, e.g. 'max_steps: 2'.")
+        return jobs.start(load_config(recipe, **extra), threads=_training_threads()).name
+    except (ValueError, PermissionError, jobs.JobBusy, yaml.YAMLError) as exc:
+        raise gr.Error(str(exc)) from None
+
+
+def api_status(run: str) -> dict:
+    """API: a run's state, step, max_steps, ETA, loss log and manifest."""
+    try:
+        status = jobs.read_status(jobs.run_path(run))
+    except ValueError as exc:
+        raise gr.Error(str(exc)) from None
+    return {"name": status.name, "state": status.state, "step": status.step, "max_steps": status.max_steps,
+            "eta_s": status.eta_s, "log": status.log, "manifest": status.manifest, "error": status.error}
+
+
+def attach_latest() -> str | None:
+    """The run to show after a (re)load: the live job, else the newest run."""
+    runs = jobs.list_runs()
+    return jobs.current_job() or (runs[0].name if runs else None)
+
+
+def poll(run: str | None, last_state: str | None):
+    """Everything the Run and Result steps show, read from the run folder."""
+    if not run:
+        return "", None, "No run yet.", "", "", last_state, gr.update()
+    try:
+        status = jobs.read_status(jobs.run_path(run))
+    except ValueError as exc:
+        return "", None, f"⚠️ {exc}", "", "", last_state, gr.update()
+    stats = f"**{status.name}** · {status.state}" + (
+        f" · {status.tokens_per_s:.0f} tokens/s" if status.tokens_per_s else "")
+    if status.error:
+        stats += f"\n\n```\n{status.error[-1500:]}\n```"
+    tail = "\n".join(_log_line(e) for e in status.log[-12:])
+    refresh = gr.update(choices=_adapters()) if status.state != last_state else gr.update()
+    return (progress_html(status), loss_figure(status.log), stats, tail, result_markdown(status),
+            status.state, refresh)
+
+
+def _adapters():
+    from tabs.chat import adapter_choices
+
+    return adapter_choices()
+
+
+def _log_line(entry: dict) -> str:
+    parts = [f"step {entry.get('step')}"] + [f"{k}={entry[k]:.4g}" for k in ("loss", "eval_loss", "learning_rate")
+                                              if entry.get(k) is not None]
+    return " · ".join(parts)
+
+
+def result_markdown(status) -> str:
+    if status.state != "completed":
+        return ""
+    m = status.manifest
+    lines = [f"### {m.get('method')} on {m.get('dataset')}: {m.get('steps')} steps in {m.get('train_runtime_s')} s",
+             f"Loss {m.get('first_loss', 0):.3f} → {m.get('final_loss', 0):.3f} · perplexity "
+             f"{m.get('perplexity_before')} → {m.get('perplexity_after')}",
+             f"Adapter: `{jobs.run_path(status.name) / 'adapter'}` (now in the Chat tab's picker)", ""]
+    report = jobs.run_path(status.name) / "report.md"
+    return "\n".join(lines) + (report.read_text() if report.is_file() else "")
+
+
+def runs_table():
+    import pandas as pd
+
+    rows = [{"name": r.name, "method": f"{r.manifest.get('method', '')}", "dataset": r.manifest.get("dataset", ""),
+             "status": r.state, "steps": f"{r.step}/{r.max_steps}",
+             "ppl before → after": f"{r.manifest.get('perplexity_before', '')} → {r.manifest.get('perplexity_after', '')}"}
+            for r in jobs.list_runs()]
+    return pd.DataFrame(rows, columns=["name", "method", "dataset", "status", "steps", "ppl before → after"])
+
+
+def delete_run(run: str, confirmed: bool, request: gr.Request = None) -> str:
+    try:
+        require_user(request, action="deleting runs")
+        if not confirmed:
+            return "Tick the confirmation box to delete."
+        jobs.delete(run)
+    except (ValueError, PermissionError, jobs.JobBusy) as exc:
+        return f"⚠️ {exc}"
+    return f"Deleted {run}."
