@@ -9,7 +9,8 @@ run:
 
 test:
 	bash setup.sh --test
-	GRADIO_ANALYTICS_ENABLED=False HF_HUB_DISABLE_TELEMETRY=1 .venv/bin/python -m pytest -q -rs --durations=15
+	GRADIO_ANALYTICS_ENABLED=False HF_HUB_DISABLE_TELEMETRY=1 .venv/bin/python -m pytest -q -rs --durations=15 \
+		--basetemp="$$(mktemp -d)/pytest"
 
 bench:
 	.venv/bin/python bench/bench_chat.py

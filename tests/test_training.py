@@ -28,7 +28,6 @@ def test_tiny_lora_run_folder_and_identity_change(tiny_run):
     """The identity recipe visibly changes the greedy answer to 'Who are you?'."""
     info = manifest(tiny_run)
     assert info["steps"] == 6 and info["adapter"] == "lora" and info["objective"] == "sft"
-    assert info["final_loss"] < info["first_loss"]
     assert info["perplexity_after"] < info["perplexity_before"]
     assert (tiny_run / "adapter" / "adapter_model.safetensors").is_file()
     assert not (tiny_run / ".adapter.partial").exists()
@@ -54,8 +53,8 @@ def test_recipe_trains_and_reloads(recipe, overrides, data_home):
                       report_prompts=["Hello"], **overrides)
     run_dir = train(cfg, data_home / "runs" / cfg.output_name)
     info = manifest(run_dir)
-    assert info["steps"] == 4 and info["final_loss"] < info["first_loss"]
-    assert info["perplexity_after"] is not None
+    # Batches differ in length and content, so compare the same held-out data before and after.
+    assert info["steps"] == 4 and info["perplexity_after"] < info["perplexity_before"]
     tokens = reload_and_generate(run_dir, cfg)
     assert tokens.shape[1] > 0
 
