@@ -118,7 +118,7 @@ def push_adapter(run_name: str, repo_id: str, token: str | None = None, private:
     api = _api(token)
     with hub_errors(token, repo_id):
         _step(progress, 0.1, "Checking the token")
-        api.whoami()
+        _check_namespace(api, repo_id)
         _step(progress, 0.3, "Creating or updating the repo")
         url = api.create_repo(repo_id, private=private, exist_ok=True)
         _step(progress, 0.5, "Uploading the adapter and model card in one commit")
@@ -152,6 +152,8 @@ def push_space(run_name: str, space_id: str, model_repo: str, token: str | None 
     is_lora = (run / "adapter" / "adapter_config.json").is_file()
     api = _api(token)
     with hub_errors(token, space_id), tempfile.TemporaryDirectory() as tmp:
+        _step(progress, 0.1, "Checking the token")
+        _check_namespace(api, space_id)
         _step(progress, 0.2, "Creating or updating the Space")
         url = api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
         for name, text in space_files(model_repo, manifest["base_model"], is_lora).items():
@@ -160,6 +162,14 @@ def push_space(run_name: str, space_id: str, model_repo: str, token: str | None 
         api.upload_folder(repo_id=space_id, repo_type="space", folder_path=tmp, commit_message="Update Space")
         _step(progress, 1.0, "Done")
     return str(url)
+
+
+def _check_namespace(api, repo_id: str) -> None:
+    """Refuse early, with a clear message, a repo outside the token owner's user and orgs."""
+    me = api.whoami()
+    allowed = {me.get("name", "")} | {org.get("name", "") for org in me.get("orgs", [])}
+    if repo_id.split("/")[0] not in allowed:
+        raise HubError(f"{repo_id} belongs to someone else: this token can write to {', '.join(sorted(allowed))}.")
 
 
 def _step(progress, fraction: float, text: str) -> None:

@@ -106,3 +106,13 @@ def test_bad_adapter_paths(smol, path, message):
 def test_folder_that_is_neither_adapter_nor_model(smol, tmp_path):
     with pytest.raises(ModelError, match="neither"):
         attach_tuned(smol, str(tmp_path))
+
+
+@pytest.mark.slow
+def test_packaged_gemma_base_continues_text():
+    """The second packaged model: a pretrained-only Gemma 3 with no chat template."""
+    gemma = load_model("gemma-3-270m")
+    assert not gemma.tokenizer.chat_template
+    reply = final(gemma, [{"role": "user", "content": "The Eiffel Tower is located in the city of"}],
+                  GenerationSettings(max_new_tokens=8, raw_text=True))
+    assert "Paris" in reply.text
