@@ -50,6 +50,26 @@ def unlock_from_oauth(request=None, profile=None) -> None:
         _UNLOCKED_SESSIONS.add(request.session_hash)
 
 
+def check_data_source(source: str, bundled: tuple) -> str:
+    """In public mode, data may come only from bundled sets, the data dir or Gradio uploads.
+
+    Otherwise anyone could type a server path into the dataset box and read the file back
+    through the preview table.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from core.paths import data_dir
+
+    if not is_public() or source in bundled or source.partition(":")[0] in bundled:
+        return source
+    path = Path(source).expanduser().resolve()
+    uploads = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
+    if not any(path.is_relative_to(root) for root in (data_dir().resolve(), uploads)):
+        raise AccessDenied("On a public app, use a bundled dataset or upload a file; server paths are not readable.")
+    return source
+
+
 def require_user(request=None, action: str = "this action") -> str | None:
     """Return who may act, or raise AccessDenied. No check while the app is private.
 

@@ -10,15 +10,17 @@ import time
 
 import gradio as gr
 
+from core.access import check_data_source
 from core.corpora import CORPORA, DEFAULT_MAX_DOCS, load_corpus
 from core.embeddings import DEFAULT_EMBEDDER, classify, cluster, cluster_scores, embed, load_embedder, project
 from core.paths import data_dir
 from core import topics as topic_core
 
-ERRORS = (ValueError, OSError)
+ERRORS = (ValueError, OSError)  # OSError covers access.AccessDenied (a PermissionError)
 
 
 def corpus_and_vectors(source, upload, text_column, label_column, max_docs, embedder, progress=None):
+    check_data_source(upload or source, CORPORA)
     corpus = load_corpus(upload or source, (text_column or "").strip(), (label_column or "").strip(),
                          int(max_docs or DEFAULT_MAX_DOCS))
     callback = (lambda f: progress(f, desc="Embedding")) if progress else None

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from core.access import check_data_source
 from core.data import BUNDLED, chatterbot_categories, detect_format, load_rows
 from core.paths import check_name, data_dir
 from tabs import train_form
@@ -42,9 +43,10 @@ def save_upload(upload: str | None) -> str | None:
 def inspect_data(dataset: str, columns: str = ""):
     """(summary markdown, first rows as a table, column names) for a dataset source."""
     try:
+        check_data_source(dataset, BUNDLED)
         rows = load_rows(dataset, columns)
         fmt = detect_format(rows.column_names)
-    except ValueError as exc:
+    except (ValueError, PermissionError) as exc:
         return f"⚠️ {exc}", None, []
     head = rows.select(range(min(MAX_PREVIEW_ROWS, len(rows)))).to_pandas()
     head = head.map(lambda v: (str(v)[:300] + "…") if len(str(v)) > 300 else str(v))
@@ -64,8 +66,9 @@ def preview_example(row, *values):
 
     try:
         cfg = train_form.values_to_config(values)
+        check_data_source(cfg.dataset, BUNDLED)
         shown = preview(cfg, int(row or 0))
-    except ValueError as exc:
+    except (ValueError, PermissionError) as exc:
         return [(f"⚠️ {exc}", None)], ""
     info = f"{shown.total_tokens} tokens, {shown.trained_tokens} trained on (highlighted). {shown.note}"
     return shown.segments, info.strip()

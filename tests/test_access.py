@@ -33,6 +33,21 @@ def test_space_owner_oauth_unlocks_only_the_owner(monkeypatch):
     assert access.require_user(Request("s-alice")) == "admin"
 
 
+def test_public_app_reads_no_server_paths(monkeypatch, tmp_path, data_home):
+    from tabs import topics, train
+
+    monkeypatch.setenv("FINETUNE_LAB_PUBLIC", "1")
+    secret = tmp_path / "secret.csv"
+    secret.write_text("question,answer\nthe password,hunter2\n")
+    summary, table, _ = train.inspect_data(str(secret))
+    assert "server paths are not readable" in summary and table is None
+    assert "72 rows" in train.inspect_data("identity")[0]
+    uploaded = train.save_upload(str(secret))
+    assert "**1 rows**" in train.inspect_data(uploaded)[0], "uploads land in the data dir and stay readable"
+    info = topics.embed_corpus(str(secret), None, "question", "", 100, "all-MiniLM-L6-v2", progress=None)
+    assert "server paths are not readable" in info
+
+
 def test_public_app_refuses_unauthenticated_clients(tiny_run):
     from gradio_client import Client
 
