@@ -38,7 +38,7 @@ def build_app() -> gr.Blocks:
         demo.load(chat.refresh_adapters, None, adapter_picker, api_name=False)
         # A (re)loaded page re-attaches to the live job, or shows the newest run.
         demo.load(train_live.attach_latest, None, run, api_name=False)
-        demo.load(train._on_dataset, [dataset, columns], data_outputs, api_name=False)
+        demo.load(train.inspect_for_form, [dataset, columns], data_outputs, api_name=False)
         demo.load(train_live.runs_table, None, runs, api_name=False)
         demo.load(lambda: gr.update(choices=publish.run_choices()), None, publish_runs, api_name=False)
         if os.environ.get("SPACE_ID"):

@@ -19,9 +19,6 @@ import torch
 
 from core.models import LoadedModel, ModelError, find_spec, load_model
 
-SIDES = ("base", "tuned")
-
-
 @dataclass
 class GenerationSettings:
     """Sampling knobs for one reply; temperature 0 means greedy decoding."""

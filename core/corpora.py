@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.assets import package_dir
-from core.data import DataError, _check_text_file
+from core.data import DataError, check_text_file
 
 CORPORA = ("guardian-headlines", "chatterbot", "debates-2016")
 DEFAULT_MAX_DOCS = 5000
@@ -58,7 +58,7 @@ def _read_file(path: Path):
 
     if not path.is_file():
         raise DataError(f"{path}: file not found.")
-    _check_text_file(path)
+    check_text_file(path)
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":

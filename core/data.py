@@ -93,7 +93,7 @@ def _load_file(path: Path):
     if not path.is_file():
         raise DataError(f"{path}: file not found.")
     if kind != "parquet":
-        _check_text_file(path)
+        check_text_file(path)
     extra = {"sample_by": "paragraph"} if kind == "text" else {}
     try:
         ds = load_dataset(kind, data_files=str(path), split="train", **extra)
@@ -105,7 +105,7 @@ def _load_file(path: Path):
     return ds
 
 
-def _check_text_file(path: Path) -> None:
+def check_text_file(path: Path) -> None:
     """Find binary, non-UTF-8 and broken-JSON files early, naming the line."""
     raw = path.read_bytes()
     if not raw.strip():

@@ -145,12 +145,6 @@ def _load_fresh(name: str, source: str) -> LoadedModel:
     return LoadedModel(label, source, model, tokenizer, time.perf_counter() - start)
 
 
-def forget_models() -> None:
-    """Drop every cached model (tests use this to measure cold loads)."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
-
-
 def set_threads(count: int | None = None) -> int:
     """Set torch's intra-op threads on purpose (default: $FINETUNE_LAB_THREADS or all cores).
 

@@ -10,6 +10,7 @@ import gradio as gr
 from core.chat import GenerationSettings, attach_tuned, stream_reply
 from core.models import DEFAULT_MODEL, KNOWN_MODELS, load_model, set_threads
 from core.paths import finished_runs
+from training.jobs import current_job
 
 MODES = ("Single", "Compare")
 
@@ -40,7 +41,8 @@ def respond(message, base_history, tuned_history, model_name, adapter, mode, sys
                                       int(max_new_tokens), float(repetition_penalty))
         if not str(message or "").strip():
             raise ValueError("Empty message: type something first.")
-        set_threads(_chat_thread_count())
+        job = current_job()
+        set_threads(1 if job else None)  # a training job owns the other core(s)
         loaded = load_model(model_name or DEFAULT_MODEL)
         tuned = attach_tuned(loaded, adapter) if compare else None
     except (ValueError, OSError) as exc:
@@ -63,7 +65,8 @@ def respond(message, base_history, tuned_history, model_name, adapter, mode, sys
             return
         side = "tuned" if adapter_name or model is not loaded else "base"
         status += f" · {side}: {reply.stats}" + (f" · {reply.notice}" if reply.notice else "")
-    yield base_history, tuned_history, status + _training_note(), ""
+    note = f" · training job '{job}' is running (chat uses 1 thread)" if job else ""
+    yield base_history, tuned_history, status + note, ""
 
 
 def retry(base_history, tuned_history):
@@ -76,19 +79,6 @@ def retry(base_history, tuned_history):
     tuned_history = plain_history(tuned_history)
     tuned_cut = [i for i, m in enumerate(tuned_history) if m["role"] == "user"]
     return base_history[:cut], tuned_history[: tuned_cut[-1]] if tuned_cut else [], users[-1]["content"]
-
-
-def _chat_thread_count() -> int | None:
-    from training.jobs import current_job
-
-    return 1 if current_job() else None
-
-
-def _training_note() -> str:
-    from training.jobs import current_job
-
-    job = current_job()
-    return f" · training job '{job}' is running (chat uses 1 thread)" if job else ""
 
 
 def refresh_adapters():

@@ -193,8 +193,8 @@ def _runs_section() -> dict:
 def _wire_data(data: dict, form: list) -> None:
     inspect_inputs = [data["dataset"], data["columns"]]
     data["upload"].upload(save_upload, data["upload"], data["dataset"])
-    data["dataset"].change(_on_dataset, inspect_inputs, data["outputs"])
-    data["columns"].submit(_on_dataset, inspect_inputs, data["outputs"])
+    data["dataset"].change(inspect_for_form, inspect_inputs, data["outputs"])
+    data["columns"].submit(inspect_for_form, inspect_inputs, data["outputs"])
     for dropdown in data["maps"]:
         dropdown.input(mapping_string, data["maps"], data["columns"])
     data["preview"].click(preview_example, [data["row"], *form], [data["seen"], data["seen_info"]])
@@ -212,7 +212,7 @@ def _pick_run(evt: gr.SelectData) -> str:
     return evt.row_value[0] if evt.row_value else ""
 
 
-def _on_dataset(dataset: str, columns: str):
+def inspect_for_form(dataset: str, columns: str):
     text, head, names = inspect_data(dataset, columns)
     choices = [""] + names
     return (text, head, *[gr.update(choices=choices, value="") for _ in range(3)])
