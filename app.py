@@ -40,7 +40,7 @@ def build_app() -> gr.Blocks:
         demo.load(train_live.attach_latest, None, run, api_name=False)
         demo.load(train.inspect_for_form, [dataset, columns], data_outputs, api_name=False)
         demo.load(train_live.runs_table, None, runs, api_name=False)
-        demo.load(lambda: gr.update(choices=publish.run_choices()), None, publish_runs, api_name=False)
+        demo.load(publish.refresh_runs, None, publish_runs, api_name=False)
         if os.environ.get("SPACE_ID"):
             demo.load(_oauth_unlock, None, None, api_name=False)
     # Generation is CPU-bound: more than 2 concurrent streams only slows every one of them.

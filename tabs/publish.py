@@ -16,6 +16,10 @@ def run_choices() -> list[str]:
     return [run.name for run in finished_runs()]
 
 
+def refresh_runs():
+    return gr.update(choices=run_choices())
+
+
 def publish_adapter(run, repo_id, private, token, request: gr.Request = None, progress=gr.Progress()) -> str:
     try:
         require_user(request, action="publishing")
@@ -52,5 +56,5 @@ def build() -> gr.Dropdown:
     result = gr.Markdown(elem_id="publish-result")
     push.click(publish_adapter, [run, repo, private, token], result, api_name="publish_adapter")
     make_space.click(publish_space, [run, space, repo, private, token], result, api_name="publish_space")
-    refresh.click(lambda: gr.update(choices=run_choices()), None, run, api_name=False)
+    refresh.click(refresh_runs, None, run, api_name=False)
     return run

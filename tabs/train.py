@@ -6,6 +6,7 @@ back from the run folder, so a page reload re-attaches to the running job with i
 """
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 from pathlib import Path
@@ -84,10 +85,13 @@ def cli_preview(*values):
         cfg = train_form.values_to_config(values)
     except ValueError as exc:
         return f"# {exc}", "", None
-    path = data_dir() / "uploads" / "train-config.yaml"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(cfg.to_yaml())
-    return f"python cli.py train --config {path}", cfg.to_yaml(), str(path)
+    text = cfg.to_yaml()
+    # One file per distinct config: sessions never overwrite each other's download.
+    path = data_dir() / "uploads" / f"train-config-{hashlib.sha1(text.encode()).hexdigest()[:10]}.yaml"
+    if not path.is_file():
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    return f"python cli.py train --config {path}", text, str(path)
 
 
 def build(adapter_picker: gr.Dropdown):

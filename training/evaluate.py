@@ -39,7 +39,7 @@ def report_prompts(cfg) -> list[str]:
     return DEFAULT_PROMPTS.get(cfg.dataset, GENERIC_PROMPTS)
 
 
-def before_after_report(cfg, run_dir: Path, tokenizer=None, max_new_tokens: int = 48) -> list[dict]:
+def before_after_report(cfg, run_dir: Path, max_new_tokens: int = 48) -> list[dict]:
     """Answer each prompt with base and tuned; write report.json and report.md; return rows."""
     from core.chat import GenerationSettings, attach_tuned, stream_reply
     from core.models import load_model

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.paths import check_name, runs_dir
-from training.config import TrainConfig
+from training.config import TrainConfig, load_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,14 +58,15 @@ def start(cfg: TrainConfig, threads: int | None = None, resume_dir: Path | None 
     with open(run_dir / "stderr.log", "ab") as err:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=err, stderr=err,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
-    (run_dir / "job.json").write_text(json.dumps({"pid": proc.pid, "command": cmd, "started": time.time()}))
+    job = {"pid": proc.pid, "start_ticks": _proc_stat(proc.pid)[1], "command": cmd, "started": time.time()}
+    tmp = run_dir / "job.json.tmp"
+    tmp.write_text(json.dumps(job))
+    tmp.replace(run_dir / "job.json")  # readers in other processes never see half a file
     return run_dir
 
 
 def resume(name: str, threads: int | None = None) -> Path:
     """Continue a stopped or crashed run from its last checkpoint."""
-    from training.config import load_config
-
     run_dir = run_path(name)
     if read_status(run_dir).state == "completed":
         raise ValueError(f"Run '{name}' already completed.")
@@ -97,29 +98,39 @@ def run_path(name: str) -> Path:
 
 
 def _live_pid(run_dir: Path) -> int | None:
+    """The job's pid while it runs; None once it ended (or the pid now names another process)."""
     try:
-        pid = json.loads((run_dir / "job.json").read_text())["pid"]
-    except (OSError, ValueError, KeyError):
+        job = json.loads((run_dir / "job.json").read_text())
+    except (OSError, ValueError):
         return None
+    pid = job.get("pid")
     try:
         waited, _ = os.waitpid(pid, os.WNOHANG)  # reap our own finished child
         if waited == pid:
             return None
-    except ChildProcessError:
+    except (ChildProcessError, TypeError):
         pass  # not our child (started by an earlier UI process)
     try:
         os.kill(pid, 0)
-    except OSError:
+    except (OSError, TypeError):
         return None
-    return pid if _is_training(pid) else None
+    state, started = _proc_stat(pid)
+    if state == "Z" or (started is not None and job.get("start_ticks") not in (None, started)):
+        return None
+    return pid
 
 
-def _is_training(pid: int) -> bool:
-    """Guard against pid reuse: the process must be a training.run."""
+def _proc_stat(pid: int) -> tuple[str | None, int | None]:
+    """(state letter, start time in clock ticks) from /proc/PID/stat; (None, None) without /proc.
+
+    The start time tells our job from a later process that reused its pid. (Reading
+    /proc/PID/cmdline for this was unreliable: it can read empty while a busy process lives.)
+    """
     try:
-        return b"training.run" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True  # no /proc (macOS): trust kill(pid, 0)
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None, None
+    return fields[0], int(fields[19])
 
 
 def current_job() -> str | None:

@@ -139,14 +139,15 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
     checkpoint = resume and last_checkpoint(run_dir)
     result = trainer.train(resume_from_checkpoint=checkpoint or None)
     if STOP_REQUESTED["flag"]:
-        main and write_json(run_dir / "status.json", {"state": "stopped", "step": trainer.state.global_step})
+        if main:
+            write_json(run_dir / "status.json", {"state": "stopped", "step": trainer.state.global_step})
         return run_dir
     if eval_set is not None:
         scores["after"] = evaluate.perplexity(trainer)
     if main:
         evaluate.save_scores(run_dir, scores)
         save_final(trainer, tokenizer, cfg, run_dir)
-        report = evaluate.before_after_report(cfg, run_dir, tokenizer)
+        report = evaluate.before_after_report(cfg, run_dir)
         write_manifest(cfg, run_dir, trainer, result, scores, report)
         write_json(run_dir / "status.json", {"state": "completed", "step": trainer.state.global_step})
     return run_dir
