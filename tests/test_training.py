@@ -59,6 +59,27 @@ def test_recipe_trains_and_reloads(recipe, overrides, data_home):
     assert tokens.shape[1] > 0
 
 
+def test_qlora_gradients_reach_the_first_layer_after_an_eval_pass():
+    """The 'before' perplexity runs a no-grad eval first; on an AVX512-BF16 CPU bitsandbytes
+    then switched to a kernel without backward, and layer 0's adapter got zero gradient."""
+    from peft import get_peft_model
+
+    from training.config import TrainConfig
+    from training.run import load_base, lora_config
+
+    cfg = TrainConfig(dataset="identity", adapter="qlora")
+    ids = torch.randint(0, 1000, (2, 24), generator=torch.Generator().manual_seed(0))
+    model = get_peft_model(load_base(cfg), lora_config(cfg))
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)
+    model.train()
+    model(input_ids=ids, labels=ids).loss.backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+    first = [g for name, g in grads.items() if ".layers.0." in name and "lora_B" in name]
+    assert len(first) == 7 and all(g is not None and g.abs().sum() > 0 for g in first)
+
+
 def reload_and_generate(run_dir, cfg):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

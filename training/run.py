@@ -63,7 +63,17 @@ def load_base(cfg: TrainConfig):
 
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        keep_4bit_layers_differentiable(model)
     return model
+
+
+def keep_4bit_layers_differentiable(model) -> None:
+    """On an AVX512-BF16 CPU, bitsandbytes repacks a 4-bit weight for its inference kernel at
+    the first no-grad eval forward (our "before" perplexity) and keeps it so. That kernel has no
+    backward, so training afterwards silently got zero gradients below the last layer."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def lora_config(cfg: TrainConfig):
