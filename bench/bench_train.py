@@ -6,7 +6,9 @@ Both sides: SmolLM2-135M, LoRA r16 all-linear, batch 4, max length 256, fp32 on 
 the same mixed-length SFT rows (answers of 10-150 words), the same number of optimizer steps.
   baseline: transformers.Trainer, dynamic padding to the longest row of each batch, no packing,
             no gradient checkpointing, loss on answers only;
-  engine:   the model, peft and SFTConfig that training.run builds for the same TrainConfig.
+  engine:   the model, peft and SFTConfig that training.run builds for the same TrainConfig,
+            at its default precision (auto: bf16 autocast on a CPU with native bf16), and
+            again forced to fp32 ("engine_fp32") to show what a CPU without bf16 gets.
 Reports real (non-pad) tokens/s and their ratio, achieved GFLOP/s against this machine's
 measured fp32 matmul peak, and the peak RSS of full, LoRA and QLoRA runs (each in a fresh
 process). The last line printed is a JSON object.
@@ -24,6 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from training.run import resolve_precision  # noqa: E402
 PARAMS = 134.5e6
 
 
@@ -42,28 +45,43 @@ def write_rows(path: Path, n: int = 240, seed: int = 0) -> str:
     return str(path)
 
 
-def bench_config(rows: str, steps: int, adapter: str = "lora"):
+def bench_config(rows: str, steps: int, adapter: str = "lora", precision: str = "auto",
+                 torch_compile: bool = False):
     from training.config import TrainConfig
 
     return TrainConfig(dataset=rows, adapter=adapter, max_steps=steps, batch_size=4, max_length=256,
-                       eval_fraction=0, save_steps=100_000, learning_rate=2e-4, logging_steps=1)
+                       eval_fraction=0, save_steps=100_000, learning_rate=2e-4, logging_steps=1,
+                       precision=precision, torch_compile=torch_compile)
 
 
 def run_engine(cfg, out: Path) -> dict:
+    from transformers import TrainerCallback
+
     from training.prepare import build_examples, load_tokenizer
-    from training.run import load_base, lora_config, set_training_threads, sft_config
+    from training.run import compile_layers, load_base, lora_config, set_training_threads, sft_config
     from training.trainer import LabSFTTrainer
+
+    stamps = []  # (seconds, tokens so far) at each logged step
+
+    class Stamp(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "num_tokens" in logs:
+                stamps.append((time.perf_counter(), logs["num_tokens"]))
 
     set_training_threads(cfg.threads)
     tokenizer = load_tokenizer(cfg.model)
     trainer = LabSFTTrainer(model=load_base(cfg), args=sft_config(cfg, out), processing_class=tokenizer,
-                         train_dataset=build_examples(cfg, tokenizer), peft_config=lora_config(cfg))
+                            train_dataset=build_examples(cfg, tokenizer), peft_config=lora_config(cfg),
+                            callbacks=[Stamp()])
+    if cfg.torch_compile:
+        compile_layers(trainer.model)
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    logs = trainer.state.log_history
-    tokens = max(e.get("num_tokens", 0) for e in logs)
-    return {"seconds": seconds, "tokens": tokens, "final_loss": [e["loss"] for e in logs if "loss" in e][-1]}
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    (t1, n1), (tn, nn) = stamps[0], stamps[-1]
+    return {"seconds": seconds, "tokens": nn, "final_loss": losses[-1],
+            "after_first_step_tokens_per_s": round((nn - n1) / (tn - t1), 1)}
 
 
 def run_baseline(cfg, out: Path) -> dict:
@@ -108,10 +126,11 @@ def run_baseline(cfg, out: Path) -> dict:
     return {"seconds": seconds, "tokens": counted["tokens"], "final_loss": losses[-1]}
 
 
-def matmul_peak_gflops(size: int = 1024, repeats: int = 20) -> float:
+def matmul_peak_gflops(dtype: str = "fp32", size: int = 1024, repeats: int = 20) -> float:
     import torch
 
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    kind = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32)
+    a, b = torch.randn(size, size, dtype=kind), torch.randn(size, size, dtype=kind)
     a @ b
     times = []
     for _ in range(repeats):
@@ -121,12 +140,30 @@ def matmul_peak_gflops(size: int = 1024, repeats: int = 20) -> float:
     return 2 * size**3 / min(times) / 1e9
 
 
+def summarize(side: dict, peak_gflops: float) -> dict:
+    rate = side["tokens"] / side["seconds"]
+    gflops = 4 * PARAMS * rate / 1e9  # LoRA: forward 2N + input-gradient backward 2N per token
+    return {"real_tokens": side["tokens"], "seconds": round(side["seconds"], 1),
+            "real_tokens_per_s": round(rate, 1), "final_loss": round(side["final_loss"], 3),
+            "gflops": round(gflops, 1), "fraction_of_peak": round(gflops / peak_gflops, 3),
+            **{k: v for k, v in side.items() if k.startswith("after_first_step")}}
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec, so a child of this (by then
+# multi-GB) process would report the parent's peak.
 RSS_CHILD = """
-import resource, sys, tempfile, pathlib
+import re, sys, tempfile, pathlib
 sys.path.insert(0, {root!r}); sys.argv = ['x']
 from bench.bench_train import bench_config, run_engine
 run_engine(bench_config({rows!r}, 3, {adapter!r}), pathlib.Path(tempfile.mkdtemp()))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(re.search(r"VmHWM:\\s+(\\d+)", pathlib.Path("/proc/self/status").read_text()).group(1))
 """
 
 
@@ -140,22 +177,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--no-rss", action="store_true", help="skip the full/LoRA/QLoRA memory runs")
+    parser.add_argument("--compile", action="store_true",
+                        help="also run the engine with torch_compile (first step includes the compile)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp())
     rows = write_rows(tmp / "rows.jsonl")
     cfg = bench_config(rows, args.steps)
     base = run_baseline(cfg, tmp / "baseline")
     engine = run_engine(cfg, tmp / "engine")
-    peak = matmul_peak_gflops()
-    result = {"steps": args.steps, "fp32_matmul_peak_gflops": round(peak, 1)}
-    for name, side in (("baseline", base), ("engine", engine)):
-        rate = side["tokens"] / side["seconds"]
-        gflops = 4 * PARAMS * rate / 1e9  # LoRA: forward 2N + input-gradient backward 2N per token
-        result[name] = {"real_tokens": side["tokens"], "seconds": round(side["seconds"], 1),
-                        "real_tokens_per_s": round(rate, 1), "final_loss": round(side["final_loss"], 3),
-                        "gflops": round(gflops, 1), "fraction_of_peak": round(gflops / peak, 3)}
-    result["engine_over_baseline"] = round(result["engine"]["real_tokens_per_s"]
-                                           / result["baseline"]["real_tokens_per_s"], 2)
+    engine_fp32 = run_engine(bench_config(rows, args.steps, precision="fp32"), tmp / "engine_fp32")
+    precision = resolve_precision("auto")
+    sides = [("baseline", base, "fp32"), ("engine", engine, precision), ("engine_fp32", engine_fp32, "fp32")]
+    if args.compile:
+        compiled = run_engine(bench_config(rows, args.steps, torch_compile=True), tmp / "engine_compiled")
+        sides.append(("engine_compiled", compiled, precision))
+    peaks = {dtype: round(matmul_peak_gflops(dtype), 1) for dtype in {"fp32", precision}}
+    result = {"steps": args.steps, "cpu": cpu_name(), "engine_precision": precision,
+              "matmul_peak_gflops": peaks}
+    for name, side, dtype in sides:
+        result[name] = summarize(side, peaks[dtype])
+    for name, _, _ in sides[1:]:
+        result[f"{name}_over_baseline"] = round(result[name]["real_tokens_per_s"]
+                                                / result["baseline"]["real_tokens_per_s"], 2)
     if not args.no_rss:
         result["peak_rss_mb"] = {a: peak_rss_mb(rows, a) for a in ("full", "lora", "qlora")}
     print(json.dumps(result))

@@ -156,6 +156,13 @@ def test_unknown_recipe_field_and_impossible_settings(tmp_path):
         config_from_dict({"adapter": "dora"})
 
 
+def test_torch_compile_without_a_compiler_is_refused(tmp_path, monkeypatch):
+    assert config_from_dict({"torch_compile": "true"}).torch_compile is True
+    monkeypatch.setenv("PATH", str(tmp_path))  # no g++/c++/clang++ on it
+    with pytest.raises(ValueError, match="torch_compile needs a C\\+\\+ compiler"):
+        config_from_dict({"torch_compile": True})
+
+
 def test_yaml_round_trip_of_every_recipe(tmp_path):
     from training.config import list_recipes
 

@@ -15,7 +15,7 @@ import torch
 from tests.conftest import ROOT
 from training import jobs
 from training.config import load_config
-from training.run import train
+from training.run import resolve_precision, train
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +28,7 @@ def test_tiny_lora_run_folder_and_identity_change(tiny_run):
     """The identity recipe visibly changes the greedy answer to 'Who are you?'."""
     info = manifest(tiny_run)
     assert info["steps"] == 6 and info["adapter"] == "lora" and info["objective"] == "sft"
+    assert info["precision"] == resolve_precision("auto")
     assert info["perplexity_after"] < info["perplexity_before"]
     assert (tiny_run / "adapter" / "adapter_model.safetensors").is_file()
     assert not (tiny_run / ".adapter.partial").exists()
@@ -78,6 +79,33 @@ def test_qlora_gradients_reach_the_first_layer_after_an_eval_pass():
     grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
     first = [g for name, g in grads.items() if ".layers.0." in name and "lora_B" in name]
     assert len(first) == 7 and all(g is not None and g.abs().sum() > 0 for g in first)
+
+
+def test_bf16_training_keeps_fp32_master_weights_for_a_full_fine_tune():
+    """A frozen LoRA base may live in bf16; full fine-tuning weights must stay fp32, since a
+    bf16 AdamW update of 2e-5 on a weight near 0.05 rounds away to nothing."""
+    from training.config import TrainConfig
+    from training.run import load_base, precision_flags, resolve_precision
+
+    assert resolve_precision("auto") in ("bf16", "fp32") and resolve_precision("fp16") == "fp16"
+    assert precision_flags("bf16") == {"bf16": True, "fp16": False}
+    lora = load_base(TrainConfig(dataset="identity", adapter="lora", precision="bf16"))
+    full = load_base(TrainConfig(dataset="identity", adapter="full", precision="bf16"))
+    assert {p.dtype for p in lora.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in full.parameters()} == {torch.float32}
+
+
+def test_torch_compile_run_computes_the_same_loss_as_eager(tiny_run, data_home):
+    """Compiled decoder layers (torch_compile) train the same model: the first step's loss on the
+    same batch equals the eager tiny run's, and the adapter reloads."""
+    from torch._dynamo.utils import counters
+
+    cfg = load_config("tiny", torch_compile=True, max_steps=2, output_name="t-compile")
+    run_dir = train(cfg, data_home / "runs" / cfg.output_name)
+    info, eager = manifest(run_dir), manifest(tiny_run)
+    assert counters["stats"]["unique_graphs"] > 0
+    assert info["steps"] == 2 and abs(info["first_loss"] - eager["first_loss"]) < 1e-2
+    assert reload_and_generate(run_dir, cfg).shape[1] > 0
 
 
 def reload_and_generate(run_dir, cfg):

@@ -9,6 +9,7 @@ branches.
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -61,9 +62,12 @@ class TrainConfig:
     eval_steps: int = _f(0, "Evaluate every N steps (0: only before and after training)")
     logging_steps: int = _f(1, "Log loss every N steps")
     seed: int = _f(42, "Random seed for the split, shuffling and adapter init")
-    precision: str = _f("auto", "auto: fp32 on CPU, bf16 on a GPU that supports it",
+    precision: str = _f("auto", "auto: bf16 where the GPU or CPU multiplies it natively, "
+                        "else fp16 on a GPU and fp32 on a CPU",
                         choices=("auto", "fp32", "bf16", "fp16"))
     gradient_checkpointing: bool = _f(False, "Trade ~25% speed for memory; only when memory binds")
+    torch_compile: bool = _f(False, "Compile the decoder layers: ~1.25x faster steps after a "
+                             "one-off compile (~35 s on 2 cores, ~7 s once cached); for long runs")
     threads: int = _f(0, "CPU threads for training (0: all cores)")
     report_prompts: list = _f(list, "Prompts answered before/after training in the report "
                               "(empty: chosen from the dataset)")
@@ -84,6 +88,8 @@ class TrainConfig:
         for name in ("lora_r", "batch_size", "grad_accum", "max_length", "block_size", "save_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1.")
+        if self.torch_compile and not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
+            raise ValueError("torch_compile needs a C++ compiler (g++) for torch's inductor backend.")
         if self.max_steps < 1 and self.epochs <= 0:
             raise ValueError("Set max_steps > 0 or epochs > 0.")
         if self.output_name:
