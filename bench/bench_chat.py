@@ -56,8 +56,10 @@ def time_paths(tokens: int, repeats: int) -> dict:
             "stream_over_raw": statistics.median(app) / statistics.median(raw)}
 
 
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec, so a child of this process
+# (which has loaded the model by then) would report the parent's peak.
 RSS_SCRIPT = """
-import resource, sys
+import pathlib, re, sys
 sys.path.insert(0, {root!r})
 from core.chat import GenerationSettings, attach_tuned, stream_reply
 from core.models import load_model
@@ -68,7 +70,7 @@ list(stream_reply(m, msgs, s))
 if {adapter!r}:
     t = attach_tuned(m, {adapter!r})
     list(stream_reply(m, msgs, s, t.adapter_name))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(re.search(r"VmHWM:\\s+(\\d+)", pathlib.Path("/proc/self/status").read_text()).group(1))
 """
 
 
