@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from training.run import resolve_precision  # noqa: E402
+from training.device import resolve_precision  # noqa: E402
 PARAMS = 134.5e6
 
 
@@ -58,7 +58,8 @@ def run_engine(cfg, out: Path) -> dict:
     from transformers import TrainerCallback
 
     from training.prepare import build_examples, load_tokenizer
-    from training.run import compile_layers, load_base, lora_config, set_training_threads, sft_config
+    from training.device import compile_layers, set_training_threads
+    from training.run import load_base, lora_config, sft_config
     from training.trainer import LabSFTTrainer
 
     stamps = []  # (seconds, tokens so far) at each logged step
@@ -91,7 +92,8 @@ def run_baseline(cfg, out: Path) -> dict:
 
     from core.models import resolve_model
     from training.prepare import build_examples, load_tokenizer
-    from training.run import lora_config, set_training_threads
+    from training.device import set_training_threads
+    from training.run import lora_config
 
     set_training_threads(cfg.threads)
     tokenizer = load_tokenizer(cfg.model)

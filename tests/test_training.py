@@ -15,7 +15,8 @@ import torch
 from tests.conftest import ROOT
 from training import jobs
 from training.config import load_config
-from training.run import resolve_precision, train
+from training.device import resolve_precision
+from training.run import train
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +86,8 @@ def test_bf16_training_keeps_fp32_master_weights_for_a_full_fine_tune():
     """A frozen LoRA base may live in bf16; full fine-tuning weights must stay fp32, since a
     bf16 AdamW update of 2e-5 on a weight near 0.05 rounds away to nothing."""
     from training.config import TrainConfig
-    from training.run import load_base, precision_flags, resolve_precision
+    from training.device import precision_flags
+    from training.run import load_base
 
     assert resolve_precision("auto") in ("bf16", "fp32") and resolve_precision("fp16") == "fp16"
     assert precision_flags("bf16") == {"bf16": True, "fp16": False}
