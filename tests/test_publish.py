@@ -104,6 +104,29 @@ print(json.dumps({"files": files, "readme": readme, "blocks": type(demo).__name_
 
 
 @pytest.mark.slow
+def test_space_app_continues_text_for_a_base_model_without_chat_template(tmp_path):
+    """A Gemma-base adapter's Space: no chat template, so both sides continue the text."""
+    import importlib.util
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from core.models import resolve_model
+
+    base_path = resolve_model("gemma-3-270m")
+    adapter = tmp_path / "adapter"
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(base_path), config).save_pretrained(adapter)
+    (tmp_path / "app.py").write_text(hub.space_files(str(adapter), base_path, True)["app.py"])
+    spec = importlib.util.spec_from_file_location("gemma_space_app", tmp_path / "app.py")
+    space = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(space)
+    messages = [{"role": "user", "content": "The Eiffel Tower is located in the city of"}]
+    base, tuned = (list(space.stream(side, messages, max_new_tokens=6))[-1] for side in ("base", "tuned"))
+    assert "Paris" in base and tuned != base
+
+
+@pytest.mark.slow
 def test_pushing_twice_updates(endpoint, tiny_run):
     from huggingface_hub import HfApi
 

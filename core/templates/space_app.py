@@ -34,8 +34,11 @@ def models():
 
 def stream(side, messages, max_new_tokens=200):
     tokenizer, base, tuned = models()
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                        return_dict=True)["input_ids"]
+    if tokenizer.chat_template:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True)["input_ids"]
+    else:  # a pretrained-only base has no chat format: continue the last message as plain text
+        ids = tokenizer(messages[-1]["content"], return_tensors="pt")["input_ids"]
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     model = tuned if side == "tuned" else base
 
