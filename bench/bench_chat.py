@@ -1,6 +1,7 @@
 """Chat benchmark: the app's streaming path vs raw `model.generate`, compare-mode memory, TTFT.
 
     .venv/bin/python bench/bench_chat.py [--repeats 5] [--tokens 64]
+    FINETUNE_LAB_DTYPE=fp32 .venv/bin/python bench/bench_chat.py   # the fp32 figures
 
 (a) wall time of core.chat.stream_reply vs model.generate, same prompt, same greedy tokens;
 (b) peak RSS of compare mode (base + LoRA adapter, one copy of weights) vs a single model,
@@ -51,7 +52,8 @@ def time_paths(tokens: int, repeats: int) -> dict:
         ttft.append(first)
         counts.add(reply.new_tokens)
     assert len(counts) == 1, f"paths generated different token counts: {counts}"
-    return {"new_tokens": counts.pop(), "raw_generate_s": statistics.median(raw),
+    return {"dtype": str(loaded.model.dtype).removeprefix("torch."),
+            "new_tokens": counts.pop(), "raw_generate_s": statistics.median(raw),
             "app_stream_s": statistics.median(app), "ttft_s": statistics.median(ttft),
             "stream_over_raw": statistics.median(app) / statistics.median(raw)}
 

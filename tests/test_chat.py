@@ -62,7 +62,8 @@ def test_compare_base_pane_is_exactly_the_base_model(tmp_path, data_home):
     from core.models import resolve_model
 
     source = resolve_model("smollm2-135m-instruct")
-    plain = AutoModelForCausalLM.from_pretrained(source).eval()
+    compare = load_model("smollm2-135m-instruct")
+    plain = AutoModelForCausalLM.from_pretrained(source, dtype=compare.model.dtype).eval()
     lora = get_peft_model(AutoModelForCausalLM.from_pretrained(source),
                           LoraConfig(r=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     with torch.no_grad():
@@ -71,7 +72,6 @@ def test_compare_base_pane_is_exactly_the_base_model(tmp_path, data_home):
                 param.mul_(50)  # make the adapter's effect unmistakable
     lora.save_pretrained(tmp_path / "adapter")
 
-    compare = load_model("smollm2-135m-instruct")
     tuned = attach_tuned(compare, str(tmp_path / "adapter"))
     settings = GenerationSettings(max_new_tokens=20, repetition_penalty=1.1)
     base_reply = final(compare, FRANCE, settings, None)

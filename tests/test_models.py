@@ -68,6 +68,22 @@ def test_models_are_cached_in_process(tiny_model_dir):
     assert load_model(str(tiny_model_dir)) is first
 
 
+def test_weights_dtype_follows_the_cpu_and_the_override(smol, monkeypatch):
+    import torch
+
+    from core.models import cpu_has_native_bf16, inference_dtype
+
+    assert smol.model.dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    assert smol.model.dtype == inference_dtype() and str(smol.model.dtype)[6:] in smol.describe()
+    monkeypatch.setenv("FINETUNE_LAB_DTYPE", "fp32")
+    assert inference_dtype() == torch.float32
+    monkeypatch.setenv("FINETUNE_LAB_DTYPE", "bf16")
+    assert inference_dtype() == torch.bfloat16
+    monkeypatch.setenv("FINETUNE_LAB_DTYPE", "half")
+    with pytest.raises(ModelError, match="FINETUNE_LAB_DTYPE='half'"):
+        inference_dtype()
+
+
 @pytest.mark.parametrize("bad", ["../etc", "/abs", "a/b", "", ".hidden", "x" * 200, "a..b"])
 def test_unsafe_names_are_refused(bad):
     with pytest.raises(ValueError):

@@ -7,18 +7,8 @@ Used by training.run and bench/bench_train.py. Check what this machine gets:
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU multiplies bf16 natively (AVX512-BF16 or AMX). Measured: bf16 GEMMs ran
-    2.2x faster than fp32 on such a CPU (EPYC, avx512_bf16), while a CPU without them emulates
-    bf16 and a bf16 step ran 2.7x slower (Xeon, AVX-512 VNNI only)."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+from core.models import cpu_has_native_bf16
 
 
 def resolve_precision(precision: str) -> str:
