@@ -4,6 +4,8 @@
     FINETUNE_LAB_DTYPE=fp32 .venv/bin/python bench/bench_chat.py   # the fp32 figures
 
 (a) wall time of core.chat.stream_reply vs model.generate, same prompt, same greedy tokens;
+    generate is timed on the main thread and on a worker thread, where the app's handlers run
+    (with bf16 weights, OpenMP-parallel kernels ran ~25% slower off the main thread);
 (b) peak RSS of compare mode (base + LoRA adapter, one copy of weights) vs a single model,
     each measured in its own fresh subprocess;
 (c) time to first streamed token.
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,27 +38,37 @@ def time_paths(tokens: int, repeats: int) -> dict:
     loaded = load_model("smollm2-135m-instruct")
     settings = GenerationSettings(max_new_tokens=tokens)
     ids, _ = build_inputs(loaded, PROMPT, settings)
-    raw, app, ttft, counts = [], [], [], set()
+
+    def generate():
+        with torch.inference_mode():
+            return loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                         max_new_tokens=tokens, do_sample=False,
+                                         repetition_penalty=settings.repetition_penalty,
+                                         pad_token_id=loaded.tokenizer.pad_token_id)
+
+    times = {"raw": [], "raw_thread": [], "app": [], "ttft": []}
+    counts = set()
     for _ in range(repeats):
         start = time.perf_counter()
-        with torch.inference_mode():
-            out = loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                        max_new_tokens=tokens, do_sample=False,
-                                        repetition_penalty=settings.repetition_penalty,
-                                        pad_token_id=loaded.tokenizer.pad_token_id)
-        raw.append(time.perf_counter() - start)
-        counts.add(out.shape[1] - ids.shape[1])
+        counts.add(generate().shape[1] - ids.shape[1])
+        times["raw"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        with ThreadPoolExecutor(1) as pool:  # where a Gradio handler runs: not the main thread
+            pool.submit(generate).result()
+        times["raw_thread"].append(time.perf_counter() - start)
         start, first = time.perf_counter(), None
         for reply in stream_reply(loaded, PROMPT, settings):
             first = first or time.perf_counter() - start
-        app.append(time.perf_counter() - start)
-        ttft.append(first)
+        times["app"].append(time.perf_counter() - start)
+        times["ttft"].append(first)
         counts.add(reply.new_tokens)
     assert len(counts) == 1, f"paths generated different token counts: {counts}"
-    return {"dtype": str(loaded.model.dtype).removeprefix("torch."),
-            "new_tokens": counts.pop(), "raw_generate_s": statistics.median(raw),
-            "app_stream_s": statistics.median(app), "ttft_s": statistics.median(ttft),
-            "stream_over_raw": statistics.median(app) / statistics.median(raw)}
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"dtype": str(loaded.model.dtype).removeprefix("torch."), "new_tokens": counts.pop(),
+            "raw_generate_s": med["raw"], "raw_generate_in_thread_s": med["raw_thread"],
+            "app_stream_s": med["app"], "ttft_s": med["ttft"],
+            "stream_over_raw": med["app"] / med["raw"],
+            "stream_over_raw_in_thread": med["app"] / med["raw_thread"]}
 
 
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec, so a child of this process
@@ -72,14 +85,17 @@ list(stream_reply(m, msgs, s))
 if {adapter!r}:
     t = attach_tuned(m, {adapter!r})
     list(stream_reply(m, msgs, s, t.adapter_name))
-print(re.search(r"VmHWM:\\s+(\\d+)", pathlib.Path("/proc/self/status").read_text()).group(1))
+status = pathlib.Path("/proc/self/status").read_text()
+print(*(re.search(key + r":\\s+(\\d+)", status).group(1) for key in ("VmHWM", "VmRSS")))
 """
 
 
-def peak_rss_mb(adapter: str) -> float:
+def rss_mb(adapter: str) -> tuple[float, float]:
+    """(peak, current after the replies) resident MB of a fresh process."""
     out = subprocess.run([sys.executable, "-c", RSS_SCRIPT.format(root=str(ROOT), adapter=adapter)],
                          capture_output=True, text=True, check=True)
-    return int(out.stdout.split()[-1]) / 1024
+    peak, now = out.stdout.split()[-2:]
+    return int(peak) / 1024, int(now) / 1024
 
 
 def make_adapter(folder: Path) -> str:
@@ -102,9 +118,10 @@ def main() -> None:
     figures = time_paths(args.tokens, args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
         adapter = make_adapter(Path(tmp) / "adapter")
-        single, compare = peak_rss_mb(""), peak_rss_mb(adapter)
+        (single, single_now), (compare, compare_now) = rss_mb(""), rss_mb(adapter)
     figures.update(single_peak_rss_mb=single, compare_peak_rss_mb=compare,
-                   compare_over_single_rss=compare / single)
+                   compare_over_single_rss=compare / single,
+                   single_rss_after_mb=single_now, compare_rss_after_mb=compare_now)
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}))
 
 
