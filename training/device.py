@@ -47,9 +47,10 @@ def keep_4bit_layers_differentiable(model) -> None:
 
 def compile_layers(model) -> int:
     """torch.compile each decoder layer in place. The layers share one code path, so dynamo
-    compiles it once (with dynamic sequence lengths) instead of tracing the whole model; the
-    state-dict keys stay the same, so checkpoints and adapters are unchanged. The first layer's
-    input is made to require grad like the others', which saves a second training graph."""
+    builds a handful of graphs (dynamic lengths; training vs eval; batches with and without a
+    padding mask) instead of tracing the whole model. The state-dict keys stay the same, so
+    checkpoints and adapters are unchanged. The first layer's input is made to require grad
+    like the others', which saves one more training graph."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     model.enable_input_require_grads()
