@@ -70,7 +70,7 @@ def build_inputs(loaded: LoadedModel, messages: list[dict], settings: Generation
     if len(ids) > budget:
         ids = ids[-budget:]  # a single over-long message: keep its end, where the question is
         notice += f"Your message was cut to its last {budget} tokens."
-    return torch.tensor([ids]), notice.strip()
+    return torch.tensor([ids], device=loaded.model.device), notice.strip()
 
 
 def _encode(tokenizer, messages: list[dict], raw_text: bool = False) -> list[int]:
