@@ -1,16 +1,16 @@
 """Training throughput: this engine vs a competent plain transformers.Trainer, side by side.
 
-    .venv/bin/python bench/bench_train.py [--steps 8] [--no-rss]
+    .venv/bin/python bench/bench_train.py [--steps 8] [--no-rss] [--compile]
 
-Both sides: SmolLM2-135M, LoRA r16 all-linear, batch 4, max length 256, fp32 on this CPU,
-the same mixed-length SFT rows (answers of 10-150 words), the same number of optimizer steps.
-  baseline: transformers.Trainer, dynamic padding to the longest row of each batch, no packing,
-            no gradient checkpointing, loss on answers only;
+Both sides: SmolLM2-135M, LoRA r16 all-linear, batch 4, max length 256, the same mixed-length
+SFT rows (answers of 10-150 words), the same number of optimizer steps.
+  baseline: transformers.Trainer, fp32, dynamic padding to the longest row of each batch, no
+            packing, no gradient checkpointing, loss on answers only;
   engine:   the model, peft and SFTConfig that training.run builds for the same TrainConfig,
             at its default precision (auto: bf16 autocast on a CPU with native bf16), and
             again forced to fp32 ("engine_fp32") to show what a CPU without bf16 gets.
 Reports real (non-pad) tokens/s and their ratio, achieved GFLOP/s against this machine's
-measured fp32 matmul peak, and the peak RSS of full, LoRA and QLoRA runs (each in a fresh
+measured matmul peak at each side's precision, and the peak RSS of full, LoRA and QLoRA runs (each in a fresh
 process). The last line printed is a JSON object.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from training.device import resolve_precision  # noqa: E402
+from core.models import resolve_precision, torch_dtype  # noqa: E402
 PARAMS = 134.5e6
 
 
@@ -57,8 +57,8 @@ def bench_config(rows: str, steps: int, adapter: str = "lora", precision: str = 
 def run_engine(cfg, out: Path) -> dict:
     from transformers import TrainerCallback
 
-    from training.prepare import build_examples, load_tokenizer
     from training.device import compile_layers, set_training_threads
+    from training.prepare import build_examples, load_tokenizer
     from training.run import load_base, lora_config, sft_config
     from training.trainer import LabSFTTrainer
 
@@ -91,8 +91,8 @@ def run_baseline(cfg, out: Path) -> dict:
     from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from core.models import resolve_model
-    from training.prepare import build_examples, load_tokenizer
     from training.device import set_training_threads
+    from training.prepare import build_examples, load_tokenizer
     from training.run import lora_config
 
     set_training_threads(cfg.threads)
@@ -131,7 +131,7 @@ def run_baseline(cfg, out: Path) -> dict:
 def matmul_peak_gflops(dtype: str = "fp32", size: int = 1024, repeats: int = 20) -> float:
     import torch
 
-    kind = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32)
+    kind = torch_dtype(dtype)
     a, b = torch.randn(size, size, dtype=kind), torch.randn(size, size, dtype=kind)
     a @ b
     times = []

@@ -8,6 +8,7 @@ cache may live elsewhere (`$FINETUNE_LAB_MODELS`), so tests can share it across 
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -63,3 +64,10 @@ def finished_runs() -> list[Path]:
     """
     runs = [p for p in runs_dir().iterdir() if (p / "adapter").is_dir() and (p / "manifest.json").is_file()]
     return sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically (temp file + rename), so readers never see half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)

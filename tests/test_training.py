@@ -12,10 +12,10 @@ import time
 import pytest
 import torch
 
+from core.models import resolve_precision
 from tests.conftest import ROOT
 from training import jobs
 from training.config import load_config
-from training.device import resolve_precision
 from training.run import train
 
 pytestmark = pytest.mark.slow
@@ -30,6 +30,7 @@ def test_tiny_lora_run_folder_and_identity_change(tiny_run):
     info = manifest(tiny_run)
     assert info["steps"] == 6 and info["adapter"] == "lora" and info["objective"] == "sft"
     assert info["precision"] == resolve_precision("auto")
+    assert info["final_loss"] < info["first_loss"]
     assert info["perplexity_after"] < info["perplexity_before"]
     assert (tiny_run / "adapter" / "adapter_model.safetensors").is_file()
     assert not (tiny_run / ".adapter.partial").exists()

@@ -2,24 +2,13 @@
 
 Used by training.run and bench/bench_train.py. Check what this machine gets:
 
-    python -c "from training.device import resolve_precision; print(resolve_precision('auto'))"
+    python -c "from training.device import precision_flags; print(precision_flags('auto'))"
 """
 from __future__ import annotations
 
 import os
 
-from core.models import cpu_has_native_bf16
-
-
-def resolve_precision(precision: str) -> str:
-    """auto: bf16 (else fp16) on a GPU; bf16 on a CPU with native bf16; otherwise fp32."""
-    import torch
-
-    if precision != "auto":
-        return precision
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
+from core.models import resolve_precision
 
 
 def precision_flags(precision: str) -> dict:

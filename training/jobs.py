@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.paths import check_name, runs_dir
+from core.paths import check_name, runs_dir, write_json
 from training.config import TrainConfig, load_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -58,10 +58,8 @@ def start(cfg: TrainConfig, threads: int | None = None, resume_dir: Path | None 
     with open(run_dir / "stderr.log", "ab") as err:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=err, stderr=err,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
-    job = {"pid": proc.pid, "start_ticks": _proc_stat(proc.pid)[1], "command": cmd, "started": time.time()}
-    tmp = run_dir / "job.json.tmp"
-    tmp.write_text(json.dumps(job))
-    tmp.replace(run_dir / "job.json")  # readers in other processes never see half a file
+    write_json(run_dir / "job.json", {"pid": proc.pid, "start_ticks": _proc_stat(proc.pid)[1],
+                                      "command": cmd, "started": time.time()})
     return run_dir
 
 

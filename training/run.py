@@ -17,18 +17,13 @@ import sys
 import time
 from pathlib import Path
 
+from core.models import resolve_precision, torch_dtype
+from core.paths import write_json
 from training.config import TrainConfig, config_from_dict, field_help, load_config
 from training.device import (compile_layers, keep_4bit_layers_differentiable, precision_flags,
-                             resolve_precision, set_training_threads)
+                             set_training_threads)
 
 STOP_REQUESTED = {"flag": False}
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically (temp file + rename), so readers never see half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
 
 
 def load_base(cfg: TrainConfig):
@@ -41,8 +36,7 @@ def load_base(cfg: TrainConfig):
     from core.models import resolve_model
 
     kwargs = dict(use_safetensors=True, trust_remote_code=False)
-    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
-        resolve_precision(cfg.precision), torch.float32)
+    compute = torch_dtype(resolve_precision(cfg.precision))
     if cfg.adapter == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type=cfg.quant_type,
