@@ -7,10 +7,13 @@ run:
 	bash setup.sh
 	.venv/bin/python app.py
 
+# The suite writes several GB of run folders and checkpoints; the trap removes them (and the
+# uploads Gradio's test servers keep) however pytest ends, keeping pytest's exit status.
 test:
 	bash setup.sh --test
-	GRADIO_ANALYTICS_ENABLED=False HF_HUB_DISABLE_TELEMETRY=1 .venv/bin/python -m pytest -q -rs --durations=15 \
-		--basetemp="$$(mktemp -d)/pytest"
+	tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; \
+	GRADIO_TEMP_DIR="$$tmp/gradio" GRADIO_ANALYTICS_ENABLED=False HF_HUB_DISABLE_TELEMETRY=1 \
+		.venv/bin/python -m pytest -q -rs --durations=15 --basetemp="$$tmp/pytest"
 
 bench:
 	.venv/bin/python bench/bench_chat.py

@@ -164,7 +164,8 @@ RSS_CHILD = """
 import re, sys, tempfile, pathlib
 sys.path.insert(0, {root!r}); sys.argv = ['x']
 from bench.bench_train import bench_config, run_engine
-run_engine(bench_config({rows!r}, 3, {adapter!r}), pathlib.Path(tempfile.mkdtemp()))
+with tempfile.TemporaryDirectory() as tmp:
+    run_engine(bench_config({rows!r}, 3, {adapter!r}), pathlib.Path(tmp))
 print(re.search(r"VmHWM:\\s+(\\d+)", pathlib.Path("/proc/self/status").read_text()).group(1))
 """
 
@@ -182,7 +183,12 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="also run the engine with torch_compile (first step includes the compile)")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp())
+    # Each side leaves checkpoints (about 1.5 GB for the whole run), so nothing may outlive it.
+    with tempfile.TemporaryDirectory() as tmp:
+        print(json.dumps(measure(args, Path(tmp))))
+
+
+def measure(args: argparse.Namespace, tmp: Path) -> dict:
     rows = write_rows(tmp / "rows.jsonl")
     cfg = bench_config(rows, args.steps)
     base = run_baseline(cfg, tmp / "baseline")
@@ -203,7 +209,7 @@ def main() -> None:
                                                 / result["baseline"]["real_tokens_per_s"], 2)
     if not args.no_rss:
         result["peak_rss_mb"] = {a: peak_rss_mb(rows, a) for a in ("full", "lora", "qlora")}
-    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":
