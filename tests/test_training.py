@@ -194,6 +194,20 @@ def test_ddp_two_processes_with_accelerate(data_home):
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert manifest(run_dir)["steps"] == 2 and manifest(run_dir)["world_size"] == 2
+    progress = [line for line in out.stdout.splitlines() if line.startswith("step ")]
+    assert [line.split(" |")[0] for line in progress if "| loss" in line] == ["step 1/2 50%", "step 2/2 100%"]
+    assert "ETA" in progress[0] and "{'loss'" not in out.stdout  # one rank prints, readably
     state = json.loads(sorted((run_dir / "checkpoints").glob("checkpoint-*"))[-1].joinpath(
         "trainer_state.json").read_text())
     assert state["global_step"] == 2
+
+
+def test_progress_line_reads_like_a_progress_bar():
+    from training.callbacks import progress_line
+
+    entry = {"step": 3, "max_steps": 20, "loss": 2.95512, "eval_loss": None, "learning_rate": 2.5e-4,
+             "tokens_per_s": 213.6, "elapsed_s": 7.4, "eta_s": 3725.0}
+    assert progress_line(entry) == "step 3/20 15% | loss 2.955 | lr 2.50e-04 | 214 tok/s | 0:07 elapsed | ETA 1:02:05"
+    before = {**entry, "step": 0, "max_steps": 0, "loss": None, "eval_loss": 4.1, "eta_s": None,
+              "tokens_per_s": None, "learning_rate": None}
+    assert progress_line(before) == "before training | eval loss 4.1 | 0:07 elapsed"

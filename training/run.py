@@ -105,6 +105,8 @@ def batching_flags(cfg: TrainConfig) -> dict:
 
 def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
     """Run training to completion (or until SIGTERM) and write the run folder."""
+    from transformers import PrinterCallback
+
     from training import evaluate
     from training.callbacks import JsonlLogger, StopOnRequest
     from training.prepare import build_examples, load_tokenizer, split_examples
@@ -119,6 +121,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
         model=load_base(cfg), args=sft_config(cfg, run_dir), train_dataset=train_set,
         eval_dataset=eval_set, processing_class=tokenizer, peft_config=lora_config(cfg),
         callbacks=[JsonlLogger(run_dir / "log.jsonl", resume), StopOnRequest(STOP_REQUESTED)])
+    trainer.remove_callback(PrinterCallback)  # raw log dicts; JsonlLogger prints a readable line
     main = trainer.is_world_process_zero()
     scores = evaluate.load_scores(run_dir)
     if eval_set is not None and "before" not in scores:
