@@ -16,6 +16,12 @@ else TORCH_SRC=(--extra-index-url https://download.pytorch.org/whl/cpu); fi
 PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 stamp=".venv/.installed-$(cat requirements*.txt | sha1sum | cut -c1-12)${WANT_TEST:+-test}"
 if [ ! -f "$stamp" ]; then
+  # The install fills ~2.8 GB; say so plainly rather than fail halfway with pip's ENOSPC traceback.
+  free_mb=$(df -Pm . | awk 'NR==2 {print $4}')
+  if [ "$free_mb" -lt 3500 ]; then
+    echo "[setup] error: only ${free_mb} MB free here; the install needs about 3.5 GB" >&2
+    exit 1
+  fi
   echo "[setup] installing Python packages into .venv (about 3 minutes the first time)"
   "${PIP[@]}" "${TORCH_SRC[@]}" torch==2.13.0
   req=requirements.txt; [ "$WANT_TEST" = "--test" ] && req=requirements-dev.txt
