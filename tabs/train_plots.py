@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import html
 
+from training.jobs import duration_text
+
 
 def loss_figure(log: list[dict]):
     """Train loss (line + markers, so one or two steps still show) and eval loss points."""
@@ -27,12 +29,7 @@ def progress_html(status) -> str:
     """A progress bar with step/total and ETA."""
     total = status.max_steps or 0
     done = min(status.step, total) if total else 0
-    eta = f" · ETA {_duration(status.eta_s)}" if status.eta_s and status.state == "running" else ""
+    eta = f" · ETA {duration_text(status.eta_s)}" if status.eta_s and status.state == "running" else ""
     label = f"step {done}/{total or '?'}{eta} · {html.escape(status.state)}"
     return (f'<div id="train-progress"><progress value="{done}" max="{total or 1}" style="width:100%"></progress>'
             f"<div>{label}</div></div>")
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"

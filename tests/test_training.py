@@ -203,11 +203,11 @@ def test_ddp_two_processes_with_accelerate(data_home):
 
 
 def test_progress_line_reads_like_a_progress_bar():
-    from training.callbacks import progress_line
+    from training.jobs import progress_line
 
     entry = {"step": 3, "max_steps": 20, "loss": 2.95512, "eval_loss": None, "learning_rate": 2.5e-4,
              "tokens_per_s": 213.6, "elapsed_s": 7.4, "eta_s": 3725.0}
-    assert progress_line(entry) == "step 3/20 15% | loss 2.955 | lr 2.50e-04 | 214 tok/s | 0:07 elapsed | ETA 1:02:05"
+    assert progress_line(entry) == "step 3/20 15% | loss 2.955 | lr 2.50e-04 | 214 tok/s | 7 s elapsed | ETA 62 min 05 s"
     before = {**entry, "step": 0, "max_steps": 0, "loss": None, "eval_loss": 4.1, "eta_s": None,
               "tokens_per_s": None, "learning_rate": None}
-    assert progress_line(before) == "before training | eval loss 4.1 | 0:07 elapsed"
+    assert progress_line(before) == "before training | eval loss 4.1 | 7 s elapsed"

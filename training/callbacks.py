@@ -2,7 +2,7 @@
 
 Each log line: step, max_steps, epoch, loss, eval_loss, learning_rate, tokens_per_s,
 elapsed_s, eta_s. Used by training.run; read by training.jobs. The same entry is echoed to the
-console as one readable line (`progress_line`), which is what the CLI user watches.
+console as one readable line (`training.jobs.progress_line`), which the CLI user watches.
 """
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from training.jobs import progress_line
+
 
 class JsonlLogger(TrainerCallback):
     """Append one JSON line per logging event (rank 0 only)."""
 
-    def __init__(self, path: Path, resume: bool = False, echo: bool = True):
-        self.path, self.echo = path, echo
+    def __init__(self, path: Path, resume: bool = False):
+        self.path = path
         if not resume:
             path.write_text("")
         self.start = time.time()
@@ -52,35 +54,8 @@ class JsonlLogger(TrainerCallback):
         }
         with self.path.open("a") as handle:
             handle.write(json.dumps(entry) + "\n")
-        if self.echo and (entry["loss"] is not None or entry["eval_loss"] is not None):
+        if entry["loss"] is not None or entry["eval_loss"] is not None:
             print(progress_line(entry), flush=True)
-
-
-def clock(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-def progress_line(entry: dict) -> str:
-    """'step 3/20 15% | loss 2.955 | lr 2.5e-04 | 214 tok/s | 0:07 elapsed | ETA 0:38'."""
-    step, total = entry["step"], entry["max_steps"]
-    if total:
-        parts = [f"step {step}/{total} {100 * step // total}%"]
-    else:  # the evaluation before training starts
-        parts = ["before training"]
-    if entry.get("loss") is not None:
-        parts.append(f"loss {float(entry['loss']):.4g}")
-    if entry.get("eval_loss") is not None:
-        parts.append(f"eval loss {float(entry['eval_loss']):.4g}")
-    if entry.get("learning_rate") is not None:
-        parts.append(f"lr {float(entry['learning_rate']):.2e}")
-    if entry.get("tokens_per_s"):
-        parts.append(f"{entry['tokens_per_s']:.0f} tok/s")
-    parts.append(f"{clock(entry['elapsed_s'])} elapsed")
-    if entry.get("eta_s") is not None:
-        parts.append(f"ETA {clock(entry['eta_s'])}")
-    return " | ".join(parts)
 
 
 class StopOnRequest(TrainerCallback):

@@ -5,6 +5,8 @@
 A job is `python -m training.run --run-dir RUN` in its own session (so a UI crash or reload
 never kills it, and the UI never dies with it). All state lives in the run folder: job.json
 (pid, command), log.jsonl, status.json (written by the run when it ends), stderr.log.
+`progress_line` turns one log.jsonl entry into the line the run prints; the Train tab shares
+its `duration_text`. Importing this module stays light (no torch), since the app imports it.
 """
 from __future__ import annotations
 
@@ -160,6 +162,33 @@ def read_log(run_dir: Path) -> list[dict]:
         return []
     lines = path.read_text().splitlines()
     return [json.loads(line) for line in lines if line.strip().endswith("}")]
+
+
+def duration_text(seconds: float) -> str:
+    """'45 s' or '3 min 07 s': the Train tab's progress bar and the console line both use it."""
+    seconds = int(seconds)
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def progress_line(entry: dict) -> str:
+    """'step 3/20 15% | loss 2.955 | lr 2.50e-04 | 214 tok/s | 7 s elapsed | ETA 38 s'."""
+    step, total = entry["step"], entry["max_steps"]
+    if total:
+        parts = [f"step {step}/{total} {100 * step // total}%"]
+    else:  # the evaluation before training starts
+        parts = ["before training"]
+    if entry.get("loss") is not None:
+        parts.append(f"loss {float(entry['loss']):.4g}")
+    if entry.get("eval_loss") is not None:
+        parts.append(f"eval loss {float(entry['eval_loss']):.4g}")
+    if entry.get("learning_rate") is not None:
+        parts.append(f"lr {float(entry['learning_rate']):.2e}")
+    if entry.get("tokens_per_s"):
+        parts.append(f"{entry['tokens_per_s']:.0f} tok/s")
+    parts.append(f"{duration_text(entry['elapsed_s'])} elapsed")
+    if entry.get("eta_s") is not None:
+        parts.append(f"ETA {duration_text(entry['eta_s'])}")
+    return " | ".join(parts)
 
 
 def read_status(run_dir: Path) -> RunStatus:
