@@ -22,12 +22,18 @@ def test_train_reload_and_compare_in_browser(app_server):
         page.get_by_text("detected format: qa").wait_for(timeout=30_000)
         page.get_by_label("Recipe (loads its settings)").fill("tiny")
         page.get_by_role("option", name="tiny").click()
+        # The recipe fills every field, output_name included; on a busy machine its answer can
+        # land after a name typed at once and blank it, so wait until it has been applied.
         page.get_by_text("Advanced", exact=True).click()
+        page.wait_for_function("() => document.querySelector('#cfg-max_steps input')?.value === '6'",
+                               timeout=30_000)
         page.locator("#cfg-output_name textarea, #cfg-output_name input").first.fill("browser-run")
         page.locator("#cfg-adapter").get_by_role("radio", name="lora", exact=True).check()
-        page.wait_for_timeout(1000)
         page.locator("#train-start").click()
-        page.get_by_text("Started browser-run").wait_for(timeout=30_000)
+        page.wait_for_function("() => /Started|⚠️/.test(document.querySelector('#train-message')?.innerText)",
+                               timeout=30_000)
+        message = page.locator("#train-message").inner_text()
+        assert "Started browser-run" in message, message
         page.wait_for_function("() => document.querySelector('#train-progress')?.innerText.includes('step 2/')",
                                timeout=240_000)
         page.locator("#loss-plot .js-plotly-plot").wait_for(timeout=30_000)
