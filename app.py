@@ -7,6 +7,7 @@
 
 The page is served before any model loads; models load lazily on first use. On a Hugging Face
 Space this file runs as is (the Space owner's Hugging Face login unlocks training/publishing).
+A non-loopback --host without --auth is public too (see core/access.py for what that means).
 """
 import argparse
 import os
@@ -16,46 +17,60 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 
 from core import access  # noqa: E402
-from tabs import chat, publish, topics, train, train_live  # noqa: E402
+from tabs import chat, publish, topics, train  # noqa: E402
 
 MAX_UPLOAD = "50mb"
+EVENTS_PER_SESSION = int(os.environ.get("FINETUNE_LAB_EVENTS_PER_SESSION", 8))
 
 
 def build_app() -> gr.Blocks:
-    """The whole app as one gr.Blocks, with each tab laid out by its module."""
+    """The whole app as one gr.Blocks; each tab lays itself out and wires its own events."""
     with gr.Blocks(title="Finetune Lab") as demo:
         gr.Markdown("# Finetune Lab\nChat with, fine-tune and explore small language models.")
         if access.is_public():
-            _access_row()
+            _access_row(demo)
         with gr.Tab("Chat"):
-            adapter_picker = chat.build()
+            adapter_picker = chat.build(demo)
         with gr.Tab("Train"):
-            run, data_outputs, dataset, columns, runs = train.build(adapter_picker)
+            train.build(demo, adapter_picker)
         with gr.Tab("Embeddings & topics"):
             topics.build()
         with gr.Tab("Publish"):
-            publish_runs = publish.build()
-        demo.load(chat.refresh_adapters, None, adapter_picker, api_name=False)
-        # A (re)loaded page re-attaches to the live job, or shows the newest run.
-        demo.load(train_live.attach_latest, None, run, api_name=False)
-        demo.load(train.inspect_for_form, [dataset, columns], data_outputs, api_name=False)
-        demo.load(train_live.runs_table, None, runs, api_name=False)
-        demo.load(publish.refresh_runs, None, publish_runs, api_name=False)
-        if os.environ.get("SPACE_ID"):
-            demo.load(_oauth_unlock, None, None, api_name=False)
+            publish.build(demo)
     # Generation is CPU-bound: more than 2 concurrent streams only slows every one of them.
     demo.queue(default_concurrency_limit=2, max_size=64)
+    limit_events_per_session(demo, EVENTS_PER_SESSION)
     return demo
 
 
-def _access_row() -> None:
+def limit_events_per_session(demo: gr.Blocks, limit: int) -> None:
+    """Refuse a session's new event while it has `limit` queued or running, so one visitor (or
+    one script calling every fn_index) cannot fill the shared queue. Gradio has no such
+    setting, so this wraps its queue's `push`."""
+    queue = demo._queue
+    push = queue.push
+
+    async def push_limited(body, request, username):
+        session = body.session_hash
+        waiting = [e for q in queue.event_queue_per_concurrency_id.values() for e in q.queue]
+        running = [e for job in queue.active_jobs if job for e in job]
+        if session and sum(e.session_hash == session for e in waiting + running) >= limit:
+            return False, f"Too many requests at once from this session (at most {limit}): wait for them.", "queue_full"
+        return await push(body, request, username)
+
+    queue.push = push_limited
+
+
+def _access_row(demo: gr.Blocks) -> None:
     with gr.Row():
         gr.Markdown("This app is public: chat is open; training, deleting runs and publishing need a login.")
         if os.environ.get("SPACE_ID"):
             gr.LoginButton()
-        key = gr.Textbox(label="Admin key", type="password", scale=1)
-        state = gr.Markdown()
+        key = gr.Textbox(label="Admin key", type="password", scale=1, elem_id="admin-key")
+        state = gr.Markdown(elem_id="admin-state")
         key.submit(_unlock, key, state, api_name="unlock")
+    if os.environ.get("SPACE_ID"):
+        demo.load(_oauth_unlock, None, None, api_name=False)
 
 
 def _unlock(key: str, request: gr.Request) -> str:
@@ -78,8 +93,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.share:
-        os.environ["FINETUNE_LAB_PUBLIC"] = "1"
+    if args.share or (not args.auth and not access.is_loopback(args.host)):
+        os.environ["FINETUNE_LAB_PUBLIC"] = "1"  # reachable by others, with no login in front
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     # run_history=False: Gradio would otherwise keep every call's inputs (the HF token too) in the browser.
     build_app().launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,

@@ -1,20 +1,31 @@
-"""Who may train, delete runs and publish when the app is public.
+"""Who may do what when the app is public: anonymous visitors chat; owners do everything.
 
-    FINETUNE_LAB_ADMIN_KEY=secret python app.py --share   # unlock box required for those actions
+    FINETUNE_LAB_ADMIN_KEY=secret python app.py --share   # the key unlocks a browser session
 
-Chat stays open to everyone. The app counts as public when launched with --share, when it
-runs on a Hugging Face Space (SPACE_ID is set), or when FINETUNE_LAB_PUBLIC=1. Then the guarded
-handlers need one of: a Gradio --auth login (which gates the whole app), the admin key
-($FINETUNE_LAB_ADMIN_KEY) typed into the "Unlock" box (chat stays open to everyone), or on a
-Space the Hugging Face login of the Space owner. The check runs in the server handler, so an
-API client without an unlocked session is refused too, not only hidden from in the UI.
+The app counts as public when launched with --share, on a non-loopback --host without --auth,
+on a Hugging Face Space (SPACE_ID is set), or with FINETUNE_LAB_PUBLIC=1. Then a session is
+trusted after one of: a Gradio --auth login (which gates the whole app), the admin key typed
+into the "Admin key" box, or on a Space the Hugging Face login of the Space owner.
+
+An anonymous session may chat with the known models and the finished runs' adapters, preview
+bundled data or its own uploads, and explore topics, with every size clamped (LIMITS). All
+checks run in the server handlers: every event listener is reachable by fn_index, so hiding a
+button protects nothing.
 """
 from __future__ import annotations
 
 import hmac
 import os
+from pathlib import Path
 
 _UNLOCKED_SESSIONS: set[str] = set()
+
+# Caps for anonymous sessions; the owner's values are used as given.
+LIMITS = {
+    "block_size": 512, "stride": 512, "max_rows": 2000, "preview_row": 1999, "max_docs": 2000,
+    "projection_docs": 1000,  # t-SNE/UMAP cost grows fast; PCA has no cap
+    "history_chars": 8000, "max_new_tokens": 512,
+}
 
 
 class AccessDenied(PermissionError):
@@ -23,6 +34,10 @@ class AccessDenied(PermissionError):
 
 def is_public() -> bool:
     return bool(os.environ.get("SPACE_ID")) or os.environ.get("FINETUNE_LAB_PUBLIC") == "1"
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
 
 def space_owner() -> str | None:
@@ -50,37 +65,57 @@ def unlock_from_oauth(request=None, profile=None) -> None:
         _UNLOCKED_SESSIONS.add(request.session_hash)
 
 
-def check_data_source(source: str, bundled: tuple) -> str:
-    """In public mode, data may come only from bundled sets, the data dir or Gradio uploads.
-
-    Otherwise anyone could type a server path into the dataset box and read the file back
-    through the preview table.
-    """
-    import tempfile
-    from pathlib import Path
-
-    from core.paths import data_dir
-
-    if not is_public() or source in bundled or source.partition(":")[0] in bundled:
-        return source
-    path = Path(source).expanduser().resolve()
-    uploads = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
-    if not any(path.is_relative_to(root) for root in (data_dir().resolve(), uploads)):
-        raise AccessDenied("On a public app, use a bundled dataset or upload a file; server paths are not readable.")
-    return source
+def is_trusted(request=None) -> bool:
+    """True for a private app, a Gradio --auth login, or an unlocked session."""
+    if not is_public():
+        return True
+    return bool(getattr(request, "username", None)) or getattr(request, "session_hash", None) in _UNLOCKED_SESSIONS
 
 
 def require_user(request=None, action: str = "this action") -> str | None:
-    """Return who may act, or raise AccessDenied. No check while the app is private.
+    """Return who may act, or raise AccessDenied. No check while the app is private."""
+    if not is_trusted(request):
+        raise AccessDenied(f"Log in to do {action}: this app is public, and only chat is open to everyone.")
+    return getattr(request, "username", None) or ("admin" if is_public() else None)
 
-    Allowed: a Gradio --auth login, or a session unlocked by the admin key or by the Space
-    owner's Hugging Face login.
+
+def clamp(name: str, value, request=None):
+    """`value` capped at LIMITS[name] for an anonymous session of a public app."""
+    return value if is_trusted(request) else min(value, LIMITS[name])
+
+
+def allowed_models() -> list[str]:
+    """Hub ids or folders the owner opened to visitors ($FINETUNE_LAB_ALLOWED_MODELS, comma list)."""
+    return [m.strip() for m in os.environ.get("FINETUNE_LAB_ALLOWED_MODELS", "").split(",") if m.strip()]
+
+
+def check_model(name: str, request=None) -> str:
+    """A visitor may load only the known models and those the owner allowed."""
+    from core.models import find_spec
+
+    if is_trusted(request) or find_spec(name or "") or (name or "").strip() in allowed_models():
+        return name
+    raise AccessDenied("On a public app, pick one of the listed models; other models need a login.")
+
+
+def check_adapter(value: str, request=None) -> str:
+    """A visitor may attach only a finished run's adapter, named by its run."""
+    from core.paths import finished_runs
+
+    if is_trusted(request) or (value or "").strip() in {run.name for run in finished_runs()}:
+        return value
+    raise AccessDenied("On a public app, pick one of the finished runs as the adapter; folders need a login.")
+
+
+def check_data_source(source: str, bundled: tuple, request=None, own_uploads=()) -> str:
+    """A visitor may read bundled sets and the files they uploaded in this session only.
+
+    Otherwise anyone could type a server path (or another visitor's upload) into the dataset
+    box and read the file back through the preview table.
     """
-    if not is_public():
-        return None
-    username = getattr(request, "username", None)
-    if username:
-        return username
-    if getattr(request, "session_hash", None) in _UNLOCKED_SESSIONS:
-        return "admin"
-    raise AccessDenied(f"Log in to do {action}: this app is public, and only chat is open to everyone.")
+    if is_trusted(request) or source in bundled or source.partition(":")[0] in bundled:
+        return source
+    path = Path(source or "").expanduser().resolve()
+    if any(path == Path(own).resolve() for own in own_uploads or ()):
+        return source
+    raise AccessDenied("On a public app, use a bundled dataset or upload a file; server paths are not readable.")

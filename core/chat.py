@@ -161,32 +161,44 @@ def _side(loaded: LoadedModel, adapter_name: str | None):
     return contextlib.nullcontext()
 
 
-def attach_tuned(base: LoadedModel, path: str) -> Tuned:
-    """Prepare the tuned side: attach a LoRA adapter to `base`, or load a full model folder."""
-    folder = Path((path or "").strip()).expanduser()
-    if not str(path or "").strip():
+def adapter_folder(value: str) -> Path:
+    """The folder an adapter box value names: a finished run's name, or a folder path."""
+    from core.paths import finished_runs
+
+    value = (value or "").strip()
+    if not value:
         raise ModelError("Compare needs an adapter: pick one or type a folder path.")
+    by_run = {run.name: run / "adapter" for run in finished_runs()}
+    folder = by_run.get(value) or Path(value).expanduser()
     if not folder.is_dir():
-        raise ModelError(f"Adapter folder '{path}' does not exist.")
+        raise ModelError(f"Adapter '{value}' is neither a finished run nor a folder.")
+    return folder.resolve()
+
+
+def attach_tuned(base: LoadedModel, value: str) -> Tuned:
+    """Prepare the tuned side: attach a LoRA adapter to `base`, or load a full model folder."""
+    folder = adapter_folder(value)
     if (folder / "adapter_config.json").is_file():
-        return Tuned(base, _attach_lora(base, folder.resolve()))
+        return Tuned(base, _attach_lora(base, folder))
     if (folder / "config.json").is_file():
         return Tuned(load_model(str(folder)), None)
-    raise ModelError(f"'{path}' is neither a LoRA adapter (adapter_config.json) nor a model folder.")
+    raise ModelError(f"'{value}' is neither a LoRA adapter (adapter_config.json) nor a model folder.")
 
 
 def _attach_lora(base: LoadedModel, folder: Path) -> str:
+    """Attach once per folder. The check, the name and the load all happen under the model's
+    lock: two sessions attaching at once must not both pick 'adapter1' or load twice."""
     from peft import PeftConfig, PeftModel
 
-    key = str(folder)
-    if key in base.adapters:
-        return base.adapters[key]
     if not (folder / "adapter_model.safetensors").is_file():
-        raise ModelError(f"'{folder}' has no adapter_model.safetensors (only safetensors load).")
+        raise ModelError(f"'{folder.name}' has no adapter_model.safetensors (only safetensors load).")
     trained_on = PeftConfig.from_pretrained(str(folder)).base_model_name_or_path or ""
     _check_same_base(base, trained_on)
-    name = f"adapter{len(base.adapters)}"
+    key = str(folder)
     with base.lock:
+        if key in base.adapters:
+            return base.adapters[key]
+        name = f"adapter{len(base.adapters)}"
         try:
             if hasattr(base.model, "load_adapter") and base.adapters:
                 base.model.load_adapter(str(folder), adapter_name=name)
@@ -194,11 +206,11 @@ def _attach_lora(base: LoadedModel, folder: Path) -> str:
                 base.model = PeftModel.from_pretrained(base.model, str(folder), adapter_name=name)
         except (RuntimeError, ValueError, KeyError) as exc:
             raise ModelError(
-                f"Adapter '{folder.name}' does not fit {base.name} (trained on "
+                f"Adapter '{folder.parent.name}' does not fit {base.name} (trained on "
                 f"'{trained_on}'): {str(exc).splitlines()[0][:200]}"
             ) from None
         base.model.eval()
-    base.adapters[key] = name
+        base.adapters[key] = name
     return name
 
 

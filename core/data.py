@@ -65,9 +65,10 @@ def _chatterbot_rows(category: str) -> list[dict]:
     folder = package_dir("chatterbot_corpus")
     if folder is None:
         raise DataError("chatterbot: the chatterbot-corpus package is not installed.")
-    files = sorted((folder / "data" / "english").glob(f"{category or '*'}.yml"))
-    if not files:
-        raise DataError(f"chatterbot:{category}: no such category; have {', '.join(chatterbot_categories())}.")
+    known = chatterbot_categories()
+    if category and category not in known:  # also what keeps glob patterns out of the path
+        raise DataError(f"chatterbot:{category[:60]}: no such category; have {', '.join(known)}.")
+    files = [folder / "data" / "english" / f"{name}.yml" for name in ([category] if category else known)]
     rows = []
     for path in files:
         for convo in yaml.safe_load(path.read_text(encoding="utf-8"))["conversations"]:

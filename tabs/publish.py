@@ -38,8 +38,8 @@ def publish_space(run, space_id, repo_id, private, token, request: gr.Request = 
     return f"✅ Space created or updated: [{url}]({url}) — it loads the adapter from `{repo_id}`."
 
 
-def build() -> gr.Dropdown:
-    """Lay out the Publish tab; return the run picker (refreshed on page load)."""
+def build(demo: gr.Blocks) -> None:
+    """Lay out the Publish tab; its run picker refreshes on page load."""
     gr.Markdown("Push a finished run to the Hugging Face Hub. The token is used for this session only: "
                 "it is never stored, logged or written into any file. `HF_TOKEN` works too.")
     with gr.Row():
@@ -57,4 +57,4 @@ def build() -> gr.Dropdown:
     push.click(publish_adapter, [run, repo, private, token], result, api_name="publish_adapter")
     make_space.click(publish_space, [run, space, repo, private, token], result, api_name="publish_space")
     refresh.click(refresh_runs, None, run, api_name=False)
-    return run
+    demo.load(refresh_runs, None, run, api_name=False)

@@ -10,28 +10,41 @@ import time
 
 import gradio as gr
 
-from core.access import check_data_source
+from core.access import LIMITS, AccessDenied, check_data_source, clamp, is_trusted
 from core.corpora import CORPORA, DEFAULT_MAX_DOCS, load_corpus
 from core.embeddings import DEFAULT_EMBEDDER, classify, cluster, cluster_scores, embed, load_embedder, project
-from core.paths import data_dir
 from core import topics as topic_core
+from tabs.session import download_path
 
 ERRORS = (ValueError, OSError)  # OSError covers access.AccessDenied (a PermissionError)
+KNOWN_EMBEDDERS = (DEFAULT_EMBEDDER, "sentence-transformers/all-MiniLM-L6-v2")
 
 
-def corpus_and_vectors(source, upload, text_column, label_column, max_docs, embedder, progress=None):
-    check_data_source(upload or source, CORPORA)
-    corpus = load_corpus(upload or source, (text_column or "").strip(), (label_column or "").strip(),
-                         int(max_docs or DEFAULT_MAX_DOCS))
+def corpus_and_vectors(source, upload, text_column, label_column, max_docs, embedder, request=None, progress=None,
+                       projection="pca"):
+    """The corpus and its embeddings. A public app's visitors get the packaged embedder only,
+    a capped document count, no new files in the embedding cache, and t-SNE/UMAP maps only
+    for small corpora (refused before anything is embedded)."""
+    check_data_source(upload or source, CORPORA, request, own_uploads=[upload] if upload else [])
+    embedder = (embedder or "").strip() or DEFAULT_EMBEDDER
+    if not is_trusted(request) and embedder not in KNOWN_EMBEDDERS:
+        raise AccessDenied(f"On a public app, the embedder is {DEFAULT_EMBEDDER}; other models need a login.")
+    max_docs = clamp("max_docs", int(max_docs or DEFAULT_MAX_DOCS), request)
+    corpus = load_corpus(upload or source, (text_column or "").strip(), (label_column or "").strip(), max_docs)
+    if projection != "pca" and len(corpus.texts) > clamp("projection_docs", len(corpus.texts), request):
+        raise AccessDenied(f"On a public app, {projection} maps at most {LIMITS['projection_docs']} "
+                           "documents: lower the document cap or use pca.")
     callback = (lambda f: progress(f, desc="Embedding")) if progress else None
-    return corpus, embed(corpus.texts, embedder or DEFAULT_EMBEDDER, progress=callback)
+    return corpus, embed(corpus.texts, embedder, progress=callback, write_cache=is_trusted(request))
 
 
-def embed_corpus(*spec, progress=gr.Progress()):
+def embed_corpus(source, upload, text_column, label_column, max_docs, embedder, request: gr.Request = None,
+                 progress=gr.Progress()):
     """Summary of the corpus and its embeddings (computed once, then cached)."""
     start = time.perf_counter()
     try:
-        corpus, vectors = corpus_and_vectors(*spec, progress=progress)
+        corpus, vectors = corpus_and_vectors(source, upload, text_column, label_column, max_docs, embedder,
+                                             request, progress)
     except ERRORS as exc:
         return f"⚠️ {exc}"
     labels = f", {len(set(corpus.labels))} labels" if corpus.labels else ", no labels"
@@ -39,11 +52,12 @@ def embed_corpus(*spec, progress=gr.Progress()):
             f"{time.perf_counter() - start:.1f} s. {corpus.note}")
 
 
-def run_clustering(*args, progress=gr.Progress()):
+def run_clustering(source, upload, text_column, label_column, max_docs, embedder, method, n_clusters, min_size,
+                   projection, color_by, request: gr.Request = None, progress=gr.Progress()):
     """(2-D map, scores markdown, cluster table)."""
-    *spec, method, n_clusters, min_size, projection, color_by = args
     try:
-        corpus, vectors = corpus_and_vectors(*spec, progress=progress)
+        corpus, vectors = corpus_and_vectors(source, upload, text_column, label_column, max_docs, embedder,
+                                             request, progress, projection)
         ids = cluster(vectors, method, int(n_clusters), int(min_size))
         points = project(vectors, projection)
     except ERRORS as exc:
@@ -74,14 +88,16 @@ def cluster_table(corpus, ids):
                          "examples": [" | ".join(t[:80] for t in texts[:3]) for _, texts in groups]})
 
 
-def run_classification(*args, progress=gr.Progress()):
+def run_classification(source, upload, text_column, label_column, max_docs, embedder, method,
+                       request: gr.Request = None, progress=gr.Progress()):
     """(scores markdown, confusion matrix, misclassified examples, fitted classifier)."""
-    *spec, method = args
     try:
-        corpus, vectors = corpus_and_vectors(*spec, progress=progress)
+        corpus, vectors = corpus_and_vectors(source, upload, text_column, label_column, max_docs, embedder,
+                                             request, progress)
         if not corpus.labels:
             raise ValueError("This corpus has no label column: pick one to classify.")
         result = classify(vectors, corpus.labels, corpus.texts, method)
+        result.embedder = (embedder or "").strip() or DEFAULT_EMBEDDER
     except ERRORS as exc:
         return f"⚠️ {exc}", None, None, None
     import pandas as pd
@@ -95,22 +111,24 @@ def run_classification(*args, progress=gr.Progress()):
     return text, fig, wrong, result
 
 
-def classify_text(result, text: str, embedder: str) -> str:
+def classify_text(result, text: str) -> str:
+    """Label one text with the classifier, embedded by the model it was trained with."""
     if result is None:
         return "Train a classifier first."
     if not (text or "").strip():
         return "Type a text to classify."
-    vector = embed([text], embedder or DEFAULT_EMBEDDER)
+    vector = embed([text], result.embedder, write_cache=False)
     return f"→ **{result.model.predict(vector)[0]}**"
 
 
-def run_topics(*args, progress=gr.Progress()):
+def run_topics(source, upload, text_column, label_column, max_docs, embedder, method, n_topics,
+               request: gr.Request = None, progress=gr.Progress()):
     """(message, topic table, five figures, fitted result)."""
-    *spec, method, n_topics = args
     try:
-        corpus, vectors = corpus_and_vectors(*spec, progress=progress)
+        corpus, vectors = corpus_and_vectors(source, upload, text_column, label_column, max_docs, embedder,
+                                             request, progress)
         result = topic_core.fit_topics(corpus.texts, vectors, method, int(n_topics),
-                                       embedder=load_embedder(spec[-1] or DEFAULT_EMBEDDER))
+                                       embedder=load_embedder(embedder or DEFAULT_EMBEDDER))
     except ERRORS as exc:
         return (f"⚠️ {exc}", None, *[None] * len(topic_core.FIGURES), None)
     return (_topics_message(result, corpus.note), result.table(),
@@ -145,10 +163,11 @@ def label_with_llm(result, progress=gr.Progress()):
             *[topic_core.figure(result, name) for name in topic_core.FIGURES])
 
 
-def export_topics(result):
+def export_topics(result, request: gr.Request = None):
+    """The topic table and figures as files, in a folder Gradio serves (see tabs.session)."""
     if result is None:
         return None
-    out = data_dir() / "exports" / f"topics-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = download_path(request, f"topics-{time.strftime('%Y%m%d-%H%M%S')}")
     return [str(p) for p in topic_core.export(result, out)]
 
 
@@ -207,7 +226,7 @@ def build() -> None:
                       [cluster_plot, cluster_info, cluster_tbl], api_name="cluster")
     clf_btn.click(run_classification, [*spec, clf_method], [clf_info, confusion, wrong, classifier_state],
                   api_name="classify")
-    new_text.submit(classify_text, [classifier_state, new_text, embedder], predicted, api_name=False)
+    new_text.submit(classify_text, [classifier_state, new_text], predicted, api_name=False)
     topics_btn.click(run_topics, [*spec, topic_method, n_topics], [topic_info, topic_tbl, *figures, topic_state],
                      api_name="topics")
     name_btn.click(label_with_llm, topic_state, [topic_info, topic_tbl, *figures], api_name=False)

@@ -7,17 +7,14 @@ back from the run folder, so a page reload re-attaches to the running job with i
 from __future__ import annotations
 
 import hashlib
-import shutil
-import time
-from pathlib import Path
 
 import gradio as gr
 
-from core.access import check_data_source
+from core.access import check_data_source, clamp, is_trusted
 from core.data import BUNDLED, chatterbot_categories, detect_format, load_rows
-from core.paths import check_name, data_dir
 from tabs import train_form
-from tabs.train_live import (api_start, api_status, delete_run, poll, resume_training, runs_table,
+from tabs.session import download_path, remember_upload, save_upload
+from tabs.train_live import (api_start, api_status, attach_latest, delete_run, poll, resume_training, runs_table,
                               start_training, stop_training)
 from training.config import TrainConfig, list_recipes, load_config
 
@@ -28,30 +25,23 @@ def dataset_choices() -> list[str]:
     return list(BUNDLED) + [f"chatterbot:{c}" for c in chatterbot_categories()]
 
 
-def save_upload(upload: str | None) -> str | None:
-    """Copy an uploaded file into the data directory, so the training process can read it."""
-    if not upload:
-        return None
-    source = Path(upload)
-    safe = check_name("".join(c if c.isalnum() or c in "._-" else "_" for c in source.name)[-80:] or "data")
-    folder = data_dir() / "uploads"
-    folder.mkdir(exist_ok=True)
-    target = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}"
-    shutil.copyfile(source, target)
-    return str(target)
+def inspect_data(dataset: str, columns: str = "", request=None, uploads=()):
+    """(summary markdown, first rows as a table, column names) for a dataset source.
 
-
-def inspect_data(dataset: str, columns: str = ""):
-    """(summary markdown, first rows as a table, column names) for a dataset source."""
+    When detection fails the column names still come back: that is when the user needs them
+    for the mapping dropdowns."""
     try:
-        check_data_source(dataset, BUNDLED)
+        check_data_source(dataset, BUNDLED, request, uploads)
         rows = load_rows(dataset, columns)
-        fmt = detect_format(rows.column_names)
     except (ValueError, PermissionError) as exc:
         return f"⚠️ {exc}", None, []
     head = rows.select(range(min(MAX_PREVIEW_ROWS, len(rows)))).to_pandas()
     head = head.map(lambda v: (str(v)[:300] + "…") if len(str(v)) > 300 else str(v))
-    summary = f"**{len(rows)} rows** · detected format: **{fmt}** · columns: {', '.join(rows.column_names)}"
+    try:
+        fmt = f"detected format: **{detect_format(rows.column_names)}**"
+    except ValueError as exc:
+        fmt = f"⚠️ {exc}"
+    summary = f"**{len(rows)} rows** · {fmt} · columns: {', '.join(rows.column_names)}"
     return summary, head, list(rows.column_names)
 
 
@@ -61,66 +51,64 @@ def mapping_string(prompt_col: str, answer_col: str, text_col: str) -> str:
     return ",".join(f"{role}={col}" for role, col in pairs if col)
 
 
-def preview_example(row, *values):
-    """(highlighted segments, info line): the exact text the model sees for one example."""
+def preview_example(row, values: dict, request=None, uploads=()):
+    """(highlighted segments, info line): the exact text the model sees for one example.
+
+    A public app's visitors get capped sizes: the preview never tokenizes more than it shows."""
     from training.prepare import preview
 
     try:
+        values = {**values, **{name: clamp(name, int(values[name] or 0), request)
+                               for name in ("block_size", "stride", "max_rows")}}
+        if not is_trusted(request) and not values["max_rows"]:
+            values["max_rows"] = clamp("max_rows", 10**9, request)
         cfg = train_form.values_to_config(values)
-        check_data_source(cfg.dataset, BUNDLED)
-        shown = preview(cfg, int(row or 0))
+        check_data_source(cfg.dataset, BUNDLED, request, uploads)
+        shown = preview(cfg, clamp("preview_row", int(row or 0), request))
     except (ValueError, PermissionError) as exc:
         return [(f"⚠️ {exc}", None)], ""
     info = f"{shown.total_tokens} tokens, {shown.trained_tokens} trained on (highlighted). {shown.note}"
     return shown.segments, info.strip()
 
 
-def load_recipe(name: str) -> list:
+def load_recipe(name: str) -> dict:
+    """{field name: widget value} of a bundled recipe."""
     return train_form.config_to_values(load_config(name))
 
 
-def cli_preview(*values):
+def cli_preview(values: dict, request=None):
     """(equivalent CLI command, YAML text, YAML file to download)."""
     try:
         cfg = train_form.values_to_config(values)
     except ValueError as exc:
         return f"# {exc}", "", None
     text = cfg.to_yaml()
-    # One file per distinct config: sessions never overwrite each other's download.
-    path = data_dir() / "uploads" / f"train-config-{hashlib.sha1(text.encode()).hexdigest()[:10]}.yaml"
-    if not path.is_file():
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(text)
-    return f"python cli.py train --config {path}", text, str(path)
+    name = f"train-config-{hashlib.sha1(text.encode()).hexdigest()[:10]}.yaml"
+    path = download_path(request, name)
+    path.write_text(text)
+    return f"python cli.py train --config {name}", text, str(path)
 
 
-def build(adapter_picker: gr.Dropdown):
-    """Lay out the Train tab; `adapter_picker` is the Chat tab's, refreshed when a run ends."""
+def build(demo: gr.Blocks, adapter_picker: gr.Dropdown) -> None:
+    """Lay out the Train tab and wire it, page loads included; `adapter_picker` is the Chat
+    tab's, refreshed when a run ends."""
     cfg = TrainConfig()
-    run, last_state = gr.State(None), gr.State(None)
+    run, last_state, uploads = gr.State(None), gr.State(None), gr.State([])
     data = _data_step(cfg)
     fields, method = _method_step(cfg)
     fields.update(dataset=data["dataset"], columns=data["columns"])
-    form = [fields[n] for n in train_form.NAMES]
+    form = {name: fields[name] for name in train_form.NAMES}
     live = _run_step()
     runs = _runs_section()
-    _wire_data(data, form)
-    method["recipe"].input(load_recipe, method["recipe"], form)
-    for name in ("objective", "adapter"):
-        fields[name].change(_explain, [fields["objective"], fields["adapter"]], method["explanation"])
-    for widget in form:
-        widget.change(cli_preview, form, method["cli"], show_progress="hidden", api_name=False)
-    polled = [live["progress"], live["plot"], live["stats"], live["tail"], live["result"], last_state, adapter_picker]
-    live["start"].click(start_training, form, [live["message"], run], api_name="train_start")
-    live["stop"].click(stop_training, run, live["message"], api_name="train_stop")
-    live["resume"].click(resume_training, run, [live["message"], run], api_name="train_resume")
-    gr.api(api_start, api_name="train_recipe")
-    gr.api(api_status, api_name="train_status")
-    gr.Timer(2.0).tick(poll, [run, last_state], polled, show_progress="hidden", api_name=False)
+    _wire_data(data, form, uploads)
+    _wire_method(method, form, fields)
+    _wire_live(live, form, run, last_state, uploads, adapter_picker)
     _wire_runs(runs, run)
     gr.on([live["start"].click, live["stop"].click, live["resume"].click], runs_table, None, runs["table"],
           api_name=False)
-    return run, data["outputs"], data["dataset"], data["columns"], runs["table"]
+    demo.load(attach_latest, None, run, api_name=False)  # a reloaded page re-attaches to the live job
+    demo.load(inspect_for_form, [data["dataset"], data["columns"], uploads], data["outputs"], api_name=False)
+    demo.load(runs_table, None, runs["table"], api_name=False)
 
 
 def _data_step(cfg: TrainConfig) -> dict:
@@ -194,19 +182,63 @@ def _runs_section() -> dict:
                 message=message)
 
 
-def _wire_data(data: dict, form: list) -> None:
-    inspect_inputs = [data["dataset"], data["columns"]]
-    data["upload"].upload(save_upload, data["upload"], data["dataset"])
-    data["dataset"].change(inspect_for_form, inspect_inputs, data["outputs"])
-    data["columns"].submit(inspect_for_form, inspect_inputs, data["outputs"])
+def _wire_data(data: dict, form: dict, uploads: gr.State) -> None:
+    inspect_inputs = [data["dataset"], data["columns"], uploads]
+
+    def on_upload(upload, own, request: gr.Request):
+        try:
+            path = save_upload(upload, request)
+        except PermissionError as exc:
+            return gr.update(), own, f"⚠️ {exc}"
+        return path, remember_upload(path, own), gr.update()
+
+    def on_preview(inputs: dict, request: gr.Request):
+        return preview_example(inputs[data["row"]], train_form.named_values(form, inputs), request, inputs[uploads])
+
+    data["upload"].upload(on_upload, [data["upload"], uploads], [data["dataset"], uploads, data["outputs"][0]],
+                          api_name=False)
+    data["dataset"].change(inspect_for_form, inspect_inputs, data["outputs"], api_name=False)
+    data["columns"].submit(inspect_for_form, inspect_inputs, data["outputs"], api_name=False)
     for dropdown in data["maps"]:
-        dropdown.input(mapping_string, data["maps"], data["columns"])
-    data["preview"].click(preview_example, [data["row"], *form], [data["seen"], data["seen_info"]])
+        dropdown.input(mapping_string, data["maps"], data["columns"], api_name=False)
+    data["preview"].click(on_preview, {data["row"], uploads, *form.values()}, [data["seen"], data["seen_info"]],
+                          api_name=False)
+
+
+def _wire_method(method: dict, form: dict, fields: dict) -> None:
+    def on_recipe(name):
+        values = load_recipe(name)
+        return {form[field]: value for field, value in values.items()}
+
+    def on_change(inputs: dict, request: gr.Request):
+        return cli_preview(train_form.named_values(form, inputs), request)
+
+    method["recipe"].input(on_recipe, method["recipe"], list(form.values()), api_name=False)
+    for name in ("objective", "adapter"):
+        fields[name].change(_explain, [fields["objective"], fields["adapter"]], method["explanation"], api_name=False)
+    # One event for every field, and only the last of a burst runs (a recipe changes them all).
+    gr.on([widget.change for widget in form.values()], on_change, set(form.values()), method["cli"],
+          trigger_mode="always_last", show_progress="hidden", api_name=False)
+
+
+def _wire_live(live: dict, form: dict, run, last_state, uploads, adapter_picker) -> None:
+    def on_start(inputs: dict, request: gr.Request):
+        message, name = start_training(train_form.named_values(form, inputs), request, inputs[uploads])
+        return {live["message"]: message, run: name if name else gr.update()}
+
+    polled = [live["progress"], live["plot"], live["stats"], live["tail"], live["result"], last_state, adapter_picker]
+    live["start"].click(on_start, {uploads, *form.values()}, [live["message"], run], api_name="train_start")
+    live["stop"].click(stop_training, run, live["message"], api_name="train_stop")
+    live["resume"].click(resume_training, run, [live["message"], run], api_name="train_resume")
+    gr.api(api_start, api_name="train_recipe")
+    gr.api(api_status, api_name="train_status")
+    gr.Timer(2.0).tick(poll, [run, last_state], polled, show_progress="hidden", api_name=False)
 
 
 def _wire_runs(runs: dict, run: gr.State) -> None:
     runs["open"].click(lambda name: name, runs["picked"], run, api_name=False)
-    runs["resume"].click(resume_training, runs["picked"], [runs["message"], run], api_name=False)
+    runs["resume"].click(resume_training, runs["picked"], [runs["message"], run], api_name=False).then(
+        runs_table, None, runs["table"], api_name=False)
     runs["delete"].click(delete_run, [runs["picked"], runs["sure"]], runs["message"], api_name="train_delete").then(
         runs_table, None, runs["table"])
     runs["table"].select(_pick_run, None, runs["picked"], api_name=False)
@@ -216,8 +248,8 @@ def _pick_run(evt: gr.SelectData) -> str:
     return evt.row_value[0] if evt.row_value else ""
 
 
-def inspect_for_form(dataset: str, columns: str):
-    text, head, names = inspect_data(dataset, columns)
+def inspect_for_form(dataset: str, columns: str, uploads: list, request: gr.Request):
+    text, head, names = inspect_data(dataset, columns, request, uploads)
     choices = [""] + names
     return (text, head, *[gr.update(choices=choices, value="") for _ in range(3)])
 

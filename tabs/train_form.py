@@ -3,6 +3,8 @@
     from tabs.train_form import build_fields, values_to_config, config_to_values
 
 Fields named in MAIN are placed by tabs/train.py; every other field lands in "Advanced".
+Widgets and values are matched by field name, never by position: the tab passes the form's
+widgets to Gradio as a set, and `named_values` turns Gradio's {widget: value} into {name: value}.
 """
 from __future__ import annotations
 
@@ -39,13 +41,19 @@ def build_fields(names, cfg: TrainConfig | None = None) -> dict:
     return {name: widget_for(by_name[name], getattr(cfg, name)) for name in names}
 
 
-def values_to_config(values) -> TrainConfig:
-    """Form values, in NAMES order, to a validated TrainConfig (ValueError if impossible)."""
-    return config_from_dict(dict(zip(NAMES, values)))
+def named_values(form: dict, data: dict) -> dict:
+    """{field name: value} from Gradio's {widget: value}, for the widgets in `form` (name -> widget)."""
+    return {name: data[widget] for name, widget in form.items()}
 
 
-def config_to_values(cfg: TrainConfig) -> list:
-    return ["\n".join(v) if isinstance(v, list) else v for v in (getattr(cfg, n) for n in NAMES)]
+def values_to_config(values: dict) -> TrainConfig:
+    """Form values by field name to a validated TrainConfig (ValueError if impossible)."""
+    return config_from_dict(values)
+
+
+def config_to_values(cfg: TrainConfig) -> dict:
+    """{field name: widget value}: lists become one line per item."""
+    return {n: "\n".join(v) if isinstance(v, list) else v for n, v in ((n, getattr(cfg, n)) for n in NAMES)}
 
 
 def help_of(name: str) -> str:

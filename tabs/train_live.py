@@ -7,25 +7,32 @@ lets a reloaded page re-attach to a running job.
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 import gradio as gr
 
-from core.access import require_user
+from core.access import check_data_source, is_trusted, require_user
+from core.data import BUNDLED
 from tabs import train_form
 from tabs.train_plots import loss_figure, progress_html
 from training import jobs
 from training.config import load_config
 
 
-def start_training(*values, request: gr.Request = None):
-    """Start a job from the form; returns (message, run name to attach to)."""
+def start_training(values: dict, request=None, uploads=()):
+    """Start a job from the form's {field: value}; returns (message, run name or None)."""
     try:
         require_user(request, action="training")
         cfg = train_form.values_to_config(values)
+        check_data_source(cfg.dataset, BUNDLED, request, uploads)
         run_dir = jobs.start(cfg, threads=_training_threads())
     except (ValueError, PermissionError, jobs.JobBusy) as exc:
-        return f"⚠️ {exc}", gr.update()
+        return f"⚠️ {exc}", None
     return f"Started **{run_dir.name}**: `{' '.join(jobs.command_for(run_dir)[1:])}`", run_dir.name
+
+
+_PATH = re.compile(r"(?<![\w.])(?:~|/)[^\s`'\"),]*[^\s`'\"),.:]")
 
 
 def _training_threads() -> int:
@@ -44,7 +51,7 @@ def stop_training(run: str, request: gr.Request = None) -> str:
 def resume_training(run: str, request: gr.Request = None):
     try:
         require_user(request, action="training")
-        jobs.resume(run)
+        jobs.resume(run, threads=_training_threads())
     except (ValueError, PermissionError, jobs.JobBusy) as exc:
         return f"⚠️ {exc}", gr.update()
     return f"Resumed **{run}** from its last checkpoint.", run
@@ -64,14 +71,28 @@ def api_start(recipe: str, overrides: str = "", request: gr.Request = None) -> s
         raise gr.Error(str(exc)) from None
 
 
-def api_status(run: str) -> dict:
+def api_status(run: str, request: gr.Request = None) -> dict:
     """API: a run's state, step, max_steps, ETA, loss log and manifest."""
     try:
         status = jobs.read_status(jobs.run_path(run))
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
-    return {"name": status.name, "state": status.state, "step": status.step, "max_steps": status.max_steps,
-            "eta_s": status.eta_s, "log": status.log, "manifest": status.manifest, "error": status.error}
+    return hide_paths({"name": status.name, "state": status.state, "step": status.step,
+                       "max_steps": status.max_steps, "eta_s": status.eta_s, "log": status.log,
+                       "manifest": status.manifest, "error": status.error}, request)
+
+
+def hide_paths(value, request=None):
+    """For a public app's visitors, server paths become basenames (the data dir and the repo)."""
+    if is_trusted(request):
+        return value
+    if isinstance(value, dict):
+        return {k: hide_paths(v, request) for k, v in value.items()}
+    if isinstance(value, list):
+        return [hide_paths(v, request) for v in value]
+    if isinstance(value, str):
+        return _PATH.sub(lambda m: Path(m.group(0)).name, value)
+    return value
 
 
 def attach_latest() -> str | None:
@@ -80,7 +101,7 @@ def attach_latest() -> str | None:
     return jobs.current_job() or (runs[0].name if runs else None)
 
 
-def poll(run: str | None, last_state: str | None):
+def poll(run: str | None, last_state: str | None, request: gr.Request = None):
     """Everything the Run and Result steps show, read from the run folder."""
     if not run:
         return "", None, "No run yet.", "", "", last_state, gr.update()
@@ -91,17 +112,17 @@ def poll(run: str | None, last_state: str | None):
     stats = f"**{status.name}** · {status.state}" + (
         f" · {status.tokens_per_s:.0f} tokens/s" if status.tokens_per_s else "")
     if status.error:
-        stats += f"\n\n```\n{status.error[-1500:]}\n```"
+        stats += f"\n\n```\n{hide_paths(status.error[-1500:], request)}\n```"
     tail = "\n".join(_log_line(e) for e in status.log[-12:])
     refresh = gr.update(choices=_adapters()) if status.state != last_state else gr.update()
-    return (progress_html(status), loss_figure(status.log), stats, tail, result_markdown(status),
-            status.state, refresh)
+    return (progress_html(status), loss_figure(status.log), stats, tail,
+            hide_paths(result_markdown(status), request), status.state, refresh)
 
 
 def _adapters():
-    from tabs.chat import adapter_choices
+    from core.paths import finished_runs
 
-    return adapter_choices()
+    return [run.name for run in finished_runs()]
 
 
 def _log_line(entry: dict) -> str:
@@ -117,15 +138,17 @@ def result_markdown(status) -> str:
     lines = [f"### {m.get('method')} on {m.get('dataset')}: {m.get('steps')} steps in {m.get('train_runtime_s')} s",
              f"Loss {m.get('first_loss', 0):.3f} → {m.get('final_loss', 0):.3f} · perplexity "
              f"{m.get('perplexity_before')} → {m.get('perplexity_after')}",
-             f"Adapter: `{jobs.run_path(status.name) / 'adapter'}` (now in the Chat tab's picker)", ""]
+             f"Adapter: `{jobs.run_path(status.name) / 'adapter'}` (in the Chat tab's picker as "
+             f"**{status.name}**)", ""]
     report = jobs.run_path(status.name) / "report.md"
     return "\n".join(lines) + (report.read_text() if report.is_file() else "")
 
 
-def runs_table():
+def runs_table(request: gr.Request = None):
     import pandas as pd
 
-    rows = [{"name": r.name, "method": f"{r.manifest.get('method', '')}", "dataset": r.manifest.get("dataset", ""),
+    rows = [{"name": r.name, "method": f"{r.manifest.get('method', '')}",
+             "dataset": hide_paths(r.manifest.get("dataset", ""), request),
              "status": r.state, "steps": f"{r.step}/{r.max_steps}",
              "ppl before → after": f"{r.manifest.get('perplexity_before', '')} → {r.manifest.get('perplexity_after', '')}"}
             for r in jobs.list_runs()]

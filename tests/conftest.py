@@ -1,12 +1,17 @@
-"""Shared fixtures: an isolated data directory, the real packaged model, a trained tiny run.
+"""Shared fixtures: a data directory where users keep theirs, the real packaged model, a
+trained tiny run, and the app served the way a Space or a share link serves it.
 
-Heavy fixtures are built once per session. The converted-model cache is shared across test
-sessions (~/.cache/finetune-lab-test-models) so only the first run pays the 20 s conversion.
+The data dir is under ~/.cache (or $FINETUNE_LAB_TEST_HOME), outside both the system temp dir
+and the repo: Gradio serves files from those two on its own, so a test with the data dir there
+would pass where a user's ~/.finetune-lab fails. Heavy fixtures are built once per session.
+The converted-model cache is shared across test sessions (~/.cache/finetune-lab-test-models).
 """
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 import subprocess
 import sys
 import time
@@ -24,12 +29,21 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
+ADMIN_KEY = "admin-key-for-tests-4821"
+
+
 @pytest.fixture(scope="session", autouse=True)
-def data_home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("finetune-lab-home")
+def data_home():
+    home = Path(os.environ.get("FINETUNE_LAB_TEST_HOME") or
+                Path.home() / ".cache" / f"finetune-lab-test-home-{os.getpid()}").resolve()
+    for outside in (Path(tempfile.gettempdir()).resolve(), ROOT):
+        assert not home.is_relative_to(outside), f"the test data dir must be outside {outside}"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
     os.environ["FINETUNE_LAB_HOME"] = str(home)
     ARTIFACTS.mkdir(exist_ok=True)
-    return home
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -82,11 +96,21 @@ def start_app(extra_args=(), env=None) -> tuple[subprocess.Popen, str]:
 
 @pytest.fixture(scope="session")
 def app_server(tiny_run):
-    """One real app server for the gradio_client and browser tests (after the tiny run exists)."""
-    proc, url = start_app()
+    """The app as a Space or share link serves it: public, with an admin key. One server for
+    the gradio_client and browser tests (started after the tiny run exists)."""
+    proc, url = start_app(env={"FINETUNE_LAB_PUBLIC": "1", "FINETUNE_LAB_ADMIN_KEY": ADMIN_KEY})
     yield url
     proc.terminate()
     proc.wait(timeout=30)
+
+
+def owner_client(url: str):
+    """A gradio_client session unlocked with the admin key, as the app's owner."""
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    assert "Unlocked" in client.predict(ADMIN_KEY, api_name="/unlock")
+    return client
 
 
 @pytest.fixture(scope="session")

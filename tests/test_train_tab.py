@@ -6,6 +6,7 @@ import time
 import pytest
 
 from tabs import train, train_form, train_live
+from tabs.session import save_upload
 from training import jobs
 from training.config import TrainConfig, load_config
 
@@ -26,16 +27,16 @@ def test_form_covers_every_config_field():
 
     assert train_form.NAMES == [f.name for f in fields(TrainConfig)]
     with pytest.raises(ValueError, match="choose one of"):
-        train_form.values_to_config(values()[:3] + ["nope"] + values()[4:])
+        train_form.values_to_config({**values(), "objective": "nope"})
 
 
 def test_upload_detection_and_mapping(tmp_path):
     src = tmp_path / "my data.csv"
     src.write_text("Q,A\nWhy?,Because.\nHow?,Like this.\n")
-    stored = train.save_upload(str(src))
+    stored = save_upload(str(src))
     assert stored.endswith("my_data.csv") and "uploads" in stored
     summary, head, columns = train.inspect_data(stored)
-    assert "Cannot detect" in summary and columns == []
+    assert "Cannot detect" in summary and columns == ["Q", "A"], "the mapping dropdowns need the columns"
     mapping = train.mapping_string("Q", "A", "")
     assert mapping == "question=Q,answer=A"
     summary, head, columns = train.inspect_data(stored, mapping)
@@ -49,15 +50,24 @@ def test_bad_file_gives_a_message_not_a_traceback(tmp_path):
 
 
 def test_preview_highlights_the_answer():
-    segments, info = train.preview_example(0, *values(dataset="identity"))
+    segments, info = train.preview_example(0, values(dataset="identity"))
     assert segments[1][1] == "trained" and "<|im_start|>assistant" in segments[0][0]
     assert "trained on" in info
-    segments, info = train.preview_example(0, *values(dataset="shakespeare", objective="dapt", max_rows=1))
+    segments, info = train.preview_example(0, values(dataset="shakespeare", objective="dapt", max_rows=1))
     assert "overlaps" in segments[-1][1] and "windows of 128 tokens" in info
 
 
+def test_malformed_rows_are_one_line_errors_in_the_ui(tmp_path):
+    (tmp_path / "nulls.jsonl").write_text('{"question": "Hi", "answer": "Hello"}\n{"question": null, "answer": "x"}\n')
+    (tmp_path / "ragged.csv").write_text("question,answer\nHi,Hello\nWho\n")
+    segments, _ = train.preview_example(1, values(dataset=str(tmp_path / "nulls.jsonl")))
+    assert segments[0][0] == "⚠️ row 2: 'question' is empty (null or a missing field); fill it in or drop the row."
+    segments, _ = train.preview_example(1, values(dataset=str(tmp_path / "ragged.csv")))
+    assert segments[0][0].startswith("⚠️ row 2: 'answer' is empty")
+
+
 def test_cli_preview_yaml_downloads_and_reloads():
-    command, text, path = train.cli_preview(*values(max_steps=7))
+    command, text, path = train.cli_preview(values(max_steps=7))
     assert command.startswith("python cli.py train --config") and "max_steps: 7" in text
     assert load_config(path).max_steps == 7
 
@@ -68,13 +78,13 @@ def test_explanations_come_from_help_strings():
 
 @pytest.mark.slow
 def test_stop_and_resume_through_ui_functions(data_home):
-    message, run = train_live.start_training(*values(output_name="ui-stop", max_steps=200, save_steps=1000,
-                                                learning_rate=1e-3, max_length=128))
+    message, run = train_live.start_training(values(output_name="ui-stop", max_steps=200, save_steps=1000,
+                                                    learning_rate=1e-3, max_length=128))
     assert run == "ui-stop", message
     deadline = time.time() + 180
     while jobs.read_status(jobs.run_path(run)).step < 1 and time.time() < deadline:
         time.sleep(0.5)
-    busy, _ = train_live.start_training(*values(output_name="ui-other"))
+    busy, _ = train_live.start_training(values(output_name="ui-other"))
     assert "still running" in busy
     from tabs import chat
 

@@ -149,7 +149,8 @@ def test_resume_after_sigkill_reaches_planned_steps(tiny_run):
     wait_for(lambda: (run_dir / "checkpoints" / "checkpoint-3" / "trainer_state.json").is_file(),
              what="checkpoint-3")
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: jobs.read_status(run_dir).state == "crashed", 30, "crash to be seen")
+    wait_for(lambda: jobs.read_status(run_dir).state == "interrupted", 30, "the kill to be seen")
+    assert "--resume" in jobs.read_status(run_dir).error
     assert not (run_dir / "adapter").exists()
     jobs.resume("killed")
     status = jobs.wait("killed", timeout=600)
@@ -211,3 +212,64 @@ def test_progress_line_reads_like_a_progress_bar():
     before = {**entry, "step": 0, "max_steps": 0, "loss": None, "eval_loss": 4.1, "eta_s": None,
               "tokens_per_s": None, "learning_rate": None}
     assert progress_line(before) == "before training | eval loss 4.1 | 7 s elapsed"
+
+
+def kill_job(run_dir) -> None:
+    os.kill(json.loads((run_dir / "job.json").read_text())["pid"], signal.SIGKILL)
+
+
+def test_kills_inside_a_save_and_at_random_moments_always_resume(data_home):
+    """SIGKILL inside a checkpoint save (forced: the save pauses before trainer_state.json),
+    then 5 kills at random moments; every resume goes on, and the run completes exactly once."""
+    import random
+
+    from core.paths import finished_runs
+
+    name, planned = "kill-often", 16
+    run_dir = data_home / "runs" / name
+    cmd = [sys.executable, "-m", "tests.slow_save_run", "--config", "tiny", "--run-dir", str(run_dir),
+           "--max_steps", str(planned), "--save_steps", "3", "--report_prompts", "Who are you?"]
+    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: (run_dir / "in-save").is_file(), 300, "a checkpoint save to begin")
+    torn = ROOT / (run_dir / "in-save").read_text()
+    assert torn.is_dir() and not (torn / "trainer_state.json").exists(), "the kill lands inside the save"
+    first.kill()
+    first.wait()
+    wait_for(lambda: jobs.read_status(run_dir).state == "interrupted", 30, "the CLI run to show as interrupted")
+    assert f"--run-dir {run_dir} --resume" in jobs.read_status(run_dir).error
+
+    rng, kills, step = random.Random(1234), 1, 0
+    while kills < 6:
+        jobs.resume(name, threads=1)
+        wait_for(lambda: jobs.read_status(run_dir).step > step or not jobs.is_live(run_dir), 300, "progress")
+        time.sleep(rng.uniform(0.0, 2.5))  # anywhere in a step, a save, or a log write
+        if not jobs.is_live(run_dir):
+            break
+        kill_job(run_dir)
+        kills += 1
+        wait_for(lambda: not jobs.is_live(run_dir), 30, "the kill")
+        step = jobs.read_status(run_dir).step
+        assert name not in [r.name for r in finished_runs()], "an unfinished run's adapter was listed"
+    assert kills == 6, "every kill must land before the run ends"
+    jobs.resume(name, threads=1)
+    status = jobs.wait(name, timeout=600)
+    assert status.state == "completed", status.error
+    assert manifest(run_dir)["steps"] == planned and name in [r.name for r in finished_runs()]
+    trained = [e["step"] for e in status.log if e.get("loss") is not None]
+    assert trained == list(range(1, planned + 1)), "the log keeps each step once, however often it was killed"
+
+
+@pytest.mark.parametrize("content, suffix, message", [
+    ('{"question": "Hi", "answer": "Hello"}\n{"question": "Yo", "answer": null}\n', ".jsonl",
+     "error: row 2: 'answer' is empty"),
+    ("question,answer\nHi,Hello\nWho\n", ".csv", "error: row 2: 'answer' is empty"),
+    ("question,answer\nHi,Hello\nA,B,C\n", ".csv", "error: bad.csv: could not be read as csv"),
+])
+def test_malformed_datasets_are_one_line_errors_in_the_cli(tmp_path, content, suffix, message):
+    data = tmp_path / f"bad{suffix}"
+    data.write_text(content)
+    out = subprocess.run([sys.executable, "cli.py", "train", "--dataset", str(data), "--max_steps", "1",
+                          "--eval_fraction", "0", "--run-dir", str(tmp_path / "run")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(message), out.stderr[-500:]

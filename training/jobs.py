@@ -41,28 +41,60 @@ def command_for(run_dir: Path, resume: bool = False) -> list[str]:
     return cmd + (["--resume"] if resume else ["--config", str(run_dir / "config.yaml")])
 
 
-def start(cfg: TrainConfig, threads: int | None = None, resume_dir: Path | None = None) -> Path:
-    """Launch a run (or resume one) as a detached subprocess; raise JobBusy if one is live."""
-    busy = current_job()
-    if busy:
-        raise JobBusy(f"Training job '{busy}' is still running: stop it or wait for it to finish.")
-    cfg.validate()
-    run_dir = resume_dir or runs_dir() / check_name(cfg.output_name or default_run_name(cfg), "run name")
-    if resume_dir is None and run_dir.exists():
-        raise ValueError(f"A run named '{run_dir.name}' already exists: pick another output_name.")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    (run_dir / "status.json").unlink(missing_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+# What the training process inherits: no tokens, admin key or --auth string ever reaches it.
+_CHILD_ENV_PREFIXES = ("PATH", "HOME", "USER", "LANG", "LC_", "TZ", "TMPDIR", "TEMP", "TMP", "PYTHON",
+                       "VIRTUAL_ENV", "LD_LIBRARY_PATH", "XDG_", "FINETUNE_LAB_HOME", "FINETUNE_LAB_MODELS",
+                       "FINETUNE_LAB_DTYPE", "HF_HOME", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "HF_HUB_DISABLE",
+                       "HF_ENDPOINT", "HF_DATASETS_", "TRANSFORMERS_", "TOKENIZERS_PARALLELISM", "TORCH",
+                       "PYTORCH_", "OMP_", "MKL_", "OPENBLAS_", "CUDA_", "NCCL_", "ACCELERATE_", "SPACE_ID")
+_SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "AUTH")
+
+
+def child_env(threads: int | None = None) -> dict:
+    """The training process's environment: an allow-list, minus anything that names a secret."""
+    env = {k: v for k, v in os.environ.items()
+           if k.startswith(_CHILD_ENV_PREFIXES) and not any(word in k for word in _SECRET_WORDS)}
+    env["PYTHONUNBUFFERED"] = "1"
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = command_for(run_dir, resume=resume_dir is not None)
-    with open(run_dir / "stderr.log", "ab") as err:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=err, stderr=err,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    write_json(run_dir / "job.json", {"pid": proc.pid, "start_ticks": _proc_stat(proc.pid)[1],
-                                      "command": cmd, "started": time.time()})
+    return env
+
+
+def start(cfg: TrainConfig, threads: int | None = None, resume_dir: Path | None = None) -> Path:
+    """Launch a run (or resume one) as a detached subprocess; raise JobBusy if one is live.
+
+    The busy check, the run folder and the launch happen under one file lock, so two Starts
+    (two browser tabs, two API calls) never launch two jobs or share one folder."""
+    import fcntl
+
+    cfg.validate()
+    with open(runs_dir() / ".start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        busy = current_job()
+        if busy:
+            raise JobBusy(f"Training job '{busy}' is still running: stop it or wait for it to finish.")
+        run_dir = resume_dir or runs_dir() / check_name(cfg.output_name or default_run_name(cfg), "run name")
+        if resume_dir is None and run_dir.exists():
+            raise ValueError(f"A run named '{run_dir.name}' already exists: pick another output_name.")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        (run_dir / "status.json").unlink(missing_ok=True)
+        cmd = command_for(run_dir, resume=resume_dir is not None)
+        with open(run_dir / "stderr.log", "ab") as err:
+            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=child_env(threads), stdout=err, stderr=err,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        record_job(run_dir, proc.pid, cmd)
     return run_dir
+
+
+def record_job(run_dir: Path, pid: int, command: list[str]) -> None:
+    """job.json: which process runs this folder (a pid plus its start time, against pid reuse)."""
+    write_json(run_dir / "job.json", {"pid": pid, "start_ticks": _proc_stat(pid)[1],
+                                      "command": command, "started": time.time()})
+
+
+def is_live(run_dir: Path) -> bool:
+    return _live_pid(run_dir) is not None
 
 
 def resume(name: str, threads: int | None = None) -> Path:
@@ -146,7 +178,7 @@ class RunStatus:
     """Everything the UI shows about a run, read from its folder."""
 
     name: str
-    state: str  # running | completed | stopped | failed | crashed
+    state: str  # running | completed | stopped | failed | interrupted
     step: int = 0
     max_steps: int = 0
     eta_s: float | None = None
@@ -157,11 +189,22 @@ class RunStatus:
 
 
 def read_log(run_dir: Path) -> list[dict]:
+    """The run's log entries. A process killed mid-write leaves half a line, and the resumed
+    run's next entry may land on it: each line is split where an entry starts, and only the
+    pieces that parse are kept."""
     path = run_dir / "log.jsonl"
     if not path.is_file():
         return []
-    lines = path.read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip().endswith("}")]
+    entries = []
+    for line in path.read_text(errors="replace").splitlines():
+        for piece in line.replace('{"step"', '\n{"step"').split("\n"):
+            try:
+                entry = json.loads(piece)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and "step" in entry:
+                entries.append(entry)
+    return entries
 
 
 def duration_text(seconds: float) -> str:
@@ -200,10 +243,13 @@ def read_status(run_dir: Path) -> RunStatus:
         state = "running"
     elif status:
         state = status["state"]
-    else:
-        state = "crashed" if (run_dir / "job.json").is_file() else "unknown"
+    else:  # killed (SIGKILL, out of memory, power) before it could say how it ended
+        state = "interrupted"
     error = status.get("error", "")
-    if state in ("crashed", "failed") and not error:
+    if state == "interrupted":
+        error = (f"Interrupted: resume with `python cli.py train --run-dir {run_dir} --resume` "
+                 "(or the Resume button).\n" + _tail(run_dir / "stderr.log", 5))
+    elif state == "failed" and not error:
         error = _tail(run_dir / "stderr.log")
     return RunStatus(run_dir.name, state, last.get("step", 0), last.get("max_steps", 0),
                      last.get("eta_s"), last.get("tokens_per_s"), log,

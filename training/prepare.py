@@ -21,11 +21,17 @@ def load_tokenizer(model: str):
     return tokenizer
 
 
-def build_examples(cfg, tokenizer):
-    """All examples for `cfg`: prompt/completion rows (SFT) or token windows (DAPT)."""
+def load_training_rows(cfg):
+    """The dataset's rows after the column mapping and the `max_rows` sample."""
     rows = load_rows(cfg.dataset, cfg.columns)
     if cfg.max_rows:
         rows = rows.shuffle(seed=cfg.seed).select(range(min(cfg.max_rows, len(rows))))
+    return rows
+
+
+def build_examples(cfg, tokenizer):
+    """All examples for `cfg`: prompt/completion rows (SFT) or token windows (DAPT)."""
+    rows = load_training_rows(cfg)
     if cfg.objective == "dapt":
         return dapt_windows(rows, tokenizer, cfg.block_size, cfg.stride, context_length(cfg.model))
     return sft_rows(rows, tokenizer)
@@ -58,9 +64,11 @@ def split_examples(examples, cfg):
 def preview(cfg, row: int = 0, tokenizer=None) -> Preview:
     """Exactly what the model sees for example `row`, with the trained-on part marked."""
     tokenizer = tokenizer or load_tokenizer(cfg.model)
-    examples = build_examples(cfg, tokenizer)
-    if cfg.objective == "dapt":
-        return dapt_preview(examples, tokenizer, cfg.block_size, cfg.stride)
-    if not 0 <= row < len(examples):
-        raise DataError(f"Row {row} is out of range: the data has {len(examples)} rows.")
-    return sft_preview(examples[row], tokenizer)
+    rows = load_training_rows(cfg)
+    if cfg.objective == "dapt":  # only the two windows shown are built, not the whole corpus's
+        windows = dapt_windows(rows, tokenizer, cfg.block_size, cfg.stride, context_length(cfg.model), 2)
+        total_chars = sum(len(text or "") for text in rows["text"])
+        return dapt_preview(windows, tokenizer, cfg.block_size, cfg.stride, total_chars)
+    if not 0 <= row < len(rows):
+        raise DataError(f"Row {row} is out of range: the data has {len(rows)} rows.")
+    return sft_preview(sft_rows(rows.select([row]), tokenizer, row + 1)[0], tokenizer)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import sys
@@ -128,8 +129,10 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
         scores["before"] = evaluate.perplexity(trainer)
     if cfg.torch_compile:
         compile_layers(trainer.model)
-    checkpoint = resume and last_checkpoint(run_dir)
-    result = trainer.train(resume_from_checkpoint=checkpoint or None)
+    checkpoint = latest_complete_checkpoint(run_dir) if resume else None
+    if resume and main:
+        trim_log(run_dir, int(checkpoint.name.split("-")[-1]) if checkpoint else 0)
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if STOP_REQUESTED["flag"]:
         if main:
             write_json(run_dir / "status.json", {"state": "stopped", "step": trainer.state.global_step})
@@ -145,11 +148,46 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
     return run_dir
 
 
-def last_checkpoint(run_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
 
+
+def is_complete_checkpoint(folder: Path) -> bool:
+    """Trainer writes weights, then optimizer and scheduler, then trainer_state.json last: a
+    kill inside a save leaves a folder without it, or with half of it."""
+    if not all((folder / name).is_file() for name in CHECKPOINT_FILES):
+        return False
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        return False
+    try:
+        json.loads((folder / "trainer_state.json").read_text())
+    except ValueError:
+        return False
+    return True
+
+
+def latest_complete_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint. Torn ones (a kill during a save) are removed, with a
+    note, so neither this resume nor trainer's checkpoint rotation trips over them."""
     folder = run_dir / "checkpoints"
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if folder.is_dir() else []
+    for checkpoint in reversed(found):
+        if is_complete_checkpoint(checkpoint):
+            return checkpoint
+        print(f"note: skipping {checkpoint.name}: a save was cut short (no complete trainer state); "
+              "removing it", flush=True)
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return None
+
+
+def trim_log(run_dir: Path, step: int) -> None:
+    """Drop log entries past the checkpoint a resume restarts from: they are trained again."""
+    from training.jobs import read_log
+
+    kept = [entry for entry in read_log(run_dir) if entry["step"] <= step]
+    tmp = run_dir / "log.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(entry) + "\n" for entry in kept))
+    tmp.replace(run_dir / "log.jsonl")
 
 
 def save_final(trainer, tokenizer, cfg: TrainConfig, run_dir: Path) -> None:
@@ -171,12 +209,13 @@ def save_final(trainer, tokenizer, cfg: TrainConfig, run_dir: Path) -> None:
 
 
 def write_manifest(cfg, run_dir, trainer, result, scores, report) -> None:
-    from core.models import find_spec
+    from core.models import find_spec, weights_origin
 
     spec = find_spec(cfg.model)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     write_json(run_dir / "manifest.json", {
         "name": run_dir.name, "base_model": spec.hub_id if spec else cfg.model,
+        "base_weights": weights_origin(cfg.model),
         "model": cfg.model, "objective": cfg.objective, "adapter": cfg.adapter,
         "method": f"{cfg.objective.upper()} + {cfg.adapter.upper()}", "dataset": cfg.dataset,
         "steps": trainer.state.global_step, "world_size": trainer.args.world_size,
@@ -209,7 +248,7 @@ def config_from_args(args) -> TrainConfig:
 
 def main(argv=None) -> int:
     from core.paths import runs_dir
-    from training.jobs import default_run_name
+    from training.jobs import default_run_name, is_live, record_job
 
     args = parse_args(argv)
     try:
@@ -218,6 +257,12 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     run_dir = Path(args.run_dir) if args.run_dir else runs_dir() / (cfg.output_name or default_run_name(cfg))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("RANK", "0") == "0" and not is_live(run_dir):
+        # Started from the CLI, not the job launcher: record the process ourselves, so a kill
+        # shows as "interrupted" with the resume command, and Stop in the UI reaches us.
+        record_job(run_dir, os.getpid(), [sys.executable, "-m", "training.run", *(argv or sys.argv[1:])])
+        (run_dir / "status.json").unlink(missing_ok=True)  # how an earlier attempt ended no longer holds
     signal.signal(signal.SIGTERM, lambda *_: STOP_REQUESTED.update(flag=True))
     try:
         train(cfg, run_dir, resume=args.resume)

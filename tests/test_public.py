@@ -1,0 +1,147 @@
+"""The public app (a Space, a share link) attacked as a script would: every listener by fn_index.
+
+An anonymous session is refused every guarded action and every server path, gets capped sizes,
+and writes no files; the same actions succeed once the session is unlocked with the admin key,
+and under --auth. Real server, real model; see SECURITY.md for the list of attacks.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+
+from tests.conftest import ADMIN_KEY, start_app
+from tests.raw_client import RawApp
+
+pytestmark = pytest.mark.slow
+REFUSED = ("Log in", "public app", "not readable", "no such category")
+
+
+def text_of(result) -> str:
+    return json.dumps(result["data"]) + str(result["error"])
+
+
+def refused(result) -> bool:
+    return any(word in text_of(result) for word in REFUSED)
+
+
+@pytest.fixture(scope="module")
+def raw(app_server):
+    return RawApp(app_server)
+
+
+@pytest.fixture(scope="module")
+def secret(data_home):
+    path = data_home.parent / f"secret-{uuid.uuid4().hex[:6]}.csv"
+    path.write_text("question,answer\nthe password,hunter2\n")
+    yield path
+    path.unlink()
+
+
+def guarded_calls(raw: RawApp, tiny_run, secret, tiny_model_dir) -> dict:
+    """Each guarded action as (fn_index, inputs), built from the served page's own config."""
+    start, chat = raw.fn_index(elem_id="train-start"), raw.fn_index(api_name="chat")
+    inspect = raw.fn_index(elem_id="cfg-dataset", event="change")
+    chat_args = ["Hi", [], [], "smollm2-135m-instruct", None, "Single", "", 0.0, 0.9, 4, 1.1]
+    return {
+        "train start from the form": (start, raw.defaults(start, output_name="attack-form", max_steps=1)),
+        "train recipe": (raw.fn_index(api_name="train_recipe"), ["tiny", "output_name: attack-recipe"]),
+        "stop": (raw.fn_index(api_name="train_stop"), [tiny_run.name]),
+        "resume": (raw.fn_index(api_name="train_resume"), [tiny_run.name]),
+        "delete": (raw.fn_index(api_name="train_delete"), [tiny_run.name, True]),
+        "publish adapter": (raw.fn_index(api_name="publish_adapter"), [tiny_run.name, "me/x", False, "hf_x"]),
+        "publish space": (raw.fn_index(api_name="publish_space"), [tiny_run.name, "me/s", "me/x", False, "hf_x"]),
+        "arbitrary model folder": (chat, [*chat_args[:3], str(tiny_model_dir), *chat_args[4:]]),
+        "arbitrary Hub id": (chat, [*chat_args[:3], "someone/some-model", *chat_args[4:]]),
+        "arbitrary adapter folder": (chat, [*chat_args[:4], str(tiny_run / "adapter"), "Compare", *chat_args[6:]]),
+        "server path as dataset": (inspect, [str(secret), "", []]),
+        "chatterbot: glob": (inspect, ["chatterbot:../../../../../../../**/*", "", []]),
+    }
+
+
+def test_anonymous_session_is_refused_every_guarded_action(raw, tiny_run, secret, tiny_model_dir, data_home):
+    runs_before = sorted(p.name for p in (data_home / "runs").iterdir())
+    for action, (index, data) in guarded_calls(raw, tiny_run, secret, tiny_model_dir).items():
+        result = raw.call(index, data)
+        assert refused(result), f"{action} was not refused: {text_of(result)[:300]}"
+        assert "hunter2" not in text_of(result) and str(data_home) not in text_of(result), action
+    assert sorted(p.name for p in (data_home / "runs").iterdir()) == runs_before, "no run may start or vanish"
+
+
+def test_owner_unlocked_by_key_can_do_them(raw, tiny_run, secret, tiny_model_dir):
+    session = uuid.uuid4().hex[:11]
+    assert "Wrong" in text_of(raw.call(raw.fn_index(api_name="unlock"), ["nope"], session))
+    assert "Unlocked" in text_of(raw.call(raw.fn_index(api_name="unlock"), [ADMIN_KEY], session))
+    calls = guarded_calls(raw, tiny_run, secret, tiny_model_dir)
+    for action in ("arbitrary model folder", "server path as dataset", "publish adapter"):
+        result = raw.call(*calls[action], session)
+        assert not refused(result), f"{action} refused for the owner: {text_of(result)[:300]}"
+    assert "hunter2" in text_of(raw.call(*calls["server path as dataset"], session))
+    index, data = calls["train start from the form"]
+    assert "Started **attack-form**" in text_of(raw.call(index, data, session))
+    assert "Stopping" in text_of(raw.call(raw.fn_index(api_name="train_stop"), ["attack-form"], session))
+    from training import jobs
+
+    assert jobs.wait("attack-form", 120).state in ("stopped", "completed")
+    assert "Deleted" in text_of(raw.call(raw.fn_index(api_name="train_delete"), ["attack-form", True], session))
+
+
+def test_oversized_inputs_are_clamped_for_visitors(raw, tiny_run):
+    chat = raw.fn_index(api_name="chat")
+    long_history = [{"role": "user", "content": "x" * 5000}, {"role": "assistant", "content": "ok"}] * 3
+    result = raw.call(chat, ["Hi", long_history, [], "smollm2-135m-instruct", None, "Single", "", 0, 0.9, 4, 1.1])
+    base = result["data"][0]
+    assert sum(len(m["content"]) for m in base) <= 8000 + 200, "history is cut to the character cap"
+    result = raw.call(chat, ["y" * 9000, [], [], "smollm2-135m-instruct", None, "Single", "", 0, 0.9, 4, 1.1])
+    assert "Message too long" in text_of(result)
+    result = raw.call(chat, ["Who are you?", [], [], "smollm2-135m-instruct", tiny_run.name, "Compare", "",
+                             0, 0.9, 4, 1.1])
+    assert "tuned:" in result["data"][2], "a finished run's adapter is open to visitors, by name"
+    embed = raw.fn_index(api_name="embed")
+    result = raw.call(embed, ["guardian-headlines", None, "", "", 100000, "all-MiniLM-L6-v2"])
+    assert "**2000 documents**" in text_of(result)
+    cluster = raw.fn_index(api_name="cluster")
+    result = raw.call(cluster, ["guardian-headlines", None, "", "", 1500, "all-MiniLM-L6-v2", "kmeans", 8, 15,
+                                "tsne", "cluster"])
+    assert "tsne maps at most 1000" in text_of(result)
+    result = raw.call(embed, ["guardian-headlines", None, "", "", 50, "/root/some-model"])
+    assert "embedder is all-MiniLM-L6-v2" in text_of(result)
+
+
+def test_one_session_cannot_fill_the_queue(raw):
+    chat, session = raw.fn_index(api_name="chat"), uuid.uuid4().hex[:11]
+    data = ["Count to ten.", [], [], "smollm2-135m-instruct", None, "Single", "", 0, 0.9, 24, 1.1]
+    statuses = [raw.join_only(chat, data, session) for _ in range(12)]
+    assert statuses.count(200) == 8 and statuses.count(503) == 4, statuses
+    other = raw.call(chat, ["Hi", [], [], "smollm2-135m-instruct", None, "Single", "", 0, 0.9, 2, 1.1])
+    assert other["ok"], "another session still gets through"
+
+
+def test_every_listener_by_fn_index_writes_nothing_for_a_visitor(raw, data_home):
+    """Call every listener with the page's defaults from one anonymous session."""
+    before = {p for p in data_home.rglob("*")}
+    session = uuid.uuid4().hex[:11]
+    for dep in raw.dependencies:
+        result = raw.call(dep["id"], raw.defaults(dep["id"]), session)
+        assert "Traceback" not in text_of(result), (dep["id"], text_of(result)[:300])
+    created = {p for p in data_home.rglob("*")} - before
+    assert not created, f"anonymous calls wrote files: {sorted(map(str, created))[:5]}"
+
+
+def test_auth_login_can_do_guarded_actions(tiny_run, tiny_model_dir):
+    proc, url = start_app(["--auth", "owner:pw-4821"], env={"FINETUNE_LAB_PUBLIC": "1"})
+    try:
+        import httpx
+
+        assert httpx.get(url + "config").status_code in (401, 403), "no config without the login"
+        raw = RawApp(url, auth=("owner", "pw-4821"))
+        delete = raw.call(raw.fn_index(api_name="train_delete"), ["no-such-run", True])
+        assert "No run named" in text_of(delete)
+        chat = raw.call(raw.fn_index(api_name="chat"), ["Hi", [], [], str(tiny_model_dir), None, "Single", "",
+                                                         0, 0.9, 2, 1.1])
+        assert chat["ok"] and "public app" not in text_of(chat)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
