@@ -207,7 +207,10 @@ def _wire_data(data: dict, form: dict, uploads: gr.State) -> None:
 
 def _wire_method(method: dict, form: dict, fields: dict) -> None:
     def on_recipe(name):
-        values = load_recipe(name)
+        try:
+            values = load_recipe(name)
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
         return {form[field]: value for field, value in values.items()}
 
     def on_change(inputs: dict, request: gr.Request):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, owner_client
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +65,7 @@ def test_compare_gives_two_different_answers(app_server, tiny_run):
     from gradio_client import Client
 
     base, tuned, status, _ = Client(app_server, verbose=False).predict(
-        **chat_args("Who are you?", mode="Compare", adapter=str(tiny_run / "adapter"), max_new_tokens=32))
+        **chat_args("Who are you?", mode="Compare", adapter=tiny_run.name, max_new_tokens=32))
     assert text_of(base[-1]) and text_of(tuned[-1])
     assert text_of(base[-1]) != text_of(tuned[-1])
     assert "Lumen" in text_of(tuned[-1]) and "tuned" in status
@@ -74,13 +74,11 @@ def test_compare_gives_two_different_answers(app_server, tiny_run):
 @pytest.mark.parametrize("kwargs, expected", [
     (dict(message="hi", model_name="nobody/nothing-here"), "not in the HF cache"),
     (dict(message="   "), "Empty message"),
-    (dict(message="hi", mode="Compare", adapter="/no/such/adapter"), "does not exist"),
+    (dict(message="hi", mode="Compare", adapter="/no/such/adapter"), "neither a finished run nor a folder"),
 ])
 def test_bad_inputs_show_a_message_not_a_traceback(app_server, kwargs, expected, monkeypatch):
-    from gradio_client import Client
-
     args = {**chat_args("x"), **kwargs}
-    *_, status, _ = Client(app_server, verbose=False).predict(**args)
+    *_, status, _ = owner_client(app_server).predict(**args)
     assert expected in status and "Traceback" not in status
 
 

@@ -38,3 +38,7 @@ def test_topics_render_in_browser(app_server):
         page.get_by_role("tab", name="Barchart").click()
         page.locator("#topic-barchart .js-plotly-plot").wait_for(timeout=30_000)
         page.screenshot(path=str(ARTIFACTS / "topics.png"), full_page=True)
+        page.get_by_role("button", name="Export CSV + HTML").click()
+        link = page.locator("a[data-testid='download-link'][href*='topics.csv']").first
+        link.wait_for(timeout=60_000)
+        assert "Topic" in page.request.get(link.get_attribute("href")).text().splitlines()[0]

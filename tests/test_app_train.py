@@ -5,13 +5,13 @@ import time
 
 import pytest
 
+from tests.conftest import owner_client
+
 pytestmark = pytest.mark.slow
 
 
 def test_train_tiny_recipe_over_the_api(app_server):
-    from gradio_client import Client
-
-    client = Client(app_server, verbose=False)
+    client = owner_client(app_server)
     overrides = "max_steps: 3\nsave_steps: 2\noutput_name: api-run\nreport_prompts: [\"Who are you?\"]"
     name = client.predict("tiny", overrides, api_name="/train_recipe")
     assert name == "api-run"
@@ -29,12 +29,16 @@ def test_train_tiny_recipe_over_the_api(app_server):
     losses = [e["loss"] for e in status["log"] if e["loss"] is not None]
     assert len(losses) == 3
     assert status["manifest"]["steps"] == 3 and status["manifest"]["perplexity_after"]
-    adapters = client.predict(api_name="/adapters")
-    assert any(path.endswith("api-run/adapter") for path in adapters)
+    assert "api-run" in client.predict(api_name="/adapters"), "listed by run name"
 
 
 def test_bad_recipe_is_a_clear_error(app_server):
+    with pytest.raises(Exception, match="Unknown setting"):
+        owner_client(app_server).predict("tiny", "learning_rat: 1", api_name="/train_recipe")
+
+
+def test_visitors_see_no_server_paths(app_server, tiny_run, data_home):
     from gradio_client import Client
 
-    with pytest.raises(Exception, match="Unknown setting"):
-        Client(app_server, verbose=False).predict("tiny", "learning_rat: 1", api_name="/train_recipe")
+    status = Client(app_server, verbose=False).predict(tiny_run.name, api_name="/train_status")
+    assert status["state"] == "completed" and str(data_home) not in str(status)

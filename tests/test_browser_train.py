@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from tests.browser import browser_page
-from tests.conftest import ARTIFACTS
+from tests.conftest import ADMIN_KEY, ARTIFACTS
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -14,8 +14,16 @@ def progress_step(page) -> int:
     return int(text.split("step ")[1].split("/")[0])
 
 
+def unlock(page):
+    page.locator("#admin-key input").fill(ADMIN_KEY)
+    page.locator("#admin-key input").press("Enter")
+    page.get_by_text("Unlocked").wait_for(timeout=30_000)
+
+
 def test_train_reload_and_compare_in_browser(app_server):
+    """The owner of a public app unlocks with the admin key, starts from the form, reloads."""
     with browser_page(app_server) as page:
+        unlock(page)
         page.get_by_role("tab", name="Train").click()
         page.locator("#cfg-dataset input").fill("identity")
         page.locator("#cfg-dataset input").press("Enter")
@@ -40,7 +48,7 @@ def test_train_reload_and_compare_in_browser(app_server):
         page.screenshot(path=str(ARTIFACTS / "train-running.png"), full_page=True)
         before = progress_step(page)
 
-        page.reload(wait_until="load")
+        page.reload(wait_until="load")  # a new session: re-attaching needs no login
         page.get_by_role("tab", name="Train").click()
         page.wait_for_function("() => document.querySelector('#train-stats')?.innerText.includes('browser-run')",
                                timeout=60_000)
@@ -66,3 +74,17 @@ def test_train_reload_and_compare_in_browser(app_server):
         tuned = page.locator("#tuned-chat [data-testid='bot']").last.inner_text()
         assert base and tuned and base != tuned
         page.screenshot(path=str(ARTIFACTS / "train-then-compare.png"), full_page=True)
+
+
+def test_yaml_download_is_served_with_the_data_dir_outside_temp(app_server, data_home):
+    """The 'Equivalent CLI command and YAML' file downloads, wherever the data dir is."""
+    with browser_page(app_server) as page:
+        page.get_by_role("tab", name="Train").click()
+        page.get_by_label("Recipe (loads its settings)").fill("tiny")
+        page.get_by_role("option", name="tiny").click()
+        page.get_by_text("Equivalent CLI command and YAML").click()
+        link = page.locator("a[data-testid='download-link'][href*='train-config-']").first
+        link.wait_for(timeout=60_000)
+        body = page.request.get(link.get_attribute("href")).text()
+        assert "max_steps: 6" in body and "dataset: identity" in body
+        page.screenshot(path=str(ARTIFACTS / "train-yaml-download.png"), full_page=True)

@@ -133,6 +133,8 @@ def _coerce(f, value):
 
 def load_config(path: str | Path, **overrides) -> TrainConfig:
     """Read a recipe YAML (a path or a recipe name) and apply overrides."""
+    if not path or not str(path).strip():
+        raise ValueError(f"No recipe given; bundled: {', '.join(list_recipes())}.")
     path = Path(path)
     if not path.exists() and (RECIPES_DIR / f"{path.name}.yaml").exists():
         path = RECIPES_DIR / f"{path.name}.yaml"

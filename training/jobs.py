@@ -24,6 +24,7 @@ from core.paths import check_name, runs_dir, write_json
 from training.config import TrainConfig, load_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+STOP_MARKER = "stop-requested"
 
 
 class JobBusy(RuntimeError):
@@ -79,6 +80,7 @@ def start(cfg: TrainConfig, threads: int | None = None, resume_dir: Path | None 
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
         (run_dir / "status.json").unlink(missing_ok=True)
+        (run_dir / STOP_MARKER).unlink(missing_ok=True)
         cmd = command_for(run_dir, resume=resume_dir is not None)
         with open(run_dir / "stderr.log", "ab") as err:
             proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=child_env(threads), stdout=err, stderr=err,
@@ -107,9 +109,13 @@ def resume(name: str, threads: int | None = None) -> Path:
 
 def stop(name: str) -> bool:
     """Ask a running job to save a checkpoint and stop (SIGTERM). False if it was not running."""
-    pid = _live_pid(run_path(name))
+    run_dir = run_path(name)
+    pid = _live_pid(run_dir)
     if pid is None:
         return False
+    # A SIGTERM in the first instant of start-up ends the process before its handler exists;
+    # the marker says that this end was asked for.
+    (run_dir / STOP_MARKER).touch()
     os.kill(pid, signal.SIGTERM)
     return True
 
@@ -243,6 +249,8 @@ def read_status(run_dir: Path) -> RunStatus:
         state = "running"
     elif status:
         state = status["state"]
+    elif (run_dir / STOP_MARKER).is_file():  # stopped before its SIGTERM handler existed
+        state = "stopped"
     else:  # killed (SIGKILL, out of memory, power) before it could say how it ended
         state = "interrupted"
     error = status.get("error", "")

@@ -9,11 +9,22 @@ complete), eval.json, report.json/.md and manifest.json. SIGTERM saves a checkpo
 """
 from __future__ import annotations
 
+import signal
+
+STOP_REQUESTED = {"flag": False}
+
+
+def request_stop(*_) -> None:
+    STOP_REQUESTED["flag"] = True
+
+
+if __name__ == "__main__":  # first thing: a Stop during the heavy imports below must not kill the run
+    signal.signal(signal.SIGTERM, request_stop)
+
 import argparse
 import json
 import os
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -23,9 +34,6 @@ from core.paths import write_json
 from training.config import TrainConfig, config_from_dict, field_help, load_config
 from training.device import (compile_layers, keep_4bit_layers_differentiable, precision_flags,
                              set_training_threads)
-
-STOP_REQUESTED = {"flag": False}
-
 
 def load_base(cfg: TrainConfig):
     """The base model, 4-bit NF4 for QLoRA; the same loader for every adapter kind. A full
@@ -250,6 +258,7 @@ def main(argv=None) -> int:
     from core.paths import runs_dir
     from training.jobs import default_run_name, is_live, record_job
 
+    signal.signal(signal.SIGTERM, request_stop)
     args = parse_args(argv)
     try:
         cfg = config_from_args(args)
@@ -263,7 +272,6 @@ def main(argv=None) -> int:
         # shows as "interrupted" with the resume command, and Stop in the UI reaches us.
         record_job(run_dir, os.getpid(), [sys.executable, "-m", "training.run", *(argv or sys.argv[1:])])
         (run_dir / "status.json").unlink(missing_ok=True)  # how an earlier attempt ended no longer holds
-    signal.signal(signal.SIGTERM, lambda *_: STOP_REQUESTED.update(flag=True))
     try:
         train(cfg, run_dir, resume=args.resume)
     except ValueError as exc:  # bad data or settings: a clear line, not a traceback
