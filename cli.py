@@ -14,10 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from core.errors import LabError
+
 
 def cmd_chat(args) -> int:
     from core.chat import GenerationSettings, attach_tuned, stream_reply
-    from core.models import ModelError, load_model
+    from core.models import load_model
 
     settings = GenerationSettings(temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                                   system_prompt=args.system or "")
@@ -36,7 +38,7 @@ def cmd_chat(args) -> int:
                 print(reply.text[shown:], end="", flush=True)
                 shown = len(reply.text)
             print(f"\n[{reply.stats}]" + (f" [{reply.notice}]" if reply.notice else ""), file=sys.stderr)
-    except ModelError as exc:
+    except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -68,7 +70,7 @@ def cmd_topics(args) -> int:
         corpus = load_corpus(args.corpus, args.text_column, args.label_column, args.max_docs)
         vectors = embed(corpus.texts, args.embedder)
         result = fit_topics(corpus.texts, vectors, args.method, args.topics, embedder=load_embedder(args.embedder))
-    except ValueError as exc:
+    except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for path in export(result, Path(args.out)):
@@ -78,7 +80,7 @@ def cmd_topics(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    from core.hub import HubError, push_adapter, push_space
+    from core.hub import push_adapter, push_space
 
     def progress(fraction, desc=""):
         print(f"[{fraction:4.0%}] {desc}", file=sys.stderr)
@@ -87,7 +89,7 @@ def cmd_publish(args) -> int:
         print(push_adapter(args.run, args.repo, None, args.private, progress))
         if args.space:
             print(push_space(args.run, args.space, args.repo, None, args.private, progress))
-    except (HubError, ValueError) as exc:
+    except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -32,9 +32,10 @@ def time_paths(tokens: int, repeats: int) -> dict:
     import torch
 
     from core.chat import GenerationSettings, build_inputs, stream_reply
-    from core.models import load_model, set_threads
+    from core import threads
+    from core.models import load_model
 
-    set_threads()
+    threads.apply(threads.for_chat(job_running=False))
     loaded = load_model("smollm2-135m-instruct")
     settings = GenerationSettings(max_new_tokens=tokens)
     ids, _ = build_inputs(loaded, PROMPT, settings)

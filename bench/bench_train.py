@@ -57,7 +57,8 @@ def bench_config(rows: str, steps: int, adapter: str = "lora", precision: str = 
 def run_engine(cfg, out: Path) -> dict:
     from transformers import TrainerCallback
 
-    from training.device import compile_layers, set_training_threads
+    from core import threads
+    from training.device import compile_layers
     from training.prepare import build_examples, load_tokenizer
     from training.run import load_base, lora_config, sft_config
     from training.trainer import LabSFTTrainer
@@ -69,7 +70,7 @@ def run_engine(cfg, out: Path) -> dict:
             if logs and "num_tokens" in logs:
                 stamps.append((time.perf_counter(), logs["num_tokens"]))
 
-    set_training_threads(cfg.threads)
+    threads.apply(threads.for_training(cfg.threads))
     tokenizer = load_tokenizer(cfg.model)
     trainer = LabSFTTrainer(model=load_base(cfg), args=sft_config(cfg, out), processing_class=tokenizer,
                             train_dataset=build_examples(cfg, tokenizer), peft_config=lora_config(cfg),
@@ -91,11 +92,11 @@ def run_baseline(cfg, out: Path) -> dict:
     from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from core.models import resolve_model
-    from training.device import set_training_threads
+    from core import threads
     from training.prepare import build_examples, load_tokenizer
     from training.run import lora_config
 
-    set_training_threads(cfg.threads)
+    threads.apply(threads.for_training(cfg.threads))
     tokenizer = load_tokenizer(cfg.model)
 
     def tokenize(row):

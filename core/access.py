@@ -18,6 +18,9 @@ import hmac
 import os
 from pathlib import Path
 
+from core.errors import LabError
+
+
 _UNLOCKED_SESSIONS: set[str] = set()
 
 # Caps for anonymous sessions; the owner's values are used as given.
@@ -28,7 +31,7 @@ LIMITS = {
 }
 
 
-class AccessDenied(PermissionError):
+class AccessDenied(LabError):
     """A guarded action was called without an allowed login."""
 
 
@@ -100,7 +103,7 @@ def check_model(name: str, request=None) -> str:
 
 def check_adapter(value: str, request=None) -> str:
     """A visitor may attach only a finished run's adapter, named by its run."""
-    from core.paths import finished_runs
+    from core.runs import finished_runs
 
     if is_trusted(request) or (value or "").strip() in {run.name for run in finished_runs()}:
         return value

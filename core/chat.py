@@ -163,12 +163,12 @@ def _side(loaded: LoadedModel, adapter_name: str | None):
 
 def adapter_folder(value: str) -> Path:
     """The folder an adapter box value names: a finished run's name, or a folder path."""
-    from core.paths import finished_runs
+    from core.runs import finished_runs
 
     value = (value or "").strip()
     if not value:
         raise ModelError("Compare needs an adapter: pick one or type a folder path.")
-    by_run = {run.name: run / "adapter" for run in finished_runs()}
+    by_run = {run.name: run.adapter for run in finished_runs()}
     folder = by_run.get(value) or Path(value).expanduser()
     if not folder.is_dir():
         raise ModelError(f"Adapter '{value}' is neither a finished run nor a folder.")

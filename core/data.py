@@ -19,6 +19,8 @@ from pathlib import Path
 import yaml
 
 from core.assets import package_dir
+from core.errors import LabError
+
 
 FORMATS = {  # format -> required columns, in detection order
     "messages": ("messages",),
@@ -33,7 +35,7 @@ BUNDLED = ("identity", "chatterbot", "shakespeare")
 _IDENTITY = Path(__file__).parent / "datasets" / "identity.jsonl"
 
 
-class DataError(ValueError):
+class DataError(LabError):
     """Bad input data; the message names the file, the row and the problem."""
 
 

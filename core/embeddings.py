@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core import assets
+from core.errors import LabError
 from core.paths import data_dir
+
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 ENCODED = {"texts": 0}  # how many texts were actually encoded (tests check the cache with it)
@@ -71,15 +73,16 @@ def embed(texts: list[str], model: str = DEFAULT_EMBEDDER, progress=None, batch_
 def cluster(vectors: np.ndarray, method: str = "kmeans", n_clusters: int = 8, min_cluster_size: int = 10,
             seed: int = 0) -> np.ndarray:
     """Cluster ids per document (-1: HDBSCAN noise)."""
-    from sklearn.cluster import HDBSCAN, KMeans
+    from hdbscan import HDBSCAN  # the one BERTopic uses too (its approximate_predict needs it)
+    from sklearn.cluster import KMeans
 
     if method == "kmeans":
         if not 2 <= n_clusters <= len(vectors):
-            raise ValueError(f"KMeans needs 2 to {len(vectors)} clusters for {len(vectors)} documents.")
+            raise LabError(f"KMeans needs 2 to {len(vectors)} clusters for {len(vectors)} documents.")
         return KMeans(n_clusters=n_clusters, random_state=seed, n_init=4).fit_predict(vectors)
     if method == "hdbscan":
         return HDBSCAN(min_cluster_size=max(2, int(min_cluster_size))).fit_predict(vectors)
-    raise ValueError(f"Unknown clustering method {method!r}: use kmeans or hdbscan.")
+    raise LabError(f"Unknown clustering method {method!r}: use kmeans or hdbscan.")
 
 
 def project(vectors: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
@@ -97,7 +100,7 @@ def project(vectors: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarr
         from umap import UMAP
 
         return UMAP(n_components=2, random_state=seed, n_neighbors=min(15, len(vectors) - 1)).fit_transform(vectors)
-    raise ValueError(f"Unknown projection {method!r}: use pca, tsne or umap.")
+    raise LabError(f"Unknown projection {method!r}: use pca, tsne or umap.")
 
 
 def cluster_scores(labels, clusters) -> dict:
@@ -131,7 +134,7 @@ def classify(vectors, labels, texts, method: str = "logreg", test_size: float = 
 
     counts = Counter(labels)
     if len(counts) < 2:
-        raise ValueError("Classification needs at least two different labels.")
+        raise LabError("Classification needs at least two different labels.")
     stratify = labels if min(counts.values()) >= 2 else None
     idx_train, idx_test = train_test_split(np.arange(len(labels)), test_size=test_size, random_state=seed,
                                            stratify=stratify)

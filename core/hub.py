@@ -8,20 +8,20 @@ HF_ENDPOINT selects another Hub (the tests use a local server that speaks the pr
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from core.paths import runs_dir
+from core.errors import LabError
+from core.runs import RunFolder
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
 TEMPLATES = Path(__file__).parent / "templates"
 
 
-class HubError(RuntimeError):
+class HubError(LabError):
     """A one-line, token-free message about a failed Hub action."""
 
 
@@ -33,8 +33,17 @@ def resolve_token(token: str | None) -> str:
 
 
 def check_repo_id(repo_id: str, what: str = "repo") -> str:
+    """OWNER/NAME, checked by huggingface_hub's own rules (the owner is required here)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
     repo_id = (repo_id or "").strip()
-    if not _REPO_ID.match(repo_id) or ".." in repo_id or "--" in repo_id or repo_id.endswith((".", "-")):
+    try:
+        validate_repo_id(repo_id)
+        valid = repo_id.count("/") == 1
+    except HFValidationError:
+        valid = False
+    if not valid:
         raise HubError(f"Invalid {what} name {repo_id!r}: use OWNER/NAME with letters, digits, '.', '_' or '-'.")
     return repo_id
 
@@ -72,26 +81,22 @@ def _scrub(text: str, token: str) -> str:
     return text.replace(token, "[token]") if token else text
 
 
-def finished_run(name: str) -> Path:
-    from core.paths import check_name
-
-    run = runs_dir() / check_name(name, "run name")
-    if not (run / "adapter").is_dir() or not (run / "manifest.json").is_file():
+def finished_run(name: str) -> RunFolder:
+    run = RunFolder.named(name)
+    if not run.is_finished:
         raise HubError(f"Run '{name}' has no finished adapter to publish.")
     return run
 
 
-def model_card(run: Path, repo_id: str) -> str:
+def model_card(run: RunFolder, repo_id: str) -> str:
     """README.md for the model repo: valid card metadata, results, report and usage."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    manifest = json.loads((run / "manifest.json").read_text())
-    config = (run / "config.yaml").read_text()
-    is_lora = (run / "adapter" / "adapter_config.json").is_file()
+    manifest, config, is_lora = run.manifest(), run.config.read_text(), run.is_lora
     data = ModelCardData(base_model=manifest["base_model"], library_name="peft" if is_lora else "transformers",
                          pipeline_tag="text-generation", license="apache-2.0",
                          tags=["finetune-lab", manifest["objective"], manifest["adapter"], "text-generation"])
-    report = (run / "report.md").read_text() if (run / "report.md").is_file() else "(no report)"
+    report = run.report() or "(no report)"
     body = (TEMPLATES / "model_card.md").read_text().format(
         repo_id=repo_id, method=manifest["method"], base=manifest["base_model"], dataset=manifest["dataset"],
         steps=manifest["steps"], ppl_before=manifest.get("perplexity_before"),
@@ -132,12 +137,23 @@ def push_adapter(run_name: str, repo_id: str, token: str | None = None, private:
         _step(progress, 0.3, "Creating or updating the repo")
         url = api.create_repo(repo_id, private=private, exist_ok=True)
         _step(progress, 0.5, "Uploading the adapter and model card in one commit")
-        files = [CommitOperationAdd(p.name, str(p)) for p in sorted((run / "adapter").iterdir())
+        files = [CommitOperationAdd(p.name, str(p)) for p in sorted(run.adapter.iterdir())
                  if p.is_file() and p.name != "README.md"]  # peft writes a stub card; ours replaces it
         files.append(CommitOperationAdd("README.md", model_card(run, repo_id).encode()))
         api.create_commit(repo_id, operations=files, commit_message=f"Upload {run.name} from Finetune Lab")
         _step(progress, 1.0, "Done")
     return str(url)
+
+
+SPACE_PACKAGES = ("torch", "transformers", "peft", "gradio", "huggingface_hub", "safetensors")
+
+
+def space_requirements() -> list[str]:
+    """The Space's pins, taken from this repo's requirements.txt: one source for both."""
+    lines = (Path(__file__).resolve().parent.parent / "requirements.txt").read_text().splitlines()
+    pins = {re.split(r"[=<>~!\[ ]", line, 1)[0].lower(): line.strip() for line in lines
+            if line.strip() and not line.startswith(("#", "-"))}
+    return [pins.get(name, name) for name in SPACE_PACKAGES]
 
 
 def space_files(model_repo: str, base_model: str, is_lora: bool) -> dict[str, str]:
@@ -146,10 +162,11 @@ def space_files(model_repo: str, base_model: str, is_lora: bool) -> dict[str, st
     app = (TEMPLATES / "space_app.py").read_text()
     app = app.replace("@@MODEL_REPO@@", model_repo).replace("@@BASE_MODEL@@", base_model)
     app = app.replace("@@IS_LORA@@", "True" if is_lora else "False")
+    pins = space_requirements()
+    gradio_version = next(p for p in pins if p.startswith("gradio")).partition("==")[2]
     readme = (TEMPLATES / "space_readme.md").read_text().format(
-        title=name[:30], model_repo=model_repo, base_model=base_model)
-    requirements = "\n".join(["torch==2.13.0", "transformers==5.24.0", "peft==0.21.2", "gradio==6.31.0",
-                              "huggingface_hub==2.4.0", "safetensors"]) + "\n"
+        title=name[:30], model_repo=model_repo, base_model=base_model, sdk_version=gradio_version)
+    requirements = "\n".join(pins) + "\n"
     return {"app.py": app, "requirements.txt": requirements, "README.md": readme}
 
 
@@ -158,8 +175,7 @@ def push_space(run_name: str, space_id: str, model_repo: str, token: str | None 
     """Create or update a Gradio Space serving the base-vs-tuned compare chat; return its URL."""
     run, space_id = finished_run(run_name), check_repo_id(space_id, "Space")
     model_repo, token = check_repo_id(model_repo), resolve_token(token)
-    manifest = json.loads((run / "manifest.json").read_text())
-    is_lora = (run / "adapter" / "adapter_config.json").is_file()
+    manifest, is_lora = run.manifest(), run.is_lora
     api = _api(token)
     with hub_errors(token, space_id), tempfile.TemporaryDirectory() as tmp:
         _step(progress, 0.1, "Checking the token")

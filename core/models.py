@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from core import assets
+from core.errors import LabError
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ KNOWN_MODELS = [
 DEFAULT_MODEL = KNOWN_MODELS[0].name
 
 
-class ModelError(ValueError):
+class ModelError(LabError):
     """A model or adapter that cannot be resolved or loaded; the message is user-facing."""
 
 
@@ -227,17 +228,3 @@ def inference_dtype():
     if choice not in ("auto", "fp32", "bf16"):
         raise ModelError(f"FINETUNE_LAB_DTYPE={choice!r}: use auto, fp32 or bf16.")
     return torch_dtype(resolve_precision(choice))
-
-
-def set_threads(count: int | None = None) -> int:
-    """Set torch's intra-op threads on purpose (default: $FINETUNE_LAB_THREADS or all cores).
-
-    On a 2-core machine a second busy process makes 2-thread generation collapse from 17 to
-    ~1.5 tok/s, while 1 thread holds ~12 tok/s; callers pass 1 while a training job runs.
-    """
-    import torch
-
-    count = count or int(os.environ.get("FINETUNE_LAB_THREADS", 0)) or os.cpu_count() or 1
-    if torch.get_num_threads() != count:
-        torch.set_num_threads(count)
-    return count

@@ -13,6 +13,9 @@ import os
 import re
 from pathlib import Path
 
+from core.errors import LabError
+
+
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
@@ -44,26 +47,17 @@ def runs_dir() -> Path:
 
 
 def check_name(name: str, what: str = "name") -> str:
-    """Return `name` if it is a safe single path component, else raise ValueError.
+    """Return `name` if it is a safe single path component, else raise LabError.
 
     Allows letters, digits, '.', '_' and '-', starting with a letter or digit; this rules out
     path traversal ('..'), absolute paths and separators.
     """
     if not isinstance(name, str) or not _SAFE_NAME.match(name) or ".." in name:
-        raise ValueError(
+        raise LabError(
             f"Invalid {what} {name!r}: use 1-96 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit."
         )
     return name
-
-
-def finished_runs() -> list[Path]:
-    """Run folders whose training completed: they hold `adapter/` and `manifest.json`.
-
-    `adapter/` is renamed into place only when fully written, so its presence means complete.
-    """
-    runs = [p for p in runs_dir().iterdir() if (p / "adapter").is_dir() and (p / "manifest.json").is_file()]
-    return sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -13,11 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import LabError
+
+
 MIN_DOCS = 10
 FIGURES = ("topics", "barchart", "hierarchy", "documents", "heatmap")
 
 
-class TopicsError(ValueError):
+class TopicsError(LabError):
     """A topic model that cannot be fitted on this input; the message is user-facing."""
 
 

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import gradio as gr
 
+from core import threads
 from core.access import check_adapter, check_model, clamp
 from core.chat import GenerationSettings, attach_tuned, stream_reply
-from core.models import DEFAULT_MODEL, KNOWN_MODELS, load_model, set_threads
-from core.paths import finished_runs
+from core.errors import LabError
+from core.models import DEFAULT_MODEL, KNOWN_MODELS, load_model
+from core.runs import finished_runs
+from tabs.feedback import warn
 from training.jobs import current_job
+
 
 MODES = ("Single", "Compare")
 
@@ -61,18 +65,18 @@ def respond(message, base_history, tuned_history, model_name, adapter, mode, sys
                                       clamp("max_new_tokens", int(max_new_tokens), request),
                                       float(repetition_penalty))
         if not str(message or "").strip():
-            raise ValueError("Empty message: type something first.")
+            raise LabError("Empty message: type something first.")
         if len(str(message)) > chars:
-            raise ValueError(f"Message too long: {len(str(message))} characters, at most {chars} here.")
+            raise LabError(f"Message too long: {len(str(message))} characters, at most {chars} here.")
         model_name = check_model(model_name or DEFAULT_MODEL, request)
         if compare:
             check_adapter(adapter, request)
         job = current_job()
-        set_threads(1 if job else None)  # a training job owns the other core(s)
+        threads.apply(threads.for_chat(job_running=bool(job)))
         loaded = load_model(model_name)
         tuned = attach_tuned(loaded, adapter) if compare else None
-    except (ValueError, OSError) as exc:
-        yield base_history, tuned_history, f"⚠️ {exc}", message
+    except LabError as exc:
+        yield base_history, tuned_history, warn(exc), message
         return
     status = loaded.describe()
     runs = [(base_history, loaded, None)]
@@ -85,9 +89,9 @@ def respond(message, base_history, tuned_history, model_name, adapter, mode, sys
             for reply in stream_reply(model, history[:-1], settings, adapter_name):
                 history[-1]["content"] = reply.text
                 yield base_history, tuned_history, status, ""
-        except ValueError as exc:
-            history[-1]["content"] = f"⚠️ {exc}"
-            yield base_history, tuned_history, f"⚠️ {exc}", ""
+        except LabError as exc:
+            history[-1]["content"] = warn(exc)
+            yield base_history, tuned_history, warn(exc), ""
             return
         side = "tuned" if adapter_name or model is not loaded else "base"
         status += f" · {side}: {reply.stats}" + (f" · {reply.notice}" if reply.notice else "")

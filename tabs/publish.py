@@ -8,8 +8,10 @@ from __future__ import annotations
 import gradio as gr
 
 from core.access import require_user
-from core.hub import HubError, push_adapter, push_space
-from core.paths import finished_runs
+from core.errors import LabError
+from core.hub import push_adapter, push_space
+from core.runs import finished_runs
+from tabs.feedback import warn
 
 
 def run_choices() -> list[str]:
@@ -24,8 +26,8 @@ def publish_adapter(run, repo_id, private, token, request: gr.Request = None, pr
     try:
         require_user(request, action="publishing")
         url = push_adapter(run or "", repo_id, token, bool(private), progress=progress)
-    except (HubError, ValueError, PermissionError) as exc:
-        return f"⚠️ {exc}"
+    except LabError as exc:
+        return warn(exc)
     return f"✅ Adapter pushed: [{url}]({url})"
 
 
@@ -33,8 +35,8 @@ def publish_space(run, space_id, repo_id, private, token, request: gr.Request = 
     try:
         require_user(request, action="publishing")
         url = push_space(run or "", space_id, repo_id, token, bool(private), progress=progress)
-    except (HubError, ValueError, PermissionError) as exc:
-        return f"⚠️ {exc}"
+    except LabError as exc:
+        return warn(exc)
     return f"✅ Space created or updated: [{url}]({url}) — it loads the adapter from `{repo_id}`."
 
 

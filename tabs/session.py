@@ -23,6 +23,7 @@ from pathlib import Path
 from core.access import AccessDenied, is_trusted
 from core.paths import check_name, data_dir
 
+
 VISITOR_QUOTA_BYTES = 100 * 1024 * 1024
 VISITOR_MAX_FILES = 10
 VISITOR_UPLOAD_TTL_S = 24 * 3600

@@ -10,13 +10,15 @@ import time
 
 import gradio as gr
 
+from core import topics as topic_core
 from core.access import LIMITS, AccessDenied, check_data_source, clamp, is_trusted
 from core.corpora import CORPORA, DEFAULT_MAX_DOCS, load_corpus
 from core.embeddings import DEFAULT_EMBEDDER, classify, cluster, cluster_scores, embed, load_embedder, project
-from core import topics as topic_core
+from core.errors import LabError
+from tabs.feedback import warn
 from tabs.session import download_path
 
-ERRORS = (ValueError, OSError)  # OSError covers access.AccessDenied (a PermissionError)
+
 KNOWN_EMBEDDERS = (DEFAULT_EMBEDDER, "sentence-transformers/all-MiniLM-L6-v2")
 
 
@@ -45,8 +47,8 @@ def embed_corpus(source, upload, text_column, label_column, max_docs, embedder, 
     try:
         corpus, vectors = corpus_and_vectors(source, upload, text_column, label_column, max_docs, embedder,
                                              request, progress)
-    except ERRORS as exc:
-        return f"⚠️ {exc}"
+    except LabError as exc:
+        return warn(exc)
     labels = f", {len(set(corpus.labels))} labels" if corpus.labels else ", no labels"
     return (f"**{len(corpus.texts)} documents**{labels} · embeddings {vectors.shape[1]}-d in "
             f"{time.perf_counter() - start:.1f} s. {corpus.note}")
@@ -60,8 +62,8 @@ def run_clustering(source, upload, text_column, label_column, max_docs, embedder
                                              request, progress, projection)
         ids = cluster(vectors, method, int(n_clusters), int(min_size))
         points = project(vectors, projection)
-    except ERRORS as exc:
-        return None, f"⚠️ {exc}", None
+    except LabError as exc:
+        return None, warn(exc), None
     scores = cluster_scores(corpus.labels, ids) if corpus.labels else {}
     text = f"{len(set(ids) - {-1})} clusters" + (f" · NMI {scores['nmi']} · ARI {scores['ari']} against the labels"
                                                  if scores else " · no labels to score against")
@@ -95,11 +97,11 @@ def run_classification(source, upload, text_column, label_column, max_docs, embe
         corpus, vectors = corpus_and_vectors(source, upload, text_column, label_column, max_docs, embedder,
                                              request, progress)
         if not corpus.labels:
-            raise ValueError("This corpus has no label column: pick one to classify.")
+            raise LabError("This corpus has no label column: pick one to classify.")
         result = classify(vectors, corpus.labels, corpus.texts, method)
         result.embedder = (embedder or "").strip() or DEFAULT_EMBEDDER
-    except ERRORS as exc:
-        return f"⚠️ {exc}", None, None, None
+    except LabError as exc:
+        return warn(exc), None, None, None
     import pandas as pd
     import plotly.express as px
 
@@ -111,12 +113,16 @@ def run_classification(source, upload, text_column, label_column, max_docs, embe
     return text, fig, wrong, result
 
 
-def classify_text(result, text: str) -> str:
-    """Label one text with the classifier, embedded by the model it was trained with."""
+def classify_text(result, text: str, embedder: str = DEFAULT_EMBEDDER) -> str:
+    """Label one text with the classifier, embedded by the model it was trained with; another
+    embedder would give vectors the classifier never saw, so a changed box is an error."""
     if result is None:
         return "Train a classifier first."
     if not (text or "").strip():
         return "Type a text to classify."
+    if ((embedder or "").strip() or DEFAULT_EMBEDDER) != result.embedder:
+        return warn(LabError(f"This classifier was trained on {result.embedder} embeddings: "
+                             "train it again to use another embedding model."))
     vector = embed([text], result.embedder, write_cache=False)
     return f"→ **{result.model.predict(vector)[0]}**"
 
@@ -129,8 +135,8 @@ def run_topics(source, upload, text_column, label_column, max_docs, embedder, me
                                              request, progress)
         result = topic_core.fit_topics(corpus.texts, vectors, method, int(n_topics),
                                        embedder=load_embedder(embedder or DEFAULT_EMBEDDER))
-    except ERRORS as exc:
-        return (f"⚠️ {exc}", None, *[None] * len(topic_core.FIGURES), None)
+    except LabError as exc:
+        return (warn(exc), None, *[None] * len(topic_core.FIGURES), None)
     return (_topics_message(result, corpus.note), result.table(),
             *[topic_core.figure(result, name) for name in topic_core.FIGURES], result)
 
@@ -147,7 +153,7 @@ def search(result, query: str):
         return pd.DataFrame({"message": ["Fit topics first."]})
     try:
         rows = topic_core.search_topics(result, query or "")
-    except ERRORS as exc:
+    except LabError as exc:
         return pd.DataFrame({"message": [str(exc)]})
     return pd.DataFrame(rows, columns=["topic", "similarity", "top words"])
 
@@ -157,8 +163,8 @@ def label_with_llm(result, progress=gr.Progress()):
         return "Fit topics first.", None, *[None] * len(topic_core.FIGURES)
     try:
         topic_core.label_topics(result, progress=lambda f: progress(f, desc="Naming topics"))
-    except ERRORS as exc:
-        return f"⚠️ {exc}", result.table(), *[gr.update()] * len(topic_core.FIGURES)
+    except LabError as exc:
+        return warn(exc), result.table(), *[gr.update()] * len(topic_core.FIGURES)
     return ("Topics named by the chat model.", result.table(),
             *[topic_core.figure(result, name) for name in topic_core.FIGURES])
 
@@ -226,7 +232,7 @@ def build() -> None:
                       [cluster_plot, cluster_info, cluster_tbl], api_name="cluster")
     clf_btn.click(run_classification, [*spec, clf_method], [clf_info, confusion, wrong, classifier_state],
                   api_name="classify")
-    new_text.submit(classify_text, [classifier_state, new_text], predicted, api_name=False)
+    new_text.submit(classify_text, [classifier_state, new_text, embedder], predicted, api_name=False)
     topics_btn.click(run_topics, [*spec, topic_method, n_topics], [topic_info, topic_tbl, *figures, topic_state],
                      api_name="topics")
     name_btn.click(label_with_llm, topic_state, [topic_info, topic_tbl, *figures], api_name=False)

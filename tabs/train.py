@@ -12,11 +12,23 @@ import gradio as gr
 
 from core.access import check_data_source, clamp, is_trusted
 from core.data import BUNDLED, chatterbot_categories, detect_format, load_rows
+from core.errors import LabError
 from tabs import train_form
+from tabs.feedback import warn
 from tabs.session import download_path, remember_upload, save_upload
-from tabs.train_live import (api_start, api_status, attach_latest, delete_run, poll, resume_training, runs_table,
-                              start_training, stop_training)
+from tabs.train_live import (
+    api_start,
+    api_status,
+    attach_latest,
+    delete_run,
+    poll,
+    resume_training,
+    runs_table,
+    start_training,
+    stop_training,
+)
 from training.config import TrainConfig, list_recipes, load_config
+
 
 MAX_PREVIEW_ROWS = 10
 
@@ -33,14 +45,14 @@ def inspect_data(dataset: str, columns: str = "", request=None, uploads=()):
     try:
         check_data_source(dataset, BUNDLED, request, uploads)
         rows = load_rows(dataset, columns)
-    except (ValueError, PermissionError) as exc:
-        return f"⚠️ {exc}", None, []
+    except LabError as exc:
+        return warn(exc), None, []
     head = rows.select(range(min(MAX_PREVIEW_ROWS, len(rows)))).to_pandas()
     head = head.map(lambda v: (str(v)[:300] + "…") if len(str(v)) > 300 else str(v))
     try:
         fmt = f"detected format: **{detect_format(rows.column_names)}**"
-    except ValueError as exc:
-        fmt = f"⚠️ {exc}"
+    except LabError as exc:
+        fmt = warn(exc)
     summary = f"**{len(rows)} rows** · {fmt} · columns: {', '.join(rows.column_names)}"
     return summary, head, list(rows.column_names)
 
@@ -65,8 +77,8 @@ def preview_example(row, values: dict, request=None, uploads=()):
         cfg = train_form.values_to_config(values)
         check_data_source(cfg.dataset, BUNDLED, request, uploads)
         shown = preview(cfg, clamp("preview_row", int(row or 0), request))
-    except (ValueError, PermissionError) as exc:
-        return [(f"⚠️ {exc}", None)], ""
+    except LabError as exc:
+        return [(warn(exc), None)], ""
     info = f"{shown.total_tokens} tokens, {shown.trained_tokens} trained on (highlighted). {shown.note}"
     return shown.segments, info.strip()
 
@@ -80,7 +92,7 @@ def cli_preview(values: dict, request=None):
     """(equivalent CLI command, YAML text, YAML file to download)."""
     try:
         cfg = train_form.values_to_config(values)
-    except ValueError as exc:
+    except LabError as exc:
         return f"# {exc}", "", None
     text = cfg.to_yaml()
     name = f"train-config-{hashlib.sha1(text.encode()).hexdigest()[:10]}.yaml"
@@ -149,7 +161,7 @@ def _method_step(cfg: TrainConfig) -> tuple[dict, dict]:
             fields.update(train_form.build_fields([n for n in train_form.NAMES if n not in train_form.MAIN], cfg))
         with gr.Accordion("Equivalent CLI command and YAML", open=False):
             cli = [gr.Textbox(label="CLI", interactive=False),
-                   gr.Code(language="yaml", label="config.yaml", interactive=False),
+                   gr.Code(language="yaml", label="YAML config", interactive=False),
                    gr.File(label="Download YAML", interactive=False)]
     fields["model"] = model
     return fields, dict(recipe=recipe, explanation=explanation, cli=cli)
@@ -188,8 +200,8 @@ def _wire_data(data: dict, form: dict, uploads: gr.State) -> None:
     def on_upload(upload, own, request: gr.Request):
         try:
             path = save_upload(upload, request)
-        except PermissionError as exc:
-            return gr.update(), own, f"⚠️ {exc}"
+        except LabError as exc:
+            return gr.update(), own, warn(exc)
         return path, remember_upload(path, own), gr.update()
 
     def on_preview(inputs: dict, request: gr.Request):
@@ -209,7 +221,7 @@ def _wire_method(method: dict, form: dict, fields: dict) -> None:
     def on_recipe(name):
         try:
             values = load_recipe(name)
-        except ValueError as exc:
+        except LabError as exc:
             raise gr.Error(str(exc)) from None
         return {form[field]: value for field, value in values.items()}
 
@@ -229,13 +241,18 @@ def _wire_live(live: dict, form: dict, run, last_state, uploads, adapter_picker)
         message, name = start_training(train_form.named_values(form, inputs), request, inputs[uploads])
         return {live["message"]: message, run: name if name else gr.update()}
 
-    polled = [live["progress"], live["plot"], live["stats"], live["tail"], live["result"], last_state, adapter_picker]
+    shown = dict(progress=live["progress"], plot=live["plot"], stats=live["stats"], tail=live["tail"],
+                 result=live["result"], state=last_state, adapters=adapter_picker)
+
+    def on_poll(name, state, request: gr.Request):
+        return {shown[field]: value for field, value in vars(poll(name, state, request)).items()}
+
     live["start"].click(on_start, {uploads, *form.values()}, [live["message"], run], api_name="train_start")
     live["stop"].click(stop_training, run, live["message"], api_name="train_stop")
     live["resume"].click(resume_training, run, [live["message"], run], api_name="train_resume")
     gr.api(api_start, api_name="train_recipe")
     gr.api(api_status, api_name="train_status")
-    gr.Timer(2.0).tick(poll, [run, last_state], polled, show_progress="hidden", api_name=False)
+    gr.Timer(2.0).tick(on_poll, [run, last_state], list(shown.values()), show_progress="hidden", api_name=False)
 
 
 def _wire_runs(runs: dict, run: gr.State) -> None:

@@ -12,7 +12,7 @@ from dataclasses import fields
 
 import gradio as gr
 
-from training.config import TrainConfig, config_from_dict
+from training.config import TrainConfig, config_from_dict, field_types
 
 MAIN = ("model", "dataset", "columns", "objective", "adapter")
 FIELDS = [f for f in fields(TrainConfig)]
@@ -21,15 +21,15 @@ NAMES = [f.name for f in FIELDS]
 
 def widget_for(f, value):
     """A widget for one config field, labelled with its name and its help line."""
-    help_text, choices = f.metadata["help"], f.metadata.get("choices")
+    help_text, choices, kind = f.metadata["help"], f.metadata.get("choices"), field_types()[f.name]
     common = dict(label=f.name, info=help_text, elem_id=f"cfg-{f.name}")
     if choices:
         return gr.Radio(list(choices), value=value, **common)
-    if f.type == "bool":
+    if kind is bool:
         return gr.Checkbox(value=value, **common)
-    if f.type in ("int", "float"):
-        return gr.Number(value=value, precision=0 if f.type == "int" else None, **common)
-    if f.type == "list":
+    if kind in (int, float):
+        return gr.Number(value=value, precision=0 if kind is int else None, **common)
+    if kind is list:
         return gr.Textbox("\n".join(value), lines=3, **common)
     return gr.Textbox(value, **common)
 

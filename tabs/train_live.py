@@ -6,15 +6,18 @@ lets a reloaded page re-attach to a running job.
 """
 from __future__ import annotations
 
-import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 
 from core.access import check_data_source, is_trusted, require_user
 from core.data import BUNDLED
+from core.errors import LabError
+from core.runs import RunFolder
 from tabs import train_form
+from tabs.feedback import warn
 from tabs.train_plots import loss_figure, progress_html
 from training import jobs
 from training.config import load_config
@@ -26,34 +29,29 @@ def start_training(values: dict, request=None, uploads=()):
         require_user(request, action="training")
         cfg = train_form.values_to_config(values)
         check_data_source(cfg.dataset, BUNDLED, request, uploads)
-        run_dir = jobs.start(cfg, threads=_training_threads())
-    except (ValueError, PermissionError, jobs.JobBusy) as exc:
-        return f"⚠️ {exc}", None
-    return f"Started **{run_dir.name}**: `{' '.join(jobs.command_for(run_dir)[1:])}`", run_dir.name
+        run = jobs.start(cfg)
+    except LabError as exc:
+        return warn(exc), None
+    return f"Started **{run.name}**: `{' '.join(jobs.command_for(run)[1:])}`", run.name
 
 
 _PATH = re.compile(r"(?<![\w.])(?:~|/)[^\s`'\"),]*[^\s`'\"),.:]")
-
-
-def _training_threads() -> int:
-    """Leave one core to chat: two busy processes on 2 cores collapse generation to ~1 tok/s."""
-    return max(1, (os.cpu_count() or 2) - 1)
 
 
 def stop_training(run: str, request: gr.Request = None) -> str:
     try:
         require_user(request, action="stopping a run")
         return f"Stopping **{run}**: saving a checkpoint…" if run and jobs.stop(run) else "No running job."
-    except (ValueError, PermissionError) as exc:
-        return f"⚠️ {exc}"
+    except LabError as exc:
+        return warn(exc)
 
 
 def resume_training(run: str, request: gr.Request = None):
     try:
         require_user(request, action="training")
-        jobs.resume(run, threads=_training_threads())
-    except (ValueError, PermissionError, jobs.JobBusy) as exc:
-        return f"⚠️ {exc}", gr.update()
+        jobs.resume(run)
+    except LabError as exc:
+        return warn(exc), gr.update()
     return f"Resumed **{run}** from its last checkpoint.", run
 
 
@@ -63,19 +61,22 @@ def api_start(recipe: str, overrides: str = "", request: gr.Request = None) -> s
 
     try:
         require_user(request, action="training")
-        extra = yaml.safe_load(overrides or "") or {}
+        try:
+            extra = yaml.safe_load(overrides or "") or {}
+        except yaml.YAMLError as exc:
+            raise LabError(f"overrides are not valid YAML: {str(exc).splitlines()[0]}") from None
         if not isinstance(extra, dict):
-            raise ValueError("overrides must be a YAML mapping, e.g. 'max_steps: 2'.")
-        return jobs.start(load_config(recipe, **extra), threads=_training_threads()).name
-    except (ValueError, PermissionError, jobs.JobBusy, yaml.YAMLError) as exc:
+            raise LabError("overrides must be a YAML mapping, e.g. 'max_steps: 2'.")
+        return jobs.start(load_config(recipe, **extra)).name
+    except LabError as exc:
         raise gr.Error(str(exc)) from None
 
 
 def api_status(run: str, request: gr.Request = None) -> dict:
     """API: a run's state, step, max_steps, ETA, loss log and manifest."""
     try:
-        status = jobs.read_status(jobs.run_path(run))
-    except ValueError as exc:
+        status = jobs.read_status(RunFolder.existing(run))
+    except LabError as exc:
         raise gr.Error(str(exc)) from None
     return hide_paths({"name": status.name, "state": status.state, "step": status.step,
                        "max_steps": status.max_steps, "eta_s": status.eta_s, "log": status.log,
@@ -101,26 +102,39 @@ def attach_latest() -> str | None:
     return jobs.current_job() or (runs[0].name if runs else None)
 
 
-def poll(run: str | None, last_state: str | None, request: gr.Request = None):
+@dataclass
+class PollView:
+    """What the Run and Result steps show; the tab maps each field to its widget by name."""
+
+    progress: str = ""
+    plot: object = None
+    stats: str = "No run yet."
+    tail: str = ""
+    result: str = ""
+    state: str | None = None
+    adapters: object = None  # a gr.update for the Chat tab's picker, when the state changed
+
+
+def poll(run: str | None, last_state: str | None, request: gr.Request = None) -> PollView:
     """Everything the Run and Result steps show, read from the run folder."""
     if not run:
-        return "", None, "No run yet.", "", "", last_state, gr.update()
+        return PollView(state=last_state, adapters=gr.update())
     try:
-        status = jobs.read_status(jobs.run_path(run))
-    except ValueError as exc:
-        return "", None, f"⚠️ {exc}", "", "", last_state, gr.update()
+        status = jobs.read_status(RunFolder.existing(run))
+    except LabError as exc:
+        return PollView(stats=warn(exc), state=last_state, adapters=gr.update())
     stats = f"**{status.name}** · {status.state}" + (
         f" · {status.tokens_per_s:.0f} tokens/s" if status.tokens_per_s else "")
     if status.error:
         stats += f"\n\n```\n{hide_paths(status.error[-1500:], request)}\n```"
     tail = "\n".join(_log_line(e) for e in status.log[-12:])
     refresh = gr.update(choices=_adapters()) if status.state != last_state else gr.update()
-    return (progress_html(status), loss_figure(status.log), stats, tail,
-            hide_paths(result_markdown(status), request), status.state, refresh)
+    return PollView(progress_html(status), loss_figure(status.log), stats, tail,
+                    hide_paths(result_markdown(status), request), status.state, refresh)
 
 
 def _adapters():
-    from core.paths import finished_runs
+    from core.runs import finished_runs
 
     return [run.name for run in finished_runs()]
 
@@ -138,10 +152,9 @@ def result_markdown(status) -> str:
     lines = [f"### {m.get('method')} on {m.get('dataset')}: {m.get('steps')} steps in {m.get('train_runtime_s')} s",
              f"Loss {m.get('first_loss', 0):.3f} → {m.get('final_loss', 0):.3f} · perplexity "
              f"{m.get('perplexity_before')} → {m.get('perplexity_after')}",
-             f"Adapter: `{jobs.run_path(status.name) / 'adapter'}` (in the Chat tab's picker as "
+             f"Adapter: `{RunFolder.named(status.name).adapter}` (in the Chat tab's picker as "
              f"**{status.name}**)", ""]
-    report = jobs.run_path(status.name) / "report.md"
-    return "\n".join(lines) + (report.read_text() if report.is_file() else "")
+    return "\n".join(lines) + RunFolder.named(status.name).report()
 
 
 def runs_table(request: gr.Request = None):
@@ -161,6 +174,6 @@ def delete_run(run: str, confirmed: bool, request: gr.Request = None) -> str:
         if not confirmed:
             return "Tick the confirmation box to delete."
         jobs.delete(run)
-    except (ValueError, PermissionError, jobs.JobBusy) as exc:
-        return f"⚠️ {exc}"
+    except LabError as exc:
+        return warn(exc)
     return f"Deleted {run}."

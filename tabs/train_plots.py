@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import html
 
-from training.jobs import duration_text
+from training.progress import duration_text
 
 
 def loss_figure(log: list[dict]):

@@ -60,10 +60,10 @@ def tiny_run(data_home):
     from training import jobs
     from training.config import load_config
 
-    run_dir = jobs.start(load_config("tiny", output_name="tiny-fixture"))
+    run = jobs.start(load_config("tiny", output_name="tiny-fixture"))
     status = jobs.wait("tiny-fixture", timeout=600)
     assert status.state == "completed", status.error
-    return run_dir
+    return run.path
 
 
 def free_port() -> int:

@@ -2,6 +2,8 @@
 The served public app is attacked in tests/test_public.py."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from core import access
@@ -62,6 +64,21 @@ def test_visitor_upload_quota(monkeypatch, tmp_path, data_home):
     session.save_upload(str(small), visitor)
     with pytest.raises(access.AccessDenied, match="quota"):
         session.save_upload(str(small), visitor)
+    stale = session.upload_folder(Request("visitor-long-gone"))
+    stale.mkdir(parents=True)
+    os.utime(stale, (0, 0))
+    session.save_upload(str(small), Request("visitor-new"))
+    assert not stale.exists(), "visitor uploads older than a day are removed"
+
+
+def test_owner_lists_the_models_visitors_may_use(monkeypatch):
+    monkeypatch.setenv("FINETUNE_LAB_PUBLIC", "1")
+    visitor = Request("visitor-models")
+    assert access.check_model("smollm2-135m-instruct", visitor)
+    with pytest.raises(access.AccessDenied):
+        access.check_model("someone/model", visitor)
+    monkeypatch.setenv("FINETUNE_LAB_ALLOWED_MODELS", "someone/model, other/one")
+    assert access.check_model("someone/model", visitor) == "someone/model"
 
 
 def test_training_process_gets_no_secrets(monkeypatch):

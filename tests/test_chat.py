@@ -116,3 +116,16 @@ def test_packaged_gemma_base_continues_text():
     reply = final(gemma, [{"role": "user", "content": "The Eiffel Tower is located in the city of"}],
                   GenerationSettings(max_new_tokens=8, raw_text=True))
     assert "Paris" in reply.text
+
+
+def test_two_sessions_attaching_one_adapter_load_it_once(smol, tiny_run):
+    import threading
+
+    names = []
+    threads = [threading.Thread(target=lambda: names.append(attach_tuned(smol, tiny_run.name).adapter_name))
+               for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(names)) == 1 and list(smol.adapters.values()).count(names[0]) == 1

@@ -5,6 +5,8 @@ import json
 
 import pytest
 
+from core.errors import LabError
+
 from core.data import DataError, detect_format, load_rows
 from core.formats import dapt_windows, sft_preview, sft_rows
 from training.config import TrainConfig, config_from_dict, load_config
@@ -148,18 +150,18 @@ def test_dataset_smaller_than_eval_split(tmp_path, tokenizer):
 
 def test_unknown_recipe_field_and_impossible_settings(tmp_path):
     (tmp_path / "r.yaml").write_text("model: smollm2\nlearning_rat: 0.1\n")
-    with pytest.raises(ValueError, match="Unknown setting.*learning_rat"):
+    with pytest.raises(LabError, match="Unknown setting.*learning_rat"):
         load_config(tmp_path / "r.yaml")
-    with pytest.raises(ValueError, match="stride=128 must be"):
+    with pytest.raises(LabError, match="stride=128 must be"):
         config_from_dict({"objective": "dapt", "block_size": 64, "stride": 128})
-    with pytest.raises(ValueError, match="choose one of"):
+    with pytest.raises(LabError, match="choose one of"):
         config_from_dict({"adapter": "dora"})
 
 
 def test_torch_compile_without_a_compiler_is_refused(tmp_path, monkeypatch):
     assert config_from_dict({"torch_compile": "true"}).torch_compile is True
     monkeypatch.setenv("PATH", str(tmp_path))  # no g++/c++/clang++ on it
-    with pytest.raises(ValueError, match="torch_compile needs a C\\+\\+ compiler"):
+    with pytest.raises(LabError, match="torch_compile needs a C\\+\\+ compiler"):
         config_from_dict({"torch_compile": True})
 
 

@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from core.errors import LabError
+
 from core import assets
 from core.models import ModelError, find_spec, load_model, resolve_model
 from core.paths import check_name
@@ -86,7 +88,7 @@ def test_weights_dtype_follows_the_cpu_and_the_override(smol, monkeypatch):
 
 @pytest.mark.parametrize("bad", ["../etc", "/abs", "a/b", "", ".hidden", "x" * 200, "a..b"])
 def test_unsafe_names_are_refused(bad):
-    with pytest.raises(ValueError):
+    with pytest.raises(LabError):
         check_name(bad)
 
 
@@ -109,3 +111,31 @@ def test_two_processes_convert_once(tmp_path):
     assert results[0] == results[1]
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == ["smollm2-concurrent"]
     assert (tmp_path / "smollm2-concurrent" / "model.safetensors").is_file()
+
+
+def test_model_cache_is_a_capped_lru_and_a_slow_load_blocks_no_one(tiny_model_dir, tmp_path, monkeypatch):
+    import shutil
+    import threading
+    import time
+
+    from core import models
+
+    other = tmp_path / "other-tiny"
+    shutil.copytree(tiny_model_dir, other)
+    monkeypatch.setenv("FINETUNE_LAB_MAX_MODELS", "1")
+    first = models.load_model(str(tiny_model_dir))
+    real_load = models._load_fresh
+
+    def slow_load(name, source):
+        time.sleep(3)
+        return real_load(name, source)
+
+    monkeypatch.setattr(models, "_load_fresh", slow_load)
+    loader = threading.Thread(target=models.load_model, args=(str(other),))
+    loader.start()
+    time.sleep(0.5)
+    start = time.perf_counter()
+    assert models.load_model(str(tiny_model_dir)) is first, "the cached model answers during another's load"
+    assert time.perf_counter() - start < 1
+    loader.join()
+    assert list(models._CACHE) == [str(other.resolve())], "the cap of 1 evicted the least recently used"

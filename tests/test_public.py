@@ -103,6 +103,10 @@ def test_oversized_inputs_are_clamped_for_visitors(raw, tiny_run):
     result = raw.call(chat, ["Who are you?", [], [], "smollm2-135m-instruct", tiny_run.name, "Compare", "",
                              0, 0.9, 4, 1.1])
     assert "tuned:" in result["data"][2], "a finished run's adapter is open to visitors, by name"
+    preview = preview_index(raw)
+    result = raw.call(preview, raw.defaults(preview, dataset="shakespeare", objective="dapt", block_size=100000,
+                                            stride=100000, max_rows=0))
+    assert "windows of 512 tokens, a new one every 512 tokens" in text_of(result), text_of(result)[:300]
     embed = raw.fn_index(api_name="embed")
     result = raw.call(embed, ["guardian-headlines", None, "", "", 100000, "all-MiniLM-L6-v2"])
     assert "**2000 documents**" in text_of(result)
@@ -112,6 +116,18 @@ def test_oversized_inputs_are_clamped_for_visitors(raw, tiny_run):
     assert "tsne maps at most 1000" in text_of(result)
     result = raw.call(embed, ["guardian-headlines", None, "", "", 50, "/root/some-model"])
     assert "embedder is all-MiniLM-L6-v2" in text_of(result)
+
+
+def preview_index(raw: RawApp) -> int:
+    """The 'Show what the model sees' listener: the one whose outputs include #model-sees."""
+    seen = next(c["id"] for c in raw.config["components"] if c.get("props", {}).get("elem_id") == "model-sees")
+    return next(d["id"] for d in raw.dependencies if seen in d["outputs"])
+
+
+def test_yaml_preview_is_one_event_for_all_fields(raw):
+    """A recipe changes every field at once: that must queue one preview, not one per field."""
+    bursts = [d for d in raw.dependencies if len(d["targets"]) >= 30]
+    assert len(bursts) == 1 and bursts[0]["trigger_mode"] == "always_last"
 
 
 def test_one_session_cannot_fill_the_queue(raw):

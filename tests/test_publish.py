@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from core import hub
+from core.runs import RunFolder
 from tests.conftest import ROOT, free_port
 from tests.hub_server import VALID_TOKENS, serve_in_thread
 
@@ -69,10 +70,21 @@ def test_push_adapter_download_and_load_back(endpoint, tiny_run, data_home):
 def test_model_card_front_matter(tiny_run):
     from huggingface_hub import ModelCard
 
-    card = ModelCard(hub.model_card(tiny_run, "tester/lumen-lora"))
+    card = ModelCard(hub.model_card(RunFolder(tiny_run), "tester/lumen-lora"))
     assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert card.data.library_name == "peft" and "finetune-lab" in card.data.tags
     assert "perplexity" in card.text and "Who are you?" in card.text and "PeftModel" in card.text
+    # Offline, the base was the packaged GGUF: the card must not pass it off as the Hub weights.
+    assert "Trained on HuggingFaceTB/SmolLM2-135M-Instruct as the SmolLM2-135M-Instruct.Q4_1.gguf file" in card.text
+    assert "not the original Hub weights" in card.text
+
+
+def test_space_pins_come_from_requirements():
+    files = hub.space_files("tester/x", "base/model", True)
+    pinned = {line for line in (ROOT / "requirements.txt").read_text().splitlines() if "==" in line}
+    assert set(files["requirements.txt"].split()) - {"safetensors"} <= pinned
+    gradio = next(line for line in pinned if line.startswith("gradio=="))
+    assert f"sdk_version: {gradio.split('==')[1]}" in files["README.md"]
 
 
 @pytest.mark.slow

@@ -5,6 +5,10 @@ import time
 
 import pytest
 
+from core.errors import LabError
+
+from core import threads
+from core.runs import RunFolder
 from tabs import train, train_form, train_live
 from tabs.session import save_upload
 from training import jobs
@@ -26,7 +30,7 @@ def test_form_covers_every_config_field():
     from dataclasses import fields
 
     assert train_form.NAMES == [f.name for f in fields(TrainConfig)]
-    with pytest.raises(ValueError, match="choose one of"):
+    with pytest.raises(LabError, match="choose one of"):
         train_form.values_to_config({**values(), "objective": "nope"})
 
 
@@ -76,13 +80,22 @@ def test_explanations_come_from_help_strings():
     assert "4-bit" in train._explain("sft", "qlora") and "next-token" in train._explain("dapt", "lora")
 
 
+def job_environment(run: str) -> dict:
+    import json
+
+    pid = json.loads(RunFolder.named(run).job_file.read_text())["pid"]
+    raw = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
+
+
 @pytest.mark.slow
-def test_stop_and_resume_through_ui_functions(data_home):
+def test_stop_and_resume_through_ui_functions(data_home, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_never_passed_on")
     message, run = train_live.start_training(values(output_name="ui-stop", max_steps=200, save_steps=1000,
                                                     learning_rate=1e-3, max_length=128))
     assert run == "ui-stop", message
     deadline = time.time() + 180
-    while jobs.read_status(jobs.run_path(run)).step < 1 and time.time() < deadline:
+    while jobs.read_status(RunFolder.named(run)).step < 1 and time.time() < deadline:
         time.sleep(0.5)
     busy, _ = train_live.start_training(values(output_name="ui-other"))
     assert "still running" in busy
@@ -93,15 +106,17 @@ def test_stop_and_resume_through_ui_functions(data_home):
     assert base[-1]["content"] and "training job 'ui-stop' is running" in status, "chat works while training"
     assert "Stopping" in train_live.stop_training(run)
     assert jobs.wait(run, 120).state == "stopped"
-    step = jobs.read_status(jobs.run_path(run)).step
+    step = jobs.read_status(RunFolder.named(run)).step
     message, _ = train_live.resume_training(run)
     assert "Resumed" in message
-    while jobs.read_status(jobs.run_path(run)).step <= step and time.time() < deadline + 120:
+    env = job_environment(run)  # resume gets the same thread policy as start, and no secrets
+    assert env["OMP_NUM_THREADS"] == str(threads.for_job()) and "HF_TOKEN" not in env
+    while jobs.read_status(RunFolder.named(run)).step <= step and time.time() < deadline + 120:
         time.sleep(0.5)
     train_live.stop_training(run)
     final = jobs.wait(run, 120)
     assert final.state == "stopped" and final.step > step
-    progress, fig, stats, tail, result, state, _ = train_live.poll(run, None)
-    assert f"step {final.step}/200" in progress and "stopped" in stats and state == "stopped"
-    assert len(fig.data[0].x) >= 2
+    view = train_live.poll(run, None)
+    assert f"step {final.step}/200" in view.progress and "stopped" in view.stats and view.state == "stopped"
+    assert len(view.plot.data[0].x) >= 2
     assert "Deleted" in train_live.delete_run(run, True)

@@ -14,7 +14,9 @@ import torch
 
 from core.models import resolve_precision
 from tests.conftest import ROOT
+from core.runs import RunFolder
 from training import jobs
+from training.progress import read_log
 from training.config import load_config
 from training.run import train
 
@@ -38,7 +40,7 @@ def test_tiny_lora_run_folder_and_identity_change(tiny_run):
     assert report[0]["prompt"] == "Who are you?"
     assert report[0]["base"] != report[0]["tuned"] and "Lumen" in report[0]["tuned"]
     assert "Lumen" not in report[0]["base"]
-    log = jobs.read_log(tiny_run)
+    log = read_log(RunFolder(tiny_run))
     steps = [e for e in log if e["loss"] is not None]
     assert [e["step"] for e in steps] == [1, 2, 3, 4, 5, 6]
     assert all(e["eta_s"] is not None and e["elapsed_s"] > 0 for e in steps)
@@ -144,13 +146,14 @@ def wait_for(predicate, timeout=300, what="condition"):
 
 def test_resume_after_sigkill_reaches_planned_steps(tiny_run):
     cfg = load_config("tiny", output_name="killed")
-    run_dir = jobs.start(cfg)
+    run = jobs.start(cfg)
+    run_dir = run.path
     pid = json.loads((run_dir / "job.json").read_text())["pid"]
     wait_for(lambda: (run_dir / "checkpoints" / "checkpoint-3" / "trainer_state.json").is_file(),
              what="checkpoint-3")
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: jobs.read_status(run_dir).state == "interrupted", 30, "the kill to be seen")
-    assert "--resume" in jobs.read_status(run_dir).error
+    wait_for(lambda: jobs.read_status(run).state == "interrupted", 30, "the kill to be seen")
+    assert "--resume" in jobs.read_status(run).error
     assert not (run_dir / "adapter").exists()
     jobs.resume("killed")
     status = jobs.wait("killed", timeout=600)
@@ -162,15 +165,17 @@ def test_resume_after_sigkill_reaches_planned_steps(tiny_run):
     assert abs(resumed["final_loss"] - straight["final_loss"]) < 0.25 * straight["final_loss"]
 
 
-ATTACH = "from training import jobs; import sys; s = jobs.read_status(jobs.run_path(sys.argv[1])); print(s.state, s.step)"
+ATTACH = ("from training import jobs; from core.runs import RunFolder; import sys; "
+          "s = jobs.read_status(RunFolder.existing(sys.argv[1])); print(s.state, s.step)")
 
 
 def test_stop_and_attach_from_another_process(data_home):
     cfg = load_config("tiny", output_name="stoppable", max_steps=200, save_steps=1000)
-    run_dir = jobs.start(cfg)
+    run = jobs.start(cfg)
+    run_dir = run.path
     env = {**os.environ}
     try:
-        wait_for(lambda: jobs.read_status(run_dir).step >= 1, what="first step")
+        wait_for(lambda: jobs.read_status(run).step >= 1, what="first step")
         with pytest.raises(jobs.JobBusy, match="stoppable"):
             jobs.start(load_config("tiny", output_name="second"))
         seen = subprocess.run([sys.executable, "-c", ATTACH, "stoppable"], cwd=ROOT, env=env,
@@ -204,7 +209,7 @@ def test_ddp_two_processes_with_accelerate(data_home):
 
 
 def test_progress_line_reads_like_a_progress_bar():
-    from training.jobs import progress_line
+    from training.progress import progress_line
 
     entry = {"step": 3, "max_steps": 20, "loss": 2.95512, "eval_loss": None, "learning_rate": 2.5e-4,
              "tokens_per_s": 213.6, "elapsed_s": 7.4, "eta_s": 3725.0}
@@ -214,8 +219,8 @@ def test_progress_line_reads_like_a_progress_bar():
     assert progress_line(before) == "before training | eval loss 4.1 | 7 s elapsed"
 
 
-def kill_job(run_dir) -> None:
-    os.kill(json.loads((run_dir / "job.json").read_text())["pid"], signal.SIGKILL)
+def kill_job(run: RunFolder) -> None:
+    os.kill(json.loads(run.job_file.read_text())["pid"], signal.SIGKILL)
 
 
 def test_kills_inside_a_save_and_at_random_moments_always_resume(data_home):
@@ -223,10 +228,11 @@ def test_kills_inside_a_save_and_at_random_moments_always_resume(data_home):
     then 5 kills at random moments; every resume goes on, and the run completes exactly once."""
     import random
 
-    from core.paths import finished_runs
+    from core.runs import finished_runs
 
     name, planned = "kill-often", 16
-    run_dir = data_home / "runs" / name
+    run = RunFolder.named(name)
+    run_dir = run.path
     cmd = [sys.executable, "-m", "tests.slow_save_run", "--config", "tiny", "--run-dir", str(run_dir),
            "--max_steps", str(planned), "--save_steps", "3", "--report_prompts", "Who are you?"]
     first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -235,23 +241,23 @@ def test_kills_inside_a_save_and_at_random_moments_always_resume(data_home):
     assert torn.is_dir() and not (torn / "trainer_state.json").exists(), "the kill lands inside the save"
     first.kill()
     first.wait()
-    wait_for(lambda: jobs.read_status(run_dir).state == "interrupted", 30, "the CLI run to show as interrupted")
-    assert f"--run-dir {run_dir} --resume" in jobs.read_status(run_dir).error
+    wait_for(lambda: jobs.read_status(run).state == "interrupted", 30, "the CLI run to show as interrupted")
+    assert f"--run-dir {run_dir} --resume" in jobs.read_status(run).error
 
     rng, kills, step = random.Random(1234), 1, 0
     while kills < 6:
-        jobs.resume(name, threads=1)
-        wait_for(lambda: jobs.read_status(run_dir).step > step or not jobs.is_live(run_dir), 300, "progress")
+        jobs.resume(name, thread_count=1)
+        wait_for(lambda: jobs.read_status(run).step > step or not jobs.is_live(run), 300, "progress")
         time.sleep(rng.uniform(0.0, 2.5))  # anywhere in a step, a save, or a log write
-        if not jobs.is_live(run_dir):
+        if not jobs.is_live(run):
             break
-        kill_job(run_dir)
+        kill_job(run)
         kills += 1
-        wait_for(lambda: not jobs.is_live(run_dir), 30, "the kill")
-        step = jobs.read_status(run_dir).step
+        wait_for(lambda: not jobs.is_live(run), 30, "the kill")
+        step = jobs.read_status(run).step
         assert name not in [r.name for r in finished_runs()], "an unfinished run's adapter was listed"
     assert kills == 6, "every kill must land before the run ends"
-    jobs.resume(name, threads=1)
+    jobs.resume(name, thread_count=1)
     status = jobs.wait(name, timeout=600)
     assert status.state == "completed", status.error
     assert manifest(run_dir)["steps"] == planned and name in [r.name for r in finished_runs()]
@@ -273,3 +279,36 @@ def test_malformed_datasets_are_one_line_errors_in_the_cli(tmp_path, content, su
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith(message), out.stderr[-500:]
+
+
+def test_two_starts_at_once_launch_one_job(data_home):
+    import threading
+
+    outcomes = []
+
+    def start(name):
+        try:
+            outcomes.append(jobs.start(load_config("tiny", output_name=name, max_steps=200)).name)
+        except jobs.JobBusy:
+            outcomes.append("busy")
+
+    racers = [threading.Thread(target=start, args=(f"race-{i}",)) for i in range(2)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join()
+    started = [o for o in outcomes if o != "busy"]
+    try:
+        assert len(started) == 1 and outcomes.count("busy") == 1, outcomes
+        assert [d.name for d in (data_home / "runs").iterdir() if d.name.startswith("race-")] == started
+    finally:
+        for name in started:
+            jobs.stop(name)
+            jobs.wait(name, 120)
+
+
+def test_log_survives_torn_and_merged_lines(tmp_path):
+    run = RunFolder(tmp_path)
+    good = json.dumps({"step": 1, "loss": 2.0})
+    run.log.write_text(good + "\n" + '{"step": 2, "lo' + json.dumps({"step": 2, "loss": 1.5}) + "\n" + '{"st')
+    assert [(e["step"], e["loss"]) for e in read_log(run)] == [(1, 2.0), (2, 1.5)]

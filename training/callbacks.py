@@ -2,7 +2,7 @@
 
 Each log line: step, max_steps, epoch, loss, eval_loss, learning_rate, tokens_per_s,
 elapsed_s, eta_s. Used by training.run; read by training.jobs. The same entry is echoed to the
-console as one readable line (`training.jobs.progress_line`), which the CLI user watches.
+console as one readable line (`training.progress.progress_line`), which the CLI user watches.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from training.jobs import progress_line
+from training.progress import progress_line
 
 
 class JsonlLogger(TrainerCallback):

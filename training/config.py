@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
+
+from core.errors import LabError
+
 
 OBJECTIVES = ("sft", "dapt")
 ADAPTERS = ("lora", "qlora", "full")
@@ -78,20 +82,20 @@ class TrainConfig:
         for f in fields(self):
             allowed = f.metadata.get("choices")
             if allowed and getattr(self, f.name) not in allowed:
-                raise ValueError(f"{f.name}={getattr(self, f.name)!r}: choose one of {', '.join(allowed)}.")
+                raise LabError(f"{f.name}={getattr(self, f.name)!r}: choose one of {', '.join(allowed)}.")
         if self.adapter == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
-            raise ValueError("adapter=qlora needs bitsandbytes: pip install bitsandbytes.")
+            raise LabError("adapter=qlora needs bitsandbytes: pip install bitsandbytes.")
         if self.objective == "dapt" and not 0 < self.stride <= self.block_size:
-            raise ValueError(f"stride={self.stride} must be between 1 and block_size={self.block_size}.")
+            raise LabError(f"stride={self.stride} must be between 1 and block_size={self.block_size}.")
         if not 0 <= self.eval_fraction < 0.5:
-            raise ValueError(f"eval_fraction={self.eval_fraction} must be in [0, 0.5).")
+            raise LabError(f"eval_fraction={self.eval_fraction} must be in [0, 0.5).")
         for name in ("lora_r", "batch_size", "grad_accum", "max_length", "block_size", "save_steps"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be at least 1.")
+                raise LabError(f"{name}={getattr(self, name)} must be at least 1.")
         if self.torch_compile and not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
-            raise ValueError("torch_compile needs a C++ compiler (g++) for torch's inductor backend.")
+            raise LabError("torch_compile needs a C++ compiler (g++) for torch's inductor backend.")
         if self.max_steps < 1 and self.epochs <= 0:
-            raise ValueError("Set max_steps > 0 or epochs > 0.")
+            raise LabError("Set max_steps > 0 or epochs > 0.")
         if self.output_name:
             from core.paths import check_name
             check_name(self.output_name, "output_name")
@@ -99,6 +103,11 @@ class TrainConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(asdict(self), sort_keys=False)
+
+
+def field_types() -> dict[str, type]:
+    """Field name -> its Python type (int, float, bool, str, list), resolved from the annotations."""
+    return typing.get_type_hints(TrainConfig)
 
 
 def field_help() -> dict[str, str]:
@@ -111,38 +120,39 @@ def config_from_dict(values: dict) -> TrainConfig:
     known = {f.name: f for f in fields(TrainConfig)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ValueError(f"Unknown setting(s): {', '.join(unknown)}. Known: {', '.join(known)}.")
-    cfg = TrainConfig(**{k: _coerce(known[k], v) for k, v in values.items()})
+        raise LabError(f"Unknown setting(s): {', '.join(unknown)}. Known: {', '.join(known)}.")
+    types = field_types()
+    cfg = TrainConfig(**{k: _coerce(k, types[k], v) for k, v in values.items()})
     return cfg.validate()
 
 
-def _coerce(f, value):
+def _coerce(name: str, kind: type, value):
     """YAML and forms give strings where numbers are meant: cast to the field's type."""
-    if f.type == "list":
+    if kind is list:
         return [str(v) for v in value] if isinstance(value, list) else [
             line for line in str(value or "").splitlines() if line.strip()]
-    if f.type == "bool":
+    if kind is bool:
         return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
-    if f.type in ("int", "float"):
+    if kind in (int, float):
         try:
-            return int(float(value)) if f.type == "int" else float(value)
+            return int(float(value)) if kind is int else float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"{f.name}={value!r} is not a number.") from None
+            raise LabError(f"{name}={value!r} is not a number.") from None
     return "" if value is None else str(value)
 
 
 def load_config(path: str | Path, **overrides) -> TrainConfig:
     """Read a recipe YAML (a path or a recipe name) and apply overrides."""
     if not path or not str(path).strip():
-        raise ValueError(f"No recipe given; bundled: {', '.join(list_recipes())}.")
+        raise LabError(f"No recipe given; bundled: {', '.join(list_recipes())}.")
     path = Path(path)
     if not path.exists() and (RECIPES_DIR / f"{path.name}.yaml").exists():
         path = RECIPES_DIR / f"{path.name}.yaml"
     if not path.is_file():
-        raise ValueError(f"Recipe {path} not found; bundled: {', '.join(list_recipes())}.")
+        raise LabError(f"Recipe {path} not found; bundled: {', '.join(list_recipes())}.")
     values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
-        raise ValueError(f"{path} must be a YAML mapping of setting: value.")
+        raise LabError(f"{path} must be a YAML mapping of setting: value.")
     return config_from_dict({**values, **overrides})
 
 

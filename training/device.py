@@ -1,4 +1,4 @@
-"""How a training run uses the hardware: threads, precision per device, compile, 4-bit quirks.
+"""How a training run uses the hardware: precision per device, compile, 4-bit quirks.
 
 Used by training.run and bench/bench_train.py. Check what this machine gets:
 
@@ -6,7 +6,6 @@ Used by training.run and bench/bench_train.py. Check what this machine gets:
 """
 from __future__ import annotations
 
-import os
 
 from core.models import resolve_precision
 
@@ -15,14 +14,6 @@ def precision_flags(precision: str) -> dict:
     """Trainer mixed-precision flags: the matmuls run in bf16/fp16 under autocast."""
     precision = resolve_precision(precision)
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
-
-
-def set_training_threads(threads: int) -> None:
-    import torch
-
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    threads = threads or int(os.environ.get("OMP_NUM_THREADS", 0)) or (os.cpu_count() or 1) // world
-    torch.set_num_threads(max(1, threads))
 
 
 def keep_4bit_layers_differentiable(model) -> None:

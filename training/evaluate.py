@@ -1,6 +1,6 @@
 """Evaluation: held-out perplexity before/after training, and the before/after report.
 
-    python -m training.evaluate RUN_DIR      # (re)write report.json and report.md for a run
+    python -m training.evaluate RUN_DIR      # (re)write a run's before/after report
 
 The report answers a fixed list of prompts greedily with the base and the tuned model,
 using the same compare machinery as the Chat tab (one copy of the base weights for LoRA).
@@ -11,6 +11,9 @@ import json
 import math
 import sys
 from pathlib import Path
+
+from core.runs import RunFolder, read_json
+
 
 DEFAULT_PROMPTS = {
     "identity": ["Who are you?", "What is your name?", "Who made you?"],
@@ -24,13 +27,12 @@ def perplexity(trainer) -> float:
     return round(math.exp(trainer.evaluate()["eval_loss"]), 3)
 
 
-def load_scores(run_dir: Path) -> dict:
-    path = run_dir / "eval.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+def load_scores(run: RunFolder) -> dict:
+    return read_json(run.eval_scores)
 
 
-def save_scores(run_dir: Path, scores: dict) -> None:
-    (run_dir / "eval.json").write_text(json.dumps(scores, indent=2))
+def save_scores(run: RunFolder, scores: dict) -> None:
+    run.eval_scores.write_text(json.dumps(scores, indent=2))
 
 
 def report_prompts(cfg) -> list[str]:
@@ -39,13 +41,13 @@ def report_prompts(cfg) -> list[str]:
     return DEFAULT_PROMPTS.get(cfg.dataset, GENERIC_PROMPTS)
 
 
-def before_after_report(cfg, run_dir: Path, max_new_tokens: int = 48) -> list[dict]:
-    """Answer each prompt with base and tuned; write report.json and report.md; return rows."""
+def before_after_report(cfg, run: RunFolder, max_new_tokens: int = 48) -> list[dict]:
+    """Answer each prompt with base and tuned; write the run's report (JSON and markdown); return rows."""
     from core.chat import GenerationSettings, attach_tuned, stream_reply
     from core.models import load_model
 
     base = load_model(cfg.model)
-    tuned = attach_tuned(base, str(run_dir / "adapter"))
+    tuned = attach_tuned(base, str(run.adapter))
     settings = GenerationSettings(max_new_tokens=max_new_tokens, raw_text=cfg.objective == "dapt")
     rows = []
     for prompt in report_prompts(cfg):
@@ -55,8 +57,8 @@ def before_after_report(cfg, run_dir: Path, max_new_tokens: int = 48) -> list[di
             *_, last = stream_reply(model, messages, settings, adapter)
             answers[side] = last.text.strip()
         rows.append({"prompt": prompt, **answers})
-    (run_dir / "report.json").write_text(json.dumps(rows, indent=2))
-    (run_dir / "report.md").write_text(report_markdown(rows, cfg))
+    run.report_json.write_text(json.dumps(rows, indent=2))
+    run.report_md.write_text(report_markdown(rows, cfg))
     return rows
 
 
@@ -71,6 +73,6 @@ def report_markdown(rows: list[dict], cfg) -> str:
 if __name__ == "__main__":
     from training.config import load_config
 
-    folder = Path(sys.argv[1])
-    before_after_report(load_config(folder / "config.yaml"), folder)
-    print((folder / "report.md").read_text())
+    run = RunFolder(Path(sys.argv[1]))
+    before_after_report(load_config(run.config), run)
+    print(run.report())

@@ -4,8 +4,9 @@
     python -m training.run --run-dir ~/.finetune-lab/runs/NAME --resume
     accelerate launch --multi_gpu --num_processes 2 -m training.run --config ...   # DDP
 
-The run folder gets config.yaml, log.jsonl, checkpoints/, adapter/ (renamed into place when
-complete), eval.json, report.json/.md and manifest.json. SIGTERM saves a checkpoint and stops.
+Everything goes into the run folder (core.runs.RunFolder names its files): the config, the
+log, checkpoints, the adapter (renamed into place when complete), the scores, the report and
+the manifest. SIGTERM saves a checkpoint and stops.
 """
 from __future__ import annotations
 
@@ -29,11 +30,14 @@ import sys
 import time
 from pathlib import Path
 
+from core import threads
+from core.errors import LabError
 from core.models import resolve_precision, torch_dtype
 from core.paths import write_json
+from core.runs import RunFolder
 from training.config import TrainConfig, config_from_dict, field_help, load_config
-from training.device import (compile_layers, keep_4bit_layers_differentiable, precision_flags,
-                             set_training_threads)
+from training.device import compile_layers, keep_4bit_layers_differentiable, precision_flags
+from training.progress import trim_log
 
 def load_base(cfg: TrainConfig):
     """The base model, 4-bit NF4 for QLoRA; the same loader for every adapter kind. A full
@@ -74,14 +78,14 @@ def lora_config(cfg: TrainConfig):
                       target_modules=target, task_type="CAUSAL_LM")
 
 
-def sft_config(cfg: TrainConfig, run_dir: Path):
+def sft_config(cfg: TrainConfig, run: RunFolder):
     from trl import SFTConfig
 
     import torch
 
     dapt = cfg.objective == "dapt"
     return SFTConfig(
-        output_dir=str(run_dir / "checkpoints"), max_steps=cfg.max_steps,
+        output_dir=str(run.checkpoints), max_steps=cfg.max_steps,
         num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate, logging_steps=cfg.logging_steps,
@@ -121,88 +125,47 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
     from training.prepare import build_examples, load_tokenizer, split_examples
     from training.trainer import LabSFTTrainer
 
-    set_training_threads(cfg.threads)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    threads.apply(threads.for_training(cfg.threads))
+    run = RunFolder(run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.config.write_text(cfg.to_yaml())
     tokenizer = load_tokenizer(cfg.model)
     train_set, eval_set = split_examples(build_examples(cfg, tokenizer), cfg)
     trainer = LabSFTTrainer(
-        model=load_base(cfg), args=sft_config(cfg, run_dir), train_dataset=train_set,
+        model=load_base(cfg), args=sft_config(cfg, run), train_dataset=train_set,
         eval_dataset=eval_set, processing_class=tokenizer, peft_config=lora_config(cfg),
-        callbacks=[JsonlLogger(run_dir / "log.jsonl", resume), StopOnRequest(STOP_REQUESTED)])
+        callbacks=[JsonlLogger(run.log, resume), StopOnRequest(STOP_REQUESTED)])
     trainer.remove_callback(PrinterCallback)  # raw log dicts; JsonlLogger prints a readable line
     main = trainer.is_world_process_zero()
-    scores = evaluate.load_scores(run_dir)
+    scores = evaluate.load_scores(run)
     if eval_set is not None and "before" not in scores:
         scores["before"] = evaluate.perplexity(trainer)
     if cfg.torch_compile:
         compile_layers(trainer.model)
-    checkpoint = latest_complete_checkpoint(run_dir) if resume else None
+    checkpoint = run.latest_complete_checkpoint() if resume else None
     if resume and main:
-        trim_log(run_dir, int(checkpoint.name.split("-")[-1]) if checkpoint else 0)
+        trim_log(run, int(checkpoint.name.split("-")[-1]) if checkpoint else 0)
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if STOP_REQUESTED["flag"]:
         if main:
-            write_json(run_dir / "status.json", {"state": "stopped", "step": trainer.state.global_step})
+            write_json(run.status_file, {"state": "stopped", "step": trainer.state.global_step})
         return run_dir
     if eval_set is not None:
         scores["after"] = evaluate.perplexity(trainer)
     if main:
-        evaluate.save_scores(run_dir, scores)
-        save_final(trainer, tokenizer, cfg, run_dir)
-        report = evaluate.before_after_report(cfg, run_dir)
-        write_manifest(cfg, run_dir, trainer, result, scores, report)
-        write_json(run_dir / "status.json", {"state": "completed", "step": trainer.state.global_step})
+        evaluate.save_scores(run, scores)
+        save_final(trainer, tokenizer, cfg, run)
+        report = evaluate.before_after_report(cfg, run)
+        write_manifest(cfg, run, trainer, result, scores, report)
+        write_json(run.status_file, {"state": "completed", "step": trainer.state.global_step})
     return run_dir
 
 
-CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
-WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
-
-
-def is_complete_checkpoint(folder: Path) -> bool:
-    """Trainer writes weights, then optimizer and scheduler, then trainer_state.json last: a
-    kill inside a save leaves a folder without it, or with half of it."""
-    if not all((folder / name).is_file() for name in CHECKPOINT_FILES):
-        return False
-    if not any((folder / name).is_file() for name in WEIGHT_FILES):
-        return False
-    try:
-        json.loads((folder / "trainer_state.json").read_text())
-    except ValueError:
-        return False
-    return True
-
-
-def latest_complete_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint. Torn ones (a kill during a save) are removed, with a
-    note, so neither this resume nor trainer's checkpoint rotation trips over them."""
-    folder = run_dir / "checkpoints"
-    found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if folder.is_dir() else []
-    for checkpoint in reversed(found):
-        if is_complete_checkpoint(checkpoint):
-            return checkpoint
-        print(f"note: skipping {checkpoint.name}: a save was cut short (no complete trainer state); "
-              "removing it", flush=True)
-        shutil.rmtree(checkpoint, ignore_errors=True)
-    return None
-
-
-def trim_log(run_dir: Path, step: int) -> None:
-    """Drop log entries past the checkpoint a resume restarts from: they are trained again."""
-    from training.jobs import read_log
-
-    kept = [entry for entry in read_log(run_dir) if entry["step"] <= step]
-    tmp = run_dir / "log.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(entry) + "\n" for entry in kept))
-    tmp.replace(run_dir / "log.jsonl")
-
-
-def save_final(trainer, tokenizer, cfg: TrainConfig, run_dir: Path) -> None:
+def save_final(trainer, tokenizer, cfg: TrainConfig, run: RunFolder) -> None:
     """Write adapter/ (or the full model) to a temp folder and rename it into place."""
     from core.models import find_spec
 
-    tmp, final = run_dir / ".adapter.partial", run_dir / "adapter"
+    tmp, final = run.adapter_partial, run.adapter
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.save_model(str(tmp))
     tokenizer.save_pretrained(str(tmp))
@@ -216,13 +179,13 @@ def save_final(trainer, tokenizer, cfg: TrainConfig, run_dir: Path) -> None:
     tmp.rename(final)
 
 
-def write_manifest(cfg, run_dir, trainer, result, scores, report) -> None:
+def write_manifest(cfg, run: RunFolder, trainer, result, scores, report) -> None:
     from core.models import find_spec, weights_origin
 
     spec = find_spec(cfg.model)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    write_json(run_dir / "manifest.json", {
-        "name": run_dir.name, "base_model": spec.hub_id if spec else cfg.model,
+    write_json(run.manifest_file, {
+        "name": run.name, "base_model": spec.hub_id if spec else cfg.model,
         "base_weights": weights_origin(cfg.model),
         "model": cfg.model, "objective": cfg.objective, "adapter": cfg.adapter,
         "method": f"{cfg.objective.upper()} + {cfg.adapter.upper()}", "dataset": cfg.dataset,
@@ -231,7 +194,7 @@ def write_manifest(cfg, run_dir, trainer, result, scores, report) -> None:
         "train_runtime_s": round(result.metrics["train_runtime"], 1),
         "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
         "perplexity_before": scores.get("before"), "perplexity_after": scores.get("after"),
-        "report": "report.md" if report else None, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "report": run.report_md.name if report else None, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     })
 
 
@@ -250,36 +213,36 @@ def config_from_args(args) -> TrainConfig:
     if args.config:
         return load_config(args.config, **overrides)
     if args.resume and args.run_dir:
-        return load_config(Path(args.run_dir) / "config.yaml", **overrides)
+        return load_config(RunFolder(Path(args.run_dir)).config, **overrides)
     return config_from_dict(overrides)
 
 
 def main(argv=None) -> int:
-    from core.paths import runs_dir
     from training.jobs import default_run_name, is_live, record_job
 
     signal.signal(signal.SIGTERM, request_stop)
     args = parse_args(argv)
     try:
         cfg = config_from_args(args)
-    except ValueError as exc:
+    except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    run_dir = Path(args.run_dir) if args.run_dir else runs_dir() / (cfg.output_name or default_run_name(cfg))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if os.environ.get("RANK", "0") == "0" and not is_live(run_dir):
+    run = RunFolder(Path(args.run_dir)) if args.run_dir else RunFolder.named(cfg.output_name or default_run_name(cfg))
+    run_dir = run.path
+    run.path.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("RANK", "0") == "0" and not is_live(run):
         # Started from the CLI, not the job launcher: record the process ourselves, so a kill
         # shows as "interrupted" with the resume command, and Stop in the UI reaches us.
-        record_job(run_dir, os.getpid(), [sys.executable, "-m", "training.run", *(argv or sys.argv[1:])])
-        (run_dir / "status.json").unlink(missing_ok=True)  # how an earlier attempt ended no longer holds
+        record_job(run, os.getpid(), [sys.executable, "-m", "training.run", *(argv or sys.argv[1:])])
+        run.status_file.unlink(missing_ok=True)  # how an earlier attempt ended no longer holds
     try:
         train(cfg, run_dir, resume=args.resume)
-    except ValueError as exc:  # bad data or settings: a clear line, not a traceback
-        write_json(run_dir / "status.json", {"state": "failed", "error": str(exc)})
+    except LabError as exc:  # bad data or settings: a clear line, not a traceback
+        write_json(run.status_file, {"state": "failed", "error": str(exc)})
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except BaseException as exc:
-        write_json(run_dir / "status.json", {"state": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        write_json(run.status_file, {"state": "failed", "error": f"{type(exc).__name__}: {exc}"})
         raise
     print(f"run folder: {run_dir}")
     return 0

@@ -1,0 +1,121 @@
+"""One owner of a run folder: its name check, its files, and what they say about the run.
+
+    python -c "from core.runs import finished_runs; print([r.name for r in finished_runs()])"
+
+A run folder (under <data dir>/runs/) holds config.yaml, log.jsonl, checkpoints/, adapter/
+(renamed into place only when complete), eval.json, report.json/.md, manifest.json, and while
+a job runs job.json and stderr.log; status.json says how the last attempt ended. Every other
+module asks RunFolder for these paths: no file name is spelled anywhere else.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.errors import LabError
+from core.paths import check_name, runs_dir
+
+
+# Trainer writes a checkpoint's weights, then optimizer and scheduler, then trainer_state.json
+# last: a kill inside a save leaves a folder without it, or with half of it.
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    path: Path
+
+    @classmethod
+    def named(cls, name: str) -> "RunFolder":
+        """The folder for run `name` (checked as a safe name); it may not exist yet."""
+        return cls(runs_dir() / check_name(name, "run name"))
+
+    @classmethod
+    def existing(cls, name: str) -> "RunFolder":
+        run = cls.named(name)
+        if not run.path.is_dir():
+            raise LabError(f"No run named '{name}'.")
+        return run
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    config = property(lambda self: self.path / "config.yaml")
+    log = property(lambda self: self.path / "log.jsonl")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    adapter = property(lambda self: self.path / "adapter")
+    adapter_partial = property(lambda self: self.path / ".adapter.partial")
+    eval_scores = property(lambda self: self.path / "eval.json")
+    report_json = property(lambda self: self.path / "report.json")
+    report_md = property(lambda self: self.path / "report.md")
+    manifest_file = property(lambda self: self.path / "manifest.json")
+    status_file = property(lambda self: self.path / "status.json")
+    job_file = property(lambda self: self.path / "job.json")
+    process_log = property(lambda self: self.path / "stderr.log")
+    stop_marker = property(lambda self: self.path / "stop-requested")
+
+    def manifest(self) -> dict:
+        return read_json(self.manifest_file)
+
+    def status(self) -> dict:
+        """How the last attempt ended ({} while running, or when it was killed)."""
+        return read_json(self.status_file)
+
+    @property
+    def is_finished(self) -> bool:
+        """Training completed: `adapter/` (renamed into place when whole) and the manifest exist."""
+        return self.adapter.is_dir() and self.manifest_file.is_file()
+
+    @property
+    def is_lora(self) -> bool:
+        return (self.adapter / "adapter_config.json").is_file()
+
+    def report(self) -> str:
+        return self.report_md.read_text() if self.report_md.is_file() else ""
+
+    def latest_complete_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint. Torn ones (a kill during a save) are removed, with a
+        note, so neither the resume nor trainer's checkpoint rotation trips over them."""
+        found = sorted(self.checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) \
+            if self.checkpoints.is_dir() else []
+        for checkpoint in reversed(found):
+            if is_complete_checkpoint(checkpoint):
+                return checkpoint
+            print(f"note: skipping {checkpoint.name}: a save was cut short (no complete trainer state); "
+                  "removing it", flush=True)
+            shutil.rmtree(checkpoint, ignore_errors=True)
+        return None
+
+
+def is_complete_checkpoint(folder: Path) -> bool:
+    if not all((folder / name).is_file() for name in CHECKPOINT_FILES):
+        return False
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        return False
+    try:
+        json.loads((folder / "trainer_state.json").read_text())
+    except ValueError:
+        return False
+    return True
+
+
+def all_runs() -> list[RunFolder]:
+    """Every run folder (one with a config.yaml), newest first."""
+    folders = [p for p in runs_dir().iterdir() if p.is_dir() and (p / "config.yaml").is_file()]
+    return [RunFolder(p) for p in sorted(folders, key=lambda p: p.stat().st_mtime, reverse=True)]
+
+
+def finished_runs() -> list[RunFolder]:
+    """Runs whose training completed, newest first."""
+    return [run for run in all_runs() if run.is_finished]
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,62 @@
+"""The seams that every feature crosses: one owner of the run folder, one user-facing error,
+one thread policy, handlers wired by name."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from core.errors import LabError
+from tests.conftest import ROOT
+
+RUN_FILES = ("manifest.json", "log.jsonl", "eval.json", "job.json", "status.json", "config.yaml",
+             "report.md", "report.json", "stderr.log", "stop-requested", ".adapter.partial", '/ "adapter"',
+             '"checkpoints"')
+
+
+@pytest.mark.parametrize("name", RUN_FILES)
+def test_only_run_folder_names_the_run_files(name):
+    found = subprocess.run(["git", "grep", "-lF", name, "--", "*.py", ":!tests", ":!bench"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.split()
+    assert found == ["core/runs.py"], f"{name} is spelled in {found}"
+
+
+def test_a_lab_error_is_one_line_and_a_bug_surfaces(monkeypatch):
+    from tabs import chat
+
+    def refuse(name):
+        raise LabError("That model is not here.")
+
+    monkeypatch.setattr(chat, "load_model", refuse)
+    *_, (_, _, status, _) = chat.respond("Hi", [], [], "smollm2-135m-instruct", None, "Single")
+    assert status == "⚠️ That model is not here."
+
+    def crash(name):
+        raise RuntimeError("a real bug")
+
+    monkeypatch.setattr(chat, "load_model", crash)
+    with pytest.raises(RuntimeError, match="a real bug"):
+        list(chat.respond("Hi", [], [], "smollm2-135m-instruct", None, "Single"))
+
+
+def test_thread_policy_leaves_chat_a_core(monkeypatch):
+    from core import threads
+
+    monkeypatch.setattr(threads, "cores", lambda: 2)
+    assert threads.for_job() == 1 and threads.for_chat(job_running=True) == 1
+    monkeypatch.delenv("FINETUNE_LAB_THREADS", raising=False)
+    assert threads.for_chat(job_running=False) == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert threads.for_training(0) == 1 and threads.for_training(3) == 3
+
+
+def test_classifier_refuses_another_embedder():
+    from core.corpora import load_corpus
+    from core.embeddings import classify, embed
+    from tabs import topics
+
+    corpus = load_corpus("chatterbot", max_docs=200)
+    result = classify(embed(corpus.texts), corpus.labels, corpus.texts)
+    result.embedder = "all-MiniLM-L6-v2"
+    assert topics.classify_text(result, "What is a computer?", "all-MiniLM-L6-v2").startswith("→ **")
+    assert "trained on all-MiniLM-L6-v2" in topics.classify_text(result, "What is a computer?", "other/model")

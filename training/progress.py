@@ -1,0 +1,65 @@
+"""Reading a run's progress: its log entries, and the one-line form the console and the UI show.
+
+    python -c "from training.progress import read_log; from core.runs import RunFolder; print(read_log(RunFolder.named('NAME')))"
+
+The trainer process appends to the run's log (training.callbacks) and prints `progress_line` of each
+entry; the Train tab reads the same file. Light to import: no torch, no job control.
+"""
+from __future__ import annotations
+
+import json
+
+from core.runs import RunFolder
+
+
+def read_log(run: RunFolder) -> list[dict]:
+    """The run's log entries. A process killed mid-write leaves half a line, and the resumed
+    run's next entry may land on it: each line is split where an entry starts, and only the
+    pieces that parse are kept."""
+    if not run.log.is_file():
+        return []
+    entries = []
+    for line in run.log.read_text(errors="replace").splitlines():
+        for piece in line.replace('{"step"', '\n{"step"').split("\n"):
+            try:
+                entry = json.loads(piece)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and "step" in entry:
+                entries.append(entry)
+    return entries
+
+
+def trim_log(run: RunFolder, step: int) -> None:
+    """Drop log entries past the checkpoint a resume restarts from: they are trained again."""
+    kept = [entry for entry in read_log(run) if entry["step"] <= step]
+    tmp = run.log.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(entry) + "\n" for entry in kept))
+    tmp.replace(run.log)
+
+
+def duration_text(seconds: float) -> str:
+    """'45 s' or '3 min 07 s': the Train tab's progress bar and the console line both use it."""
+    seconds = int(seconds)
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def progress_line(entry: dict) -> str:
+    """'step 3/20 15% | loss 2.955 | lr 2.50e-04 | 214 tok/s | 7 s elapsed | ETA 38 s'."""
+    step, total = entry["step"], entry["max_steps"]
+    if total:
+        parts = [f"step {step}/{total} {100 * step // total}%"]
+    else:  # the evaluation before training starts
+        parts = ["before training"]
+    if entry.get("loss") is not None:
+        parts.append(f"loss {float(entry['loss']):.4g}")
+    if entry.get("eval_loss") is not None:
+        parts.append(f"eval loss {float(entry['eval_loss']):.4g}")
+    if entry.get("learning_rate") is not None:
+        parts.append(f"lr {float(entry['learning_rate']):.2e}")
+    if entry.get("tokens_per_s"):
+        parts.append(f"{entry['tokens_per_s']:.0f} tok/s")
+    parts.append(f"{duration_text(entry['elapsed_s'])} elapsed")
+    if entry.get("eta_s") is not None:
+        parts.append(f"ETA {duration_text(entry['eta_s'])}")
+    return " | ".join(parts)
