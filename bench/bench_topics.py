@@ -1,0 +1,70 @@
+"""Topics benchmark: the embedding cache against a fresh embedding, and a fast topic refit.
+
+    .venv/bin/python bench/bench_topics.py [--repeats 5]
+
+On the 4,080 Guardian headlines with the packaged MiniLM:
+(a) a fresh embedding of the whole corpus (the cache emptied first) against a cache hit, the
+    same call the Embeddings tab makes, in one run: the ratio is the cache's speed-up;
+(b) a refit of the fast topic model (PCA + KMeans on the cached embeddings, BERTopic's own
+    c-TF-IDF and representation), as when the user moves the topic-count slider.
+Required: the cache hit is >= 50x faster, and the refit takes <= 5 s. The data dir is a
+temporary folder, removed afterwards. The last line printed is a JSON object with the figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def timed(call) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = call()
+    return time.perf_counter() - start, result
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as home:
+        os.environ["FINETUNE_LAB_HOME"] = home
+        from core import threads
+        from core.corpora import load_corpus
+        from core.embeddings import embed, load_embedder
+        from core.topics import fit_topics
+
+        threads.apply(threads.for_chat(job_running=False))
+        texts = load_corpus("guardian-headlines").texts
+        load_embedder()  # loading the model is not what the cache saves
+        fresh, hits = [], []
+        for _ in range(max(1, args.repeats // 2)):
+            shutil.rmtree(Path(home) / "embeddings", ignore_errors=True)
+            seconds, vectors = timed(lambda: embed(texts))
+            fresh.append(seconds)
+            for _ in range(args.repeats):
+                hits.append(timed(lambda: embed(texts))[0])
+        fit_topics(texts, vectors, "fast", 20)  # first fit: imports and numba warm-up
+        refits = [timed(lambda n=n: fit_topics(texts, vectors, "fast", n))[0] for n in range(15, 15 + args.repeats)]
+    figures = {"documents": len(texts), "fresh_embed_s": round(statistics.median(fresh), 2),
+               "cache_hit_s": round(statistics.median(hits), 4),
+               "cache_speedup": round(statistics.median(fresh) / statistics.median(hits), 1),
+               "refit_s": round(statistics.median(refits), 2), "threads": threads.for_chat(False)}
+    print(f"{len(texts)} headlines: fresh embedding {figures['fresh_embed_s']} s, cache hit "
+          f"{figures['cache_hit_s'] * 1000:.1f} ms ({figures['cache_speedup']}x; required >= 50x); "
+          f"fast refit {figures['refit_s']} s (required <= 5 s), medians")
+    print(json.dumps(figures))
+    return figures
+
+
+if __name__ == "__main__":
+    main()
