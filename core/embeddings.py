@@ -19,6 +19,7 @@ from core.paths import data_dir
 
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+PACKAGED_EMBEDDERS = (DEFAULT_EMBEDDER, "sentence-transformers/all-MiniLM-L6-v2")  # offline copy
 ENCODED = {"texts": 0}  # how many texts were actually encoded (tests check the cache with it)
 _MODELS: dict = {}
 _LOCK = threading.Lock()
@@ -33,7 +34,7 @@ def load_embedder(name: str = DEFAULT_EMBEDDER):
     key = name or DEFAULT_EMBEDDER
     with _LOCK:
         if key not in _MODELS:
-            local = assets.minilm_dir() if key in (DEFAULT_EMBEDDER, "sentence-transformers/all-MiniLM-L6-v2") else None
+            local = assets.minilm_dir() if key in PACKAGED_EMBEDDERS else None
             try:
                 _MODELS[key] = SentenceTransformer(str(local or key), device="cpu", trust_remote_code=False)
             except OSError as exc:

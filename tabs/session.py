@@ -13,9 +13,7 @@ removed after an hour.
 """
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -74,7 +72,9 @@ def remember_upload(path: str | None, uploads: list | None) -> list:
 
 def download_path(request, name: str) -> Path:
     """A fresh path for a file this session downloads, in a folder Gradio serves."""
-    root = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio") / "finetune-lab"
+    from gradio.utils import get_upload_folder  # the folder Gradio serves the app's own files from
+
+    root = Path(get_upload_folder()) / "finetune-lab"
     remove_older_than(root, DOWNLOAD_TTL_S)
     folder = root / session_name(request)
     folder.mkdir(parents=True, exist_ok=True)

@@ -13,13 +13,11 @@ import gradio as gr
 from core import topics as topic_core
 from core.access import LIMITS, AccessDenied, check_data_source, clamp, is_trusted
 from core.corpora import CORPORA, DEFAULT_MAX_DOCS, load_corpus
-from core.embeddings import DEFAULT_EMBEDDER, classify, cluster, cluster_scores, embed, load_embedder, project
+from core.embeddings import DEFAULT_EMBEDDER, PACKAGED_EMBEDDERS, classify, cluster, cluster_scores, embed, load_embedder, project
 from core.errors import LabError
 from tabs.feedback import warn
 from tabs.session import download_path
 
-
-KNOWN_EMBEDDERS = (DEFAULT_EMBEDDER, "sentence-transformers/all-MiniLM-L6-v2")
 
 
 def corpus_and_vectors(source, upload, text_column, label_column, max_docs, embedder, request=None, progress=None,
@@ -29,7 +27,7 @@ def corpus_and_vectors(source, upload, text_column, label_column, max_docs, embe
     for small corpora (refused before anything is embedded)."""
     check_data_source(upload or source, CORPORA, request, own_uploads=[upload] if upload else [])
     embedder = (embedder or "").strip() or DEFAULT_EMBEDDER
-    if not is_trusted(request) and embedder not in KNOWN_EMBEDDERS:
+    if not is_trusted(request) and embedder not in PACKAGED_EMBEDDERS:
         raise AccessDenied(f"On a public app, the embedder is {DEFAULT_EMBEDDER}; other models need a login.")
     max_docs = clamp("max_docs", int(max_docs or DEFAULT_MAX_DOCS), request)
     corpus = load_corpus(upload or source, (text_column or "").strip(), (label_column or "").strip(), max_docs)

@@ -17,6 +17,7 @@ from core.data import BUNDLED
 from core.errors import LabError
 from core.runs import RunFolder
 from tabs import train_form
+from tabs.chat import adapter_choices
 from tabs.feedback import warn
 from tabs.train_plots import loss_figure, progress_html
 from training import jobs
@@ -128,15 +129,9 @@ def poll(run: str | None, last_state: str | None, request: gr.Request = None) ->
     if status.error:
         stats += f"\n\n```\n{hide_paths(status.error[-1500:], request)}\n```"
     tail = "\n".join(_log_line(e) for e in status.log[-12:])
-    refresh = gr.update(choices=_adapters()) if status.state != last_state else gr.update()
+    refresh = gr.update(choices=adapter_choices()) if status.state != last_state else gr.update()
     return PollView(progress_html(status), loss_figure(status.log), stats, tail,
                     hide_paths(result_markdown(status), request), status.state, refresh)
-
-
-def _adapters():
-    from core.runs import finished_runs
-
-    return [run.name for run in finished_runs()]
 
 
 def _log_line(entry: dict) -> str:
