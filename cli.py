@@ -19,6 +19,7 @@ from core.errors import LabError
 
 def cmd_chat(args) -> int:
     from core.chat import GenerationSettings, attach_tuned, stream_reply
+    from core.compare import stream_compare
     from core.models import load_model
 
     settings = GenerationSettings(temperature=args.temperature, max_new_tokens=args.max_new_tokens,
@@ -26,18 +27,19 @@ def cmd_chat(args) -> int:
     messages = [{"role": "user", "content": args.prompt}]
     try:
         base = load_model(args.model)
-        sides = [("base", base, None)]
-        if args.adapter:
-            tuned = attach_tuned(base, args.adapter)
-            sides = (sides if args.compare else []) + [("tuned", tuned.loaded, tuned.adapter_name)]
-        for label, model, adapter in sides:
-            if len(sides) > 1:
-                print(f"--- {label} ---")
-            shown = 0
-            for reply in stream_reply(model, messages, settings, adapter):
-                print(reply.text[shown:], end="", flush=True)
-                shown = len(reply.text)
-            print(f"\n[{reply.stats}]" + (f" [{reply.notice}]" if reply.notice else ""), file=sys.stderr)
+        tuned = attach_tuned(base, args.adapter) if args.adapter else None
+        if tuned and args.compare:  # both answers come from one batch: print them once done
+            *_, replies = stream_compare(base, tuned, messages, messages, settings)
+            for label, reply in zip(("base", "tuned"), replies):
+                print(f"--- {label} ---\n{reply.text}")
+                print(f"[{reply.stats}]" + (f" [{reply.notice}]" if reply.notice else ""), file=sys.stderr)
+            return 0
+        model, adapter = (tuned.loaded, tuned.adapter_name) if tuned else (base, None)
+        shown = 0
+        for reply in stream_reply(model, messages, settings, adapter):
+            print(reply.text[shown:], end="", flush=True)
+            shown = len(reply.text)
+        print(f"\n[{reply.stats}]" + (f" [{reply.notice}]" if reply.notice else ""), file=sys.stderr)
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

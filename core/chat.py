@@ -97,15 +97,19 @@ def stream_reply(loaded: LoadedModel, messages: list[dict], settings: Generation
     """Yield the growing reply. With a peft model, `adapter_name=None` runs the pure base."""
     from transformers import TextIteratorStreamer
 
-    _check_messages(messages)
+    check_messages(messages)
     input_ids, notice = build_inputs(loaded, messages, settings)
     streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
     stop, result = threading.Event(), {}
-    kwargs = _generate_kwargs(loaded, input_ids, settings, streamer, stop)
+    kwargs = generate_kwargs(loaded, input_ids, settings, streamer, stop)
+    if adapter_name is not None:
+        # peft's mixed-adapter path, as in a Compare batch (core.compare): the same code path
+        # rounds the same way, so a solo reply and its Compare pane agree token for token.
+        kwargs["adapter_names"] = [adapter_name]
 
     def run():
         try:
-            with loaded.lock, _side(loaded, adapter_name), torch.inference_mode():
+            with loaded.lock, _base_only(loaded, adapter_name), torch.inference_mode():
                 result["ids"] = loaded.model.generate(**kwargs)
         except Exception as exc:  # surfaced to the caller below, never lost in the thread
             result["error"] = exc
@@ -131,7 +135,7 @@ def stream_reply(loaded: LoadedModel, messages: list[dict], settings: Generation
     yield reply
 
 
-def _generate_kwargs(loaded: LoadedModel, input_ids, settings: GenerationSettings, streamer, stop) -> dict:
+def generate_kwargs(loaded: LoadedModel, input_ids, settings: GenerationSettings, streamer, stop) -> dict:
     from transformers import StoppingCriteriaList
 
     if settings.temperature > 0:
@@ -144,20 +148,18 @@ def _generate_kwargs(loaded: LoadedModel, input_ids, settings: GenerationSetting
                 stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]), **sampling)
 
 
-def _check_messages(messages: list[dict]) -> None:
+def check_messages(messages: list[dict]) -> None:
     if not messages or messages[-1].get("role") != "user":
         raise ModelError("Nothing to answer: the last message must be the user's.")
     if not str(messages[-1].get("content", "")).strip():
         raise ModelError("Empty message: type something first.")
 
 
-def _side(loaded: LoadedModel, adapter_name: str | None):
-    """Context in which `loaded.model` acts as the base model or as one adapter."""
-    is_peft = hasattr(loaded.model, "disable_adapter")
-    if adapter_name is None:
+def _base_only(loaded: LoadedModel, adapter_name: str | None):
+    """With no adapter named, the context in which a peft model is the pure base model."""
+    if adapter_name is None and hasattr(loaded.model, "disable_adapter"):
         # Once peft has injected LoRA layers, the base is only reachable through this.
-        return loaded.model.disable_adapter() if is_peft else contextlib.nullcontext()
-    loaded.model.set_adapter(adapter_name)
+        return loaded.model.disable_adapter()
     return contextlib.nullcontext()
 
 

@@ -124,10 +124,12 @@ class LoadedModel:
     load_seconds: float
     adapters: dict = field(default_factory=dict)  # adapter path -> peft adapter name
     lock: threading.RLock = field(default_factory=threading.RLock)
+    decode: str = "eager"  # or "int8": core.fast_decode
 
     def describe(self) -> str:
         dtype = str(self.model.dtype).removeprefix("torch.")
-        return f"{self.name} ({dtype}, loaded in {self.load_seconds:.1f} s)"
+        weights = f"int8 weights, {dtype} activations" if self.decode == "int8" else dtype
+        return f"{self.name} ({weights}, loaded in {self.load_seconds:.1f} s)"
 
     @property
     def context_length(self) -> int:
@@ -176,6 +178,8 @@ def _load_fresh(name: str, source: str) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from core.fast_decode import decode_path, quantize_linears
+
     start = time.perf_counter()
     kwargs = dict(trust_remote_code=False)
     try:
@@ -186,10 +190,13 @@ def _load_fresh(name: str, source: str) -> LoadedModel:
     except OSError as exc:
         raise ModelError(f"Could not load '{name}': {str(exc).splitlines()[0]}") from None
     model.eval()
+    decode = decode_path(model.device.type, model.dtype)
+    if decode == "int8":
+        quantize_linears(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     label = find_spec(name).name if find_spec(name) else name
-    return LoadedModel(label, source, model, tokenizer, time.perf_counter() - start)
+    return LoadedModel(label, source, model, tokenizer, time.perf_counter() - start, decode=decode)
 
 
 def cpu_has_native_bf16() -> bool:

@@ -10,6 +10,7 @@ import gradio as gr
 from core import threads
 from core.access import check_adapter, check_model, clamp
 from core.chat import GenerationSettings, attach_tuned, stream_reply
+from core.compare import stream_compare
 from core.errors import LabError
 from core.models import DEFAULT_MODEL, KNOWN_MODELS, load_model
 from core.runs import finished_runs
@@ -79,21 +80,24 @@ def respond(message, base_history, tuned_history, model_name, adapter, mode, sys
         yield base_history, tuned_history, warn(exc), message
         return
     status = loaded.describe()
-    runs = [(base_history, loaded, None)]
-    if compare:
-        runs.append((tuned_history, tuned.loaded, tuned.adapter_name))
-    for history, model, adapter_name in runs:
-        history.append({"role": "user", "content": message})
-        history.append({"role": "assistant", "content": ""})
-        try:
-            for reply in stream_reply(model, history[:-1], settings, adapter_name):
+    panes = [base_history, tuned_history] if compare else [base_history]
+    for history in panes:
+        history += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+    try:
+        if compare:
+            replies = stream_compare(loaded, tuned, base_history[:-1], tuned_history[:-1], settings)
+        else:
+            replies = ((reply,) for reply in stream_reply(loaded, base_history[:-1], settings))
+        for latest in replies:
+            for history, reply in zip(panes, latest):
                 history[-1]["content"] = reply.text
-                yield base_history, tuned_history, status, ""
-        except LabError as exc:
-            history[-1]["content"] = warn(exc)
-            yield base_history, tuned_history, warn(exc), ""
-            return
-        side = "tuned" if adapter_name or model is not loaded else "base"
+            yield base_history, tuned_history, status, ""
+    except LabError as exc:
+        for history in panes:
+            history[-1]["content"] = history[-1]["content"] or warn(exc)
+        yield base_history, tuned_history, warn(exc), ""
+        return
+    for side, reply in zip(("base", "tuned"), latest):
         status += f" · {side}: {reply.stats}" + (f" · {reply.notice}" if reply.notice else "")
     note = f" · training job '{job}' is running (chat uses 1 thread)" if job else ""
     yield base_history, tuned_history, status + note, ""

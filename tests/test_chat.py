@@ -61,9 +61,13 @@ def test_compare_base_pane_is_exactly_the_base_model(tmp_path, data_home):
 
     from core.models import resolve_model
 
+    from core.fast_decode import quantize_linears
+
     source = resolve_model("smollm2-135m-instruct")
     compare = load_model("smollm2-135m-instruct")
     plain = AutoModelForCausalLM.from_pretrained(source, dtype=compare.model.dtype).eval()
+    if compare.decode == "int8":  # the same weights as the app decodes with
+        quantize_linears(plain)
     lora = get_peft_model(AutoModelForCausalLM.from_pretrained(source),
                           LoraConfig(r=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     with torch.no_grad():

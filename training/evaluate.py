@@ -43,7 +43,8 @@ def report_prompts(cfg) -> list[str]:
 
 def before_after_report(cfg, run: RunFolder, max_new_tokens: int = 48) -> list[dict]:
     """Answer each prompt with base and tuned; write the run's report (JSON and markdown); return rows."""
-    from core.chat import GenerationSettings, attach_tuned, stream_reply
+    from core.chat import GenerationSettings, attach_tuned
+    from core.compare import stream_compare
     from core.models import load_model
 
     base = load_model(cfg.model)
@@ -52,11 +53,8 @@ def before_after_report(cfg, run: RunFolder, max_new_tokens: int = 48) -> list[d
     rows = []
     for prompt in report_prompts(cfg):
         messages = [{"role": "user", "content": prompt}]
-        answers = {}
-        for side, model, adapter in (("base", base, None), ("tuned", tuned.loaded, tuned.adapter_name)):
-            *_, last = stream_reply(model, messages, settings, adapter)
-            answers[side] = last.text.strip()
-        rows.append({"prompt": prompt, **answers})
+        *_, (base_reply, tuned_reply) = stream_compare(base, tuned, messages, messages, settings)
+        rows.append({"prompt": prompt, "base": base_reply.text.strip(), "tuned": tuned_reply.text.strip()})
     run.report_json.write_text(json.dumps(rows, indent=2))
     run.report_md.write_text(report_markdown(rows, cfg))
     return rows

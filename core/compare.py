@@ -1,0 +1,156 @@
+"""Compare mode: stream the base answer and the tuned answer at the same time.
+
+    python cli.py chat --adapter <run name> "What is LoRA?"      # the CLI twin
+
+A LoRA/QLoRA adapter shares the base's weights, so both panes come from ONE batched `generate`
+with peft's mixed-adapter batches (`adapter_names=["__base__", name]`): row 0 runs without the
+adapter, row 1 with it. Decoding a token reads every weight once whatever the batch size, so two
+rows cost little more than one. A full fine-tune is a second model: its pane runs in a thread of
+its own next to the base's.
+
+Each pane's greedy tokens are those of its solo run (`core.chat.stream_reply`), tested in
+tests/test_chat.py: the matmul kernels treat each row on its own, and adapters are kept in the
+base's dtype, so peft's mixed-batch sum rounds as the solo path does.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Iterator
+
+import torch
+
+from core.chat import GenerationSettings, Reply, Tuned, build_inputs, check_messages, generate_kwargs, stream_reply
+from core.models import LoadedModel, ModelError
+
+
+class _RowStreamer:
+    """A `generate` streamer for a batch: queues each step's new token of every row."""
+
+    def __init__(self):
+        self.steps: queue.Queue = queue.Queue()
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # generate's first call passes the prompt itself
+            self.prompt_seen = True
+            return
+        self.steps.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        self.steps.put(None)
+
+
+def stream_compare(base: LoadedModel, tuned: Tuned, base_messages: list[dict], tuned_messages: list[dict],
+                   settings: GenerationSettings) -> Iterator[tuple[Reply, Reply]]:
+    """Yield (base reply, tuned reply) as both grow. Each pane keeps its own history."""
+    if tuned.adapter_name is None:
+        yield from _side_by_side(stream_reply(base, base_messages, settings),
+                                 stream_reply(tuned.loaded, tuned_messages, settings))
+    else:
+        yield from _stream_batch(base, [base_messages, tuned_messages], ["__base__", tuned.adapter_name], settings)
+
+
+def _left_padded(loaded: LoadedModel, rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(row.shape[1] for row in rows)
+    pad = loaded.tokenizer.pad_token_id
+    ids = torch.full((len(rows), width), pad, dtype=rows[0].dtype, device=rows[0].device)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, width - row.shape[1]:] = row[0]
+        mask[i, width - row.shape[1]:] = 1
+    return ids, mask
+
+
+def _stream_batch(loaded: LoadedModel, conversations: list[list[dict]], adapter_names: list[str],
+                  settings: GenerationSettings) -> Iterator[tuple[Reply, ...]]:
+    for messages in conversations:
+        check_messages(messages)
+    encoded = [build_inputs(loaded, messages, settings) for messages in conversations]
+    input_ids, mask = _left_padded(loaded, [ids for ids, _ in encoded])
+    streamer, stop, errors = _RowStreamer(), threading.Event(), []
+    kwargs = generate_kwargs(loaded, input_ids, settings, streamer, stop)
+    kwargs.update(attention_mask=mask, adapter_names=adapter_names)
+
+    def run():
+        try:
+            with loaded.lock, torch.inference_mode():
+                loaded.model.generate(**kwargs)
+        except Exception as exc:  # surfaced to the caller below, never lost in the thread
+            errors.append(exc)
+            streamer.end()
+
+    start = time.perf_counter()
+    threading.Thread(target=run, daemon=True).start()
+    replies = tuple(Reply(notice=notice) for _, notice in encoded)
+    tokens: list[list[int]] = [[] for _ in replies]
+    try:
+        for step in iter(streamer.steps.get, None):
+            for reply, row_tokens, token in zip(replies, tokens, step):
+                _append(loaded, reply, row_tokens, token, start)
+            yield replies
+    finally:
+        stop.set()  # also reached when the consumer is closed (Stop, disconnect)
+    if errors:
+        raise ModelError(f"Generation failed: {errors[0]}")
+    for reply in replies:
+        _finish(reply, reply.seconds or time.perf_counter() - start)
+    yield replies
+
+
+def _append(loaded: LoadedModel, reply: Reply, row_tokens: list[int], token: int, start: float) -> None:
+    """Add one generated token to a row's reply, unless the row has already ended."""
+    if reply.seconds:
+        return  # after its end of sequence, a row only receives padding
+    row_tokens.append(token)
+    reply.text = loaded.tokenizer.decode(row_tokens, skip_special_tokens=True).removesuffix("\ufffd")
+    if token in _end_ids(loaded):
+        reply.seconds = time.perf_counter() - start
+    reply.new_tokens = len(row_tokens)
+
+
+def _end_ids(loaded: LoadedModel) -> set[int]:
+    ends = loaded.model.generation_config.eos_token_id
+    ends = ends if isinstance(ends, list) else [ends]
+    return {end for end in ends if end is not None}
+
+
+def _finish(reply: Reply, seconds: float) -> None:
+    reply.seconds, reply.done = seconds, True
+    reply.stats = f"{reply.new_tokens} tokens, {reply.new_tokens / max(seconds, 1e-9):.1f} tok/s"
+
+
+def _side_by_side(*streams: Iterator[Reply]) -> Iterator[tuple[Reply, ...]]:
+    """Run each stream in its own thread; yield the latest reply of every stream on each change."""
+    latest, changes = [Reply() for _ in streams], queue.Queue()
+
+    closed = threading.Event()
+
+    def drain(index, stream):
+        try:
+            for reply in stream:
+                changes.put((index, reply))
+                if closed.is_set():
+                    break
+        except Exception as exc:
+            changes.put((index, exc))
+        finally:
+            stream.close()  # runs the stream's own cleanup, which stops its generate
+        changes.put((index, None))
+
+    for index, stream in enumerate(streams):
+        threading.Thread(target=drain, args=(index, stream), daemon=True).start()
+    running = len(streams)
+    try:
+        while running:
+            index, item = changes.get()
+            if item is None:
+                running -= 1
+                continue
+            if isinstance(item, Exception):
+                raise item
+            latest[index] = item
+            yield tuple(latest)
+    finally:
+        closed.set()

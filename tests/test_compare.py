@@ -1,0 +1,133 @@
+"""Compare mode on the real SmolLM2: both panes stream from one batch, and each pane's greedy
+tokens equal its solo run; the int8 decode path keeps answers and takes LoRA adapters on top."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.chat import GenerationSettings, attach_tuned, stream_reply
+from core.compare import stream_compare
+from core.fast_decode import Int8Linear, decode_path, quantize_linears
+from core.errors import LabError
+
+GREEDY = GenerationSettings(max_new_tokens=32)
+PROMPTS = ["What is the capital of France?", "Give me three tips for sleeping better.",
+           "Explain what a neural network is in one sentence."]
+
+
+def ask(text):
+    return [{"role": "user", "content": text}]
+
+
+def solo(model, messages, adapter=None):
+    *_, last = stream_reply(model, messages, GREEDY, adapter)
+    return last
+
+
+@pytest.fixture(scope="module")
+def loud_adapter(tmp_path_factory, data_home):
+    """A LoRA adapter on every Linear whose effect is unmistakable (random A and B, scaled up)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from core.models import resolve_model
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m-instruct"))
+    lora = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False))
+    with torch.no_grad():
+        for name, param in lora.named_parameters():
+            if "lora_B" in name:
+                param.mul_(3)
+    folder = tmp_path_factory.mktemp("loud") / "adapter"
+    lora.save_pretrained(folder)
+    return folder
+
+
+def test_compare_panes_equal_their_solo_runs(smol, loud_adapter):
+    tuned = attach_tuned(smol, str(loud_adapter))
+    differs = 0
+    for prompt in PROMPTS:
+        steps = [(b.text, t.text, b.done or t.done)  # the replies grow in place: copy each step
+                 for b, t in stream_compare(smol, tuned, ask(prompt), ask(prompt), GREEDY)]
+        *_, (base, tuned_reply) = stream_compare(smol, tuned, ask(prompt), ask(prompt), GREEDY)
+        assert base.text == solo(smol, ask(prompt)).text
+        assert tuned_reply.text == solo(smol, ask(prompt), tuned.adapter_name).text
+        assert base.done and tuned_reply.done and "tok/s" in tuned_reply.stats
+        differs += base.text != tuned_reply.text
+        growing = [b for b, t, done in steps if b and t and not done]
+        assert len(growing) >= 3, "both panes must grow together, not one after the other"
+    assert differs == len(PROMPTS), "the tuned pane must really run the adapter"
+
+
+def test_compare_with_different_histories_per_pane(smol, loud_adapter):
+    """Each pane continues its own conversation: rows of different lengths, left-padded."""
+    tuned = attach_tuned(smol, str(loud_adapter))
+    first_base, first_tuned = solo(smol, ask(PROMPTS[0])), solo(smol, ask(PROMPTS[0]), tuned.adapter_name)
+    follow = {"role": "user", "content": "And of Italy?"}
+    base_turns = ask(PROMPTS[0]) + [{"role": "assistant", "content": first_base.text}, follow]
+    tuned_turns = ask(PROMPTS[0]) + [{"role": "assistant", "content": first_tuned.text * 3}, follow]
+    *_, (base, tuned_reply) = stream_compare(smol, tuned, base_turns, tuned_turns, GREEDY)
+    assert base.text == solo(smol, base_turns).text
+    assert "Rome" in base.text and tuned_reply.done and tuned_reply.new_tokens > 0
+
+
+def test_compare_full_fine_tune_runs_beside_the_base(smol, tiny_model_dir):
+    tuned = attach_tuned(smol, str(tiny_model_dir))
+    *_, (base, other) = stream_compare(smol, tuned, ask(PROMPTS[0]), ask(PROMPTS[0]), GREEDY)
+    assert base.text == solo(smol, ask(PROMPTS[0])).text
+    assert other.text == solo(tuned.loaded, ask(PROMPTS[0])).text and other.done
+
+
+def test_compare_stop_ends_generation(smol, loud_adapter):
+    tuned = attach_tuned(smol, str(loud_adapter))
+    stream = stream_compare(smol, tuned, ask(PROMPTS[1]), ask(PROMPTS[1]),
+                            GenerationSettings(max_new_tokens=400))
+    next(stream), next(stream)
+    stream.close()  # what Gradio does on Stop
+    assert smol.lock.acquire(timeout=10), "generate must end soon after Stop and free the model"
+    smol.lock.release()
+
+
+def test_int8_linear_is_close_to_the_float_layer():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48).to(torch.bfloat16)
+    x = torch.randn(3, 5, 64, dtype=torch.bfloat16)
+    quantized = Int8Linear(linear)
+    error = (quantized(x).float() - linear(x).float()).norm() / linear(x).float().norm()
+    assert quantized(x).shape == (3, 5, 48) and error < 0.02
+    assert quantized.qweight.dtype == torch.int8 and "weight" not in quantized._parameters
+
+
+def test_decode_path_choice(monkeypatch):
+    monkeypatch.delenv("FINETUNE_LAB_DECODE", raising=False)
+    assert decode_path("cpu", torch.bfloat16) == "int8"
+    assert decode_path("cpu", torch.float32) == decode_path("cuda", torch.bfloat16) == "eager"
+    monkeypatch.setenv("FINETUNE_LAB_DECODE", "eager")
+    assert decode_path("cpu", torch.bfloat16) == "eager"
+    monkeypatch.setenv("FINETUNE_LAB_DECODE", "int4")
+    with pytest.raises(LabError, match="FINETUNE_LAB_DECODE"):
+        decode_path("cpu", torch.bfloat16)
+
+
+def test_int8_real_model_keeps_its_answers_and_takes_an_adapter(loud_adapter, data_home):
+    """On the packaged model, whatever path the app picked on this CPU: int8 weights answer
+    like the bf16 ones on the first 16 greedy tokens, and a LoRA adapter attaches on top."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from core.models import resolve_model
+
+    source = resolve_model("smollm2-135m-instruct")
+    ids = AutoTokenizer.from_pretrained(source)("The capital of France is", return_tensors="pt")["input_ids"]
+    eager = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16).eval()
+    fast = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16).eval()
+    assert quantize_linears(fast) == 30 * 7 + 1  # every projection and the LM head
+    with torch.inference_mode():
+        want = eager.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False)
+        got = fast.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False)
+        assert got.tolist() == want.tolist()
+        tuned = PeftModel.from_pretrained(fast, str(loud_adapter))
+        assert isinstance(tuned.base_model.model.lm_head, Int8Linear)
+        with_adapter = tuned.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=16,
+                                      do_sample=False)
+    assert with_adapter.tolist() != want.tolist()
