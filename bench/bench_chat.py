@@ -1,8 +1,15 @@
-"""Chat benchmark: the app's streaming path vs raw `model.generate`, compare-mode memory, TTFT.
+"""Chat benchmark: decode paths against the bandwidth limit, Compare against a single pane,
+the streaming path's overhead, compare-mode memory, time to first token.
 
-    .venv/bin/python bench/bench_chat.py [--repeats 5] [--tokens 64]
+    .venv/bin/python bench/bench_chat.py [--repeats 5] [--tokens 64] [--compare-tokens 128]
     FINETUNE_LAB_DTYPE=fp32 .venv/bin/python bench/bench_chat.py   # the fp32 figures
 
+(d) decode rate of each path (eager fp32, eager bf16, int8 weights with bf16 activations:
+    core.fast_decode), the machine's read bandwidth, and each path's share of its bandwidth
+    limit (bandwidth / bytes read per token); greedy agreement of int8 with eager bf16 on ten
+    prompts (first 32 tokens); `decode_speedup` is int8 over eager bf16;
+(e) wall time of Compare (both panes from one batch, --compare-tokens each) against a single
+    pane: `compare_over_single` is over the base pane alone, with the app's default path;
 (a) wall time of core.chat.stream_reply vs model.generate, same prompt, same greedy tokens;
     generate is timed on the main thread and on a worker thread, where the app's handlers run
     (with bf16 weights, OpenMP-parallel kernels ran ~25% slower off the main thread);
@@ -25,6 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench import decode_speed  # noqa: E402
+from core import threads  # noqa: E402
 PROMPT = [{"role": "user", "content": "Write a short paragraph about the history of Paris."}]
 
 
@@ -111,19 +120,63 @@ def make_adapter(folder: Path) -> str:
     return str(folder)
 
 
+def decode_paths(tokens: int, repeats: int) -> dict:
+    from core.models import resolve_model
+
+    threads.apply(threads.for_chat(job_running=False))  # as the app does; torch's default is 1 here
+    bandwidth = threads.in_own_thread(decode_speed.read_bandwidth_gbs)
+    source = resolve_model("smollm2-135m-instruct")
+    paths = {path: threads.in_own_thread(decode_speed.load_path, source, path)  # as the app loads
+             for path in ("eager-fp32", "eager-bf16", "int8")}
+    rates = decode_speed.decode_rates(paths, tokens, repeats)
+    figures = {"read_bandwidth_gbs": bandwidth}
+    for path, loaded in paths.items():
+        limit = bandwidth * 1e9 / decode_speed.bytes_per_token(loaded.model)
+        figures[path] = {"tok_s": rates[path], "bandwidth_limit_tok_s": limit, "share_of_limit": rates[path] / limit}
+        print(path, json.dumps(figures[path]), flush=True)
+    figures["int8_vs_bf16_greedy"] = decode_speed.agreement(paths["eager-bf16"], paths["int8"])
+    # For scale: how far bf16 itself moves greedy answers from fp32.
+    figures["bf16_vs_fp32_greedy"] = decode_speed.agreement(paths["eager-fp32"], paths["eager-bf16"])
+    figures["decode_speedup"] = figures["int8"]["tok_s"] / figures["eager-bf16"]["tok_s"]
+    return figures
+
+
+def compare_figures(adapter: str, tokens: int, repeats: int) -> dict:
+    from core.chat import attach_tuned
+    from core.models import load_model
+
+    loaded = load_model("smollm2-135m-instruct")  # the app's own path on this machine
+    times = decode_speed.compare_timing(loaded, attach_tuned(loaded, adapter), tokens, repeats)
+    return {"decode_path": loaded.decode, "compare_tokens": tokens, **times,
+            "compare_over_single": times["compare_s"] / times["single_base_s"],
+            "compare_over_single_tuned": times["compare_s"] / times["single_tuned_s"],
+            "compare_over_one_after_other": times["compare_s"] / (times["single_base_s"] + times["single_tuned_s"])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--compare-tokens", type=int, default=128)
     args = parser.parse_args()
-    figures = time_paths(args.tokens, args.repeats)
+    figures = decode_paths(args.tokens, args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
-        adapter = make_adapter(Path(tmp) / "adapter")
+        adapter = threads.in_own_thread(make_adapter, Path(tmp) / "adapter")
+        figures.update(compare_figures(adapter, args.compare_tokens, max(3, args.repeats // 2)))
+        # Last: its raw generate on the main thread leaves that thread an OpenMP team, which
+        # slows every other thread's decoding from then on (core.threads).
+        figures.update(time_paths(args.tokens, args.repeats))
         (single, single_now), (compare, compare_now) = rss_mb(""), rss_mb(adapter)
     figures.update(single_peak_rss_mb=single, compare_peak_rss_mb=compare,
                    compare_over_single_rss=compare / single,
                    single_rss_after_mb=single_now, compare_rss_after_mb=compare_now)
-    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}))
+    print(json.dumps(rounded(figures)))
+
+
+def rounded(value):
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    return round(value, 3) if isinstance(value, float) else value
 
 
 if __name__ == "__main__":

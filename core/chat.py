@@ -17,6 +17,7 @@ from typing import Iterator
 
 import torch
 
+from core import threads
 from core.models import LoadedModel, ModelError, find_spec, load_model
 
 @dataclass
@@ -30,6 +31,7 @@ class GenerationSettings:
     repetition_penalty: float = 1.1
     max_input_tokens: int = 2048  # keeps CPU prefill time sane; the model allows more
     raw_text: bool = False  # continue the text as is, without the chat template
+    min_new_tokens: int = 0  # benchmarks set it, so that every run generates the same count
 
 
 @dataclass
@@ -93,8 +95,11 @@ class _StopOnEvent:
 
 
 def stream_reply(loaded: LoadedModel, messages: list[dict], settings: GenerationSettings,
-                 adapter_name: str | None = None) -> Iterator[Reply]:
-    """Yield the growing reply. With a peft model, `adapter_name=None` runs the pure base."""
+                 adapter_name: str | None = None, beside_decode_thread: bool = False) -> Iterator[Reply]:
+    """Yield the growing reply. With a peft model, `adapter_name=None` runs the pure base.
+
+    Generation runs on core.threads' decode thread, or, with `beside_decode_thread`, in a
+    thread of its own that can run next to it (the second model of a side-by-side Compare)."""
     from transformers import TextIteratorStreamer
 
     check_messages(messages)
@@ -107,8 +112,11 @@ def stream_reply(loaded: LoadedModel, messages: list[dict], settings: Generation
         # rounds the same way, so a solo reply and its Compare pane agree token for token.
         kwargs["adapter_names"] = [adapter_name]
 
+    wanted = torch.get_num_threads()  # what core.threads set for this request
+
     def run():
         try:
+            threads.apply(wanted)
             with loaded.lock, _base_only(loaded, adapter_name), torch.inference_mode():
                 result["ids"] = loaded.model.generate(**kwargs)
         except Exception as exc:  # surfaced to the caller below, never lost in the thread
@@ -116,8 +124,12 @@ def stream_reply(loaded: LoadedModel, messages: list[dict], settings: Generation
             streamer.end()
 
     start = time.perf_counter()
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    if beside_decode_thread:
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        done = worker.join
+    else:
+        done = threads.decode_thread().submit(run).result
     reply = Reply(notice=notice)
     try:
         for piece in streamer:
@@ -125,7 +137,7 @@ def stream_reply(loaded: LoadedModel, messages: list[dict], settings: Generation
             yield reply
     finally:
         stop.set()  # also reached when the consumer is closed (Stop, disconnect)
-    thread.join()
+    done()
     if "error" in result:
         raise ModelError(f"Generation failed: {result['error']}")
     reply.seconds = time.perf_counter() - start
@@ -145,6 +157,7 @@ def generate_kwargs(loaded: LoadedModel, input_ids, settings: GenerationSettings
     return dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer,
                 max_new_tokens=int(settings.max_new_tokens), pad_token_id=loaded.tokenizer.pad_token_id,
                 repetition_penalty=settings.repetition_penalty,
+                min_new_tokens=settings.min_new_tokens or None,
                 stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]), **sampling)
 
 
@@ -203,9 +216,10 @@ def _attach_lora(base: LoadedModel, folder: Path) -> str:
         name = f"adapter{len(base.adapters)}"
         try:
             if hasattr(base.model, "load_adapter") and base.adapters:
-                base.model.load_adapter(str(folder), adapter_name=name)
+                threads.in_own_thread(base.model.load_adapter, str(folder), adapter_name=name)
             else:
-                base.model = PeftModel.from_pretrained(base.model, str(folder), adapter_name=name)
+                base.model = threads.in_own_thread(PeftModel.from_pretrained, base.model, str(folder),
+                                                   adapter_name=name)
         except (RuntimeError, ValueError, KeyError) as exc:
             raise ModelError(
                 f"Adapter '{folder.parent.name}' does not fit {base.name} (trained on "

@@ -21,6 +21,7 @@ from typing import Iterator
 
 import torch
 
+from core import threads
 from core.chat import GenerationSettings, Reply, Tuned, build_inputs, check_messages, generate_kwargs, stream_reply
 from core.models import LoadedModel, ModelError
 
@@ -47,7 +48,7 @@ def stream_compare(base: LoadedModel, tuned: Tuned, base_messages: list[dict], t
     """Yield (base reply, tuned reply) as both grow. Each pane keeps its own history."""
     if tuned.adapter_name is None:
         yield from _side_by_side(stream_reply(base, base_messages, settings),
-                                 stream_reply(tuned.loaded, tuned_messages, settings))
+                                 stream_reply(tuned.loaded, tuned_messages, settings, beside_decode_thread=True))
     else:
         yield from _stream_batch(base, [base_messages, tuned_messages], ["__base__", tuned.adapter_name], settings)
 
@@ -73,8 +74,11 @@ def _stream_batch(loaded: LoadedModel, conversations: list[list[dict]], adapter_
     kwargs = generate_kwargs(loaded, input_ids, settings, streamer, stop)
     kwargs.update(attention_mask=mask, adapter_names=adapter_names)
 
+    wanted = torch.get_num_threads()  # what core.threads set for this request
+
     def run():
         try:
+            threads.apply(wanted)
             with loaded.lock, torch.inference_mode():
                 loaded.model.generate(**kwargs)
         except Exception as exc:  # surfaced to the caller below, never lost in the thread
@@ -82,7 +86,7 @@ def _stream_batch(loaded: LoadedModel, conversations: list[list[dict]], adapter_
             streamer.end()
 
     start = time.perf_counter()
-    threading.Thread(target=run, daemon=True).start()
+    done = threads.decode_thread().submit(run).result
     replies = tuple(Reply(notice=notice) for _, notice in encoded)
     tokens: list[list[int]] = [[] for _ in replies]
     try:
@@ -92,6 +96,7 @@ def _stream_batch(loaded: LoadedModel, conversations: list[list[dict]], adapter_
             yield replies
     finally:
         stop.set()  # also reached when the consumer is closed (Stop, disconnect)
+    done()
     if errors:
         raise ModelError(f"Generation failed: {errors[0]}")
     for reply in replies:

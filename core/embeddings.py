@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core import assets
+from core import assets, threads
 from core.errors import LabError
 from core.paths import data_dir
 
@@ -53,6 +53,18 @@ def embed(texts: list[str], model: str = DEFAULT_EMBEDDER, progress=None, batch_
     cache = data_dir() / "embeddings" / f"{digest.hexdigest()[:32]}.npy"
     if cache.is_file():
         return np.load(cache)
+    # In a thread of its own, so that its torch threads end with it (see core.threads).
+    vectors = threads.in_own_thread(_encode, texts, model, progress, batch_size)
+    if not write_cache:
+        return vectors
+    cache.parent.mkdir(exist_ok=True)
+    tmp = cache.with_suffix(".tmp.npy")
+    np.save(tmp, vectors)
+    tmp.replace(cache)
+    return vectors
+
+
+def _encode(texts: list[str], model: str, progress, batch_size: int) -> np.ndarray:
     encoder = load_embedder(model)
     parts = []
     for start in range(0, len(texts), batch_size):
@@ -61,14 +73,7 @@ def embed(texts: list[str], model: str = DEFAULT_EMBEDDER, progress=None, batch_
         ENCODED["texts"] += len(batch)
         if progress:
             progress(min(1.0, (start + len(batch)) / len(texts)))
-    vectors = np.vstack(parts).astype(np.float32)
-    if not write_cache:
-        return vectors
-    cache.parent.mkdir(exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npy")
-    np.save(tmp, vectors)
-    tmp.replace(cache)
-    return vectors
+    return np.vstack(parts).astype(np.float32)
 
 
 def cluster(vectors: np.ndarray, method: str = "kmeans", n_clusters: int = 8, min_cluster_size: int = 10,

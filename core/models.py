@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from core import assets
+from core import assets, threads
 from core.errors import LabError
 
 
@@ -162,8 +162,8 @@ def load_model(name: str) -> LoadedModel:
         with _CACHE_LOCK:
             if source in _CACHE:
                 return _CACHE[source]
-        try:
-            loaded = _load_fresh(name, source)
+        try:  # in a thread of its own: see core.threads on why torch work stays off request threads
+            loaded = threads.in_own_thread(_load_fresh, name, source)
         finally:
             with _CACHE_LOCK:
                 _LOADING.pop(source, None)

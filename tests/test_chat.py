@@ -133,3 +133,24 @@ def test_two_sessions_attaching_one_adapter_load_it_once(smol, tiny_run):
     for thread in threads:
         thread.join()
     assert len(set(names)) == 1 and list(smol.adapters.values()).count(names[0]) == 1
+
+
+def test_generation_runs_on_the_one_decode_thread(tiny_model_dir):
+    """core.threads: chat generates on one long-lived thread, never on the request's thread,
+    and a load runs in a short-lived thread of its own (its OpenMP team ends with it)."""
+    import threading
+
+    from core import threads
+
+    model = load_model(str(tiny_model_dir))
+    seen = set()
+    hook = model.model.register_forward_pre_hook(lambda *_: seen.add(threading.current_thread().name))
+    try:
+        for _ in range(2):
+            final(model, FRANCE, GenerationSettings(max_new_tokens=3))
+    finally:
+        hook.remove()
+    assert len(seen) == 1 and seen.pop().startswith("decode")
+    with pytest.raises(ZeroDivisionError):
+        threads.in_own_thread(lambda: 1 / 0)
+    assert threads.in_own_thread(threading.current_thread) is not threading.current_thread()

@@ -1,0 +1,128 @@
+"""Decode-speed figures for bench/bench_chat.py: each decode path's rate and its share of the
+machine's bandwidth limit, greedy agreement of int8 with eager bf16, and Compare against a
+single pane. Run through bench_chat.py; the functions take an already loaded model source.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from core import threads
+
+# Ten fixed prompts for the agreement check: facts, instructions, open-ended writing.
+PROMPTS = [
+    "What is the capital of France?", "Write a short paragraph about the history of Paris.",
+    "Explain LoRA in one sentence.", "Give me three tips for sleeping better.",
+    "What is photosynthesis?", "Translate 'good morning' into Spanish.",
+    "Write a haiku about the sea.", "How do I boil an egg?",
+    "What are the primary colors?", "Summarise the plot of Romeo and Juliet.",
+]
+
+
+def read_bandwidth_gbs(repeats: int = 5) -> float:
+    """Median read bandwidth in GB/s: summing a 1 GB tensor reads each byte once."""
+    data = torch.ones(256 * 1024 * 1024, dtype=torch.float32)
+    data.sum()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        data.sum()
+        times.append(time.perf_counter() - start)
+    return data.nbytes / statistics.median(times) / 1e9
+
+
+def bytes_per_token(model) -> int:
+    """Bytes a decoding step reads: every weight once, except an input embedding that no output
+    layer shares (only one row of it is read per token)."""
+    tensors = {t.data_ptr(): t for t in [*model.parameters(), *model.buffers()]}
+    total = sum(t.nbytes for t in tensors.values())
+    embedding = model.get_input_embeddings().weight
+    output = getattr(model.get_output_embeddings(), "weight", None)
+    if output is None or output.data_ptr() != embedding.data_ptr():
+        total -= embedding.nbytes
+    return total
+
+
+def load_path(source: str, path: str):
+    """A LoadedModel for one decode path: 'eager-fp32', 'eager-bf16' or 'int8' (bf16 activations)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from core.fast_decode import quantize_linears
+    from core.models import LoadedModel
+
+    dtype = torch.float32 if path == "eager-fp32" else torch.bfloat16
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).eval()
+    if path == "int8":
+        quantize_linears(model)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    return LoadedModel(path, source, model, tokenizer, 0.0, decode="int8" if path == "int8" else "eager")
+
+
+def decode_rates(paths: dict, tokens: int, repeats: int) -> dict:
+    """Median tokens/s of the app's streaming path for each loaded path, `tokens` new tokens per
+    reply. The paths take turns within each repeat, so the host's noise hits them alike."""
+    from core.chat import GenerationSettings, stream_reply
+
+    settings = GenerationSettings(max_new_tokens=tokens, min_new_tokens=tokens)
+    messages = [{"role": "user", "content": PROMPTS[1]}]
+    rates = {name: [] for name in paths}
+    for loaded in paths.values():
+        list(stream_reply(loaded, messages, settings))  # warm-up
+    for _ in range(repeats):
+        for name, loaded in paths.items():
+            *_, reply = stream_reply(loaded, messages, settings)
+            rates[name].append(reply.new_tokens / reply.seconds)
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def greedy_tokens(loaded, prompt: str, tokens: int) -> list[int]:
+    from core.chat import GenerationSettings, build_inputs
+
+    settings = GenerationSettings(max_new_tokens=tokens, min_new_tokens=tokens)
+    ids, _ = build_inputs(loaded, [{"role": "user", "content": prompt}], settings)
+
+    def generate():
+        with torch.inference_mode():
+            return loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                         max_new_tokens=tokens, min_new_tokens=tokens,
+                                         repetition_penalty=settings.repetition_penalty,
+                                         pad_token_id=loaded.tokenizer.pad_token_id)
+
+    out = threads.decode_thread().submit(generate).result()  # where the app generates
+    return out[0, ids.shape[1]:].tolist()
+
+
+def agreement(reference, candidate, tokens: int = 32) -> dict:
+    """On the ten prompts: how many keep the reference's first `tokens` greedy tokens, and the
+    mean length of the common prefix."""
+    prefixes = []
+    for prompt in PROMPTS:
+        want, got = greedy_tokens(reference, prompt, tokens), greedy_tokens(candidate, prompt, tokens)
+        prefixes.append(next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), tokens))
+    return {"prompts_identical": sum(p == tokens for p in prefixes), "prompts": len(PROMPTS),
+            "mean_common_prefix": statistics.mean(prefixes)}
+
+
+def compare_timing(loaded, tuned, tokens: int, repeats: int) -> dict:
+    """Median wall time of one pane (base, then tuned alone) and of Compare (both panes)."""
+    from core.chat import GenerationSettings, stream_reply
+    from core.compare import stream_compare
+
+    settings = GenerationSettings(max_new_tokens=tokens, min_new_tokens=tokens)
+    messages = [{"role": "user", "content": PROMPTS[1]}]
+    runs = {
+        "single_base_s": lambda: list(stream_reply(loaded, messages, settings)),
+        "single_tuned_s": lambda: list(stream_reply(loaded, messages, settings, tuned.adapter_name)),
+        "compare_s": lambda: list(stream_compare(loaded, tuned, messages, messages, settings)),
+    }
+    times = {name: [] for name in runs}
+    for run in runs.values():
+        run()  # warm-up
+    for _ in range(repeats):
+        for name, run in runs.items():  # interleaved, so that noise hits every path alike
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
