@@ -1,11 +1,12 @@
-"""SFTTrainer with a loss that projects only the trained positions through the LM head.
+"""SFTTrainer with a loss that projects only the trained tokens through the LM head.
 
 trl's fused LM head scores every position in Python-level tiles when Triton is absent (CPU),
 which made a LoRA step ~1.7x slower than a plain Trainer here. This subclass asks the model
-for logits only at positions whose next token is trained (`logits_to_keep` with indices), so
-prompt and pad positions never touch the 49k-wide LM head. With packing (one padding-free row
-per batch) that is exactly the answer tokens. The call still goes through the wrapped model,
-so DDP and peft hooks work as usual. Used by training.run; measured by bench/bench_train.py.
+for logits only at positions whose next token is trained in some row (`logits_to_keep` with
+indices), and a pre-hook on the LM head drops the other rows' pads and prompts at those
+positions, so only the trained (row, position) pairs reach the 49k-wide LM head and the fp32
+cross-entropy. The call still goes through the wrapped model, so DDP and peft hooks work as
+usual. Used by training.run; measured by bench/bench_train.py.
 """
 from __future__ import annotations
 
@@ -24,12 +25,17 @@ class LabSFTTrainer(SFTTrainer):
         labels = inputs.pop("labels")
         targets = labels[:, 1:]
         keep = (targets != -100).any(dim=0).nonzero().squeeze(-1)
-        outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
-        picked = targets[:, keep]
-        loss = F.cross_entropy(outputs.logits.flatten(0, 1).float(), picked.flatten(),
-                               ignore_index=-100, reduction="sum")
+        trained = targets[:, keep] != -100
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        hook = head.register_forward_pre_hook(lambda _, args: (args[0][trained].unsqueeze(0), *args[1:]))
+        try:
+            outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
+        finally:
+            hook.remove()
+        picked = targets[:, keep][trained]
+        loss = F.cross_entropy(outputs.logits[0].float(), picked, reduction="sum")
         if num_items_in_batch is None:
-            loss = loss / (picked != -100).sum().clamp(min=1)
+            loss = loss / picked.numel() if picked.numel() else loss
         else:
             loss = loss / num_items_in_batch
             if self.args.average_tokens_across_devices:
