@@ -16,6 +16,18 @@ def precision_flags(precision: str) -> dict:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
+def attention_for(cfg) -> str:
+    """The attention kernel for training. On a CPU, with rows of up to 512 tokens, plain matmul
+    attention ("eager") ran LoRA steps 10-11% faster than torch's CPU flash kernel ("sdpa") in
+    bf16 and 6% in fp32 (SmolLM2-135M, batch 4, 2-core EPYC; same loss). It keeps each layer's
+    attention weights for the backward pass (batch x heads x length^2), so longer rows and GPUs,
+    whose flash kernels are fast, keep sdpa."""
+    import torch
+
+    length = cfg.block_size if cfg.objective == "dapt" else cfg.max_length
+    return "eager" if not torch.cuda.is_available() and length <= 512 else "sdpa"
+
+
 def keep_4bit_layers_differentiable(model) -> None:
     """On an AVX512-BF16 CPU, bitsandbytes repacks a 4-bit weight for its inference kernel at
     the first no-grad eval forward (our "before" perplexity) and keeps it so. That kernel has no

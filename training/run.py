@@ -36,7 +36,7 @@ from core.models import resolve_precision, torch_dtype
 from core.paths import write_json
 from core.runs import RunFolder
 from training.config import TrainConfig, config_from_dict, field_help, load_config
-from training.device import compile_layers, keep_4bit_layers_differentiable, precision_flags
+from training.device import attention_for, compile_layers, keep_4bit_layers_differentiable, precision_flags
 from training.progress import trim_log
 
 def load_base(cfg: TrainConfig):
@@ -48,7 +48,7 @@ def load_base(cfg: TrainConfig):
 
     from core.models import resolve_model
 
-    kwargs = dict(use_safetensors=True, trust_remote_code=False)
+    kwargs = dict(use_safetensors=True, trust_remote_code=False, attn_implementation=attention_for(cfg))
     compute = torch_dtype(resolve_precision(cfg.precision))
     if cfg.adapter == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(
