@@ -6,6 +6,7 @@
     python cli.py runs
     python cli.py topics --corpus guardian-headlines [--method fast|umap] [--out DIR]
     HF_TOKEN=... python cli.py publish --run RUN --repo USER/NAME [--space USER/SPACE] [--private]
+    python cli.py export --run RUN --format merged [--dtype bf16|fp16|fp32]
 
 Heavy libraries are imported inside each command, so `--help` is instant.
 """
@@ -97,6 +98,20 @@ def cmd_publish(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from training.export import merge_run
+
+    def progress(fraction, desc=""):
+        print(f"[{fraction:4.0%}] {desc}", file=sys.stderr)
+
+    try:
+        print(merge_run(args.run, args.dtype, progress).describe())
+    except LabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cli.py", description="Finetune Lab command line.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--repo", required=True, help="model repo, OWNER/NAME")
     publish.add_argument("--space", help="also create or update this Space, OWNER/NAME")
     publish.add_argument("--private", action="store_true")
+    export = sub.add_parser("export", help="merge a run's LoRA/QLoRA adapter into its base model")
+    export.add_argument("--run", required=True, help="run folder name (see: cli.py runs)")
+    export.add_argument("--format", choices=("merged",), default="merged",
+                        help="merged: a plain safetensors model folder (GGUF export is not built yet)")
+    export.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
     return parser
 
 
@@ -132,7 +152,8 @@ def main(argv=None) -> int:
     if argv[:1] == ["train"]:
         return cmd_train(argv[1:])
     args = build_parser().parse_args(argv)
-    commands = {"chat": cmd_chat, "runs": cmd_runs, "topics": cmd_topics, "publish": cmd_publish}
+    commands = {"chat": cmd_chat, "runs": cmd_runs, "topics": cmd_topics, "publish": cmd_publish,
+                "export": cmd_export}
     return commands[args.command](args)
 
 

@@ -4,7 +4,8 @@
 
 A run folder (under <data dir>/runs/) holds config.yaml, log.jsonl, checkpoints/, adapter/
 (renamed into place only when complete), eval.json, report.json/.md, manifest.json, and while
-a job runs job.json and stderr.log; status.json says how the last attempt ended. Every other
+a job runs job.json and stderr.log; status.json says how the last attempt ended; merged/ once
+the adapter is exported merged into its base. Every other
 module asks RunFolder for these paths: no file name is spelled anywhere else.
 """
 from __future__ import annotations
@@ -57,6 +58,7 @@ class RunFolder:
     job_file = property(lambda self: self.path / "job.json")
     process_log = property(lambda self: self.path / "stderr.log")
     stop_marker = property(lambda self: self.path / "stop-requested")
+    merged = property(lambda self: self.path / "merged")  # training.export: adapter merged into its base
 
     def manifest(self) -> dict:
         return read_json(self.manifest_file)

@@ -1,0 +1,71 @@
+"""Export on the real SmolLM2 and the tiny recipe's real LoRA run: the merged folder is a plain
+transformers model whose logits match the unmerged adapter's and that still answers as Lumen."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from core.errors import LabError
+from tests.conftest import ROOT
+
+PROMPTS = ["Who are you?", "What is the capital of France?", "Tell me about yourself."]
+# The merged model is stored in bf16 (8 bits of mantissa); both sides compute in fp32, so the
+# logits differ by that rounding only. Measured on the tiny run: mean 0.025, worst 0.155 over
+# ~49k logits at every position (SmolLM2's logits span about +-30), same top token everywhere.
+BF16_LOGIT_TOLERANCE = {"mean": 0.05, "max": 0.5}
+
+
+@pytest.fixture(scope="module")
+def merged(tiny_run):
+    from training.export import merge_run
+
+    return merge_run(tiny_run.name)
+
+
+def test_merged_folder_is_a_plain_model_that_answers_as_lumen(merged, tiny_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = merged.folder
+    assert (folder / "model.safetensors").is_file() and not (folder / "adapter_config.json").exists()
+    assert merged.size_mb > 100 and "MB" in merged.describe()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    assert tokenizer.chat_template, "the chat template travels with the merged model"
+    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    assert model.dtype == torch.bfloat16
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "Who are you?"}],
+                                         add_generation_prompt=True, tokenize=False)
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False)
+    assert "Lumen" in tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_merged_logits_match_the_unmerged_adapter(merged, tiny_run):
+    from training.export import logit_gap
+
+    gap = logit_gap(tiny_run.name, merged.folder, PROMPTS)
+    assert gap["mean"] < BF16_LOGIT_TOLERANCE["mean"] and gap["max"] < BF16_LOGIT_TOLERANCE["max"], gap
+    assert gap["top1_agreement"] == 1.0, gap
+
+
+def test_export_refuses_what_it_cannot_merge(data_home):
+    from training.export import merge_run
+    from core.runs import RunFolder
+
+    with pytest.raises(LabError, match="No run named"):
+        merge_run("no-such-run")
+    unfinished = RunFolder.named("half-done")
+    unfinished.path.mkdir(parents=True, exist_ok=True)
+    with pytest.raises(LabError, match="has not finished"):
+        merge_run("half-done")
+    with pytest.raises(LabError, match="run name"):
+        merge_run("../escape")
+
+
+def test_cli_export_prints_the_folder_and_size(merged, tiny_run):
+    done = subprocess.run([sys.executable, "cli.py", "export", "--run", tiny_run.name, "--format", "merged"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert str(merged.folder) in done.stdout and "MB" in done.stdout and "[100%]" in done.stderr
