@@ -173,3 +173,19 @@ def test_yaml_round_trip_of_every_recipe(tmp_path):
         cfg = load_config(name)
         (tmp_path / "c.yaml").write_text(cfg.to_yaml())
         assert load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_training_attention_kernel_choice(monkeypatch):
+    """Plain matmul attention on a CPU for rows up to 512 tokens (measured faster there); sdpa
+    for longer rows, whose attention weights would not fit, and on a GPU."""
+    import torch
+
+    from training.device import attention_for
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert attention_for(config_from_dict({"max_length": 256})) == "eager"
+    assert attention_for(config_from_dict({"max_length": 2048})) == "sdpa"
+    assert attention_for(config_from_dict({"objective": "dapt", "block_size": 1024, "stride": 512,
+                                           "max_length": 256})) == "sdpa"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert attention_for(config_from_dict({"max_length": 256})) == "sdpa"

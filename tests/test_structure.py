@@ -60,3 +60,28 @@ def test_classifier_refuses_another_embedder():
     result.embedder = "all-MiniLM-L6-v2"
     assert topics.classify_text(result, "What is a computer?", "all-MiniLM-L6-v2").startswith("→ **")
     assert "trained on all-MiniLM-L6-v2" in topics.classify_text(result, "What is a computer?", "other/model")
+
+
+def imported_roots(folder: str) -> dict[str, set[str]]:
+    """Top-level package of every import (module level or inside functions) per module."""
+    import ast
+
+    found = {}
+    for path in sorted((ROOT / folder).glob("*.py")):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module.split(".")[0])
+        found[path.name] = names
+    return found
+
+
+def test_the_arrows_run_one_way():
+    """tabs -> training -> core: core imports neither training nor gradio; training no gradio.
+    (core/templates/ holds the Space app that is uploaded, not imported.)"""
+    for module, names in imported_roots("core").items():
+        assert not names & {"training", "tabs", "gradio"}, f"core/{module} imports {names & {'training', 'tabs', 'gradio'}}"
+    for module, names in imported_roots("training").items():
+        assert not names & {"tabs", "gradio"}, f"training/{module} imports {names & {'tabs', 'gradio'}}"
