@@ -4,9 +4,10 @@
 
 Trains the `tiny` recipe (identity data, SmolLM2-135M) as LoRA and as QLoRA, merges each with
 training.export.merge_run (bf16), and measures the largest next-token logit difference between the
-merged model and the unmerged adapter on its training-time base (bf16, or NF4 for QLoRA) over
-three prompts. The QLoRA figure is what merging into the original full-precision weights, not
-the NF4-rounded ones the adapter was trained against, changes. The last line printed is JSON.
+merged model and the unmerged adapter on its training-time base (NF4 for QLoRA), both computed
+in fp32, over every position of three prompts, and the share of positions whose top token
+agrees. A QLoRA adapter merges into its de-quantized NF4 base (see training/export.py for what
+merging into the original weights did instead). The last line printed is JSON.
 """
 from __future__ import annotations
 

@@ -69,3 +69,18 @@ def test_cli_export_prints_the_folder_and_size(merged, tiny_run):
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert str(merged.folder) in done.stdout and "MB" in done.stdout and "[100%]" in done.stderr
+
+
+def test_qlora_merges_into_its_dequantized_base(data_home):
+    """A QLoRA adapter lands on the NF4-rounded weights it was trained against: the merged
+    model's logits match the unmerged adapter on its 4-bit base within the bf16 tolerance."""
+    from core.runs import RunFolder
+    from training.config import load_config
+    from training.export import logit_gap, merge_run
+    from training.run import train
+
+    cfg = load_config("tiny", adapter="qlora", max_steps=2, output_name="export-qlora")
+    train(cfg, RunFolder.named(cfg.output_name).path)
+    gap = logit_gap(cfg.output_name, merge_run(cfg.output_name).folder, PROMPTS)
+    assert gap["mean"] < BF16_LOGIT_TOLERANCE["mean"] and gap["max"] < BF16_LOGIT_TOLERANCE["max"], gap
+    assert gap["top1_agreement"] == 1.0, gap
