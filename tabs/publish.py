@@ -1,7 +1,8 @@
-"""Publish tab: push a finished run's adapter with a model card, and create or update a Space.
+"""Publish tab: push a finished run's adapter with a model card, create or update a Space, and
+export the adapter merged into its base (training.export).
 
 The token box is a password field whose value lives only in the browser session; it is passed
-to core.hub and never stored or echoed. Both actions need a login when the app is public.
+to core.hub and never stored or echoed. Every action here needs a login when the app is public.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from core.errors import LabError
 from core.hub import push_adapter, push_space
 from core.runs import finished_runs
 from tabs.feedback import warn
+from training.export import DTYPES, merge_run
 
 
 def run_choices() -> list[str]:
@@ -40,6 +42,16 @@ def publish_space(run, space_id, repo_id, private, token, request: gr.Request = 
     return f"✅ Space created or updated: [{url}]({url}) — it loads the adapter from `{repo_id}`."
 
 
+def export_merged(run, dtype, request: gr.Request = None, progress=gr.Progress()) -> str:
+    try:
+        require_user(request, action="exporting")
+        done = merge_run(run or "", dtype or "bf16", progress=progress)
+    except LabError as exc:
+        return warn(exc)
+    return (f"✅ Merged model: `{done.folder}` ({done.size_mb:.0f} MB, {done.seconds:.1f} s). "
+            "It loads with `AutoModelForCausalLM.from_pretrained` alone.")
+
+
 def build(demo: gr.Blocks) -> None:
     """Lay out the Publish tab; its run picker refreshes on page load."""
     gr.Markdown("Push a finished run to the Hugging Face Hub. The token is used for this session only: "
@@ -56,7 +68,16 @@ def build(demo: gr.Blocks) -> None:
         space = gr.Textbox(label="Space", placeholder="your-name/lumen-compare")
     make_space = gr.Button("Create or update Space")
     result = gr.Markdown(elem_id="publish-result")
+    with gr.Accordion("Export: merge the adapter into its base model", open=False):
+        gr.Markdown("Writes a plain safetensors model folder (weights, tokenizer, chat template) into the "
+                    "run folder. A QLoRA adapter merges into its de-quantized NF4 base, the weights it "
+                    "was trained against. GGUF and Ollama export are not built yet.")
+        with gr.Row():
+            dtype = gr.Radio(list(DTYPES), value="bf16", label="Weights")
+            merge = gr.Button("Merge")
+        exported = gr.Markdown(elem_id="export-result")
     push.click(publish_adapter, [run, repo, private, token], result, api_name="publish_adapter")
     make_space.click(publish_space, [run, space, repo, private, token], result, api_name="publish_space")
+    merge.click(export_merged, [run, dtype], exported, api_name="export_merged")
     refresh.click(refresh_runs, None, run, api_name=False)
     demo.load(refresh_runs, None, run, api_name=False)

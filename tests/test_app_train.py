@@ -42,3 +42,25 @@ def test_visitors_see_no_server_paths(app_server, tiny_run, data_home):
 
     status = Client(app_server, verbose=False).predict(tiny_run.name, api_name="/train_status")
     assert status["state"] == "completed" and str(data_home) not in str(status)
+
+
+def test_export_merged_over_the_api_is_owner_only(app_server, tiny_run):
+    """The Publish tab's Export: a visitor is refused and nothing is written; the owner gets
+    the merged folder with its size."""
+    import shutil
+
+    from gradio_client import Client
+
+    from core.runs import RunFolder
+
+    merged = RunFolder(tiny_run).merged
+    shutil.rmtree(merged, ignore_errors=True)  # another test may have exported it already
+    refused = Client(app_server, verbose=False).predict(tiny_run.name, "bf16", api_name="/export_merged")
+    assert "Log in" in refused and "only chat is open" in refused
+    assert not merged.exists()
+    done = owner_client(app_server).predict(tiny_run.name, "bf16", api_name="/export_merged")
+    assert "Merged model" in done and "MB" in done and (merged / "model.safetensors").is_file()
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="not in the list of choices"):  # the picker holds run names only
+        owner_client(app_server).predict("../../etc", "bf16", api_name="/export_merged")
