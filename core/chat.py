@@ -105,31 +105,15 @@ def stream_reply(loaded: LoadedModel, messages: list[dict], settings: Generation
     check_messages(messages)
     input_ids, notice = build_inputs(loaded, messages, settings)
     streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    stop, result = threading.Event(), {}
+    stop = threading.Event()
     kwargs = generate_kwargs(loaded, input_ids, settings, streamer, stop)
     if adapter_name is not None:
         # peft's mixed-adapter path, as in a Compare batch (core.compare): the same code path
         # rounds the same way, so a solo reply and its Compare pane agree token for token.
         kwargs["adapter_names"] = [adapter_name]
-
-    wanted = torch.get_num_threads()  # what core.threads set for this request
-
-    def run():
-        try:
-            threads.apply(wanted)
-            with loaded.lock, _base_only(loaded, adapter_name), torch.inference_mode():
-                result["ids"] = loaded.model.generate(**kwargs)
-        except Exception as exc:  # surfaced to the caller below, never lost in the thread
-            result["error"] = exc
-            streamer.end()
-
     start = time.perf_counter()
-    if beside_decode_thread:
-        worker = threading.Thread(target=run, daemon=True)
-        worker.start()
-        done = worker.join
-    else:
-        done = threads.decode_thread().submit(run).result
+    done, result = launch_generate(loaded, kwargs, streamer, _base_only(loaded, adapter_name),
+                                   beside_decode_thread)
     reply = Reply(notice=notice)
     try:
         for piece in streamer:
@@ -145,6 +129,28 @@ def stream_reply(loaded: LoadedModel, messages: list[dict], settings: Generation
     reply.stats = f"{reply.new_tokens} tokens, {reply.new_tokens / reply.seconds:.1f} tok/s"
     reply.done = True
     yield reply
+
+
+def launch_generate(loaded: LoadedModel, kwargs: dict, streamer, context=None, beside_decode_thread=False):
+    """Start `loaded.model.generate(**kwargs)` on core.threads' decode thread (or, with
+    `beside_decode_thread`, in a thread of its own); return (wait, result). `result` gets "ids",
+    or "error" together with the streamer's end, so its consumer never waits forever."""
+    wanted, result = torch.get_num_threads(), {}  # the thread count core.threads set for this request
+
+    def run():
+        try:
+            threads.apply(wanted)
+            with loaded.lock, context or contextlib.nullcontext(), torch.inference_mode():
+                result["ids"] = loaded.model.generate(**kwargs)
+        except Exception as exc:  # surfaced by the caller, never lost in the thread
+            result["error"] = exc
+            streamer.end()
+
+    if not beside_decode_thread:
+        return threads.decode_thread().submit(run).result, result
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    return worker.join, result
 
 
 def generate_kwargs(loaded: LoadedModel, input_ids, settings: GenerationSettings, streamer, stop) -> dict:

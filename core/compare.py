@@ -1,6 +1,6 @@
 """Compare mode: stream the base answer and the tuned answer at the same time.
 
-    python cli.py chat --adapter <run name> "What is LoRA?"      # the CLI twin
+    python cli.py chat --adapter <run name> --compare "What is LoRA?"      # the CLI twin
 
 A LoRA/QLoRA adapter shares the base's weights, so both panes come from ONE batched `generate`
 with peft's mixed-adapter batches (`adapter_names=["__base__", name]`): row 0 runs without the
@@ -9,8 +9,10 @@ rows cost little more than one. A full fine-tune is a second model: its pane run
 its own next to the base's.
 
 Each pane's greedy tokens are those of its solo run (`core.chat.stream_reply`), tested in
-tests/test_chat.py: the matmul kernels treat each row on its own, and adapters are kept in the
-base's dtype, so peft's mixed-batch sum rounds as the solo path does.
+tests/test_compare.py: the matmul kernels treat each row on its own, and a solo tuned reply
+takes the same peft mixed-adapter path, so the adapter's sum rounds alike. Where the two
+histories differ in length, the shorter row is left-padded, and its padded attention can round
+differently.
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ from typing import Iterator
 
 import torch
 
-from core import threads
-from core.chat import GenerationSettings, Reply, Tuned, build_inputs, check_messages, generate_kwargs, stream_reply
+from core.chat import (GenerationSettings, Reply, Tuned, build_inputs, check_messages, generate_kwargs,
+                       launch_generate, stream_reply)
 from core.models import LoadedModel, ModelError
 
 
@@ -70,47 +72,36 @@ def _stream_batch(loaded: LoadedModel, conversations: list[list[dict]], adapter_
         check_messages(messages)
     encoded = [build_inputs(loaded, messages, settings) for messages in conversations]
     input_ids, mask = _left_padded(loaded, [ids for ids, _ in encoded])
-    streamer, stop, errors = _RowStreamer(), threading.Event(), []
+    streamer, stop = _RowStreamer(), threading.Event()
     kwargs = generate_kwargs(loaded, input_ids, settings, streamer, stop)
     kwargs.update(attention_mask=mask, adapter_names=adapter_names)
-
-    wanted = torch.get_num_threads()  # what core.threads set for this request
-
-    def run():
-        try:
-            threads.apply(wanted)
-            with loaded.lock, torch.inference_mode():
-                loaded.model.generate(**kwargs)
-        except Exception as exc:  # surfaced to the caller below, never lost in the thread
-            errors.append(exc)
-            streamer.end()
-
     start = time.perf_counter()
-    done = threads.decode_thread().submit(run).result
+    done, result = launch_generate(loaded, kwargs, streamer)
     replies = tuple(Reply(notice=notice) for _, notice in encoded)
     tokens: list[list[int]] = [[] for _ in replies]
+    ends = _end_ids(loaded)
     try:
         for step in iter(streamer.steps.get, None):
             for reply, row_tokens, token in zip(replies, tokens, step):
-                _append(loaded, reply, row_tokens, token, start)
+                _append(loaded.tokenizer, reply, row_tokens, token, token in ends, start)
             yield replies
     finally:
         stop.set()  # also reached when the consumer is closed (Stop, disconnect)
     done()
-    if errors:
-        raise ModelError(f"Generation failed: {errors[0]}")
+    if "error" in result:
+        raise ModelError(f"Generation failed: {result['error']}")
     for reply in replies:
         _finish(reply, reply.seconds or time.perf_counter() - start)
     yield replies
 
 
-def _append(loaded: LoadedModel, reply: Reply, row_tokens: list[int], token: int, start: float) -> None:
+def _append(tokenizer, reply: Reply, row_tokens: list[int], token: int, is_end: bool, start: float) -> None:
     """Add one generated token to a row's reply, unless the row has already ended."""
     if reply.seconds:
         return  # after its end of sequence, a row only receives padding
     row_tokens.append(token)
-    reply.text = loaded.tokenizer.decode(row_tokens, skip_special_tokens=True).removesuffix("\ufffd")
-    if token in _end_ids(loaded):
+    reply.text = tokenizer.decode(row_tokens, skip_special_tokens=True).removesuffix("\ufffd")
+    if is_end:
         reply.seconds = time.perf_counter() - start
     reply.new_tokens = len(row_tokens)
 
@@ -128,9 +119,7 @@ def _finish(reply: Reply, seconds: float) -> None:
 
 def _side_by_side(*streams: Iterator[Reply]) -> Iterator[tuple[Reply, ...]]:
     """Run each stream in its own thread; yield the latest reply of every stream on each change."""
-    latest, changes = [Reply() for _ in streams], queue.Queue()
-
-    closed = threading.Event()
+    latest, changes, closed = [Reply() for _ in streams], queue.Queue(), threading.Event()
 
     def drain(index, stream):
         try:

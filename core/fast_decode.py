@@ -1,12 +1,12 @@
 """Weight-only int8 decoding for chat on a CPU: the frozen base's Linear layers keep int8 weights.
 
-    FINETUNE_LAB_DECODE=int8|eager|auto python app.py     # auto (default): int8 on a CPU
+    FINETUNE_LAB_DECODE=int8|eager|auto python app.py     # auto (default): int8 for bf16 on a CPU
 
 Decoding one token at a time is bound by memory bandwidth, not arithmetic: every step reads all
 the weights once. Int8 weights halve the bytes read against bf16. torch's own CPU kernel
 (`aten._weight_int8pack_mm`) multiplies bf16 or fp32 activations by int8 weights with one scale
-per output row. Measured on a 2-core EPYC (AVX512-BF16), SmolLM2-135M: 22.7 -> 41.8 tok/s
-(bench/bench_chat.py has the current figures and the greedy-token agreement with eager).
+per output row. Measured on a 2-core EPYC (AVX512-BF16), SmolLM2-135M: 24.0 -> 41.1 tok/s
+(bench/bench_chat.py, which also measures the greedy-token agreement with eager).
 
 LoRA adapters still attach on top: `Int8Linear` is an `nn.Linear` to peft, which wraps it like
 any other Linear and calls it as the base layer, in solo and in mixed-adapter batches. On a GPU,

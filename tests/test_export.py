@@ -64,6 +64,13 @@ def test_export_refuses_what_it_cannot_merge(data_home):
         merge_run("../escape")
 
 
+def test_export_refuses_an_unknown_weight_type(tiny_run):
+    from training.export import merge_run
+
+    with pytest.raises(LabError, match="dtype='int3': choose one of bf16, fp16, fp32"):
+        merge_run(tiny_run.name, "int3")
+
+
 def test_cli_export_prints_the_folder_and_size(merged, tiny_run):
     done = subprocess.run([sys.executable, "cli.py", "export", "--run", tiny_run.name, "--format", "merged"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)

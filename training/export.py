@@ -60,16 +60,21 @@ def merge_run(run_name: str, dtype: str = "bf16", progress=None) -> Export:
     return Export(run.merged, time.perf_counter() - start)
 
 
+def _training_base(run: RunFolder):
+    """The run's base as training loaded it (NF4 for QLoRA), computing in fp32."""
+    from training.config import load_config
+    from training.run import load_base
+
+    return load_base(load_config(run.config, precision="fp32"))
+
+
 def _merged_model(run: RunFolder):
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from training.config import load_config
-    from training.run import load_base
-
-    # fp32 throughout; a QLoRA base loads in NF4 as in training, then is de-quantized, so the
-    # adapter lands on the very weights it was trained against.
-    base = load_base(load_config(run.config, precision="fp32"))
+    # A QLoRA base is de-quantized first, so the adapter lands on the very weights it was
+    # trained against (peft would otherwise re-quantize the merged weights to 4 bits).
+    base = _training_base(run)
     if getattr(base, "is_quantized", False):
         base = base.dequantize()
     model = PeftModel.from_pretrained(base, str(run.adapter))
@@ -98,13 +103,9 @@ def logit_gap(run_name: str, merged: Path, prompts: list[str]) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.config import load_config
-    from training.run import load_base
-
     run = RunFolder.existing(run_name)
     tokenizer = AutoTokenizer.from_pretrained(str(merged))
-    reference = load_base(load_config(run.config, precision="fp32"))
-    unmerged = PeftModel.from_pretrained(reference, str(run.adapter)).eval()
+    unmerged = PeftModel.from_pretrained(_training_base(run), str(run.adapter)).eval()
     plain = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32).eval()
     gaps, agree, positions = [], 0, 0
     with torch.inference_mode():
