@@ -7,6 +7,8 @@
     python cli.py topics --corpus guardian-headlines [--method fast|umap] [--out DIR]
     HF_TOKEN=... python cli.py publish --run RUN --repo USER/NAME [--space USER/SPACE] [--private]
     python cli.py export --run RUN --format merged [--dtype bf16|fp16|fp32]
+    python cli.py export --run RUN --format gguf [--quant f16|bf16|q8_0|q4_0]
+    HF_TOKEN=... python cli.py publish --run RUN --repo USER/NAME --what merged|gguf-q8_0
 
 Heavy libraries are imported inside each command, so `--help` is instant.
 """
@@ -84,12 +86,14 @@ def cmd_topics(args) -> int:
 
 def cmd_publish(args) -> int:
     from core.hub import push_adapter, push_space
+    from training.export import ensure_export
 
     def progress(fraction, desc=""):
         print(f"[{fraction:4.0%}] {desc}", file=sys.stderr)
 
     try:
-        print(push_adapter(args.run, args.repo, None, args.private, progress))
+        ensure_export(args.run, args.what, progress)
+        print(push_adapter(args.run, args.repo, None, args.private, progress, what=args.what))
         if args.space:
             print(push_space(args.run, args.space, args.repo, None, args.private, progress))
     except LabError as exc:
@@ -99,13 +103,13 @@ def cmd_publish(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from training.export import merge_run
+    from training.export import export_run
 
     def progress(fraction, desc=""):
         print(f"[{fraction:4.0%}] {desc}", file=sys.stderr)
 
     try:
-        print(merge_run(args.run, args.dtype, progress).describe())
+        print(export_run(args.run, args.format, args.dtype, args.quant, progress).describe())
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -139,11 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--repo", required=True, help="model repo, OWNER/NAME")
     publish.add_argument("--space", help="also create or update this Space, OWNER/NAME")
     publish.add_argument("--private", action="store_true")
-    export = sub.add_parser("export", help="merge a run's LoRA/QLoRA adapter into its base model")
+    publish.add_argument("--what", default="adapter",
+                         help="adapter (default), merged, or gguf-<quant> such as gguf-q8_0 (exported first if needed)")
+    export = sub.add_parser("export", help="merge a run's adapter into its base; or write GGUF + Modelfile")
     export.add_argument("--run", required=True, help="run folder name (see: cli.py runs)")
-    export.add_argument("--format", choices=("merged",), default="merged",
-                        help="merged: a plain safetensors model folder (GGUF export is not built yet)")
-    export.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
+    export.add_argument("--format", choices=("merged", "gguf"), default="merged",
+                        help="merged: a plain safetensors model folder; gguf: one file for llama.cpp/Ollama")
+    export.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="merged weights")
+    export.add_argument("--quant", choices=("f16", "bf16", "q8_0", "q4_0"), default="q8_0",
+                        help="GGUF tensor type of the 2-D weights (norms stay f32)")
     return parser
 
 

@@ -79,9 +79,13 @@ def _encode(tokenizer, messages: list[dict], raw_text: bool = False) -> list[int
     if tokenizer.chat_template and not raw_text:
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
-    # A pretrained-only model has no chat template: it simply continues the text.
-    text = "\n\n".join(m["content"] for m in messages if m["role"] != "system")
-    return tokenizer(text)["input_ids"]
+    return tokenizer(plain_prompt(messages))["input_ids"]
+
+
+def plain_prompt(messages: list[dict]) -> str:
+    """The text a model without a chat template gets: a pretrained-only model simply continues
+    it, so the turns are joined by blank lines and system prompts are left out."""
+    return "\n\n".join(m["content"] for m in messages if m["role"] != "system")
 
 
 class _StopOnEvent:

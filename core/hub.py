@@ -1,6 +1,10 @@
 """Publish a finished run to the Hugging Face Hub: the adapter with a model card, and a Space.
 
     python cli.py publish --run RUN --repo USER/NAME [--space USER/SPACE] [--private]
+    python cli.py publish --run RUN --repo USER/NAME --what merged|gguf-q8_0   # an export instead
+
+`what` picks the folder to push: the adapter (default), the merged model or a GGUF export
+(training.export and training.gguf_export write those into the run folder first).
 
 The token comes from the caller (the tab's password box) or HF_TOKEN. It is passed to
 huggingface_hub only: never printed, logged, written to a file, or echoed in an error.
@@ -88,21 +92,46 @@ def finished_run(name: str) -> RunFolder:
     return run
 
 
-def model_card(run: RunFolder, repo_id: str) -> str:
+WHAT = re.compile(r"adapter|merged|gguf-[a-z0-9_]+")
+
+
+def folder_to_push(run: RunFolder, what: str) -> Path:
+    """The run's folder for `what` (adapter, merged or gguf-<quant>), which must already exist."""
+    if not WHAT.fullmatch(what or ""):
+        raise HubError(f"Cannot push {what!r}: choose adapter, merged or gguf-<type> (e.g. gguf-q8_0).")
+    folder = {"adapter": run.adapter, "merged": run.merged}.get(what) or run.gguf_dir(what[len("gguf-"):])
+    if not folder.is_dir():
+        raise HubError(f"Run '{run.name}' has no {what} export yet: export it first "
+                       f"(Publish tab, Export; or cli.py export --run {run.name}).")
+    return folder
+
+
+def _library(run: RunFolder, what: str) -> tuple[str, list[str]]:
+    """The card's library_name and the extra tags for what is pushed."""
+    if what.startswith("gguf-"):
+        return "gguf", ["gguf", what[len("gguf-"):]]
+    if what == "merged":
+        return "transformers", ["merged"]
+    return ("peft" if run.is_lora else "transformers"), []
+
+
+def model_card(run: RunFolder, repo_id: str, what: str = "adapter") -> str:
     """README.md for the model repo: valid card metadata, results, report and usage."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    manifest, config, is_lora = run.manifest(), run.config.read_text(), run.is_lora
-    data = ModelCardData(base_model=manifest["base_model"], library_name="peft" if is_lora else "transformers",
+    manifest, config, is_lora = run.manifest(), run.config.read_text(), run.is_lora and what == "adapter"
+    library, extra_tags = _library(run, what)
+    data = ModelCardData(base_model=manifest["base_model"], library_name=library,
                          pipeline_tag="text-generation", license="apache-2.0",
-                         tags=["finetune-lab", manifest["objective"], manifest["adapter"], "text-generation"])
+                         tags=["finetune-lab", manifest["objective"], manifest["adapter"], "text-generation"]
+                         + extra_tags)
     report = run.report() or "(no report)"
     body = (TEMPLATES / "model_card.md").read_text().format(
         repo_id=repo_id, method=manifest["method"], base=manifest["base_model"], dataset=manifest["dataset"],
         steps=manifest["steps"], ppl_before=manifest.get("perplexity_before"),
         ppl_after=manifest.get("perplexity_after"), first_loss=manifest.get("first_loss"),
         final_loss=manifest.get("final_loss"), config=config, report=report,
-        usage=_usage(repo_id, manifest["base_model"], is_lora), weights_note=weights_note(manifest))
+        usage=_usage(repo_id, manifest["base_model"], is_lora, run, what), weights_note=weights_note(manifest))
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
     return str(card)
 
@@ -117,7 +146,13 @@ def weights_note(manifest: dict) -> str:
             "weights than it was trained with, so its outputs can differ a little from the figures here.")
 
 
-def _usage(repo_id: str, base: str, is_lora: bool) -> str:
+def _usage(repo_id: str, base: str, is_lora: bool, run: RunFolder, what: str) -> str:
+    if what.startswith("gguf-"):
+        files = sorted(p.name for p in folder_to_push(run, what).glob("*.gguf"))
+        name = files[0] if files else "model.gguf"
+        return (f'# llama.cpp: llama-cli -hf {repo_id}    Ollama: ollama run hf.co/{repo_id}\n'
+                f'from transformers import AutoModelForCausalLM\n'
+                f'model = AutoModelForCausalLM.from_pretrained("{repo_id}", gguf_file="{name}")')
     if is_lora:
         return (f'from peft import AutoPeftModelForCausalLM\nmodel = AutoPeftModelForCausalLM.from_pretrained("{repo_id}")'
                 f'\n# or: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base}"), "{repo_id}")')
@@ -125,21 +160,23 @@ def _usage(repo_id: str, base: str, is_lora: bool) -> str:
 
 
 def push_adapter(run_name: str, repo_id: str, token: str | None = None, private: bool = False,
-                 progress=None) -> str:
-    """Create or update the model repo with the adapter (or full model) and its card; return its URL."""
+                 progress=None, what: str = "adapter") -> str:
+    """Create or update the model repo with the adapter (or full model, or an export) and its
+    card; return its URL."""
     from huggingface_hub import CommitOperationAdd
 
     run, repo_id, token = finished_run(run_name), check_repo_id(repo_id), resolve_token(token)
+    folder = folder_to_push(run, what)
     api = _api(token)
     with hub_errors(token, repo_id):
         _step(progress, 0.1, "Checking the token")
         _check_namespace(api, repo_id)
         _step(progress, 0.3, "Creating or updating the repo")
         url = api.create_repo(repo_id, private=private, exist_ok=True)
-        _step(progress, 0.5, "Uploading the adapter and model card in one commit")
-        files = [CommitOperationAdd(p.name, str(p)) for p in sorted(run.adapter.iterdir())
+        _step(progress, 0.5, f"Uploading the {what} and model card in one commit")
+        files = [CommitOperationAdd(p.name, str(p)) for p in sorted(folder.iterdir())
                  if p.is_file() and p.name != "README.md"]  # peft writes a stub card; ours replaces it
-        files.append(CommitOperationAdd("README.md", model_card(run, repo_id).encode()))
+        files.append(CommitOperationAdd("README.md", model_card(run, repo_id, what).encode()))
         api.create_commit(repo_id, operations=files, commit_message=f"Upload {run.name} from Finetune Lab")
         _step(progress, 1.0, "Done")
     return str(url)

@@ -60,6 +60,10 @@ class RunFolder:
     stop_marker = property(lambda self: self.path / "stop-requested")
     merged = property(lambda self: self.path / "merged")  # training.export: adapter merged into its base
 
+    def gguf_dir(self, quant: str) -> Path:
+        """training.gguf_export's output for one tensor type: the .gguf file and its Modelfile."""
+        return self.path / f"gguf-{quant}"
+
     def manifest(self) -> dict:
         return read_json(self.manifest_file)
 

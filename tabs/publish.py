@@ -1,5 +1,6 @@
-"""Publish tab: push a finished run's adapter with a model card, create or update a Space, and
-export the adapter merged into its base (training.export).
+"""Publish tab: push a finished run's adapter (or its merged model, or a GGUF) with a model card,
+create or update a Space, and export: the adapter merged into its base (training.export) or a
+GGUF file with an Ollama Modelfile (training.gguf_export).
 
 The token box is a password field whose value lives only in the browser session; it is passed
 to core.hub and never stored or echoed. Every action here needs a login when the app is public.
@@ -13,7 +14,10 @@ from core.errors import LabError
 from core.hub import push_adapter, push_space
 from core.runs import finished_runs
 from tabs.feedback import warn
-from training.export import DTYPES, merge_run
+from training.export import DTYPES, ensure_export, export_run
+from training.gguf_export import QUANTS
+
+PUSH_CHOICES = ["adapter", "merged"] + [f"gguf-{quant}" for quant in QUANTS]
 
 
 def run_choices() -> list[str]:
@@ -24,13 +28,18 @@ def refresh_runs():
     return gr.update(choices=run_choices())
 
 
-def publish_adapter(run, repo_id, private, token, request: gr.Request = None, progress=gr.Progress()) -> str:
+def publish_adapter(run, repo_id, private, token, what="adapter", request: gr.Request = None,
+                    progress=gr.Progress()) -> str:
     try:
         require_user(request, action="publishing")
-        url = push_adapter(run or "", repo_id, token, bool(private), progress=progress)
+        what = what or "adapter"
+        if what not in PUSH_CHOICES:
+            raise LabError(f"Cannot push {what!r}: choose one of {', '.join(PUSH_CHOICES)}.")
+        ensure_export(run or "", what, progress)
+        url = push_adapter(run or "", repo_id, token, bool(private), progress=progress, what=what)
     except LabError as exc:
         return warn(exc)
-    return f"✅ Adapter pushed: [{url}]({url})"
+    return f"✅ {what.capitalize()} pushed: [{url}]({url})"
 
 
 def publish_space(run, space_id, repo_id, private, token, request: gr.Request = None, progress=gr.Progress()) -> str:
@@ -42,14 +51,17 @@ def publish_space(run, space_id, repo_id, private, token, request: gr.Request = 
     return f"✅ Space created or updated: [{url}]({url}) — it loads the adapter from `{repo_id}`."
 
 
-def export_merged(run, dtype, request: gr.Request = None, progress=gr.Progress()) -> str:
+def export_model(run, fmt, dtype, quant, request: gr.Request = None, progress=gr.Progress()) -> str:
     try:
         require_user(request, action="exporting")
-        done = merge_run(run or "", dtype or "bf16", progress=progress)
+        done = export_run(run or "", fmt or "merged", dtype or "bf16", quant or "q8_0", progress=progress)
     except LabError as exc:
         return warn(exc)
-    return (f"✅ Merged model: `{done.folder}` ({done.size_mb:.0f} MB, {done.seconds:.1f} s). "
-            "It loads with `AutoModelForCausalLM.from_pretrained` alone.")
+    where = f"`{done.folder}` ({done.size_mb:.0f} MB, {done.seconds:.1f} s)"
+    if fmt == "gguf":
+        return (f"✅ GGUF and Modelfile: {where}. Run it with `llama-cli -m <file>.gguf`, or "
+                f"`ollama create NAME -f Modelfile` from that folder.")
+    return f"✅ Merged model: {where}. It loads with `AutoModelForCausalLM.from_pretrained` alone."
 
 
 def build(demo: gr.Blocks) -> None:
@@ -63,21 +75,27 @@ def build(demo: gr.Blocks) -> None:
     with gr.Row():
         repo = gr.Textbox(label="Model repo", placeholder="your-name/smollm2-lumen-lora")
         private = gr.Checkbox(label="Private")
-    push = gr.Button("Push adapter", variant="primary")
+    what = gr.Dropdown(PUSH_CHOICES, value="adapter", label="What to push",
+                       info="merged and gguf-* are exported first if the run has no such export yet")
+    push = gr.Button("Push", variant="primary")
     with gr.Row():
         space = gr.Textbox(label="Space", placeholder="your-name/lumen-compare")
     make_space = gr.Button("Create or update Space")
     result = gr.Markdown(elem_id="publish-result")
-    with gr.Accordion("Export: merge the adapter into its base model", open=False):
-        gr.Markdown("Writes a plain safetensors model folder (weights, tokenizer, chat template) into the "
-                    "run folder. A QLoRA adapter merges into its de-quantized NF4 base, the weights it "
-                    "was trained against. GGUF and Ollama export are not built yet.")
+    with gr.Accordion("Export: a merged model, or GGUF for llama.cpp and Ollama", open=False):
+        gr.Markdown("**merged** writes a plain safetensors model folder (weights, tokenizer, chat "
+                    "template); a QLoRA adapter merges into its de-quantized NF4 base, the weights it was "
+                    "trained against. **gguf** writes one file for llama.cpp, LM Studio and Ollama, with "
+                    "the tokenizer and chat template inside and an Ollama `Modelfile` beside it. Both go "
+                    "into the run folder.")
         with gr.Row():
-            dtype = gr.Radio(list(DTYPES), value="bf16", label="Weights")
-            merge = gr.Button("Merge")
+            fmt = gr.Radio(["merged", "gguf"], value="merged", label="Format")
+            dtype = gr.Radio(list(DTYPES), value="bf16", label="Merged weights")
+            quant = gr.Radio(list(QUANTS), value="q8_0", label="GGUF tensor type")
+            merge = gr.Button("Export")
         exported = gr.Markdown(elem_id="export-result")
-    push.click(publish_adapter, [run, repo, private, token], result, api_name="publish_adapter")
+    push.click(publish_adapter, [run, repo, private, token, what], result, api_name="publish_adapter")
     make_space.click(publish_space, [run, space, repo, private, token], result, api_name="publish_space")
-    merge.click(export_merged, [run, dtype], exported, api_name="export_merged")
+    merge.click(export_model, [run, fmt, dtype, quant], exported, api_name="export_model")
     refresh.click(refresh_runs, None, run, api_name=False)
     demo.load(refresh_runs, None, run, api_name=False)

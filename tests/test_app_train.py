@@ -44,23 +44,31 @@ def test_visitors_see_no_server_paths(app_server, tiny_run, data_home):
     assert status["state"] == "completed" and str(data_home) not in str(status)
 
 
-def test_export_merged_over_the_api_is_owner_only(app_server, tiny_run):
+def test_export_over_the_api_is_owner_only(app_server, tiny_run):
     """The Publish tab's Export: a visitor is refused and nothing is written; the owner gets
-    the merged folder with its size."""
+    the merged folder, then a GGUF file with its Modelfile, each with its size."""
     import shutil
 
     from gradio_client import Client
 
     from core.runs import RunFolder
 
-    merged = RunFolder(tiny_run).merged
-    shutil.rmtree(merged, ignore_errors=True)  # another test may have exported it already
-    refused = Client(app_server, verbose=False).predict(tiny_run.name, "bf16", api_name="/export_merged")
-    assert "Log in" in refused and "only chat is open" in refused
-    assert not merged.exists()
-    done = owner_client(app_server).predict(tiny_run.name, "bf16", api_name="/export_merged")
-    assert "Merged model" in done and "MB" in done and (merged / "model.safetensors").is_file()
+    run = RunFolder(tiny_run)
+    shutil.rmtree(run.merged, ignore_errors=True)  # another test may have exported it already
+    shutil.rmtree(run.gguf_dir("q4_0"), ignore_errors=True)
+    for fmt in ("merged", "gguf"):
+        refused = Client(app_server, verbose=False).predict(tiny_run.name, fmt, "bf16", "q4_0",
+                                                            api_name="/export_model")
+        assert "Log in" in refused and "only chat is open" in refused
+    assert not run.merged.exists() and not run.gguf_dir("q4_0").exists()
+    done = owner_client(app_server).predict(tiny_run.name, "merged", "bf16", "q8_0", api_name="/export_model")
+    assert "Merged model" in done and "MB" in done and (run.merged / "model.safetensors").is_file()
+    done = owner_client(app_server).predict(tiny_run.name, "gguf", "bf16", "q4_0", api_name="/export_model")
+    assert "GGUF and Modelfile" in done and "MB" in done and "ollama create" in done
+    assert (run.gguf_dir("q4_0") / "Modelfile").is_file() and list(run.gguf_dir("q4_0").glob("*.gguf"))
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError, match="not in the list of choices"):  # the picker holds run names only
-        owner_client(app_server).predict("../../etc", "bf16", api_name="/export_merged")
+        owner_client(app_server).predict("../../etc", "gguf", "bf16", "q8_0", api_name="/export_model")
+    with pytest.raises(AppError, match="not in the list of choices"):
+        owner_client(app_server).predict(tiny_run.name, "gguf", "bf16", "../q8_0", api_name="/export_model")

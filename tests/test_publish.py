@@ -205,3 +205,27 @@ def test_token_never_leaks(hub_url, tiny_run, data_home, tmp_path):
     with pytest.raises(hub.HubError) as info:
         hub.push_adapter(tiny_run.name, "someone-else/their-model", LEAK)
     assert LEAK not in str(info.value) and LEAK not in repr(info.value)
+
+
+@pytest.mark.slow
+def test_push_gguf_export_with_a_gguf_card(endpoint, tiny_run):
+    """`--what gguf-q4_0` exports first when needed, then pushes the file, its Modelfile and a
+    card whose library_name and tags say GGUF and the tensor type."""
+    from huggingface_hub import HfApi, ModelCard
+
+    done = subprocess.run([sys.executable, "cli.py", "publish", "--run", tiny_run.name, "--repo", "tester/lumen-gguf",
+                           "--what", "gguf-q4_0"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_ENDPOINT": endpoint, "HF_TOKEN": TOKEN})
+    assert done.returncode == 0, done.stderr[-2000:]
+    files = set(HfApi(endpoint=endpoint, token=TOKEN).list_repo_files("tester/lumen-gguf"))
+    assert files == {"README.md", "Modelfile", f"{tiny_run.name}-q4_0.gguf"}, files
+    card = ModelCard(hub.model_card(RunFolder(tiny_run), "tester/lumen-gguf", "gguf-q4_0"))
+    assert card.data.library_name == "gguf" and {"gguf", "q4_0", "finetune-lab"} <= set(card.data.tags)
+    assert f'gguf_file="{tiny_run.name}-q4_0.gguf"' in card.text and "ollama run hf.co/tester/lumen-gguf" in card.text
+
+
+def test_push_refuses_an_unknown_or_missing_export(endpoint, tiny_run):
+    with pytest.raises(hub.HubError, match="choose adapter, merged or gguf-<type>"):
+        hub.push_adapter(tiny_run.name, "tester/x", TOKEN, what="../adapter")
+    with pytest.raises(hub.HubError, match="has no gguf-f32 export yet: export it first"):
+        hub.push_adapter(tiny_run.name, "tester/x", TOKEN, what="gguf-f32")
