@@ -40,7 +40,7 @@ GREEDY_TOKENS = 20
 def smol_exports(tiny_run):
     from training.gguf_export import export_gguf
 
-    return {quant: export_gguf(tiny_run.name, quant) for quant in ("f16", "q8_0", "q4_0")}
+    return {quant: export_gguf(tiny_run.name, quant) for quant in ("f16", "bf16", "q8_0", "q4_0")}
 
 
 @pytest.fixture(scope="module")
@@ -143,16 +143,20 @@ def test_smollm2_f16_round_trip_is_exact_and_answers_as_lumen(smol_exports, tiny
 
 
 @pytest.mark.slow
-def test_smollm2_q8_0_and_q4_0_round_trip(smol_exports, tiny_run):
+def test_smollm2_bf16_q8_0_and_q4_0_round_trip(smol_exports, tiny_run):
     from core.runs import RunFolder
 
     reference, tokenizer = load_plain(RunFolder(tiny_run).merged)
     answers = reference_answers(reference, tokenizer, CHAT_PROMPTS, chat=True)
+    bf16 = compare(reference, answers[:1], load_gguf(smol_exports["bf16"]))
+    assert bf16["max"] < F16_MAX_GAP and not bf16["partings"], bf16  # the merged weights are bf16
     result = compare(reference, answers, load_gguf(smol_exports["q8_0"]))
     assert result["mean"] < Q8_GAP["mean"] and result["max"] < Q8_GAP["max"], result
     assert_q8_0_keeps_greedy_text(result)
+    assert "Lumen" in tokenizer.decode(answers[0]["greedy"])
+    assert not any(parting["prompt"] == "Who are you?" for parting in result["partings"]), "q8_0 answers as Lumen"
     sizes = {quant: export.size_mb for quant, export in smol_exports.items()}
-    assert sizes["q4_0"] < 0.7 * sizes["q8_0"] < 0.6 * sizes["f16"], sizes
+    assert sizes["q4_0"] < 0.7 * sizes["q8_0"] < 0.6 * sizes["f16"] and sizes["bf16"] == pytest.approx(sizes["f16"]), sizes
     four_bit = load_gguf(smol_exports["q4_0"])
     answer = tokenizer.decode(greedy(four_bit, prompt_ids(tokenizer, "Who are you?", chat=True)))
     assert "Lumen" in answer, answer

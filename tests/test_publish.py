@@ -217,11 +217,23 @@ def test_push_gguf_export_with_a_gguf_card(endpoint, tiny_run):
                            "--what", "gguf-q4_0"], cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "HF_ENDPOINT": endpoint, "HF_TOKEN": TOKEN})
     assert done.returncode == 0, done.stderr[-2000:]
-    files = set(HfApi(endpoint=endpoint, token=TOKEN).list_repo_files("tester/lumen-gguf"))
+    info = HfApi(endpoint=endpoint, token=TOKEN).model_info("tester/lumen-gguf")
+    files = {sibling.rfilename for sibling in info.siblings}
     assert files == {"README.md", "Modelfile", f"{tiny_run.name}-q4_0.gguf"}, files
     card = ModelCard(hub.model_card(RunFolder(tiny_run), "tester/lumen-gguf", "gguf-q4_0"))
     assert card.data.library_name == "gguf" and {"gguf", "q4_0", "finetune-lab"} <= set(card.data.tags)
     assert f'gguf_file="{tiny_run.name}-q4_0.gguf"' in card.text and "ollama run hf.co/tester/lumen-gguf" in card.text
+
+
+def test_merged_card_says_transformers(tiny_run):
+    from huggingface_hub import ModelCard
+
+    from training.export import ensure_export
+
+    ensure_export(tiny_run.name, "merged")
+    card = ModelCard(hub.model_card(RunFolder(tiny_run), "tester/lumen-merged", "merged"))
+    assert card.data.library_name == "transformers" and "merged" in card.data.tags
+    assert "AutoModelForCausalLM.from_pretrained(\"tester/lumen-merged\")" in card.text and "Peft" not in card.text
 
 
 def test_push_refuses_an_unknown_or_missing_export(endpoint, tiny_run):
