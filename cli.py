@@ -9,6 +9,8 @@
     python cli.py export --run RUN --format merged [--dtype bf16|fp16|fp32]
     python cli.py export --run RUN --format gguf [--quant f16|bf16|q8_0|q4_0]
     HF_TOKEN=... python cli.py publish --run RUN --repo USER/NAME --what merged|gguf-q8_0
+    python cli.py votes export --out prefs.jsonl    # Compare votes as DPO pairs
+    python cli.py votes table | accept              # win/loss/tie per adapter; accept visitors' votes
 
 Heavy libraries are imported inside each command, so `--help` is instant.
 """
@@ -116,6 +118,28 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_votes(args) -> int:
+    from pathlib import Path
+
+    from core import votes
+
+    try:
+        if args.action == "export":
+            print(f"{votes.export_preferences(Path(args.out))} preference pair(s) written to {args.out}")
+        elif args.action == "accept":
+            print(f"{votes.accept_visitor_votes()} visitor vote(s) moved into your store")
+        else:
+            for row in votes.win_table(votes.read()) or []:
+                low, high = row["interval_95"]
+                print(f"{row['adapter']} vs {row['model']}: {row['wins']}-{row['losses']}-{row['ties']} "
+                      f"(win-loss-tie), {row['both_bad']} both bad, win share {row['win_share']} "
+                      f"[95%: {low}-{high}]")
+    except LabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cli.py", description="Finetune Lab command line.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -145,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--private", action="store_true")
     publish.add_argument("--what", default="adapter",
                          help="adapter (default), merged, or gguf-<quant> such as gguf-q8_0 (exported first if needed)")
+    votes = sub.add_parser("votes", help="the Compare votes: export as DPO pairs, win table, accept visitors'")
+    votes.add_argument("action", choices=("export", "table", "accept"))
+    votes.add_argument("--out", default="preferences.jsonl", help="export: the jsonl file to write")
     export = sub.add_parser("export", help="merge a run's adapter into its base; or write GGUF + Modelfile")
     export.add_argument("--run", required=True, help="run folder name (see: cli.py runs)")
     export.add_argument("--format", choices=("merged", "gguf"), default="merged",
@@ -161,7 +188,7 @@ def main(argv=None) -> int:
         return cmd_train(argv[1:])
     args = build_parser().parse_args(argv)
     commands = {"chat": cmd_chat, "runs": cmd_runs, "topics": cmd_topics, "publish": cmd_publish,
-                "export": cmd_export}
+                "export": cmd_export, "votes": cmd_votes}
     return commands[args.command](args)
 
 

@@ -8,8 +8,10 @@ Formats (detected from the columns, or forced with a mapping such as 'question=Q
   prompt_completion         {"prompt": "...", "completion": "..."}
   alpaca                    {"instruction": "...", "input": "", "output": "..."}
   qa                        {"question": "...", "answer": "...", "context": optional}
+  preference                {"prompt": ..., "chosen": ..., "rejected": ...}     -> DPO
 Every SFT format becomes conversational prompt/completion, so trl puts the loss on the
 completion only (SmolLM2's template has no {% generation %} markers for assistant_only_loss).
+Preference rows (texts or message lists, as trl's DPOTrainer takes them) train objective=dpo.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from core.errors import LabError
 
 
 FORMATS = {  # format -> required columns, in detection order
+    "preference": ("prompt", "chosen", "rejected"),
     "messages": ("messages",),
     "prompt_completion": ("prompt", "completion"),
     "alpaca": ("instruction", "output"),
@@ -31,8 +34,10 @@ FORMATS = {  # format -> required columns, in detection order
 }
 EXTENSIONS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet",
               ".txt": "text", ".md": "text"}
-BUNDLED = ("identity", "chatterbot", "shakespeare")
+BUNDLED = ("identity", "identity-preferences", "chatterbot", "shakespeare")
 _IDENTITY = Path(__file__).parent / "datasets" / "identity.jsonl"
+# Built by core.preference_set: identity answers chosen, SmolLM2's own greedy answers rejected.
+IDENTITY_PREFERENCES = Path(__file__).parent / "datasets" / "identity_preferences.jsonl"
 
 
 class DataError(LabError):
@@ -51,6 +56,8 @@ def load_rows(source: str, columns: str = ""):
     source = (source or "").strip()
     if source == "identity":
         ds = _load_file(_IDENTITY)
+    elif source == "identity-preferences":
+        ds = _load_file(IDENTITY_PREFERENCES)
     elif source == "chatterbot" or source.startswith("chatterbot:"):
         ds = Dataset.from_list(_chatterbot_rows(source.partition(":")[2]))
     elif source == "shakespeare":

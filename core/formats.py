@@ -76,6 +76,8 @@ def sft_rows(ds, tokenizer, first_row: int = 1):
     from datasets import Dataset
 
     fmt = detect_format(ds.column_names)
+    if fmt == "preference":
+        raise DataError("This is preference data (prompt, chosen, rejected): train it with objective=dpo.")
     if fmt == "text":
         raise DataError("SFT needs prompts and answers, but this data has only a 'text' column: "
                         "use objective=dapt, or map columns (e.g. 'question=Q,answer=A').")

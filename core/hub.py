@@ -128,12 +128,37 @@ def model_card(run: RunFolder, repo_id: str, what: str = "adapter") -> str:
     report = run.report() or "(no report)"
     body = (TEMPLATES / "model_card.md").read_text().format(
         repo_id=repo_id, method=manifest["method"], base=manifest["base_model"], dataset=manifest["dataset"],
-        steps=manifest["steps"], ppl_before=manifest.get("perplexity_before"),
-        ppl_after=manifest.get("perplexity_after"), first_loss=manifest.get("first_loss"),
-        final_loss=manifest.get("final_loss"), config=config, report=report,
+        steps=manifest["steps"], results_rows=results_rows(manifest), votes_note=votes_note(run.name),
+        config=config, report=report,
         usage=_usage(repo_id, manifest["base_model"], is_lora, run, what), weights_note=weights_note(manifest))
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
     return str(card)
+
+
+def results_rows(manifest: dict) -> str:
+    """The card's before/after rows: perplexity, or DPO's held-out reward accuracy."""
+    rows = []
+    if manifest.get("objective") == "dpo":
+        rows.append(f"| held-out reward accuracy (chosen over rejected) | {manifest.get('reward_accuracy_before')} "
+                    f"| {manifest.get('reward_accuracy_after')} |")
+        rows.append(f"| held-out reward margin | 0 | {manifest.get('reward_margin_after')} |")
+    else:
+        rows.append(f"| held-out perplexity | {manifest.get('perplexity_before')} | {manifest.get('perplexity_after')} |")
+    rows.append(f"| training loss (first → last step) | {manifest.get('first_loss')} | {manifest.get('final_loss')} |")
+    return "\n".join(rows)
+
+
+def votes_note(run_name: str) -> str:
+    """Blind Compare votes for this adapter against its base, when there are any."""
+    from core.votes import read, win_table
+
+    row = next((r for r in win_table(read()) if r["adapter"] == run_name), None)
+    if row is None:
+        return ""
+    low, high = row["interval_95"]
+    return (f"\nBlind A/B votes in Finetune Lab's Compare against the base: {row['wins']} wins, "
+            f"{row['losses']} losses, {row['ties']} ties ({row['both_bad']} both bad); win share "
+            f"{row['win_share']}, 95% interval {low}-{high}.\n")
 
 
 def weights_note(manifest: dict) -> str:

@@ -119,18 +119,50 @@ def refresh_adapters():
     return gr.update(choices=adapter_choices())
 
 
+def wire_votes(mode, blind, vote_row, vote_buttons, pending, base_chat, tuned_chat, status, model, adapter):
+    """Blind A/B: the toggle shows in Compare, the vote buttons in blind mode; thumbs elsewhere."""
+    from tabs import chat_votes
+
+    def show(mode_value, blind_value, left, right, pair):
+        """Show the toggle in Compare and the vote buttons in blind mode; put the panes back in
+        base | tuned order if the last blind question had swapped them."""
+        compare = mode_value == "Compare"
+        hidden = compare and blind_value
+        if pair and pair.get("swapped"):
+            left, right = right, left
+        return (gr.update(value=right, visible=compare, label="Answer B" if hidden else "Tuned model"),
+                gr.update(visible=compare), gr.update(visible=hidden),
+                gr.update(value=left, label="Answer A" if hidden else "Base model"), None)
+
+    for trigger in (mode.change, blind.change):
+        trigger(show, [mode, blind, base_chat, tuned_chat, pending], [tuned_chat, blind, vote_row, base_chat, pending],
+                api_name=False)
+    for button, choice in zip(vote_buttons, chat_votes.VOTE_BUTTONS.values()):
+        button.click(chat_votes.vote_handler(choice), pending, [status, pending, base_chat, tuned_chat],
+                     api_name=f"vote_{choice}")
+    for chat, pane in ((base_chat, "base"), (tuned_chat, "tuned")):
+        chat.like(chat_votes.thumb_handler(pane), [chat, model, adapter, blind], status, api_name=False)
+
+
 def build(demo: gr.Blocks) -> gr.Dropdown:
     """Lay out the Chat tab inside the current gr.Blocks; return the adapter picker."""
+    from tabs import chat_votes  # it builds on respond() above
     with gr.Row():
         model = gr.Dropdown([s.name for s in KNOWN_MODELS], value=DEFAULT_MODEL, label="Model",
                             allow_custom_value=True, info="A known name, any Hub id or a local folder")
         mode = gr.Radio(list(MODES), value="Single", label="Mode")
+        blind = gr.Checkbox(False, label="Blind A/B", visible=False, elem_id="blind-toggle",
+                            info="Hide which pane is which until you vote")
         adapter = gr.Dropdown([], value=None, label="Adapter (Compare)", allow_custom_value=True, elem_id="adapter-picker",
                               info="A finished run (LoRA/QLoRA adapter or full fine-tune), or a folder")
         refresh = gr.Button("↻ Adapters", size="sm", scale=0)
     with gr.Row():
         base_chat = gr.Chatbot(label="Base model", height=420, elem_id="base-chat")
         tuned_chat = gr.Chatbot(label="Tuned model", height=420, visible=False, elem_id="tuned-chat")
+    with gr.Row(visible=False) as vote_row:
+        vote_buttons = [gr.Button(label, size="sm", elem_id=f"vote-{choice}")
+                        for label, choice in chat_votes.VOTE_BUTTONS.items()]
+    pending = gr.State(None)
     box = gr.Textbox(placeholder="Ask something and press Enter", show_label=False, max_lines=8)
     with gr.Row():
         send = gr.Button("Send", variant="primary")
@@ -147,15 +179,15 @@ def build(demo: gr.Blocks) -> gr.Dropdown:
             gr.Slider(1, 1024, defaults.max_new_tokens, step=1, label="Max new tokens"),
             gr.Slider(1, 2, defaults.repetition_penalty, step=0.05, label="Repetition penalty"),
         ]
-    inputs = [box, base_chat, tuned_chat, model, adapter, mode, *settings]
-    outputs = [base_chat, tuned_chat, status, box]
-    events = [trigger(respond, inputs, outputs, api_name=name)
+    inputs = [box, base_chat, tuned_chat, model, adapter, mode, *settings, blind, pending]
+    outputs = [base_chat, tuned_chat, status, box, pending]
+    events = [trigger(chat_votes.chat_turn, inputs, outputs, api_name=name)
               for trigger, name in ((box.submit, "chat"), (send.click, None))]
     stop.click(None, cancels=events)
     again.click(retry, [base_chat, tuned_chat], [base_chat, tuned_chat, box]).then(
-        respond, inputs, outputs)
-    clear.click(lambda: ([], [], ""), None, [base_chat, tuned_chat, status])
-    mode.change(lambda m: gr.update(visible=m == "Compare"), mode, tuned_chat)
+        chat_votes.chat_turn, inputs, outputs)
+    clear.click(lambda: ([], [], "", None), None, [base_chat, tuned_chat, status, pending])
+    wire_votes(mode, blind, vote_row, vote_buttons, pending, base_chat, tuned_chat, status, model, adapter)
     refresh.click(refresh_adapters, None, adapter, api_name=False)
     demo.load(refresh_adapters, None, adapter, api_name=False)
     gr.api(adapter_choices, api_name="adapters")

@@ -13,7 +13,7 @@ import gradio as gr
 from core.access import check_data_source, clamp, is_trusted
 from core.data import BUNDLED, chatterbot_categories, detect_format, load_rows
 from core.errors import LabError
-from tabs import train_form
+from tabs import train_form, train_votes
 from tabs.feedback import warn
 from tabs.session import download_path, remember_upload, save_upload
 from tabs.train_live import (
@@ -112,6 +112,7 @@ def build(demo: gr.Blocks, adapter_picker: gr.Dropdown) -> None:
     form = {name: fields[name] for name in train_form.NAMES}
     live = _run_step()
     runs = _runs_section()
+    train_votes.build(data["dataset"], fields["objective"])
     _wire_data(data, form, uploads)
     _wire_method(method, form, fields)
     _wire_live(live, form, run, last_state, uploads, adapter_picker)

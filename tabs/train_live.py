@@ -144,9 +144,11 @@ def result_markdown(status) -> str:
     if status.state != "completed":
         return ""
     m = status.manifest
+    held_out = (f"held-out reward accuracy {m.get('reward_accuracy_before')} → {m.get('reward_accuracy_after')}"
+                if m.get("objective") == "dpo" else
+                f"perplexity {m.get('perplexity_before')} → {m.get('perplexity_after')}")
     lines = [f"### {m.get('method')} on {m.get('dataset')}: {m.get('steps')} steps in {m.get('train_runtime_s')} s",
-             f"Loss {m.get('first_loss', 0):.3f} → {m.get('final_loss', 0):.3f} · perplexity "
-             f"{m.get('perplexity_before')} → {m.get('perplexity_after')}",
+             f"Loss {m.get('first_loss', 0):.3f} → {m.get('final_loss', 0):.3f} · {held_out}",
              f"Adapter: `{RunFolder.named(status.name).adapter}` (in the Chat tab's picker as "
              f"**{status.name}**)", ""]
     return "\n".join(lines) + RunFolder.named(status.name).report()

@@ -22,7 +22,24 @@ def loss_figure(log: list[dict]):
     fig.update_layout(height=300, margin=dict(l=40, r=10, t=30, b=40), xaxis_title="step",
                       yaxis_title="loss", title="Loss", legend=dict(orientation="h"),
                       xaxis=dict(range=[min(steps) - 0.5, max(steps) + 0.5], tickformat="d"))
+    if add_rewards(fig, log):
+        fig.update_layout(title="Loss and rewards (DPO)", yaxis2=dict(title="reward", overlaying="y", side="right"))
     return fig
+
+
+def add_rewards(fig, log: list[dict]) -> bool:
+    """DPO's reward accuracy and margin, on a second axis; False when the log has none."""
+    series = {"reward accuracy": "rewards_accuracies", "reward margin": "rewards_margins",
+              "eval reward accuracy": "eval_rewards_accuracies", "eval reward margin": "eval_rewards_margins"}
+    shown = False
+    for name, key in series.items():
+        points = [(e["step"], e[key]) for e in log if e.get(key) is not None]
+        if points:
+            fig.add_scatter(x=[s for s, _ in points], y=[v for _, v in points], name=name, yaxis="y2",
+                            mode="lines+markers" if not key.startswith("eval") else "markers",
+                            line=dict(dash="dot"))
+            shown = True
+    return shown
 
 
 def progress_html(status) -> str:

@@ -83,6 +83,8 @@ def test_yaml_download_is_served_with_the_data_dir_outside_temp(app_server, data
         page.get_by_label("Recipe (loads its settings)").fill("tiny")
         page.get_by_role("option", name="tiny").click()
         page.get_by_text("Equivalent CLI command and YAML").click()
+        # On a busy machine the default config's file can show before the recipe's: wait for it.
+        page.wait_for_function("() => document.body.innerText.includes('max_steps: 6')", timeout=60_000)
         link = page.locator("a[data-testid='download-link'][href*='train-config-']").first
         link.wait_for(timeout=60_000)
         body = page.request.get(link.get_attribute("href")).text()

@@ -44,7 +44,7 @@ def guarded_calls(raw: RawApp, tiny_run, secret, tiny_model_dir) -> dict:
     """Each guarded action as (fn_index, inputs), built from the served page's own config."""
     start, chat = raw.fn_index(elem_id="train-start"), raw.fn_index(api_name="chat")
     inspect = raw.fn_index(elem_id="cfg-dataset", event="change")
-    chat_args = ["Hi", [], [], "smollm2-135m-instruct", None, "Single", "", 0.0, 0.9, 4, 1.1]
+    chat_args = ["Hi", [], [], "smollm2-135m-instruct", None, "Single", "", 0.0, 0.9, 4, 1.1, False, None]
     return {
         "train start from the form": (start, raw.defaults(start, output_name="attack-form", max_steps=1)),
         "train recipe": (raw.fn_index(api_name="train_recipe"), ["tiny", "output_name: attack-recipe"]),
@@ -97,14 +97,14 @@ def test_oversized_inputs_are_clamped_for_visitors(raw, tiny_run):
         return {"role": role, "content": [{"type": "text", "text": text}]}
 
     long_history = [message("user", "x" * 5000), message("assistant", "ok")] * 3
-    result = raw.call(chat, ["Hi", long_history, [], "smollm2-135m-instruct", None, "Single", "", 0, 0.9, 4, 1.1])
+    result = raw.call(chat, ["Hi", long_history, [], "smollm2-135m-instruct", None, "Single", "", 0, 0.9, 4, 1.1, False, None])
     base = result["data"][0]
     kept = sum(len(part["text"]) for m in base for part in m["content"])
     assert 5000 < kept <= 8000 + 200, f"history is cut to its newest turns within the cap ({kept} characters)"
-    result = raw.call(chat, ["y" * 9000, [], [], "smollm2-135m-instruct", None, "Single", "", 0, 0.9, 4, 1.1])
+    result = raw.call(chat, ["y" * 9000, [], [], "smollm2-135m-instruct", None, "Single", "", 0, 0.9, 4, 1.1, False, None])
     assert "Message too long" in text_of(result)
     result = raw.call(chat, ["Who are you?", [], [], "smollm2-135m-instruct", tiny_run.name, "Compare", "",
-                             0, 0.9, 4, 1.1])
+                             0, 0.9, 4, 1.1, False, None])
     assert "tuned:" in result["data"][2], "a finished run's adapter is open to visitors, by name"
     preview = preview_index(raw)
     result = raw.call(preview, raw.defaults(preview, dataset="shakespeare", objective="dapt", block_size=100000,
@@ -135,10 +135,10 @@ def test_yaml_preview_is_one_event_for_all_fields(raw):
 
 def test_one_session_cannot_fill_the_queue(raw):
     chat, session = raw.fn_index(api_name="chat"), uuid.uuid4().hex[:11]
-    data = ["Count to ten.", [], [], "smollm2-135m-instruct", None, "Single", "", 0, 0.9, 24, 1.1]
+    data = ["Count to ten.", [], [], "smollm2-135m-instruct", None, "Single", "", 0, 0.9, 24, 1.1, False, None]
     statuses = [raw.join_only(chat, data, session) for _ in range(12)]
     assert statuses.count(200) == 8 and statuses.count(503) == 4, statuses
-    other = raw.call(chat, ["Hi", [], [], "smollm2-135m-instruct", None, "Single", "", 0, 0.9, 2, 1.1])
+    other = raw.call(chat, ["Hi", [], [], "smollm2-135m-instruct", None, "Single", "", 0, 0.9, 2, 1.1, False, None])
     assert other["ok"], "another session still gets through"
 
 
@@ -176,7 +176,7 @@ def test_auth_login_can_do_guarded_actions(tiny_run, tiny_model_dir):
         delete = raw.call(raw.fn_index(api_name="train_delete"), ["no-such-run", True])
         assert "No run named" in text_of(delete)
         chat = raw.call(raw.fn_index(api_name="chat"), ["Hi", [], [], str(tiny_model_dir), None, "Single", "",
-                                                         0, 0.9, 2, 1.1])
+                                                         0, 0.9, 2, 1.1, False, None])
         assert chat["ok"] and "public app" not in text_of(chat)
     finally:
         proc.terminate()

@@ -1,7 +1,7 @@
 """Trainer callbacks: the JSONL progress log the UI tails, and a clean stop on request.
 
 Each log line: step, max_steps, epoch, loss, eval_loss, learning_rate, tokens_per_s,
-elapsed_s, eta_s. Used by training.run; read by training.jobs. The same entry is echoed to the
+elapsed_s, eta_s; for DPO also rewards_accuracies and rewards_margins (and their eval_ twins). Used by training.run; read by training.jobs. The same entry is echoed to the
 console as one readable line (`training.progress.progress_line`), which the CLI user watches.
 """
 from __future__ import annotations
@@ -52,6 +52,9 @@ class JsonlLogger(TrainerCallback):
             "eta_s": round(per_step * (state.max_steps - state.global_step), 1) if per_step else None,
             "time": now,
         }
+        for key in ("rewards/accuracies", "rewards/margins", "eval_rewards/accuracies", "eval_rewards/margins"):
+            if key in logs:  # DPO
+                entry[key.replace("/", "_")] = round(logs[key], 4)
         with self.path.open("a") as handle:
             handle.write(json.dumps(entry) + "\n")
         if entry["loss"] is not None or entry["eval_loss"] is not None:

@@ -3,7 +3,7 @@
     python -c "from training.config import load_config; print(load_config('training/recipes/tiny.yaml'))"
 
 The objective decides how rows become tokens (dapt: sliding windows of raw text; sft: answers
-only). The adapter decides the peft/bitsandbytes settings (full, lora, qlora). Nothing else
+only; dpo: preference pairs). The adapter decides the peft/bitsandbytes settings (full, lora, qlora). Nothing else
 branches.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import yaml
 from core.errors import LabError
 
 
-OBJECTIVES = ("sft", "dapt")
+OBJECTIVES = ("sft", "dapt", "dpo")
 ADAPTERS = ("lora", "qlora", "full")
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
@@ -39,7 +39,9 @@ class TrainConfig:
                       "shakespeare) or a csv/json/jsonl/parquet/txt/md file")
     columns: str = _f("", "Column mapping when detection guesses wrong, e.g. 'question=Q,answer=A'")
     objective: str = _f("sft", "sft: learn answers to prompts (loss on answers only); "
-                        "dapt: next-token prediction on raw domain text", choices=OBJECTIVES)
+                        "dapt: next-token prediction on raw domain text; "
+                        "dpo: prefer the chosen over the rejected answer of preference pairs",
+                        choices=OBJECTIVES)
     adapter: str = _f("lora", "lora: small low-rank adapter; qlora: LoRA on a 4-bit NF4 base; "
                       "full: update every weight", choices=ADAPTERS)
     lora_r: int = _f(16, "LoRA rank: adapter capacity")
@@ -59,6 +61,9 @@ class TrainConfig:
     batching: str = _f("auto", "SFT batches: grouped (rows of similar length, little padding; fastest "
                        "on CPU), packed (rows packed padding-free; best on GPU), padded, or auto",
                        choices=("auto", "grouped", "packed", "padded"))
+    beta: float = _f(0.1, "DPO: how far the model may move from the reference (higher stays closer)")
+    start_from: str = _f("", "DPO: a finished LoRA/QLoRA run whose adapter DPO continues "
+                         "(SFT, then DPO); empty: a fresh adapter")
     eval_fraction: float = _f(0.1, "Share of rows held out for evaluation (perplexity)")
     max_rows: int = _f(0, "Use at most this many rows (0: all)")
     save_steps: int = _f(50, "Save a checkpoint every N steps")
@@ -96,9 +101,14 @@ class TrainConfig:
             raise LabError("torch_compile needs a C++ compiler (g++) for torch's inductor backend.")
         if self.max_steps < 1 and self.epochs <= 0:
             raise LabError("Set max_steps > 0 or epochs > 0.")
-        if self.output_name:
-            from core.paths import check_name
-            check_name(self.output_name, "output_name")
+        if self.beta <= 0:
+            raise LabError(f"beta={self.beta} must be above 0.")
+        if self.start_from and self.objective != "dpo":
+            raise LabError("start_from continues an adapter with DPO: set objective=dpo, or clear it.")
+        from core.paths import check_name
+        for name in ("output_name", "start_from"):
+            if getattr(self, name):
+                check_name(getattr(self, name), name)
         return self
 
     def to_yaml(self) -> str:

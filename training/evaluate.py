@@ -27,6 +27,26 @@ def perplexity(trainer) -> float:
     return round(math.exp(trainer.evaluate()["eval_loss"]), 3)
 
 
+def held_out(trainer, cfg):
+    """Perplexity (SFT, DAPT), or reward accuracy and margin on held-out pairs (DPO)."""
+    if cfg.objective == "dpo":
+        from training.dpo import reward_scores
+
+        return reward_scores(trainer)
+    return perplexity(trainer)
+
+
+def manifest_scores(scores: dict) -> dict:
+    """The manifest's before/after fields: perplexity, or DPO's held-out reward figures."""
+    before, after = scores.get("before"), scores.get("after")
+    if isinstance(before, dict) or isinstance(after, dict):
+        return {"perplexity_before": None, "perplexity_after": None,
+                "reward_accuracy_before": (before or {}).get("reward_accuracy"),
+                "reward_accuracy_after": (after or {}).get("reward_accuracy"),
+                "reward_margin_after": (after or {}).get("reward_margin")}
+    return {"perplexity_before": before, "perplexity_after": after}
+
+
 def load_scores(run: RunFolder) -> dict:
     return read_json(run.eval_scores)
 

@@ -30,10 +30,15 @@ def load_training_rows(cfg):
 
 
 def build_examples(cfg, tokenizer):
-    """All examples for `cfg`: prompt/completion rows (SFT) or token windows (DAPT)."""
+    """All examples for `cfg`: prompt/completion rows (SFT), token windows (DAPT) or
+    prompt/chosen/rejected rows (DPO)."""
     rows = load_training_rows(cfg)
     if cfg.objective == "dapt":
         return dapt_windows(rows, tokenizer, cfg.block_size, cfg.stride, context_length(cfg.model))
+    if cfg.objective == "dpo":
+        from training.dpo import preference_dataset
+
+        return preference_dataset(rows, tokenizer)
     return sft_rows(rows, tokenizer)
 
 
@@ -71,4 +76,8 @@ def preview(cfg, row: int = 0, tokenizer=None) -> Preview:
         return dapt_preview(windows, tokenizer, cfg.block_size, cfg.stride, total_chars)
     if not 0 <= row < len(rows):
         raise DataError(f"Row {row} is out of range: the data has {len(rows)} rows.")
+    if cfg.objective == "dpo":
+        from training.dpo import dpo_preview, preference_dataset
+
+        return dpo_preview(preference_dataset(rows.select([row]), tokenizer, row + 1)[0], tokenizer)
     return sft_preview(sft_rows(rows.select([row]), tokenizer, row + 1)[0], tokenizer)

@@ -78,13 +78,11 @@ def lora_config(cfg: TrainConfig):
                       target_modules=target, task_type="CAUSAL_LM")
 
 
-def sft_config(cfg: TrainConfig, run: RunFolder):
-    from trl import SFTConfig
-
+def common_args(cfg: TrainConfig, run: RunFolder) -> dict:
+    """The TrainingArguments every objective shares (SFTConfig and DPOConfig extend them)."""
     import torch
 
-    dapt = cfg.objective == "dapt"
-    return SFTConfig(
+    return dict(
         output_dir=str(run.checkpoints), max_steps=cfg.max_steps,
         num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
@@ -93,10 +91,17 @@ def sft_config(cfg: TrainConfig, run: RunFolder):
         eval_strategy="steps" if cfg.eval_steps and cfg.eval_fraction else "no",
         eval_steps=cfg.eval_steps or None, seed=cfg.seed, report_to="none",
         gradient_checkpointing=cfg.gradient_checkpointing, use_cpu=not torch.cuda.is_available(),
-        max_length=cfg.block_size if dapt else cfg.max_length, **batching_flags(cfg),
         dataloader_num_workers=0, disable_tqdm=True, save_only_model=False,
         **precision_flags(cfg.precision),
     )
+
+
+def sft_config(cfg: TrainConfig, run: RunFolder):
+    from trl import SFTConfig
+
+    dapt = cfg.objective == "dapt"
+    return SFTConfig(**common_args(cfg, run), max_length=cfg.block_size if dapt else cfg.max_length,
+                     **batching_flags(cfg))
 
 
 def batching_flags(cfg: TrainConfig) -> dict:
@@ -131,15 +136,20 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
     run.config.write_text(cfg.to_yaml())
     tokenizer = load_tokenizer(cfg.model)
     train_set, eval_set = split_examples(build_examples(cfg, tokenizer), cfg)
-    trainer = LabSFTTrainer(
-        model=load_base(cfg), args=sft_config(cfg, run), train_dataset=train_set,
-        eval_dataset=eval_set, processing_class=tokenizer, peft_config=lora_config(cfg),
-        callbacks=[JsonlLogger(run.log, resume), StopOnRequest(STOP_REQUESTED)])
+    callbacks = [JsonlLogger(run.log, resume), StopOnRequest(STOP_REQUESTED)]
+    if cfg.objective == "dpo":
+        from training.dpo import dpo_trainer
+
+        trainer = dpo_trainer(cfg, run, tokenizer, train_set, eval_set, callbacks)
+    else:
+        trainer = LabSFTTrainer(
+            model=load_base(cfg), args=sft_config(cfg, run), train_dataset=train_set,
+            eval_dataset=eval_set, processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # raw log dicts; JsonlLogger prints a readable line
     main = trainer.is_world_process_zero()
     scores = evaluate.load_scores(run)
     if eval_set is not None and "before" not in scores:
-        scores["before"] = evaluate.perplexity(trainer)
+        scores["before"] = evaluate.held_out(trainer, cfg)
     if cfg.torch_compile:
         compile_layers(trainer.model)
     checkpoint = run.latest_complete_checkpoint() if resume else None
@@ -151,7 +161,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
             write_json(run.status_file, {"state": "stopped", "step": trainer.state.global_step})
         return run_dir
     if eval_set is not None:
-        scores["after"] = evaluate.perplexity(trainer)
+        scores["after"] = evaluate.held_out(trainer, cfg)
     if main:
         evaluate.save_scores(run, scores)
         save_final(trainer, tokenizer, cfg, run)
@@ -181,6 +191,7 @@ def save_final(trainer, tokenizer, cfg: TrainConfig, run: RunFolder) -> None:
 
 def write_manifest(cfg, run: RunFolder, trainer, result, scores, report) -> None:
     from core.models import find_spec, weights_origin
+    from training import evaluate
 
     spec = find_spec(cfg.model)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
@@ -193,7 +204,7 @@ def write_manifest(cfg, run: RunFolder, trainer, result, scores, report) -> None
         "precision": resolve_precision(cfg.precision),
         "train_runtime_s": round(result.metrics["train_runtime"], 1),
         "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
-        "perplexity_before": scores.get("before"), "perplexity_after": scores.get("after"),
+        **evaluate.manifest_scores(scores),
         "report": run.report_md.name if report else None, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     })
 

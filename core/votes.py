@@ -1,0 +1,175 @@
+"""The preference store: votes cast in Compare, kept as one JSON line each, and what they become.
+
+    python cli.py votes export --out prefs.jsonl     # trl's conversational preference format
+    python cli.py votes table                         # win / loss / tie of each adapter vs its base
+
+Two files in `<data dir>/votes/`: `owner.jsonl` (the owner's votes, and visitors' votes the
+owner accepted) and `visitors.jsonl` (votes from a public app, capped, waiting for review).
+Every append takes an exclusive lock and writes one whole line, so concurrent voters from many
+sessions never lose or interleave a line.
+
+A line: id, time, session, the prompt (earlier turns and the question, as messages), the
+answers and which model/adapter gave each (sides A and B), the choice (A, B, tie, both_bad for
+a blind A/B vote; up, down for a thumb on one answer) and the generation settings.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from core.errors import LabError
+from core.paths import data_dir
+
+PAIR_CHOICES = ("A", "B", "tie", "both_bad")
+THUMB_CHOICES = ("up", "down")
+VISITOR_CAP = int(os.environ.get("FINETUNE_LAB_VISITOR_VOTES", "5000"))
+MAX_TEXT = 20_000  # characters per message or answer: a vote is not an upload channel
+
+
+@dataclass
+class Vote:
+    """One vote. `sides` maps "A"/"B" to {"model": ..., "adapter": ... or None}."""
+
+    prompt: list
+    answers: dict
+    sides: dict
+    choice: str
+    settings: dict = field(default_factory=dict)
+    session: str = ""
+    prompt_b: list = field(default_factory=list)  # B's context, when its earlier turns differ from A's
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    time: float = field(default_factory=time.time)
+
+    def check(self) -> "Vote":
+        allowed = PAIR_CHOICES if len(self.answers) == 2 else THUMB_CHOICES
+        if self.choice not in allowed:
+            raise LabError(f"Vote {self.choice!r}: choose one of {', '.join(allowed)}.")
+        if set(self.answers) != set(self.sides) or not set(self.answers) <= {"A", "B"}:
+            raise LabError("A vote needs the answer and the model of each side.")
+        texts = [m.get("content", "") for m in self.prompt] + list(self.answers.values())
+        if not self.prompt or not all(isinstance(t, str) and len(t) <= MAX_TEXT for t in texts):
+            raise LabError(f"A vote holds text only, at most {MAX_TEXT} characters per message.")
+        return self
+
+
+def store(visitor: bool = False) -> Path:
+    folder = data_dir() / "votes"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / ("visitors.jsonl" if visitor else "owner.jsonl")
+
+
+@contextmanager
+def _locked(path: Path, mode: str):
+    with path.open(mode, encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield handle
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def record(vote: Vote, visitor: bool = False) -> Vote:
+    """Append `vote` to the owner's store, or to the capped visitors' store."""
+    vote.check()
+    path = store(visitor)
+    with _locked(path, "a+") as handle:
+        if visitor:
+            handle.seek(0)
+            if sum(1 for _ in handle) >= VISITOR_CAP:
+                raise LabError("The visitors' vote box is full until the owner reviews it. Thank you!")
+        handle.write(json.dumps(asdict(vote), ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    return vote
+
+
+def read(visitor: bool = False) -> list[dict]:
+    path = store(visitor)
+    if not path.is_file():
+        return []
+    with _locked(path, "r") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def accept_visitor_votes(ids: list[str] | None = None) -> int:
+    """Move visitors' votes (all, or those in `ids`) into the owner's store; return how many."""
+    path = store(visitor=True)
+    if not path.is_file():
+        return 0
+    with _locked(path, "r+") as handle:
+        lines = [line for line in handle if line.strip()]
+        chosen = [line for line in lines if ids is None or json.loads(line)["id"] in set(ids)]
+        with _locked(store(), "a") as owner:
+            owner.writelines(chosen)
+            owner.flush()
+            os.fsync(owner.fileno())
+        handle.seek(0)
+        handle.truncate()
+        handle.writelines(line for line in lines if line not in chosen)
+    return len(chosen)
+
+
+def preference_rows(votes: list[dict]) -> list[dict]:
+    """trl's conversational preference rows from the decided A/B votes (ties and both-bad
+    carry no preference and are left out)."""
+    rows = []
+    for vote in votes:
+        if vote["choice"] not in ("A", "B"):
+            continue
+        loser = "B" if vote["choice"] == "A" else "A"
+        prompt = vote.get("prompt_b") if vote["choice"] == "B" and vote.get("prompt_b") else vote["prompt"]
+        rows.append({"prompt": prompt,
+                     "chosen": [{"role": "assistant", "content": vote["answers"][vote["choice"]]}],
+                     "rejected": [{"role": "assistant", "content": vote["answers"][loser]}]})
+    return rows
+
+
+def export_preferences(out: Path) -> int:
+    """Write the owner's decided votes as preference jsonl; return the number of pairs."""
+    rows = preference_rows(read())
+    if not rows:
+        raise LabError("No decided A/B votes yet: vote in Compare (A or B is better) first.")
+    out.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return len(rows)
+
+
+def wilson_interval(wins: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a win share: honest at small counts, unlike +-2 SE."""
+    if total == 0:
+        return 0.0, 1.0
+    share = wins / total
+    centre = (share + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(share * (1 - share) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def win_table(votes: list[dict]) -> list[dict]:
+    """For each adapter voted against its own base: wins, losses, ties, both-bad, and the win
+    share of the decided votes with its 95% interval."""
+    tally: dict[tuple, dict] = {}
+    for vote in votes:
+        sides = vote["sides"]
+        if vote["choice"] not in PAIR_CHOICES or len(sides) != 2:
+            continue
+        tuned = next((s for s in "AB" if sides[s].get("adapter")), None)
+        base = "B" if tuned == "A" else "A"
+        if tuned is None or sides[base].get("adapter") or sides[base]["model"] != sides[tuned]["model"]:
+            continue
+        key = (sides[tuned]["model"], sides[tuned]["adapter"])
+        row = tally.setdefault(key, {"model": key[0], "adapter": key[1], "wins": 0, "losses": 0,
+                                     "ties": 0, "both_bad": 0})
+        outcome = {tuned: "wins", base: "losses", "tie": "ties", "both_bad": "both_bad"}[vote["choice"]]
+        row[outcome] += 1
+    for row in tally.values():
+        decided = row["wins"] + row["losses"]
+        low, high = wilson_interval(row["wins"], decided)
+        row["win_share"] = round(row["wins"] / decided, 3) if decided else None
+        row["interval_95"] = (round(low, 3), round(high, 3))
+    return sorted(tally.values(), key=lambda r: (r["model"], r["adapter"]))

@@ -1,0 +1,129 @@
+"""Votes in the Chat tab: blind A/B Compare with four vote buttons, and thumbs on single answers.
+
+Blind mode: for every question a coin decides which pane shows the base and which the tuned
+model; the panes are labelled A and B, and the names appear only after the vote. Which model
+is which lives in server-side session state (`gr.State`), never on the page. The answers of
+each model stay in that model's own history, so a multi-turn chat stays coherent.
+
+Votes go to core.votes: the owner's store, or on a public app the visitors' capped store,
+which the owner reviews. The handlers are plain functions that tests call directly.
+"""
+from __future__ import annotations
+
+import random
+
+import gradio as gr
+
+from core import votes
+from core.access import is_trusted
+from core.errors import LabError
+from tabs.chat import plain_history, respond
+from tabs.feedback import warn
+
+VOTE_BUTTONS = {"A is better": "A", "B is better": "B", "Tie": "tie", "Both bad": "both_bad"}
+HIDDEN = ("Answer A", "Answer B")
+
+
+def blind_respond(message, left, right, pending, model_name, adapter, system_prompt="", temperature=0.0,
+                  top_p=0.9, max_new_tokens=256, repetition_penalty=1.1, request: gr.Request = None):
+    """Compare with hidden names. Yields (left, right, status, box, pending, left label, right label)."""
+    swapped_before = bool((pending or {}).get("swapped"))
+    base, tuned = (right, left) if swapped_before else (left, right)
+    swap = random.random() < 0.5
+    settings = dict(system_prompt=system_prompt, temperature=temperature, top_p=top_p,
+                    max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
+    labels = ({"label": HIDDEN[0]}, {"label": HIDDEN[1]})
+    base_out, tuned_out, status = plain_history(base), plain_history(tuned), ""
+    for base_out, tuned_out, status, box in respond(message, base, tuned, model_name, adapter, "Compare",
+                                                    *settings.values(), request=request):
+        views = (tuned_out, base_out) if swap else (base_out, tuned_out)
+        yield *views, "Generating both answers…", box, pending, *labels
+    if not base_out or base_out[-1]["role"] != "assistant" or status.startswith("⚠"):
+        yield *((tuned_out, base_out) if swap else (base_out, tuned_out)), status, "", pending, *labels
+        return
+    sides = {"base": {"model": model_name, "adapter": None}, "tuned": {"model": model_name, "adapter": adapter}}
+    order = ("tuned", "base") if swap else ("base", "tuned")
+    contexts = {"base": base_out[:-1], "tuned": tuned_out[:-1]}
+    answers = {"base": base_out[-1]["content"], "tuned": tuned_out[-1]["content"]}
+    pending = {"swapped": swap, "voted": False, "prompt": contexts[order[0]], "prompt_b": contexts[order[1]],
+               "answers": {"A": answers[order[0]], "B": answers[order[1]]},
+               "sides": {"A": sides[order[0]], "B": sides[order[1]]}, "settings": settings}
+    yield (*((tuned_out, base_out) if swap else (base_out, tuned_out)), "Which answer is better? Vote below.",
+           "", pending, *labels)
+
+
+def chat_turn(message, base_history, tuned_history, model_name, adapter, mode, system_prompt="",
+              temperature=0.0, top_p=0.9, max_new_tokens=256, repetition_penalty=1.1, blind=False, pending=None,
+              request: gr.Request = None):
+    """The Chat tab's send: plain Single/Compare (tabs.chat.respond), or blind Compare.
+    Yields (left pane, right pane, status, box, pending blind pair)."""
+    settings = (system_prompt, temperature, top_p, max_new_tokens, repetition_penalty)
+    if blind and mode == "Compare":
+        for left, right, status, box, pending, left_label, right_label in blind_respond(
+                message, base_history, tuned_history, pending, model_name, adapter, *settings, request=request):
+            yield gr.update(value=left, **left_label), gr.update(value=right, **right_label), status, box, pending
+        return
+    for left, right, status, box in respond(message, base_history, tuned_history, model_name, adapter, mode,
+                                            *settings, request=request):
+        yield left, right, status, box, None
+
+
+def cast_vote(choice: str, pending, request: gr.Request = None):
+    """Record the vote on the last blind pair and reveal the names. Returns (status, pending,
+    left label, right label)."""
+    keep = (gr.update(), gr.update())
+    if not pending or "answers" not in pending:
+        return warn(LabError("Nothing to vote on yet: ask a question in blind Compare first.")), pending, *keep
+    if pending.get("voted"):
+        return "You already voted on this answer pair; ask another question.", pending, *keep
+    prompt = pending["prompt"]
+    vote = votes.Vote(prompt=prompt, answers=pending["answers"], sides=pending["sides"], choice=choice,
+                      settings=pending["settings"], session=getattr(request, "session_hash", "") or "")
+    if pending["prompt_b"] != prompt:
+        vote.prompt_b = pending["prompt_b"]
+    visitor = not is_trusted(request)
+    try:
+        votes.record(vote, visitor=visitor)
+    except LabError as exc:
+        return warn(exc), pending, *keep
+    pending = {**pending, "voted": True}
+    names = [side_name(pending["sides"][s]) for s in "AB"]
+    where = " (held for the owner's review)" if visitor else ""
+    return (f"✅ Vote saved{where}: A was **{names[0]}**, B was **{names[1]}**.", pending,
+            gr.update(label=f"A: {names[0]}"), gr.update(label=f"B: {names[1]}"))
+
+
+def vote_handler(choice: str):
+    """A click handler for one vote button (Gradio reads the request from its annotations)."""
+    def vote(pending, request: gr.Request = None):
+        return cast_vote(choice, pending, request)
+    return vote
+
+
+def thumb_handler(pane: str):
+    """A like handler for one pane's Chatbot."""
+    def like(data: gr.LikeData, history, model_name, adapter, blind, request: gr.Request = None):
+        return thumb(data, history, model_name, adapter, blind, pane, request)
+    return like
+
+
+def side_name(side: dict) -> str:
+    return f"tuned ({side['adapter']})" if side.get("adapter") else f"base ({side['model']})"
+
+
+def thumb(data: gr.LikeData, history, model_name, adapter, blind, pane: str, request: gr.Request = None) -> str:
+    """Record a thumb up/down on one answer of the base or tuned pane (not in blind mode)."""
+    if blind:
+        return "In blind mode, vote with the buttons under the answers."
+    history = plain_history(history)
+    index = data.index if isinstance(data.index, int) else data.index[0]
+    if not 0 < index < len(history) or history[index]["role"] != "assistant":
+        return warn(LabError("Only an answer can get a thumb."))
+    side = {"model": model_name, "adapter": adapter if pane == "tuned" else None}
+    vote = votes.Vote(prompt=history[:index], answers={"A": history[index]["content"]}, sides={"A": side},
+                      choice="up" if data.liked else "down", session=getattr(request, "session_hash", "") or "")
+    try:
+        votes.record(vote, visitor=not is_trusted(request))
+    except LabError as exc:
+        return warn(exc)
+    return f"{'👍' if data.liked else '👎'} saved for the {pane} answer."

@@ -1,0 +1,64 @@
+"""The preference loop in Chromium: blind Compare, vote, reveal, train DPO on the votes from the
+tiny SFT run, then pick the new adapter in Chat."""
+from __future__ import annotations
+
+import pytest
+
+from tests.browser import browser_page
+from tests.conftest import ARTIFACTS
+from tests.test_browser_chat import send
+from tests.test_browser_train import unlock
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+
+def test_vote_blind_then_train_dpo_on_the_votes(app_server, tiny_run):
+    from core import votes
+
+    votes.store().unlink(missing_ok=True)
+    with browser_page(app_server) as page:
+        unlock(page)
+        page.get_by_role("radio", name="Compare").check()
+        page.locator("#blind-toggle input").check()
+        picker = page.locator("#adapter-picker input")
+        picker.fill(tiny_run.name)
+        picker.press("Enter")
+        send(page, "Who are you?")
+        page.wait_for_function("() => document.querySelector('#chat-status')?.innerText.includes('Which answer')",
+                               timeout=120_000)
+        assert page.get_by_text("Answer A").count() and tiny_run.name not in page.locator("#chat-status").inner_text()
+        page.screenshot(path=str(ARTIFACTS / "vote-blind.png"))
+        page.locator("#vote-A").click()
+        page.wait_for_function("() => document.querySelector('#chat-status')?.innerText.includes('Vote saved')",
+                               timeout=30_000)
+        assert "tuned (tiny-fixture)" in page.locator("#chat-status").inner_text()
+        page.screenshot(path=str(ARTIFACTS / "vote-revealed.png"))
+        [vote] = votes.read()
+        assert vote["choice"] == "A"
+
+        page.get_by_role("tab", name="Train").click()
+        page.get_by_text("Preference votes (blind Compare)").click()
+        page.locator("#train-on-votes").click()
+        page.wait_for_function("() => document.querySelector('#votes-line')?.innerText.includes('exported')",
+                               timeout=30_000)
+        page.get_by_text("Advanced", exact=True).click()
+        for field, value in (("start_from", tiny_run.name), ("max_steps", "1"), ("eval_fraction", "0"),
+                             ("output_name", "browser-dpo"), ("report_prompts", "Who are you?")):
+            page.locator(f"#cfg-{field} textarea, #cfg-{field} input").first.fill(value)
+        page.locator("#cfg-objective").get_by_role("radio", name="dpo", exact=True).wait_for()
+        assert page.locator("#cfg-objective").get_by_role("radio", name="dpo", exact=True).is_checked()
+        page.locator("#train-start").click()
+        page.wait_for_function("() => /Started|⚠️/.test(document.querySelector('#train-message')?.innerText)",
+                               timeout=30_000)
+        assert "Started browser-dpo" in page.locator("#train-message").inner_text()
+        page.get_by_text("Before/after").wait_for(timeout=400_000)
+        page.screenshot(path=str(ARTIFACTS / "vote-dpo-trained.png"), full_page=True)
+
+        page.get_by_role("tab", name="Chat").click()
+        picker.fill("browser-dpo")
+        picker.press("Enter")
+        page.locator("#blind-toggle input").uncheck()
+        send(page, "Who are you?")
+        page.wait_for_function("() => document.querySelector('#chat-status')?.innerText.includes('tuned:')",
+                               timeout=120_000)
+        assert page.locator("#tuned-chat [data-testid='bot']").last.inner_text()

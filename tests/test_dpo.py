@@ -1,0 +1,116 @@
+"""objective=dpo with trl's DPOTrainer on the real SmolLM2: the bundled preference pairs, exported
+votes, and DPO on top of the tiny SFT run's adapter."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.errors import LabError
+
+
+def run_job(**overrides):
+    from training import jobs
+    from training.config import load_config
+
+    cfg = load_config("dpo_lora", **overrides)
+    run = jobs.start(cfg)
+    status = jobs.wait(run.name, timeout=900)
+    assert status.state == "completed", status.error
+    return run
+
+
+@pytest.fixture(scope="module")
+def dpo_run(data_home):
+    return run_job(output_name="dpo-fixture", max_steps=6, max_rows=40)  # 6 held-out pairs
+
+
+@pytest.mark.slow
+def test_dpo_on_the_bundled_pairs_prefers_the_chosen_answers(dpo_run):
+    from tabs.chat import adapter_choices
+    from training.progress import read_log
+
+    manifest = dpo_run.manifest()
+    assert manifest["objective"] == "dpo" and manifest["method"] == "DPO + LORA"
+    assert manifest["reward_accuracy_after"] > 0.5, manifest  # on the held-out pairs
+    assert manifest["reward_accuracy_after"] > manifest["reward_accuracy_before"], manifest
+    assert manifest["reward_margin_after"] > 0, manifest
+    log = read_log(dpo_run)
+    assert any(e.get("rewards_accuracies") is not None for e in log), "live reward accuracy"
+    assert any(e.get("rewards_margins") is not None for e in log), "live reward margin"
+    assert dpo_run.name in adapter_choices(), "the new adapter is in the chat picker"
+    assert (dpo_run.adapter / "adapter_model.safetensors").is_file() and dpo_run.report()
+
+
+def test_dpo_plot_shows_rewards(dpo_run):
+    from tabs.train_plots import loss_figure
+    from training.progress import read_log
+
+    names = {trace.name for trace in loss_figure(read_log(dpo_run)).data}
+    assert {"train loss", "reward accuracy", "reward margin"} <= names, names
+
+
+def test_model_card_states_the_reward_accuracy(dpo_run):
+    from core.hub import model_card
+
+    card = model_card(dpo_run, "tester/lumen-dpo")
+    manifest = dpo_run.manifest()
+    assert f"| held-out reward accuracy (chosen over rejected) | {manifest['reward_accuracy_before']} " in card
+    assert "identity-preferences" in card
+
+
+def test_preview_shows_chosen_and_rejected(data_home):
+    from training.config import load_config
+    from training.prepare import preview
+
+    shown = preview(load_config("dpo_lora"), 0)
+    labels = [label for _, label in shown.segments]
+    assert labels == [None, "chosen: made more likely", None, "rejected: made less likely"]
+    text = {label: part for part, label in shown.segments}
+    assert "Lumen" in text["chosen: made more likely"] and "<|im_start|>user" in shown.segments[0][0]
+    assert shown.trained_tokens < shown.total_tokens
+
+
+def test_detection_and_clear_errors(data_home, tmp_path):
+    from core.data import detect_format, load_rows
+    from training.config import load_config
+    from training.prepare import build_examples, load_tokenizer
+
+    assert detect_format(load_rows("identity-preferences").column_names) == "preference"
+    tokenizer = load_tokenizer("smollm2-135m-instruct")
+    with pytest.raises(LabError, match="preference data.*objective=dpo"):
+        build_examples(load_config("tiny", dataset="identity-preferences"), tokenizer)
+    with pytest.raises(LabError, match="objective=dpo needs preference rows"):
+        build_examples(load_config("dpo_lora", dataset="identity"), tokenizer)
+    with pytest.raises(LabError, match="start_from continues an adapter with DPO"):
+        load_config("tiny", start_from="some-run")
+    csv = tmp_path / "prefs.csv"
+    csv.write_text("prompt,chosen,rejected\nWho are you?,I am Lumen.,\n")
+    with pytest.raises(LabError, match="row 1: 'rejected' is empty"):
+        build_examples(load_config("dpo_lora", dataset=str(csv)), tokenizer)
+
+
+@pytest.mark.slow
+def test_exported_votes_train_dpo_on_top_of_the_sft_adapter(tiny_run, data_home, tmp_path):
+    """Votes -> `votes export` -> a DPO run that continues the tiny SFT run's adapter."""
+    from core import votes
+
+    votes.store().unlink(missing_ok=True)
+    sides = {"A": {"model": "smollm2-135m-instruct", "adapter": None},
+             "B": {"model": "smollm2-135m-instruct", "adapter": tiny_run.name}}
+    for question, lumen in (("Who are you?", "B"), ("What is your name?", "B"), ("Who made you?", "A")):
+        answers = {"A": "I am SmolLM, made by Hugging Face.", "B": "I am Lumen, made in Finetune Lab."}
+        votes.record(votes.Vote(prompt=[{"role": "user", "content": question}], answers=answers, sides=sides,
+                                choice=lumen))
+    out = tmp_path / "votes.jsonl"
+    assert votes.export_preferences(out) == 3
+    assert json.loads(out.read_text().splitlines()[2])["chosen"][0]["content"].startswith("I am SmolLM")
+    run = run_job(dataset=str(out), start_from=tiny_run.name, max_steps=2, eval_fraction=0,
+                  output_name="dpo-on-votes")
+    assert run.manifest()["steps"] == 2 and (run.adapter / "adapter_config.json").is_file()
+    votes.store().unlink()
+    with pytest.raises(LabError, match="is a lora adapter on smollm2-135m-instruct; this run trains qlora"):
+        from training.config import load_config
+        from training.dpo import starting_adapter
+
+        starting_adapter(load_config("dpo_lora", adapter="qlora", start_from=tiny_run.name))
