@@ -13,7 +13,11 @@ QUESTIONS = ["Who are you?", "What is the capital of France?", "Name a colour.",
 
 
 def ask_blind(client, question, adapter):
-    return client.predict(**chat_args(question, mode="Compare", adapter=adapter), blind=True)
+    """(left pane, right pane, status, box); blind mode relabels the panes, so they come back as
+    updates that carry the value and the label."""
+    left, right, status, box = client.predict(**chat_args(question, mode="Compare", adapter=adapter), blind=True)
+    assert left["label"] == "Answer A" and right["label"] == "Answer B"
+    return left["value"], right["value"], status, box
 
 
 def test_blind_votes_name_the_right_models(app_server, tiny_run):
@@ -28,6 +32,8 @@ def test_blind_votes_name_the_right_models(app_server, tiny_run):
         choice = "A" if number % 2 else "B"
         revealed, left_pane, right_pane = client.predict(api_name=f"/vote_{choice}")
         assert revealed.startswith("✅ Vote saved:") and "tuned (tiny-fixture)" in revealed
+        again = client.predict(api_name=f"/vote_{choice}")[0]
+        assert "already voted" in again and len(votes.read()) == number
         vote = votes.read()[-1]
         assert vote["choice"] == choice and vote["prompt"] == [{"role": "user", "content": question}]
         assert vote["answers"]["A"] == text_of(left[-1]) and vote["answers"]["B"] == text_of(right[-1])
@@ -36,10 +42,9 @@ def test_blind_votes_name_the_right_models(app_server, tiny_run):
         assert vote["sides"][tuned_side] == {"model": "smollm2-135m-instruct", "adapter": tiny_run.name}
         base_alone, *_ = client.predict(**chat_args(question))
         assert vote["answers"][base_side] == text_of(base_alone[-1]), "the 'base' side is the base's answer"
-        assert f"A: {'base' if base_side == 'A' else 'tuned'}" in revealed
+        assert f"A was **{'base' if base_side == 'A' else 'tuned'}" in revealed
+        assert left_pane["label"].startswith(f"A: {'base' if base_side == 'A' else 'tuned'}")
         seen_orders.add(base_side)
-        again = client.predict(api_name=f"/vote_{choice}")[0]
-        assert "already voted" in again and len(votes.read()) == number
     assert len(votes.read()) == len(QUESTIONS)
     print("orders seen:", seen_orders)  # both orders show up in half of all runs of four coins and more
 

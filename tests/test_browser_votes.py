@@ -55,10 +55,14 @@ def test_vote_blind_then_train_dpo_on_the_votes(app_server, tiny_run):
         page.screenshot(path=str(ARTIFACTS / "vote-dpo-trained.png"), full_page=True)
 
         page.get_by_role("tab", name="Chat").click()
-        picker.fill("browser-dpo")
-        picker.press("Enter")
         page.locator("#blind-toggle input").uncheck()
+        page.get_by_text("Tuned model").first.wait_for(timeout=30_000)  # the names are back
+        picker.click()
+        page.get_by_role("option", name="browser-dpo").first.click()
         send(page, "Who are you?")
-        page.wait_for_function("() => document.querySelector('#chat-status')?.innerText.includes('tuned:')",
+        page.wait_for_function("() => /tuned:|⚠️/.test(document.querySelector('#chat-status')?.innerText)",
                                timeout=120_000)
+        page.screenshot(path=str(ARTIFACTS / "vote-dpo-compare.png"), full_page=True)
+        status = page.locator("#chat-status").inner_text()
+        assert "tuned:" in status, status
         assert page.locator("#tuned-chat [data-testid='bot']").last.inner_text()
