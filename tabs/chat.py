@@ -103,16 +103,29 @@ def respond(message, base_history, tuned_history, model_name, adapter, mode, sys
     yield base_history, tuned_history, status + note, ""
 
 
-def retry(base_history, tuned_history):
-    """Drop the last exchange from both panes and put its question back in the box."""
-    base_history = plain_history(base_history)
-    users = [m for m in base_history if m["role"] == "user"]
-    if not users:
-        return base_history, tuned_history, ""
-    cut = max(i for i, m in enumerate(base_history) if m["role"] == "user")
-    tuned_history = plain_history(tuned_history)
-    tuned_cut = [i for i, m in enumerate(tuned_history) if m["role"] == "user"]
-    return base_history[:cut], tuned_history[: tuned_cut[-1]] if tuned_cut else [], users[-1]["content"]
+def rewind(base_history, tuned_history, index) -> tuple[list, list, str]:
+    """Both panes cut before message `index` (a user message), and that message's text. The
+    panes hold the same exchanges, so one index cuts both; Chatbot's retry, undo and edit events
+    give it."""
+    index = index if isinstance(index, int) else index[0]
+    base, tuned = plain_history(base_history), plain_history(tuned_history)
+    if not 0 <= index < len(base) or base[index]["role"] != "user":
+        return base, tuned, ""
+    return base[:index], tuned[:index], base[index]["content"]
+
+
+def on_retry(base_history, tuned_history, data: gr.RetryData):
+    return rewind(base_history, tuned_history, data.index)
+
+
+def on_undo(base_history, tuned_history, data: gr.UndoData):
+    return rewind(base_history, tuned_history, data.index)
+
+
+def on_edit(base_history, tuned_history, data: gr.EditData):
+    """The edited question replaces the original, and everything after it is asked again."""
+    base, tuned, _ = rewind(base_history, tuned_history, data.index)
+    return base, tuned, plain_history([{"role": "user", "content": data.value}])[0]["content"]
 
 
 def refresh_adapters():
@@ -157,8 +170,9 @@ def build(demo: gr.Blocks) -> gr.Dropdown:
                               info="A finished run (LoRA/QLoRA adapter or full fine-tune), or a folder")
         refresh = gr.Button("↻ Adapters", size="sm", scale=0)
     with gr.Row():
-        base_chat = gr.Chatbot(label="Base model", height=420, elem_id="base-chat")
-        tuned_chat = gr.Chatbot(label="Tuned model", height=420, visible=False, elem_id="tuned-chat")
+        base_chat = gr.Chatbot(label="Base model", height=420, elem_id="base-chat", editable="user")
+        tuned_chat = gr.Chatbot(label="Tuned model", height=420, visible=False, elem_id="tuned-chat",
+                                editable="user")
     with gr.Row(visible=False) as vote_row:
         vote_buttons = [gr.Button(label, size="sm", elem_id=f"vote-{choice}")
                         for label, choice in chat_votes.VOTE_BUTTONS.items()]
@@ -167,7 +181,6 @@ def build(demo: gr.Blocks) -> gr.Dropdown:
     with gr.Row():
         send = gr.Button("Send", variant="primary")
         stop = gr.Button("Stop")
-        again = gr.Button("Retry")
         clear = gr.Button("Clear")
     status = gr.Markdown("Models load on first use.", elem_id="chat-status")
     with gr.Accordion("Generation settings", open=False):
@@ -183,9 +196,12 @@ def build(demo: gr.Blocks) -> gr.Dropdown:
     outputs = [base_chat, tuned_chat, status, box, pending]
     events = [trigger(chat_votes.chat_turn, inputs, outputs, api_name=name)
               for trigger, name in ((box.submit, "chat"), (send.click, None))]
+    for chat in (base_chat, tuned_chat):  # Gradio's own retry, undo and edit buttons on each pane
+        for event, handler in ((chat.retry, on_retry), (chat.edit, on_edit)):
+            events.append(event(handler, [base_chat, tuned_chat], [base_chat, tuned_chat, box], api_name=False)
+                          .then(chat_votes.chat_turn, inputs, outputs, api_name=False))
+        chat.undo(on_undo, [base_chat, tuned_chat], [base_chat, tuned_chat, box], api_name=False)
     stop.click(None, cancels=events)
-    again.click(retry, [base_chat, tuned_chat], [base_chat, tuned_chat, box]).then(
-        chat_votes.chat_turn, inputs, outputs)
     clear.click(lambda: ([], [], "", None), None, [base_chat, tuned_chat, status, pending])
     wire_votes(mode, blind, vote_row, vote_buttons, pending, base_chat, tuned_chat, status, model, adapter)
     refresh.click(refresh_adapters, None, adapter, api_name=False)

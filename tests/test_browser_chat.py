@@ -24,6 +24,12 @@ def test_chat_and_compare_in_browser(app_server, tiny_run):
             "() => document.querySelector('#chat-status')?.innerText.includes('tok/s')", timeout=60_000)
         assert "Paris" in reply.inner_text()
         page.screenshot(path=str(ARTIFACTS / "chat-single.png"))
+        # Gradio's own Undo button on the pane takes the exchange back and returns the question
+        # to the box (tabs.chat.rewind, which Retry and Edit share, is unit-tested in test_chat).
+        page.locator("#base-chat button[aria-label='Undo']").last.click()
+        page.wait_for_function("() => !document.querySelector(\"#base-chat [data-testid='bot']\")", timeout=30_000)
+        assert "What is the capital of France?" not in page.locator("#base-chat").inner_text()
+        assert page.get_by_placeholder("Ask something").input_value() == "What is the capital of France?"
 
         page.get_by_text("Clear").click()
         page.get_by_role("radio", name="Compare").check()

@@ -154,3 +154,24 @@ def test_generation_runs_on_the_one_decode_thread(tiny_model_dir):
     with pytest.raises(ZeroDivisionError):
         threads.in_own_thread(lambda: 1 / 0)
     assert threads.in_own_thread(threading.current_thread) is not threading.current_thread()
+
+
+def test_retry_undo_and_edit_rewind_both_panes():
+    """Chatbot's retry, undo and edit events cut both panes before the chosen user message and
+    put its text (or the edited text) back in the box."""
+    import gradio as gr
+
+    from tabs.chat import on_edit, on_retry, on_undo
+
+    def exchange(question, answer):
+        return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+    base = exchange("Who are you?", "SmolLM.") + exchange("And?", "A model.")
+    tuned = exchange("Who are you?", "Lumen.") + exchange("And?", "From the lab.")
+    assert on_retry(base, tuned, gr.RetryData(None, {"index": 2, "value": "And?"})) == (base[:2], tuned[:2], "And?")
+    assert on_undo(base, tuned, gr.UndoData(None, {"index": 0, "value": "Who are you?"})) == ([], [], "Who are you?")
+    edited = gr.EditData(None, {"index": 2, "value": "Where from?", "previous_value": "And?"})
+    assert on_edit(base, tuned, edited) == (base[:2], tuned[:2], "Where from?")
+    single = on_retry(base, [], gr.RetryData(None, {"index": 2, "value": "And?"}))
+    assert single == (base[:2], [], "And?"), "Single mode has an empty tuned pane"
+    assert on_retry(base, tuned, gr.RetryData(None, {"index": 1, "value": "SmolLM."}))[2] == "", "not a question"
