@@ -67,8 +67,11 @@ def test_compare_with_different_histories_per_pane(smol, loud_adapter):
     base_turns = ask(PROMPTS[0]) + [{"role": "assistant", "content": first_base.text}, follow]
     tuned_turns = ask(PROMPTS[0]) + [{"role": "assistant", "content": first_tuned.text * 3}, follow]
     *_, (base, tuned_reply) = stream_compare(smol, tuned, base_turns, tuned_turns, GREEDY)
-    assert base.text == solo(smol, base_turns).text
-    assert "Rome" in base.text and tuned_reply.done and tuned_reply.new_tokens > 0
+    # Rows of different lengths are left-padded, which changes the bf16/int8 rounding, so a
+    # near-tie can flip: one CI run answered "In Italy, the capital of Italy is Rome." where the
+    # solo run said "The capital of Italy is Rome.". Equal rows are held to exact equality above.
+    assert "Rome" in base.text and "Rome" in solo(smol, base_turns).text
+    assert tuned_reply.done and tuned_reply.new_tokens > 0
 
 
 def test_compare_full_fine_tune_runs_beside_the_base(smol, tiny_model_dir):
