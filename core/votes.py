@@ -104,15 +104,17 @@ def accept_visitor_votes(ids: list[str] | None = None) -> int:
     if not path.is_file():
         return 0
     with _locked(path, "r+") as handle:
-        lines = [line for line in handle if line.strip()]
-        chosen = [line for line in lines if ids is None or json.loads(line)["id"] in set(ids)]
+        wanted = None if ids is None else set(ids)
+        chosen, kept = [], []
+        for line in (line for line in handle if line.strip()):
+            (chosen if wanted is None or json.loads(line)["id"] in wanted else kept).append(line)
         with _locked(store(), "a") as owner:
             owner.writelines(chosen)
             owner.flush()
             os.fsync(owner.fileno())
         handle.seek(0)
         handle.truncate()
-        handle.writelines(line for line in lines if line not in chosen)
+        handle.writelines(kept)
     return len(chosen)
 
 

@@ -33,13 +33,16 @@ def blind_respond(message, left, right, pending, model_name, adapter, system_pro
     settings = dict(system_prompt=system_prompt, temperature=temperature, top_p=top_p,
                     max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
     labels = ({"label": HIDDEN[0]}, {"label": HIDDEN[1]})
+
+    def panes(base_history, tuned_history):  # (left, right) in this question's coin order
+        return (tuned_history, base_history) if swap else (base_history, tuned_history)
+
     base_out, tuned_out, status = plain_history(base), plain_history(tuned), ""
     for base_out, tuned_out, status, box in respond(message, base, tuned, model_name, adapter, "Compare",
                                                     *settings.values(), request=request):
-        views = (tuned_out, base_out) if swap else (base_out, tuned_out)
-        yield *views, "Generating both answers…", box, pending, *labels
+        yield *panes(base_out, tuned_out), "Generating both answers…", box, pending, *labels
     if not base_out or base_out[-1]["role"] != "assistant" or status.startswith("⚠"):
-        yield *((tuned_out, base_out) if swap else (base_out, tuned_out)), status, "", pending, *labels
+        yield *panes(base_out, tuned_out), status, "", pending, *labels
         return
     sides = {"base": {"model": model_name, "adapter": None}, "tuned": {"model": model_name, "adapter": adapter}}
     order = ("tuned", "base") if swap else ("base", "tuned")
@@ -48,8 +51,7 @@ def blind_respond(message, left, right, pending, model_name, adapter, system_pro
     pending = {"swapped": swap, "voted": False, "prompt": contexts[order[0]], "prompt_b": contexts[order[1]],
                "answers": {"A": answers[order[0]], "B": answers[order[1]]},
                "sides": {"A": sides[order[0]], "B": sides[order[1]]}, "settings": settings}
-    yield (*((tuned_out, base_out) if swap else (base_out, tuned_out)), "Which answer is better? Vote below.",
-           "", pending, *labels)
+    yield *panes(base_out, tuned_out), "Which answer is better? Vote below.", "", pending, *labels
 
 
 def chat_turn(message, base_history, tuned_history, model_name, adapter, mode, system_prompt="",
