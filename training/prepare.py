@@ -62,8 +62,33 @@ def split_examples(examples, cfg):
             f"Only {len(examples)} example(s): too few for eval_fraction={cfg.eval_fraction}. "
             "Add data or set eval_fraction to 0."
         )
+    if cfg.objective == "dpo":
+        return split_by_prompt(examples, n_eval, cfg.seed)
     split = examples.train_test_split(test_size=n_eval, seed=cfg.seed)
     return split["train"], split["test"]
+
+
+def split_by_prompt(examples, n_eval: int, seed: int):
+    """(train, eval) with about n_eval held-out pairs whose prompts never occur in training:
+    preference sets often pair one question with several answers, and a pair held out while
+    its question trains measures memory, not preference."""
+    import json
+    import random
+
+    keys = [json.dumps(prompt, sort_keys=True) for prompt in examples["prompt"]]
+    prompts = sorted(set(keys))
+    random.Random(seed).shuffle(prompts)
+    held, count = set(), 0
+    for prompt in prompts[:-1]:  # at least one prompt stays for training
+        if count >= n_eval:
+            break
+        held.add(prompt)
+        count += keys.count(prompt)
+    if not held:
+        raise DataError("Every preference pair has the same prompt: nothing can be held out. "
+                        "Set eval_fraction to 0.")
+    eval_rows = [i for i, key in enumerate(keys) if key in held]
+    return examples.select([i for i, key in enumerate(keys) if key not in held]), examples.select(eval_rows)
 
 
 def preview(cfg, row: int = 0, tokenizer=None) -> Preview:
