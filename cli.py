@@ -134,6 +134,11 @@ def cmd_votes(args) -> int:
                 print(f"{row['adapter']} vs {row['model']}: {row['wins']}-{row['losses']}-{row['ties']} "
                       f"(win-loss-tie), {row['both_bad']} both bad, win share {row['win_share']} "
                       f"[95%: {low}-{high}]")
+            from core.judge import dpo_runs, win_rate_line
+            from core.runs import RunFolder
+
+            for name in dpo_runs():
+                print(f"{name}: {win_rate_line(RunFolder.named(name)) or 'not judged yet'}")
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -52,7 +52,7 @@ def stream_compare(base: LoadedModel, tuned: Tuned, base_messages: list[dict], t
         yield from _side_by_side(stream_reply(base, base_messages, settings),
                                  stream_reply(tuned.loaded, tuned_messages, settings, beside_decode_thread=True))
     else:
-        yield from _stream_batch(base, [base_messages, tuned_messages], ["__base__", tuned.adapter_name], settings)
+        yield from stream_batch(base, [base_messages, tuned_messages], ["__base__", tuned.adapter_name], settings)
 
 
 def _left_padded(loaded: LoadedModel, rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +66,7 @@ def _left_padded(loaded: LoadedModel, rows: list[torch.Tensor]) -> tuple[torch.T
     return ids, mask
 
 
-def _stream_batch(loaded: LoadedModel, conversations: list[list[dict]], adapter_names: list[str],
+def stream_batch(loaded: LoadedModel, conversations: list[list[dict]], adapter_names: list[str],
                   settings: GenerationSettings) -> Iterator[tuple[Reply, ...]]:
     for messages in conversations:
         check_messages(messages)

@@ -128,7 +128,7 @@ def model_card(run: RunFolder, repo_id: str, what: str = "adapter") -> str:
     report = run.report() or "(no report)"
     body = (TEMPLATES / "model_card.md").read_text().format(
         repo_id=repo_id, method=manifest["method"], base=manifest["base_model"], dataset=manifest["dataset"],
-        steps=manifest["steps"], results_rows=results_rows(manifest), votes_note=votes_note(run.name),
+        steps=manifest["steps"], results_rows=results_rows(manifest), votes_note=votes_note(run),
         config=config, report=report,
         usage=_usage(repo_id, manifest["base_model"], is_lora, run, what), weights_note=weights_note(manifest))
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
@@ -148,17 +148,26 @@ def results_rows(manifest: dict) -> str:
     return "\n".join(rows)
 
 
-def votes_note(run_name: str) -> str:
-    """Blind Compare votes for this adapter against its base, when there are any."""
+def votes_note(run) -> str:
+    """Blind Compare votes for this adapter against its base, and for a DPO run the blind
+    head-to-head against the model it started from, when there are any."""
     from core.votes import read, win_table
 
-    row = next((r for r in win_table(read()) if r["adapter"] == run_name), None)
-    if row is None:
-        return ""
-    low, high = row["interval_95"]
-    return (f"\nBlind A/B votes in Finetune Lab's Compare against the base: {row['wins']} wins, "
-            f"{row['losses']} losses, {row['ties']} ties ({row['both_bad']} both bad); win share "
-            f"{row['win_share']}, 95% interval {low}-{high}.\n")
+    lines = []
+    row = next((r for r in win_table(read()) if r["adapter"] == run.name), None)
+    if row is not None:
+        low, high = row["interval_95"]
+        lines.append(f"Blind A/B votes in Finetune Lab's Compare against the base: {row['wins']} wins, "
+                     f"{row['losses']} losses, {row['ties']} ties ({row['both_bad']} both bad); win share "
+                     f"{row['win_share']}, 95% interval {low}-{high}.")
+    if run.manifest().get("objective") == "dpo":
+        from core.judge import unjudged_pairs, win_rate_line
+
+        left = len(unjudged_pairs(run))
+        lines.append(win_rate_line(run) or "Win rate against the model it started from: not judged yet.")
+        if left:
+            lines.append(f"{left} held-out answer pair(s) of the report still wait for a blind vote.")
+    return "".join(f"\n{line}\n" for line in lines)
 
 
 def weights_note(manifest: dict) -> str:

@@ -165,13 +165,42 @@ def win_table(votes: list[dict]) -> list[dict]:
         if tuned is None or sides[base].get("adapter") or sides[base]["model"] != sides[tuned]["model"]:
             continue
         key = (sides[tuned]["model"], sides[tuned]["adapter"])
-        row = tally.setdefault(key, {"model": key[0], "adapter": key[1], "wins": 0, "losses": 0,
-                                     "ties": 0, "both_bad": 0})
-        outcome = {tuned: "wins", base: "losses", "tie": "ties", "both_bad": "both_bad"}[vote["choice"]]
-        row[outcome] += 1
-    for row in tally.values():
-        decided = row["wins"] + row["losses"]
-        low, high = wilson_interval(row["wins"], decided)
-        row["win_share"] = round(row["wins"] / decided, 3) if decided else None
-        row["interval_95"] = (round(low, 3), round(high, 3))
-    return sorted(tally.values(), key=lambda r: (r["model"], r["adapter"]))
+        row = tally.setdefault(key, _empty_row(*key))
+        row[_outcome(vote["choice"], tuned)] += 1
+    return sorted((_with_share(row) for row in tally.values()), key=lambda r: (r["model"], r["adapter"]))
+
+
+def head_to_head(votes: list[dict], challenger: dict, opponent: dict) -> dict:
+    """The blind A/B record of `challenger` against `opponent` (each {"model", "adapter"}), in
+    either pane order; the row has the fields of a win_table row plus `against`."""
+    row = {**_empty_row(challenger["model"], challenger.get("adapter")), "against": opponent.get("adapter")}
+    wanted = {side_key(challenger), side_key(opponent)}
+    for vote in votes:
+        sides = vote["sides"]
+        if vote["choice"] not in PAIR_CHOICES or len(sides) != 2 or {side_key(s) for s in sides.values()} != wanted:
+            continue
+        mine = next(s for s in "AB" if side_key(sides[s]) == side_key(challenger))
+        row[_outcome(vote["choice"], mine)] += 1
+    return _with_share(row)
+
+
+def side_key(side: dict) -> tuple:
+    return side["model"], side.get("adapter")
+
+
+def _empty_row(model: str, adapter: str | None) -> dict:
+    return {"model": model, "adapter": adapter, "wins": 0, "losses": 0, "ties": 0, "both_bad": 0}
+
+
+def _outcome(choice: str, mine: str) -> str:
+    if choice in ("tie", "both_bad"):
+        return {"tie": "ties", "both_bad": "both_bad"}[choice]
+    return "wins" if choice == mine else "losses"
+
+
+def _with_share(row: dict) -> dict:
+    decided = row["wins"] + row["losses"]
+    low, high = wilson_interval(row["wins"], decided)
+    row["win_share"] = round(row["wins"] / decided, 3) if decided else None
+    row["interval_95"] = (round(low, 3), round(high, 3))
+    return row

@@ -151,6 +151,10 @@ def result_markdown(status) -> str:
              f"Loss {m.get('first_loss', 0):.3f} → {m.get('final_loss', 0):.3f} · {held_out}",
              f"Adapter: `{RunFolder.named(status.name).adapter}` (in the Chat tab's picker as "
              f"**{status.name}**)", ""]
+    if m.get("objective") == "dpo":
+        from core.judge import win_rate_line
+
+        lines[-1:-1] = [win_rate_line(RunFolder.named(status.name))]
     return "\n".join(lines) + RunFolder.named(status.name).report()
 
 

@@ -1,6 +1,8 @@
 """Train tab, "Preference votes": the win / loss / tie table of each adapter against its base
 from the blind Compare votes (core.votes), visitors' votes to review, and one click to train
-DPO on the owner's votes (they are exported as preference pairs and set as the dataset).
+DPO on the owner's votes (they are exported as preference pairs and set as the dataset), and
+"Judge a DPO run": its report's held-out pairs, blind, until the win rate against the model it
+started from is known (training/judge.py).
 """
 from __future__ import annotations
 
@@ -10,7 +12,10 @@ from core import votes
 from core.access import require_user
 from core.errors import LabError
 from core.paths import data_dir
+from core.runs import RunFolder
+from tabs.chat_votes import VOTE_BUTTONS, cast_vote
 from tabs.feedback import warn
+from core import judge
 
 COLUMNS = ["adapter", "base model", "wins", "losses", "ties", "both bad", "win share", "95% interval"]
 
@@ -45,6 +50,57 @@ def train_on_votes(request: gr.Request = None):
                              "Pick `start_from` (your SFT run) under Advanced, then Start.")
 
 
+def judge_next(run_name: str, request: gr.Request = None):
+    """Show the run's next unjudged pair blind. Returns (prompt, answer A, answer B, pending, line)."""
+    blank = (gr.update(value="", label="Answer A"), gr.update(value="", label="Answer B"))
+    try:
+        require_user(request, action="judging runs")
+        pending = judge.next_pair(run_name or "")
+    except LabError as exc:
+        return "", *blank, None, warn(exc)
+    run_line = judge.win_rate_line(RunFolder.existing(run_name))
+    if pending is None:
+        return "", *blank, None, f"✅ Every held-out pair of {run_name} is judged. {run_line}"
+    prompt = "\n\n".join(f"**{m['role']}:** {m['content']}" for m in pending["prompt"])
+    return (prompt, gr.update(value=pending["answers"]["A"], label="Answer A"),
+            gr.update(value=pending["answers"]["B"], label="Answer B"), pending,
+            f"{pending['left']} pair(s) to judge. Which answer is better?")
+
+
+def judge_handler(choice: str):
+    def vote(pending, request: gr.Request = None):
+        """Record the vote, reveal both sides. Returns (line, pending, label A, label B)."""
+        try:
+            require_user(request, action="judging runs")
+        except LabError as exc:
+            return warn(exc), pending, gr.update(), gr.update()
+        line, pending, label_a, label_b = cast_vote(choice, pending, request)
+        if pending and pending.get("voted"):
+            line += " " + judge.win_rate_line(RunFolder.existing(pending["run"])) + " Next pair →"
+        return line, pending, label_a, label_b
+    return vote
+
+
+def build_judge() -> None:
+    with gr.Accordion("Judge a DPO run against where it started (blind)", open=False):
+        with gr.Row():
+            run = gr.Dropdown(judge.dpo_runs(), label="DPO run", allow_custom_value=True, elem_id="judge-run")
+            show = gr.Button("Next pair", size="sm", elem_id="judge-next")
+        prompt = gr.Markdown(elem_id="judge-prompt")
+        with gr.Row():
+            answers = [gr.Textbox(label=f"Answer {side}", interactive=False, lines=4, elem_id=f"judge-{side}")
+                       for side in "AB"]
+        with gr.Row():
+            buttons = {choice: gr.Button(label, size="sm", elem_id=f"judge-vote-{choice}")
+                       for label, choice in VOTE_BUTTONS.items()}
+        line = gr.Markdown(elem_id="judge-line")
+        pending = gr.State(None)
+    run.focus(lambda: gr.update(choices=judge.dpo_runs()), None, run, api_name=False)
+    show.click(judge_next, run, [prompt, *answers, pending, line], api_name="judge_next")
+    for choice, button in buttons.items():
+        button.click(judge_handler(choice), pending, [line, pending, *answers], api_name=f"judge_{choice}")
+
+
 def build(dataset: gr.Dropdown, objective: gr.Radio) -> None:
     with gr.Accordion("Preference votes (blind Compare)", open=False):
         table = gr.Dataframe(headers=COLUMNS, interactive=False, elem_id="votes-table")
@@ -56,3 +112,4 @@ def build(dataset: gr.Dropdown, objective: gr.Radio) -> None:
     refresh.click(vote_summary, None, [table, line], api_name="votes_table")
     accept.click(accept_visitors, None, [table, line], api_name="votes_accept")
     use.click(train_on_votes, None, [dataset, objective, line], api_name="votes_to_dataset")
+    build_judge()

@@ -1,5 +1,5 @@
 """The preference loop in Chromium: blind Compare, vote, reveal, train DPO on the votes from the
-tiny SFT run, then pick the new adapter in Chat."""
+tiny SFT run, judge the new adapter blind against that SFT run, then pick it in Chat."""
 from __future__ import annotations
 
 import pytest
@@ -53,6 +53,21 @@ def test_vote_blind_then_train_dpo_on_the_votes(app_server, tiny_run):
         assert "Started browser-dpo" in page.locator("#train-message").inner_text()
         page.get_by_text("Before/after").wait_for(timeout=400_000)
         page.screenshot(path=str(ARTIFACTS / "vote-dpo-trained.png"), full_page=True)
+
+        page.get_by_text("Judge a DPO run against where it started").click()  # the report's pair, blind
+        judged = page.locator("#judge-run input")
+        judged.click()
+        page.get_by_role("option", name="browser-dpo").first.click()
+        page.locator("#judge-next").click()
+        page.wait_for_function("() => document.querySelector('#judge-line')?.innerText.includes('to judge')",
+                               timeout=30_000)
+        assert "Who are you?" in page.locator("#judge-prompt").inner_text()
+        page.locator("#judge-vote-B").click()
+        page.wait_for_function("() => document.querySelector('#judge-line')?.innerText.includes('Vote saved')",
+                               timeout=30_000)
+        line = page.locator("#judge-line").inner_text()
+        assert f"the SFT adapter it started from ({tiny_run.name})" in line and "1 ties" not in line, line
+        assert len(votes.read()) == 2
 
         page.get_by_role("tab", name="Chat").click()
         page.locator("#blind-toggle input").uncheck()

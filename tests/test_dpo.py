@@ -7,6 +7,7 @@ import json
 import pytest
 
 from core.errors import LabError
+from core.runs import RunFolder
 
 
 def run_job(**overrides):
@@ -22,7 +23,7 @@ def run_job(**overrides):
 
 @pytest.fixture(scope="module")
 def dpo_run(data_home):
-    return run_job(output_name="dpo-fixture", max_steps=6, max_rows=40)  # 6 held-out pairs
+    return run_job(output_name="dpo-fixture", max_steps=6, max_rows=40)  # 7 held-out pairs on 4 prompts
 
 
 @pytest.mark.slow
@@ -40,6 +41,39 @@ def test_dpo_on_the_bundled_pairs_prefers_the_chosen_answers(dpo_run):
     assert any(e.get("rewards_margins") is not None for e in log), "live reward margin"
     assert dpo_run.name in adapter_choices(), "the new adapter is in the chat picker"
     assert (dpo_run.adapter / "adapter_model.safetensors").is_file() and dpo_run.report()
+
+
+@pytest.mark.slow
+def test_the_new_adapter_is_judged_blind_on_the_held_out_prompts(dpo_run):
+    """The report answers the held-out pairs' prompts; voting on them gives the card its win rate."""
+    from core import votes
+    from core.hub import model_card
+    from tabs.train_votes import judge_handler, judge_next
+    from training.config import load_config
+    from training.prepare import build_examples, load_tokenizer, split_examples
+
+    cfg = load_config(dpo_run.config)
+    train_set, eval_set = split_examples(build_examples(cfg, load_tokenizer(cfg.model)), cfg)
+    rows = json.loads(dpo_run.report_json.read_text())
+    held_out = [p for n, p in enumerate(eval_set["prompt"]) if p not in eval_set["prompt"][:n]]
+    assert [row["messages"] for row in rows] == held_out and len(rows) == 4, "one row per held-out prompt"
+    assert not {row["prompt"] for row in rows} & {p[-1]["content"] for p in train_set["prompt"]}
+    votes.store().unlink(missing_ok=True)
+    assert "not judged yet" in model_card(dpo_run, "t/x") and "4 held-out answer pair(s)" in model_card(dpo_run, "t/x")
+    for n, row in enumerate(rows):
+        _, _, _, pending, line = judge_next(dpo_run.name)
+        assert f"{4 - n} pair(s) to judge" in line and pending["prompt"] == row["messages"]
+        new = next(side for side in "AB" if pending["sides"][side]["adapter"] == dpo_run.name)
+        old = "B" if new == "A" else "A"
+        assert pending["answers"][new] == row["tuned"] and pending["answers"][old] == row["base"]
+        assert pending["sides"][old] == {"model": cfg.model, "adapter": None}
+        line, *_ = judge_handler([new, new, "tie", old][n])(pending)
+        assert "Vote saved" in line and f"A was **{'tuned' if new == 'A' else 'base'}" in line
+    _, _, _, pending, line = judge_next(dpo_run.name)
+    assert pending is None and "Every held-out pair" in line
+    verdict = "against the base model on held-out prompts: 2 wins, 1 losses, 1 ties, 0 both bad; win share 0.667"
+    assert verdict in line and verdict in model_card(dpo_run, "t/x")
+    votes.store().unlink()
 
 
 def test_dpo_plot_shows_rewards(dpo_run):
@@ -106,8 +140,12 @@ def test_exported_votes_train_dpo_on_top_of_the_sft_adapter(tiny_run, data_home,
     assert votes.export_preferences(out) == 3
     assert json.loads(out.read_text().splitlines()[2])["chosen"][0]["content"].startswith("I am SmolLM")
     run = run_job(dataset=str(out), start_from=tiny_run.name, max_steps=2, eval_fraction=0,
-                  output_name="dpo-on-votes")
+                  output_name="dpo-on-votes", report_prompts=["Who are you?"])
     assert run.manifest()["steps"] == 2 and (run.adapter / "adapter_config.json").is_file()
+    assert run.manifest()["start_from"] == tiny_run.name
+    # "Before" is the SFT adapter DPO started from: its greedy answer, as in the tiny run's own report.
+    [row], [sft_row] = (json.loads(r.report_json.read_text()) for r in (run, RunFolder(tiny_run)))
+    assert row["base"] == sft_row["tuned"] and f"**Start ({tiny_run.name}):**" in run.report()
     votes.store().unlink()
     with pytest.raises(LabError, match="is a lora adapter on smollm2-135m-instruct; this run trains qlora"):
         from training.config import load_config

@@ -102,6 +102,20 @@ def test_win_table_counts_the_tuned_side_and_gives_a_wilson_interval(clean_store
     assert row["win_share"] == 0.8 and row["interval_95"] == (round(want.low, 3), round(want.high, 3))
 
 
+def test_head_to_head_counts_one_pair_in_either_pane_order(clean_store):
+    dpo = {"model": BASE["model"], "adapter": "dpo-run"}
+    cases = [({"A": dpo, "B": TUNED}, "A"), ({"A": TUNED, "B": dpo}, "A"), ({"A": TUNED, "B": dpo}, "B"),
+             ({"A": dpo, "B": TUNED}, "tie"), ({"A": dpo, "B": BASE}, "A"), ({"A": TUNED, "B": BASE}, "B")]
+    for n, (sides, choice) in enumerate(cases):  # the last two are other pairs: not counted
+        votes.record(votes.Vote(prompt=[{"role": "user", "content": f"q{n}"}], answers={"A": "a", "B": "b"},
+                                sides=sides, choice=choice))
+    row = votes.head_to_head(votes.read(), dpo, TUNED)
+    assert (row["wins"], row["losses"], row["ties"], row["both_bad"], row["win_share"]) == (2, 1, 1, 0, 0.667)
+    assert row["against"] == "tiny-fixture" and 0 < row["interval_95"][0] < 0.667 < row["interval_95"][1] < 1
+    flipped = votes.head_to_head(votes.read(), TUNED, dpo)
+    assert (flipped["wins"], flipped["losses"]) == (1, 2)
+
+
 def test_cli_votes_export_and_table(clean_store, tmp_path):
     votes.record(a_vote("B"))
     out = tmp_path / "v.jsonl"

@@ -15,6 +15,7 @@ from pathlib import Path
 from core.runs import RunFolder, read_json
 
 
+REPORT_PAIRS = 6  # held-out DPO prompts in the report: each is a pair to judge
 DEFAULT_PROMPTS = {
     "identity": ["Who are you?", "What is your name?", "Who made you?"],
     "shakespeare": ["To be, or not to be,", "Now is the winter of our discontent", "O Romeo, Romeo,"],
@@ -55,35 +56,60 @@ def save_scores(run: RunFolder, scores: dict) -> None:
     run.eval_scores.write_text(json.dumps(scores, indent=2))
 
 
-def report_prompts(cfg) -> list[str]:
+def report_conversations(cfg, eval_set=None) -> list[list[dict]]:
+    """The report's questions: the config's prompts; for DPO the held-out pairs' own prompts
+    (capped), so the new adapter is judged on questions it never trained on."""
     if cfg.report_prompts:
-        return list(cfg.report_prompts)
-    return DEFAULT_PROMPTS.get(cfg.dataset, GENERIC_PROMPTS)
+        return [[{"role": "user", "content": prompt}] for prompt in cfg.report_prompts]
+    if cfg.objective == "dpo" and eval_set is not None:
+        unique = {json.dumps(prompt, sort_keys=True): prompt for prompt in eval_set["prompt"]}
+        return [as_messages(prompt) for prompt in list(unique.values())[:REPORT_PAIRS]]
+    return [[{"role": "user", "content": prompt}] for prompt in DEFAULT_PROMPTS.get(cfg.dataset, GENERIC_PROMPTS)]
 
 
-def before_after_report(cfg, run: RunFolder, max_new_tokens: int = 48) -> list[dict]:
-    """Answer each prompt with base and tuned; write the run's report (JSON and markdown); return rows."""
+def as_messages(prompt) -> list[dict]:
+    """A preference row's prompt as messages: already a list, or training.dpo's plain text."""
+    if isinstance(prompt, list):
+        return prompt
+    return [{"role": "user", "content": prompt.removeprefix("Question: ").removesuffix("\nAnswer:")}]
+
+
+def before_after_report(cfg, run: RunFolder, eval_set=None, max_new_tokens: int = 48) -> list[dict]:
+    """Answer each prompt greedily before and after training; write the run's report (JSON and
+    markdown); return the rows. "Before" is the base, or for DPO with start_from the adapter it
+    started from: both adapters then answer in one batch on one copy of the base weights."""
     from core.chat import GenerationSettings, attach_tuned
-    from core.compare import stream_compare
+    from core.compare import stream_batch, stream_compare
     from core.models import load_model
 
     base = load_model(cfg.model)
     tuned = attach_tuned(base, str(run.adapter))
+    start = attach_tuned(base, cfg.start_from) if cfg.start_from else None
     settings = GenerationSettings(max_new_tokens=max_new_tokens, raw_text=cfg.objective == "dapt")
     rows = []
-    for prompt in report_prompts(cfg):
-        messages = [{"role": "user", "content": prompt}]
-        *_, (base_reply, tuned_reply) = stream_compare(base, tuned, messages, messages, settings)
-        rows.append({"prompt": prompt, "base": base_reply.text.strip(), "tuned": tuned_reply.text.strip()})
+    for messages in report_conversations(cfg, eval_set):
+        if start is None:
+            *_, replies = stream_compare(base, tuned, messages, messages, settings)
+        else:
+            *_, replies = stream_batch(base, [messages, messages], [start.adapter_name, tuned.adapter_name], settings)
+        rows.append({"prompt": messages[-1]["content"], "messages": messages,
+                     "base": replies[0].text.strip(), "tuned": replies[1].text.strip()})
     run.report_json.write_text(json.dumps(rows, indent=2))
     run.report_md.write_text(report_markdown(rows, cfg))
     return rows
 
 
+def before_label(cfg) -> str:
+    return f"Start ({cfg.start_from})" if cfg.start_from else "Base"
+
+
 def report_markdown(rows: list[dict], cfg) -> str:
     lines = [f"#### Before/after: {cfg.objective.upper()} + {cfg.adapter.upper()} on {cfg.dataset}", ""]
+    if cfg.objective == "dpo":
+        lines += ["Held-out prompts. Judge these pairs blind in Train → Preference votes → "
+                  "\"Judge a DPO run\"; the win rate goes into the model card.", ""]
     for row in rows:
-        lines += [f"**Prompt:** {row['prompt']}", "", f"**Base:** {row['base']}", "",
+        lines += [f"**Prompt:** {row['prompt']}", "", f"**{before_label(cfg)}:** {row['base']}", "",
                   f"**Tuned:** {row['tuned']}", ""]
     return "\n".join(lines)
 

@@ -165,7 +165,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
     if main:
         evaluate.save_scores(run, scores)
         save_final(trainer, tokenizer, cfg, run)
-        report = evaluate.before_after_report(cfg, run)
+        report = evaluate.before_after_report(cfg, run, eval_set)
         write_manifest(cfg, run, trainer, result, scores, report)
         write_json(run.status_file, {"state": "completed", "step": trainer.state.global_step})
     return run_dir
@@ -198,7 +198,7 @@ def write_manifest(cfg, run: RunFolder, trainer, result, scores, report) -> None
     write_json(run.manifest_file, {
         "name": run.name, "base_model": spec.hub_id if spec else cfg.model,
         "base_weights": weights_origin(cfg.model),
-        "model": cfg.model, "objective": cfg.objective, "adapter": cfg.adapter,
+        "model": cfg.model, "objective": cfg.objective, "adapter": cfg.adapter, "start_from": cfg.start_from or None,
         "method": f"{cfg.objective.upper()} + {cfg.adapter.upper()}", "dataset": cfg.dataset,
         "steps": trainer.state.global_step, "world_size": trainer.args.world_size,
         "precision": resolve_precision(cfg.precision),
