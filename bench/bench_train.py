@@ -74,7 +74,7 @@ def run_engine(cfg, out: Path) -> dict:
                 stamps.append((time.perf_counter(), logs["num_tokens"]))
 
     threads.apply(threads.for_training(cfg.threads))
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
     trainer = LabSFTTrainer(model=load_base(cfg), args=sft_config(cfg, RunFolder(out)), processing_class=tokenizer,
                             train_dataset=build_examples(cfg, tokenizer), peft_config=lora_config(cfg),
                             callbacks=[Stamp()])
@@ -100,7 +100,7 @@ def run_baseline(cfg, out: Path, precision: str) -> dict:
     from training.run import lora_config
 
     threads.apply(threads.for_training(cfg.threads))
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
 
     def tokenize(row):
         prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True)["input_ids"]

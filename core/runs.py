@@ -55,6 +55,7 @@ class RunFolder:
     report_md = property(lambda self: self.path / "report.md")
     manifest_file = property(lambda self: self.path / "manifest.json")
     status_file = property(lambda self: self.path / "status.json")
+    plan_file = property(lambda self: self.path / "plan.json")  # effective batch and tokens per step
     job_file = property(lambda self: self.path / "job.json")
     process_log = property(lambda self: self.path / "stderr.log")
     stop_marker = property(lambda self: self.path / "stop-requested")

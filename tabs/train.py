@@ -175,7 +175,10 @@ def _run_step() -> dict:
             stop = gr.Button("Stop", elem_id="train-stop")
             resume = gr.Button("Resume", elem_id="train-resume")
         parts = dict(start=start, stop=stop, resume=resume, message=gr.Markdown(elem_id="train-message"),
-                     progress=gr.HTML(), plot=gr.Plot(label="Loss", elem_id="loss-plot"),
+                     progress=gr.HTML(), x_axis=gr.Radio(["step", "epoch"], value="step", label="x axis",
+                                                         elem_id="plot-x-axis"),
+                     plot=gr.Plot(label="Loss", elem_id="loss-plot"),
+                     schedule=gr.Plot(label="Learning rate and grad norm", elem_id="schedule-plot"),
                      stats=gr.Markdown(elem_id="train-stats"), tail=gr.Textbox(label="Log", lines=6, interactive=False))
     with gr.Accordion("4 · Result", open=True):
         parts["result"] = gr.Markdown(elem_id="train-result")
@@ -242,18 +245,21 @@ def _wire_live(live: dict, form: dict, run, last_state, uploads, adapter_picker)
         message, name = start_training(train_form.named_values(form, inputs), request, inputs[uploads])
         return {live["message"]: message, run: name if name else gr.update()}
 
-    shown = dict(progress=live["progress"], plot=live["plot"], stats=live["stats"], tail=live["tail"],
-                 result=live["result"], state=last_state, adapters=adapter_picker)
+    shown = dict(progress=live["progress"], plot=live["plot"], schedule=live["schedule"], stats=live["stats"],
+                 tail=live["tail"], result=live["result"], state=last_state, adapters=adapter_picker)
 
-    def on_poll(name, state, request: gr.Request):
-        return {shown[field]: value for field, value in vars(poll(name, state, request)).items()}
+    def on_poll(name, state, x_axis, request: gr.Request):
+        return {shown[field]: value for field, value in vars(poll(name, state, request, x_axis)).items()}
 
     live["start"].click(on_start, {uploads, *form.values()}, [live["message"], run], api_name="train_start")
     live["stop"].click(stop_training, run, live["message"], api_name="train_stop")
     live["resume"].click(resume_training, run, [live["message"], run], api_name="train_resume")
     gr.api(api_start, api_name="train_recipe")
     gr.api(api_status, api_name="train_status")
-    gr.Timer(2.0).tick(on_poll, [run, last_state], list(shown.values()), show_progress="hidden", api_name=False)
+    gr.Timer(2.0).tick(on_poll, [run, last_state, live["x_axis"]], list(shown.values()), show_progress="hidden",
+                       api_name=False)
+    live["x_axis"].change(on_poll, [run, last_state, live["x_axis"]], list(shown.values()), show_progress="hidden",
+                          api_name=False)
 
 
 def _wire_runs(runs: dict, run: gr.State) -> None:

@@ -15,11 +15,11 @@ import gradio as gr
 from core.access import check_data_source, is_trusted, require_user
 from core.data import BUNDLED
 from core.errors import LabError
-from core.runs import RunFolder
+from core.runs import RunFolder, read_json
 from tabs import train_form
 from tabs.chat import adapter_choices
 from tabs.feedback import warn
-from tabs.train_plots import loss_figure, progress_html
+from tabs.train_plots import loss_figure, progress_html, schedule_figure
 from training import jobs
 from training.config import load_config
 
@@ -109,6 +109,7 @@ class PollView:
 
     progress: str = ""
     plot: object = None
+    schedule: object = None
     stats: str = "No run yet."
     tail: str = ""
     result: str = ""
@@ -116,7 +117,7 @@ class PollView:
     adapters: object = None  # a gr.update for the Chat tab's picker, when the state changed
 
 
-def poll(run: str | None, last_state: str | None, request: gr.Request = None) -> PollView:
+def poll(run: str | None, last_state: str | None, request: gr.Request = None, x_axis: str = "step") -> PollView:
     """Everything the Run and Result steps show, read from the run folder."""
     if not run:
         return PollView(state=last_state, adapters=gr.update())
@@ -126,11 +127,15 @@ def poll(run: str | None, last_state: str | None, request: gr.Request = None) ->
         return PollView(stats=warn(exc), state=last_state, adapters=gr.update())
     stats = f"**{status.name}** · {status.state}" + (
         f" · {status.tokens_per_s:.0f} tokens/s" if status.tokens_per_s else "")
+    plan = read_json(RunFolder.existing(run).plan_file)
+    if plan:
+        stats += f"\n\n{plan['text']}"
     if status.error:
         stats += f"\n\n```\n{hide_paths(status.error[-1500:], request)}\n```"
     tail = "\n".join(_log_line(e) for e in status.log[-12:])
     refresh = gr.update(choices=adapter_choices()) if status.state != last_state else gr.update()
-    return PollView(progress_html(status), loss_figure(status.log), stats, tail,
+    return PollView(progress_html(status), loss_figure(status.log, x_axis), schedule_figure(status.log, x_axis),
+                    stats, tail,
                     hide_paths(result_markdown(status), request), status.state, refresh)
 
 

@@ -1,6 +1,6 @@
 """Trainer callbacks: the JSONL progress log the UI tails, and a clean stop on request.
 
-Each log line: step, max_steps, epoch, loss, eval_loss, learning_rate, tokens_per_s,
+Each log line: step, max_steps, epoch, loss, eval_loss, learning_rate, grad_norm, tokens_per_s,
 elapsed_s, eta_s; for DPO also rewards_accuracies and rewards_margins (and their eval_ twins). Used by training.run; read by training.jobs. The same entry is echoed to the
 console as one readable line (`training.progress.progress_line`), which the CLI user watches.
 """
@@ -48,6 +48,7 @@ class JsonlLogger(TrainerCallback):
             "step": state.global_step, "max_steps": state.max_steps,
             "epoch": round(state.epoch or 0, 4), "loss": logs.get("loss"),
             "eval_loss": logs.get("eval_loss"), "learning_rate": logs.get("learning_rate"),
+            "grad_norm": round(logs["grad_norm"], 4) if logs.get("grad_norm") is not None else None,
             "tokens_per_s": round(rate, 1) if rate else None, "elapsed_s": round(now - self.start, 2),
             "eta_s": round(per_step * (state.max_steps - state.global_step), 1) if per_step else None,
             "time": now,

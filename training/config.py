@@ -51,6 +51,20 @@ class TrainConfig:
     quant_type: str = _f("nf4", "QLoRA 4-bit data type", choices=("nf4", "fp4"))
     double_quant: bool = _f(True, "QLoRA: also quantize the quantization constants")
     learning_rate: float = _f(2e-4, "Peak learning rate (LoRA ~2e-4, full ~2e-5)")
+    lr_scheduler: str = _f("linear", "Learning-rate schedule after the warmup: linear: down to 0; "
+                           "cosine: down to 0 along a half cosine; constant: flat",
+                           choices=("linear", "cosine", "constant"))
+    warmup: float = _f(0.0, "Warmup from 0 to the learning rate: below 1 a share of the steps "
+                       "(0.03 = 3%), from 1 a number of steps")
+    weight_decay: float = _f(0.0, "Decoupled weight decay (AdamW); 0.01-0.1 for full fine-tunes")
+    optimizer: str = _f("adamw_torch_fused", "adamw_torch_fused: AdamW in fused kernels; adamw_torch: "
+                        "plain AdamW; adafactor: less optimizer memory; sgd: no optimizer state",
+                        choices=("adamw_torch_fused", "adamw_torch", "adafactor", "sgd"))
+    max_grad_norm: float = _f(1.0, "Clip the gradient norm to this (0: no clipping)")
+    neftune_alpha: float = _f(0.0, "SFT: NEFTune noise on the input embeddings (5 in the paper); 0: off")
+    chat_template: str = _f("own", "How SFT/DPO rows become text: own: the model's chat template "
+                            "(plain Question:/Answer: when it has none); chatml: ChatML; "
+                            "plain: Question:/Answer: text", choices=("own", "chatml", "plain"))
     epochs: float = _f(1.0, "Passes over the data (ignored when max_steps > 0)")
     max_steps: int = _f(-1, "Stop after this many optimizer steps (-1: use epochs)")
     batch_size: int = _f(4, "Rows per device per step")
@@ -101,6 +115,9 @@ class TrainConfig:
             raise LabError("torch_compile needs a C++ compiler (g++) for torch's inductor backend.")
         if self.max_steps < 1 and self.epochs <= 0:
             raise LabError("Set max_steps > 0 or epochs > 0.")
+        for name in ("warmup", "weight_decay", "max_grad_norm", "neftune_alpha"):
+            if getattr(self, name) < 0:
+                raise LabError(f"{name}={getattr(self, name)} must be 0 or more.")
         if self.beta <= 0:
             raise LabError(f"beta={self.beta} must be above 0.")
         if self.start_from and self.objective != "dpo":

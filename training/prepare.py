@@ -10,7 +10,13 @@ from core.formats import Preview, dapt_preview, dapt_windows, sft_preview, sft_r
 MAX_EVAL_EXAMPLES = 128  # perplexity on more than this costs minutes on a CPU and adds little
 
 
-def load_tokenizer(model: str):
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
+          "+ '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def load_tokenizer(model: str, chat_template: str = "own"):
+    """The model's tokenizer, with the chat template the config chose: the model's own, ChatML,
+    or none (rows then become plain "Question:/Answer:" text)."""
     from transformers import AutoTokenizer
 
     from core.models import resolve_model
@@ -18,7 +24,23 @@ def load_tokenizer(model: str):
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(model), trust_remote_code=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if chat_template == "chatml":
+        tokenizer.chat_template = CHATML
+    elif chat_template == "plain":
+        tokenizer.chat_template = None
     return tokenizer
+
+
+def format_note(cfg, tokenizer) -> str:
+    """Which text format SFT/DPO rows take, said out loud (nothing silent)."""
+    if cfg.objective == "dapt":
+        return ""
+    if cfg.chat_template == "chatml":
+        return "Format: ChatML (chosen in chat_template)."
+    if tokenizer.chat_template:
+        return "Format: the model's own chat template."
+    why = "chosen in chat_template" if cfg.chat_template == "plain" else "this model has no chat template"
+    return f"Format: plain \"Question: …\\nAnswer: …\" text ({why}; chat_template: chatml is the other choice)."
 
 
 def load_training_rows(cfg):
@@ -93,7 +115,13 @@ def split_by_prompt(examples, n_eval: int, seed: int):
 
 def preview(cfg, row: int = 0, tokenizer=None) -> Preview:
     """Exactly what the model sees for example `row`, with the trained-on part marked."""
-    tokenizer = tokenizer or load_tokenizer(cfg.model)
+    tokenizer = tokenizer or load_tokenizer(cfg.model, cfg.chat_template)
+    shown = _preview(cfg, row, tokenizer)
+    shown.note = " ".join(part for part in (shown.note, format_note(cfg, tokenizer)) if part)
+    return shown
+
+
+def _preview(cfg, row: int, tokenizer) -> Preview:
     rows = load_training_rows(cfg)
     if cfg.objective == "dapt":  # only the two windows shown are built, not the whole corpus's
         windows = dapt_windows(rows, tokenizer, cfg.block_size, cfg.stride, context_length(cfg.model), 2)

@@ -63,3 +63,17 @@ def progress_line(entry: dict) -> str:
     if entry.get("eta_s") is not None:
         parts.append(f"ETA {duration_text(entry['eta_s'])}")
     return " | ".join(parts)
+
+
+def batch_plan(cfg, trainer) -> dict:
+    """The effective batch (rows per optimizer step over all processes) and the tokens per step
+    it means for this data, stated once at the start."""
+    world = trainer.args.world_size
+    rows = cfg.batch_size * cfg.grad_accum * world
+    data = trainer.train_dataset
+    lengths = [len(ids) for ids in data["input_ids"]] if "input_ids" in data.column_names else []
+    mean = sum(lengths) / len(lengths) if lengths else 0
+    text = (f"Effective batch {rows} rows = batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum} x "
+            f"{world} process(es)" + (f" · about {round(rows * mean):,} tokens per step "
+                                      f"(rows average {mean:.0f} tokens)" if mean else ""))
+    return {"rows_per_step": rows, "tokens_per_step": round(rows * mean), "text": text}

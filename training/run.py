@@ -86,7 +86,7 @@ def common_args(cfg: TrainConfig, run: RunFolder) -> dict:
         output_dir=str(run.checkpoints), max_steps=cfg.max_steps,
         num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate, logging_steps=cfg.logging_steps,
+        learning_rate=cfg.learning_rate, logging_steps=cfg.logging_steps, **schedule_flags(cfg),
         save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         eval_strategy="steps" if cfg.eval_steps and cfg.eval_fraction else "no",
         eval_steps=cfg.eval_steps or None, seed=cfg.seed, report_to="none",
@@ -94,6 +94,15 @@ def common_args(cfg: TrainConfig, run: RunFolder) -> dict:
         dataloader_num_workers=0, disable_tqdm=True, save_only_model=False,
         **precision_flags(cfg.precision),
     )
+
+
+def schedule_flags(cfg: TrainConfig) -> dict:
+    """Scheduler, warmup, weight decay, optimizer, clipping and NEFTune as TrainingArguments."""
+    scheduler = "constant_with_warmup" if cfg.lr_scheduler == "constant" else cfg.lr_scheduler
+    warmup = cfg.warmup if cfg.warmup < 1 else int(cfg.warmup)
+    return dict(lr_scheduler_type=scheduler, warmup_steps=warmup, weight_decay=cfg.weight_decay,
+                optim=cfg.optimizer, max_grad_norm=cfg.max_grad_norm,
+                neftune_noise_alpha=cfg.neftune_alpha or None)
 
 
 def sft_config(cfg: TrainConfig, run: RunFolder):
@@ -121,6 +130,19 @@ def batching_flags(cfg: TrainConfig) -> dict:
     return flags
 
 
+def build_trainer(cfg: TrainConfig, run: RunFolder, tokenizer, train_set, eval_set, callbacks=()):
+    """trl's SFTTrainer (SFT, DAPT) or DPOTrainer for `cfg`, on the base model it loads."""
+    if cfg.objective == "dpo":
+        from training.dpo import dpo_trainer
+
+        return dpo_trainer(cfg, run, tokenizer, train_set, eval_set, list(callbacks))
+    from training.trainer import LabSFTTrainer
+
+    return LabSFTTrainer(model=load_base(cfg), args=sft_config(cfg, run), train_dataset=train_set,
+                         eval_dataset=eval_set, processing_class=tokenizer, peft_config=lora_config(cfg),
+                         callbacks=list(callbacks))
+
+
 def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
     """Run training to completion (or until SIGTERM) and write the run folder."""
     from transformers import PrinterCallback
@@ -128,25 +150,22 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
     from training import evaluate
     from training.callbacks import JsonlLogger, StopOnRequest
     from training.prepare import build_examples, load_tokenizer, split_examples
-    from training.trainer import LabSFTTrainer
+    from training.progress import batch_plan
 
     threads.apply(threads.for_training(cfg.threads))
     run = RunFolder(run_dir)
     run.path.mkdir(parents=True, exist_ok=True)
     run.config.write_text(cfg.to_yaml())
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
     train_set, eval_set = split_examples(build_examples(cfg, tokenizer), cfg)
     callbacks = [JsonlLogger(run.log, resume), StopOnRequest(STOP_REQUESTED)]
-    if cfg.objective == "dpo":
-        from training.dpo import dpo_trainer
-
-        trainer = dpo_trainer(cfg, run, tokenizer, train_set, eval_set, callbacks)
-    else:
-        trainer = LabSFTTrainer(
-            model=load_base(cfg), args=sft_config(cfg, run), train_dataset=train_set,
-            eval_dataset=eval_set, processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks)
+    trainer = build_trainer(cfg, run, tokenizer, train_set, eval_set, callbacks)
     trainer.remove_callback(PrinterCallback)  # raw log dicts; JsonlLogger prints a readable line
     main = trainer.is_world_process_zero()
+    if main:
+        plan = batch_plan(cfg, trainer)
+        write_json(run.plan_file, plan)
+        print(plan["text"], flush=True)
     scores = evaluate.load_scores(run)
     if eval_set is not None and "before" not in scores:
         scores["before"] = evaluate.held_out(trainer, cfg)

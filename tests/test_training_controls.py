@@ -1,0 +1,79 @@
+"""The training controls (scheduler, warmup, weight decay, optimizer, clipping, NEFTune, chat
+template) reach trl's trainers, read back from the trainer's own `args`, and the schedule from
+the learning rates a real SmolLM2 run logs."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from core.errors import LabError
+from core.runs import RunFolder
+from tabs import train_live
+from training.config import load_config
+
+CONTROLS = dict(lr_scheduler="cosine", warmup=2, weight_decay=0.05, optimizer="adafactor", max_grad_norm=0.5,
+                neftune_alpha=5.0)
+
+
+@pytest.mark.parametrize("recipe", ["tiny", "dpo_lora"])
+def test_each_control_reaches_the_trainer_args(recipe, data_home):
+    from training.prepare import build_examples, load_tokenizer, split_examples
+    from training.run import build_trainer
+
+    cfg = load_config(recipe, max_rows=16, **CONTROLS)
+    tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
+    train_set, eval_set = split_examples(build_examples(cfg, tokenizer), cfg)
+    args = build_trainer(cfg, RunFolder(data_home / "runs" / f"args-{recipe}"), tokenizer, train_set, eval_set).args
+    assert (args.lr_scheduler_type.value, args.warmup_steps, args.weight_decay, args.optim.value,
+            args.max_grad_norm, args.neftune_noise_alpha) == ("cosine", 2, 0.05, "adafactor", 0.5, 5.0)
+    constant = load_config(recipe, lr_scheduler="constant", warmup=0.1)
+    args = build_trainer(constant, RunFolder(data_home / "runs" / "c"), tokenizer, train_set, eval_set).args
+    assert (args.lr_scheduler_type.value, args.warmup_steps, args.neftune_noise_alpha) == \
+        ("constant_with_warmup", 0.1, None)
+
+
+@pytest.mark.slow
+def test_cosine_with_warmup_is_the_schedule_the_run_logs(data_home):
+    from training.progress import read_log
+    from training.run import train
+
+    cfg = load_config("tiny", output_name="cosine-run", max_steps=6, save_steps=100, eval_fraction=0,
+                      lr_scheduler="cosine", warmup=2, optimizer="adamw_torch", weight_decay=0.01)
+    run = RunFolder(train(cfg, data_home / "runs" / cfg.output_name))
+    logged = [e["learning_rate"] for e in read_log(run) if e.get("loss") is not None]
+    peak, warm, total = cfg.learning_rate, 2, 6
+
+    def planned(step):  # the rate in force during `step` (1-based): linear warmup, then half a cosine
+        done = step - 1
+        if done < warm:
+            return peak * done / warm
+        return peak * 0.5 * (1 + math.cos(math.pi * (done - warm) / (total - warm)))
+    assert logged == pytest.approx([planned(step) for step in range(1, 7)], abs=1e-9), logged
+    assert run.manifest()["final_loss"] < run.manifest()["first_loss"]
+    assert all(e["grad_norm"] > 0 for e in read_log(run) if e.get("loss") is not None)
+    plan = json.loads(run.plan_file.read_text())
+    assert plan["rows_per_step"] == cfg.batch_size * cfg.grad_accum and plan["tokens_per_step"] > 10 * cfg.batch_size
+    assert f"Effective batch {plan['rows_per_step']} rows" in train_live.poll(run.name, None).stats
+
+    by_epoch = train_live.poll(run.name, None, x_axis="epoch")
+    schedule = {trace.name: trace for trace in by_epoch.schedule.data}
+    assert list(schedule["learning rate"].y) == logged and len(schedule["grad norm"].y) == 6
+    epochs = list(by_epoch.plot.data[0].x)
+    assert epochs == sorted(epochs) and 0 < epochs[-1] < 1 and by_epoch.plot.layout.xaxis.title.text == "epoch"
+
+
+def test_chat_template_choice_is_shown_and_validated(data_home):
+    from training.prepare import build_examples, load_tokenizer, preview
+
+    chatml = preview(load_config("tiny", chat_template="chatml"), 0)
+    assert "Format: ChatML" in chatml.note and "<|im_start|>user" in chatml.segments[0][0]
+    plain = preview(load_config("tiny", chat_template="plain"), 0)
+    assert "Format: plain" in plain.note and plain.segments[0][0].startswith("Question: ")
+    assert "Format: the model's own chat template" in preview(load_config("tiny"), 0).note
+    rows = build_examples(load_config("tiny", chat_template="plain"), load_tokenizer("smollm2-135m-instruct", "plain"))
+    assert isinstance(rows[0]["prompt"], str) and rows[0]["prompt"].startswith("Question: ")
+    for bad in (dict(optimizer="lion"), dict(lr_scheduler="step"), dict(warmup=-1), dict(chat_template="alpaca")):
+        with pytest.raises(LabError):
+            load_config("tiny", **bad)
