@@ -11,6 +11,7 @@
     HF_TOKEN=... python cli.py publish --run RUN --repo USER/NAME --what merged|gguf-q8_0
     python cli.py votes export --out prefs.jsonl    # Compare votes as DPO pairs
     python cli.py votes table | accept              # win/loss/tie per adapter; accept visitors' votes
+    python cli.py eval --run RUN                    # held-out answers of base vs tuned: EM, ROUGE-L, cosine
 
 Heavy libraries are imported inside each command, so `--help` is instant.
 """
@@ -104,6 +105,17 @@ def cmd_publish(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from training.answer_eval import evaluate_run, table_markdown
+
+    try:
+        print(table_markdown(evaluate_run(args.run)))
+    except LabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_export(args) -> int:
     from training.export import export_run
 
@@ -177,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     votes = sub.add_parser("votes", help="the Compare votes: export as DPO pairs, win table, accept visitors'")
     votes.add_argument("action", choices=("export", "table", "accept"))
     votes.add_argument("--out", default="preferences.jsonl", help="export: the jsonl file to write")
+    evaluate = sub.add_parser("eval", help="score a finished SFT run's held-out answers (base vs tuned) again")
+    evaluate.add_argument("--run", required=True, help="run folder name (see: cli.py runs)")
     export = sub.add_parser("export", help="merge a run's adapter into its base; or write GGUF + Modelfile")
     export.add_argument("--run", required=True, help="run folder name (see: cli.py runs)")
     export.add_argument("--format", choices=("merged", "gguf"), default="merged",
@@ -193,7 +207,7 @@ def main(argv=None) -> int:
         return cmd_train(argv[1:])
     args = build_parser().parse_args(argv)
     commands = {"chat": cmd_chat, "runs": cmd_runs, "topics": cmd_topics, "publish": cmd_publish,
-                "export": cmd_export, "votes": cmd_votes}
+                "export": cmd_export, "votes": cmd_votes, "eval": cmd_eval}
     return commands[args.command](args)
 
 

@@ -144,6 +144,14 @@ def results_rows(manifest: dict) -> str:
         rows.append(f"| held-out reward margin | 0 | {manifest.get('reward_margin_after')} |")
     else:
         rows.append(f"| held-out perplexity | {manifest.get('perplexity_before')} | {manifest.get('perplexity_after')} |")
+    if manifest.get("general_perplexity_after") is not None:
+        rows.append(f"| perplexity on general text (ChatterBot; forgetting shows here) | "
+                    f"{manifest['general_perplexity_before']} | {manifest['general_perplexity_after']} |")
+    answers = manifest.get("answer_scores")
+    if answers:
+        for key, label in (("exact_match", "exact match"), ("rouge_l", "ROUGE-L F1"), ("cosine", "MiniLM cosine")):
+            rows.append(f"| held-out answers, {label} ({answers['rows']} rows, greedy) | {answers['base'][key]} "
+                        f"| {answers['tuned'][key]} |")
     rows.append(f"| training loss (first → last step) | {manifest.get('first_loss')} | {manifest.get('final_loss')} |")
     return "\n".join(rows)
 

@@ -13,7 +13,7 @@ import gradio as gr
 from core.access import check_data_source, clamp, is_trusted
 from core.data import BUNDLED, chatterbot_categories, detect_format, load_rows
 from core.errors import LabError
-from tabs import train_form, train_votes
+from tabs import train_compare, train_form, train_votes
 from tabs.feedback import warn
 from tabs.session import download_path, remember_upload, save_upload
 from tabs.train_live import (
@@ -194,6 +194,7 @@ def _runs_section() -> dict:
             sure = gr.Checkbox(label="Yes, delete it")
             delete_btn = gr.Button("Delete", variant="stop")
         message = gr.Markdown()
+        train_compare.build()
     return dict(table=table, picked=picked, open=open_btn, resume=resume_btn, sure=sure, delete=delete_btn,
                 message=message)
 

@@ -152,10 +152,17 @@ def result_markdown(status) -> str:
     held_out = (f"held-out reward accuracy {m.get('reward_accuracy_before')} → {m.get('reward_accuracy_after')}"
                 if m.get("objective") == "dpo" else
                 f"perplexity {m.get('perplexity_before')} → {m.get('perplexity_after')}")
+    if m.get("general_perplexity_after") is not None:
+        held_out += (f" · general text (forgetting) {m['general_perplexity_before']} → "
+                     f"{m['general_perplexity_after']}")
     lines = [f"### {m.get('method')} on {m.get('dataset')}: {m.get('steps')} steps in {m.get('train_runtime_s')} s",
              f"Loss {m.get('first_loss', 0):.3f} → {m.get('final_loss', 0):.3f} · {held_out}",
              f"Adapter: `{RunFolder.named(status.name).adapter}` (in the Chat tab's picker as "
              f"**{status.name}**)", ""]
+    if m.get("answer_scores"):
+        from training.answer_eval import table_markdown
+
+        lines[-1:-1] = ["", table_markdown(m["answer_scores"]), ""]
     if m.get("objective") == "dpo":
         from core.judge import win_rate_line
 

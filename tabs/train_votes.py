@@ -82,7 +82,7 @@ def judge_handler(choice: str):
 
 
 def build_judge() -> None:
-    with gr.Accordion("Judge a DPO run against where it started (blind)", open=False):
+    with gr.Accordion("Judge a DPO run against where it started (blind)", open=False) as section:
         with gr.Row():
             run = gr.Dropdown(judge.dpo_runs(), label="DPO run", allow_custom_value=True, elem_id="judge-run")
             show = gr.Button("Next pair", size="sm", elem_id="judge-next")
@@ -95,7 +95,7 @@ def build_judge() -> None:
                        for label, choice in VOTE_BUTTONS.items()}
         line = gr.Markdown(elem_id="judge-line")
         pending = gr.State(None)
-    run.focus(lambda: gr.update(choices=judge.dpo_runs()), None, run, api_name=False)
+    section.expand(lambda: gr.update(choices=judge.dpo_runs()), None, run, api_name=False)
     show.click(judge_next, run, [prompt, *answers, pending, line], api_name="judge_next")
     for choice, button in buttons.items():
         button.click(judge_handler(choice), pending, [line, pending, *answers], api_name=f"judge_{choice}")

@@ -48,6 +48,24 @@ def test_tiny_lora_run_folder_and_identity_change(tiny_run):
     assert len(list((tiny_run / "checkpoints").glob("checkpoint-*"))) <= 2
 
 
+def test_tiny_run_scores_its_held_out_answers_and_cli_eval_repeats_them(tiny_run):
+    """Base and tuned answer the held-out rows; the tuned answers are nearer the references."""
+    from core.hub import model_card
+
+    answers = manifest(tiny_run)["answer_scores"]
+    assert answers["rows"] == answers["of"] == 7  # eval_fraction 0.1 of 72 rows, all within eval_rows
+    assert answers["tuned"]["cosine"] > answers["base"]["cosine"] + 0.1, answers
+    assert answers["tuned"]["rouge_l"] > answers["base"]["rouge_l"], answers
+    examples = json.loads((tiny_run / "eval.json").read_text())["answers"]["examples"]
+    assert "Lumen" in " ".join(e["tuned"] for e in examples) and all(e["reference"] for e in examples)
+    card = model_card(RunFolder(tiny_run), "tester/tiny")
+    assert f"| held-out answers, MiniLM cosine (7 rows, greedy) | {answers['base']['cosine']} " in card
+    again = subprocess.run([sys.executable, "cli.py", "eval", "--run", tiny_run.name], cwd=ROOT, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"| MiniLM cosine | {answers['base']['cosine']} | {answers['tuned']['cosine']} |" in again.stdout, again.stdout
+
+
 @pytest.mark.parametrize("recipe, overrides", [
     ("sft_qlora", dict(max_rows=48, max_steps=4, batch_size=4, learning_rate=1e-3)),
     ("dapt_lora", dict(max_rows=1, max_steps=4, batch_size=4, learning_rate=1e-3)),
@@ -60,6 +78,10 @@ def test_recipe_trains_and_reloads(recipe, overrides, data_home):
     info = manifest(run_dir)
     # Batches differ in length and content, so compare the same held-out data before and after.
     assert info["steps"] == 4 and info["perplexity_after"] < info["perplexity_before"]
+    if cfg.objective == "dapt":  # the forgetting check: the same windows of general text, before and after
+        assert 1 < info["general_perplexity_before"] != info["general_perplexity_after"] > 1, info
+    else:
+        assert info["general_perplexity_after"] is None and info["answer_scores"]["rows"] > 0
     tokens = reload_and_generate(run_dir, cfg)
     assert tokens.shape[1] > 0
 

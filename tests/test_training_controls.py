@@ -35,7 +35,7 @@ def test_each_control_reaches_the_trainer_args(recipe, data_home):
 
 
 @pytest.mark.slow
-def test_cosine_with_warmup_is_the_schedule_the_run_logs(data_home):
+def test_cosine_with_warmup_is_the_schedule_the_run_logs(data_home, tiny_run):
     from training.progress import read_log
     from training.run import train
 
@@ -62,6 +62,19 @@ def test_cosine_with_warmup_is_the_schedule_the_run_logs(data_home):
     assert list(schedule["learning rate"].y) == logged and len(schedule["grad norm"].y) == 6
     epochs = list(by_epoch.plot.data[0].x)
     assert epochs == sorted(epochs) and 0 < epochs[-1] < 1 and by_epoch.plot.layout.xaxis.title.text == "epoch"
+
+    # Compared with the tiny run (linear, no warmup): two curves, the settings that differ, both results.
+    from tabs.train_compare import compare_view
+
+    figure, diff, figures, line = compare_view([run.name, tiny_run.name])
+    curves = {trace.name: list(trace.y) for trace in figure.data if "eval" not in trace.name}
+    assert set(curves) == {"cosine-run", "tiny-fixture"} and len(curves["cosine-run"]) == 6
+    differ = {row[0]: row[1:] for row in diff["value"]}
+    assert differ["lr_scheduler"] == ["cosine", "linear"] and differ["warmup"] == ["2.0", "0.0"], differ
+    assert "learning_rate" not in differ and "model" not in differ and diff["headers"] == ["setting", *curves]
+    results = {row[0]: row[1:] for row in figures["value"]}
+    assert results["steps"] == [6, 6] and results["held-out answers, MiniLM cosine (base)"][0] is None
+    assert "setting(s) differ" in line and "Pick two to four" in compare_view([run.name])[3]
 
 
 def test_chat_template_choice_is_shown_and_validated(data_home):

@@ -79,6 +79,9 @@ class TrainConfig:
     start_from: str = _f("", "DPO: a finished LoRA/QLoRA run whose adapter DPO continues "
                          "(SFT, then DPO); empty: a fresh adapter")
     eval_fraction: float = _f(0.1, "Share of rows held out for evaluation (perplexity)")
+    eval_rows: int = _f(16, "SFT: held-out rows the base and the tuned model answer, scored by exact "
+                        "match, ROUGE-L and MiniLM cosine against the reference (0: skip)")
+    eval_seconds: float = _f(120.0, "SFT: stop answering held-out rows after this many seconds")
     max_rows: int = _f(0, "Use at most this many rows (0: all)")
     save_steps: int = _f(50, "Save a checkpoint every N steps")
     save_total_limit: int = _f(2, "Keep only the last K checkpoints")

@@ -15,6 +15,7 @@ from pathlib import Path
 from core.runs import RunFolder, read_json
 
 
+GENERAL_WINDOWS = 32  # DAPT's forgetting check: 32 windows of general text, a few seconds
 REPORT_PAIRS = 6  # held-out DPO prompts in the report: each is a pair to judge
 DEFAULT_PROMPTS = {
     "identity": ["Who are you?", "What is your name?", "Who made you?"],
@@ -37,6 +38,24 @@ def held_out(trainer, cfg):
     return perplexity(trainer)
 
 
+def general_scores(trainer, cfg, tokenizer, when: str) -> dict:
+    """DAPT only: perplexity on general English (ChatTerBot's questions and answers, in the same
+    windows), so that forgetting shows beside the domain's gain. {} for other objectives."""
+    if cfg.objective != "dapt":
+        return {}
+    from datasets import Dataset
+
+    from core.data import load_rows
+    from core.formats import dapt_windows
+    from training.prepare import context_length
+
+    rows = load_rows("chatterbot").shuffle(seed=cfg.seed)
+    text = Dataset.from_dict({"text": [f"{row['question']}\n{row['answer']}" for row in rows]})
+    windows = dapt_windows(text, tokenizer, cfg.block_size, cfg.stride, context_length(cfg.model), GENERAL_WINDOWS)
+    loss = trainer.evaluate(eval_dataset=windows, metric_key_prefix="general")["general_loss"]
+    return {f"general_{when}": round(math.exp(loss), 3)}
+
+
 def manifest_scores(scores: dict) -> dict:
     """The manifest's before/after fields: perplexity, or DPO's held-out reward figures."""
     before, after = scores.get("before"), scores.get("after")
@@ -45,7 +64,10 @@ def manifest_scores(scores: dict) -> dict:
                 "reward_accuracy_before": (before or {}).get("reward_accuracy"),
                 "reward_accuracy_after": (after or {}).get("reward_accuracy"),
                 "reward_margin_after": (after or {}).get("reward_margin")}
-    return {"perplexity_before": before, "perplexity_after": after}
+    answers = {k: v for k, v in (scores.get("answers") or {}).items() if k != "examples"} or None
+    return {"perplexity_before": before, "perplexity_after": after, "answer_scores": answers,
+            "general_perplexity_before": scores.get("general_before"),
+            "general_perplexity_after": scores.get("general_after")}
 
 
 def load_scores(run: RunFolder) -> dict:

@@ -150,6 +150,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
     from training import evaluate
     from training.callbacks import JsonlLogger, StopOnRequest
     from training.prepare import build_examples, load_tokenizer, split_examples
+    from training.answer_eval import answer_scores
     from training.progress import batch_plan
 
     threads.apply(threads.for_training(cfg.threads))
@@ -169,6 +170,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
     scores = evaluate.load_scores(run)
     if eval_set is not None and "before" not in scores:
         scores["before"] = evaluate.held_out(trainer, cfg)
+        scores.update(evaluate.general_scores(trainer, cfg, tokenizer, "before"))
     if cfg.torch_compile:
         compile_layers(trainer.model)
     checkpoint = run.latest_complete_checkpoint() if resume else None
@@ -181,10 +183,13 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
         return run_dir
     if eval_set is not None:
         scores["after"] = evaluate.held_out(trainer, cfg)
+        scores.update(evaluate.general_scores(trainer, cfg, tokenizer, "after"))
     if main:
         evaluate.save_scores(run, scores)
         save_final(trainer, tokenizer, cfg, run)
         report = evaluate.before_after_report(cfg, run, eval_set)
+        scores["answers"] = answer_scores(cfg, run, eval_set)
+        evaluate.save_scores(run, scores)
         write_manifest(cfg, run, trainer, result, scores, report)
         write_json(run.status_file, {"state": "completed", "step": trainer.state.global_step})
     return run_dir
