@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+import yaml
 
 from core import threads
 from core.models import LoadedModel, ModelError, find_spec, load_model
+
+QA_FORMAT = "question-answer"  # plain "Question: …\nAnswer:" text (core.formats.qa_prompt)
 
 @dataclass
 class GenerationSettings:
@@ -32,6 +35,7 @@ class GenerationSettings:
     max_input_tokens: int = 2048  # keeps CPU prefill time sane; the model allows more
     raw_text: bool = False  # continue the text as is, without the chat template
     min_new_tokens: int = 0  # benchmarks set it, so that every run generates the same count
+    chat_template: str | None = None  # None: the model's own; else a Jinja text, or QA_FORMAT
 
 
 @dataclass
@@ -52,6 +56,7 @@ class Tuned:
 
     loaded: LoadedModel
     adapter_name: str | None
+    chat_template: str | None = None  # the prompt format it was trained on, when not the base's
 
 
 def build_inputs(loaded: LoadedModel, messages: list[dict], settings: GenerationSettings):
@@ -64,7 +69,7 @@ def build_inputs(loaded: LoadedModel, messages: list[dict], settings: Generation
     system = [{"role": "system", "content": settings.system_prompt}] if settings.system_prompt else []
     turns, dropped = list(messages), 0
     while True:
-        ids = _encode(tokenizer, system + turns, settings.raw_text)
+        ids = _encode(tokenizer, system + turns, settings)
         if len(ids) <= budget or len(turns) == 1:
             break
         turns, dropped = turns[1:], dropped + 1
@@ -75,11 +80,16 @@ def build_inputs(loaded: LoadedModel, messages: list[dict], settings: Generation
     return torch.tensor([ids], device=loaded.model.device), notice.strip()
 
 
-def _encode(tokenizer, messages: list[dict], raw_text: bool = False) -> list[int]:
-    if tokenizer.chat_template and not raw_text:
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-    return tokenizer(plain_prompt(messages))["input_ids"]
+def _encode(tokenizer, messages: list[dict], settings: GenerationSettings) -> list[int]:
+    template = tokenizer.chat_template if settings.chat_template is None else settings.chat_template
+    if settings.raw_text or not template:
+        return tokenizer(plain_prompt(messages))["input_ids"]
+    if template == QA_FORMAT:
+        from core.formats import qa_prompt
+
+        return tokenizer(qa_prompt(messages))["input_ids"]
+    text = tokenizer.apply_chat_template(messages, chat_template=template, add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def plain_prompt(messages: list[dict]) -> str:
@@ -204,10 +214,29 @@ def attach_tuned(base: LoadedModel, value: str) -> Tuned:
     """Prepare the tuned side: attach a LoRA adapter to `base`, or load a full model folder."""
     folder = adapter_folder(value)
     if (folder / "adapter_config.json").is_file():
-        return Tuned(base, _attach_lora(base, folder))
+        return Tuned(base, _attach_lora(base, folder), trained_format(folder, base.tokenizer))
     if (folder / "config.json").is_file():
-        return Tuned(load_model(str(folder)), None)
+        loaded = load_model(str(folder))
+        return Tuned(loaded, None, trained_format(folder, loaded.tokenizer))
     raise ModelError(f"'{value}' is neither a LoRA adapter (adapter_config.json) nor a model folder.")
+
+
+def trained_format(folder: Path, tokenizer) -> str | None:
+    """The prompt format an adapter was trained on, when it is not the base's own: the chat
+    template saved with it (training's `chat_template: chatml`), or QA_FORMAT for an SFT/DPO run
+    that trained plain "Question:/Answer:" text. None: the base's format (or nothing is known)."""
+    import json
+
+    if not (folder / "tokenizer_config.json").is_file():
+        return None  # an adapter from elsewhere, saved without its tokenizer
+    jinja = folder / "chat_template.jinja"
+    saved = jinja.read_text() if jinja.is_file() else json.loads(
+        (folder / "tokenizer_config.json").read_text()).get("chat_template")
+    if saved:
+        return None if saved == tokenizer.chat_template else saved
+    run_config = folder.parent / "config.yaml"
+    objective = run_config.is_file() and yaml.safe_load(run_config.read_text()).get("objective")
+    return QA_FORMAT if objective in ("sft", "dpo") else None
 
 
 def _attach_lora(base: LoadedModel, folder: Path) -> str:

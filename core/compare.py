@@ -19,6 +19,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from dataclasses import replace
 from typing import Iterator
 
 import torch
@@ -50,9 +51,15 @@ def stream_compare(base: LoadedModel, tuned: Tuned, base_messages: list[dict], t
     """Yield (base reply, tuned reply) as both grow. Each pane keeps its own history."""
     if tuned.adapter_name is None:
         yield from _side_by_side(stream_reply(base, base_messages, settings),
-                                 stream_reply(tuned.loaded, tuned_messages, settings, beside_decode_thread=True))
+                                 stream_reply(tuned.loaded, tuned_messages, _in_format(settings, tuned.chat_template),
+                                              beside_decode_thread=True))
     else:
-        yield from stream_batch(base, [base_messages, tuned_messages], ["__base__", tuned.adapter_name], settings)
+        yield from stream_batch(base, [base_messages, tuned_messages], ["__base__", tuned.adapter_name], settings,
+                                [None, tuned.chat_template])
+
+
+def _in_format(settings: GenerationSettings, template: str | None) -> GenerationSettings:
+    return settings if template is None else replace(settings, chat_template=template)
 
 
 def _left_padded(loaded: LoadedModel, rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,10 +74,14 @@ def _left_padded(loaded: LoadedModel, rows: list[torch.Tensor]) -> tuple[torch.T
 
 
 def stream_batch(loaded: LoadedModel, conversations: list[list[dict]], adapter_names: list[str],
-                  settings: GenerationSettings) -> Iterator[tuple[Reply, ...]]:
+                  settings: GenerationSettings, templates: list | None = None) -> Iterator[tuple[Reply, ...]]:
+    """Yield every row's reply as the batch grows: row i runs adapter_names[i] ("__base__": none),
+    prompted in templates[i] (None: the model's own chat template)."""
     for messages in conversations:
         check_messages(messages)
-    encoded = [build_inputs(loaded, messages, settings) for messages in conversations]
+    templates = templates or [None] * len(conversations)
+    encoded = [build_inputs(loaded, messages, _in_format(settings, template))
+               for messages, template in zip(conversations, templates)]
     input_ids, mask = _left_padded(loaded, [ids for ids, _ in encoded])
     streamer, stop = _RowStreamer(), threading.Event()
     kwargs = generate_kwargs(loaded, input_ids, settings, streamer, stop)

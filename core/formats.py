@@ -25,8 +25,14 @@ def to_prompt_completion(row: dict, fmt: str, number: int, chat: bool) -> dict:
         prompt = [{"role": "user", "content": question}]
     if chat:
         return {"prompt": prompt, "completion": [{"role": "assistant", "content": str(answer)}]}
-    text = "\n\n".join(m["content"] for m in prompt)
-    return {"prompt": f"Question: {text}\nAnswer:", "completion": f" {answer}"}
+    return {"prompt": qa_prompt(prompt), "completion": f" {answer}"}
+
+
+def qa_prompt(messages: list[dict]) -> str:
+    """The plain "Question:/Answer:" text that SFT and DPO train a model without a chat template
+    on, and that Chat prompts such an adapter with (core.chat.QA_FORMAT)."""
+    text = "\n\n".join(m["content"] for m in messages if m["role"] != "system")
+    return f"Question: {text}\nAnswer:"
 
 
 def cell_text(row: dict, column: str, number: int, required: bool = True) -> str:

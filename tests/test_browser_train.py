@@ -20,7 +20,7 @@ def unlock(page):
     page.get_by_text("Unlocked").wait_for(timeout=30_000)
 
 
-def test_train_reload_and_compare_in_browser(app_server):
+def test_train_reload_and_compare_in_browser(app_server, tiny_run):
     """The owner of a public app unlocks with the admin key, starts from the form, reloads."""
     with browser_page(app_server) as page:
         unlock(page)
@@ -37,6 +37,7 @@ def test_train_reload_and_compare_in_browser(app_server):
                                timeout=30_000)
         page.locator("#cfg-output_name textarea, #cfg-output_name input").first.fill("browser-run")
         page.locator("#cfg-adapter").get_by_role("radio", name="lora", exact=True).check()
+        page.locator("#cfg-lr_scheduler").get_by_role("radio", name="cosine", exact=True).check()
         page.locator("#train-start").click()
         page.wait_for_function("() => /Started|⚠️/.test(document.querySelector('#train-message')?.innerText)",
                                timeout=30_000)
@@ -74,6 +75,22 @@ def test_train_reload_and_compare_in_browser(app_server):
         tuned = page.locator("#tuned-chat [data-testid='bot']").last.inner_text()
         assert base and tuned and base != tuned
         page.screenshot(path=str(ARTIFACTS / "train-then-compare.png"), full_page=True)
+
+        page.get_by_role("tab", name="Train").click()  # the run against the tiny fixture: curves and diff
+        page.get_by_text("Runs", exact=True).click()
+        page.get_by_text("Compare runs", exact=True).click()
+        for name in ("browser-run", tiny_run.name):
+            page.locator("#compare-runs input").click()
+            page.get_by_role("option", name=name, exact=True).click()
+        page.locator("#compare-go").click()
+        page.wait_for_function("() => document.querySelector('#compare-line')?.innerText.includes('differ')",
+                               timeout=30_000)
+        page.locator("#compare-plot .js-plotly-plot").wait_for(timeout=30_000)
+        names = page.locator("#compare-plot .legendtext").all_text_contents()  # SVG: no innerText
+        assert "browser-run" in names and tiny_run.name in names, names
+        diff = page.locator("#compare-diff").inner_text()
+        assert "lr_scheduler" in diff and "cosine" in diff and "linear" in diff and "learning_rate" not in diff
+        page.screenshot(path=str(ARTIFACTS / "train-compare-runs.png"), full_page=True)
 
 
 def test_yaml_download_is_served_with_the_data_dir_outside_temp(app_server, data_home):

@@ -51,7 +51,9 @@ def test_vote_blind_then_train_dpo_on_the_votes(app_server, tiny_run):
         page.wait_for_function("() => /Started|⚠️/.test(document.querySelector('#train-message')?.innerText)",
                                timeout=30_000)
         assert "Started browser-dpo" in page.locator("#train-message").inner_text()
-        page.get_by_text("Before/after").wait_for(timeout=400_000)
+        # Until the first poll after Start, the panel may still show the tiny run's result.
+        page.wait_for_function("() => /Before\\/after[\\s\\S]*browser-dpo|browser-dpo[\\s\\S]*Before\\/after/"
+                               ".test(document.querySelector('#train-result')?.innerText)", timeout=400_000)
         page.screenshot(path=str(ARTIFACTS / "vote-dpo-trained.png"), full_page=True)
 
         page.get_by_text("Judge a DPO run against where it started").click()  # the report's pair, blind

@@ -213,21 +213,34 @@ def test_stop_and_attach_from_another_process(data_home):
     assert not (run_dir / "adapter").exists()
 
 
-def test_ddp_two_processes_with_accelerate(data_home):
-    run_dir = data_home / "runs" / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "training.run", "--config", "tiny", "--max_steps", "2", "--run-dir", str(run_dir),
-           "--report_prompts", "Hi", "--threads", "1"]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert manifest(run_dir)["steps"] == 2 and manifest(run_dir)["world_size"] == 2
-    progress = [line for line in out.stdout.splitlines() if line.startswith("step ")]
-    assert [line.split(" |")[0] for line in progress if "| loss" in line] == ["step 1/2 50%", "step 2/2 100%"]
-    assert "ETA" in progress[0] and "{'loss'" not in out.stdout  # one rank prints, readably
-    state = json.loads(sorted((run_dir / "checkpoints").glob("checkpoint-*"))[-1].joinpath(
-        "trainer_state.json").read_text())
-    assert state["global_step"] == 2
+def test_two_processes_from_the_ui_handler_stop_and_resume_as_one_run(data_home):
+    """processes: 2 from the Train tab's handlers: accelerate launch (DDP over gloo on CPU), one
+    run in the table, one log written by rank 0, Stop at a step both ranks agree on, Resume."""
+    from tabs import train_live
+    from tabs.train_form import config_to_values
+
+    cfg = load_config("tiny", processes=2, max_steps=4, save_steps=100, output_name="ddp-ui", eval_rows=0)
+    message, name = train_live.start_training(config_to_values(cfg))
+    assert name == "ddp-ui", message
+    run = RunFolder.named(name)
+    assert "accelerate.commands.launch" in json.loads(run.job_file.read_text())["command"]
+    deadline = time.time() + 300
+    while jobs.read_status(run).step < 1 and time.time() < deadline:
+        time.sleep(0.5)
+    assert "Stopping" in train_live.stop_training(name)
+    stopped = jobs.wait(name, 180)
+    assert stopped.state == "stopped" and 1 <= stopped.step < 4, stopped
+    assert run.latest_complete_checkpoint() is not None
+    message, _ = train_live.resume_training(name)
+    assert "Resumed" in message
+    final = jobs.wait(name, 300)
+    assert final.state == "completed", final.error
+    info = manifest(run.path)
+    assert info["steps"] == 4 and info["world_size"] == 2
+    steps = [e["step"] for e in read_log(run) if e.get("loss") is not None]
+    assert steps == [1, 2, 3, 4], steps  # rank 0 alone logs; the resume trimmed nothing twice
+    assert list(train_live.runs_table()["name"]).count("ddp-ui") == 1
+    assert "Effective batch 8 rows" in json.loads(run.plan_file.read_text())["text"]  # 4 rows x 2 processes
 
 
 def test_progress_line_reads_like_a_progress_bar():

@@ -90,3 +90,39 @@ def test_chat_template_choice_is_shown_and_validated(data_home):
     for bad in (dict(optimizer="lion"), dict(lr_scheduler="step"), dict(warmup=-1), dict(chat_template="alpaca")):
         with pytest.raises(LabError):
             load_config("tiny", **bad)
+
+
+@pytest.mark.slow
+def test_chat_prompts_an_adapter_in_the_format_it_trained_on(data_home, tiny_run):
+    """chat_template: chatml is saved with the adapter, and Compare prompts its pane in ChatML; an
+    SFT adapter saved without a template gets the plain "Question:/Answer:" text it trained on."""
+    import shutil
+
+    from core.chat import QA_FORMAT, GenerationSettings, attach_tuned, build_inputs, trained_format
+    from core.models import load_model
+    from training.prepare import CHATML, build_examples, load_tokenizer
+    from training.run import train
+
+    cfg = load_config("tiny", output_name="chatml-run", max_steps=2, save_steps=100, eval_rows=2, chat_template="chatml")
+    run = RunFolder(train(cfg, data_home / "runs" / cfg.output_name))
+    base = load_model(cfg.model)
+    assert attach_tuned(base, tiny_run.name).chat_template is None  # trained in the model's own template
+    tuned = attach_tuned(base, run.name)
+    question = [{"role": "user", "content": "Who are you?"}]
+    ids, _ = build_inputs(base, question, GenerationSettings(chat_template=tuned.chat_template))
+    assert tuned.chat_template == CHATML
+    assert base.tokenizer.decode(ids[0]) == "<|im_start|>user\nWho are you?<|im_end|>\n<|im_start|>assistant\n"
+    assert json.loads(run.report_json.read_text())[0]["tuned"] and run.manifest()["answer_scores"]["rows"] == 2
+
+    plain = data_home / "runs" / "plain-format"  # the same adapter as if trained with chat_template: plain
+    shutil.copytree(run.adapter, plain / "adapter")
+    (plain / "adapter" / "chat_template.jinja").unlink(missing_ok=True)
+    tokenizer_config = json.loads((plain / "adapter" / "tokenizer_config.json").read_text())
+    tokenizer_config.pop("chat_template", None)
+    (plain / "adapter" / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    (plain / "config.yaml").write_text(load_config("tiny", chat_template="plain").to_yaml())
+    assert trained_format(plain / "adapter", base.tokenizer) == QA_FORMAT
+    ids, _ = build_inputs(base, question, GenerationSettings(chat_template=QA_FORMAT))
+    trained = build_examples(load_config("tiny", chat_template="plain", max_rows=1),
+                             load_tokenizer(cfg.model, "plain"))[0]["prompt"]
+    assert base.tokenizer.decode(ids[0]) == "Question: Who are you?\nAnswer:" and trained.startswith("Question: ")

@@ -59,7 +59,7 @@ def generate(cfg, run: RunFolder, rows, seconds: float, progress=print, max_new_
                 answers.append((replies[0].text.strip(), replies[1].text.strip()))
         else:
             *_, replies = stream_batch(base, chunk * 2, ["__base__"] * len(chunk) + [tuned.adapter_name] * len(chunk),
-                                       settings)
+                                       settings, [None] * len(chunk) + [tuned.chat_template] * len(chunk))
             answers += [(b.text.strip(), t.text.strip()) for b, t in zip(replies[:len(chunk)], replies[len(chunk):])]
         progress(f"evaluation: {len(answers)}/{len(rows)} held-out rows answered by base and tuned")
     return answers

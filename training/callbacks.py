@@ -63,13 +63,24 @@ class JsonlLogger(TrainerCallback):
 
 
 class StopOnRequest(TrainerCallback):
-    """When the flag is set (SIGTERM), save a checkpoint at the end of this step and stop."""
+    """When the flag is set (SIGTERM) or the run's stop marker exists, save a checkpoint at the
+    end of this step and stop. Under DDP the ranks agree first (one all-reduce of one number),
+    so that they all stop at the same step: a rank that stopped alone would hang the others."""
 
-    def __init__(self, flag: dict):
-        self.flag = flag
+    def __init__(self, flag: dict, marker: Path | None = None):
+        self.flag, self.marker = flag, marker
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.flag["flag"]:
+        wanted = self.flag["flag"] or bool(self.marker and self.marker.is_file())
+        if args.world_size > 1:
+            import torch
+            import torch.distributed as dist
+
+            vote = torch.tensor([1.0 if wanted else 0.0], device=args.device)  # NCCL: on the GPU
+            dist.all_reduce(vote, op=dist.ReduceOp.MAX)
+            wanted = bool(vote.item())
+        if wanted:
+            self.flag["flag"] = True  # training.run then reports "stopped", not "completed"
             control.should_save = True
             control.should_training_stop = True
         return control

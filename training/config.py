@@ -94,7 +94,9 @@ class TrainConfig:
     gradient_checkpointing: bool = _f(False, "Trade ~25% speed for memory; only when memory binds")
     torch_compile: bool = _f(False, "Compile the decoder layers: ~1.25x faster steps after a "
                              "one-off compile (~35 s on 2 cores, ~7 s once cached); for long runs")
-    threads: int = _f(0, "CPU threads for training (0: all cores)")
+    threads: int = _f(0, "CPU threads for training, per process (0: all cores, shared among the processes)")
+    processes: int = _f(1, "Training processes: 2 or more run the job under accelerate launch (DDP: NCCL "
+                        "on GPUs, gloo on CPU); batch_size is per process")
     report_prompts: list = _f(list, "Prompts answered before/after training in the report "
                               "(empty: chosen from the dataset)")
     output_name: str = _f("", "Run folder name (empty: objective-adapter-dataset-time)")
@@ -111,7 +113,7 @@ class TrainConfig:
             raise LabError(f"stride={self.stride} must be between 1 and block_size={self.block_size}.")
         if not 0 <= self.eval_fraction < 0.5:
             raise LabError(f"eval_fraction={self.eval_fraction} must be in [0, 0.5).")
-        for name in ("lora_r", "batch_size", "grad_accum", "max_length", "block_size", "save_steps"):
+        for name in ("lora_r", "batch_size", "grad_accum", "max_length", "block_size", "save_steps", "processes"):
             if getattr(self, name) < 1:
                 raise LabError(f"{name}={getattr(self, name)} must be at least 1.")
         if self.torch_compile and not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):

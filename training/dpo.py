@@ -12,7 +12,7 @@ it). Rows: prompt/chosen/rejected, as message lists or plain text.
 from __future__ import annotations
 
 from core.data import DataError, detect_format
-from core.formats import cell_text
+from core.formats import cell_text, qa_prompt
 from core.runs import RunFolder
 
 
@@ -39,8 +39,7 @@ def _preference_row(row: dict, number: int, chat: bool) -> dict:
             raise DataError(f"row {number}: '{side}' is empty.")
     if chat:
         return {"prompt": prompt, **{side: [{"role": "assistant", "content": text}] for side, text in answers.items()}}
-    question = "\n\n".join(m["content"] for m in prompt if m["role"] != "system")
-    return {"prompt": f"Question: {question}\nAnswer:", **{side: f" {text}" for side, text in answers.items()}}
+    return {"prompt": qa_prompt(prompt), **{side: f" {text}" for side, text in answers.items()}}
 
 
 def dpo_preview(example: dict, tokenizer):

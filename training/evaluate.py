@@ -113,7 +113,8 @@ def before_after_report(cfg, run: RunFolder, eval_set=None, max_new_tokens: int 
         if start is None:
             *_, replies = stream_compare(base, tuned, messages, messages, settings)
         else:
-            *_, replies = stream_batch(base, [messages, messages], [start.adapter_name, tuned.adapter_name], settings)
+            *_, replies = stream_batch(base, [messages, messages], [start.adapter_name, tuned.adapter_name], settings,
+                                       [start.chat_template, tuned.chat_template])
         rows.append({"prompt": messages[-1]["content"], "messages": messages,
                      "base": replies[0].text.strip(), "tuned": replies[1].text.strip()})
     run.report_json.write_text(json.dumps(rows, indent=2))

@@ -47,8 +47,13 @@ def default_run_name(cfg: TrainConfig) -> str:
 
 
 def command_for(run: RunFolder, resume: bool = False) -> list[str]:
-    """The exact command the job runs; the UI shows it as the CLI equivalent."""
-    cmd = [sys.executable, "-m", "training.run", "--run-dir", str(run.path)]
+    """The exact command the job runs; the UI shows it as the CLI equivalent. With processes > 1
+    it is the same module under accelerate launch (--multi_gpu also means several CPU
+    processes over gloo; --cpu would start only one)."""
+    processes = load_config(run.config).processes
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd = (launcher if processes > 1 else [sys.executable]) + ["-m", "training.run", "--run-dir", str(run.path)]
     return cmd + (["--resume"] if resume else ["--config", str(run.config)])
 
 
@@ -82,7 +87,8 @@ def start(cfg: TrainConfig, thread_count: int | None = None, resume_run: RunFold
         run.stop_marker.unlink(missing_ok=True)
         cmd = command_for(run, resume=resume_run is not None)
         with open(run.process_log, "ab") as err:
-            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=child_env(thread_count or threads.for_job()),
+            per_process = max(1, (thread_count or threads.for_job()) // cfg.processes)
+            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=child_env(per_process),
                                     stdout=err, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
         record_job(run, proc.pid, cmd)
     return run
@@ -102,15 +108,18 @@ def resume(name: str, thread_count: int | None = None) -> RunFolder:
 
 
 def stop(name: str) -> bool:
-    """Ask a running job to save a checkpoint and stop (SIGTERM). False if it was not running."""
+    """Ask a running job to save a checkpoint and stop. False if it was not running."""
     run = RunFolder.existing(name)
     pid = live_pid(run)
     if pid is None:
         return False
     # A SIGTERM in the first instant of start-up ends the process before its handler exists;
-    # the marker says that this end was asked for.
+    # the marker says that this end was asked for. Every rank of a multi-process job reads the
+    # marker at its step end and they agree on the step to stop at (training.callbacks); a
+    # SIGTERM would reach the launcher, which kills its workers before they can save.
     run.stop_marker.touch()
-    os.kill(pid, signal.SIGTERM)
+    if load_config(run.config).processes == 1:
+        os.kill(pid, signal.SIGTERM)
     return True
 
 

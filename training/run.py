@@ -159,7 +159,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
     run.config.write_text(cfg.to_yaml())
     tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
     train_set, eval_set = split_examples(build_examples(cfg, tokenizer), cfg)
-    callbacks = [JsonlLogger(run.log, resume), StopOnRequest(STOP_REQUESTED)]
+    callbacks = [JsonlLogger(run.log, resume), StopOnRequest(STOP_REQUESTED, run.stop_marker)]
     trainer = build_trainer(cfg, run, tokenizer, train_set, eval_set, callbacks)
     trainer.remove_callback(PrinterCallback)  # raw log dicts; JsonlLogger prints a readable line
     main = trainer.is_world_process_zero()
