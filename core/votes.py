@@ -60,9 +60,8 @@ class Vote:
 
 
 def store(visitor: bool = False) -> Path:
-    folder = data_dir() / "votes"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / ("visitors.jsonl" if visitor else "owner.jsonl")
+    """The store's path; only a vote creates the folder (reading writes nothing)."""
+    return data_dir() / "votes" / ("visitors.jsonl" if visitor else "owner.jsonl")
 
 
 @contextmanager
@@ -79,6 +78,7 @@ def record(vote: Vote, visitor: bool = False) -> Vote:
     """Append `vote` to the owner's store, or to the capped visitors' store."""
     vote.check()
     path = store(visitor)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path, "a+") as handle:
         if visitor:
             handle.seek(0)

@@ -240,7 +240,7 @@ def test_two_processes_from_the_ui_handler_stop_and_resume_as_one_run(data_home)
     steps = [e["step"] for e in read_log(run) if e.get("loss") is not None]
     assert steps == [1, 2, 3, 4], steps  # rank 0 alone logs; the resume trimmed nothing twice
     assert list(train_live.runs_table()["name"]).count("ddp-ui") == 1
-    assert "Effective batch 8 rows" in json.loads(run.plan_file.read_text())["text"]  # 4 rows x 2 processes
+    assert "Effective batch 16 rows" in json.loads(run.plan_file.read_text())["text"]  # 8 rows x 2 processes
 
 
 def test_progress_line_reads_like_a_progress_bar():

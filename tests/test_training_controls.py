@@ -126,3 +126,14 @@ def test_chat_prompts_an_adapter_in_the_format_it_trained_on(data_home, tiny_run
     trained = build_examples(load_config("tiny", chat_template="plain", max_rows=1),
                              load_tokenizer(cfg.model, "plain"))[0]["prompt"]
     assert base.tokenizer.decode(ids[0]) == "Question: Who are you?\nAnswer:" and trained.startswith("Question: ")
+
+
+def test_the_shipped_accelerate_configs_load():
+    """The FSDP and DeepSpeed files the README points to are valid accelerate configs."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from tests.conftest import ROOT
+
+    kinds = {name: load_config_from_file(str(ROOT / "training" / "accelerate" / f"{name}.yaml")).distributed_type.value
+             for name in ("fsdp", "deepspeed_zero3")}
+    assert kinds == {"fsdp": "FSDP", "deepspeed_zero3": "DEEPSPEED"}

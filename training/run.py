@@ -279,7 +279,8 @@ def main(argv=None) -> int:
     except BaseException as exc:
         write_json(run.status_file, {"state": "failed", "error": f"{type(exc).__name__}: {exc}"})
         raise
-    print(f"run folder: {run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # one line from a multi-process job too
+        print(f"run folder: {run_dir}")
     return 0
 
 
