@@ -1,6 +1,7 @@
 """Evaluation benchmark: what scoring held-out answers costs per 100 rows, and the app's
-generation (base and tuned rows in one batch, LoRA by adapter_names) against the plain way (one
-batched model.generate for the base rows with the adapter disabled, then one for the tuned rows).
+generation (a batch of base rows, then a batch of tuned rows, on one copy of the weights) against
+the plain way (batched model.generate with the adapter disabled, then enabled) and against one
+mixed batch (base and tuned rows together, LoRA per row through peft's adapter_names).
 
     FINETUNE_LAB_HOME=/tmp/ftl-bench .venv/bin/python bench/bench_eval.py [--rows 24] [--repeats 3]
 
@@ -42,6 +43,8 @@ def plain_generate(loaded, adapter_name, rows, tokens: int) -> float:
 
     tokenizer, model = loaded.tokenizer, loaded.model
     tokenizer.padding_side = "left"
+    same = dict(max_new_tokens=tokens, do_sample=False, repetition_penalty=1.1,  # the app's defaults
+                pad_token_id=tokenizer.pad_token_id)
     start = time.perf_counter()
     for first in range(0, len(rows), 4):
         texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False)
@@ -49,9 +52,21 @@ def plain_generate(loaded, adapter_name, rows, tokens: int) -> float:
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.inference_mode():
             with model.disable_adapter():
-                model.generate(**batch, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+                model.generate(**batch, **same)
             model.set_adapter(adapter_name)
-            model.generate(**batch, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            model.generate(**batch, **same)
+    return time.perf_counter() - start
+
+
+def mixed_generate(loaded, tuned, rows, settings) -> float:
+    """The other way the app could do it: base and tuned rows of a chunk in ONE batch, LoRA
+    applied per row through peft's adapter_names (what Compare does for two panes)."""
+    from core.compare import stream_batch
+
+    start = time.perf_counter()
+    for first in range(0, len(rows), 4):
+        chunk = [m for m, _ in rows[first:first + 4]]
+        list(stream_batch(loaded, chunk * 2, ["__base__"] * len(chunk) + [tuned.adapter_name] * len(chunk), settings))
     return time.perf_counter() - start
 
 
@@ -74,22 +89,28 @@ def main() -> None:
     rows = [([{"role": "user", "content": r["question"]}], r["answer"]) for r in load_rows("identity")][:args.rows]
     base = load_model(cfg.model)
     tuned = attach_tuned(base, str(run.adapter))
-    app, plain, scoring = [], [], []
+    from core.chat import GenerationSettings
+
+    app, plain, mixed, scoring = [], [], [], []
     for _ in range(args.repeats):
         start = time.perf_counter()
         answers = answer_eval.generate(cfg, run, rows, seconds=10**6, progress=lambda line: None)
         app.append(time.perf_counter() - start)
         plain.append(plain_generate(base, tuned.adapter_name, rows, 64))
+        mixed.append(mixed_generate(base, tuned, rows, GenerationSettings(max_new_tokens=64)))
         start = time.perf_counter()
         for side in (0, 1):
             answer_eval.scores([pair[side] for pair in answers], [ref for _, ref in rows])
         scoring.append(time.perf_counter() - start)
     per_100 = {name: round(statistics.median(times) * 100 / args.rows, 1)
-               for name, times in (("app_generate_s", app), ("plain_generate_s", plain), ("scoring_s", scoring))}
+               for name, times in (("app_generate_s", app), ("plain_generate_s", plain),
+                                   ("mixed_batch_generate_s", mixed), ("scoring_s", scoring))}
     result = {**per_100, "plain_over_app": round(statistics.median(plain) / statistics.median(app), 2),
+              "mixed_over_app": round(statistics.median(mixed) / statistics.median(app), 2),
               "rows": args.rows, "repeats": args.repeats, "threads": threads.cores()}
     print(f"per 100 rows: app generation {per_100['app_generate_s']} s, plain generation "
-          f"{per_100['plain_generate_s']} s (plain/app {result['plain_over_app']}x), scoring {per_100['scoring_s']} s")
+          f"{per_100['plain_generate_s']} s (plain/app {result['plain_over_app']}x), one mixed batch "
+          f"{per_100['mixed_batch_generate_s']} s ({result['mixed_over_app']}x), scoring {per_100['scoring_s']} s")
     print(json.dumps(result))
 
 

@@ -51,18 +51,18 @@ def stream_compare(base: LoadedModel, tuned: Tuned, base_messages: list[dict], t
     """Yield (base reply, tuned reply) as both grow. Each pane keeps its own history."""
     if tuned.adapter_name is None:
         yield from _side_by_side(stream_reply(base, base_messages, settings),
-                                 stream_reply(tuned.loaded, tuned_messages, _in_format(settings, tuned.chat_template),
+                                 stream_reply(tuned.loaded, tuned_messages, in_format(settings, tuned.chat_template),
                                               beside_decode_thread=True))
     else:
         yield from stream_batch(base, [base_messages, tuned_messages], ["__base__", tuned.adapter_name], settings,
                                 [None, tuned.chat_template])
 
 
-def _in_format(settings: GenerationSettings, template: str | None) -> GenerationSettings:
+def in_format(settings: GenerationSettings, template: str | None) -> GenerationSettings:
     return settings if template is None else replace(settings, chat_template=template)
 
 
-def _left_padded(loaded: LoadedModel, rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def left_padded(loaded: LoadedModel, rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(row.shape[1] for row in rows)
     pad = loaded.tokenizer.pad_token_id
     ids = torch.full((len(rows), width), pad, dtype=rows[0].dtype, device=rows[0].device)
@@ -80,9 +80,9 @@ def stream_batch(loaded: LoadedModel, conversations: list[list[dict]], adapter_n
     for messages in conversations:
         check_messages(messages)
     templates = templates or [None] * len(conversations)
-    encoded = [build_inputs(loaded, messages, _in_format(settings, template))
+    encoded = [build_inputs(loaded, messages, in_format(settings, template))
                for messages, template in zip(conversations, templates)]
-    input_ids, mask = _left_padded(loaded, [ids for ids, _ in encoded])
+    input_ids, mask = left_padded(loaded, [ids for ids, _ in encoded])
     streamer, stop = _RowStreamer(), threading.Event()
     kwargs = generate_kwargs(loaded, input_ids, settings, streamer, stop)
     kwargs.update(attention_mask=mask, adapter_names=adapter_names)

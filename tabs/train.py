@@ -21,6 +21,7 @@ from tabs.train_live import (
     api_status,
     attach_latest,
     delete_run,
+    evaluate_again,
     poll,
     resume_training,
     runs_table,
@@ -191,12 +192,13 @@ def _runs_section() -> dict:
         with gr.Row():
             picked = gr.Textbox(label="Run name", scale=2)
             open_btn, resume_btn = gr.Button("Open"), gr.Button("Resume run")
+            evaluate_btn = gr.Button("Evaluate again", elem_id="runs-evaluate")
             sure = gr.Checkbox(label="Yes, delete it")
             delete_btn = gr.Button("Delete", variant="stop")
         message = gr.Markdown()
         train_compare.build()
     return dict(table=table, picked=picked, open=open_btn, resume=resume_btn, sure=sure, delete=delete_btn,
-                message=message)
+                message=message, evaluate=evaluate_btn)
 
 
 def _wire_data(data: dict, form: dict, uploads: gr.State) -> None:
@@ -270,6 +272,7 @@ def _wire_runs(runs: dict, run: gr.State) -> None:
     runs["delete"].click(delete_run, [runs["picked"], runs["sure"]], runs["message"], api_name="train_delete").then(
         runs_table, None, runs["table"])
     runs["table"].select(_pick_run, None, runs["picked"], api_name=False)
+    runs["evaluate"].click(evaluate_again, runs["picked"], runs["message"], api_name="evaluate_run")
 
 
 def _pick_run(evt: gr.SelectData) -> str:

@@ -190,3 +190,28 @@ def delete_run(run: str, confirmed: bool, request: gr.Request = None) -> str:
     except LabError as exc:
         return warn(exc)
     return f"Deleted {run}."
+
+
+def evaluate_again(run: str, request: gr.Request = None) -> str:
+    """Score a finished SFT run's held-out answers again: `cli.py eval` in a process of its own,
+    which owns its copy of the model (the evaluation switches adapters, which Chat's shared
+    model must not see) and gets no secrets (training.jobs.child_env)."""
+    import subprocess
+    import sys
+
+    from core import threads
+
+    try:
+        require_user(request, action="evaluating runs")
+        if jobs.current_job():
+            raise LabError("A training job is running: evaluate when it has finished.")
+        name = RunFolder.existing((run or "").strip()).name
+        done = subprocess.run([sys.executable, "cli.py", "eval", "--run", name], cwd=jobs.REPO_ROOT,
+                              env=jobs.child_env(threads.for_job()), capture_output=True, text=True, timeout=1800)
+        if done.returncode:
+            raise LabError((done.stderr.strip().splitlines() or ["the evaluation failed"])[-1].removeprefix("error: "))
+    except LabError as exc:
+        return warn(exc)
+    except subprocess.TimeoutExpired:
+        return warn(LabError("The evaluation ran for 30 minutes and was stopped: lower eval_rows."))
+    return f"✅ **{name}**\n\n{done.stdout.strip()}"

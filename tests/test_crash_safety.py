@@ -27,7 +27,7 @@ def kill_job(run: RunFolder) -> None:
 
 def test_kills_inside_a_save_and_at_random_moments_always_resume(data_home):
     """SIGKILL inside a checkpoint save (forced: the save pauses before trainer_state.json),
-    then 5 kills at random moments; every resume goes on, and the run completes exactly once."""
+    then 3 kills at random moments; every resume goes on, and the run completes exactly once."""
     import random
 
     from core.runs import finished_runs
@@ -36,7 +36,7 @@ def test_kills_inside_a_save_and_at_random_moments_always_resume(data_home):
     run = RunFolder.named(name)
     run_dir = run.path
     cmd = [sys.executable, "-m", "tests.slow_save_run", "--config", "tiny", "--run-dir", str(run_dir),
-           "--max_steps", str(planned), "--save_steps", "3", "--report_prompts", "Who are you?"]
+           "--max_steps", str(planned), "--save_steps", "3", "--report_prompts", "Who are you?", "--eval_rows", "0"]
     first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: (run_dir / "in-save").is_file(), 300, "a checkpoint save to begin")
     torn = ROOT / (run_dir / "in-save").read_text()
@@ -47,7 +47,7 @@ def test_kills_inside_a_save_and_at_random_moments_always_resume(data_home):
     assert f"--run-dir {run_dir} --resume" in jobs.read_status(run).error
 
     rng, kills, step = random.Random(1234), 1, 0
-    while kills < 6:
+    while kills < 4:
         jobs.resume(name, thread_count=1)
         wait_for(lambda: jobs.read_status(run).step > step or not jobs.is_live(run), 300, "progress")
         time.sleep(rng.uniform(0.0, 2.5))  # anywhere in a step, a save, or a log write
@@ -58,7 +58,7 @@ def test_kills_inside_a_save_and_at_random_moments_always_resume(data_home):
         wait_for(lambda: not jobs.is_live(run), 30, "the kill")
         step = jobs.read_status(run).step
         assert name not in [r.name for r in finished_runs()], "an unfinished run's adapter was listed"
-    assert kills == 6, "every kill must land before the run ends"
+    assert kills == 4, "every kill must land before the run ends"
     jobs.resume(name, thread_count=1)
     status = jobs.wait(name, timeout=600)
     assert status.state == "completed", status.error

@@ -74,6 +74,9 @@ def test_the_new_adapter_is_judged_blind_on_the_held_out_prompts(dpo_run):
     verdict = "against the base model on held-out prompts: 2 wins, 1 losses, 1 ties, 0 both bad; win share 0.667"
     assert verdict in line and verdict in model_card(dpo_run, "t/x")
     votes.store().unlink()
+    from tabs.train_live import evaluate_again
+
+    assert "finished SFT runs only" in evaluate_again(dpo_run.name)  # DPO has its own figures
 
 
 def test_dpo_plot_shows_rewards(dpo_run):

@@ -57,6 +57,7 @@ def guarded_calls(raw: RawApp, tiny_run, secret, tiny_model_dir) -> dict:
         "export gguf": (raw.fn_index(api_name="export_model"), [tiny_run.name, "gguf", "bf16", "q8_0"]),
         "publish space": (raw.fn_index(api_name="publish_space"), [tiny_run.name, "me/s", "me/x", False, "hf_x"]),
         "judge a run": (raw.fn_index(api_name="judge_next"), [tiny_run.name]),
+        "evaluate a run": (raw.fn_index(api_name="evaluate_run"), [tiny_run.name]),
         "judge vote": (raw.fn_index(api_name="judge_A"), [None]),
         "arbitrary model folder": (chat, [*chat_args[:3], str(tiny_model_dir), *chat_args[4:]]),
         "arbitrary Hub id": (chat, [*chat_args[:3], "someone/some-model", *chat_args[4:]]),
