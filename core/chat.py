@@ -234,7 +234,9 @@ def trained_format(folder: Path, tokenizer) -> str | None:
         (folder / "tokenizer_config.json").read_text()).get("chat_template")
     if saved:
         return None if saved == tokenizer.chat_template else saved
-    run_config = folder.parent / "config.yaml"
+    from core.runs import RunFolder
+
+    run_config = RunFolder(folder.parent).config
     objective = run_config.is_file() and yaml.safe_load(run_config.read_text()).get("objective")
     return QA_FORMAT if objective in ("sft", "dpo") else None
 

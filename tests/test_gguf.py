@@ -50,7 +50,8 @@ def gemma_run(data_home):
     from training.config import load_config
 
     cfg = load_config("dapt_lora", model="gemma-3-270m", max_steps=2, batch_size=2, max_rows=1,
-                      block_size=64, stride=64, save_steps=2, output_name="gemma-dapt-fixture")
+                      block_size=64, stride=64, save_steps=2, output_name="gemma-dapt-fixture",
+                      eval_fraction=0, report_prompts=["To be, or not to be,"])  # the export is tested here
     run = jobs.start(cfg)
     status = jobs.wait(run.name, timeout=900)
     assert status.state == "completed", status.error

@@ -1,7 +1,7 @@
 """Held-out answers, scored: the base and the tuned model answer the held-out SFT rows greedily,
 and each answer is scored against the row's reference answer.
 
-    python cli.py eval --run RUN          # (re)score a finished run; writes eval.json's "answers"
+    python cli.py eval --run RUN          # (re)score a finished run; writes the scores' "answers"
 
 Three scores, each the mean over rows, for the base and the tuned model:
 - exact match: the same text after lower-casing and dropping punctuation and extra spaces;
@@ -106,7 +106,7 @@ def scores(answers: list[str], references: list[str]) -> dict:
 
 
 def answer_scores(cfg, run: RunFolder, eval_set, progress=print) -> dict | None:
-    """The before/after table for eval.json: scores of base and tuned on the held-out rows."""
+    """The before/after table for the run's scores: base and tuned on the held-out rows."""
     if eval_set is None or cfg.objective != "sft" or cfg.eval_rows < 1:
         return None
     started = time.monotonic()
@@ -133,7 +133,7 @@ def table_markdown(table: dict | None) -> str:
 
 def evaluate_run(name: str, progress=print) -> dict:
     """Score a finished SFT run's held-out answers again (after a change of `eval_rows`, or for a
-    run trained before this existed); updates eval.json and the manifest."""
+    run trained before this existed); updates the run's scores and its manifest."""
     from core.errors import LabError
     from core.paths import write_json
     from training.config import load_config
