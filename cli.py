@@ -109,7 +109,7 @@ def cmd_eval(args) -> int:
     from training.answer_eval import evaluate_run, table_markdown
 
     try:
-        print(table_markdown(evaluate_run(args.run)))
+        print(table_markdown(evaluate_run(args.run, rows=args.rows)))
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -191,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     votes.add_argument("--out", default="preferences.jsonl", help="export: the jsonl file to write")
     evaluate = sub.add_parser("eval", help="score a finished SFT run's held-out answers (base vs tuned) again")
     evaluate.add_argument("--run", required=True, help="run folder name (see: cli.py runs)")
+    evaluate.add_argument("--rows", type=int, default=0, help="held-out rows to score (default: the run's eval_rows, "
+                          "or 16 when that was 0)")
     export = sub.add_parser("export", help="merge a run's adapter into its base; or write GGUF + Modelfile")
     export.add_argument("--run", required=True, help="run folder name (see: cli.py runs)")
     export.add_argument("--format", choices=("merged", "gguf"), default="merged",

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
 
 import numpy as np
 
 from core.runs import RunFolder
 
 CHUNK = 4  # rows per generate call
+DEFAULT_ROWS = 16
 
 
 def normalize(text: str) -> str:
@@ -131,7 +133,7 @@ def table_markdown(table: dict | None) -> str:
     return "\n".join(lines)
 
 
-def evaluate_run(name: str, progress=print) -> dict:
+def evaluate_run(name: str, progress=print, rows: int = 0) -> dict:
     """Score a finished SFT run's held-out answers again (after a change of `eval_rows`, or for a
     run trained before this existed); updates the run's scores and its manifest."""
     from core.errors import LabError
@@ -142,6 +144,8 @@ def evaluate_run(name: str, progress=print) -> dict:
 
     run = RunFolder.existing(name)
     cfg = load_config(run.config)
+    # Asked for explicitly: a run trained with eval_rows 0 is scored on the default number of rows.
+    cfg = replace(cfg, eval_rows=rows or cfg.eval_rows or DEFAULT_ROWS)
     if not run.is_finished or cfg.objective != "sft":
         raise LabError(f"'{name}': held-out answers are scored for finished SFT runs only.")
     _, eval_set = split_examples(build_examples(cfg, load_tokenizer(cfg.model, cfg.chat_template)), cfg)
