@@ -54,6 +54,9 @@ def load_base(cfg: TrainConfig):
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type=cfg.quant_type,
             bnb_4bit_use_double_quant=cfg.double_quant, bnb_4bit_compute_dtype=compute)
+        if torch.cuda.is_available():  # bitsandbytes quantizes where the weights load, and the
+            # Trainer never moves a 4-bit model: without this it would train on the CPU.
+            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
     else:
         kwargs["dtype"] = torch.float32 if cfg.adapter == "full" else compute
     model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model), **kwargs)

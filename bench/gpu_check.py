@@ -1,0 +1,153 @@
+"""One short check of the GPU-only paths on a CUDA machine: QLoRA (bitsandbytes NF4 on CUDA),
+LoRA and full SFT through the real `python -m training.run`, and chat decoding on the GPU.
+
+    python bench/gpu_check.py --shape FOLDER [--steps 30] [--out results.json]
+
+FOLDER holds a model's config.json and tokenizer files without weights: the check builds a
+model of that shape with random weights (seeded), because the device machine has no Hub and
+the packaged SmolLM2 is too large to carry. Throughput and memory are those of the real shape;
+the losses are those of a random model (they start near ln(vocabulary)) and only show that the
+steps learn. Prints one JSON line at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def build_model(shape: Path, folder: Path) -> int:
+    """A random-weight model of `shape`'s config, saved as safetensors with its tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(shape))
+    model.save_pretrained(folder)
+    for name in shape.iterdir():
+        if name.name != "config.json":
+            shutil.copy(name, folder / name.name)
+    return sum(p.numel() for p in model.parameters())
+
+
+class GpuMemoryPeak:
+    """The device-wide GPU memory in use, sampled every 50 ms while a child process trains,
+    above what was in use when sampling began."""
+
+    def __enter__(self):
+        import threading
+
+        import torch
+
+        self.peak_mib, self.stop = 0.0, threading.Event()
+        if torch.cuda.is_available():
+            free, total = torch.cuda.mem_get_info()
+            self.start_used = total - free
+            self.thread = threading.Thread(target=self.sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def sample(self):
+        import torch
+
+        while not self.stop.wait(0.05):
+            free, total = torch.cuda.mem_get_info()
+            self.peak_mib = max(self.peak_mib, round((total - free - self.start_used) / 2**20, 1))
+
+    def __exit__(self, *exc):
+        self.stop.set()
+
+
+def train_once(model: Path, adapter: str, steps: int, home: Path) -> dict:
+    """Run one SFT job out of process, as the app does; return its measured figures."""
+    config = {"model": str(model), "dataset": "identity", "objective": "sft", "adapter": adapter,
+              "learning_rate": 2e-5 if adapter == "full" else 5e-4, "max_steps": steps,
+              "batch_size": 16, "max_length": 256, "save_steps": steps, "eval_fraction": 0.1,
+              "eval_rows": 0, "report_prompts": ["Who are you?"], "output_name": f"gpu-{adapter}"}
+    recipe = home / f"{adapter}.yaml"
+    recipe.write_text(json.dumps(config))
+    env = {**os.environ, "FINETUNE_LAB_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    start = time.perf_counter()
+    with GpuMemoryPeak() as memory:
+        done = subprocess.run([sys.executable, "-m", "training.run", "--config", str(recipe)], cwd=ROOT,
+                              env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    run = home / "runs" / f"gpu-{adapter}"
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()] if (run / "log.jsonl").exists() else []
+    losses = [e["loss"] for e in log if e.get("loss") is not None]
+    rates = sorted(e["tokens_per_s"] for e in log if e.get("tokens_per_s"))
+    manifest = json.loads((run / "manifest.json").read_text()) if (run / "manifest.json").exists() else {}
+    return {"adapter": adapter, "rc": done.returncode, "wall_s": round(wall, 1),
+            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+            "median_tokens_per_s": rates[len(rates) // 2] if rates else None,
+            "peak_gpu_used_mib": memory.peak_mib, "adapter_saved": (run / "adapter").is_dir(), "manifest_keys": sorted(manifest)[:12],
+            "stderr_tail": done.stderr[-1500:] if done.returncode else ""}
+
+
+def qlora_layers(model: Path) -> dict:
+    """What the QLoRA path builds on CUDA: how many 4-bit layers, and the footprint."""
+    import torch
+
+    from training.config import config_from_dict
+    from training.run import load_base
+
+    cfg = config_from_dict({"model": str(model), "adapter": "qlora"})
+    base = load_base(cfg)
+    base = base[0] if isinstance(base, tuple) else base
+    kinds = [type(m).__name__ for m in base.modules()]
+    out = {"linear4bit": kinds.count("Linear4bit"), "device": str(next(base.parameters()).device),
+           "footprint_mib": round(base.get_memory_footprint() / 2**20, 1),
+           "cuda_allocated_mib": round(torch.cuda.memory_allocated() / 2**20, 1)}
+    del base
+    torch.cuda.empty_cache()
+    return out
+
+
+def decode_rate(model: Path, tokens: int = 128) -> dict:
+    """Greedy decode of `tokens` new tokens through the chat path, and the model's dtype."""
+    from core.chat import GenerationSettings, stream_reply
+    from core.models import load_model
+
+    loaded = load_model(str(model))
+    settings = GenerationSettings(max_new_tokens=tokens, min_new_tokens=tokens)
+    messages = [{"role": "user", "content": "Tell me about the sea."}]
+    list(stream_reply(loaded, messages, settings))  # warm-up
+    last = list(stream_reply(loaded, messages, settings))[-1]
+    return {"dtype": str(loaded.model.dtype), "device": str(loaded.model.device), "decode": loaded.decode,
+            "new_tokens": last.new_tokens, "tokens_per_s": round(last.new_tokens / last.seconds, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    import torch
+
+    home = Path("/tmp/ftl-gpu-check")
+    shutil.rmtree(home, ignore_errors=True)
+    (home / "runs").mkdir(parents=True)
+    model = home / "model"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)"
+    result = {"gpu": gpu, "torch": torch.__version__,
+              "params": build_model(args.shape, model)}
+    result["qlora_layers"] = qlora_layers(model)
+    result["runs"] = [train_once(model, adapter, args.steps, home) for adapter in ("qlora", "lora", "full")]
+    result["chat"] = decode_rate(model)
+    line = json.dumps(result)
+    if args.out:
+        args.out.write_text(line)
+    print(line)
+
+
+if __name__ == "__main__":
+    main()
