@@ -17,7 +17,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 
 from core import access  # noqa: E402
-from tabs import chat, publish, topics, train  # noqa: E402
+from tabs import chat, hub_panel, publish, topics, train  # noqa: E402
 
 MAX_UPLOAD = "50mb"
 EVENTS_PER_SESSION = int(os.environ.get("FINETUNE_LAB_EVENTS_PER_SESSION", 8))
@@ -37,6 +37,7 @@ def build_app() -> gr.Blocks:
             topics.build()
         with gr.Tab("Publish"):
             publish.build(demo)
+        hub_panel.register_api()
     # Generation is CPU-bound: more than 2 concurrent streams only slows every one of them.
     demo.queue(default_concurrency_limit=2, max_size=64)
     limit_events_per_session(demo, EVENTS_PER_SESSION)

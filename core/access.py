@@ -8,7 +8,10 @@ trusted after one of: a Gradio --auth login (which gates the whole app), the adm
 into the "Admin key" box, or on a Space the Hugging Face login of the Space owner.
 
 An anonymous session may chat with the known models and the finished runs' adapters, preview
-bundled data or its own uploads, and explore topics, with every size clamped (LIMITS). All
+bundled data or its own uploads, and explore topics, with every size clamped (LIMITS). The owner
+decides whether visitors may use the Hub at all: with FINETUNE_LAB_VISITOR_HUB=1 they may also
+search it, preview Hub datasets (streamed, clamped rows), compare Hub adapters, and chat with
+Hub models of at most LIMITS["hub_model_params"] parameters (their safetensors count). All
 checks run in the server handlers: every event listener is reachable by fn_index, so hiding a
 button protects nothing.
 """
@@ -28,6 +31,7 @@ LIMITS = {
     "block_size": 512, "stride": 512, "max_rows": 2000, "preview_row": 1999, "max_docs": 2000,
     "projection_docs": 1000,  # t-SNE/UMAP cost grows fast; PCA has no cap
     "history_chars": 8000, "max_new_tokens": 512,
+    "hub_model_params": 500_000_000,  # a visitor's Hub model must fit a CPU Space's memory
 }
 
 
@@ -92,20 +96,48 @@ def allowed_models() -> list[str]:
     return [m.strip() for m in os.environ.get("FINETUNE_LAB_ALLOWED_MODELS", "").split(",") if m.strip()]
 
 
+def visitor_hub() -> bool:
+    """Whether the owner opened the Hub to visitors ($FINETUNE_LAB_VISITOR_HUB=1)."""
+    return os.environ.get("FINETUNE_LAB_VISITOR_HUB") == "1"
+
+
+def check_hub(request=None, action: str = "Hub search") -> None:
+    """Hub searches and Hub ids are for trusted sessions, or for everyone where the owner allows."""
+    if not (is_trusted(request) or visitor_hub()):
+        raise AccessDenied(f"{action} is closed to visitors on this public app (the owner can open it "
+                           "with FINETUNE_LAB_VISITOR_HUB=1).")
+
+
 def check_model(name: str, request=None) -> str:
-    """A visitor may load only the known models and those the owner allowed."""
+    """A visitor may load only the known models, those the owner allowed, and where the owner
+    opened the Hub, a Hub model no larger than LIMITS["hub_model_params"]."""
+    from core.hub_source import HUB_REPO
     from core.models import find_spec
 
-    if is_trusted(request) or find_spec(name or "") or (name or "").strip() in allowed_models():
+    name = (name or "").strip()
+    if is_trusted(request) or find_spec(name) or name in allowed_models():
         return name
+    if visitor_hub() and HUB_REPO.fullmatch(name):
+        from core.hub_search import model_parameters
+
+        params = model_parameters(name)
+        if params and params <= LIMITS["hub_model_params"]:
+            return name
+        raise AccessDenied(f"On a public app, a Hub model may have at most {LIMITS['hub_model_params']:,} "
+                           f"parameters in safetensors; '{name}' has {params or 'no safetensors count'}.")
     raise AccessDenied("On a public app, pick one of the listed models; other models need a login.")
 
 
 def check_adapter(value: str, request=None) -> str:
-    """A visitor may attach only a finished run's adapter, named by its run."""
+    """A visitor may attach a finished run's adapter, named by its run, and where the owner
+    opened the Hub, an adapter by its Hub repo id. Never a server folder."""
+    from core.hub_source import HUB_REPO
     from core.runs import finished_runs
 
-    if is_trusted(request) or (value or "").strip() in {run.name for run in finished_runs()}:
+    value = (value or "").strip()
+    if is_trusted(request) or value in {run.name for run in finished_runs()}:
+        return value
+    if visitor_hub() and HUB_REPO.fullmatch(value) and not Path(value).expanduser().exists():
         return value
     raise AccessDenied("On a public app, pick one of the finished runs as the adapter; folders need a login.")
 
@@ -116,7 +148,11 @@ def check_data_source(source: str, bundled: tuple, request=None, own_uploads=())
     Otherwise anyone could type a server path (or another visitor's upload) into the dataset
     box and read the file back through the preview table.
     """
+    from core.hub_source import parse_hub_source
+
     if is_trusted(request) or source in bundled or source.partition(":")[0] in bundled:
+        return source
+    if visitor_hub() and parse_hub_source(source):
         return source
     path = Path(source or "").expanduser().resolve()
     if any(path == Path(own).resolve() for own in own_uploads or ()):

@@ -197,16 +197,20 @@ def _base_only(loaded: LoadedModel, adapter_name: str | None):
 
 
 def adapter_folder(value: str) -> Path:
-    """The folder an adapter box value names: a finished run's name, or a folder path."""
+    """The folder an adapter box value names: a finished run's name, a folder path, or a Hub
+    repo id (downloaded: safetensors and config only)."""
+    from core.hub_source import HUB_REPO, download_adapter
     from core.runs import finished_runs
 
     value = (value or "").strip()
     if not value:
-        raise ModelError("Compare needs an adapter: pick one or type a folder path.")
+        raise ModelError("Compare needs an adapter: pick one, type a folder path or a Hub repo id.")
     by_run = {run.name: run.adapter for run in finished_runs()}
     folder = by_run.get(value) or Path(value).expanduser()
+    if not folder.is_dir() and HUB_REPO.fullmatch(value):
+        folder = download_adapter(value)
     if not folder.is_dir():
-        raise ModelError(f"Adapter '{value}' is neither a finished run nor a folder.")
+        raise ModelError(f"Adapter '{value}' is neither a finished run, a folder nor a Hub repo id.")
     return folder.resolve()
 
 

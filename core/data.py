@@ -5,6 +5,7 @@
 Formats (detected from the columns, or forced with a mapping such as 'question=Q,answer=A'):
   text                      {"text": "raw domain text"}                        -> DAPT
   messages                  {"messages": [{"role": "user", "content": ...}, ...]}
+  sharegpt                  {"conversations": [{"from": "human", "value": ...}, {"from": "gpt", ...}]}
   prompt_completion         {"prompt": "...", "completion": "..."}
   alpaca                    {"instruction": "...", "input": "", "output": "..."}
   qa                        {"question": "...", "answer": "...", "context": optional}
@@ -12,6 +13,8 @@ Formats (detected from the columns, or forced with a mapping such as 'question=Q
 Every SFT format becomes conversational prompt/completion, so trl puts the loss on the
 completion only (SmolLM2's template has no {% generation %} markers for assistant_only_loss).
 Preference rows (texts or message lists, as trl's DPOTrainer takes them) train objective=dpo.
+In a multi-turn chat every assistant turn is trained on (core.formats.conversation_tokens).
+A Hub dataset id (owner/name[:subset][@split]) loads through core.hub_source.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from core.errors import LabError
 FORMATS = {  # format -> required columns, in detection order
     "preference": ("prompt", "chosen", "rejected"),
     "messages": ("messages",),
+    "sharegpt": ("conversations",),
     "prompt_completion": ("prompt", "completion"),
     "alpaca": ("instruction", "output"),
     "qa": ("question", "answer"),
@@ -49,9 +53,12 @@ def chatterbot_categories() -> list[str]:
     return sorted(p.stem for p in (folder / "data" / "english").glob("*.yml")) if folder else []
 
 
-def load_rows(source: str, columns: str = ""):
-    """A `datasets.Dataset` for a bundled name or a file, with `columns` mapping applied."""
+def load_rows(source: str, columns: str = "", limit: int = 0):
+    """A `datasets.Dataset` for a bundled name, a file or a Hub dataset id, with the `columns`
+    mapping applied. `limit` > 0: no more rows are needed, so a Hub set streams only those."""
     from datasets import Dataset
+
+    from core.hub_source import load_hub_rows, parse_hub_source
 
     source = (source or "").strip()
     if source == "identity":
@@ -62,6 +69,8 @@ def load_rows(source: str, columns: str = ""):
         ds = Dataset.from_list(_chatterbot_rows(source.partition(":")[2]))
     elif source == "shakespeare":
         ds = Dataset.from_list(_shakespeare_rows())
+    elif parse_hub_source(source):
+        ds = load_hub_rows(parse_hub_source(source), limit)
     else:
         ds = _load_file(Path(source).expanduser())
     ds = apply_mapping(ds, columns, source)

@@ -16,23 +16,53 @@ from core.data import DataError, detect_format
 ROLES = ("system", "user", "assistant")
 
 
-def to_prompt_completion(row: dict, fmt: str, number: int, chat: bool) -> dict:
-    """One SFT row as {"prompt", "completion"}; `number` (1-based) names the row in errors."""
-    if fmt == "messages":
-        prompt, answer = _split_messages(row.get("messages"), number)
-    else:
-        question, answer = _question_answer(row, fmt, number)
-        prompt = [{"role": "user", "content": question}]
+def conversation(row: dict, fmt: str, number: int) -> list[dict]:
+    """One SFT row as a validated message list ending in the assistant's answer; `number`
+    (1-based) names the row in errors."""
+    if fmt in ("messages", "sharegpt"):
+        messages = row.get("messages") if fmt == "messages" else sharegpt_messages(row.get("conversations"), number)
+        return _checked_messages(messages, number)
+    question, answer = _question_answer(row, fmt, number)
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": str(answer)}]
+
+
+def to_prompt_completion(messages: list[dict], chat: bool) -> dict:
+    """{"prompt", "completion"}: message lists with a chat template, plain text without."""
+    prompt, answer = messages[:-1], messages[-1]["content"]
     if chat:
-        return {"prompt": prompt, "completion": [{"role": "assistant", "content": str(answer)}]}
+        return {"prompt": prompt, "completion": [{"role": "assistant", "content": answer}]}
     return {"prompt": qa_prompt(prompt), "completion": f" {answer}"}
+
+
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "system": "system"}
+
+
+def sharegpt_messages(turns, number: int) -> list[dict]:
+    """ShareGPT's [{"from": "human" | "gpt" | "system", "value": ...}] as role/content messages."""
+    if not isinstance(turns, list) or not turns:
+        raise DataError(f"row {number}: 'conversations' must be a non-empty list of {{from, value}}.")
+    messages = []
+    for i, turn in enumerate(turns, 1):
+        role = SHAREGPT_ROLES.get(str((turn or {}).get("from", "")).lower()) if isinstance(turn, dict) else None
+        if role is None:
+            raise DataError(f"row {number}, turn {i}: 'from' must be one of {', '.join(SHAREGPT_ROLES)}.")
+        messages.append({"role": role, "content": turn.get("value")})
+    return messages
 
 
 def qa_prompt(messages: list[dict]) -> str:
     """The plain "Question:/Answer:" text that SFT and DPO train a model without a chat template
-    on, and that Chat prompts such an adapter with (core.chat.QA_FORMAT)."""
-    text = "\n\n".join(m["content"] for m in messages if m["role"] != "system")
-    return f"Question: {text}\nAnswer:"
+    on, and that Chat prompts such an adapter with (core.chat.QA_FORMAT). Earlier turns stay as
+    question/answer pairs; consecutive user messages form one question."""
+    parts, question = [], []
+    for message in messages:
+        if message["role"] == "user":
+            question.append(message["content"])
+        elif message["role"] == "assistant":
+            parts.append("Question: " + "\n\n".join(question) + f"\nAnswer: {message['content']}")
+            question = []
+    return "\n\n".join(parts + ["Question: " + "\n\n".join(question) + "\nAnswer:"])
 
 
 def cell_text(row: dict, column: str, number: int, required: bool = True) -> str:
@@ -63,7 +93,7 @@ def _question_answer(row: dict, fmt: str, number: int) -> tuple[str, str]:
     return (f"{context}\n\nQuestion: {question}" if context else question), answer
 
 
-def _split_messages(messages, number: int) -> tuple[list[dict], str]:
+def _checked_messages(messages, number: int) -> list[dict]:
     if not isinstance(messages, list) or not messages:
         raise DataError(f"row {number}: 'messages' must be a non-empty list of {{role, content}}.")
     for i, message in enumerate(messages, 1):
@@ -73,8 +103,7 @@ def _split_messages(messages, number: int) -> tuple[list[dict], str]:
             raise DataError(f"row {number}, message {i}: 'content' must be text.")
     if messages[-1]["role"] != "assistant" or len(messages) < 2:
         raise DataError(f"row {number}: the last message must be the assistant's answer, after a prompt.")
-    prompt = [{"role": m["role"], "content": m["content"]} for m in messages[:-1]]
-    return prompt, messages[-1]["content"]
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
 def sft_rows(ds, tokenizer, first_row: int = 1):
@@ -87,8 +116,49 @@ def sft_rows(ds, tokenizer, first_row: int = 1):
     if fmt == "text":
         raise DataError("SFT needs prompts and answers, but this data has only a 'text' column: "
                         "use objective=dapt, or map columns (e.g. 'question=Q,answer=A').")
-    chat = bool(tokenizer.chat_template)
-    return Dataset.from_list([to_prompt_completion(row, fmt, i, chat) for i, row in enumerate(ds, first_row)])
+    conversations = [conversation(row, fmt, i) for i, row in enumerate(ds, first_row)]
+    rows = [to_prompt_completion(messages, bool(tokenizer.chat_template)) for messages in conversations]
+    if any(sum(m["role"] == "assistant" for m in messages) > 1 for messages in conversations):
+        # trl puts the loss on every assistant turn only through {% generation %} markers, which
+        # most chat templates (SmolLM2's too) lack; so multi-turn sets are tokenized here. The
+        # prompt/completion columns stay for the held-out answers and the report.
+        for row, messages in zip(rows, conversations):
+            row["input_ids"], row["assistant_masks"] = conversation_tokens(messages, tokenizer)
+    return Dataset.from_list(rows)
+
+
+def conversation_tokens(messages: list[dict], tokenizer) -> tuple[list[int], list[int]]:
+    """(input_ids, assistant_masks) of a whole conversation, 1 on every assistant turn. A turn
+    starts where the rendering of the turns before it (with the generation prompt) stops
+    matching the full text, as trl cuts a prompt from its completion."""
+    full = _rendered_ids(messages, tokenizer, final=True)
+    mask = [0] * len(full)
+    for i, message in enumerate(messages):
+        if message["role"] == "assistant":
+            start = _common_prefix(_rendered_ids(messages[:i], tokenizer), full)
+            end = len(full) if i == len(messages) - 1 else _common_prefix(_rendered_ids(messages[: i + 1], tokenizer), full)
+            mask[start:end] = [1] * (end - start)
+    return full, mask
+
+
+def _rendered_ids(messages: list[dict], tokenizer, final: bool = False) -> list[int]:
+    """Token ids of `messages` as the model sees them; ending on a user turn adds the
+    generation prompt. Plain text (no template) ends the conversation with eos, as trl does."""
+    if tokenizer.chat_template:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=messages[-1]["role"] == "user",
+                                             tokenize=False)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    if messages[-1]["role"] != "assistant":
+        return tokenizer(qa_prompt(messages))["input_ids"]
+    text = qa_prompt(messages[:-1]) + f" {messages[-1]['content']}" + (tokenizer.eos_token if final else "")
+    return tokenizer(text)["input_ids"]
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def dapt_windows(ds, tokenizer, block_size: int, stride: int, context_length: int,
@@ -127,7 +197,10 @@ class Preview:
 
 
 def sft_preview(example: dict, tokenizer) -> Preview:
-    """Mirror trl's tokenization: the completion starts where prompt and full text diverge."""
+    """Mirror trl's tokenization: the completion starts where prompt and full text diverge.
+    A multi-turn example shows each assistant turn it trains on."""
+    if example.get("input_ids") is not None:
+        return _masked_preview(example["input_ids"], example["assistant_masks"], tokenizer)
     if isinstance(example["prompt"], list):
         prompt_ids = _ids(tokenizer.apply_chat_template(example["prompt"], add_generation_prompt=True))
         full_ids = _ids(tokenizer.apply_chat_template(example["prompt"] + example["completion"]))
@@ -139,6 +212,16 @@ def sft_preview(example: dict, tokenizer) -> Preview:
         cut += 1
     segments = [(tokenizer.decode(full_ids[:cut]), None), (tokenizer.decode(full_ids[cut:]), "trained")]
     return Preview(segments, len(full_ids), len(full_ids) - cut)
+
+
+def _masked_preview(ids: list[int], mask: list[int], tokenizer) -> Preview:
+    segments, start = [], 0
+    for end in range(1, len(ids) + 1):
+        if end == len(ids) or mask[end] != mask[start]:
+            segments.append((tokenizer.decode(ids[start:end]), "trained" if mask[start] else None))
+            start = end
+    turns = sum(1 for _, label in segments if label)
+    return Preview(segments, len(ids), sum(mask), f"All {turns} assistant turns are trained on." if turns > 1 else "")
 
 
 def _ids(encoded):

@@ -14,6 +14,7 @@ from core.compare import stream_compare
 from core.errors import LabError
 from core.models import DEFAULT_MODEL, KNOWN_MODELS, load_model
 from core.runs import finished_runs
+from tabs import hub_panel
 from tabs.feedback import warn
 from training.jobs import current_job
 
@@ -167,8 +168,9 @@ def build(demo: gr.Blocks) -> gr.Dropdown:
         blind = gr.Checkbox(False, label="Blind A/B", visible=False, elem_id="blind-toggle",
                             info="Hide which pane is which until you vote")
         adapter = gr.Dropdown([], value=None, label="Adapter (Compare)", allow_custom_value=True, elem_id="adapter-picker",
-                              info="A finished run (LoRA/QLoRA adapter or full fine-tune), or a folder")
+                              info="A finished run (LoRA/QLoRA adapter or full fine-tune), a folder, or a Hub repo id")
         refresh = gr.Button("↻ Adapters", size="sm", scale=0)
+    hub_panel.build(model, "model", "chat-model")
     with gr.Row():
         base_chat = gr.Chatbot(label="Base model", height=420, elem_id="base-chat", editable="user")
         tuned_chat = gr.Chatbot(label="Tuned model", height=420, visible=False, elem_id="tuned-chat",

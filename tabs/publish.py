@@ -69,7 +69,9 @@ def build(demo: gr.Blocks) -> None:
     gr.Markdown("Push a finished run to the Hugging Face Hub. The token is used for this session only: "
                 "it is never stored, logged or written into any file. `HF_TOKEN` works too.")
     with gr.Row():
-        run = gr.Dropdown(run_choices(), label="Finished run", allow_custom_value=False)
+        # A run that finished after the page was built is still publishable by name (the API);
+        # finished_run() checks the name.
+        run = gr.Dropdown(run_choices(), label="Finished run", allow_custom_value=True)
         refresh = gr.Button("↻", scale=0)
     token = gr.Textbox(label="Hugging Face write token (optional if HF_TOKEN is set)", type="password")
     with gr.Row():

@@ -10,12 +10,9 @@ import hashlib
 
 import gradio as gr
 
-from core.access import check_data_source, clamp, is_trusted
-from core.data import BUNDLED, chatterbot_categories, detect_format, load_rows
 from core.errors import LabError
-from tabs import train_compare, train_form, train_votes
-from tabs.feedback import warn
-from tabs.session import download_path, remember_upload, save_upload
+from tabs import hub_panel, train_compare, train_data, train_form, train_votes
+from tabs.session import download_path
 from tabs.train_live import (
     api_start,
     api_status,
@@ -30,58 +27,9 @@ from tabs.train_live import (
 )
 from training.config import TrainConfig, list_recipes, load_config
 
-
-MAX_PREVIEW_ROWS = 10
-
-
-def dataset_choices() -> list[str]:
-    return list(BUNDLED) + [f"chatterbot:{c}" for c in chatterbot_categories()]
-
-
-def inspect_data(dataset: str, columns: str = "", request=None, uploads=()):
-    """(summary markdown, first rows as a table, column names) for a dataset source.
-
-    When detection fails the column names still come back: that is when the user needs them
-    for the mapping dropdowns."""
-    try:
-        check_data_source(dataset, BUNDLED, request, uploads)
-        rows = load_rows(dataset, columns)
-    except LabError as exc:
-        return warn(exc), None, []
-    head = rows.select(range(min(MAX_PREVIEW_ROWS, len(rows)))).to_pandas()
-    head = head.map(lambda v: (str(v)[:300] + "…") if len(str(v)) > 300 else str(v))
-    try:
-        fmt = f"detected format: **{detect_format(rows.column_names)}**"
-    except LabError as exc:
-        fmt = warn(exc)
-    summary = f"**{len(rows)} rows** · {fmt} · columns: {', '.join(rows.column_names)}"
-    return summary, head, list(rows.column_names)
-
-
-def mapping_string(prompt_col: str, answer_col: str, text_col: str) -> str:
-    """Column-mapping dropdowns to the config's 'role=column' string."""
-    pairs = [("question", prompt_col), ("answer", answer_col), ("text", text_col)]
-    return ",".join(f"{role}={col}" for role, col in pairs if col)
-
-
-def preview_example(row, values: dict, request=None, uploads=()):
-    """(highlighted segments, info line): the exact text the model sees for one example.
-
-    A public app's visitors get capped sizes: the preview never tokenizes more than it shows."""
-    from training.prepare import preview
-
-    try:
-        values = {**values, **{name: clamp(name, int(values[name] or 0), request)
-                               for name in ("block_size", "stride", "max_rows")}}
-        if not is_trusted(request) and not values["max_rows"]:
-            values["max_rows"] = clamp("max_rows", 10**9, request)
-        cfg = train_form.values_to_config(values)
-        check_data_source(cfg.dataset, BUNDLED, request, uploads)
-        shown = preview(cfg, clamp("preview_row", int(row or 0), request))
-    except LabError as exc:
-        return [(warn(exc), None)], ""
-    info = f"{shown.total_tokens} tokens, {shown.trained_tokens} trained on (highlighted). {shown.note}"
-    return shown.segments, info.strip()
+# The data step's handlers, where the tests and older callers find them.
+inspect_data, mapping_string, preview_example = (train_data.inspect_data, train_data.mapping_string,
+                                                 train_data.preview_example)
 
 
 def load_recipe(name: str) -> dict:
@@ -107,45 +55,22 @@ def build(demo: gr.Blocks, adapter_picker: gr.Dropdown) -> None:
     tab's, refreshed when a run ends."""
     cfg = TrainConfig()
     run, last_state, uploads = gr.State(None), gr.State(None), gr.State([])
-    data = _data_step(cfg)
+    data = train_data.build_step(cfg)
     fields, method = _method_step(cfg)
     fields.update(dataset=data["dataset"], columns=data["columns"])
     form = {name: fields[name] for name in train_form.NAMES}
     live = _run_step()
     runs = _runs_section()
     train_votes.build(data["dataset"], fields["objective"])
-    _wire_data(data, form, uploads)
+    train_data.wire(data, form, uploads)
     _wire_method(method, form, fields)
     _wire_live(live, form, run, last_state, uploads, adapter_picker)
     _wire_runs(runs, run)
     gr.on([live["start"].click, live["stop"].click, live["resume"].click], runs_table, None, runs["table"],
           api_name=False)
     demo.load(attach_latest, None, run, api_name=False)  # a reloaded page re-attaches to the live job
-    demo.load(inspect_for_form, [data["dataset"], data["columns"], uploads], data["outputs"], api_name=False)
+    demo.load(train_data.inspect_for_form, [data["dataset"], data["columns"], uploads], data["outputs"], api_name=False)
     demo.load(runs_table, None, runs["table"], api_name=False)
-
-
-def _data_step(cfg: TrainConfig) -> dict:
-    with gr.Accordion("1 · Data", open=True):
-        with gr.Row():
-            dataset = gr.Dropdown(dataset_choices(), value=cfg.dataset, allow_custom_value=True, label="dataset",
-                                  info=train_form.help_of("dataset"), elem_id="cfg-dataset")
-            upload = gr.File(label="…or upload csv / json / jsonl / parquet / txt / md", type="filepath",
-                             file_types=[".csv", ".json", ".jsonl", ".parquet", ".txt", ".md"])
-        summary = gr.Markdown(elem_id="data-summary")
-        table = gr.Dataframe(label="First rows", interactive=False, max_height=260)
-        with gr.Row():
-            maps = [gr.Dropdown([], label=f"{role} column", allow_custom_value=True)
-                    for role in ("prompt/question", "answer", "text (DAPT)")]
-        columns = train_form.build_fields(["columns"], cfg)["columns"]
-        with gr.Row():
-            row = gr.Number(0, precision=0, label="Preview row", scale=0)
-            preview_btn = gr.Button("Show what the model sees", scale=0)
-        seen = gr.HighlightedText(label="What the model sees (highlighted: trained on)", elem_id="model-sees",
-                                  color_map={"trained": "green", "trained, overlaps next window": "orange"})
-        seen_info = gr.Markdown()
-    return dict(dataset=dataset, upload=upload, columns=columns, maps=maps, row=row, preview=preview_btn,
-                seen=seen, seen_info=seen_info, outputs=[summary, table, *maps])
 
 
 def _method_step(cfg: TrainConfig) -> tuple[dict, dict]:
@@ -156,6 +81,7 @@ def _method_step(cfg: TrainConfig) -> tuple[dict, dict]:
             recipe = gr.Dropdown(list_recipes(), label="Recipe (loads its settings)", value=None)
             model = gr.Dropdown([s.name for s in KNOWN_MODELS], value=cfg.model, allow_custom_value=True,
                                 label="model", info=train_form.help_of("model"), elem_id="cfg-model")
+        hub_panel.build(model, "model", "train-model")
         with gr.Row():
             fields = train_form.build_fields(["objective", "adapter"], cfg)
         explanation = gr.Markdown(_explain(cfg.objective, cfg.adapter))
@@ -199,29 +125,6 @@ def _runs_section() -> dict:
         train_compare.build()
     return dict(table=table, picked=picked, open=open_btn, resume=resume_btn, sure=sure, delete=delete_btn,
                 message=message, evaluate=evaluate_btn)
-
-
-def _wire_data(data: dict, form: dict, uploads: gr.State) -> None:
-    inspect_inputs = [data["dataset"], data["columns"], uploads]
-
-    def on_upload(upload, own, request: gr.Request):
-        try:
-            path = save_upload(upload, request)
-        except LabError as exc:
-            return gr.update(), own, warn(exc)
-        return path, remember_upload(path, own), gr.update()
-
-    def on_preview(inputs: dict, request: gr.Request):
-        return preview_example(inputs[data["row"]], train_form.named_values(form, inputs), request, inputs[uploads])
-
-    data["upload"].upload(on_upload, [data["upload"], uploads], [data["dataset"], uploads, data["outputs"][0]],
-                          api_name=False)
-    data["dataset"].change(inspect_for_form, inspect_inputs, data["outputs"], api_name=False)
-    data["columns"].submit(inspect_for_form, inspect_inputs, data["outputs"], api_name=False)
-    for dropdown in data["maps"]:
-        dropdown.input(mapping_string, data["maps"], data["columns"], api_name=False)
-    data["preview"].click(on_preview, {data["row"], uploads, *form.values()}, [data["seen"], data["seen_info"]],
-                          api_name=False)
 
 
 def _wire_method(method: dict, form: dict, fields: dict) -> None:
@@ -277,12 +180,6 @@ def _wire_runs(runs: dict, run: gr.State) -> None:
 
 def _pick_run(evt: gr.SelectData) -> str:
     return evt.row_value[0] if evt.row_value else ""
-
-
-def inspect_for_form(dataset: str, columns: str, uploads: list, request: gr.Request):
-    text, head, names = inspect_data(dataset, columns, request, uploads)
-    choices = [""] + names
-    return (text, head, *[gr.update(choices=choices, value="") for _ in range(3)])
 
 
 def _explain(objective: str, adapter: str) -> str:

@@ -5,6 +5,13 @@ memory and covers: whoami-v2, repos/create (409 when the repo exists), validate-
 (every file "regular"), commit (NDJSON with base64 contents), repo info, and resolve (GET/HEAD).
 No LFS/Xet. Tokens: VALID_TOKENS maps token -> user; any other token gets 401.
 
+For the Hub as a source (tests/test_hub_source.py) it also answers what `list_models`,
+`list_datasets` and `datasets.load_dataset` ask for: the two listings (filters, parameter
+range, sort, limit, expand), a repo's file tree and paths-info, and ranged GETs on resolve.
+`app.state.sent` counts the bytes each resolve response carried, per repo path, so a test can
+check that streaming read only part of a file. `seed(app, kind, repo_id, files, **info)` adds
+a repo with its listing metadata.
+
     python tests/hub_server.py PORT      # run it by hand
 """
 from __future__ import annotations
@@ -16,7 +23,7 @@ import sys
 import threading
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 VALID_TOKENS = {"hf_test_valid_token_abcdefghijklmnop": "tester", "hf_LEAKCHECK_7f3a9c2e5b1d8046": "tester"}
 OTHER_USER_REPO = ("model", "someone-else/their-model")
@@ -94,8 +101,11 @@ def create_app() -> FastAPI:
         if repo is None:
             return JSONResponse({"error": "Repository not found"}, status_code=404,
                                 headers={"X-Error-Code": "RepoNotFound"})
-        return {"id": f"{namespace}/{name}", "sha": repo["sha"], "private": repo.get("private", False),
-                "siblings": [{"rfilename": path} for path in sorted(repo["files"])], "sdk": repo.get("sdk")}
+        answer = {"id": f"{namespace}/{name}", "sha": repo["sha"], "private": repo.get("private", False),
+                  "siblings": [{"rfilename": path} for path in sorted(repo["files"])], "sdk": repo.get("sdk")}
+        if repo.get("info", {}).get("params"):
+            answer["safetensors"] = {"parameters": {"BF16": repo["info"]["params"]}, "total": repo["info"]["params"]}
+        return answer
 
     @app.api_route("/{namespace}/{name}/resolve/{revision}/{path:path}", methods=["GET", "HEAD"])
     def resolve_model(namespace: str, name: str, revision: str, path: str, request: Request):
@@ -105,8 +115,108 @@ def create_app() -> FastAPI:
     def resolve_space(namespace: str, name: str, revision: str, path: str, request: Request):
         return _resolve(repos, ("space", f"{namespace}/{name}"), path, request)
 
+    @app.get("/api/models")
+    @app.get("/api/datasets")
+    def listing(request: Request):
+        kind = request.url.path.rsplit("/", 1)[1][:-1]
+        return [_listed(key[1], repo, request) for key, repo in _matching(repos, kind, request)]
+
+    @app.get("/api/{kind}s/{namespace}/{name}/tree/{revision}")
+    @app.get("/api/{kind}s/{namespace}/{name}/tree/{revision}/{path:path}")
+    def tree(kind: str, namespace: str, name: str, revision: str, request: Request, path: str = ""):
+        repo = repos.get((kind, f"{namespace}/{name}"))
+        if repo is None:
+            return JSONResponse({"error": "Repository not found"}, status_code=404,
+                                headers={"X-Error-Code": "RepoNotFound"})
+        recursive = request.query_params.get("recursive") in ("true", "True", "1")
+        return _tree_entries(repo["files"], path.strip("/"), recursive)
+
+    @app.post("/api/{kind}s/{namespace}/{name}/paths-info/{revision}")
+    async def paths_info(kind: str, namespace: str, name: str, revision: str, request: Request):
+        repo = repos.get((kind, f"{namespace}/{name}"))
+        form = await request.form()
+        wanted = form.getlist("paths") if form else (await request.json()).get("paths", [])
+        everything = _tree_entries(repo["files"], "", True) if repo else []
+        return [entry for entry in everything if entry["path"] in wanted]
+
+    @app.api_route("/datasets/{namespace}/{name}/resolve/{revision}/{path:path}", methods=["GET", "HEAD"])
+    def resolve_dataset(namespace: str, name: str, revision: str, path: str, request: Request):
+        return _resolve(repos, ("dataset", f"{namespace}/{name}"), path, request)
+
     app.state.repos = repos
+    app.state.sent = {}
     return app
+
+
+def seed(app, kind: str, repo_id: str, files: dict, **info) -> None:
+    """Add a public repo owned by its namespace, with listing metadata (downloads, likes, tags,
+    pipeline_tag, library_name, lastModified, gated, params for models)."""
+    app.state.repos[(kind, repo_id)] = {"files": dict(files), "owner": repo_id.split("/")[0],
+                                       "sha": hashlib.sha1(repo_id.encode()).hexdigest(), "info": info}
+
+
+def _matching(repos, kind: str, request: Request):
+    """The repos of `kind` that pass the listing's filters, sorted and limited."""
+    query = request.query_params
+    tags, search = query.getlist("filter"), query.get("search", "").lower()
+    low, high = _parameter_range(query.get("num_parameters", ""))
+    found = []
+    for key, repo in repos.items():
+        info = repo.get("info")
+        if key[0] != kind or info is None or search not in key[1].lower():
+            continue
+        if not all(tag in info.get("tags", []) or tag == info.get("library_name") for tag in tags):
+            continue
+        if query.get("pipeline_tag") and info.get("pipeline_tag") != query["pipeline_tag"]:
+            continue
+        if (low or high) and not (info.get("params") and low <= info["params"] <= (high or float("inf"))):
+            continue
+        found.append((key, repo))
+    order = query.get("sort")
+    if order:
+        found.sort(key=lambda item: item[1]["info"].get(order) or 0, reverse=True)
+    return found[: int(query.get("limit", 1000))]
+
+
+def _parameter_range(text: str) -> tuple[float, float]:
+    """The Hub's "min:6B,max:128B" syntax as numbers; 0 where a side is not given."""
+    scale = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
+    bounds = {"min": 0.0, "max": 0.0}
+    for part in filter(None, text.split(",")):
+        side, _, value = part.partition(":")
+        bounds[side] = float(value[:-1]) * scale[value[-1].upper()] if value[-1].isalpha() else float(value)
+    return bounds["min"], bounds["max"]
+
+
+def _listed(repo_id: str, repo: dict, request: Request) -> dict:
+    """One listing item with the expanded properties the client asked for."""
+    info = repo["info"]
+    item = {"_id": repo["sha"][:24], "id": repo_id, "sha": repo["sha"], "private": False,
+            "downloads": info.get("downloads", 0), "likes": info.get("likes", 0), "tags": info.get("tags", []),
+            "lastModified": info.get("lastModified", "2026-01-01T00:00:00.000Z"), "gated": info.get("gated", False),
+            "pipeline_tag": info.get("pipeline_tag"), "library_name": info.get("library_name")}
+    if info.get("params"):
+        item["safetensors"] = {"parameters": {"BF16": info["params"]}, "total": info["params"]}
+    expand = request.query_params.getlist("expand")
+    return {k: v for k, v in item.items() if not expand or k in expand or k in ("_id", "id")}
+
+
+def _tree_entries(files: dict, folder: str, recursive: bool) -> list[dict]:
+    """The files (and folders) under `folder`, as the Hub's tree endpoint lists them."""
+    entries, folders = [], set()
+    prefix = f"{folder}/" if folder else ""
+    for path, data in sorted(files.items()):
+        if not path.startswith(prefix):
+            continue
+        rest = path[len(prefix):]
+        if "/" in rest and not recursive:
+            folders.add(prefix + rest.split("/")[0])
+            continue
+        for depth in range(1, rest.count("/") + 1):
+            folders.add(prefix + "/".join(rest.split("/")[:depth]))
+        entries.append({"type": "file", "path": path, "size": len(data),
+                        "oid": hashlib.sha1(data).hexdigest()})
+    return [{"type": "directory", "path": f, "oid": "0" * 40, "size": 0} for f in sorted(folders)] + entries
 
 
 def _url(request: Request, key) -> str:
@@ -120,11 +230,28 @@ def _resolve(repos, key, path, request):
         return Response(status_code=404, headers={"X-Error-Code": "RepoNotFound"})
     if path not in repo["files"]:
         return Response(status_code=404, headers={"X-Error-Code": "EntryNotFound"})
-    data = repo["files"][path]
+    data, status = repo["files"][path], 200
     headers = {"X-Repo-Commit": repo["sha"], "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
-               "Content-Length": str(len(data))}
-    return Response(b"" if request.method == "HEAD" else data, headers=headers,
-                    media_type="application/octet-stream")
+               "Accept-Ranges": "bytes"}
+    ranged = request.headers.get("range", "").removeprefix("bytes=")
+    if ranged and request.method == "GET":
+        first, _, last = ranged.partition("-")
+        start, end = int(first or 0), min(int(last) if last else len(data) - 1, len(data) - 1)
+        headers["Content-Range"], status = f"bytes {start}-{end}/{len(data)}", 206
+        data = data[start : end + 1]
+    headers["Content-Length"] = str(len(data))
+    if request.method == "HEAD":
+        return Response(b"", headers=headers, media_type="application/octet-stream")
+    return StreamingResponse(_counted_chunks(data, request.app.state.sent, f"{key[1]}/{path}"), status_code=status,
+                             headers=headers, media_type="application/octet-stream")
+
+
+def _counted_chunks(data: bytes, sent: dict, name: str, size: int = 64 * 1024):
+    """The body in chunks, counted as each is handed to the server: a client that stops reading
+    early (streaming) stops the count there, give or take the sockets' buffers."""
+    for start in range(0, len(data), size):
+        sent[name] = sent.get(name, 0) + len(data[start : start + size])
+        yield data[start : start + size]
 
 
 def serve_in_thread(port: int):

@@ -18,7 +18,10 @@ ROWS = {
     "prompt_completion": {"prompt": "2+2?", "completion": "4"},
     "alpaca": {"instruction": "Add", "input": "2 and 2", "output": "4"},
     "qa": {"question": "Capital of France?", "answer": "Paris", "context": "Europe"},
+    "sharegpt": {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]},
 }
+TWO_TURNS = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."},
+             {"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "A lab model."}]
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +192,88 @@ def test_training_attention_kernel_choice(monkeypatch):
                                            "max_length": 256})) == "sdpa"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert attention_for(config_from_dict({"max_length": 256})) == "sdpa"
+
+
+def trained_text(ids, mask, tokenizer) -> list[str]:
+    """The trained spans of a masked example, one string per run of 1s."""
+    spans, current = [], []
+    for token, bit in zip(ids + [None], mask + [0]):
+        if bit:
+            current.append(token)
+        elif current:
+            spans, current = spans + [tokenizer.decode(current)], []
+    return spans
+
+
+def test_multi_turn_chats_train_every_assistant_turn(tmp_path, tokenizer):
+    sharegpt = [{"from": "human" if m["role"] == "user" else "gpt", "value": m["content"]} for m in TWO_TURNS]
+    ds = load_rows(write_jsonl(tmp_path / "d.jsonl", [{"conversations": sharegpt}, ROWS["sharegpt"]]))
+    rows = sft_rows(ds, tokenizer)
+    assert rows.column_names == ["prompt", "completion", "input_ids", "assistant_masks"]
+    spans = trained_text(rows[0]["input_ids"], rows[0]["assistant_masks"], tokenizer)
+    assert spans == ["Hello there.<|im_end|>\n", "A lab model.<|im_end|>\n"]
+    assert rows[0]["prompt"] == TWO_TURNS[:3] and rows[0]["completion"][0]["content"] == "A lab model."
+    shown = sft_preview(rows[0], tokenizer)
+    assert [text for text, label in shown.segments if label] == spans and "All 2 assistant turns" in shown.note
+    assert shown.trained_tokens == sum(rows[0]["assistant_masks"])
+
+
+def test_single_turn_labels_match_trl(tokenizer, tiny_model_dir, tmp_path):
+    """A single-turn row of a multi-turn set, tokenized here, gets exactly the labels that trl's
+    own prompt/completion path builds for it."""
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    single = sft_rows(load_rows_from([ROWS["messages"], {"messages": TWO_TURNS}]), tokenizer).select([0])
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+
+    def prepared(columns):
+        args = SFTConfig(output_dir=str(tmp_path), report_to=[], max_length=128, use_cpu=True, bf16=False)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=single.select_columns(columns),
+                             processing_class=tokenizer)
+        return trainer.train_dataset[0]
+
+    ours, theirs = prepared(["input_ids", "assistant_masks"]), prepared(["prompt", "completion"])
+    assert ours["input_ids"] == theirs["input_ids"] and ours["labels"] == theirs["labels"]
+    assert sum(label != -100 for label in ours["labels"]) == sum(single[0]["assistant_masks"]) > 0
+
+
+def load_rows_from(rows):
+    from datasets import Dataset
+
+    return Dataset.from_list(rows)
+
+
+def test_plain_format_multi_turn_keeps_question_answer_pairs():
+    from core.formats import conversation_tokens, qa_prompt
+
+    assert qa_prompt(TWO_TURNS[:1]) == "Question: Hi\nAnswer:"
+    assert qa_prompt(TWO_TURNS[:3]) == "Question: Hi\nAnswer: Hello there.\n\nQuestion: Who are you?\nAnswer:"
+    plain = load_tokenizer("smollm2-135m-instruct", "plain")
+    ids, mask = conversation_tokens(TWO_TURNS, plain)
+    assert plain.decode(ids).endswith("Answer: A lab model." + plain.eos_token)
+    assert trained_text(ids, mask, plain) == [" Hello there.", " A lab model." + plain.eos_token]
+
+
+@pytest.mark.parametrize("turns, problem", [
+    ([{"from": "robot", "value": "x"}], "'from' must be one of"),
+    ("hello", "non-empty list"),
+    ([{"from": "human", "value": "Hi"}], "last message must be the assistant"),
+])
+def test_bad_sharegpt_rows_name_the_problem(tmp_path, tokenizer, turns, problem):
+    ds = load_rows_from([{"conversations": turns}])
+    with pytest.raises(DataError, match=problem):
+        sft_rows(ds, tokenizer)
+
+
+@pytest.mark.parametrize("value, parsed", [
+    ("owner/name", ("owner/name", None, "train")),
+    ("owner/name:sub@test", ("owner/name", "sub", "test")),
+    ("owner/name@validation", ("owner/name", None, "validation")),
+    ("data/train.jsonl", None), ("identity", None), ("chatterbot:ai", None), ("a/b/c", None), ("/etc/passwd", None),
+])
+def test_hub_dataset_ids_are_told_from_paths(value, parsed):
+    from core.hub_source import parse_hub_source
+
+    source = parse_hub_source(value)
+    assert (source and (source.repo, source.subset, source.split)) == parsed or (source is None and parsed is None)

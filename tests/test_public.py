@@ -63,6 +63,13 @@ def guarded_calls(raw: RawApp, tiny_run, secret, tiny_model_dir) -> dict:
         "arbitrary Hub id": (chat, [*chat_args[:3], "someone/some-model", *chat_args[4:]]),
         "arbitrary adapter folder": (chat, [*chat_args[:4], str(tiny_run / "adapter"), "Compare", *chat_args[6:]]),
         "server path as dataset": (inspect, [str(secret), "", []]),
+        "Hub dataset id": (inspect, ["someone/secret-set:subset@train", "", []]),
+        "Hub dataset preview": (raw.fn_index(api_name="data_preview"), ["someone/secret-set", "sft", 0,
+                                                                             "smollm2-135m-instruct", "", 0]),
+        "Hub model search": (raw.fn_index(api_name="hub_models"), ["chat / text generation", "", "transformers",
+                                                                           1000, "downloads"]),
+        "Hub dataset search": (raw.fn_index(api_name="hub_datasets"), ["any task", "", "downloads"]),
+        "Hub adapter": (chat, [*chat_args[:4], "someone/some-adapter", "Compare", *chat_args[6:]]),
         "chatterbot: glob": (inspect, ["chatterbot:../../../../../../../**/*", "", []]),
     }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from core.data import DataError, load_rows
 from core.formats import Preview, dapt_preview, dapt_windows, sft_preview, sft_rows
 
+HUB_PREVIEW_ROWS = 64  # rows a DAPT preview streams from a Hub set with no max_rows
 MAX_EVAL_EXAMPLES = 128  # perplexity on more than this costs minutes on a CPU and adds little
 
 
@@ -43,9 +44,10 @@ def format_note(cfg, tokenizer) -> str:
     return f"Format: plain \"Question: …\\nAnswer: …\" text ({why}; chat_template: chatml is the other choice)."
 
 
-def load_training_rows(cfg):
-    """The dataset's rows after the column mapping and the `max_rows` sample."""
-    rows = load_rows(cfg.dataset, cfg.columns)
+def load_training_rows(cfg, needed: int = 0):
+    """The dataset's rows after the column mapping and the `max_rows` sample. A Hub set streams
+    only its first `max_rows` rows (or `needed`, for a preview), never the whole split."""
+    rows = load_rows(cfg.dataset, cfg.columns, limit=cfg.max_rows or needed)
     if cfg.max_rows:
         rows = rows.shuffle(seed=cfg.seed).select(range(min(cfg.max_rows, len(rows))))
     return rows
@@ -122,11 +124,17 @@ def preview(cfg, row: int = 0, tokenizer=None) -> Preview:
 
 
 def _preview(cfg, row: int, tokenizer) -> Preview:
-    rows = load_training_rows(cfg)
+    from core.hub_source import parse_hub_source
+
+    streamed = parse_hub_source(cfg.dataset) and not cfg.max_rows
+    rows = load_training_rows(cfg, needed=HUB_PREVIEW_ROWS if cfg.objective == "dapt" else row + 1)
     if cfg.objective == "dapt":  # only the two windows shown are built, not the whole corpus's
         windows = dapt_windows(rows, tokenizer, cfg.block_size, cfg.stride, context_length(cfg.model), 2)
         total_chars = sum(len(text or "") for text in rows["text"])
-        return dapt_preview(windows, tokenizer, cfg.block_size, cfg.stride, total_chars)
+        shown = dapt_preview(windows, tokenizer, cfg.block_size, cfg.stride, total_chars)
+        if streamed:
+            shown.note = f"{shown.note[:-1]} in the first {len(rows)} rows streamed from the Hub."
+        return shown
     if not 0 <= row < len(rows):
         raise DataError(f"Row {row} is out of range: the data has {len(rows)} rows.")
     if cfg.objective == "dpo":

@@ -1,0 +1,217 @@
+"""The Hub as a source, against the local Hub-protocol server with the real huggingface_hub and
+datasets clients (HF_ENDPOINT), through the served app: search by task and size, Hub datasets
+with subsets and splits, streaming that reads only what it needs, ShareGPT multi-turn data, and
+an adapter trained on a Hub set, pushed by Publish and compared by its repo id."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ADMIN_KEY, ROOT, free_port, owner_client, start_app
+from tests.hub_server import VALID_TOKENS, seed, serve_in_thread
+
+TOKEN = next(iter(VALID_TOKENS))
+BIG_ROWS = 20_000  # about 22 MB per file: streaming ten rows must not fetch it
+
+
+def jsonl(rows) -> bytes:
+    return "\n".join(json.dumps(row) for row in rows).encode()
+
+
+def parquet(rows, row_group_size: int = 1000) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buffer, row_group_size=row_group_size, compression="none")
+    return buffer.getvalue()
+
+
+def configs_readme(kind: str, subsets: dict) -> bytes:
+    """A dataset card whose YAML declares subsets and their split files, as Hub sets do."""
+    lines = ["---", "configs:"]
+    for subset, splits in subsets.items():
+        lines += [f"- config_name: {subset}", "  data_files:"]
+        lines += [f"  - split: {split}\n    path: {subset}/{split}.{kind}" for split in splits]
+    return "\n".join(lines + ["---", "# test set"]).encode()
+
+
+QA = [("easy", "train"), ("easy", "test"), ("hard", "train"), ("hard", "test")]
+CHATS = [{"conversations": [{"from": "human", "value": "Hi!"},
+                            {"from": "gpt", "value": f"Hello, I am Lumen {i}."},
+                            {"from": "human", "value": "What do you do?"},
+                            {"from": "gpt", "value": "I answer questions about the lab."}]} for i in range(12)]
+
+
+def seed_hub(app) -> None:
+    models = [("lab/tiny-chat", "text-generation", "transformers", 135e6, 500, 5),
+              ("lab/popular-chat", "text-generation", "transformers", 360e6, 100, 999),
+              ("lab/mid-chat", "text-generation", "transformers", 1.7e9, 900, 50),
+              ("lab/huge-chat", "text-generation", "transformers", 70e9, 5000, 2000),
+              ("lab/pickled-chat", "text-generation", "transformers", None, 9000, 10),
+              ("lab/embedder", "sentence-similarity", "sentence-transformers", 22e6, 800, 30)]
+    for repo, task, library, params, downloads, likes in models:
+        seed(app, "model", repo, {}, pipeline_tag=task, library_name=library, params=params, downloads=downloads,
+             likes=likes, tags=[library, task, "license:apache-2.0"], gated="manual" if repo == "lab/mid-chat" else False)
+    qa = {f"{subset}/{split}.jsonl": jsonl({"question": f"{subset} {split} q{i}", "answer": f"a{i}"} for i in range(6))
+          for subset, split in QA}
+    seed(app, "dataset", "lab/qa-mix", {"README.md": configs_readme("jsonl", {"easy": ["train", "test"],
+                                                                             "hard": ["train", "test"]}), **qa},
+         downloads=300, likes=3, tags=["task_categories:question-answering", "license:mit", "size_categories:n<1K"])
+    pq = {f"{subset}/{split}.parquet": parquet([{"question": f"{subset} {split} q{i}", "answer": "x"} for i in range(4)])
+          for subset in ("a", "b") for split in ("train", "validation")}
+    seed(app, "dataset", "lab/qa-parquet", {"README.md": configs_readme("parquet", {"a": ["train", "validation"],
+                                                                                   "b": ["train", "validation"]}), **pq},
+         downloads=50, tags=["task_categories:question-answering"])
+    seed(app, "dataset", "lab/chats", {"data/train.jsonl": jsonl(CHATS)}, downloads=700,
+         tags=["task_categories:text-generation", "license:cc-by-4.0"])
+    text = [{"text": f"row {i} " + "the lab keeps its notes in order " * 32} for i in range(BIG_ROWS)]
+    seed(app, "dataset", "lab/big-parquet", {"data/train-00000.parquet": parquet(text)}, downloads=1)
+    seed(app, "dataset", "lab/big-jsonl", {"data/train.jsonl": jsonl(text)}, downloads=2)
+
+
+@pytest.fixture(scope="module")
+def hub():
+    port = free_port()
+    server = serve_in_thread(port)
+    seed_hub(server.config.app)
+    yield f"http://127.0.0.1:{port}", server.config.app
+    server.should_exit = True
+
+
+@pytest.fixture(scope="module")
+def hub_app(hub, data_home):
+    """The public app of a Space whose owner opened the Hub to visitors, on the local Hub."""
+    env = {"HF_ENDPOINT": hub[0], "HF_HOME": str(data_home / "hf-home"), "FINETUNE_LAB_PUBLIC": "1",
+           "FINETUNE_LAB_ADMIN_KEY": ADMIN_KEY, "FINETUNE_LAB_VISITOR_HUB": "1", "HF_TOKEN": ""}
+    proc, url = start_app(env=env)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def visitor(hub_app):
+    from gradio_client import Client
+
+    return Client(hub_app, verbose=False)
+
+
+def test_search_models_by_task_size_and_sort(visitor):
+    rows, status = visitor.predict("chat / text generation", "", "transformers", 1000, "downloads", api_name="/hub_models")
+    assert [row[0] for row in rows] == ["lab/tiny-chat", "lab/popular-chat"], status
+    assert rows[0][1:] == [500, 5, "apache-2.0", "135M", "2026-01-01", "no"]
+    rows, _ = visitor.predict("chat / text generation", "", "transformers", 2000, "likes", api_name="/hub_models")
+    assert [row[0] for row in rows] == ["lab/popular-chat", "lab/mid-chat", "lab/tiny-chat"]
+    assert rows[1][4:] == ["1.7B", "2026-01-01", "manual"], "size and gated status are shown"
+    rows, _ = visitor.predict("sentence embeddings", "", "sentence-transformers", 1000, "downloads",
+                              api_name="/hub_models")
+    assert [row[0] for row in rows] == ["lab/embedder"]
+    rows, _ = visitor.predict("chat / text generation", "popular", "transformers", 1000, "downloads",
+                              api_name="/hub_models")
+    assert [row[0] for row in rows] == ["lab/popular-chat"]
+
+
+def test_search_datasets_by_task(visitor):
+    rows, _ = visitor.predict("question answering", "", "downloads", api_name="/hub_datasets")
+    assert [row[0] for row in rows] == ["lab/qa-mix", "lab/qa-parquet"]
+    assert rows[0][3:5] == ["mit", "n<1K"]
+    rows, _ = visitor.predict("text generation (SFT, DAPT)", "", "downloads", api_name="/hub_datasets")
+    assert [row[0] for row in rows] == ["lab/chats"]
+
+
+def test_hub_datasets_load_by_id_with_subset_and_split(visitor):
+    for source, first in [("lab/qa-mix:hard@test", "hard test q0"), ("lab/qa-mix:easy", "easy train q0"),
+                          ("lab/qa-parquet:b@validation", "b validation q0"), ("lab/qa-parquet:a", "a train q0")]:
+        summary, rows, columns = visitor.predict(source, "", api_name="/data_inspect")
+        assert rows and rows[0]["question"] == first, (source, summary)
+        assert {row["question"].rsplit(" ", 1)[0] for row in rows} == {first.rsplit(" ", 1)[0]}, source
+        assert "streamed from" in summary and "format: **qa**" in summary and columns == ["question", "answer"]
+    summary, _, _ = visitor.predict("lab/qa-mix:medium", "", api_name="/data_inspect")
+    assert summary.startswith("⚠️") and "medium" in summary and "easy" in summary, summary
+    summary, _, _ = visitor.predict("lab/qa-mix:easy@validation", "", api_name="/data_inspect")
+    assert summary.startswith("⚠️") and "validation" in summary, summary
+    summary, _, _ = visitor.predict("lab/no-such-set", "", api_name="/data_inspect")
+    assert summary.startswith("⚠️") and "lab/no-such-set" in summary, summary
+
+
+def test_streaming_fetches_only_what_it_needs(visitor, hub, hub_app):
+    """A preview of a 22 MB file: the server's byte count stays a small share of the file."""
+    sent, files = hub[1].state.sent, hub[1].state.repos
+    summary, rows, _ = visitor.predict("lab/big-jsonl", "", api_name="/data_inspect")
+    assert len(rows) == 10 and rows[0]["text"].startswith("row 0 "), summary
+    segments, info = owner_client(hub_app).predict("lab/big-parquet", "dapt", 0, "smollm2-135m-instruct", "", 0,
+                                     api_name="/data_preview")
+    assert segments[0][0].startswith("row 0 the lab keeps") and "streamed from the Hub" in info, info
+    for repo, path in [("lab/big-jsonl", "data/train.jsonl"), ("lab/big-parquet", "data/train-00000.parquet")]:
+        size, read = len(files[("dataset", repo)]["files"][path]), sent.get(f"{repo}/{path}", 0)
+        assert 0 < read < 0.25 * size, f"{repo}: {read:,} of {size:,} bytes fetched for a preview"
+
+
+def test_sharegpt_preview_trains_every_assistant_turn(visitor):
+    segments, info = visitor.predict("lab/chats", "sft", 0, "smollm2-135m-instruct", "", 0, api_name="/data_preview")
+    trained = [text for text, label in segments if label == "trained"]
+    assert trained == ["Hello, I am Lumen 0.<|im_end|>\n", "I answer questions about the lab.<|im_end|>\n"], segments
+    assert "All 2 assistant turns are trained on" in info
+
+
+def test_visitors_may_search_but_not_train(visitor):
+    with pytest.raises(Exception, match="Log in"):
+        visitor.predict("tiny", "dataset: lab/chats", api_name="/train_recipe")
+
+
+LOGITS = """
+import json, sys, torch
+sys.path.insert(0, '.')
+from core.chat import attach_tuned
+from core.models import load_model
+base = load_model("smollm2-135m-instruct")
+hub, local = attach_tuned(base, "tester/chats-lora"), attach_tuned(base, sys.argv[1])
+ids = torch.tensor([[1, 9690, 198, 2683, 359, 253, 5356]])
+out = {}
+with torch.no_grad():
+    for side in (hub, local):
+        base.model.set_adapter(side.adapter_name)
+        out[side.adapter_name] = base.model(ids).logits
+names = [hub.adapter_name, local.adapter_name]
+with torch.no_grad(), base.model.disable_adapter():
+    plain = base.model(ids).logits
+print(json.dumps({"names": names, "equal": bool(torch.equal(*out.values())),
+                  "differs_from_base": bool((out[names[0]] != plain).any())}))
+"""
+
+
+@pytest.mark.slow
+def test_train_on_a_hub_set_publish_and_compare_by_repo_id(hub, hub_app, data_home):
+    """The issue's whole path: train on a Hub set, push the adapter, compare it by repo id."""
+    owner = owner_client(hub_app)
+    overrides = ("dataset: lab/chats\nmax_steps: 3\neval_fraction: 0\neval_rows: 0\n"
+                 "report_prompts: []\noutput_name: hub-chats")
+    run = owner.predict("tiny", overrides, api_name="/train_recipe")
+    deadline = time.time() + 600
+    while (status := owner.predict(run, api_name="/train_status"))["state"] not in ("completed", "failed"):
+        assert time.time() < deadline, status
+        time.sleep(2)
+    assert status["state"] == "completed", status["error"]
+    assert status["manifest"]["dataset"] == "lab/chats"
+    pushed = owner.predict(run, "tester/chats-lora", False, TOKEN, "adapter", api_name="/publish_adapter")
+    assert pushed.startswith("✅"), pushed
+    replies = {}
+    for adapter in (run, "tester/chats-lora"):
+        result = owner.predict("Hi!", [], [], "smollm2-135m-instruct", adapter, "Compare", "", 0.0, 0.9, 12, 1.1,
+                               False, None, api_name="/chat")
+        content = result[1][-1]["content"]
+        replies[adapter] = content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
+    assert replies[run] == replies["tester/chats-lora"], replies
+    env = {**os.environ, "HF_ENDPOINT": hub[0], "HF_HOME": str(data_home / "hf-home-logits")}
+    done = subprocess.run([sys.executable, "-c", LOGITS, run], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["equal"] and result["differs_from_base"] and len(set(result["names"])) == 2, result
