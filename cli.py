@@ -12,6 +12,7 @@
     python cli.py votes export --out prefs.jsonl    # Compare votes as DPO pairs
     python cli.py votes table | accept              # win/loss/tie per adapter; accept visitors' votes
     python cli.py eval --run RUN                    # held-out answers of base vs tuned: EM, ROUGE-L, cosine
+    python cli.py hub models --task text-generation --max-params 500   # or: hub datasets --task question-answering
 
 Heavy libraries are imported inside each command, so `--help` is instant.
 """
@@ -157,13 +158,31 @@ def cmd_votes(args) -> int:
     return 0
 
 
+def cmd_hub(args) -> int:
+    from core.hub_search import COLUMNS, search_datasets, search_models
+
+    try:
+        if args.kind == "models":
+            found = search_models(args.task or "text-generation", args.query, args.library,
+                                  args.max_params * 1e6, args.sort, args.limit)
+        else:
+            found = search_datasets(args.task, args.query, args.sort, args.limit)
+    except LabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("\t".join(COLUMNS))
+    for result in found:
+        print("\t".join(str(cell) for cell in result.row()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cli.py", description="Finetune Lab command line.")
     sub = parser.add_subparsers(dest="command", required=True)
     chat = sub.add_parser("chat", help="stream a reply from a model (and its adapter)")
     chat.add_argument("prompt")
     chat.add_argument("--model", default="smollm2-135m-instruct", help="known name, Hub id or folder")
-    chat.add_argument("--adapter", help="LoRA adapter folder or fully fine-tuned model folder")
+    chat.add_argument("--adapter", help="a run name, a LoRA adapter or fully fine-tuned model folder, or a Hub repo id")
     chat.add_argument("--compare", action="store_true", help="answer with base and tuned")
     chat.add_argument("--temperature", type=float, default=0.0)
     chat.add_argument("--max-new-tokens", type=int, default=256)
@@ -200,6 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="merged weights")
     export.add_argument("--quant", choices=("f16", "bf16", "q8_0", "q4_0"), default="q8_0",
                         help="GGUF tensor type of the 2-D weights (norms stay f32)")
+    hub = sub.add_parser("hub", help="search the Hub for models or datasets by task (a dataset id trains as is)")
+    hub.add_argument("kind", choices=("models", "datasets"))
+    hub.add_argument("--task", default="", help="models: a pipeline tag (default text-generation); datasets: a "
+                     "task category such as question-answering (default: any)")
+    hub.add_argument("--query", default="", help="name contains")
+    hub.add_argument("--library", default="transformers", help="models: transformers, sentence-transformers, peft")
+    hub.add_argument("--max-params", type=float, default=1000, help="models: at most this many million parameters")
+    hub.add_argument("--sort", choices=("downloads", "likes", "last_modified"), default="downloads")
+    hub.add_argument("--limit", type=int, default=20)
     return parser
 
 
@@ -209,7 +237,7 @@ def main(argv=None) -> int:
         return cmd_train(argv[1:])
     args = build_parser().parse_args(argv)
     commands = {"chat": cmd_chat, "runs": cmd_runs, "topics": cmd_topics, "publish": cmd_publish,
-                "export": cmd_export, "votes": cmd_votes, "eval": cmd_eval}
+                "export": cmd_export, "votes": cmd_votes, "eval": cmd_eval, "hub": cmd_hub}
     return commands[args.command](args)
 
 

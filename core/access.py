@@ -150,6 +150,7 @@ def check_data_source(source: str, bundled: tuple, request=None, own_uploads=())
     """
     from core.hub_source import parse_hub_source
 
+    source = (source or "").strip()
     if is_trusted(request) or source in bundled or source.partition(":")[0] in bundled:
         return source
     if visitor_hub() and parse_hub_source(source):

@@ -162,7 +162,7 @@ def build(demo: gr.Blocks) -> gr.Dropdown:
     """Lay out the Chat tab inside the current gr.Blocks; return the adapter picker."""
     from tabs import chat_votes  # it builds on respond() above
     with gr.Row():
-        model = gr.Dropdown([s.name for s in KNOWN_MODELS], value=DEFAULT_MODEL, label="Model",
+        model = gr.Dropdown([s.name for s in KNOWN_MODELS], value=DEFAULT_MODEL, label="Model", elem_id="chat-model",
                             allow_custom_value=True, info="A known name, any Hub id or a local folder")
         mode = gr.Radio(list(MODES), value="Single", label="Mode")
         blind = gr.Checkbox(False, label="Blind A/B", visible=False, elem_id="blind-toggle",

@@ -53,7 +53,7 @@ def _status(count: int, kind: str) -> str:
     if not count:
         return f"No {kind}s match on {endpoint_name()}."
     hint = " Add `:subset` or `@split` after the id if the set has them." if kind == "dataset" else ""
-    return f"{count} {kind}s from {endpoint_name()}. Click a row to use it.{hint}"
+    return f"{count} {kind}{'' if count == 1 else 's'} from {endpoint_name()}. Click a row to use it.{hint}"
 
 
 def picked(evt: gr.SelectData):

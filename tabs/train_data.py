@@ -30,6 +30,7 @@ def inspect_data(dataset: str, columns: str = "", request=None, uploads=()):
 
     When detection fails the column names still come back: that is when the user needs them
     for the mapping dropdowns."""
+    dataset = (dataset or "").strip()
     hub = parse_hub_source(dataset)
     try:
         check_data_source(dataset, BUNDLED, request, uploads)
@@ -87,7 +88,7 @@ def api_inspect(dataset: str, columns: str = "", request: gr.Request = None) -> 
 def api_preview(dataset: str, objective: str = "sft", row: int = 0, model: str = "smollm2-135m-instruct",
                 columns: str = "", max_rows: int = 0, request: gr.Request = None) -> tuple[list, str]:
     """API: (segments, info) of what the model sees for one example, with default settings."""
-    values = {**train_form.config_to_values(TrainConfig()), "dataset": dataset, "objective": objective,
+    values = {**train_form.config_to_values(TrainConfig()), "dataset": dataset or "", "objective": objective,
               "model": model, "columns": columns, "max_rows": max_rows}
     segments, info = preview_example(row, values, request)
     return [list(segment) for segment in segments], info

@@ -49,6 +49,13 @@ CHATS = [{"conversations": [{"from": "human", "value": "Hi!"},
                             {"from": "gpt", "value": "I answer questions about the lab."}]} for i in range(12)]
 
 
+def safetensors_bytes() -> bytes:
+    import torch
+    from safetensors.torch import save
+
+    return save({"base_model.model.layers.0.q_proj.lora_A.weight": torch.zeros(8, 4)})
+
+
 def seed_hub(app) -> None:
     models = [("lab/tiny-chat", "text-generation", "transformers", 135e6, 500, 5),
               ("lab/popular-chat", "text-generation", "transformers", 360e6, 100, 999),
@@ -71,6 +78,14 @@ def seed_hub(app) -> None:
          downloads=50, tags=["task_categories:question-answering"])
     seed(app, "dataset", "lab/chats", {"data/train.jsonl": jsonl(CHATS)}, downloads=700,
          tags=["task_categories:text-generation", "license:cc-by-4.0"])
+    adapter_config = {"peft_type": "LORA", "base_model_name_or_path": "google/gemma-3-270m", "r": 8,
+                      "lora_alpha": 16, "target_modules": ["q_proj"], "task_type": "CAUSAL_LM"}
+    seed(app, "model", "lab/gemma-adapter", {"adapter_config.json": json.dumps(adapter_config).encode(),
+                                             "adapter_model.safetensors": safetensors_bytes()})
+    seed(app, "model", "lab/pickled-adapter", {"adapter_config.json": json.dumps(adapter_config).encode(),
+                                               "adapter_model.bin": b"not loaded, ever"})
+    seed(app, "model", "lab/prefix-adapter", {"adapter_config.json": json.dumps({"peft_type": "PREFIX_TUNING"}).encode(),
+                                              "adapter_model.safetensors": safetensors_bytes()})
     text = [{"text": f"row {i} " + "the lab keeps its notes in order " * 32} for i in range(BIG_ROWS)]
     seed(app, "dataset", "lab/big-parquet", {"data/train-00000.parquet": parquet(text)}, downloads=1)
     seed(app, "dataset", "lab/big-jsonl", {"data/train.jsonl": jsonl(text)}, downloads=2)
@@ -126,6 +141,17 @@ def test_search_datasets_by_task(visitor):
     assert [row[0] for row in rows] == ["lab/chats"]
 
 
+def test_cli_searches_the_hub(hub):
+    env = {**os.environ, "HF_ENDPOINT": hub[0]}
+    models = subprocess.run([sys.executable, "cli.py", "hub", "models", "--max-params", "500"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert models.returncode == 0, models.stderr[-2000:]
+    assert [line.split("\t")[0] for line in models.stdout.splitlines()] == ["repo", "lab/tiny-chat", "lab/popular-chat"]
+    datasets = subprocess.run([sys.executable, "cli.py", "hub", "datasets", "--task", "question-answering", "--sort",
+                               "likes"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert [line.split("\t")[0] for line in datasets.stdout.splitlines()[1:]] == ["lab/qa-mix", "lab/qa-parquet"]
+
+
 def test_hub_datasets_load_by_id_with_subset_and_split(visitor):
     for source, first in [("lab/qa-mix:hard@test", "hard test q0"), ("lab/qa-mix:easy", "easy train q0"),
                           ("lab/qa-parquet:b@validation", "b validation q0"), ("lab/qa-parquet:a", "a train q0")]:
@@ -161,9 +187,56 @@ def test_sharegpt_preview_trains_every_assistant_turn(visitor):
     assert "All 2 assistant turns are trained on" in info
 
 
+def test_hub_adapters_are_checked_before_they_attach(visitor):
+    """Compare by repo id refuses an adapter for another base, a pickle-only one and a non-LoRA."""
+    for repo, problem in [("lab/gemma-adapter", "trained on gemma-3-270m"),
+                          ("lab/pickled-adapter", "no adapter_model.safetensors"),
+                          ("lab/prefix-adapter", "PREFIX_TUNING adapter"), ("lab/missing", "could not be downloaded")]:
+        result = visitor.predict("Hi", [], [], "smollm2-135m-instruct", repo, "Compare", "", 0.0, 0.9, 4, 1.1,
+                                 False, None, api_name="/chat")
+        assert problem in result[2], (repo, result[2])
+
+
 def test_visitors_may_search_but_not_train(visitor):
     with pytest.raises(Exception, match="Log in"):
         visitor.predict("tiny", "dataset: lab/chats", api_name="/train_recipe")
+
+
+OFFLINE = """
+import json, sys, time
+sys.path.insert(0, '.')
+from core.chat import adapter_folder
+from core.data import load_rows
+from core.errors import LabError
+from core.models import resolve_model
+from tabs.hub_panel import find_datasets, find_models
+start = time.perf_counter()
+out = {"models": find_models("chat / text generation"), "datasets": find_datasets("any task")}
+for name, call in (("dataset", lambda: load_rows("lab/chats")), ("adapter", lambda: adapter_folder("tester/x"))):
+    try:
+        call()
+        out[name] = "loaded"
+    except LabError as exc:
+        out[name] = str(exc)
+out["seconds"] = time.perf_counter() - start
+out["local"] = [len(load_rows("identity")), resolve_model("smollm2-135m-instruct")]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("env", [{"HF_ENDPOINT": "http://127.0.0.1:{port}"}, {"HF_HUB_OFFLINE": "1"}])
+def test_offline_every_hub_use_says_hub_not_reachable_at_once(env):
+    """No Hub (nothing listens, or HF_HUB_OFFLINE=1): one clear line at once, not the client's
+    23 s of retries, and the packaged model and bundled data still work."""
+    env = {key: value.format(port=free_port()) for key, value in env.items()}
+    done = subprocess.run([sys.executable, "-c", OFFLINE], cwd=ROOT, env={**os.environ, **env}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.splitlines()[-1])
+    for answer in (out["models"][1], out["datasets"][1], out["dataset"], out["adapter"]):
+        assert "Hub not reachable" in answer and "local models" in answer, answer
+    assert out["models"][0] == [] and out["seconds"] < 5, out
+    assert out["local"][0] == 72 and out["local"][1].endswith("smollm2-135m-instruct")
 
 
 LOGITS = """
@@ -215,3 +288,32 @@ def test_train_on_a_hub_set_publish_and_compare_by_repo_id(hub, hub_app, data_ho
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.splitlines()[-1])
     assert result["equal"] and result["differs_from_base"] and len(set(result["names"])) == 2, result
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_find_on_the_hub_fills_the_boxes_in_a_browser(hub_app):
+    """A visitor finds a model for Chat, then a dataset for Train, and sees what the model sees."""
+    from tests.browser import browser_page
+    from tests.conftest import ARTIFACTS
+
+    with browser_page(hub_app) as page:
+        page.locator("#chat-model-hub").get_by_text("Find on the Hub").click()
+        page.locator("#chat-model-hub-search").click()
+        page.locator("#chat-model-hub-results [role=gridcell]", has_text="lab/tiny-chat").first.click()
+        page.wait_for_function("() => document.querySelector('#chat-model input').value === 'lab/tiny-chat'",
+                               timeout=30_000)
+        page.get_by_role("tab", name="Train").click()
+        page.locator("#train-data-hub").get_by_text("Find on the Hub").click()
+        page.locator("#train-data-hub-search").click()
+        page.locator("#train-data-hub-results [role=gridcell]", has_text="lab/chats").first.click()
+        page.wait_for_function(
+            "() => document.querySelector('#data-summary')?.innerText.includes('streamed from lab/chats@train')",
+            timeout=60_000)
+        assert "sharegpt" in page.locator("#data-summary").inner_text()
+        page.get_by_text("Show what the model sees").click()
+        page.wait_for_function(
+            "() => document.querySelector('#model-sees')?.innerText.includes('I answer questions about the lab.')",
+            timeout=60_000)
+        page.locator("#train-data-hub").scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACTS / "hub-dataset.png"), full_page=False)

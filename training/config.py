@@ -36,7 +36,8 @@ class TrainConfig:
 
     model: str = _f("smollm2-135m-instruct", "Base model: a known name, Hub id or local folder")
     dataset: str = _f("identity", "A bundled dataset (identity, chatterbot, chatterbot:CATEGORY, "
-                      "shakespeare) or a csv/json/jsonl/parquet/txt/md file")
+                      "shakespeare), a csv/json/jsonl/parquet/txt/md file, or a Hub dataset "
+                      "id: owner/name, owner/name:subset, owner/name@split")
     columns: str = _f("", "Column mapping when detection guesses wrong, e.g. 'question=Q,answer=A'")
     objective: str = _f("sft", "sft: learn answers to prompts (loss on answers only); "
                         "dapt: next-token prediction on raw domain text; "
