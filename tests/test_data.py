@@ -277,3 +277,10 @@ def test_hub_dataset_ids_are_told_from_paths(value, parsed):
 
     source = parse_hub_source(value)
     assert (source and (source.repo, source.subset, source.split)) == parsed or (source is None and parsed is None)
+
+
+def test_a_hub_id_gives_a_valid_default_run_name():
+    from training.jobs import default_run_name
+
+    assert default_run_name(config_from_dict({"dataset": "owner/na.me:sub@test"})).startswith("sft-lora-na-me-sub-test-")
+    assert default_run_name(config_from_dict({"dataset": "/x/train.jsonl"})).startswith("sft-lora-train-")

@@ -10,6 +10,7 @@ Importing this module stays light (no torch), since the app imports it.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -42,7 +43,11 @@ class JobBusy(LabError):
 
 
 def default_run_name(cfg: TrainConfig) -> str:
-    data = Path(cfg.dataset).stem.replace(":", "-") or "data"
+    """objective-adapter-data-time, where data is the file's stem or the Hub id's name, subset
+    and split ('owner/name:sub@test' -> 'name-sub-test')."""
+    path = Path(cfg.dataset)
+    data = path.stem if path.suffix.lower() in (".csv", ".json", ".jsonl", ".parquet", ".txt", ".md") else path.name
+    data = re.sub(r"[^A-Za-z0-9_-]+", "-", data).strip("-") or "data"
     return check_name(f"{cfg.objective}-{cfg.adapter}-{data}-{time.strftime('%Y%m%d-%H%M%S')}", "run name")
 
 
