@@ -121,13 +121,13 @@ def stream_reply(loaded: LoadedModel, messages: list[dict], settings: Generation
     streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
     stop = threading.Event()
     kwargs = generate_kwargs(loaded, input_ids, settings, streamer, stop)
+    context = _base_only(loaded, adapter_name)
     if adapter_name is not None:
-        # peft's mixed-adapter path, as in a Compare batch (core.compare): the same code path
-        # rounds the same way, so a solo reply and its Compare pane agree token for token.
-        kwargs["adapter_names"] = [adapter_name]
+        # The mixed-adapter arithmetic of a Compare batch (core.compare): the same path rounds
+        # the same way, so a solo reply and its Compare pane agree token for token.
+        context = adapter_context(loaded, [adapter_name], kwargs)
     start = time.perf_counter()
-    done, result = launch_generate(loaded, kwargs, streamer, _base_only(loaded, adapter_name),
-                                   beside_decode_thread)
+    done, result = launch_generate(loaded, kwargs, streamer, context, beside_decode_thread)
     reply = Reply(notice=notice)
     try:
         for piece in streamer:
@@ -186,6 +186,18 @@ def check_messages(messages: list[dict]) -> None:
         raise ModelError("Nothing to answer: the last message must be the user's.")
     if not str(messages[-1].get("content", "")).strip():
         raise ModelError("Empty message: type something first.")
+
+
+def adapter_context(loaded: LoadedModel, adapter_names: list[str], kwargs: dict):
+    """The context that applies adapter_names[i] to batch row i during `generate`: the lean
+    rows path of core.fast_decode, else peft's own `adapter_names` argument (added to kwargs)."""
+    from core.fast_decode import adapter_rows
+
+    context = adapter_rows(loaded.model, adapter_names)
+    if context is None:
+        kwargs["adapter_names"] = adapter_names
+        return contextlib.nullcontext()
+    return context
 
 
 def _base_only(loaded: LoadedModel, adapter_name: str | None):

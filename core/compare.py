@@ -3,14 +3,14 @@
     python cli.py chat --adapter <run name> --compare "What is LoRA?"      # the CLI twin
 
 A LoRA/QLoRA adapter shares the base's weights, so both panes come from ONE batched `generate`
-with peft's mixed-adapter batches (`adapter_names=["__base__", name]`): row 0 runs without the
-adapter, row 1 with it. Decoding a token reads every weight once whatever the batch size, so two
+with mixed-adapter batches (peft's arithmetic, applied by core.fast_decode.adapter_rows): row 0
+runs without the adapter, row 1 with it. Decoding a token reads every weight once whatever the batch size, so two
 rows cost little more than one. A full fine-tune is a second model: its pane runs in a thread of
 its own next to the base's.
 
 Each pane's greedy tokens are those of its solo run (`core.chat.stream_reply`), tested in
 tests/test_compare.py: the matmul kernels treat each row on its own, and a solo tuned reply
-takes the same peft mixed-adapter path, so the adapter's sum rounds alike. Where the two
+takes the same mixed-adapter path, so the adapter's sum rounds alike. Where the two
 histories differ in length, the shorter row is left-padded, and its padded attention can round
 differently.
 """
@@ -24,8 +24,8 @@ from typing import Iterator
 
 import torch
 
-from core.chat import (GenerationSettings, Reply, Tuned, build_inputs, check_messages, generate_kwargs,
-                       launch_generate, stream_reply)
+from core.chat import (GenerationSettings, Reply, Tuned, adapter_context, build_inputs, check_messages,
+                       generate_kwargs, launch_generate, stream_reply)
 from core.models import LoadedModel, ModelError
 
 
@@ -85,9 +85,10 @@ def stream_batch(loaded: LoadedModel, conversations: list[list[dict]], adapter_n
     input_ids, mask = left_padded(loaded, [ids for ids, _ in encoded])
     streamer, stop = _RowStreamer(), threading.Event()
     kwargs = generate_kwargs(loaded, input_ids, settings, streamer, stop)
-    kwargs.update(attention_mask=mask, adapter_names=adapter_names)
+    kwargs["attention_mask"] = mask
+    context = adapter_context(loaded, adapter_names, kwargs)
     start = time.perf_counter()
-    done, result = launch_generate(loaded, kwargs, streamer)
+    done, result = launch_generate(loaded, kwargs, streamer, context)
     replies = tuple(Reply(notice=notice) for _, notice in encoded)
     tokens: list[list[int]] = [[] for _ in replies]
     ends = _end_ids(loaded)

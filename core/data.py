@@ -53,9 +53,10 @@ def chatterbot_categories() -> list[str]:
     return sorted(p.stem for p in (folder / "data" / "english").glob("*.yml")) if folder else []
 
 
-def load_rows(source: str, columns: str = "", limit: int = 0):
+def load_rows(source: str, columns: str = "", limit: int = 0, revision: str = ""):
     """A `datasets.Dataset` for a bundled name, a file or a Hub dataset id, with the `columns`
-    mapping applied. `limit` > 0: no more rows are needed, so a Hub set streams only those."""
+    mapping applied. `limit` > 0: no more rows are needed, so a Hub set streams only those;
+    `revision`: the Hub set's commit (empty: the newest)."""
     from datasets import Dataset
 
     from core.hub_source import load_hub_rows, parse_hub_source
@@ -70,7 +71,7 @@ def load_rows(source: str, columns: str = "", limit: int = 0):
     elif source == "shakespeare":
         ds = Dataset.from_list(_shakespeare_rows())
     elif parse_hub_source(source):
-        ds = load_hub_rows(parse_hub_source(source), limit)
+        ds = load_hub_rows(parse_hub_source(source), limit, revision)
     else:
         ds = _load_file(Path(source).expanduser())
     ds = apply_mapping(ds, columns, source)

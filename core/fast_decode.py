@@ -9,15 +9,22 @@ per output row. Measured on a 2-core EPYC (AVX512-BF16), SmolLM2-135M: 24.0 -> 4
 (bench/bench_chat.py, which also measures the greedy-token agreement with eager).
 
 LoRA adapters still attach on top: `Int8Linear` is an `nn.Linear` to peft, which wraps it like
-any other Linear and calls it as the base layer, in solo and in mixed-adapter batches. On a GPU,
+any other Linear and calls it as the base layer. In chat, `adapter_rows` applies the adapters:
+peft's own arithmetic for mixed-adapter batches (each row its adapter or none), in fewer
+kernels per layer and without peft's per-call bookkeeping; `None` (then peft's `adapter_names`
+does it) where an adapter is not plain LoRA on Linear layers. On a GPU,
 auto keeps the eager weights: there the bf16 kernels are already fast. So does a CPU without
 native bf16, where the weights are fp32 and the int8 kernel is slow with fp32 activations.
 """
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from functools import partial
+from itertools import groupby
 
 import torch
+import torch.nn.functional as F
 
 from core.errors import LabError
 
@@ -76,3 +83,53 @@ def quantize_linears(model: torch.nn.Module) -> int:
                 setattr(parent, name, Int8Linear(child))
                 swapped += 1
     return swapped
+
+
+def adapter_rows(model: torch.nn.Module, adapter_names: list[str]):
+    """A context in which batch row i gets adapter_names[i] ("__base__": none), or None when an
+    adapter is not plain LoRA on Linear layers (DoRA, dropout, merged: peft's path handles those).
+
+    It computes what peft's mixed-batch forward computes (the adapter in its own dtype, the
+    output rounded to the activations' dtype, then added to those rows), so answers match
+    peft's token for token, with 6 kernels per layer instead of 9 and no per-call set/list
+    building. Measured per all-linear LoRA layer of SmolLM2 on 2 CPU cores: 306 against 181 us."""
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.lora import LoraLayer
+
+    wanted = set(adapter_names) - {"__base__"}
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    if not wanted or not all(_plain_lora(m, wanted, LoraLinear) for m in layers):
+        return None
+    spans, start = [], 0
+    for name, run in groupby(adapter_names):
+        count = len(list(run))
+        if name != "__base__":
+            spans.append((name, slice(start, start + count)))
+        start += count
+    return _rows_forward_installed(layers, spans)
+
+
+def _plain_lora(layer, wanted: set, linear_type) -> bool:
+    mine = wanted & set(layer.lora_A)
+    return not mine or (isinstance(layer, linear_type) and not layer.merged and not mine & set(layer.lora_variant)
+                        and all(isinstance(layer.lora_dropout[name], torch.nn.Identity) for name in mine))
+
+
+@contextmanager
+def _rows_forward_installed(layers, spans):
+    for layer in layers:
+        layer.forward = partial(_rows_forward, layer, [(n, rows) for n, rows in spans if n in layer.lora_A])
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward  # back to peft's own forward
+
+
+def _rows_forward(layer, spans, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    result = layer.base_layer(x, *args, **kwargs)
+    for name, rows in spans:
+        lora_a, lora_b = layer.lora_A[name], layer.lora_B[name]
+        low = F.linear(x[rows].to(lora_a.weight.dtype), lora_a.weight)
+        result[rows] += (F.linear(low, lora_b.weight, lora_b.bias) * layer.scaling[name]).to(result.dtype)
+    return result

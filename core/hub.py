@@ -121,7 +121,11 @@ def model_card(run: RunFolder, repo_id: str, what: str = "adapter") -> str:
 
     manifest, config, is_lora = run.manifest(), run.config.read_text(), run.is_lora and what == "adapter"
     library, extra_tags = _library(run, what)
+    from core.hub_source import parse_hub_source
+
+    hub_data = parse_hub_source(manifest["dataset"])
     data = ModelCardData(base_model=manifest["base_model"], library_name=library,
+                         datasets=[hub_data.repo] if hub_data else None,
                          pipeline_tag="text-generation", license="apache-2.0",
                          tags=["finetune-lab", manifest["objective"], manifest["adapter"], "text-generation"]
                          + extra_tags)

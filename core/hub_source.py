@@ -52,15 +52,16 @@ def parse_hub_source(value: str) -> HubSource | None:
     return HubSource(match["repo"], match["subset"], match["split"] or "train")
 
 
-def load_hub_rows(source: HubSource, limit: int = 0):
-    """A `datasets.Dataset` of the split's first `limit` rows (streamed), or of all its rows."""
+def load_hub_rows(source: HubSource, limit: int = 0, revision: str = ""):
+    """A `datasets.Dataset` of the split's first `limit` rows (streamed), or of all its rows, at
+    `revision` (empty: the newest)."""
     from datasets import Dataset, load_dataset
 
     check_reachable()
     try:
         if not limit:
-            return load_dataset(source.repo, source.subset, split=source.split)
-        stream = load_dataset(source.repo, source.subset, split=source.split, streaming=True,
+            return load_dataset(source.repo, source.subset, split=source.split, revision=revision or None)
+        stream = load_dataset(source.repo, source.subset, split=source.split, streaming=True, revision=revision or None,
                               storage_options={"hf": {"block_size": BLOCK_BYTES}}, **_reader_options(source.repo))
         rows = list(islice(stream, limit))
     except Exception as exc:  # not found, gated, bad subset or split: datasets raises many kinds
@@ -68,6 +69,17 @@ def load_hub_rows(source: HubSource, limit: int = 0):
     if not rows:
         raise HubSourceError(f"{source}: no rows.")
     return Dataset.from_list(rows)
+
+
+def dataset_revision(repo: str) -> str:
+    """The commit id of the dataset repo's newest revision, which a run pins."""
+    from huggingface_hub import HfApi
+
+    check_reachable()
+    try:
+        return HfApi().dataset_info(repo).sha
+    except Exception as exc:
+        raise HubSourceError(f"{repo}: {_first_line(exc)}") from None
 
 
 def _reader_options(repo: str) -> dict:

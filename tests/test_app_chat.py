@@ -74,7 +74,7 @@ def test_compare_gives_two_different_answers(app_server, tiny_run):
 @pytest.mark.parametrize("kwargs, expected", [
     (dict(message="hi", model_name="nobody/nothing-here"), "not in the HF cache"),
     (dict(message="   "), "Empty message"),
-    (dict(message="hi", mode="Compare", adapter="/no/such/adapter"), "neither a finished run nor a folder"),
+    (dict(message="hi", mode="Compare", adapter="/no/such/adapter"), "neither a finished run, a folder nor a Hub repo id"),
 ])
 def test_bad_inputs_show_a_message_not_a_traceback(app_server, kwargs, expected, monkeypatch):
     args = {**chat_args("x"), **kwargs}

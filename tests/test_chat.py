@@ -101,7 +101,7 @@ def test_full_model_folder_loads_as_second_model(smol, tiny_model_dir):
     assert tuned.adapter_name is None and tuned.loaded is not smol
 
 
-@pytest.mark.parametrize("path, message", [("", "needs an adapter"), ("/no/such/dir", "neither a finished run nor a folder")])
+@pytest.mark.parametrize("path, message", [("", "needs an adapter"), ("/no/such/dir", "neither a finished run, a folder nor a Hub repo id")])
 def test_bad_adapter_paths(smol, path, message):
     with pytest.raises(ModelError, match=message):
         attach_tuned(smol, path)

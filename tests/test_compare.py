@@ -134,3 +134,34 @@ def test_int8_real_model_keeps_its_answers_and_takes_an_adapter(loud_adapter, da
         with_adapter = tuned.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=16,
                                       do_sample=False)
     assert with_adapter.tolist() != want.tolist()
+
+
+def test_adapter_rows_match_peft_mixed_batches_exactly(smol, loud_adapter):
+    """The lean rows path computes peft's mixed-batch arithmetic: equal logits, bit for bit,
+    for a base row and an adapter row in one batch; peft's own forward is back afterwards."""
+    from core.fast_decode import adapter_rows
+
+    tuned = attach_tuned(smol, str(loud_adapter))
+    ids = torch.tensor([[1, 9690, 198, 2683, 359, 253, 5356]] * 2)
+    names = ["__base__", tuned.adapter_name]
+    with smol.lock, torch.inference_mode():
+        by_peft = smol.model(input_ids=ids, adapter_names=names).logits
+        with adapter_rows(smol.model, names):
+            lean = smol.model(input_ids=ids).logits
+        again = smol.model(input_ids=ids, adapter_names=names).logits
+    assert torch.equal(lean, by_peft) and torch.equal(again, by_peft)
+    assert not torch.equal(lean[0], lean[1]), "row 1 must run the adapter, row 0 not"
+    assert not any("forward" in vars(m) for m in smol.model.modules()), "the override must be removed"
+
+
+def test_adapter_rows_leave_dora_to_peft(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from core.fast_decode import adapter_rows
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, target_modules="all-linear", use_dora=True))
+    assert adapter_rows(model, ["__base__", "default"]) is None
+    plain = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=4, target_modules="all-linear"))
+    assert adapter_rows(plain, ["__base__", "default"]) is not None and adapter_rows(plain, ["__base__"]) is None

@@ -211,19 +211,17 @@ def test_tokenizer_metadata_matches_the_packaged_smollm2_file(smol_exports):
 
 @pytest.mark.slow
 def test_gemma3_dapt_round_trip(gemma_run, tmp_path):
+    """Gemma's own tensor mapping (its norms, its tied 262k embedding), checked in f16, where any
+    mapping error shows; the q8_0 and q4_0 quantizers are checked on SmolLM2 above."""
     from training.gguf_export import export_gguf
 
-    exports = {quant: export_gguf(gemma_run.name, quant) for quant in ("f16", "q8_0")}
+    export = export_gguf(gemma_run.name, "f16")
     reference, tokenizer = load_plain(gemma_run.merged)
     answers = reference_answers(reference, tokenizer, TEXT_PROMPTS, chat=False)
-    f16_out, q8_out = exported_answers_in_processes([exports["f16"], exports["q8_0"]], answers, tmp_path)
-    f16 = compare(reference, answers, f16_out)
+    f16 = compare(reference, answers, exported_answers_in_processes([export], answers, tmp_path)[0])
     assert f16["max"] < F16_MAX_GAP and not f16["partings"], f16
-    q8 = compare(reference, answers, q8_out)
-    assert q8["mean"] < Q8_GAP["mean"] and q8["max"] < Q8_GAP["max"], q8
-    assert_q8_0_keeps_greedy_text(q8)
-    modelfile = (exports["q8_0"].folder / "Modelfile").read_text()
-    assert "FROM ./gemma-dapt-fixture-q8_0.gguf" in modelfile and 'PARAMETER stop "<eos>"' in modelfile
+    modelfile = (export.folder / "Modelfile").read_text()
+    assert "FROM ./gemma-dapt-fixture-f16.gguf" in modelfile and 'PARAMETER stop "<eos>"' in modelfile
 
 
 # --- The Modelfile ------------------------------------------------------------------------------

@@ -272,9 +272,13 @@ def test_train_on_a_hub_set_publish_and_compare_by_repo_id(hub, hub_app, data_ho
         assert time.time() < deadline, status
         time.sleep(2)
     assert status["state"] == "completed", status["error"]
+    repos = hub[1].state.repos
     assert status["manifest"]["dataset"] == "lab/chats"
+    assert status["manifest"]["dataset_revision"] == repos[("dataset", "lab/chats")]["sha"], "the run pins the data"
     pushed = owner.predict(run, "tester/chats-lora", False, TOKEN, "adapter", api_name="/publish_adapter")
     assert pushed.startswith("✅"), pushed
+    card = repos[("model", "tester/chats-lora")]["files"]["README.md"].decode()
+    assert "datasets:\n- lab/chats" in card and "dataset_revision: " + status["manifest"]["dataset_revision"] in card
     replies = {}
     for adapter in (run, "tester/chats-lora"):
         result = owner.predict("Hi!", [], [], "smollm2-135m-instruct", adapter, "Compare", "", 0.0, 0.9, 12, 1.1,

@@ -9,6 +9,7 @@ branches.
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -39,6 +40,8 @@ class TrainConfig:
                       "shakespeare), a csv/json/jsonl/parquet/txt/md file, or a Hub dataset "
                       "id: owner/name, owner/name:subset, owner/name@split")
     columns: str = _f("", "Column mapping when detection guesses wrong, e.g. 'question=Q,answer=A'")
+    dataset_revision: str = _f("", "Hub datasets: the commit to load (empty: the newest, pinned into the run's "
+                               "config when it starts, so a resume reads the same data)")
     objective: str = _f("sft", "sft: learn answers to prompts (loss on answers only); "
                         "dapt: next-token prediction on raw domain text; "
                         "dpo: prefer the chosen over the rejected answer of preference pairs",
@@ -128,6 +131,8 @@ class TrainConfig:
             raise LabError(f"beta={self.beta} must be above 0.")
         if self.start_from and self.objective != "dpo":
             raise LabError("start_from continues an adapter with DPO: set objective=dpo, or clear it.")
+        if self.dataset_revision and not re.fullmatch(r"[\w.-]{1,100}", self.dataset_revision):
+            raise LabError(f"dataset_revision={self.dataset_revision[:40]!r}: use a commit id or a branch name.")
         from core.paths import check_name
         for name in ("output_name", "start_from"):
             if getattr(self, name):

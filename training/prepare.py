@@ -47,10 +47,23 @@ def format_note(cfg, tokenizer) -> str:
 def load_training_rows(cfg, needed: int = 0):
     """The dataset's rows after the column mapping and the `max_rows` sample. A Hub set streams
     only its first `max_rows` rows (or `needed`, for a preview), never the whole split."""
-    rows = load_rows(cfg.dataset, cfg.columns, limit=cfg.max_rows or needed)
+    rows = load_rows(cfg.dataset, cfg.columns, limit=cfg.max_rows or needed, revision=cfg.dataset_revision)
     if cfg.max_rows:
         rows = rows.shuffle(seed=cfg.seed).select(range(min(cfg.max_rows, len(rows))))
     return rows
+
+
+def pin_dataset_revision(cfg):
+    """`cfg` with a Hub dataset's newest commit filled in, so every process of the run and a
+    later resume read the same data; other sources are returned as they are."""
+    from dataclasses import replace
+
+    from core.hub_source import dataset_revision, parse_hub_source
+
+    source = parse_hub_source(cfg.dataset)
+    if source is None or cfg.dataset_revision:
+        return cfg
+    return replace(cfg, dataset_revision=dataset_revision(source.repo))
 
 
 def build_examples(cfg, tokenizer):

@@ -152,13 +152,14 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
 
     from training import evaluate
     from training.callbacks import JsonlLogger, StopOnRequest
-    from training.prepare import build_examples, load_tokenizer, split_examples
+    from training.prepare import build_examples, load_tokenizer, pin_dataset_revision, split_examples
     from training.answer_eval import answer_scores
     from training.progress import batch_plan
 
     threads.apply(threads.for_training(cfg.threads))
     run = RunFolder(run_dir)
     run.path.mkdir(parents=True, exist_ok=True)
+    cfg = pin_dataset_revision(cfg)
     run.config.write_text(cfg.to_yaml())
     tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
     train_set, eval_set = split_examples(build_examples(cfg, tokenizer), cfg)
@@ -227,6 +228,7 @@ def write_manifest(cfg, run: RunFolder, trainer, result, scores, report) -> None
         "base_weights": weights_origin(cfg.model),
         "model": cfg.model, "objective": cfg.objective, "adapter": cfg.adapter, "start_from": cfg.start_from or None,
         "method": f"{cfg.objective.upper()} + {cfg.adapter.upper()}", "dataset": cfg.dataset,
+        "dataset_revision": cfg.dataset_revision or None,
         "steps": trainer.state.global_step, "world_size": trainer.args.world_size,
         "precision": resolve_precision(cfg.precision),
         "train_runtime_s": round(result.metrics["train_runtime"], 1),
