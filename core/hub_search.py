@@ -79,7 +79,7 @@ def search_models(task: str = "text-generation", query: str = "", library: str =
     check_reachable()
     found = HfApi().list_models(
         pipeline_tag=task or None, search=query.strip() or None, filter=library or None,
-        num_parameters=f"max:{int(max_params)}" if max_params else None, sort=_sort(sort), limit=limit,
+        num_parameters=f"max:{max(1, round(max_params / 1e6))}M" if max_params else None, sort=_sort(sort), limit=limit,
         expand=["downloads", "likes", "lastModified", "gated", "tags", "safetensors", "pipeline_tag"])
     results = []
     for model in _guarded(found):
