@@ -207,9 +207,7 @@ def sft_preview(example: dict, tokenizer) -> Preview:
     else:
         prompt_ids = tokenizer(example["prompt"])["input_ids"]
         full_ids = tokenizer(example["prompt"] + example["completion"] + tokenizer.eos_token)["input_ids"]
-    cut = 0
-    while cut < min(len(prompt_ids), len(full_ids)) and prompt_ids[cut] == full_ids[cut]:
-        cut += 1
+    cut = _common_prefix(prompt_ids, full_ids)
     segments = [(tokenizer.decode(full_ids[:cut]), None), (tokenizer.decode(full_ids[cut:]), "trained")]
     return Preview(segments, len(full_ids), len(full_ids) - cut)
 

@@ -119,10 +119,10 @@ def model_card(run: RunFolder, repo_id: str, what: str = "adapter") -> str:
     """README.md for the model repo: valid card metadata, results, report and usage."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    manifest, config, is_lora = run.manifest(), run.config.read_text(), run.is_lora and what == "adapter"
-    library, extra_tags = _library(run, what)
     from core.hub_source import parse_hub_source
 
+    manifest, config, is_lora = run.manifest(), run.config.read_text(), run.is_lora and what == "adapter"
+    library, extra_tags = _library(run, what)
     hub_data = parse_hub_source(manifest["dataset"])
     data = ModelCardData(base_model=manifest["base_model"], library_name=library,
                          datasets=[hub_data.repo] if hub_data else None,

@@ -11,7 +11,6 @@ HF_ENDPOINT selects another Hub (the tests use a local server that speaks the pr
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from core.errors import LabError
@@ -154,4 +153,6 @@ def human_count(n: float) -> str:
 
 def endpoint_name() -> str:
     """Where searches go, for the panel's caption (HF_ENDPOINT or the public Hub)."""
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
+from core.data import EXTENSIONS
 from core.errors import LabError
 from core.hub_search import check_reachable
 
 HUB_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 HUB_SOURCE = re.compile(rf"(?P<repo>{HUB_REPO.pattern})(?::(?P<subset>[\w.-]+))?(?:@(?P<split>[\w.-]+))?")
-FILE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet", ".txt", ".md")
 BLOCK_BYTES = 1 << 20  # the default 5 MiB read-ahead fetched 6 MiB for ten short rows
 ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
                  "special_tokens_map.json", "chat_template.jinja", "README.md"]
@@ -47,7 +47,7 @@ def parse_hub_source(value: str) -> HubSource | None:
     'data/train.jsonl' stays a (missing) file: a data file name is never taken for a repo."""
     value = (value or "").strip()
     match = HUB_SOURCE.fullmatch(value)
-    if not match or Path(value).expanduser().exists() or match["repo"].lower().endswith(FILE_SUFFIXES):
+    if not match or Path(value).expanduser().exists() or match["repo"].lower().endswith(tuple(EXTENSIONS)):
         return None
     return HubSource(match["repo"], match["subset"], match["split"] or "train")
 

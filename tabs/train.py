@@ -27,10 +27,6 @@ from tabs.train_live import (
 )
 from training.config import TrainConfig, list_recipes, load_config
 
-# The data step's handlers, where the tests and older callers find them.
-inspect_data, mapping_string, preview_example = (train_data.inspect_data, train_data.mapping_string,
-                                                 train_data.preview_example)
-
 
 def load_recipe(name: str) -> dict:
     """{field name: widget value} of a bundled recipe."""

@@ -36,18 +36,18 @@ def test_space_owner_oauth_unlocks_only_the_owner(monkeypatch):
 
 
 def test_public_app_reads_no_server_paths(monkeypatch, tmp_path, data_home):
-    from tabs import session, topics, train
+    from tabs import session, topics, train_data
 
     monkeypatch.setenv("FINETUNE_LAB_PUBLIC", "1")
     secret = tmp_path / "secret.csv"
     secret.write_text("question,answer\nthe password,hunter2\n")
-    summary, table, _ = train.inspect_data(str(secret))
+    summary, table, _ = train_data.inspect_data(str(secret))
     assert "server paths are not readable" in summary and table is None
-    assert "72 rows" in train.inspect_data("identity")[0]
+    assert "72 rows" in train_data.inspect_data("identity")[0]
     mine, theirs = Request("visitor-a"), Request("visitor-b")
     uploaded = session.save_upload(str(secret), mine)
-    assert "visitors" in uploaded and "**1 rows**" in train.inspect_data(uploaded, "", mine, [uploaded])[0]
-    assert "not readable" in train.inspect_data(uploaded, "", theirs, [])[0], "uploads belong to their session"
+    assert "visitors" in uploaded and "**1 rows**" in train_data.inspect_data(uploaded, "", mine, [uploaded])[0]
+    assert "not readable" in train_data.inspect_data(uploaded, "", theirs, [])[0], "uploads belong to their session"
     info = topics.embed_corpus(str(secret), None, "question", "", 100, "all-MiniLM-L6-v2", None, progress=None)
     assert "server paths are not readable" in info
 

@@ -9,7 +9,7 @@ from core.errors import LabError
 
 from core import threads
 from core.runs import RunFolder
-from tabs import train, train_form, train_live
+from tabs import train, train_data, train_form, train_live
 from tabs.session import save_upload
 from training import jobs
 from training.config import TrainConfig, load_config
@@ -39,34 +39,34 @@ def test_upload_detection_and_mapping(tmp_path):
     src.write_text("Q,A\nWhy?,Because.\nHow?,Like this.\n")
     stored = save_upload(str(src))
     assert stored.endswith("my_data.csv") and "uploads" in stored
-    summary, head, columns = train.inspect_data(stored)
+    summary, head, columns = train_data.inspect_data(stored)
     assert "Cannot detect" in summary and columns == ["Q", "A"], "the mapping dropdowns need the columns"
-    mapping = train.mapping_string("Q", "A", "")
+    mapping = train_data.mapping_string("Q", "A", "")
     assert mapping == "question=Q,answer=A"
-    summary, head, columns = train.inspect_data(stored, mapping)
+    summary, head, columns = train_data.inspect_data(stored, mapping)
     assert "**2 rows**" in summary and "qa" in summary and list(head.columns) == ["question", "answer"]
 
 
 def test_bad_file_gives_a_message_not_a_traceback(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"question": "a"\n')
-    summary, head, _ = train.inspect_data(str(tmp_path / "bad.jsonl"))
+    summary, head, _ = train_data.inspect_data(str(tmp_path / "bad.jsonl"))
     assert summary.startswith("⚠️") and "row 1: broken JSON" in summary and head is None
 
 
 def test_preview_highlights_the_answer():
-    segments, info = train.preview_example(0, values(dataset="identity"))
+    segments, info = train_data.preview_example(0, values(dataset="identity"))
     assert segments[1][1] == "trained" and "<|im_start|>assistant" in segments[0][0]
     assert "trained on" in info
-    segments, info = train.preview_example(0, values(dataset="shakespeare", objective="dapt", max_rows=1))
+    segments, info = train_data.preview_example(0, values(dataset="shakespeare", objective="dapt", max_rows=1))
     assert "overlaps" in segments[-1][1] and "windows of 128 tokens" in info
 
 
 def test_malformed_rows_are_one_line_errors_in_the_ui(tmp_path):
     (tmp_path / "nulls.jsonl").write_text('{"question": "Hi", "answer": "Hello"}\n{"question": null, "answer": "x"}\n')
     (tmp_path / "ragged.csv").write_text("question,answer\nHi,Hello\nWho\n")
-    segments, _ = train.preview_example(1, values(dataset=str(tmp_path / "nulls.jsonl")))
+    segments, _ = train_data.preview_example(1, values(dataset=str(tmp_path / "nulls.jsonl")))
     assert segments[0][0] == "⚠️ row 2: 'question' is empty (null or a missing field); fill it in or drop the row."
-    segments, _ = train.preview_example(1, values(dataset=str(tmp_path / "ragged.csv")))
+    segments, _ = train_data.preview_example(1, values(dataset=str(tmp_path / "ragged.csv")))
     assert segments[0][0].startswith("⚠️ row 2: 'answer' is empty")
 
 

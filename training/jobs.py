@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import threads
+from core.data import EXTENSIONS
 from core.errors import LabError
 from core.paths import check_name, runs_dir, write_json
 from core.runs import RunFolder, all_runs, read_json
@@ -46,7 +47,7 @@ def default_run_name(cfg: TrainConfig) -> str:
     """objective-adapter-data-time, where data is the file's stem or the Hub id's name, subset
     and split ('owner/name:sub@test' -> 'name-sub-test')."""
     path = Path(cfg.dataset)
-    data = path.stem if path.suffix.lower() in (".csv", ".json", ".jsonl", ".parquet", ".txt", ".md") else path.name
+    data = path.stem if path.suffix.lower() in EXTENSIONS else path.name
     data = re.sub(r"[^A-Za-z0-9_-]+", "-", data).strip("-") or "data"
     return check_name(f"{cfg.objective}-{cfg.adapter}-{data}-{time.strftime('%Y%m%d-%H%M%S')}", "run name")
 
