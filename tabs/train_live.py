@@ -80,7 +80,7 @@ def api_status(run: str, request: gr.Request = None) -> dict:
     except LabError as exc:
         raise gr.Error(str(exc)) from None
     return hide_paths({"name": status.name, "state": status.state, "step": status.step,
-                       "max_steps": status.max_steps, "eta_s": status.eta_s, "log": status.log,
+                       "max_steps": status.max_steps, "eta_s": status.eta_s, "phase": status.phase, "log": status.log,
                        "manifest": status.manifest, "error": status.error}, request)
 
 

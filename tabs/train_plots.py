@@ -73,5 +73,7 @@ def progress_html(status) -> str:
     done = min(status.step, total) if total else 0
     eta = f" · ETA {duration_text(status.eta_s)}" if status.eta_s and status.state == "running" else ""
     label = f"step {done}/{total or '?'}{eta} · {html.escape(status.state)}"
+    if status.phase:
+        label += f" · {html.escape(status.phase)}"
     return (f'<div id="train-progress"><progress value="{done}" max="{total or 1}" style="width:100%"></progress>'
             f"<div>{label}</div></div>")

@@ -54,6 +54,9 @@ def smol(data_home):
     return load_model("smollm2-135m-instruct")
 
 
+TINY_RUN_PHASES: list[str] = []  # filled by tiny_run, polling the run as the Train tab does
+
+
 @pytest.fixture(scope="session")
 def tiny_run(data_home):
     """A real LoRA run of the `tiny` recipe, started through training.jobs and awaited."""
@@ -61,9 +64,21 @@ def tiny_run(data_home):
     from training.config import load_config
 
     run = jobs.start(load_config("tiny", output_name="tiny-fixture"))
-    status = jobs.wait("tiny-fixture", timeout=600)
+    phases, deadline = TINY_RUN_PHASES, time.time() + 600  # what the Train tab shows between steps
+    while jobs.live_pid(run) and time.time() < deadline:
+        phase = jobs.read_status(run).phase
+        if phase and phase not in phases:
+            phases.append(phase)
+        time.sleep(0.2)
+    status = jobs.wait("tiny-fixture", timeout=10)
     assert status.state == "completed", status.error
     return run.path
+
+
+@pytest.fixture(scope="session")
+def tiny_run_phases(tiny_run) -> list[str]:
+    """The phases the tiny run showed between its steps, as the Train tab's poll saw them."""
+    return TINY_RUN_PHASES
 
 
 def free_port() -> int:

@@ -17,14 +17,16 @@ def test_train_tiny_recipe_over_the_api(app_server):
     assert name == "api-run"
     with pytest.raises(Exception, match="still running"):
         client.predict("tiny", "output_name: api-second", api_name="/train_recipe")
-    seen_steps, deadline = set(), time.time() + 400
+    seen_steps, phases, deadline = set(), set(), time.time() + 400
     while time.time() < deadline:
         status = client.predict(name, api_name="/train_status")
         seen_steps.add(status["step"])
+        phases.add(status["phase"])
         if status["state"] != "running":
             break
-        time.sleep(1)
+        time.sleep(0.5)
     assert status["state"] == "completed", status["error"]
+    assert status["phase"] == "" and any(phase.startswith("evaluat") for phase in phases), phases
     assert status["step"] == status["max_steps"] == 3 and len(seen_steps) >= 2
     losses = [e["loss"] for e in status["log"] if e["loss"] is not None]
     assert len(losses) == 3

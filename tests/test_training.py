@@ -48,6 +48,26 @@ def test_tiny_lora_run_folder_and_identity_change(tiny_run):
     assert len(list((tiny_run / "checkpoints").glob("checkpoint-*"))) <= 2
 
 
+def test_tiny_run_says_what_it_does_between_steps(tiny_run, tiny_run_phases):
+    """Loading, the evaluations, saving and answering held-out rows each show in the Train tab
+    (polled while the job ran) and in the console log, in order; nothing is left once it ends."""
+    from tabs.train_plots import progress_html
+    from training import jobs
+
+    order = ["loading the model and preparing the data", "evaluating the base on held-out rows before training",
+             "evaluating the tuned model on held-out rows", "saving the adapter",
+             "evaluation: 7/7 held-out rows answered by base and tuned"]
+    console = (tiny_run / "stderr.log").read_text()
+    assert [console.index(phase) for phase in order] == sorted(console.index(phase) for phase in order), console
+    assert "evaluation: 7/7 held-out rows answered by base and tuned" in tiny_run_phases, tiny_run_phases
+    known = set(order) | {"writing the before/after report"}
+    assert all(phase in known or phase.startswith("evaluation: ") for phase in tiny_run_phases), tiny_run_phases
+    status = jobs.read_status(RunFolder(tiny_run))
+    assert status.phase == "" and not RunFolder(tiny_run).phase_file.exists()
+    status.state, status.phase = "running", "saving the adapter"  # as a poll during the save shows it
+    assert "running · saving the adapter" in progress_html(status)
+
+
 def test_tiny_run_scores_its_held_out_answers_and_evaluating_again_repeats_them(tiny_run):
     """Base and tuned answer the held-out rows; the tuned answers are nearer the references."""
     from core.hub import model_card

@@ -25,7 +25,7 @@ from core.errors import LabError
 from core.paths import check_name, runs_dir, write_json
 from core.runs import RunFolder, all_runs, read_json
 from training.config import TrainConfig, load_config
-from training.progress import read_log
+from training.progress import read_log, read_phase
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -195,6 +195,7 @@ class RunStatus:
     log: list = field(default_factory=list)
     manifest: dict = field(default_factory=dict)
     error: str = ""
+    phase: str = ""  # what a running job does outside its steps: loading, evaluating, saving
 
 
 def read_status(run: RunFolder) -> RunStatus:
@@ -217,7 +218,8 @@ def read_status(run: RunFolder) -> RunStatus:
     elif state == "failed" and not error:
         error = _tail(run.process_log)
     return RunStatus(run.name, state, last.get("step", 0), last.get("max_steps", 0), last.get("eta_s"),
-                     last.get("tokens_per_s"), log, run.manifest(), error)
+                     last.get("tokens_per_s"), log, run.manifest(), error,
+                     read_phase(run) if state == "running" else "")
 
 
 def _tail(path: Path, lines: int = 15) -> str:

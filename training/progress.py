@@ -8,7 +8,9 @@ entry; the Train tab reads the same file. Light to import: no torch, no job cont
 from __future__ import annotations
 
 import json
+import time
 
+from core.paths import write_json
 from core.runs import RunFolder
 
 
@@ -28,6 +30,23 @@ def read_log(run: RunFolder) -> list[dict]:
             if isinstance(entry, dict) and "step" in entry:
                 entries.append(entry)
     return entries
+
+
+def say_phase(run: RunFolder, text: str) -> None:
+    """Tell the console and the Train tab what the run does outside its training steps (the
+    evaluations before and after, saving, answering held-out rows); "" once the steps start."""
+    if not text:
+        run.phase_file.unlink(missing_ok=True)
+        return
+    print(text, flush=True)
+    write_json(run.phase_file, {"phase": text, "at": time.time()})
+
+
+def read_phase(run: RunFolder) -> str:
+    try:
+        return json.loads(run.phase_file.read_text()).get("phase", "")
+    except (OSError, ValueError):
+        return ""
 
 
 def trim_log(run: RunFolder, step: int) -> None:

@@ -37,7 +37,7 @@ from core.paths import write_json
 from core.runs import RunFolder
 from training.config import TrainConfig, config_from_dict, field_help, load_config
 from training.device import attention_for, compile_layers, keep_4bit_layers_differentiable, precision_flags
-from training.progress import trim_log
+from training.progress import say_phase, trim_log
 
 def load_base(cfg: TrainConfig):
     """The base model, 4-bit NF4 for QLoRA; the same loader for every adapter kind. A full
@@ -153,7 +153,6 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
     from training import evaluate
     from training.callbacks import JsonlLogger, StopOnRequest
     from training.prepare import build_examples, load_tokenizer, pin_dataset_revision, split_examples
-    from training.answer_eval import answer_scores
     from training.progress import batch_plan
 
     threads.apply(threads.for_training(cfg.threads))
@@ -161,6 +160,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
     run.path.mkdir(parents=True, exist_ok=True)
     cfg = pin_dataset_revision(cfg)
     run.config.write_text(cfg.to_yaml())
+    if os.environ.get("RANK", "0") == "0":  # the trainer, which knows the main process, is not built yet
+        say_phase(run, "loading the model and preparing the data")
     tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
     train_set, eval_set = split_examples(build_examples(cfg, tokenizer), cfg)
     callbacks = [JsonlLogger(run.log, resume), StopOnRequest(STOP_REQUESTED, run.stop_marker)]
@@ -173,8 +174,12 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
         print(plan["text"], flush=True)
     scores = evaluate.load_scores(run)
     if eval_set is not None and "before" not in scores:
+        if main:
+            say_phase(run, "evaluating the base on held-out rows before training")
         scores["before"] = evaluate.held_out(trainer, cfg)
         scores.update(evaluate.general_scores(trainer, cfg, tokenizer, "before"))
+    if main:
+        say_phase(run, "")
     if cfg.torch_compile:
         compile_layers(trainer.model)
     checkpoint = run.latest_complete_checkpoint() if resume else None
@@ -186,17 +191,30 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
             write_json(run.status_file, {"state": "stopped", "step": trainer.state.global_step})
         return run_dir
     if eval_set is not None:
+        if main:
+            say_phase(run, "evaluating the tuned model on held-out rows")
         scores["after"] = evaluate.held_out(trainer, cfg)
         scores.update(evaluate.general_scores(trainer, cfg, tokenizer, "after"))
     if main:
-        evaluate.save_scores(run, scores)
-        save_final(trainer, tokenizer, cfg, run)
-        report = evaluate.before_after_report(cfg, run, eval_set)
-        scores["answers"] = answer_scores(cfg, run, eval_set)
-        evaluate.save_scores(run, scores)
-        write_manifest(cfg, run, trainer, result, scores, report)
-        write_json(run.status_file, {"state": "completed", "step": trainer.state.global_step})
+        finish(cfg, run, trainer, tokenizer, eval_set, result, scores)
     return run_dir
+
+
+def finish(cfg: TrainConfig, run: RunFolder, trainer, tokenizer, eval_set, result, scores: dict) -> None:
+    """Save the adapter, score its answers, and write the manifest: the run is complete."""
+    from training import evaluate
+    from training.answer_eval import answer_scores
+
+    evaluate.save_scores(run, scores)
+    say_phase(run, "saving the adapter")
+    save_final(trainer, tokenizer, cfg, run)
+    say_phase(run, "writing the before/after report")
+    report = evaluate.before_after_report(cfg, run, eval_set)
+    scores["answers"] = answer_scores(cfg, run, eval_set, progress=lambda text: say_phase(run, text))
+    evaluate.save_scores(run, scores)
+    write_manifest(cfg, run, trainer, result, scores, report)
+    write_json(run.status_file, {"state": "completed", "step": trainer.state.global_step})
+    say_phase(run, "")
 
 
 def save_final(trainer, tokenizer, cfg: TrainConfig, run: RunFolder) -> None:
