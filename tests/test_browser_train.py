@@ -57,7 +57,7 @@ def test_train_reload_and_compare_in_browser(app_server, tiny_run):
         page.locator("#loss-plot .js-plotly-plot").wait_for(timeout=30_000)
         page.screenshot(path=str(ARTIFACTS / "train-reattached.png"), full_page=True)
 
-        page.get_by_text("Before/after").wait_for(timeout=400_000)
+        page.locator("#train-result").get_by_text("Before/after").wait_for(timeout=400_000)
         result = page.locator("#train-result").inner_text()
         assert "Who are you?" in result and "Tuned:" in result
         page.screenshot(path=str(ARTIFACTS / "train-result.png"), full_page=True)

@@ -40,6 +40,28 @@ def test_second_embedding_call_hits_the_cache():
     second = embeddings.embed(texts)
     assert embeddings.ENCODED["texts"] == before + 40, "the second call must not encode again"
     np.testing.assert_array_equal(first, second)
+    second += 1  # a caller's array is its own: the remembered copy is untouched
+    embeddings.RECENT.clear()  # as in a fresh process: the file on disk answers
+    np.testing.assert_array_equal(first, embeddings.embed(texts))
+    assert embeddings.ENCODED["texts"] == before + 40
+
+
+def test_visitor_embeddings_stay_in_memory_only(data_home):
+    """A public app's visitor: the corpus is encoded once for all of Embed, Cluster, Classify
+    and Topics, and nothing is written; the memory holds at most RECENT_BYTES."""
+    texts = [f"visitor sentence number {i}" for i in range(30)]
+    before, files = embeddings.ENCODED["texts"], set(data_home.rglob("*"))
+    first = embeddings.embed(texts, write_cache=False)
+    np.testing.assert_array_equal(first, embeddings.embed(texts, write_cache=False))
+    assert embeddings.ENCODED["texts"] == before + 30 and set(data_home.rglob("*")) == files
+    limit, embeddings.RECENT_BYTES = embeddings.RECENT_BYTES, first.nbytes + 1
+    try:
+        embeddings.embed(texts[:10], write_cache=False)  # evicts the older, larger corpus
+        assert sum(v.nbytes for v in embeddings.RECENT.values()) <= embeddings.RECENT_BYTES
+        embeddings.embed(texts, write_cache=False)
+        assert embeddings.ENCODED["texts"] == before + 30 + 10 + 30, "evicted, so encoded again"
+    finally:
+        embeddings.RECENT_BYTES = limit
 
 
 def test_kmeans_recovers_chatterbot_categories(chatterbot):

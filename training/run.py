@@ -208,7 +208,7 @@ def finish(cfg: TrainConfig, run: RunFolder, trainer, tokenizer, eval_set, resul
     evaluate.save_scores(run, scores)
     say_phase(run, "saving the adapter")
     save_final(trainer, tokenizer, cfg, run)
-    say_phase(run, "writing the before/after report")
+    say_phase(run, "answering the report's prompts with base and tuned")
     report = evaluate.before_after_report(cfg, run, eval_set)
     scores["answers"] = answer_scores(cfg, run, eval_set, progress=lambda text: say_phase(run, text))
     evaluate.save_scores(run, scores)
