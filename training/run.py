@@ -93,7 +93,7 @@ def common_args(cfg: TrainConfig, run: RunFolder) -> dict:
         save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         eval_strategy="steps" if cfg.eval_steps and cfg.eval_fraction else "no",
         eval_steps=cfg.eval_steps or None, seed=cfg.seed, report_to="none",
-        gradient_checkpointing=cfg.gradient_checkpointing, use_cpu=not torch.cuda.is_available(),
+        activation_checkpointing=cfg.gradient_checkpointing, use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0, disable_tqdm=True, save_only_model=False,
         **precision_flags(cfg.precision),
     )
