@@ -8,7 +8,6 @@ entry; the Train tab reads the same file. Light to import: no torch, no job cont
 from __future__ import annotations
 
 import json
-import time
 
 from core.paths import write_json
 from core.runs import RunFolder
@@ -39,7 +38,7 @@ def say_phase(run: RunFolder, text: str) -> None:
         run.phase_file.unlink(missing_ok=True)
         return
     print(text, flush=True)
-    write_json(run.phase_file, {"phase": text, "at": time.time()})
+    write_json(run.phase_file, {"phase": text})
 
 
 def read_phase(run: RunFolder) -> str:

@@ -158,10 +158,10 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
     threads.apply(threads.for_training(cfg.threads))
     run = RunFolder(run_dir)
     run.path.mkdir(parents=True, exist_ok=True)
-    cfg = pin_dataset_revision(cfg)
-    run.config.write_text(cfg.to_yaml())
     if os.environ.get("RANK", "0") == "0":  # the trainer, which knows the main process, is not built yet
         say_phase(run, "loading the model and preparing the data")
+    cfg = pin_dataset_revision(cfg)
+    run.config.write_text(cfg.to_yaml())
     tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
     train_set, eval_set = split_examples(build_examples(cfg, tokenizer), cfg)
     callbacks = [JsonlLogger(run.log, resume), StopOnRequest(STOP_REQUESTED, run.stop_marker)]
