@@ -89,8 +89,8 @@ def start(cfg: TrainConfig, thread_count: int | None = None, resume_run: RunFold
             raise LabError(f"A run named '{run.name}' already exists: pick another output_name.")
         run.path.mkdir(parents=True, exist_ok=True)
         run.config.write_text(cfg.to_yaml())
-        run.status_file.unlink(missing_ok=True)
-        run.stop_marker.unlink(missing_ok=True)
+        for stale in (run.status_file, run.stop_marker, run.phase_file):  # a resumed run's last words
+            stale.unlink(missing_ok=True)
         cmd = command_for(run, resume=resume_run is not None)
         with open(run.process_log, "ab") as err:
             per_process = max(1, (thread_count or threads.for_job()) // cfg.processes)
