@@ -122,7 +122,7 @@ def make_adapter(folder: Path) -> str:
     return str(folder)
 
 
-def decode_paths(tokens: int, repeats: int) -> dict:
+def decode_paths(tokens: int, repeats: int) -> tuple[dict, dict]:
     from core.models import resolve_model
 
     threads.apply(threads.for_chat(job_running=False))  # as the app does; torch's default is 1 here
@@ -140,18 +140,17 @@ def decode_paths(tokens: int, repeats: int) -> dict:
     # For scale: how far bf16 itself moves greedy answers from fp32.
     figures["bf16_vs_fp32_greedy"] = decode_speed.agreement(paths["eager-fp32"], paths["eager-bf16"])
     figures["decode_speedup"] = figures["int8"]["tok_s"] / figures["eager-bf16"]["tok_s"]
-    return figures
+    return figures, paths
 
 
-def compare_figures(adapter: str, tokens: int, repeats: int) -> dict:
-    """Compare on the app's own path, then on eager bf16 weights: whether a batch of two costs
-    about what one row costs depends on the matmul kernel."""
+def compare_figures(adapter: str, tokens: int, repeats: int, eager) -> dict:
+    """Compare on the app's own path, then on `eager` (the eager bf16 model decode_paths
+    loaded): whether a batch of two costs about what one row costs depends on the matmul kernel."""
     from core.chat import attach_tuned
-    from core.models import load_model, resolve_model
+    from core.models import load_model
 
     loaded = load_model("smollm2-135m-instruct")  # the app's own path on this machine
     times = decode_speed.compare_timing(loaded, attach_tuned(loaded, adapter), tokens, repeats)
-    eager = threads.in_own_thread(decode_speed.load_path, resolve_model("smollm2-135m-instruct"), "eager-bf16")
     eager_times = decode_speed.compare_timing(eager, attach_tuned(eager, adapter), tokens, repeats)
     return {"decode_path": loaded.decode, "compare_tokens": tokens, **times,
             "compare_over_single": times["compare_s"] / times["single_base_s"],
@@ -167,10 +166,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--compare-tokens", type=int, default=128)
     args = parser.parse_args()
-    figures = decode_paths(args.tokens, args.repeats)
+    figures, paths = decode_paths(args.tokens, args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
         adapter = threads.in_own_thread(make_adapter, Path(tmp) / "adapter")
-        figures.update(compare_figures(adapter, args.compare_tokens, max(3, args.repeats // 2)))
+        figures.update(compare_figures(adapter, args.compare_tokens, max(3, args.repeats // 2),
+                                       paths["eager-bf16"]))
         # Last: its raw generate on the main thread leaves that thread an OpenMP team, which
         # slows every other thread's decoding from then on (core.threads).
         figures.update(time_paths(args.tokens, args.repeats))

@@ -8,6 +8,7 @@ entry; the Train tab reads the same file. Light to import: no torch, no job cont
 from __future__ import annotations
 
 import json
+import os
 
 from core.paths import write_json
 from core.runs import RunFolder
@@ -33,7 +34,10 @@ def read_log(run: RunFolder) -> list[dict]:
 
 def say_phase(run: RunFolder, text: str) -> None:
     """Tell the console and the Train tab what the run does outside its training steps (the
-    evaluations before and after, saving, answering held-out rows); "" once the steps start."""
+    evaluations before and after, saving, answering held-out rows); "" once the steps start.
+    Only the main process of a multi-process job speaks."""
+    if os.environ.get("RANK", "0") != "0":
+        return
     if not text:
         run.phase_file.unlink(missing_ok=True)
         return

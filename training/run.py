@@ -158,8 +158,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
     threads.apply(threads.for_training(cfg.threads))
     run = RunFolder(run_dir)
     run.path.mkdir(parents=True, exist_ok=True)
-    if os.environ.get("RANK", "0") == "0":  # the trainer, which knows the main process, is not built yet
-        say_phase(run, "loading the model and preparing the data")
+    say_phase(run, "loading the model and preparing the data")
     cfg = pin_dataset_revision(cfg)
     run.config.write_text(cfg.to_yaml())
     tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
@@ -174,12 +173,10 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
         print(plan["text"], flush=True)
     scores = evaluate.load_scores(run)
     if eval_set is not None and "before" not in scores:
-        if main:
-            say_phase(run, "evaluating the base on held-out rows before training")
+        say_phase(run, "evaluating the base on held-out rows before training")
         scores["before"] = evaluate.held_out(trainer, cfg)
         scores.update(evaluate.general_scores(trainer, cfg, tokenizer, "before"))
-    if main:
-        say_phase(run, "")
+    say_phase(run, "")
     if cfg.torch_compile:
         compile_layers(trainer.model)
     checkpoint = run.latest_complete_checkpoint() if resume else None
@@ -191,8 +188,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
             write_json(run.status_file, {"state": "stopped", "step": trainer.state.global_step})
         return run_dir
     if eval_set is not None:
-        if main:
-            say_phase(run, "evaluating the tuned model on held-out rows")
+        say_phase(run, "evaluating the tuned model on held-out rows")
         scores["after"] = evaluate.held_out(trainer, cfg)
         scores.update(evaluate.general_scores(trainer, cfg, tokenizer, "after"))
     if main:
