@@ -1,0 +1,75 @@
+"""Complete a run after its last step: save the adapter, score its answers, write the manifest.
+
+    from training.finish import finish; finish(cfg, run, trainer, tokenizer, eval_set, result, scores)
+
+training.run calls it in the main process once the steps are done. The adapter is written to a
+temp folder and renamed into place, so a kill inside the save never leaves a half adapter that
+looks complete; the status file says "completed" only after the manifest is written.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+from core.models import resolve_precision
+from core.paths import write_json
+from core.runs import RunFolder
+from training.config import TrainConfig
+from training.progress import say_phase
+
+
+def finish(cfg: TrainConfig, run: RunFolder, trainer, tokenizer, eval_set, result, scores: dict) -> None:
+    """Save the adapter, score its answers, and write the manifest: the run is complete."""
+    from training import evaluate
+    from training.answer_eval import answer_scores
+
+    evaluate.save_scores(run, scores)
+    say_phase(run, "saving the adapter")
+    save_final(trainer, tokenizer, cfg, run)
+    say_phase(run, "answering the report's prompts with base and tuned")
+    report = evaluate.before_after_report(cfg, run, eval_set)
+    scores["answers"] = answer_scores(cfg, run, eval_set, progress=lambda text: say_phase(run, text))
+    evaluate.save_scores(run, scores)
+    write_manifest(cfg, run, trainer, result, scores, report)
+    write_json(run.status_file, {"state": "completed", "step": trainer.state.global_step})
+    say_phase(run, "")
+
+
+def save_final(trainer, tokenizer, cfg: TrainConfig, run: RunFolder) -> None:
+    """Write adapter/ (or the full model) to a temp folder and rename it into place."""
+    from core.models import find_spec
+
+    tmp, final = run.adapter_partial, run.adapter
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    config_path = tmp / "adapter_config.json"
+    if config_path.is_file():  # record the base by its portable name, not a local cache path
+        spec = find_spec(cfg.model)
+        adapter_config = json.loads(config_path.read_text())
+        adapter_config["base_model_name_or_path"] = spec.hub_id if spec else cfg.model
+        config_path.write_text(json.dumps(adapter_config, indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
+def write_manifest(cfg, run: RunFolder, trainer, result, scores, report) -> None:
+    from core.models import find_spec, weights_origin
+    from training import evaluate
+
+    spec = find_spec(cfg.model)
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    write_json(run.manifest_file, {
+        "name": run.name, "base_model": spec.hub_id if spec else cfg.model,
+        "base_weights": weights_origin(cfg.model),
+        "model": cfg.model, "objective": cfg.objective, "adapter": cfg.adapter, "start_from": cfg.start_from or None,
+        "method": f"{cfg.objective.upper()} + {cfg.adapter.upper()}", "dataset": cfg.dataset,
+        "dataset_revision": cfg.dataset_revision or None,
+        "steps": trainer.state.global_step, "world_size": trainer.args.world_size,
+        "precision": resolve_precision(cfg.precision),
+        "train_runtime_s": round(result.metrics["train_runtime"], 1),
+        "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
+        **evaluate.manifest_scores(scores),
+        "report": run.report_md.name if report else None, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    })
