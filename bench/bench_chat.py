@@ -9,7 +9,8 @@ the streaming path's overhead, compare-mode memory, time to first token.
     limit (bandwidth / bytes read per token); greedy agreement of int8 with eager bf16 on ten
     prompts (first 32 tokens); `decode_speedup` is int8 over eager bf16;
 (e) wall time of Compare (both panes from one batch, --compare-tokens each) against a single
-    pane: `compare_over_single` is over the base pane alone, with the app's default path; the
+    pane: `compare_over_single` is over the base pane alone, with the app's default path
+    (`two_base_rows_over_one`: a batch of two rows without any adapter over one row, its floor); the
     same figures on eager bf16 weights (`eager_bf16`), and the app's Compare over an eager
     single pane (`compare_over_eager_single`);
 (a) wall time of core.chat.stream_reply vs model.generate, same prompt, same greedy tokens;
@@ -150,10 +151,12 @@ def compare_figures(adapter: str, tokens: int, repeats: int, eager) -> dict:
     from core.models import load_model
 
     loaded = load_model("smollm2-135m-instruct")  # the app's own path on this machine
+    floor = decode_speed.two_rows_over_one(loaded, tokens, repeats)  # before the adapter attaches
     times = decode_speed.compare_timing(loaded, attach_tuned(loaded, adapter), tokens, repeats)
     eager_times = decode_speed.compare_timing(eager, attach_tuned(eager, adapter), tokens, repeats)
     return {"decode_path": loaded.decode, "compare_tokens": tokens, **times,
             "compare_over_single": times["compare_s"] / times["single_base_s"],
+            "two_base_rows_over_one": floor,
             "compare_over_single_tuned": times["compare_s"] / times["single_tuned_s"],
             "compare_over_one_after_other": times["compare_s"] / (times["single_base_s"] + times["single_tuned_s"]),
             "eager_bf16": {**eager_times, "compare_over_single": eager_times["compare_s"] / eager_times["single_base_s"]},

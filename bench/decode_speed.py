@@ -77,11 +77,14 @@ def decode_rates(paths: dict, tokens: int, repeats: int) -> dict:
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
-def greedy_tokens(loaded, prompt: str, tokens: int) -> list[int]:
+def greedy_generate(loaded, prompt: str, tokens: int, rows: int = 1) -> torch.Tensor:
+    """`rows` copies of the prompt's greedy continuation (`tokens` new tokens), on the thread
+    where the app generates."""
     from core.chat import GenerationSettings, build_inputs
 
     settings = GenerationSettings(max_new_tokens=tokens, min_new_tokens=tokens)
     ids, _ = build_inputs(loaded, [{"role": "user", "content": prompt}], settings)
+    ids = ids.repeat(rows, 1)
 
     def generate():
         with torch.inference_mode():
@@ -90,8 +93,24 @@ def greedy_tokens(loaded, prompt: str, tokens: int) -> list[int]:
                                          repetition_penalty=settings.repetition_penalty,
                                          pad_token_id=loaded.tokenizer.pad_token_id)
 
-    out = threads.decode_thread().submit(generate).result()  # where the app generates
-    return out[0, ids.shape[1]:].tolist()
+    return threads.decode_thread().submit(generate).result()[:, ids.shape[1]:]
+
+
+def greedy_tokens(loaded, prompt: str, tokens: int) -> list[int]:
+    return greedy_generate(loaded, prompt, tokens)[0].tolist()
+
+
+def two_rows_over_one(loaded, tokens: int, repeats: int) -> float:
+    """Median time of a batch of two base rows over one row: what Compare's second row costs the
+    kernels before any adapter work, so the floor under `compare_over_single`."""
+    prompt, times = PROMPTS[1], {1: [], 2: []}
+    greedy_generate(loaded, prompt, tokens, 2)  # warm-up
+    for _ in range(repeats):
+        for rows in times:  # interleaved, so the host's noise hits both alike
+            start = time.perf_counter()
+            greedy_generate(loaded, prompt, tokens, rows)
+            times[rows].append(time.perf_counter() - start)
+    return statistics.median(times[2]) / statistics.median(times[1])
 
 
 def agreement(reference, candidate, tokens: int = 32) -> dict:
