@@ -35,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench import decode_speed  # noqa: E402
+from bench import decode_speed, machine  # noqa: E402
 from core import threads  # noqa: E402
 PROMPT = [{"role": "user", "content": "Write a short paragraph about the history of Paris."}]
 
@@ -132,7 +132,7 @@ def decode_paths(tokens: int, repeats: int) -> tuple[dict, dict]:
     paths = {path: threads.in_own_thread(decode_speed.load_path, source, path)  # as the app loads
              for path in ("eager-fp32", "eager-bf16", "int8")}
     rates = decode_speed.decode_rates(paths, tokens, repeats)
-    figures = {"read_bandwidth_gbs": bandwidth}
+    figures = {**machine.describe(), "read_bandwidth_gbs": bandwidth}
     for path, loaded in paths.items():
         limit = bandwidth * 1e9 / decode_speed.bytes_per_token(loaded.model)
         figures[path] = {"tok_s": rates[path], "bandwidth_limit_tok_s": limit, "share_of_limit": rates[path] / limit}

@@ -28,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench import machine  # noqa: E402
 from core.models import resolve_precision, torch_dtype  # noqa: E402
 PARAMS = 134.5e6
 
@@ -156,13 +157,6 @@ def summarize(side: dict, peak_gflops: float) -> dict:
             **{k: v for k, v in side.items() if k.startswith("after_first_step")}}
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec, so a child of this (by then
 # multi-GB) process would report the parent's peak.
 RSS_CHILD = """
@@ -207,7 +201,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict:
         compiled = run_engine(bench_config(rows, args.steps, torch_compile=True), tmp / "engine_compiled")
         sides.append(("engine_compiled", compiled, precision))
     peaks = {dtype: round(matmul_peak_gflops(dtype), 1) for dtype in {"fp32", precision}}
-    result = {"steps": args.steps, "cpu": cpu_name(), "engine_precision": precision,
+    result = {"steps": args.steps, **machine.describe(), "engine_precision": precision,
               "baseline_precision": precision, "matmul_peak_gflops": peaks}
     for name, side, dtype in sides:
         result[name] = summarize(side, peaks[dtype])
