@@ -83,8 +83,9 @@ def _add_later_delta(base_layer, later: dict, index: int, x, *args, **kwargs):
     return base_layer(x) + later["deltas"][index]
 
 
-def timed_pair(model, ids, tokens: int, repeats: int) -> dict:
-    """Eager and compiled ms per token (and the first compiled reply's seconds) for `ids`."""
+def timed_pair(model, ids, tokens: int, repeats: int) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """Eager and compiled ms per token for `ids` (and the first compiled reply's seconds, which
+    include compiling and autotuning), with the last eager and compiled greedy tokens."""
     from transformers import StaticCache
 
     cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + tokens + 1)
@@ -92,14 +93,18 @@ def timed_pair(model, ids, tokens: int, repeats: int) -> dict:
     compiled = torch.compile(model.forward, mode="max-autotune", dynamic=False)
     start = time.perf_counter()
     greedy_loop(model, ids, cache, tokens, compiled)
-    first = time.perf_counter() - start
+    first = time.perf_counter() - start  # inductor's cache makes reruns quicker
     eager_ms, compiled_ms = [], []
-    for _ in range(repeats):
-        eager_ms.append(greedy_loop(model, ids, cache, tokens, model.forward)[0])
-        compiled_ms.append(greedy_loop(model, ids, cache, tokens, compiled)[0])
+    for _ in range(repeats):  # interleaved, so the host's noise hits both alike
+        ms, eager_tokens = greedy_loop(model, ids, cache, tokens, model.forward)
+        eager_ms.append(ms)
+        ms, compiled_tokens = greedy_loop(model, ids, cache, tokens, compiled)
+        compiled_ms.append(ms)
     torch._dynamo.reset()
-    return {"first_compiled_decode_s": round(first, 1), "eager_ms_per_token": round(statistics.median(eager_ms), 2),
-            "compiled_ms_per_token": round(statistics.median(compiled_ms), 2)}
+    eager, fast = statistics.median(eager_ms), statistics.median(compiled_ms)
+    figures = {"first_compiled_decode_s": round(first, 1), "eager_ms_per_token": round(eager, 2),
+               "compiled_ms_per_token": round(fast, 2), "compiled_speedup": round(eager / fast, 2)}
+    return figures, eager_tokens, compiled_tokens
 
 
 def compare_probe(loaded, ids, tokens: int, repeats: int) -> dict:
@@ -112,9 +117,9 @@ def compare_probe(loaded, ids, tokens: int, repeats: int) -> dict:
         tuned = attach_tuned(loaded, threads.in_own_thread(make_adapter, Path(tmp) / "adapter"))
     model = loaded.model.get_base_model()
     with loaded.model.disable_adapter():
-        base = timed_pair(model, ids, tokens, repeats)
+        base = timed_pair(model, ids, tokens, repeats)[0]
     grouped_lora_rows(model, tuned.adapter_name, torch.tensor([0.0, 1.0]).view(2, 1, 1))
-    compare = timed_pair(model, ids.repeat(2, 1), tokens, repeats)
+    compare = timed_pair(model, ids.repeat(2, 1), tokens, repeats)[0]
     return {"base_pane": base, "compare": compare,
             "compare_over_base_eager": round(compare["eager_ms_per_token"] / base["eager_ms_per_token"], 3),
             "compare_over_base_compiled": round(compare["compiled_ms_per_token"] / base["compiled_ms_per_token"], 3)}
@@ -128,7 +133,6 @@ def main() -> None:
     parser.add_argument("--compare", action="store_true", help="base pane against Compare's batch, with a LoRA")
     args = parser.parse_args()
     import torch._inductor.config as inductor_config
-    from transformers import StaticCache
 
     from core.models import load_model
 
@@ -142,29 +146,11 @@ def main() -> None:
         print(json.dumps({"decode_path": loaded.decode, "tokens": args.tokens,
                           **compare_probe(loaded, ids, args.tokens, args.repeats)}))
         return
-    ids = ids.repeat(args.rows, 1)
-    cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + args.tokens + 1)
-    greedy_loop(model, ids, cache, args.tokens, model.forward)  # warm-up
-    compiled = torch.compile(model.forward, mode="max-autotune", dynamic=False)
-    start = time.perf_counter()
-    greedy_loop(model, ids, cache, args.tokens, compiled)
-    first = time.perf_counter() - start  # compile and autotune; inductor's cache makes reruns quicker
-    eager_ms, compiled_ms = [], []
-    for _ in range(args.repeats):  # interleaved, so the host's noise hits both alike
-        ms, eager_tokens = greedy_loop(model, ids, cache, args.tokens, model.forward)
-        eager_ms.append(ms)
-        ms, compiled_tokens = greedy_loop(model, ids, cache, args.tokens, compiled)
-        compiled_ms.append(ms)
+    figures, eager_tokens, compiled_tokens = timed_pair(model, ids.repeat(args.rows, 1), args.tokens, args.repeats)
     same = (eager_tokens == compiled_tokens).all(0).int()
-    figures = {"decode_path": loaded.decode, "rows": args.rows, "tokens": args.tokens,
-               "first_compiled_decode_s": round(first, 1),
-               "eager_ms_per_token": round(statistics.median(eager_ms), 2),
-               "compiled_ms_per_token": round(statistics.median(compiled_ms), 2),
-               "compiled_speedup": round(statistics.median(eager_ms) / statistics.median(compiled_ms), 2),
-               "greedy_common_prefix": int(same.cumprod(0).sum()),
-               "compiled_text": tokenizer.decode(compiled_tokens[0], skip_special_tokens=True)}
-    print(json.dumps(figures))
-
+    print(json.dumps({"decode_path": loaded.decode, "rows": args.rows, "tokens": args.tokens, **figures,
+                      "greedy_common_prefix": int(same.cumprod(0).sum()),
+                      "compiled_text": tokenizer.decode(compiled_tokens[0], skip_special_tokens=True)}))
 
 if __name__ == "__main__":
     main()

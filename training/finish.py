@@ -12,7 +12,7 @@ import json
 import shutil
 import time
 
-from core.models import resolve_precision
+from core.models import find_spec, resolve_precision, weights_origin
 from core.paths import write_json
 from core.runs import RunFolder
 from training.config import TrainConfig
@@ -38,8 +38,6 @@ def finish(cfg: TrainConfig, run: RunFolder, trainer, tokenizer, eval_set, resul
 
 def save_final(trainer, tokenizer, cfg: TrainConfig, run: RunFolder) -> None:
     """Write adapter/ (or the full model) to a temp folder and rename it into place."""
-    from core.models import find_spec
-
     tmp, final = run.adapter_partial, run.adapter
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.save_model(str(tmp))
@@ -55,7 +53,6 @@ def save_final(trainer, tokenizer, cfg: TrainConfig, run: RunFolder) -> None:
 
 
 def write_manifest(cfg, run: RunFolder, trainer, result, scores, report) -> None:
-    from core.models import find_spec, weights_origin
     from training import evaluate
 
     spec = find_spec(cfg.model)
