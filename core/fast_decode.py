@@ -10,9 +10,10 @@ per output row. Measured on a 2-core EPYC (AVX512-BF16), SmolLM2-135M: 24.0 -> 4
 
 LoRA adapters still attach on top: `Int8Linear` is an `nn.Linear` to peft, which wraps it like
 any other Linear and calls it as the base layer. In chat, `adapter_rows` applies the adapters
-to their rows of a batch (each row its adapter or none) in 3 kernels per layer instead of
-peft's 9; `None` (then peft's `adapter_names` does it) where an adapter is not plain LoRA on
-Linear layers. On a GPU,
+to their rows of a batch (each row its adapter or none) with fewer kernels than peft's 9 per
+layer: on int8 weights, one adapter's A rides in the base layer's own product and its B is int8
+too (2 kernels); otherwise 3 in fp32. It is `None` (then peft's `adapter_names` does it) where
+an adapter is not plain LoRA on Linear layers. On a GPU,
 auto keeps the eager weights: there the bf16 kernels are already fast. So does a CPU without
 native bf16, where the weights are fp32 and the int8 kernel is slow with fp32 activations.
 """
@@ -31,17 +32,66 @@ from core.errors import LabError
 CHOICES = ("auto", "int8", "eager")
 
 
+# torch's int8 kernel reads its inputs 16 values at a time: with other widths it crashes the
+# process (measured, torch 2.13 CPU: 8 and 24 input features segfault, 16, 32 and 48 work).
+KERNEL_WIDTH = 16
+int8_mm = torch.ops.aten._weight_int8pack_mm if hasattr(torch.ops.aten, "_weight_int8pack_mm") else None
+
+
+def quantized_rows(weight: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 weight, one scale per row in `dtype`): symmetric, each row's largest value maps to 127."""
+    weight = weight.detach().float()
+    scales = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
+    return torch.round(weight / scales[:, None]).to(torch.int8), scales.to(dtype)
+
+
+def padded(weight: torch.Tensor, dim: int) -> torch.Tensor:
+    """`weight` with zeros added along `dim` up to a multiple of the kernel's width."""
+    missing = -weight.shape[dim] % KERNEL_WIDTH
+    return weight if not missing else torch.cat([weight, weight.new_zeros(
+        [missing if i == dim else size for i, size in enumerate(weight.shape)])], dim)
+
+
+def int8_product(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.dtype != scales.dtype:
+        rows = rows.to(scales.dtype)
+    if rows.storage_offset() % KERNEL_WIDTH or not rows.is_contiguous():  # the kernel would crash
+        rows = rows.clone(memory_format=torch.contiguous_format)
+    return int8_mm(rows, qweight, scales).view(*x.shape[:-1], qweight.shape[0])
+
+
 class Int8Linear(torch.nn.Linear):
-    """A frozen Linear whose weight is int8 with a per-row scale, multiplied by torch's kernel."""
+    """A frozen Linear whose weight is int8 with a per-row scale, multiplied by torch's kernel.
+
+    It can hold extra rows under its weight (`append_rows`: a LoRA adapter's A), so that one
+    product computes the layer and the adapter's first step; `qweight` stays a view of the rows
+    that are the layer's own, so the layer alone reads and computes exactly what it did."""
 
     def __init__(self, linear: torch.nn.Linear):
         torch.nn.Module.__init__(self)  # not Linear.__init__: it would allocate a float weight
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        weight = linear.weight.detach().float()
-        scales = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
-        self.register_buffer("qweight", torch.round(weight / scales[:, None]).to(torch.int8))
-        self.register_buffer("scales", scales.to(linear.weight.dtype))
+        qweight, scales = quantized_rows(linear.weight, linear.weight.dtype)
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scales", scales)
         self.bias = linear.bias
+        self.appended = None  # (key, int8 rows with the layer's on top, their scales)
+
+    def append_rows(self, rows: torch.Tensor) -> None:
+        """Keep `rows` (float, in_features wide) under the weight, unless they already are."""
+        if self.appended is not None and self.appended[0] is rows and self.appended[1] == rows._version:
+            return
+        extra, extra_scales = quantized_rows(padded(rows, 0), self.scales.dtype)
+        packed, packed_scales = torch.cat([self.qweight, extra]), torch.cat([self.scales, extra_scales])
+        self.qweight, self.scales = packed[:self.out_features], packed_scales[:self.out_features]
+        self.appended = (rows, rows._version, packed, packed_scales)
+
+    def forward_appended(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the layer's output, x times the appended rows) from one product."""
+        *_, packed, packed_scales = self.appended
+        both = int8_product(x, packed, packed_scales)
+        own, extra = both.split([self.out_features, packed.shape[0] - self.out_features], dim=-1)
+        return (own if self.bias is None else own + self.bias), extra
 
     @property
     def weight(self) -> torch.Tensor:
@@ -49,11 +99,8 @@ class Int8Linear(torch.nn.Linear):
         return self.qweight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features).to(self.scales.dtype)
-        out = torch.ops.aten._weight_int8pack_mm(rows, self.qweight, self.scales)
-        if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(*x.shape[:-1], self.out_features)
+        out = int8_product(x, self.qweight, self.scales)
+        return out if self.bias is None else out + self.bias
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
@@ -69,17 +116,19 @@ def decode_path(device: str, dtype: torch.dtype) -> str:
         raise LabError(f"FINETUNE_LAB_DECODE={choice!r}: use one of {', '.join(CHOICES)}.")
     if choice == "auto":
         fits = device == "cpu" and dtype == torch.bfloat16
-        return "int8" if fits and hasattr(torch.ops.aten, "_weight_int8pack_mm") else "eager"
+        return "int8" if fits and int8_mm is not None else "eager"
     return choice
 
 
 def quantize_linears(model: torch.nn.Module) -> int:
     """Swap every plain float Linear in `model` (the LM head included) for an Int8Linear; return
-    how many. Embeddings and norms stay as they are: they are a small share of each step's reads."""
+    how many. Embeddings and norms stay as they are: they are a small share of each step's reads,
+    and so does a Linear whose input width the kernel cannot take."""
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is torch.nn.Linear and child.weight.dtype.is_floating_point:
+            if (type(child) is torch.nn.Linear and child.weight.dtype.is_floating_point
+                    and child.in_features % KERNEL_WIDTH == 0):
                 setattr(parent, name, Int8Linear(child))
                 swapped += 1
     return swapped
@@ -89,12 +138,16 @@ def adapter_rows(model: torch.nn.Module, adapter_names: list[str]):
     """A context in which batch row i gets adapter_names[i] ("__base__": none), or None when an
     adapter is not plain LoRA on Linear layers (DoRA, dropout, merged: peft's path handles those).
 
-    Per layer it adds x A (s B) to its rows in one in-place step: 3 kernels, where peft's
-    mixed-batch forward spends 9 and some Python. The scaled B is computed once per reply. The
-    output is rounded once to the activations' dtype, where peft rounds it and then the sum, so
-    logits agree with peft's to bf16 rounding (tested), and a solo reply and its Compare pane,
-    which both take this path, agree exactly. Measured per all-linear LoRA layer of SmolLM2,
-    batch of two, 2 CPU cores: peft 147 us, this 44 us, the int8 base layer alone 23 us."""
+    Per layer it adds x A (s B) to its rows in one in-place step, where peft's mixed-batch
+    forward spends 9 kernels and some Python. The scaled B is computed once per reply. On an
+    Int8Linear with one adapter in the batch, A (int8) is packed under the base weight once per
+    adapter, so the base product also yields x A, and s B (int8) is one more small product:
+    2 kernels. Otherwise A and s B stay fp32 (3 kernels). Either way the logits agree with
+    peft's to bf16 rounding (tested on the trained adapter), the rows without an adapter are
+    exactly the base's, and a solo reply and its Compare pane, which both take this path, agree
+    exactly. Measured per all-linear LoRA layer of SmolLM2, batch of two, 2 CPU cores: peft
+    147 us, fp32 path 44 us, the int8 base layer alone 23 us; end to end, the int8 path cut
+    Compare's time per token by 8-14% against the fp32 path (BENCHMARKS.md)."""
     from peft.tuners.lora import Linear as LoraLinear
     from peft.tuners.lora import LoraLayer
 
@@ -121,8 +174,7 @@ def _plain_lora(layer, wanted: set, linear_type) -> bool:
 def _rows_forward_installed(layers, spans):
     with torch.no_grad():
         for layer in layers:
-            layer.forward = partial(_rows_forward, layer, [_scaled(layer, name, rows) for name, rows in spans
-                                                           if name in layer.lora_A])
+            layer.forward = _lean_forward(layer, [(name, rows) for name, rows in spans if name in layer.lora_A])
     try:
         yield
     finally:
@@ -130,11 +182,34 @@ def _rows_forward_installed(layers, spans):
             del layer.forward  # back to peft's own forward
 
 
+def _lean_forward(layer, spans: list[tuple[str, slice]]):
+    if len(spans) == 1 and isinstance(layer.base_layer, Int8Linear):
+        return partial(_int8_rows_forward, layer, _appended(layer, *spans[0]))
+    return partial(_rows_forward, layer, [_scaled(layer, name, rows) for name, rows in spans])
+
+
 def _scaled(layer, name: str, rows: slice) -> tuple:
     """(rows, A, s B, s bias): peft's (x A B + bias) s with the scale folded into B."""
     scale, lora_b = layer.scaling[name], layer.lora_B[name]
     bias = None if lora_b.bias is None else lora_b.bias * scale
     return rows, layer.lora_A[name].weight, lora_b.weight * scale, bias
+
+
+def _appended(layer, name: str, rows: slice) -> tuple:
+    """(rows, int8 s B, its scales, s bias), with A kept under the int8 base layer's weight
+    (rebuilt only when another adapter, or other weights, were there)."""
+    _, lora_a, scaled_b, bias = _scaled(layer, name, rows)
+    layer.base_layer.append_rows(lora_a)
+    return ((rows.start, rows.stop - rows.start), *quantized_rows(padded(scaled_b, 1), layer.base_layer.scales.dtype),
+            bias)
+
+
+def _int8_rows_forward(layer, span: tuple, x: torch.Tensor) -> torch.Tensor:
+    (start, count), qweight_b, scales_b, bias = span
+    result, low_rank = layer.base_layer.forward_appended(x)
+    update = int8_product(low_rank.narrow(0, start, count), qweight_b, scales_b)
+    result.narrow(0, start, count).add_(update if bias is None else update + bias)
+    return result
 
 
 def _rows_forward(layer, spans, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:

@@ -169,3 +169,69 @@ def test_adapter_rows_leave_dora_to_peft(tiny_model_dir):
     assert adapter_rows(model, ["__base__", "default"]) is None
     plain = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=4, target_modules="all-linear"))
     assert adapter_rows(plain, ["__base__", "default"]) is not None and adapter_rows(plain, ["__base__"]) is None
+
+
+def test_int8_linear_computes_appended_rows_in_the_same_product():
+    """A LoRA A kept under the int8 weight: the layer's own output stays bit for bit what it was,
+    the extra columns are x A (padded to the kernel's width), and only new or changed rows rebuild."""
+    torch.manual_seed(0)
+    layer = Int8Linear(torch.nn.Linear(64, 48, bias=False).to(torch.bfloat16))
+    x = torch.randn(2, 3, 64, dtype=torch.bfloat16)
+    alone = layer(x)
+    lora_a = torch.randn(5, 64) * 0.1
+    layer.append_rows(lora_a)
+    own, extra = layer.forward_appended(x)
+    assert torch.equal(own, alone) and torch.equal(layer(x), alone) and extra.shape == (2, 3, 16)
+    want = x.float() @ lora_a.T
+    assert (extra[..., :5].float() - want).norm() / want.norm() < 0.02 and not extra[..., 5:].any()
+    packed = layer.appended[2]
+    layer.append_rows(lora_a)
+    assert layer.appended[2] is packed, "the same rows must not be packed again"
+    with torch.no_grad():
+        lora_a.mul_(2)  # an adapter whose weights changed in place
+    layer.append_rows(lora_a)
+    assert layer.appended[2] is not packed and torch.equal(layer(x), alone)
+
+
+def test_int8_kernel_is_only_given_inputs_it_can_take():
+    """torch's kernel crashes the process on bf16 inputs whose width or start is not a multiple of
+    16 values: such Linear layers stay float, and a misaligned view is copied first."""
+    from core.fast_decode import int8_product
+
+    model = torch.nn.Sequential(torch.nn.Linear(24, 32), torch.nn.Linear(32, 24)).to(torch.bfloat16)
+    assert quantize_linears(model) == 1
+    assert type(model[0]) is torch.nn.Linear and isinstance(model[1], Int8Linear)
+    layer = model[1]
+    storage = torch.randn(4 * 40 + 8, dtype=torch.bfloat16)
+    misaligned = storage[8:].view(4, 40)[:, :32]  # starts 8 values in, rows 40 apart
+    assert torch.equal(int8_product(misaligned, layer.qweight, layer.scales),
+                       int8_product(misaligned.clone(), layer.qweight, layer.scales))
+
+
+def test_adapter_rows_switch_adapters_on_int8_weights(tiny_model_dir):
+    """Two adapters on one int8 model: each reply packs its adapter's A under the weights, and going
+    back to the first adapter gives its logits again, close to peft's own."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from core.fast_decode import adapter_rows
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval()
+    assert quantize_linears(base) == 2 * 7 + 1
+    model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False), "one")
+    model.add_adapter("two", LoraConfig(r=20, target_modules="all-linear", init_lora_weights=False))
+    model.eval()
+    ids = torch.tensor([[1, 9690, 198, 2683, 359], [1, 9690, 198, 2683, 359]])
+
+    def logits(name):
+        with torch.inference_mode(), adapter_rows(model, ["__base__", name]):
+            return model(input_ids=ids).logits
+
+    first, other, again = logits("one"), logits("two"), logits("one")
+    assert torch.equal(first, again) and not torch.equal(first[1], other[1])
+    assert torch.equal(first[0], other[0]), "the base row must not see any adapter"
+    with torch.inference_mode():
+        by_peft = model(input_ids=ids, adapter_names=["__base__", "one"]).logits
+    gap = (first[1].float() - by_peft[1].float()).abs().max() / by_peft[1].float().abs().max()
+    assert gap < 0.03, gap
