@@ -32,8 +32,9 @@ from core.errors import LabError
 CHOICES = ("auto", "int8", "eager")
 
 
-# torch's int8 kernel reads its inputs 16 values at a time: with other widths it crashes the
-# process (measured, torch 2.13 CPU: 8 and 24 input features segfault, 16, 32 and 48 work).
+# torch's int8 kernel reads bf16 inputs 16 values at a time and crashes the process when a row's
+# width or start is not a multiple of 16 (measured, torch 2.13 CPU: widths 8 and 24 and a start
+# 8 values in segfault; 16, 32 and 48 work).
 KERNEL_WIDTH = 16
 int8_mm = torch.ops.aten._weight_int8pack_mm if hasattr(torch.ops.aten, "_weight_int8pack_mm") else None
 
@@ -75,7 +76,7 @@ class Int8Linear(torch.nn.Linear):
         self.register_buffer("qweight", qweight)
         self.register_buffer("scales", scales)
         self.bias = linear.bias
-        self.appended = None  # (key, int8 rows with the layer's on top, their scales)
+        self.appended = None  # (source rows, their version, the int8 weight with them under it, scales)
 
     def append_rows(self, rows: torch.Tensor) -> None:
         """Keep `rows` (float, in_features wide) under the weight, unless they already are."""
