@@ -24,7 +24,6 @@ The last line printed is a JSON object with the figures (medians over the repeat
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import subprocess
@@ -44,7 +43,7 @@ PROMPT = [{"role": "user", "content": "Write a short paragraph about the history
 def time_paths(tokens: int, repeats: int) -> dict:
     import torch
 
-    from core.chat import GenerationSettings, build_inputs, stream_reply
+    from core.chat import GenerationSettings, base_only, build_inputs, stream_reply
     from core import threads
     from core.models import load_model
 
@@ -53,11 +52,8 @@ def time_paths(tokens: int, repeats: int) -> dict:
     settings = GenerationSettings(max_new_tokens=tokens)
     ids, _ = build_inputs(loaded, PROMPT, settings)
 
-    # compare_figures attached an adapter to this same cached model: raw generate must not run it
-    base_only = getattr(loaded.model, "disable_adapter", contextlib.nullcontext)
-
-    def generate():
-        with torch.inference_mode(), base_only():
+    def generate():  # compare_figures attached an adapter to this same cached model: keep it off
+        with torch.inference_mode(), base_only(loaded, None):
             return loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                                          max_new_tokens=tokens, do_sample=False,
                                          repetition_penalty=settings.repetition_penalty,

@@ -152,5 +152,6 @@ def main() -> None:
                       "greedy_common_prefix": int(same.cumprod(0).sum()),
                       "compiled_text": tokenizer.decode(compiled_tokens[0], skip_special_tokens=True)}))
 
+
 if __name__ == "__main__":
     main()

@@ -15,7 +15,6 @@ import statistics
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -24,14 +23,10 @@ from bench.bench_chat import make_adapter  # noqa: E402
 from core import fast_decode, threads  # noqa: E402
 
 
-def fp32_lora(layer, spans):
-    """The fp32 rows path for every layer: what `_lean_forward` picked before the int8 one."""
-    return partial(fast_decode._rows_forward, layer, [fast_decode._scaled(layer, name, rows) for name, rows in spans])
-
-
 def with_fp32_lora(run):
+    """`run` with the fp32 path for every LoRA layer: what `_lean_forward` picked before the int8 one."""
     def wrapped():
-        chosen, fast_decode._lean_forward = fast_decode._lean_forward, fp32_lora
+        chosen, fast_decode._lean_forward = fast_decode._lean_forward, fast_decode.fp32_lora_forward
         try:
             return run()
         finally:

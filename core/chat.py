@@ -121,7 +121,7 @@ def stream_reply(loaded: LoadedModel, messages: list[dict], settings: Generation
     streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
     stop = threading.Event()
     kwargs = generate_kwargs(loaded, input_ids, settings, streamer, stop)
-    context = _base_only(loaded, adapter_name)
+    context = base_only(loaded, adapter_name)
     if adapter_name is not None:
         # The mixed-adapter arithmetic of a Compare batch (core.compare): the same path rounds
         # the same way, so a solo reply and its Compare pane agree token for token.
@@ -200,7 +200,7 @@ def adapter_context(loaded: LoadedModel, adapter_names: list[str], kwargs: dict)
     return context
 
 
-def _base_only(loaded: LoadedModel, adapter_name: str | None):
+def base_only(loaded: LoadedModel, adapter_name: str | None):
     """With no adapter named, the context in which a peft model is the pure base model."""
     if adapter_name is None and hasattr(loaded.model, "disable_adapter"):
         # Once peft has injected LoRA layers, the base is only reachable through this.

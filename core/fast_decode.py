@@ -186,6 +186,11 @@ def _rows_forward_installed(layers, spans):
 def _lean_forward(layer, spans: list[tuple[str, slice]]):
     if len(spans) == 1 and isinstance(layer.base_layer, Int8Linear):
         return partial(_int8_rows_forward, layer, _appended(layer, *spans[0]))
+    return fp32_lora_forward(layer, spans)
+
+
+def fp32_lora_forward(layer, spans: list[tuple[str, slice]]):
+    """The forward that adds each (adapter name, rows) of `spans` with A and s B in fp32."""
     return partial(_rows_forward, layer, [_scaled(layer, name, rows) for name, rows in spans])
 
 
