@@ -233,6 +233,7 @@ def test_adapter_rows_switch_adapters_on_int8_weights(tiny_model_dir):
     assert torch.equal(first[0], other[0]), "the base row must not see any adapter"
     with torch.inference_mode():
         by_peft = model(input_ids=ids, adapter_names=["__base__", "one"]).logits
-    # The int8 A and s B move the adapter's effect on the logits by about 1% here.
+    # The int8 A and s B move the adapter's effect on the logits by 2.2% here (a wrong or missing
+    # adapter would move it by about 100%).
     effect = (by_peft[1] - by_peft[0]).float().norm()
-    assert (first[1] - by_peft[1]).float().norm() / effect < 0.03
+    assert (first[1] - by_peft[1]).float().norm() / effect < 0.05
