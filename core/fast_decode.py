@@ -53,12 +53,17 @@ def padded(weight: torch.Tensor, dim: int) -> torch.Tensor:
         [missing if i == dim else size for i, size in enumerate(weight.shape)])], dim)
 
 
-def int8_product(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    rows = x.reshape(-1, x.shape[-1])
-    if rows.dtype != scales.dtype:
-        rows = rows.to(scales.dtype)
+def kernel_rows(rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """2-D `rows` as the kernel can take them: in `dtype`, contiguous, starting on its width."""
+    if rows.dtype != dtype:
+        rows = rows.to(dtype)
     if rows.storage_offset() % KERNEL_WIDTH or not rows.is_contiguous():  # the kernel would crash
         rows = rows.clone(memory_format=torch.contiguous_format)
+    return rows
+
+
+def int8_product(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    rows = kernel_rows(x.reshape(-1, x.shape[-1]), scales.dtype)
     return int8_mm(rows, qweight, scales).view(*x.shape[:-1], qweight.shape[0])
 
 
@@ -87,12 +92,11 @@ class Int8Linear(torch.nn.Linear):
         self.qweight, self.scales = packed[:self.out_features], packed_scales[:self.out_features]
         self.appended = (rows, rows._version, packed, packed_scales)
 
-    def forward_appended(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the layer's output, x times the appended rows) from one product."""
+    def product_appended(self, x: torch.Tensor) -> torch.Tensor:
+        """x (flattened to 2-D) times the weight and the appended rows, from one product: the
+        first out_features columns are the layer's output without its bias, the rest x A."""
         *_, packed, packed_scales = self.appended
-        both = int8_product(x, packed, packed_scales)
-        own, extra = both.split([self.out_features, packed.shape[0] - self.out_features], dim=-1)
-        return (own if self.bias is None else own + self.bias), extra
+        return int8_mm(kernel_rows(x.reshape(-1, x.shape[-1]), packed_scales.dtype), packed, packed_scales)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -202,20 +206,27 @@ def _scaled(layer, name: str, rows: slice) -> tuple:
 
 
 def _appended(layer, name: str, rows: slice) -> tuple:
-    """(rows, int8 s B, its scales, s bias), with A kept under the int8 base layer's weight
-    (rebuilt only when another adapter, or other weights, were there)."""
+    """(base layer, (first row, rows), int8 s B, its scales, s bias), with A kept under the int8
+    base layer's weight (rebuilt only when another adapter, or other weights, were there)."""
     _, lora_a, scaled_b, bias = _scaled(layer, name, rows)
-    layer.base_layer.append_rows(lora_a)
-    return ((rows.start, rows.stop - rows.start), *quantized_rows(padded(scaled_b, 1), layer.base_layer.scales.dtype),
-            bias)
+    base = layer.base_layer
+    base.append_rows(lora_a)
+    return (base, (rows.start, rows.stop - rows.start),
+            *quantized_rows(padded(scaled_b, 1), base.scales.dtype), bias)
 
 
 def _int8_rows_forward(layer, span: tuple, x: torch.Tensor) -> torch.Tensor:
-    (start, count), qweight_b, scales_b, bias = span
-    result, low_rank = layer.base_layer.forward_appended(x)
-    update = int8_product(low_rank.narrow(0, start, count), qweight_b, scales_b)
-    result.narrow(0, start, count).add_(update if bias is None else update + bias)
-    return result
+    # The decode step's hot path (210 layers per token in SmolLM2): views and 2 kernels, no more.
+    base, (start, count), qweight_b, scales_b, bias = span
+    both = base.product_appended(x)
+    own, per_row = base.out_features, both.shape[0] // x.shape[0]  # per_row: the tokens of a batch row
+    low_rank = both.narrow(0, start * per_row, count * per_row).narrow(1, own, both.shape[1] - own)
+    update = int8_mm(kernel_rows(low_rank, scales_b.dtype), qweight_b, scales_b)
+    result = both.narrow(1, 0, own)
+    if base.bias is not None:
+        result = result + base.bias
+    result.narrow(0, start * per_row, count * per_row).add_(update if bias is None else update + bias)
+    return result.view(*x.shape[:-1], own)
 
 
 def _rows_forward(layer, spans, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:

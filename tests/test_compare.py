@@ -180,8 +180,9 @@ def test_int8_linear_computes_appended_rows_in_the_same_product():
     alone = layer(x)
     lora_a = torch.randn(5, 64) * 0.1
     layer.append_rows(lora_a)
-    own, extra = layer.forward_appended(x)
-    assert torch.equal(own, alone) and torch.equal(layer(x), alone) and extra.shape == (2, 3, 16)
+    both = layer.product_appended(x).view(2, 3, 48 + 16)
+    own, extra = both[..., :48], both[..., 48:]
+    assert torch.equal(own, alone) and torch.equal(layer(x), alone)
     want = x.float() @ lora_a.T
     assert (extra[..., :5].float() - want).norm() / want.norm() < 0.02 and not extra[..., 5:].any()
     packed = layer.appended[2]
@@ -237,3 +238,28 @@ def test_adapter_rows_switch_adapters_on_int8_weights(tiny_model_dir):
     # adapter would move it by about 100%).
     effect = (by_peft[1] - by_peft[0]).float().norm()
     assert (first[1] - by_peft[1]).float().norm() / effect < 0.05
+
+
+def test_int8_rows_path_keeps_biases():
+    """A base Linear with a bias and a LoRA B with one (peft's lora_bias): on int8 weights the
+    adapter's row matches peft's own forward, and the base row is the layer without the adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    from core.fast_decode import adapter_rows
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 48)).to(torch.bfloat16)
+    assert quantize_linears(model) == 1
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["0"], lora_bias=True, init_lora_weights=False))
+    with torch.no_grad():
+        model.base_model.model[0].lora_B["default"].bias.normal_()
+    x = torch.randn(2, 3, 64, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        with model.disable_adapter():
+            base = model(x)
+        by_peft = model(x)
+        with adapter_rows(model, ["__base__", "default"]):
+            rows = model(x)
+    assert torch.equal(rows[0], base[0])
+    effect = (by_peft[1] - base[1]).float().norm()
+    assert effect > 0 and (rows[1] - by_peft[1]).float().norm() / effect < 0.05
