@@ -49,13 +49,14 @@ def load_path(source: str, path: str):
     """A LoadedModel for one decode path: 'eager-fp32', 'eager-bf16' or 'int8' (bf16 activations)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from core.fast_decode import quantize_linears
+    from core.fast_decode import quantize_linears, use_packed_decode_attention
     from core.models import LoadedModel
 
     dtype = torch.float32 if path == "eager-fp32" else torch.bfloat16
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).eval()
     if path == "int8":
         quantize_linears(model)
+    use_packed_decode_attention(model)  # as core.models loads every chat model on a CPU
     tokenizer = AutoTokenizer.from_pretrained(source)
     return LoadedModel(path, source, model, tokenizer, 0.0, decode="int8" if path == "int8" else "eager")
 

@@ -178,7 +178,7 @@ def _load_fresh(name: str, source: str) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from core.fast_decode import decode_path, quantize_linears
+    from core.fast_decode import decode_path, quantize_linears, use_packed_decode_attention
 
     start = time.perf_counter()
     kwargs = dict(trust_remote_code=False)
@@ -193,6 +193,7 @@ def _load_fresh(name: str, source: str) -> LoadedModel:
     decode = decode_path(model.device.type, model.dtype)
     if decode == "int8":
         quantize_linears(model)
+    use_packed_decode_attention(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     label = find_spec(name).name if find_spec(name) else name
