@@ -5,9 +5,15 @@
     FINETUNE_LAB_ADMIN_KEY=... python app.py --share    # the key unlocks them per browser session
     python app.py --auth user:password              # or put the whole app behind a login
 
-The page is served before any model loads; models load lazily on first use. On a Hugging Face
-Space this file runs as is (the Space owner's Hugging Face login unlocks training/publishing).
-A non-loopback --host without --auth is public too (see core/access.py for what that means).
+The page is served before any model loads; models load lazily on first use (the libraries
+they need are imported once before serving: two request threads importing transformers at
+once see it half-built). On a Hugging Face Space this file runs as is (the Space owner's
+Hugging Face login unlocks training/publishing). A non-loopback --host without --auth is
+public too (see core/access.py for what that means).
+
+Every event goes through the queue (the REST route /gradio_api/run/... is closed), where one
+session and one client address may each hold only a few events at once; a request body over
+1 MB is refused before Gradio parses it (core/request_limits.py).
 """
 import argparse
 import os
@@ -15,17 +21,22 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 
 from core import access  # noqa: E402
+from core.request_limits import MAX_BODY_BYTES, BodyLimit, client_address  # noqa: E402
 from tabs import chat, hub_panel, publish, topics, train  # noqa: E402
 
 MAX_UPLOAD = "50mb"
 EVENTS_PER_SESSION = int(os.environ.get("FINETUNE_LAB_EVENTS_PER_SESSION", 8))
+EVENTS_PER_ADDRESS = int(os.environ.get("FINETUNE_LAB_EVENTS_PER_ADDRESS", 16))
+QUEUE_SIZE = 128
+UPLOAD_CACHE = (600, 3600)  # every 10 minutes, Gradio deletes uploads older than an hour
 
 
 def build_app() -> gr.Blocks:
     """The whole app as one gr.Blocks; each tab lays itself out and wires its own events."""
-    with gr.Blocks(title="Finetune Lab") as demo:
+    with gr.Blocks(title="Finetune Lab", delete_cache=UPLOAD_CACHE) as demo:
         gr.Markdown("# Finetune Lab\nChat with, fine-tune and explore small language models.")
         if access.is_public():
             _access_row(demo)
@@ -39,24 +50,30 @@ def build_app() -> gr.Blocks:
             publish.build(demo)
         hub_panel.register_api()
     # Generation is CPU-bound: more than 2 concurrent streams only slows every one of them.
-    demo.queue(default_concurrency_limit=2, max_size=64)
-    limit_events_per_session(demo, EVENTS_PER_SESSION)
+    # api_open=False: /gradio_api/run/... would run handlers beside the queue and its limits.
+    demo.queue(default_concurrency_limit=2, max_size=QUEUE_SIZE, api_open=False)
+    limit_events(demo, EVENTS_PER_SESSION, EVENTS_PER_ADDRESS)
     return demo
 
 
-def limit_events_per_session(demo: gr.Blocks, limit: int) -> None:
-    """Refuse a session's new event while it has `limit` queued or running, so one visitor (or
-    one script calling every fn_index) cannot fill the shared queue. Gradio has no such
-    setting, so this wraps its queue's `push`."""
+def limit_events(demo: gr.Blocks, per_session: int, per_address: int) -> None:
+    """Refuse a new event while its session has `per_session`, or its client address
+    `per_address`, queued or running, so one visitor (or one script calling every fn_index from
+    fresh session ids) cannot fill the shared queue. Gradio has no such setting, so this wraps
+    its queue's `push`."""
     queue = demo._queue
     push = queue.push
 
     async def push_limited(body, request, username):
-        session = body.session_hash
+        session, address = body.session_hash, client_address(request)
         waiting = [e for q in queue.event_queue_per_concurrency_id.values() for e in q.queue]
-        running = [e for job in queue.active_jobs if job for e in job]
-        if session and sum(e.session_hash == session for e in waiting + running) >= limit:
-            return False, f"Too many requests at once from this session (at most {limit}): wait for them.", "queue_full"
+        events = waiting + [e for job in queue.active_jobs if job for e in job]
+        if session and sum(e.session_hash == session for e in events) >= per_session:
+            return False, f"Too many requests at once from this session (at most {per_session}): wait for them.", \
+                "queue_full"
+        if address and sum(client_address(e.request) == address for e in events) >= per_address:
+            return False, f"Too many requests at once from your address (at most {per_address}): wait for them.", \
+                "queue_full"
         return await push(body, request, username)
 
     queue.push = push_limited
@@ -65,21 +82,25 @@ def limit_events_per_session(demo: gr.Blocks, limit: int) -> None:
 def _access_row(demo: gr.Blocks) -> None:
     with gr.Row():
         gr.Markdown("This app is public: chat is open; training, deleting runs and publishing need a login.")
-        if os.environ.get("SPACE_ID"):
+        if access.real_space_oauth():  # elsewhere Gradio would sign everyone in as this machine's Hub user
             gr.LoginButton()
         key = gr.Textbox(label="Admin key", type="password", scale=1, elem_id="admin-key")
         state = gr.Markdown(elem_id="admin-state")
         key.submit(_unlock, key, state, api_name="unlock")
-    if os.environ.get("SPACE_ID"):
-        demo.load(_oauth_unlock, None, None, api_name=False)
 
 
 def _unlock(key: str, request: gr.Request) -> str:
     return access.unlock(key, request)
 
 
-def _oauth_unlock(request: gr.Request, profile: gr.OAuthProfile | None = None) -> None:
-    access.unlock_from_oauth(request, profile)
+def import_libraries() -> None:
+    """Import, once and in this thread, what request threads would otherwise import lazily at the
+    same moment: datasets' pickler looks up transformers.PreTrainedTokenizerBase while the first
+    chat's model load may still be importing transformers in another thread."""
+    import datasets  # noqa: F401
+    import transformers
+
+    transformers.PreTrainedTokenizerBase, transformers.AutoModelForCausalLM  # noqa: B018 (resolve the lazy names)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -97,9 +118,11 @@ def main(argv=None) -> None:
     if args.share or (not args.auth and not access.is_loopback(args.host)):
         os.environ["FINETUNE_LAB_PUBLIC"] = "1"  # reachable by others, with no login in front
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
+    import_libraries()
     # run_history=False: Gradio would otherwise keep every call's inputs (the HF token too) in the browser.
     build_app().launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
-                       max_file_size=MAX_UPLOAD, run_history=False, footer_links=["api", "gradio"])
+                       max_file_size=MAX_UPLOAD, run_history=False, footer_links=["api", "gradio"],
+                       app_kwargs={"middleware": [Middleware(BodyLimit, limit=MAX_BODY_BYTES)]})
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def test_space_pins_come_from_requirements():
     files = hub.space_files("tester/x", "base/model", True)
     pinned = {line for line in (ROOT / "requirements.txt").read_text().splitlines() if "==" in line}
     assert set(files["requirements.txt"].split()) - {"safetensors"} <= pinned
-    gradio = next(line for line in pinned if line.startswith("gradio=="))
+    gradio = next(line for line in pinned if line.startswith(("gradio==", "gradio[oauth]==")))
     assert f"sdk_version: {gradio.split('==')[1]}" in files["README.md"]
 
 
