@@ -3,9 +3,14 @@
     FINETUNE_LAB_ADMIN_KEY=secret python app.py --share   # the key unlocks a browser session
 
 The app counts as public when launched with --share, on a non-loopback --host without --auth,
-on a Hugging Face Space (SPACE_ID is set), or with FINETUNE_LAB_PUBLIC=1. Then a session is
-trusted after one of: a Gradio --auth login (which gates the whole app), the admin key typed
-into the "Admin key" box, or on a Space the Hugging Face login of the Space owner.
+on a Hugging Face Space (SPACE_ID is set), or with FINETUNE_LAB_PUBLIC=1. Then a request is
+trusted after one of: a Gradio --auth login (which gates the whole app); on a Space with its
+real OAuth, the Hugging Face login of the Space owner, read from the signed session cookie on
+every request; or the admin key typed into the "Admin key" box. The key unlocks its browser
+session for TRUST_TTL_S, from the client address that typed it only, because the session id
+is no secret (the browser sends it in every request). Wrong keys are throttled per address and
+globally (KeyThrottle). Outside a real Space, Gradio would mock the OAuth login with the
+machine's own Hub account, so the login button and the owner check exist only with real OAuth.
 
 An anonymous session may chat with the known models and the finished runs' adapters, preview
 bundled data or its own uploads, and explore topics, with every size clamped (LIMITS). The owner
@@ -19,12 +24,15 @@ from __future__ import annotations
 
 import hmac
 import os
+import threading
+import time
 from pathlib import Path
 
 from core.errors import LabError
+from core.request_limits import client_address
 
-
-_UNLOCKED_SESSIONS: set[str] = set()
+TRUST_TTL_S = 12 * 3600
+_UNLOCKED: dict[str, tuple[str, float]] = {}  # session hash -> (client address, expiry)
 
 # Caps for anonymous sessions; the owner's values are used as given.
 LIMITS = {
@@ -53,30 +61,89 @@ def space_owner() -> str | None:
     return os.environ.get("SPACE_AUTHOR_NAME") or (space.split("/")[0] if "/" in space else None)
 
 
+class KeyThrottle:
+    """Wrong admin keys cost time: after FREE_TRIES per address, each further try waits twice as
+    long as the last (up to MAX_WAIT_S); over GLOBAL_PER_HOUR wrong keys from everyone, every
+    address waits GLOBAL_WAIT_S after each one, so many addresses buy no more guesses."""
+
+    FREE_TRIES, MAX_WAIT_S, GLOBAL_PER_HOUR, GLOBAL_WAIT_S = 3, 3600, 60, 30
+
+    def __init__(self):
+        self.failures: dict[str, tuple[int, float]] = {}  # address -> (count, last failure)
+        self.recent: list[float] = []
+        self.lock = threading.Lock()
+
+    def wait_s(self, address: str) -> float:
+        """Seconds this address must wait before its next try (0: may try now)."""
+        now = time.time()
+        with self.lock:
+            self.recent = [t for t in self.recent if t > now - 3600]
+            count, last = self.failures.get(address, (0, 0.0))
+            own = 0 if count < self.FREE_TRIES else min(2 ** (count - self.FREE_TRIES), self.MAX_WAIT_S)
+            shared = self.GLOBAL_WAIT_S if len(self.recent) >= self.GLOBAL_PER_HOUR else 0
+            return max(0.0, last + own - now, (self.recent[-1] + shared - now) if self.recent else 0.0)
+
+    def failed(self, address: str) -> None:
+        with self.lock:
+            count, _ = self.failures.get(address, (0, 0.0))
+            self.failures[address] = (count + 1, time.time())
+            self.recent.append(time.time())
+
+    def succeeded(self, address: str) -> None:
+        with self.lock:
+            self.failures.pop(address, None)
+
+
+THROTTLE = KeyThrottle()
+
+
 def unlock(key: str, request=None) -> str:
     """Unlock the guarded actions for this browser session with $FINETUNE_LAB_ADMIN_KEY."""
     expected = os.environ.get("FINETUNE_LAB_ADMIN_KEY", "")
-    session = getattr(request, "session_hash", None)
+    session, address = getattr(request, "session_hash", None), client_address(request)
     if not expected:
         return "No admin key is configured (set FINETUNE_LAB_ADMIN_KEY, or launch with --auth)."
+    wait = THROTTLE.wait_s(address)
+    if wait > 0:
+        return f"Too many wrong keys: try again in {wait:.0f} s."
     if session and hmac.compare_digest((key or "").encode(), expected.encode()):
-        _UNLOCKED_SESSIONS.add(session)
-        return "Unlocked: training and publishing are enabled for this session."
+        THROTTLE.succeeded(address)
+        _UNLOCKED[session] = (address, time.time() + TRUST_TTL_S)
+        return "Unlocked: training and publishing are enabled for this session (for 12 hours)."
+    THROTTLE.failed(address)
     return "Wrong admin key."
 
 
-def unlock_from_oauth(request=None, profile=None) -> None:
-    """On a Space, a Hugging Face login by the Space owner unlocks this session."""
-    owner, name = space_owner(), getattr(profile, "username", None)
-    if owner and name and name.lower() == owner.lower() and getattr(request, "session_hash", None):
-        _UNLOCKED_SESSIONS.add(request.session_hash)
+def real_space_oauth() -> bool:
+    """On a Hugging Face Space with `hf_oauth: true`: Gradio then logs visitors in for real."""
+    return bool(os.environ.get("SYSTEM") == "spaces" and os.environ.get("SPACE_ID")
+                and os.environ.get("OAUTH_CLIENT_ID"))
+
+
+def oauth_username(request=None) -> str | None:
+    """The Hugging Face user of this request's signed session cookie, if logged in and not expired
+    (the session Gradio's OAuth middleware decoded; no gradio import here)."""
+    underlying = getattr(request, "request", None) or request
+    scope = getattr(underlying, "scope", None)
+    session = scope.get("session") if isinstance(scope, dict) else None
+    info = (session or {}).get("oauth_info") or {}
+    if info.get("expires_at") is not None and info["expires_at"] < time.time():
+        return None
+    return (info.get("userinfo") or {}).get("preferred_username")
 
 
 def is_trusted(request=None) -> bool:
-    """True for a private app, a Gradio --auth login, or an unlocked session."""
+    """True for a private app, a Gradio --auth login, the Space owner's OAuth login, or a session
+    unlocked by the admin key from this address within TRUST_TTL_S."""
     if not is_public():
         return True
-    return bool(getattr(request, "username", None)) or getattr(request, "session_hash", None) in _UNLOCKED_SESSIONS
+    if getattr(request, "username", None):
+        return True
+    owner = space_owner()
+    if real_space_oauth() and owner and (oauth_username(request) or "").lower() == owner.lower():
+        return True
+    address, expires = _UNLOCKED.get(getattr(request, "session_hash", None) or "", ("", 0.0))
+    return expires > time.time() and address == client_address(request)
 
 
 def require_user(request=None, action: str = "this action") -> str | None:
@@ -142,8 +209,10 @@ def check_adapter(value: str, request=None) -> str:
     raise AccessDenied("On a public app, pick one of the finished runs as the adapter; folders need a login.")
 
 
-def check_data_source(source: str, bundled: tuple, request=None, own_uploads=()) -> str:
-    """A visitor may read bundled sets and the files they uploaded in this session only.
+def check_data_source(source: str, bundled, request=None, own_uploads=()) -> str:
+    """A visitor may read the bundled sets, named exactly as the picker lists them (so
+    `identity:x` or `shakespeare:../x` are no way to reach a file), and the files they uploaded
+    in this session only.
 
     Otherwise anyone could type a server path (or another visitor's upload) into the dataset
     box and read the file back through the preview table.
@@ -151,7 +220,7 @@ def check_data_source(source: str, bundled: tuple, request=None, own_uploads=())
     from core.hub_source import parse_hub_source
 
     source = (source or "").strip()
-    if is_trusted(request) or source in bundled or source.partition(":")[0] in bundled:
+    if is_trusted(request) or source in tuple(bundled):
         return source
     if visitor_hub() and parse_hub_source(source):
         return source

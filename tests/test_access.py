@@ -18,21 +18,42 @@ def test_private_app_needs_no_login(monkeypatch):
 
 
 class Request:
-    def __init__(self, session):
+    def __init__(self, session, host="10.0.0.1"):
         self.session_hash, self.username = session, None
+        self.client, self.headers = type("Client", (), {"host": host})(), {}
 
 
-def test_space_owner_oauth_unlocks_only_the_owner(monkeypatch):
-    class Profile:
-        def __init__(self, name):
-            self.username = name
+def test_admin_key_trust_is_bound_to_its_address_and_expires(monkeypatch):
+    monkeypatch.setenv("FINETUNE_LAB_PUBLIC", "1")
+    monkeypatch.setenv("FINETUNE_LAB_ADMIN_KEY", "k-4821")
+    monkeypatch.setattr(access, "THROTTLE", access.KeyThrottle())
+    assert "Unlocked" in access.unlock("k-4821", Request("s-owner", "10.0.0.1"))
+    assert access.is_trusted(Request("s-owner", "10.0.0.1"))
+    assert not access.is_trusted(Request("s-owner", "10.0.0.9")), "a seen session id from elsewhere is no login"
+    monkeypatch.setattr(access.time, "time", lambda: access._UNLOCKED["s-owner"][1] + 1)
+    assert not access.is_trusted(Request("s-owner", "10.0.0.1")), "trust expires"
 
-    monkeypatch.setenv("SPACE_ID", "alice/finetune-lab")
-    access.unlock_from_oauth(Request("s-bob"), Profile("bob"))
-    with pytest.raises(access.AccessDenied):
-        access.require_user(Request("s-bob"))
-    access.unlock_from_oauth(Request("s-alice"), Profile("alice"))
-    assert access.require_user(Request("s-alice")) == "admin"
+
+def test_wrong_keys_are_throttled_per_address_and_globally(monkeypatch):
+    monkeypatch.setenv("FINETUNE_LAB_PUBLIC", "1")
+    monkeypatch.setenv("FINETUNE_LAB_ADMIN_KEY", "k-4821")
+    throttle = access.KeyThrottle()
+    monkeypatch.setattr(access, "THROTTLE", throttle)
+    answers = [access.unlock(f"guess-{n}", Request(f"s{n}", "10.0.0.2")) for n in range(5)]
+    assert answers[:3] == ["Wrong admin key."] * 3 and answers[3].startswith("Too many wrong keys: try again in")
+    assert access.unlock("k-4821", Request("s-right", "10.0.0.2")).startswith("Too many"), "the key waits too"
+    assert "Unlocked" in access.unlock("k-4821", Request("s-other", "10.0.0.3")), "another address is not held"
+    for n in range(throttle.GLOBAL_PER_HOUR):  # many addresses guessing at once
+        throttle.failed(f"10.1.{n // 250}.{n % 250}")
+    assert access.unlock("k-4821", Request("s-new", "10.0.0.4")).startswith("Too many"), "the global brake"
+
+
+def test_download_urls_name_no_session(monkeypatch):
+    from tabs import session
+
+    monkeypatch.setenv("FINETUNE_LAB_PUBLIC", "1")
+    path = session.download_path(Request("sessionhash123"), "train-config.yaml")
+    assert "sessionhash123" not in str(path) and path.parent.parent.name == "visitors"
 
 
 def test_public_app_reads_no_server_paths(monkeypatch, tmp_path, data_home):

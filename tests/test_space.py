@@ -1,0 +1,106 @@
+"""The app launched as a Hugging Face Space launches it: SPACE_ID, SPACE_AUTHOR_NAME,
+GRADIO_SERVER_NAME=0.0.0.0, and with `hf_oauth: true` the SYSTEM and OAUTH_* variables.
+
+A real login needs the Hub, so the owner's and another user's logins are the signed session
+cookies Gradio's OAuth middleware would set after one (signed with the secret the Space gives,
+as Starlette signs them). Behind the Space's proxy the client address is the last
+X-Forwarded-For entry, so the tests play several visitors from one machine.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import ADMIN_KEY, start_app
+from tests.raw_client import RawApp
+
+pytestmark = pytest.mark.slow
+OAUTH_SECRET = "space-oauth-secret-for-tests"
+SPACE = {"SPACE_ID": "alice/finetune-lab", "SPACE_AUTHOR_NAME": "alice", "GRADIO_SERVER_NAME": "0.0.0.0",
+         "FINETUNE_LAB_ADMIN_KEY": ADMIN_KEY}
+OAUTH = {"SYSTEM": "spaces", "OAUTH_CLIENT_ID": "client-id", "OAUTH_CLIENT_SECRET": OAUTH_SECRET,
+         "OAUTH_SCOPES": "openid profile", "OPENID_PROVIDER_URL": "http://127.0.0.1:9"}
+
+
+def login_cookie(username: str) -> str:
+    """The session cookie Gradio's OAuth callback sets for `username` on this Space."""
+    from itsdangerous import TimestampSigner
+
+    info = {"oauth_info": {"access_token": "t", "expires_at": int(time.time()) + 3600,
+                           "userinfo": {"preferred_username": username, "name": username,
+                                        "profile": f"https://huggingface.co/{username}", "picture": ""}}}
+    secret = hashlib.sha256((OAUTH_SECRET + "-v4").encode()).hexdigest()
+    return TimestampSigner(secret).sign(base64.b64encode(json.dumps(info).encode())).decode()
+
+
+@pytest.fixture(scope="module")
+def oauth_space(tiny_run):
+    proc, url = start_app(env={**SPACE, **OAUTH})
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def has_login_button(url: str) -> bool:
+    """gr.LoginButton is served as a button labelled 'Sign in with Hugging Face'."""
+    return any("Sign in with Hugging Face" in str(c.get("props", {}).get("value"))
+               for c in httpx.get(url + "config").json()["components"])
+
+
+def delete_missing_run(raw: RawApp, headers: dict) -> str:
+    result = raw.call(raw.fn_index(api_name="train_delete"), ["no-such-run", True], headers=headers)
+    return json.dumps(result["data"]) + str(result["error"])
+
+
+def test_space_with_oauth_serves_public_with_a_login_button(oauth_space):
+    assert httpx.get(oauth_space).status_code == 200
+    assert has_login_button(oauth_space)
+    raw = RawApp(oauth_space)
+    assert raw.rest([], api_name="adapters") == 404, "no REST route beside the queue on a Space either"
+    assert "Log in to do deleting runs" in delete_missing_run(raw, {"x-forwarded-for": "10.9.0.1"})
+
+
+def test_only_the_space_owners_login_unlocks(oauth_space):
+    raw = RawApp(oauth_space)
+    bob = {"cookie": f"session={login_cookie('bob')}", "x-forwarded-for": "10.9.0.2"}
+    alice = {"cookie": f"session={login_cookie('alice')}", "x-forwarded-for": "10.9.0.3"}
+    assert "Log in to do deleting runs" in delete_missing_run(raw, bob)
+    assert "No run named" in delete_missing_run(raw, alice), "the owner acts"
+    forged = {"cookie": f"session={login_cookie('alice')[:-4]}abcd", "x-forwarded-for": "10.9.0.4"}
+    assert "Log in to do deleting runs" in delete_missing_run(raw, forged), "a bad signature is no login"
+
+
+def test_admin_key_is_throttled_per_address_and_bound_to_it(oauth_space):
+    raw, unlock = RawApp(oauth_space), None
+    unlock = raw.fn_index(api_name="unlock")
+    guesser = {"x-forwarded-for": "10.9.1.1"}
+    answers = [json.dumps(raw.call(unlock, [f"guess-{n}"], headers=guesser)["data"]) for n in range(5)]
+    assert all("Wrong admin key" in a for a in answers[:3]) and "Too many wrong keys" in answers[3], answers
+    owner = {"x-forwarded-for": "10.9.1.2"}
+    assert "Unlocked" in json.dumps(raw.call(unlock, [ADMIN_KEY], "owner-session", headers=owner)["data"])
+    delete = raw.fn_index(api_name="train_delete")
+    mine = raw.call(delete, ["no-such-run", True], "owner-session", headers=owner)
+    assert "No run named" in json.dumps(mine["data"])
+    stolen = raw.call(delete, ["no-such-run", True], "owner-session", headers={"x-forwarded-for": "10.9.1.3"})
+    assert "Log in to do deleting runs" in json.dumps(stolen["data"]), "a session id seen elsewhere is no login"
+
+
+def test_space_without_oauth_has_no_login_and_stays_public(tiny_run):
+    """Outside a real Space Gradio would mock the login with this machine's Hub account."""
+    proc, url = start_app(env=SPACE)
+    try:
+        assert httpx.get(url).status_code == 200 and not has_login_button(url)
+        raw = RawApp(url)
+        alice = {"cookie": f"session={login_cookie('alice')}"}
+        assert "Log in to do deleting runs" in delete_missing_run(raw, alice)
+        chat = raw.call(raw.fn_index(api_name="chat"), ["Hi", [], [], "smollm2-135m-instruct", None, "Single", "",
+                                                         0.0, 0.9, 4, 1.1, False, None, None])
+        assert chat["ok"], "visitors chat"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
