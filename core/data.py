@@ -48,24 +48,30 @@ class DataError(LabError):
     """Bad input data; the message names the file, the row and the problem."""
 
 
+def bundled_sources() -> list[str]:
+    """Every bundled dataset name, as the dataset picker lists them (chatterbot per category too)."""
+    return list(BUNDLED) + [f"chatterbot:{c}" for c in chatterbot_categories()]
+
+
 def chatterbot_categories() -> list[str]:
     folder = package_dir("chatterbot_corpus")
     return sorted(p.stem for p in (folder / "data" / "english").glob("*.yml")) if folder else []
 
 
-def load_rows(source: str, columns: str = "", limit: int = 0, revision: str = ""):
+def load_rows(source: str, columns: str = "", limit: int = 0, revision: str = "", cache: bool = True):
     """A `datasets.Dataset` for a bundled name, a file or a Hub dataset id, with the `columns`
     mapping applied. `limit` > 0: no more rows are needed, so a Hub set streams only those;
-    `revision`: the Hub set's commit (empty: the newest)."""
+    `revision`: the Hub set's commit (empty: the newest); `cache=False` (a public app's
+    visitors): a file is read into memory and no datasets cache is left behind."""
     from datasets import Dataset
 
     from core.hub_source import load_hub_rows, parse_hub_source
 
     source = (source or "").strip()
     if source == "identity":
-        ds = _load_file(_IDENTITY)
+        ds = _load_file(_IDENTITY, cache)
     elif source == "identity-preferences":
-        ds = _load_file(IDENTITY_PREFERENCES)
+        ds = _load_file(IDENTITY_PREFERENCES, cache)
     elif source == "chatterbot" or source.startswith("chatterbot:"):
         ds = Dataset.from_list(_chatterbot_rows(source.partition(":")[2]))
     elif source == "shakespeare":
@@ -73,7 +79,7 @@ def load_rows(source: str, columns: str = "", limit: int = 0, revision: str = ""
     elif parse_hub_source(source):
         ds = load_hub_rows(parse_hub_source(source), limit, revision)
     else:
-        ds = _load_file(Path(source).expanduser())
+        ds = _load_file(Path(source).expanduser(), cache)
     ds = apply_mapping(ds, columns, source)
     if len(ds) == 0:
         raise DataError(f"{source}: no rows.")
@@ -104,7 +110,9 @@ def _shakespeare_rows() -> list[dict]:
             for p in sorted((folder / "plays").rglob("*.md"))]
 
 
-def _load_file(path: Path):
+def _load_file(path: Path, cache: bool = True):
+    import tempfile
+
     from datasets import load_dataset
 
     kind = EXTENSIONS.get(path.suffix.lower())
@@ -115,34 +123,81 @@ def _load_file(path: Path):
     if kind != "parquet":
         check_text_file(path)
     extra = {"sample_by": "paragraph"} if kind == "text" else {}
-    try:
-        ds = load_dataset(kind, data_files=str(path), split="train", **extra)
-    except Exception as exc:  # datasets wraps parser errors in several exception types
-        cause = exc.__cause__ or exc
-        raise DataError(f"{path.name}: could not be read as {kind}: {str(cause).splitlines()[0][:200]}") from None
-    if kind == "text":
-        ds = ds.filter(lambda row: bool(row["text"].strip()))
+    with tempfile.TemporaryDirectory(prefix="finetune-lab-read-") as scratch:
+        if not cache:  # read into memory through a cache folder that is deleted right after
+            extra.update(cache_dir=scratch, keep_in_memory=True)
+        try:
+            ds = load_dataset(kind, data_files=str(path), split="train", **extra)
+        except Exception as exc:  # datasets wraps parser errors in several exception types
+            cause = exc.__cause__ or exc
+            raise DataError(f"{path.name}: could not be read as {kind}: {str(cause).splitlines()[0][:200]}") from None
+        if kind == "text":
+            ds = ds.filter(lambda row: bool(row["text"].strip()), keep_in_memory=not cache)
     return ds
 
 
+CHUNK_BYTES = 1 << 20
+
+
 def check_text_file(path: Path) -> None:
-    """Find binary, non-UTF-8 and broken-JSON files early, naming the line."""
-    raw = path.read_bytes()
-    if not raw.strip():
+    """Find empty, binary, non-UTF-8, broken-JSON and header-only files early, naming the line.
+    Reads the file as a stream: its memory is a chunk or a line, never the whole file."""
+    import codecs
+
+    decoder, line, first = codecs.getincrementaldecoder("utf-8")(), 1, True
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            if first and b"\x00" in chunk[:8192]:
+                raise DataError(f"{path.name}: looks like a binary file, not text.")
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                at = line + chunk[: exc.start].count(b"\n")
+                raise DataError(f"{path.name}, line {at}: not UTF-8 text; re-save as UTF-8.") from None
+            line, first = line + chunk.count(b"\n"), False
+    suffix = path.suffix.lower()
+    checks = {".jsonl": _check_jsonl, ".json": lambda p: _parse_json(p.read_text(encoding="utf-8"), p.name),
+              ".csv": _check_csv}
+    if not _has_text(path):
         raise DataError(f"{path.name}: the file is empty.")
-    if b"\x00" in raw[:8192]:
-        raise DataError(f"{path.name}: looks like a binary file, not text.")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path.name}, line {line}: not UTF-8 text (byte {exc.start}); re-save as UTF-8.") from None
-    if path.suffix.lower() == ".jsonl":
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                _parse_json(line, f"{path.name}, row {number}")
-    elif path.suffix.lower() == ".json":
-        _parse_json(text, path.name)
+    checks.get(suffix, lambda p: None)(path)
+
+
+def _has_text(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return any(chunk.strip() for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""))
+
+
+def _check_csv(path: Path) -> None:
+    import csv
+
+    with path.open(encoding="utf-8", newline="") as handle:
+        records = csv.reader(handle)
+        header, row = next(records, None), next((r for r in records if any(c.strip() for c in r)), None)
+    if header and row is None:
+        raise DataError(f"{path.name}: has a header ({', '.join(header)[:120]}) and no rows.")
+
+
+JSON_KINDS = {str: "text", int: "a number", float: "a number", bool: "true/false", dict: "an object", list: "a list"}
+
+
+def _check_jsonl(path: Path) -> None:
+    """Every row parses, and each field keeps one kind (text, number, object...) in every row:
+    datasets cannot build a column from mixed kinds, and its own message names neither."""
+    seen: dict[str, tuple[str, int]] = {}  # field -> (kind, first row with it)
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            row = _parse_json(line, f"{path.name}, row {number}")
+            for field, value in (row.items() if isinstance(row, dict) else ()):
+                kind = JSON_KINDS.get(type(value))
+                if value is None or kind is None:
+                    continue
+                first_kind, first_row = seen.setdefault(field, (kind, number))
+                if kind != first_kind:
+                    raise DataError(f"{path.name}: field '{field[:60]}' is {first_kind} in row {first_row} but "
+                                    f"{kind} in row {number}; make it the same kind in every row.")
 
 
 def _parse_json(text: str, where: str):

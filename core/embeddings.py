@@ -29,6 +29,7 @@ _MODELS: dict = {}
 _LOCK = threading.Lock()
 RECENT: OrderedDict[str, np.ndarray] = OrderedDict()  # cache key -> vectors, the newest last
 RECENT_BYTES = 64 * 2**20
+MAX_CLASSES = 50
 _RECENT_LOCK = threading.Lock()
 
 
@@ -162,6 +163,9 @@ def classify(vectors, labels, texts, method: str = "logreg", test_size: float = 
     counts = Counter(labels)
     if len(counts) < 2:
         raise LabError("Classification needs at least two different labels.")
+    if len(counts) > MAX_CLASSES:  # its confusion matrix and plot grow with the square of this
+        raise LabError(f"The label column has {len(counts)} different labels, at most {MAX_CLASSES} here: "
+                       "is it the text column? Pick a column of categories.")
     stratify = labels if min(counts.values()) >= 2 else None
     idx_train, idx_test = train_test_split(np.arange(len(labels)), test_size=test_size, random_state=seed,
                                            stratify=stratify)

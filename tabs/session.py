@@ -8,8 +8,9 @@ after a day. The session keeps the list of its uploads in gr.State, and the data
 only those (core.access.check_data_source).
 
 Downloads (the YAML config, topic exports) go to Gradio's own temp folder, which Gradio serves
-from wherever the data dir is (~/.finetune-lab and /data are outside what it serves), and are
-removed after an hour.
+from wherever the data dir is (~/.finetune-lab and /data are outside what it serves), each in a
+random folder (a URL names no session: whoever saw a session id could act as that session), and
+are removed after an hour. Visitors' downloads share VISITOR_DOWNLOAD_BYTES.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ VISITOR_QUOTA_BYTES = 100 * 1024 * 1024
 VISITOR_MAX_FILES = 10
 VISITOR_UPLOAD_TTL_S = 24 * 3600
 DOWNLOAD_TTL_S = 3600
+VISITOR_DOWNLOAD_BYTES = 200 * 1024 * 1024
 
 
 def session_name(request) -> str:
@@ -71,12 +73,16 @@ def remember_upload(path: str | None, uploads: list | None) -> list:
 
 
 def download_path(request, name: str) -> Path:
-    """A fresh path for a file this session downloads, in a folder Gradio serves."""
+    """A fresh path for a file this session downloads, in a random folder Gradio serves."""
     from gradio.utils import get_upload_folder  # the folder Gradio serves the app's own files from
 
-    root = Path(get_upload_folder()) / "finetune-lab"
+    root = Path(get_upload_folder()) / "finetune-lab" / ("owner" if is_trusted(request) else "visitors")
     remove_older_than(root, DOWNLOAD_TTL_S)
-    folder = root / session_name(request)
+    if not is_trusted(request):
+        used = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
+        if used > VISITOR_DOWNLOAD_BYTES:
+            raise AccessDenied("Visitors' downloads are full for now: try again within the hour, or log in.")
+    folder = root / uuid.uuid4().hex
     folder.mkdir(parents=True, exist_ok=True)
     return folder / check_name(name, "file name")
 

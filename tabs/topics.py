@@ -2,7 +2,10 @@
 
 Handlers take the corpus settings and reload the corpus and its embeddings each time: the
 embeddings come from the on-disk cache after the first run, so that costs milliseconds and
-keeps the handlers stateless. Only the fitted topic model and classifier live in gr.State.
+keeps the handlers stateless. Only the fitted topic model and classifier live in gr.State, for
+STATE_TTL_S after their last change. Every listener that embeds shares one pool of slots across
+all sessions (core.request_limits.HEAVY_EVENTS, with the data previews), so new session ids buy
+no more memory or cores.
 """
 from __future__ import annotations
 
@@ -15,9 +18,11 @@ from core.access import LIMITS, AccessDenied, check_data_source, clamp, is_trust
 from core.corpora import CORPORA, DEFAULT_MAX_DOCS, load_corpus
 from core.embeddings import DEFAULT_EMBEDDER, PACKAGED_EMBEDDERS, classify, cluster, cluster_scores, embed, load_embedder, project
 from core.errors import LabError
+from core.request_limits import HEAVY_EVENTS
 from tabs.feedback import warn
 from tabs.session import download_path
 
+STATE_TTL_S = 1800
 
 
 def corpus_and_vectors(source, upload, text_column, label_column, max_docs, embedder, request=None, progress=None,
@@ -171,13 +176,16 @@ def export_topics(result, request: gr.Request = None):
     """The topic table and figures as files, in a folder Gradio serves (see tabs.session)."""
     if result is None:
         return None
-    out = download_path(request, f"topics-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        out = download_path(request, f"topics-{time.strftime('%Y%m%d-%H%M%S')}")
+    except LabError as exc:
+        raise gr.Error(str(exc)) from None  # the output is a file list: the message goes in a toast
     return [str(p) for p in topic_core.export(result, out)]
 
 
 def build() -> None:
     """Lay out the Embeddings and topics tab."""
-    topic_state, classifier_state = gr.State(None), gr.State(None)
+    topic_state, classifier_state = gr.State(None, time_to_live=STATE_TTL_S), gr.State(None, time_to_live=STATE_TTL_S)
     with gr.Row():
         source = gr.Dropdown(list(CORPORA), value=CORPORA[0], label="Bundled corpus")
         upload = gr.File(label="…or upload csv / jsonl / txt (one document per line)", type="filepath",
@@ -225,14 +233,14 @@ def build() -> None:
             export_btn = gr.Button("Export CSV + HTML")
         found = gr.Dataframe(interactive=False)
         files = gr.File(label="Exported files", file_count="multiple")
-    embed_btn.click(embed_corpus, spec, corpus_info, api_name="embed")
+    embed_btn.click(embed_corpus, spec, corpus_info, api_name="embed", **HEAVY_EVENTS)
     cluster_btn.click(run_clustering, [*spec, method, n_clusters, min_size, projection, color_by],
-                      [cluster_plot, cluster_info, cluster_tbl], api_name="cluster")
+                      [cluster_plot, cluster_info, cluster_tbl], api_name="cluster", **HEAVY_EVENTS)
     clf_btn.click(run_classification, [*spec, clf_method], [clf_info, confusion, wrong, classifier_state],
-                  api_name="classify")
-    new_text.submit(classify_text, [classifier_state, new_text, embedder], predicted, api_name=False)
+                  api_name="classify", **HEAVY_EVENTS)
+    new_text.submit(classify_text, [classifier_state, new_text, embedder], predicted, api_name=False, **HEAVY_EVENTS)
     topics_btn.click(run_topics, [*spec, topic_method, n_topics], [topic_info, topic_tbl, *figures, topic_state],
-                     api_name="topics")
+                     api_name="topics", **HEAVY_EVENTS)
     name_btn.click(label_with_llm, topic_state, [topic_info, topic_tbl, *figures], api_name=False)
     query.submit(search, [topic_state, query], found, api_name=False)
     export_btn.click(export_topics, topic_state, files, api_name=False)

@@ -37,11 +37,11 @@ def cli_preview(values: dict, request=None):
     """(equivalent CLI command, YAML text, YAML file to download)."""
     try:
         cfg = train_form.values_to_config(values)
+        text = cfg.to_yaml()
+        name = f"train-config-{hashlib.sha1(text.encode()).hexdigest()[:10]}.yaml"
+        path = download_path(request, name)
     except LabError as exc:
         return f"# {exc}", "", None
-    text = cfg.to_yaml()
-    name = f"train-config-{hashlib.sha1(text.encode()).hexdigest()[:10]}.yaml"
-    path = download_path(request, name)
     path.write_text(text)
     return f"python cli.py train --config {name}", text, str(path)
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import gradio as gr
 
-from core.access import check_data_source, clamp, is_trusted
-from core.data import BUNDLED, chatterbot_categories, detect_format, load_rows
+from core.access import check_data_source, check_model, clamp, is_trusted
+from core.data import bundled_sources, detect_format, load_rows
 from core.errors import LabError
+from core.request_limits import HEAVY_EVENTS
 from core.hub_source import parse_hub_source
 from tabs import hub_panel, train_form
 from tabs.feedback import warn
@@ -22,7 +23,7 @@ MAX_PREVIEW_ROWS = 10
 
 
 def dataset_choices() -> list[str]:
-    return list(BUNDLED) + [f"chatterbot:{c}" for c in chatterbot_categories()]
+    return bundled_sources()
 
 
 def inspect_data(dataset: str, columns: str = "", request=None, uploads=()):
@@ -33,8 +34,8 @@ def inspect_data(dataset: str, columns: str = "", request=None, uploads=()):
     dataset = (dataset or "").strip()
     hub = parse_hub_source(dataset)
     try:
-        check_data_source(dataset, BUNDLED, request, uploads)
-        rows = load_rows(dataset, columns, limit=MAX_PREVIEW_ROWS if hub else 0)
+        check_data_source(dataset, bundled_sources(), request, uploads)
+        rows = load_rows(dataset, columns, limit=MAX_PREVIEW_ROWS if hub else 0, cache=is_trusted(request))
     except LabError as exc:
         return warn(exc), None, []
     head = rows.select(range(min(MAX_PREVIEW_ROWS, len(rows)))).to_pandas()
@@ -66,8 +67,9 @@ def preview_example(row, values: dict, request=None, uploads=()):
         if not is_trusted(request) and not values["max_rows"]:
             values["max_rows"] = clamp("max_rows", 10**9, request)
         cfg = train_form.values_to_config(values)
-        check_data_source(cfg.dataset, BUNDLED, request, uploads)
-        shown = preview(cfg, clamp("preview_row", int(row or 0), request))
+        check_data_source(cfg.dataset, bundled_sources(), request, uploads)
+        check_model(cfg.model, request)  # as in Chat: no server path or Hub id is probed for a visitor
+        shown = preview(cfg, clamp("preview_row", int(row or 0), request), cache=is_trusted(request))
     except LabError as exc:
         return [(warn(exc), None)], ""
     info = f"{shown.total_tokens} tokens, {shown.trained_tokens} trained on (highlighted). {shown.note}"
@@ -133,11 +135,11 @@ def wire(data: dict, form: dict, uploads: gr.State) -> None:
 
     data["upload"].upload(on_upload, [data["upload"], uploads], [data["dataset"], uploads, data["outputs"][0]],
                           api_name=False)
-    data["dataset"].change(inspect_for_form, inspect_inputs, data["outputs"], api_name=False)
-    data["columns"].submit(inspect_for_form, inspect_inputs, data["outputs"], api_name=False)
+    data["dataset"].change(inspect_for_form, inspect_inputs, data["outputs"], api_name=False, **HEAVY_EVENTS)
+    data["columns"].submit(inspect_for_form, inspect_inputs, data["outputs"], api_name=False, **HEAVY_EVENTS)
     for dropdown in data["maps"]:
         dropdown.input(mapping_string, data["maps"], data["columns"], api_name=False)
     data["preview"].click(on_preview, {data["row"], uploads, *form.values()}, [data["seen"], data["seen_info"]],
-                          api_name=False)
-    gr.api(api_inspect, api_name="data_inspect")
-    gr.api(api_preview, api_name="data_preview")
+                          api_name=False, **HEAVY_EVENTS)
+    gr.api(api_inspect, api_name="data_inspect", **HEAVY_EVENTS)
+    gr.api(api_preview, api_name="data_preview", **HEAVY_EVENTS)

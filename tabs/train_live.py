@@ -13,7 +13,7 @@ from pathlib import Path
 import gradio as gr
 
 from core.access import check_data_source, is_trusted, require_user
-from core.data import BUNDLED
+from core.data import bundled_sources
 from core.errors import LabError
 from core.runs import RunFolder, read_json
 from tabs import train_form
@@ -29,7 +29,7 @@ def start_training(values: dict, request=None, uploads=()):
     try:
         require_user(request, action="training")
         cfg = train_form.values_to_config(values)
-        check_data_source(cfg.dataset, BUNDLED, request, uploads)
+        check_data_source(cfg.dataset, bundled_sources(), request, uploads)
         run = jobs.start(cfg)
     except LabError as exc:
         return warn(exc), None

@@ -112,6 +112,9 @@ def test_dapt_windows_slide_with_overlap(tokenizer):
     ("latin1.csv", "question,answer\ncaf\xe9,ok\n".encode("latin-1"), "line 2: not UTF-8"),
     ("binary.txt", b"\x00\x01\x02\x03" * 100, "binary"),
     ("data.xlsx", b"whatever", "unsupported file type"),
+    ("only_header.csv", b"question,answer\n", r"only_header.csv: has a header \(question, answer\) and no rows\."),
+    ("mixed.jsonl", b'{"question": "a", "answer": "b"}\n{"question": "c", "answer": {"text": "d"}}\n',
+     r"mixed.jsonl: field 'answer' is text in row 1 but an object in row 2; make it the same kind in every row\."),
 ])
 def test_bad_files(tmp_path, name, content, message):
     (tmp_path / name).write_bytes(content)

@@ -44,12 +44,14 @@ def format_note(cfg, tokenizer) -> str:
     return f"Format: plain \"Question: …\\nAnswer: …\" text ({why}; chat_template: chatml is the other choice)."
 
 
-def load_training_rows(cfg, needed: int = 0):
+def load_training_rows(cfg, needed: int = 0, cache: bool = True):
     """The dataset's rows after the column mapping and the `max_rows` sample. A Hub set streams
-    only its first `max_rows` rows (or `needed`, for a preview), never the whole split."""
-    rows = load_rows(cfg.dataset, cfg.columns, limit=cfg.max_rows or needed, revision=cfg.dataset_revision)
+    only its first `max_rows` rows (or `needed`, for a preview), never the whole split;
+    `cache=False` leaves no datasets cache behind (core.data.load_rows)."""
+    rows = load_rows(cfg.dataset, cfg.columns, limit=cfg.max_rows or needed, revision=cfg.dataset_revision,
+                     cache=cache)
     if cfg.max_rows:
-        rows = rows.shuffle(seed=cfg.seed).select(range(min(cfg.max_rows, len(rows))))
+        rows = rows.shuffle(seed=cfg.seed, keep_in_memory=not cache).select(range(min(cfg.max_rows, len(rows))))
     return rows
 
 
@@ -128,19 +130,20 @@ def split_by_prompt(examples, n_eval: int, seed: int):
     return examples.select([i for i, key in enumerate(keys) if key not in held]), examples.select(eval_rows)
 
 
-def preview(cfg, row: int = 0, tokenizer=None) -> Preview:
-    """Exactly what the model sees for example `row`, with the trained-on part marked."""
+def preview(cfg, row: int = 0, tokenizer=None, cache: bool = True) -> Preview:
+    """Exactly what the model sees for example `row`, with the trained-on part marked
+    (`cache=False`: for a public app's visitor, no datasets cache is written)."""
     tokenizer = tokenizer or load_tokenizer(cfg.model, cfg.chat_template)
-    shown = _preview(cfg, row, tokenizer)
+    shown = _preview(cfg, row, tokenizer, cache)
     shown.note = " ".join(part for part in (shown.note, format_note(cfg, tokenizer)) if part)
     return shown
 
 
-def _preview(cfg, row: int, tokenizer) -> Preview:
+def _preview(cfg, row: int, tokenizer, cache: bool) -> Preview:
     from core.hub_source import parse_hub_source
 
     streamed = parse_hub_source(cfg.dataset) and not cfg.max_rows
-    rows = load_training_rows(cfg, needed=HUB_PREVIEW_ROWS if cfg.objective == "dapt" else row + 1)
+    rows = load_training_rows(cfg, needed=HUB_PREVIEW_ROWS if cfg.objective == "dapt" else row + 1, cache=cache)
     if cfg.objective == "dapt":  # only the two windows shown are built, not the whole corpus's
         windows = dapt_windows(rows, tokenizer, cfg.block_size, cfg.stride, context_length(cfg.model), 2)
         total_chars = sum(len(text or "") for text in rows["text"])
