@@ -6,7 +6,10 @@
 Two files in `<data dir>/votes/`: `owner.jsonl` (the owner's votes, and visitors' votes the
 owner accepted) and `visitors.jsonl` (votes from a public app, capped, waiting for review).
 Every append takes an exclusive lock and writes one whole line, so concurrent voters from many
-sessions never lose or interleave a line.
+sessions never lose or interleave a line. A vote's id is the id of the answer (or answer pair)
+the server gave, so one answer gets one vote however often, or however concurrently, it is
+clicked; a vote holds at most MAX_VOTE_CHARS characters, and a visitor's session casts at most
+VISITOR_VOTES_PER_MINUTE.
 
 A line: id, time, session, the prompt (earlier turns and the question, as messages), the
 answers and which model/adapter gave each (sides A and B), the choice (A, B, tie, both_bad for
@@ -18,6 +21,7 @@ import fcntl
 import json
 import math
 import os
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -26,11 +30,17 @@ from pathlib import Path
 
 from core.errors import LabError
 from core.paths import data_dir
+from core.request_limits import RateWindow
 
 PAIR_CHOICES = ("A", "B", "tie", "both_bad")
 THUMB_CHOICES = ("up", "down")
 VISITOR_CAP = int(os.environ.get("FINETUNE_LAB_VISITOR_VOTES", "5000"))
 MAX_TEXT = 20_000  # characters per message or answer: a vote is not an upload channel
+MAX_VOTE_CHARS = 60_000  # all its messages and answers together
+VISITOR_VOTES_PER_MINUTE = 12
+_VISITOR_RATE = RateWindow(VISITOR_VOTES_PER_MINUTE, 60)
+_RECORDED: dict[str, None] = {}  # ids voted on in this process, oldest first (bounded)
+_RECORDED_LOCK = threading.Lock()
 
 
 @dataclass
@@ -56,6 +66,9 @@ class Vote:
         texts = [m.get("content", "") for m in self.prompt] + list(self.answers.values())
         if not self.prompt or not all(isinstance(t, str) and len(t) <= MAX_TEXT for t in texts):
             raise LabError(f"A vote holds text only, at most {MAX_TEXT} characters per message.")
+        if sum(map(len, texts)) + sum(len(m.get("content", "")) for m in self.prompt_b) > MAX_VOTE_CHARS:
+            raise LabError(f"This conversation is too long to vote on (over {MAX_VOTE_CHARS} characters): "
+                           "clear the chat and ask again.")
         return self
 
 
@@ -75,8 +88,26 @@ def _locked(path: Path, mode: str):
 
 
 def record(vote: Vote, visitor: bool = False) -> Vote:
-    """Append `vote` to the owner's store, or to the capped visitors' store."""
+    """Append `vote` to the owner's store, or to the capped visitors' store; a second vote with
+    the same id (the same answer) is refused."""
     vote.check()
+    if visitor and not _VISITOR_RATE.allow(vote.session or "anonymous"):
+        raise LabError(f"At most {VISITOR_VOTES_PER_MINUTE} votes a minute: wait a moment.")
+    with _RECORDED_LOCK:
+        if vote.id in _RECORDED:
+            raise LabError("You already voted on this answer; ask another question.")
+        _RECORDED[vote.id] = None
+        while len(_RECORDED) > 100_000:
+            _RECORDED.pop(next(iter(_RECORDED)))
+    try:
+        return _append(vote, visitor)
+    except BaseException:
+        with _RECORDED_LOCK:
+            _RECORDED.pop(vote.id, None)  # not saved: the answer may be voted on again
+        raise
+
+
+def _append(vote: Vote, visitor: bool) -> Vote:
     path = store(visitor)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path, "a+") as handle:

@@ -133,7 +133,7 @@ def refresh_adapters():
     return gr.update(choices=adapter_choices())
 
 
-def wire_votes(mode, blind, vote_row, vote_buttons, pending, base_chat, tuned_chat, status, model, adapter):
+def wire_votes(mode, blind, vote_row, vote_buttons, pending, base_chat, tuned_chat, status, given):
     """Blind A/B: the toggle shows in Compare, the vote buttons in blind mode; thumbs elsewhere."""
     from tabs import chat_votes
 
@@ -155,7 +155,7 @@ def wire_votes(mode, blind, vote_row, vote_buttons, pending, base_chat, tuned_ch
         button.click(chat_votes.vote_handler(choice), pending, [status, pending, base_chat, tuned_chat],
                      api_name=f"vote_{choice}")
     for chat, pane in ((base_chat, "base"), (tuned_chat, "tuned")):
-        chat.like(chat_votes.thumb_handler(pane), [chat, model, adapter, blind], status, api_name=False)
+        chat.like(chat_votes.thumb_handler(pane), [given, blind], status, api_name=False)
 
 
 def build(demo: gr.Blocks) -> gr.Dropdown:
@@ -179,6 +179,7 @@ def build(demo: gr.Blocks) -> gr.Dropdown:
         vote_buttons = [gr.Button(label, size="sm", elem_id=f"vote-{choice}")
                         for label, choice in chat_votes.VOTE_BUTTONS.items()]
     pending = gr.State(None)
+    given = gr.State(None)  # the answers this session was given, for thumbs (tabs.chat_votes)
     box = gr.Textbox(placeholder="Ask something and press Enter", show_label=False, max_lines=8)
     with gr.Row():
         send = gr.Button("Send", variant="primary")
@@ -194,8 +195,8 @@ def build(demo: gr.Blocks) -> gr.Dropdown:
             gr.Slider(1, 1024, defaults.max_new_tokens, step=1, label="Max new tokens"),
             gr.Slider(1, 2, defaults.repetition_penalty, step=0.05, label="Repetition penalty"),
         ]
-    inputs = [box, base_chat, tuned_chat, model, adapter, mode, *settings, blind, pending]
-    outputs = [base_chat, tuned_chat, status, box, pending]
+    inputs = [box, base_chat, tuned_chat, model, adapter, mode, *settings, blind, pending, given]
+    outputs = [base_chat, tuned_chat, status, box, pending, given]
     events = [trigger(chat_votes.chat_turn, inputs, outputs, api_name=name)
               for trigger, name in ((box.submit, "chat"), (send.click, None))]
     for chat in (base_chat, tuned_chat):  # Gradio's own retry, undo and edit buttons on each pane
@@ -204,8 +205,8 @@ def build(demo: gr.Blocks) -> gr.Dropdown:
                           .then(chat_votes.chat_turn, inputs, outputs, api_name=False))
         chat.undo(on_undo, [base_chat, tuned_chat], [base_chat, tuned_chat, box], api_name=False)
     stop.click(None, cancels=events)
-    clear.click(lambda: ([], [], "", None), None, [base_chat, tuned_chat, status, pending])
-    wire_votes(mode, blind, vote_row, vote_buttons, pending, base_chat, tuned_chat, status, model, adapter)
+    clear.click(lambda: ([], [], "", None, None), None, [base_chat, tuned_chat, status, pending, given])
+    wire_votes(mode, blind, vote_row, vote_buttons, pending, base_chat, tuned_chat, status, given)
     refresh.click(refresh_adapters, None, adapter, api_name=False)
     demo.load(refresh_adapters, None, adapter, api_name=False)
     gr.api(adapter_choices, api_name="adapters")

@@ -5,23 +5,46 @@ model; the panes are labelled A and B, and the names appear only after the vote.
 is which lives in server-side session state (`gr.State`), never on the page. The answers of
 each model stay in that model's own history, so a multi-turn chat stays coherent.
 
+Thumbs: every answer the server streams is also kept in server-side session state (`given`:
+pane -> message index -> prompt, answer, model), and a thumb names only the pane and index, so
+a vote is always on an answer this session was really given, never on a history the client
+wrote. Each answer and each blind pair has an id, which becomes the vote's id: one vote each.
+
 Votes go to core.votes: the owner's store, or on a public app the visitors' capped store,
 which the owner reviews. The handlers are plain functions that tests call directly.
 """
 from __future__ import annotations
 
 import random
+import uuid
 
 import gradio as gr
 
 from core import votes
 from core.access import is_trusted
 from core.errors import LabError
+from core.models import DEFAULT_MODEL
 from tabs.chat import plain_history, respond
 from tabs.feedback import warn
 
 VOTE_BUTTONS = {"A is better": "A", "B is better": "B", "Tie": "tie", "Both bad": "both_bad"}
 HIDDEN = ("Answer A", "Answer B")
+MAX_GIVEN = 20  # answers kept per pane for thumbs: the newest ones
+
+
+def remember_answers(given, panes: dict, sides: dict) -> dict:
+    """`given` with the last answer of each pane in `panes` ({pane: history}) added, keyed by its
+    message index; `sides` gives each pane's {"model", "adapter"}."""
+    given = {pane: dict(records) for pane, records in (given or {}).items()}
+    for pane, history in panes.items():
+        if not history or history[-1]["role"] != "assistant" or not history[-1]["content"]:
+            continue
+        records = given.setdefault(pane, {})
+        records[len(history) - 1] = {"id": uuid.uuid4().hex, "prompt": history[:-1],
+                                     "answer": history[-1]["content"], "side": sides[pane]}
+        while len(records) > MAX_GIVEN:
+            records.pop(min(records))
+    return given
 
 
 def blind_respond(message, left, right, pending, model_name, adapter, system_prompt="", temperature=0.0,
@@ -48,7 +71,8 @@ def blind_respond(message, left, right, pending, model_name, adapter, system_pro
     order = ("tuned", "base") if swap else ("base", "tuned")
     contexts = {"base": base_out[:-1], "tuned": tuned_out[:-1]}
     answers = {"base": base_out[-1]["content"], "tuned": tuned_out[-1]["content"]}
-    pending = {"swapped": swap, "voted": False, "prompt": contexts[order[0]], "prompt_b": contexts[order[1]],
+    pending = {"id": uuid.uuid4().hex, "swapped": swap, "voted": False,
+               "prompt": contexts[order[0]], "prompt_b": contexts[order[1]],
                "answers": {"A": answers[order[0]], "B": answers[order[1]]},
                "sides": {"A": sides[order[0]], "B": sides[order[1]]}, "settings": settings}
     yield *panes(base_out, tuned_out), "Which answer is better? Vote below.", "", pending, *labels
@@ -56,18 +80,25 @@ def blind_respond(message, left, right, pending, model_name, adapter, system_pro
 
 def chat_turn(message, base_history, tuned_history, model_name, adapter, mode, system_prompt="",
               temperature=0.0, top_p=0.9, max_new_tokens=256, repetition_penalty=1.1, blind=False, pending=None,
-              request: gr.Request = None):
+              given=None, request: gr.Request = None):
     """The Chat tab's send: plain Single/Compare (tabs.chat.respond), or blind Compare.
-    Yields (left pane, right pane, status, box, pending blind pair)."""
+    Yields (left pane, right pane, status, box, pending blind pair, answers given)."""
     settings = (system_prompt, temperature, top_p, max_new_tokens, repetition_penalty)
     if blind and mode == "Compare":
         for left, right, status, box, pending, left_label, right_label in blind_respond(
                 message, base_history, tuned_history, pending, model_name, adapter, *settings, request=request):
-            yield gr.update(value=left, **left_label), gr.update(value=right, **right_label), status, box, pending
+            yield gr.update(value=left, **left_label), gr.update(value=right, **right_label), status, box, pending, given
         return
+    final = None
     for left, right, status, box in respond(message, base_history, tuned_history, model_name, adapter, mode,
                                             *settings, request=request):
-        yield left, right, status, box, None
+        final = (left, right, status)
+        yield left, right, status, box, None, given
+    if final and not final[2].startswith("⚠"):
+        model_name = model_name or DEFAULT_MODEL
+        sides = {"base": {"model": model_name, "adapter": None}, "tuned": {"model": model_name, "adapter": adapter}}
+        panes = {"base": final[0], **({"tuned": final[1]} if mode == "Compare" else {})}
+        yield *final, "", None, remember_answers(given, panes, sides)
 
 
 def cast_vote(choice: str, pending, request: gr.Request = None):
@@ -80,7 +111,8 @@ def cast_vote(choice: str, pending, request: gr.Request = None):
         return "You already voted on this answer pair; ask another question.", pending, *keep
     prompt = pending["prompt"]
     vote = votes.Vote(prompt=prompt, answers=pending["answers"], sides=pending["sides"], choice=choice,
-                      settings=pending["settings"], session=getattr(request, "session_hash", "") or "")
+                      settings=pending["settings"], session=getattr(request, "session_hash", "") or "",
+                      id=pending["id"])
     if pending["prompt_b"] != prompt:
         vote.prompt_b = pending["prompt_b"]
     visitor = not is_trusted(request)
@@ -104,8 +136,8 @@ def vote_handler(choice: str):
 
 def thumb_handler(pane: str):
     """A like handler for one pane's Chatbot."""
-    def like(data: gr.LikeData, history, model_name, adapter, blind, request: gr.Request = None):
-        return thumb(data, history, model_name, adapter, blind, pane, request)
+    def like(data: gr.LikeData, given, blind, request: gr.Request = None):
+        return thumb(data, given, blind, pane, request)
     return like
 
 
@@ -113,17 +145,18 @@ def side_name(side: dict) -> str:
     return f"tuned ({side['adapter']})" if side.get("adapter") else f"base ({side['model']})"
 
 
-def thumb(data: gr.LikeData, history, model_name, adapter, blind, pane: str, request: gr.Request = None) -> str:
-    """Record a thumb up/down on one answer of the base or tuned pane (not in blind mode)."""
+def thumb(data: gr.LikeData, given, blind, pane: str, request: gr.Request = None) -> str:
+    """Record a thumb up/down on one answer of the base or tuned pane (not in blind mode): the
+    answer, its prompt and its model come from what the server gave, by message index."""
     if blind:
         return "In blind mode, vote with the buttons under the answers."
-    history = plain_history(history)
     index = data.index if isinstance(data.index, int) else data.index[0]
-    if not 0 < index < len(history) or history[index]["role"] != "assistant":
-        return warn(LabError("Only an answer can get a thumb."))
-    side = {"model": model_name, "adapter": adapter if pane == "tuned" else None}
-    vote = votes.Vote(prompt=history[:index], answers={"A": history[index]["content"]}, sides={"A": side},
-                      choice="up" if data.liked else "down", session=getattr(request, "session_hash", "") or "")
+    answer = ((given or {}).get(pane) or {}).get(index)
+    if answer is None:
+        return warn(LabError("Only an answer given in this session can get a thumb."))
+    vote = votes.Vote(prompt=answer["prompt"], answers={"A": answer["answer"]}, sides={"A": answer["side"]},
+                      choice="up" if data.liked else "down", session=getattr(request, "session_hash", "") or "",
+                      id=answer["id"])
     try:
         votes.record(vote, visitor=not is_trusted(request))
     except LabError as exc:

@@ -20,8 +20,13 @@ from core import judge
 COLUMNS = ["adapter", "base model", "wins", "losses", "ties", "both bad", "win share", "95% interval"]
 
 
-def vote_summary():
-    """(table rows, one line on the visitors' votes waiting for review)."""
+def vote_summary(request: gr.Request = None):
+    """(table rows, one line on the visitors' votes waiting for review); the owner's only: it
+    reads both vote files whole."""
+    try:
+        require_user(request, action="reading the votes table")
+    except LabError as exc:
+        return [], warn(exc)
     rows = [[r["adapter"], r["model"], r["wins"], r["losses"], r["ties"], r["both_bad"], r["win_share"],
              f"{r['interval_95'][0]:.2f}-{r['interval_95'][1]:.2f}"] for r in votes.win_table(votes.read())]
     waiting = len(votes.read(visitor=True))
@@ -34,7 +39,7 @@ def accept_visitors(request: gr.Request = None):
         moved = votes.accept_visitor_votes()
     except LabError as exc:
         return gr.update(), warn(exc)
-    rows, line = vote_summary()
+    rows, line = vote_summary(request)
     return rows, f"✅ {moved} visitor vote(s) accepted. {line}"
 
 
