@@ -88,13 +88,15 @@ def free_port() -> int:
 
 
 def start_app(extra_args=(), env=None) -> tuple[subprocess.Popen, str]:
-    """Launch app.py on a free loopback port; return (process, url) once it answers."""
+    """Launch app.py on a free loopback port; return (process, url) once it answers. It gets the
+    environment a user has: not the TOKENIZERS_PARALLELISM=false set above for the test process."""
     import urllib.request
 
     port = free_port()
     log = open(ARTIFACTS / f"app-{port}.log", "w")
+    user_env = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"}
     proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *extra_args],
-                            cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=log)
+                            cwd=ROOT, env={**user_env, **(env or {})}, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -117,6 +119,15 @@ def app_server(tiny_run):
     yield url
     proc.terminate()
     proc.wait(timeout=30)
+
+
+def server_rss_mb(url: str) -> float:
+    """The resident memory, in MB, of the process that listens on `url`'s port."""
+    import psutil
+
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
+    pid = next(c.pid for c in psutil.net_connections("tcp") if c.laddr.port == port and c.status == "LISTEN")
+    return psutil.Process(pid).memory_info().rss / 2**20
 
 
 def owner_client(url: str):

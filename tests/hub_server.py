@@ -261,8 +261,12 @@ def serve_in_thread(port: int):
     import uvicorn
 
     server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
     while not server.started:
+        if not thread.is_alive() or time.time() > deadline:
+            raise RuntimeError(f"the local test Hub did not start on port {port} within 30 s")
         time.sleep(0.05)
     return server
 

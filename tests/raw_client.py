@@ -47,15 +47,18 @@ class RawApp:
             values.append(hit[0] if hit else props.get("value"))
         return values
 
-    def call(self, fn_index: int, data: list, session: str | None = None) -> dict:
+    def call(self, fn_index: int, data: list, session: str | None = None, event_data=None,
+             headers: dict | None = None) -> dict:
         """Run one event; returns {"ok": bool, "data": outputs or None, "error": text or None}."""
         session = session or uuid.uuid4().hex[:11]
-        body = {"data": data, "fn_index": fn_index, "session_hash": session, "event_data": None, "trigger_id": None}
-        joined = self.http.post(self.url + "gradio_api/queue/join", json=body)
+        body = {"data": data, "fn_index": fn_index, "session_hash": session, "event_data": event_data,
+                "trigger_id": None}
+        joined = self.http.post(self.url + "gradio_api/queue/join", json=body, headers=headers)
         if joined.status_code != 200:
             return {"ok": False, "data": None, "error": joined.text, "status": joined.status_code}
         event_id = joined.json()["event_id"]
-        with self.http.stream("GET", self.url + "gradio_api/queue/data", params={"session_hash": session}) as stream:
+        with self.http.stream("GET", self.url + "gradio_api/queue/data", params={"session_hash": session},
+                              headers=headers) as stream:
             for line in stream.iter_lines():
                 if not line.startswith("data:"):
                     continue
@@ -70,3 +73,37 @@ class RawApp:
         """Queue an event without reading its result; returns the HTTP status of the join."""
         body = {"data": data, "fn_index": fn_index, "session_hash": session, "event_data": None, "trigger_id": None}
         return self.http.post(self.url + "gradio_api/queue/join", json=body).status_code
+
+    def rest(self, data: list, api_name: str | None = None, fn_index: int | None = None) -> int:
+        """POST an event to the REST route that skips the queue, by name or by fn_index; returns
+        the HTTP status (404 when the route is closed)."""
+        route = f"gradio_api/run/{api_name or 'predict'}"
+        body = {"data": data, "session_hash": uuid.uuid4().hex[:11], **({"fn_index": fn_index} if fn_index is not None
+                                                                           else {})}
+        return self.http.post(self.url + route, json=body).status_code
+
+    def call_many(self, fn_index: int, data: list, session: str, times: int) -> list[dict]:
+        """Queue the same event `times` times at once from one session (a double click), then read
+        every result from the session's one stream."""
+        body = {"data": data, "fn_index": fn_index, "session_hash": session, "event_data": None, "trigger_id": None}
+        ids = [self.http.post(self.url + "gradio_api/queue/join", json=body).json()["event_id"] for _ in range(times)]
+        results = {}
+        with self.http.stream("GET", self.url + "gradio_api/queue/data", params={"session_hash": session}) as stream:
+            for line in stream.iter_lines():
+                message = json.loads(line[5:]) if line.startswith("data:") else {}
+                if message.get("event_id") in ids and message.get("msg") == "process_completed":
+                    output = message.get("output") or {}
+                    results[message["event_id"]] = {"ok": bool(message.get("success")), "data": output.get("data"),
+                                                    "error": output.get("error"), "status": 200}
+                    if len(results) == times:
+                        break
+        return [results.get(i, {"ok": False, "data": None, "error": "stream ended", "status": 200}) for i in ids]
+
+    def wait_session(self, session: str, count: int) -> None:
+        """Read `session`'s stream until `count` of its events have completed (drains join_only)."""
+        done = 0
+        with self.http.stream("GET", self.url + "gradio_api/queue/data", params={"session_hash": session}) as stream:
+            for line in stream.iter_lines():
+                done += line.startswith("data:") and json.loads(line[5:]).get("msg") == "process_completed"
+                if done >= count:
+                    return

@@ -12,19 +12,32 @@ import uuid
 
 import pytest
 
-from tests.conftest import ADMIN_KEY, ARTIFACTS, ROOT, start_app
+from tests.conftest import ADMIN_KEY, ARTIFACTS, ROOT, server_rss_mb, start_app
 from tests.raw_client import RawApp
 
 pytestmark = pytest.mark.slow
-REFUSED = ("Log in", "public app", "not readable", "no such category")
+# The exact one-line refusals of core.access, each a whole sentence.
+REFUSALS = [re.compile(p) for p in (
+    r"Log in to do [\w ',]+: this app is public, and only chat is open to everyone\.",
+    r"On a public app, pick one of the listed models; other models need a login\.",
+    r"On a public app, pick one of the finished runs as the adapter; folders need a login\.",
+    r"On a public app, use a bundled dataset or upload a file; server paths are not readable\.",
+    r"[\w ]+ is closed to visitors on this public app \(the owner can open it with FINETUNE_LAB_VISITOR_HUB=1\)\.",
+)]
+CHAT = ["Hi", [], [], "smollm2-135m-instruct", None, "Single", "", 0.0, 0.9, 4, 1.1, False, None, None]
 
 
 def text_of(result) -> str:
-    return json.dumps(result["data"]) + str(result["error"])
+    return json.dumps(result["data"], ensure_ascii=False) + str(result["error"])
 
 
 def refused(result) -> bool:
-    return any(word in text_of(result) for word in REFUSED)
+    return any(pattern.search(text_of(result)) for pattern in REFUSALS)
+
+
+def snapshot(folder) -> dict:
+    """Every file and folder under `folder`, with its size and modification time."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +57,7 @@ def guarded_calls(raw: RawApp, tiny_run, secret, tiny_model_dir) -> dict:
     """Each guarded action as (fn_index, inputs), built from the served page's own config."""
     start, chat = raw.fn_index(elem_id="train-start"), raw.fn_index(api_name="chat")
     inspect = raw.fn_index(elem_id="cfg-dataset", event="change")
-    chat_args = ["Hi", [], [], "smollm2-135m-instruct", None, "Single", "", 0.0, 0.9, 4, 1.1, False, None]
+    chat_args = CHAT
     return {
         "train start from the form": (start, raw.defaults(start, output_name="attack-form", max_steps=1)),
         "train recipe": (raw.fn_index(api_name="train_recipe"), ["tiny", "output_name: attack-recipe"]),
@@ -71,16 +84,25 @@ def guarded_calls(raw: RawApp, tiny_run, secret, tiny_model_dir) -> dict:
         "Hub dataset search": (raw.fn_index(api_name="hub_datasets"), ["any task", "", "downloads"]),
         "Hub adapter": (chat, [*chat_args[:4], "someone/some-adapter", "Compare", *chat_args[6:]]),
         "chatterbot: glob": (inspect, ["chatterbot:../../../../../../../**/*", "", []]),
+        "identity: suffix as a relative file": (inspect, ["identity:anything", "", []]),
+        "shakespeare: relative path": (inspect, ["shakespeare:../x", "", []]),
+        "preview with a server path as the model": (raw.fn_index(api_name="data_preview"),
+                                                    ["identity", "sft", 0, "/etc/passwd", "", 0]),
+        "preview with a Hub id as the model": (raw.fn_index(api_name="data_preview"),
+                                               ["identity", "sft", 0, "someone/secret-model", "", 0]),
+        "votes table": (raw.fn_index(api_name="votes_table"), []),
     }
 
 
 def test_anonymous_session_is_refused_every_guarded_action(raw, tiny_run, secret, tiny_model_dir, data_home):
-    runs_before = sorted(p.name for p in (data_home / "runs").iterdir())
+    """Each through the queue by fn_index, and through the REST route that skips the queue."""
+    before = snapshot(data_home)
     for action, (index, data) in guarded_calls(raw, tiny_run, secret, tiny_model_dir).items():
         result = raw.call(index, data)
         assert refused(result), f"{action} was not refused: {text_of(result)[:300]}"
         assert "hunter2" not in text_of(result) and str(data_home) not in text_of(result), action
-    assert sorted(p.name for p in (data_home / "runs").iterdir()) == runs_before, "no run may start or vanish"
+        assert raw.rest(data, fn_index=index) == 404, f"{action} answered on the REST route"
+    assert snapshot(data_home) == before, "no file in the data dir may appear, change or vanish"
 
 
 def test_owner_unlocked_by_key_can_do_them(raw, tiny_run, secret, tiny_model_dir):
@@ -107,14 +129,13 @@ def test_oversized_inputs_are_clamped_for_visitors(raw, tiny_run):
         return {"role": role, "content": [{"type": "text", "text": text}]}
 
     long_history = [message("user", "x" * 5000), message("assistant", "ok")] * 3
-    result = raw.call(chat, ["Hi", long_history, [], "smollm2-135m-instruct", None, "Single", "", 0, 0.9, 4, 1.1, False, None])
+    result = raw.call(chat, ["Hi", long_history, *CHAT[2:]])
     base = result["data"][0]
     kept = sum(len(part["text"]) for m in base for part in m["content"])
     assert 5000 < kept <= 8000 + 200, f"history is cut to its newest turns within the cap ({kept} characters)"
-    result = raw.call(chat, ["y" * 9000, [], [], "smollm2-135m-instruct", None, "Single", "", 0, 0.9, 4, 1.1, False, None])
+    result = raw.call(chat, ["y" * 9000, *CHAT[1:]])
     assert "Message too long" in text_of(result)
-    result = raw.call(chat, ["Who are you?", [], [], "smollm2-135m-instruct", tiny_run.name, "Compare", "",
-                             0, 0.9, 4, 1.1, False, None])
+    result = raw.call(chat, ["Who are you?", [], [], "smollm2-135m-instruct", tiny_run.name, "Compare", *CHAT[6:]])
     assert "tuned:" in result["data"][2], "a finished run's adapter is open to visitors, by name"
     preview = preview_index(raw)
     result = raw.call(preview, raw.defaults(preview, dataset="shakespeare", objective="dapt", block_size=100000,
@@ -145,11 +166,24 @@ def test_yaml_preview_is_one_event_for_all_fields(raw):
 
 def test_one_session_cannot_fill_the_queue(raw):
     chat, session = raw.fn_index(api_name="chat"), uuid.uuid4().hex[:11]
-    data = ["Count to ten.", [], [], "smollm2-135m-instruct", None, "Single", "", 0, 0.9, 24, 1.1, False, None]
+    data = ["Count to ten.", *CHAT[1:9], 24, *CHAT[10:]]
     statuses = [raw.join_only(chat, data, session) for _ in range(12)]
     assert statuses.count(200) == 8 and statuses.count(503) == 4, statuses
-    other = raw.call(chat, ["Hi", [], [], "smollm2-135m-instruct", None, "Single", "", 0, 0.9, 2, 1.1, False, None])
+    other = raw.call(chat, CHAT)
     assert other["ok"], "another session still gets through"
+    raw.wait_session(session, 8)
+
+
+def test_fresh_session_ids_from_one_address_cannot_fill_the_queue(raw):
+    """Session ids are free, an address is not: 24 sessions from one address get 16 events in."""
+    chat = raw.fn_index(api_name="chat")
+    data = ["Count to five.", *CHAT[1:9], 8, *CHAT[10:]]
+    sessions = [uuid.uuid4().hex[:11] for _ in range(24)]
+    statuses = [raw.join_only(chat, data, session) for session in sessions]
+    assert statuses.count(200) == 16 and statuses.count(503) == 8, statuses
+    for session, status in zip(sessions, statuses):
+        if status == 200:
+            raw.wait_session(session, 1)
 
 
 def our_tracebacks(log_text: str) -> list[str]:
@@ -169,7 +203,8 @@ def test_every_listener_by_fn_index_writes_nothing_for_a_visitor(raw, app_server
     for dep in raw.dependencies:
         if dep.get("backend_fn") is False:
             continue  # a front-end only listener (the chat Stop button's cancel)
-        raw.call(dep["id"], raw.defaults(dep["id"]), session)
+        result = raw.call(dep["id"], raw.defaults(dep["id"]), session)
+        assert result["status"] == 200, f"listener {dep['id']} was rejected before its handler: {text_of(result)}"
     created = {p for p in data_home.rglob("*")} - before
     assert not created, f"anonymous calls wrote files: {sorted(map(str, created))[:5]}"
     crashes = our_tracebacks(log.read_text(errors="replace")[log_start:])
@@ -185,9 +220,79 @@ def test_auth_login_can_do_guarded_actions(tiny_run, tiny_model_dir):
         raw = RawApp(url, auth=("owner", "pw-4821"))
         delete = raw.call(raw.fn_index(api_name="train_delete"), ["no-such-run", True])
         assert "No run named" in text_of(delete)
-        chat = raw.call(raw.fn_index(api_name="chat"), ["Hi", [], [], str(tiny_model_dir), None, "Single", "",
-                                                         0, 0.9, 2, 1.1, False, None])
+        chat = raw.call(raw.fn_index(api_name="chat"), ["Hi", [], [], str(tiny_model_dir), *CHAT[4:]])
         assert chat["ok"] and "public app" not in text_of(chat)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_rest_route_is_closed_and_the_queue_still_answers(raw, app_server):
+    """/gradio_api/run/<name> would run handlers beside the queue and its per-session limits."""
+    chat = raw.fn_index(api_name="chat")
+    assert raw.rest(CHAT, api_name="chat") == 404 and raw.rest(CHAT, fn_index=chat) == 404
+    from gradio_client import Client
+
+    assert Client(app_server, verbose=False).predict(api_name="/adapters") is not None
+
+
+def test_a_huge_chat_history_is_refused_before_it_is_parsed(raw, app_server):
+    """200,000 messages (12 MB of JSON) cost the server half a gigabyte once Gradio parsed them."""
+    chat, rss = raw.fn_index(api_name="chat"), server_rss_mb(app_server)
+    history = [{"role": "user", "content": [{"type": "text", "text": "hi there"}]}] * 200_000
+    result = raw.call(chat, ["Hi", history, *CHAT[2:]])
+    assert result["status"] == 413 and "Request too large" in result["error"], text_of(result)[:200]
+    assert server_rss_mb(app_server) - rss < 50, "the body was refused before it was read"
+
+
+def upload(raw: RawApp, path) -> dict:
+    """A file sent to Gradio's own upload route, as the page sends it; returns its FileData."""
+    with open(path, "rb") as handle:
+        sent = raw.http.post(raw.url + "gradio_api/upload", files={"files": (path.name, handle)})
+    return {"path": sent.raise_for_status().json()[0], "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
+
+
+def test_topics_upload_bomb_costs_the_documents_kept(raw, app_server, tmp_path):
+    """A 42 MB file of 3.5 million one-line documents with a cap of 10: the reading keeps 10."""
+    bomb = tmp_path / "bomb.txt"
+    bomb.write_bytes(b"".join(b"doc %07d\n" % i for i in range(3_500_000)))
+    embed, sent = raw.fn_index(api_name="embed"), upload(raw, bomb)
+    assert raw.call(embed, ["chatterbot", None, "", "", 10, "all-MiniLM-L6-v2"])["ok"]  # the embedder loaded first
+    rss = server_rss_mb(app_server)
+    result = raw.call(embed, ["guardian-headlines", sent, "", "", 10, "all-MiniLM-L6-v2"])
+    assert "**10 documents**" in text_of(result) and "of 3500000 documents" in text_of(result), text_of(result)[:300]
+    assert server_rss_mb(app_server) - rss < 150, "a stream of lines, not the whole file in memory"
+
+
+def test_thousands_of_labels_are_refused_before_a_confusion_matrix(raw):
+    classify = raw.fn_index(api_name="classify")
+    result = raw.call(classify, ["guardian-headlines", None, "", "Text", 2000, "all-MiniLM-L6-v2", "logreg"])
+    assert "different labels, at most 50 here" in text_of(result), text_of(result)[:300]
+
+
+def visitor_votes(data_home) -> list[dict]:
+    path = data_home / "votes" / "visitors.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def test_a_thumb_counts_only_for_an_answer_given_and_only_once(raw, data_home):
+    like = raw.fn_index(elem_id="base-chat", event="like")
+    session, before = uuid.uuid4().hex[:11], len(visitor_votes(data_home))
+    forged = {"index": 1, "value": "forged answer " * 1000, "liked": True}
+    assert "Only an answer given in this session" in text_of(raw.call(like, [None, False], session, forged))
+    answered = raw.call(raw.fn_index(api_name="chat"), ["Name a colour.", *CHAT[1:]], session)
+    given = answered["data"][0][1]["content"][0]["text"]
+    assert "saved for the base answer" in text_of(raw.call(like, [None, False], session, forged))
+    assert "already voted" in text_of(raw.call(like, [None, False], session, {**forged, "liked": False}))
+    saved = visitor_votes(data_home)[before:]
+    assert len(saved) == 1 and saved[0]["answers"]["A"] == given, "the server's answer, not the client's"
+    assert saved[0]["prompt"] == [{"role": "user", "content": "Name a colour."}]
+
+
+def test_concurrent_clicks_on_one_blind_pair_record_one_vote(raw, tiny_run, data_home):
+    session, before = uuid.uuid4().hex[:11], len(visitor_votes(data_home))
+    blind = ["Who are you?", [], [], "smollm2-135m-instruct", tiny_run.name, "Compare", *CHAT[6:11], True, None, None]
+    assert "Which answer is better" in text_of(raw.call(raw.fn_index(api_name="chat"), blind, session))
+    results = raw.call_many(raw.fn_index(api_name="vote_A"), [None], session, times=3)
+    assert sum("Vote saved" in text_of(r) for r in results) == 1, [text_of(r)[:120] for r in results]
+    assert len(visitor_votes(data_home)) == before + 1
