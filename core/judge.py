@@ -11,6 +11,7 @@ any blind Compare vote, so the win rate is `core.votes.head_to_head` of the two 
 from __future__ import annotations
 
 import random
+import uuid
 
 from core import votes
 from core.errors import LabError
@@ -54,7 +55,7 @@ def next_pair(run_name: str) -> dict | None:
     row, (new, start) = pending[0], sides(run)
     order = [("tuned", new), ("base", start)]
     random.shuffle(order)
-    return {"run": run.name, "voted": False, "prompt": row_messages(row), "prompt_b": row_messages(row),
+    return {"id": uuid.uuid4().hex, "run": run.name, "voted": False, "prompt": row_messages(row), "prompt_b": row_messages(row),
             "answers": {side: row[key] for side, (key, _) in zip("AB", order)},
             "sides": {side: model for side, (_, model) in zip("AB", order)},
             "settings": {"source": f"report of {run.name}", "temperature": 0.0}, "left": len(pending)}
