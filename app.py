@@ -13,7 +13,8 @@ public too (see core/access.py for what that means).
 
 Every event goes through the queue (the REST route /gradio_api/run/... is closed), where one
 session and one client address may each hold only a few events at once; a request body over
-1 MB is refused before Gradio parses it (core/request_limits.py).
+1 MB is refused before Gradio parses it, and uploads stop while Gradio's upload folder holds
+over 2 GB (core/request_limits.py).
 """
 import argparse
 import os
@@ -24,7 +25,7 @@ import gradio as gr  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 from core import access  # noqa: E402
-from core.request_limits import MAX_BODY_BYTES, BodyLimit, client_address  # noqa: E402
+from core.request_limits import MAX_BODY_BYTES, BodyLimit, UploadCacheLimit, client_address  # noqa: E402
 from tabs import chat, hub_panel, publish, topics, train  # noqa: E402
 
 MAX_UPLOAD = "50mb"
@@ -122,7 +123,14 @@ def main(argv=None) -> None:
     # run_history=False: Gradio would otherwise keep every call's inputs (the HF token too) in the browser.
     build_app().launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
                        max_file_size=MAX_UPLOAD, run_history=False, footer_links=["api", "gradio"],
-                       app_kwargs={"middleware": [Middleware(BodyLimit, limit=MAX_BODY_BYTES)]})
+                       app_kwargs={"middleware": [Middleware(BodyLimit, limit=MAX_BODY_BYTES),
+                                                  Middleware(UploadCacheLimit, folder=upload_folder())]})
+
+
+def upload_folder() -> str:
+    from gradio.utils import get_upload_folder
+
+    return get_upload_folder()
 
 
 if __name__ == "__main__":

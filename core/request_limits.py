@@ -11,6 +11,10 @@ upload route is left to its `max_file_size`, which streams to disk.
 (a Hugging Face Space, or $FINETUNE_LAB_BEHIND_PROXY=1) the address that proxy appended last
 to X-Forwarded-For; the entries before it are whatever the client wrote, so they are ignored.
 
+`UploadCacheLimit` refuses a new upload while Gradio's upload folder holds more than its limit:
+Gradio stores any client's uploads there before a handler sees them (no session needed), and
+only its hourly clean-up (gr.Blocks' delete_cache) removes them.
+
 `HEAVY_EVENTS` is the listener setting that puts every event that embeds, fits or reads a
 dataset into one pool of two slots across all sessions.
 
@@ -88,6 +92,34 @@ class BodyLimit:
 
 class _TooLarge(Exception):
     pass
+
+
+UPLOAD_CACHE_BYTES = 2 * 2**30
+
+
+class UploadCacheLimit:
+    """ASGI middleware: answer 507 to an upload while `folder` holds over `limit` bytes."""
+
+    def __init__(self, app, folder: str, limit: int = UPLOAD_CACHE_BYTES):
+        self.app, self.folder, self.limit = app, folder, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope.get("path", "").endswith(UPLOAD_PATH) and self._used() > self.limit:
+            text = b"Uploads are full for now: try again within the hour."
+            await send({"type": "http.response.start", "status": 507,
+                        "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(text)).encode())]})
+            return await send({"type": "http.response.body", "body": text})
+        return await self.app(scope, receive, send)
+
+    def _used(self) -> int:
+        total = 0
+        for root, _, names in os.walk(self.folder):
+            for name in names:
+                try:
+                    total += os.stat(os.path.join(root, name)).st_size
+                except OSError:  # removed by the clean-up meanwhile
+                    pass
+        return total
 
 
 class RateWindow:

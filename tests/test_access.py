@@ -126,3 +126,29 @@ def test_non_loopback_host_without_auth_is_public(monkeypatch):
     assert not access.is_public(), "a login in front keeps it private"
     app.main(["--host", "0.0.0.0"])
     assert access.is_public()
+
+
+def test_request_guards_refuse_before_the_app_reads(tmp_path):
+    """BodyLimit answers 413 to an oversized body, declared or not; UploadCacheLimit 507 to an
+    upload while the upload folder is over its limit (the app behind them is never reached)."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from core.request_limits import BodyLimit, UploadCacheLimit
+
+    async def echo(request):
+        return PlainTextResponse(str(len(await request.body())))
+
+    routes = [Route("/gradio_api/queue/join", echo, methods=["POST"]), Route("/gradio_api/upload", echo, methods=["POST"])]
+    app = Starlette(routes=routes, middleware=[Middleware(BodyLimit, limit=1000),
+                                               Middleware(UploadCacheLimit, folder=str(tmp_path), limit=100)])
+    client = TestClient(app)
+    assert client.post("/gradio_api/queue/join", content=b"x" * 999).text == "999"
+    assert client.post("/gradio_api/queue/join", content=b"x" * 1001).status_code == 413
+    assert client.post("/gradio_api/queue/join", content=iter([b"x" * 600, b"x" * 600])).status_code in (400, 413)
+    assert client.post("/gradio_api/upload", content=b"y" * 5000).text == "5000", "uploads are Gradio's to cap"
+    (tmp_path / "old-upload").write_bytes(b"z" * 101)
+    assert client.post("/gradio_api/upload", content=b"y").status_code == 507
