@@ -66,7 +66,7 @@ class KeyThrottle:
     long as the last (up to MAX_WAIT_S); over GLOBAL_PER_HOUR wrong keys from everyone, every
     address waits GLOBAL_WAIT_S after each one, so many addresses buy no more guesses."""
 
-    FREE_TRIES, MAX_WAIT_S, GLOBAL_PER_HOUR, GLOBAL_WAIT_S = 3, 3600, 60, 30
+    FREE_TRIES, MAX_WAIT_S, GLOBAL_PER_HOUR, GLOBAL_WAIT_S = 3, 300, 60, 30
 
     def __init__(self):
         self.failures: dict[str, tuple[int, float]] = {}  # address -> (count, last failure)

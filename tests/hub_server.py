@@ -9,8 +9,8 @@ For the Hub as a source (tests/test_hub_source.py) it also answers what `list_mo
 `list_datasets` and `datasets.load_dataset` ask for: the two listings (filters, parameter
 range, sort, limit, expand), a repo's file tree and paths-info, and ranged GETs on resolve.
 `app.state.sent` counts the bytes each resolve response carried, per repo path, so a test can
-check that streaming read only part of a file. `seed(app, kind, repo_id, files, **info)` adds
-a repo with its listing metadata.
+check that streaming read only part of a file; `app.state.repos` holds every repo as received.
+`seed(app, kind, repo_id, files, **info)` adds a repo with its listing metadata.
 
     python tests/hub_server.py PORT      # run it by hand
 """

@@ -44,3 +44,26 @@ def test_chat_and_compare_in_browser(app_server, tiny_run):
         base_text = page.locator("#base-chat [data-testid='bot']").last.inner_text()
         assert base_text and tuned.inner_text() and base_text != tuned.inner_text()
         page.screenshot(path=str(ARTIFACTS / "chat-compare.png"))
+
+
+def test_first_visit_chat_and_train_data_at_once(tiny_run):
+    """A fresh server, the commonest first step: ask at once, then open Train. The page load's
+    dataset preview and the first chat's model load used to import transformers in two threads
+    at once, and the preview failed ("module 'transformers' has no attribute ...")."""
+    from tests.conftest import start_app
+
+    proc, url = start_app()
+    try:
+        with browser_page(url) as page:
+            send(page, "Hello!")
+            page.get_by_role("tab", name="Train").click()
+            summary = page.locator("#data-summary")
+            page.wait_for_function("() => document.querySelector('#data-summary')?.innerText.includes('rows')",
+                                   timeout=90_000)
+            assert "72 rows" in summary.inner_text() and "could not be read" not in summary.inner_text()
+            assert page.get_by_text("What's your name, assistant?").first.is_visible(), "the first rows of identity"
+            page.get_by_role("tab", name="Chat").click()
+            page.locator("#base-chat [data-testid='bot']").last.wait_for(timeout=90_000)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -45,6 +45,17 @@ def visitor(hub_app):
     return Client(hub_app, verbose=False)
 
 
+def test_visitor_chats_only_with_hub_models_within_the_size_limit(visitor):
+    """lab/huge-chat (70B by its safetensors count) is refused before any download; lab/tiny-chat
+    (135M) passes the size check and fails only later, for having no weights on this test Hub."""
+    huge = visitor.predict("Hi", [], [], "lab/huge-chat", None, "Single", "", 0.0, 0.9, 4, 1.1, False, None,
+                           api_name="/chat")
+    assert "at most 500,000,000 parameters" in huge[2] and "lab/huge-chat" in huge[2], huge[2]
+    tiny = visitor.predict("Hi", [], [], "lab/tiny-chat", None, "Single", "", 0.0, 0.9, 4, 1.1, False, None,
+                           api_name="/chat")
+    assert "parameters" not in tiny[2] and tiny[2].startswith("⚠"), tiny[2]
+
+
 def test_search_models_by_task_size_and_sort(visitor):
     rows, status = visitor.predict("chat / text generation", "", "transformers", 1000, "downloads", api_name="/hub_models")
     assert [row[0] for row in rows] == ["lab/tiny-chat", "lab/popular-chat"], status

@@ -5,6 +5,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -21,8 +23,12 @@ LEAK = "hf_LEAKCHECK_7f3a9c2e5b1d8046"
 def hub_url():
     port = free_port()
     server = serve_in_thread(port)
+    HUB_APPS[f"http://127.0.0.1:{port}"] = server.config.app
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
+
+
+HUB_APPS: dict = {}  # hub url -> its app, whose state holds what it received
 
 
 @pytest.fixture
@@ -176,7 +182,8 @@ def test_token_never_leaks(hub_url, tiny_run, data_home, tmp_path):
     from tests.conftest import ARTIFACTS, start_app
 
     assert LEAK in VALID_TOKENS
-    proc, url = start_app(env={"HF_ENDPOINT": hub_url})
+    hf_home = tmp_path / "hf-home"
+    proc, url = start_app(env={"HF_ENDPOINT": hub_url, "HF_HOME": str(hf_home)})
     outputs = []
     try:
         client = Client(url, verbose=False)
@@ -191,16 +198,16 @@ def test_token_never_leaks(hub_url, tiny_run, data_home, tmp_path):
     assert outputs[0].startswith("✅") and outputs[1].startswith("✅") and outputs[2].startswith("⚠️")
     for text in outputs:
         assert LEAK not in text
-    space = tmp_path / "space"
-    for name, text in hub.space_files("tester/leak-check", "base/model", True).items():
-        (space / name).parent.mkdir(exist_ok=True)
-        (space / name).write_text(text)
+    received = [(f"hub:{repo}/{path}", data) for repo, info in HUB_APPS[hub_url].state.repos.items()
+                for path, data in info["files"].items()]
+    assert any("leak-space" in name for name, _ in received), "the Space reached the Hub"
+    gradio_temp = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
+    on_disk = [(str(p), p.read_bytes()) for folder in (data_home, ARTIFACTS, hf_home, gradio_temp)
+               for p in folder.rglob("*") if p.is_file()]
     scanned = 0
-    for folder in (data_home, ARTIFACTS, space):
-        for path in folder.rglob("*"):
-            if path.is_file():
-                scanned += 1
-                assert LEAK.encode() not in path.read_bytes(), f"token found in {path}"
+    for name, data in received + on_disk:
+        scanned += 1
+        assert LEAK.encode() not in (data if isinstance(data, bytes) else str(data).encode()), f"token in {name}"
     assert scanned > 10
     with pytest.raises(hub.HubError) as info:
         hub.push_adapter(tiny_run.name, "someone-else/their-model", LEAK)
