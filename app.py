@@ -18,6 +18,7 @@ over 2 GB (core/request_limits.py).
 """
 import argparse
 import os
+import sys
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -70,12 +71,14 @@ def limit_events(demo: gr.Blocks, per_session: int, per_address: int) -> None:
         waiting = [e for q in queue.event_queue_per_concurrency_id.values() for e in q.queue]
         events = waiting + [e for job in queue.active_jobs if job for e in job]
         if session and sum(e.session_hash == session for e in events) >= per_session:
-            return False, f"Too many requests at once from this session (at most {per_session}): wait for them.", \
-                "queue_full"
+            return refuse(f"Too many requests at once from this session (at most {per_session}): wait for them.")
         if address and sum(client_address(e.request) == address for e in events) >= per_address:
-            return False, f"Too many requests at once from your address (at most {per_address}): wait for them.", \
-                "queue_full"
+            return refuse(f"Too many requests at once from your address (at most {per_address}): wait for them.")
         return await push(body, request, username)
+
+    def refuse(message: str):
+        print(f"[queue] refused: {message}", file=sys.stderr, flush=True)  # no session id or address logged
+        return False, message, "queue_full"
 
     queue.push = push_limited
 

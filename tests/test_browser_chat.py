@@ -61,7 +61,8 @@ def test_first_visit_chat_and_train_data_at_once(tiny_run):
             page.wait_for_function("() => document.querySelector('#data-summary')?.innerText.includes('rows')",
                                    timeout=90_000)
             assert "72 rows" in summary.inner_text() and "could not be read" not in summary.inner_text()
-            assert page.get_by_text("What's your name, assistant?").first.is_visible(), "the first rows of identity"
+            page.wait_for_function("() => document.body.innerText.includes(\"What's your name, assistant?\")",
+                                   timeout=30_000)  # the first rows of identity, in the table
             page.get_by_role("tab", name="Chat").click()
             page.locator("#base-chat [data-testid='bot']").last.wait_for(timeout=90_000)
     finally:

@@ -35,7 +35,13 @@ def test_train_reload_and_compare_in_browser(app_server, tiny_run):
         page.get_by_text("Advanced", exact=True).click()
         page.wait_for_function("() => document.querySelector('#cfg-max_steps input')?.value === '6'",
                                timeout=30_000)
-        page.locator("#cfg-output_name textarea, #cfg-output_name input").first.fill("browser-run")
+        name = page.locator("#cfg-output_name textarea, #cfg-output_name input").first
+        for _ in range(3):  # a late answer of the recipe's events can blank a name typed meanwhile
+            name.fill("browser-run")
+            page.wait_for_timeout(1000)
+            if name.input_value() == "browser-run":
+                break
+        assert name.input_value() == "browser-run"
         page.locator("#cfg-adapter").get_by_role("radio", name="lora", exact=True).check()
         page.locator("#cfg-lr_scheduler").get_by_role("radio", name="cosine", exact=True).check()
         page.locator("#train-start").click()
@@ -43,6 +49,10 @@ def test_train_reload_and_compare_in_browser(app_server, tiny_run):
                                timeout=30_000)
         message = page.locator("#train-message").inner_text()
         assert "Started browser-run" in message, message
+        # Until the first poll after Start the panel still shows the newest earlier run (the tiny
+        # fixture, at its last step): wait for the new run's name first.
+        page.wait_for_function("() => document.querySelector('#train-stats')?.innerText.includes('browser-run')",
+                               timeout=60_000)
         # Step 2 or later: the poll runs every 2 s, and on a fast host steps can pass between two
         # polls (one CI run waited 240 s for "step 2/" after the page had jumped past it).
         page.wait_for_function("() => +(/step (\\d+)\\//.exec(document.querySelector('#train-progress')?.innerText)"
