@@ -27,7 +27,7 @@ from starlette.middleware import Middleware  # noqa: E402
 
 from core import access  # noqa: E402
 from core.request_limits import MAX_BODY_BYTES, BodyLimit, UploadCacheLimit, client_address  # noqa: E402
-from tabs import chat, hub_panel, publish, topics, train  # noqa: E402
+from tabs import chat_tab, hub_panel, publish, topics, train  # noqa: E402
 
 MAX_UPLOAD = "50mb"
 EVENTS_PER_SESSION = int(os.environ.get("FINETUNE_LAB_EVENTS_PER_SESSION", 8))
@@ -43,7 +43,7 @@ def build_app() -> gr.Blocks:
         if access.is_public():
             _access_row(demo)
         with gr.Tab("Chat"):
-            adapter_picker = chat.build(demo)
+            adapter_picker = chat_tab.build(demo)
         with gr.Tab("Train"):
             train.build(demo, adapter_picker)
         with gr.Tab("Embeddings & topics"):

@@ -90,7 +90,7 @@ def cmd_topics(args) -> int:
 
 def cmd_publish(args) -> int:
     from core.hub import push_adapter, push_space
-    from training.export import ensure_export
+    from training.export_formats import ensure_export
 
     def progress(fraction, desc=""):
         print(f"[{fraction:4.0%}] {desc}", file=sys.stderr)
@@ -118,7 +118,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from training.export import export_run
+    from training.export_formats import export_run
 
     def progress(fraction, desc=""):
         print(f"[{fraction:4.0%}] {desc}", file=sys.stderr)

@@ -64,7 +64,7 @@ def run_engine(cfg, out: Path) -> dict:
     from core.runs import RunFolder
     from training.device import compile_layers
     from training.prepare import build_examples, load_tokenizer
-    from training.run import load_base, lora_config, sft_config
+    from training.model_setup import load_base, lora_config, sft_config
     from training.trainer import LabSFTTrainer
 
     stamps = []  # (seconds, tokens so far) at each logged step
@@ -98,7 +98,7 @@ def run_baseline(cfg, out: Path, precision: str) -> dict:
     from core.models import resolve_model
     from core import threads
     from training.prepare import build_examples, load_tokenizer
-    from training.run import lora_config
+    from training.model_setup import lora_config
 
     threads.apply(threads.for_training(cfg.threads))
     tokenizer = load_tokenizer(cfg.model, cfg.chat_template)

@@ -97,7 +97,7 @@ def qlora_layers(model: Path) -> dict:
     import torch
 
     from training.config import config_from_dict
-    from training.run import load_base
+    from training.model_setup import load_base
 
     cfg = config_from_dict({"model": str(model), "adapter": "qlora"})
     base = load_base(cfg)

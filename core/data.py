@@ -25,6 +25,7 @@ import yaml
 
 from core.assets import package_dir
 from core.errors import LabError
+from core.file_types import EXTENSIONS
 
 
 FORMATS = {  # format -> required columns, in detection order
@@ -36,8 +37,6 @@ FORMATS = {  # format -> required columns, in detection order
     "qa": ("question", "answer"),
     "text": ("text",),
 }
-EXTENSIONS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet",
-              ".txt": "text", ".md": "text"}
 BUNDLED = ("identity", "identity-preferences", "chatterbot", "shakespeare")
 _IDENTITY = Path(__file__).parent / "datasets" / "identity.jsonl"
 # Built by core.preference_set: identity answers chosen, SmolLM2's own greedy answers rejected.

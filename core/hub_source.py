@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
-from core.data import EXTENSIONS
+from core.file_types import EXTENSIONS
 from core.errors import LabError
 from core.hub_search import check_reachable
 

@@ -14,7 +14,8 @@ from core.errors import LabError
 from core.hub import push_adapter, push_space
 from core.runs import finished_runs
 from tabs.feedback import warn
-from training.export import DTYPES, ensure_export, export_run
+from training.export import DTYPES
+from training.export_formats import ensure_export, export_run
 from training.gguf_export import QUANTS
 
 PUSH_CHOICES = ["adapter", "merged"] + [f"gguf-{quant}" for quant in QUANTS]

@@ -235,7 +235,7 @@ def test_push_gguf_export_with_a_gguf_card(endpoint, tiny_run):
 def test_merged_card_says_transformers(tiny_run):
     from huggingface_hub import ModelCard
 
-    from training.export import ensure_export
+    from training.export_formats import ensure_export
 
     ensure_export(tiny_run.name, "merged")
     card = ModelCard(hub.model_card(RunFolder(tiny_run), "tester/lumen-merged", "merged"))

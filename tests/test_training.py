@@ -112,7 +112,7 @@ def test_qlora_gradients_reach_the_first_layer_after_an_eval_pass():
     from peft import get_peft_model
 
     from training.config import TrainConfig
-    from training.run import load_base, lora_config
+    from training.model_setup import load_base, lora_config
 
     cfg = TrainConfig(dataset="identity", adapter="qlora")
     ids = torch.randint(0, 1000, (2, 24), generator=torch.Generator().manual_seed(0))
@@ -132,7 +132,7 @@ def test_bf16_training_keeps_fp32_master_weights_for_a_full_fine_tune():
     bf16 AdamW update of 2e-5 on a weight near 0.05 rounds away to nothing."""
     from training.config import TrainConfig
     from training.device import precision_flags
-    from training.run import load_base
+    from training.model_setup import load_base
 
     assert resolve_precision("auto") in ("bf16", "fp32") and resolve_precision("fp16") == "fp16"
     assert precision_flags("bf16") == {"bf16": True, "fp16": False}

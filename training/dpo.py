@@ -82,7 +82,7 @@ def dpo_trainer(cfg, run: RunFolder, tokenizer, train_set, eval_set, callbacks):
     from peft import PeftModel
     from trl import DPOConfig, DPOTrainer
 
-    from training.run import common_args, lora_config, load_base
+    from training.model_setup import common_args, lora_config, load_base
 
     model, peft_config = load_base(cfg), lora_config(cfg)
     start = starting_adapter(cfg)

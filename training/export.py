@@ -1,7 +1,9 @@
 """Take a trained model out of the app: merge a LoRA/QLoRA adapter into its base model.
 
     python cli.py export --run RUN --format merged        # -> <data dir>/runs/RUN/merged/
-    python cli.py export --run RUN --format gguf --quant q8_0   # training.gguf_export
+
+training.export_formats is the entry point for both formats (merged here, GGUF in
+training.gguf_export, which builds on the merge).
 
 The merged folder is a plain transformers model: safetensors weights, config, tokenizer and
 chat template, loadable with `AutoModelForCausalLM.from_pretrained` alone, no peft needed.
@@ -25,7 +27,6 @@ from core.errors import LabError
 from core.runs import RunFolder
 
 DTYPES = ("bf16", "fp16", "fp32")
-FORMATS = ("merged", "gguf")
 
 
 @dataclass
@@ -41,27 +42,6 @@ class Export:
 
     def describe(self) -> str:
         return f"{self.folder} ({self.size_mb:.0f} MB, {self.seconds:.1f} s)"
-
-
-def export_run(run_name: str, fmt: str = "merged", dtype: str = "bf16", quant: str = "q8_0",
-               progress=None) -> Export:
-    """The one entry point of the UI and the CLI: a merged folder or a GGUF file with its Modelfile."""
-    if fmt == "merged":
-        return merge_run(run_name, dtype, progress)
-    if fmt == "gguf":
-        from training.gguf_export import export_gguf
-
-        return export_gguf(run_name, quant, progress)
-    raise LabError(f"format={fmt!r}: choose one of {', '.join(FORMATS)}.")
-
-
-def ensure_export(run_name: str, what: str, progress=None) -> None:
-    """Make sure the folder Publish pushes for `what` (adapter, merged, gguf-<quant>) exists."""
-    run = RunFolder.existing(run_name)
-    if what == "merged" and not (run.merged / "config.json").is_file():
-        merge_run(run_name, "bf16", progress)
-    elif what.startswith("gguf-") and not run.gguf_dir(what[len("gguf-"):]).is_dir():
-        export_run(run_name, "gguf", quant=what[len("gguf-"):], progress=progress)
 
 
 def merge_run(run_name: str, dtype: str = "bf16", progress=None) -> Export:
@@ -86,7 +66,7 @@ def merge_run(run_name: str, dtype: str = "bf16", progress=None) -> Export:
 def _training_base(run: RunFolder):
     """The run's base as training loaded it (NF4 for QLoRA), computing in fp32."""
     from training.config import load_config
-    from training.run import load_base
+    from training.model_setup import load_base
 
     return load_base(load_config(run.config, precision="fp32"))
 

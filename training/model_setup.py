@@ -1,0 +1,110 @@
+"""Model setup every objective shares: the base model as training loads it (NF4 for QLoRA), the
+LoRA settings, and the TrainingArguments (SFTConfig and DPOConfig extend them).
+
+    python -c "from training.model_setup import lora_config; from training.config import TrainConfig; print(lora_config(TrainConfig()))"
+
+training.run, training.dpo, training.export and the benches import these; this module imports
+no other training step, so none of them depends on the process entry point.
+"""
+from __future__ import annotations
+
+import os
+
+from core.models import resolve_precision, torch_dtype
+from core.runs import RunFolder
+from training.config import TrainConfig
+from training.device import attention_for, keep_4bit_layers_differentiable, precision_flags
+
+
+def load_base(cfg: TrainConfig):
+    """The base model, 4-bit NF4 for QLoRA; the same loader for every adapter kind. A full
+    fine-tune keeps fp32 master weights (a bf16 AdamW update of 2e-5 rounds away); frozen
+    LoRA/QLoRA bases are stored in the compute dtype, which halves their memory."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from core.models import resolve_model
+
+    kwargs = dict(use_safetensors=True, trust_remote_code=False, attn_implementation=attention_for(cfg))
+    compute = torch_dtype(resolve_precision(cfg.precision))
+    if cfg.adapter == "qlora":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=cfg.quant_type,
+            bnb_4bit_use_double_quant=cfg.double_quant, bnb_4bit_compute_dtype=compute)
+        if torch.cuda.is_available():  # bitsandbytes quantizes where the weights load, and the
+            # Trainer never moves a 4-bit model: without this it would train on the CPU.
+            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+    else:
+        kwargs["dtype"] = torch.float32 if cfg.adapter == "full" else compute
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model), **kwargs)
+    if cfg.adapter == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        keep_4bit_layers_differentiable(model)
+    return model
+
+
+def lora_config(cfg: TrainConfig):
+    """peft settings for lora/qlora; None for a full fine-tune."""
+    if cfg.adapter == "full":
+        return None
+    from peft import LoraConfig
+
+    target = cfg.lora_target if cfg.lora_target == "all-linear" else [
+        t.strip() for t in cfg.lora_target.split(",") if t.strip()]
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=target, task_type="CAUSAL_LM")
+
+
+def common_args(cfg: TrainConfig, run: RunFolder) -> dict:
+    """The TrainingArguments every objective shares (SFTConfig and DPOConfig extend them)."""
+    import torch
+
+    return dict(
+        output_dir=str(run.checkpoints), max_steps=cfg.max_steps,
+        num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate, logging_steps=cfg.logging_steps, **schedule_flags(cfg),
+        save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        eval_strategy="steps" if cfg.eval_steps and cfg.eval_fraction else "no",
+        eval_steps=cfg.eval_steps or None, seed=cfg.seed, report_to="none",
+        activation_checkpointing=cfg.gradient_checkpointing, use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0, disable_tqdm=True, save_only_model=False,
+        **precision_flags(cfg.precision),
+    )
+
+
+def schedule_flags(cfg: TrainConfig) -> dict:
+    """Scheduler, warmup, weight decay, optimizer, clipping and NEFTune as TrainingArguments."""
+    scheduler = "constant_with_warmup" if cfg.lr_scheduler == "constant" else cfg.lr_scheduler
+    warmup = cfg.warmup if cfg.warmup < 1 else int(cfg.warmup)
+    return dict(lr_scheduler_type=scheduler, warmup_steps=warmup, weight_decay=cfg.weight_decay,
+                optim=cfg.optimizer, max_grad_norm=cfg.max_grad_norm,
+                neftune_noise_alpha=cfg.neftune_alpha or None)
+
+
+def sft_config(cfg: TrainConfig, run: RunFolder):
+    from trl import SFTConfig
+
+    dapt = cfg.objective == "dapt"
+    return SFTConfig(**common_args(cfg, run), max_length=cfg.block_size if dapt else cfg.max_length,
+                     **batching_flags(cfg))
+
+
+def batching_flags(cfg: TrainConfig) -> dict:
+    """How SFT rows are batched. Measured on 2 CPU cores (bench/bench_train.py): packing's long
+    block-diagonal rows cost dense attention over the whole pack, while length-grouped dynamic
+    padding wastes little; on a GPU, packed padding-free batches use varlen attention kernels."""
+    import torch
+
+    mode = cfg.batching
+    if mode == "auto":
+        mode = "packed" if torch.cuda.is_available() else "grouped"
+    if cfg.objective == "dapt":  # windows already have one fixed length
+        mode = "padded"
+    flags = {"packing": mode == "packed"}
+    if mode == "grouped":
+        flags["train_sampling_strategy"] = "group_by_length"
+    return flags
