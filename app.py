@@ -26,12 +26,14 @@ import gradio as gr  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 from core import access  # noqa: E402
-from core.request_limits import MAX_BODY_BYTES, BodyLimit, UploadCacheLimit, client_address  # noqa: E402
+from core.request_limits import (MAX_BODY_BYTES, SHARED_POOLS, BodyLimit, UploadCacheLimit,  # noqa: E402
+                                 client_address, fair_order)
 from tabs import chat_tab, hub_panel, publish, topics, train  # noqa: E402
 
 MAX_UPLOAD = "50mb"
 EVENTS_PER_SESSION = int(os.environ.get("FINETUNE_LAB_EVENTS_PER_SESSION", 8))
 EVENTS_PER_ADDRESS = int(os.environ.get("FINETUNE_LAB_EVENTS_PER_ADDRESS", 16))
+POOL_EVENTS_PER_ADDRESS = 2  # in each shared pool (chat answers, heavy work): see core/request_limits.py
 QUEUE_SIZE = 128
 UPLOAD_CACHE = (600, 3600)  # every 10 minutes, Gradio deletes uploads older than an hour
 
@@ -60,21 +62,33 @@ def build_app() -> gr.Blocks:
 
 def limit_events(demo: gr.Blocks, per_session: int, per_address: int) -> None:
     """Refuse a new event while its session has `per_session`, or its client address
-    `per_address`, queued or running, so one visitor (or one script calling every fn_index from
-    fresh session ids) cannot fill the shared queue. Gradio has no such setting, so this wraps
-    its queue's `push`."""
+    `per_address` (or POOL_EVENTS_PER_ADDRESS in the same shared pool), queued or running, so
+    one visitor (or one script calling every fn_index from fresh session ids) can neither fill
+    the shared queue nor line up long jobs ahead of everyone; in the shared pools, the waiting
+    events are served round robin by address (core.request_limits.fair_order). Gradio has no
+    such setting, so this wraps its queue's `push`."""
     queue = demo._queue
     push = queue.push
 
     async def push_limited(body, request, username):
         session, address = body.session_hash, client_address(request)
+        pool = getattr(demo.fns.get(body.fn_index), "concurrency_id", None)
         waiting = [e for q in queue.event_queue_per_concurrency_id.values() for e in q.queue]
         events = waiting + [e for job in queue.active_jobs if job for e in job]
         if session and sum(e.session_hash == session for e in events) >= per_session:
             return refuse(f"Too many requests at once from this session (at most {per_session}): wait for them.")
-        if address and sum(client_address(e.request) == address for e in events) >= per_address:
+        mine = [e for e in events if address and client_address(e.request) == address]
+        if len(mine) >= per_address:
             return refuse(f"Too many requests at once from your address (at most {per_address}): wait for them.")
-        return await push(body, request, username)
+        if pool in SHARED_POOLS and sum(e.concurrency_id == pool for e in mine) >= POOL_EVENTS_PER_ADDRESS:
+            return refuse("Wait for your answer before asking again (at most "
+                          f"{POOL_EVENTS_PER_ADDRESS} at once from your address).")
+        result = await push(body, request, username)
+        if result[0] and pool in SHARED_POOLS:  # synchronous: the queue's worker runs on this loop
+            waiting = queue.event_queue_per_concurrency_id[pool].queue
+            running = [e for job in queue.active_jobs if job for e in job if e.concurrency_id == pool]
+            waiting[:] = fair_order(waiting, running, key=lambda e: client_address(e.request))
+        return result
 
     def refuse(message: str):
         print(f"[queue] refused: {message}", file=sys.stderr, flush=True)  # no session id or address logged

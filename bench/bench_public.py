@@ -7,7 +7,9 @@ Launches `app.py` public (an admin key, the data dir in a temporary folder or --
 cache $FINETUNE_LAB_MODELS or ~/.finetune-lab/models),
 behind a stand-in proxy (FINETUNE_LAB_BEHIND_PROXY=1), so each simulated visitor comes from an
 address of its own through X-Forwarded-For, as on a Space. Each honest visitor has its own
-session and, until time runs out, waits a human's 4-12 s and then does one of: chat (single),
+session and, until time runs out, waits a human's 10-30 s (reading the last answer, typing the
+next question; with 4-12 s, 20 visitors alone ask more than two cores answer: BENCHMARKS.md) and
+then does one of: chat (single),
 Compare with the newest finished run if there is one, a data preview, topics on a small upload,
 or a thumb on the answer it was just given. Two hostile visitors run at the same time: one sends
 the memory bombs (a 12 MB chat history, a 42 MB upload of one-line documents to embed, a
@@ -90,7 +92,7 @@ QUESTIONS = ["What is the capital of France?", "Give me a tip for learning Pytho
 def honest(visitor: Visitor, until: float, adapter: str | None, upload_path: Path, stats: dict) -> None:
     rng = random.Random(visitor.session)
     while time.time() < until:
-        time.sleep(rng.uniform(4, 12))
+        time.sleep(rng.uniform(10, 30))
         if time.time() >= until:
             return
         action = rng.choice(["chat", "chat", "compare", "preview", "topics", "vote"])
@@ -179,8 +181,9 @@ def phase(url: str, config: dict, pid: int, args, seconds: float, attack: bool, 
     threads = [threading.Thread(target=honest, args=(Visitor(url, config, f"10.20.0.{n + 1}"), until, adapter,
                                                       files["small"], stats)) for n in range(args.visitors)]
     if attack:
-        threads += [threading.Thread(target=hostile_memory, args=(url, config, until, files["bomb"], hostile)),
-                    threading.Thread(target=hostile_queue, args=(url, config, until, hostile))]
+        kinds = {"memory": (hostile_memory, (url, config, until, files["bomb"], hostile)),
+                 "queue": (hostile_queue, (url, config, until, hostile))}
+        threads += [threading.Thread(target=kinds[k][0], args=kinds[k][1]) for k in args.attacks.split(",")]
     threads.append(threading.Thread(target=sample_rss, args=(pid, until + 30, peak)))
     for thread in threads:
         thread.start()
@@ -198,6 +201,7 @@ def main() -> None:
     parser.add_argument("--visitors", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=120)
     parser.add_argument("--baseline-seconds", type=float, default=60)
+    parser.add_argument("--attacks", default="memory,queue", help="which hostile visitors: memory, queue")
     parser.add_argument("--home", help="a data dir with a finished run, for Compare (default: a new temporary one)")
     args = parser.parse_args()
     from bench.machine import describe

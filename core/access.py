@@ -39,6 +39,7 @@ LIMITS = {
     "block_size": 512, "stride": 512, "max_rows": 2000, "preview_row": 1999, "max_docs": 2000,
     "projection_docs": 1000,  # t-SNE/UMAP cost grows fast; PCA has no cap
     "history_chars": 8000, "max_new_tokens": 512,
+    "corpus_bytes": 5 * 2**20,  # an uploaded corpus, checked by its size before it is read
     "hub_model_params": 500_000_000,  # a visitor's Hub model must fit a CPU Space's memory
 }
 

@@ -151,21 +151,30 @@ class Classification:
     misclassified: list = field(default_factory=list)  # (text, true, predicted)
 
 
-def classify(vectors, labels, texts, method: str = "logreg", test_size: float = 0.25, seed: int = 0) -> Classification:
-    """Train logistic regression (or kNN) on a seeded stratified split and score it."""
+def check_labels(labels) -> dict:
+    """The count of each label, or a one-line error when classification cannot use them: none,
+    one, or over MAX_CLASSES (a confusion matrix and its plot grow with the square of that)."""
     from collections import Counter
 
+    counts = Counter(labels or [])
+    if not counts:
+        raise LabError("This corpus has no label column: pick one to classify.")
+    if len(counts) < 2:
+        raise LabError("Classification needs at least two different labels.")
+    if len(counts) > MAX_CLASSES:
+        raise LabError(f"The label column has {len(counts)} different labels, at most {MAX_CLASSES} here: "
+                       "is it the text column? Pick a column of categories.")
+    return counts
+
+
+def classify(vectors, labels, texts, method: str = "logreg", test_size: float = 0.25, seed: int = 0) -> Classification:
+    """Train logistic regression (or kNN) on a seeded stratified split and score it."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
     from sklearn.model_selection import train_test_split
     from sklearn.neighbors import KNeighborsClassifier
 
-    counts = Counter(labels)
-    if len(counts) < 2:
-        raise LabError("Classification needs at least two different labels.")
-    if len(counts) > MAX_CLASSES:  # its confusion matrix and plot grow with the square of this
-        raise LabError(f"The label column has {len(counts)} different labels, at most {MAX_CLASSES} here: "
-                       "is it the text column? Pick a column of categories.")
+    counts = check_labels(labels)
     stratify = labels if min(counts.values()) >= 2 else None
     idx_train, idx_test = train_test_split(np.arange(len(labels)), test_size=test_size, random_state=seed,
                                            stratify=stratify)

@@ -15,8 +15,13 @@ to X-Forwarded-For; the entries before it are whatever the client wrote, so they
 Gradio stores any client's uploads there before a handler sees them (no session needed), and
 only its hourly clean-up (gr.Blocks' delete_cache) removes them.
 
-`HEAVY_EVENTS` is the listener setting that puts every event that embeds, fits or reads a
-dataset into one pool of two slots across all sessions.
+`HEAVY_EVENTS` and `GENERATE_EVENTS` are the listener settings that put every event that
+embeds, fits or reads a dataset, and every event that generates a chat answer, into one pool
+of two slots each across all sessions (SHARED_POOLS). Gradio's queue serves a pool first in,
+first out, so the app also lets one client address hold at most two events in each of them:
+and `fair_order` re-sorts a pool's waiting events on each push: each address's n-th event waits
+behind every other address's n-th, counting the events it has running, so a script that
+rejoins the moment its answer ends still waits behind everyone who has nothing running.
 
 `RateWindow` counts events per key over a sliding window (votes per session per minute).
 """
@@ -25,11 +30,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 
 MAX_BODY_BYTES = 1024 * 1024  # a queued event's inputs; files travel through /upload instead
 UPLOAD_PATH = "/gradio_api/upload"
 HEAVY_EVENTS = {"concurrency_id": "heavy", "concurrency_limit": 2}  # one per core
+GENERATE_EVENTS = {"concurrency_id": "generate", "concurrency_limit": 2}  # more streams only slow each
+SHARED_POOLS = ("heavy", "generate")
 
 
 def behind_trusted_proxy() -> bool:
@@ -47,6 +54,16 @@ def client_address(request) -> str:
             return forwarded[-1]
     client = getattr(request, "client", None)
     return str(getattr(client, "host", "") or "")
+
+
+def fair_order(waiting: list, running: list, key) -> list:
+    """`waiting` reordered round robin over `key` (the client address): an event's rank is how
+    many events of its key run or wait before it; rank first, then arrival."""
+    seen, ranked = Counter(key(event) for event in running), []
+    for arrival, event in enumerate(waiting):
+        ranked.append((seen[key(event)], arrival, event))
+        seen[key(event)] += 1
+    return [event for *_, event in sorted(ranked, key=lambda r: r[:2])]
 
 
 class BodyLimit:

@@ -10,6 +10,7 @@ import gradio as gr
 
 from core.chat import GenerationSettings
 from core.models import DEFAULT_MODEL, KNOWN_MODELS
+from core.request_limits import GENERATE_EVENTS
 from tabs import chat, chat_votes, hub_panel
 
 MODES = ("Single", "Compare")
@@ -76,12 +77,12 @@ def build(demo: gr.Blocks) -> gr.Dropdown:
         ]
     inputs = [box, base_chat, tuned_chat, model, adapter, mode, *settings, blind, pending, given]
     outputs = [base_chat, tuned_chat, status, box, pending, given]
-    events = [trigger(chat_votes.chat_turn, inputs, outputs, api_name=name)
+    events = [trigger(chat_votes.chat_turn, inputs, outputs, api_name=name, **GENERATE_EVENTS)
               for trigger, name in ((box.submit, "chat"), (send.click, None))]
     for pane_chat in (base_chat, tuned_chat):  # Gradio's own retry, undo and edit buttons on each pane
         for event, handler in ((pane_chat.retry, chat.on_retry), (pane_chat.edit, chat.on_edit)):
             events.append(event(handler, [base_chat, tuned_chat], [base_chat, tuned_chat, box], api_name=False)
-                          .then(chat_votes.chat_turn, inputs, outputs, api_name=False))
+                          .then(chat_votes.chat_turn, inputs, outputs, api_name=False, **GENERATE_EVENTS))
         pane_chat.undo(chat.on_undo, [base_chat, tuned_chat], [base_chat, tuned_chat, box], api_name=False)
     stop.click(None, cancels=events)
     clear.click(lambda: ([], [], "", None, None), None, [base_chat, tuned_chat, status, pending, given])

@@ -10,13 +10,14 @@ no more memory or cores.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import gradio as gr
 
 from core import topics as topic_core
 from core.access import LIMITS, AccessDenied, check_data_source, clamp, is_trusted
 from core.corpora import CORPORA, DEFAULT_MAX_DOCS, load_corpus
-from core.embeddings import DEFAULT_EMBEDDER, PACKAGED_EMBEDDERS, classify, cluster, cluster_scores, embed, load_embedder, project
+from core.embeddings import DEFAULT_EMBEDDER, PACKAGED_EMBEDDERS, check_labels, classify, cluster, cluster_scores, embed, load_embedder, project
 from core.errors import LabError
 from core.request_limits import HEAVY_EVENTS
 from tabs.feedback import warn
@@ -26,11 +27,15 @@ STATE_TTL_S = 1800
 
 
 def corpus_and_vectors(source, upload, text_column, label_column, max_docs, embedder, request=None, progress=None,
-                       projection="pca"):
+                       projection="pca", classifying=False):
     """The corpus and its embeddings. A public app's visitors get the packaged embedder only,
-    a capped document count, no new files in the embedding cache, and t-SNE/UMAP maps only
-    for small corpora (refused before anything is embedded)."""
+    an uploaded corpus of at most LIMITS["corpus_bytes"], a capped document count, no new files
+    in the embedding cache, and t-SNE/UMAP maps only for small corpora; those limits and the
+    labels of a classification are checked before anything is embedded."""
     check_data_source(upload or source, CORPORA, request, own_uploads=[upload] if upload else [])
+    if upload and Path(upload).is_file() and Path(upload).stat().st_size > clamp("corpus_bytes", 2**62, request):
+        raise AccessDenied(f"On a public app, an uploaded corpus may have at most "
+                           f"{LIMITS['corpus_bytes'] // 2**20} MB; log in for larger ones.")
     embedder = (embedder or "").strip() or DEFAULT_EMBEDDER
     if not is_trusted(request) and embedder not in PACKAGED_EMBEDDERS:
         raise AccessDenied(f"On a public app, the embedder is {DEFAULT_EMBEDDER}; other models need a login.")
@@ -39,6 +44,8 @@ def corpus_and_vectors(source, upload, text_column, label_column, max_docs, embe
     if projection != "pca" and len(corpus.texts) > clamp("projection_docs", len(corpus.texts), request):
         raise AccessDenied(f"On a public app, {projection} maps at most {LIMITS['projection_docs']} "
                            "documents: lower the document cap or use pca.")
+    if classifying:
+        check_labels(corpus.labels)
     callback = (lambda f: progress(f, desc="Embedding")) if progress else None
     return corpus, embed(corpus.texts, embedder, progress=callback, write_cache=is_trusted(request))
 
@@ -98,9 +105,7 @@ def run_classification(source, upload, text_column, label_column, max_docs, embe
     """(scores markdown, confusion matrix, misclassified examples, fitted classifier)."""
     try:
         corpus, vectors = corpus_and_vectors(source, upload, text_column, label_column, max_docs, embedder,
-                                             request, progress)
-        if not corpus.labels:
-            raise LabError("This corpus has no label column: pick one to classify.")
+                                             request, progress, classifying=True)
         result = classify(vectors, corpus.labels, corpus.texts, method)
         result.embedder = (embedder or "").strip() or DEFAULT_EMBEDDER
     except LabError as exc:
@@ -241,6 +246,6 @@ def build() -> None:
     new_text.submit(classify_text, [classifier_state, new_text, embedder], predicted, api_name=False, **HEAVY_EVENTS)
     topics_btn.click(run_topics, [*spec, topic_method, n_topics], [topic_info, topic_tbl, *figures, topic_state],
                      api_name="topics", **HEAVY_EVENTS)
-    name_btn.click(label_with_llm, topic_state, [topic_info, topic_tbl, *figures], api_name=False)
+    name_btn.click(label_with_llm, topic_state, [topic_info, topic_tbl, *figures], api_name=False, **HEAVY_EVENTS)
     query.submit(search, [topic_state, query], found, api_name=False)
     export_btn.click(export_topics, topic_state, files, api_name=False)

@@ -152,3 +152,14 @@ def test_request_guards_refuse_before_the_app_reads(tmp_path):
     assert client.post("/gradio_api/upload", content=b"y" * 5000).text == "5000", "uploads are Gradio's to cap"
     (tmp_path / "old-upload").write_bytes(b"z" * 101)
     assert client.post("/gradio_api/upload", content=b"y").status_code == 507
+
+
+def test_fair_order_serves_addresses_round_robin():
+    """A script's events wait behind everyone else's first: ranks count what each address has
+    running or waiting before them, ties keep their arrival order."""
+    from core.request_limits import fair_order
+
+    waiting = ["bot-1", "bot-2", "ann", "bob", "bot-3", "ann-2", "cy"]
+    order = fair_order(waiting, running=["bot-0"], key=lambda e: e.split("-")[0])
+    assert order == ["ann", "bob", "cy", "bot-1", "ann-2", "bot-2", "bot-3"]
+    assert fair_order(["a", "b", "c"], [], key=lambda e: e) == ["a", "b", "c"], "one each: arrival order"

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import time
+import uuid
 
 import httpx
 import pytest
@@ -104,3 +105,22 @@ def test_space_without_oauth_has_no_login_and_stays_public(tiny_run):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_one_address_cannot_line_up_answers_ahead_of_another(oauth_space):
+    """Behind the Space's proxy: one address's fresh sessions get two long answers queued; a
+    visitor from another address is still let in and answered."""
+    raw = RawApp(oauth_space)
+    chat, attacker = raw.fn_index(api_name="chat"), {"x-forwarded-for": "10.9.3.1"}
+    long = ["Count to two hundred.", [], [], "smollm2-135m-instruct", None, "Single", "", 0.0, 0.9, 256, 1.1,
+            False, None, None]
+    sessions = [uuid.uuid4().hex[:11] for _ in range(6)]
+    statuses = [raw.http.post(raw.url + "gradio_api/queue/join", headers=attacker, json={
+        "data": long, "fn_index": chat, "session_hash": session, "event_data": None}).status_code
+        for session in sessions]
+    assert statuses.count(200) == 2, statuses
+    honest = raw.call(chat, ["Hi", *long[1:9], 4, *long[10:]], headers={"x-forwarded-for": "10.9.3.2"})
+    assert honest["ok"] and honest["data"][0][-1]["content"], "another address is answered"
+    for session, status in zip(sessions, statuses):
+        if status == 200:
+            raw.wait_session(session, 1)
