@@ -196,6 +196,23 @@ def phase(url: str, config: dict, pid: int, args, seconds: float, attack: bool, 
             **({"hostile_calls": hostile["calls"], "hostile_refused": hostile["refused"]} if attack else {})}
 
 
+def launch(home: str | None, work: Path) -> tuple[subprocess.Popen, str, dict]:
+    """app.py, public behind a stand-in proxy, on port 7990; returns (process, url, its /config)."""
+    models = os.environ.get("FINETUNE_LAB_MODELS", str(Path.home() / ".finetune-lab" / "models"))
+    env = {**os.environ, "FINETUNE_LAB_HOME": home or str(work / "home"), "FINETUNE_LAB_MODELS": models,
+           "FINETUNE_LAB_PUBLIC": "1", "FINETUNE_LAB_ADMIN_KEY": ADMIN_KEY, "FINETUNE_LAB_BEHIND_PROXY": "1",
+           "GRADIO_TEMP_DIR": str(work / "gradio")}
+    log, url = open(work / "app.log", "w"), "http://127.0.0.1:7990/"
+    server = subprocess.Popen([sys.executable, "app.py", "--port", "7990"], cwd=ROOT, env=env, stdout=log, stderr=log)
+    for _ in range(240):
+        try:
+            return server, url, httpx.get(url + "config").json()
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    server.kill()
+    raise RuntimeError(f"the app did not start in 120 s; see {log.name}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--visitors", type=int, default=20)
@@ -207,27 +224,13 @@ def main() -> None:
     from bench.machine import describe
 
     work = Path(tempfile.mkdtemp(prefix="bench-public-"))
-    small, bomb = work / "notes.txt", work / "bomb.txt"
-    small.write_text("".join(f"note {i} about {random.Random(i).choice(['cats', 'tea', 'rain', 'code'])}\n"
-                             for i in range(400)))
-    bomb.write_bytes(b"".join(b"doc %07d\n" % i for i in range(3_500_000)))
-    port = 7990
-    models = os.environ.get("FINETUNE_LAB_MODELS", str(Path.home() / ".finetune-lab" / "models"))
-    env = {**os.environ, "FINETUNE_LAB_HOME": args.home or str(work / "home"), "FINETUNE_LAB_MODELS": models,
-           "FINETUNE_LAB_PUBLIC": "1", "FINETUNE_LAB_ADMIN_KEY": ADMIN_KEY, "FINETUNE_LAB_BEHIND_PROXY": "1",
-           "GRADIO_TEMP_DIR": str(work / "gradio")}
-    log = open(work / "app.log", "w")
-    server = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env, stdout=log,
-                              stderr=log)
-    url = f"http://127.0.0.1:{port}/"
+    files = {"small": work / "notes.txt", "bomb": work / "bomb.txt"}
+    files["small"].write_text("".join(f"note {i} about {random.Random(i).choice(['cats', 'tea', 'rain', 'code'])}\n"
+                                      for i in range(400)))
+    files["bomb"].write_bytes(b"".join(b"doc %07d\n" % i for i in range(3_500_000)))
+    server, url, config = launch(args.home, work)
     try:
-        for _ in range(240):
-            try:
-                config = httpx.get(url + "config").json()
-                break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        files, first = {"small": small, "bomb": bomb}, Visitor(url, config, "10.0.0.9")
+        first = Visitor(url, config, "10.0.0.9")
         first.call(first.fn("chat"), ["Hi", *CHAT[1:]])  # the model loads (and converts, once) before timing
         baseline = phase(url, config, server.pid, args, args.baseline_seconds, False, files)
         attacked = phase(url, config, server.pid, args, args.seconds, True, files)

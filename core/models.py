@@ -187,8 +187,8 @@ def _load_fresh(name: str, source: str) -> LoadedModel:
         model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True,
                                                      dtype=inference_dtype(), **kwargs)
         model.to("cuda" if torch.cuda.is_available() else "cpu")
-    except OSError as exc:
-        raise ModelError(f"Could not load '{name}': {str(exc).splitlines()[0]}") from None
+    except (OSError, ValueError) as exc:  # transformers says "this repo is unusable" with both
+        raise ModelError(f"Could not load '{name}': {str(exc).splitlines()[0].rstrip(' :')}.") from None
     model.eval()
     decode = decode_path(model.device.type, model.dtype)
     if decode == "int8":

@@ -293,3 +293,25 @@ def test_concurrent_clicks_on_one_blind_pair_record_one_vote(raw, tiny_run, data
     results = raw.call_many(raw.fn_index(api_name="vote_A"), [None], session, times=3)
     assert sum("Vote saved" in text_of(r) for r in results) == 1, [text_of(r)[:120] for r in results]
     assert len(visitor_votes(data_home)) == before + 1
+
+
+def test_a_visitors_preview_of_their_upload_leaves_no_datasets_cache(raw, tmp_path):
+    """datasets would build an Arrow cache of every file it reads; a visitor's preview reads
+    into memory through a scratch folder removed at once."""
+    import os
+    from pathlib import Path
+
+    cache = Path(os.environ.get("HF_DATASETS_CACHE") or Path(os.environ.get("HF_HOME") or
+                                                             Path.home() / ".cache" / "huggingface") / "datasets")
+    mine = tmp_path / f"mine-{uuid.uuid4().hex[:6]}.jsonl"  # new content: a cache would be new files
+    mine.write_text("".join(json.dumps({"question": f"q{i} {uuid.uuid4().hex}", "answer": "a"}) + "\n"
+                            for i in range(5)))
+    dataset = next(c["id"] for c in raw.config["components"] if c.get("props", {}).get("elem_id") == "cfg-dataset")
+    on_upload = next(d["id"] for d in raw.dependencies
+                     if any(t[1] == "upload" for t in d["targets"]) and dataset in d["outputs"])
+    session, before = uuid.uuid4().hex[:11], snapshot(cache) if cache.is_dir() else {}
+    saved = raw.call(on_upload, [upload(raw, mine), None], session)["data"][0]
+    summary = raw.call(raw.fn_index(elem_id="cfg-dataset", event="change"), [saved, "", None], session)
+    assert "**5 rows**" in text_of(summary), text_of(summary)[:300]
+    after = snapshot(cache) if cache.is_dir() else {}
+    assert set(after) == set(before), f"new datasets cache files: {sorted(set(after) - set(before))[:3]}"

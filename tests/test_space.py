@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import shutil
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -91,17 +93,19 @@ def test_admin_key_is_throttled_per_address_and_bound_to_it(oauth_space):
     assert "Log in to do deleting runs" in json.dumps(stolen["data"]), "a session id seen elsewhere is no login"
 
 
-def test_space_without_oauth_has_no_login_and_stays_public(tiny_run):
-    """Outside a real Space Gradio would mock the login with this machine's Hub account."""
-    proc, url = start_app(env=SPACE)
+def test_space_without_oauth_has_no_login_and_stays_public(tiny_run, tmp_path):
+    """Outside a real Space Gradio would mock the login with this machine's Hub account. With no
+    persistent storage (no /data) and no FINETUNE_LAB_HOME, files go to ~/.finetune-lab."""
+    home = tmp_path / "home"
+    proc, url = start_app(env={**SPACE, "FINETUNE_LAB_HOME": "", "HOME": str(home)})
     try:
         assert httpx.get(url).status_code == 200 and not has_login_button(url)
         raw = RawApp(url)
         alice = {"cookie": f"session={login_cookie('alice')}"}
         assert "Log in to do deleting runs" in delete_missing_run(raw, alice)
-        chat = raw.call(raw.fn_index(api_name="chat"), ["Hi", [], [], "smollm2-135m-instruct", None, "Single", "",
-                                                         0.0, 0.9, 4, 1.1, False, None, None])
-        assert chat["ok"], "visitors chat"
+        thumb_as_a_visitor(url)  # visitors chat and vote
+        if not Path("/data").exists():
+            assert (home / ".finetune-lab" / "votes" / "visitors.jsonl").is_file()
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -124,3 +128,34 @@ def test_one_address_cannot_line_up_answers_ahead_of_another(oauth_space):
     for session, status in zip(sessions, statuses):
         if status == 200:
             raw.wait_session(session, 1)
+
+
+def thumb_as_a_visitor(url: str) -> None:
+    """A visitor's chat and a thumb on its answer: the one write a visitor makes (the vote box)."""
+    raw, session = RawApp(url), uuid.uuid4().hex[:11]
+    chat = ["Hi", [], [], "smollm2-135m-instruct", None, "Single", "", 0.0, 0.9, 4, 1.1, False, None, None]
+    assert raw.call(raw.fn_index(api_name="chat"), chat, session)["ok"]
+    like = raw.call(raw.fn_index(elem_id="base-chat", event="like"), [None, False], session,
+                    {"index": 1, "value": "", "liked": True})
+    assert "saved for the base answer" in json.dumps(like["data"], ensure_ascii=False), like
+
+
+def test_space_keeps_files_in_its_persistent_storage(tiny_run, tmp_path):
+    """A Space with persistent storage has it mounted at /data: its files go to /data/finetune-lab
+    (FINETUNE_LAB_HOME, which the other tests set, is unset here)."""
+    data = Path("/data")
+    if (data / "finetune-lab").exists():
+        pytest.skip("/data/finetune-lab exists here already: it is not ours to write into")
+    made_data = not data.exists()
+    data.mkdir(exist_ok=True)
+    proc, url = start_app(env={**SPACE, "FINETUNE_LAB_HOME": "", "HOME": str(tmp_path / "home")})
+    try:
+        thumb_as_a_visitor(url)
+        stored = data / "finetune-lab" / "votes" / "visitors.jsonl"
+        assert stored.is_file(), sorted(map(str, (data / "finetune-lab").rglob("*")))[:10]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        shutil.rmtree(data / "finetune-lab", ignore_errors=True)
+        if made_data:
+            data.rmdir()
