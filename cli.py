@@ -32,24 +32,20 @@ def cmd_chat(args) -> int:
     settings = GenerationSettings(temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                                   system_prompt=args.system or "")
     messages = [{"role": "user", "content": args.prompt}]
-    try:
-        base = load_model(args.model)
-        tuned = attach_tuned(base, args.adapter) if args.adapter else None
-        if tuned and args.compare:  # both answers come from one batch: print them once done
-            *_, replies = stream_compare(base, tuned, messages, messages, settings)
-            for label, reply in zip(("base", "tuned"), replies):
-                print(f"--- {label} ---\n{reply.text}")
-                print(f"[{reply.stats}]" + (f" [{reply.notice}]" if reply.notice else ""), file=sys.stderr)
-            return 0
-        model, adapter = (tuned.loaded, tuned.adapter_name) if tuned else (base, None)
-        shown = 0
-        for reply in stream_reply(model, messages, settings, adapter):
-            print(reply.text[shown:], end="", flush=True)
-            shown = len(reply.text)
-        print(f"\n[{reply.stats}]" + (f" [{reply.notice}]" if reply.notice else ""), file=sys.stderr)
-    except LabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    base = load_model(args.model)
+    tuned = attach_tuned(base, args.adapter) if args.adapter else None
+    if tuned and args.compare:  # both answers come from one batch: print them once done
+        *_, replies = stream_compare(base, tuned, messages, messages, settings)
+        for label, reply in zip(("base", "tuned"), replies):
+            print(f"--- {label} ---\n{reply.text}")
+            print(f"[{reply.stats}]" + (f" [{reply.notice}]" if reply.notice else ""), file=sys.stderr)
+        return 0
+    model, adapter = (tuned.loaded, tuned.adapter_name) if tuned else (base, None)
+    shown = 0
+    for reply in stream_reply(model, messages, settings, adapter):
+        print(reply.text[shown:], end="", flush=True)
+        shown = len(reply.text)
+    print(f"\n[{reply.stats}]" + (f" [{reply.notice}]" if reply.notice else ""), file=sys.stderr)
     return 0
 
 
@@ -75,13 +71,9 @@ def cmd_topics(args) -> int:
     from core.embeddings import embed, load_embedder
     from core.topics import export, fit_topics
 
-    try:
-        corpus = load_corpus(args.corpus, args.text_column, args.label_column, args.max_docs)
-        vectors = embed(corpus.texts, args.embedder)
-        result = fit_topics(corpus.texts, vectors, args.method, args.topics, embedder=load_embedder(args.embedder))
-    except LabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    corpus = load_corpus(args.corpus, args.text_column, args.label_column, args.max_docs)
+    vectors = embed(corpus.texts, args.embedder)
+    result = fit_topics(corpus.texts, vectors, args.method, args.topics, embedder=load_embedder(args.embedder))
     for path in export(result, Path(args.out)):
         print(path)
     print(result.table()[["Topic", "Count", "Representation"]].head(12).to_string(index=False))
@@ -95,25 +87,17 @@ def cmd_publish(args) -> int:
     def progress(fraction, desc=""):
         print(f"[{fraction:4.0%}] {desc}", file=sys.stderr)
 
-    try:
-        ensure_export(args.run, args.what, progress)
-        print(push_adapter(args.run, args.repo, None, args.private, progress, what=args.what))
-        if args.space:
-            print(push_space(args.run, args.space, args.repo, None, args.private, progress))
-    except LabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    ensure_export(args.run, args.what, progress)
+    print(push_adapter(args.run, args.repo, None, args.private, progress, what=args.what))
+    if args.space:
+        print(push_space(args.run, args.space, args.repo, None, args.private, progress))
     return 0
 
 
 def cmd_eval(args) -> int:
     from training.answer_eval import evaluate_run, table_markdown
 
-    try:
-        print(table_markdown(evaluate_run(args.run, rows=args.rows)))
-    except LabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    print(table_markdown(evaluate_run(args.run, rows=args.rows)))
     return 0
 
 
@@ -123,11 +107,7 @@ def cmd_export(args) -> int:
     def progress(fraction, desc=""):
         print(f"[{fraction:4.0%}] {desc}", file=sys.stderr)
 
-    try:
-        print(export_run(args.run, args.format, args.dtype, args.quant, progress).describe())
-    except LabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    print(export_run(args.run, args.format, args.dtype, args.quant, progress).describe())
     return 0
 
 
@@ -136,40 +116,32 @@ def cmd_votes(args) -> int:
 
     from core import votes
 
-    try:
-        if args.action == "export":
-            print(f"{votes.export_preferences(Path(args.out))} preference pair(s) written to {args.out}")
-        elif args.action == "accept":
-            print(f"{votes.accept_visitor_votes()} visitor vote(s) moved into your store")
-        else:
-            for row in votes.win_table(votes.read()) or []:
-                low, high = row["interval_95"]
-                print(f"{row['adapter']} vs {row['model']}: {row['wins']}-{row['losses']}-{row['ties']} "
-                      f"(win-loss-tie), {row['both_bad']} both bad, win share {row['win_share']} "
-                      f"[95%: {low}-{high}]")
-            from core.judge import dpo_runs, win_rate_line
-            from core.runs import RunFolder
+    if args.action == "export":
+        print(f"{votes.export_preferences(Path(args.out))} preference pair(s) written to {args.out}")
+    elif args.action == "accept":
+        print(f"{votes.accept_visitor_votes()} visitor vote(s) moved into your store")
+    else:
+        for row in votes.win_table(votes.read()) or []:
+            low, high = row["interval_95"]
+            print(f"{row['adapter']} vs {row['model']}: {row['wins']}-{row['losses']}-{row['ties']} "
+                  f"(win-loss-tie), {row['both_bad']} both bad, win share {row['win_share']} "
+                  f"[95%: {low}-{high}]")
+        from core.judge import dpo_runs, win_rate_line
+        from core.runs import RunFolder
 
-            for name in dpo_runs():
-                print(f"{name}: {win_rate_line(RunFolder.named(name)) or 'not judged yet'}")
-    except LabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        for name in dpo_runs():
+            print(f"{name}: {win_rate_line(RunFolder.named(name)) or 'not judged yet'}")
     return 0
 
 
 def cmd_hub(args) -> int:
     from core.hub_search import COLUMNS, search_datasets, search_models
 
-    try:
-        if args.kind == "models":
-            found = search_models(args.task or "text-generation", args.query, args.library,
-                                  args.max_params * 1e6, args.sort, args.limit)
-        else:
-            found = search_datasets(args.task, args.query, args.sort, args.limit)
-    except LabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.kind == "models":
+        found = search_models(args.task or "text-generation", args.query, args.library,
+                              args.max_params * 1e6, args.sort, args.limit)
+    else:
+        found = search_datasets(args.task, args.query, args.sort, args.limit)
     print("\t".join(COLUMNS))
     for result in found:
         print("\t".join(str(cell) for cell in result.row()))
@@ -238,7 +210,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"chat": cmd_chat, "runs": cmd_runs, "topics": cmd_topics, "publish": cmd_publish,
                 "export": cmd_export, "votes": cmd_votes, "eval": cmd_eval, "hub": cmd_hub}
-    return commands[args.command](args)
+    try:
+        return commands[args.command](args)
+    except LabError as exc:  # the one place a command's user-facing error is printed
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -32,6 +32,11 @@ HIDDEN = ("Answer A", "Answer B")
 MAX_GIVEN = 20  # answers kept per pane for thumbs: the newest ones
 
 
+def coin() -> bool:
+    """Whether this blind question puts the tuned answer on the left (A): a fair coin each time."""
+    return random.random() < 0.5
+
+
 def remember_answers(given, panes: dict, sides: dict) -> dict:
     """`given` with the last answer of each pane in `panes` ({pane: history}) added, keyed by its
     message index; `sides` gives each pane's {"model", "adapter"}."""
@@ -52,7 +57,7 @@ def blind_respond(message, left, right, pending, model_name, adapter, system_pro
     """Compare with hidden names. Yields (left, right, status, box, pending, left label, right label)."""
     swapped_before = bool((pending or {}).get("swapped"))
     base, tuned = (right, left) if swapped_before else (left, right)
-    swap = random.random() < 0.5
+    swap = coin()
     settings = dict(system_prompt=system_prompt, temperature=temperature, top_p=top_p,
                     max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
     labels = ({"label": HIDDEN[0]}, {"label": HIDDEN[1]})
