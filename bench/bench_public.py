@@ -238,7 +238,8 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=60)
         shutil.rmtree(work, ignore_errors=True)
-    ratio = (attacked["ttft_p95_s"] / baseline["ttft_p95_s"]) if baseline["ttft_p95_s"] else None
+    both = attacked["ttft_p95_s"] and baseline["ttft_p95_s"]  # a short run may finish no chat in a phase
+    ratio = attacked["ttft_p95_s"] / baseline["ttft_p95_s"] if both else None
     print(json.dumps({"bench": "public", "visitors": args.visitors, "seconds": args.seconds,
                       "baseline_seconds": args.baseline_seconds, "with_attack": attacked, "baseline": baseline,
                       "p95_ttft_attack_over_baseline": round(ratio, 2) if ratio else None,
