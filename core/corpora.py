@@ -12,6 +12,7 @@ import csv
 import json
 import random
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 from core.assets import package_dir
@@ -75,7 +76,7 @@ def _read_file(path: Path, text_column: str, label_column: str, max_docs: int) -
         if column not in first:
             raise DataError(f"{path.name}: no column '{column}'; have {', '.join(map(str, first))[:200]}.")
     rng, kept, total, cut = random.Random(0), [], 0, 0
-    for row in _chain(first, rows):
+    for row in chain([first], rows):
         text = str(row.get(text_column) or "").strip()
         if not text:
             continue
@@ -93,11 +94,6 @@ def _read_file(path: Path, text_column: str, label_column: str, max_docs: int) -
              if total > max_docs else "", f"{cut} documents cut at {MAX_DOC_CHARS} characters." if cut else ""]
     labels = [label for _, _, label in kept] if label_column else None
     return Corpus(str(path), [text for _, text, _ in kept], labels, " ".join(filter(None, notes)))
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
 
 
 def _rows(path: Path):

@@ -111,6 +111,7 @@ def _shakespeare_rows() -> list[dict]:
 
 def _load_file(path: Path, cache: bool = True):
     import tempfile
+    from contextlib import nullcontext
 
     from datasets import load_dataset
 
@@ -122,8 +123,9 @@ def _load_file(path: Path, cache: bool = True):
     if kind != "parquet":
         check_text_file(path)
     extra = {"sample_by": "paragraph"} if kind == "text" else {}
-    with tempfile.TemporaryDirectory(prefix="finetune-lab-read-") as scratch:
-        if not cache:  # read into memory through a cache folder that is deleted right after
+    # Without the cache: read into memory through a cache folder that is deleted right after.
+    with nullcontext() if cache else tempfile.TemporaryDirectory(prefix="finetune-lab-read-") as scratch:
+        if scratch:
             extra.update(cache_dir=scratch, keep_in_memory=True)
         try:
             ds = load_dataset(kind, data_files=str(path), split="train", **extra)
@@ -143,7 +145,7 @@ def check_text_file(path: Path) -> None:
     Reads the file as a stream: its memory is a chunk or a line, never the whole file."""
     import codecs
 
-    decoder, line, first = codecs.getincrementaldecoder("utf-8")(), 1, True
+    decoder, line, first, has_text = codecs.getincrementaldecoder("utf-8")(), 1, True, False
     with path.open("rb") as handle:
         while chunk := handle.read(CHUNK_BYTES):
             if first and b"\x00" in chunk[:8192]:
@@ -153,18 +155,12 @@ def check_text_file(path: Path) -> None:
             except UnicodeDecodeError as exc:
                 at = line + chunk[: exc.start].count(b"\n")
                 raise DataError(f"{path.name}, line {at}: not UTF-8 text; re-save as UTF-8.") from None
-            line, first = line + chunk.count(b"\n"), False
-    suffix = path.suffix.lower()
+            line, first, has_text = line + chunk.count(b"\n"), False, has_text or bool(chunk.strip())
+    if not has_text:
+        raise DataError(f"{path.name}: the file is empty.")
     checks = {".jsonl": _check_jsonl, ".json": lambda p: _parse_json(p.read_text(encoding="utf-8"), p.name),
               ".csv": _check_csv}
-    if not _has_text(path):
-        raise DataError(f"{path.name}: the file is empty.")
-    checks.get(suffix, lambda p: None)(path)
-
-
-def _has_text(path: Path) -> bool:
-    with path.open("rb") as handle:
-        return any(chunk.strip() for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""))
+    checks.get(path.suffix.lower(), lambda p: None)(path)
 
 
 def _check_csv(path: Path) -> None:

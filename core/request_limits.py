@@ -101,14 +101,19 @@ class BodyLimit:
                 await self._refuse(send)
 
     async def _refuse(self, send):
-        text = f"Request too large: at most {self.limit // 1024} KB.".encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(text)).encode())]})
-        await send({"type": "http.response.body", "body": text})
+        await plain_response(send, 413, f"Request too large: at most {self.limit // 1024} KB.")
 
 
 class _TooLarge(Exception):
     pass
+
+
+async def plain_response(send, status: int, message: str) -> None:
+    """Answer an ASGI request with `status` and a one-line plain-text body."""
+    body = message.encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 UPLOAD_CACHE_BYTES = 2 * 2**30
@@ -122,10 +127,7 @@ class UploadCacheLimit:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope.get("path", "").endswith(UPLOAD_PATH) and self._used() > self.limit:
-            text = b"Uploads are full for now: try again within the hour."
-            await send({"type": "http.response.start", "status": 507,
-                        "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(text)).encode())]})
-            return await send({"type": "http.response.body", "body": text})
+            return await plain_response(send, 507, "Uploads are full for now: try again within the hour.")
         return await self.app(scope, receive, send)
 
     def _used(self) -> int:

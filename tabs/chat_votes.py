@@ -37,6 +37,11 @@ def coin() -> bool:
     return random.random() < 0.5
 
 
+def pane_sides(model_name: str, adapter) -> dict:
+    """Which model answers in each pane, as a vote names it: {"base": side, "tuned": side}."""
+    return {"base": {"model": model_name, "adapter": None}, "tuned": {"model": model_name, "adapter": adapter}}
+
+
 def remember_answers(given, panes: dict, sides: dict) -> dict:
     """`given` with the last answer of each pane in `panes` ({pane: history}) added, keyed by its
     message index; `sides` gives each pane's {"model", "adapter"}."""
@@ -72,7 +77,7 @@ def blind_respond(message, left, right, pending, model_name, adapter, system_pro
     if not base_out or base_out[-1]["role"] != "assistant" or status.startswith("⚠"):
         yield *panes(base_out, tuned_out), status, "", pending, *labels
         return
-    sides = {"base": {"model": model_name, "adapter": None}, "tuned": {"model": model_name, "adapter": adapter}}
+    sides = pane_sides(model_name, adapter)
     order = ("tuned", "base") if swap else ("base", "tuned")
     contexts = {"base": base_out[:-1], "tuned": tuned_out[:-1]}
     answers = {"base": base_out[-1]["content"], "tuned": tuned_out[-1]["content"]}
@@ -100,10 +105,8 @@ def chat_turn(message, base_history, tuned_history, model_name, adapter, mode, s
         final = (left, right, status)
         yield left, right, status, box, None, given
     if final and not final[2].startswith("⚠"):
-        model_name = model_name or DEFAULT_MODEL
-        sides = {"base": {"model": model_name, "adapter": None}, "tuned": {"model": model_name, "adapter": adapter}}
         panes = {"base": final[0], **({"tuned": final[1]} if mode == "Compare" else {})}
-        yield *final, "", None, remember_answers(given, panes, sides)
+        yield *final, "", None, remember_answers(given, panes, pane_sides(model_name or DEFAULT_MODEL, adapter))
 
 
 def cast_vote(choice: str, pending, request: gr.Request = None):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from itertools import islice
 
 import httpx
 
@@ -47,32 +48,38 @@ class RawApp:
             values.append(hit[0] if hit else props.get("value"))
         return values
 
+    def join(self, fn_index: int, data: list, session: str, event_data=None, headers: dict | None = None):
+        """Queue one event; returns the HTTP response of /gradio_api/queue/join."""
+        body = {"data": data, "fn_index": fn_index, "session_hash": session, "event_data": event_data,
+                "trigger_id": None}
+        return self.http.post(self.url + "gradio_api/queue/join", json=body, headers=headers)
+
+    def completed(self, session: str, headers: dict | None = None):
+        """(event id, result) for each event of `session` as it completes, from its event stream."""
+        with self.http.stream("GET", self.url + "gradio_api/queue/data", params={"session_hash": session},
+                              headers=headers) as stream:
+            for line in stream.iter_lines():
+                message = json.loads(line[5:]) if line.startswith("data:") else {}
+                if message.get("msg") == "process_completed":
+                    output = message.get("output") or {}
+                    ok = bool(message.get("success")) and "error" not in output
+                    yield message.get("event_id"), {"ok": ok, "data": output.get("data"),
+                                                    "error": output.get("error"), "status": 200}
+
     def call(self, fn_index: int, data: list, session: str | None = None, event_data=None,
              headers: dict | None = None) -> dict:
         """Run one event; returns {"ok": bool, "data": outputs or None, "error": text or None}."""
         session = session or uuid.uuid4().hex[:11]
-        body = {"data": data, "fn_index": fn_index, "session_hash": session, "event_data": event_data,
-                "trigger_id": None}
-        joined = self.http.post(self.url + "gradio_api/queue/join", json=body, headers=headers)
+        joined = self.join(fn_index, data, session, event_data, headers)
         if joined.status_code != 200:
             return {"ok": False, "data": None, "error": joined.text, "status": joined.status_code}
         event_id = joined.json()["event_id"]
-        with self.http.stream("GET", self.url + "gradio_api/queue/data", params={"session_hash": session},
-                              headers=headers) as stream:
-            for line in stream.iter_lines():
-                if not line.startswith("data:"):
-                    continue
-                message = json.loads(line[5:])
-                if message.get("event_id") == event_id and message.get("msg") == "process_completed":
-                    output = message.get("output") or {}
-                    ok = bool(message.get("success")) and "error" not in output
-                    return {"ok": ok, "data": output.get("data"), "error": output.get("error"), "status": 200}
-        return {"ok": False, "data": None, "error": "stream ended", "status": 200}
+        return next((result for done, result in self.completed(session, headers) if done == event_id),
+                    {"ok": False, "data": None, "error": "stream ended", "status": 200})
 
     def join_only(self, fn_index: int, data: list, session: str) -> int:
         """Queue an event without reading its result; returns the HTTP status of the join."""
-        body = {"data": data, "fn_index": fn_index, "session_hash": session, "event_data": None, "trigger_id": None}
-        return self.http.post(self.url + "gradio_api/queue/join", json=body).status_code
+        return self.join(fn_index, data, session).status_code
 
     def rest(self, data: list, api_name: str | None = None, fn_index: int | None = None) -> int:
         """POST an event to the REST route that skips the queue, by name or by fn_index; returns
@@ -85,25 +92,15 @@ class RawApp:
     def call_many(self, fn_index: int, data: list, session: str, times: int) -> list[dict]:
         """Queue the same event `times` times at once from one session (a double click), then read
         every result from the session's one stream."""
-        body = {"data": data, "fn_index": fn_index, "session_hash": session, "event_data": None, "trigger_id": None}
-        ids = [self.http.post(self.url + "gradio_api/queue/join", json=body).json()["event_id"] for _ in range(times)]
+        ids = [self.join(fn_index, data, session).json()["event_id"] for _ in range(times)]
         results = {}
-        with self.http.stream("GET", self.url + "gradio_api/queue/data", params={"session_hash": session}) as stream:
-            for line in stream.iter_lines():
-                message = json.loads(line[5:]) if line.startswith("data:") else {}
-                if message.get("event_id") in ids and message.get("msg") == "process_completed":
-                    output = message.get("output") or {}
-                    results[message["event_id"]] = {"ok": bool(message.get("success")), "data": output.get("data"),
-                                                    "error": output.get("error"), "status": 200}
-                    if len(results) == times:
-                        break
-        return [results.get(i, {"ok": False, "data": None, "error": "stream ended", "status": 200}) for i in ids]
+        for event_id, result in self.completed(session):
+            results[event_id] = result
+            if set(ids) <= results.keys():
+                break
+        return [results[i] for i in ids]
 
     def wait_session(self, session: str, count: int) -> None:
         """Read `session`'s stream until `count` of its events have completed (drains join_only)."""
-        done = 0
-        with self.http.stream("GET", self.url + "gradio_api/queue/data", params={"session_hash": session}) as stream:
-            for line in stream.iter_lines():
-                done += line.startswith("data:") and json.loads(line[5:]).get("msg") == "process_completed"
-                if done >= count:
-                    return
+        for _ in islice(self.completed(session), count):
+            pass
