@@ -10,6 +10,7 @@
     python cli.py export --run RUN --format gguf [--quant f16|bf16|q8_0|q4_0]
     HF_TOKEN=... python cli.py publish --run RUN --repo USER/NAME --what merged|gguf-q8_0
     python cli.py votes export --out prefs.jsonl    # Compare votes as DPO pairs
+    python cli.py votes thumbs --out thumbs.jsonl   # every rated answer, for KTO
     python cli.py votes table | accept              # win/loss/tie per adapter; accept visitors' votes
     python cli.py eval --run RUN                    # held-out answers of base vs tuned: EM, ROUGE-L, cosine
     python cli.py hub models --task text-generation --max-params 500   # or: hub datasets --task question-answering
@@ -59,8 +60,8 @@ def cmd_runs(args) -> int:
     from training.jobs import list_runs
 
     for run in list_runs():
-        metrics = run.manifest.get("perplexity_after")
-        print(f"{run.name:40} {run.state:10} step {run.step}/{run.max_steps} ppl_after={metrics}")
+        headline = run.manifest.headline() if run.manifest else None
+        print(f"{run.name:40} {run.state:10} step {run.step}/{run.max_steps}  {headline.line() if headline else ''}")
     return 0
 
 
@@ -116,8 +117,11 @@ def cmd_votes(args) -> int:
 
     from core import votes
 
+    args.out = args.out or ("thumbs.jsonl" if args.action == "thumbs" else "preferences.jsonl")
     if args.action == "export":
         print(f"{votes.export_preferences(Path(args.out))} preference pair(s) written to {args.out}")
+    elif args.action == "thumbs":
+        print(f"{votes.export_rated(Path(args.out))} rated answer(s) written to {args.out}")
     elif args.action == "accept":
         print(f"{votes.accept_visitor_votes()} visitor vote(s) moved into your store")
     else:
@@ -126,10 +130,10 @@ def cmd_votes(args) -> int:
             print(f"{row['adapter']} vs {row['model']}: {row['wins']}-{row['losses']}-{row['ties']} "
                   f"(win-loss-tie), {row['both_bad']} both bad, win share {row['win_share']} "
                   f"[95%: {low}-{high}]")
-        from core.judge import dpo_runs, win_rate_line
+        from core.judge import judged_runs, win_rate_line
         from core.runs import RunFolder
 
-        for name in dpo_runs():
+        for name in judged_runs():
             print(f"{name}: {win_rate_line(RunFolder.named(name)) or 'not judged yet'}")
     return 0
 
@@ -177,10 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--private", action="store_true")
     publish.add_argument("--what", default="adapter",
                          help="adapter (default), merged, or gguf-<quant> such as gguf-q8_0 (exported first if needed)")
-    votes = sub.add_parser("votes", help="the Compare votes: export as DPO pairs, win table, accept visitors'")
-    votes.add_argument("action", choices=("export", "table", "accept"))
-    votes.add_argument("--out", default="preferences.jsonl", help="export: the jsonl file to write")
-    evaluate = sub.add_parser("eval", help="score a finished SFT run's held-out answers (base vs tuned) again")
+    votes = sub.add_parser("votes", help="the votes: export as DPO pairs or as rated answers (KTO), win table, "
+                           "accept visitors'")
+    votes.add_argument("action", choices=("export", "thumbs", "table", "accept"))
+    votes.add_argument("--out", help="export, thumbs: the jsonl file to write (default preferences.jsonl, "
+                       "thumbs.jsonl)")
+    evaluate = sub.add_parser("eval", help="score a finished run's held-out answers (base vs tuned) again")
     evaluate.add_argument("--run", required=True, help="run folder name (see: cli.py runs)")
     evaluate.add_argument("--rows", type=int, default=0, help="held-out rows to score (default: the run's eval_rows, "
                           "or 16 when that was 0)")

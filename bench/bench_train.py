@@ -64,8 +64,7 @@ def run_engine(cfg, out: Path) -> dict:
     from core.runs import RunFolder
     from training.device import compile_layers
     from training.prepare import build_examples, load_tokenizer
-    from training.model_setup import load_base, lora_config, sft_config
-    from training.trainer import LabSFTTrainer
+    from training import objectives
 
     stamps = []  # (seconds, tokens so far) at each logged step
 
@@ -76,9 +75,8 @@ def run_engine(cfg, out: Path) -> dict:
 
     threads.apply(threads.for_training(cfg.threads))
     tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
-    trainer = LabSFTTrainer(model=load_base(cfg), args=sft_config(cfg, RunFolder(out)), processing_class=tokenizer,
-                            train_dataset=build_examples(cfg, tokenizer), peft_config=lora_config(cfg),
-                            callbacks=[Stamp()])
+    trainer = objectives.get(cfg.objective).trainer(cfg, RunFolder(out), tokenizer, build_examples(cfg, tokenizer),
+                                                    None, [Stamp()])
     if cfg.torch_compile:
         compile_layers(trainer.model)
     start = time.perf_counter()

@@ -68,7 +68,7 @@ class GpuMemoryPeak:
 
 def train_once(model: Path, adapter: str, steps: int, home: Path) -> dict:
     """Run one SFT job out of process, as the app does; return its measured figures."""
-    config = {"model": str(model), "dataset": "identity", "objective": "sft", "adapter": adapter,
+    config = {"model": str(model), "dataset": "identity", "adapter": adapter,
               "learning_rate": 2e-5 if adapter == "full" else 5e-4, "max_steps": steps,
               "batch_size": 16, "max_length": 256, "save_steps": steps, "eval_fraction": 0.1,
               "eval_rows": 0, "report_prompts": ["Who are you?"], "output_name": f"gpu-{adapter}"}

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-import yaml
 
 from core import threads
 from core.models import LoadedModel, ModelError, find_spec, load_model
@@ -239,9 +238,12 @@ def attach_tuned(base: LoadedModel, value: str) -> Tuned:
 
 def trained_format(folder: Path, tokenizer) -> str | None:
     """The prompt format an adapter was trained on, when it is not the base's own: the chat
-    template saved with it (training's `chat_template: chatml`), or QA_FORMAT for an SFT/DPO run
-    that trained plain "Question:/Answer:" text. None: the base's format (or nothing is known)."""
+    template saved with it (training's `chat_template: chatml`), or QA_FORMAT for a run that
+    trained plain "Question:/Answer:" text (training records it in the adapter folder).
+    None: the base's format (or nothing is known)."""
     import json
+
+    from core.runs import read_prompt_format
 
     if not (folder / "tokenizer_config.json").is_file():
         return None  # an adapter from elsewhere, saved without its tokenizer
@@ -250,11 +252,7 @@ def trained_format(folder: Path, tokenizer) -> str | None:
         (folder / "tokenizer_config.json").read_text()).get("chat_template")
     if saved:
         return None if saved == tokenizer.chat_template else saved
-    from core.runs import RunFolder
-
-    run_config = RunFolder(folder.parent).config
-    objective = run_config.is_file() and yaml.safe_load(run_config.read_text()).get("objective")
-    return QA_FORMAT if objective in ("sft", "dpo") else None
+    return read_prompt_format(folder)
 
 
 def _attach_lora(base: LoadedModel, folder: Path) -> str:

@@ -10,9 +10,11 @@ Formats (detected from the columns, or forced with a mapping such as 'question=Q
   alpaca                    {"instruction": "...", "input": "", "output": "..."}
   qa                        {"question": "...", "answer": "...", "context": optional}
   preference                {"prompt": ..., "chosen": ..., "rejected": ...}     -> DPO
+  unpaired                  {"prompt": ..., "completion": ..., "label": true}   -> KTO
 Every SFT format becomes conversational prompt/completion, so trl puts the loss on the
 completion only (SmolLM2's template has no {% generation %} markers for assistant_only_loss).
-Preference rows (texts or message lists, as trl's DPOTrainer takes them) train objective=dpo.
+Preference rows (texts or message lists, as trl's DPOTrainer takes them) train objective=dpo,
+rated answers (one answer each, labelled good or bad, as trl's KTOTrainer takes them) objective=kto.
 In a multi-turn chat every assistant turn is trained on (core.formats.conversation_tokens).
 A Hub dataset id (owner/name[:subset][@split]) loads through core.hub_source.
 """
@@ -32,12 +34,13 @@ FORMATS = {  # format -> required columns, in detection order
     "preference": ("prompt", "chosen", "rejected"),
     "messages": ("messages",),
     "sharegpt": ("conversations",),
+    "unpaired": ("prompt", "completion", "label"),
     "prompt_completion": ("prompt", "completion"),
     "alpaca": ("instruction", "output"),
     "qa": ("question", "answer"),
     "text": ("text",),
 }
-BUNDLED = ("identity", "identity-preferences", "chatterbot", "shakespeare")
+BUNDLED = ("identity", "identity-preferences", "identity-ratings", "chatterbot", "shakespeare")
 _IDENTITY = Path(__file__).parent / "datasets" / "identity.jsonl"
 # Built by core.preference_set: identity answers chosen, SmolLM2's own greedy answers rejected.
 IDENTITY_PREFERENCES = Path(__file__).parent / "datasets" / "identity_preferences.jsonl"
@@ -71,6 +74,9 @@ def load_rows(source: str, columns: str = "", limit: int = 0, revision: str = ""
         ds = _load_file(_IDENTITY, cache)
     elif source == "identity-preferences":
         ds = _load_file(IDENTITY_PREFERENCES, cache)
+    elif source == "identity-ratings":  # each pair as two rated answers: chosen good, rejected bad
+        ds = Dataset.from_list([{"prompt": row["prompt"], "completion": row[side], "label": side == "chosen"}
+                                for row in _load_file(IDENTITY_PREFERENCES, cache) for side in ("chosen", "rejected")])
     elif source == "chatterbot" or source.startswith("chatterbot:"):
         ds = Dataset.from_list(_chatterbot_rows(source.partition(":")[2]))
     elif source == "shakespeare":

@@ -81,6 +81,29 @@ def cell_text(row: dict, column: str, number: int, required: bool = True) -> str
     return text
 
 
+def prompt_messages(row: dict, number: int) -> list[dict]:
+    """A preference or rated row's prompt as messages: already a list, or one user turn."""
+    prompt = row["prompt"]
+    return prompt if isinstance(prompt, list) else [{"role": "user", "content": cell_text(row, "prompt", number)}]
+
+
+def answer_text(row: dict, column: str, number: int) -> str:
+    """An answer cell's text: the last message of a list, or the text itself; never empty."""
+    value = row[column]
+    text = value[-1]["content"] if isinstance(value, list) and value else cell_text(row, column, number)
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"row {number}: '{column}' is empty.")
+    return text
+
+
+def answer_columns(prompt: list[dict], answers: dict, chat: bool) -> dict:
+    """trl's columns for a prompt and its answers: message lists when the tokenizer has a chat
+    template, plain "Question:/Answer:" text otherwise (as SFT rows become)."""
+    if chat:
+        return {"prompt": prompt, **{key: [{"role": "assistant", "content": text}] for key, text in answers.items()}}
+    return {"prompt": qa_prompt(prompt), **{key: f" {text}" for key, text in answers.items()}}
+
+
 def _question_answer(row: dict, fmt: str, number: int) -> tuple[str, str]:
     if fmt == "prompt_completion":
         return cell_text(row, "prompt", number), cell_text(row, "completion", number)
@@ -113,6 +136,8 @@ def sft_rows(ds, tokenizer, first_row: int = 1):
     fmt = detect_format(ds.column_names)
     if fmt == "preference":
         raise DataError("This is preference data (prompt, chosen, rejected): train it with objective=dpo.")
+    if fmt == "unpaired":
+        raise DataError("These are rated answers (prompt, completion, label): train them with objective=kto.")
     if fmt == "text":
         raise DataError("SFT needs prompts and answers, but this data has only a 'text' column: "
                         "use objective=dapt, or map columns (e.g. 'question=Q,answer=A').")

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from core.errors import LabError
-from core.runs import RunFolder
+from core.runs import Manifest, RunFolder
 
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -121,48 +121,45 @@ def model_card(run: RunFolder, repo_id: str, what: str = "adapter") -> str:
 
     from core.hub_source import parse_hub_source
 
-    manifest, config, is_lora = run.manifest(), run.config.read_text(), run.is_lora and what == "adapter"
+    manifest, config, is_lora = finished_manifest(run), run.config.read_text(), run.is_lora and what == "adapter"
     library, extra_tags = _library(run, what)
-    hub_data = parse_hub_source(manifest["dataset"])
-    data = ModelCardData(base_model=manifest["base_model"], library_name=library,
+    hub_data = parse_hub_source(manifest.dataset)
+    data = ModelCardData(base_model=manifest.base_model, library_name=library,
                          datasets=[hub_data.repo] if hub_data else None,
                          pipeline_tag="text-generation", license="apache-2.0",
-                         tags=["finetune-lab", manifest["objective"], manifest["adapter"], "text-generation"]
-                         + extra_tags)
+                         tags=["finetune-lab", manifest.objective, manifest.adapter, "text-generation"] + extra_tags)
     report = run.report() or "(no report)"
     body = (TEMPLATES / "model_card.md").read_text().format(
-        repo_id=repo_id, method=manifest["method"], base=manifest["base_model"], dataset=manifest["dataset"],
-        steps=manifest["steps"], results_rows=results_rows(manifest), votes_note=votes_note(run),
+        repo_id=repo_id, method=manifest.method, base=manifest.base_model, dataset=manifest.dataset,
+        steps=manifest.steps, results_rows=results_rows(manifest), votes_note=votes_note(run, manifest),
         config=config, report=report,
-        usage=_usage(repo_id, manifest["base_model"], is_lora, run, what), weights_note=weights_note(manifest))
+        usage=_usage(repo_id, manifest.base_model, is_lora, run, what), weights_note=weights_note(manifest))
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
     return str(card)
 
 
-def results_rows(manifest: dict) -> str:
-    """The card's before/after rows: perplexity, or DPO's held-out reward accuracy."""
-    rows = []
-    if manifest.get("objective") == "dpo":
-        rows.append(f"| held-out reward accuracy (chosen over rejected) | {manifest.get('reward_accuracy_before')} "
-                    f"| {manifest.get('reward_accuracy_after')} |")
-        rows.append(f"| held-out reward margin | 0 | {manifest.get('reward_margin_after')} |")
-    else:
-        rows.append(f"| held-out perplexity | {manifest.get('perplexity_before')} | {manifest.get('perplexity_after')} |")
-    if manifest.get("general_perplexity_after") is not None:
-        rows.append(f"| perplexity on general text (ChatterBot; forgetting shows here) | "
-                    f"{manifest['general_perplexity_before']} | {manifest['general_perplexity_after']} |")
-    answers = manifest.get("answer_scores")
+def finished_manifest(run: RunFolder) -> Manifest:
+    manifest = run.manifest()
+    if manifest is None:
+        raise LabError(f"Run '{run.name}' has not finished: nothing to publish yet.")
+    return manifest
+
+
+def results_rows(manifest: Manifest) -> str:
+    """The card's before/after rows: the objective's held-out figures, answers, loss."""
+    rows = [measure.card_row() for measure in manifest.held_out]
+    answers = manifest.answer_scores
     if answers:
         for key, label in (("exact_match", "exact match"), ("rouge_l", "ROUGE-L F1"), ("cosine", "MiniLM cosine")):
             rows.append(f"| held-out answers, {label} ({answers['rows']} rows, greedy) | {answers['base'][key]} "
                         f"| {answers['tuned'][key]} |")
-    rows.append(f"| training loss (first → last step) | {manifest.get('first_loss')} | {manifest.get('final_loss')} |")
+    rows.append(f"| training loss (first → last step) | {manifest.first_loss} | {manifest.final_loss} |")
     return "\n".join(rows)
 
 
-def votes_note(run) -> str:
-    """Blind Compare votes for this adapter against its base, and for a DPO run the blind
-    head-to-head against the model it started from, when there are any."""
+def votes_note(run: RunFolder, manifest: Manifest) -> str:
+    """Blind Compare votes for this adapter against its base, and for a run whose report is
+    judged blind (DPO, KTO) the head-to-head against the model it started from."""
     from core.votes import read, win_table
 
     lines = []
@@ -172,7 +169,7 @@ def votes_note(run) -> str:
         lines.append(f"Blind A/B votes in Finetune Lab's Compare against the base: {row['wins']} wins, "
                      f"{row['losses']} losses, {row['ties']} ties ({row['both_bad']} both bad); win share "
                      f"{row['win_share']}, 95% interval {low}-{high}.")
-    if run.manifest().get("objective") == "dpo":
+    if manifest.judged_blind:
         from core.judge import unjudged_pairs, win_rate_line
 
         left = len(unjudged_pairs(run))
@@ -182,12 +179,12 @@ def votes_note(run) -> str:
     return "".join(f"\n{line}\n" for line in lines)
 
 
-def weights_note(manifest: dict) -> str:
+def weights_note(manifest: Manifest) -> str:
     """What the adapter was trained on, when that was not the Hub's original base weights."""
-    trained_on = manifest.get("base_weights") or manifest["base_model"]
-    if trained_on == manifest["base_model"]:
+    trained_on = manifest.base_weights or manifest.base_model
+    if trained_on == manifest.base_model:
         return f"Trained on the original weights of {trained_on}."
-    return (f"**Trained on {trained_on}.** Loaded on the original {manifest['base_model']} weights "
+    return (f"**Trained on {trained_on}.** Loaded on the original {manifest.base_model} weights "
             "(as the code below and the compare Space do), the adapter meets slightly different base "
             "weights than it was trained with, so its outputs can differ a little from the figures here.")
 
@@ -258,14 +255,14 @@ def push_space(run_name: str, space_id: str, model_repo: str, token: str | None 
     """Create or update a Gradio Space serving the base-vs-tuned compare chat; return its URL."""
     run, space_id = finished_run(run_name), check_repo_id(space_id, "Space")
     model_repo, token = check_repo_id(model_repo), resolve_token(token)
-    manifest, is_lora = run.manifest(), run.is_lora
+    manifest, is_lora = finished_manifest(run), run.is_lora
     api = _api(token)
     with hub_errors(token, space_id), tempfile.TemporaryDirectory() as tmp:
         _step(progress, 0.1, "Checking the token")
         _check_namespace(api, space_id)
         _step(progress, 0.2, "Creating or updating the Space")
         url = api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
-        for name, text in space_files(model_repo, manifest["base_model"], is_lora).items():
+        for name, text in space_files(model_repo, manifest.base_model, is_lora).items():
             (Path(tmp) / name).write_text(text)
         _step(progress, 0.6, "Uploading app.py, requirements.txt and README.md")
         api.upload_folder(repo_id=space_id, repo_type="space", folder_path=tmp, commit_message="Update Space")

@@ -18,17 +18,20 @@ from core.errors import LabError
 from core.runs import RunFolder, finished_runs, read_json
 
 
-def dpo_runs() -> list[str]:
-    """Finished DPO runs that have a report to judge."""
-    return [run.name for run in finished_runs()
-            if run.manifest().get("objective") == "dpo" and run.report_json.is_file()]
+def judged_runs() -> list[str]:
+    """Finished runs whose report's pairs are judged blind (DPO, KTO), with a report to judge."""
+    return [run.name for run in finished_runs() if _judged_blind(run) and run.report_json.is_file()]
+
+
+def _judged_blind(run: RunFolder) -> bool:
+    manifest = run.manifest()
+    return manifest is not None and manifest.judged_blind
 
 
 def sides(run: RunFolder) -> tuple[dict, dict]:
     """(new adapter, the model it started from), as vote sides, from the run's manifest."""
     manifest = run.manifest()
-    return ({"model": manifest["model"], "adapter": run.name},
-            {"model": manifest["model"], "adapter": manifest.get("start_from")})
+    return ({"model": manifest.model, "adapter": run.name}, {"model": manifest.model, "adapter": manifest.start_from})
 
 
 def unjudged_pairs(run: RunFolder) -> list[dict]:
@@ -47,8 +50,8 @@ def next_pair(run_name: str) -> dict | None:
     """The next unjudged pair as a blind vote in waiting (the shape tabs.chat_votes stores), or
     None when every pair has a vote."""
     run = RunFolder.existing(run_name)
-    if run.manifest().get("objective") != "dpo":
-        raise LabError(f"'{run_name}' is not a finished DPO run.")
+    if not _judged_blind(run):
+        raise LabError(f"'{run_name}' is not a finished run whose answers are judged blind (DPO, KTO).")
     pending = unjudged_pairs(run)
     if not pending:
         return None

@@ -7,22 +7,96 @@ A run folder (under <data dir>/runs/) holds config.yaml, log.jsonl, checkpoints/
 a job runs job.json and stderr.log; status.json says how the last attempt ended; merged/ once
 the adapter is exported merged into its base. Every other
 module asks RunFolder for these paths: no file name is spelled anywhere else.
+
+The manifest is a `Manifest`: what was trained and what it measured. Its held-out figures are
+`Measure`s that the run's objective chose and that render themselves, so nothing that shows a
+run (the Train tab, the CLI, the model card, run comparison) needs to know which objective ran.
 """
 from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from core.errors import LabError
-from core.paths import check_name, runs_dir
+from core.paths import check_name, runs_dir, write_json
 
 
 # Trainer writes a checkpoint's weights, then optimizer and scheduler, then trainer_state.json
 # last: a kill inside a save leaves a folder without it, or with half of it.
 CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
+PROMPT_FORMAT_FILE = "prompt_format.json"  # in adapter/: the prompt format it was trained on
+
+
+@dataclass
+class Measure:
+    """One held-out figure, before and after training (`better`: "lower" or "higher")."""
+
+    label: str
+    before: float | None
+    after: float | None
+    better: str = "lower"
+
+    def line(self) -> str:
+        return f"{self.label} {self.before} → {self.after}"
+
+    def card_row(self) -> str:
+        return f"| {self.label} | {self.before} | {self.after} |"
+
+
+@dataclass
+class Manifest:
+    """What a finished run trained and measured (manifest.json)."""
+
+    name: str
+    model: str
+    base_model: str
+    objective: str
+    adapter: str
+    method: str
+    dataset: str
+    steps: int = 0
+    base_weights: str = ""
+    start_from: str | None = None
+    dataset_revision: str | None = None
+    world_size: int = 1
+    precision: str = ""
+    train_runtime_s: float = 0.0
+    first_loss: float | None = None
+    final_loss: float | None = None
+    held_out: list[Measure] = field(default_factory=list)  # the objective's figures, headline first
+    answer_scores: dict | None = None  # held-out answers scored against references (SFT)
+    judged_blind: bool = False  # the report holds held-out pairs to judge blind against the start
+    report: str | None = None
+    created: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Manifest":
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["held_out"] = [Measure(**m) for m in data.get("held_out") or []] or _legacy_measures(data)
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def held_out_line(self) -> str:
+        """The held-out figures in one line, e.g. "held-out perplexity 12.1 → 3.4"."""
+        return " · ".join(m.line() for m in self.held_out) or "no held-out rows"
+
+    def headline(self) -> Measure | None:
+        return self.held_out[0] if self.held_out else None
+
+
+def _legacy_measures(data: dict) -> list[Measure]:
+    """Manifests written before `held_out` existed kept each figure under its own key."""
+    legacy = (("perplexity", "held-out perplexity", "lower"),
+              ("reward_accuracy", "held-out reward accuracy (chosen over rejected)", "higher"),
+              ("general_perplexity", "perplexity on general text (forgetting)", "lower"))
+    return [Measure(label, data.get(f"{key}_before"), data.get(f"{key}_after"), better)
+            for key, label, better in legacy if data.get(f"{key}_after") is not None]
 
 
 @dataclass(frozen=True)
@@ -66,8 +140,16 @@ class RunFolder:
         """training.gguf_export's output for one tensor type: the .gguf file and its Modelfile."""
         return self.path / f"gguf-{quant}"
 
-    def manifest(self) -> dict:
-        return read_json(self.manifest_file)
+    def manifest(self) -> Manifest | None:
+        """The finished run's manifest; None before the run has finished (or for a torn file)."""
+        data = read_json(self.manifest_file)
+        try:
+            return Manifest.from_dict(data) if data else None
+        except TypeError:  # not a manifest this code wrote
+            return None
+
+    def write_manifest(self, manifest: Manifest) -> None:
+        write_json(self.manifest_file, manifest.to_dict())
 
     def status(self) -> dict:
         """How the last attempt ended ({} while running, or when it was killed)."""
@@ -120,6 +202,18 @@ def all_runs() -> list[RunFolder]:
 def finished_runs() -> list[RunFolder]:
     """Runs whose training completed, newest first."""
     return [run for run in all_runs() if run.is_finished]
+
+
+def write_prompt_format(adapter: Path, prompt_format: str | None) -> None:
+    """Record in an adapter folder the prompt format it was trained on, when it is not the
+    model's chat template (plain "Question:/Answer:" text), so Chat prompts it the same way
+    wherever the folder goes (the Hub too)."""
+    if prompt_format:
+        write_json(adapter / PROMPT_FORMAT_FILE, {"prompt_format": prompt_format})
+
+
+def read_prompt_format(adapter: Path) -> str | None:
+    return read_json(adapter / PROMPT_FORMAT_FILE).get("prompt_format")
 
 
 def read_json(path: Path) -> dict:

@@ -1,6 +1,7 @@
 """The preference store: votes cast in Compare, kept as one JSON line each, and what they become.
 
     python cli.py votes export --out prefs.jsonl     # trl's conversational preference format
+    python cli.py votes thumbs --out thumbs.jsonl    # every rated answer, marked good or bad
     python cli.py votes table                         # win / loss / tie of each adapter vs its base
 
 Two files in `<data dir>/votes/`: `owner.jsonl` (the owner's votes, and visitors' votes the
@@ -169,6 +170,36 @@ def export_preferences(out: Path) -> int:
     rows = preference_rows(read())
     if not rows:
         raise LabError("No decided A/B votes yet: vote in Compare (A or B is better) first.")
+    out.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return len(rows)
+
+
+def rated_answers(votes: list[dict]) -> list[dict]:
+    """trl's unpaired rows (prompt, completion, label) from every vote that rated an answer: a
+    thumb up or down, and both answers of a decided A/B vote (the better one good)."""
+    rows = []
+    for vote in votes:
+        if vote["choice"] in THUMB_CHOICES:
+            side, good = next(iter(vote["answers"])), vote["choice"] == "up"
+            rows.append(_rated(vote["prompt"], vote["answers"][side], good))
+        elif vote["choice"] in ("A", "B"):
+            for side, answer in vote["answers"].items():
+                prompt = vote.get("prompt_b") if side == "B" and vote.get("prompt_b") else vote["prompt"]
+                rows.append(_rated(prompt, answer, side == vote["choice"]))
+    return rows
+
+
+def _rated(prompt: list, answer: str, good: bool) -> dict:
+    return {"prompt": prompt, "completion": [{"role": "assistant", "content": answer}], "label": good}
+
+
+def export_rated(out: Path) -> int:
+    """Write the owner's rated answers as unpaired jsonl; return the number of rows."""
+    rows = rated_answers(read())
+    if not rows or len({row["label"] for row in rows}) < 2:
+        raise LabError("Rate some answers up and some down first (thumbs in Chat, or A/B votes in Compare): "
+                       "training needs good and bad answers.")
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     return len(rows)
 

@@ -17,6 +17,7 @@ from core.hub_source import parse_hub_source
 from tabs import hub_panel, train_form
 from tabs.feedback import warn
 from tabs.session import remember_upload, save_upload
+from training import objectives
 from training.config import TrainConfig
 
 MAX_PREVIEW_ROWS = 10
@@ -87,7 +88,7 @@ def api_inspect(dataset: str, columns: str = "", request: gr.Request = None) -> 
     return summary, ([] if head is None else head.to_dict("records")), names
 
 
-def api_preview(dataset: str, objective: str = "sft", row: int = 0, model: str = "smollm2-135m-instruct",
+def api_preview(dataset: str, objective: str = objectives.DEFAULT, row: int = 0, model: str = "smollm2-135m-instruct",
                 columns: str = "", max_rows: int = 0, request: gr.Request = None) -> tuple[list, str]:
     """API: (segments, info) of what the model sees for one example, with default settings."""
     values = {**train_form.config_to_values(TrainConfig()), "dataset": dataset or "", "objective": objective,

@@ -81,7 +81,8 @@ def api_status(run: str, request: gr.Request = None) -> dict:
         raise gr.Error(str(exc)) from None
     return hide_paths({"name": status.name, "state": status.state, "step": status.step,
                        "max_steps": status.max_steps, "eta_s": status.eta_s, "phase": status.phase, "log": status.log,
-                       "manifest": status.manifest, "error": status.error}, request)
+                       "manifest": status.manifest.to_dict() if status.manifest else {}, "error": status.error},
+                      request)
 
 
 def hide_paths(value, request=None):
@@ -146,39 +147,36 @@ def _log_line(entry: dict) -> str:
 
 
 def result_markdown(status) -> str:
-    if status.state != "completed":
-        return ""
     m = status.manifest
-    held_out = (f"held-out reward accuracy {m.get('reward_accuracy_before')} → {m.get('reward_accuracy_after')}"
-                if m.get("objective") == "dpo" else
-                f"perplexity {m.get('perplexity_before')} → {m.get('perplexity_after')}")
-    if m.get("general_perplexity_after") is not None:
-        held_out += (f" · general text (forgetting) {m['general_perplexity_before']} → "
-                     f"{m['general_perplexity_after']}")
-    lines = [f"### {m.get('method')} on {m.get('dataset')}: {m.get('steps')} steps in {m.get('train_runtime_s')} s",
-             f"Loss {m.get('first_loss', 0):.3f} → {m.get('final_loss', 0):.3f} · {held_out}",
-             f"Adapter: `{RunFolder.named(status.name).adapter}` (in the Chat tab's picker as "
-             f"**{status.name}**)", ""]
-    if m.get("answer_scores"):
+    if status.state != "completed" or m is None:
+        return ""
+    run = RunFolder.named(status.name)
+    loss = f"Loss {m.first_loss:.3f} → {m.final_loss:.3f} · " if m.final_loss is not None else ""
+    lines = [f"### {m.method} on {m.dataset}: {m.steps} steps in {m.train_runtime_s} s",
+             f"{loss}{m.held_out_line()}",
+             f"Adapter: `{run.adapter}` (in the Chat tab's picker as **{status.name}**)", ""]
+    if m.answer_scores:
         from training.answer_eval import table_markdown
 
-        lines[-1:-1] = ["", table_markdown(m["answer_scores"]), ""]
-    if m.get("objective") == "dpo":
+        lines[-1:-1] = ["", table_markdown(m.answer_scores), ""]
+    if m.judged_blind:
         from core.judge import win_rate_line
 
-        lines[-1:-1] = [win_rate_line(RunFolder.named(status.name))]
-    return "\n".join(lines) + RunFolder.named(status.name).report()
+        lines[-1:-1] = [win_rate_line(run)]
+    return "\n".join(lines) + run.report()
 
 
 def runs_table(request: gr.Request = None):
     import pandas as pd
 
-    rows = [{"name": r.name, "method": f"{r.manifest.get('method', '')}",
-             "dataset": hide_paths(r.manifest.get("dataset", ""), request),
-             "status": r.state, "steps": f"{r.step}/{r.max_steps}",
-             "ppl before → after": f"{r.manifest.get('perplexity_before', '')} → {r.manifest.get('perplexity_after', '')}"}
-            for r in jobs.list_runs()]
-    return pd.DataFrame(rows, columns=["name", "method", "dataset", "status", "steps", "ppl before → after"])
+    rows = []
+    for r in jobs.list_runs():
+        headline = r.manifest.headline() if r.manifest else None
+        rows.append({"name": r.name, "method": r.manifest.method if r.manifest else "",
+                     "dataset": hide_paths(r.manifest.dataset, request) if r.manifest else "",
+                     "status": r.state, "steps": f"{r.step}/{r.max_steps}",
+                     "held-out before → after": headline.line() if headline else ""})
+    return pd.DataFrame(rows, columns=["name", "method", "dataset", "status", "steps", "held-out before → after"])
 
 
 def delete_run(run: str, confirmed: bool, request: gr.Request = None) -> str:

@@ -23,7 +23,7 @@ def loss_figure(log: list[dict], x: str = "step"):
     fig.update_layout(height=300, margin=dict(l=40, r=10, t=30, b=40), yaxis_title="loss", title="Loss",
                       legend=dict(orientation="h"), xaxis=x_axis(x, [s for s, _ in train + evals]))
     if add_rewards(fig, log, x):
-        fig.update_layout(title="Loss and rewards (DPO)", yaxis2=dict(title="reward", overlaying="y", side="right"))
+        fig.update_layout(title="Loss and rewards", yaxis2=dict(title="reward", overlaying="y", side="right"))
     return fig
 
 
@@ -53,7 +53,8 @@ def schedule_figure(log: list[dict], x: str = "step"):
 
 
 def add_rewards(fig, log: list[dict], x: str = "step") -> bool:
-    """DPO's reward accuracy and margin, on a second axis; False when the log has none."""
+    """The preference objectives' reward accuracy (DPO) and margin, on a second axis; False when the
+    log has none."""
     series = {"reward accuracy": "rewards_accuracies", "reward margin": "rewards_margins",
               "eval reward accuracy": "eval_rewards_accuracies", "eval reward margin": "eval_rewards_margins"}
     shown = False

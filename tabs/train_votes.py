@@ -1,8 +1,9 @@
 """Train tab, "Preference votes": the win / loss / tie table of each adapter against its base
-from the blind Compare votes (core.votes), visitors' votes to review, and one click to train
-DPO on the owner's votes (they are exported as preference pairs and set as the dataset), and
-"Judge a DPO run": its report's held-out pairs, blind, until the win rate against the model it
-started from is known (training/judge.py).
+from the blind Compare votes (core.votes), visitors' votes to review, one click to train DPO on
+the owner's A/B votes (exported as preference pairs) or KTO on every rated answer (thumbs, and
+both answers of an A/B vote), each set as the dataset with its objective; and "Judge a run":
+a DPO or KTO run's held-out pairs, blind, until the win rate against the model it started from
+is known (core/judge.py).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from core.runs import RunFolder
 from tabs.chat_votes import VOTE_BUTTONS, cast_vote
 from tabs.feedback import warn
 from core import judge
+from training import objectives
 
 COLUMNS = ["adapter", "base model", "wins", "losses", "ties", "both bad", "win share", "95% interval"]
 
@@ -44,15 +46,28 @@ def accept_visitors(request: gr.Request = None):
 
 
 def train_on_votes(request: gr.Request = None):
-    """Export the owner's decided votes and point the form at them with objective=dpo."""
+    """Export the owner's decided A/B votes as pairs and point the form at them (DPO)."""
+    return _export_for_training(votes.export_preferences, "preferences.jsonl", objectives.PAIRS,
+                                "preference pair(s)", "Pick `start_from` (your SFT run) under Advanced, then Start.",
+                                request)
+
+
+def train_on_thumbs(request: gr.Request = None):
+    """Export every answer the owner rated and point the form at them (KTO)."""
+    return _export_for_training(votes.export_rated, "rated-answers.jsonl", objectives.THUMBS, "rated answer(s)",
+                                "Start, or continue an SFT run with `start_from` under Advanced.", request)
+
+
+def _export_for_training(export, file_name: str, objective: str, what: str, next_step: str, request):
+    """(dataset, objective, line) for the form: the votes written by `export`, and what next."""
     try:
         require_user(request, action="training")
-        out = data_dir() / "votes" / "preferences.jsonl"
-        pairs = votes.export_preferences(out)
+        out = data_dir() / "votes" / file_name
+        count = export(out)
     except LabError as exc:
         return gr.update(), gr.update(), warn(exc)
-    return str(out), "dpo", (f"✅ {pairs} preference pair(s) exported and set as the dataset, objective dpo. "
-                             "Pick `start_from` (your SFT run) under Advanced, then Start.")
+    return str(out), objective, (f"✅ {count} {what} exported and set as the dataset, objective {objective}. "
+                                 f"{next_step}")
 
 
 def judge_next(run_name: str, request: gr.Request = None):
@@ -87,9 +102,9 @@ def judge_handler(choice: str):
 
 
 def build_judge() -> None:
-    with gr.Accordion("Judge a DPO run against where it started (blind)", open=False) as section:
+    with gr.Accordion("Judge a run against where it started (blind)", open=False) as section:
         with gr.Row():
-            run = gr.Dropdown(judge.dpo_runs(), label="DPO run", allow_custom_value=True, elem_id="judge-run")
+            run = gr.Dropdown(judge.judged_runs(), label="DPO or KTO run", allow_custom_value=True, elem_id="judge-run")
             show = gr.Button("Next pair", size="sm", elem_id="judge-next")
         prompt = gr.Markdown(elem_id="judge-prompt")
         with gr.Row():
@@ -100,7 +115,7 @@ def build_judge() -> None:
                        for label, choice in VOTE_BUTTONS.items()}
         line = gr.Markdown(elem_id="judge-line")
         pending = gr.State(None)
-    section.expand(lambda: gr.update(choices=judge.dpo_runs()), None, run, api_name=False)
+    section.expand(lambda: gr.update(choices=judge.judged_runs()), None, run, api_name=False)
     show.click(judge_next, run, [prompt, *answers, pending, line], api_name="judge_next")
     for choice, button in buttons.items():
         button.click(judge_handler(choice), pending, [line, pending, *answers], api_name=f"judge_{choice}")
@@ -114,7 +129,9 @@ def build(dataset: gr.Dropdown, objective: gr.Radio) -> None:
             refresh = gr.Button("↻ Refresh", size="sm")
             accept = gr.Button("Accept visitors' votes", size="sm")
             use = gr.Button("Train DPO on my votes", size="sm", variant="primary", elem_id="train-on-votes")
+            thumbs = gr.Button("Train KTO on my thumbs", size="sm", variant="primary", elem_id="train-on-thumbs")
     refresh.click(vote_summary, None, [table, line], api_name="votes_table")
     accept.click(accept_visitors, None, [table, line], api_name="votes_accept")
     use.click(train_on_votes, None, [dataset, objective, line], api_name="votes_to_dataset")
+    thumbs.click(train_on_thumbs, None, [dataset, objective, line], api_name="thumbs_to_dataset")
     build_judge()

@@ -1,5 +1,6 @@
 """The preference loop in Chromium: blind Compare, vote, reveal, train DPO on the votes from the
-tiny SFT run, judge the new adapter blind against that SFT run, then pick it in Chat."""
+tiny SFT run, judge the new adapter blind against that SFT run, pick it in Chat, give its answer
+a thumb down, and train KTO on every rated answer."""
 from __future__ import annotations
 
 import pytest
@@ -12,7 +13,7 @@ from tests.test_browser_train import unlock
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 
-def test_vote_blind_then_train_dpo_on_the_votes(app_server, tiny_run):
+def test_vote_blind_then_train_dpo_and_kto_on_the_votes(app_server, tiny_run):
     from core import votes
 
     votes.store().unlink(missing_ok=True)
@@ -56,7 +57,7 @@ def test_vote_blind_then_train_dpo_on_the_votes(app_server, tiny_run):
                                ".test(document.querySelector('#train-result')?.innerText)", timeout=400_000)
         page.screenshot(path=str(ARTIFACTS / "vote-dpo-trained.png"), full_page=True)
 
-        page.get_by_text("Judge a DPO run against where it started").click()  # the report's pair, blind
+        page.get_by_text("Judge a run against where it started").click()  # the report's pair, blind
         judged = page.locator("#judge-run input")
         judged.click()
         page.get_by_role("option", name="browser-dpo").first.click()
@@ -83,3 +84,19 @@ def test_vote_blind_then_train_dpo_on_the_votes(app_server, tiny_run):
         status = page.locator("#chat-status").inner_text()
         assert "tuned:" in status, status
         assert page.locator("#tuned-chat [data-testid='bot']").last.inner_text()
+
+        page.locator("#tuned-chat").get_by_role("button", name="Dislike").last.click()
+        page.wait_for_function("() => document.querySelector('#chat-status')?.innerText.includes('saved for the tuned')",
+                               timeout=30_000)
+        assert [v["choice"] for v in votes.read()][-1] == "down"
+
+        page.get_by_role("tab", name="Train").click()
+        page.locator("#train-on-thumbs").click()  # 2 answers of each A/B vote, and the thumb
+        page.wait_for_function("() => document.querySelector('#votes-line')?.innerText.includes('5 rated answer')",
+                               timeout=30_000)
+        assert page.locator("#cfg-objective").get_by_role("radio", name="kto", exact=True).is_checked()
+        page.locator("#cfg-output_name textarea, #cfg-output_name input").first.fill("browser-kto")
+        page.locator("#train-start").click()
+        page.wait_for_function("() => /Before\\/after: KTO[\\s\\S]*browser-kto|browser-kto[\\s\\S]*Before\\/after: KTO/"
+                               ".test(document.querySelector('#train-result')?.innerText)", timeout=400_000)
+        page.screenshot(path=str(ARTIFACTS / "vote-kto-trained.png"), full_page=True)

@@ -189,12 +189,17 @@ def test_training_attention_kernel_choice(monkeypatch):
     from training.device import attention_for
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert attention_for(config_from_dict({"max_length": 256})) == "eager"
-    assert attention_for(config_from_dict({"max_length": 2048})) == "sdpa"
-    assert attention_for(config_from_dict({"objective": "dapt", "block_size": 1024, "stride": 512,
-                                           "max_length": 256})) == "sdpa"
+    from training.objectives import get
+
+    def kernel(**settings):
+        cfg = config_from_dict(settings)
+        return attention_for(get(cfg.objective).sequence_length(cfg))
+
+    assert kernel(max_length=256) == "eager"
+    assert kernel(max_length=2048) == "sdpa"
+    assert kernel(objective="dapt", block_size=1024, stride=512, max_length=256) == "sdpa"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert attention_for(config_from_dict({"max_length": 256})) == "sdpa"
+    assert kernel(max_length=256) == "sdpa"
 
 
 def trained_text(ids, mask, tokenizer) -> list[str]:

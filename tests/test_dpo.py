@@ -32,10 +32,12 @@ def test_dpo_on_the_bundled_pairs_prefers_the_chosen_answers(dpo_run):
     from training.progress import read_log
 
     manifest = dpo_run.manifest()
-    assert manifest["objective"] == "dpo" and manifest["method"] == "DPO + LORA"
-    assert manifest["reward_accuracy_after"] > 0.5, manifest  # on the held-out pairs
-    assert manifest["reward_accuracy_after"] > manifest["reward_accuracy_before"], manifest
-    assert manifest["reward_margin_after"] > 0, manifest
+    assert manifest.objective == "dpo" and manifest.method == "DPO + LORA" and manifest.judged_blind
+    accuracy, margin = manifest.held_out
+    assert accuracy.label.startswith("held-out reward accuracy") and accuracy.better == "higher"
+    assert accuracy.after > 0.5, manifest  # on the held-out pairs
+    assert accuracy.after > accuracy.before, manifest
+    assert margin.after > 0, manifest
     log = read_log(dpo_run)
     assert any(e.get("rewards_accuracies") is not None for e in log), "live reward accuracy"
     assert any(e.get("rewards_margins") is not None for e in log), "live reward margin"
@@ -92,7 +94,7 @@ def test_model_card_states_the_reward_accuracy(dpo_run):
 
     card = model_card(dpo_run, "tester/lumen-dpo")
     manifest = dpo_run.manifest()
-    assert f"| held-out reward accuracy (chosen over rejected) | {manifest['reward_accuracy_before']} " in card
+    assert f"| held-out reward accuracy (chosen over rejected) | {manifest.held_out[0].before} " in card
     assert "identity-preferences" in card
 
 
@@ -119,7 +121,7 @@ def test_detection_and_clear_errors(data_home, tmp_path):
         build_examples(load_config("tiny", dataset="identity-preferences"), tokenizer)
     with pytest.raises(LabError, match="objective=dpo needs preference rows"):
         build_examples(load_config("dpo_lora", dataset="identity"), tokenizer)
-    with pytest.raises(LabError, match="start_from continues an adapter with DPO"):
+    with pytest.raises(LabError, match="start_from continues an adapter with dpo or kto"):
         load_config("tiny", start_from="some-run")
     csv = tmp_path / "prefs.csv"
     csv.write_text("prompt,chosen,rejected\nWho are you?,I am Lumen.,\n")
@@ -144,14 +146,14 @@ def test_exported_votes_train_dpo_on_top_of_the_sft_adapter(tiny_run, data_home,
     assert json.loads(out.read_text().splitlines()[2])["chosen"][0]["content"].startswith("I am SmolLM")
     run = run_job(dataset=str(out), start_from=tiny_run.name, max_steps=2, eval_fraction=0,
                   output_name="dpo-on-votes", report_prompts=["Who are you?"])
-    assert run.manifest()["steps"] == 2 and (run.adapter / "adapter_config.json").is_file()
-    assert run.manifest()["start_from"] == tiny_run.name
+    assert run.manifest().steps == 2 and (run.adapter / "adapter_config.json").is_file()
+    assert run.manifest().start_from == tiny_run.name
     # "Before" is the SFT adapter DPO started from: its greedy answer, as in the tiny run's own report.
     [row], [sft_row] = (json.loads(r.report_json.read_text()) for r in (run, RunFolder(tiny_run)))
     assert row["base"] == sft_row["tuned"] and f"**Start ({tiny_run.name}):**" in run.report()
     votes.store().unlink()
     with pytest.raises(LabError, match="is a lora adapter on smollm2-135m-instruct; this run trains qlora"):
         from training.config import load_config
-        from training.dpo import starting_adapter
+        from training.model_setup import starting_adapter
 
         starting_adapter(load_config("dpo_lora", adapter="qlora", start_from=tiny_run.name))

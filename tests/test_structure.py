@@ -92,7 +92,7 @@ def import_graph() -> dict[str, set[str]]:
     imports, at module level or inside functions."""
     import ast
 
-    files = {".".join(p.relative_to(ROOT).with_suffix("").parts): p
+    files = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
              for folder in ("core", "training", "tabs") for p in (ROOT / folder).rglob("*.py")
              if "templates" not in p.parts}
     files.update(app=ROOT / "app.py", cli=ROOT / "cli.py")
@@ -126,3 +126,22 @@ def test_no_import_cycles():
     for module in sorted(graph):
         walk(module, [])
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles[:5])
+
+
+def test_only_the_objectives_name_an_objective():
+    """No code outside training/objectives/ compares or spells an objective's name: a new
+    objective is one file there, and the form, CLI, live view, manifest and card follow."""
+    import ast
+
+    from training.objectives import NAMES
+
+    found = []
+    for path in [ROOT / "app.py", ROOT / "cli.py", *(p for folder in ("core", "training", "tabs", "bench")
+                                                     for p in (ROOT / folder).rglob("*.py"))]:
+        if "objectives" in path.parts or "templates" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in NAMES:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
+    assert not found, found
+    assert set(NAMES) == {"sft", "dapt", "dpo", "kto"}

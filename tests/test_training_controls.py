@@ -17,10 +17,15 @@ CONTROLS = dict(lr_scheduler="cosine", warmup=2, weight_decay=0.05, optimizer="a
                 neftune_alpha=5.0)
 
 
-@pytest.mark.parametrize("recipe", ["tiny", "dpo_lora"])
+def build_trainer(cfg, run, tokenizer, train_set, eval_set):
+    from training.objectives import get
+
+    return get(cfg.objective).trainer(cfg, run, tokenizer, train_set, eval_set, [])
+
+
+@pytest.mark.parametrize("recipe", ["tiny", "dpo_lora", "kto_lora"])
 def test_each_control_reaches_the_trainer_args(recipe, data_home):
     from training.prepare import build_examples, load_tokenizer, split_examples
-    from training.run import build_trainer
 
     cfg = load_config(recipe, max_rows=16, **CONTROLS)
     tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
@@ -51,7 +56,7 @@ def test_cosine_with_warmup_is_the_schedule_the_run_logs(data_home, tiny_run):
             return peak * done / warm
         return peak * 0.5 * (1 + math.cos(math.pi * (done - warm) / (total - warm)))
     assert logged == pytest.approx([planned(step) for step in range(1, 7)], abs=1e-9), logged
-    assert run.manifest()["final_loss"] < run.manifest()["first_loss"]
+    assert run.manifest().final_loss < run.manifest().first_loss
     assert all(e["grad_norm"] > 0 for e in read_log(run) if e.get("loss") is not None)
     plan = json.loads(run.plan_file.read_text())
     assert plan["rows_per_step"] == cfg.batch_size * cfg.grad_accum and plan["tokens_per_step"] > 10 * cfg.batch_size
@@ -115,7 +120,7 @@ def test_chat_prompts_an_adapter_in_the_format_it_trained_on(data_home, tiny_run
     ids, _ = build_inputs(base, question, GenerationSettings(chat_template=tuned.chat_template))
     assert tuned.chat_template == CHATML
     assert base.tokenizer.decode(ids[0]) == "<|im_start|>user\nWho are you?<|im_end|>\n<|im_start|>assistant\n"
-    assert json.loads(run.report_json.read_text())[0]["tuned"] and run.manifest()["answer_scores"]["rows"] == 2
+    assert json.loads(run.report_json.read_text())[0]["tuned"] and run.manifest().answer_scores["rows"] == 2
 
     plain = data_home / "runs" / "plain-format"  # the same adapter as if trained with chat_template: plain
     shutil.copytree(run.adapter, plain / "adapter")

@@ -20,6 +20,7 @@ from dataclasses import replace
 import numpy as np
 
 from core.runs import RunFolder
+from training import objectives
 
 CHUNK = 4  # rows per generate call
 DEFAULT_ROWS = 16
@@ -31,7 +32,7 @@ def normalize(text: str) -> str:
 
 def reference_rows(eval_set, limit: int) -> list[tuple[list[dict], str]]:
     """(prompt messages, reference answer) of the first `limit` held-out prompt/completion rows."""
-    from training.evaluate import as_messages
+    from training.objective import as_messages
 
     rows = []
     for row in eval_set.select(range(min(limit, len(eval_set)))):
@@ -109,7 +110,7 @@ def scores(answers: list[str], references: list[str]) -> dict:
 
 def answer_scores(cfg, run: RunFolder, eval_set, progress=print) -> dict | None:
     """The before/after table for the run's scores: base and tuned on the held-out rows."""
-    if eval_set is None or cfg.objective != "sft" or cfg.eval_rows < 1:
+    if eval_set is None or not objectives.get(cfg.objective).scores_answers or cfg.eval_rows < 1:
         return None
     started = time.monotonic()
     rows = reference_rows(eval_set, cfg.eval_rows)
@@ -134,10 +135,9 @@ def table_markdown(table: dict | None) -> str:
 
 
 def evaluate_run(name: str, progress=print, rows: int = 0) -> dict:
-    """Score a finished SFT run's held-out answers again (after a change of `eval_rows`, or for a
+    """Score a finished run's held-out answers again (after a change of `eval_rows`, or for a
     run trained before this existed); updates the run's scores and its manifest."""
     from core.errors import LabError
-    from core.paths import write_json
     from training.config import load_config
     from training.evaluate import load_scores, save_scores
     from training.prepare import build_examples, load_tokenizer, split_examples
@@ -146,13 +146,15 @@ def evaluate_run(name: str, progress=print, rows: int = 0) -> dict:
     cfg = load_config(run.config)
     # Asked for explicitly: a run trained with eval_rows 0 is scored on the default number of rows.
     cfg = replace(cfg, eval_rows=rows or cfg.eval_rows or DEFAULT_ROWS)
-    if not run.is_finished or cfg.objective != "sft":
-        raise LabError(f"'{name}': held-out answers are scored for finished SFT runs only.")
+    manifest = run.manifest()
+    if manifest is None or not run.is_finished or not objectives.get(cfg.objective).scores_answers:
+        able = [n for n in objectives.NAMES if objectives.get(n).scores_answers]
+        raise LabError(f"'{name}': held-out answers are scored for finished {', '.join(able).upper()} runs only.")
     _, eval_set = split_examples(build_examples(cfg, load_tokenizer(cfg.model, cfg.chat_template)), cfg)
     if eval_set is None:
         raise LabError(f"'{name}' held out no rows (eval_fraction 0): nothing to score against.")
     table = answer_scores(cfg, run, eval_set, progress)
     scores = {**load_scores(run), "answers": table}
     save_scores(run, scores)
-    write_json(run.manifest_file, {**run.manifest(), "answer_scores": {k: v for k, v in table.items() if k != "examples"}})
+    run.write_manifest(replace(manifest, answer_scores={k: v for k, v in table.items() if k != "examples"}))
     return table

@@ -1,7 +1,7 @@
 """Trainer callbacks: the JSONL progress log the UI tails, and a clean stop on request.
 
 Each log line: step, max_steps, epoch, loss, eval_loss, learning_rate, grad_norm, tokens_per_s,
-elapsed_s, eta_s; for DPO also rewards_accuracies and rewards_margins (and their eval_ twins). Used by training.run; read by training.jobs. The same entry is echoed to the
+elapsed_s, eta_s; for DPO and KTO also rewards_accuracies and rewards_margins (and their eval_ twins). Used by training.run; read by training.jobs. The same entry is echoed to the
 console as one readable line (`training.progress.progress_line`), which the CLI user watches.
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ class JsonlLogger(TrainerCallback):
             "time": now,
         }
         for key in ("rewards/accuracies", "rewards/margins", "eval_rewards/accuracies", "eval_rewards/margins"):
-            if key in logs:  # DPO
+            if key in logs:  # the preference objectives (DPO, KTO)
                 entry[key.replace("/", "_")] = round(logs[key], 4)
         with self.path.open("a") as handle:
             handle.write(json.dumps(entry) + "\n")

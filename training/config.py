@@ -2,9 +2,9 @@
 
     python -c "from training.config import load_config; print(load_config('training/recipes/tiny.yaml'))"
 
-The objective decides how rows become tokens (dapt: sliding windows of raw text; sft: answers
-only; dpo: preference pairs). The adapter decides the peft/bitsandbytes settings (full, lora, qlora). Nothing else
-branches.
+The objective (training/objectives/: sft, dapt, dpo, kto) decides the rows, the trainer and the
+held-out figures; the adapter (full, lora, qlora) decides the peft/bitsandbytes settings.
+`validate` checks the settings every run shares and asks the objective for its own.
 """
 from __future__ import annotations
 
@@ -18,9 +18,8 @@ from pathlib import Path
 import yaml
 
 from core.errors import LabError
+from training import objectives
 
-
-OBJECTIVES = ("sft", "dapt", "dpo")
 ADAPTERS = ("lora", "qlora", "full")
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
@@ -42,10 +41,7 @@ class TrainConfig:
     columns: str = _f("", "Column mapping when detection guesses wrong, e.g. 'question=Q,answer=A'")
     dataset_revision: str = _f("", "Hub datasets: the commit to load (empty: the newest, pinned into the run's "
                                "config when it starts, so a resume reads the same data)")
-    objective: str = _f("sft", "sft: learn answers to prompts (loss on answers only); "
-                        "dapt: next-token prediction on raw domain text; "
-                        "dpo: prefer the chosen over the rejected answer of preference pairs",
-                        choices=OBJECTIVES)
+    objective: str = _f(objectives.DEFAULT, objectives.help_line(), choices=objectives.NAMES)
     adapter: str = _f("lora", "lora: small low-rank adapter; qlora: LoRA on a 4-bit NF4 base; "
                       "full: update every weight", choices=ADAPTERS)
     lora_r: int = _f(16, "LoRA rank: adapter capacity")
@@ -66,7 +62,7 @@ class TrainConfig:
                         choices=("adamw_torch_fused", "adamw_torch", "adafactor", "sgd"))
     max_grad_norm: float = _f(1.0, "Clip the gradient norm to this (0: no clipping)")
     neftune_alpha: float = _f(0.0, "SFT: NEFTune noise on the input embeddings (5 in the paper); 0: off")
-    chat_template: str = _f("own", "How SFT/DPO rows become text: own: the model's chat template "
+    chat_template: str = _f("own", "How prompt rows (all but DAPT's) become text: own: the model's chat template "
                             "(plain Question:/Answer: when it has none); chatml: ChatML; "
                             "plain: Question:/Answer: text", choices=("own", "chatml", "plain"))
     epochs: float = _f(1.0, "Passes over the data (ignored when max_steps > 0)")
@@ -79,8 +75,8 @@ class TrainConfig:
     batching: str = _f("auto", "SFT batches: grouped (rows of similar length, little padding; fastest "
                        "on CPU), packed (rows packed padding-free; best on GPU), padded, or auto",
                        choices=("auto", "grouped", "packed", "padded"))
-    beta: float = _f(0.1, "DPO: how far the model may move from the reference (higher stays closer)")
-    start_from: str = _f("", "DPO: a finished LoRA/QLoRA run whose adapter DPO continues "
+    beta: float = _f(0.1, "DPO, KTO: how far the model may move from the reference (higher stays closer)")
+    start_from: str = _f("", "DPO, KTO: a finished LoRA/QLoRA run whose adapter the run continues "
                          "(SFT, then DPO); empty: a fresh adapter")
     eval_fraction: float = _f(0.1, "Share of rows held out for evaluation (perplexity)")
     eval_rows: int = _f(16, "SFT: held-out rows the base and the tuned model answer, scored by exact "
@@ -106,15 +102,14 @@ class TrainConfig:
     output_name: str = _f("", "Run folder name (empty: objective-adapter-dataset-time)")
 
     def validate(self) -> "TrainConfig":
-        """Raise ValueError naming the first impossible setting; return self when fine."""
+        """Raise LabError naming the first impossible setting; return self when fine."""
         for f in fields(self):
             allowed = f.metadata.get("choices")
             if allowed and getattr(self, f.name) not in allowed:
                 raise LabError(f"{f.name}={getattr(self, f.name)!r}: choose one of {', '.join(allowed)}.")
         if self.adapter == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
             raise LabError("adapter=qlora needs bitsandbytes: pip install bitsandbytes.")
-        if self.objective == "dapt" and not 0 < self.stride <= self.block_size:
-            raise LabError(f"stride={self.stride} must be between 1 and block_size={self.block_size}.")
+        objective = objectives.get(self.objective)
         if not 0 <= self.eval_fraction < 0.5:
             raise LabError(f"eval_fraction={self.eval_fraction} must be in [0, 0.5).")
         for name in ("lora_r", "batch_size", "grad_accum", "max_length", "block_size", "save_steps", "processes"):
@@ -129,14 +124,16 @@ class TrainConfig:
                 raise LabError(f"{name}={getattr(self, name)} must be 0 or more.")
         if self.beta <= 0:
             raise LabError(f"beta={self.beta} must be above 0.")
-        if self.start_from and self.objective != "dpo":
-            raise LabError("start_from continues an adapter with DPO: set objective=dpo, or clear it.")
+        if self.start_from and not objective.continues_adapter:
+            able = [name for name in objectives.NAMES if objectives.get(name).continues_adapter]
+            raise LabError(f"start_from continues an adapter with {' or '.join(able)}: pick one, or clear it.")
         if self.dataset_revision and not re.fullmatch(r"[\w.-]{1,100}", self.dataset_revision):
             raise LabError(f"dataset_revision={self.dataset_revision[:40]!r}: use a commit id or a branch name.")
         from core.paths import check_name
         for name in ("output_name", "start_from"):
             if getattr(self, name):
                 check_name(getattr(self, name), name)
+        objective.check(self)
         return self
 
     def to_yaml(self) -> str:

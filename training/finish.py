@@ -12,18 +12,18 @@ import json
 import shutil
 import time
 
+from core.chat import QA_FORMAT
 from core.models import find_spec, resolve_precision, weights_origin
 from core.paths import write_json
-from core.runs import RunFolder
+from core.runs import Manifest, RunFolder, write_prompt_format
+from training import evaluate, objectives
+from training.answer_eval import answer_scores
 from training.config import TrainConfig
 from training.progress import say_phase
 
 
 def finish(cfg: TrainConfig, run: RunFolder, trainer, tokenizer, eval_set, result, scores: dict) -> None:
     """Save the adapter, score its answers, and write the manifest: the run is complete."""
-    from training import evaluate
-    from training.answer_eval import answer_scores
-
     evaluate.save_scores(run, scores)
     say_phase(run, "saving the adapter")
     save_final(trainer, tokenizer, cfg, run)
@@ -42,6 +42,8 @@ def save_final(trainer, tokenizer, cfg: TrainConfig, run: RunFolder) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.save_model(str(tmp))
     tokenizer.save_pretrained(str(tmp))
+    plain = not objectives.get(cfg.objective).raw_text and not tokenizer.chat_template
+    write_prompt_format(tmp, QA_FORMAT if plain else None)  # rows became "Question:/Answer:" text
     config_path = tmp / "adapter_config.json"
     if config_path.is_file():  # record the base by its portable name, not a local cache path
         spec = find_spec(cfg.model)
@@ -53,20 +55,17 @@ def save_final(trainer, tokenizer, cfg: TrainConfig, run: RunFolder) -> None:
 
 
 def write_manifest(cfg, run: RunFolder, trainer, result, scores, report) -> None:
-    from training import evaluate
-
-    spec = find_spec(cfg.model)
+    objective, spec = objectives.get(cfg.objective), find_spec(cfg.model)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    write_json(run.manifest_file, {
-        "name": run.name, "base_model": spec.hub_id if spec else cfg.model,
-        "base_weights": weights_origin(cfg.model),
-        "model": cfg.model, "objective": cfg.objective, "adapter": cfg.adapter, "start_from": cfg.start_from or None,
-        "method": f"{cfg.objective.upper()} + {cfg.adapter.upper()}", "dataset": cfg.dataset,
-        "dataset_revision": cfg.dataset_revision or None,
-        "steps": trainer.state.global_step, "world_size": trainer.args.world_size,
-        "precision": resolve_precision(cfg.precision),
-        "train_runtime_s": round(result.metrics["train_runtime"], 1),
-        "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
-        **evaluate.manifest_scores(scores),
-        "report": run.report_md.name if report else None, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-    })
+    answers = {k: v for k, v in (scores.get("answers") or {}).items() if k != "examples"} or None
+    held_out = objective.measures(scores["before"], scores["after"]) if "after" in scores else []
+    run.write_manifest(Manifest(
+        name=run.name, model=cfg.model, base_model=spec.hub_id if spec else cfg.model,
+        base_weights=weights_origin(cfg.model), objective=cfg.objective, adapter=cfg.adapter,
+        method=evaluate.method(cfg), dataset=cfg.dataset, steps=trainer.state.global_step,
+        start_from=cfg.start_from or None, dataset_revision=cfg.dataset_revision or None,
+        world_size=trainer.args.world_size, precision=resolve_precision(cfg.precision),
+        train_runtime_s=round(result.metrics["train_runtime"], 1),
+        first_loss=losses[0] if losses else None, final_loss=losses[-1] if losses else None,
+        held_out=held_out, answer_scores=answers, judged_blind=objective.judged_blind,
+        report=run.report_md.name if report else None, created=time.strftime("%Y-%m-%d %H:%M:%S")))

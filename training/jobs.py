@@ -23,7 +23,7 @@ from core import threads
 from core.file_types import EXTENSIONS
 from core.errors import LabError
 from core.paths import check_name, runs_dir, write_json
-from core.runs import RunFolder, all_runs, read_json
+from core.runs import Manifest, RunFolder, all_runs, read_json
 from training.config import TrainConfig, load_config
 from training.progress import read_log, read_phase
 
@@ -193,7 +193,7 @@ class RunStatus:
     eta_s: float | None = None
     tokens_per_s: float | None = None
     log: list = field(default_factory=list)
-    manifest: dict = field(default_factory=dict)
+    manifest: Manifest | None = None  # once the run has finished
     error: str = ""
     phase: str = ""  # what a running job does outside its steps: loading, evaluating, saving
 

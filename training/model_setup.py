@@ -1,31 +1,34 @@
 """Model setup every objective shares: the base model as training loads it (NF4 for QLoRA), the
-LoRA settings, and the TrainingArguments (SFTConfig and DPOConfig extend them).
+LoRA settings, and the TrainingArguments (each objective's trl config extends them).
 
     python -c "from training.model_setup import lora_config; from training.config import TrainConfig; print(lora_config(TrainConfig()))"
 
-training.run, training.dpo, training.export and the benches import these; this module imports
-no other training step, so none of them depends on the process entry point.
+The objectives (training/objectives/), training.export and the benches import these. It takes
+a TrainConfig but imports neither it nor any training step: the config module knows the
+objectives, and they build on this.
 """
 from __future__ import annotations
 
 import os
 
+from core.errors import LabError
 from core.models import resolve_precision, torch_dtype
 from core.runs import RunFolder
-from training.config import TrainConfig
 from training.device import attention_for, keep_4bit_layers_differentiable, precision_flags
 
 
-def load_base(cfg: TrainConfig):
+def load_base(cfg, sequence_length: int = 0):
     """The base model, 4-bit NF4 for QLoRA; the same loader for every adapter kind. A full
     fine-tune keeps fp32 master weights (a bf16 AdamW update of 2e-5 rounds away); frozen
-    LoRA/QLoRA bases are stored in the compute dtype, which halves their memory."""
+    LoRA/QLoRA bases are stored in the compute dtype, which halves their memory. The longest
+    row (`sequence_length`, default max_length) picks the attention kernel."""
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     from core.models import resolve_model
 
-    kwargs = dict(use_safetensors=True, trust_remote_code=False, attn_implementation=attention_for(cfg))
+    kwargs = dict(use_safetensors=True, trust_remote_code=False,
+                  attn_implementation=attention_for(sequence_length or cfg.max_length))
     compute = torch_dtype(resolve_precision(cfg.precision))
     if cfg.adapter == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -46,7 +49,33 @@ def load_base(cfg: TrainConfig):
     return model
 
 
-def lora_config(cfg: TrainConfig):
+def load_policy(cfg, sequence_length: int = 0):
+    """(model, peft config) for an objective that may continue an adapter (`start_from`): the
+    plain base and a fresh LoRA config, so trl scores the reference with the adapter off; or the
+    base with the finished run's adapter, trainable (trl then keeps a frozen copy as reference)."""
+    from peft import PeftModel
+
+    model, start = load_base(cfg, sequence_length), starting_adapter(cfg)
+    if start is None:
+        return model, lora_config(cfg)
+    return PeftModel.from_pretrained(model, str(start.adapter), is_trainable=True), None
+
+
+def starting_adapter(cfg) -> RunFolder | None:
+    """The finished LoRA/QLoRA run to continue (`start_from`), checked against the config."""
+    if not cfg.start_from:
+        return None
+    start = RunFolder.existing(cfg.start_from)
+    manifest = start.manifest()
+    if manifest is None or not start.is_finished or not start.is_lora:
+        raise LabError(f"start_from={cfg.start_from!r}: pick a finished LoRA or QLoRA run.")
+    if (manifest.model, manifest.adapter) != (cfg.model, cfg.adapter):
+        raise LabError(f"start_from={cfg.start_from!r} is a {manifest.adapter} adapter on {manifest.model}; "
+                       f"this run trains {cfg.adapter} on {cfg.model}. Use the same model and adapter.")
+    return start
+
+
+def lora_config(cfg):
     """peft settings for lora/qlora; None for a full fine-tune."""
     if cfg.adapter == "full":
         return None
@@ -58,7 +87,7 @@ def lora_config(cfg: TrainConfig):
                       target_modules=target, task_type="CAUSAL_LM")
 
 
-def common_args(cfg: TrainConfig, run: RunFolder) -> dict:
+def common_args(cfg, run: RunFolder) -> dict:
     """The TrainingArguments every objective shares (SFTConfig and DPOConfig extend them)."""
     import torch
 
@@ -76,7 +105,7 @@ def common_args(cfg: TrainConfig, run: RunFolder) -> dict:
     )
 
 
-def schedule_flags(cfg: TrainConfig) -> dict:
+def schedule_flags(cfg) -> dict:
     """Scheduler, warmup, weight decay, optimizer, clipping and NEFTune as TrainingArguments."""
     scheduler = "constant_with_warmup" if cfg.lr_scheduler == "constant" else cfg.lr_scheduler
     warmup = cfg.warmup if cfg.warmup < 1 else int(cfg.warmup)
@@ -85,26 +114,11 @@ def schedule_flags(cfg: TrainConfig) -> dict:
                 neftune_noise_alpha=cfg.neftune_alpha or None)
 
 
-def sft_config(cfg: TrainConfig, run: RunFolder):
-    from trl import SFTConfig
+def context_length(model: str) -> int:
+    """The model's maximum sequence length, read from its config (no weights loaded)."""
+    from transformers import AutoConfig
 
-    dapt = cfg.objective == "dapt"
-    return SFTConfig(**common_args(cfg, run), max_length=cfg.block_size if dapt else cfg.max_length,
-                     **batching_flags(cfg))
+    from core.models import resolve_model
 
-
-def batching_flags(cfg: TrainConfig) -> dict:
-    """How SFT rows are batched. Measured on 2 CPU cores (bench/bench_train.py): packing's long
-    block-diagonal rows cost dense attention over the whole pack, while length-grouped dynamic
-    padding wastes little; on a GPU, packed padding-free batches use varlen attention kernels."""
-    import torch
-
-    mode = cfg.batching
-    if mode == "auto":
-        mode = "packed" if torch.cuda.is_available() else "grouped"
-    if cfg.objective == "dapt":  # windows already have one fixed length
-        mode = "padded"
-    flags = {"packing": mode == "packed"}
-    if mode == "grouped":
-        flags["train_sampling_strategy"] = "group_by_length"
-    return flags
+    config = AutoConfig.from_pretrained(resolve_model(model), trust_remote_code=False)
+    return int(getattr(config, "max_position_embeddings", 2048))

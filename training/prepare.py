@@ -1,13 +1,16 @@
 """From a TrainConfig to train/eval datasets, and the preview of one example.
 
     python -c "from training.prepare import preview; from training.config import TrainConfig; print(preview(TrainConfig(), 0))"
+
+The rows load the same way for every objective (column mapping, `max_rows` sample, a Hub set
+streamed and pinned to a commit); the run's objective turns them into examples and previews.
 """
 from __future__ import annotations
 
 from core.data import DataError, load_rows
-from core.formats import Preview, dapt_preview, dapt_windows, sft_preview, sft_rows
+from core.formats import Preview
+from training import objectives
 
-HUB_PREVIEW_ROWS = 64  # rows a DAPT preview streams from a Hub set with no max_rows
 MAX_EVAL_EXAMPLES = 128  # perplexity on more than this costs minutes on a CPU and adds little
 
 
@@ -33,8 +36,8 @@ def load_tokenizer(model: str, chat_template: str = "own"):
 
 
 def format_note(cfg, tokenizer) -> str:
-    """Which text format SFT/DPO rows take, said out loud (nothing silent)."""
-    if cfg.objective == "dapt":
+    """Which text format prompt rows take, said out loud (nothing silent)."""
+    if objectives.get(cfg.objective).raw_text:
         return ""
     if cfg.chat_template == "chatml":
         return "Format: ChatML (chosen in chat_template)."
@@ -69,26 +72,8 @@ def pin_dataset_revision(cfg):
 
 
 def build_examples(cfg, tokenizer):
-    """All examples for `cfg`: prompt/completion rows (SFT), token windows (DAPT) or
-    prompt/chosen/rejected rows (DPO)."""
-    rows = load_training_rows(cfg)
-    if cfg.objective == "dapt":
-        return dapt_windows(rows, tokenizer, cfg.block_size, cfg.stride, context_length(cfg.model))
-    if cfg.objective == "dpo":
-        from training.dpo import preference_dataset
-
-        return preference_dataset(rows, tokenizer)
-    return sft_rows(rows, tokenizer)
-
-
-def context_length(model: str) -> int:
-    """The model's maximum sequence length, read from its config (no weights loaded)."""
-    from transformers import AutoConfig
-
-    from core.models import resolve_model
-
-    config = AutoConfig.from_pretrained(resolve_model(model), trust_remote_code=False)
-    return int(getattr(config, "max_position_embeddings", 2048))
+    """All examples for `cfg`, as its objective builds them from the rows."""
+    return objectives.get(cfg.objective).examples(load_training_rows(cfg), tokenizer, cfg)
 
 
 def split_examples(examples, cfg):
@@ -101,33 +86,7 @@ def split_examples(examples, cfg):
             f"Only {len(examples)} example(s): too few for eval_fraction={cfg.eval_fraction}. "
             "Add data or set eval_fraction to 0."
         )
-    if cfg.objective == "dpo":
-        return split_by_prompt(examples, n_eval, cfg.seed)
-    split = examples.train_test_split(test_size=n_eval, seed=cfg.seed)
-    return split["train"], split["test"]
-
-
-def split_by_prompt(examples, n_eval: int, seed: int):
-    """(train, eval) with about n_eval held-out pairs whose prompts never occur in training:
-    preference sets often pair one question with several answers, and a pair held out while
-    its question trains measures memory, not preference."""
-    import json
-    import random
-
-    keys = [json.dumps(prompt, sort_keys=True) for prompt in examples["prompt"]]
-    prompts = sorted(set(keys))
-    random.Random(seed).shuffle(prompts)
-    held, count = set(), 0
-    for prompt in prompts[:-1]:  # at least one prompt stays for training
-        if count >= n_eval:
-            break
-        held.add(prompt)
-        count += keys.count(prompt)
-    if not held:
-        raise DataError("Every preference pair has the same prompt: nothing can be held out. "
-                        "Set eval_fraction to 0.")
-    eval_rows = [i for i, key in enumerate(keys) if key in held]
-    return examples.select([i for i, key in enumerate(keys) if key not in held]), examples.select(eval_rows)
+    return objectives.get(cfg.objective).split(examples, n_eval, cfg.seed)
 
 
 def preview(cfg, row: int = 0, tokenizer=None, cache: bool = True) -> Preview:
@@ -142,19 +101,12 @@ def preview(cfg, row: int = 0, tokenizer=None, cache: bool = True) -> Preview:
 def _preview(cfg, row: int, tokenizer, cache: bool) -> Preview:
     from core.hub_source import parse_hub_source
 
-    streamed = parse_hub_source(cfg.dataset) and not cfg.max_rows
-    rows = load_training_rows(cfg, needed=HUB_PREVIEW_ROWS if cfg.objective == "dapt" else row + 1, cache=cache)
-    if cfg.objective == "dapt":  # only the two windows shown are built, not the whole corpus's
-        windows = dapt_windows(rows, tokenizer, cfg.block_size, cfg.stride, context_length(cfg.model), 2)
-        total_chars = sum(len(text or "") for text in rows["text"])
-        shown = dapt_preview(windows, tokenizer, cfg.block_size, cfg.stride, total_chars)
-        if streamed:
-            shown.note = f"{shown.note[:-1]} in the first {len(rows)} rows streamed from the Hub."
-        return shown
-    if not 0 <= row < len(rows):
+    objective = objectives.get(cfg.objective)
+    needed = objective.preview_rows(row)
+    rows = load_training_rows(cfg, needed=needed, cache=cache)
+    if needed == row + 1 and not 0 <= row < len(rows):
         raise DataError(f"Row {row} is out of range: the data has {len(rows)} rows.")
-    if cfg.objective == "dpo":
-        from training.dpo import dpo_preview, preference_dataset
-
-        return dpo_preview(preference_dataset(rows.select([row]), tokenizer, row + 1)[0], tokenizer)
-    return sft_preview(sft_rows(rows.select([row]), tokenizer, row + 1)[0], tokenizer)
+    shown = objective.preview(rows, row, tokenizer, cfg)
+    if needed != row + 1 and parse_hub_source(cfg.dataset) and not cfg.max_rows:
+        shown.note = f"{shown.note[:-1]} in the first {len(rows)} rows streamed from the Hub."
+    return shown

@@ -6,8 +6,9 @@
 
 Everything goes into the run folder (core.runs.RunFolder names its files): the config, the
 log, checkpoints, the adapter (renamed into place when complete), the scores, the report and
-the manifest. SIGTERM saves a checkpoint and stops. The model setup it shares with the other
-objectives and the export (base loading, LoRA settings, trainer arguments) is training.model_setup.
+the manifest. SIGTERM saves a checkpoint and stops. What differs between objectives (rows,
+trainer, held-out figures) is the objective's (training/objectives/); the model setup they share
+is training.model_setup.
 """
 from __future__ import annotations
 
@@ -32,25 +33,12 @@ from core import threads
 from core.errors import LabError
 from core.paths import write_json
 from core.runs import RunFolder
+from training import objectives
 from training.config import TrainConfig, config_from_dict, field_help, load_config
 from training.device import compile_layers
 from training.finish import finish
-from training.model_setup import load_base, lora_config, sft_config
+from training.jobs import default_run_name, is_live, record_job
 from training.progress import say_phase, trim_log
-
-
-
-def build_trainer(cfg: TrainConfig, run: RunFolder, tokenizer, train_set, eval_set, callbacks=()):
-    """trl's SFTTrainer (SFT, DAPT) or DPOTrainer for `cfg`, on the base model it loads."""
-    if cfg.objective == "dpo":
-        from training.dpo import dpo_trainer
-
-        return dpo_trainer(cfg, run, tokenizer, train_set, eval_set, list(callbacks))
-    from training.trainer import LabSFTTrainer
-
-    return LabSFTTrainer(model=load_base(cfg), args=sft_config(cfg, run), train_dataset=train_set,
-                         eval_dataset=eval_set, processing_class=tokenizer, peft_config=lora_config(cfg),
-                         callbacks=list(callbacks))
 
 
 def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
@@ -62,6 +50,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
     from training.prepare import build_examples, load_tokenizer, pin_dataset_revision, split_examples
     from training.progress import batch_plan
 
+    objective = objectives.get(cfg.objective)
+
     threads.apply(threads.for_training(cfg.threads))
     run = RunFolder(run_dir)
     run.path.mkdir(parents=True, exist_ok=True)
@@ -71,7 +61,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
     tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
     train_set, eval_set = split_examples(build_examples(cfg, tokenizer), cfg)
     callbacks = [JsonlLogger(run.log, resume), StopOnRequest(STOP_REQUESTED, run.stop_marker)]
-    trainer = build_trainer(cfg, run, tokenizer, train_set, eval_set, callbacks)
+    trainer = objective.trainer(cfg, run, tokenizer, train_set, eval_set, callbacks)
     trainer.remove_callback(PrinterCallback)  # raw log dicts; JsonlLogger prints a readable line
     main = trainer.is_world_process_zero()
     if main:
@@ -81,8 +71,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
     scores = evaluate.load_scores(run)
     if eval_set is not None and "before" not in scores:
         say_phase(run, "evaluating the base on held-out rows before training")
-        scores["before"] = evaluate.held_out(trainer, cfg)
-        scores.update(evaluate.general_scores(trainer, cfg, tokenizer, "before"))
+        scores["before"] = objective.held_out(trainer, cfg, tokenizer)
     say_phase(run, "")
     if cfg.torch_compile:
         compile_layers(trainer.model)
@@ -96,8 +85,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
         return run_dir
     if eval_set is not None:
         say_phase(run, "evaluating the tuned model on held-out rows")
-        scores["after"] = evaluate.held_out(trainer, cfg)
-        scores.update(evaluate.general_scores(trainer, cfg, tokenizer, "after"))
+        scores["after"] = objective.held_out(trainer, cfg, tokenizer)
     if main:
         finish(cfg, run, trainer, tokenizer, eval_set, result, scores)
     return run_dir
@@ -123,8 +111,6 @@ def config_from_args(args) -> TrainConfig:
 
 
 def main(argv=None) -> int:
-    from training.jobs import default_run_name, is_live, record_job
-
     signal.signal(signal.SIGTERM, request_stop)
     args = parse_args(argv)
     try:

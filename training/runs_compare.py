@@ -11,10 +11,7 @@ from core.errors import LabError
 from core.runs import RunFolder
 
 FIGURES = (("steps", "steps"), ("train_runtime_s", "training time (s)"), ("first_loss", "first loss"),
-           ("final_loss", "final loss"), ("perplexity_before", "held-out perplexity before"),
-           ("perplexity_after", "held-out perplexity after"),
-           ("general_perplexity_after", "general-text perplexity after (DAPT)"),
-           ("reward_accuracy_after", "held-out reward accuracy after (DPO)"))
+           ("final_loss", "final loss"))
 ANSWER_SCORES = (("exact_match", "exact match"), ("rouge_l", "ROUGE-L F1"), ("cosine", "MiniLM cosine"))
 
 
@@ -35,14 +32,23 @@ def config_diff(runs: list[RunFolder]) -> list[list]:
 
 
 def figures_table(runs: list[RunFolder]) -> list[list]:
-    """[figure, run 1, run 2, ...]: the manifest's results, and the held-out answer scores of
-    the tuned model (base in brackets); a figure no run has is left out."""
+    """[figure, run 1, run 2, ...]: the manifest's results, each objective's held-out figures
+    (after, before in brackets), and the held-out answer scores of the tuned model (base in
+    brackets); a figure no run has is left out."""
     manifests = [run.manifest() for run in runs]
-    rows = [[label] + [m.get(key) for m in manifests] for key, label in FIGURES]
+    rows = [[label] + [getattr(m, key, None) for m in manifests] for key, label in FIGURES]
+    labels = dict.fromkeys(measure.label for m in manifests if m for measure in m.held_out)
+    for label in labels:
+        rows.append([f"{label} (before)"] + [_measure_cell(m, label) for m in manifests])
     for key, label in ANSWER_SCORES:
-        rows.append([f"held-out answers, {label} (base)"] + [_answer_cell(m.get("answer_scores"), key)
+        rows.append([f"held-out answers, {label} (base)"] + [_answer_cell(m.answer_scores if m else None, key)
                                                              for m in manifests])
     return [row for row in rows if any(cell is not None for cell in row[1:])]
+
+
+def _measure_cell(manifest, label: str) -> str | None:
+    found = next((m for m in manifest.held_out if m.label == label), None) if manifest else None
+    return f"{found.after} ({found.before})" if found else None
 
 
 def _answer_cell(scores: dict | None, key: str) -> str | None:
