@@ -26,13 +26,12 @@ import gradio as gr  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 from core import access  # noqa: E402
+from core.settings import declare_public, settings  # noqa: E402
 from core.request_limits import (MAX_BODY_BYTES, SHARED_POOLS, BodyLimit, UploadCacheLimit,  # noqa: E402
                                  client_address, fair_order)
 from tabs import chat_tab, hub_panel, publish, topics, train  # noqa: E402
 
 MAX_UPLOAD = "50mb"
-EVENTS_PER_SESSION = int(os.environ.get("FINETUNE_LAB_EVENTS_PER_SESSION", 8))
-EVENTS_PER_ADDRESS = int(os.environ.get("FINETUNE_LAB_EVENTS_PER_ADDRESS", 16))
 POOL_EVENTS_PER_ADDRESS = 2  # in each shared pool (chat answers, heavy work): see core/request_limits.py
 QUEUE_SIZE = 128
 UPLOAD_CACHE = (600, 3600)  # every 10 minutes, Gradio deletes uploads older than an hour
@@ -56,7 +55,7 @@ def build_app() -> gr.Blocks:
     # Generation is CPU-bound: more than 2 concurrent streams only slows every one of them.
     # api_open=False: /gradio_api/run/... would run handlers beside the queue and its limits.
     demo.queue(default_concurrency_limit=2, max_size=QUEUE_SIZE, api_open=False)
-    limit_events(demo, EVENTS_PER_SESSION, EVENTS_PER_ADDRESS)
+    limit_events(demo, settings().events_per_session, settings().events_per_address)
     return demo
 
 
@@ -126,15 +125,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
-    parser.add_argument("--auth", default=os.environ.get("FINETUNE_LAB_AUTH"),
+    parser.add_argument("--auth", default=settings().auth or None,
                         help="USER:PASSWORD login for the whole app (or $FINETUNE_LAB_AUTH)")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.share or (not args.auth and not access.is_loopback(args.host)):
-        os.environ["FINETUNE_LAB_PUBLIC"] = "1"  # reachable by others, with no login in front
+    # Reachable by others with no login in front: public, without writing the environment.
+    declare_public(args.share or (not args.auth and not access.is_loopback(args.host)))
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     import_libraries()
     # run_history=False: Gradio would otherwise keep every call's inputs (the HF token too) in the browser.

@@ -23,13 +23,13 @@ button protects nothing.
 from __future__ import annotations
 
 import hmac
-import os
 import threading
 import time
 from pathlib import Path
 
 from core.errors import LabError
 from core.request_limits import client_address
+from core.settings import settings
 
 TRUST_TTL_S = 12 * 3600
 _UNLOCKED: dict[str, tuple[str, float]] = {}  # session hash -> (client address, expiry)
@@ -49,7 +49,7 @@ class AccessDenied(LabError):
 
 
 def is_public() -> bool:
-    return bool(os.environ.get("SPACE_ID")) or os.environ.get("FINETUNE_LAB_PUBLIC") == "1"
+    return settings().public
 
 
 def is_loopback(host: str) -> bool:
@@ -58,8 +58,8 @@ def is_loopback(host: str) -> bool:
 
 def space_owner() -> str | None:
     """The owner part of SPACE_ID ('owner/space'), or SPACE_AUTHOR_NAME."""
-    space = os.environ.get("SPACE_ID", "")
-    return os.environ.get("SPACE_AUTHOR_NAME") or (space.split("/")[0] if "/" in space else None)
+    space = settings().space_id
+    return settings().space_author or (space.split("/")[0] if "/" in space else None)
 
 
 class KeyThrottle:
@@ -100,7 +100,7 @@ THROTTLE = KeyThrottle()
 
 def unlock(key: str, request=None) -> str:
     """Unlock the guarded actions for this browser session with $FINETUNE_LAB_ADMIN_KEY."""
-    expected = os.environ.get("FINETUNE_LAB_ADMIN_KEY", "")
+    expected = settings().admin_key
     session, address = getattr(request, "session_hash", None), client_address(request)
     if not expected:
         return "No admin key is configured (set FINETUNE_LAB_ADMIN_KEY, or launch with --auth)."
@@ -117,8 +117,7 @@ def unlock(key: str, request=None) -> str:
 
 def real_space_oauth() -> bool:
     """On a Hugging Face Space with `hf_oauth: true`: Gradio then logs visitors in for real."""
-    return bool(os.environ.get("SYSTEM") == "spaces" and os.environ.get("SPACE_ID")
-                and os.environ.get("OAUTH_CLIENT_ID"))
+    return settings().oauth
 
 
 def oauth_username(request=None) -> str | None:
@@ -161,12 +160,12 @@ def clamp(name: str, value, request=None):
 
 def allowed_models() -> list[str]:
     """Hub ids or folders the owner opened to visitors ($FINETUNE_LAB_ALLOWED_MODELS, comma list)."""
-    return [m.strip() for m in os.environ.get("FINETUNE_LAB_ALLOWED_MODELS", "").split(",") if m.strip()]
+    return list(settings().allowed_models)
 
 
 def visitor_hub() -> bool:
     """Whether the owner opened the Hub to visitors ($FINETUNE_LAB_VISITOR_HUB=1)."""
-    return os.environ.get("FINETUNE_LAB_VISITOR_HUB") == "1"
+    return settings().visitor_hub
 
 
 def check_hub(request=None, action: str = "Hub search") -> None:

@@ -21,7 +21,6 @@ native bf16, where the weights are fp32 and the int8 kernel is slow with fp32 ac
 """
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from functools import partial
 from itertools import groupby
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import LabError
+from core.settings import settings
 
 CHOICES = ("auto", "int8", "eager")
 
@@ -118,7 +118,7 @@ def decode_path(device: str, dtype: torch.dtype) -> str:
 
     auto (the default) picks int8 for bf16 weights on a CPU only: with fp32 activations the
     kernel measured 10x slower than bf16 ones (371 against 29 us for a 1536x576 product)."""
-    choice = os.environ.get("FINETUNE_LAB_DECODE", "auto")
+    choice = settings().decode
     if choice not in CHOICES:
         raise LabError(f"FINETUNE_LAB_DECODE={choice!r}: use one of {', '.join(CHOICES)}.")
     if choice == "auto":

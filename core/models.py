@@ -23,6 +23,7 @@ from typing import Callable
 
 from core import assets, threads
 from core.errors import LabError
+from core.settings import settings
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ _LOADING: dict[str, threading.Lock] = {}  # one lock per source being loaded
 
 def cache_limit() -> int:
     """How many models stay in memory ($FINETUNE_LAB_MAX_MODELS, default 2: base + a full fine-tune)."""
-    return max(1, int(os.environ.get("FINETUNE_LAB_MAX_MODELS", 2)))
+    return settings().max_models
 
 
 def load_model(name: str) -> LoadedModel:
@@ -232,7 +233,7 @@ def torch_dtype(precision: str):
 def inference_dtype():
     """The chat weights' dtype: resolve_precision of $FINETUNE_LAB_DTYPE (default auto). On a
     CPU with native bf16, SmolLM2 decoding went from 17 to 26 tok/s."""
-    choice = os.environ.get("FINETUNE_LAB_DTYPE", "auto")
+    choice = settings().dtype
     if choice not in ("auto", "fp32", "bf16"):
         raise ModelError(f"FINETUNE_LAB_DTYPE={choice!r}: use auto, fp32 or bf16.")
     return torch_dtype(resolve_precision(choice))

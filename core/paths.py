@@ -9,11 +9,11 @@ cache may live elsewhere (`$FINETUNE_LAB_MODELS`), so tests can share it across 
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 from core.errors import LabError
+from core.settings import settings
 
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -21,9 +21,9 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 def data_dir() -> Path:
     """The root data directory, created on first use."""
-    if os.environ.get("FINETUNE_LAB_HOME"):
-        root = Path(os.environ["FINETUNE_LAB_HOME"])
-    elif os.environ.get("SPACE_ID") and Path("/data").is_dir():
+    if settings().home:
+        root = settings().home
+    elif settings().space_id and Path("/data").is_dir():
         root = Path("/data/finetune-lab")
     else:
         root = Path.home() / ".finetune-lab"
@@ -33,8 +33,7 @@ def data_dir() -> Path:
 
 def models_dir() -> Path:
     """Cache of converted (GGUF -> safetensors) model folders ($FINETUNE_LAB_MODELS overrides)."""
-    override = os.environ.get("FINETUNE_LAB_MODELS")
-    path = Path(override) if override else data_dir() / "models"
+    path = settings().models or data_dir() / "models"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -32,6 +32,8 @@ import threading
 import time
 from collections import Counter, defaultdict, deque
 
+from core.settings import settings
+
 MAX_BODY_BYTES = 1024 * 1024  # a queued event's inputs; files travel through /upload instead
 UPLOAD_PATH = "/gradio_api/upload"
 HEAVY_EVENTS = {"concurrency_id": "heavy", "concurrency_limit": 2}  # one per core
@@ -40,7 +42,7 @@ SHARED_POOLS = ("heavy", "generate")
 
 
 def behind_trusted_proxy() -> bool:
-    return os.environ.get("SYSTEM") == "spaces" or os.environ.get("FINETUNE_LAB_BEHIND_PROXY") == "1"
+    return settings().behind_proxy
 
 
 def client_address(request) -> str:

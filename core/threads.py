@@ -23,6 +23,8 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from core.settings import settings
+
 
 def cores() -> int:
     return os.cpu_count() or 1
@@ -31,7 +33,7 @@ def cores() -> int:
 def for_chat(job_running: bool) -> int:
     if job_running:
         return 1
-    return int(os.environ.get("FINETUNE_LAB_THREADS", 0)) or cores()
+    return settings().threads or cores()
 
 
 def for_job() -> int:

@@ -32,10 +32,10 @@ from pathlib import Path
 from core.errors import LabError
 from core.paths import data_dir
 from core.request_limits import RateWindow
+from core.settings import settings
 
 PAIR_CHOICES = ("A", "B", "tie", "both_bad")
 THUMB_CHOICES = ("up", "down")
-VISITOR_CAP = int(os.environ.get("FINETUNE_LAB_VISITOR_VOTES", "5000"))
 MAX_TEXT = 20_000  # characters per message or answer: a vote is not an upload channel
 MAX_VOTE_CHARS = 60_000  # all its messages and answers together
 VISITOR_VOTES_PER_MINUTE = 12
@@ -114,7 +114,7 @@ def _append(vote: Vote, visitor: bool) -> Vote:
     with _locked(path, "a+") as handle:
         if visitor:
             handle.seek(0)
-            if sum(1 for _ in handle) >= VISITOR_CAP:
+            if sum(1 for _ in handle) >= settings().visitor_votes:
                 raise LabError("The visitors' vote box is full until the owner reviews it. Thank you!")
         handle.write(json.dumps(asdict(vote), ensure_ascii=False) + "\n")
         handle.flush()

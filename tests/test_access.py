@@ -118,7 +118,9 @@ def test_non_loopback_host_without_auth_is_public(monkeypatch):
     import app
 
     assert access.is_loopback("127.0.0.1") and not access.is_loopback("0.0.0.0")
-    monkeypatch.setenv("FINETUNE_LAB_PUBLIC", "0")  # recorded, so the "1" that main sets is undone
+    from core import settings
+
+    monkeypatch.setitem(settings._DECLARED, "public", False)  # restored after the test; main declares it
     monkeypatch.setattr(app, "build_app", lambda: type("A", (), {"launch": lambda self, **kw: None})())
     app.main(["--host", "127.0.0.1"])
     assert not access.is_public(), "loopback stays private"

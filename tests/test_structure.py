@@ -145,3 +145,27 @@ def test_only_the_objectives_name_an_objective():
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
     assert not found, found
     assert set(NAMES) == {"sft", "dapt", "dpo", "kto"}
+
+
+def test_the_environment_is_read_in_one_place():
+    """Only core/settings.py reads a FINETUNE_LAB_ variable or a Space's, and no app module
+    writes os.environ to pass a setting."""
+    reads = subprocess.run(["git", "grep", "-nE", r"environ(\.get)?[\[(]\"(FINETUNE_LAB_|SPACE_|SYSTEM|OAUTH_)|getenv",
+                            "--", "*.py", ":!tests", ":!bench", ":!core/settings.py", ":!core/templates"],
+                           cwd=ROOT, capture_output=True, text=True).stdout
+    assert not reads, reads
+    writes = subprocess.run(["git", "grep", "-nE", r"environ\[[^]]+\] *=[^=]", "--", "*.py", ":!tests", ":!bench"],
+                            cwd=ROOT, capture_output=True, text=True).stdout
+    assert not writes, writes
+
+
+def test_settings_are_typed_and_keep_secrets_out_of_their_repr(monkeypatch):
+    from core.settings import settings
+
+    monkeypatch.setenv("FINETUNE_LAB_ADMIN_KEY", "k-secret-4821")
+    monkeypatch.setenv("FINETUNE_LAB_MAX_MODELS", "3")
+    assert settings().max_models == 3 and settings().admin_key == "k-secret-4821"
+    assert "k-secret-4821" not in repr(settings())
+    monkeypatch.setenv("FINETUNE_LAB_MAX_MODELS", "lots")
+    with pytest.raises(LabError, match="FINETUNE_LAB_MAX_MODELS='lots' is not a whole number"):
+        settings()
