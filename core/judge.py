@@ -11,7 +11,6 @@ any blind Compare vote, so the win rate is `core.votes.head_to_head` of the two 
 from __future__ import annotations
 
 import random
-import uuid
 
 from core import votes
 from core.errors import LabError
@@ -46,9 +45,8 @@ def row_messages(row: dict) -> list[dict]:
     return row.get("messages") or [{"role": "user", "content": row["prompt"]}]
 
 
-def next_pair(run_name: str) -> dict | None:
-    """The next unjudged pair as a blind vote in waiting (the shape tabs.chat_votes stores), or
-    None when every pair has a vote."""
+def next_pair(run_name: str) -> votes.BlindPair | None:
+    """The next unjudged pair as a blind pair waiting for a vote, or None when every pair has one."""
     run = RunFolder.existing(run_name)
     if not _judged_blind(run):
         raise LabError(f"'{run_name}' is not a finished run whose answers are judged blind (DPO, KTO).")
@@ -58,10 +56,10 @@ def next_pair(run_name: str) -> dict | None:
     row, (new, start) = pending[0], sides(run)
     order = [("tuned", new), ("base", start)]
     random.shuffle(order)
-    return {"id": uuid.uuid4().hex, "run": run.name, "voted": False, "prompt": row_messages(row), "prompt_b": row_messages(row),
-            "answers": {side: row[key] for side, (key, _) in zip("AB", order)},
-            "sides": {side: model for side, (_, model) in zip("AB", order)},
-            "settings": {"source": f"report of {run.name}", "temperature": 0.0}, "left": len(pending)}
+    return votes.BlindPair(prompt=row_messages(row), answers={side: row[key] for side, (key, _) in zip("AB", order)},
+                           sides={side: model for side, (_, model) in zip("AB", order)},
+                           settings={"source": f"report of {run.name}", "temperature": 0.0}, run=run.name,
+                           left=len(pending))
 
 
 def win_rate(run: RunFolder) -> dict:

@@ -3,7 +3,8 @@
     python -c "from core.runs import finished_runs; print([r.name for r in finished_runs()])"
 
 A run folder (under <data dir>/runs/) holds config.yaml, log.jsonl, checkpoints/, adapter/
-(renamed into place only when complete), eval.json, report.json/.md, manifest.json, and while
+(renamed into place only when complete), held_out.jsonl (the held-out rows), eval.json,
+report.json/.md, manifest.json, and while
 a job runs job.json and stderr.log; status.json says how the last attempt ended; merged/ once
 the adapter is exported merged into its base. Every other
 module asks RunFolder for these paths: no file name is spelled anywhere else.
@@ -125,6 +126,7 @@ class RunFolder:
     adapter = property(lambda self: self.path / "adapter")
     adapter_partial = property(lambda self: self.path / ".adapter.partial")
     eval_scores = property(lambda self: self.path / "eval.json")
+    held_out_rows = property(lambda self: self.path / "held_out.jsonl")  # the rows held out, as trained
     report_json = property(lambda self: self.path / "report.json")
     report_md = property(lambda self: self.path / "report.md")
     manifest_file = property(lambda self: self.path / "manifest.json")
@@ -150,6 +152,19 @@ class RunFolder:
 
     def write_manifest(self, manifest: Manifest) -> None:
         write_json(self.manifest_file, manifest.to_dict())
+
+    def save_held_out(self, rows: list[dict]) -> None:
+        """Keep the held-out rows as the run split them, so a later evaluation reads the same rows
+        without rebuilding the dataset (whose source may have changed or gone)."""
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        tmp = self.held_out_rows.with_suffix(".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(self.held_out_rows)
+
+    def read_held_out(self) -> list[dict] | None:
+        if not self.held_out_rows.is_file():
+            return None  # a run trained before the rows were kept
+        return [json.loads(line) for line in self.held_out_rows.read_text(encoding="utf-8").splitlines() if line]
 
     def status(self) -> dict:
         """How the last attempt ended ({} while running, or when it was killed)."""

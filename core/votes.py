@@ -73,6 +73,29 @@ class Vote:
         return self
 
 
+@dataclass
+class BlindPair:
+    """Two answers to one prompt, shown as A and B with the models hidden, waiting for a vote:
+    Chat's blind Compare and the judging of a run make them (tabs.chat_votes, core.judge), and
+    it lives in server-side session state until the vote. Its id becomes the vote's id."""
+
+    prompt: list
+    answers: dict  # {"A": text, "B": text}
+    sides: dict  # {"A": {"model", "adapter"}, "B": ...}
+    settings: dict = field(default_factory=dict)
+    prompt_b: list = field(default_factory=list)  # B's context, when its earlier turns differ
+    swapped: bool = False  # Chat: the tuned answer is on the left
+    voted: bool = False
+    run: str | None = None  # judging: the run whose report the pair comes from
+    left: int = 0  # judging: pairs still to judge, this one included
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def vote(self, choice: str, session: str = "") -> Vote:
+        return Vote(prompt=self.prompt, answers=self.answers, sides=self.sides, choice=choice,
+                    settings=self.settings, session=session, id=self.id,
+                    prompt_b=self.prompt_b if self.prompt_b != self.prompt else [])
+
+
 def store(visitor: bool = False) -> Path:
     """The store's path; only a vote creates the folder (reading writes nothing)."""
     return data_dir() / "votes" / ("visitors.jsonl" if visitor else "owner.jsonl")

@@ -6,6 +6,8 @@ tabs/chat_tab.py, the votes in tabs/chat_votes.py. Run the app with `python app.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import gradio as gr
 
 from core import threads
@@ -18,6 +20,34 @@ from core.runs import finished_runs
 from tabs.feedback import warn
 from training.jobs import current_job
 
+
+
+@dataclass
+class ChatRequest:
+    """One send in the Chat tab, as its widgets give it (by name, from chat_tab's wiring)."""
+
+    message: str
+    base_history: list
+    tuned_history: list
+    model: str = DEFAULT_MODEL
+    adapter: str | None = None
+    mode: str = "Single"
+    system_prompt: str = ""
+    temperature: float = 0.0
+    top_p: float = 0.9
+    max_new_tokens: int = 256
+    repetition_penalty: float = 1.1
+
+    @property
+    def compare(self) -> bool:
+        return self.mode == "Compare"
+
+    def settings(self, request=None) -> GenerationSettings:
+        """The sampling settings, capped for a public app's visitor."""
+        chars = clamp("history_chars", 10**9, request)
+        return GenerationSettings(str(self.system_prompt or "")[:chars], float(self.temperature), float(self.top_p),
+                                  clamp("max_new_tokens", int(self.max_new_tokens), request),
+                                  float(self.repetition_penalty))
 
 
 def adapter_choices() -> list[str]:
@@ -50,25 +80,22 @@ def plain_history(history) -> list[dict]:
     return [{"role": m["role"], "content": text(m["content"])} for m in history or []]
 
 
-def respond(message, base_history, tuned_history, model_name, adapter, mode, system_prompt="",
-            temperature=0.0, top_p=0.9, max_new_tokens=256, repetition_penalty=1.1, request: gr.Request = None):
-    """Stream the answer(s) to `message`. Yields (base history, tuned history, status, box).
+def respond(ask: ChatRequest, request: gr.Request = None):
+    """Stream the answer(s) to `ask.message`. Yields (base history, tuned history, status, box).
 
     On a public app, visitors get the listed models and finished runs only, and capped sizes:
     the history is cut to its newest turns by characters, before anything is tokenized."""
     chars = clamp("history_chars", 10**9, request)
-    base_history = within_chars(plain_history(base_history), chars)
-    tuned_history = within_chars(plain_history(tuned_history), chars)
-    compare = mode == "Compare"
+    base_history = within_chars(plain_history(ask.base_history), chars)
+    tuned_history = within_chars(plain_history(ask.tuned_history), chars)
+    message, adapter, compare = ask.message, ask.adapter, ask.compare
     try:
-        settings = GenerationSettings(str(system_prompt or "")[:chars], float(temperature), float(top_p),
-                                      clamp("max_new_tokens", int(max_new_tokens), request),
-                                      float(repetition_penalty))
+        settings = ask.settings(request)
         if not str(message or "").strip():
             raise LabError("Empty message: type something first.")
         if len(str(message)) > chars:
             raise LabError(f"Message too long: {len(str(message))} characters, at most {chars} here.")
-        model_name = check_model(model_name or DEFAULT_MODEL, request)
+        model_name = check_model(ask.model or DEFAULT_MODEL, request)
         if compare:
             check_adapter(adapter, request)
         job = current_job()

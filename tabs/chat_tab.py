@@ -23,7 +23,7 @@ def wire_votes(mode, blind, vote_row, vote_buttons, pending, base_chat, tuned_ch
         base | tuned order if the last blind question had swapped them."""
         compare = mode_value == "Compare"
         hidden = compare and blind_value
-        if pair and pair.get("swapped"):
+        if pair and pair.swapped:
             left, right = right, left
         return (gr.update(value=right, visible=compare, label="Answer B" if hidden else "Tuned model"),
                 gr.update(visible=compare), gr.update(visible=hidden),

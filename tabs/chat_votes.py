@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from dataclasses import replace
 
 import gradio as gr
 
@@ -24,8 +25,8 @@ from core import votes
 from core.access import is_trusted
 from core.errors import LabError
 from core.models import DEFAULT_MODEL
-from tabs.chat import plain_history, respond
-from tabs.feedback import warn
+from tabs.chat import ChatRequest, plain_history, respond
+from tabs.feedback import shows_errors, warn
 
 VOTE_BUTTONS = {"A is better": "A", "B is better": "B", "Tie": "tie", "Both bad": "both_bad"}
 HIDDEN = ("Answer A", "Answer B")
@@ -57,79 +58,72 @@ def remember_answers(given, panes: dict, sides: dict) -> dict:
     return given
 
 
-def blind_respond(message, left, right, pending, model_name, adapter, system_prompt="", temperature=0.0,
-                  top_p=0.9, max_new_tokens=256, repetition_penalty=1.1, request: gr.Request = None):
+def blind_respond(ask: ChatRequest, pending: votes.BlindPair | None, request: gr.Request = None):
     """Compare with hidden names. Yields (left, right, status, box, pending, left label, right label)."""
-    swapped_before = bool((pending or {}).get("swapped"))
-    base, tuned = (right, left) if swapped_before else (left, right)
-    swap = coin()
-    settings = dict(system_prompt=system_prompt, temperature=temperature, top_p=top_p,
-                    max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
+    swapped_before = bool(pending and pending.swapped)
+    if swapped_before:  # the panes show the last question's coin order: put base | tuned back
+        ask = replace(ask, base_history=ask.tuned_history, tuned_history=ask.base_history)
+    ask, swap = replace(ask, mode="Compare"), coin()
+    settings = dict(system_prompt=ask.system_prompt, temperature=ask.temperature, top_p=ask.top_p,
+                    max_new_tokens=ask.max_new_tokens, repetition_penalty=ask.repetition_penalty)
     labels = ({"label": HIDDEN[0]}, {"label": HIDDEN[1]})
 
     def panes(base_history, tuned_history):  # (left, right) in this question's coin order
         return (tuned_history, base_history) if swap else (base_history, tuned_history)
 
-    base_out, tuned_out, status = plain_history(base), plain_history(tuned), ""
-    for base_out, tuned_out, status, box in respond(message, base, tuned, model_name, adapter, "Compare",
-                                                    *settings.values(), request=request):
+    base_out, tuned_out, status = plain_history(ask.base_history), plain_history(ask.tuned_history), ""
+    for base_out, tuned_out, status, box in respond(ask, request=request):
         yield *panes(base_out, tuned_out), "Generating both answers…", box, pending, *labels
     if not base_out or base_out[-1]["role"] != "assistant" or status.startswith("⚠"):
         yield *panes(base_out, tuned_out), status, "", pending, *labels
         return
-    sides = pane_sides(model_name, adapter)
+    sides = pane_sides(ask.model, ask.adapter)
     order = ("tuned", "base") if swap else ("base", "tuned")
     contexts = {"base": base_out[:-1], "tuned": tuned_out[:-1]}
     answers = {"base": base_out[-1]["content"], "tuned": tuned_out[-1]["content"]}
-    pending = {"id": uuid.uuid4().hex, "swapped": swap, "voted": False,
-               "prompt": contexts[order[0]], "prompt_b": contexts[order[1]],
-               "answers": {"A": answers[order[0]], "B": answers[order[1]]},
-               "sides": {"A": sides[order[0]], "B": sides[order[1]]}, "settings": settings}
+    pending = votes.BlindPair(prompt=contexts[order[0]], prompt_b=contexts[order[1]], swapped=swap,
+                              answers={"A": answers[order[0]], "B": answers[order[1]]},
+                              sides={"A": sides[order[0]], "B": sides[order[1]]}, settings=settings)
     yield *panes(base_out, tuned_out), "Which answer is better? Vote below.", "", pending, *labels
 
 
 def chat_turn(message, base_history, tuned_history, model_name, adapter, mode, system_prompt="",
               temperature=0.0, top_p=0.9, max_new_tokens=256, repetition_penalty=1.1, blind=False, pending=None,
               given=None, request: gr.Request = None):
-    """The Chat tab's send: plain Single/Compare (tabs.chat.respond), or blind Compare.
-    Yields (left pane, right pane, status, box, pending blind pair, answers given)."""
-    settings = (system_prompt, temperature, top_p, max_new_tokens, repetition_penalty)
-    if blind and mode == "Compare":
-        for left, right, status, box, pending, left_label, right_label in blind_respond(
-                message, base_history, tuned_history, pending, model_name, adapter, *settings, request=request):
+    """The Chat tab's send, as Gradio calls it with the widgets' values (chat_tab's `inputs`):
+    they become one ChatRequest, by name, for plain Single/Compare (tabs.chat.respond) or blind
+    Compare. Yields (left pane, right pane, status, box, pending blind pair, answers given)."""
+    ask = ChatRequest(message, base_history, tuned_history, model_name or DEFAULT_MODEL, adapter, mode,
+                      system_prompt=system_prompt, temperature=temperature, top_p=top_p,
+                      max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
+    if blind and ask.compare:
+        for left, right, status, box, pending, left_label, right_label in blind_respond(ask, pending, request):
             yield gr.update(value=left, **left_label), gr.update(value=right, **right_label), status, box, pending, given
         return
     final = None
-    for left, right, status, box in respond(message, base_history, tuned_history, model_name, adapter, mode,
-                                            *settings, request=request):
+    for left, right, status, box in respond(ask, request=request):
         final = (left, right, status)
         yield left, right, status, box, None, given
     if final and not final[2].startswith("⚠"):
-        panes = {"base": final[0], **({"tuned": final[1]} if mode == "Compare" else {})}
-        yield *final, "", None, remember_answers(given, panes, pane_sides(model_name or DEFAULT_MODEL, adapter))
+        panes = {"base": final[0], **({"tuned": final[1]} if ask.compare else {})}
+        yield *final, "", None, remember_answers(given, panes, pane_sides(ask.model, ask.adapter))
 
 
-def cast_vote(choice: str, pending, request: gr.Request = None):
+def cast_vote(choice: str, pending: votes.BlindPair | None, request: gr.Request = None):
     """Record the vote on the last blind pair and reveal the names. Returns (status, pending,
     left label, right label)."""
     keep = (gr.update(), gr.update())
-    if not pending or "answers" not in pending:
+    if pending is None:
         return warn(LabError("Nothing to vote on yet: ask a question in blind Compare first.")), pending, *keep
-    if pending.get("voted"):
+    if pending.voted:
         return "You already voted on this answer pair; ask another question.", pending, *keep
-    prompt = pending["prompt"]
-    vote = votes.Vote(prompt=prompt, answers=pending["answers"], sides=pending["sides"], choice=choice,
-                      settings=pending["settings"], session=getattr(request, "session_hash", "") or "",
-                      id=pending["id"])
-    if pending["prompt_b"] != prompt:
-        vote.prompt_b = pending["prompt_b"]
     visitor = not is_trusted(request)
     try:
-        votes.record(vote, visitor=visitor)
+        votes.record(pending.vote(choice, getattr(request, "session_hash", "") or ""), visitor=visitor)
     except LabError as exc:
         return warn(exc), pending, *keep
-    pending = {**pending, "voted": True}
-    names = [side_name(pending["sides"][s]) for s in "AB"]
+    pending = replace(pending, voted=True)
+    names = [side_name(pending.sides[s]) for s in "AB"]
     where = " (held for the owner's review)" if visitor else ""
     return (f"✅ Vote saved{where}: A was **{names[0]}**, B was **{names[1]}**.", pending,
             gr.update(label=f"A: {names[0]}"), gr.update(label=f"B: {names[1]}"))
@@ -153,6 +147,7 @@ def side_name(side: dict) -> str:
     return f"tuned ({side['adapter']})" if side.get("adapter") else f"base ({side['model']})"
 
 
+@shows_errors()
 def thumb(data: gr.LikeData, given, blind, pane: str, request: gr.Request = None) -> str:
     """Record a thumb up/down on one answer of the base or tuned pane (not in blind mode): the
     answer, its prompt and its model come from what the server gave, by message index."""
@@ -161,12 +156,9 @@ def thumb(data: gr.LikeData, given, blind, pane: str, request: gr.Request = None
     index = data.index if isinstance(data.index, int) else data.index[0]
     answer = ((given or {}).get(pane) or {}).get(index)
     if answer is None:
-        return warn(LabError("Only an answer given in this session can get a thumb."))
+        raise LabError("Only an answer given in this session can get a thumb.")
     vote = votes.Vote(prompt=answer["prompt"], answers={"A": answer["answer"]}, sides={"A": answer["side"]},
                       choice="up" if data.liked else "down", session=getattr(request, "session_hash", "") or "",
                       id=answer["id"])
-    try:
-        votes.record(vote, visitor=not is_trusted(request))
-    except LabError as exc:
-        return warn(exc)
+    votes.record(vote, visitor=not is_trusted(request))
     return f"{'👍' if data.liked else '👎'} saved for the {pane} answer."

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gradio as gr
 
 from core.access import check_hub
-from core.errors import LabError
 from core.hub_search import (
     COLUMNS,
     DATASET_TASKS,
@@ -21,31 +20,27 @@ from core.hub_search import (
     search_datasets,
     search_models,
 )
-from tabs.feedback import warn
+from tabs.feedback import shows_errors
 
 MAX_RESULTS = 30
 
 
+@shows_errors(lambda message: ([], message))
 def find_models(task: str, query: str = "", library: str = "transformers", max_params_m: float = 1000,
                 sort: str = "downloads", request: gr.Request = None) -> tuple[list, str]:
     """(rows for the results table, status line) for a model search."""
-    try:
-        check_hub(request)
-        found = search_models(MODEL_TASKS.get(task, task), query, library, float(max_params_m or 0) * 1e6, sort,
-                              MAX_RESULTS)
-    except LabError as exc:
-        return [], warn(exc)
+    check_hub(request)
+    found = search_models(MODEL_TASKS.get(task, task), query, library, float(max_params_m or 0) * 1e6, sort,
+                          MAX_RESULTS)
     return [r.row() for r in found], _status(len(found), "model")
 
 
+@shows_errors(lambda message: ([], message))
 def find_datasets(task: str, query: str = "", sort: str = "downloads",
                   request: gr.Request = None) -> tuple[list, str]:
     """(rows for the results table, status line) for a dataset search."""
-    try:
-        check_hub(request)
-        found = search_datasets(DATASET_TASKS.get(task, task), query, sort, MAX_RESULTS)
-    except LabError as exc:
-        return [], warn(exc)
+    check_hub(request)
+    found = search_datasets(DATASET_TASKS.get(task, task), query, sort, MAX_RESULTS)
     return [r.row() for r in found], _status(len(found), "dataset")
 
 

@@ -13,7 +13,7 @@ from core.access import require_user
 from core.errors import LabError
 from core.hub import push_adapter, push_space
 from core.runs import finished_runs
-from tabs.feedback import warn
+from tabs.feedback import shows_errors
 from training.export import DTYPES
 from training.export_formats import ensure_export, export_run
 from training.gguf_export import QUANTS
@@ -29,35 +29,29 @@ def refresh_runs():
     return gr.update(choices=run_choices())
 
 
+@shows_errors()
 def publish_adapter(run, repo_id, private, token, what="adapter", request: gr.Request = None,
                     progress=gr.Progress()) -> str:
-    try:
-        require_user(request, action="publishing")
-        what = what or "adapter"
-        if what not in PUSH_CHOICES:
-            raise LabError(f"Cannot push {what!r}: choose one of {', '.join(PUSH_CHOICES)}.")
-        ensure_export(run or "", what, progress)
-        url = push_adapter(run or "", repo_id, token, bool(private), progress=progress, what=what)
-    except LabError as exc:
-        return warn(exc)
+    require_user(request, action="publishing")
+    what = what or "adapter"
+    if what not in PUSH_CHOICES:
+        raise LabError(f"Cannot push {what!r}: choose one of {', '.join(PUSH_CHOICES)}.")
+    ensure_export(run or "", what, progress)
+    url = push_adapter(run or "", repo_id, token, bool(private), progress=progress, what=what)
     return f"✅ {what.capitalize()} pushed: [{url}]({url})"
 
 
+@shows_errors()
 def publish_space(run, space_id, repo_id, private, token, request: gr.Request = None, progress=gr.Progress()) -> str:
-    try:
-        require_user(request, action="publishing")
-        url = push_space(run or "", space_id, repo_id, token, bool(private), progress=progress)
-    except LabError as exc:
-        return warn(exc)
+    require_user(request, action="publishing")
+    url = push_space(run or "", space_id, repo_id, token, bool(private), progress=progress)
     return f"✅ Space created or updated: [{url}]({url}) — it loads the adapter from `{repo_id}`."
 
 
+@shows_errors()
 def export_model(run, fmt, dtype, quant, request: gr.Request = None, progress=gr.Progress()) -> str:
-    try:
-        require_user(request, action="exporting")
-        done = export_run(run or "", fmt or "merged", dtype or "bf16", quant or "q8_0", progress=progress)
-    except LabError as exc:
-        return warn(exc)
+    require_user(request, action="exporting")
+    done = export_run(run or "", fmt or "merged", dtype or "bf16", quant or "q8_0", progress=progress)
     where = f"`{done.folder}` ({done.size_mb:.0f} MB, {done.seconds:.1f} s)"
     if fmt == "gguf":
         return (f"✅ GGUF and Modelfile: {where}. Run it with `llama-cli -m <file>.gguf`, or "

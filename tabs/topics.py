@@ -20,7 +20,7 @@ from core.corpora import CORPORA, DEFAULT_MAX_DOCS, load_corpus
 from core.embeddings import DEFAULT_EMBEDDER, PACKAGED_EMBEDDERS, check_labels, classify, cluster, cluster_scores, embed, load_embedder, project
 from core.errors import LabError
 from core.request_limits import HEAVY_EVENTS
-from tabs.feedback import warn
+from tabs.feedback import shows_errors, warn
 from tabs.session import download_path
 
 STATE_TTL_S = 1800
@@ -50,30 +50,26 @@ def corpus_and_vectors(source, upload, text_column, label_column, max_docs, embe
     return corpus, embed(corpus.texts, embedder, progress=callback, write_cache=is_trusted(request))
 
 
+@shows_errors()
 def embed_corpus(source, upload, text_column, label_column, max_docs, embedder, request: gr.Request = None,
                  progress=gr.Progress()):
     """Summary of the corpus and its embeddings (computed once, then cached)."""
     start = time.perf_counter()
-    try:
-        corpus, vectors = corpus_and_vectors(source, upload, text_column, label_column, max_docs, embedder,
-                                             request, progress)
-    except LabError as exc:
-        return warn(exc)
+    corpus, vectors = corpus_and_vectors(source, upload, text_column, label_column, max_docs, embedder,
+                                         request, progress)
     labels = f", {len(set(corpus.labels))} labels" if corpus.labels else ", no labels"
     return (f"**{len(corpus.texts)} documents**{labels} · embeddings {vectors.shape[1]}-d in "
             f"{time.perf_counter() - start:.1f} s. {corpus.note}")
 
 
+@shows_errors(lambda message: (None, message, None))
 def run_clustering(source, upload, text_column, label_column, max_docs, embedder, method, n_clusters, min_size,
                    projection, color_by, request: gr.Request = None, progress=gr.Progress()):
     """(2-D map, scores markdown, cluster table)."""
-    try:
-        corpus, vectors = corpus_and_vectors(source, upload, text_column, label_column, max_docs, embedder,
-                                             request, progress, projection)
-        ids = cluster(vectors, method, int(n_clusters), int(min_size))
-        points = project(vectors, projection)
-    except LabError as exc:
-        return None, warn(exc), None
+    corpus, vectors = corpus_and_vectors(source, upload, text_column, label_column, max_docs, embedder,
+                                         request, progress, projection)
+    ids = cluster(vectors, method, int(n_clusters), int(min_size))
+    points = project(vectors, projection)
     scores = cluster_scores(corpus.labels, ids) if corpus.labels else {}
     text = f"{len(set(ids) - {-1})} clusters" + (f" · NMI {scores['nmi']} · ARI {scores['ari']} against the labels"
                                                  if scores else " · no labels to score against")
@@ -100,16 +96,14 @@ def cluster_table(corpus, ids):
                          "examples": [" | ".join(t[:80] for t in texts[:3]) for _, texts in groups]})
 
 
+@shows_errors(lambda message: (message, None, None, None))
 def run_classification(source, upload, text_column, label_column, max_docs, embedder, method,
                        request: gr.Request = None, progress=gr.Progress()):
     """(scores markdown, confusion matrix, misclassified examples, fitted classifier)."""
-    try:
-        corpus, vectors = corpus_and_vectors(source, upload, text_column, label_column, max_docs, embedder,
-                                             request, progress, classifying=True)
-        result = classify(vectors, corpus.labels, corpus.texts, method)
-        result.embedder = (embedder or "").strip() or DEFAULT_EMBEDDER
-    except LabError as exc:
-        return warn(exc), None, None, None
+    corpus, vectors = corpus_and_vectors(source, upload, text_column, label_column, max_docs, embedder,
+                                         request, progress, classifying=True)
+    result = classify(vectors, corpus.labels, corpus.texts, method)
+    result.embedder = (embedder or "").strip() or DEFAULT_EMBEDDER
     import pandas as pd
     import plotly.express as px
 
@@ -135,16 +129,14 @@ def classify_text(result, text: str, embedder: str = DEFAULT_EMBEDDER) -> str:
     return f"→ **{result.model.predict(vector)[0]}**"
 
 
+@shows_errors(lambda message: (message, None, *[None] * len(topic_core.FIGURES), None))
 def run_topics(source, upload, text_column, label_column, max_docs, embedder, method, n_topics,
                request: gr.Request = None, progress=gr.Progress()):
     """(message, topic table, five figures, fitted result)."""
-    try:
-        corpus, vectors = corpus_and_vectors(source, upload, text_column, label_column, max_docs, embedder,
-                                             request, progress)
-        result = topic_core.fit_topics(corpus.texts, vectors, method, int(n_topics),
-                                       embedder=load_embedder(embedder or DEFAULT_EMBEDDER))
-    except LabError as exc:
-        return (warn(exc), None, *[None] * len(topic_core.FIGURES), None)
+    corpus, vectors = corpus_and_vectors(source, upload, text_column, label_column, max_docs, embedder,
+                                         request, progress)
+    result = topic_core.fit_topics(corpus.texts, vectors, method, int(n_topics),
+                                   embedder=load_embedder(embedder or DEFAULT_EMBEDDER))
     return (_topics_message(result, corpus.note), result.table(),
             *[topic_core.figure(result, name) for name in topic_core.FIGURES], result)
 
@@ -177,14 +169,12 @@ def label_with_llm(result, progress=gr.Progress()):
             *[topic_core.figure(result, name) for name in topic_core.FIGURES])
 
 
+@shows_errors(toast=True)  # the output is a file list: the message goes in a toast
 def export_topics(result, request: gr.Request = None):
     """The topic table and figures as files, in a folder Gradio serves (see tabs.session)."""
     if result is None:
         return None
-    try:
-        out = download_path(request, f"topics-{time.strftime('%Y%m%d-%H%M%S')}")
-    except LabError as exc:
-        raise gr.Error(str(exc)) from None  # the output is a file list: the message goes in a toast
+    out = download_path(request, f"topics-{time.strftime('%Y%m%d-%H%M%S')}")
     return [str(p) for p in topic_core.export(result, out)]
 
 

@@ -12,6 +12,7 @@ import gradio as gr
 
 from core.errors import LabError
 from tabs import hub_panel, train_compare, train_data, train_form, train_votes
+from tabs.feedback import shows_errors
 from tabs.session import download_path
 from tabs.train_live import (
     api_start,
@@ -124,11 +125,9 @@ def _runs_section() -> dict:
 
 
 def _wire_method(method: dict, form: dict, fields: dict) -> None:
+    @shows_errors(toast=True)
     def on_recipe(name):
-        try:
-            values = load_recipe(name)
-        except LabError as exc:
-            raise gr.Error(str(exc)) from None
+        values = load_recipe(name)
         return {form[field]: value for field, value in values.items()}
 
     def on_change(inputs: dict, request: gr.Request):
@@ -171,7 +170,7 @@ def _wire_runs(runs: dict, run: gr.State) -> None:
     runs["delete"].click(delete_run, [runs["picked"], runs["sure"]], runs["message"], api_name="train_delete").then(
         runs_table, None, runs["table"])
     runs["table"].select(_pick_run, None, runs["picked"], api_name=False)
-    runs["evaluate"].click(evaluate_again, runs["picked"], runs["message"], api_name="evaluate_run")
+    runs["evaluate"].click(evaluate_again, runs["picked"], [runs["message"], run], api_name="evaluate_run")
 
 
 def _pick_run(evt: gr.SelectData) -> str:

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from core.errors import LabError
-from tabs.feedback import warn
+from tabs.feedback import shows_errors
 from tabs.train_live import hide_paths
 from training import jobs
 from training.runs_compare import compare_runs
@@ -17,12 +16,10 @@ def run_names() -> list[str]:
     return [run.name for run in jobs.list_runs()]
 
 
+@shows_errors(lambda message: (gr.update(), gr.update(), gr.update(), message))
 def compare_view(names: list[str], x_axis: str = "step", request: gr.Request = None):
     """(overlay figure, settings that differ, figures side by side, one line)."""
-    try:
-        figure, diff, figures, names = compare_runs(names, x_axis)
-    except LabError as exc:
-        return gr.update(), gr.update(), gr.update(), warn(exc)
+    figure, diff, figures, names = compare_runs(names, x_axis)
     diff = [[hide_paths(cell, request) for cell in row] for row in diff]
     line = (f"{len(diff)} setting(s) differ between {', '.join(names)}." if diff
             else "These runs share every setting.")

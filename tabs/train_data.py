@@ -15,7 +15,7 @@ from core.errors import LabError
 from core.request_limits import HEAVY_EVENTS
 from core.hub_source import parse_hub_source
 from tabs import hub_panel, train_form
-from tabs.feedback import warn
+from tabs.feedback import shows_errors, warn
 from tabs.session import remember_upload, save_upload
 from training import objectives
 from training.config import TrainConfig
@@ -27,6 +27,7 @@ def dataset_choices() -> list[str]:
     return bundled_sources()
 
 
+@shows_errors(lambda message: (message, None, []))
 def inspect_data(dataset: str, columns: str = "", request=None, uploads=()):
     """(summary markdown, first rows as a table, column names) for a dataset source.
 
@@ -34,11 +35,8 @@ def inspect_data(dataset: str, columns: str = "", request=None, uploads=()):
     for the mapping dropdowns."""
     dataset = (dataset or "").strip()
     hub = parse_hub_source(dataset)
-    try:
-        check_data_source(dataset, bundled_sources(), request, uploads)
-        rows = load_rows(dataset, columns, limit=MAX_PREVIEW_ROWS if hub else 0, cache=is_trusted(request))
-    except LabError as exc:
-        return warn(exc), None, []
+    check_data_source(dataset, bundled_sources(), request, uploads)
+    rows = load_rows(dataset, columns, limit=MAX_PREVIEW_ROWS if hub else 0, cache=is_trusted(request))
     head = rows.select(range(min(MAX_PREVIEW_ROWS, len(rows)))).to_pandas()
     head = head.map(lambda v: (str(v)[:300] + "…") if len(str(v)) > 300 else str(v))
     try:
@@ -62,17 +60,14 @@ def preview_example(row, values: dict, request=None, uploads=()):
     A public app's visitors get capped sizes: the preview never tokenizes more than it shows."""
     from training.prepare import preview
 
-    try:
-        values = {**values, **{name: clamp(name, int(values[name] or 0), request)
-                               for name in ("block_size", "stride", "max_rows")}}
-        if not is_trusted(request) and not values["max_rows"]:
-            values["max_rows"] = clamp("max_rows", 10**9, request)
-        cfg = train_form.values_to_config(values)
-        check_data_source(cfg.dataset, bundled_sources(), request, uploads)
-        check_model(cfg.model, request)  # as in Chat: no server path or Hub id is probed for a visitor
-        shown = preview(cfg, clamp("preview_row", int(row or 0), request), cache=is_trusted(request))
-    except LabError as exc:
-        return [(warn(exc), None)], ""
+    values = {**values, **{name: clamp(name, int(values[name] or 0), request)
+                           for name in ("block_size", "stride", "max_rows")}}
+    if not is_trusted(request) and not values["max_rows"]:
+        values["max_rows"] = clamp("max_rows", 10**9, request)
+    cfg = train_form.values_to_config(values)
+    check_data_source(cfg.dataset, bundled_sources(), request, uploads)
+    check_model(cfg.model, request)  # as in Chat: no server path or Hub id is probed for a visitor
+    shown = preview(cfg, clamp("preview_row", int(row or 0), request), cache=is_trusted(request))
     info = f"{shown.total_tokens} tokens, {shown.trained_tokens} trained on (highlighted). {shown.note}"
     return shown.segments, info.strip()
 

@@ -18,67 +18,57 @@ from core.errors import LabError
 from core.runs import RunFolder, read_json
 from tabs import train_form
 from tabs.chat import adapter_choices
-from tabs.feedback import warn
+from tabs.feedback import shows_errors, warn
 from tabs.train_plots import loss_figure, progress_html, schedule_figure
 from training import jobs
 from training.config import load_config
 
 
+@shows_errors(lambda message: (message, None))
 def start_training(values: dict, request=None, uploads=()):
     """Start a job from the form's {field: value}; returns (message, run name or None)."""
-    try:
-        require_user(request, action="training")
-        cfg = train_form.values_to_config(values)
-        check_data_source(cfg.dataset, bundled_sources(), request, uploads)
-        run = jobs.start(cfg)
-    except LabError as exc:
-        return warn(exc), None
+    require_user(request, action="training")
+    cfg = train_form.values_to_config(values)
+    check_data_source(cfg.dataset, bundled_sources(), request, uploads)
+    run = jobs.start(cfg)
     return f"Started **{run.name}**: `{' '.join(jobs.command_for(run)[1:])}`", run.name
 
 
 _PATH = re.compile(r"(?<![\w.])(?:~|/)[^\s`'\"),]*[^\s`'\"),.:]")
 
 
+@shows_errors()
 def stop_training(run: str, request: gr.Request = None) -> str:
-    try:
-        require_user(request, action="stopping a run")
-        return f"Stopping **{run}**: saving a checkpoint…" if run and jobs.stop(run) else "No running job."
-    except LabError as exc:
-        return warn(exc)
+    require_user(request, action="stopping a run")
+    return f"Stopping **{run}**: saving a checkpoint…" if run and jobs.stop(run) else "No running job."
 
 
+@shows_errors(lambda message: (message, gr.update()))
 def resume_training(run: str, request: gr.Request = None):
-    try:
-        require_user(request, action="training")
-        jobs.resume(run)
-    except LabError as exc:
-        return warn(exc), gr.update()
+    require_user(request, action="training")
+    jobs.resume(run)
     return f"Resumed **{run}** from its last checkpoint.", run
 
 
+@shows_errors(toast=True)
 def api_start(recipe: str, overrides: str = "", request: gr.Request = None) -> str:
     """API: start a bundled recipe with YAML overrides (e.g. 'max_steps: 2'); returns the run name."""
     import yaml
 
+    require_user(request, action="training")
     try:
-        require_user(request, action="training")
-        try:
-            extra = yaml.safe_load(overrides or "") or {}
-        except yaml.YAMLError as exc:
-            raise LabError(f"overrides are not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(extra, dict):
-            raise LabError("overrides must be a YAML mapping, e.g. 'max_steps: 2'.")
-        return jobs.start(load_config(recipe, **extra)).name
-    except LabError as exc:
-        raise gr.Error(str(exc)) from None
+        extra = yaml.safe_load(overrides or "") or {}
+    except yaml.YAMLError as exc:
+        raise LabError(f"overrides are not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(extra, dict):
+        raise LabError("overrides must be a YAML mapping, e.g. 'max_steps: 2'.")
+    return jobs.start(load_config(recipe, **extra)).name
 
 
+@shows_errors(toast=True)
 def api_status(run: str, request: gr.Request = None) -> dict:
     """API: a run's state, step, max_steps, ETA, loss log and manifest."""
-    try:
-        status = jobs.read_status(RunFolder.existing(run))
-    except LabError as exc:
-        raise gr.Error(str(exc)) from None
+    status = jobs.read_status(RunFolder.existing(run))
     return hide_paths({"name": status.name, "state": status.state, "step": status.step,
                        "max_steps": status.max_steps, "eta_s": status.eta_s, "phase": status.phase, "log": status.log,
                        "manifest": status.manifest.to_dict() if status.manifest else {}, "error": status.error},
@@ -179,37 +169,20 @@ def runs_table(request: gr.Request = None):
     return pd.DataFrame(rows, columns=["name", "method", "dataset", "status", "steps", "held-out before → after"])
 
 
+@shows_errors()
 def delete_run(run: str, confirmed: bool, request: gr.Request = None) -> str:
-    try:
-        require_user(request, action="deleting runs")
-        if not confirmed:
-            return "Tick the confirmation box to delete."
-        jobs.delete(run)
-    except LabError as exc:
-        return warn(exc)
+    require_user(request, action="deleting runs")
+    if not confirmed:
+        return "Tick the confirmation box to delete."
+    jobs.delete(run)
     return f"Deleted {run}."
 
 
-def evaluate_again(run: str, request: gr.Request = None) -> str:
-    """Score a finished SFT run's held-out answers again: `cli.py eval` in a process of its own,
-    which owns its copy of the model (the evaluation switches adapters, which Chat's shared
-    model must not see) and gets no secrets (training.jobs.child_env)."""
-    import subprocess
-    import sys
-
-    from core import threads
-
-    try:
-        require_user(request, action="evaluating runs")
-        if jobs.current_job():
-            raise LabError("A training job is running: evaluate when it has finished.")
-        name = RunFolder.existing((run or "").strip()).name
-        done = subprocess.run([sys.executable, "cli.py", "eval", "--run", name], cwd=jobs.REPO_ROOT,
-                              env=jobs.child_env(threads.for_job()), capture_output=True, text=True, timeout=1800)
-        if done.returncode:
-            raise LabError((done.stderr.strip().splitlines() or ["the evaluation failed"])[-1].removeprefix("error: "))
-    except LabError as exc:
-        return warn(exc)
-    except subprocess.TimeoutExpired:
-        return warn(LabError("The evaluation ran for 30 minutes and was stopped: lower eval_rows."))
-    return f"✅ **{name}**\n\n{done.stdout.strip()}"
+@shows_errors(lambda message: (message, gr.update()))
+def evaluate_again(run: str, request: gr.Request = None) -> tuple[str, str | None]:
+    """Score a finished run's held-out answers again, as a job (training.jobs.evaluate: its own
+    process, which owns its copy of the model and gets no secrets). Returns (message, the run
+    for the live panel to follow)."""
+    require_user(request, action="evaluating runs")
+    name = jobs.evaluate((run or "").strip()).name
+    return f"Evaluating **{name}** again: its progress shows above, and the new table in its result.", name

@@ -15,32 +15,29 @@ from core.errors import LabError
 from core.paths import data_dir
 from core.runs import RunFolder
 from tabs.chat_votes import VOTE_BUTTONS, cast_vote
-from tabs.feedback import warn
+from tabs.feedback import shows_errors, warn
 from core import judge
 from training import objectives
 
+BLANK_ANSWERS = (gr.update(value="", label="Answer A"), gr.update(value="", label="Answer B"))
 COLUMNS = ["adapter", "base model", "wins", "losses", "ties", "both bad", "win share", "95% interval"]
 
 
+@shows_errors(lambda message: ([], message))
 def vote_summary(request: gr.Request = None):
     """(table rows, one line on the visitors' votes waiting for review); the owner's only: it
     reads both vote files whole."""
-    try:
-        require_user(request, action="reading the votes table")
-    except LabError as exc:
-        return [], warn(exc)
+    require_user(request, action="reading the votes table")
     rows = [[r["adapter"], r["model"], r["wins"], r["losses"], r["ties"], r["both_bad"], r["win_share"],
              f"{r['interval_95'][0]:.2f}-{r['interval_95'][1]:.2f}"] for r in votes.win_table(votes.read())]
     waiting = len(votes.read(visitor=True))
     return rows, f"{len(votes.read())} vote(s) in your store · {waiting} visitor vote(s) waiting for review"
 
 
+@shows_errors(lambda message: (gr.update(), message))
 def accept_visitors(request: gr.Request = None):
-    try:
-        require_user(request, action="accepting visitors' votes")
-        moved = votes.accept_visitor_votes()
-    except LabError as exc:
-        return gr.update(), warn(exc)
+    require_user(request, action="accepting visitors' votes")
+    moved = votes.accept_visitor_votes()
     rows, line = vote_summary(request)
     return rows, f"✅ {moved} visitor vote(s) accepted. {line}"
 
@@ -58,33 +55,28 @@ def train_on_thumbs(request: gr.Request = None):
                                 "Start, or continue an SFT run with `start_from` under Advanced.", request)
 
 
+@shows_errors(lambda message: (gr.update(), gr.update(), message))
 def _export_for_training(export, file_name: str, objective: str, what: str, next_step: str, request):
     """(dataset, objective, line) for the form: the votes written by `export`, and what next."""
-    try:
-        require_user(request, action="training")
-        out = data_dir() / "votes" / file_name
-        count = export(out)
-    except LabError as exc:
-        return gr.update(), gr.update(), warn(exc)
+    require_user(request, action="training")
+    out = data_dir() / "votes" / file_name
+    count = export(out)
     return str(out), objective, (f"✅ {count} {what} exported and set as the dataset, objective {objective}. "
                                  f"{next_step}")
 
 
+@shows_errors(lambda message: ("", *BLANK_ANSWERS, None, message))
 def judge_next(run_name: str, request: gr.Request = None):
     """Show the run's next unjudged pair blind. Returns (prompt, answer A, answer B, pending, line)."""
-    blank = (gr.update(value="", label="Answer A"), gr.update(value="", label="Answer B"))
-    try:
-        require_user(request, action="judging runs")
-        pending = judge.next_pair(run_name or "")
-    except LabError as exc:
-        return "", *blank, None, warn(exc)
+    require_user(request, action="judging runs")
+    pending = judge.next_pair(run_name or "")
     run_line = judge.win_rate_line(RunFolder.existing(run_name))
     if pending is None:
-        return "", *blank, None, f"✅ Every held-out pair of {run_name} is judged. {run_line}"
-    prompt = "\n\n".join(f"**{m['role']}:** {m['content']}" for m in pending["prompt"])
-    return (prompt, gr.update(value=pending["answers"]["A"], label="Answer A"),
-            gr.update(value=pending["answers"]["B"], label="Answer B"), pending,
-            f"{pending['left']} pair(s) to judge. Which answer is better?")
+        return "", *BLANK_ANSWERS, None, f"✅ Every held-out pair of {run_name} is judged. {run_line}"
+    prompt = "\n\n".join(f"**{m['role']}:** {m['content']}" for m in pending.prompt)
+    return (prompt, gr.update(value=pending.answers["A"], label="Answer A"),
+            gr.update(value=pending.answers["B"], label="Answer B"), pending,
+            f"{pending.left} pair(s) to judge. Which answer is better?")
 
 
 def judge_handler(choice: str):
@@ -95,8 +87,8 @@ def judge_handler(choice: str):
         except LabError as exc:
             return warn(exc), pending, gr.update(), gr.update()
         line, pending, label_a, label_b = cast_vote(choice, pending, request)
-        if pending and pending.get("voted"):
-            line += " " + judge.win_rate_line(RunFolder.existing(pending["run"])) + " Next pair →"
+        if pending and pending.voted:
+            line += " " + judge.win_rate_line(RunFolder.existing(pending.run)) + " Next pair →"
         return line, pending, label_a, label_b
     return vote
 

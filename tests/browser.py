@@ -1,12 +1,26 @@
-"""Playwright helpers for the browser tests: the system Chromium, launched headless."""
+"""Playwright helpers for the browser tests: the system Chromium, launched headless, and the
+screenshots: every one lands in test-artifacts/, and the README's (one per tab, DOC_SHOTS) in
+docs/screenshots/ too, so a suite run keeps the README's pictures current."""
 from __future__ import annotations
 
+import shutil
 from contextlib import contextmanager
+
+from tests.conftest import ARTIFACTS, ROOT
+
+DOC_SHOTS = ("chat-compare.png", "train-running.png", "vote-revealed.png", "topics.png", "publish.png")
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage"]
+
+
+def shoot(page, name: str, full_page: bool = False) -> None:
+    """Screenshot `page` as test-artifacts/NAME (and docs/screenshots/NAME for the README's)."""
+    page.screenshot(path=str(ARTIFACTS / name), full_page=full_page)
+    if name in DOC_SHOTS:
+        shutil.copyfile(ARTIFACTS / name, ROOT / "docs" / "screenshots" / name)
 
 
 @contextmanager

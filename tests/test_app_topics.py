@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser import browser_page
-from tests.conftest import ARTIFACTS
+from tests.browser import browser_page, shoot
 
 pytestmark = pytest.mark.slow
 SPEC = dict(source="guardian-headlines", upload=None, text_column="", label_column="", max_docs=800,
@@ -37,7 +36,7 @@ def test_topics_render_in_browser(app_server):
         page.locator("#topic-topics .js-plotly-plot").wait_for(timeout=60_000)
         page.get_by_role("tab", name="Barchart").click()
         page.locator("#topic-barchart .js-plotly-plot").wait_for(timeout=30_000)
-        page.screenshot(path=str(ARTIFACTS / "topics.png"), full_page=True)
+        shoot(page, "topics.png", full_page=True)
         page.get_by_role("button", name="Export CSV + HTML").click()
         link = page.locator("a[data-testid='download-link'][href*='topics.csv']").first
         link.wait_for(timeout=60_000)

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser import browser_page
-from tests.conftest import ARTIFACTS
+from tests.browser import browser_page, shoot
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -23,7 +22,7 @@ def test_chat_and_compare_in_browser(app_server, tiny_run):
         page.wait_for_function(
             "() => document.querySelector('#chat-status')?.innerText.includes('tok/s')", timeout=60_000)
         assert "Paris" in reply.inner_text()
-        page.screenshot(path=str(ARTIFACTS / "chat-single.png"))
+        shoot(page, "chat-single.png")
         # Gradio's own Undo button on the pane takes the exchange back and returns the question
         # to the box (tabs.chat.rewind, which Retry and Edit share, is unit-tested in test_chat).
         page.locator("#base-chat button[aria-label='Undo']").last.click()
@@ -43,7 +42,7 @@ def test_chat_and_compare_in_browser(app_server, tiny_run):
             "() => document.querySelector('#chat-status')?.innerText.includes('tuned:')", timeout=90_000)
         base_text = page.locator("#base-chat [data-testid='bot']").last.inner_text()
         assert base_text and tuned.inner_text() and base_text != tuned.inner_text()
-        page.screenshot(path=str(ARTIFACTS / "chat-compare.png"))
+        shoot(page, "chat-compare.png")
 
 
 def test_first_visit_chat_and_train_data_at_once(tiny_run):

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser import browser_page
-from tests.conftest import ADMIN_KEY, ARTIFACTS
+from tests.browser import browser_page, shoot
+from tests.conftest import ADMIN_KEY
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -58,7 +58,7 @@ def test_train_reload_and_compare_in_browser(app_server, tiny_run):
         page.wait_for_function("() => +(/step (\\d+)\\//.exec(document.querySelector('#train-progress')?.innerText)"
                                " || [0, 0])[1] >= 2", timeout=240_000)
         page.locator("#loss-plot .js-plotly-plot").wait_for(timeout=30_000)
-        page.screenshot(path=str(ARTIFACTS / "train-running.png"), full_page=True)
+        shoot(page, "train-running.png", full_page=True)
         before = progress_step(page)
 
         page.reload(wait_until="load")  # a new session: re-attaching needs no login
@@ -67,12 +67,12 @@ def test_train_reload_and_compare_in_browser(app_server, tiny_run):
                                timeout=60_000)
         assert progress_step(page) >= before, "the reloaded page must re-attach to the same run"
         page.locator("#loss-plot .js-plotly-plot").wait_for(timeout=30_000)
-        page.screenshot(path=str(ARTIFACTS / "train-reattached.png"), full_page=True)
+        shoot(page, "train-reattached.png", full_page=True)
 
         page.locator("#train-result").get_by_text("Before/after").wait_for(timeout=400_000)
         result = page.locator("#train-result").inner_text()
         assert "Who are you?" in result and "Tuned:" in result
-        page.screenshot(path=str(ARTIFACTS / "train-result.png"), full_page=True)
+        shoot(page, "train-result.png", full_page=True)
 
         page.get_by_role("tab", name="Chat").click()
         page.get_by_role("radio", name="Compare").check()
@@ -86,7 +86,15 @@ def test_train_reload_and_compare_in_browser(app_server, tiny_run):
         base = page.locator("#base-chat [data-testid='bot']").last.inner_text()
         tuned = page.locator("#tuned-chat [data-testid='bot']").last.inner_text()
         assert base and tuned and base != tuned
-        page.screenshot(path=str(ARTIFACTS / "train-then-compare.png"), full_page=True)
+        shoot(page, "train-then-compare.png", full_page=True)
+
+        page.get_by_role("tab", name="Publish").click()  # the finished run is offered to publish
+        page.get_by_role("button", name="↻").click()  # it finished after the page loaded
+        page.wait_for_timeout(1500)
+        page.get_by_label("Finished run").click()
+        page.get_by_role("option", name="browser-run").first.click()
+        page.get_by_text("Export: a merged model, or GGUF").click()
+        shoot(page, "publish.png")
 
         page.get_by_role("tab", name="Train").click()  # the run against the tiny fixture: curves and diff
         page.get_by_text("Runs", exact=True).click()
@@ -102,7 +110,7 @@ def test_train_reload_and_compare_in_browser(app_server, tiny_run):
         assert "browser-run" in names and tiny_run.name in names, names
         diff = page.locator("#compare-diff").inner_text()
         assert "lr_scheduler" in diff and "cosine" in diff and "linear" in diff and "learning_rate" not in diff
-        page.screenshot(path=str(ARTIFACTS / "train-compare-runs.png"), full_page=True)
+        shoot(page, "train-compare-runs.png", full_page=True)
 
 
 def test_yaml_download_is_served_with_the_data_dir_outside_temp(app_server, data_home):
@@ -118,4 +126,4 @@ def test_yaml_download_is_served_with_the_data_dir_outside_temp(app_server, data
         link.wait_for(timeout=60_000)
         body = page.request.get(link.get_attribute("href")).text()
         assert "max_steps: 6" in body and "dataset: identity" in body
-        page.screenshot(path=str(ARTIFACTS / "train-yaml-download.png"), full_page=True)
+        shoot(page, "train-yaml-download.png", full_page=True)

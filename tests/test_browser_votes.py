@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser import browser_page
-from tests.conftest import ARTIFACTS
+from tests.browser import browser_page, shoot
 from tests.test_browser_chat import send
 from tests.test_browser_train import unlock
 
@@ -28,12 +27,12 @@ def test_vote_blind_then_train_dpo_and_kto_on_the_votes(app_server, tiny_run):
         page.wait_for_function("() => document.querySelector('#chat-status')?.innerText.includes('Which answer')",
                                timeout=120_000)
         assert page.get_by_text("Answer A").count() and tiny_run.name not in page.locator("#chat-status").inner_text()
-        page.screenshot(path=str(ARTIFACTS / "vote-blind.png"))
+        shoot(page, "vote-blind.png")
         page.locator("#vote-A").click()
         page.wait_for_function("() => document.querySelector('#chat-status')?.innerText.includes('Vote saved')",
                                timeout=30_000)
         assert "tuned (tiny-fixture)" in page.locator("#chat-status").inner_text()
-        page.screenshot(path=str(ARTIFACTS / "vote-revealed.png"))
+        shoot(page, "vote-revealed.png")
         [vote] = votes.read()
         assert vote["choice"] == "A"
 
@@ -55,7 +54,7 @@ def test_vote_blind_then_train_dpo_and_kto_on_the_votes(app_server, tiny_run):
         # Until the first poll after Start, the panel may still show the tiny run's result.
         page.wait_for_function("() => /Before\\/after[\\s\\S]*browser-dpo|browser-dpo[\\s\\S]*Before\\/after/"
                                ".test(document.querySelector('#train-result')?.innerText)", timeout=400_000)
-        page.screenshot(path=str(ARTIFACTS / "vote-dpo-trained.png"), full_page=True)
+        shoot(page, "vote-dpo-trained.png", full_page=True)
 
         page.get_by_text("Judge a run against where it started").click()  # the report's pair, blind
         judged = page.locator("#judge-run input")
@@ -80,7 +79,7 @@ def test_vote_blind_then_train_dpo_and_kto_on_the_votes(app_server, tiny_run):
         send(page, "Who are you?")
         page.wait_for_function("() => /tuned:|⚠️/.test(document.querySelector('#chat-status')?.innerText)",
                                timeout=120_000)
-        page.screenshot(path=str(ARTIFACTS / "vote-dpo-compare.png"), full_page=True)
+        shoot(page, "vote-dpo-compare.png", full_page=True)
         status = page.locator("#chat-status").inner_text()
         assert "tuned:" in status, status
         assert page.locator("#tuned-chat [data-testid='bot']").last.inner_text()
@@ -99,4 +98,4 @@ def test_vote_blind_then_train_dpo_and_kto_on_the_votes(app_server, tiny_run):
         page.locator("#train-start").click()
         page.wait_for_function("() => /Before\\/after: KTO[\\s\\S]*browser-kto|browser-kto[\\s\\S]*Before\\/after: KTO/"
                                ".test(document.querySelector('#train-result')?.innerText)", timeout=400_000)
-        page.screenshot(path=str(ARTIFACTS / "vote-kto-trained.png"), full_page=True)
+        shoot(page, "vote-kto-trained.png", full_page=True)

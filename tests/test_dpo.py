@@ -64,11 +64,11 @@ def test_the_new_adapter_is_judged_blind_on_the_held_out_prompts(dpo_run):
     assert "not judged yet" in model_card(dpo_run, "t/x") and "4 held-out answer pair(s)" in model_card(dpo_run, "t/x")
     for n, row in enumerate(rows):
         _, _, _, pending, line = judge_next(dpo_run.name)
-        assert f"{4 - n} pair(s) to judge" in line and pending["prompt"] == row["messages"]
-        new = next(side for side in "AB" if pending["sides"][side]["adapter"] == dpo_run.name)
+        assert f"{4 - n} pair(s) to judge" in line and pending.prompt == row["messages"]
+        new = next(side for side in "AB" if pending.sides[side]["adapter"] == dpo_run.name)
         old = "B" if new == "A" else "A"
-        assert pending["answers"][new] == row["tuned"] and pending["answers"][old] == row["base"]
-        assert pending["sides"][old] == {"model": cfg.model, "adapter": None}
+        assert pending.answers[new] == row["tuned"] and pending.answers[old] == row["base"]
+        assert pending.sides[old] == {"model": cfg.model, "adapter": None}
         line, *_ = judge_handler([new, new, "tie", old][n])(pending)
         assert "Vote saved" in line and f"A was **{'tuned' if new == 'A' else 'base'}" in line
     _, _, _, pending, line = judge_next(dpo_run.name)
@@ -78,7 +78,7 @@ def test_the_new_adapter_is_judged_blind_on_the_held_out_prompts(dpo_run):
     votes.store().unlink()
     from tabs.train_live import evaluate_again
 
-    assert "finished SFT runs only" in evaluate_again(dpo_run.name)  # DPO has its own figures
+    assert "finished SFT runs only" in evaluate_again(dpo_run.name)[0]  # DPO has its own figures
 
 
 def test_dpo_plot_shows_rewards(dpo_run):

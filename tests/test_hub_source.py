@@ -236,8 +236,7 @@ def test_train_on_a_hub_set_publish_and_compare_by_repo_id(hub, hub_app, data_ho
 @pytest.mark.browser
 def test_find_on_the_hub_fills_the_boxes_in_a_browser(hub_app):
     """A visitor finds a model for Chat, then a dataset for Train, and sees what the model sees."""
-    from tests.browser import browser_page
-    from tests.conftest import ARTIFACTS
+    from tests.browser import browser_page, shoot
 
     with browser_page(hub_app) as page:
         page.locator("#chat-model-hub").get_by_text("Find on the Hub").click()
@@ -258,4 +257,4 @@ def test_find_on_the_hub_fills_the_boxes_in_a_browser(hub_app):
             "() => document.querySelector('#model-sees')?.innerText.includes('I answer questions about the lab.')",
             timeout=60_000)
         page.locator("#train-data-hub").scroll_into_view_if_needed()
-        page.screenshot(path=str(ARTIFACTS / "hub-dataset.png"), full_page=False)
+        shoot(page, "hub-dataset.png")

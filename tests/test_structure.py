@@ -9,7 +9,7 @@ import pytest
 from core.errors import LabError
 from tests.conftest import ROOT
 
-RUN_FILES = ("manifest.json", "log.jsonl", "eval.json", "job.json", "status.json", "config.yaml",
+RUN_FILES = ("manifest.json", "log.jsonl", "eval.json", "held_out.jsonl", "job.json", "status.json", "config.yaml",
              "report.md", "report.json", "stderr.log", "stop-requested", ".adapter.partial", '/ "adapter"',
              '"checkpoints"')
 
@@ -28,7 +28,7 @@ def test_a_lab_error_is_one_line_and_a_bug_surfaces(monkeypatch):
         raise LabError("That model is not here.")
 
     monkeypatch.setattr(chat, "load_model", refuse)
-    *_, (_, _, status, _) = chat.respond("Hi", [], [], "smollm2-135m-instruct", None, "Single")
+    *_, (_, _, status, _) = chat.respond(chat.ChatRequest("Hi", [], []))
     assert status == "⚠️ That model is not here."
 
     def crash(name):
@@ -36,7 +36,40 @@ def test_a_lab_error_is_one_line_and_a_bug_surfaces(monkeypatch):
 
     monkeypatch.setattr(chat, "load_model", crash)
     with pytest.raises(RuntimeError, match="a real bug"):
-        list(chat.respond("Hi", [], [], "smollm2-135m-instruct", None, "Single"))
+        list(chat.respond(chat.ChatRequest("Hi", [], [])))
+
+
+def test_one_decorator_turns_a_lab_error_into_the_handlers_outputs():
+    import gradio as gr
+
+    from tabs.feedback import shows_errors
+
+    @shows_errors(lambda message: (None, message))
+    def plain(fail: str, request: gr.Request = None):
+        if fail == "lab":
+            raise LabError("No such run.")
+        if fail == "bug":
+            raise KeyError("a real bug")
+        return "table", "fine"
+
+    @shows_errors()
+    def streaming(n: int):
+        yield "one"
+        raise LabError(f"stopped after {n}")
+
+    assert plain("no") == ("table", "fine") and plain("lab") == (None, "⚠️ No such run.")
+    with pytest.raises(KeyError):
+        plain("bug")
+    assert list(streaming(1)) == ["one", "⚠️ stopped after 1"]
+    assert list(inspect_signature(plain)) == ["fail", "request"], "Gradio still sees the handler's own signature"
+    with pytest.raises(gr.Error, match="No such run"):
+        shows_errors(toast=True)(lambda: plain.__wrapped__("lab"))()
+
+
+def inspect_signature(function):
+    import inspect
+
+    return inspect.signature(function).parameters
 
 
 def test_thread_policy_leaves_chat_a_core(monkeypatch):

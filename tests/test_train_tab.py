@@ -101,8 +101,7 @@ def test_stop_and_resume_through_ui_functions(data_home, monkeypatch):
     assert "still running" in busy
     from tabs import chat
 
-    *_, (base, _, status, _) = chat.respond("Hi", [], [], "smollm2-135m-instruct", None, "Single",
-                                            max_new_tokens=4)
+    *_, (base, _, status, _) = chat.respond(chat.ChatRequest("Hi", [], [], max_new_tokens=4))
     assert base[-1]["content"] and "training job 'ui-stop' is running" in status, "chat works while training"
     assert "Stopping" in train_live.stop_training(run)
     assert jobs.wait(run, 120).state == "stopped"

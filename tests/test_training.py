@@ -25,8 +25,6 @@ pytestmark = pytest.mark.slow
 
 def manifest(run_dir):
     """The run's Manifest as a dict (held_out: [{label, before, after, better}, ...])."""
-    from core.runs import RunFolder
-
     return RunFolder(run_dir).manifest().to_dict()
 
 
@@ -90,9 +88,22 @@ def test_tiny_run_scores_its_held_out_answers_and_evaluating_again_repeats_them(
     assert "Lumen" in " ".join(e["tuned"] for e in examples) and all(e["reference"] for e in examples)
     card = model_card(RunFolder(tiny_run), "tester/tiny")
     assert f"| held-out answers, MiniLM cosine (7 rows, greedy) | {answers['base']['cosine']} " in card
-    from tabs.train_live import evaluate_again
+    from tabs.train_live import evaluate_again, result_markdown
+    from training import jobs
 
-    again = evaluate_again(tiny_run.name)  # the Runs section's button: `cli.py eval` in its own process
+    kept = RunFolder(tiny_run).read_held_out()  # the rows the run held out, as it split them
+    assert len(kept) == 7 and [row["prompt"][-1]["content"] for row in kept[:3]] == [e["prompt"] for e in examples]
+    (tiny_run / "held_out.jsonl").rename(tiny_run / "held_out.kept")  # a run trained before rows were kept
+    try:
+        message, followed = evaluate_again(tiny_run.name)  # the Runs section's button: a job of its own
+        assert followed == tiny_run.name and "Evaluating" in message, message
+        with pytest.raises(jobs.JobBusy, match=f"Job '{tiny_run.name}' is still running"):
+            jobs.start(load_config("tiny", output_name="while-evaluating"))  # one job at a time, either kind
+        status = jobs.wait(tiny_run.name, timeout=600)
+    finally:
+        (tiny_run / "held_out.kept").rename(tiny_run / "held_out.jsonl")
+    assert status.state == "completed" and not status.error, status.error
+    again = result_markdown(status)  # split again from the data with the run's seed: the same rows, scores
     assert f"| MiniLM cosine | {answers['base']['cosine']} | {answers['tuned']['cosine']} |" in again, again
 
 

@@ -2,6 +2,7 @@
 and each answer is scored against the row's reference answer.
 
     python cli.py eval --run RUN          # (re)score a finished run; writes the scores' "answers"
+    python -m training.answer_eval --run RUN [--rows N]   # the same, as the Train tab's job
 
 Three scores, each the mean over rows, for the base and the tuned model:
 - exact match: the same text after lower-casing and dropping punctuation and extra spaces;
@@ -14,13 +15,20 @@ Both models answer on one copy of the base weights, in batches of four rows per 
 from __future__ import annotations
 
 import re
+import sys
 import time
 from dataclasses import replace
 
 import numpy as np
 
+from core.errors import LabError
+from core.paths import write_json
 from core.runs import RunFolder
 from training import objectives
+from training.config import load_config
+from training.evaluate import load_scores, save_scores
+from training.prepare import build_examples, load_tokenizer, split_examples
+from training.progress import say_phase
 
 CHUNK = 4  # rows per generate call
 DEFAULT_ROWS = 16
@@ -136,25 +144,55 @@ def table_markdown(table: dict | None) -> str:
 
 def evaluate_run(name: str, progress=print, rows: int = 0) -> dict:
     """Score a finished run's held-out answers again (after a change of `eval_rows`, or for a
-    run trained before this existed); updates the run's scores and its manifest."""
-    from core.errors import LabError
-    from training.config import load_config
-    from training.evaluate import load_scores, save_scores
-    from training.prepare import build_examples, load_tokenizer, split_examples
-
+    run trained before this existed), on the rows the run held out; updates the run's scores
+    and its manifest."""
     run = RunFolder.existing(name)
+    manifest = run.manifest()
+    objectives.require_scored_answers(name, manifest)
     cfg = load_config(run.config)
     # Asked for explicitly: a run trained with eval_rows 0 is scored on the default number of rows.
     cfg = replace(cfg, eval_rows=rows or cfg.eval_rows or DEFAULT_ROWS)
-    manifest = run.manifest()
-    if manifest is None or not run.is_finished or not objectives.get(cfg.objective).scores_answers:
-        able = [n for n in objectives.NAMES if objectives.get(n).scores_answers]
-        raise LabError(f"'{name}': held-out answers are scored for finished {', '.join(able).upper()} runs only.")
-    _, eval_set = split_examples(build_examples(cfg, load_tokenizer(cfg.model, cfg.chat_template)), cfg)
+    eval_set = held_out_set(run, cfg)
     if eval_set is None:
         raise LabError(f"'{name}' held out no rows (eval_fraction 0): nothing to score against.")
     table = answer_scores(cfg, run, eval_set, progress)
-    scores = {**load_scores(run), "answers": table}
-    save_scores(run, scores)
+    save_scores(run, {**load_scores(run), "answers": table})
     run.write_manifest(replace(manifest, answer_scores={k: v for k, v in table.items() if k != "examples"}))
     return table
+
+
+def held_out_set(run: RunFolder, cfg):
+    """The rows the run held out: as it kept them, or (a run from before they were kept) split
+    again from its dataset with its seed."""
+    from datasets import Dataset
+
+    kept = run.read_held_out()
+    if kept is not None:
+        return Dataset.from_list(kept)
+    _, eval_set = split_examples(build_examples(cfg, load_tokenizer(cfg.model, cfg.chat_template)), cfg)
+    return eval_set
+
+
+def main(argv=None) -> int:
+    """The "Evaluate again" job (training.jobs.evaluate): progress goes to the run's phase, and a
+    failure to its status, beside how training ended."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Score a finished run's held-out answers again.")
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--rows", type=int, default=0)
+    args = parser.parse_args(argv)
+    run = RunFolder.existing(args.run)
+    try:
+        print(table_markdown(evaluate_run(run.name, lambda text: say_phase(run, text), args.rows)))
+    except LabError as exc:
+        write_json(run.status_file, {**run.status(), "error": f"Evaluate again: {exc}"})
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        say_phase(run, "")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

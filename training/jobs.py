@@ -3,7 +3,8 @@
     python -c "from training.jobs import list_runs; print(list_runs())"
 
 A job is `python -m training.run --run-dir RUN` in its own session (so a UI crash or reload
-never kills it, and the UI never dies with it). All state lives in the run folder
+never kills it, and the UI never dies with it), or `python -m training.answer_eval --run RUN`
+to score a finished run's held-out answers again: one job at a time, either kind. All state lives in the run folder
 (core.runs.RunFolder); `read_status` turns it into what the UI shows, from any process.
 Importing this module stays light (no torch), since the app imports it.
 """
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from core.file_types import EXTENSIONS
 from core.errors import LabError
 from core.paths import check_name, runs_dir, write_json
 from core.runs import Manifest, RunFolder, all_runs, read_json
+from training import objectives
 from training.config import TrainConfig, load_config
 from training.progress import read_log, read_phase
 
@@ -71,33 +74,54 @@ def child_env(thread_count: int) -> dict:
 
 
 def start(cfg: TrainConfig, thread_count: int | None = None, resume_run: RunFolder | None = None) -> RunFolder:
-    """Launch a run (or resume one) as a detached subprocess; raise JobBusy if one is live.
-
-    The busy check, the run folder and the launch happen under one file lock, so two Starts
-    (two browser tabs, two API calls) never launch two jobs or share one folder. The job gets
-    every core but the one chat keeps (core.threads), on start and resume alike."""
-    import fcntl
-
+    """Launch a run (or resume one) as a detached subprocess; raise JobBusy if a job is live.
+    The job gets every core but the one chat keeps (core.threads), on start and resume alike."""
     cfg.validate()
-    with open(runs_dir() / ".start.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        busy = current_job()
-        if busy:
-            raise JobBusy(f"Training job '{busy}' is still running: stop it or wait for it to finish.")
+    with _no_other_job():
         run = resume_run or RunFolder.named(cfg.output_name or default_run_name(cfg))
         if resume_run is None and run.path.exists():
             raise LabError(f"A run named '{run.name}' already exists: pick another output_name.")
         run.path.mkdir(parents=True, exist_ok=True)
         run.config.write_text(cfg.to_yaml())
-        for stale in (run.status_file, run.stop_marker, run.phase_file):  # a resumed run's last words
-            stale.unlink(missing_ok=True)
-        cmd = command_for(run, resume=resume_run is not None)
-        with open(run.process_log, "ab") as err:
-            per_process = max(1, (thread_count or threads.for_job()) // cfg.processes)
-            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=child_env(per_process),
-                                    stdout=err, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
-        record_job(run, proc.pid, cmd)
+        run.status_file.unlink(missing_ok=True)  # a resumed run's last words
+        _launch(run, command_for(run, resume=resume_run is not None),
+                max(1, (thread_count or threads.for_job()) // cfg.processes))
     return run
+
+
+def evaluate(name: str, rows: int = 0, thread_count: int | None = None) -> RunFolder:
+    """Score a finished run's held-out answers again, as a job like training: the same lock,
+    phase file and status, so the Train tab follows it and no second job starts meanwhile."""
+    run = RunFolder.existing(name)
+    objectives.require_scored_answers(run.name, run.manifest())
+    with _no_other_job():
+        cmd = [sys.executable, "-m", "training.answer_eval", "--run", run.name, "--rows", str(rows)]
+        _launch(run, cmd, thread_count or threads.for_job())
+    return run
+
+
+@contextmanager
+def _no_other_job():
+    """Hold the start lock, and refuse while a job runs: the busy check and the launch happen
+    under one file lock, so two Starts (two browser tabs, two API calls) never launch two jobs."""
+    import fcntl
+
+    with open(runs_dir() / ".start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        busy = current_job()
+        if busy:
+            raise JobBusy(f"Job '{busy}' is still running: stop it or wait for it to finish.")
+        yield
+
+
+def _launch(run: RunFolder, cmd: list[str], thread_count: int) -> None:
+    """Start `cmd` detached, in its own session, with the run folder's stderr log."""
+    for stale in (run.stop_marker, run.phase_file):
+        stale.unlink(missing_ok=True)
+    with open(run.process_log, "ab") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=child_env(thread_count), stdout=err, stderr=err,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    record_job(run, proc.pid, cmd)
 
 
 def record_job(run: RunFolder, pid: int, command: list[str]) -> None:

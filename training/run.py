@@ -60,6 +60,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
     run.config.write_text(cfg.to_yaml())
     tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
     train_set, eval_set = split_examples(build_examples(cfg, tokenizer), cfg)
+    if eval_set is not None and os.environ.get("RANK", "0") == "0":
+        run.save_held_out(eval_set.to_list())
     callbacks = [JsonlLogger(run.log, resume), StopOnRequest(STOP_REQUESTED, run.stop_marker)]
     trainer = objective.trainer(cfg, run, tokenizer, train_set, eval_set, callbacks)
     trainer.remove_callback(PrinterCallback)  # raw log dicts; JsonlLogger prints a readable line

@@ -25,5 +25,12 @@ def get(name: str) -> Objective:
         raise LabError(f"objective={name!r}: choose one of {', '.join(NAMES)}.") from None
 
 
+def require_scored_answers(run_name: str, manifest) -> None:
+    """Refuse, in one line, to score held-out answers of a run that has none to score."""
+    if manifest is None or not get(manifest.objective).scores_answers:
+        able = [name.upper() for name in NAMES if get(name).scores_answers]
+        raise LabError(f"'{run_name}': held-out answers are scored for finished {', '.join(able)} runs only.")
+
+
 def help_line() -> str:
     return "; ".join(objective.help for objective in OBJECTIVES.values())
