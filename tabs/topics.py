@@ -1,6 +1,7 @@
 """Embeddings and topics tab: embed a corpus, cluster it on a 2-D map, classify it, explore topics.
 
-Handlers take the corpus settings and reload the corpus and its embeddings each time: the
+Handlers take the corpus settings (the first six widgets, as Gradio passes them), make one
+CorpusRequest of them, and reload the corpus and its embeddings each time: the
 embeddings come from the on-disk cache after the first run, so that costs milliseconds and
 keeps the handlers stateless. Only the fitted topic model and classifier live in gr.State, for
 STATE_TTL_S after their last change. Every listener that embeds shares one pool of slots across
@@ -10,6 +11,7 @@ no more memory or cores.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -26,28 +28,44 @@ from tabs.session import download_path
 STATE_TTL_S = 1800
 
 
-def corpus_and_vectors(source, upload, text_column, label_column, max_docs, embedder, request=None, progress=None,
-                       projection="pca", classifying=False):
-    """The corpus and its embeddings. A public app's visitors get the packaged embedder only,
-    an uploaded corpus of at most LIMITS["corpus_bytes"], a capped document count, no new files
-    in the embedding cache, and t-SNE/UMAP maps only for small corpora; those limits and the
-    labels of a classification are checked before anything is embedded."""
-    check_data_source(upload or source, CORPORA, request, own_uploads=[upload] if upload else [])
-    if upload and Path(upload).is_file() and Path(upload).stat().st_size > clamp("corpus_bytes", 2**62, request):
-        raise AccessDenied(f"On a public app, an uploaded corpus may have at most "
-                           f"{LIMITS['corpus_bytes'] // 2**20} MB; log in for larger ones.")
-    embedder = (embedder or "").strip() or DEFAULT_EMBEDDER
-    if not is_trusted(request) and embedder not in PACKAGED_EMBEDDERS:
-        raise AccessDenied(f"On a public app, the embedder is {DEFAULT_EMBEDDER}; other models need a login.")
-    max_docs = clamp("max_docs", int(max_docs or DEFAULT_MAX_DOCS), request)
-    corpus = load_corpus(upload or source, (text_column or "").strip(), (label_column or "").strip(), max_docs)
-    if projection != "pca" and len(corpus.texts) > clamp("projection_docs", len(corpus.texts), request):
-        raise AccessDenied(f"On a public app, {projection} maps at most {LIMITS['projection_docs']} "
-                           "documents: lower the document cap or use pca.")
-    if classifying:
-        check_labels(corpus.labels)
-    callback = (lambda f: progress(f, desc="Embedding")) if progress else None
-    return corpus, embed(corpus.texts, embedder, progress=callback, write_cache=is_trusted(request))
+@dataclass
+class CorpusRequest:
+    """The corpus settings every handler of the tab shares (the first six widgets, `spec`)."""
+
+    source: str
+    upload: str | None = None
+    text_column: str = ""
+    label_column: str = ""
+    max_docs: int = DEFAULT_MAX_DOCS
+    embedder: str = DEFAULT_EMBEDDER
+
+    def load(self, request=None, progress=None, projection: str = "pca", classifying: bool = False):
+        """The corpus and its embeddings. A public app's visitors get the packaged embedder only,
+        an uploaded corpus of at most LIMITS["corpus_bytes"], a capped document count, no new
+        files in the embedding cache, and t-SNE/UMAP maps only for small corpora; those limits
+        and the labels of a classification are checked before anything is embedded."""
+        upload = self.upload
+        check_data_source(upload or self.source, CORPORA, request, own_uploads=[upload] if upload else [])
+        if upload and Path(upload).is_file() and Path(upload).stat().st_size > clamp("corpus_bytes", 2**62, request):
+            raise AccessDenied(f"On a public app, an uploaded corpus may have at most "
+                               f"{LIMITS['corpus_bytes'] // 2**20} MB; log in for larger ones.")
+        embedder = self.embedder_name
+        if not is_trusted(request) and embedder not in PACKAGED_EMBEDDERS:
+            raise AccessDenied(f"On a public app, the embedder is {DEFAULT_EMBEDDER}; other models need a login.")
+        max_docs = clamp("max_docs", int(self.max_docs or DEFAULT_MAX_DOCS), request)
+        corpus = load_corpus(upload or self.source, (self.text_column or "").strip(),
+                             (self.label_column or "").strip(), max_docs)
+        if projection != "pca" and len(corpus.texts) > clamp("projection_docs", len(corpus.texts), request):
+            raise AccessDenied(f"On a public app, {projection} maps at most {LIMITS['projection_docs']} "
+                               "documents: lower the document cap or use pca.")
+        if classifying:
+            check_labels(corpus.labels)
+        callback = (lambda f: progress(f, desc="Embedding")) if progress else None
+        return corpus, embed(corpus.texts, embedder, progress=callback, write_cache=is_trusted(request))
+
+    @property
+    def embedder_name(self) -> str:
+        return (self.embedder or "").strip() or DEFAULT_EMBEDDER
 
 
 @shows_errors()
@@ -55,8 +73,8 @@ def embed_corpus(source, upload, text_column, label_column, max_docs, embedder, 
                  progress=gr.Progress()):
     """Summary of the corpus and its embeddings (computed once, then cached)."""
     start = time.perf_counter()
-    corpus, vectors = corpus_and_vectors(source, upload, text_column, label_column, max_docs, embedder,
-                                         request, progress)
+    corpus, vectors = CorpusRequest(source, upload, text_column, label_column, max_docs, embedder).load(
+        request, progress)
     labels = f", {len(set(corpus.labels))} labels" if corpus.labels else ", no labels"
     return (f"**{len(corpus.texts)} documents**{labels} · embeddings {vectors.shape[1]}-d in "
             f"{time.perf_counter() - start:.1f} s. {corpus.note}")
@@ -66,8 +84,8 @@ def embed_corpus(source, upload, text_column, label_column, max_docs, embedder, 
 def run_clustering(source, upload, text_column, label_column, max_docs, embedder, method, n_clusters, min_size,
                    projection, color_by, request: gr.Request = None, progress=gr.Progress()):
     """(2-D map, scores markdown, cluster table)."""
-    corpus, vectors = corpus_and_vectors(source, upload, text_column, label_column, max_docs, embedder,
-                                         request, progress, projection)
+    corpus, vectors = CorpusRequest(source, upload, text_column, label_column, max_docs, embedder).load(
+        request, progress, projection)
     ids = cluster(vectors, method, int(n_clusters), int(min_size))
     points = project(vectors, projection)
     scores = cluster_scores(corpus.labels, ids) if corpus.labels else {}
@@ -100,10 +118,10 @@ def cluster_table(corpus, ids):
 def run_classification(source, upload, text_column, label_column, max_docs, embedder, method,
                        request: gr.Request = None, progress=gr.Progress()):
     """(scores markdown, confusion matrix, misclassified examples, fitted classifier)."""
-    corpus, vectors = corpus_and_vectors(source, upload, text_column, label_column, max_docs, embedder,
-                                         request, progress, classifying=True)
+    ask = CorpusRequest(source, upload, text_column, label_column, max_docs, embedder)
+    corpus, vectors = ask.load(request, progress, classifying=True)
     result = classify(vectors, corpus.labels, corpus.texts, method)
-    result.embedder = (embedder or "").strip() or DEFAULT_EMBEDDER
+    result.embedder = ask.embedder_name
     import pandas as pd
     import plotly.express as px
 
@@ -133,10 +151,9 @@ def classify_text(result, text: str, embedder: str = DEFAULT_EMBEDDER) -> str:
 def run_topics(source, upload, text_column, label_column, max_docs, embedder, method, n_topics,
                request: gr.Request = None, progress=gr.Progress()):
     """(message, topic table, five figures, fitted result)."""
-    corpus, vectors = corpus_and_vectors(source, upload, text_column, label_column, max_docs, embedder,
-                                         request, progress)
-    result = topic_core.fit_topics(corpus.texts, vectors, method, int(n_topics),
-                                   embedder=load_embedder(embedder or DEFAULT_EMBEDDER))
+    ask = CorpusRequest(source, upload, text_column, label_column, max_docs, embedder)
+    corpus, vectors = ask.load(request, progress)
+    result = topic_core.fit_topics(corpus.texts, vectors, method, int(n_topics), embedder=load_embedder(ask.embedder_name))
     return (_topics_message(result, corpus.note), result.table(),
             *[topic_core.figure(result, name) for name in topic_core.FIGURES], result)
 
