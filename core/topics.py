@@ -8,6 +8,8 @@ intertopic map needs at least 3 topics) come back as a figure that says why, nev
 """
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,7 +126,7 @@ def label_topics(result: TopicResult, chat_model: str = "smollm2-135m-instruct",
     from core.models import load_model
 
     loaded = load_model(chat_model)
-    settings = GenerationSettings(max_new_tokens=12, system_prompt="You name topics in 2 to 4 words. "
+    settings = GenerationSettings(max_new_tokens=20, system_prompt="You name topics in 2 to 4 words. "
                                   "Answer with the name only.")
     topic_ids = [t for t in sorted(result.model.get_topics()) if t != -1][:max_topics]
     labels = {}
@@ -142,9 +144,19 @@ def label_topics(result: TopicResult, chat_model: str = "smollm2-135m-instruct",
     return labels
 
 
+_PREAMBLE = re.compile(r"^(?:a |the )?(?:short |good )?(?:name for (?:this|the) topic|topic name)"
+                       r"(?: (?:could|would|might) be| is)?\s*:?\s*", re.IGNORECASE)
+
+
 def _clean_label(text: str) -> str:
+    """The name itself from a small model's answer: its first line, without a preamble such as
+    'A short name for this topic could be', and the quoted part when it quotes one."""
     line = text.strip().splitlines()[0] if text.strip() else ""
-    return line.strip(" .\"'*:#").removeprefix("Topic name").strip(" :")[:60]
+    line = _PREAMBLE.sub("", line.strip(" *#"))
+    quoted = re.search(r"[\"“]([^\"”]+)", line)
+    if quoted:
+        line = quoted.group(1)
+    return line.strip(" .\"'*:#“”")[:60]
 
 
 def export(result: TopicResult, out: Path) -> list[Path]:

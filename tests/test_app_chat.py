@@ -82,10 +82,16 @@ def test_bad_inputs_show_a_message_not_a_traceback(app_server, kwargs, expected,
     assert expected in status and "Traceback" not in status
 
 
+HEAVY = ("torch", "transformers", "trl", "peft", "datasets", "gradio", "sentence_transformers")
+HELP_IMPORTS = ("import runpy, sys; sys.argv = ['cli.py', '--help']\n"
+                "try:\n    runpy.run_path('cli.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+                f"print('heavy:', [m for m in {HEAVY!r} if m in sys.modules])")
+
+
 def test_cli_help_is_instant_and_chat_streams():
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "cli.py", "--help"], cwd=ROOT, check=True, capture_output=True)
-    assert time.perf_counter() - start < 3
+    """--help imports no heavy library (so it answers at once on any host), and chat streams."""
+    out = subprocess.run([sys.executable, "-c", HELP_IMPORTS], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "usage: cli.py" in out.stdout and out.stdout.strip().endswith("heavy: []"), out.stdout[-300:]
     out = subprocess.run([sys.executable, "cli.py", "chat", "--max-new-tokens", "16",
                           "What is the capital of France?"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and "Paris" in out.stdout

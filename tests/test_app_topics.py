@@ -1,6 +1,8 @@
 """The topics pipeline on the real app server: gradio_client and Chromium."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.browser import browser_page, shoot
@@ -19,7 +21,8 @@ def test_topics_pipeline_over_the_api(app_server):
     message, table, *figures = client.predict(*SPEC.values(), "fast", 10, api_name="/topics")
     assert message.startswith("10 topics over 800 documents")
     assert len(table["data"]) >= 10
-    assert len(figures) == 5 and all(figures)
+    plots = [json.loads(figure["plot"]) for figure in figures]  # Gradio's plotly payload
+    assert len(plots) == 5 and all(plot["data"] for plot in plots), [list(plot) for plot in plots]
     info = client.predict(*{**SPEC, "source": "chatterbot"}.values(), "logreg", api_name="/classify")
     assert "Accuracy" in info[0]
 

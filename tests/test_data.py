@@ -40,12 +40,19 @@ def test_each_format_is_detected_from_a_file(tmp_path, fmt):
     assert detect_format(ds.column_names) == fmt
 
 
-@pytest.mark.parametrize("fmt", [f for f in ROWS if f != "text"])
+SFT_EXPECTED = {  # format -> (the prompt's user message, the answer trained on)
+    "messages": ("Hi", "Hello!"), "sharegpt": ("Hi", "Hello!"), "prompt_completion": ("2+2?", "4"),
+    "alpaca": ("Add\n\n2 and 2", "4"), "qa": ("Europe\n\nQuestion: Capital of France?", "Paris"),
+}
+
+
+@pytest.mark.parametrize("fmt", list(SFT_EXPECTED))
 def test_each_sft_format_becomes_prompt_completion(tmp_path, fmt, tokenizer):
     ds = load_rows(write_jsonl(tmp_path / "d.jsonl", [ROWS[fmt]]))
     row = sft_rows(ds, tokenizer)[0]
-    assert row["prompt"][-1]["role"] in ("user", "system") and row["completion"][0]["role"] == "assistant"
-    assert row["completion"][0]["content"] in ("Hello!", "4", "Paris")
+    question, answer = SFT_EXPECTED[fmt]
+    assert row["prompt"] == [{"role": "user", "content": question}]
+    assert row["completion"] == [{"role": "assistant", "content": answer}]
 
 
 def test_column_mapping_overrides_detection(tmp_path, tokenizer):

@@ -116,7 +116,6 @@ def test_two_processes_convert_once(tmp_path):
 def test_model_cache_is_a_capped_lru_and_a_slow_load_blocks_no_one(tiny_model_dir, tmp_path, monkeypatch):
     import shutil
     import threading
-    import time
 
     from core import models
 
@@ -126,16 +125,19 @@ def test_model_cache_is_a_capped_lru_and_a_slow_load_blocks_no_one(tiny_model_di
     first = models.load_model(str(tiny_model_dir))
     real_load = models._load_fresh
 
-    def slow_load(name, source):
-        time.sleep(3)
+    loading, release = threading.Event(), threading.Event()
+
+    def slow_load(name, source):  # a download that lasts until the test lets it end
+        loading.set()
+        release.wait(120)
         return real_load(name, source)
 
     monkeypatch.setattr(models, "_load_fresh", slow_load)
     loader = threading.Thread(target=models.load_model, args=(str(other),))
     loader.start()
-    time.sleep(0.5)
-    start = time.perf_counter()
+    assert loading.wait(30)
     assert models.load_model(str(tiny_model_dir)) is first, "the cached model answers during another's load"
-    assert time.perf_counter() - start < 1
+    assert loader.is_alive(), "the cached lookup did not wait for the other model's load to end"
+    release.set()
     loader.join()
     assert list(models._CACHE) == [str(other.resolve())], "the cap of 1 evicted the least recently used"

@@ -94,9 +94,10 @@ def test_fast_topics_on_headlines_and_every_figure(headlines):
     table = headlines.table()
     assert len(table[table.Topic != -1]) >= 5
     assert all(words for words in table.Representation)
-    for name in FIGURES:
+    for name in FIGURES:  # BERTopic's own figure, drawn: traces, not a placeholder's message
         fig = figure(headlines, name)
-        assert fig.data or fig.layout.annotations, name
+        assert fig.data and any(len(trace.x if trace.x is not None else trace.z) for trace in fig.data), name
+        assert not [a for a in fig.layout.annotations if "could not draw" in (a.text or "")], name
     found = search_topics(headlines, "coronavirus pandemic")
     assert found and "coronavirus" in " ".join(words for _, _, words in found)
 
@@ -120,9 +121,13 @@ def test_llm_names_topics(headlines, smol):
 
     small = deepcopy(headlines)
     labels = label_topics(small, max_topics=3)
-    named = [labels[t] for t in sorted(labels) if t != -1][:3]
-    assert len(named) == 3 and all(name.strip() for name in named)
-    assert "CustomName" in small.table().columns
+    topics = [t for t in sorted(labels) if t != -1][:3]
+    named = [labels[t] for t in topics]
+    fallbacks = [small.model.get_topic(t)[0][0] for t in topics]  # a topic's first keyword, if the model says nothing
+    assert len(set(named)) == 3 and all(0 < len(name.split()) <= 8 and len(name) <= 60 for name in named), named
+    assert named != fallbacks, "the chat model named them, not the fallback"
+    table = small.table().set_index("Topic")
+    assert [table.loc[t, "CustomName"] for t in topics] == named
 
 
 @pytest.mark.slow

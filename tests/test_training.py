@@ -126,8 +126,7 @@ def test_recipe_trains_and_reloads(recipe, overrides, data_home):
         assert info["answer_scores"] is None
     else:
         assert len(info["held_out"]) == 1 and info["answer_scores"]["rows"] > 0
-    tokens = reload_and_generate(run_dir, cfg)
-    assert tokens.shape[1] > 0
+    assert_reloads_trained(run_dir, cfg)
 
 
 def test_qlora_gradients_reach_the_first_layer_after_an_eval_pass():
@@ -176,29 +175,41 @@ def test_torch_compile_run_computes_the_same_loss_as_eager(tiny_run, data_home):
     info, eager = manifest(run_dir), manifest(tiny_run)
     assert counters["stats"]["unique_graphs"] > 0
     assert info["steps"] == 2 and abs(info["first_loss"] - eager["first_loss"]) < 1e-2
-    assert reload_and_generate(run_dir, cfg).shape[1] > 0
+    assert_reloads_trained(run_dir, cfg)
 
 
-def reload_and_generate(run_dir, cfg):
+def assert_reloads_trained(run_dir, cfg):
+    """The saved adapter (or full model) loads on its own with plain transformers/peft, and it
+    is the trained one: its next-token logits are not the base's, and it generates."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from core.models import resolve_model
+
     folder = run_dir / "adapter"
+    base = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model))
+    ids = AutoTokenizer.from_pretrained(folder)("Hello", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        base_logits = base(input_ids=ids).logits[0, -1]
+    model = reload(folder, cfg, base)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, -1]
+        out = model.generate(input_ids=ids, max_new_tokens=3, do_sample=False)
+    assert (logits - base_logits).abs().max() > 1e-2, "the reloaded model is the untrained base"
+    assert out.shape[1] == ids.shape[1] + 3
+
+
+def reload(folder, cfg, base):
+    from transformers import AutoModelForCausalLM
+
     if cfg.adapter == "full":
         model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
-    else:
-        from core.models import resolve_model
-
-        # The adapter names its base by Hub id; point it at the offline copy.
+    else:  # the adapter names its base by Hub id; it loads here on the offline copy
         from peft import PeftModel
 
-        base = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model))
         model = PeftModel.from_pretrained(base, folder)
         assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == \
             "HuggingFaceTB/SmolLM2-135M-Instruct"
-    ids = AutoTokenizer.from_pretrained(folder)("Hello", return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        out = model.generate(input_ids=ids, max_new_tokens=3, do_sample=False)
-    return out[:, ids.shape[1]:]
+    return model.eval()
 
 
 def wait_for(predicate, timeout=300, what="condition"):
