@@ -26,9 +26,9 @@ from core.errors import LabError
 
 
 def cmd_chat(args) -> int:
-    from core.chat import GenerationSettings, attach_tuned, stream_reply
-    from core.compare import stream_compare
-    from core.models import load_model
+    from core.inference.chat import GenerationSettings, attach_tuned, stream_reply
+    from core.inference.compare import stream_compare
+    from core.inference.models import load_model
 
     settings = GenerationSettings(temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                                   system_prompt=args.system or "")
@@ -68,9 +68,9 @@ def cmd_runs(args) -> int:
 def cmd_topics(args) -> int:
     from pathlib import Path
 
-    from core.corpora import load_corpus
-    from core.embeddings import embed, load_embedder
-    from core.topics import export, fit_topics
+    from core.explore.corpora import load_corpus
+    from core.explore.embeddings import embed, load_embedder
+    from core.explore.topics import export, fit_topics
 
     corpus = load_corpus(args.corpus, args.text_column, args.label_column, args.max_docs)
     vectors = embed(corpus.texts, args.embedder)
@@ -82,7 +82,7 @@ def cmd_topics(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    from core.hub import push_adapter, push_space
+    from core.hub.publish import push_adapter, push_space
     from training.export_formats import ensure_export
 
     def progress(fraction, desc=""):
@@ -115,7 +115,7 @@ def cmd_export(args) -> int:
 def cmd_votes(args) -> int:
     from pathlib import Path
 
-    from core import votes
+    from core.feedback import votes
 
     args.out = args.out or ("thumbs.jsonl" if args.action == "thumbs" else "preferences.jsonl")
     if args.action == "export":
@@ -130,7 +130,7 @@ def cmd_votes(args) -> int:
             print(f"{row['adapter']} vs {row['model']}: {row['wins']}-{row['losses']}-{row['ties']} "
                   f"(win-loss-tie), {row['both_bad']} both bad, win share {row['win_share']} "
                   f"[95%: {low}-{high}]")
-        from core.judge import judged_runs, win_rate_line
+        from core.feedback.judge import judged_runs, win_rate_line
         from core.runs import RunFolder
 
         for name in judged_runs():
@@ -139,7 +139,7 @@ def cmd_votes(args) -> int:
 
 
 def cmd_hub(args) -> int:
-    from core.hub_search import COLUMNS, search_datasets, search_models
+    from core.hub.search import COLUMNS, search_datasets, search_models
 
     if args.kind == "models":
         found = search_models(args.task or "text-generation", args.query, args.library,

@@ -5,7 +5,7 @@ the streaming path's overhead, compare-mode memory, time to first token.
     FINETUNE_LAB_DTYPE=fp32 .venv/bin/python bench/bench_chat.py   # the fp32 figures
 
 (d) decode rate of each path (eager fp32, eager bf16, int8 weights with bf16 activations:
-    core.fast_decode), the machine's read bandwidth, and each path's share of its bandwidth
+    core.inference.fast_decode), the machine's read bandwidth, and each path's share of its bandwidth
     limit (bandwidth / bytes read per token); greedy agreement of int8 with eager bf16 on ten
     prompts (first 32 tokens); `decode_speedup` is int8 over eager bf16;
 (e) wall time of Compare (both panes from one batch, --compare-tokens each) against a single
@@ -13,7 +13,7 @@ the streaming path's overhead, compare-mode memory, time to first token.
     (`two_base_rows_over_one`: a batch of two rows without any adapter over one row, its floor); the
     same figures on eager bf16 weights (`eager_bf16`), and the app's Compare over an eager
     single pane (`compare_over_eager_single`);
-(a) wall time of core.chat.stream_reply vs model.generate, same prompt, same greedy tokens;
+(a) wall time of core.inference.chat.stream_reply vs model.generate, same prompt, same greedy tokens;
     generate is timed on the main thread and on a worker thread, where the app's handlers run
     (with bf16 weights, OpenMP-parallel kernels ran ~25% slower off the main thread);
 (b) peak RSS of compare mode (base + LoRA adapter, one copy of weights) vs a single model,
@@ -43,9 +43,9 @@ PROMPT = [{"role": "user", "content": "Write a short paragraph about the history
 def time_paths(tokens: int, repeats: int) -> dict:
     import torch
 
-    from core.chat import GenerationSettings, base_only, build_inputs, stream_reply
+    from core.inference.chat import GenerationSettings, base_only, build_inputs, stream_reply
     from core import threads
-    from core.models import load_model
+    from core.inference.models import load_model
 
     threads.apply(threads.for_chat(job_running=False))
     loaded = load_model("smollm2-135m-instruct")
@@ -89,8 +89,8 @@ def time_paths(tokens: int, repeats: int) -> dict:
 RSS_SCRIPT = """
 import pathlib, re, sys
 sys.path.insert(0, {root!r})
-from core.chat import GenerationSettings, attach_tuned, stream_reply
-from core.models import load_model
+from core.inference.chat import GenerationSettings, attach_tuned, stream_reply
+from core.inference.models import load_model
 m = load_model("smollm2-135m-instruct")
 s = GenerationSettings(max_new_tokens=16)
 msgs = [{{"role": "user", "content": "Hello"}}]
@@ -115,7 +115,7 @@ def make_adapter(folder: Path) -> str:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from core.models import resolve_model
+    from core.inference.models import resolve_model
 
     model = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m-instruct"))
     get_peft_model(model, LoraConfig(r=16, target_modules="all-linear", init_lora_weights=False)
@@ -124,7 +124,7 @@ def make_adapter(folder: Path) -> str:
 
 
 def decode_paths(tokens: int, repeats: int) -> tuple[dict, dict]:
-    from core.models import resolve_model
+    from core.inference.models import resolve_model
 
     threads.apply(threads.for_chat(job_running=False))  # as the app does; torch's default is 1 here
     bandwidth = threads.in_own_thread(decode_speed.read_bandwidth_gbs)
@@ -147,8 +147,8 @@ def decode_paths(tokens: int, repeats: int) -> tuple[dict, dict]:
 def compare_figures(adapter: str, tokens: int, repeats: int, eager) -> dict:
     """Compare on the app's own path, then on `eager` (the eager bf16 model decode_paths
     loaded): whether a batch of two costs about what one row costs depends on the matmul kernel."""
-    from core.chat import attach_tuned
-    from core.models import load_model
+    from core.inference.chat import attach_tuned
+    from core.inference.models import load_model
 
     loaded = load_model("smollm2-135m-instruct")  # the app's own path on this machine
     floor = decode_speed.two_rows_over_one(loaded, tokens, repeats)  # before the adapter attaches

@@ -61,7 +61,7 @@ def plain_generate(loaded, adapter_name, rows, tokens: int) -> float:
 def mixed_generate(loaded, tuned, rows, settings) -> float:
     """The other way the app could do it: base and tuned rows of a chunk in ONE batch, LoRA
     applied per row through peft's adapter_names (what Compare does for two panes)."""
-    from core.compare import stream_batch
+    from core.inference.compare import stream_batch
 
     start = time.perf_counter()
     for first in range(0, len(rows), 4):
@@ -77,9 +77,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from core import threads
-    from core.chat import attach_tuned
-    from core.data import load_rows
-    from core.models import load_model
+    from core.inference.chat import attach_tuned
+    from core.data.rows import load_rows
+    from core.inference.models import load_model
     from training import answer_eval
     from training.config import load_config
 
@@ -89,7 +89,7 @@ def main() -> None:
     rows = [([{"role": "user", "content": r["question"]}], r["answer"]) for r in load_rows("identity")][:args.rows]
     base = load_model(cfg.model)
     tuned = attach_tuned(base, str(run.adapter))
-    from core.chat import GenerationSettings
+    from core.inference.chat import GenerationSettings
 
     app, plain, mixed, scoring = [], [], [], []
     for _ in range(args.repeats):

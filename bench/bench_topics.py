@@ -41,9 +41,9 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as home:
         os.environ["FINETUNE_LAB_HOME"] = home
         from core import threads
-        from core.corpora import load_corpus
-        from core.embeddings import RECENT, embed, load_embedder
-        from core.topics import fit_topics
+        from core.explore.corpora import load_corpus
+        from core.explore.embeddings import RECENT, embed, load_embedder
+        from core.explore.topics import fit_topics
 
         threads.apply(threads.for_chat(job_running=False))
         texts = load_corpus("guardian-headlines").texts

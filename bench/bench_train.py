@@ -29,13 +29,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench import machine  # noqa: E402
-from core.models import resolve_precision, torch_dtype  # noqa: E402
+from core.inference.models import resolve_precision, torch_dtype  # noqa: E402
 PARAMS = 134.5e6
 
 
 def write_rows(path: Path, n: int = 240, seed: int = 0) -> str:
     """Q/A rows with answers of 10-150 words of Shakespeare: mixed lengths, as in real SFT data."""
-    from core.data import load_rows
+    from core.data.rows import load_rows
 
     words = " ".join(load_rows("shakespeare").select(range(2))["text"]).split()
     questions = load_rows("chatterbot")["question"]
@@ -93,7 +93,7 @@ def run_baseline(cfg, out: Path, precision: str) -> dict:
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    from core.models import resolve_model
+    from core.inference.models import resolve_model
     from core import threads
     from training.prepare import build_examples, load_tokenizer
     from training.model_setup import lora_config

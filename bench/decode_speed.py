@@ -49,14 +49,14 @@ def load_path(source: str, path: str):
     """A LoadedModel for one decode path: 'eager-fp32', 'eager-bf16' or 'int8' (bf16 activations)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from core.fast_decode import quantize_linears, use_packed_decode_attention
-    from core.models import LoadedModel
+    from core.inference.fast_decode import quantize_linears, use_packed_decode_attention
+    from core.inference.models import LoadedModel
 
     dtype = torch.float32 if path == "eager-fp32" else torch.bfloat16
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).eval()
     if path == "int8":
         quantize_linears(model)
-    use_packed_decode_attention(model)  # as core.models loads every chat model on a CPU
+    use_packed_decode_attention(model)  # as core.inference.models loads every chat model on a CPU
     tokenizer = AutoTokenizer.from_pretrained(source)
     return LoadedModel(path, source, model, tokenizer, 0.0, decode="int8" if path == "int8" else "eager")
 
@@ -64,7 +64,7 @@ def load_path(source: str, path: str):
 def decode_rates(paths: dict, tokens: int, repeats: int) -> dict:
     """Median tokens/s of the app's streaming path for each loaded path, `tokens` new tokens per
     reply. The paths take turns within each repeat, so the host's noise hits them alike."""
-    from core.chat import GenerationSettings, stream_reply
+    from core.inference.chat import GenerationSettings, stream_reply
 
     settings = GenerationSettings(max_new_tokens=tokens, min_new_tokens=tokens)
     messages = [{"role": "user", "content": PROMPTS[1]}]
@@ -81,7 +81,7 @@ def decode_rates(paths: dict, tokens: int, repeats: int) -> dict:
 def greedy_generate(loaded, prompt: str, tokens: int, rows: int = 1) -> torch.Tensor:
     """`rows` copies of the prompt's greedy continuation (`tokens` new tokens), on the thread
     where the app generates."""
-    from core.chat import GenerationSettings, build_inputs
+    from core.inference.chat import GenerationSettings, build_inputs
 
     settings = GenerationSettings(max_new_tokens=tokens, min_new_tokens=tokens)
     ids, _ = build_inputs(loaded, [{"role": "user", "content": prompt}], settings)
@@ -127,8 +127,8 @@ def agreement(reference, candidate, tokens: int = 32) -> dict:
 
 def compare_timing(loaded, tuned, tokens: int, repeats: int) -> dict:
     """Median wall time of one pane (base, then tuned alone) and of Compare (both panes)."""
-    from core.chat import GenerationSettings, stream_reply
-    from core.compare import stream_compare
+    from core.inference.chat import GenerationSettings, stream_reply
+    from core.inference.compare import stream_compare
 
     settings = GenerationSettings(max_new_tokens=tokens, min_new_tokens=tokens)
     messages = [{"role": "user", "content": PROMPTS[1]}]

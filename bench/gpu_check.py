@@ -113,8 +113,8 @@ def qlora_layers(model: Path) -> dict:
 
 def decode_rate(model: Path, tokens: int = 128) -> dict:
     """Greedy decode of `tokens` new tokens through the chat path, and the model's dtype."""
-    from core.chat import GenerationSettings, stream_reply
-    from core.models import load_model
+    from core.inference.chat import GenerationSettings, stream_reply
+    from core.inference.models import load_model
 
     loaded = load_model(str(model))
     settings = GenerationSettings(max_new_tokens=tokens, min_new_tokens=tokens)

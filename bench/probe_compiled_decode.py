@@ -3,7 +3,7 @@
     .venv/bin/python bench/probe_compiled_decode.py [--rows 1|2] [--tokens 64]
     .venv/bin/python bench/probe_compiled_decode.py --compare    # base pane vs Compare's batch
 
-The app's int8 path (core.fast_decode) multiplies with aten's `_weight_int8pack_mm`. Under
+The app's int8 path (core.inference.fast_decode) multiplies with aten's `_weight_int8pack_mm`. Under
 `torch.compile(mode="max-autotune")` with inductor's `freezing`, inductor autotunes every int8
 product against a C++ micro-GEMM it generates (BENCHMARKS.md lists both kernels' timings). This
 script measures what that is worth end to end: greedy decoding of the packaged SmolLM2 on the
@@ -111,7 +111,7 @@ def compare_probe(loaded, ids, tokens: int, repeats: int) -> dict:
     import tempfile
 
     from bench.bench_chat import make_adapter
-    from core.chat import attach_tuned
+    from core.inference.chat import attach_tuned
 
     with tempfile.TemporaryDirectory() as tmp:
         tuned = attach_tuned(loaded, threads.in_own_thread(make_adapter, Path(tmp) / "adapter"))
@@ -134,7 +134,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch._inductor.config as inductor_config
 
-    from core.models import load_model
+    from core.inference.models import load_model
 
     threads.apply(threads.for_chat(job_running=False))
     inductor_config.freezing = True

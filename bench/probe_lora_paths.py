@@ -20,7 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_chat import make_adapter  # noqa: E402
-from core import fast_decode, threads  # noqa: E402
+from core.inference import fast_decode  # noqa: E402
+from core import threads  # noqa: E402
 
 
 def with_fp32_lora(run):
@@ -35,9 +36,9 @@ def with_fp32_lora(run):
 
 
 def main() -> None:
-    from core.chat import GenerationSettings, attach_tuned, stream_reply
-    from core.compare import stream_compare
-    from core.models import load_model
+    from core.inference.chat import GenerationSettings, attach_tuned, stream_reply
+    from core.inference.compare import stream_compare
+    from core.inference.models import load_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=128)

@@ -178,14 +178,14 @@ def check_hub(request=None, action: str = "Hub search") -> None:
 def check_model(name: str, request=None) -> str:
     """A visitor may load only the known models, those the owner allowed, and where the owner
     opened the Hub, a Hub model no larger than LIMITS["hub_model_params"]."""
-    from core.hub_source import HUB_REPO
-    from core.models import find_spec
+    from core.hub.source import HUB_REPO
+    from core.inference.models import find_spec
 
     name = (name or "").strip()
     if is_trusted(request) or find_spec(name) or name in allowed_models():
         return name
     if visitor_hub() and HUB_REPO.fullmatch(name):
-        from core.hub_search import model_parameters
+        from core.hub.search import model_parameters
 
         params = model_parameters(name)
         if params and params <= LIMITS["hub_model_params"]:
@@ -198,7 +198,7 @@ def check_model(name: str, request=None) -> str:
 def check_adapter(value: str, request=None) -> str:
     """A visitor may attach a finished run's adapter, named by its run, and where the owner
     opened the Hub, an adapter by its Hub repo id. Never a server folder."""
-    from core.hub_source import HUB_REPO
+    from core.hub.source import HUB_REPO
     from core.runs import finished_runs
 
     value = (value or "").strip()
@@ -217,7 +217,7 @@ def check_data_source(source: str, bundled, request=None, own_uploads=()) -> str
     Otherwise anyone could type a server path (or another visitor's upload) into the dataset
     box and read the file back through the preview table.
     """
-    from core.hub_source import parse_hub_source
+    from core.hub.source import parse_hub_source
 
     source = (source or "").strip()
     if is_trusted(request) or source in tuple(bundled):

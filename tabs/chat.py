@@ -1,6 +1,6 @@
 """Chat tab's handlers: talk to a model, or compare a base model with its tuned adapter side by side.
 
-The handlers here only translate widget values into calls to core.chat and back; they are
+The handlers here only translate widget values into calls to core.inference.chat and back; they are
 plain functions, so tests call them without a browser. The tab's layout and wiring live in
 tabs/chat_tab.py, the votes in tabs/chat_votes.py. Run the app with `python app.py`.
 """
@@ -12,10 +12,10 @@ import gradio as gr
 
 from core import threads
 from core.access import check_adapter, check_model, clamp
-from core.chat import GenerationSettings, attach_tuned, stream_reply
-from core.compare import stream_compare
+from core.inference.chat import GenerationSettings, attach_tuned, stream_reply
+from core.inference.compare import stream_compare
 from core.errors import LabError
-from core.models import DEFAULT_MODEL, load_model
+from core.inference.models import DEFAULT_MODEL, load_model
 from core.runs import finished_runs
 from tabs.feedback import warn
 from training.jobs import current_job

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from core.chat import GenerationSettings
-from core.models import DEFAULT_MODEL, KNOWN_MODELS
+from core.inference.chat import GenerationSettings
+from core.inference.models import DEFAULT_MODEL, KNOWN_MODELS
 from core.request_limits import GENERATE_EVENTS
 from tabs import chat, chat_votes, hub_panel
 

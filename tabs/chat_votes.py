@@ -10,7 +10,7 @@ pane -> message index -> prompt, answer, model), and a thumb names only the pane
 a vote is always on an answer this session was really given, never on a history the client
 wrote. Each answer and each blind pair has an id, which becomes the vote's id: one vote each.
 
-Votes go to core.votes: the owner's store, or on a public app the visitors' capped store,
+Votes go to core.feedback.votes: the owner's store, or on a public app the visitors' capped store,
 which the owner reviews. The handlers are plain functions that tests call directly.
 """
 from __future__ import annotations
@@ -21,10 +21,10 @@ from dataclasses import replace
 
 import gradio as gr
 
-from core import votes
+from core.feedback import votes
 from core.access import is_trusted
 from core.errors import LabError
-from core.models import DEFAULT_MODEL
+from core.inference.models import DEFAULT_MODEL
 from tabs.chat import ChatRequest, plain_history, respond
 from tabs.feedback import shows_errors, warn
 

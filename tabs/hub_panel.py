@@ -2,7 +2,7 @@
 
 One panel sits under each box it serves: the Chat model box, the Train model box and the Train
 dataset box. The handlers are plain functions over widget values (tests call them directly);
-core.hub_search does the searching. Picking a row writes its repo id into the box. Offline the
+core.hub.search does the searching. Picking a row writes its repo id into the box. Offline the
 panel says "Hub not reachable", and the known local models still work.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import gradio as gr
 
 from core.access import check_hub
-from core.hub_search import (
+from core.hub.search import (
     COLUMNS,
     DATASET_TASKS,
     LIBRARIES,

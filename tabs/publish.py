@@ -3,7 +3,7 @@ create or update a Space, and export: the adapter merged into its base (training
 GGUF file with an Ollama Modelfile (training.gguf_export).
 
 The token box is a password field whose value lives only in the browser session; it is passed
-to core.hub and never stored or echoed. Every action here needs a login when the app is public.
+to core.hub.publish and never stored or echoed. Every action here needs a login when the app is public.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import gradio as gr
 
 from core.access import require_user
 from core.errors import LabError
-from core.hub import push_adapter, push_space
+from core.hub.publish import push_adapter, push_space
 from core.runs import finished_runs
 from tabs.feedback import shows_errors
 from training.export import DTYPES

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from core import topics as topic_core
+from core.explore import topics as topic_core
 from core.access import LIMITS, AccessDenied, check_data_source, clamp, is_trusted
-from core.corpora import CORPORA, DEFAULT_MAX_DOCS, load_corpus
-from core.embeddings import DEFAULT_EMBEDDER, PACKAGED_EMBEDDERS, check_labels, classify, cluster, cluster_scores, embed, load_embedder, project
+from core.explore.corpora import CORPORA, DEFAULT_MAX_DOCS, load_corpus
+from core.explore.embeddings import DEFAULT_EMBEDDER, PACKAGED_EMBEDDERS, check_labels, classify, cluster, cluster_scores, embed, load_embedder, project
 from core.errors import LabError
 from core.request_limits import HEAVY_EVENTS
 from tabs.feedback import shows_errors, warn

@@ -71,7 +71,7 @@ def build(demo: gr.Blocks, adapter_picker: gr.Dropdown) -> None:
 
 
 def _method_step(cfg: TrainConfig) -> tuple[dict, dict]:
-    from core.models import KNOWN_MODELS
+    from core.inference.models import KNOWN_MODELS
 
     with gr.Accordion("2 · Method", open=True):
         with gr.Row():

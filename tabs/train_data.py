@@ -10,10 +10,10 @@ from __future__ import annotations
 import gradio as gr
 
 from core.access import check_data_source, check_model, clamp, is_trusted
-from core.data import bundled_sources, detect_format, load_rows
+from core.data.rows import bundled_sources, detect_format, load_rows
 from core.errors import LabError
 from core.request_limits import HEAVY_EVENTS
-from core.hub_source import parse_hub_source
+from core.hub.source import parse_hub_source
 from tabs import hub_panel, train_form
 from tabs.feedback import shows_errors, warn
 from tabs.session import remember_upload, save_upload
@@ -54,6 +54,7 @@ def mapping_string(prompt_col: str, answer_col: str, text_col: str) -> str:
     return ",".join(f"{role}={col}" for role, col in pairs if col)
 
 
+@shows_errors(lambda message: ([(message, None)], ""))
 def preview_example(row, values: dict, request=None, uploads=()):
     """(highlighted segments, info line): the exact text the model sees for one example.
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import gradio as gr
 
 from core.access import check_data_source, is_trusted, require_user
-from core.data import bundled_sources
+from core.data.rows import bundled_sources
 from core.errors import LabError
 from core.runs import RunFolder, read_json
 from tabs import train_form
@@ -150,7 +150,7 @@ def result_markdown(status) -> str:
 
         lines[-1:-1] = ["", table_markdown(m.answer_scores), ""]
     if m.judged_blind:
-        from core.judge import win_rate_line
+        from core.feedback.judge import win_rate_line
 
         lines[-1:-1] = [win_rate_line(run)]
     return "\n".join(lines) + run.report()

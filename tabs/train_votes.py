@@ -1,22 +1,22 @@
 """Train tab, "Preference votes": the win / loss / tie table of each adapter against its base
-from the blind Compare votes (core.votes), visitors' votes to review, one click to train DPO on
+from the blind Compare votes (core.feedback.votes), visitors' votes to review, one click to train DPO on
 the owner's A/B votes (exported as preference pairs) or KTO on every rated answer (thumbs, and
 both answers of an A/B vote), each set as the dataset with its objective; and "Judge a run":
 a DPO or KTO run's held-out pairs, blind, until the win rate against the model it started from
-is known (core/judge.py).
+is known (core/feedback/judge.py).
 """
 from __future__ import annotations
 
 import gradio as gr
 
-from core import votes
+from core.feedback import votes
 from core.access import require_user
 from core.errors import LabError
 from core.paths import data_dir
 from core.runs import RunFolder
 from tabs.chat_votes import VOTE_BUTTONS, cast_vote
 from tabs.feedback import shows_errors, warn
-from core import judge
+from core.feedback import judge
 from training import objectives
 
 BLANK_ANSWERS = (gr.update(value="", label="Answer A"), gr.update(value="", label="Answer B"))

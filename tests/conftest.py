@@ -49,7 +49,7 @@ def data_home():
 @pytest.fixture(scope="session")
 def smol(data_home):
     """The real packaged SmolLM2-135M-Instruct, loaded once."""
-    from core.models import load_model
+    from core.inference.models import load_model
 
     return load_model("smollm2-135m-instruct")
 
@@ -144,7 +144,7 @@ def tiny_model_dir(tmp_path_factory):
     """A tiny random Llama with SmolLM2's real tokenizer, saved as a local model folder."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from core.models import resolve_model
+    from core.inference.models import resolve_model
 
     folder = tmp_path_factory.mktemp("tiny-llama")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))

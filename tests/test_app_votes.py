@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core import votes
+from core.feedback import votes
 from tests.conftest import owner_client
 from tests.test_app_chat import chat_args, text_of
 

@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 
 def test_vote_blind_then_train_dpo_and_kto_on_the_votes(app_server, tiny_run):
-    from core import votes
+    from core.feedback import votes
 
     votes.store().unlink(missing_ok=True)
     with browser_page(app_server) as page:

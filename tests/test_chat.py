@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.chat import GenerationSettings, attach_tuned, build_inputs, stream_reply
-from core.models import ModelError, load_model
+from core.inference.chat import GenerationSettings, attach_tuned, build_inputs, stream_reply
+from core.inference.models import ModelError, load_model
 
 GREEDY = GenerationSettings(max_new_tokens=24)
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
@@ -64,8 +64,8 @@ def test_compare_base_pane_is_exactly_the_base_model(tmp_path, data_home, monkey
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from core import models
-    from core.models import resolve_model
+    from core.inference import models
+    from core.inference.models import resolve_model
 
     monkeypatch.setenv("FINETUNE_LAB_DECODE", "eager")
     monkeypatch.setattr(models, "_CACHE", OrderedDict())

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.chat import GenerationSettings, attach_tuned, stream_reply
-from core.compare import stream_compare
-from core.fast_decode import Int8Linear, decode_path, quantize_linears
+from core.inference.chat import GenerationSettings, attach_tuned, stream_reply
+from core.inference.compare import stream_compare
+from core.inference.fast_decode import Int8Linear, decode_path, quantize_linears
 from core.errors import LabError
 
 GREEDY = GenerationSettings(max_new_tokens=32)
@@ -30,7 +30,7 @@ def loud_adapter(tmp_path_factory, data_home):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from core.models import resolve_model
+    from core.inference.models import resolve_model
 
     model = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m-instruct"))
     lora = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False))
@@ -118,7 +118,7 @@ def test_int8_real_model_keeps_its_answers_and_takes_an_adapter(loud_adapter, da
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from core.models import resolve_model
+    from core.inference.models import resolve_model
 
     source = resolve_model("smollm2-135m-instruct")
     ids = AutoTokenizer.from_pretrained(source)("The capital of France is", return_tensors="pt")["input_ids"]
@@ -140,7 +140,7 @@ def test_adapter_rows_agree_with_peft_mixed_batches(smol, tiny_run):
     """The lean rows path adds peft's adapter output with one rounding less: for a trained
     adapter, the base row is exactly peft's, the adapter row agrees to bf16 rounding and picks
     the same tokens; peft's own forward is back afterwards."""
-    from core.fast_decode import adapter_rows
+    from core.inference.fast_decode import adapter_rows
 
     tuned = attach_tuned(smol, tiny_run.name)
     ids = torch.tensor([[1, 9690, 198, 2683, 359, 253, 5356]] * 2)
@@ -162,7 +162,7 @@ def test_adapter_rows_leave_dora_to_peft(tiny_model_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from core.fast_decode import adapter_rows
+    from core.inference.fast_decode import adapter_rows
 
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                            LoraConfig(r=4, target_modules="all-linear", use_dora=True))
@@ -197,7 +197,7 @@ def test_int8_linear_computes_appended_rows_in_the_same_product():
 def test_int8_kernel_is_only_given_inputs_it_can_take():
     """torch's kernel crashes the process on bf16 inputs whose width or start is not a multiple of
     16 values: such Linear layers stay float, and a misaligned view is copied first."""
-    from core.fast_decode import int8_product
+    from core.inference.fast_decode import int8_product
 
     model = torch.nn.Sequential(torch.nn.Linear(24, 32), torch.nn.Linear(32, 24)).to(torch.bfloat16)
     assert quantize_linears(model) == 1
@@ -215,7 +215,7 @@ def test_adapter_rows_switch_adapters_on_int8_weights(tiny_model_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from core.fast_decode import adapter_rows
+    from core.inference.fast_decode import adapter_rows
 
     torch.manual_seed(0)  # the tiny model's weights too: random ones of another draw err up to 4%
     base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_model_dir)).to(torch.bfloat16).eval()
@@ -245,7 +245,7 @@ def test_int8_rows_path_keeps_biases():
     adapter's row matches peft's own forward, and the base row is the layer without the adapter."""
     from peft import LoraConfig, get_peft_model
 
-    from core.fast_decode import adapter_rows
+    from core.inference.fast_decode import adapter_rows
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 48)).to(torch.bfloat16)

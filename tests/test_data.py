@@ -7,8 +7,8 @@ import pytest
 
 from core.errors import LabError
 
-from core.data import DataError, detect_format, load_rows
-from core.formats import dapt_windows, sft_preview, sft_rows
+from core.data.rows import DataError, detect_format, load_rows
+from core.data.formats import dapt_windows, sft_preview, sft_rows
 from training.config import TrainConfig, config_from_dict, load_config
 from training.prepare import build_examples, load_tokenizer, preview, split_examples
 
@@ -82,7 +82,7 @@ def test_preview_marks_exactly_the_tokens_trl_trains_on(tokenizer):
     from trl import SFTConfig, SFTTrainer
     from transformers import AutoModelForCausalLM
 
-    from core.models import resolve_model
+    from core.inference.models import resolve_model
 
     cfg = TrainConfig(dataset="identity", max_rows=4, eval_fraction=0)
     examples = build_examples(cfg, tokenizer)
@@ -260,7 +260,7 @@ def load_rows_from(rows):
 
 
 def test_plain_format_multi_turn_keeps_question_answer_pairs():
-    from core.formats import conversation_tokens, qa_prompt
+    from core.data.formats import conversation_tokens, qa_prompt
 
     assert qa_prompt(TWO_TURNS[:1]) == "Question: Hi\nAnswer:"
     assert qa_prompt(TWO_TURNS[:3]) == "Question: Hi\nAnswer: Hello there.\n\nQuestion: Who are you?\nAnswer:"
@@ -288,7 +288,7 @@ def test_bad_sharegpt_rows_name_the_problem(tmp_path, tokenizer, turns, problem)
     ("data/train.jsonl", None), ("identity", None), ("chatterbot:ai", None), ("a/b/c", None), ("/etc/passwd", None),
 ])
 def test_hub_dataset_ids_are_told_from_paths(value, parsed):
-    from core.hub_source import parse_hub_source
+    from core.hub.source import parse_hub_source
 
     source = parse_hub_source(value)
     assert (source and (source.repo, source.subset, source.split)) == parsed or (source is None and parsed is None)

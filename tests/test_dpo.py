@@ -48,8 +48,8 @@ def test_dpo_on_the_bundled_pairs_prefers_the_chosen_answers(dpo_run):
 @pytest.mark.slow
 def test_the_new_adapter_is_judged_blind_on_the_held_out_prompts(dpo_run):
     """The report answers the held-out pairs' prompts; voting on them gives the card its win rate."""
-    from core import votes
-    from core.hub import model_card
+    from core.feedback import votes
+    from core.hub.publish import model_card
     from tabs.train_votes import judge_handler, judge_next
     from training.config import load_config
     from training.prepare import build_examples, load_tokenizer, split_examples
@@ -90,7 +90,7 @@ def test_dpo_plot_shows_rewards(dpo_run):
 
 
 def test_model_card_states_the_reward_accuracy(dpo_run):
-    from core.hub import model_card
+    from core.hub.publish import model_card
 
     card = model_card(dpo_run, "tester/lumen-dpo")
     manifest = dpo_run.manifest()
@@ -111,7 +111,7 @@ def test_preview_shows_chosen_and_rejected(data_home):
 
 
 def test_detection_and_clear_errors(data_home, tmp_path):
-    from core.data import detect_format, load_rows
+    from core.data.rows import detect_format, load_rows
     from training.config import load_config
     from training.prepare import build_examples, load_tokenizer
 
@@ -132,7 +132,7 @@ def test_detection_and_clear_errors(data_home, tmp_path):
 @pytest.mark.slow
 def test_exported_votes_train_dpo_on_top_of_the_sft_adapter(tiny_run, data_home, tmp_path):
     """Votes -> `votes export` -> a DPO run that continues the tiny SFT run's adapter."""
-    from core import votes
+    from core.feedback import votes
 
     votes.store().unlink(missing_ok=True)
     sides = {"A": {"model": "smollm2-135m-instruct", "adapter": None},

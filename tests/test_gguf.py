@@ -276,7 +276,7 @@ def test_modelfile_template_renders_like_the_chat_template(smol_exports, tiny_ru
 
 def test_plain_modelfile_renders_like_the_apps_continuation(go_render):
     """A base model without a chat template: Ollama gets the same text the app's chat sends."""
-    from core.chat import plain_prompt
+    from core.inference.chat import plain_prompt
     from training.modelfile import PLAIN
 
     messages = [{"role": "system", "content": "ignored"}] + TWO_TURNS

@@ -143,10 +143,10 @@ def test_visitors_may_search_but_not_train(visitor):
 OFFLINE = """
 import json, sys, time
 sys.path.insert(0, '.')
-from core.chat import adapter_folder
-from core.data import load_rows
+from core.inference.chat import adapter_folder
+from core.data.rows import load_rows
 from core.errors import LabError
-from core.models import resolve_model
+from core.inference.models import resolve_model
 from tabs.hub_panel import find_datasets, find_models
 start = time.perf_counter()
 out = {"models": find_models("chat / text generation"), "datasets": find_datasets("any task")}
@@ -180,8 +180,8 @@ def test_offline_every_hub_use_says_hub_not_reachable_at_once(env):
 LOGITS = """
 import json, sys, torch
 sys.path.insert(0, '.')
-from core.chat import attach_tuned
-from core.models import load_model
+from core.inference.chat import attach_tuned
+from core.inference.models import load_model
 base = load_model("smollm2-135m-instruct")
 hub, local = attach_tuned(base, "tester/chats-lora"), attach_tuned(base, sys.argv[1])
 ids = torch.tensor([[1, 9690, 198, 2683, 359, 253, 5356]])

@@ -10,7 +10,7 @@ from core.errors import LabError
 
 
 def test_thumbs_and_pairs_become_rated_answers(data_home, tmp_path):
-    from core import votes
+    from core.feedback import votes
 
     votes.store().unlink(missing_ok=True)
     side = {"model": "smollm2-135m-instruct", "adapter": None}
@@ -30,7 +30,7 @@ def test_thumbs_and_pairs_become_rated_answers(data_home, tmp_path):
 
 
 def test_rows_are_checked_previewed_and_split_by_prompt(data_home, tmp_path):
-    from core.data import detect_format, load_rows
+    from core.data.rows import detect_format, load_rows
     from training.config import load_config
     from training.prepare import build_examples, load_tokenizer, preview, split_examples
 
@@ -67,7 +67,7 @@ def test_rows_are_checked_previewed_and_split_by_prompt(data_home, tmp_path):
 def test_kto_learns_to_tell_good_from_bad_answers(data_home):
     """A few real KTO steps on SmolLM2: the held-out margin between good and bad answers opens,
     and the run's manifest, card, live log and comparison show it without KTO-specific code."""
-    from core.hub import model_card
+    from core.hub.publish import model_card
     from training import jobs
     from training.config import load_config
     from training.progress import read_log

@@ -10,7 +10,7 @@ import pytest
 from core.errors import LabError
 
 from core import assets
-from core.models import ModelError, find_spec, load_model, resolve_model
+from core.inference.models import ModelError, find_spec, load_model, resolve_model
 from core.paths import check_name
 
 
@@ -73,7 +73,7 @@ def test_models_are_cached_in_process(tiny_model_dir):
 def test_weights_dtype_follows_the_cpu_and_the_override(smol, monkeypatch):
     import torch
 
-    from core.models import cpu_has_native_bf16, inference_dtype
+    from core.inference.models import cpu_has_native_bf16, inference_dtype
 
     assert smol.model.dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
     assert smol.model.dtype == inference_dtype() and str(smol.model.dtype)[6:] in smol.describe()
@@ -117,7 +117,7 @@ def test_model_cache_is_a_capped_lru_and_a_slow_load_blocks_no_one(tiny_model_di
     import shutil
     import threading
 
-    from core import models
+    from core.inference import models
 
     other = tmp_path / "other-tiny"
     shutil.copytree(tiny_model_dir, other)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from core import hub
+from core.hub import publish as hub
 from core.runs import RunFolder
 from tests.conftest import ROOT, free_port
 from tests.hub_server import VALID_TOKENS, serve_in_thread
@@ -53,7 +53,7 @@ sys.path.insert(0, '.')
 from huggingface_hub import hf_hub_download
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
-from core.models import resolve_model
+from core.inference.models import resolve_model
 path = hf_hub_download("tester/lumen-lora", "adapter_model.safetensors")
 base = resolve_model("smollm2-135m-instruct")
 remote = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), "tester/lumen-lora").eval()
@@ -111,7 +111,7 @@ base, tuned = space.answer_both("Who are you?")
 print(json.dumps({"files": files, "readme": readme, "blocks": type(demo).__name__, "base": base, "tuned": tuned}))
 """
     sys.path.insert(0, str(ROOT))
-    from core.models import resolve_model
+    from core.inference.models import resolve_model
 
     env = {"HF_ENDPOINT": endpoint, "BASE_MODEL": resolve_model("smollm2-135m-instruct")}
     out = json.loads(in_subprocess(code, env).splitlines()[-1])
@@ -129,7 +129,7 @@ def test_space_app_continues_text_for_a_base_model_without_chat_template(tmp_pat
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from core.models import resolve_model
+    from core.inference.models import resolve_model
 
     base_path = resolve_model("gemma-3-270m")
     adapter = tmp_path / "adapter"

@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from core import embeddings
-from core.corpora import load_corpus
-from core.topics import FIGURES, TopicsError, figure, fit_topics, label_topics, search_topics
+from core.explore import embeddings
+from core.explore.corpora import load_corpus
+from core.explore.topics import FIGURES, TopicsError, figure, fit_topics, label_topics, search_topics
 from tests.conftest import ROOT
 
 

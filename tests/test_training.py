@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from core.models import resolve_precision
+from core.inference.models import resolve_precision
 from tests.conftest import ROOT
 from core.runs import RunFolder
 from training import jobs
@@ -78,7 +78,7 @@ def test_tiny_run_says_what_it_does_between_steps(tiny_run, tiny_run_phases):
 
 def test_tiny_run_scores_its_held_out_answers_and_evaluating_again_repeats_them(tiny_run):
     """Base and tuned answer the held-out rows; the tuned answers are nearer the references."""
-    from core.hub import model_card
+    from core.hub.publish import model_card
 
     answers = manifest(tiny_run)["answer_scores"]
     assert answers["rows"] == answers["of"] == 7  # eval_fraction 0.1 of 72 rows, all within eval_rows
@@ -183,7 +183,7 @@ def assert_reloads_trained(run_dir, cfg):
     is the trained one: its next-token logits are not the base's, and it generates."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from core.models import resolve_model
+    from core.inference.models import resolve_model
 
     folder = run_dir / "adapter"
     base = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model))

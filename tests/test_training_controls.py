@@ -106,8 +106,8 @@ def test_chat_prompts_an_adapter_in_the_format_it_trained_on(data_home, tiny_run
     SFT adapter saved without a template gets the plain "Question:/Answer:" text it trained on."""
     import shutil
 
-    from core.chat import QA_FORMAT, GenerationSettings, attach_tuned, build_inputs, trained_format
-    from core.models import load_model
+    from core.inference.chat import QA_FORMAT, GenerationSettings, attach_tuned, build_inputs, trained_format
+    from core.inference.models import load_model
     from training.prepare import CHATML, build_examples, load_tokenizer
     from training.run import train
 
@@ -122,14 +122,11 @@ def test_chat_prompts_an_adapter_in_the_format_it_trained_on(data_home, tiny_run
     assert base.tokenizer.decode(ids[0]) == "<|im_start|>user\nWho are you?<|im_end|>\n<|im_start|>assistant\n"
     assert json.loads(run.report_json.read_text())[0]["tuned"] and run.manifest().answer_scores["rows"] == 2
 
-    plain = data_home / "runs" / "plain-format"  # the same adapter as if trained with chat_template: plain
-    shutil.copytree(run.adapter, plain / "adapter")
-    (plain / "adapter" / "chat_template.jinja").unlink(missing_ok=True)
-    tokenizer_config = json.loads((plain / "adapter" / "tokenizer_config.json").read_text())
-    tokenizer_config.pop("chat_template", None)
-    (plain / "adapter" / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
-    (plain / "config.yaml").write_text(load_config("tiny", chat_template="plain").to_yaml())
-    assert trained_format(plain / "adapter", base.tokenizer) == QA_FORMAT
+    plain_cfg = load_config("tiny", output_name="plain-format", max_steps=1, eval_fraction=0, chat_template="plain")
+    plain = RunFolder(train(plain_cfg, data_home / "runs" / plain_cfg.output_name))
+    moved = data_home / "elsewhere"  # the adapter folder carries its format wherever it goes (the Hub too)
+    shutil.copytree(plain.adapter, moved)
+    assert trained_format(moved, base.tokenizer) == QA_FORMAT
     ids, _ = build_inputs(base, question, GenerationSettings(chat_template=QA_FORMAT))
     trained = build_examples(load_config("tiny", chat_template="plain", max_rows=1),
                              load_tokenizer(cfg.model, "plain"))[0]["prompt"]

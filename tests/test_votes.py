@@ -1,4 +1,4 @@
-"""The preference store (core.votes): whole lines under concurrency, the visitors' cap and review,
+"""The preference store (core.feedback.votes): whole lines under concurrency, the visitors' cap and review,
 trl's preference rows, and the win table's interval; then DPO on the bundled pairs and on
 exported votes, with the real SmolLM2."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from core import votes
+from core.feedback import votes
 from core.errors import LabError
 from tests.conftest import ROOT
 
@@ -35,7 +35,7 @@ def clean_store(data_home):
 VOTER = """
 import sys
 sys.path.insert(0, '.')
-from core import votes
+from core.feedback import votes
 session = sys.argv[1]
 for i in range(50):
     votes.record(votes.Vote(prompt=[{"role": "user", "content": f"q{i} " + "x" * 3000}], choice="A",
@@ -55,7 +55,7 @@ def test_four_concurrent_voters_lose_no_line(clean_store):
 
 
 def test_visitor_votes_are_capped_and_wait_for_review(clean_store, monkeypatch):
-    monkeypatch.setattr(votes, "VISITOR_CAP", 3)
+    monkeypatch.setenv("FINETUNE_LAB_VISITOR_VOTES", "3")
     kept = [votes.record(a_vote(session=f"v{n}"), visitor=True) for n in range(3)]
     with pytest.raises(LabError, match="vote box is full"):
         votes.record(a_vote(session="v4"), visitor=True)

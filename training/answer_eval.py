@@ -53,8 +53,8 @@ def reference_rows(eval_set, limit: int) -> list[tuple[list[dict], str]]:
 def generate(cfg, run: RunFolder, rows, seconds: float, progress=print, max_new_tokens: int = 64):
     """[(base answer, tuned answer)] for as many rows as fit in `seconds`, a batch of CHUNK rows
     per side at a time."""
-    from core.chat import GenerationSettings, attach_tuned
-    from core.models import load_model
+    from core.inference.chat import GenerationSettings, attach_tuned
+    from core.inference.models import load_model
 
     base = load_model(cfg.model)
     tuned = attach_tuned(base, str(run.adapter))
@@ -83,8 +83,8 @@ def answer_batch(loaded, conversations: list[list[dict]], adapter_name: str | No
 
     import torch
 
-    from core.chat import build_inputs, check_messages, generate_kwargs
-    from core.compare import in_format, left_padded
+    from core.inference.chat import build_inputs, check_messages, generate_kwargs
+    from core.inference.compare import in_format, left_padded
 
     for messages in conversations:
         check_messages(messages)
@@ -105,7 +105,7 @@ def scores(answers: list[str], references: list[str]) -> dict:
     """Mean exact match, ROUGE-L F1 and MiniLM cosine of `answers` against `references`."""
     from rouge_score import rouge_scorer
 
-    from core.embeddings import embed
+    from core.explore.embeddings import embed
 
     scorer = rouge_scorer.RougeScorer(["rougeL"])
     vectors = embed(answers + references, write_cache=False)  # normalised; answers are not worth caching

@@ -7,7 +7,7 @@ Used by training.run and bench/bench_train.py. Check what this machine gets:
 from __future__ import annotations
 
 
-from core.models import resolve_precision
+from core.inference.models import resolve_precision
 
 
 def precision_flags(precision: str) -> dict:

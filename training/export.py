@@ -87,7 +87,7 @@ def _merged_model(run: RunFolder):
 
 def _save(model, tokenizer, folder: Path, dtype: str) -> None:
     """Write into a side folder and rename it into place, so a crash never leaves half a model."""
-    from core.models import torch_dtype
+    from core.inference.models import torch_dtype
 
     partial = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)

@@ -12,8 +12,8 @@ import json
 import shutil
 import time
 
-from core.chat import QA_FORMAT
-from core.models import find_spec, resolve_precision, weights_origin
+from core.inference.chat import QA_FORMAT
+from core.inference.models import find_spec, resolve_precision, weights_origin
 from core.paths import write_json
 from core.runs import Manifest, RunFolder, write_prompt_format
 from training import evaluate, objectives

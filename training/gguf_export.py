@@ -124,7 +124,7 @@ def _write_hparams(writer, config: dict, arch, quant: str) -> None:
 
 def _origin_gguf(run: RunFolder) -> Path | None:
     """The packaged GGUF the run's base model was converted from, if it was."""
-    from core.models import find_spec
+    from core.inference.models import find_spec
     from training.config import load_config
 
     spec = find_spec(load_config(run.config).model)

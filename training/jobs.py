@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import threads
-from core.file_types import EXTENSIONS
+from core.data.file_types import EXTENSIONS
 from core.errors import LabError
 from core.paths import check_name, runs_dir, write_json
 from core.runs import Manifest, RunFolder, all_runs, read_json

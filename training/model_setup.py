@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from core.errors import LabError
-from core.models import resolve_precision, torch_dtype
+from core.inference.models import resolve_precision, torch_dtype
 from core.runs import RunFolder
 from training.device import attention_for, keep_4bit_layers_differentiable, precision_flags
 
@@ -25,7 +25,7 @@ def load_base(cfg, sequence_length: int = 0):
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from core.models import resolve_model
+    from core.inference.models import resolve_model
 
     kwargs = dict(use_safetensors=True, trust_remote_code=False,
                   attn_implementation=attention_for(sequence_length or cfg.max_length))
@@ -118,7 +118,7 @@ def context_length(model: str) -> int:
     """The model's maximum sequence length, read from its config (no weights loaded)."""
     from transformers import AutoConfig
 
-    from core.models import resolve_model
+    from core.inference.models import resolve_model
 
     config = AutoConfig.from_pretrained(resolve_model(model), trust_remote_code=False)
     return int(getattr(config, "max_position_embeddings", 2048))

@@ -19,11 +19,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from core.chat import GenerationSettings
+from core.inference.chat import GenerationSettings
 
 CHATML = ('{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n'
           '{{ end }}<|im_start|>assistant\n')
-# core.chat.plain_prompt in Go: the turns joined by blank lines, system prompts left out.
+# core.inference.chat.plain_prompt in Go: the turns joined by blank lines, system prompts left out.
 PLAIN = ('{{- $sep := "" }}{{- range .Messages }}{{- if ne .Role "system" }}'
          '{{ $sep }}{{ .Content }}{{ $sep = "\\n\\n" }}{{- end }}{{- end }}')
 _PROBE = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"},

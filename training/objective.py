@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-from core.formats import Preview
+from core.data.formats import Preview
 from core.runs import Measure
 
 GENERIC_PROMPTS = ["What is the capital of France?", "Give me one tip for learning to code."]
@@ -108,7 +108,7 @@ def split_by_prompt(examples, n_eval: int, seed: int):
     question trains measures memory, not preference."""
     import random
 
-    from core.data import DataError
+    from core.data.rows import DataError
 
     keys = [json.dumps(prompt, sort_keys=True) for prompt in examples["prompt"]]
     prompts = sorted(set(keys))

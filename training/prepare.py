@@ -7,8 +7,8 @@ streamed and pinned to a commit); the run's objective turns them into examples a
 """
 from __future__ import annotations
 
-from core.data import DataError, load_rows
-from core.formats import Preview
+from core.data.rows import DataError, load_rows
+from core.data.formats import Preview
 from training import objectives
 
 MAX_EVAL_EXAMPLES = 128  # perplexity on more than this costs minutes on a CPU and adds little
@@ -23,7 +23,7 @@ def load_tokenizer(model: str, chat_template: str = "own"):
     or none (rows then become plain "Question:/Answer:" text)."""
     from transformers import AutoTokenizer
 
-    from core.models import resolve_model
+    from core.inference.models import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(model), trust_remote_code=False)
     if tokenizer.pad_token is None:
@@ -50,7 +50,7 @@ def format_note(cfg, tokenizer) -> str:
 def load_training_rows(cfg, needed: int = 0, cache: bool = True):
     """The dataset's rows after the column mapping and the `max_rows` sample. A Hub set streams
     only its first `max_rows` rows (or `needed`, for a preview), never the whole split;
-    `cache=False` leaves no datasets cache behind (core.data.load_rows)."""
+    `cache=False` leaves no datasets cache behind (core.data.rows.load_rows)."""
     rows = load_rows(cfg.dataset, cfg.columns, limit=cfg.max_rows or needed, revision=cfg.dataset_revision,
                      cache=cache)
     if cfg.max_rows:
@@ -63,7 +63,7 @@ def pin_dataset_revision(cfg):
     later resume read the same data; other sources are returned as they are."""
     from dataclasses import replace
 
-    from core.hub_source import dataset_revision, parse_hub_source
+    from core.hub.source import dataset_revision, parse_hub_source
 
     source = parse_hub_source(cfg.dataset)
     if source is None or cfg.dataset_revision:
@@ -99,7 +99,7 @@ def preview(cfg, row: int = 0, tokenizer=None, cache: bool = True) -> Preview:
 
 
 def _preview(cfg, row: int, tokenizer, cache: bool) -> Preview:
-    from core.hub_source import parse_hub_source
+    from core.hub.source import parse_hub_source
 
     objective = objectives.get(cfg.objective)
     needed = objective.preview_rows(row)

@@ -3,13 +3,13 @@
     python cli.py train --config dapt_lora         # the bundled Shakespeare
 
 The text is tokenized, concatenated and cut into windows of `block_size` tokens every `stride`
-tokens (core.formats.dapt_windows). Held out: perplexity on held-out windows, and on windows of
+tokens (core.data.formats.dapt_windows). Held out: perplexity on held-out windows, and on windows of
 general English (ChatterBot's questions and answers), so forgetting shows beside the gain.
 """
 from __future__ import annotations
 
 from core.errors import LabError
-from core.formats import dapt_preview, dapt_windows
+from core.data.formats import dapt_preview, dapt_windows
 from core.runs import Measure
 from training.model_setup import context_length
 from training.objectives.sft import SFT, perplexity
@@ -59,7 +59,7 @@ def general_perplexity(trainer, cfg, tokenizer) -> float:
     """Perplexity on general English in the run's windows: ChatterBot's questions and answers."""
     from datasets import Dataset
 
-    from core.data import load_rows
+    from core.data.rows import load_rows
 
     rows = load_rows("chatterbot").shuffle(seed=cfg.seed)
     text = Dataset.from_dict({"text": [f"{row['question']}\n{row['answer']}" for row in rows]})

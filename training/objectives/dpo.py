@@ -9,12 +9,12 @@ trl keeps a frozen copy of that adapter ("ref") on the same base, which is the S
 reference DPO's loss is defined against. A full fine-tune needs its own frozen copy (trl makes
 it). Rows: prompt/chosen/rejected, as message lists or plain text. Held out: pairs whose
 prompts never trained, scored by reward accuracy and margin; the report's answers to them are
-judged blind against the model the run started from (core.judge).
+judged blind against the model the run started from (core.feedback.judge).
 """
 from __future__ import annotations
 
-from core.data import DataError, detect_format
-from core.formats import Preview, answer_columns, answer_text, prompt_messages, sft_preview
+from core.data.rows import DataError, detect_format
+from core.data.formats import Preview, answer_columns, answer_text, prompt_messages, sft_preview
 from core.runs import Measure
 from training.model_setup import common_args, load_policy
 from training.objective import BLIND_JUDGING_NOTE, Objective, held_out_prompts, split_by_prompt

@@ -12,9 +12,9 @@ reward margin between good and bad answers and by the KTO loss.
 """
 from __future__ import annotations
 
-from core.data import DataError, detect_format
+from core.data.rows import DataError, detect_format
 from core.errors import LabError
-from core.formats import Preview, answer_columns, answer_text, prompt_messages, sft_preview
+from core.data.formats import Preview, answer_columns, answer_text, prompt_messages, sft_preview
 from core.runs import Measure
 from training.model_setup import common_args, load_policy
 from training.objective import BLIND_JUDGING_NOTE, Objective, held_out_prompts, split_by_prompt

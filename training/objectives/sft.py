@@ -3,7 +3,7 @@
     python cli.py train --config sft_lora          # the bundled identity set
 
 Rows of any conversational format (messages, sharegpt, prompt/completion, alpaca, question/
-answer) become prompt/completion pairs (core.formats). Held out: perplexity of the reference
+answer) become prompt/completion pairs (core.data.formats). Held out: perplexity of the reference
 answers, and the base's and the tuned model's greedy answers scored against them
 (training.answer_eval).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from core.formats import sft_preview, sft_rows
+from core.data.formats import sft_preview, sft_rows
 from core.runs import Measure
 from training.model_setup import common_args, load_base, lora_config
 from training.objective import Objective

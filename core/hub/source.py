@@ -1,6 +1,6 @@
 """The Hub as a source: datasets by id (with subset and split) and LoRA adapters by repo id.
 
-    python -c "from core.hub_source import parse_hub_source, load_hub_rows; print(load_hub_rows(parse_hub_source('owner/name:subset@train'), 5))"
+    python -c "from core.hub.source import parse_hub_source, load_hub_rows; print(load_hub_rows(parse_hub_source('owner/name:subset@train'), 5))"
 
 A dataset box value `owner/name`, `owner/name:subset`, `owner/name@split` or
 `owner/name:subset@split` (split defaults to train) loads with `datasets.load_dataset`. With a
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
-from core.file_types import EXTENSIONS
+from core.data.file_types import EXTENSIONS
 from core.errors import LabError
-from core.hub_search import check_reachable
+from core.hub.search import check_reachable
 
 HUB_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 HUB_SOURCE = re.compile(rf"(?P<repo>{HUB_REPO.pattern})(?::(?P<subset>[\w.-]+))?(?:@(?P<split>[\w.-]+))?")

@@ -1,6 +1,6 @@
 """Search the Hugging Face Hub for models and datasets by task, as the tutorial's first step does.
 
-    python -c "from core.hub_search import search_models; print(search_models('text-generation', max_params=5e8))"
+    python -c "from core.hub.search import search_models; print(search_models('text-generation', max_params=5e8))"
 
 Uses huggingface_hub's `list_models` / `list_datasets`. Models are filtered by task tag, library
 and a size limit read from the safetensors parameter count: the app loads safetensors only, so a

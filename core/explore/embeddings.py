@@ -1,6 +1,6 @@
 """Embed documents with sentence-transformers (cached on disk), cluster, project, classify.
 
-    python -c "from core.embeddings import embed; print(embed(['hello', 'world']).shape)"
+    python -c "from core.explore.embeddings import embed; print(embed(['hello', 'world']).shape)"
 
 The cache key is the model name plus a hash of every text, so re-running on the same corpus
 loads a .npy file instead of encoding. The corpora used last also stay in memory (RECENT, at
@@ -37,7 +37,7 @@ def load_embedder(name: str = DEFAULT_EMBEDDER):
     """A SentenceTransformer; the default comes from the packaged MiniLM folder."""
     from sentence_transformers import SentenceTransformer
 
-    from core.models import ModelError
+    from core.inference.models import ModelError
 
     key = name or DEFAULT_EMBEDDER
     with _LOCK:

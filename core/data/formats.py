@@ -1,6 +1,6 @@
 """Turn loaded rows into what trl trains on, and preview exactly what the model sees.
 
-    python -c "from core.data import load_rows; from core.formats import sft_rows; from training.prepare import load_tokenizer; print(sft_rows(load_rows('identity').select([0]), load_tokenizer('smollm2'))[0])"
+    python -c "from core.data.rows import load_rows; from core.data.formats import sft_rows; from training.prepare import load_tokenizer; print(sft_rows(load_rows('identity').select([0]), load_tokenizer('smollm2'))[0])"
 
 SFT rows of any format become prompt/completion pairs: conversational (lists of messages)
 when the tokenizer has a chat template, plain strings otherwise. DAPT text is tokenized,
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from core.data import DataError, detect_format
+from core.data.rows import DataError, detect_format
 
 ROLES = ("system", "user", "assistant")
 
@@ -53,7 +53,7 @@ def sharegpt_messages(turns, number: int) -> list[dict]:
 
 def qa_prompt(messages: list[dict]) -> str:
     """The plain "Question:/Answer:" text that SFT and DPO train a model without a chat template
-    on, and that Chat prompts such an adapter with (core.chat.QA_FORMAT). Earlier turns stay as
+    on, and that Chat prompts such an adapter with (core.inference.chat.QA_FORMAT). Earlier turns stay as
     question/answer pairs; consecutive user messages form one question."""
     parts, question = [], []
     for message in messages:

@@ -119,7 +119,7 @@ def model_card(run: RunFolder, repo_id: str, what: str = "adapter") -> str:
     """README.md for the model repo: valid card metadata, results, report and usage."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    from core.hub_source import parse_hub_source
+    from core.hub.source import parse_hub_source
 
     manifest, config, is_lora = finished_manifest(run), run.config.read_text(), run.is_lora and what == "adapter"
     library, extra_tags = _library(run, what)
@@ -160,7 +160,7 @@ def results_rows(manifest: Manifest) -> str:
 def votes_note(run: RunFolder, manifest: Manifest) -> str:
     """Blind Compare votes for this adapter against its base, and for a run whose report is
     judged blind (DPO, KTO) the head-to-head against the model it started from."""
-    from core.votes import read, win_table
+    from core.feedback.votes import read, win_table
 
     lines = []
     row = next((r for r in win_table(read()) if r["adapter"] == run.name), None)
@@ -170,7 +170,7 @@ def votes_note(run: RunFolder, manifest: Manifest) -> str:
                      f"{row['losses']} losses, {row['ties']} ties ({row['both_bad']} both bad); win share "
                      f"{row['win_share']}, 95% interval {low}-{high}.")
     if manifest.judged_blind:
-        from core.judge import unjudged_pairs, win_rate_line
+        from core.feedback.judge import unjudged_pairs, win_rate_line
 
         left = len(unjudged_pairs(run))
         lines.append(win_rate_line(run) or "Win rate against the model it started from: not judged yet.")
@@ -230,7 +230,7 @@ SPACE_PACKAGES = ("torch", "transformers", "peft", "gradio", "huggingface_hub", 
 
 def space_requirements() -> list[str]:
     """The Space's pins, taken from this repo's requirements.txt: one source for both."""
-    lines = (Path(__file__).resolve().parent.parent / "requirements.txt").read_text().splitlines()
+    lines = (Path(__file__).resolve().parents[2] / "requirements.txt").read_text().splitlines()
     pins = {re.split(r"[=<>~!\[ ]", line, 1)[0].lower(): line.strip() for line in lines
             if line.strip() and not line.startswith(("#", "-"))}
     return [pins.get(name, name) for name in SPACE_PACKAGES]

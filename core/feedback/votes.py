@@ -76,7 +76,7 @@ class Vote:
 @dataclass
 class BlindPair:
     """Two answers to one prompt, shown as A and B with the models hidden, waiting for a vote:
-    Chat's blind Compare and the judging of a run make them (tabs.chat_votes, core.judge), and
+    Chat's blind Compare and the judging of a run make them (tabs.chat_votes, core.feedback.judge), and
     it lives in server-side session state until the vote. Its id becomes the vote's id."""
 
     prompt: list

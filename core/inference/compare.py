@@ -3,12 +3,12 @@
     python cli.py chat --adapter <run name> --compare "What is LoRA?"      # the CLI twin
 
 A LoRA/QLoRA adapter shares the base's weights, so both panes come from ONE batched `generate`
-with mixed-adapter batches (peft's arithmetic, applied by core.fast_decode.adapter_rows): row 0
+with mixed-adapter batches (peft's arithmetic, applied by core.inference.fast_decode.adapter_rows): row 0
 runs without the adapter, row 1 with it. Decoding a token reads every weight once whatever the batch size, so two
 rows cost little more than one. A full fine-tune is a second model: its pane runs in a thread of
 its own next to the base's.
 
-Each pane's greedy tokens are those of its solo run (`core.chat.stream_reply`), tested in
+Each pane's greedy tokens are those of its solo run (`core.inference.chat.stream_reply`), tested in
 tests/test_compare.py: the matmul kernels treat each row on its own, and a solo tuned reply
 takes the same mixed-adapter path, so the adapter's sum rounds alike. Where the two
 histories differ in length, the shorter row is left-padded, and its padded attention can round
@@ -24,9 +24,9 @@ from typing import Iterator
 
 import torch
 
-from core.chat import (GenerationSettings, Reply, Tuned, adapter_context, build_inputs, check_messages,
+from core.inference.chat import (GenerationSettings, Reply, Tuned, adapter_context, build_inputs, check_messages,
                        generate_kwargs, launch_generate, stream_reply)
-from core.models import LoadedModel, ModelError
+from core.inference.models import LoadedModel, ModelError
 
 
 class _RowStreamer:

@@ -1,6 +1,6 @@
 """Load training data, detect its format, convert it, and show what the model will see.
 
-    python -c "from core.data import load_rows; print(load_rows('chatterbot:ai')[0])"
+    python -c "from core.data.rows import load_rows; print(load_rows('chatterbot:ai')[0])"
 
 Formats (detected from the columns, or forced with a mapping such as 'question=Q,answer=A'):
   text                      {"text": "raw domain text"}                        -> DAPT
@@ -15,8 +15,8 @@ Every SFT format becomes conversational prompt/completion, so trl puts the loss 
 completion only (SmolLM2's template has no {% generation %} markers for assistant_only_loss).
 Preference rows (texts or message lists, as trl's DPOTrainer takes them) train objective=dpo,
 rated answers (one answer each, labelled good or bad, as trl's KTOTrainer takes them) objective=kto.
-In a multi-turn chat every assistant turn is trained on (core.formats.conversation_tokens).
-A Hub dataset id (owner/name[:subset][@split]) loads through core.hub_source.
+In a multi-turn chat every assistant turn is trained on (core.data.formats.conversation_tokens).
+A Hub dataset id (owner/name[:subset][@split]) loads through core.hub.source.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import yaml
 
 from core.assets import package_dir
 from core.errors import LabError
-from core.file_types import EXTENSIONS
+from core.data.file_types import EXTENSIONS
 
 
 FORMATS = {  # format -> required columns, in detection order
@@ -42,7 +42,7 @@ FORMATS = {  # format -> required columns, in detection order
 }
 BUNDLED = ("identity", "identity-preferences", "identity-ratings", "chatterbot", "shakespeare")
 _IDENTITY = Path(__file__).parent / "datasets" / "identity.jsonl"
-# Built by core.preference_set: identity answers chosen, SmolLM2's own greedy answers rejected.
+# Built by core.feedback.preference_set: identity answers chosen, SmolLM2's own greedy answers rejected.
 IDENTITY_PREFERENCES = Path(__file__).parent / "datasets" / "identity_preferences.jsonl"
 
 
@@ -67,7 +67,7 @@ def load_rows(source: str, columns: str = "", limit: int = 0, revision: str = ""
     visitors): a file is read into memory and no datasets cache is left behind."""
     from datasets import Dataset
 
-    from core.hub_source import load_hub_rows, parse_hub_source
+    from core.hub.source import load_hub_rows, parse_hub_source
 
     source = (source or "").strip()
     if source == "identity":

@@ -18,9 +18,9 @@ from typing import Iterator
 import torch
 
 from core import threads
-from core.models import LoadedModel, ModelError, find_spec, load_model
+from core.inference.models import LoadedModel, ModelError, find_spec, load_model
 
-QA_FORMAT = "question-answer"  # plain "Question: …\nAnswer:" text (core.formats.qa_prompt)
+QA_FORMAT = "question-answer"  # plain "Question: …\nAnswer:" text (core.data.formats.qa_prompt)
 
 @dataclass
 class GenerationSettings:
@@ -84,7 +84,7 @@ def _encode(tokenizer, messages: list[dict], settings: GenerationSettings) -> li
     if settings.raw_text or not template:
         return tokenizer(plain_prompt(messages))["input_ids"]
     if template == QA_FORMAT:
-        from core.formats import qa_prompt
+        from core.data.formats import qa_prompt
 
         return tokenizer(qa_prompt(messages))["input_ids"]
     text = tokenizer.apply_chat_template(messages, chat_template=template, add_generation_prompt=True, tokenize=False)
@@ -122,7 +122,7 @@ def stream_reply(loaded: LoadedModel, messages: list[dict], settings: Generation
     kwargs = generate_kwargs(loaded, input_ids, settings, streamer, stop)
     context = base_only(loaded, adapter_name)
     if adapter_name is not None:
-        # The mixed-adapter arithmetic of a Compare batch (core.compare): the same path rounds
+        # The mixed-adapter arithmetic of a Compare batch (core.inference.compare): the same path rounds
         # the same way, so a solo reply and its Compare pane agree token for token.
         context = adapter_context(loaded, [adapter_name], kwargs)
     start = time.perf_counter()
@@ -189,8 +189,8 @@ def check_messages(messages: list[dict]) -> None:
 
 def adapter_context(loaded: LoadedModel, adapter_names: list[str], kwargs: dict):
     """The context that applies adapter_names[i] to batch row i during `generate`: the lean
-    rows path of core.fast_decode, else peft's own `adapter_names` argument (added to kwargs)."""
-    from core.fast_decode import adapter_rows
+    rows path of core.inference.fast_decode, else peft's own `adapter_names` argument (added to kwargs)."""
+    from core.inference.fast_decode import adapter_rows
 
     context = adapter_rows(loaded.model, adapter_names)
     if context is None:
@@ -210,7 +210,7 @@ def base_only(loaded: LoadedModel, adapter_name: str | None):
 def adapter_folder(value: str) -> Path:
     """The folder an adapter box value names: a finished run's name, a folder path, or a Hub
     repo id (downloaded: safetensors and config only)."""
-    from core.hub_source import HUB_REPO, download_adapter
+    from core.hub.source import HUB_REPO, download_adapter
     from core.runs import finished_runs
 
     value = (value or "").strip()

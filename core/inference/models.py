@@ -1,6 +1,6 @@
 """Known models as plain data; resolve a name, Hub id or path; load and cache models.
 
-    python -c "from core.models import load_model; print(load_model('smollm2').describe())"
+    python -c "from core.inference.models import load_model; print(load_model('smollm2').describe())"
 
 Resolution order for a name:
 1. a local folder (must hold config.json);
@@ -125,7 +125,7 @@ class LoadedModel:
     load_seconds: float
     adapters: dict = field(default_factory=dict)  # adapter path -> peft adapter name
     lock: threading.RLock = field(default_factory=threading.RLock)
-    decode: str = "eager"  # or "int8": core.fast_decode
+    decode: str = "eager"  # or "int8": core.inference.fast_decode
 
     def describe(self) -> str:
         dtype = str(self.model.dtype).removeprefix("torch.")
@@ -179,7 +179,7 @@ def _load_fresh(name: str, source: str) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from core.fast_decode import decode_path, quantize_linears, use_packed_decode_attention
+    from core.inference.fast_decode import decode_path, quantize_linears, use_packed_decode_attention
 
     start = time.perf_counter()
     kwargs = dict(trust_remote_code=False)

@@ -1,0 +1,1 @@
+"""Embeddings, clusters, classifiers and topics over a corpus."""

@@ -1,0 +1,1 @@
+"""The Hugging Face Hub: datasets and adapters by id, search, and publishing models and Spaces."""
