@@ -68,6 +68,8 @@ class GpuMemoryPeak:
 
 def train_once(model: Path, adapter: str, steps: int, home: Path) -> dict:
     """Run one SFT job out of process, as the app does; return its measured figures."""
+    from core.runs import RunFolder
+
     config = {"model": str(model), "dataset": "identity", "adapter": adapter,
               "learning_rate": 2e-5 if adapter == "full" else 5e-4, "max_steps": steps,
               "batch_size": 16, "max_length": 256, "save_steps": steps, "eval_fraction": 0.1,
@@ -84,11 +86,12 @@ def train_once(model: Path, adapter: str, steps: int, home: Path) -> dict:
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()] if (run / "log.jsonl").exists() else []
     losses = [e["loss"] for e in log if e.get("loss") is not None]
     rates = sorted(e["tokens_per_s"] for e in log if e.get("tokens_per_s"))
-    manifest = json.loads((run / "manifest.json").read_text()) if (run / "manifest.json").exists() else {}
+    manifest = RunFolder(run).manifest()
     return {"adapter": adapter, "rc": done.returncode, "wall_s": round(wall, 1),
             "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
             "median_tokens_per_s": rates[len(rates) // 2] if rates else None,
-            "peak_gpu_used_mib": memory.peak_mib, "adapter_saved": (run / "adapter").is_dir(), "manifest_keys": sorted(manifest)[:12],
+            "peak_gpu_used_mib": memory.peak_mib, "adapter_saved": (run / "adapter").is_dir(),
+            "held_out": manifest.held_out_line() if manifest else None,
             "stderr_tail": done.stderr[-1500:] if done.returncode else ""}
 
 

@@ -171,6 +171,16 @@ class RunFolder:
         return read_json(self.status_file)
 
     @property
+    def objective(self) -> str:
+        """The run's objective as its config names it (known from the start, not only when done)."""
+        import yaml
+
+        try:
+            return str((yaml.safe_load(self.config.read_text()) or {}).get("objective", ""))
+        except (OSError, yaml.YAMLError):
+            return ""
+
+    @property
     def is_finished(self) -> bool:
         """Training completed: `adapter/` (renamed into place when whole) and the manifest exist."""
         return self.adapter.is_dir() and self.manifest_file.is_file()

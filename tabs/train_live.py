@@ -162,7 +162,8 @@ def runs_table(request: gr.Request = None):
     rows = []
     for r in jobs.list_runs():
         headline = r.manifest.headline() if r.manifest else None
-        rows.append({"name": r.name, "method": r.manifest.method if r.manifest else "",
+        method = r.manifest.method if r.manifest else RunFolder.named(r.name).objective.upper()
+        rows.append({"name": r.name, "method": method,
                      "dataset": hide_paths(r.manifest.dataset, request) if r.manifest else "",
                      "status": r.state, "steps": f"{r.step}/{r.max_steps}",
                      "held-out before → after": headline.line() if headline else ""})
