@@ -33,54 +33,34 @@ from core import threads
 from core.errors import LabError
 from core.paths import write_json
 from core.runs import RunFolder
-from training import objectives
+from transformers import PrinterCallback
+
+from training import evaluate, objectives
+from training.callbacks import JsonlLogger, StopOnRequest
 from training.config import TrainConfig, config_from_dict, field_help, load_config
 from training.device import compile_layers
 from training.finish import finish
 from training.jobs import default_run_name, is_live, record_job
-from training.progress import say_phase, trim_log
+from training.prepare import build_examples, load_tokenizer, pin_dataset_revision, split_examples
+from training.progress import batch_plan, say_phase, trim_log
 
 
 def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
-    """Run training to completion (or until SIGTERM) and write the run folder."""
-    from transformers import PrinterCallback
-
-    from training import evaluate
-    from training.callbacks import JsonlLogger, StopOnRequest
-    from training.prepare import build_examples, load_tokenizer, pin_dataset_revision, split_examples
-    from training.progress import batch_plan
-
-    objective = objectives.get(cfg.objective)
-
+    """Run training to completion (or until SIGTERM) and write the run folder: load and prepare
+    the data, measure the base on the held-out rows, train, measure again, finish."""
     threads.apply(threads.for_training(cfg.threads))
     run = RunFolder(run_dir)
     run.path.mkdir(parents=True, exist_ok=True)
-    say_phase(run, "loading the model and preparing the data")
-    cfg = pin_dataset_revision(cfg)
-    run.config.write_text(cfg.to_yaml())
-    tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
-    train_set, eval_set = split_examples(build_examples(cfg, tokenizer), cfg)
-    if eval_set is not None and os.environ.get("RANK", "0") == "0":
-        run.save_held_out(eval_set.to_list())
-    callbacks = [JsonlLogger(run.log, resume), StopOnRequest(STOP_REQUESTED, run.stop_marker)]
-    trainer = objective.trainer(cfg, run, tokenizer, train_set, eval_set, callbacks)
-    trainer.remove_callback(PrinterCallback)  # raw log dicts; JsonlLogger prints a readable line
+    cfg, tokenizer, train_set, eval_set = prepare(cfg, run)
+    objective = objectives.get(cfg.objective)
+    trainer = start_trainer(objective, cfg, run, tokenizer, train_set, eval_set, resume)
     main = trainer.is_world_process_zero()
-    if main:
-        plan = batch_plan(cfg, trainer)
-        write_json(run.plan_file, plan)
-        print(plan["text"], flush=True)
     scores = evaluate.load_scores(run)
     if eval_set is not None and "before" not in scores:
         say_phase(run, "evaluating the base on held-out rows before training")
         scores["before"] = objective.held_out(trainer, cfg, tokenizer)
     say_phase(run, "")
-    if cfg.torch_compile:
-        compile_layers(trainer.model)
-    checkpoint = run.latest_complete_checkpoint() if resume else None
-    if resume and main:
-        trim_log(run, int(checkpoint.name.split("-")[-1]) if checkpoint else 0)
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    result = fit(trainer, run, cfg, resume, main)
     if STOP_REQUESTED["flag"]:
         if main:
             write_json(run.status_file, {"state": "stopped", "step": trainer.state.global_step})
@@ -91,6 +71,41 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
     if main:
         finish(cfg, run, trainer, tokenizer, eval_set, result, scores)
     return run_dir
+
+
+def prepare(cfg: TrainConfig, run: RunFolder):
+    """(cfg with its data pinned, tokenizer, train rows, held-out rows or None); the config and
+    the held-out rows are kept in the run folder."""
+    say_phase(run, "loading the model and preparing the data")
+    cfg = pin_dataset_revision(cfg)
+    run.config.write_text(cfg.to_yaml())
+    tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
+    train_set, eval_set = split_examples(build_examples(cfg, tokenizer), cfg)
+    if eval_set is not None and os.environ.get("RANK", "0") == "0":
+        run.save_held_out(eval_set.to_list())
+    return cfg, tokenizer, train_set, eval_set
+
+
+def start_trainer(objective, cfg: TrainConfig, run: RunFolder, tokenizer, train_set, eval_set, resume: bool):
+    """The objective's trainer, logging to the run folder and stoppable; its batch plan said."""
+    callbacks = [JsonlLogger(run.log, resume), StopOnRequest(STOP_REQUESTED, run.stop_marker)]
+    trainer = objective.trainer(cfg, run, tokenizer, train_set, eval_set, callbacks)
+    trainer.remove_callback(PrinterCallback)  # raw log dicts; JsonlLogger prints a readable line
+    if trainer.is_world_process_zero():
+        plan = batch_plan(cfg, trainer)
+        write_json(run.plan_file, plan)
+        print(plan["text"], flush=True)
+    return trainer
+
+
+def fit(trainer, run: RunFolder, cfg: TrainConfig, resume: bool, main: bool):
+    """trainer.train, from the newest complete checkpoint when resuming (the log trimmed to it)."""
+    if cfg.torch_compile:
+        compile_layers(trainer.model)
+    checkpoint = run.latest_complete_checkpoint() if resume else None
+    if resume and main:
+        trim_log(run, int(checkpoint.name.split("-")[-1]) if checkpoint else 0)
+    return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
 
 def parse_args(argv=None):
