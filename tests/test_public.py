@@ -91,6 +91,8 @@ def guarded_calls(raw: RawApp, tiny_run, secret, tiny_model_dir) -> dict:
         "preview with a Hub id as the model": (raw.fn_index(api_name="data_preview"),
                                                ["identity", "sft", 0, "someone/secret-model", "", 0]),
         "votes table": (raw.fn_index(api_name="votes_table"), []),
+        "votes to a DPO dataset": (raw.fn_index(api_name="votes_to_dataset"), []),
+        "thumbs to a KTO dataset": (raw.fn_index(api_name="thumbs_to_dataset"), []),
     }
 
 
