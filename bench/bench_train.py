@@ -63,7 +63,8 @@ def run_engine(cfg, out: Path) -> dict:
     from core import threads
     from core.runs import RunFolder
     from training.device import compile_layers
-    from training.prepare import build_examples, load_tokenizer
+    from training.model_setup import load_tokenizer
+    from training.prepare import build_examples
     from training import objectives
 
     stamps = []  # (seconds, tokens so far) at each logged step
@@ -95,7 +96,8 @@ def run_baseline(cfg, out: Path, precision: str) -> dict:
 
     from core.inference.models import resolve_model
     from core import threads
-    from training.prepare import build_examples, load_tokenizer
+    from training.model_setup import load_tokenizer
+    from training.prepare import build_examples
     from training.model_setup import lora_config
 
     threads.apply(threads.for_training(cfg.threads))

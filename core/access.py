@@ -199,10 +199,10 @@ def check_adapter(value: str, request=None) -> str:
     """A visitor may attach a finished run's adapter, named by its run, and where the owner
     opened the Hub, an adapter by its Hub repo id. Never a server folder."""
     from core.hub.source import HUB_REPO
-    from core.runs import finished_runs
+    from core.runs import GENERATOR, finished_runs
 
     value = (value or "").strip()
-    if is_trusted(request) or value in {run.name for run in finished_runs()}:
+    if is_trusted(request) or value in {run.name for run in finished_runs(GENERATOR)}:
         return value
     if visitor_hub() and HUB_REPO.fullmatch(value) and not Path(value).expanduser().exists():
         return value

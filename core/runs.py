@@ -29,6 +29,7 @@ from core.paths import check_name, runs_dir, write_json
 CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
 PROMPT_FORMAT_FILE = "prompt_format.json"  # in adapter/: the prompt format it was trained on
+GENERATOR, EMBEDDER = "generator", "embedder"  # what a run makes: a model to chat with, or an embedder
 
 
 @dataclass
@@ -70,6 +71,7 @@ class Manifest:
     held_out: list[Measure] = field(default_factory=list)  # the objective's figures, headline first
     answer_scores: dict | None = None  # held-out answers scored against references (SFT)
     judged_blind: bool = False  # the report holds held-out pairs to judge blind against the start
+    kind: str = GENERATOR  # GENERATOR: Chat's adapter picker lists it; EMBEDDER: the Embeddings tab's
     report: str | None = None
     created: str = ""
 
@@ -82,6 +84,10 @@ class Manifest:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def blank(cls) -> "Manifest":
+        return cls(name="", model="", base_model="", objective="", adapter="", method="", dataset="")
 
     def held_out_line(self) -> str:
         """The held-out figures in one line, e.g. "held-out perplexity 12.1 → 3.4"."""
@@ -224,9 +230,11 @@ def all_runs() -> list[RunFolder]:
     return [RunFolder(p) for p in sorted(folders, key=lambda p: p.stat().st_mtime, reverse=True)]
 
 
-def finished_runs() -> list[RunFolder]:
-    """Runs whose training completed, newest first."""
-    return [run for run in all_runs() if run.is_finished]
+def finished_runs(kind: str | None = None) -> list[RunFolder]:
+    """Runs whose training completed, newest first; only those that make `kind` if given
+    (GENERATOR: adapters or models to chat with; EMBEDDER: tuned embedders)."""
+    done = [run for run in all_runs() if run.is_finished]
+    return done if kind is None else [run for run in done if (run.manifest() or Manifest.blank()).kind == kind]
 
 
 def write_prompt_format(adapter: Path, prompt_format: str | None) -> None:

@@ -16,7 +16,7 @@ from core.inference.chat import GenerationSettings, attach_tuned, stream_reply
 from core.inference.compare import stream_compare
 from core.errors import LabError
 from core.inference.models import DEFAULT_MODEL, load_model
-from core.runs import finished_runs
+from core.runs import GENERATOR, finished_runs
 from tabs.feedback import warn
 from training.jobs import current_job
 
@@ -52,7 +52,7 @@ class ChatRequest:
 
 def adapter_choices() -> list[str]:
     """Finished runs with an adapter, newest first, by run name (no server paths on the page)."""
-    return [run.name for run in finished_runs()]
+    return [run.name for run in finished_runs(GENERATOR)]
 
 
 def within_chars(history: list[dict], budget: int) -> list[dict]:

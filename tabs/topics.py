@@ -19,7 +19,8 @@ import gradio as gr
 from core.explore import topics as topic_core
 from core.access import LIMITS, AccessDenied, check_data_source, clamp, is_trusted
 from core.explore.corpora import CORPORA, DEFAULT_MAX_DOCS, load_corpus
-from core.explore.embeddings import DEFAULT_EMBEDDER, PACKAGED_EMBEDDERS, check_labels, classify, cluster, cluster_scores, embed, load_embedder, project
+from core.explore.embeddings import (DEFAULT_EMBEDDER, PACKAGED_EMBEDDERS, check_labels, classify, cluster,
+                                     cluster_scores, embed, load_embedder, project, tuned_embedders)
 from core.errors import LabError
 from core.request_limits import HEAVY_EVENTS
 from tabs.feedback import shows_errors, warn
@@ -50,8 +51,9 @@ class CorpusRequest:
             raise AccessDenied(f"On a public app, an uploaded corpus may have at most "
                                f"{LIMITS['corpus_bytes'] // 2**20} MB; log in for larger ones.")
         embedder = self.embedder_name
-        if not is_trusted(request) and embedder not in PACKAGED_EMBEDDERS:
-            raise AccessDenied(f"On a public app, the embedder is {DEFAULT_EMBEDDER}; other models need a login.")
+        if not is_trusted(request) and embedder not in (*PACKAGED_EMBEDDERS, *tuned_embedders()):
+            raise AccessDenied(f"On a public app, the embedder is {DEFAULT_EMBEDDER} or a tuned one of this app's "
+                               "runs; other models need a login.")
         max_docs = clamp("max_docs", int(self.max_docs or DEFAULT_MAX_DOCS), request)
         corpus = load_corpus(upload or self.source, (self.text_column or "").strip(),
                              (self.label_column or "").strip(), max_docs)
@@ -206,7 +208,9 @@ def build() -> None:
         text_column = gr.Textbox(label="Text column (uploads)", placeholder="text")
         label_column = gr.Textbox(label="Label column (optional)")
         max_docs = gr.Number(DEFAULT_MAX_DOCS, precision=0, label="Document cap")
-        embedder = gr.Textbox(DEFAULT_EMBEDDER, label="Embedding model (name, Hub id or path)")
+        embedder = gr.Dropdown([DEFAULT_EMBEDDER, *tuned_embedders()], value=DEFAULT_EMBEDDER, allow_custom_value=True,
+                               label="Embedding model", elem_id="embedder",
+                               info="The packaged MiniLM, a run of objective embed (tuned), a Hub id or a path")
     spec = [source, upload, text_column, label_column, max_docs, embedder]
     embed_btn = gr.Button("Embed", variant="primary")
     corpus_info = gr.Markdown(elem_id="corpus-info")
@@ -245,6 +249,8 @@ def build() -> None:
             export_btn = gr.Button("Export CSV + HTML")
         found = gr.Dataframe(interactive=False)
         files = gr.File(label="Exported files", file_count="multiple")
+    # Runs that finished after the page loaded show up when the picker is opened.
+    embedder.focus(lambda: gr.update(choices=[DEFAULT_EMBEDDER, *tuned_embedders()]), None, embedder, api_name=False)
     embed_btn.click(embed_corpus, spec, corpus_info, api_name="embed", **HEAVY_EVENTS)
     cluster_btn.click(run_clustering, [*spec, method, n_clusters, min_size, projection, color_by],
                       [cluster_plot, cluster_info, cluster_tbl], api_name="cluster", **HEAVY_EVENTS)

@@ -106,6 +106,7 @@ def _run_step() -> dict:
                      stats=gr.Markdown(elem_id="train-stats"), tail=gr.Textbox(label="Log", lines=6, interactive=False))
     with gr.Accordion("4 · Result", open=True):
         parts["result"] = gr.Markdown(elem_id="train-result")
+        parts["maps"] = gr.Plot(label="Before/after maps", elem_id="embedding-maps", visible=False)
     return parts
 
 
@@ -147,7 +148,8 @@ def _wire_live(live: dict, form: dict, run, last_state, uploads, adapter_picker)
         return {live["message"]: message, run: name if name else gr.update()}
 
     shown = dict(progress=live["progress"], plot=live["plot"], schedule=live["schedule"], stats=live["stats"],
-                 tail=live["tail"], result=live["result"], state=last_state, adapters=adapter_picker)
+                 tail=live["tail"], result=live["result"], maps=live["maps"], state=last_state,
+                 adapters=adapter_picker)
 
     def on_poll(name, state, x_axis, request: gr.Request):
         return {shown[field]: value for field, value in vars(poll(name, state, request, x_axis)).items()}

@@ -15,11 +15,11 @@ import gradio as gr
 from core.access import check_data_source, is_trusted, require_user
 from core.data.rows import bundled_sources
 from core.errors import LabError
-from core.runs import RunFolder, read_json
+from core.runs import EMBEDDER, RunFolder, read_json
 from tabs import train_form
 from tabs.chat import adapter_choices
 from tabs.feedback import shows_errors, warn
-from tabs.train_plots import loss_figure, progress_html, schedule_figure
+from tabs.train_plots import embedding_maps, loss_figure, progress_html, schedule_figure
 from training import jobs
 from training.config import load_config
 
@@ -104,6 +104,7 @@ class PollView:
     stats: str = "No run yet."
     tail: str = ""
     result: str = ""
+    maps: object = None  # a gr.update: a tuned embedder's before/after maps, else hidden
     state: str | None = None
     adapters: object = None  # a gr.update for the Chat tab's picker, when the state changed
 
@@ -111,11 +112,11 @@ class PollView:
 def poll(run: str | None, last_state: str | None, request: gr.Request = None, x_axis: str = "step") -> PollView:
     """Everything the Run and Result steps show, read from the run folder."""
     if not run:
-        return PollView(state=last_state, adapters=gr.update())
+        return PollView(state=last_state, adapters=gr.update(), maps=gr.update())
     try:
         status = jobs.read_status(RunFolder.existing(run))
     except LabError as exc:
-        return PollView(stats=warn(exc), state=last_state, adapters=gr.update())
+        return PollView(stats=warn(exc), state=last_state, adapters=gr.update(), maps=gr.update())
     stats = f"**{status.name}** · {status.state}" + (
         f" · {status.tokens_per_s:.0f} tokens/s" if status.tokens_per_s else "")
     plan = read_json(RunFolder.existing(run).plan_file)
@@ -126,8 +127,16 @@ def poll(run: str | None, last_state: str | None, request: gr.Request = None, x_
     tail = "\n".join(_log_line(e) for e in status.log[-12:])
     refresh = gr.update(choices=adapter_choices()) if status.state != last_state else gr.update()
     return PollView(progress_html(status), loss_figure(status.log, x_axis), schedule_figure(status.log, x_axis),
-                    stats, tail,
-                    hide_paths(result_markdown(status), request), status.state, refresh)
+                    stats, tail, hide_paths(result_markdown(status), request), maps_update(status), status.state,
+                    refresh)
+
+
+def maps_update(status):
+    """A finished tuned embedder's before/after maps, shown; for any other run, hidden."""
+    if status.state != "completed" or status.manifest is None or status.manifest.kind != EMBEDDER:
+        return gr.update(visible=False)
+    report = read_json(RunFolder.named(status.name).report_json)
+    return gr.update(value=embedding_maps(report), visible=True) if report.get("tuned") else gr.update(visible=False)
 
 
 def _log_line(entry: dict) -> str:
@@ -144,7 +153,8 @@ def result_markdown(status) -> str:
     loss = f"Loss {m.first_loss:.3f} → {m.final_loss:.3f} · " if m.final_loss is not None else ""
     lines = [f"### {m.method} on {m.dataset}: {m.steps} steps in {m.train_runtime_s} s",
              f"{loss}{m.held_out_line()}",
-             f"Adapter: `{run.adapter}` (in the Chat tab's picker as **{status.name}**)", ""]
+             (f"Embedder: `{run.adapter}` (in the Embeddings tab's picker as **{status.name}**)" if m.kind == EMBEDDER
+              else f"Adapter: `{run.adapter}` (in the Chat tab's picker as **{status.name}**)"), ""]
     if m.answer_scores:
         from training.answer_eval import table_markdown
 

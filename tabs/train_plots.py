@@ -68,6 +68,22 @@ def add_rewards(fig, log: list[dict], x: str = "step") -> bool:
     return shown
 
 
+def embedding_maps(report: dict):
+    """A tuned embedder's report: the held-out rows on 2-D maps, by the base embedder and by the
+    tuned one side by side, coloured by label (hover: the text)."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("base embedder", "tuned embedder"))
+    for column, side in enumerate(("base", "tuned"), 1):
+        points = report[side]
+        fig.add_scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="markers", row=1, col=column,
+                        text=report["texts"], hoverinfo="text", showlegend=False,
+                        marker=dict(color=report["labels"], colorscale="Turbo", size=7))
+    fig.update_layout(height=380, margin=dict(l=30, r=10, t=40, b=30),
+                      title="Held-out rows, coloured by label (2-D PCA of each embedder)")
+    return fig
+
+
 def progress_html(status) -> str:
     """A progress bar with step/total and ETA."""
     total = status.max_steps or 0

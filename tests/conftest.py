@@ -75,6 +75,34 @@ def tiny_run(data_home):
     return run.path
 
 
+def wait_for(predicate, timeout=300, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def embed_run(data_home):
+    """The recipe (60 steps), started as a job, killed after its first checkpoint and resumed."""
+    import json
+    import signal
+
+    from training import jobs
+    from training.config import load_config
+
+    run = jobs.start(load_config("embed_chatterbot", output_name="embed-fixture", save_steps=20))
+    wait_for(lambda: (run.checkpoints / "checkpoint-20" / "trainer_state.json").is_file(), 300, "checkpoint-20")
+    os.kill(json.loads(run.job_file.read_text())["pid"], signal.SIGKILL)
+    wait_for(lambda: jobs.read_status(run).state == "interrupted", 30, "the kill to be seen")
+    jobs.resume(run.name)
+    status = jobs.wait(run.name, timeout=600)
+    assert status.state == "completed", status.error
+    return run
+
+
 @pytest.fixture(scope="session")
 def tiny_run_phases(tiny_run) -> list[str]:
     """The phases the tiny run showed between its steps, as the Train tab's poll saw them."""

@@ -127,3 +127,31 @@ def test_yaml_download_is_served_with_the_data_dir_outside_temp(app_server, data
         body = page.request.get(link.get_attribute("href")).text()
         assert "max_steps: 6" in body and "dataset: identity" in body
         shoot(page, "train-yaml-download.png", full_page=True)
+
+
+def test_train_the_embedder_recipe_and_open_its_maps(app_server):
+    """objective=embed from the form: the recipe trains MiniLM out of process, and the Result
+    shows the held-out figures and the before/after maps; the Embeddings tab then offers it."""
+    with browser_page(app_server) as page:
+        unlock(page)
+        page.get_by_role("tab", name="Train").click()
+        page.get_by_label("Recipe (loads its settings)").fill("embed_chatterbot")
+        page.get_by_role("option", name="embed_chatterbot").click()
+        page.get_by_text("Advanced", exact=True).click()
+        page.wait_for_function("() => document.querySelector('#cfg-max_steps input')?.value === '60'",
+                               timeout=30_000)
+        page.locator("#cfg-max_steps input").fill("20")
+        name = page.locator("#cfg-output_name textarea, #cfg-output_name input").first
+        name.fill("browser-embed")
+        assert page.locator("#cfg-objective").get_by_role("radio", name="embed", exact=True).is_checked()
+        page.locator("#train-start").click()
+        page.wait_for_function("() => document.querySelector('#train-message')?.innerText.includes('Started')",
+                               timeout=30_000)
+        page.wait_for_function("() => /browser-embed[\\s\\S]*NMI|NMI[\\s\\S]*browser-embed/"
+                               ".test(document.querySelector('#train-result')?.innerText)", timeout=400_000)
+        page.locator("#embedding-maps .js-plotly-plot").wait_for(timeout=30_000)
+        assert "tuned embedder" in page.locator("#embedding-maps").inner_text()
+        shoot(page, "train-embedder-maps.png", full_page=True)
+        page.get_by_role("tab", name="Embeddings & topics").click()
+        page.locator("#embedder input").click()
+        page.get_by_role("option", name="browser-embed").wait_for(timeout=30_000)

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from core.runs import RunFolder
-from tests.conftest import ROOT
-from tests.test_training import manifest, wait_for
+from tests.conftest import ROOT, wait_for
+from tests.test_training import manifest
 from training import jobs
 from training.config import load_config
 from training.progress import read_log

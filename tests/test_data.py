@@ -10,7 +10,8 @@ from core.errors import LabError
 from core.data.rows import DataError, detect_format, load_rows
 from core.data.formats import dapt_windows, sft_preview, sft_rows
 from training.config import TrainConfig, config_from_dict, load_config
-from training.prepare import build_examples, load_tokenizer, preview, split_examples
+from training.model_setup import load_tokenizer
+from training.prepare import build_examples, preview, split_examples
 
 ROWS = {
     "text": {"text": "Some raw domain text."},

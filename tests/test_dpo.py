@@ -52,7 +52,8 @@ def test_the_new_adapter_is_judged_blind_on_the_held_out_prompts(dpo_run):
     from core.hub.publish import model_card
     from tabs.train_votes import judge_handler, judge_next
     from training.config import load_config
-    from training.prepare import build_examples, load_tokenizer, split_examples
+    from training.model_setup import load_tokenizer
+    from training.prepare import build_examples, split_examples
 
     cfg = load_config(dpo_run.config)
     train_set, eval_set = split_examples(build_examples(cfg, load_tokenizer(cfg.model)), cfg)
@@ -113,7 +114,8 @@ def test_preview_shows_chosen_and_rejected(data_home):
 def test_detection_and_clear_errors(data_home, tmp_path):
     from core.data.rows import detect_format, load_rows
     from training.config import load_config
-    from training.prepare import build_examples, load_tokenizer
+    from training.model_setup import load_tokenizer
+    from training.prepare import build_examples
 
     assert detect_format(load_rows("identity-preferences").column_names) == "preference"
     tokenizer = load_tokenizer("smollm2-135m-instruct")

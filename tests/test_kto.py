@@ -32,7 +32,8 @@ def test_thumbs_and_pairs_become_rated_answers(data_home, tmp_path):
 def test_rows_are_checked_previewed_and_split_by_prompt(data_home, tmp_path):
     from core.data.rows import detect_format, load_rows
     from training.config import load_config
-    from training.prepare import build_examples, load_tokenizer, preview, split_examples
+    from training.model_setup import load_tokenizer
+    from training.prepare import build_examples, preview, split_examples
 
     assert detect_format(load_rows("identity-ratings").column_names) == "unpaired"
     tokenizer = load_tokenizer("smollm2-135m-instruct")

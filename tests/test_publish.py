@@ -85,6 +85,41 @@ def test_model_card_front_matter(tiny_run):
     assert "not the original Hub weights" in card.text
 
 
+EMBEDDER_BACK = """
+import json, sys
+sys.path.insert(0, '.')
+from sentence_transformers import SentenceTransformer
+texts = ["What is AI?", "Who wrote Hamlet?"]
+remote = SentenceTransformer("tester/chatterbot-embedder").encode(texts)
+local = SentenceTransformer(sys.argv[1]).encode(texts)
+print(json.dumps({"equal": bool((remote == local).all())}))
+"""
+
+
+@pytest.mark.slow
+def test_push_a_tuned_embedder_as_a_sentence_transformers_model(endpoint, embed_run):
+    """The whole model folder (its pooling and normalize modules too) and a card with the
+    before/after figures; it loads back from the Hub with SentenceTransformer alone. No Space,
+    merge or GGUF: those are for chat models."""
+    from huggingface_hub import ModelCard
+
+    from core.errors import LabError
+    from training.export_formats import export_run
+
+    hub.push_adapter(embed_run.name, "tester/chatterbot-embedder", TOKEN)
+    card = ModelCard(hub.model_card(embed_run, "tester/chatterbot-embedder"))
+    assert card.data.library_name == "sentence-transformers" and card.data.pipeline_tag == "sentence-similarity"
+    assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    nmi = next(m for m in embed_run.manifest().held_out if "NMI" in m.label)
+    assert nmi.card_row() in card.text and 'SentenceTransformer("tester/chatterbot-embedder")' in card.text
+    script = EMBEDDER_BACK.replace("sys.argv[1]", repr(str(embed_run.adapter)))
+    assert json.loads(in_subprocess(script, {"HF_ENDPOINT": endpoint, "HF_TOKEN": TOKEN}))["equal"]
+    with pytest.raises(LabError, match="tuned embedder"):
+        hub.push_space(embed_run.name, "tester/embedder-space", "tester/chatterbot-embedder", TOKEN)
+    with pytest.raises(LabError, match="nothing to merge"):
+        export_run(embed_run.name, "gguf")
+
+
 def test_space_pins_come_from_requirements():
     files = hub.space_files("tester/x", "base/model", True)
     pinned = {line for line in (ROOT / "requirements.txt").read_text().splitlines() if "==" in line}

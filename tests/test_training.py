@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from core.inference.models import resolve_precision
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 from core.runs import RunFolder
 from training import jobs
 from training.progress import read_log
@@ -64,7 +64,7 @@ def test_tiny_run_says_what_it_does_between_steps(tiny_run, tiny_run_phases):
 
     order = ["loading the model and preparing the data", "evaluating the base on held-out rows before training",
              "evaluating the tuned model on held-out rows", "saving the adapter",
-             "answering the report's prompts with base and tuned",
+             "writing the before/after report",
              "evaluation: 7/7 held-out rows answered by base and tuned"]
     console = (tiny_run / "stderr.log").read_text()
     assert [console.index(phase) for phase in order] == sorted(console.index(phase) for phase in order), console
@@ -210,15 +210,6 @@ def reload(folder, cfg, base):
         assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == \
             "HuggingFaceTB/SmolLM2-135M-Instruct"
     return model.eval()
-
-
-def wait_for(predicate, timeout=300, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_resume_after_sigkill_reaches_planned_steps(tiny_run):

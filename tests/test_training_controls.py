@@ -25,7 +25,8 @@ def build_trainer(cfg, run, tokenizer, train_set, eval_set):
 
 @pytest.mark.parametrize("recipe", ["tiny", "dpo_lora", "kto_lora"])
 def test_each_control_reaches_the_trainer_args(recipe, data_home):
-    from training.prepare import build_examples, load_tokenizer, split_examples
+    from training.model_setup import load_tokenizer
+    from training.prepare import build_examples, split_examples
 
     cfg = load_config(recipe, max_rows=16, **CONTROLS)
     tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
@@ -83,7 +84,8 @@ def test_cosine_with_warmup_is_the_schedule_the_run_logs(data_home, tiny_run):
 
 
 def test_chat_template_choice_is_shown_and_validated(data_home):
-    from training.prepare import build_examples, load_tokenizer, preview
+    from training.model_setup import load_tokenizer
+    from training.prepare import build_examples, preview
 
     chatml = preview(load_config("tiny", chat_template="chatml"), 0)
     assert "Format: ChatML" in chatml.note and "<|im_start|>user" in chatml.segments[0][0]
@@ -108,7 +110,9 @@ def test_chat_prompts_an_adapter_in_the_format_it_trained_on(data_home, tiny_run
 
     from core.inference.chat import QA_FORMAT, GenerationSettings, attach_tuned, build_inputs, trained_format
     from core.inference.models import load_model
-    from training.prepare import CHATML, build_examples, load_tokenizer
+    from training.model_setup import CHATML
+    from training.model_setup import load_tokenizer
+    from training.prepare import build_examples
     from training.run import train
 
     cfg = load_config("tiny", output_name="chatml-run", max_steps=2, save_steps=100, eval_rows=2, chat_template="chatml")

@@ -27,7 +27,8 @@ from core.runs import RunFolder
 from training import objectives
 from training.config import load_config
 from training.evaluate import load_scores, save_scores
-from training.prepare import build_examples, load_tokenizer, split_examples
+from training.model_setup import load_tokenizer
+from training.prepare import build_examples, split_examples
 from training.progress import say_phase
 
 CHUNK = 4  # rows per generate call

@@ -13,6 +13,7 @@ import shutil
 import time
 
 from core.inference.chat import QA_FORMAT
+from core.explore.embeddings import hub_id as embedder_hub_id
 from core.inference.models import find_spec, resolve_precision, weights_origin
 from core.paths import write_json
 from core.runs import Manifest, RunFolder, write_prompt_format
@@ -27,8 +28,10 @@ def finish(cfg: TrainConfig, run: RunFolder, trainer, tokenizer, eval_set, resul
     evaluate.save_scores(run, scores)
     say_phase(run, "saving the adapter")
     save_final(trainer, tokenizer, cfg, run)
-    say_phase(run, "answering the report's prompts with base and tuned")
-    report = evaluate.before_after_report(cfg, run, eval_set)
+    say_phase(run, "writing the before/after report")
+    report = objectives.get(cfg.objective).report(cfg, run, eval_set)
+    if report is None:
+        report = evaluate.before_after_report(cfg, run, eval_set)
     scores["answers"] = answer_scores(cfg, run, eval_set, progress=lambda text: say_phase(run, text))
     evaluate.save_scores(run, scores)
     write_manifest(cfg, run, trainer, result, scores, report)
@@ -41,7 +44,8 @@ def save_final(trainer, tokenizer, cfg: TrainConfig, run: RunFolder) -> None:
     tmp, final = run.adapter_partial, run.adapter
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.save_model(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
+    if tokenizer is not None:  # an embedder saves its own with the model
+        tokenizer.save_pretrained(str(tmp))
     plain = not objectives.get(cfg.objective).raw_text and not tokenizer.chat_template
     write_prompt_format(tmp, QA_FORMAT if plain else None)  # rows became "Question:/Answer:" text
     config_path = tmp / "adapter_config.json"
@@ -60,12 +64,12 @@ def write_manifest(cfg, run: RunFolder, trainer, result, scores, report) -> None
     answers = {k: v for k, v in (scores.get("answers") or {}).items() if k != "examples"} or None
     held_out = objective.measures(scores["before"], scores["after"]) if "after" in scores else []
     run.write_manifest(Manifest(
-        name=run.name, model=cfg.model, base_model=spec.hub_id if spec else cfg.model,
+        name=run.name, model=cfg.model, base_model=spec.hub_id if spec else embedder_hub_id(cfg.model),
         base_weights=weights_origin(cfg.model), objective=cfg.objective, adapter=cfg.adapter,
         method=evaluate.method(cfg), dataset=cfg.dataset, steps=trainer.state.global_step,
         start_from=cfg.start_from or None, dataset_revision=cfg.dataset_revision or None,
         world_size=trainer.args.world_size, precision=resolve_precision(cfg.precision),
         train_runtime_s=round(result.metrics["train_runtime"], 1),
         first_loss=losses[0] if losses else None, final_loss=losses[-1] if losses else None,
-        held_out=held_out, answer_scores=answers, judged_blind=objective.judged_blind,
+        held_out=held_out, answer_scores=answers, judged_blind=objective.judged_blind, kind=objective.kind,
         report=run.report_md.name if report else None, created=time.strftime("%Y-%m-%d %H:%M:%S")))

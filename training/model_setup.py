@@ -17,6 +17,27 @@ from core.runs import RunFolder
 from training.device import attention_for, keep_4bit_layers_differentiable, precision_flags
 
 
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
+          "+ '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def load_tokenizer(model: str, chat_template: str = "own"):
+    """The model's tokenizer, with the chat template the config chose: the model's own, ChatML,
+    or none (rows then become plain "Question:/Answer:" text)."""
+    from transformers import AutoTokenizer
+
+    from core.inference.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model), trust_remote_code=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if chat_template == "chatml":
+        tokenizer.chat_template = CHATML
+    elif chat_template == "plain":
+        tokenizer.chat_template = None
+    return tokenizer
+
+
 def load_base(cfg, sequence_length: int = 0):
     """The base model, 4-bit NF4 for QLoRA; the same loader for every adapter kind. A full
     fine-tune keeps fp32 master weights (a bf16 AdamW update of 2e-5 rounds away); frozen

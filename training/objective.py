@@ -2,9 +2,10 @@
 
     python -c "from training.objectives import get; print(get('sft').help)"
 
-An objective decides what rows it trains on and how they are checked and previewed, which trl
-trainer learns from them, how the held-out rows are split and measured (and how that reads in
-the manifest), and which prompts the before/after report asks. Everything else in a run (the
+An objective decides what rows it trains on and how they are checked and previewed, which
+trainer learns from them (trl's, or sentence-transformers' for an embedder), how the held-out
+rows are split and measured (and how that reads in the manifest), and what the before/after
+report shows. Everything else in a run (the
 model setup, the run folder, checkpoints, stop/resume, the live view, export and publishing)
 is shared and knows nothing of the objective: to add one, add a file to training/objectives/
 and its name to that package's table.
@@ -14,7 +15,8 @@ from __future__ import annotations
 import json
 
 from core.data.formats import Preview
-from core.runs import Measure
+from core.runs import GENERATOR, Measure
+from training.model_setup import load_tokenizer
 
 GENERIC_PROMPTS = ["What is the capital of France?", "Give me one tip for learning to code."]
 DEFAULT_PROMPTS = {
@@ -35,6 +37,11 @@ class Objective:
     continues_adapter = False  # may continue a finished adapter (`start_from`)
     scores_answers = False  # held-out rows have reference answers to generate and score
     judged_blind = False  # the report's answers are pairs to judge blind against the start
+    kind = GENERATOR  # what the run makes (core.runs): a model to chat with, or an embedder
+
+    def tokenizer(self, cfg):
+        """The tokenizer rows are built with (None: the trainer's model brings its own)."""
+        return load_tokenizer(cfg.model, cfg.chat_template)
 
     def check(self, cfg) -> None:
         """Raise LabError for a setting this objective cannot train with."""
@@ -78,6 +85,11 @@ class Objective:
 
     def report_note(self) -> str:
         return ""
+
+    def report(self, cfg, run, eval_set) -> bool | None:
+        """Write a report of this objective's own and say whether one was written; None: the
+        shared report of answers before and after training (training.evaluate) suits it."""
+        return None
 
 
 def config_prompts(cfg) -> list[list[dict]]:

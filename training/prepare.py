@@ -14,27 +14,6 @@ from training import objectives
 MAX_EVAL_EXAMPLES = 128  # perplexity on more than this costs minutes on a CPU and adds little
 
 
-CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
-          "+ '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
-
-
-def load_tokenizer(model: str, chat_template: str = "own"):
-    """The model's tokenizer, with the chat template the config chose: the model's own, ChatML,
-    or none (rows then become plain "Question:/Answer:" text)."""
-    from transformers import AutoTokenizer
-
-    from core.inference.models import resolve_model
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model), trust_remote_code=False)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if chat_template == "chatml":
-        tokenizer.chat_template = CHATML
-    elif chat_template == "plain":
-        tokenizer.chat_template = None
-    return tokenizer
-
-
 def format_note(cfg, tokenizer) -> str:
     """Which text format prompt rows take, said out loud (nothing silent)."""
     if objectives.get(cfg.objective).raw_text:
@@ -92,7 +71,7 @@ def split_examples(examples, cfg):
 def preview(cfg, row: int = 0, tokenizer=None, cache: bool = True) -> Preview:
     """Exactly what the model sees for example `row`, with the trained-on part marked
     (`cache=False`: for a public app's visitor, no datasets cache is written)."""
-    tokenizer = tokenizer or load_tokenizer(cfg.model, cfg.chat_template)
+    tokenizer = tokenizer or objectives.get(cfg.objective).tokenizer(cfg)
     shown = _preview(cfg, row, tokenizer, cache)
     shown.note = " ".join(part for part in (shown.note, format_note(cfg, tokenizer)) if part)
     return shown

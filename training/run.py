@@ -41,7 +41,7 @@ from training.config import TrainConfig, config_from_dict, field_help, load_conf
 from training.device import compile_layers
 from training.finish import finish
 from training.jobs import default_run_name, is_live, record_job
-from training.prepare import build_examples, load_tokenizer, pin_dataset_revision, split_examples
+from training.prepare import build_examples, pin_dataset_revision, split_examples
 from training.progress import batch_plan, say_phase, trim_log
 
 
@@ -79,7 +79,7 @@ def prepare(cfg: TrainConfig, run: RunFolder):
     say_phase(run, "loading the model and preparing the data")
     cfg = pin_dataset_revision(cfg)
     run.config.write_text(cfg.to_yaml())
-    tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
+    tokenizer = objectives.get(cfg.objective).tokenizer(cfg)
     train_set, eval_set = split_examples(build_examples(cfg, tokenizer), cfg)
     if eval_set is not None and os.environ.get("RANK", "0") == "0":
         run.save_held_out(eval_set.to_list())

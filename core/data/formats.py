@@ -1,6 +1,6 @@
 """Turn loaded rows into what trl trains on, and preview exactly what the model sees.
 
-    python -c "from core.data.rows import load_rows; from core.data.formats import sft_rows; from training.prepare import load_tokenizer; print(sft_rows(load_rows('identity').select([0]), load_tokenizer('smollm2'))[0])"
+    python -c "from core.data.rows import load_rows; from core.data.formats import sft_rows; from training.model_setup import load_tokenizer; print(sft_rows(load_rows('identity').select([0]), load_tokenizer('smollm2'))[0])"
 
 SFT rows of any format become prompt/completion pairs: conversational (lists of messages)
 when the tokenizer has a chat template, plain strings otherwise. DAPT text is tokenized,

@@ -2,7 +2,10 @@
 
     python -c "from core.explore.embeddings import embed; print(embed(['hello', 'world']).shape)"
 
-The cache key is the model name plus a hash of every text, so re-running on the same corpus
+An embedder is a name: the packaged MiniLM, a Hub id or a folder, or a finished run of the
+`embed` objective (a fine-tuned MiniLM), which loads from its run folder. The cache key is
+the model's key (a run's name and finish time, so a run deleted and trained again under the
+same name never reuses old vectors) plus a hash of every text, so re-running on the same corpus
 loads a .npy file instead of encoding. The corpora used last also stay in memory (RECENT, at
 most RECENT_BYTES): Embed, Cluster, Classify and Topics each embed the same corpus, and a
 public app's visitors, whose embeddings are never written to disk, would otherwise encode it
@@ -20,6 +23,7 @@ import numpy as np
 from core import assets, threads
 from core.errors import LabError
 from core.paths import data_dir
+from core.runs import EMBEDDER, RunFolder, finished_runs
 
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
@@ -33,18 +37,53 @@ MAX_CLASSES = 50
 _RECENT_LOCK = threading.Lock()
 
 
+def hub_id(name: str) -> str:
+    """The Hub id of an embedder known by a short name (the packaged MiniLM), else the name."""
+    return PACKAGED_EMBEDDERS[1] if name in PACKAGED_EMBEDDERS else name
+
+
+def tuned_embedders() -> list[str]:
+    """Finished runs whose product is an embedder, newest first."""
+    return [run.name for run in finished_runs(EMBEDDER)]
+
+
+def embedder_source(name: str) -> str:
+    """What SentenceTransformer loads for `name`: the packaged MiniLM folder, a tuned embedder's
+    run folder, or the name itself (a Hub id or a folder)."""
+    name = (name or "").strip() or DEFAULT_EMBEDDER
+    if name in PACKAGED_EMBEDDERS:
+        return str(assets.minilm_dir() or name)
+    run = _tuned_run(name)
+    return str(run.adapter) if run else name
+
+
+def embedder_key(name: str) -> str:
+    """The cache key of an embedder: its name, and for a tuned one also when it finished."""
+    name = (name or "").strip() or DEFAULT_EMBEDDER
+    run = _tuned_run(name)
+    return f"{name}@{run.manifest().created}" if run else name
+
+
+def _tuned_run(name: str) -> RunFolder | None:
+    try:
+        run = RunFolder.named(name)
+    except LabError:
+        return None  # not a run name (a Hub id has a slash)
+    manifest = run.manifest() if run.path.is_dir() else None
+    return run if manifest is not None and manifest.kind == EMBEDDER and run.is_finished else None
+
+
 def load_embedder(name: str = DEFAULT_EMBEDDER):
-    """A SentenceTransformer; the default comes from the packaged MiniLM folder."""
+    """A SentenceTransformer, shared (read-only) by every caller of the process."""
     from sentence_transformers import SentenceTransformer
 
     from core.inference.models import ModelError
 
-    key = name or DEFAULT_EMBEDDER
+    key = embedder_key(name)
     with _LOCK:
         if key not in _MODELS:
-            local = assets.minilm_dir() if key in PACKAGED_EMBEDDERS else None
             try:
-                _MODELS[key] = SentenceTransformer(str(local or key), device="cpu", trust_remote_code=False)
+                _MODELS[key] = SentenceTransformer(embedder_source(name), device="cpu", trust_remote_code=False)
             except OSError as exc:
                 raise ModelError(f"Could not load embedding model '{key}': {str(exc).splitlines()[0]}") from None
         return _MODELS[key]
@@ -55,7 +94,7 @@ def embed(texts: list[str], model: str = DEFAULT_EMBEDDER, progress=None, batch_
     """Normalised embeddings, shape (len(texts), dim); `progress(fraction)` is called per batch.
 
     `write_cache=False` reads the cache but adds nothing to it (a public app's visitors)."""
-    digest = hashlib.sha256((model or DEFAULT_EMBEDDER).encode())
+    digest = hashlib.sha256(embedder_key(model).encode())
     for text in texts:
         digest.update(hashlib.sha256(text.encode()).digest())
     key = digest.hexdigest()[:32]
@@ -129,6 +168,30 @@ def project(vectors: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarr
 
         return UMAP(n_components=2, random_state=seed, n_neighbors=min(15, len(vectors) - 1)).fit_transform(vectors)
     raise LabError(f"Unknown projection {method!r}: use pca, tsne or umap.")
+
+
+def separation_scores(train_vectors, train_labels, held_vectors, held_labels) -> dict:
+    """How well an embedder separates labels, on held-out rows: the accuracy of logistic
+    regression fitted on the training rows; NMI and ARI of KMeans with as many clusters as the
+    held-out labels; the labels' silhouette (cosine)."""
+    from sklearn.cluster import KMeans
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import silhouette_score
+
+    classes = len(set(held_labels))
+    accuracy = LogisticRegression(max_iter=2000).fit(train_vectors, train_labels).score(held_vectors, held_labels)
+    clusters = KMeans(n_clusters=max(2, classes), random_state=0, n_init=4).fit_predict(held_vectors)
+    silhouette = silhouette_score(held_vectors, held_labels, metric="cosine") if 2 <= classes < len(held_labels) else None
+    return {"accuracy": round(float(accuracy), 3), **cluster_scores(held_labels, clusters),
+            "silhouette": None if silhouette is None else round(float(silhouette), 3)}
+
+
+def retrieval_scores(anchors, positives) -> dict:
+    """For pairs (normalised vectors, row i belongs with row i): how often an anchor's nearest
+    positive is its own (top-1), and the mean reciprocal rank of its own."""
+    similarity = anchors @ positives.T
+    ranks = (similarity > similarity.diagonal()[:, None]).sum(axis=1) + 1
+    return {"top1": round(float((ranks == 1).mean()), 3), "mrr": round(float((1 / ranks).mean()), 3)}
 
 
 def cluster_scores(labels, clusters) -> dict:

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from core.errors import LabError
-from core.runs import Manifest, RunFolder
+from core.runs import EMBEDDER, Manifest, RunFolder
 
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -108,6 +108,8 @@ def folder_to_push(run: RunFolder, what: str) -> Path:
 
 def _library(run: RunFolder, what: str) -> tuple[str, list[str]]:
     """The card's library_name and the extra tags for what is pushed."""
+    if run.manifest().kind == EMBEDDER:
+        return "sentence-transformers", ["sentence-transformers", "feature-extraction"]
     if what.startswith("gguf-"):
         return "gguf", ["gguf", what[len("gguf-"):]]
     if what == "merged":
@@ -124,16 +126,16 @@ def model_card(run: RunFolder, repo_id: str, what: str = "adapter") -> str:
     manifest, config, is_lora = finished_manifest(run), run.config.read_text(), run.is_lora and what == "adapter"
     library, extra_tags = _library(run, what)
     hub_data = parse_hub_source(manifest.dataset)
+    task = "sentence-similarity" if manifest.kind == EMBEDDER else "text-generation"
     data = ModelCardData(base_model=manifest.base_model, library_name=library,
-                         datasets=[hub_data.repo] if hub_data else None,
-                         pipeline_tag="text-generation", license="apache-2.0",
-                         tags=["finetune-lab", manifest.objective, manifest.adapter, "text-generation"] + extra_tags)
+                         datasets=[hub_data.repo] if hub_data else None, pipeline_tag=task, license="apache-2.0",
+                         tags=["finetune-lab", manifest.objective, manifest.adapter, task] + extra_tags)
     report = run.report() or "(no report)"
     body = (TEMPLATES / "model_card.md").read_text().format(
         repo_id=repo_id, method=manifest.method, base=manifest.base_model, dataset=manifest.dataset,
         steps=manifest.steps, results_rows=results_rows(manifest), votes_note=votes_note(run, manifest),
         config=config, report=report,
-        usage=_usage(repo_id, manifest.base_model, is_lora, run, what), weights_note=weights_note(manifest))
+        usage=_usage(repo_id, manifest, is_lora, run, what), weights_note=weights_note(manifest))
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
     return str(card)
 
@@ -189,7 +191,11 @@ def weights_note(manifest: Manifest) -> str:
             "weights than it was trained with, so its outputs can differ a little from the figures here.")
 
 
-def _usage(repo_id: str, base: str, is_lora: bool, run: RunFolder, what: str) -> str:
+def _usage(repo_id: str, manifest: Manifest, is_lora: bool, run: RunFolder, what: str) -> str:
+    base = manifest.base_model
+    if manifest.kind == EMBEDDER:
+        return (f'from sentence_transformers import SentenceTransformer\nmodel = SentenceTransformer("{repo_id}")\n'
+                'vectors = model.encode(["What is AI?", "Who are you?"], normalize_embeddings=True)')
     if what.startswith("gguf-"):
         files = sorted(p.name for p in folder_to_push(run, what).glob("*.gguf"))
         name = files[0] if files else "model.gguf"
@@ -217,8 +223,10 @@ def push_adapter(run_name: str, repo_id: str, token: str | None = None, private:
         _step(progress, 0.3, "Creating or updating the repo")
         url = api.create_repo(repo_id, private=private, exist_ok=True)
         _step(progress, 0.5, f"Uploading the {what} and model card in one commit")
-        files = [CommitOperationAdd(p.name, str(p)) for p in sorted(folder.iterdir())
-                 if p.is_file() and p.name != "README.md"]  # peft writes a stub card; ours replaces it
+        # An embedder keeps modules in subfolders (pooling, normalize); peft and sentence-transformers
+        # write a stub card at the top, which ours replaces.
+        files = [CommitOperationAdd(str(p.relative_to(folder)), str(p)) for p in sorted(folder.rglob("*"))
+                 if p.is_file() and str(p.relative_to(folder)) != "README.md"]
         files.append(CommitOperationAdd("README.md", model_card(run, repo_id, what).encode()))
         api.create_commit(repo_id, operations=files, commit_message=f"Upload {run.name} from Finetune Lab")
         _step(progress, 1.0, "Done")
@@ -256,6 +264,9 @@ def push_space(run_name: str, space_id: str, model_repo: str, token: str | None 
     run, space_id = finished_run(run_name), check_repo_id(space_id, "Space")
     model_repo, token = check_repo_id(model_repo), resolve_token(token)
     manifest, is_lora = finished_manifest(run), run.is_lora
+    if manifest.kind == EMBEDDER:
+        raise HubError(f"'{run.name}' is a tuned embedder: the compare-chat Space is for chat models. "
+                       "Push it as a model; it loads with SentenceTransformer(repo id).")
     api = _api(token)
     with hub_errors(token, space_id), tempfile.TemporaryDirectory() as tmp:
         _step(progress, 0.1, "Checking the token")

@@ -211,12 +211,12 @@ def adapter_folder(value: str) -> Path:
     """The folder an adapter box value names: a finished run's name, a folder path, or a Hub
     repo id (downloaded: safetensors and config only)."""
     from core.hub.source import HUB_REPO, download_adapter
-    from core.runs import finished_runs
+    from core.runs import GENERATOR, finished_runs
 
     value = (value or "").strip()
     if not value:
         raise ModelError("Compare needs an adapter: pick one, type a folder path or a Hub repo id.")
-    by_run = {run.name: run.adapter for run in finished_runs()}
+    by_run = {run.name: run.adapter for run in finished_runs(GENERATOR)}
     folder = by_run.get(value) or Path(value).expanduser()
     if not folder.is_dir() and HUB_REPO.fullmatch(value):
         folder = download_adapter(value)

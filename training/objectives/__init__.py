@@ -1,4 +1,4 @@
-"""The training objectives, one module each (sft, dapt, dpo, kto), behind training.objective's interface.
+"""The training objectives, one module each (sft, dapt, dpo, kto, embed), behind training.objective's interface.
 
     python -c "from training.objectives import NAMES; print(NAMES)"
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from core.errors import LabError
 from training.objective import Objective
-from training.objectives import dapt, dpo, kto, sft
+from training.objectives import dapt, dpo, embed, kto, sft
 
-OBJECTIVES = {module.OBJECTIVE.name: module.OBJECTIVE for module in (sft, dapt, dpo, kto)}
+OBJECTIVES = {module.OBJECTIVE.name: module.OBJECTIVE for module in (sft, dapt, dpo, kto, embed)}
 NAMES = tuple(OBJECTIVES)
 DEFAULT = sft.OBJECTIVE.name
 PAIRS = dpo.OBJECTIVE.name  # what "Train on my votes" sets: blind A/B pairs

@@ -1,0 +1,123 @@
+"""objective=embed: the packaged MiniLM fine-tuned on labelled texts with sentence-transformers'
+trainer, run like every run (out of process, killed and resumed), measured before and after on
+held-out rows, and then used wherever an embedder is."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.errors import LabError
+from tests.raw_client import RawApp
+from training.progress import read_log
+
+
+def test_labelled_rows_are_checked_deduplicated_and_previewed(data_home, tmp_path):
+    from training.config import load_config
+    from training.prepare import build_examples, preview
+
+    cfg = load_config("embed_chatterbot")
+    examples = build_examples(cfg, None)
+    assert examples.column_names == ["sentence", "label"] and len(set(examples["label"])) == 21
+    assert len(examples) == len(set(examples["sentence"])) == 749, "a repeated question is kept once"
+    shown = preview(cfg, 0)
+    assert shown.segments == [("What is AI?", "label: ai")] and shown.total_tokens > 3
+    with pytest.raises(LabError, match="set adapter=full"):
+        load_config("embed_chatterbot", adapter="lora")
+    with pytest.raises(LabError, match="even batch_size of at least 4"):
+        load_config("embed_chatterbot", batch_size=5)
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text(json.dumps({"body": "x", "tag": "a"}) + "\n")
+    with pytest.raises(LabError, match="needs a text column .* this data has body, tag"):
+        build_examples(load_config("embed_chatterbot", dataset=str(bare)), None)
+    assert len(build_examples(load_config("embed_chatterbot", dataset=str(bare), columns="text=body,label=tag"),
+                              None)) == 1
+
+
+@pytest.mark.slow
+def test_tuning_separates_the_held_out_categories(embed_run):
+    manifest = embed_run.manifest()
+    assert manifest.kind == "embedder" and manifest.method == "EMBED + FULL" and manifest.steps == 60
+    figures = {m.label.split(",")[-1].split("(")[0].strip(): m for m in manifest.held_out}
+    accuracy, nmi = figures["held-out classification accuracy"], figures["NMI"]
+    silhouette = figures["held-out silhouette of the labels"]
+    # Measured on the recipe, uninterrupted: accuracy 0.773 -> 0.827, NMI 0.61 -> 0.758,
+    # silhouette 0.008 -> 0.277 (30 steps: the same accuracy, NMI 0.74, silhouette 0.138).
+    assert accuracy.after > accuracy.before + 0.02, manifest.held_out
+    assert nmi.after > nmi.before + 0.08, manifest.held_out
+    assert silhouette.after > silhouette.before + 0.15, manifest.held_out
+    steps = [e["step"] for e in read_log(embed_run) if e.get("loss") is not None]
+    assert steps == list(range(1, 61)), "resumed from checkpoint-20, each step once"
+    maps = json.loads(embed_run.report_json.read_text())
+    assert len(maps["base"]) == len(maps["tuned"]) == len(maps["labels"]) > 50 and maps["base"] != maps["tuned"]
+
+
+@pytest.mark.slow
+def test_the_tuned_embedder_is_used_like_the_packaged_one(embed_run):
+    import numpy as np
+
+    from core.explore.embeddings import embed, tuned_embedders
+    from tabs.chat import adapter_choices
+
+    assert embed_run.name in tuned_embedders() and embed_run.name not in adapter_choices()
+    texts = ["What is AI?", "Who wrote Hamlet?", "Do you like food?"]
+    tuned, base = embed(texts, embed_run.name), embed(texts)
+    assert tuned.shape == base.shape and not np.allclose(tuned, base, atol=1e-3)
+    assert np.allclose(embed(texts, embed_run.name), tuned), "the cache keys vectors by the run"
+
+
+@pytest.fixture(scope="module")
+def raw(app_server):
+    return RawApp(app_server)
+
+
+@pytest.mark.slow
+def test_the_served_tab_clusters_with_it_and_a_visitor_may_too(embed_run, raw):
+    """Over the served API as a visitor: the tuned embedder's map differs from the base's;
+    starting the recipe is refused (test_public.py covers every guarded action)."""
+    from tests.test_public import refused, text_of
+
+    spec = ["chatterbot", None, "", "", 300]
+    cluster = raw.fn_index(api_name="cluster")
+    maps = {}
+    for embedder in ("all-MiniLM-L6-v2", embed_run.name):
+        result = raw.call(cluster, [*spec, embedder, "kmeans", 21, 15, "pca", "label"])
+        assert result["ok"], result["error"]
+        plot, info, _ = result["data"]
+        assert "NMI" in info, info
+        maps[embedder] = (plot, float(info.split("NMI ")[1].split(" ")[0]))
+    assert maps[embed_run.name][0] != maps["all-MiniLM-L6-v2"][0]
+    assert maps[embed_run.name][1] > maps["all-MiniLM-L6-v2"][1], "the tuned embedder clusters the categories better"
+    started = raw.call(raw.fn_index(api_name="train_recipe"), ["embed_chatterbot", "output_name: visitor-embed"])
+    assert refused(started), text_of(started)[:200]
+
+
+def test_retrieval_scores_rank_each_anchors_own_positive():
+    import numpy as np
+
+    from core.explore.embeddings import retrieval_scores
+
+    eye = np.eye(3, dtype=np.float32)
+    assert retrieval_scores(eye, eye) == {"top1": 1.0, "mrr": 1.0}
+    shifted = eye[[1, 2, 0]]  # each anchor's own positive is now the least similar
+    assert retrieval_scores(eye, shifted) == {"top1": 0.0, "mrr": round((1 / 2 + 1 / 2 + 1 / 2) / 3, 3)}
+
+
+@pytest.mark.slow
+def test_pairs_train_with_multiple_negatives_ranking(data_home):
+    """ChatterBot's questions and answers as anchor/positive pairs: the other loss, and the
+    retrieval figures in the manifest (no maps: pairs have no labels to colour by)."""
+    from core.runs import RunFolder
+    from training.config import load_config
+    from training.prepare import preview
+    from training.run import train
+
+    cfg = load_config("embed_chatterbot", output_name="embed-pairs", columns="anchor=question,positive=answer",
+                      max_rows=160, max_steps=3, batch_size=16, eval_fraction=0.2)
+    assert [label for _, label in preview(cfg, 0).segments] == ["anchor: the text", "positive: made nearer"]
+    run = RunFolder(train(cfg, data_home / "runs" / cfg.output_name))
+    manifest = run.manifest()
+    assert [m.label for m in manifest.held_out] == ["held-out anchors whose nearest positive is their own",
+                                                    "held-out mean reciprocal rank"]
+    assert all(0 < m.before <= 1 and 0 < m.after <= 1 for m in manifest.held_out), manifest.held_out
+    assert manifest.steps == 3 and manifest.report is None and manifest.kind == "embedder"
