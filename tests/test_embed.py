@@ -66,6 +66,19 @@ def test_the_tuned_embedder_is_used_like_the_packaged_one(embed_run):
     assert np.allclose(embed(texts, embed_run.name), tuned), "the cache keys vectors by the run"
 
 
+@pytest.mark.slow
+def test_held_out_answers_can_be_scored_by_the_tuned_embedder(embed_run):
+    from core.explore.embeddings import cosine_label
+    from training.answer_eval import scores
+    from training.config import load_config
+
+    answers, references = ["I am Lumen, an assistant.", "Paris."], ["My name is Lumen.", "The capital is Paris."]
+    by_minilm, by_tuned = scores(answers, references), scores(answers, references, embed_run.name)
+    assert by_tuned["cosine"] != by_minilm["cosine"] and by_tuned["rouge_l"] == by_minilm["rouge_l"]
+    assert cosine_label(embed_run.name) == f"cosine by {embed_run.name}" and cosine_label(None) == "MiniLM cosine"
+    assert load_config("tiny", eval_embedder=embed_run.name).eval_embedder == embed_run.name
+
+
 @pytest.fixture(scope="module")
 def raw(app_server):
     return RawApp(app_server)

@@ -79,7 +79,7 @@ def test_cosine_with_warmup_is_the_schedule_the_run_logs(data_home, tiny_run):
     assert differ["lr_scheduler"] == ["cosine", "linear"] and differ["warmup"] == ["2.0", "0.0"], differ
     assert "learning_rate" not in differ and "model" not in differ and diff["headers"] == ["setting", *curves]
     results = {row[0]: row[1:] for row in figures["value"]}
-    assert results["steps"] == [6, 6] and results["held-out answers, MiniLM cosine (base)"][0] is None
+    assert results["steps"] == [6, 6] and results["held-out answers, embedding cosine (base)"][0] is None
     assert "setting(s) differ" in line and "Pick two to four" in compare_view([run.name])[3]
 
 

@@ -22,6 +22,7 @@ from dataclasses import replace
 import numpy as np
 
 from core.errors import LabError
+from core.explore.embeddings import cosine_label
 from core.paths import write_json
 from core.runs import RunFolder
 from training import objectives
@@ -102,14 +103,15 @@ def answer_batch(loaded, conversations: list[list[dict]], adapter_name: str | No
     return loaded.tokenizer.batch_decode(output[:, input_ids.shape[1]:], skip_special_tokens=True)
 
 
-def scores(answers: list[str], references: list[str]) -> dict:
-    """Mean exact match, ROUGE-L F1 and MiniLM cosine of `answers` against `references`."""
+def scores(answers: list[str], references: list[str], embedder: str = "") -> dict:
+    """Mean exact match, ROUGE-L F1 and embedding cosine (the packaged MiniLM, or `embedder`)
+    of `answers` against `references`."""
     from rouge_score import rouge_scorer
 
     from core.explore.embeddings import embed
 
     scorer = rouge_scorer.RougeScorer(["rougeL"])
-    vectors = embed(answers + references, write_cache=False)  # normalised; answers are not worth caching
+    vectors = embed(answers + references, embedder, write_cache=False)  # normalised; answers are not worth caching
     cosine = (vectors[:len(answers)] * vectors[len(answers):]).sum(axis=1)
     return {"exact_match": round(float(np.mean([normalize(a) == normalize(r) for a, r in zip(answers, references)])), 3),
             "rouge_l": round(float(np.mean([scorer.score(r, a)["rougeL"].fmeasure
@@ -126,8 +128,9 @@ def answer_scores(cfg, run: RunFolder, eval_set, progress=print) -> dict | None:
     answers = generate(cfg, run, rows, cfg.eval_seconds, progress)
     references = [reference for _, reference in rows[:len(answers)]]
     return {"rows": len(answers), "of": len(eval_set), "seconds": round(time.monotonic() - started, 1),
-            "base": scores([b for b, _ in answers], references),
-            "tuned": scores([t for _, t in answers], references),
+            "embedder": cfg.eval_embedder,
+            "base": scores([b for b, _ in answers], references, cfg.eval_embedder),
+            "tuned": scores([t for _, t in answers], references, cfg.eval_embedder),
             "examples": [{"prompt": m[-1]["content"], "reference": r, "base": b, "tuned": t}
                          for (m, r), (b, t) in zip(rows[:3], answers[:3])]}
 
@@ -138,7 +141,7 @@ def table_markdown(table: dict | None) -> str:
         return ""
     lines = [f"Held-out answers ({table['rows']} of {table['of']} rows, greedy, scored against the reference):", "",
              "| score | base | tuned |", "|---|---|---|"]
-    for key, label in (("exact_match", "exact match"), ("rouge_l", "ROUGE-L F1"), ("cosine", "MiniLM cosine")):
+    for key, label in (("exact_match", "exact match"), ("rouge_l", "ROUGE-L F1"), ("cosine", cosine_label(table.get("embedder")))):
         lines.append(f"| {label} | {table['base'][key]} | {table['tuned'][key]} |")
     return "\n".join(lines)
 

@@ -82,6 +82,8 @@ class TrainConfig:
     eval_rows: int = _f(16, "SFT: held-out rows the base and the tuned model answer, scored by exact "
                         "match, ROUGE-L and MiniLM cosine against the reference (0: skip)")
     eval_seconds: float = _f(120.0, "SFT: stop answering held-out rows after this many seconds")
+    eval_embedder: str = _f("all-MiniLM-L6-v2", "SFT: the embedder whose cosine scores held-out answers: the "
+                            "packaged MiniLM, or a tuned embedder by its run name")
     max_rows: int = _f(0, "Use at most this many rows (0: all)")
     save_steps: int = _f(50, "Save a checkpoint every N steps")
     save_total_limit: int = _f(2, "Keep only the last K checkpoints")

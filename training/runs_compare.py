@@ -12,7 +12,7 @@ from core.runs import RunFolder
 
 FIGURES = (("steps", "steps"), ("train_runtime_s", "training time (s)"), ("first_loss", "first loss"),
            ("final_loss", "final loss"))
-ANSWER_SCORES = (("exact_match", "exact match"), ("rouge_l", "ROUGE-L F1"), ("cosine", "MiniLM cosine"))
+ANSWER_SCORES = (("exact_match", "exact match"), ("rouge_l", "ROUGE-L F1"), ("cosine", "embedding cosine"))
 
 
 def pick_runs(names: list[str]) -> list[RunFolder]:

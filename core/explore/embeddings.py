@@ -37,6 +37,11 @@ MAX_CLASSES = 50
 _RECENT_LOCK = threading.Lock()
 
 
+def cosine_label(embedder: str | None) -> str:
+    """How a table names the cosine of answers: "MiniLM cosine", or the tuned embedder's."""
+    return "MiniLM cosine" if (embedder or DEFAULT_EMBEDDER) in PACKAGED_EMBEDDERS else f"cosine by {embedder}"
+
+
 def hub_id(name: str) -> str:
     """The Hub id of an embedder known by a short name (the packaged MiniLM), else the name."""
     return PACKAGED_EMBEDDERS[1] if name in PACKAGED_EMBEDDERS else name

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from core.errors import LabError
+from core.explore.embeddings import cosine_label
 from core.runs import EMBEDDER, Manifest, RunFolder
 
 
@@ -152,7 +153,8 @@ def results_rows(manifest: Manifest) -> str:
     rows = [measure.card_row() for measure in manifest.held_out]
     answers = manifest.answer_scores
     if answers:
-        for key, label in (("exact_match", "exact match"), ("rouge_l", "ROUGE-L F1"), ("cosine", "MiniLM cosine")):
+        for key, label in (("exact_match", "exact match"), ("rouge_l", "ROUGE-L F1"),
+                           ("cosine", cosine_label(answers.get("embedder")))):
             rows.append(f"| held-out answers, {label} ({answers['rows']} rows, greedy) | {answers['base'][key]} "
                         f"| {answers['tuned'][key]} |")
     rows.append(f"| training loss (first → last step) | {manifest.first_loss} | {manifest.final_loss} |")
