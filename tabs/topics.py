@@ -160,6 +160,20 @@ def run_topics(source, upload, text_column, label_column, max_docs, embedder, me
             *[topic_core.figure(result, name) for name in topic_core.FIGURES], result)
 
 
+def refit_with_tuned(source, upload, text_column, label_column, max_docs, embedder, method, n_topics,
+                     request: gr.Request = None, progress=gr.Progress()):
+    """Fit the topics again with the newest tuned embedder (a finished run of objective embed),
+    in one click after training it; the picker shows which. Returns run_topics' outputs and
+    the picker's value."""
+    tuned = tuned_embedders()
+    if not tuned:
+        return (warn(LabError("No tuned embedder yet: train one with the recipe embed_chatterbot (Train tab).")),
+                *[gr.update()] * (len(topic_core.FIGURES) + 2), gr.update())
+    outputs = run_topics(source, upload, text_column, label_column, max_docs, tuned[0], method, n_topics,
+                         request, progress)
+    return (*outputs, tuned[0])
+
+
 def _topics_message(result, note=""):
     n = len([t for t in result.model.get_topics() if t != -1])
     return f"{n} topics over {len(result.texts)} documents. {note}"
@@ -238,6 +252,7 @@ def build() -> None:
             n_topics = gr.Slider(2, 60, 20, step=1, label="Topics (fast method)")
             topics_btn = gr.Button("Fit topics", variant="primary", elem_id="fit-topics")
             name_btn = gr.Button("Name topics with the chat model")
+            refit_btn = gr.Button("Fit again with the newest tuned embedder", elem_id="refit-tuned")
         topic_info = gr.Markdown(elem_id="topic-info")
         topic_tbl = gr.Dataframe(label="Topics", interactive=False, max_height=360)
         figures = []
@@ -259,6 +274,8 @@ def build() -> None:
     new_text.submit(classify_text, [classifier_state, new_text, embedder], predicted, api_name=False, **HEAVY_EVENTS)
     topics_btn.click(run_topics, [*spec, topic_method, n_topics], [topic_info, topic_tbl, *figures, topic_state],
                      api_name="topics", **HEAVY_EVENTS)
+    refit_btn.click(refit_with_tuned, [*spec, topic_method, n_topics], [topic_info, topic_tbl, *figures, topic_state,
+                                                                        embedder], api_name="topics_tuned", **HEAVY_EVENTS)
     name_btn.click(label_with_llm, topic_state, [topic_info, topic_tbl, *figures], api_name=False, **HEAVY_EVENTS)
     query.submit(search, [topic_state, query], found, api_name=False)
     export_btn.click(export_topics, topic_state, files, api_name=False)

@@ -101,6 +101,11 @@ def test_the_served_tab_clusters_with_it_and_a_visitor_may_too(embed_run, raw):
         maps[embedder] = (plot, float(info.split("NMI ")[1].split(" ")[0]))
     assert maps[embed_run.name][0] != maps["all-MiniLM-L6-v2"][0]
     assert maps[embed_run.name][1] > maps["all-MiniLM-L6-v2"][1], "the tuned embedder clusters the categories better"
+    from core.explore.embeddings import tuned_embedders
+
+    refit = raw.call(raw.fn_index(api_name="topics_tuned"), [*spec, "all-MiniLM-L6-v2", "fast", 8])
+    assert refit["ok"] and refit["data"][0].startswith("8 topics over 300 documents"), refit
+    assert refit["data"][-1] == tuned_embedders()[0], "one click: the newest tuned embedder, and the picker says so"
     started = raw.call(raw.fn_index(api_name="train_recipe"), ["embed_chatterbot", "output_name: visitor-embed"])
     assert refused(started), text_of(started)[:200]
 

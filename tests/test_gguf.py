@@ -212,12 +212,13 @@ def test_tokenizer_metadata_matches_the_packaged_smollm2_file(smol_exports):
 @pytest.mark.slow
 def test_gemma3_dapt_round_trip(gemma_run, tmp_path):
     """Gemma's own tensor mapping (its norms, its tied 262k embedding), checked in f16, where any
-    mapping error shows; the q8_0 and q4_0 quantizers are checked on SmolLM2 above."""
+    mapping error shows in every logit, so two prompts suffice; the q8_0 and q4_0 quantizers are
+    checked on SmolLM2 above."""
     from training.gguf_export import export_gguf
 
     export = export_gguf(gemma_run.name, "f16")
     reference, tokenizer = load_plain(gemma_run.merged)
-    answers = reference_answers(reference, tokenizer, TEXT_PROMPTS, chat=False)
+    answers = reference_answers(reference, tokenizer, TEXT_PROMPTS[:2], chat=False)
     f16 = compare(reference, answers, exported_answers_in_processes([export], answers, tmp_path)[0])
     assert f16["max"] < F16_MAX_GAP and not f16["partings"], f16
     modelfile = (export.folder / "Modelfile").read_text()
