@@ -9,7 +9,7 @@ import pytest
 from core.errors import LabError
 from tests.conftest import ROOT
 
-RUN_FILES = ("manifest.json", "log.jsonl", "eval.json", "held_out.jsonl", "job.json", "status.json", "config.yaml",
+RUN_FILES = ("manifest.json", "log.jsonl", "eval.json", "held_out.jsonl", "prompt_format.json", "job.json", "status.json", "config.yaml",
              "report.md", "report.json", "stderr.log", "stop-requested", ".adapter.partial", '/ "adapter"',
              '"checkpoints"')
 
