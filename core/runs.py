@@ -85,10 +85,6 @@ class Manifest:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def blank(cls) -> "Manifest":
-        return cls(name="", model="", base_model="", objective="", adapter="", method="", dataset="")
-
     def held_out_line(self) -> str:
         """The held-out figures in one line, e.g. "held-out perplexity 12.1 → 3.4"."""
         return " · ".join(m.line() for m in self.held_out) or "no held-out rows"
@@ -234,7 +230,9 @@ def finished_runs(kind: str | None = None) -> list[RunFolder]:
     """Runs whose training completed, newest first; only those that make `kind` if given
     (GENERATOR: adapters or models to chat with; EMBEDDER: tuned embedders)."""
     done = [run for run in all_runs() if run.is_finished]
-    return done if kind is None else [run for run in done if (run.manifest() or Manifest.blank()).kind == kind]
+    if kind is None:
+        return done
+    return [run for run in done if (manifest := run.manifest()) is not None and manifest.kind == kind]
 
 
 def write_prompt_format(adapter: Path, prompt_format: str | None) -> None:

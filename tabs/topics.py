@@ -20,7 +20,8 @@ from core.explore import topics as topic_core
 from core.access import LIMITS, AccessDenied, check_data_source, clamp, is_trusted
 from core.explore.corpora import CORPORA, DEFAULT_MAX_DOCS, load_corpus
 from core.explore.embeddings import (DEFAULT_EMBEDDER, PACKAGED_EMBEDDERS, check_labels, classify, cluster,
-                                     cluster_scores, embed, load_embedder, project, tuned_embedders)
+                                     cluster_scores, embed, is_tuned_embedder, load_embedder, project,
+                                     tuned_embedders)
 from core.errors import LabError
 from core.request_limits import HEAVY_EVENTS
 from tabs.feedback import shows_errors, warn
@@ -51,7 +52,7 @@ class CorpusRequest:
             raise AccessDenied(f"On a public app, an uploaded corpus may have at most "
                                f"{LIMITS['corpus_bytes'] // 2**20} MB; log in for larger ones.")
         embedder = self.embedder_name
-        if not is_trusted(request) and embedder not in (*PACKAGED_EMBEDDERS, *tuned_embedders()):
+        if not is_trusted(request) and embedder not in PACKAGED_EMBEDDERS and not is_tuned_embedder(embedder):
             raise AccessDenied(f"On a public app, the embedder is {DEFAULT_EMBEDDER} or a tuned one of this app's "
                                "runs; other models need a login.")
         max_docs = clamp("max_docs", int(self.max_docs or DEFAULT_MAX_DOCS), request)
@@ -160,6 +161,7 @@ def run_topics(source, upload, text_column, label_column, max_docs, embedder, me
             *[topic_core.figure(result, name) for name in topic_core.FIGURES], result)
 
 
+@shows_errors(lambda message: (message, *[gr.update()] * (len(topic_core.FIGURES) + 3)))
 def refit_with_tuned(source, upload, text_column, label_column, max_docs, embedder, method, n_topics,
                      request: gr.Request = None, progress=gr.Progress()):
     """Fit the topics again with the newest tuned embedder (a finished run of objective embed),
@@ -167,8 +169,7 @@ def refit_with_tuned(source, upload, text_column, label_column, max_docs, embedd
     the picker's value."""
     tuned = tuned_embedders()
     if not tuned:
-        return (warn(LabError("No tuned embedder yet: train one with the recipe embed_chatterbot (Train tab).")),
-                *[gr.update()] * (len(topic_core.FIGURES) + 2), gr.update())
+        raise LabError("No tuned embedder yet: train one with the recipe embed_chatterbot (Train tab).")
     outputs = run_topics(source, upload, text_column, label_column, max_docs, tuned[0], method, n_topics,
                          request, progress)
     return (*outputs, tuned[0])

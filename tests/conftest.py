@@ -109,6 +109,14 @@ def tiny_run_phases(tiny_run) -> list[str]:
     return TINY_RUN_PHASES
 
 
+@pytest.fixture(scope="module")
+def raw(app_server):
+    """The served app, spoken to as a browser's queue client (or an attacker's) by fn_index."""
+    from tests.raw_client import RawApp
+
+    return RawApp(app_server)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -8,7 +8,6 @@ import json
 import pytest
 
 from core.errors import LabError
-from tests.raw_client import RawApp
 from training.progress import read_log
 
 
@@ -77,11 +76,6 @@ def test_held_out_answers_can_be_scored_by_the_tuned_embedder(embed_run):
     assert by_tuned["cosine"] != by_minilm["cosine"] and by_tuned["rouge_l"] == by_minilm["rouge_l"]
     assert cosine_label(embed_run.name) == f"cosine by {embed_run.name}" and cosine_label(None) == "MiniLM cosine"
     assert load_config("tiny", eval_embedder=embed_run.name).eval_embedder == embed_run.name
-
-
-@pytest.fixture(scope="module")
-def raw(app_server):
-    return RawApp(app_server)
 
 
 @pytest.mark.slow

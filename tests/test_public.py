@@ -41,11 +41,6 @@ def snapshot(folder) -> dict:
 
 
 @pytest.fixture(scope="module")
-def raw(app_server):
-    return RawApp(app_server)
-
-
-@pytest.fixture(scope="module")
 def secret(data_home):
     path = data_home.parent / f"secret-{uuid.uuid4().hex[:6]}.csv"
     path.write_text("question,answer\nthe password,hunter2\n")

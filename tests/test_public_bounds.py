@@ -17,11 +17,6 @@ from tests.test_public import CHAT, snapshot, text_of
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def raw(app_server):
-    return RawApp(app_server)
-
-
 def test_rest_route_is_closed_and_the_queue_still_answers(raw, app_server):
     """/gradio_api/run/<name> would run handlers beside the queue and its per-session limits."""
     chat = raw.fn_index(api_name="chat")

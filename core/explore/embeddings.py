@@ -23,7 +23,7 @@ import numpy as np
 from core import assets, threads
 from core.errors import LabError
 from core.paths import data_dir
-from core.runs import EMBEDDER, RunFolder, finished_runs
+from core.runs import EMBEDDER, Manifest, RunFolder, finished_runs
 
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
@@ -58,24 +58,30 @@ def embedder_source(name: str) -> str:
     name = (name or "").strip() or DEFAULT_EMBEDDER
     if name in PACKAGED_EMBEDDERS:
         return str(assets.minilm_dir() or name)
-    run = _tuned_run(name)
-    return str(run.adapter) if run else name
+    return str(RunFolder.named(name).adapter) if _tuned_manifest(name) else name
 
 
 def embedder_key(name: str) -> str:
     """The cache key of an embedder: its name, and for a tuned one also when it finished."""
     name = (name or "").strip() or DEFAULT_EMBEDDER
-    run = _tuned_run(name)
-    return f"{name}@{run.manifest().created}" if run else name
+    manifest = _tuned_manifest(name)
+    return f"{name}@{manifest.created}" if manifest else name
 
 
-def _tuned_run(name: str) -> RunFolder | None:
+def is_tuned_embedder(name: str) -> bool:
+    return _tuned_manifest((name or "").strip()) is not None
+
+
+def _tuned_manifest(name: str) -> Manifest | None:
+    """The manifest of the finished embedder run called `name`; None for any other name."""
+    if name in PACKAGED_EMBEDDERS:
+        return None
     try:
         run = RunFolder.named(name)
     except LabError:
         return None  # not a run name (a Hub id has a slash)
-    manifest = run.manifest() if run.path.is_dir() else None
-    return run if manifest is not None and manifest.kind == EMBEDDER and run.is_finished else None
+    manifest = run.manifest() if run.is_finished else None
+    return manifest if manifest is not None and manifest.kind == EMBEDDER else None
 
 
 def load_embedder(name: str = DEFAULT_EMBEDDER):

@@ -107,9 +107,9 @@ def folder_to_push(run: RunFolder, what: str) -> Path:
     return folder
 
 
-def _library(run: RunFolder, what: str) -> tuple[str, list[str]]:
+def _library(run: RunFolder, manifest: Manifest, what: str) -> tuple[str, list[str]]:
     """The card's library_name and the extra tags for what is pushed."""
-    if run.manifest().kind == EMBEDDER:
+    if manifest.kind == EMBEDDER:
         return "sentence-transformers", ["sentence-transformers", "feature-extraction"]
     if what.startswith("gguf-"):
         return "gguf", ["gguf", what[len("gguf-"):]]
@@ -125,7 +125,7 @@ def model_card(run: RunFolder, repo_id: str, what: str = "adapter") -> str:
     from core.hub.source import parse_hub_source
 
     manifest, config, is_lora = finished_manifest(run), run.config.read_text(), run.is_lora and what == "adapter"
-    library, extra_tags = _library(run, what)
+    library, extra_tags = _library(run, manifest, what)
     hub_data = parse_hub_source(manifest.dataset)
     task = "sentence-similarity" if manifest.kind == EMBEDDER else "text-generation"
     data = ModelCardData(base_model=manifest.base_model, library_name=library,
