@@ -92,6 +92,8 @@ def test_cli_help_is_instant_and_chat_streams():
     """--help imports no heavy library (so it answers at once on any host), and chat streams."""
     out = subprocess.run([sys.executable, "-c", HELP_IMPORTS], cwd=ROOT, capture_output=True, text=True, check=True)
     assert "usage: cli.py" in out.stdout and out.stdout.strip().endswith("heavy: []"), out.stdout[-300:]
+    out = subprocess.run([sys.executable, "cli.py", "train", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and "(0.03 = 3%)" in " ".join(out.stdout.split()), out.stderr[-300:]
     out = subprocess.run([sys.executable, "cli.py", "chat", "--max-new-tokens", "16",
                           "What is the capital of France?"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and "Paris" in out.stdout

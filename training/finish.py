@@ -43,6 +43,7 @@ def save_final(trainer, tokenizer, cfg: TrainConfig, run: RunFolder) -> None:
     """Write adapter/ (or the full model) to a temp folder and rename it into place."""
     tmp, final = run.adapter_partial, run.adapter
     shutil.rmtree(tmp, ignore_errors=True)
+    objectives.get(cfg.objective).ready_to_save(trainer)
     trainer.save_model(str(tmp))
     if tokenizer is not None:  # an embedder saves its own with the model
         tokenizer.save_pretrained(str(tmp))

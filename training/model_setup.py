@@ -96,7 +96,7 @@ def starting_adapter(cfg) -> RunFolder | None:
     return start
 
 
-def lora_config(cfg):
+def lora_config(cfg, task_type: str = "CAUSAL_LM"):
     """peft settings for lora/qlora; None for a full fine-tune."""
     if cfg.adapter == "full":
         return None
@@ -105,7 +105,7 @@ def lora_config(cfg):
     target = cfg.lora_target if cfg.lora_target == "all-linear" else [
         t.strip() for t in cfg.lora_target.split(",") if t.strip()]
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=target, task_type="CAUSAL_LM")
+                      target_modules=target, task_type=task_type)
 
 
 def common_args(cfg, run: RunFolder) -> dict:

@@ -71,6 +71,9 @@ class Objective:
         """The trl trainer for this config, on the base model it loads."""
         raise NotImplementedError
 
+    def ready_to_save(self, trainer) -> None:
+        """Ready the trained model for the run's final save (an embedder merges its LoRA)."""
+
     def held_out(self, trainer, cfg, tokenizer) -> dict:
         """The held-out figures at this point of training, by name (saved in the run folder)."""
         raise NotImplementedError

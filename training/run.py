@@ -114,7 +114,7 @@ def parse_args(argv=None):
     parser.add_argument("--run-dir", help="run folder (default: <data dir>/runs/<output_name>)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     for name, help_text in field_help().items():
-        parser.add_argument(f"--{name}", help=help_text, default=None)
+        parser.add_argument(f"--{name}", help=help_text.replace("%", "%%"), default=None)
     return parser.parse_args(argv)
 
 

@@ -15,7 +15,10 @@ apart by a margin, and the batch sampler puts at least two texts of each of seve
 every batch. It needs labels only (no pairs to mine), uses every valid triplet of a batch, and
 trains exactly what clustering and a classifier read: same-label texts nearer than others.
 (Multiple-negatives ranking would need anchor/positive pairs and would push apart other texts
-of the same label that share a batch.) The whole embedder trains (22M parameters for MiniLM).
+of the same label that share a batch.) The whole embedder trains (22M parameters for MiniLM),
+or with adapter=lora only LoRA matrices on its layers (peft, `lora_target`; 'all-linear' means
+the attention's query and value here); checkpoints then hold the LoRA weights alone, and the
+finished run merges them, so adapter/ is a whole embedder either way.
 
 Held out, before and after, for labels: the accuracy of the Embeddings tab's classifier
 (logistic regression) fitted on the training rows' embeddings; NMI and ARI of KMeans with as
@@ -48,8 +51,8 @@ class Embed(Objective):
     kind = EMBEDDER
 
     def check(self, cfg) -> None:
-        if cfg.adapter != "full":
-            raise LabError("objective=embed trains the whole embedder: set adapter=full.")
+        if cfg.adapter not in ("full", "lora"):
+            raise LabError("objective=embed trains the whole embedder or LoRA on it: set adapter=full or lora.")
         if cfg.batch_size < 4 or cfg.batch_size % 2:
             raise LabError(f"objective=embed needs an even batch_size of at least 4 (it is {cfg.batch_size}): "
                            "each batch holds pairs of texts per label.")
@@ -99,14 +102,22 @@ class Embed(Objective):
         from sentence_transformers.sentence_transformer.losses import BatchAllTripletLoss, MultipleNegativesRankingLoss
 
         from core.explore.embeddings import embedder_source
+        from training.objectives.embed_lora import LoraEmbedderTrainer, with_lora
 
         model = SentenceTransformer(embedder_source(cfg.model), trust_remote_code=False)
+        if cfg.adapter == "lora":
+            model[0].model = with_lora(model[0].model, cfg)
         pairs = "positive" in train_set.column_names
         sampler = BatchSamplers.NO_DUPLICATES if pairs else BatchSamplers.GROUP_BY_LABEL
         args = Arguments(**common_args(cfg, run), batch_sampler=sampler)
         loss = MultipleNegativesRankingLoss(model) if pairs else BatchAllTripletLoss(model)
-        return SentenceTransformerTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                                          loss=loss, callbacks=list(callbacks))
+        kind = LoraEmbedderTrainer if cfg.adapter == "lora" else SentenceTransformerTrainer
+        return kind(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                    loss=loss, callbacks=list(callbacks))
+
+    def ready_to_save(self, trainer) -> None:
+        if hasattr(trainer.model[0].model, "merge_and_unload"):
+            trainer.model[0].model = trainer.model[0].model.merge_and_unload()
 
     def held_out(self, trainer, cfg, tokenizer) -> dict:
         from core.explore.embeddings import retrieval_scores, separation_scores
