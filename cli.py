@@ -11,7 +11,7 @@
     HF_TOKEN=... python cli.py publish --run RUN --repo USER/NAME --what merged|gguf-q8_0
     python cli.py votes export --out prefs.jsonl    # Compare votes as DPO pairs
     python cli.py votes thumbs --out thumbs.jsonl   # every rated answer, for KTO
-    python cli.py votes table | accept              # win/loss/tie per adapter; accept visitors' votes
+    python cli.py votes table | accept              # leaderboard, win/loss/tie per adapter; accept votes
     python cli.py eval --run RUN                    # held-out answers of base vs tuned: EM, ROUGE-L, cosine
     python cli.py hub models --task text-generation --max-params 500   # or: hub datasets --task question-answering
 
@@ -125,7 +125,10 @@ def cmd_votes(args) -> int:
     elif args.action == "accept":
         print(f"{votes.accept_visitor_votes()} visitor vote(s) moved into your store")
     else:
-        for row in votes.win_table(votes.read()) or []:
+        from core.feedback.leaderboard import leaderboard_lines, win_table
+
+        print("\n".join(leaderboard_lines(votes.read())) or "No blind A/B votes yet.")
+        for row in win_table(votes.read()) or []:
             low, high = row["interval_95"]
             print(f"{row['adapter']} vs {row['model']}: {row['wins']}-{row['losses']}-{row['ties']} "
                   f"(win-loss-tie), {row['both_bad']} both bad, win share {row['win_share']} "

@@ -1,5 +1,6 @@
-"""Train tab, "Preference votes": the win / loss / tie table of each adapter against its base
-from the blind Compare votes (core.feedback.votes), visitors' votes to review, one click to train DPO on
+"""Train tab, "Preference votes": the leaderboard of every adapter and base that has blind votes
+(core.feedback.leaderboard), the win / loss / tie table of each adapter against its base
+(core.feedback.votes), votes pulled from a Space's Hub dataset and visitors' votes to review, one click to train DPO on
 the owner's A/B votes (exported as preference pairs) or KTO on every rated answer (thumbs, and
 both answers of an A/B vote), each set as the dataset with its objective; and "Judge a run":
 a DPO or KTO run's held-out pairs, blind, until the win rate against the model it started from
@@ -10,6 +11,7 @@ from __future__ import annotations
 import gradio as gr
 
 from core.feedback import votes
+from core.feedback.leaderboard import leaderboard, position_bias_line, win_table
 from core.access import require_user
 from core.errors import LabError
 from core.paths import data_dir
@@ -21,25 +23,30 @@ from training import objectives
 
 BLANK_ANSWERS = (gr.update(value="", label="Answer A"), gr.update(value="", label="Answer B"))
 COLUMNS = ["adapter", "base model", "wins", "losses", "ties", "both bad", "win share", "95% interval"]
+BOARD_COLUMNS = ["#", "model", "rating (Elo scale)", "95% interval", "wins", "losses", "ties"]
 
 
-@shows_errors(lambda message: ([], message))
+@shows_errors(lambda message: ([], [], message))
 def vote_summary(request: gr.Request = None):
-    """(table rows, one line on the visitors' votes waiting for review); the owner's only: it
-    reads both vote files whole."""
+    """(leaderboard rows, table rows, one line on the store, the left answer's share and the
+    votes waiting for review); the owner's only: it reads both vote files whole."""
     require_user(request, action="reading the votes table")
+    owned = votes.read()
+    board = [[n, r["entrant"], r["rating"], f"{r['interval_95'][0]}-{r['interval_95'][1]}", r["wins"], r["losses"],
+              r["ties"]] for n, r in enumerate(leaderboard(owned), 1)]
     rows = [[r["adapter"], r["model"], r["wins"], r["losses"], r["ties"], r["both_bad"], r["win_share"],
-             f"{r['interval_95'][0]:.2f}-{r['interval_95'][1]:.2f}"] for r in votes.win_table(votes.read())]
+             f"{r['interval_95'][0]:.2f}-{r['interval_95'][1]:.2f}"] for r in win_table(owned)]
     waiting = len(votes.read(visitor=True))
-    return rows, f"{len(votes.read())} vote(s) in your store · {waiting} visitor vote(s) waiting for review"
+    return board, rows, (f"{len(owned)} vote(s) in your store · {position_bias_line(owned)} · "
+                         f"{waiting} vote(s) waiting for review (visitors', and pulled from the Hub)")
 
 
-@shows_errors(lambda message: (gr.update(), message))
+@shows_errors(lambda message: (gr.update(), gr.update(), message))
 def accept_visitors(request: gr.Request = None):
     require_user(request, action="accepting visitors' votes")
     moved = votes.accept_visitor_votes()
-    rows, line = vote_summary(request)
-    return rows, f"✅ {moved} visitor vote(s) accepted. {line}"
+    board, rows, line = vote_summary(request)
+    return board, rows, f"✅ {moved} vote(s) accepted. {line}"
 
 
 def train_on_votes(request: gr.Request = None):
@@ -115,15 +122,18 @@ def build_judge() -> None:
 
 def build(dataset: gr.Dropdown, objective: gr.Radio) -> None:
     with gr.Accordion("Preference votes (blind Compare)", open=False):
-        table = gr.Dataframe(headers=COLUMNS, interactive=False, elem_id="votes-table")
+        board = gr.Dataframe(headers=BOARD_COLUMNS, interactive=False, elem_id="votes-leaderboard",
+                             label="Leaderboard: every model with blind votes (Bradley-Terry)")
+        table = gr.Dataframe(headers=COLUMNS, interactive=False, elem_id="votes-table",
+                             label="Each adapter against its own base")
         line = gr.Markdown(elem_id="votes-line")
         with gr.Row():
-            refresh = gr.Button("↻ Refresh", size="sm")
+            refresh = gr.Button("↻ Refresh", size="sm", elem_id="votes-refresh")
             accept = gr.Button("Accept visitors' votes", size="sm")
             use = gr.Button("Train DPO on my votes", size="sm", variant="primary", elem_id="train-on-votes")
             thumbs = gr.Button("Train KTO on my thumbs", size="sm", variant="primary", elem_id="train-on-thumbs")
-    refresh.click(vote_summary, None, [table, line], api_name="votes_table")
-    accept.click(accept_visitors, None, [table, line], api_name="votes_accept")
+    refresh.click(vote_summary, None, [board, table, line], api_name="votes_table")
+    accept.click(accept_visitors, None, [board, table, line], api_name="votes_accept")
     use.click(train_on_votes, None, [dataset, objective, line], api_name="votes_to_dataset")
     thumbs.click(train_on_thumbs, None, [dataset, objective, line], api_name="thumbs_to_dataset")
     build_judge()

@@ -1,6 +1,6 @@
 """The preference loop in Chromium: blind Compare, vote, reveal, train DPO on the votes from the
 tiny SFT run, judge the new adapter blind against that SFT run, pick it in Chat, give its answer
-a thumb down, and train KTO on every rated answer."""
+a thumb down, train KTO on every rated answer, and see the leaderboard of the three."""
 from __future__ import annotations
 
 import pytest
@@ -99,3 +99,12 @@ def test_vote_blind_then_train_dpo_and_kto_on_the_votes(app_server, tiny_run):
         page.wait_for_function("() => /Before\\/after: KTO[\\s\\S]*browser-kto|browser-kto[\\s\\S]*Before\\/after: KTO/"
                                ".test(document.querySelector('#train-result')?.innerText)", timeout=400_000)
         shoot(page, "vote-kto-trained.png", full_page=True)
+
+        page.locator("#votes-refresh").click()  # the leaderboard: base, the SFT run and the DPO run
+        page.wait_for_function("() => document.querySelector('#votes-leaderboard')?.innerText.includes('browser-dpo')",
+                               timeout=30_000)
+        board = page.locator("#votes-leaderboard").inner_text()
+        assert tiny_run.name in board and "(base)" in board, board
+        assert "The left answer (A) won" in page.locator("#votes-line").inner_text()
+        page.locator("#votes-leaderboard").scroll_into_view_if_needed()
+        shoot(page, "votes-leaderboard.png")

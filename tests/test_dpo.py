@@ -75,7 +75,10 @@ def test_the_new_adapter_is_judged_blind_on_the_held_out_prompts(dpo_run):
     _, _, _, pending, line = judge_next(dpo_run.name)
     assert pending is None and "Every held-out pair" in line
     verdict = "against the base model on held-out prompts: 2 wins, 1 losses, 1 ties, 0 both bad; win share 0.667"
-    assert verdict in line and verdict in model_card(dpo_run, "t/x")
+    card = model_card(dpo_run, "t/x")
+    assert verdict in line and verdict in card
+    assert f"(Bradley-Terry, Elo scale):\n\n1. {dpo_run.name}: " in card, "2 wins to 1: first on the leaderboard"
+    assert f"2. {cfg.model} (base): " in card and "The left answer (A) won" in card
     votes.store().unlink()
     from tabs.train_live import evaluate_again
 

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from core.feedback import votes
+from core.feedback.leaderboard import head_to_head, win_table
 from core.errors import LabError
 from tests.conftest import ROOT
 
@@ -96,7 +97,7 @@ def test_win_table_counts_the_tuned_side_and_gives_a_wilson_interval(clean_store
     for n, (choice, tuned_side) in enumerate([("A", "A")] * 4 + [("B", "B")] * 4 + [("A", "B"), ("B", "A"),
                                                                               ("tie", "A"), ("both_bad", "B")]):
         votes.record(a_vote(choice, tuned_side=tuned_side, session=str(n)))
-    [row] = votes.win_table(votes.read())
+    [row] = win_table(votes.read())
     assert (row["adapter"], row["wins"], row["losses"], row["ties"], row["both_bad"]) == ("tiny-fixture", 8, 2, 1, 1)
     want = binomtest(8, 10).proportion_ci(confidence_level=0.95, method="wilson")
     assert row["win_share"] == 0.8 and row["interval_95"] == (round(want.low, 3), round(want.high, 3))
@@ -109,10 +110,10 @@ def test_head_to_head_counts_one_pair_in_either_pane_order(clean_store):
     for n, (sides, choice) in enumerate(cases):  # the last two are other pairs: not counted
         votes.record(votes.Vote(prompt=[{"role": "user", "content": f"q{n}"}], answers={"A": "a", "B": "b"},
                                 sides=sides, choice=choice))
-    row = votes.head_to_head(votes.read(), dpo, TUNED)
+    row = head_to_head(votes.read(), dpo, TUNED)
     assert (row["wins"], row["losses"], row["ties"], row["both_bad"], row["win_share"]) == (2, 1, 1, 0, 0.667)
     assert row["against"] == "tiny-fixture" and 0 < row["interval_95"][0] < 0.667 < row["interval_95"][1] < 1
-    flipped = votes.head_to_head(votes.read(), TUNED, dpo)
+    flipped = head_to_head(votes.read(), TUNED, dpo)
     assert (flipped["wins"], flipped["losses"]) == (1, 2)
 
 

@@ -6,13 +6,14 @@ A DPO run's before/after report (training/evaluate.py) answers held-out prompts 
 starting model (its start_from adapter, or the base) and with the new adapter. A stored vote
 between exactly those two models on that prompt judges the pair; the pairs without one are
 shown to the owner, in a random A/B order, to vote on. The votes go to the owner's store like
-any blind Compare vote, so the win rate is `core.feedback.votes.head_to_head` of the two sides.
+any blind Compare vote, so the win rate is `core.feedback.leaderboard.head_to_head` of the two sides.
 """
 from __future__ import annotations
 
 import random
 
 from core.feedback import votes
+from core.feedback.leaderboard import head_to_head
 from core.errors import LabError
 from core.runs import RunFolder, finished_runs, read_json
 
@@ -65,7 +66,7 @@ def next_pair(run_name: str) -> votes.BlindPair | None:
 def win_rate(run: RunFolder) -> dict:
     """The head-to-head record of the run's adapter against the model it started from."""
     new, start = sides(run)
-    return votes.head_to_head(votes.read(), new, start)
+    return head_to_head(votes.read(), new, start)
 
 
 def win_rate_line(run: RunFolder) -> str:

@@ -2,7 +2,7 @@
 
     python cli.py votes export --out prefs.jsonl     # trl's conversational preference format
     python cli.py votes thumbs --out thumbs.jsonl    # every rated answer, marked good or bad
-    python cli.py votes table                         # win / loss / tie of each adapter vs its base
+    python cli.py votes pull OWNER/DATASET            # a Space's votes, into review (core.hub.votes_pull)
 
 Two files in `<data dir>/votes/`: `owner.jsonl` (the owner's votes, and visitors' votes the
 owner accepted) and `visitors.jsonl` (votes from a public app, capped, waiting for review).
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import math
 import os
 import threading
 import time
@@ -227,65 +226,5 @@ def export_rated(out: Path) -> int:
     return len(rows)
 
 
-def wilson_interval(wins: int, total: int, z: float = 1.96) -> tuple[float, float]:
-    """The 95% Wilson score interval of a win share: honest at small counts, unlike +-2 SE."""
-    if total == 0:
-        return 0.0, 1.0
-    share = wins / total
-    centre = (share + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(share * (1 - share) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def win_table(votes: list[dict]) -> list[dict]:
-    """For each adapter voted against its own base: wins, losses, ties, both-bad, and the win
-    share of the decided votes with its 95% interval."""
-    tally: dict[tuple, dict] = {}
-    for vote in votes:
-        sides = vote["sides"]
-        if vote["choice"] not in PAIR_CHOICES or len(sides) != 2:
-            continue
-        tuned = next((s for s in "AB" if sides[s].get("adapter")), None)
-        base = "B" if tuned == "A" else "A"
-        if tuned is None or sides[base].get("adapter") or sides[base]["model"] != sides[tuned]["model"]:
-            continue
-        key = (sides[tuned]["model"], sides[tuned]["adapter"])
-        row = tally.setdefault(key, _empty_row(*key))
-        row[_outcome(vote["choice"], tuned)] += 1
-    return sorted((_with_share(row) for row in tally.values()), key=lambda r: (r["model"], r["adapter"]))
-
-
-def head_to_head(votes: list[dict], challenger: dict, opponent: dict) -> dict:
-    """The blind A/B record of `challenger` against `opponent` (each {"model", "adapter"}), in
-    either pane order; the row has the fields of a win_table row plus `against`."""
-    row = {**_empty_row(challenger["model"], challenger.get("adapter")), "against": opponent.get("adapter")}
-    wanted = {side_key(challenger), side_key(opponent)}
-    for vote in votes:
-        sides = vote["sides"]
-        if vote["choice"] not in PAIR_CHOICES or len(sides) != 2 or {side_key(s) for s in sides.values()} != wanted:
-            continue
-        mine = next(s for s in "AB" if side_key(sides[s]) == side_key(challenger))
-        row[_outcome(vote["choice"], mine)] += 1
-    return _with_share(row)
-
-
 def side_key(side: dict) -> tuple:
     return side["model"], side.get("adapter")
-
-
-def _empty_row(model: str, adapter: str | None) -> dict:
-    return {"model": model, "adapter": adapter, "wins": 0, "losses": 0, "ties": 0, "both_bad": 0}
-
-
-def _outcome(choice: str, mine: str) -> str:
-    if choice in ("tie", "both_bad"):
-        return {"tie": "ties", "both_bad": "both_bad"}[choice]
-    return "wins" if choice == mine else "losses"
-
-
-def _with_share(row: dict) -> dict:
-    decided = row["wins"] + row["losses"]
-    low, high = wilson_interval(row["wins"], decided)
-    row["win_share"] = round(row["wins"] / decided, 3) if decided else None
-    row["interval_95"] = (round(low, 3), round(high, 3))
-    return row

@@ -164,10 +164,15 @@ def results_rows(manifest: Manifest) -> str:
 def votes_note(run: RunFolder, manifest: Manifest) -> str:
     """Blind Compare votes for this adapter against its base, and for a run whose report is
     judged blind (DPO, KTO) the head-to-head against the model it started from."""
-    from core.feedback.votes import read, win_table
+    from core.feedback.leaderboard import leaderboard, leaderboard_lines, win_table
+    from core.feedback.votes import read
 
-    lines = []
-    row = next((r for r in win_table(read()) if r["adapter"] == run.name), None)
+    lines, owned = [], read()
+    board = leaderboard(owned)
+    if any(row["adapter"] == run.name for row in board):
+        lines.append("Leaderboard of the owner's models from blind A/B votes (Bradley-Terry, Elo scale):\n\n"
+                     + "\n".join(leaderboard_lines(owned, board)[:-1]) + "\n\n" + leaderboard_lines(owned, board)[-1])
+    row = next((r for r in win_table(owned) if r["adapter"] == run.name), None)
     if row is not None:
         low, high = row["interval_95"]
         lines.append(f"Blind A/B votes in Finetune Lab's Compare against the base: {row['wins']} wins, "
