@@ -12,6 +12,7 @@
     python cli.py votes export --out prefs.jsonl    # Compare votes as DPO pairs
     python cli.py votes thumbs --out thumbs.jsonl   # every rated answer, for KTO
     python cli.py votes table | accept              # leaderboard, win/loss/tie per adapter; accept votes
+    python cli.py votes pull OWNER/DATASET          # the votes a published Space collected, for review
     python cli.py eval --run RUN                    # held-out answers of base vs tuned: EM, ROUGE-L, cosine
     python cli.py hub models --task text-generation --max-params 500   # or: hub datasets --task question-answering
 
@@ -82,7 +83,8 @@ def cmd_topics(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    from core.hub.publish import push_adapter, push_space
+    from core.hub.publish import push_adapter
+    from core.hub.space import push_space
     from training.export_formats import ensure_export
 
     def progress(fraction, desc=""):
@@ -91,7 +93,8 @@ def cmd_publish(args) -> int:
     ensure_export(args.run, args.what, progress)
     print(push_adapter(args.run, args.repo, None, args.private, progress, what=args.what))
     if args.space:
-        print(push_space(args.run, args.space, args.repo, None, args.private, progress))
+        votes_repo = "" if args.votes_repo == "none" else args.votes_repo
+        print(push_space(args.run, args.space, args.repo, None, args.private, progress, votes_repo))
     return 0
 
 
@@ -122,8 +125,14 @@ def cmd_votes(args) -> int:
         print(f"{votes.export_preferences(Path(args.out))} preference pair(s) written to {args.out}")
     elif args.action == "thumbs":
         print(f"{votes.export_rated(Path(args.out))} rated answer(s) written to {args.out}")
+    elif args.action == "pull":
+        from core.hub.votes_pull import pull_votes
+
+        if not args.dataset:
+            raise LabError("votes pull needs the dataset: python cli.py votes pull OWNER/NAME")
+        print(pull_votes(args.dataset, args.token).line() + " Accept them: python cli.py votes accept")
     elif args.action == "accept":
-        print(f"{votes.accept_visitor_votes()} visitor vote(s) moved into your store")
+        print(f"{votes.accept_waiting()} vote(s) waiting for review moved into your store")
     else:
         from core.feedback.leaderboard import leaderboard_lines, win_table
 
@@ -181,12 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--run", required=True, help="run folder name (see: cli.py runs)")
     publish.add_argument("--repo", required=True, help="model repo, OWNER/NAME")
     publish.add_argument("--space", help="also create or update this Space, OWNER/NAME")
+    publish.add_argument("--votes-repo", help="the Space's private votes dataset, OWNER/NAME (default: the Space's "
+                         "name + '-votes'; 'none': the Space keeps no votes)")
     publish.add_argument("--private", action="store_true")
     publish.add_argument("--what", default="adapter",
                          help="adapter (default), merged, or gguf-<quant> such as gguf-q8_0 (exported first if needed)")
-    votes = sub.add_parser("votes", help="the votes: export as DPO pairs or as rated answers (KTO), win table, "
-                           "accept visitors'")
-    votes.add_argument("action", choices=("export", "thumbs", "table", "accept"))
+    votes = sub.add_parser("votes", help="the votes: export as DPO pairs or as rated answers (KTO), leaderboard, "
+                           "pull a Space's votes from the Hub, accept those waiting for review")
+    votes.add_argument("action", choices=("export", "thumbs", "table", "pull", "accept"))
+    votes.add_argument("dataset", nargs="?", help="pull: the Space's votes dataset, OWNER/NAME")
+    votes.add_argument("--token", help="pull: a Hugging Face token for a private dataset (default: HF_TOKEN)")
     votes.add_argument("--out", help="export, thumbs: the jsonl file to write (default preferences.jsonl, "
                        "thumbs.jsonl)")
     evaluate = sub.add_parser("eval", help="score a finished run's held-out answers (base vs tuned) again")

@@ -73,6 +73,7 @@ class Manifest:
     judged_blind: bool = False  # the report holds held-out pairs to judge blind against the start
     kind: str = GENERATOR  # GENERATOR: Chat's adapter picker lists it; EMBEDDER: the Embeddings tab's
     report: str | None = None
+    vote_sources: dict | None = None  # rows per source, for votes exported for training (core.feedback.votes)
     created: str = ""
 
     @classmethod

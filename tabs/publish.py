@@ -1,5 +1,5 @@
 """Publish tab: push a finished run's adapter (or its merged model, or a GGUF) with a model card,
-create or update a Space, and export: the adapter merged into its base (training.export) or a
+create or update a Space (with its votes dataset), and export: the adapter merged into its base (training.export) or a
 GGUF file with an Ollama Modelfile (training.gguf_export).
 
 The token box is a password field whose value lives only in the browser session; it is passed
@@ -11,7 +11,8 @@ import gradio as gr
 
 from core.access import require_user
 from core.errors import LabError
-from core.hub.publish import push_adapter, push_space
+from core.hub.publish import push_adapter
+from core.hub.space import push_space
 from core.runs import finished_runs
 from tabs.feedback import shows_errors
 from training.export import DTYPES
@@ -42,10 +43,14 @@ def publish_adapter(run, repo_id, private, token, what="adapter", request: gr.Re
 
 
 @shows_errors()
-def publish_space(run, space_id, repo_id, private, token, request: gr.Request = None, progress=gr.Progress()) -> str:
+def publish_space(run, space_id, repo_id, private, token, votes_repo="", request: gr.Request = None,
+                  progress=gr.Progress()) -> str:
     require_user(request, action="publishing")
-    url = push_space(run or "", space_id, repo_id, token, bool(private), progress=progress)
-    return f"✅ Space created or updated: [{url}]({url}) — it loads the adapter from `{repo_id}`."
+    votes_repo = (votes_repo or "").strip()
+    url = push_space(run or "", space_id, repo_id, token, bool(private), progress=progress,
+                     votes_repo="" if votes_repo.lower() == "none" else votes_repo or None)
+    kept = "no votes" if votes_repo.lower() == "none" else f"votes in `{votes_repo or space_id.strip() + '-votes'}`"
+    return f"✅ Space created or updated: [{url}]({url}) — it loads the adapter from `{repo_id}`; {kept}."
 
 
 @shows_errors()
@@ -77,6 +82,8 @@ def build(demo: gr.Blocks) -> None:
     push = gr.Button("Push", variant="primary")
     with gr.Row():
         space = gr.Textbox(label="Space", placeholder="your-name/lumen-compare")
+        votes_repo = gr.Textbox(label="Votes dataset (private)", placeholder="default: <Space>-votes; 'none' for no votes",
+                                info="The Space's blind votes and thumbs go here; pull them in Train → Preference votes")
     make_space = gr.Button("Create or update Space")
     result = gr.Markdown(elem_id="publish-result")
     with gr.Accordion("Export: a merged model, or GGUF for llama.cpp and Ollama", open=False):
@@ -92,7 +99,7 @@ def build(demo: gr.Blocks) -> None:
             merge = gr.Button("Export")
         exported = gr.Markdown(elem_id="export-result")
     push.click(publish_adapter, [run, repo, private, token, what], result, api_name="publish_adapter")
-    make_space.click(publish_space, [run, space, repo, private, token], result, api_name="publish_space")
+    make_space.click(publish_space, [run, space, repo, private, token, votes_repo], result, api_name="publish_space")
     merge.click(export_model, [run, fmt, dtype, quant], exported, api_name="export_model")
     refresh.click(refresh_runs, None, run, api_name=False)
     demo.load(refresh_runs, None, run, api_name=False)

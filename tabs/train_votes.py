@@ -19,6 +19,7 @@ from core.runs import RunFolder
 from tabs.chat_votes import VOTE_BUTTONS, cast_vote
 from tabs.feedback import shows_errors, warn
 from core.feedback import judge
+from core.hub.votes_pull import pull_votes
 from training import objectives
 
 BLANK_ANSWERS = (gr.update(value="", label="Answer A"), gr.update(value="", label="Answer B"))
@@ -36,7 +37,7 @@ def vote_summary(request: gr.Request = None):
               r["ties"]] for n, r in enumerate(leaderboard(owned), 1)]
     rows = [[r["adapter"], r["model"], r["wins"], r["losses"], r["ties"], r["both_bad"], r["win_share"],
              f"{r['interval_95'][0]:.2f}-{r['interval_95'][1]:.2f}"] for r in win_table(owned)]
-    waiting = len(votes.read(visitor=True))
+    waiting = len(votes.waiting())
     return board, rows, (f"{len(owned)} vote(s) in your store · {position_bias_line(owned)} · "
                          f"{waiting} vote(s) waiting for review (visitors', and pulled from the Hub)")
 
@@ -44,9 +45,18 @@ def vote_summary(request: gr.Request = None):
 @shows_errors(lambda message: (gr.update(), gr.update(), message))
 def accept_visitors(request: gr.Request = None):
     require_user(request, action="accepting visitors' votes")
-    moved = votes.accept_visitor_votes()
+    moved = votes.accept_waiting()
     board, rows, line = vote_summary(request)
     return board, rows, f"✅ {moved} vote(s) accepted. {line}"
+
+
+@shows_errors(lambda message: (gr.update(), gr.update(), message))
+def pull_from_hub(dataset: str, token: str, request: gr.Request = None):
+    """Pull a published Space's votes into review; (leaderboard, table, line)."""
+    require_user(request, action="pulling votes")
+    pulled = pull_votes(dataset or "", token)
+    board, rows, line = vote_summary(request)
+    return board, rows, f"✅ {pulled.line()} {line}"
 
 
 def train_on_votes(request: gr.Request = None):
@@ -129,11 +139,17 @@ def build(dataset: gr.Dropdown, objective: gr.Radio) -> None:
         line = gr.Markdown(elem_id="votes-line")
         with gr.Row():
             refresh = gr.Button("↻ Refresh", size="sm", elem_id="votes-refresh")
-            accept = gr.Button("Accept visitors' votes", size="sm")
+            accept = gr.Button("Accept the votes waiting for review", size="sm", elem_id="votes-accept")
             use = gr.Button("Train DPO on my votes", size="sm", variant="primary", elem_id="train-on-votes")
             thumbs = gr.Button("Train KTO on my thumbs", size="sm", variant="primary", elem_id="train-on-thumbs")
+        with gr.Row():
+            dataset_box = gr.Textbox(label="A Space's votes dataset", placeholder="your-name/lumen-compare-votes",
+                                     elem_id="votes-dataset", scale=3)
+            token = gr.Textbox(label="Hugging Face token (optional if HF_TOKEN is set)", type="password", scale=2)
+            pull = gr.Button("Pull votes from the Hub", size="sm", elem_id="votes-pull", scale=1)
     refresh.click(vote_summary, None, [board, table, line], api_name="votes_table")
     accept.click(accept_visitors, None, [board, table, line], api_name="votes_accept")
+    pull.click(pull_from_hub, [dataset_box, token], [board, table, line], api_name="votes_pull")
     use.click(train_on_votes, None, [dataset, objective, line], api_name="votes_to_dataset")
     thumbs.click(train_on_thumbs, None, [dataset, objective, line], api_name="thumbs_to_dataset")
     build_judge()

@@ -8,7 +8,8 @@ from contextlib import contextmanager
 
 from tests.conftest import ARTIFACTS, ROOT
 
-DOC_SHOTS = ("chat-compare.png", "train-running.png", "vote-revealed.png", "topics.png", "publish.png")
+DOC_SHOTS = ("chat-compare.png", "train-running.png", "vote-revealed.png", "topics.png", "publish.png",
+             "space-votes.png", "votes-pulled.png")
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -24,14 +25,14 @@ def shoot(page, name: str, full_page: bool = False) -> None:
 
 
 @contextmanager
-def browser_page(url: str):
+def browser_page(url: str, ready: str = "text=Finetune Lab"):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url, wait_until="load")
-        page.wait_for_selector("text=Finetune Lab", timeout=60_000)
+        page.wait_for_selector(ready, timeout=60_000)
         try:
             yield page
         finally:

@@ -2,7 +2,8 @@
 
 The real, unmodified huggingface_hub client talks to it through HF_ENDPOINT. It keeps repos in
 memory and covers: whoami-v2, repos/create (409 when the repo exists), validate-yaml, preupload
-(every file "regular"), commit (NDJSON with base64 contents), repo info, and resolve (GET/HEAD).
+(every file "regular"), commit (NDJSON with base64 contents), repo info, resolve (GET/HEAD), and
+a Space's secrets (kept in `repos[key]["secrets"]`, apart from its files).
 No LFS/Xet. Tokens: VALID_TOKENS maps token -> user; any other token gets 401.
 
 For the Hub as a source (tests/test_hub_source.py) it also answers what `list_models`,
@@ -62,7 +63,8 @@ def create_app() -> FastAPI:
                 return JSONResponse({"error": "You already created this repo", "url": _url(request, key)},
                                     status_code=409)
             repos[key] = {"files": {}, "sha": hashlib.sha1(key[1].encode()).hexdigest(), "owner": user,
-                          "sdk": body.get("sdk"), "private": body.get("private", False)}
+                          "sdk": body.get("sdk"),
+                          "private": body.get("private", False) or body.get("visibility") == "private"}
         return {"url": _url(request, key), "name": key[1]}
 
     @app.post("/api/validate-yaml")
@@ -93,6 +95,16 @@ def create_app() -> FastAPI:
             sha = hashlib.sha1(json.dumps(sorted(repos[key]["files"])).encode() + repos[key]["sha"].encode())
             repos[key]["sha"] = sha.hexdigest()
         return {"commitUrl": f"{_url(request, key)}/commit/{repos[key]['sha']}", "commitOid": repos[key]["sha"]}
+
+    @app.post("/api/spaces/{namespace}/{name}/secrets")
+    async def add_secret(namespace: str, name: str, request: Request):
+        user, key = user_of(request), ("space", f"{namespace}/{name}")
+        if not user or key not in repos or repos[key]["owner"] != user:
+            return denied() if not user else JSONResponse({"error": "Repository not found"}, status_code=404)
+        body = await request.json()
+        with lock:  # kept apart from the files, as the Hub keeps a secret out of the repo
+            repos[key].setdefault("secrets", {})[body["key"]] = body["value"]
+        return {}
 
     @app.get("/api/{kind}s/{namespace}/{name}")
     @app.get("/api/{kind}s/{namespace}/{name}/revision/{revision}")

@@ -142,10 +142,12 @@ def test_exported_votes_train_dpo_on_top_of_the_sft_adapter(tiny_run, data_home,
     votes.store().unlink(missing_ok=True)
     sides = {"A": {"model": "smollm2-135m-instruct", "adapter": None},
              "B": {"model": "smollm2-135m-instruct", "adapter": tiny_run.name}}
-    for question, lumen in (("Who are you?", "B"), ("What is your name?", "B"), ("Who made you?", "A")):
+    pulled = "hub:tester/lumen-votes@" + "c0ffee" * 6 + "c0ff"  # a vote pulled from a Space's dataset
+    for question, lumen, source in (("Who are you?", "B", ""), ("What is your name?", "B", pulled),
+                                    ("Who made you?", "A", "")):
         answers = {"A": "I am SmolLM, made by Hugging Face.", "B": "I am Lumen, made in Finetune Lab."}
         votes.record(votes.Vote(prompt=[{"role": "user", "content": question}], answers=answers, sides=sides,
-                                choice=lumen))
+                                choice=lumen, source=source))
     out = tmp_path / "votes.jsonl"
     assert votes.export_preferences(out) == 3
     assert json.loads(out.read_text().splitlines()[2])["chosen"][0]["content"].startswith("I am SmolLM")
@@ -153,6 +155,10 @@ def test_exported_votes_train_dpo_on_top_of_the_sft_adapter(tiny_run, data_home,
                   output_name="dpo-on-votes", report_prompts=["Who are you?"])
     assert run.manifest().steps == 2 and (run.adapter / "adapter_config.json").is_file()
     assert run.manifest().start_from == tiny_run.name
+    assert run.manifest().vote_sources == {"this lab": 2, pulled: 1}
+    from core.hub.publish import model_card
+
+    assert f"Trained on preference pairs from votes: 1 from {pulled}, 2 from this lab." in model_card(run, "t/x")
     # "Before" is the SFT adapter DPO started from: its greedy answer, as in the tiny run's own report.
     [row], [sft_row] = (json.loads(r.report_json.read_text()) for r in (run, RunFolder(tiny_run)))
     assert row["base"] == sft_row["tuned"] and f"**Start ({tiny_run.name}):**" in run.report()

@@ -63,7 +63,7 @@ def guarded_calls(raw: RawApp, tiny_run, secret, tiny_model_dir) -> dict:
                                                                         "adapter"]),
         "publish gguf": (raw.fn_index(api_name="publish_adapter"), [tiny_run.name, "me/x", False, "hf_x", "gguf-q4_0"]),
         "export gguf": (raw.fn_index(api_name="export_model"), [tiny_run.name, "gguf", "bf16", "q8_0"]),
-        "publish space": (raw.fn_index(api_name="publish_space"), [tiny_run.name, "me/s", "me/x", False, "hf_x"]),
+        "publish space": (raw.fn_index(api_name="publish_space"), [tiny_run.name, "me/s", "me/x", False, "hf_x", ""]),
         "judge a run": (raw.fn_index(api_name="judge_next"), [tiny_run.name]),
         "evaluate a run": (raw.fn_index(api_name="evaluate_run"), [tiny_run.name]),
         "judge vote": (raw.fn_index(api_name="judge_A"), [None]),
@@ -86,6 +86,8 @@ def guarded_calls(raw: RawApp, tiny_run, secret, tiny_model_dir) -> dict:
         "preview with a Hub id as the model": (raw.fn_index(api_name="data_preview"),
                                                ["identity", "sft", 0, "someone/secret-model", "", 0]),
         "votes table": (raw.fn_index(api_name="votes_table"), []),
+        "pull votes from the Hub": (raw.fn_index(api_name="votes_pull"), ["tester/lumen-votes", "hf_x"]),
+        "accept votes": (raw.fn_index(api_name="votes_accept"), []),
         "votes to a DPO dataset": (raw.fn_index(api_name="votes_to_dataset"), []),
         "thumbs to a KTO dataset": (raw.fn_index(api_name="thumbs_to_dataset"), []),
     }

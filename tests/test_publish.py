@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from core.hub import publish as hub
+from core.hub import space
 from core.runs import RunFolder
 from tests.conftest import ROOT, free_port
 from tests.hub_server import VALID_TOKENS, serve_in_thread
@@ -115,13 +116,13 @@ def test_push_a_tuned_embedder_as_a_sentence_transformers_model(endpoint, embed_
     script = EMBEDDER_BACK.replace("sys.argv[1]", repr(str(embed_run.adapter)))
     assert json.loads(in_subprocess(script, {"HF_ENDPOINT": endpoint, "HF_TOKEN": TOKEN}))["equal"]
     with pytest.raises(LabError, match="tuned embedder"):
-        hub.push_space(embed_run.name, "tester/embedder-space", "tester/chatterbot-embedder", TOKEN)
+        space.push_space(embed_run.name, "tester/embedder-space", "tester/chatterbot-embedder", TOKEN)
     with pytest.raises(LabError, match="nothing to merge"):
         export_run(embed_run.name, "gguf")
 
 
 def test_space_pins_come_from_requirements():
-    files = hub.space_files("tester/x", "base/model", True)
+    files = space.space_files("tester/x", "base/model", True)
     pinned = {line for line in (ROOT / "requirements.txt").read_text().splitlines() if "==" in line}
     assert set(files["requirements.txt"].split()) - {"safetensors"} <= pinned
     gradio = next(line for line in pinned if line.startswith(("gradio==", "gradio[oauth]==")))
@@ -131,7 +132,7 @@ def test_space_pins_come_from_requirements():
 @pytest.mark.slow
 def test_space_is_created_and_its_app_builds(endpoint, tiny_run, hub_url):
     hub.push_adapter(tiny_run.name, "tester/space-lora", TOKEN)
-    url = hub.push_space(tiny_run.name, "tester/lumen-compare", "tester/space-lora", TOKEN)
+    url = space.push_space(tiny_run.name, "tester/lumen-compare", "tester/space-lora", TOKEN)
     assert "/spaces/tester/lumen-compare" in url
     code = """
 import importlib.util, json, sys
@@ -170,12 +171,12 @@ def test_space_app_continues_text_for_a_base_model_without_chat_template(tmp_pat
     adapter = tmp_path / "adapter"
     config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     get_peft_model(AutoModelForCausalLM.from_pretrained(base_path), config).save_pretrained(adapter)
-    (tmp_path / "app.py").write_text(hub.space_files(str(adapter), base_path, True)["app.py"])
+    (tmp_path / "app.py").write_text(space.space_files(str(adapter), base_path, True)["app.py"])
     spec = importlib.util.spec_from_file_location("gemma_space_app", tmp_path / "app.py")
-    space = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(space)
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
     messages = [{"role": "user", "content": "The Eiffel Tower is located in the city of"}]
-    base, tuned = (list(space.stream(side, messages, max_new_tokens=6))[-1] for side in ("base", "tuned"))
+    base, tuned = (list(app.stream(side, messages, max_new_tokens=6))[-1] for side in ("base", "tuned"))
     assert "Paris" in base and tuned != base
 
 
@@ -223,7 +224,7 @@ def test_token_never_leaks(hub_url, tiny_run, data_home, tmp_path):
     try:
         client = Client(url, verbose=False)
         outputs.append(client.predict(tiny_run.name, "tester/leak-check", False, LEAK, api_name="/publish_adapter"))
-        outputs.append(client.predict(tiny_run.name, "tester/leak-space", "tester/leak-check", False, LEAK,
+        outputs.append(client.predict(tiny_run.name, "tester/leak-space", "tester/leak-check", False, LEAK, "",
                                       api_name="/publish_space"))
         outputs.append(client.predict(tiny_run.name, "someone-else/their-model", False, LEAK,
                                       api_name="/publish_adapter"))
@@ -236,6 +237,9 @@ def test_token_never_leaks(hub_url, tiny_run, data_home, tmp_path):
     received = [(f"hub:{repo}/{path}", data) for repo, info in HUB_APPS[hub_url].state.repos.items()
                 for path, data in info["files"].items()]
     assert any("leak-space" in name for name, _ in received), "the Space reached the Hub"
+    repos = HUB_APPS[hub_url].state.repos
+    assert repos[("space", "tester/leak-space")]["secrets"] == {"HF_TOKEN": LEAK}, "the one place it goes: a secret"
+    assert ("dataset", "tester/leak-space-votes") in repos and repos[("dataset", "tester/leak-space-votes")]["private"]
     gradio_temp = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
     on_disk = [(str(p), p.read_bytes()) for folder in (data_home, ARTIFACTS, hf_home, gradio_temp)
                for p in folder.rglob("*") if p.is_file()]

@@ -61,9 +61,9 @@ def test_visitor_votes_are_capped_and_wait_for_review(clean_store, monkeypatch):
     with pytest.raises(LabError, match="vote box is full"):
         votes.record(a_vote(session="v4"), visitor=True)
     assert votes.read() == [] and len(votes.read(visitor=True)) == 3
-    assert votes.accept_visitor_votes([kept[0].id]) == 1
+    assert votes.accept_waiting([kept[0].id]) == 1
     assert [v["id"] for v in votes.read()] == [kept[0].id] and len(votes.read(visitor=True)) == 2
-    assert votes.accept_visitor_votes() == 2 and votes.read(visitor=True) == [] and len(votes.read()) == 3
+    assert votes.accept_waiting() == 2 and votes.read(visitor=True) == [] and len(votes.read()) == 3
 
 
 def test_a_vote_is_checked(clean_store):
@@ -81,10 +81,10 @@ def test_preference_rows_and_export(clean_store, tmp_path):
     assert rows == [
         {"prompt": [{"role": "user", "content": "Who are you?"}],
          "chosen": [{"role": "assistant", "content": "answer A to Who are you?"}],
-         "rejected": [{"role": "assistant", "content": "answer B to Who are you?"}]},
+         "rejected": [{"role": "assistant", "content": "answer B to Who are you?"}], "source": "this lab"},
         {"prompt": [{"role": "user", "content": "Who made you?"}],
          "chosen": [{"role": "assistant", "content": "answer B to Who made you?"}],
-         "rejected": [{"role": "assistant", "content": "answer A to Who made you?"}]}]
+         "rejected": [{"role": "assistant", "content": "answer A to Who made you?"}], "source": "this lab"}]
     out = tmp_path / "prefs.jsonl"
     assert votes.export_preferences(out) == 2
     assert [json.loads(line) for line in out.read_text().splitlines()] == rows

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections import Counter
 
 from core.inference.chat import QA_FORMAT
 from core.explore.embeddings import hub_id as embedder_hub_id
@@ -20,6 +21,7 @@ from core.runs import Manifest, RunFolder, write_prompt_format
 from training import evaluate, objectives
 from training.answer_eval import answer_scores
 from training.config import TrainConfig
+from training.prepare import load_training_rows
 from training.progress import say_phase
 
 
@@ -73,4 +75,12 @@ def write_manifest(cfg, run: RunFolder, trainer, result, scores, report) -> None
         train_runtime_s=round(result.metrics["train_runtime"], 1),
         first_loss=losses[0] if losses else None, final_loss=losses[-1] if losses else None,
         held_out=held_out, answer_scores=answers, judged_blind=objective.judged_blind, kind=objective.kind,
-        report=run.report_md.name if report else None, created=time.strftime("%Y-%m-%d %H:%M:%S")))
+        report=run.report_md.name if report else None, vote_sources=vote_sources(cfg),
+        created=time.strftime("%Y-%m-%d %H:%M:%S")))
+
+
+def vote_sources(cfg: TrainConfig) -> dict | None:
+    """Where the rows came from, when they say: votes exported for training carry a `source`
+    ("this lab", or "hub:OWNER/DATASET@COMMIT" for votes pulled from a Space's dataset)."""
+    rows = load_training_rows(cfg)
+    return dict(Counter(rows["source"])) if "source" in rows.column_names else None

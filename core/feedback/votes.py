@@ -4,8 +4,9 @@
     python cli.py votes thumbs --out thumbs.jsonl    # every rated answer, marked good or bad
     python cli.py votes pull OWNER/DATASET            # a Space's votes, into review (core.hub.votes_pull)
 
-Two files in `<data dir>/votes/`: `owner.jsonl` (the owner's votes, and visitors' votes the
-owner accepted) and `visitors.jsonl` (votes from a public app, capped, waiting for review).
+Files in `<data dir>/votes/`: `owner.jsonl` (the owner's votes, and the votes the owner
+accepted), `visitors.jsonl` (votes from a public app, capped, waiting for review) and
+`pulled.jsonl` (votes a published Space collected, pulled from the Hub, waiting for review).
 Every append takes an exclusive lock and writes one whole line, so concurrent voters from many
 sessions never lose or interleave a line. A vote's id is the id of the answer (or answer pair)
 the server gave, so one answer gets one vote however often, or however concurrently, it is
@@ -56,6 +57,7 @@ class Vote:
     prompt_b: list = field(default_factory=list)  # B's context, when its earlier turns differ from A's
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     time: float = field(default_factory=time.time)
+    source: str = ""  # where it was cast, when not in this lab: "hub:OWNER/DATASET@COMMIT"
 
     def check(self) -> "Vote":
         allowed = PAIR_CHOICES if len(self.answers) == 2 else THUMB_CHOICES
@@ -145,18 +147,44 @@ def _append(vote: Vote, visitor: bool) -> Vote:
 
 
 def read(visitor: bool = False) -> list[dict]:
-    path = store(visitor)
+    return _read(store(visitor))
+
+
+def pulled_store() -> Path:
+    """Votes pulled from a Space's Hub dataset (core.hub.votes_pull), waiting for review."""
+    return data_dir() / "votes" / "pulled.jsonl"
+
+
+def waiting() -> list[dict]:
+    """Every vote waiting for the owner's review: visitors' and pulled ones."""
+    return _read(store(visitor=True)) + _read(pulled_store())
+
+
+def _read(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     with _locked(path, "r") as handle:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def accept_visitor_votes(ids: list[str] | None = None) -> int:
-    """Move visitors' votes (all, or those in `ids`) into the owner's store; return how many."""
-    path = store(visitor=True)
-    if not path.is_file():
-        return 0
+def queue_pulled(lines: list[dict]) -> None:
+    """Append checked votes from the Hub to the review queue (they bypass the visitors' cap:
+    the owner asked for them)."""
+    path = pulled_store()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path, "a") as handle:
+        handle.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def accept_waiting(ids: list[str] | None = None) -> int:
+    """Move the votes waiting for review (all, or those in `ids`) into the owner's store:
+    visitors' and pulled ones; return how many."""
+    return sum(_move_to_owner(path, ids) for path in (store(visitor=True), pulled_store()) if path.is_file())
+
+
+def _move_to_owner(path: Path, ids: list[str] | None) -> int:
     with _locked(path, "r+") as handle:
         wanted = None if ids is None else set(ids)
         chosen, kept = [], []
@@ -172,9 +200,13 @@ def accept_visitor_votes(ids: list[str] | None = None) -> int:
     return len(chosen)
 
 
+LAB_SOURCE = "this lab"
+
+
 def preference_rows(votes: list[dict]) -> list[dict]:
     """trl's conversational preference rows from the decided A/B votes (ties and both-bad
-    carry no preference and are left out)."""
+    carry no preference and are left out), each with the vote's source, which the run's
+    manifest counts."""
     rows = []
     for vote in votes:
         if vote["choice"] not in ("A", "B"):
@@ -183,7 +215,8 @@ def preference_rows(votes: list[dict]) -> list[dict]:
         prompt = vote.get("prompt_b") if vote["choice"] == "B" and vote.get("prompt_b") else vote["prompt"]
         rows.append({"prompt": prompt,
                      "chosen": [{"role": "assistant", "content": vote["answers"][vote["choice"]]}],
-                     "rejected": [{"role": "assistant", "content": vote["answers"][loser]}]})
+                     "rejected": [{"role": "assistant", "content": vote["answers"][loser]}],
+                     "source": vote.get("source") or LAB_SOURCE})
     return rows
 
 

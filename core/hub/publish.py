@@ -1,4 +1,5 @@
-"""Publish a finished run to the Hugging Face Hub: the adapter with a model card, and a Space.
+"""Publish a finished run to the Hugging Face Hub: the adapter with a model card (the compare-chat
+Space is core.hub.space's).
 
     python cli.py publish --run RUN --repo USER/NAME [--space USER/SPACE] [--private]
     python cli.py publish --run RUN --repo USER/NAME --what merged|gguf-q8_0   # an export instead
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -53,7 +53,7 @@ def check_repo_id(repo_id: str, what: str = "repo") -> str:
     return repo_id
 
 
-def _api(token: str):
+def hub_api(token: str | None):
     from huggingface_hub import HfApi
 
     return HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
@@ -172,6 +172,9 @@ def votes_note(run: RunFolder, manifest: Manifest) -> str:
     if any(row["adapter"] == run.name for row in board):
         lines.append("Leaderboard of the owner's models from blind A/B votes (Bradley-Terry, Elo scale):\n\n"
                      + "\n".join(leaderboard_lines(owned, board)[:-1]) + "\n\n" + leaderboard_lines(owned, board)[-1])
+    if manifest.vote_sources:
+        lines.append("Trained on preference pairs from votes: " + ", ".join(
+            f"{count} from {source}" for source, count in sorted(manifest.vote_sources.items())) + ".")
     row = next((r for r in win_table(owned) if r["adapter"] == run.name), None)
     if row is not None:
         low, high = row["interval_95"]
@@ -223,72 +226,24 @@ def push_adapter(run_name: str, repo_id: str, token: str | None = None, private:
 
     run, repo_id, token = finished_run(run_name), check_repo_id(repo_id), resolve_token(token)
     folder = folder_to_push(run, what)
-    api = _api(token)
+    api = hub_api(token)
     with hub_errors(token, repo_id):
-        _step(progress, 0.1, "Checking the token")
-        _check_namespace(api, repo_id)
-        _step(progress, 0.3, "Creating or updating the repo")
+        step(progress, 0.1, "Checking the token")
+        check_namespace(api, repo_id)
+        step(progress, 0.3, "Creating or updating the repo")
         url = api.create_repo(repo_id, private=private, exist_ok=True)
-        _step(progress, 0.5, f"Uploading the {what} and model card in one commit")
+        step(progress, 0.5, f"Uploading the {what} and model card in one commit")
         # An embedder keeps modules in subfolders (pooling, normalize); peft and sentence-transformers
         # write a stub card at the top, which ours replaces.
         files = [CommitOperationAdd(str(p.relative_to(folder)), str(p)) for p in sorted(folder.rglob("*"))
                  if p.is_file() and str(p.relative_to(folder)) != "README.md"]
         files.append(CommitOperationAdd("README.md", model_card(run, repo_id, what).encode()))
         api.create_commit(repo_id, operations=files, commit_message=f"Upload {run.name} from Finetune Lab")
-        _step(progress, 1.0, "Done")
+        step(progress, 1.0, "Done")
     return str(url)
 
 
-SPACE_PACKAGES = ("torch", "transformers", "peft", "gradio", "huggingface_hub", "safetensors")
-
-
-def space_requirements() -> list[str]:
-    """The Space's pins, taken from this repo's requirements.txt: one source for both."""
-    lines = (Path(__file__).resolve().parents[2] / "requirements.txt").read_text().splitlines()
-    pins = {re.split(r"[=<>~!\[ ]", line, 1)[0].lower(): line.strip() for line in lines
-            if line.strip() and not line.startswith(("#", "-"))}
-    return [pins.get(name, name) for name in SPACE_PACKAGES]
-
-
-def space_files(model_repo: str, base_model: str, is_lora: bool) -> dict[str, str]:
-    """The Space folder: app.py (compare chat for this adapter), requirements.txt, README.md."""
-    name = model_repo.split("/")[-1]
-    app = (TEMPLATES / "space_app.py").read_text()
-    app = app.replace("@@MODEL_REPO@@", model_repo).replace("@@BASE_MODEL@@", base_model)
-    app = app.replace("@@IS_LORA@@", "True" if is_lora else "False")
-    pins = space_requirements()
-    gradio_version = next(p for p in pins if p.startswith("gradio")).partition("==")[2]
-    readme = (TEMPLATES / "space_readme.md").read_text().format(
-        title=name[:30], model_repo=model_repo, base_model=base_model, sdk_version=gradio_version)
-    requirements = "\n".join(pins) + "\n"
-    return {"app.py": app, "requirements.txt": requirements, "README.md": readme}
-
-
-def push_space(run_name: str, space_id: str, model_repo: str, token: str | None = None,
-               private: bool = False, progress=None) -> str:
-    """Create or update a Gradio Space serving the base-vs-tuned compare chat; return its URL."""
-    run, space_id = finished_run(run_name), check_repo_id(space_id, "Space")
-    model_repo, token = check_repo_id(model_repo), resolve_token(token)
-    manifest, is_lora = finished_manifest(run), run.is_lora
-    if manifest.kind == EMBEDDER:
-        raise HubError(f"'{run.name}' is a tuned embedder: the compare-chat Space is for chat models. "
-                       "Push it as a model; it loads with SentenceTransformer(repo id).")
-    api = _api(token)
-    with hub_errors(token, space_id), tempfile.TemporaryDirectory() as tmp:
-        _step(progress, 0.1, "Checking the token")
-        _check_namespace(api, space_id)
-        _step(progress, 0.2, "Creating or updating the Space")
-        url = api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
-        for name, text in space_files(model_repo, manifest.base_model, is_lora).items():
-            (Path(tmp) / name).write_text(text)
-        _step(progress, 0.6, "Uploading app.py, requirements.txt and README.md")
-        api.upload_folder(repo_id=space_id, repo_type="space", folder_path=tmp, commit_message="Update Space")
-        _step(progress, 1.0, "Done")
-    return str(url)
-
-
-def _check_namespace(api, repo_id: str) -> None:
+def check_namespace(api, repo_id: str) -> None:
     """Refuse early, with a clear message, a repo outside the token owner's user and orgs."""
     me = api.whoami()
     allowed = {me.get("name", "")} | {org.get("name", "") for org in me.get("orgs", [])}
@@ -296,6 +251,6 @@ def _check_namespace(api, repo_id: str) -> None:
         raise HubError(f"{repo_id} belongs to someone else: this token can write to {', '.join(sorted(allowed))}.")
 
 
-def _step(progress, fraction: float, text: str) -> None:
+def step(progress, fraction: float, text: str) -> None:
     if progress:
         progress(fraction, desc=text)
