@@ -145,7 +145,8 @@ def build(dataset: gr.Dropdown, objective: gr.Radio) -> None:
         with gr.Row():
             dataset_box = gr.Textbox(label="A Space's votes dataset", placeholder="your-name/lumen-compare-votes",
                                      elem_id="votes-dataset", scale=3)
-            token = gr.Textbox(label="Hugging Face token (optional if HF_TOKEN is set)", type="password", scale=2)
+            token = gr.Textbox(label="Hugging Face token (optional if HF_TOKEN is set)", type="password", scale=2,
+                               elem_id="votes-token")
             pull = gr.Button("Pull votes from the Hub", size="sm", elem_id="votes-pull", scale=1)
     refresh.click(vote_summary, None, [board, table, line], api_name="votes_table")
     accept.click(accept_visitors, None, [board, table, line], api_name="votes_accept")

@@ -148,10 +148,38 @@ def start_app(extra_args=(), env=None) -> tuple[subprocess.Popen, str]:
 
 
 @pytest.fixture(scope="session")
-def app_server(tiny_run):
-    """The app as a Space or share link serves it: public, with an admin key. One server for
-    the gradio_client and browser tests (started after the tiny run exists)."""
-    proc, url = start_app(env={"FINETUNE_LAB_PUBLIC": "1", "FINETUNE_LAB_ADMIN_KEY": ADMIN_KEY})
+def local_hub():
+    """A local server that speaks the Hub's protocol (tests/hub_server.py): (url, its app)."""
+    from tests.hub_server import serve_in_thread
+
+    port = free_port()
+    server = serve_in_thread(port)
+    yield f"http://127.0.0.1:{port}", server.config.app
+    server.should_exit = True
+
+
+@pytest.fixture(scope="session")
+def space_votes(local_hub, tiny_run, tmp_path_factory) -> list[str]:
+    """The tiny run published with its compare Space on the local Hub, and a visitor's votes in
+    that Space pushed to its votes dataset (tests/space_votes.py): the verdicts cast."""
+    from tests.space_votes import publish_vote_and_stop
+
+    endpoint, _ = local_hub
+    saved = {name: os.environ.get(name) for name in ("HF_ENDPOINT", "HF_HOME")}
+    os.environ.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path_factory.mktemp("space-hf-home")))
+    try:
+        return publish_vote_and_stop(tiny_run.name, endpoint, tmp_path_factory.mktemp("space"))
+    finally:
+        for name, value in saved.items():
+            os.environ.pop(name) if value is None else os.environ.update({name: value})
+
+
+@pytest.fixture(scope="session")
+def app_server(tiny_run, local_hub):
+    """The app as a Space or share link serves it: public, with an admin key, its Hub the local
+    one. One server for the gradio_client and browser tests (started after the tiny run exists)."""
+    proc, url = start_app(env={"FINETUNE_LAB_PUBLIC": "1", "FINETUNE_LAB_ADMIN_KEY": ADMIN_KEY,
+                               "HF_ENDPOINT": local_hub[0]})
     yield url
     proc.terminate()
     proc.wait(timeout=30)

@@ -1,18 +1,20 @@
-"""The preference loop in Chromium: blind Compare, vote, reveal, train DPO on the votes from the
-tiny SFT run, judge the new adapter blind against that SFT run, pick it in Chat, give its answer
-a thumb down, train KTO on every rated answer, and see the leaderboard of the three."""
+"""The preference loop in Chromium: blind Compare, vote, reveal; pull the votes a visitor cast in
+the published Space (conftest's `space_votes`) and accept them; train DPO on all the votes from
+the tiny SFT run, judge the new adapter blind against that SFT run, pick it in Chat, give its
+answer a thumb down, train KTO on every rated answer, and see the leaderboard of them all."""
 from __future__ import annotations
 
 import pytest
 
 from tests.browser import browser_page, shoot
+from tests.space_votes import MODEL_REPO, TOKEN, VOTES
 from tests.test_browser_chat import send
 from tests.test_browser_train import unlock
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 
-def test_vote_blind_then_train_dpo_and_kto_on_the_votes(app_server, tiny_run):
+def test_vote_blind_then_train_dpo_and_kto_on_the_votes(app_server, tiny_run, space_votes):
     from core.feedback import votes
 
     votes.store().unlink(missing_ok=True)
@@ -38,9 +40,12 @@ def test_vote_blind_then_train_dpo_and_kto_on_the_votes(app_server, tiny_run):
 
         page.get_by_role("tab", name="Train").click()
         page.get_by_text("Preference votes (blind Compare)").click()
+        pull_the_spaces_votes(page, len(space_votes))
         page.locator("#train-on-votes").click()
         page.wait_for_function("() => document.querySelector('#votes-line')?.innerText.includes('exported')",
                                timeout=30_000)
+        pairs = 1 + sum(choice in ("A", "B") for choice in space_votes)
+        assert f"{pairs} preference pair(s) exported" in page.locator("#votes-line").inner_text()
         page.get_by_text("Advanced", exact=True).click()
         for field, value in (("start_from", tiny_run.name), ("max_steps", "1"), ("eval_fraction", "0"),
                              ("output_name", "browser-dpo"), ("report_prompts", "Who are you?")):
@@ -69,7 +74,7 @@ def test_vote_blind_then_train_dpo_and_kto_on_the_votes(app_server, tiny_run):
                                timeout=30_000)
         line = page.locator("#judge-line").inner_text()
         assert f"the SFT adapter it started from ({tiny_run.name})" in line and "1 ties" not in line, line
-        assert len(votes.read()) == 2
+        assert len(votes.read()) == 2 + len(space_votes)
 
         page.get_by_role("tab", name="Chat").click()
         page.locator("#blind-toggle input").uncheck()
@@ -90,8 +95,9 @@ def test_vote_blind_then_train_dpo_and_kto_on_the_votes(app_server, tiny_run):
         assert [v["choice"] for v in votes.read()][-1] == "down"
 
         page.get_by_role("tab", name="Train").click()
-        page.locator("#train-on-thumbs").click()  # 2 answers of each A/B vote, and the thumb
-        page.wait_for_function("() => document.querySelector('#votes-line')?.innerText.includes('5 rated answer')",
+        page.locator("#train-on-thumbs").click()  # 2 answers of each decided A/B vote, and the thumbs
+        rated = 2 * (pairs + 1) + 1 + space_votes.count("up")
+        page.wait_for_function(f"() => document.querySelector('#votes-line')?.innerText.includes('{rated} rated answer')",
                                timeout=30_000)
         assert page.locator("#cfg-objective").get_by_role("radio", name="kto", exact=True).is_checked()
         page.locator("#cfg-output_name textarea, #cfg-output_name input").first.fill("browser-kto")
@@ -104,7 +110,26 @@ def test_vote_blind_then_train_dpo_and_kto_on_the_votes(app_server, tiny_run):
         page.wait_for_function("() => document.querySelector('#votes-leaderboard')?.innerText.includes('browser-dpo')",
                                timeout=30_000)
         board = page.locator("#votes-leaderboard").inner_text()
-        assert tiny_run.name in board and "(base)" in board, board
+        assert tiny_run.name in board and "(base)" in board and MODEL_REPO in board, board
         assert "The left answer (A) won" in page.locator("#votes-line").inner_text()
         page.locator("#votes-leaderboard").scroll_into_view_if_needed()
         shoot(page, "votes-leaderboard.png")
+
+
+def pull_the_spaces_votes(page, count: int) -> None:
+    """Preference votes ▸ Pull votes from the Hub, then accept them: the owner's review."""
+    page.locator("#votes-dataset input, #votes-dataset textarea").first.fill(VOTES)
+    page.locator("#votes-token input").fill(TOKEN)
+    page.locator("#votes-pull").click()
+    page.wait_for_function("() => /added for review|⚠️/.test(document.querySelector('#votes-line')?.innerText)",
+                           timeout=60_000)
+    line = page.locator("#votes-line").inner_text()
+    assert f"{count} vote(s) from {VOTES}" in line and "2 bad line(s) skipped" in line, line
+    page.locator("#votes-accept").click()
+    page.wait_for_function("() => document.querySelector('#votes-line')?.innerText.includes('accepted')",
+                           timeout=30_000)
+    assert f"{count} vote(s) accepted" in page.locator("#votes-line").inner_text()
+    assert MODEL_REPO in page.locator("#votes-leaderboard").inner_text()
+    page.locator("#votes-leaderboard").scroll_into_view_if_needed()
+    shoot(page, "votes-pulled.png")
+
