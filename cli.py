@@ -14,6 +14,7 @@
     python cli.py votes table | accept              # leaderboard, win/loss/tie per adapter; accept votes
     python cli.py votes pull OWNER/DATASET          # the votes a published Space collected, for review
     python cli.py eval --run RUN                    # held-out answers of base vs tuned: EM, ROUGE-L, cosine
+    python cli.py effect --run RUN                  # where tuning helped or hurt, by topic of the held-out rows
     python cli.py hub models --task text-generation --max-params 500   # or: hub datasets --task question-answering
 
 Heavy libraries are imported inside each command, so `--help` is instant.
@@ -103,6 +104,12 @@ def cmd_eval(args) -> int:
 
     print(table_markdown(evaluate_run(args.run, rows=args.rows)))
     return 0
+
+
+def cmd_effect(args) -> int:
+    from training.effect import main
+
+    return main(["--run", args.run, "--embedder", args.embedder or ""])
 
 
 def cmd_export(args) -> int:
@@ -206,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--run", required=True, help="run folder name (see: cli.py runs)")
     evaluate.add_argument("--rows", type=int, default=0, help="held-out rows to score (default: the run's eval_rows, "
                           "or 16 when that was 0)")
+    effect = sub.add_parser("effect", help="where tuning helped or hurt: held-out losses, base vs tuned, by topic")
+    effect.add_argument("--run", required=True, help="a finished SFT or DAPT run (see: cli.py runs)")
+    effect.add_argument("--embedder", help="the embedder that groups the rows (default: the packaged MiniLM; or a "
+                        "tuned embedder's run name)")
     export = sub.add_parser("export", help="merge a run's adapter into its base; or write GGUF + Modelfile")
     export.add_argument("--run", required=True, help="run folder name (see: cli.py runs)")
     export.add_argument("--format", choices=("merged", "gguf"), default="merged",
@@ -231,7 +242,7 @@ def main(argv=None) -> int:
         return cmd_train(argv[1:])
     args = build_parser().parse_args(argv)
     commands = {"chat": cmd_chat, "runs": cmd_runs, "topics": cmd_topics, "publish": cmd_publish,
-                "export": cmd_export, "votes": cmd_votes, "eval": cmd_eval, "hub": cmd_hub}
+                "export": cmd_export, "effect": cmd_effect, "votes": cmd_votes, "eval": cmd_eval, "hub": cmd_hub}
     try:
         return commands[args.command](args)
     except LabError as exc:  # the one place a command's user-facing error is printed

@@ -139,6 +139,7 @@ class RunFolder:
     job_file = property(lambda self: self.path / "job.json")
     process_log = property(lambda self: self.path / "stderr.log")
     stop_marker = property(lambda self: self.path / "stop-requested")
+    effect_file = property(lambda self: self.path / "effect.json")  # training.effect: where tuning helped or hurt
     merged = property(lambda self: self.path / "merged")  # training.export: adapter merged into its base
 
     def gguf_dir(self, quant: str) -> Path:

@@ -11,7 +11,7 @@ import hashlib
 import gradio as gr
 
 from core.errors import LabError
-from tabs import hub_panel, train_compare, train_data, train_form, train_votes
+from tabs import hub_panel, train_compare, train_data, train_effect, train_form, train_votes
 from tabs.feedback import shows_errors
 from tabs.session import download_path
 from tabs.train_live import (
@@ -57,6 +57,7 @@ def build(demo: gr.Blocks, adapter_picker: gr.Dropdown) -> None:
     fields.update(dataset=data["dataset"], columns=data["columns"])
     form = {name: fields[name] for name in train_form.NAMES}
     live = _run_step()
+    train_effect.build(run)
     runs = _runs_section()
     train_votes.build(data["dataset"], fields["objective"])
     train_data.wire(data, form, uploads)

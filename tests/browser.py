@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from tests.conftest import ARTIFACTS, ROOT
 
 DOC_SHOTS = ("chat-compare.png", "train-running.png", "vote-revealed.png", "topics.png", "publish.png",
-             "space-votes.png", "votes-pulled.png")
+             "space-votes.png", "votes-pulled.png", "effect-map.png")
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

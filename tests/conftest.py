@@ -148,6 +148,19 @@ def start_app(extra_args=(), env=None) -> tuple[subprocess.Popen, str]:
 
 
 @pytest.fixture(scope="session")
+def tiny_effect(tiny_run) -> dict:
+    """The tiny run's effect map, computed as the Result panel computes it: a job."""
+    import json
+
+    from training import jobs
+
+    jobs.effect(tiny_run.name)
+    status = jobs.wait(tiny_run.name, timeout=600)
+    assert not status.error, status.error
+    return json.loads((tiny_run / "effect.json").read_text())
+
+
+@pytest.fixture(scope="session")
 def local_hub():
     """A local server that speaks the Hub's protocol (tests/hub_server.py): (url, its app)."""
     from tests.hub_server import serve_in_thread

@@ -155,3 +155,30 @@ def test_train_the_embedder_recipe_and_open_its_maps(app_server):
         page.get_by_role("tab", name="Embeddings & topics").click()
         page.locator("#embedder input").click()
         page.get_by_role("option", name="browser-embed").wait_for(timeout=30_000)
+
+
+def test_open_the_effect_map_and_click_a_topic(app_server, tiny_run, tiny_effect):
+    """The tiny run's effect map (computed as a job by the fixture) in the Result panel: the map,
+    a click on a topic lists its rows with both answers, and the rows export."""
+    with browser_page(app_server) as page:
+        unlock(page)
+        page.get_by_role("tab", name="Train").click()
+        page.get_by_text("Runs", exact=True).click()
+        page.get_by_label("Run name").fill(tiny_run.name)
+        page.get_by_role("button", name="Open", exact=True).click()
+        page.get_by_text("5 · Where tuning helped or hurt (effect map)").click()
+        page.locator("#effect-show").click()
+        page.locator("#effect-map .js-plotly-plot").wait_for(timeout=60_000)
+        assert "Click a topic" in page.locator("#effect-line").inner_text()
+        topic = tiny_effect["topics"][0]["topic"]
+        page.locator("#effect-topics [role=gridcell]", has_text=topic).first.click()
+        page.wait_for_function(f"() => document.querySelector('#effect-topic textarea, #effect-topic input')?.value"
+                               f" === {topic!r}", timeout=30_000)
+        worst = max(tiny_effect["rows"], key=lambda row: row["change"])
+        page.locator("#effect-rows").get_by_text(worst["text"][:20]).first.wait_for(timeout=30_000)
+        assert worst["tuned_answer"][:20] in page.locator("#effect-rows").inner_text()
+        page.locator("#effect-map").scroll_into_view_if_needed()
+        shoot(page, "effect-map.png")
+        page.locator("#effect-export").click()
+        page.wait_for_function("() => document.querySelector('#effect-line')?.innerText.includes('exported')",
+                               timeout=30_000)

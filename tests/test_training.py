@@ -124,9 +124,26 @@ def test_recipe_trains_and_reloads(recipe, overrides, data_home):
         general = perplexity(info, "perplexity on general text (forgetting)")
         assert 1 < general[0] != general[1] > 1, info
         assert info["answer_scores"] is None
+        assert_effect_map_matches(run_dir.name, general)
     else:
         assert len(info["held_out"]) == 1 and info["answer_scores"]["rows"] > 0
     assert_reloads_trained(run_dir, cfg)
+
+
+def assert_effect_map_matches(name: str, general: tuple) -> None:
+    """A DAPT run's effect map: the forgetting windows are their own group, whose mean loss
+    change is the run's general-perplexity change in log space (equal-length windows); the
+    held-out windows are cut to eval_rows, and the note says so."""
+    import math
+
+    from training.effect import GENERAL, compute
+
+    effect = compute(name)
+    topics = {topic["topic"]: topic for topic in effect["topics"]}
+    assert topics[GENERAL]["general"] and topics[GENERAL]["rows"] == 32
+    assert abs(topics[GENERAL]["mean_change"] - math.log(general[1] / general[0])) < 0.01, (topics, general)
+    assert sum(t["rows"] for t in topics.values() if not t["general"]) == 2, "eval_rows=2"
+    assert "2 of " in effect["note"] and "held-out rows measured" in effect["note"], effect["note"]
 
 
 def test_qlora_gradients_reach_the_first_layer_after_an_eval_pass():

@@ -100,6 +100,15 @@ def evaluate(name: str, rows: int = 0, thread_count: int | None = None) -> RunFo
     return run
 
 
+def effect(name: str, embedder: str = "", thread_count: int | None = None) -> RunFolder:
+    """Map where a finished run's tuning helped or hurt (training.effect), as a job."""
+    run = RunFolder.existing(name)
+    with _no_other_job():
+        cmd = [sys.executable, "-m", "training.effect", "--run", run.name, "--embedder", embedder or ""]
+        _launch(run, cmd, thread_count or threads.for_job())
+    return run
+
+
 @contextmanager
 def _no_other_job():
     """Hold the start lock, and refuse while a job runs: the busy check and the launch happen

@@ -36,6 +36,7 @@ class Objective:
     raw_text = False  # trains on plain text (no chat format)
     continues_adapter = False  # may continue a finished adapter (`start_from`)
     scores_answers = False  # held-out rows have reference answers to generate and score
+    maps_effect = False  # held-out rows have reference text to compare losses on (training.effect)
     judged_blind = False  # the report's answers are pairs to judge blind against the start
     kind = GENERATOR  # what the run makes (core.runs): a model to chat with, or an embedder
 

@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from core.feedback.votes import PAIR_CHOICES, side_key
+from core.feedback.votes import GENERATED, PAIR_CHOICES, side_key
 
 BOOTSTRAP_SAMPLES = 200
 SCORE = {"A": 1.0, "B": 0.0, "tie": 0.5, "both_bad": 0.5}  # what A scores against B
@@ -36,7 +36,7 @@ def verdicts(votes: list[dict]) -> tuple[list[tuple], np.ndarray, np.ndarray, np
     """(entrants as (model, adapter) keys, index of A, index of B, A's score) of every pair vote
     between two different entrants."""
     keys, first, second, scores = {}, [], [], []
-    for vote in votes:
+    for vote in human(votes):
         sides = vote.get("sides") or {}
         if vote.get("choice") not in PAIR_CHOICES or set(sides) != {"A", "B"}:
             continue
@@ -47,6 +47,11 @@ def verdicts(votes: list[dict]) -> tuple[list[tuple], np.ndarray, np.ndarray, np
         second.append(keys.setdefault(b, len(keys)))
         scores.append(SCORE[vote["choice"]])
     return list(keys), np.array(first, dtype=int), np.array(second, dtype=int), np.array(scores)
+
+
+def human(votes: list[dict]) -> list[dict]:
+    """The votes people cast: a generated pair (the effect map's) is training data, not a verdict."""
+    return [vote for vote in votes if not (vote.get("source") or "").startswith(GENERATED)]
 
 
 def bradley_terry(count: int, first, second, scores, iterations: int = 500) -> np.ndarray:
@@ -93,7 +98,7 @@ def leaderboard(votes: list[dict], samples: int = BOOTSTRAP_SAMPLES, seed: int =
 
 def position_bias(votes: list[dict]) -> tuple[float | None, int]:
     """(share of decided blind A/B votes won by the left answer, how many were decided)."""
-    decided = [vote["choice"] for vote in votes if vote.get("choice") in ("A", "B")]
+    decided = [vote["choice"] for vote in human(votes) if vote.get("choice") in ("A", "B")]
     return (round(decided.count("A") / len(decided), 3) if decided else None), len(decided)
 
 
@@ -131,7 +136,7 @@ def win_table(votes: list[dict]) -> list[dict]:
     """For each adapter voted against its own base: wins, losses, ties, both-bad, and the win
     share of the decided votes with its 95% interval."""
     tally: dict[tuple, dict] = {}
-    for vote in votes:
+    for vote in human(votes):
         sides = vote["sides"]
         if vote["choice"] not in PAIR_CHOICES or len(sides) != 2:
             continue
@@ -150,7 +155,7 @@ def head_to_head(votes: list[dict], challenger: dict, opponent: dict) -> dict:
     either pane order; the row has the fields of a win_table row plus `against`."""
     row = {**_empty_row(challenger["model"], challenger.get("adapter")), "against": opponent.get("adapter")}
     wanted = {side_key(challenger), side_key(opponent)}
-    for vote in votes:
+    for vote in human(votes):
         sides = vote["sides"]
         if vote["choice"] not in PAIR_CHOICES or len(sides) != 2 or {side_key(s) for s in sides.values()} != wanted:
             continue

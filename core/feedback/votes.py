@@ -35,6 +35,7 @@ from core.request_limits import RateWindow
 from core.settings import settings
 
 PAIR_CHOICES = ("A", "B", "tie", "both_bad")
+GENERATED = "generated: "  # a source that no person voted: a training pair made from measurements
 THUMB_CHOICES = ("up", "down")
 MAX_TEXT = 20_000  # characters per message or answer: a vote is not an upload channel
 MAX_VOTE_CHARS = 60_000  # all its messages and answers together
@@ -57,7 +58,7 @@ class Vote:
     prompt_b: list = field(default_factory=list)  # B's context, when its earlier turns differ from A's
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     time: float = field(default_factory=time.time)
-    source: str = ""  # where it was cast, when not in this lab: "hub:OWNER/DATASET@COMMIT"
+    source: str = ""  # when not cast in this lab: "hub:OWNER/DATASET@COMMIT", or GENERATED + why
 
     def check(self) -> "Vote":
         allowed = PAIR_CHOICES if len(self.answers) == 2 else THUMB_CHOICES
@@ -151,7 +152,8 @@ def read(visitor: bool = False) -> list[dict]:
 
 
 def pulled_store() -> Path:
-    """Votes pulled from a Space's Hub dataset (core.hub.votes_pull), waiting for review."""
+    """Votes pulled from a Space's Hub dataset (core.hub.votes_pull), and pairs the effect map
+    made (training.effect), waiting for review."""
     return data_dir() / "votes" / "pulled.jsonl"
 
 
@@ -167,9 +169,9 @@ def _read(path: Path) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def queue_pulled(lines: list[dict]) -> None:
-    """Append checked votes from the Hub to the review queue (they bypass the visitors' cap:
-    the owner asked for them)."""
+def queue_for_review(lines: list[dict]) -> None:
+    """Append checked votes from the Hub, or generated pairs, to the review queue (they bypass
+    the visitors' cap: the owner asked for them)."""
     path = pulled_store()
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path, "a") as handle:

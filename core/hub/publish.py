@@ -134,7 +134,8 @@ def model_card(run: RunFolder, repo_id: str, what: str = "adapter") -> str:
     report = run.report() or "(no report)"
     body = (TEMPLATES / "model_card.md").read_text().format(
         repo_id=repo_id, method=manifest.method, base=manifest.base_model, dataset=manifest.dataset,
-        steps=manifest.steps, results_rows=results_rows(manifest), votes_note=votes_note(run, manifest),
+        steps=manifest.steps, results_rows=results_rows(manifest),
+        votes_note=votes_note(run, manifest) + effect_note(run),
         config=config, report=report,
         usage=_usage(repo_id, manifest, is_lora, run, what), weights_note=weights_note(manifest))
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
@@ -189,6 +190,21 @@ def votes_note(run: RunFolder, manifest: Manifest) -> str:
         if left:
             lines.append(f"{left} held-out answer pair(s) of the report still wait for a blind vote.")
     return "".join(f"\n{line}\n" for line in lines)
+
+
+def effect_note(run: RunFolder) -> str:
+    """The three most improved and most harmed topics of the run's effect map, when it has one."""
+    from core.runs import read_json
+
+    topics = [t for t in read_json(run.effect_file).get("topics", []) if not t.get("general")]
+    if not topics:
+        return ""
+    ranked = sorted(topics, key=lambda t: t["mean_change"])
+
+    def named(some):
+        return "; ".join(f"{t['topic']} ({t['mean_change']:+.3f}, {t['rows']} rows)" for t in some)
+    return (f"\nWhere tuning helped or hurt (held-out rows by topic, mean change in loss on the reference): "
+            f"most improved: {named(ranked[:3])}; most harmed: {named(ranked[::-1][:3])}.\n")
 
 
 def weights_note(manifest: Manifest) -> str:

@@ -60,7 +60,7 @@ def pull_votes(dataset: str, token: str | None = None) -> Pulled:
                                    local_dir=tmp, token=token, endpoint=api.endpoint)
         result = Pulled(dataset, commit)
         fresh = collect(Path(folder), result, f"hub:{dataset}@{commit}")
-    votes.queue_pulled(fresh)
+    votes.queue_for_review(fresh)
     result.added = len(fresh)
     return result
 

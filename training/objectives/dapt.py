@@ -57,14 +57,18 @@ class DAPT(SFT):
 
 def general_perplexity(trainer, cfg, tokenizer) -> float:
     """Perplexity on general English in the run's windows: ChatterBot's questions and answers."""
+    return perplexity(trainer, general_windows(cfg, tokenizer), "general")
+
+
+def general_windows(cfg, tokenizer):
+    """The forgetting check's windows (training.effect maps them too)."""
     from datasets import Dataset
 
     from core.data.rows import load_rows
 
     rows = load_rows("chatterbot").shuffle(seed=cfg.seed)
     text = Dataset.from_dict({"text": [f"{row['question']}\n{row['answer']}" for row in rows]})
-    windows = dapt_windows(text, tokenizer, cfg.block_size, cfg.stride, context_length(cfg.model), GENERAL_WINDOWS)
-    return perplexity(trainer, windows, "general")
+    return dapt_windows(text, tokenizer, cfg.block_size, cfg.stride, context_length(cfg.model), GENERAL_WINDOWS)
 
 
 OBJECTIVE = DAPT()

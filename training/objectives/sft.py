@@ -19,6 +19,7 @@ from training.objective import Objective
 
 class SFT(Objective):
     name = "sft"
+    maps_effect = True
     help = "sft: learn answers to prompts (loss on answers only)"
     scores_answers = True
 
