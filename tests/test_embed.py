@@ -171,3 +171,17 @@ def test_lora_trains_resumes_exactly_and_saves_a_whole_embedder(data_home):
     texts = ["What is AI?", "Who wrote Hamlet?", "Do you like food?"]
     assert np.allclose(embed(texts, cut.name), embed(texts, whole.name), atol=1e-6)
     assert not np.allclose(embed(texts, whole.name), embed(texts), atol=1e-3)
+
+
+@pytest.mark.slow
+def test_the_effect_map_groups_rows_with_the_tuned_embedder(embed_run):
+    from core.data.rows import load_rows
+    from training.effect import group
+
+    questions = [row["question"] for row in load_rows("chatterbot")][:30]
+    by_tuned = [{"group": "held-out", "text": text, "change": 0.0} for text in questions]
+    by_minilm = [dict(row) for row in by_tuned]
+    assert group(by_tuned, embed_run.name)[1].startswith("Topics: BERTopic")
+    group(by_minilm, "")
+    assert all(row["topic"] for row in by_tuned)
+    assert [row["topic"] for row in by_tuned] != [row["topic"] for row in by_minilm], "the embedder groups them"
