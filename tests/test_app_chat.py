@@ -72,7 +72,7 @@ def test_compare_gives_two_different_answers(app_server, tiny_run):
 
 
 @pytest.mark.parametrize("kwargs, expected", [
-    (dict(message="hi", model_name="nobody/nothing-here"), "not in the HF cache"),
+    (dict(message="hi", model_name="nobody/nothing-here"), "the Hub has no such model"),  # the local test Hub
     (dict(message="   "), "Empty message"),
     (dict(message="hi", mode="Compare", adapter="/no/such/adapter"), "neither a finished run, a folder nor a Hub repo id"),
 ])

@@ -17,7 +17,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 def test_vote_blind_then_train_dpo_and_kto_on_the_votes(app_server, tiny_run, space_votes):
     from core.feedback import votes
 
-    votes.store().unlink(missing_ok=True)
+    for store in (votes.store(), votes.store(visitor=True), votes.pulled_store()):  # other tests' votes
+        store.unlink(missing_ok=True)
     with browser_page(app_server) as page:
         unlock(page)
         page.get_by_role("radio", name="Compare").check()

@@ -40,6 +40,10 @@ def test_row_losses_match_transformers_own_loss_on_three_rows(tiny_effect, tiny_
     assert all(r["change"] < 0 for r in tiny_effect["rows"]), "six steps on the identity rows lower every loss"
     assert all(r["base_answer"] and r["tuned_answer"] and "score_change" in r for r in tiny_effect["rows"])
     assert sum(t["rows"] for t in tiny_effect["topics"]) == len(tiny_effect["rows"]) == len(run.read_held_out())
+    from core.hub.publish import model_card
+
+    [topic] = tiny_effect["topics"]  # 7 rows: one group
+    assert f"most improved: {topic['topic']} ({topic['mean_change']:+.3f}, 7 rows)" in model_card(run, "t/x")
 
 
 def test_topics_cover_every_row_and_the_forgetting_windows_stay_apart():

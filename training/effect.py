@@ -86,12 +86,10 @@ def held_out_rows(run: RunFolder, cfg, tokenizer, limit: int) -> tuple[list[dict
         rows.append({"group": "held-out", "text": messages[-1]["content"], "prompt": messages,
                      "reference": reference.strip()})
         tokens.append(sft_tokens(tokenizer, row))
-    if cfg.objective == "dapt":
-        from training.objectives.dapt import general_windows
-
-        for window in general_windows(cfg, tokenizer)["input_ids"]:
-            rows.append({"group": GENERAL, "text": tokenizer.decode(window)})
-            tokens.append((list(window), 0))
+    general = objectives.get(cfg.objective).general_windows(cfg, tokenizer)
+    for window in general["input_ids"] if general is not None else []:
+        rows.append({"group": GENERAL, "text": tokenizer.decode(window)})
+        tokens.append((list(window), 0))
     return rows, tokens, len(eval_set)
 
 

@@ -72,6 +72,10 @@ class Objective:
         """The trl trainer for this config, on the base model it loads."""
         raise NotImplementedError
 
+    def general_windows(self, cfg, tokenizer):
+        """Windows of general text whose loss shows forgetting (None: this objective has none)."""
+        return None
+
     def ready_to_save(self, trainer) -> None:
         """Ready the trained model for the run's final save (an embedder merges its LoRA)."""
 

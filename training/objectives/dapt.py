@@ -49,6 +49,9 @@ class DAPT(SFT):
     def held_out(self, trainer, cfg, tokenizer) -> dict:
         return {"perplexity": perplexity(trainer), "general_perplexity": general_perplexity(trainer, cfg, tokenizer)}
 
+    def general_windows(self, cfg, tokenizer):
+        return general_windows(cfg, tokenizer)
+
     def measures(self, before: dict, after: dict) -> list[Measure]:
         return [Measure("held-out perplexity", before.get("perplexity"), after.get("perplexity")),
                 Measure("perplexity on general text (forgetting)", before.get("general_perplexity"),
