@@ -119,6 +119,10 @@ def cmd_export(args) -> int:
         print(f"[{fraction:4.0%}] {desc}", file=sys.stderr)
 
     print(export_run(args.run, args.format, args.dtype, args.quant, progress).describe())
+    if args.check and args.format == "gguf":
+        from training.export_parity import check_parity
+
+        print(check_parity(args.run, args.quant, lambda text: print(text, file=sys.stderr))["verdict"])
     return 0
 
 
@@ -224,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="merged weights")
     export.add_argument("--quant", choices=("f16", "bf16", "q8_0", "q4_0"), default="q8_0",
                         help="GGUF tensor type of the 2-D weights (norms stay f32)")
+    export.add_argument("--check", action="store_true", help="gguf: then compare its greedy answers and chat "
+                        "template with the adapter's and the merged model's (writes parity.json)")
     hub = sub.add_parser("hub", help="search the Hub for models or datasets by task (a dataset id trains as is)")
     hub.add_argument("kind", choices=("models", "datasets"))
     hub.add_argument("--task", default="", help="models: a pipeline tag (default text-generation); datasets: a "
