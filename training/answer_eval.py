@@ -23,14 +23,13 @@ import numpy as np
 
 from core.errors import LabError
 from core.explore.embeddings import cosine_label
-from core.paths import write_json
 from core.runs import RunFolder
 from training import objectives
 from training.config import load_config
 from training.evaluate import load_scores, save_scores
 from training.model_setup import load_tokenizer
 from training.prepare import build_examples, split_examples
-from training.progress import say_phase
+from training.progress import run_as_job
 
 CHUNK = 4  # rows per generate call
 DEFAULT_ROWS = 16
@@ -187,15 +186,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", type=int, default=0)
     args = parser.parse_args(argv)
     run = RunFolder.existing(args.run)
-    try:
-        print(table_markdown(evaluate_run(run.name, lambda text: say_phase(run, text), args.rows)))
-    except LabError as exc:
-        write_json(run.status_file, {**run.status(), "error": f"Evaluate again: {exc}"})
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        say_phase(run, "")
-    return 0
+    return run_as_job(run, "Evaluate again",
+                      lambda progress: print(table_markdown(evaluate_run(run.name, progress, args.rows))))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from core.paths import write_json
 from core.runs import RunFolder, read_json
 from training import objectives
 from training.config import load_config
-from training.progress import say_phase
+from training.progress import run_as_job
 
 DEFAULT_ROWS = 16
 MIN_TOPIC_ROWS = 10  # BERTopic's fewest documents
@@ -239,18 +239,13 @@ def main(argv=None) -> int:
     parser.add_argument("--embedder", default="")
     args = parser.parse_args(argv)
     run = RunFolder.existing(args.run)
-    try:
-        effect = compute(run.name, args.embedder, lambda text: say_phase(run, text))
-    except LabError as exc:
-        write_json(run.status_file, {**run.status(), "error": f"Effect map: {exc}"})
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        say_phase(run, "")
-    for topic in sorted(effect["topics"], key=lambda t: t["mean_change"]):
-        print(f"{topic['mean_change']:+.3f}  {topic['rows']:3d} rows  {topic['topic']}")
-    print(effect["note"])
-    return 0
+
+    def work(progress):
+        effect = compute(run.name, args.embedder, progress)
+        for topic in sorted(effect["topics"], key=lambda t: t["mean_change"]):
+            print(f"{topic['mean_change']:+.3f}  {topic['rows']:3d} rows  {topic['topic']}")
+        print(effect["note"])
+    return run_as_job(run, "Effect map", work)
 
 
 if __name__ == "__main__":

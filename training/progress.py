@@ -99,3 +99,23 @@ def batch_plan(cfg, trainer) -> dict:
             f"{world} process(es)" + (f" · about {round(rows * mean):,} tokens per step "
                                       f"(rows average {mean:.0f} tokens)" if mean else ""))
     return {"rows_per_step": rows, "tokens_per_step": round(rows * mean), "text": text}
+
+
+def run_as_job(run: RunFolder, label: str, work) -> int:
+    """Run `work(progress)` as a job on a finished run (Evaluate again, the effect map): its
+    progress goes to the run's phase, a LabError to its status (beside how training ended) and
+    to stderr. Returns the exit code."""
+    import sys
+
+    from core.errors import LabError
+
+    try:
+        work(lambda text: say_phase(run, text))
+    except LabError as exc:
+        write_json(run.status_file, {**run.status(), "error": f"{label}: {exc}"})
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        say_phase(run, "")
+    return 0
+
