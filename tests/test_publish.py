@@ -255,8 +255,9 @@ def test_token_never_leaks(hub_url, tiny_run, data_home, tmp_path):
 
 @pytest.mark.slow
 def test_push_gguf_export_with_a_gguf_card(endpoint, tiny_run):
-    """`--what gguf-q4_0` exports first when needed, then pushes the file, its Modelfile and a
-    card whose library_name and tags say GGUF and the tensor type."""
+    """`--what gguf-q4_0` exports first when needed, then pushes the file, its Modelfile (and its
+    parity.json, when the export was checked) and a card whose library_name and tags say GGUF
+    and the tensor type."""
     from huggingface_hub import HfApi, ModelCard
 
     done = subprocess.run([sys.executable, "cli.py", "publish", "--run", tiny_run.name, "--repo", "tester/lumen-gguf",
@@ -265,7 +266,8 @@ def test_push_gguf_export_with_a_gguf_card(endpoint, tiny_run):
     assert done.returncode == 0, done.stderr[-2000:]
     info = HfApi(endpoint=endpoint, token=TOKEN).model_info("tester/lumen-gguf")
     files = {sibling.rfilename for sibling in info.siblings}
-    assert files == {"README.md", "Modelfile", f"{tiny_run.name}-q4_0.gguf"}, files
+    checked = (RunFolder(tiny_run).gguf_dir("q4_0") / "parity.json").is_file()  # the app's export checked it
+    assert files == {"README.md", "Modelfile", f"{tiny_run.name}-q4_0.gguf"} | ({"parity.json"} if checked else set())
     card = ModelCard(hub.model_card(RunFolder(tiny_run), "tester/lumen-gguf", "gguf-q4_0"))
     assert card.data.library_name == "gguf" and {"gguf", "q4_0", "finetune-lab"} <= set(card.data.tags)
     assert f'gguf_file="{tiny_run.name}-q4_0.gguf"' in card.text and "ollama run hf.co/tester/lumen-gguf" in card.text
