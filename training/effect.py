@@ -164,7 +164,8 @@ def group(rows: list[dict], embedder: str) -> tuple[list[dict], str]:
     if len(held) >= MIN_TOPIC_ROWS:
         texts = [row["text"] for row in held]
         result = fit_topics(texts, embed(texts, embedder, write_cache=False), "fast", n_topics=max(2, len(held) // 5))
-        names = dict(zip(result.model.get_topic_info()["Topic"], result.model.get_topic_info()["Name"]))
+        info = result.model.get_topic_info()
+        names = dict(zip(info["Topic"], info["Name"]))
         for row, topic in zip(held, result.model.topics_):
             row["topic"] = names[topic].split("_", 1)[-1].replace("_", " ")
         note = f"Topics: BERTopic (PCA + KMeans) on {len(held)} rows."

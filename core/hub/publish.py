@@ -171,8 +171,9 @@ def votes_note(run: RunFolder, manifest: Manifest) -> str:
     lines, owned = [], read()
     board = leaderboard(owned)
     if any(row["adapter"] == run.name for row in board):
+        *ranked, bias = leaderboard_lines(owned, board)
         lines.append("Leaderboard of the owner's models from blind A/B votes (Bradley-Terry, Elo scale):\n\n"
-                     + "\n".join(leaderboard_lines(owned, board)[:-1]) + "\n\n" + leaderboard_lines(owned, board)[-1])
+                     + "\n".join(ranked) + "\n\n" + bias)
     if manifest.vote_sources:
         lines.append("Trained on preference pairs from votes: " + ", ".join(
             f"{count} from {source}" for source, count in sorted(manifest.vote_sources.items())) + ".")
