@@ -17,6 +17,7 @@
 | FINETUNE_LAB_DTYPE | chat weights: auto, fp32, bf16 | auto |
 | FINETUNE_LAB_DECODE | chat decoding: auto, int8, eager | auto |
 | FINETUNE_LAB_MAX_MODELS | models kept in memory | 2 |
+| FINETUNE_LAB_GGUF_RUNTIME | what reads an exported GGUF in the parity check: auto, llama.cpp, transformers | auto (llama.cpp where installed) |
 | FINETUNE_LAB_THREADS | chat's CPU threads when no job runs | all cores |
 
 A Space sets SPACE_ID, SPACE_AUTHOR_NAME and SYSTEM=spaces (and OAUTH_CLIENT_ID with OAuth on). The values are parsed once per
@@ -38,7 +39,7 @@ NAMES = ("FINETUNE_LAB_HOME", "FINETUNE_LAB_MODELS", "FINETUNE_LAB_PUBLIC", "FIN
          "FINETUNE_LAB_AUTH", "FINETUNE_LAB_ALLOWED_MODELS", "FINETUNE_LAB_VISITOR_HUB",
          "FINETUNE_LAB_VISITOR_VOTES", "FINETUNE_LAB_BEHIND_PROXY", "FINETUNE_LAB_EVENTS_PER_SESSION",
          "FINETUNE_LAB_EVENTS_PER_ADDRESS", "FINETUNE_LAB_DTYPE", "FINETUNE_LAB_DECODE",
-         "FINETUNE_LAB_MAX_MODELS", "FINETUNE_LAB_THREADS", "SPACE_ID", "SPACE_AUTHOR_NAME", "SYSTEM",
+         "FINETUNE_LAB_MAX_MODELS", "FINETUNE_LAB_THREADS", "FINETUNE_LAB_GGUF_RUNTIME", "SPACE_ID", "SPACE_AUTHOR_NAME", "SYSTEM",
          "OAUTH_CLIENT_ID")
 _DECLARED = {"public": False}  # set by app.main for --share or an open host: no environment write
 
@@ -60,6 +61,7 @@ class Settings:
     decode: str = "auto"
     max_models: int = 2
     threads: int = 0
+    gguf_runtime: str = "auto"
     space_id: str = ""
     space_author: str = ""
     on_spaces: bool = False
@@ -94,6 +96,7 @@ def _parse(values: tuple, declared_public: bool) -> Settings:
         dtype=env.get("FINETUNE_LAB_DTYPE", "auto"), decode=env.get("FINETUNE_LAB_DECODE", "auto"),
         max_models=max(1, _number(env, "FINETUNE_LAB_MAX_MODELS", 2)),
         threads=_number(env, "FINETUNE_LAB_THREADS", 0),
+        gguf_runtime=_choice(env, "FINETUNE_LAB_GGUF_RUNTIME", ("auto", "llama.cpp", "transformers")),
         space_id=env.get("SPACE_ID", ""), space_author=env.get("SPACE_AUTHOR_NAME", ""), on_spaces=on_spaces,
         oauth=on_spaces and bool(env.get("SPACE_ID")) and bool(env.get("OAUTH_CLIENT_ID")))
 
@@ -103,3 +106,10 @@ def _number(env: dict, name: str, default: int) -> int:
         return int(env.get(name) or default)
     except ValueError:
         raise LabError(f"{name}={env[name][:20]!r} is not a whole number.") from None
+
+
+def _choice(env: dict, name: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(name) or allowed[0]
+    if value not in allowed:
+        raise LabError(f"{name}={value[:20]!r} is not one of: {', '.join(allowed)}.")
+    return value

@@ -104,6 +104,14 @@ def embed_run(data_home):
 
 
 @pytest.fixture(scope="session")
+def smol_exports(tiny_run):
+    """The tiny run exported to GGUF once, in each type the export writes."""
+    from training.gguf_export import export_gguf
+
+    return {quant: export_gguf(tiny_run.name, quant) for quant in ("f16", "bf16", "q8_0", "q4_0")}
+
+
+@pytest.fixture(scope="session")
 def tiny_run_phases(tiny_run) -> list[str]:
     """The phases the tiny run showed between its steps, as the Train tab's poll saw them."""
     return TINY_RUN_PHASES

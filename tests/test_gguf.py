@@ -37,13 +37,6 @@ GREEDY_TOKENS = 20
 
 
 @pytest.fixture(scope="module")
-def smol_exports(tiny_run):
-    from training.gguf_export import export_gguf
-
-    return {quant: export_gguf(tiny_run.name, quant) for quant in ("f16", "bf16", "q8_0", "q4_0")}
-
-
-@pytest.fixture(scope="module")
 def gemma_run(data_home):
     """A real two-step LoRA DAPT run on the packaged Gemma 3 base."""
     from training import jobs
@@ -187,7 +180,7 @@ def test_smollm2_bf16_q8_0_and_q4_0_round_trip(smol_exports, tiny_run):
     assert_q8_0_keeps_greedy_text(result)
     assert "Lumen" in tokenizer.decode(answers[0]["greedy"])
     assert not any(parting["prompt"] == "Who are you?" for parting in result["partings"]), "q8_0 answers as Lumen"
-    sizes = {quant: export.size_mb for quant, export in smol_exports.items()}
+    sizes = {quant: next(export.folder.glob("*.gguf")).stat().st_size for quant, export in smol_exports.items()}
     assert sizes["q4_0"] < 0.7 * sizes["q8_0"] < 0.6 * sizes["f16"] and sizes["bf16"] == pytest.approx(sizes["f16"]), sizes
     four_bit = load_gguf(smol_exports["q4_0"])
     answer = tokenizer.decode(greedy(four_bit, prompt_ids(tokenizer, "Who are you?", chat=True)))
@@ -301,40 +294,3 @@ def test_cli_export_gguf_prints_the_file_and_size(smol_exports, tiny_run):
                            "--quant", "q8_0"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert str(smol_exports["q8_0"].folder) in done.stdout and "MB" in done.stdout and "[100%]" in done.stderr
-
-
-WRONG_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-                  "{% if add_generation_prompt %}assistant:{% endif %}")
-
-
-@pytest.mark.slow
-def test_export_parity_on_f16_and_a_wrong_template_caught(smol_exports, tiny_run, data_home):
-    """The f16 GGUF answers every prompt as the merged model does; a GGUF written with a wrong
-    chat template is caught by the template diff (the GGUF's and the Modelfile's, which then
-    has no TEMPLATE of its own)."""
-    from core.runs import RunFolder
-    from training.config import load_config
-    from training.export_parity import check_parity, template_check
-    from training.gguf_export import export_gguf
-    from training.model_setup import load_tokenizer
-
-    result = check_parity(tiny_run.name, "f16")
-    merged = result["pairs"]["merged vs gguf"]
-    assert merged["identical"] == merged["of"] == result["prompts"] >= 5, result  # the distinct held-out and report prompts
-    assert merged["forced_agreement"] == 1.0 and result["template"] == {"gguf": None, "modelfile": None}
-    adapter = result["pairs"]["adapter vs gguf"]
-    assert result["verdict"].startswith(f"f16: {adapter['identical']}/{result['prompts']} prompts identical to the adapter")
-    assert result["verdict"].endswith("; template identical")
-    assert json.loads((smol_exports["f16"].folder / "parity.json").read_text())["verdict"] == result["verdict"]
-
-    broken = RunFolder(data_home / "runs" / "tiny-wrong-template")
-    shutil.copytree(tiny_run, broken.path, ignore=shutil.ignore_patterns("gguf-*", "checkpoints"))
-    (broken.merged / "chat_template.jinja").write_text(WRONG_TEMPLATE)
-    config = json.loads((broken.merged / "tokenizer_config.json").read_text())
-    if "chat_template" in config:
-        (broken.merged / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": WRONG_TEMPLATE}))
-    export = export_gguf(broken.name, "f16")
-    tokenizer = load_tokenizer(load_config(broken.config).model)
-    caught = template_check(tokenizer, next(export.folder.glob("*.gguf")))
-    assert caught["gguf"] is not None and caught["modelfile"] == caught["gguf"], caught
-    shutil.rmtree(broken.path)

@@ -5,11 +5,11 @@ by token, and the chat template each format renders is diffed. Writes parity.jso
     python cli.py export --run RUN --format gguf --quant q8_0 --check
     from training.export_parity import check_parity; print(check_parity("RUN", "q8_0")["verdict"])
 
-Prompts: the run's held-out prompts (at most 16) and its report prompts. The GGUF is read by
-transformers' GGUF loader (a reader this project did not write; it dequantizes to fp32), and
-parity.json names it. Per pair of formats: the share of prompts with identical greedy answers,
-where the first one parts, and the agreement of next-token choices along the adapter's own
-answer (teacher-forced). The template: one conversation rendered by the run's tokenizer, by the
+Prompts: the run's held-out prompts (at most 16) and its report prompts. The GGUF is read by a
+runtime this project did not write (training.gguf_runtime: llama.cpp where llama-cpp-python is
+installed, else transformers' GGUF loader), and parity.json names it. Per pair of formats: the
+share of prompts with identical greedy answers, where the first one parts, and the agreement of
+next-token choices along the adapter's own answer (teacher-forced). The template: one conversation rendered by the run's tokenizer, by the
 GGUF's embedded template, and by the Modelfile (its Python twin in training.modelfile), compared
 token for token: the cause of most "it behaves differently in Ollama" reports.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 from core.errors import LabError
 from core.paths import write_json
 from core.runs import RunFolder
+from training.gguf_runtime import TorchRunner, gguf_runner
 
 MAX_PROMPTS = 16
 NEW_TOKENS = 24
@@ -45,27 +46,11 @@ def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     return tokenizer(plain_prompt(messages))["input_ids"]
 
 
-def greedy(model, ids: list[int], adapter_on: bool = True) -> list[int]:
-    import contextlib
-
-    import torch
-
-    switch = contextlib.nullcontext() if adapter_on or not hasattr(model, "disable_adapter") else model.disable_adapter()
-    with torch.inference_mode(), switch:
-        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             max_new_tokens=NEW_TOKENS, do_sample=False)
-    return out[0, len(ids):].tolist()
-
-
-def forced_agreement(model, ids: list[int], answer: list[int]) -> float:
-    """Share of the answer's tokens that `model` also picks when fed the answer so far."""
-    import torch
-
+def agreement(runner, ids: list[int], answer: list[int]) -> float:
+    """Share of the answer's tokens that `runner` also picks when fed the answer so far."""
     if not answer:
         return 1.0
-    with torch.inference_mode():
-        logits = model(torch.tensor([ids + answer])).logits[0, len(ids) - 1:-1]
-    return float((logits.argmax(-1) == torch.tensor(answer)).float().mean())
+    return sum(got == want for got, want in zip(runner.choices(ids, answer), answer)) / len(answer)
 
 
 def first_parting(one: list[int], other: list[int]) -> int | None:
@@ -76,7 +61,7 @@ def first_parting(one: list[int], other: list[int]) -> int | None:
 
 
 def load_formats(run: RunFolder, cfg, gguf) -> dict:
-    """{format: model} for the adapter on its base, the merged folder and the GGUF file."""
+    """{format: runner} for the adapter on its base, the merged folder and the GGUF file."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -85,18 +70,19 @@ def load_formats(run: RunFolder, cfg, gguf) -> dict:
 
     fp32 = dict(dtype=torch.float32, use_safetensors=True, trust_remote_code=False)
     base = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model), **fp32)
-    formats = {"adapter": PeftModel.from_pretrained(base, str(run.adapter)).eval() if run.is_lora else
-               AutoModelForCausalLM.from_pretrained(str(run.adapter), **fp32).eval()}
+    adapter = (PeftModel.from_pretrained(base, str(run.adapter)) if run.is_lora else
+               AutoModelForCausalLM.from_pretrained(str(run.adapter), **fp32)).eval()
+    formats = {"adapter": TorchRunner(adapter)}
     if (run.merged / "config.json").is_file():
-        formats["merged"] = AutoModelForCausalLM.from_pretrained(str(run.merged), **fp32).eval()
-    formats["gguf"] = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                           dtype=torch.float32).eval()
+        formats["merged"] = TorchRunner(AutoModelForCausalLM.from_pretrained(str(run.merged), **fp32).eval())
+    formats["gguf"] = gguf_runner(gguf, formats["adapter"].stop_ids)
     return formats
 
 
-def template_check(tokenizer, gguf) -> dict:
+def template_check(tokenizer, gguf, runner=None) -> dict:
     """The probe conversation as the run's tokenizer, the GGUF's embedded template and the
-    Modelfile beside it render it, tokenized; where each parts from the tokenizer's (None: identical)."""
+    Modelfile beside it render it, tokenized; where each parts from the tokenizer's (None: identical).
+    With llama.cpp as the runtime, its own tokenizer's ids for the rendering are checked too."""
     from transformers import AutoTokenizer
 
     if not tokenizer.chat_template:
@@ -107,8 +93,11 @@ def template_check(tokenizer, gguf) -> dict:
              if embedded.chat_template else ""}
     found["modelfile"] = modelfile_rendering(gguf.parent / "Modelfile", found["gguf"])
     ids = tokenizer(want, add_special_tokens=False)["input_ids"]
-    return {name: first_parting(ids, tokenizer(text, add_special_tokens=False)["input_ids"])
-            for name, text in found.items()}
+    parts = {name: first_parting(ids, tokenizer(text, add_special_tokens=False)["input_ids"])
+             for name, text in found.items()}
+    if hasattr(runner, "tokenize"):
+        parts["llama.cpp tokenizer"] = first_parting(ids, runner.tokenize(want))
+    return parts
 
 
 def modelfile_rendering(path, gguf_rendering: str) -> str:
@@ -144,12 +133,12 @@ def check_parity(run_name: str, quant: str, progress=print) -> dict:
     prompts = [prompt_ids(tokenizer, messages) for messages in parity_prompts(run, cfg)]
     progress(f"parity: {len(prompts)} prompts through the adapter, the merged model and the {quant} GGUF")
     formats = load_formats(run, cfg, gguf)
-    answers = {name: [greedy(model, ids) for ids in prompts] for name, model in formats.items()}
+    answers = {name: [runner.greedy(ids, NEW_TOKENS) for ids in prompts] for name, runner in formats.items()}
     pairs = {f"{one} vs {other}": compare(answers[one], answers[other], formats[other], prompts)
              for one, other in (("adapter", "merged"), ("adapter", "gguf"), ("merged", "gguf"))
              if one in formats and other in formats}
-    result = {"quant": quant, "runtime": "transformers GGUF loader (dequantized to fp32)", "prompts": len(prompts),
-              "pairs": pairs, "template": template_check(tokenizer, gguf),
+    result = {"quant": quant, "runtime": formats["gguf"].name, "prompts": len(prompts),
+              "pairs": pairs, "template": template_check(tokenizer, gguf, formats["gguf"]),
               "answers": [{name: tokenizer.decode(answers[name][n], skip_special_tokens=True) for name in answers}
                           for n in range(len(prompts))]}
     result["verdict"] = verdict(result)
@@ -157,19 +146,21 @@ def check_parity(run_name: str, quant: str, progress=print) -> dict:
     return result
 
 
-def compare(reference: list[list[int]], answers: list[list[int]], model, prompts: list[list[int]]) -> dict:
+def compare(reference: list[list[int]], answers: list[list[int]], runner, prompts: list[list[int]]) -> dict:
     partings = [first_parting(want, got) for want, got in zip(reference, answers)]
     differ = [at for at in partings if at is not None]
     return {"identical": len(partings) - len(differ), "of": len(partings), "partings": partings,
             "mean_parting": round(sum(differ) / len(differ), 1) if differ else None,
-            "forced_agreement": round(sum(forced_agreement(model, ids, want) for ids, want in zip(prompts, reference))
+            "forced_agreement": round(sum(agreement(runner, ids, want) for ids, want in zip(prompts, reference))
                                       / len(prompts), 4)}
 
 
 def verdict(result: dict) -> str:
-    """"q8_0: 16/16 prompts identical; template identical", or where it parts."""
+    """"q8_0 in llama.cpp: 16/16 prompts identical to the adapter; template identical", or
+    where the answers and the templates part."""
     gguf = result["pairs"]["adapter vs gguf"]
-    line = f"{result['quant']}: {gguf['identical']}/{gguf['of']} prompts identical to the adapter"
+    runtime = result["runtime"].split(" (")[0]
+    line = f"{result['quant']} in {runtime}: {gguf['identical']}/{gguf['of']} prompts identical to the adapter"
     if gguf["mean_parting"] is not None:
         line += f", first difference at token {gguf['mean_parting']} on average"
     broken = {name: at for name, at in result["template"].items() if name != "tokenizer" and at is not None}
