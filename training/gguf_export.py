@@ -154,13 +154,16 @@ def _write_tokenizer(writer, folder: Path, tokenizer, origin: Path | None) -> No
         raise LabError("This model's tokenizer is SentencePiece-style, whose scores only its original "
                        "tokenizer.model holds: use llama.cpp's convert_hf_to_gguf.py on the merged folder.")
     special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=len(tokens))
-    special.add_special_token.setdefault("bos", _adds_bos(tokenizer))  # transformers 5 may not save it
-    special.add_to_gguf(writer, quiet=True)  # merges, bos/eos/unk/pad ids, add_bos flag, chat template
+    bos, eos = _adds_bos_eos(tokenizer)  # transformers 5 may not save these flags
+    special.add_special_token.setdefault("bos", bos)
+    special.add_special_token.setdefault("eos", eos)
+    special.add_to_gguf(writer, quiet=True)  # merges, bos/eos/unk/pad ids, add_bos/eos flags, chat template
 
 
-def _adds_bos(tokenizer) -> bool:
+def _adds_bos_eos(tokenizer) -> tuple[bool, bool]:
     ids = tokenizer("a")["input_ids"]
-    return tokenizer.bos_token_id is not None and bool(ids) and ids[0] == tokenizer.bos_token_id
+    return (tokenizer.bos_token_id is not None and bool(ids) and ids[0] == tokenizer.bos_token_id,
+            tokenizer.eos_token_id is not None and bool(ids) and ids[-1] == tokenizer.eos_token_id)
 
 
 def bpe_vocabulary(folder: Path, tokenizer_json: dict) -> tuple[list[str], list[int]]:
