@@ -14,7 +14,8 @@ public too (see core/access.py for what that means).
 Every event goes through the queue (the REST route /gradio_api/run/... is closed), where one
 session and one client address may each hold only a few events at once; a request body over
 1 MB is refused before Gradio parses it, and uploads stop while Gradio's upload folder holds
-over 2 GB (core/request_limits.py).
+over 2 GB (core/request_limits.py). The same server answers OpenAI clients at /v1
+(serve/openai_api.py: the same models, access rules and caps; FINETUNE_LAB_API_KEY to require a key).
 """
 import argparse
 import os
@@ -29,6 +30,7 @@ from core import access  # noqa: E402
 from core.settings import declare_public, settings  # noqa: E402
 from core.request_limits import (MAX_BODY_BYTES, SHARED_POOLS, BodyLimit, UploadCacheLimit,  # noqa: E402
                                  client_address, fair_order)
+from serve.openai_server import router as openai_router  # noqa: E402
 from tabs import chat_tab, hub_panel, publish, topics, train  # noqa: E402
 
 MAX_UPLOAD = "50mb"
@@ -137,10 +139,14 @@ def main(argv=None) -> None:
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     import_libraries()
     # run_history=False: Gradio would otherwise keep every call's inputs (the HF token too) in the browser.
-    build_app().launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
-                       max_file_size=MAX_UPLOAD, run_history=False, footer_links=["api", "gradio"],
-                       app_kwargs={"middleware": [Middleware(BodyLimit, limit=MAX_BODY_BYTES),
-                                                  Middleware(UploadCacheLimit, folder=upload_folder())]})
+    demo = build_app()
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
+                max_file_size=MAX_UPLOAD, run_history=False, footer_links=["api", "gradio"], prevent_thread_lock=True,
+                app_kwargs={"middleware": [Middleware(BodyLimit, limit=MAX_BODY_BYTES),
+                                           Middleware(UploadCacheLimit, folder=upload_folder())]})
+    # The OpenAI-compatible endpoint on the same server (Gradio's --auth does not guard it: a key does).
+    demo.app.include_router(openai_router(login_required=auth is not None))
+    demo.block_thread()
 
 
 def upload_folder() -> str:

@@ -16,6 +16,8 @@
     python cli.py eval --run RUN                    # held-out answers of base vs tuned: EM, ROUGE-L, cosine
     python cli.py effect --run RUN                  # where tuning helped or hurt, by topic of the held-out rows
     python cli.py hub models --task text-generation --max-params 500   # or: hub datasets --task question-answering
+    python cli.py serve [--host 127.0.0.1] [--port 8000]   # the OpenAI-compatible endpoint alone, at /v1
+    python cli.py serve --print-vllm RUN                   # the same run served by vLLM, for GPUs and real traffic
 
 Heavy libraries are imported inside each command, so `--help` is instant.
 """
@@ -175,6 +177,25 @@ def cmd_hub(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    if args.print_vllm:
+        from serve.openai_api import vllm_command
+
+        print(vllm_command(args.print_vllm))
+        return 0
+    import uvicorn
+
+    from core import access
+    from core.settings import declare_public, settings
+    from serve.openai_server import standalone
+
+    # Reachable by others with no key: visitors' rules, as app.py does for its own host.
+    declare_public(not access.is_loopback(args.host) and not settings().api_key)
+    print(f"OpenAI-compatible endpoint: http://{args.host}:{args.port}/v1", flush=True)
+    uvicorn.run(standalone(), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cli.py", description="Finetune Lab command line.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -239,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument("--max-params", type=float, default=1000, help="models: at most this many million parameters")
     hub.add_argument("--sort", choices=("downloads", "likes", "last_modified"), default="downloads")
     hub.add_argument("--limit", type=int, default=20)
+    serve = sub.add_parser("serve", help="the OpenAI-compatible endpoint (/v1/models, /v1/chat/completions) alone")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--print-vllm", metavar="RUN", help="print the vLLM command that serves RUN's adapter instead")
     return parser
 
 
@@ -248,7 +273,8 @@ def main(argv=None) -> int:
         return cmd_train(argv[1:])
     args = build_parser().parse_args(argv)
     commands = {"chat": cmd_chat, "runs": cmd_runs, "topics": cmd_topics, "publish": cmd_publish,
-                "export": cmd_export, "effect": cmd_effect, "votes": cmd_votes, "eval": cmd_eval, "hub": cmd_hub}
+                "export": cmd_export, "effect": cmd_effect, "votes": cmd_votes, "eval": cmd_eval, "hub": cmd_hub,
+                "serve": cmd_serve}
     try:
         return commands[args.command](args)
     except LabError as exc:  # the one place a command's user-facing error is printed

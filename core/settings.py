@@ -8,6 +8,7 @@
 | FINETUNE_LAB_MODELS | where converted models are cached | <data dir>/models |
 | FINETUNE_LAB_PUBLIC=1 | public mode (also on a Space, with --share, or a non-loopback host without --auth) | off |
 | FINETUNE_LAB_ADMIN_KEY | the key that unlocks a public app's guarded actions | none |
+| FINETUNE_LAB_API_KEY | the bearer key the OpenAI-compatible endpoint (/v1) asks for | none: open as the app is |
 | FINETUNE_LAB_AUTH | USER:PASSWORD login for the whole app | none |
 | FINETUNE_LAB_ALLOWED_MODELS | Hub ids or folders (comma list) visitors may chat with | none |
 | FINETUNE_LAB_VISITOR_HUB=1 | visitors may load any Hub model under the size cap | off |
@@ -35,7 +36,7 @@ from pathlib import Path
 
 from core.errors import LabError
 
-NAMES = ("FINETUNE_LAB_HOME", "FINETUNE_LAB_MODELS", "FINETUNE_LAB_PUBLIC", "FINETUNE_LAB_ADMIN_KEY",
+NAMES = ("FINETUNE_LAB_HOME", "FINETUNE_LAB_MODELS", "FINETUNE_LAB_PUBLIC", "FINETUNE_LAB_ADMIN_KEY", "FINETUNE_LAB_API_KEY",
          "FINETUNE_LAB_AUTH", "FINETUNE_LAB_ALLOWED_MODELS", "FINETUNE_LAB_VISITOR_HUB",
          "FINETUNE_LAB_VISITOR_VOTES", "FINETUNE_LAB_BEHIND_PROXY", "FINETUNE_LAB_EVENTS_PER_SESSION",
          "FINETUNE_LAB_EVENTS_PER_ADDRESS", "FINETUNE_LAB_DTYPE", "FINETUNE_LAB_DECODE",
@@ -50,6 +51,7 @@ class Settings:
     models: Path | None = None
     public: bool = False
     admin_key: str = field(default="", repr=False)
+    api_key: str = field(default="", repr=False)
     auth: str = field(default="", repr=False)
     allowed_models: tuple[str, ...] = ()
     visitor_hub: bool = False
@@ -86,7 +88,7 @@ def _parse(values: tuple, declared_public: bool) -> Settings:
         home=Path(env["FINETUNE_LAB_HOME"]) if env.get("FINETUNE_LAB_HOME") else None,
         models=Path(env["FINETUNE_LAB_MODELS"]) if env.get("FINETUNE_LAB_MODELS") else None,
         public=declared_public or bool(env.get("SPACE_ID")) or env.get("FINETUNE_LAB_PUBLIC") == "1",
-        admin_key=env.get("FINETUNE_LAB_ADMIN_KEY", ""), auth=env.get("FINETUNE_LAB_AUTH", ""),
+        admin_key=env.get("FINETUNE_LAB_ADMIN_KEY", ""), api_key=env.get("FINETUNE_LAB_API_KEY", ""), auth=env.get("FINETUNE_LAB_AUTH", ""),
         allowed_models=tuple(m.strip() for m in env.get("FINETUNE_LAB_ALLOWED_MODELS", "").split(",") if m.strip()),
         visitor_hub=env.get("FINETUNE_LAB_VISITOR_HUB") == "1",
         visitor_votes=_number(env, "FINETUNE_LAB_VISITOR_VOTES", 5000),

@@ -114,21 +114,24 @@ def imported_roots(folder: str) -> dict[str, set[str]]:
 
 
 def test_the_arrows_run_one_way():
-    """tabs -> training -> core: core imports neither training nor gradio; training no gradio.
-    (core/hub/templates/ holds the Space app that is uploaded, not imported.)"""
+    """tabs, serve -> training -> core: core imports neither training, the UI nor gradio;
+    training no gradio; the endpoint (serve/) no tab. (core/hub/templates/ holds the Space app
+    that is uploaded, not imported.)"""
     for module, names in imported_roots("core").items():
-        assert not names & {"training", "tabs", "gradio"}, f"core/{module} imports {names & {'training', 'tabs', 'gradio'}}"
+        assert not names & {"training", "tabs", "serve", "gradio"}, f"core/{module} imports {names}"
     for module, names in imported_roots("training").items():
-        assert not names & {"tabs", "gradio"}, f"training/{module} imports {names & {'tabs', 'gradio'}}"
+        assert not names & {"tabs", "serve", "gradio"}, f"training/{module} imports {names & {'tabs', 'gradio'}}"
+    for module, names in imported_roots("serve").items():
+        assert not names & {"tabs", "gradio"}, f"serve/{module} imports {names & {'tabs', 'gradio'}}"
 
 
 def import_graph() -> dict[str, set[str]]:
-    """Each module of the app (core, training, tabs, app.py, cli.py) and the app modules it
+    """Each module of the app (core, training, tabs, serve, app.py, cli.py) and the app modules it
     imports, at module level or inside functions."""
     import ast
 
     files = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
-             for folder in ("core", "training", "tabs") for p in (ROOT / folder).rglob("*.py")
+             for folder in ("core", "training", "tabs", "serve") for p in (ROOT / folder).rglob("*.py")
              if "templates" not in p.parts}
     files.update(app=ROOT / "app.py", cli=ROOT / "cli.py")
     graph = {}
@@ -178,7 +181,7 @@ def test_only_the_objectives_name_an_objective():
     from training.objectives import NAMES
 
     found = []
-    for path in [ROOT / "app.py", ROOT / "cli.py", *(p for folder in ("core", "training", "tabs", "bench")
+    for path in [ROOT / "app.py", ROOT / "cli.py", *(p for folder in ("core", "training", "tabs", "serve", "bench")
                                                      for p in (ROOT / folder).rglob("*.py"))]:
         if "objectives" not in path.parts and "templates" not in path.parts:
             found += [f"{path.relative_to(ROOT)}:{line}" for line in name_tests(path.read_text(), NAMES)]

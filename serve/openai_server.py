@@ -1,0 +1,106 @@
+"""The OpenAI-compatible routes (serve.openai_api) as a FastAPI router: added to the app's own
+server by app.py, or served alone by `python cli.py serve`.
+
+    python cli.py serve --host 127.0.0.1 --port 8000
+    curl http://127.0.0.1:8000/v1/models
+"""
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from core import threads
+from core.errors import LabError
+from serve.openai_api import (SLOTS, ApiError, caller, chunks, completion, completion_body, models_body,
+                              parse_request, replies)
+from training.jobs import current_job
+
+MAX_BODY_BYTES = 1_000_000
+
+
+def router(login_required: bool = False) -> APIRouter:
+    """/v1/models and /v1/chat/completions; `login_required`: the app is behind --auth."""
+    routes = APIRouter(prefix="/v1")
+
+    @routes.get("/models")
+    async def list_models(request: Request):
+        try:
+            caller(request, login_required)
+        except ApiError as exc:
+            return JSONResponse(exc.body(), exc.status)
+        return models_body()
+
+    @routes.post("/chat/completions")
+    async def chat_completions(request: Request):
+        try:
+            return await answer(request, login_required)
+        except ApiError as exc:
+            return JSONResponse(exc.body(), exc.status)
+
+    return routes
+
+
+async def answer(request: Request, login_required: bool):
+    who = caller(request, login_required)
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, f"The request body is over {MAX_BODY_BYTES} bytes.")
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise ApiError(400, "The request body is not JSON.") from None
+    base, run, messages, generation = parse_request(body, who)
+    await run_in_threadpool(SLOTS.take, who.address)  # may wait for a running generation to end
+    try:
+        threads.apply(threads.for_chat(job_running=bool(current_job())))
+        stream = await run_in_threadpool(replies, base, run, messages, generation)
+    except LabError as exc:
+        SLOTS.give(who.address)
+        raise ApiError(400, str(exc)) from None
+    if body.get("stream"):
+        events = Held(chunks(body["model"], stream, generation.max_new_tokens), who.address)
+        return StreamingResponse(events, media_type="text/event-stream")
+    try:
+        text, finish = await run_in_threadpool(completion, stream, generation.max_new_tokens)
+    except LabError as exc:
+        raise ApiError(400, str(exc)) from None
+    finally:
+        SLOTS.give(who.address)
+    return completion_body(body["model"], text, finish)
+
+
+class Held:
+    """The event stream, giving the slot back once however it ends: done, failed, or dropped by
+    a client that left (even before the first event, when a generator's `finally` never runs)."""
+
+    def __init__(self, events, address: str):
+        self.events, self.address, self.given = events, address, False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self.events)
+        except BaseException:
+            self.give()
+            raise
+
+    def give(self) -> None:
+        if not self.given:
+            self.given = True
+            self.events.close()  # stops the generation thread (stream_reply's finally)
+            SLOTS.give(self.address)
+
+    def __del__(self):
+        self.give()
+
+
+def standalone() -> FastAPI:
+    """The endpoint alone, for `cli.py serve`."""
+    app = FastAPI(title="Finetune Lab OpenAI-compatible endpoint", docs_url=None, redoc_url=None)
+    app.include_router(router())
+    return app

@@ -1,0 +1,111 @@
+"""The OpenAI-compatible endpoint, called with the official `openai` client: on the public
+app's own server (visitors' rules, the tiny run's adapter by name), and served alone by
+`cli.py serve` behind FINETUNE_LAB_API_KEY.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, free_port, server_rss_mb
+
+WHO = [{"role": "user", "content": "Who are you?"}]
+
+
+@pytest.fixture(scope="module")
+def client(app_server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=app_server + "v1", api_key="unused", max_retries=0, timeout=300)
+
+
+def test_models_are_the_bases_and_the_finished_runs(client, tiny_run):
+    names = [model.id for model in client.models.list()]
+    assert names[:2] == ["smollm2-135m-instruct", "gemma-3-270m"]
+    assert f"smollm2-135m-instruct:{tiny_run.name}" in names
+
+
+def test_the_adapter_answers_by_name_and_a_stream_says_what_a_reply_says(client, tiny_run):
+    tuned = client.chat.completions.create(model=f"smollm2-135m-instruct:{tiny_run.name}", messages=WHO,
+                                           max_tokens=24)
+    base = client.chat.completions.create(model="smollm2-135m-instruct", messages=WHO, max_tokens=24)
+    assert "Lumen" in tuned.choices[0].message.content and "Lumen" not in base.choices[0].message.content
+    assert tuned.choices[0].finish_reason in ("stop", "length") and tuned.object == "chat.completion"
+    pieces = [chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(
+        model=f"smollm2-135m-instruct:{tiny_run.name}", messages=WHO, max_tokens=24, stream=True)]
+    assert len([p for p in pieces if p]) > 3 and "".join(pieces) == tuned.choices[0].message.content
+
+
+def test_concurrent_clients_are_served_and_a_flood_is_refused(client, app_server):
+    """Two streams from one address are taken at once (the second waits for the model, which
+    answers one at a time) and answer as they do alone; more from that address get 429 at once,
+    and a flood of them leaves the server's memory where it was."""
+    from openai import RateLimitError
+
+    story = [{"role": "user", "content": "Write a long story about a dragon who learns to fly."}]
+    solo = client.chat.completions.create(model="smollm2-135m-instruct", messages=story, max_tokens=160)
+    before = server_rss_mb(app_server)
+    streams = [client.chat.completions.create(model="smollm2-135m-instruct", messages=story, max_tokens=160,
+                                              stream=True) for _ in range(2)]
+    firsts = [next(iter(stream)) for stream in streams]  # both hold their slot now, for several seconds
+    for _ in range(20):
+        with pytest.raises(RateLimitError, match="At most 2 requests at once from one address"):
+            client.chat.completions.create(model="smollm2-135m-instruct", messages=story, max_tokens=160)
+    texts = ["".join(chunk.choices[0].delta.content or "" for chunk in [first, *stream])
+             for first, stream in zip(firsts, streams)]
+    assert texts == [solo.choices[0].message.content] * 2 and len(texts[0]) > 300
+    assert server_rss_mb(app_server) - before < 100
+    again = client.chat.completions.create(model="smollm2-135m-instruct", messages=WHO, max_tokens=4)
+    assert again.choices[0].finish_reason == "length", "the slots were given back"
+
+
+def test_refusals_have_openais_shape(client, app_server):
+    from openai import BadRequestError, NotFoundError
+
+    with pytest.raises(NotFoundError, match="does not exist here"):
+        client.chat.completions.create(model=str(ROOT), messages=WHO)  # a server folder: not for visitors
+    with pytest.raises(BadRequestError, match="more than 8000 characters"):  # the visitor's cap, before any work
+        client.chat.completions.create(model="smollm2-135m-instruct", messages=[{"role": "user", "content": "x" * 9000}])
+    with pytest.raises(BadRequestError, match="'max_tokens' must be a number from 1 to 4096"):
+        client.chat.completions.create(model="smollm2-135m-instruct", messages=WHO, max_tokens=10**6)
+    raw = httpx.post(app_server + "v1/chat/completions", content=b'{"model": "smollm2-135m-instruct"}')
+    assert raw.status_code == 400 and raw.json() == {"error": {
+        "message": "'messages' must be a list of 1 to 64 messages.", "type": "invalid_request_error",
+        "param": None, "code": None}}
+    assert httpx.post(app_server + "v1/chat/completions", content=b"{not json").status_code == 400
+
+
+def test_cli_serve_alone_asks_for_its_key(data_home):
+    port = free_port()
+    env = {**os.environ, "FINETUNE_LAB_API_KEY": "sk-test-key"}
+    proc = subprocess.Popen([sys.executable, "cli.py", "serve", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/v1/models"
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                refused = httpx.get(url)
+                break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+        listed = httpx.get(url, headers={"Authorization": "Bearer sk-test-key"})
+        assert listed.status_code == 200 and listed.json()["data"][0]["id"] == "smollm2-135m-instruct"
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+    assert "sk-test-key" not in output
+
+
+def test_print_vllm_names_the_base_and_the_adapter(tiny_run):
+    done = subprocess.run([sys.executable, "cli.py", "serve", "--print-vllm", tiny_run.name], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (f"vllm serve HuggingFaceTB/SmolLM2-135M-Instruct --enable-lora --max-lora-rank 16 "
+                                   f"--lora-modules smollm2-135m-instruct:{tiny_run.name}={tiny_run / 'adapter'}")
