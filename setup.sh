@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything Finetune Lab needs into ./.venv (idempotent: a stamp skips a finished install).
-#   bash setup.sh           # app: Python packages + the offline model and data packages
+#   bash setup.sh           # app: Python packages + the offline model and data packages, the chat model prepared
 #   bash setup.sh --test    # also test tools and Debian's Chromium for the browser tests
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -37,5 +37,10 @@ if [ "$WANT_TEST" = "--test" ] && [ ! -x /usr/bin/chromium ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium
+fi
+if [ "$WANT_TEST" != "--test" ]; then
+  # The first chat would otherwise wait for this: the packaged GGUF becomes safetensors once.
+  echo "[setup] preparing the default chat model (once: about 25 s)"
+  .venv/bin/python -m core.assets >/dev/null
 fi
 echo "[setup] ready"

@@ -3,6 +3,7 @@
     python -m training.run --config training/recipes/tiny.yaml [--max_steps 5 ...]
     python -m training.run --run-dir ~/.finetune-lab/runs/NAME --resume
     accelerate launch --multi_gpu --num_processes 2 -m training.run --config ...   # DDP
+    python -m training.run --config ... --machines 2 --emit-launch slurm|skypilot|accelerate   # a cluster's files
 
 Everything goes into the run folder (core.runs.RunFolder names its files): the config, the
 log, checkpoints, the adapter (renamed into place when complete), the scores, the report and
@@ -25,6 +26,7 @@ if __name__ == "__main__":  # first thing: a Stop during the heavy imports below
     signal.signal(signal.SIGTERM, request_stop)
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -41,6 +43,7 @@ from training.config import TrainConfig, config_from_dict, field_help, load_conf
 from training.device import compile_layers
 from training.finish import finish
 from training.jobs import default_run_name, is_live, record_job
+from training.launch import KINDS, PORT, Cluster, emit
 from training.prepare import build_examples, pin_dataset_revision, split_examples
 from training.progress import batch_plan, say_phase, trim_log
 
@@ -113,6 +116,12 @@ def parse_args(argv=None):
     parser.add_argument("--config", help="recipe YAML path or bundled recipe name")
     parser.add_argument("--run-dir", help="run folder (default: <data dir>/runs/<output_name>)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--emit-launch", choices=KINDS, help="write the files that train this config on "
+                        "--machines machines (accelerate per machine, slurm, skypilot) instead of training here")
+    parser.add_argument("--machines", type=int, default=1, help="with --emit-launch: how many machines")
+    parser.add_argument("--main-ip", default="MAIN_MACHINE_IP", help="with --emit-launch accelerate: machine 0's address")
+    parser.add_argument("--port", type=int, default=PORT, help="with --emit-launch: machine 0's rendezvous port")
+    parser.add_argument("--launch-dir", help="with --emit-launch: where to write (default launch-<run name>)")
     for name, help_text in field_help().items():
         parser.add_argument(f"--{name}", help=help_text.replace("%", "%%"), default=None)
     return parser.parse_args(argv)
@@ -127,14 +136,29 @@ def config_from_args(args) -> TrainConfig:
     return config_from_dict(overrides)
 
 
+def emit_launch(cfg: TrainConfig, args) -> int:
+    """Write the launch files for a cluster (training.launch); every machine gets one run name."""
+    cfg = dataclasses.replace(cfg, output_name=cfg.output_name or default_run_name(cfg))
+    try:
+        cluster = Cluster(args.machines, cfg.processes, args.main_ip, args.port)
+        written = emit(cfg, args.emit_launch, cluster, Path(args.launch_dir or f"launch-{cfg.output_name}"))
+    except LabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(str(path) for path in written))
+    return 0
+
+
 def main(argv=None) -> int:
-    signal.signal(signal.SIGTERM, request_stop)
     args = parse_args(argv)
     try:
         cfg = config_from_args(args)
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.emit_launch:
+        return emit_launch(cfg, args)
+    signal.signal(signal.SIGTERM, request_stop)
     run = RunFolder(Path(args.run_dir)) if args.run_dir else RunFolder.named(cfg.output_name or default_run_name(cfg))
     run_dir = run.path
     run.path.mkdir(parents=True, exist_ok=True)
