@@ -11,7 +11,7 @@ import hashlib
 import gradio as gr
 
 from core.errors import LabError
-from tabs import hub_panel, train_compare, train_data, train_effect, train_form, train_votes
+from tabs import hub_panel, train_compare, train_data, train_effect, train_form, train_launch, train_votes
 from tabs.feedback import shows_errors
 from tabs.session import download_path
 from tabs.train_live import (
@@ -56,6 +56,7 @@ def build(demo: gr.Blocks, adapter_picker: gr.Dropdown) -> None:
     fields, method = _method_step(cfg)
     fields.update(dataset=data["dataset"], columns=data["columns"])
     form = {name: fields[name] for name in train_form.NAMES}
+    train_launch.build(form)
     live = _run_step()
     train_effect.build(run)
     runs = _runs_section()

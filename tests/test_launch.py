@@ -80,3 +80,17 @@ def test_slurm_and_skypilot_files_name_the_same_launch(tmp_path, capsys):
     assert subprocess.run(["bash", "-n", "-c", task["run"]]).returncode == 0
     assert emit_here("slurm", tmp_path / "x", machines="0") == 2
     assert "use 1-1024 machines" in capsys.readouterr().err
+
+
+def test_the_train_tabs_box_writes_the_forms_launch_files(monkeypatch):
+    from tabs.train import load_recipe
+    from tabs.train_launch import launch_files
+
+    values = {**load_recipe("tiny"), "output_name": "from-the-form", "processes": 2}
+    files, text = launch_files(values, "accelerate", 3, "10.0.0.5")
+    assert [f.rsplit("/", 1)[1] for f in files] == ["config.yaml", "machine-0.sh", "machine-1.sh", "machine-2.sh"]
+    assert "--num_machines 3 --machine_rank 2 --main_process_ip 10.0.0.5" in text and "--num_processes 6" in text
+    assert yaml.safe_load(open(files[0]))["output_name"] == "from-the-form"
+    monkeypatch.setenv("FINETUNE_LAB_PUBLIC", "1")  # a visitor of a public app
+    assert launch_files(values, "slurm", 2, "") == (None, "⚠️ Log in to do writing launch files: this app is public, "
+                                                          "and only chat is open to everyone.")
