@@ -18,7 +18,9 @@ the streaming path's overhead, compare-mode memory, time to first token.
     (with bf16 weights, OpenMP-parallel kernels ran ~25% slower off the main thread);
 (b) peak RSS of compare mode (base + LoRA adapter, one copy of weights) vs a single model,
     each measured in its own fresh subprocess;
-(c) time to first streamed token.
+(c) time to first streamed token;
+(f) where llama-cpp-python is installed, llama.cpp on the same model written as q8_0 by the app's
+    GGUF writer (bench/llamacpp_speed.py): `app_over_llamacpp_q8_0` is the app's int8 rate over it.
 The last line printed is a JSON object with the figures (medians over the repeats).
 """
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench import decode_speed, machine  # noqa: E402
+from bench.llamacpp_speed import llamacpp_rate  # noqa: E402
 from core import threads  # noqa: E402
 PROMPT = [{"role": "user", "content": "Write a short paragraph about the history of Paris."}]
 
@@ -171,6 +174,9 @@ def main() -> None:
     args = parser.parse_args()
     figures, paths = decode_paths(args.tokens, args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
+        llama = threads.in_own_thread(llamacpp_rate, args.tokens, args.repeats, Path(tmp))
+        if llama:  # where the optional llama-cpp-python is installed
+            figures.update(llamacpp_q8_0=llama, app_over_llamacpp_q8_0=figures["int8"]["tok_s"] / llama["tok_s"])
         adapter = threads.in_own_thread(make_adapter, Path(tmp) / "adapter")
         figures.update(compare_figures(adapter, args.compare_tokens, max(3, args.repeats // 2),
                                        paths["eager-bf16"]))

@@ -135,6 +135,7 @@ class RunFolder:
     manifest_file = property(lambda self: self.path / "manifest.json")
     status_file = property(lambda self: self.path / "status.json")
     plan_file = property(lambda self: self.path / "plan.json")  # effective batch and tokens per step
+    tensorboard_dir = property(lambda self: self.path / "tensorboard")  # event files, with report_to: tensorboard
     phase_file = property(lambda self: self.path / "phase.json")  # what a live run does outside its steps
     job_file = property(lambda self: self.path / "job.json")
     process_log = property(lambda self: self.path / "stderr.log")

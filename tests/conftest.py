@@ -41,6 +41,7 @@ def data_home():
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     os.environ["FINETUNE_LAB_HOME"] = str(home)
+    os.environ["TRACKIO_DIR"] = str(home / "trackio")  # report_to: trackio logs here, not in ~/.cache
     ARTIFACTS.mkdir(exist_ok=True)
     yield home
     shutil.rmtree(home, ignore_errors=True)

@@ -99,6 +99,8 @@ class TrainConfig:
     threads: int = _f(0, "CPU threads for training, per process (0: all cores, shared among the processes)")
     processes: int = _f(1, "Training processes: 2 or more run the job under accelerate launch (DDP: NCCL "
                         "on GPUs, gloo on CPU); batch_size is per process")
+    report_to: str = _f("none", "Also log the run to: tensorboard (event files in the run folder) or trackio "
+                        "(a local project, 'finetune-lab')", choices=("none", "tensorboard", "trackio"))
     report_prompts: list = _f(list, "Prompts answered before/after training in the report "
                               "(empty: chosen from the dataset)")
     output_name: str = _f("", "Run folder name (empty: objective-adapter-dataset-time)")

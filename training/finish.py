@@ -18,7 +18,7 @@ from core.explore.embeddings import hub_id as embedder_hub_id
 from core.inference.models import find_spec, resolve_precision, weights_origin
 from core.paths import write_json
 from core.runs import Manifest, RunFolder, write_prompt_format
-from training import evaluate, objectives
+from training import evaluate, objectives, tracking
 from training.answer_eval import answer_scores
 from training.config import TrainConfig
 from training.prepare import load_training_rows
@@ -37,6 +37,7 @@ def finish(cfg: TrainConfig, run: RunFolder, trainer, tokenizer, eval_set, resul
     scores["answers"] = answer_scores(cfg, run, eval_set, progress=lambda text: say_phase(run, text))
     evaluate.save_scores(run, scores)
     write_manifest(cfg, run, trainer, result, scores, report)
+    tracking.log_results(cfg, run, tracking.figures(run.manifest().held_out), trainer.state.global_step)
     write_json(run.status_file, {"state": "completed", "step": trainer.state.global_step})
     say_phase(run, "")
 

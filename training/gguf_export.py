@@ -33,7 +33,6 @@ ARCHITECTURES = {"llama": "LLAMA", "gemma3_text": "GEMMA3"}
 
 def export_gguf(run_name: str, quant: str = "q8_0", progress=None) -> Export:
     """Write run `run_name` as `<run>/gguf-<quant>/<run>-<quant>.gguf`, with a Modelfile beside it."""
-    import gguf
     from transformers import AutoTokenizer
 
     if quant not in QUANTS:
@@ -42,19 +41,32 @@ def export_gguf(run_name: str, quant: str = "q8_0", progress=None) -> Export:
     note = progress or (lambda fraction, desc="": None)
     start = time.perf_counter()
     folder = _model_folder(run, note)
-    config = json.loads((folder / "config.json").read_text())
-    arch = _architecture(config)
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     out_dir = run.gguf_dir(quant)
     out_dir.mkdir(exist_ok=True)
     target = out_dir / f"{run.name}-{quant}.gguf"
+    write_gguf(folder, target, quant, _origin_gguf(run), note)
+    write_modelfile(out_dir, target.name, AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False))
+    note(1.0, "Done")
+    return Export(out_dir, time.perf_counter() - start)
+
+
+def write_gguf(folder: Path, target: Path, quant: str, origin: Path | None = None, note=None) -> Path:
+    """Write the plain model folder `folder` as the GGUF file `target`. `origin`: the packaged GGUF
+    its weights came from, whose tokenizer fields a SentencePiece-style tokenizer needs."""
+    import gguf
+    from transformers import AutoTokenizer
+
+    note = note or (lambda fraction, desc="": None)
+    config = json.loads((folder / "config.json").read_text())
+    arch = _architecture(config)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     partial = target.with_name(f".{target.name}.partial")
     writer = gguf.GGUFWriter(str(partial), gguf.MODEL_ARCH_NAMES[arch])
     try:
         writer.add_type(gguf.GGUFType.MODEL)
-        writer.add_name(run.name)
+        writer.add_name(target.stem.removesuffix(f"-{quant}"))
         _write_hparams(writer, config, arch, quant)
-        _write_tokenizer(writer, folder, tokenizer, _origin_gguf(run))
+        _write_tokenizer(writer, folder, tokenizer, origin)
         note(0.5, f"Converting tensors to {quant}")
         _write_tensors(writer, folder, config, arch, quant)
         note(0.9, "Writing the file")
@@ -64,9 +76,7 @@ def export_gguf(run_name: str, quant: str = "q8_0", progress=None) -> Export:
     finally:
         writer.close()
     os.replace(partial, target)  # a crash never leaves a half-written .gguf under the real name
-    write_modelfile(out_dir, target.name, tokenizer)
-    note(1.0, "Done")
-    return Export(out_dir, time.perf_counter() - start)
+    return target
 
 
 def _model_folder(run: RunFolder, note) -> Path:

@@ -15,6 +15,7 @@ from core.errors import LabError
 from core.inference.models import resolve_precision, torch_dtype
 from core.runs import RunFolder
 from training.device import attention_for, keep_4bit_layers_differentiable, precision_flags
+from training.tracking import tracking_args
 
 
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
@@ -119,7 +120,7 @@ def common_args(cfg, run: RunFolder) -> dict:
         learning_rate=cfg.learning_rate, logging_steps=cfg.logging_steps, **schedule_flags(cfg),
         save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         eval_strategy="steps" if cfg.eval_steps and cfg.eval_fraction else "no",
-        eval_steps=cfg.eval_steps or None, seed=cfg.seed, report_to="none",
+        eval_steps=cfg.eval_steps or None, seed=cfg.seed, **tracking_args(cfg, run),
         activation_checkpointing=cfg.gradient_checkpointing, use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0, disable_tqdm=True, save_only_model=False,
         **precision_flags(cfg.precision),

@@ -37,7 +37,7 @@ from core.paths import write_json
 from core.runs import RunFolder
 from transformers import PrinterCallback
 
-from training import evaluate, objectives
+from training import evaluate, objectives, tracking
 from training.callbacks import JsonlLogger, StopOnRequest
 from training.config import TrainConfig, config_from_dict, field_help, load_config
 from training.device import compile_layers
@@ -91,7 +91,8 @@ def prepare(cfg: TrainConfig, run: RunFolder):
 
 def start_trainer(objective, cfg: TrainConfig, run: RunFolder, tokenizer, train_set, eval_set, resume: bool):
     """The objective's trainer, logging to the run folder and stoppable; its batch plan said."""
-    callbacks = [JsonlLogger(run.log, resume), StopOnRequest(STOP_REQUESTED, run.stop_marker)]
+    callbacks = [JsonlLogger(run.log, resume), StopOnRequest(STOP_REQUESTED, run.stop_marker),
+                 *tracking.callbacks(cfg, run)]
     trainer = objective.trainer(cfg, run, tokenizer, train_set, eval_set, callbacks)
     trainer.remove_callback(PrinterCallback)  # raw log dicts; JsonlLogger prints a readable line
     if trainer.is_world_process_zero():

@@ -1,0 +1,47 @@
+"""llama.cpp beside the app, for bench/bench_chat.py: the default chat model written as q8_0 by
+the app's own GGUF writer, read by llama.cpp (llama-cpp-python, the optional extra
+requirements-llamacpp.txt), the same prompt, threads and token count as the app's decode
+figure (prefill included in both). None where llama-cpp-python is not installed.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+from bench.decode_speed import PROMPTS
+from core import threads
+
+
+def llamacpp_rate(tokens: int, repeats: int, folder: Path) -> dict | None:
+    """{"tok_s", "threads", "file_mb"} of greedy decoding in llama.cpp, median over the repeats."""
+    from training.gguf_runtime import llama_cpp_installed
+
+    if not llama_cpp_installed():
+        return None
+    import llama_cpp
+    from transformers import AutoTokenizer
+
+    from core.assets import smollm2_gguf
+    from core.inference.models import resolve_model
+    from training.gguf_export import write_gguf
+
+    source = Path(resolve_model("smollm2-135m-instruct"))
+    gguf = write_gguf(source, folder / "smollm2-135m-instruct-q8_0.gguf", "q8_0", smollm2_gguf())
+    count = threads.for_chat(job_running=False)
+    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=512, n_threads=count, n_threads_batch=count, verbose=False)
+    ids = AutoTokenizer.from_pretrained(str(source)).apply_chat_template(
+        [{"role": "user", "content": PROMPTS[1]}], add_generation_prompt=True)
+    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    def once() -> float:
+        llm.reset()
+        start = time.perf_counter()
+        for made, _ in enumerate(llm.generate(ids, top_k=1, temp=0.0, reset=True), start=1):
+            if made == tokens:  # the app's figure forces the same count (min_new_tokens)
+                break
+        return tokens / (time.perf_counter() - start)
+
+    once()  # warm-up
+    return {"tok_s": statistics.median(once() for _ in range(repeats)), "threads": count,
+            "file_mb": gguf.stat().st_size / 1e6}
