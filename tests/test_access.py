@@ -121,7 +121,16 @@ def test_non_loopback_host_without_auth_is_public(monkeypatch):
     from core import settings
 
     monkeypatch.setitem(settings._DECLARED, "public", False)  # restored after the test; main declares it
-    monkeypatch.setattr(app, "build_app", lambda: type("A", (), {"launch": lambda self, **kw: None})())
+    class Unlaunched:  # main's calls, without a server
+        app = type("Routes", (), {"include_router": lambda self, router: None})()
+
+        def launch(self, **kw):
+            pass
+
+        def block_thread(self):
+            pass
+
+    monkeypatch.setattr(app, "build_app", Unlaunched)
     app.main(["--host", "127.0.0.1"])
     assert not access.is_public(), "loopback stays private"
     app.main(["--host", "0.0.0.0", "--auth", "u:p"])

@@ -39,7 +39,7 @@ def test_two_machines_on_localhost_train_one_run(tmp_path, data_home):
     from training.export import merge_run
 
     files = emit("accelerate", "two-machines", tmp_path, "--main-ip", "127.0.0.1", "--port", str(free_port()))
-    assert [f.rsplit("/", 1)[1] for f in files] == ["config.yaml", "machine-0.sh", "machine-1.sh"]
+    assert [f.rsplit("/", 1)[1] for f in files] == ["train.yaml", "machine-0.sh", "machine-1.sh"]
     logs = [tmp_path / f"machine-{rank}.log" for rank in (0, 1)]
     machines = [subprocess.Popen(["bash", path], cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
                 for path, log in zip(files[1:], logs)]
@@ -68,15 +68,15 @@ def test_slurm_and_skypilot_files_name_the_same_launch(tmp_path, capsys):
 
     slurm, sky = tmp_path / "slurm", tmp_path / "sky"
     assert emit_here("slurm", slurm) == 0 == emit_here("skypilot", sky)
-    assert capsys.readouterr().out.split()[:2] == [str(slurm / "config.yaml"), str(slurm / "slurm.sbatch")]
+    assert capsys.readouterr().out.split()[:2] == [str(slurm / "train.yaml"), str(slurm / "slurm.sbatch")]
     script = (slurm / "slurm.sbatch").read_text()
     assert subprocess.run(["bash", "-n", str(slurm / "slurm.sbatch")]).returncode == 0
     assert "#SBATCH --nodes=2" in script and '--machine_rank "$SLURM_NODEID"' in script
-    assert yaml.safe_load((slurm / "config.yaml").read_text())["output_name"] == "cluster-run"
+    assert yaml.safe_load((slurm / "train.yaml").read_text())["output_name"] == "cluster-run"
 
     task = yaml.safe_load((sky / "skypilot.yaml").read_text())
     assert task["num_nodes"] == 2 and task["setup"] == "bash setup.sh"
-    assert '--machine_rank "$SKYPILOT_NODE_RANK"' in task["run"] and f"--config {sky}/config.yaml" in task["run"]
+    assert '--machine_rank "$SKYPILOT_NODE_RANK"' in task["run"] and f"--config {sky}/train.yaml" in task["run"]
     assert subprocess.run(["bash", "-n", "-c", task["run"]]).returncode == 0
     assert emit_here("slurm", tmp_path / "x", machines="0") == 2
     assert "use 1-1024 machines" in capsys.readouterr().err
@@ -88,7 +88,7 @@ def test_the_train_tabs_box_writes_the_forms_launch_files(monkeypatch):
 
     values = {**load_recipe("tiny"), "output_name": "from-the-form", "processes": 2}
     files, text = launch_files(values, "accelerate", 3, "10.0.0.5")
-    assert [f.rsplit("/", 1)[1] for f in files] == ["config.yaml", "machine-0.sh", "machine-1.sh", "machine-2.sh"]
+    assert [f.rsplit("/", 1)[1] for f in files] == ["train.yaml", "machine-0.sh", "machine-1.sh", "machine-2.sh"]
     assert "--num_machines 3 --machine_rank 2 --main_process_ip 10.0.0.5" in text and "--num_processes 6" in text
     assert yaml.safe_load(open(files[0]))["output_name"] == "from-the-form"
     monkeypatch.setenv("FINETUNE_LAB_PUBLIC", "1")  # a visitor of a public app

@@ -1,10 +1,10 @@
 """Files that train one run on several machines with the launchers clusters already run:
 `accelerate launch` per machine, a Slurm batch script, or a SkyPilot task. Each starts
-`python -m training.run --config launch-RUN/config.yaml` on every machine, so the cluster trains
+`python -m training.run --config launch-RUN/train.yaml` on every machine, so the cluster trains
 exactly the config the form or the CLI made; global rank 0 writes the run folder.
 
     python cli.py train --config training/recipes/tiny.yaml --machines 2 --emit-launch slurm
-    # writes launch-<run>/config.yaml and launch-<run>/slurm.sbatch; then: sbatch launch-<run>/slurm.sbatch
+    # writes launch-<run>/train.yaml and launch-<run>/slurm.sbatch; then: sbatch launch-<run>/slurm.sbatch
 
 Run them from the repository's folder on each machine (Slurm: the folder sbatch is called in;
 SkyPilot: its synced workdir), with the run folder's parent (FINETUNE_LAB_HOME) on a shared
@@ -84,7 +84,7 @@ def emit(cfg, kind: str, cluster: Cluster, folder: Path) -> list[Path]:
     if kind not in KINDS:
         raise LabError(f"--emit-launch {kind!r}: choose one of {', '.join(KINDS)}.")
     folder.mkdir(parents=True, exist_ok=True)
-    config = folder / "config.yaml"
+    config = folder / "train.yaml"
     config.write_text(cfg.to_yaml())
     where = config.as_posix() if not config.is_absolute() else str(config)
     if kind == "accelerate":
