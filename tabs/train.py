@@ -14,6 +14,7 @@ from core.errors import LabError
 from tabs import hub_panel, train_compare, train_data, train_effect, train_form, train_launch, train_votes
 from tabs.feedback import shows_errors
 from tabs.session import download_path
+from tabs.trackio_link import open_trackio
 from tabs.train_live import (
     api_start,
     api_status,
@@ -121,10 +122,11 @@ def _runs_section() -> dict:
             evaluate_btn = gr.Button("Evaluate again", elem_id="runs-evaluate")
             sure = gr.Checkbox(label="Yes, delete it")
             delete_btn = gr.Button("Delete", variant="stop")
+            trackio_btn = gr.Button("Runs in trackio", elem_id="runs-trackio")
         message = gr.Markdown()
         train_compare.build()
     return dict(table=table, picked=picked, open=open_btn, resume=resume_btn, sure=sure, delete=delete_btn,
-                message=message, evaluate=evaluate_btn)
+                message=message, evaluate=evaluate_btn, trackio=trackio_btn)
 
 
 def _wire_method(method: dict, form: dict, fields: dict) -> None:
@@ -175,6 +177,7 @@ def _wire_runs(runs: dict, run: gr.State) -> None:
         runs_table, None, runs["table"])
     runs["table"].select(_pick_run, None, runs["picked"], api_name=False)
     runs["evaluate"].click(evaluate_again, runs["picked"], [runs["message"], run], api_name="evaluate_run")
+    runs["trackio"].click(open_trackio, None, runs["message"], api_name="open_trackio")
 
 
 def _pick_run(evt: gr.SelectData) -> str:
