@@ -93,9 +93,9 @@ def parse_request(body: dict, who: Caller) -> tuple[str, str | None, list[dict],
         raise ApiError(400, f"'messages' must be a list of 1 to {MAX_MESSAGES} messages.")
     clean = []
     for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
-        if message.get("role") not in ("system", "user", "assistant") if isinstance(message, dict) else True:
+        if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant"):
             raise ApiError(400, "Each message needs a role: system, user or assistant.")
+        content = message.get("content")
         if not isinstance(content, str):
             raise ApiError(400, "Each message's content must be a string (no images or parts).")
         clean.append({"role": message["role"], "content": content})
@@ -112,7 +112,12 @@ def parse_request(body: dict, who: Caller) -> tuple[str, str | None, list[dict],
     return base, run or None, [m for m in clean if m["role"] != "system"], GenerationSettings(
         system_prompt="\n".join(system), temperature=_number(body, "temperature", 0.0, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.01, 1.0),
-        max_new_tokens=who.cap("max_new_tokens", int(_number(body, "max_tokens", 256, 1, 4096))))
+        max_new_tokens=who.cap("max_new_tokens", int(_number(body, _limit_field(body), 256, 1, 4096))))
+
+
+def _limit_field(body: dict) -> str:
+    """Newer clients send max_completion_tokens; older ones max_tokens."""
+    return "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
 
 
 def _number(body: dict, name: str, default: float, low: float, high: float) -> float:

@@ -73,6 +73,8 @@ def test_refusals_have_openais_shape(client, app_server):
         client.chat.completions.create(model="smollm2-135m-instruct", messages=[{"role": "user", "content": "x" * 9000}])
     with pytest.raises(BadRequestError, match="'max_tokens' must be a number from 1 to 4096"):
         client.chat.completions.create(model="smollm2-135m-instruct", messages=WHO, max_tokens=10**6)
+    with pytest.raises(BadRequestError, match="'max_completion_tokens' must be a number from 1 to 4096"):
+        client.chat.completions.create(model="smollm2-135m-instruct", messages=WHO, max_completion_tokens=0)
     raw = httpx.post(app_server + "v1/chat/completions", content=b'{"model": "smollm2-135m-instruct"}')
     assert raw.status_code == 400 and raw.json() == {"error": {
         "message": "'messages' must be a list of 1 to 64 messages.", "type": "invalid_request_error",
