@@ -122,9 +122,10 @@ def cmd_export(args) -> int:
 
     print(export_run(args.run, args.format, args.dtype, args.quant, progress).describe())
     if args.check and args.format == "gguf":
-        from training.export_parity import check_parity
+        from training.export_parity import check_parity, side_by_side
 
-        print(check_parity(args.run, args.quant, lambda text: print(text, file=sys.stderr))["verdict"])
+        result = check_parity(args.run, args.quant, lambda text: print(text, file=sys.stderr))
+        print(result["verdict"], side_by_side(result), sep="\n")
     return 0
 
 

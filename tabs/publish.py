@@ -17,7 +17,7 @@ from core.runs import finished_runs
 from tabs.feedback import shows_errors
 from training.export import DTYPES
 from training.export_formats import ensure_export, export_run
-from training.export_parity import check_parity
+from training.export_parity import check_parity, side_by_side
 from training.gguf_export import QUANTS
 
 PUSH_CHOICES = ["adapter", "merged"] + [f"gguf-{quant}" for quant in QUANTS]
@@ -61,9 +61,10 @@ def export_model(run, fmt, dtype, quant, request: gr.Request = None, progress=gr
     where = f"`{done.folder}` ({done.size_mb:.0f} MB, {done.seconds:.1f} s)"
     if fmt == "gguf":
         progress(0.9, desc="Checking that the GGUF answers like the adapter")
-        parity = check_parity(run, quant or "q8_0", lambda text: progress(0.95, desc=text))["verdict"]
+        parity = check_parity(run, quant or "q8_0", lambda text: progress(0.95, desc=text))
         return (f"✅ GGUF and Modelfile: {where}. Run it with `llama-cli -m <file>.gguf`, or "
-                f"`ollama create NAME -f Modelfile` from that folder.\n\nParity: {parity} (parity.json)")
+                f"`ollama create NAME -f Modelfile` from that folder.\n\nParity: {parity['verdict']} (parity.json)"
+                f"\n\n{side_by_side(parity)}")
     return f"✅ Merged model: {where}. It loads with `AutoModelForCausalLM.from_pretrained` alone."
 
 

@@ -7,11 +7,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from core.errors import LabError
+from tests.conftest import ROOT
 
 
 WRONG_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
@@ -25,13 +28,17 @@ def test_export_parity_on_f16_and_a_wrong_template_caught(smol_exports, tiny_run
     has no TEMPLATE of its own)."""
     from core.runs import RunFolder
     from training.config import load_config
-    from training.export_parity import check_parity, template_check
+    from training.export_parity import template_check
     from training.gguf_export import export_gguf
     from training.gguf_runtime import TRANSFORMERS
     from training.model_setup import load_tokenizer
 
     monkeypatch.setenv("FINETUNE_LAB_GGUF_RUNTIME", "transformers")  # what a default install has
-    result = check_parity(tiny_run.name, "f16")
+    done = subprocess.run([sys.executable, "cli.py", "export", "--run", tiny_run.name, "--format", "gguf",
+                           "--quant", "f16", "--check"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((smol_exports["f16"].folder / "parity.json").read_text())
+    assert done.stdout.splitlines()[1] == result["verdict"] and "parity: " in done.stderr
     assert result["runtime"] == TRANSFORMERS
     merged = result["pairs"]["merged vs gguf"]
     assert merged["identical"] == merged["of"] == result["prompts"] >= 5, result  # the distinct held-out and report prompts
@@ -40,7 +47,6 @@ def test_export_parity_on_f16_and_a_wrong_template_caught(smol_exports, tiny_run
     assert result["verdict"].startswith(f"f16 in transformers GGUF loader: {adapter['identical']}/{result['prompts']} "
                                         "prompts identical to the adapter")
     assert result["verdict"].endswith("; template identical")
-    assert json.loads((smol_exports["f16"].folder / "parity.json").read_text())["verdict"] == result["verdict"]
 
     broken = RunFolder(data_home / "runs" / "tiny-wrong-template")
     shutil.copytree(tiny_run, broken.path, ignore=shutil.ignore_patterns("gguf-*", "checkpoints"))
@@ -82,3 +88,14 @@ def test_gguf_runtime_choice_is_checked(monkeypatch):
     if not llama_cpp_installed():
         with pytest.raises(LabError, match="llama-cpp-python is not installed: pip install -r requirements-llamacpp.txt"):
             gguf_runner(Path("x.gguf"), set())
+
+
+def test_the_answers_that_part_are_shown_side_by_side():
+    from training.export_parity import side_by_side
+
+    result = {"pairs": {"adapter vs gguf": {"partings": [None, 3]}},
+              "answers": [{"prompt": "Hi", "adapter": "Hello!", "gguf": "Hello!"},
+                          {"prompt": "Who | are you?", "adapter": "I am Lumen.\nHi", "gguf": "I am Lu."}]}
+    assert side_by_side(result).splitlines() == ["| prompt | parts at token | adapter | GGUF |", "|---|---|---|---|",
+                                                 "| Who \\| are you? | 3 | I am Lumen. Hi | I am Lu. |"]
+    assert side_by_side({**result, "pairs": {"adapter vs gguf": {"partings": [None, None]}}}) == ""

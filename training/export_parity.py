@@ -130,7 +130,8 @@ def check_parity(run_name: str, quant: str, progress=print) -> dict:
                        f"--format gguf --quant {quant}).")
     cfg = load_config(run.config)
     tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
-    prompts = [prompt_ids(tokenizer, messages) for messages in parity_prompts(run, cfg)]
+    conversations = parity_prompts(run, cfg)
+    prompts = [prompt_ids(tokenizer, messages) for messages in conversations]
     progress(f"parity: {len(prompts)} prompts through the adapter, the merged model and the {quant} GGUF")
     formats = load_formats(run, cfg, gguf)
     answers = {name: [runner.greedy(ids, NEW_TOKENS) for ids in prompts] for name, runner in formats.items()}
@@ -139,7 +140,8 @@ def check_parity(run_name: str, quant: str, progress=print) -> dict:
              if one in formats and other in formats}
     result = {"quant": quant, "runtime": formats["gguf"].name, "prompts": len(prompts),
               "pairs": pairs, "template": template_check(tokenizer, gguf, formats["gguf"]),
-              "answers": [{name: tokenizer.decode(answers[name][n], skip_special_tokens=True) for name in answers}
+              "answers": [{"prompt": conversations[n][-1]["content"],
+                           **{name: tokenizer.decode(answers[name][n], skip_special_tokens=True) for name in answers}}
                           for n in range(len(prompts))]}
     result["verdict"] = verdict(result)
     write_json(gguf.parent / "parity.json", result)
@@ -168,3 +170,19 @@ def verdict(result: dict) -> str:
         return line + "; no chat template (plain continuation)"
     return line + ("; template identical" if not broken else "; template differs: " + ", ".join(
         f"{name} from token {at}" for name, at in broken.items()))
+
+
+def side_by_side(result: dict) -> str:
+    """A markdown table of the prompts where the GGUF's answer parts from the adapter's: where,
+    and both answers (the rest are identical)."""
+    partings = result["pairs"]["adapter vs gguf"]["partings"]
+    rows = [(answer, at) for answer, at in zip(result["answers"], partings) if at is not None]
+    if not rows:
+        return ""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")[:160]
+
+    lines = ["| prompt | parts at token | adapter | GGUF |", "|---|---|---|---|"]
+    lines += [f"| {cell(a['prompt'])} | {at} | {cell(a['adapter'])} | {cell(a['gguf'])} |" for a, at in rows]
+    return "\n".join(lines)
