@@ -111,3 +111,24 @@ def test_print_vllm_names_the_base_and_the_adapter(tiny_run):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == (f"vllm serve HuggingFaceTB/SmolLM2-135M-Instruct --enable-lora --max-lora-rank 16 "
                                    f"--lora-modules smollm2-135m-instruct:{tiny_run.name}={tiny_run / 'adapter'}")
+
+
+def test_an_app_behind_a_login_opens_its_api_only_with_a_key(monkeypatch):
+    """Gradio's --auth does not guard /v1: without FINETUNE_LAB_API_KEY the endpoint refuses."""
+    from starlette.requests import Request
+
+    from serve.openai_api import ApiError, caller
+
+    def request(key: str = "") -> Request:
+        headers = [(b"authorization", f"Bearer {key}".encode())] if key else []
+        return Request({"type": "http", "headers": headers, "client": ("10.0.0.9", 5000)})
+
+    monkeypatch.delenv("FINETUNE_LAB_API_KEY", raising=False)
+    with pytest.raises(ApiError, match="behind a login: set FINETUNE_LAB_API_KEY") as refused:
+        caller(request(), login_required=True)
+    assert refused.value.status == 403
+    monkeypatch.setenv("FINETUNE_LAB_API_KEY", "sk-owner")
+    owner = caller(request("sk-owner"), login_required=True)
+    assert owner.trusted and owner.address == "10.0.0.9"
+    with pytest.raises(ApiError, match="Invalid API key"):
+        caller(request("sk-guess"), login_required=True)
