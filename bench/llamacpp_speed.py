@@ -24,18 +24,16 @@ def llamacpp_rate(tokens: int, repeats: int, folder: Path) -> dict | None:
 
     from core.assets import smollm2_gguf
     from core.inference.models import resolve_model
+    from training.export_parity import prompt_ids
     from training.gguf_export import write_gguf
 
     source = Path(resolve_model("smollm2-135m-instruct"))
     gguf = write_gguf(source, folder / "smollm2-135m-instruct-q8_0.gguf", "q8_0", smollm2_gguf())
     count = threads.for_chat(job_running=False)
     llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=512, n_threads=count, n_threads_batch=count, verbose=False)
-    ids = AutoTokenizer.from_pretrained(str(source)).apply_chat_template(
-        [{"role": "user", "content": PROMPTS[1]}], add_generation_prompt=True)
-    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    ids = prompt_ids(AutoTokenizer.from_pretrained(str(source)), [{"role": "user", "content": PROMPTS[1]}])
 
     def once() -> float:
-        llm.reset()
         start = time.perf_counter()
         for made, _ in enumerate(llm.generate(ids, top_k=1, temp=0.0, reset=True), start=1):
             if made == tokens:  # the app's figure forces the same count (min_new_tokens)

@@ -24,7 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from core import access
+from core import access, threads
 from core.errors import LabError
 from core.inference.chat import GenerationSettings, attach_tuned, stream_reply
 from core.inference.compare import in_format
@@ -32,6 +32,7 @@ from core.inference.models import KNOWN_MODELS, load_model
 from core.request_limits import client_address
 from core.runs import GENERATOR, finished_runs
 from core.settings import settings
+from training.jobs import current_job
 
 MAX_RUNNING, MAX_WAITING, MAX_PER_ADDRESS = 2, 6, 2
 MAX_MESSAGES = 64
@@ -129,7 +130,9 @@ def _number(body: dict, name: str, default: float, low: float, high: float) -> f
 
 
 def replies(base: str, run: str | None, messages: list[dict], generation: GenerationSettings):
-    """The growing reply from the base, or from the run's adapter on it (the Chat tab's code)."""
+    """The growing reply from the base, or from the run's adapter on it (the Chat tab's code,
+    with its thread policy: one thread while a training job runs)."""
+    threads.apply(threads.for_chat(job_running=bool(current_job())))
     loaded = load_model(base)
     if run is None:
         return stream_reply(loaded, messages, generation)
@@ -174,8 +177,8 @@ def completion(stream, limit: int) -> tuple[str, str]:
     return (reply.text, _finish_reason(reply, limit)) if reply else ("", "stop")
 
 
-def _finish_reason(reply, limit: int | None = None) -> str:
-    return "length" if limit is not None and reply.new_tokens >= limit else "stop"
+def _finish_reason(reply, limit: int) -> str:
+    return "length" if reply.new_tokens >= limit else "stop"
 
 
 def chunks(name: str, stream, limit: int):

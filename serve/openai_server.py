@@ -11,14 +11,12 @@ import json
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 
-from core import threads
 from core.errors import LabError
+from core.request_limits import MAX_BODY_BYTES, BodyLimit
 from serve.openai_api import (SLOTS, ApiError, caller, chunks, completion, completion_body, models_body,
                               parse_request, replies)
-from training.jobs import current_job
-
-MAX_BODY_BYTES = 1_000_000
 
 
 def router(login_required: bool = False) -> APIRouter:
@@ -31,7 +29,7 @@ def router(login_required: bool = False) -> APIRouter:
             caller(request, login_required)
         except ApiError as exc:
             return JSONResponse(exc.body(), exc.status)
-        return models_body()
+        return await run_in_threadpool(models_body)  # reads the runs' manifests
 
     @routes.post("/chat/completions")
     async def chat_completions(request: Request):
@@ -44,18 +42,15 @@ def router(login_required: bool = False) -> APIRouter:
 
 
 async def answer(request: Request, login_required: bool):
+    """One chat completion; the body was bounded by BodyLimit (the app's, or standalone's) as it arrived."""
     who = caller(request, login_required)
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(413, f"The request body is over {MAX_BODY_BYTES} bytes.")
     try:
-        body = json.loads(raw)
+        body = json.loads(await request.body())
     except ValueError:
         raise ApiError(400, "The request body is not JSON.") from None
-    base, run, messages, generation = parse_request(body, who)
+    base, run, messages, generation = await run_in_threadpool(parse_request, body, who)  # reads the runs
     await run_in_threadpool(SLOTS.take, who.address)  # may wait for a running generation to end
     try:
-        threads.apply(threads.for_chat(job_running=bool(current_job())))
         stream = await run_in_threadpool(replies, base, run, messages, generation)
     except LabError as exc:
         SLOTS.give(who.address)
@@ -101,6 +96,7 @@ class Held:
 
 def standalone() -> FastAPI:
     """The endpoint alone, for `cli.py serve`."""
-    app = FastAPI(title="Finetune Lab OpenAI-compatible endpoint", docs_url=None, redoc_url=None)
+    app = FastAPI(title="Finetune Lab OpenAI-compatible endpoint", docs_url=None, redoc_url=None,
+                  middleware=[Middleware(BodyLimit, limit=MAX_BODY_BYTES)])
     app.include_router(router())
     return app

@@ -12,7 +12,7 @@ from core.access import require_user
 from tabs import train_form
 from tabs.feedback import shows_errors
 from tabs.session import download_path
-from training.launch import KINDS, Cluster, emit
+from training.launch import KINDS, Cluster, emit, with_run_name
 
 
 def build(form: dict) -> None:
@@ -39,11 +39,7 @@ def build(form: dict) -> None:
 def launch_files(values: dict, kind: str, machines, main_ip: str, request=None) -> tuple[list[str], str]:
     """(paths to download, the launch file's text) for the form's config on `machines` machines."""
     require_user(request, action="writing launch files")
-    cfg = train_form.values_to_config(values)
-    if not cfg.output_name:
-        from training.jobs import default_run_name
-
-        cfg = train_form.values_to_config({**values, "output_name": default_run_name(cfg)})
+    cfg = with_run_name(train_form.values_to_config(values))
     folder = download_path(request, f"launch-{cfg.output_name}")
     cluster = Cluster(int(machines or 0), cfg.processes, (main_ip or "MAIN_MACHINE_IP").strip()[:200])
     written = emit(cfg, kind, cluster, folder)

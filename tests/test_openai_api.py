@@ -99,6 +99,9 @@ def test_cli_serve_alone_asks_for_its_key(data_home):
         assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
         listed = httpx.get(url, headers={"Authorization": "Bearer sk-test-key"})
         assert listed.status_code == 200 and listed.json()["data"][0]["id"] == "smollm2-135m-instruct"
+        huge = httpx.post(url.replace("/models", "/chat/completions"), content=b"x" * 2_000_000,
+                          headers={"Authorization": "Bearer sk-test-key"})
+        assert huge.status_code == 413  # bounded as it arrives, before it is read whole
     finally:
         proc.terminate()
         output = proc.communicate(timeout=30)[0]

@@ -14,6 +14,7 @@ import torch
 
 from core.inference.models import resolve_precision
 from tests.conftest import ROOT, wait_for
+from tests.test_tracking import assert_tracked
 from core.runs import RunFolder
 from training import jobs
 from training.progress import read_log
@@ -129,32 +130,6 @@ def test_recipe_trains_and_reloads(recipe, overrides, data_home):
         assert len(info["held_out"]) == 1 and info["answer_scores"]["rows"] > 0
     assert_reloads_trained(run_dir, cfg)
     assert_tracked(run_dir, cfg, info)
-
-
-def assert_tracked(run_dir, cfg, info: dict) -> None:
-    """report_to: the loss curve and the held-out figures, read back by TensorBoard's and
-    trackio's own readers, are the run's."""
-    from core.runs import RunFolder
-    from training.progress import read_log
-
-    losses = [entry["loss"] for entry in read_log(RunFolder(run_dir)) if entry.get("loss") is not None]
-    after = info["held_out"][0]["after"]
-    if cfg.report_to == "tensorboard":
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-        events = EventAccumulator(str(RunFolder(run_dir).tensorboard_dir))
-        events.Reload()
-        assert [event.value for event in events.Scalars("train/loss")] == pytest.approx(losses, rel=1e-5)
-        assert events.Scalars("held-out_perplexity/after")[0].value == pytest.approx(after, rel=1e-4)
-    elif cfg.report_to == "trackio":
-        from trackio.sqlite_storage import SQLiteStorage
-
-        logs = SQLiteStorage.get_logs("finetune-lab", run_dir.name)
-        assert [log["train/loss"] for log in logs if "train/loss" in log] == pytest.approx(losses, rel=1e-5)
-        assert [log["held-out_perplexity/after"] for log in logs if "held-out_perplexity/after" in log] == \
-            pytest.approx([after], rel=1e-4)
-    else:
-        assert not RunFolder(run_dir).tensorboard_dir.exists()
 
 
 def assert_effect_map_matches(name: str, general: tuple) -> None:

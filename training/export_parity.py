@@ -9,9 +9,10 @@ Prompts: the run's held-out prompts (at most 16) and its report prompts. The GGU
 runtime this project did not write (training.gguf_runtime: llama.cpp where llama-cpp-python is
 installed, else transformers' GGUF loader), and parity.json names it. Per pair of formats: the
 share of prompts with identical greedy answers, where the first one parts, and the agreement of
-next-token choices along the adapter's own answer (teacher-forced). The template: one conversation rendered by the run's tokenizer, by the
-GGUF's embedded template, and by the Modelfile (its Python twin in training.modelfile), compared
-token for token: the cause of most "it behaves differently in Ollama" reports.
+next-token choices along the adapter's own answer (teacher-forced). The template: one
+conversation rendered by the run's tokenizer, by the GGUF's embedded template, and by the
+Modelfile (its Python twin in training.modelfile), compared token for token: the cause of most
+"it behaves differently in Ollama" reports.
 """
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ checkpoints. Copied back, the run folder shows, compares, evaluates and exports 
 """
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,14 @@ def skypilot_task(cluster: Cluster, config: str, name: str) -> str:
         '  export MAIN_IP=$(echo "$SKYPILOT_NODE_IPS" | head -n 1)', f"  {command}", ""])
 
 
+def with_run_name(cfg):
+    """`cfg` with its output_name set: every machine must write the same run, and the default
+    name holds the time, which differs between machines."""
+    from training.jobs import default_run_name
+
+    return dataclasses.replace(cfg, output_name=cfg.output_name or default_run_name(cfg))
+
+
 def emit(cfg, kind: str, cluster: Cluster, folder: Path) -> list[Path]:
     """Write the config and the launch files for `kind` into `folder`; return the files written."""
     if kind not in KINDS:
@@ -86,7 +95,7 @@ def emit(cfg, kind: str, cluster: Cluster, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "train.yaml"
     config.write_text(cfg.to_yaml())
-    where = config.as_posix() if not config.is_absolute() else str(config)
+    where = config.as_posix()
     if kind == "accelerate":
         files = {f"machine-{rank}.sh": f"#!/bin/bash\nset -euo pipefail\n{ACTIVATE}\n{command}\n"
                  for rank, command in enumerate(accelerate_commands(cluster, where))}

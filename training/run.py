@@ -26,7 +26,6 @@ if __name__ == "__main__":  # first thing: a Stop during the heavy imports below
     signal.signal(signal.SIGTERM, request_stop)
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -43,7 +42,7 @@ from training.config import TrainConfig, config_from_dict, field_help, load_conf
 from training.device import compile_layers
 from training.finish import finish
 from training.jobs import default_run_name, is_live, record_job
-from training.launch import KINDS, PORT, Cluster, emit
+from training.launch import KINDS, PORT, Cluster, emit, with_run_name
 from training.prepare import build_examples, pin_dataset_revision, split_examples
 from training.progress import batch_plan, say_phase, trim_log
 
@@ -139,7 +138,7 @@ def config_from_args(args) -> TrainConfig:
 
 def emit_launch(cfg: TrainConfig, args) -> int:
     """Write the launch files for a cluster (training.launch); every machine gets one run name."""
-    cfg = dataclasses.replace(cfg, output_name=cfg.output_name or default_run_name(cfg))
+    cfg = with_run_name(cfg)
     try:
         cluster = Cluster(args.machines, cfg.processes, args.main_ip, args.port)
         written = emit(cfg, args.emit_launch, cluster, Path(args.launch_dir or f"launch-{cfg.output_name}"))
