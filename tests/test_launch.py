@@ -6,13 +6,14 @@ SkyPilot files parse and name the same command.
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, wait_for
 
 SMALL = ["--max_steps", "4", "--batch_size", "2", "--max_length", "64", "--save_steps", "2", "--eval_rows", "2"]
 
@@ -23,6 +24,11 @@ def emit(kind: str, name: str, folder, *extra: str) -> list[str]:
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout.split()
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def losses(run) -> list[float]:
@@ -38,12 +44,22 @@ def test_two_machines_on_localhost_train_one_run(tmp_path, data_home):
     from training.config import load_config
     from training.export import merge_run
 
-    files = emit("accelerate", "two-machines", tmp_path, "--main-ip", "127.0.0.1", "--port", str(free_port()))
+    port = free_port()
+    files = emit("accelerate", "two-machines", tmp_path, "--main-ip", "127.0.0.1", "--port", str(port))
     assert [f.rsplit("/", 1)[1] for f in files] == ["train.yaml", "machine-0.sh", "machine-1.sh"]
     logs = [tmp_path / f"machine-{rank}.log" for rank in (0, 1)]
-    machines = [subprocess.Popen(["bash", path], cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
-                for path, log in zip(files[1:], logs)]
-    codes = [machine.wait(timeout=600) for machine in machines]
+    machines = []
+    try:
+        for path, log in zip(files[1:], logs):
+            machines.append(subprocess.Popen(["bash", path], cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT))
+            # On one host machine 1 could take machine 0's port first (on a cluster their
+            # addresses differ), and accelerate on machine 0 refuses a port in use: start in order.
+            wait_for(lambda: port_open(port) or machines[0].poll() is not None, 120, "machine 0's port")
+        codes = [machine.wait(timeout=600) for machine in machines]
+    finally:
+        for machine in machines:
+            if machine.poll() is None:
+                machine.kill()
     assert codes == [0, 0], "\n".join(log.read_text()[-3000:] for log in logs)
     run = RunFolder.named("two-machines")
     manifest = run.manifest()
