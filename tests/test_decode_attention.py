@@ -34,7 +34,8 @@ def test_chat_models_on_a_cpu_pack_their_decode_attention(smol, tiny_model_dir):
 def test_packed_heads_read_their_own_key_value_heads(smol):
     """On SmolLM2's shapes (9 query heads over 3 key/value heads), against float64 attention that
     repeats each key/value head for its queries: as accurate as transformers' sdpa path. A query
-    head paired with the wrong key/value head would be off by the size of the values."""
+    head paired with the wrong key/value head would be off by the size of the values. The same
+    with a static cache's mask, which must hide the slots it masks."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     module = smol.model.get_decoder().layers[0].self_attn
@@ -52,6 +53,16 @@ def test_packed_heads_read_their_own_key_value_heads(smol):
         assert packed.shape == sdpa.shape == exact.shape
         packed_error, sdpa_error = ((out.double() - exact).abs().max().item() for out in (packed, sdpa))
         assert packed_error <= max(sdpa_error, 1e-12) * 1.01 and packed_error < 0.02
+        # A static cache's step: one mask per row hides the empty slots (here the last third).
+        mask = torch.arange(length).view(1, 1, 1, length).expand(batch, 1, 1, length) < length * 2 // 3
+        masked, _ = packed_decode_attention(module, query, key, value, mask, scaling=module.scaling)
+        within = length * 2 // 3
+        exact = torch.nn.functional.scaled_dot_product_attention(
+            query.double(), *(t[:, :, :within].double().repeat_interleave(groups, 1) for t in (key, value)),
+            scale=module.scaling).transpose(1, 2)
+        sdpa, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=module.scaling)
+        packed_error, sdpa_error = ((out.double() - exact).abs().max().item() for out in (masked, sdpa))
+        assert packs(module, query, mask) and packed_error <= max(sdpa_error, 1e-12) * 1.01 and packed_error < 0.02
 
 
 def test_prompt_is_sdpa_exactly_and_a_decode_step_agrees(smol):

@@ -18,6 +18,7 @@ from typing import Iterator
 import torch
 
 from core import threads
+from core.inference import compiled_decode
 from core.inference.models import LoadedModel, ModelError, find_spec, load_model
 
 QA_FORMAT = "question-answer"  # plain "Question: …\nAnswer:" text (core.data.formats.qa_prompt)
@@ -120,6 +121,9 @@ def stream_reply(loaded: LoadedModel, messages: list[dict], settings: Generation
     streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
     stop = threading.Event()
     kwargs = generate_kwargs(loaded, input_ids, settings, streamer, stop)
+    compiled, path = compiled_decode.choose(loaded, 1, input_ids.shape[1] + int(settings.max_new_tokens),
+                                            [adapter_name] if adapter_name else None)
+    kwargs.update(compiled)
     context = base_only(loaded, adapter_name)
     if adapter_name is not None:
         # The mixed-adapter arithmetic of a Compare batch (core.inference.compare): the same path rounds
@@ -139,7 +143,7 @@ def stream_reply(loaded: LoadedModel, messages: list[dict], settings: Generation
         raise ModelError(f"Generation failed: {result['error']}")
     reply.seconds = time.perf_counter() - start
     reply.new_tokens = int(result["ids"].shape[1] - input_ids.shape[1])
-    reply.stats = f"{reply.new_tokens} tokens, {reply.new_tokens / reply.seconds:.1f} tok/s"
+    reply.stats = f"{reply.new_tokens} tokens, {reply.new_tokens / reply.seconds:.1f} tok/s" + (f", {path}" if path else "")
     reply.done = True
     yield reply
 
@@ -265,6 +269,7 @@ def _attach_lora(base: LoadedModel, folder: Path) -> str:
     trained_on = PeftConfig.from_pretrained(str(folder)).base_model_name_or_path or ""
     _check_same_base(base, trained_on)
     key = str(folder)
+    compiled_decode.wait_until_settled(base)  # the compile reads the layers an attach would wrap
     with base.lock:
         if key in base.adapters:
             return base.adapters[key]

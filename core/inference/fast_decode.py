@@ -1,6 +1,6 @@
 """Weight-only int8 decoding for chat on a CPU: the frozen base's Linear layers keep int8 weights.
 
-    FINETUNE_LAB_DECODE=int8|eager|auto python app.py     # auto (default): int8 for bf16 on a CPU
+    FINETUNE_LAB_DECODE=int8|eager|auto|compiled python app.py   # auto (default): int8 for bf16 on a CPU
 
 Decoding one token at a time is bound by memory bandwidth, not arithmetic: every step reads all
 the weights once. Int8 weights halve the bytes read against bf16. torch's own CPU kernel
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from core.errors import LabError
 from core.settings import settings
 
-CHOICES = ("auto", "int8", "eager")
+CHOICES = ("auto", "int8", "eager", "compiled")
 
 
 # torch's int8 kernel reads bf16 inputs 16 values at a time and crashes the process when a row's
@@ -64,9 +64,26 @@ def kernel_rows(rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return rows
 
 
+def rows_times_int8(rows: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """2-D `rows` times an int8 weight with per-row `scales`, made safe for the kernel first.
+    Inside torch.compile it is one opaque op, so the safety check runs on real tensors."""
+    if torch.compiler.is_compiling():
+        return torch.ops.finetune_lab.rows_times_int8(rows, qweight, scales)
+    return int8_mm(kernel_rows(rows, scales.dtype), qweight, scales)
+
+
+@torch.library.custom_op("finetune_lab::rows_times_int8", mutates_args=())
+def _rows_times_int8_op(rows: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return int8_mm(kernel_rows(rows, scales.dtype), qweight, scales)
+
+
+@_rows_times_int8_op.register_fake
+def _(rows, qweight, scales):
+    return rows.new_empty((rows.shape[0], qweight.shape[0]), dtype=scales.dtype)
+
+
 def int8_product(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    rows = kernel_rows(x.reshape(-1, x.shape[-1]), scales.dtype)
-    return int8_mm(rows, qweight, scales).view(*x.shape[:-1], qweight.shape[0])
+    return rows_times_int8(x.reshape(-1, x.shape[-1]), qweight, scales).view(*x.shape[:-1], qweight.shape[0])
 
 
 class Int8Linear(torch.nn.Linear):
@@ -98,7 +115,7 @@ class Int8Linear(torch.nn.Linear):
         """x (flattened to 2-D) times the weight and the appended rows, from one product: the
         first out_features columns are the layer's output without its bias, the rest x A."""
         *_, packed, packed_scales = self.appended
-        return int8_mm(kernel_rows(x.reshape(-1, x.shape[-1]), packed_scales.dtype), packed, packed_scales)
+        return rows_times_int8(x.reshape(-1, x.shape[-1]), packed, packed_scales)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -114,29 +131,36 @@ class Int8Linear(torch.nn.Linear):
 
 
 def decode_path(device: str, dtype: torch.dtype) -> str:
-    """'int8' or 'eager' for a model on `device` held in `dtype`, from $FINETUNE_LAB_DECODE.
+    """'int8' or 'eager' weights for a model on `device` held in `dtype`, from $FINETUNE_LAB_DECODE.
 
     auto (the default) picks int8 for bf16 weights on a CPU only: with fp32 activations the
-    kernel measured 10x slower than bf16 ones (371 against 29 us for a 1536x576 product)."""
+    kernel measured 10x slower than bf16 ones (371 against 29 us for a 1536x576 product).
+    compiled picks the weights as auto does, and adds the compiled step (`wants_compiled_step`)."""
     choice = settings().decode
     if choice not in CHOICES:
         raise LabError(f"FINETUNE_LAB_DECODE={choice!r}: use one of {', '.join(CHOICES)}.")
-    if choice == "auto":
+    if choice in ("auto", "compiled"):
         fits = device == "cpu" and dtype == torch.bfloat16
         return "int8" if fits and int8_mm is not None else "eager"
     return choice
+
+
+def wants_compiled_step() -> bool:
+    """Whether chat models get core.inference.compiled_decode's step ($FINETUNE_LAB_DECODE=compiled)."""
+    return settings().decode == "compiled"
 
 
 PACKED_ATTENTION = "sdpa_packed_decode"
 
 
 def packed_decode_attention(module, query, key, value, attention_mask, **kwargs):
-    """transformers' sdpa attention, except for one query token without a mask on a model whose
-    query heads share key/value heads (GQA): there each key/value head's queries are packed into
-    one short query block. transformers packs them only when there is a mask; without one it
-    asks torch's CPU kernel to broadcast the key/value heads, which measured 4-7x slower per call
-    (SmolLM2's 9 heads over 3, 100-250 cached tokens) for results as accurate against float64
-    (the two differ in the last bit in about 1 case in 10)."""
+    """transformers' sdpa attention, except for one query token (without a mask, or with one per
+    row, as a static cache's step has) on a model whose query heads share key/value heads (GQA):
+    there each key/value head's queries are packed into one short query block. Otherwise
+    transformers asks torch's CPU kernel to broadcast the key/value heads, or copies them per
+    query head when there is a mask. Measured per call (SmolLM2's 9 heads over 3): 4-7x slower
+    with 100-250 cached tokens and no mask; 285 against 76 us over a 512-slot static cache. The
+    results are as accurate against float64 (the two differ in the last bit in about 1 case in 10)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if not packs(module, query, attention_mask, **kwargs):
@@ -144,14 +168,20 @@ def packed_decode_attention(module, query, key, value, attention_mask, **kwargs)
     batch, heads, _, width = query.shape
     groups = module.num_key_value_groups
     packed = query.reshape(batch, heads // groups, groups, width)  # query head h reads key/value head h // groups
-    out = F.scaled_dot_product_attention(packed, key, value, scale=kwargs.get("scaling"))
+    out = F.scaled_dot_product_attention(packed, key, value, attn_mask=attention_mask, scale=kwargs.get("scaling"))
     return out.reshape(batch, heads, 1, width).transpose(1, 2).contiguous(), None
 
 
 def packs(module, query, attention_mask, **kwargs) -> bool:
     """Whether `packed_decode_attention` packs this call (else it is transformers' sdpa as is)."""
-    return (query.shape[2] == 1 and attention_mask is None and getattr(module, "num_key_value_groups", 1) > 1
+    return (query.shape[2] == 1 and _one_mask_per_row(attention_mask) and getattr(module, "num_key_value_groups", 1) > 1
             and not module.training and kwargs.get("position_bias") is None and kwargs.get("softcap") is None)
+
+
+def _one_mask_per_row(attention_mask) -> bool:
+    """No mask, or one shared by all heads (batch, 1, 1, keys): what a static cache's decoding step
+    passes to hide its empty slots. It then broadcasts over the packed query block unchanged."""
+    return attention_mask is None or (attention_mask.dim() == 4 and attention_mask.shape[1:3] == (1, 1))
 
 
 def use_packed_decode_attention(model) -> bool:
@@ -264,7 +294,7 @@ def _int8_rows_forward(layer, span: tuple, x: torch.Tensor) -> torch.Tensor:
     both = base.product_appended(x)
     own, per_row = base.out_features, both.shape[0] // x.shape[0]  # per_row: the tokens of a batch row
     low_rank = both.narrow(0, start * per_row, count * per_row).narrow(1, own, both.shape[1] - own)
-    update = int8_mm(kernel_rows(low_rank, scales_b.dtype), qweight_b, scales_b)
+    update = rows_times_int8(low_rank, qweight_b, scales_b)
     result = both.narrow(1, 0, own)
     if base.bias is not None:
         result = result + base.bias

@@ -126,11 +126,13 @@ class LoadedModel:
     adapters: dict = field(default_factory=dict)  # adapter path -> peft adapter name
     lock: threading.RLock = field(default_factory=threading.RLock)
     decode: str = "eager"  # or "int8": core.inference.fast_decode
+    compiled: object = None  # core.inference.compiled_decode.CompiledStep, where one was asked for
 
     def describe(self) -> str:
         dtype = str(self.model.dtype).removeprefix("torch.")
         weights = f"int8 weights, {dtype} activations" if self.decode == "int8" else dtype
-        return f"{self.name} ({weights}, loaded in {self.load_seconds:.1f} s)"
+        step = f", compiled step {self.compiled.state}" if self.compiled is not None else ""
+        return f"{self.name} ({weights}{step}, loaded in {self.load_seconds:.1f} s)"
 
     @property
     def context_length(self) -> int:
@@ -179,7 +181,9 @@ def _load_fresh(name: str, source: str) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from core.inference.fast_decode import decode_path, quantize_linears, use_packed_decode_attention
+    from core.inference import compiled_decode
+    from core.inference.fast_decode import (decode_path, quantize_linears, use_packed_decode_attention,
+                                            wants_compiled_step)
 
     start = time.perf_counter()
     kwargs = dict(trust_remote_code=False)
@@ -198,7 +202,10 @@ def _load_fresh(name: str, source: str) -> LoadedModel:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     label = find_spec(name).name if find_spec(name) else name
-    return LoadedModel(label, source, model, tokenizer, time.perf_counter() - start, decode=decode)
+    loaded = LoadedModel(label, source, model, tokenizer, time.perf_counter() - start, decode=decode)
+    if wants_compiled_step():
+        loaded.compiled = compiled_decode.start(loaded)
+    return loaded
 
 
 def cpu_has_native_bf16() -> bool:

@@ -1,0 +1,117 @@
+"""The compiled decode step for chat: inductor compiles the model's forward over a static KV cache.
+
+    FINETUNE_LAB_DECODE=compiled python app.py
+    .venv/bin/python bench/bench_chat.py --compiled      # compiled_over_int8, same run
+
+It is transformers' own machinery: `generate(cache_implementation="static", compile_config=...)`
+compiles the decoding step (the prompt's prefill stays eager) once per model, dtype and shape.
+On a CPU it keeps the int8 weights of core.inference.fast_decode, whose kernel is one opaque op
+in the graph, and inductor fuses what lies between the products (norms, rotary, residuals,
+attention glue). On a GPU it asks for CUDA graphs (`reduce-overhead`); not measured here.
+
+When a model loads, a background thread compiles the step on a three-token warm-up; replies
+use the int8 path meanwhile, and switch over when it is ready. The compiled step serves a
+reply only where its graph is exact for it, else the reply takes the int8 path and the status
+line says why:
+- one batch row, and no adapter ever attached (peft swaps layers and flags per request;
+  Compare and tuned replies keep the int8 rows path they are tested on);
+- the prompt and the new tokens fit `SLOTS` cache slots: a static cache's attention reads all
+  its slots every step, so a longer one would cost more than the compile saves.
+Inductor's cache lives in the model cache (`inductor/`, per torch version), so a restart
+reuses the generated code and pays only the tracing.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from core.paths import models_dir
+
+SLOTS = 512
+WARM_UP_TOKENS = 3
+
+
+@dataclass
+class CompiledStep:
+    """Where a model's compiled decode step stands: "compiling", "ready" or "failed"."""
+
+    state: str = "compiling"
+    seconds: float = 0.0  # how long the warm-up took
+    error: str = ""
+    settled: threading.Event = field(default_factory=threading.Event)
+
+
+def use_model_cache() -> str:
+    """Point inductor's on-disk cache into the model cache, unless the user chose a folder (torch
+    writes its default, under the temp dir, into the variable on first use: that one is replaced)."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, os.path.abspath(default_cache_dir())):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(models_dir() / "inductor" / torch.__version__)
+    return os.environ["TORCHINDUCTOR_CACHE_DIR"]
+
+
+def compile_config(device_type: str):
+    from transformers import CompileConfig
+
+    config = CompileConfig(fullgraph=True, dynamic=False, mode="reduce-overhead" if device_type == "cuda" else None)
+    config._compile_all_devices = True  # transformers compiles on accelerators only, unless told
+    return config
+
+
+def generate_options(device_type: str) -> dict:
+    """The `generate` arguments that run the decoding steps through the compiled forward."""
+    return dict(cache_implementation="static", max_cache_len=SLOTS, compile_config=compile_config(device_type))
+
+
+def start(loaded) -> CompiledStep:
+    """Compile `loaded`'s decode step in a background thread; its progress is the returned value."""
+    step = CompiledStep()
+    threading.Thread(target=_warm_up, args=(loaded, step), daemon=True, name="compile-decode").start()
+    return step
+
+
+def _warm_up(loaded, step: CompiledStep) -> None:
+    # No model lock: the plain model is only read, and attaching an adapter (the one change to
+    # its layers) waits for `settled`. The thread is short-lived, so its OpenMP team ends with it.
+    use_model_cache()
+    began = time.perf_counter()
+    try:
+        ids = loaded.tokenizer("Hello", return_tensors="pt")["input_ids"].to(loaded.model.device)
+        with torch.inference_mode():
+            loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                  max_new_tokens=WARM_UP_TOKENS, min_new_tokens=WARM_UP_TOKENS,
+                                  pad_token_id=loaded.tokenizer.pad_token_id, top_p=None, top_k=None,
+                                  **generate_options(loaded.model.device.type))
+        step.state = "ready"
+    except Exception as exc:  # the int8 path goes on serving; the status line says why
+        step.state, step.error = "failed", str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    step.seconds = time.perf_counter() - began
+    step.settled.set()
+
+
+def choose(loaded, rows: int, tokens: int, adapter_names: list | None) -> tuple[dict, str]:
+    """(extra `generate` arguments, the status words) for a reply of `rows` batch rows that may
+    reach `tokens` tokens: the compiled step's arguments where it serves, else none."""
+    step = loaded.compiled
+    if step is None:
+        return {}, ""
+    fallback = loaded.decode
+    if step.state == "compiling":
+        return {}, f"{fallback} path (the compiled step is still compiling)"
+    if step.state == "failed":
+        return {}, f"{fallback} path (compiling failed: {step.error})"
+    if rows != 1 or adapter_names or loaded.adapters:
+        return {}, f"{fallback} path (the compiled step serves the base model without adapters)"
+    if tokens > SLOTS:
+        return {}, f"{fallback} path (over the compiled step's {SLOTS} tokens)"
+    return generate_options(loaded.model.device.type), "compiled step"
+
+
+def wait_until_settled(loaded, timeout: float | None = None) -> bool:
+    """Block until `loaded`'s warm-up has finished (at once if it has none); False on timeout."""
+    return loaded.compiled is None or loaded.compiled.settled.wait(timeout)
