@@ -42,5 +42,10 @@ if [ "$WANT_TEST" != "--test" ]; then
   # The first chat would otherwise wait for this: the packaged GGUF becomes safetensors once.
   echo "[setup] preparing the default chat model (once: about 25 s)"
   .venv/bin/python -m core.assets >/dev/null
+  if [ "${FINETUNE_LAB_DECODE:-}" = compiled ]; then
+    echo "[setup] compiling the decode step into the model cache (once: about 40 s)"
+    .venv/bin/python -c "from core.inference.models import load_model as load
+m = load('smollm2-135m-instruct'); m.compiled.settled.wait(); print('[setup]', m.describe())"
+  fi
 fi
 echo "[setup] ready"
