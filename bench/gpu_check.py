@@ -1,5 +1,6 @@
 """One short check of the GPU-only paths on a CUDA machine: QLoRA (bitsandbytes NF4 on CUDA),
-LoRA and full SFT through the real `python -m training.run`, and chat decoding on the GPU.
+LoRA and full SFT through the real `python -m training.run`, and chat decoding on the GPU, eager
+and with the compiled decode step (FINETUNE_LAB_DECODE=compiled: CUDA graphs).
 
     python bench/gpu_check.py --shape FOLDER [--steps 30] [--out results.json]
 
@@ -120,21 +121,36 @@ def decode_rate(model: Path, tokens: int = 128) -> dict:
     from core.inference.models import load_model
 
     loaded = load_model(str(model))
+    if loaded.compiled is not None:  # FINETUNE_LAB_DECODE=compiled: CUDA graphs on a GPU
+        loaded.compiled.settled.wait()
     settings = GenerationSettings(max_new_tokens=tokens, min_new_tokens=tokens)
     messages = [{"role": "user", "content": "Tell me about the sea."}]
     list(stream_reply(loaded, messages, settings))  # warm-up
     last = list(stream_reply(loaded, messages, settings))[-1]
     return {"dtype": str(loaded.model.dtype), "device": str(loaded.model.device), "decode": loaded.decode,
+            "status": last.stats, "compile_s": round(loaded.compiled.seconds, 1) if loaded.compiled else None,
             "new_tokens": last.new_tokens, "tokens_per_s": round(last.new_tokens / last.seconds, 1)}
+
+
+def compiled_decode_rate(model: Path) -> dict:
+    """decode_rate with FINETUNE_LAB_DECODE=compiled, in a process of its own (settings are read once)."""
+    out = subprocess.run([sys.executable, __file__, "--chat-only", str(model)], capture_output=True, text=True,
+                         env={**os.environ, "FINETUNE_LAB_DECODE": "compiled"}, timeout=900)
+    return json.loads(out.stdout.splitlines()[-1]) if out.returncode == 0 else {"error": out.stderr[-500:]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", type=Path, required=True)
+    parser.add_argument("--shape", type=Path)
+    parser.add_argument("--chat-only", type=Path, help="print decode_rate of this model folder and stop")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     import torch
+
+    if args.chat_only:
+        print(json.dumps(decode_rate(args.chat_only)))
+        return
 
     home = Path("/tmp/ftl-gpu-check")
     shutil.rmtree(home, ignore_errors=True)
@@ -146,6 +162,7 @@ def main() -> None:
     result["qlora_layers"] = qlora_layers(model)
     result["runs"] = [train_once(model, adapter, args.steps, home) for adapter in ("qlora", "lora", "full")]
     result["chat"] = decode_rate(model)
+    result["chat_compiled"] = compiled_decode_rate(model)
     line = json.dumps(result)
     if args.out:
         args.out.write_text(line)
