@@ -37,7 +37,7 @@ for path in ("compiled", "int8"):
     replies[path] = [list(stream_reply(loaded, [{{"role": "user", "content": q}}], settings))[-1].__dict__
                      for q in {prompts!r}]
 print(json.dumps({{"state": step.state, "error": step.error, "seconds": step.seconds, "replies": replies,
-                  "described": described, "cache_dir": __import__("os").environ["TORCHINDUCTOR_CACHE_DIR"],
+                  "described": described,
                   "hits": counters["inductor"]["fxgraph_cache_hit"], "misses": counters["inductor"]["fxgraph_cache_miss"]}}))
 """
 PROMPTS = ["What is the capital of France?", "Explain LoRA in one sentence.", "What is photosynthesis?"]
@@ -63,7 +63,7 @@ def test_compiled_step_answers_and_a_restart_reuses_its_cache(tmp_path):
     (models / "smollm2-135m-instruct").symlink_to(_converted_smollm2())
     first = run_app_process(models)
     assert first["state"] == "ready", first["error"]
-    assert Path(first["cache_dir"]).is_relative_to(models / "inductor") and first["misses"] > 0
+    assert first["misses"] > 0 and any((models / "inductor").rglob("*.py")), "inductor wrote into the model cache"
     assert "compiled step ready" in first["described"]
     pairs = list(zip(first["replies"]["compiled"], first["replies"]["int8"]))
     for compiled, int8 in pairs:

@@ -22,6 +22,7 @@ reuses the generated code and pays only the tracing.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -45,14 +46,14 @@ class CompiledStep:
     settled: threading.Event = field(default_factory=threading.Event)
 
 
-def use_model_cache() -> str:
-    """Point inductor's on-disk cache into the model cache, unless the user chose a folder (torch
-    writes its default, under the temp dir, into the variable on first use: that one is replaced)."""
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+def in_model_cache():
+    """A context in which inductor caches into the model cache (torch's own switch, which also
+    restores the default after), unless the user chose a folder with TORCHINDUCTOR_CACHE_DIR."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir, temporary_cache_dir
 
-    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, os.path.abspath(default_cache_dir())):
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(models_dir() / "inductor" / torch.__version__)
-    return os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") not in (None, os.path.abspath(default_cache_dir())):
+        return contextlib.nullcontext()
+    return temporary_cache_dir(str(models_dir() / "inductor" / torch.__version__))
 
 
 def compile_config(device_type: str):
@@ -78,11 +79,10 @@ def start(loaded) -> CompiledStep:
 def _warm_up(loaded, step: CompiledStep) -> None:
     # No model lock: the plain model is only read, and attaching an adapter (the one change to
     # its layers) waits for `settled`. The thread is short-lived, so its OpenMP team ends with it.
-    use_model_cache()
     began = time.perf_counter()
     try:
         ids = loaded.tokenizer("Hello", return_tensors="pt")["input_ids"].to(loaded.model.device)
-        with torch.inference_mode():
+        with in_model_cache(), torch.inference_mode():
             loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                   max_new_tokens=WARM_UP_TOKENS, min_new_tokens=WARM_UP_TOKENS,
                                   pad_token_id=loaded.tokenizer.pad_token_id, top_p=None, top_k=None,
