@@ -9,7 +9,8 @@ exactly the config the form or the CLI made; global rank 0 writes the run folder
 Run them from the repository's folder on each machine (Slurm: the folder sbatch is called in;
 SkyPilot: its synced workdir), with the run folder's parent (FINETUNE_LAB_HOME) on a shared
 filesystem if runs should resume after a failure: each rank keeps its own state in the
-checkpoints. Copied back, the run folder shows, compares, evaluates and exports like a local one.
+checkpoints; after a failure, run every machine's script again with `--resume`. Copied back,
+the run folder shows, compares, evaluates and exports like a local one.
 """
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ def emit(cfg, kind: str, cluster: Cluster, folder: Path) -> list[Path]:
     config.write_text(cfg.to_yaml())
     where = config.as_posix()
     if kind == "accelerate":
-        files = {f"machine-{rank}.sh": f"#!/bin/bash\nset -euo pipefail\n{ACTIVATE}\n{command}\n"
+        files = {f"machine-{rank}.sh": f"#!/bin/bash\nset -euo pipefail\n{ACTIVATE}\n{command} \"$@\"\n"
                  for rank, command in enumerate(accelerate_commands(cluster, where))}
     elif kind == "slurm":
         files = {"slurm.sbatch": slurm_script(cluster, where, cfg.output_name)}
