@@ -98,7 +98,7 @@ def emit(cfg, kind: str, cluster: Cluster, folder: Path) -> list[Path]:
     config.write_text(cfg.to_yaml())
     where = config.as_posix()
     if kind == "accelerate":
-        files = {f"machine-{rank}.sh": f"#!/bin/bash\nset -euo pipefail\n{ACTIVATE}\n{command} \"$@\"\n"
+        files = {f"machine-{rank}.sh": f"#!/bin/bash\nset -euo pipefail\n{ACTIVATE}\n{command} ${{1+\"$@\"}}\n"
                  for rank, command in enumerate(accelerate_commands(cluster, where))}
     elif kind == "slurm":
         files = {"slurm.sbatch": slurm_script(cluster, where, cfg.output_name)}
