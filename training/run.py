@@ -176,9 +176,21 @@ def main(argv=None) -> int:
     except BaseException as exc:
         write_json(run.status_file, {"state": "failed", "error": f"{type(exc).__name__}: {exc}"})
         raise
+    finally:
+        leave_process_group()
     if os.environ.get("RANK", "0") == "0":  # one line from a multi-process job too
         print(f"run folder: {run_dir}")
     return 0
+
+
+def leave_process_group() -> None:
+    """End a multi-process run's process group before exit. Left to the interpreter's exit, a
+    gloo worker once died in teardown ("terminate called without an active exception") after
+    the run had finished, and the other machine's launcher waited 300 s on it."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
