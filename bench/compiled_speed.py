@@ -27,9 +27,8 @@ from bench import machine  # noqa: E402
 from bench.decode_speed import PROMPTS  # noqa: E402
 
 RESTART = """
-import sys, time; sys.path.insert(0, {root!r})
+import sys; sys.path.insert(0, {root!r})
 from torch._dynamo.utils import counters
-from core import threads
 from core.inference.models import load_model
 loaded = load_model("smollm2-135m-instruct")
 loaded.compiled.settled.wait()

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from core.paths import models_dir
+from core.settings import settings
 
 SLOTS = 512
 WARM_UP_TOKENS = 3
@@ -89,7 +90,8 @@ def _warm_up(loaded, step: CompiledStep) -> None:
                                   **generate_options(loaded.model.device.type))
         step.state = "ready"
     except Exception as exc:  # the int8 path goes on serving; the status line says why
-        step.state, step.error = "failed", str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        message = str(exc).strip()
+        step.state, step.error = "failed", message.splitlines()[0][:200] if message else type(exc).__name__
     step.seconds = time.perf_counter() - began
     step.settled.set()
 
@@ -112,6 +114,12 @@ def choose(loaded, rows: int, tokens: int, adapter_names: list | None) -> tuple[
     return generate_options(loaded.model.device.type), "compiled step"
 
 
-def wait_until_settled(loaded, timeout: float | None = None) -> bool:
-    """Block until `loaded`'s warm-up has finished (at once if it has none); False on timeout."""
-    return loaded.compiled is None or loaded.compiled.settled.wait(timeout)
+def wait_until_settled(loaded) -> None:
+    """Block until `loaded`'s warm-up has finished (at once if it has none)."""
+    if loaded.compiled is not None:
+        loaded.compiled.settled.wait()
+
+
+def wanted() -> bool:
+    """Whether chat models get the compiled step ($FINETUNE_LAB_DECODE=compiled)."""
+    return settings().decode == "compiled"

@@ -135,7 +135,7 @@ def decode_path(device: str, dtype: torch.dtype) -> str:
 
     auto (the default) picks int8 for bf16 weights on a CPU only: with fp32 activations the
     kernel measured 10x slower than bf16 ones (371 against 29 us for a 1536x576 product).
-    compiled picks the weights as auto does, and adds the compiled step (`wants_compiled_step`)."""
+    compiled picks the weights as auto does; core.inference.compiled_decode adds its step."""
     choice = settings().decode
     if choice not in CHOICES:
         raise LabError(f"FINETUNE_LAB_DECODE={choice!r}: use one of {', '.join(CHOICES)}.")
@@ -143,11 +143,6 @@ def decode_path(device: str, dtype: torch.dtype) -> str:
         fits = device == "cpu" and dtype == torch.bfloat16
         return "int8" if fits and int8_mm is not None else "eager"
     return choice
-
-
-def wants_compiled_step() -> bool:
-    """Whether chat models get core.inference.compiled_decode's step ($FINETUNE_LAB_DECODE=compiled)."""
-    return settings().decode == "compiled"
 
 
 PACKED_ATTENTION = "sdpa_packed_decode"

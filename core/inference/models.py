@@ -182,8 +182,7 @@ def _load_fresh(name: str, source: str) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from core.inference import compiled_decode
-    from core.inference.fast_decode import (decode_path, quantize_linears, use_packed_decode_attention,
-                                            wants_compiled_step)
+    from core.inference.fast_decode import decode_path, quantize_linears, use_packed_decode_attention
 
     start = time.perf_counter()
     kwargs = dict(trust_remote_code=False)
@@ -203,7 +202,7 @@ def _load_fresh(name: str, source: str) -> LoadedModel:
         tokenizer.pad_token = tokenizer.eos_token
     label = find_spec(name).name if find_spec(name) else name
     loaded = LoadedModel(label, source, model, tokenizer, time.perf_counter() - start, decode=decode)
-    if wants_compiled_step():
+    if compiled_decode.wanted():
         loaded.compiled = compiled_decode.start(loaded)
     return loaded
 
