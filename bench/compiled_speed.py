@@ -5,9 +5,10 @@
 Both paths are the same loaded model (int8 weights on a bf16 CPU) answering through the Chat
 tab's `stream_reply`; the compiled step is switched off and on between interleaved replies.
 Figures: each path's tok/s on one prompt and `compiled_over_int8`; greedy agreement of the
-compiled step with the int8 path on bench.decode_speed's ten prompts (first 32 tokens); the
-first warm-up (a cold inductor cache, fresh temp folder) and a restart's warm-up in a new
-process on the same cache, with inductor's FX-graph cache hits. The last line is a JSON object.
+compiled step with the int8 path (bench.decode_speed.agreement: ten prompts, first 32 tokens,
+as bench_chat measures int8 against bf16); the first warm-up (a cold inductor cache, fresh temp
+folder) and a restart's warm-up in a new process on the same cache, with inductor's FX-graph
+cache hits. The last line is a JSON object.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench import machine  # noqa: E402
+from bench import decode_speed, machine  # noqa: E402
 from bench.decode_speed import PROMPTS  # noqa: E402
 
 RESTART = """
@@ -35,30 +36,6 @@ loaded.compiled.settled.wait()
 print(loaded.compiled.state, loaded.compiled.seconds, counters["inductor"]["fxgraph_cache_hit"],
       counters["inductor"]["fxgraph_cache_miss"])
 """
-
-
-def greedy(loaded, prompt: str, tokens: int, compiled: bool) -> list[int]:
-    import torch
-
-    from core.inference import compiled_decode
-
-    ids = loaded.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                               return_tensors="pt", return_dict=True)["input_ids"]
-    extra = compiled_decode.generate_options(loaded.model.device.type) if compiled else {}
-    with torch.inference_mode():
-        out = loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, top_p=None,
-                                    top_k=None, max_new_tokens=tokens, min_new_tokens=tokens, **extra)
-    return out[0, ids.shape[1]:].tolist()
-
-
-def agreement(loaded, tokens: int = 32) -> dict:
-    prefixes = []
-    for prompt in PROMPTS:
-        want = greedy(loaded, prompt, tokens, False)
-        got = greedy(loaded, prompt, tokens, True)
-        prefixes.append(next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), tokens))
-    return {"prompts_identical": sum(p == tokens for p in prefixes), "prompts": len(PROMPTS),
-            "mean_common_prefix": statistics.mean(prefixes)}
 
 
 def rates(loaded, tokens: int, repeats: int) -> dict:
@@ -92,7 +69,9 @@ def main() -> None:
     loaded.compiled.settled.wait()
     assert loaded.compiled.state == "ready", loaded.compiled.error
     tok_s = rates(loaded, args.tokens, args.repeats)  # stream_reply decodes on the decode thread
-    agree = threads.decode_thread().submit(agreement, loaded).result()
+    from core.inference.compiled_decode import generate_options
+
+    agree = decode_speed.agreement(loaded, loaded, candidate_options=generate_options(loaded.model.device.type))
     out = subprocess.run([sys.executable, "-c", RESTART.format(root=str(ROOT))], capture_output=True, text=True,
                          check=True, env=os.environ).stdout.split()
     figures = {**machine.describe(), "decode_weights": loaded.decode, "tokens": args.tokens,

@@ -78,9 +78,9 @@ def decode_rates(paths: dict, tokens: int, repeats: int) -> dict:
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
-def greedy_generate(loaded, prompt: str, tokens: int, rows: int = 1) -> torch.Tensor:
+def greedy_generate(loaded, prompt: str, tokens: int, rows: int = 1, **options) -> torch.Tensor:
     """`rows` copies of the prompt's greedy continuation (`tokens` new tokens), on the thread
-    where the app generates."""
+    where the app generates; `options` go to `generate` (the compiled step's, say)."""
     from core.inference.chat import GenerationSettings, build_inputs
 
     settings = GenerationSettings(max_new_tokens=tokens, min_new_tokens=tokens)
@@ -92,13 +92,13 @@ def greedy_generate(loaded, prompt: str, tokens: int, rows: int = 1) -> torch.Te
             return loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                          max_new_tokens=tokens, min_new_tokens=tokens,
                                          repetition_penalty=settings.repetition_penalty,
-                                         pad_token_id=loaded.tokenizer.pad_token_id)
+                                         pad_token_id=loaded.tokenizer.pad_token_id, **options)
 
     return threads.decode_thread().submit(generate).result()[:, ids.shape[1]:]
 
 
-def greedy_tokens(loaded, prompt: str, tokens: int) -> list[int]:
-    return greedy_generate(loaded, prompt, tokens)[0].tolist()
+def greedy_tokens(loaded, prompt: str, tokens: int, **options) -> list[int]:
+    return greedy_generate(loaded, prompt, tokens, **options)[0].tolist()
 
 
 def two_rows_over_one(loaded, tokens: int, repeats: int) -> float:
@@ -114,12 +114,13 @@ def two_rows_over_one(loaded, tokens: int, repeats: int) -> float:
     return statistics.median(times[2]) / statistics.median(times[1])
 
 
-def agreement(reference, candidate, tokens: int = 32) -> dict:
+def agreement(reference, candidate, tokens: int = 32, candidate_options: dict | None = None) -> dict:
     """On the ten prompts: how many keep the reference's first `tokens` greedy tokens, and the
-    mean length of the common prefix."""
+    mean length of the common prefix. `candidate_options` go to the candidate's `generate`."""
     prefixes = []
     for prompt in PROMPTS:
-        want, got = greedy_tokens(reference, prompt, tokens), greedy_tokens(candidate, prompt, tokens)
+        want = greedy_tokens(reference, prompt, tokens)
+        got = greedy_tokens(candidate, prompt, tokens, **(candidate_options or {}))
         prefixes.append(next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), tokens))
     return {"prompts_identical": sum(p == tokens for p in prefixes), "prompts": len(PROMPTS),
             "mean_common_prefix": statistics.mean(prefixes)}
