@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from core import threads
 from core.runs import RunFolder
 from tests.conftest import ROOT, wait_for
 from tests.test_training import manifest
@@ -29,8 +30,9 @@ def test_kills_inside_a_save_and_at_random_moments_always_resume(data_home):
     """SIGKILL inside the second checkpoint save (forced: it pauses before trainer_state.json):
     the resume falls back to the first, complete checkpoint, removes the torn one with a note,
     and keeps the log up to the fallback. Then 2 kills at random moments; every resume goes on,
-    and the run completes exactly once. Small steps (batch 2, 64 tokens): the kills are what
-    this tests, and they land the same on short steps."""
+    and the run completes exactly once, with the losses of the same run left uninterrupted. Small
+    steps (batch 2, 64 tokens): the kills are what this tests, and they land the same on short
+    steps."""
     import random
 
     from core.runs import finished_runs
@@ -38,10 +40,11 @@ def test_kills_inside_a_save_and_at_random_moments_always_resume(data_home):
     name, planned = "kill-often", 12
     run = RunFolder.named(name)
     run_dir = run.path
-    cmd = [sys.executable, "-m", "tests.slow_save_run", "--config", "tiny", "--run-dir", str(run_dir),
-           "--max_steps", str(planned), "--save_steps", "3", "--report_prompts", "Who are you?", "--eval_rows", "0",
-           "--batch_size", "2", "--max_length", "64"]
-    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    settings = ["--config", "tiny", "--max_steps", str(planned), "--save_steps", "3", "--report_prompts",
+                "Who are you?", "--eval_rows", "2", "--batch_size", "2", "--max_length", "64"]
+    cmd = [sys.executable, "-m", "tests.slow_save_run", "--run-dir", str(run_dir), *settings]
+    one_thread = {**os.environ, **threads.job_env(1)}  # as every resume below: the same arithmetic
+    first = subprocess.Popen(cmd, cwd=ROOT, env=one_thread, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: (run_dir / "in-save").is_file(), 300, "a checkpoint save to begin")
     torn = ROOT / (run_dir / "in-save").read_text()
     assert torn.name == "checkpoint-6" and not (torn / "trainer_state.json").exists(), "the kill lands inside the save"
@@ -79,6 +82,16 @@ def test_kills_inside_a_save_and_at_random_moments_always_resume(data_home):
     assert manifest(run_dir)["steps"] == planned and name in [r.name for r in finished_runs()]
     trained = [e["step"] for e in status.log if e.get("loss") is not None]
     assert trained == list(range(1, planned + 1)), "the log keeps each step once, however often it was killed"
+
+    # The same run uninterrupted: every resume trained on the batches and weights it would have.
+    twin = RunFolder.named("kill-never")
+    subprocess.run([sys.executable, "-m", "training.run", "--run-dir", str(twin.path), *settings], cwd=ROOT,
+                   env=one_thread, check=True, capture_output=True, timeout=600)
+    assert losses(status.log) == pytest.approx(losses(read_log(twin)), rel=1e-4)
+
+
+def losses(log: list[dict]) -> list[float]:
+    return [entry["loss"] for entry in log if entry.get("loss") is not None]
 
 
 @pytest.mark.parametrize("content, suffix, message", [

@@ -1,10 +1,11 @@
 """Training on several machines with the files `--emit-launch` writes (training/launch.py):
 two "machines" on localhost (two accelerate launches, CPU processes over gloo) train the tiny
-recipe as one run, step for step as one machine with two processes does; the Slurm and
+recipe as one run, killed and resumed, step for step as one machine with two processes does; the Slurm and
 SkyPilot files parse and name the same command.
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -15,7 +16,8 @@ import yaml
 
 from tests.conftest import ROOT, free_port, wait_for
 
-SMALL = ["--max_steps", "4", "--batch_size", "2", "--max_length", "64", "--save_steps", "2", "--eval_rows", "2"]
+PLANNED = 8
+SMALL = ["--max_steps", str(PLANNED), "--batch_size", "2", "--max_length", "64", "--save_steps", "2", "--eval_rows", "2"]
 
 
 def emit(kind: str, name: str, folder, *extra: str) -> list[str]:
@@ -37,8 +39,39 @@ def losses(run) -> list[float]:
     return [entry["loss"] for entry in read_log(run) if entry.get("loss") is not None]
 
 
+def start_machines(files: list[str], logs: list, port: int, *extra: str) -> list[subprocess.Popen]:
+    machines = []
+    for path, log in zip(files, logs):
+        machines.append(subprocess.Popen(["bash", path, *extra], cwd=ROOT, stdout=log.open("a"),
+                                         stderr=subprocess.STDOUT, start_new_session=True))
+        # On one host machine 1 could take machine 0's port first (on a cluster their addresses
+        # differ), and accelerate on machine 0 refuses a port in use: start in order.
+        wait_for(lambda: port_open(port) or machines[0].poll() is not None, 120, "machine 0's port")
+    return machines
+
+
+def kill_machine(machine: subprocess.Popen) -> None:
+    """SIGKILL a machine's script, launcher and workers, as a lost host would. Not by process
+    group: torch's elastic agent starts its workers in sessions of their own (a group kill left
+    machine 1's worker training on)."""
+    import psutil
+
+    try:
+        family = [psutil.Process(machine.pid), *psutil.Process(machine.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    for process in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(family, timeout=30)  # gone, with their sockets closed
+    machine.wait()
+
+
 @pytest.mark.slow
 def test_two_machines_on_localhost_train_one_run(tmp_path, data_home):
+    """Machine 1 is killed once the first checkpoint is written; machine 0's launcher outlives
+    its worker, so it is killed too (as a cluster's scheduler would). Both scripts run again
+    with --resume and finish the run, whose 8 losses equal one machine with two processes."""
     from core.runs import RunFolder, finished_runs
     from training import jobs
     from training.config import load_config
@@ -48,26 +81,33 @@ def test_two_machines_on_localhost_train_one_run(tmp_path, data_home):
     files = emit("accelerate", "two-machines", tmp_path, "--main-ip", "127.0.0.1", "--port", str(port))
     assert [f.rsplit("/", 1)[1] for f in files] == ["train.yaml", "machine-0.sh", "machine-1.sh"]
     logs = [tmp_path / f"machine-{rank}.log" for rank in (0, 1)]
-    machines = []
+    run = RunFolder.named("two-machines")
+    first = run.path / "checkpoints" / "checkpoint-2" / "trainer_state.json"
+    machines = start_machines(files[1:], logs, port)
     try:
-        for path, log in zip(files[1:], logs):
-            machines.append(subprocess.Popen(["bash", path], cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT))
-            # On one host machine 1 could take machine 0's port first (on a cluster their
-            # addresses differ), and accelerate on machine 0 refuses a port in use: start in order.
-            wait_for(lambda: port_open(port) or machines[0].poll() is not None, 120, "machine 0's port")
+        wait_for(lambda: first.is_file() or any(m.poll() is not None for m in machines), 300, "checkpoint-2")
+        assert all(m.poll() is None for m in machines), "\n".join(log.read_text()[-3000:] for log in logs)
+        kill_machine(machines[1])
+        # Machine 0's worker fails on the lost peer; its launcher waits on after it, until the
+        # scheduler's kill (here: ours) ends it.
+        wait_for(lambda: run.status_file.is_file() and not jobs.is_live(run), 120, "machine 0's worker to fail")
+        kill_machine(machines[0])
+        assert len(losses(run)) < PLANNED, "the kill landed before the end"
+        lost = jobs.read_status(run)
+        assert lost.state == "interrupted" and "machine's script again with --resume" in lost.error, lost
+        wait_for(lambda: not port_open(port), 60, "machine 0's port to close")
+        machines = start_machines(files[1:], logs, port, "--resume")
         codes = [machine.wait(timeout=600) for machine in machines]
     finally:
         for machine in machines:
-            if machine.poll() is None:
-                machine.kill()
+            kill_machine(machine)
     assert codes == [0, 0], "\n".join(log.read_text()[-3000:] for log in logs)
-    run = RunFolder.named("two-machines")
     manifest = run.manifest()
-    assert manifest.world_size == 2 and manifest.steps == 4, manifest
+    assert manifest.world_size == 2 and manifest.steps == PLANNED, manifest
 
     one = jobs.start(load_config(files[0], output_name="one-machine-two-processes", processes=2))
     assert jobs.wait(one.name, timeout=600).state == "completed"
-    assert len(losses(run)) == 4 and losses(run) == pytest.approx(losses(one), rel=2e-3)
+    assert len(losses(run)) == PLANNED and losses(run) == pytest.approx(losses(one), rel=2e-3)
 
     copied = RunFolder(run.path.parent / "copied-back")  # a cluster's run folder, copied back here
     shutil.copytree(run.path, copied.path)

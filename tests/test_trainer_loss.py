@@ -1,11 +1,12 @@
 """The engine's compact loss (training.trainer) equals the model's own cross-entropy: only the
-trained (row, position) pairs go through the LM head, yet the loss and gradients are the same."""
+trained (row, position) pairs go through the LM head, yet the loss and gradients are the same.
+Its length-grouped batches come in an order set by the seed and the epoch alone."""
 from __future__ import annotations
 
 import torch
 
 
-def make_trainer(model_dir, tmp_path):
+def make_trainer(model_dir, tmp_path, rows=None, **settings):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig
@@ -14,9 +15,9 @@ def make_trainer(model_dir, tmp_path):
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    rows = Dataset.from_list([{"prompt": [{"role": "user", "content": "hi"}],
-                               "completion": [{"role": "assistant", "content": "hello"}]}])
-    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_length=64)
+    rows = Dataset.from_list(rows or [{"prompt": [{"role": "user", "content": "hi"}],
+                                       "completion": [{"role": "assistant", "content": "hello"}]}])
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_length=64, **settings)
     return LabSFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer), model
 
 
@@ -42,3 +43,27 @@ def test_compact_loss_equals_the_models_own_loss(tiny_model_dir, tmp_path):
     assert torch.allclose(our_grad, model.model.layers[0].mlp.down_proj.weight.grad, atol=1e-6)
     head = model.get_output_embeddings()
     assert not head._forward_pre_hooks, "the hook must not outlive the call"
+
+
+def test_length_grouped_order_is_the_seeds_and_epochs_alone(tiny_model_dir, tmp_path):
+    """The stock sampler drew its order from torch's global generator, which an evaluation before
+    training had moved on, and a resumed run (which skips that evaluation) had not: the resume
+    skipped the trained batches of another order and trained on other rows."""
+    rows = [{"prompt": [{"role": "user", "content": "hi " * (n % 7)}],
+             "completion": [{"role": "assistant", "content": "ok " * (n % 5)}]} for n in range(40)]
+    trainer, _ = make_trainer(tiny_model_dir, tmp_path, rows, train_sampling_strategy="group_by_length",
+                              per_device_train_batch_size=4, seed=7)
+
+    def order(global_seed: int, epoch: int) -> list[int]:
+        torch.manual_seed(global_seed)
+        sampler = trainer._get_train_sampler()
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    first = order(0, 0)
+    assert sorted(first) == list(range(40))
+    assert order(1, 0) == first, "the global generator's state changed the order"
+    assert order(0, 1) != first, "each epoch gets its own order"
+    other_seed, _ = make_trainer(tiny_model_dir, tmp_path, rows, train_sampling_strategy="group_by_length",
+                                 per_device_train_batch_size=4, seed=8)
+    assert list(other_seed._get_train_sampler()) != first

@@ -245,7 +245,7 @@ def read_status(run: RunFolder) -> RunStatus:
     else:  # killed (SIGKILL, out of memory, power) before it could say how it ended
         state = "interrupted"
     error = status.get("error", "")
-    if state == "interrupted":
+    if state == "interrupted" and not error:
         error = (f"Interrupted: resume with `python cli.py train --run-dir {run.path} --resume` "
                  "(or the Resume button).\n" + _tail(run.process_log, 5))
     elif state == "failed" and not error:

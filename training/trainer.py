@@ -6,19 +6,45 @@ for logits only at positions whose next token is trained in some row (`logits_to
 indices), and a pre-hook on the LM head drops the other rows' pads and prompts at those
 positions, so only the trained (row, position) pairs reach the 49k-wide LM head and the fp32
 cross-entropy. The call still goes through the wrapped model, so DDP and peft hooks work as
-usual. Used by training.run; measured by bench/bench_train.py.
+usual. Length-grouped batches come in an order set by the seed and the epoch alone, so a resumed
+run trains on the batches the uninterrupted run would have. Used by training.run; measured by
+bench/bench_train.py.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import SFTTrainer
+
+
+class EpochSeededLengthSampler(LengthGroupedSampler):
+    """Length-grouped order drawn from a generator seeded with seed + epoch. The stock sampler
+    draws from torch's global generator when iterated, whose state differs in a resumed run (it
+    then skipped the trained batches of another order) and may differ between processes."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # the Trainer (through accelerate) calls this each epoch
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return super().__iter__()
 
 
 class LabSFTTrainer(SFTTrainer):
     """trl SFTTrainer with a compact cross-entropy loss and a real-token counter in the logs."""
 
     _real_tokens = 0
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, LengthGroupedSampler):
+            return EpochSeededLengthSampler(sampler.batch_size, sampler.lengths, self.args.seed)
+        return sampler
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
