@@ -179,33 +179,59 @@ def test_tokenizer_metadata_matches_the_packaged_smollm2_file(smol_exports):
         assert key in ours and ours[key].contents() == theirs[key].contents(), key
 
 
+def test_the_quick_reader_reads_what_ggufreader_reads():
+    """training.gguf_file against the gguf package's own reader, on the packaged SmolLM2 file
+    (Q4_1, Q8_0 and F32 tensors): every field with its types, every tensor's shape and values."""
+    import numpy as np
+    from gguf import GGUFReader, GGUFValueType, dequantize
+
+    from core.assets import smollm2_gguf
+    from training.gguf_file import read_gguf
+
+    quick, reference = read_gguf(smollm2_gguf()), GGUFReader(smollm2_gguf())
+    fields = {f.name: f for f in reference.fields.values() if not f.name.startswith("GGUF.")}
+    assert fields.keys() == quick.fields.keys()
+    for key, field in fields.items():
+        item_kind = field.types[-1] if field.types[0] == GGUFValueType.ARRAY else None
+        assert quick.fields[key] == (field.contents(), field.types[0], item_kind), key
+    assert [t.name for t in reference.tensors] == list(quick.tensors)
+    for tensor in reference.tensors:
+        ours = quick.tensors[tensor.name]
+        assert (ours.shape, ours.kind) == (list(tensor.shape), tensor.tensor_type), tensor.name
+        assert np.array_equal(dequantize(ours.data, ours.kind).ravel(),
+                              dequantize(tensor.data, tensor.tensor_type).ravel()), tensor.name
+
+
 @pytest.mark.slow
 def test_gemma3_export_matches_llama_cpps_own_conversion(gemma_run):
     """Gemma's mapping (its norms stored as 1 + w, its tied 262k embedding, its hyperparameters)
     checked against the packaged Gemma 3 GGUF, which llama.cpp's own converter wrote from the
     weights the run's base was read from: the same tensors and shapes, gemma3.* and tokenizer
     fields; the tensors LoRA leaves alone equal within f16 rounding, the trained ones the merged
-    model's. (Loading it back through transformers parses the 262k vocabulary twice, 100 s; the
-    SmolLM2 round trips above check that reader on the same writer.)"""
+    model's. Read with training.gguf_file (GGUFReader took 20 s a file on the 262k vocabulary;
+    the SmolLM2 tests check both readers agree, and check the writer with GGUFReader). Loading it
+    back through transformers would parse that vocabulary twice more (100 s); the SmolLM2 round
+    trips check that reader on the same writer."""
     import numpy as np
-    from gguf import GGUFReader, dequantize
+    from gguf import dequantize
     from safetensors.torch import load_file
 
     from core.assets import gemma3_gguf
     from training.gguf_export import export_gguf
+    from training.gguf_file import read_gguf
 
     export = export_gguf(gemma_run.name, "f16")
-    ours, theirs = GGUFReader(next(export.folder.glob("*.gguf"))), GGUFReader(gemma3_gguf())
-    mine, llama_cpp = ({t.name: t for t in reader.tensors} for reader in (ours, theirs))
-    assert {n: list(t.shape) for n, t in mine.items()} == {n: list(t.shape) for n, t in llama_cpp.items()}
+    ours, theirs = read_gguf(next(export.folder.glob("*.gguf"))), read_gguf(gemma3_gguf())
+    mine, llama_cpp = ours.tensors, theirs.tensors
+    assert {n: t.shape for n, t in mine.items()} == {n: t.shape for n, t in llama_cpp.items()}
     for key, field in theirs.fields.items():
         if key.startswith(("gemma3.", "tokenizer.")):
-            assert ours.fields[key].contents() == field.contents(), key
+            assert ours.fields[key] == field, key
 
     def values(tensor):
-        return dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
+        return dequantize(tensor.data, tensor.kind).astype(np.float32)
 
-    untrained = [n for n, t in llama_cpp.items() if t.tensor_type.name == "F32"] + ["token_embd.weight"]
+    untrained = [n for n, t in llama_cpp.items() if t.kind.name == "F32"] + ["token_embd.weight"]
     assert len(untrained) == 110  # 6 norms in each of 18 layers, the output norm, the embedding
     for name in untrained:
         assert np.abs(values(mine[name]) - values(llama_cpp[name])).max() < F16_MAX_GAP, name

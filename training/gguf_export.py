@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from functools import lru_cache
 from pathlib import Path
 
 from core.errors import LabError
@@ -189,19 +188,11 @@ def bpe_vocabulary(folder: Path, tokenizer_json: dict) -> tuple[list[str], list[
     return tokens, types
 
 
-@lru_cache(maxsize=2)
 def _tokenizer_fields(origin: Path) -> dict:
-    """The tokenizer.* fields of a GGUF as {key: (value, type, sub_type)}, read once per process:
-    GGUFReader parses a 262k-token vocabulary in about 10 s."""
-    import gguf
+    """The tokenizer.* fields of a GGUF as {key: Field}, each as GGUFWriter.add_key_value takes it."""
+    from training.gguf_file import read_gguf
 
-    fields = {}
-    for field in gguf.GGUFReader(origin).fields.values():
-        if field.name.startswith("tokenizer."):
-            kind = field.types[0]
-            sub_type = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
-            fields[field.name] = (field.contents(), kind, sub_type)
-    return fields
+    return {key: field for key, field in read_gguf(origin).fields.items() if key.startswith("tokenizer.")}
 
 
 def _write_tensors(writer, folder: Path, config: dict, arch, quant: str) -> None:
