@@ -1,11 +1,13 @@
 """Training on several machines with the files `--emit-launch` writes (training/launch.py):
 two "machines" on localhost (two accelerate launches, CPU processes over gloo) train the tiny
-recipe as one run, killed and resumed, step for step as one machine with two processes does; the Slurm and
-SkyPilot files parse and name the same command.
+recipe as one run, killed and resumed, step for step as one machine with two processes does
+(trained by SkyPilot's own `run` block for one node); the Slurm and SkyPilot files parse and name
+the same command.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -20,9 +22,10 @@ PLANNED = 8
 SMALL = ["--max_steps", str(PLANNED), "--batch_size", "2", "--max_length", "64", "--save_steps", "2", "--eval_rows", "2"]
 
 
-def emit(kind: str, name: str, folder, *extra: str) -> list[str]:
+def emit(kind: str, name: str, folder, *extra: str, machines: int = 2) -> list[str]:
     done = subprocess.run([sys.executable, "cli.py", "train", "--config", "tiny", "--output_name", name,
-                           "--machines", "2", "--emit-launch", kind, "--launch-dir", str(folder), *extra, *SMALL],
+                           "--machines", str(machines), "--emit-launch", kind, "--launch-dir", str(folder),
+                           *extra, *SMALL],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout.split()
@@ -74,7 +77,6 @@ def test_two_machines_on_localhost_train_one_run(tmp_path, data_home):
     with --resume and finish the run, whose 8 losses equal one machine with two processes."""
     from core.runs import RunFolder, finished_runs
     from training import jobs
-    from training.config import load_config
     from training.export import merge_run
 
     port = free_port()
@@ -105,8 +107,16 @@ def test_two_machines_on_localhost_train_one_run(tmp_path, data_home):
     manifest = run.manifest()
     assert manifest.world_size == 2 and manifest.steps == PLANNED, manifest
 
-    one = jobs.start(load_config(files[0], output_name="one-machine-two-processes", processes=2))
-    assert jobs.wait(one.name, timeout=600).state == "completed"
+    # The baseline, one machine with two processes, trained by SkyPilot's own `run` block for one
+    # node, with the variables SkyPilot sets.
+    sky = emit("skypilot", "one-machine-two-processes", tmp_path / "sky", "--processes", "2",
+               "--port", str(free_port()), machines=1)
+    node = {"SKYPILOT_NODE_RANK": "0", "SKYPILOT_NODE_IPS": "127.0.0.1\n", "SKYPILOT_NUM_NODES": "1"}
+    done = subprocess.run(["bash", "-c", yaml.safe_load(open(sky[-1]))["run"]], cwd=ROOT, env={**os.environ, **node},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    one = RunFolder.named("one-machine-two-processes")
+    assert one.manifest().world_size == 2
     assert len(losses(run)) == PLANNED and losses(run) == pytest.approx(losses(one), rel=2e-3)
 
     copied = RunFolder(run.path.parent / "copied-back")  # a cluster's run folder, copied back here
