@@ -123,6 +123,9 @@ def common_args(cfg, run: RunFolder) -> dict:
         eval_steps=cfg.eval_steps or None, seed=cfg.seed, **tracking_args(cfg, run),
         activation_checkpointing=cfg.gradient_checkpointing, use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0, disable_tqdm=True, save_only_model=False,
+        # Every adapter weight takes part in each step, so DDP need not walk the graph for unused
+        # ones (transformers turns that walk on for a model it does not know, as a PeftModel).
+        ddp_find_unused_parameters=False if cfg.adapter != "full" else None,
         **precision_flags(cfg.precision),
     )
 
