@@ -139,11 +139,12 @@ def test_int8_real_model_keeps_its_answers_and_takes_an_adapter(loud_adapter, da
 def test_adapter_rows_agree_with_peft_mixed_batches(smol, tiny_run):
     """The lean rows path adds peft's adapter output with one rounding less: for a trained
     adapter, the base row is exactly peft's, the adapter row agrees to bf16 rounding and picks
-    the same tokens; peft's own forward is back afterwards."""
+    the same tokens where they are not tied within it; peft's own forward is back afterwards."""
     from core.inference.fast_decode import adapter_rows
 
     tuned = attach_tuned(smol, tiny_run.name)
-    ids = torch.tensor([[1, 9690, 198, 2683, 359, 253, 5356]] * 2)
+    chat = [{"role": "user", "content": "Who are you, and what can you do for me today?"}]
+    ids = torch.tensor([smol.tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_dict=False)] * 2)
     names = ["__base__", tuned.adapter_name]
     with smol.lock, torch.inference_mode():
         by_peft = smol.model(input_ids=ids, adapter_names=names).logits
@@ -151,9 +152,14 @@ def test_adapter_rows_agree_with_peft_mixed_batches(smol, tiny_run):
             lean = smol.model(input_ids=ids).logits
         again = smol.model(input_ids=ids, adapter_names=names).logits
     assert torch.equal(lean[0], by_peft[0]) and torch.equal(again, by_peft)
-    gap = (lean[1].float() - by_peft[1].float()).abs().max() / by_peft[1].float().abs().max()
+    error = (lean[1].float() - by_peft[1].float()).abs().max()
+    assert error / by_peft[1].float().abs().max() < 0.03, error
+    # The same tokens wherever peft's choice is clearer than the rounding gap (a near tie may
+    # flip either way, as it may between any two batch shapes).
+    top = by_peft[1].float().topk(2, dim=-1).values
+    decided = top[:, 0] - top[:, 1] > 2 * error
     same = lean[1].argmax(-1) == by_peft[1].argmax(-1)
-    assert gap < 0.03 and bool(same.all()), (gap, same)
+    assert decided.sum() >= 10 and bool(same[decided].all()), (decided.sum(), error, top, same)
     assert not torch.equal(lean[0], lean[1]), "row 1 must run the adapter, row 0 not"
     assert not any("forward" in vars(m) for m in smol.model.modules()), "the override must be removed"
 
