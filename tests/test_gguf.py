@@ -51,11 +51,9 @@ def gemma_run(data_home):
 
 
 def load_gguf(export):
-    from transformers import AutoModelForCausalLM
+    from training.gguf_runtime import load_gguf_model
 
-    file = next(export.folder.glob("*.gguf"))
-    return AutoModelForCausalLM.from_pretrained(str(export.folder), gguf_file=file.name,
-                                                dtype=torch.float32).eval()
+    return load_gguf_model(next(export.folder.glob("*.gguf")))
 
 
 def load_plain(folder: Path):
