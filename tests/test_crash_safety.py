@@ -14,6 +14,7 @@ import pytest
 from core import threads
 from core.runs import RunFolder
 from tests.conftest import ROOT, wait_for
+from tests.test_launch import losses
 from tests.test_training import manifest
 from training import jobs
 from training.config import load_config
@@ -87,11 +88,7 @@ def test_kills_inside_a_save_and_at_random_moments_always_resume(data_home):
     twin = RunFolder.named("kill-never")
     subprocess.run([sys.executable, "-m", "training.run", "--run-dir", str(twin.path), *settings], cwd=ROOT,
                    env=one_thread, check=True, capture_output=True, timeout=600)
-    assert losses(status.log) == pytest.approx(losses(read_log(twin)), rel=1e-4)
-
-
-def losses(log: list[dict]) -> list[float]:
-    return [entry["loss"] for entry in log if entry.get("loss") is not None]
+    assert losses(run) == pytest.approx(losses(twin), rel=1e-4)
 
 
 @pytest.mark.parametrize("content, suffix, message", [

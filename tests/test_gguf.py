@@ -177,29 +177,6 @@ def test_tokenizer_metadata_matches_the_packaged_smollm2_file(smol_exports):
         assert key in ours and ours[key].contents() == theirs[key].contents(), key
 
 
-def test_the_quick_reader_reads_what_ggufreader_reads():
-    """training.gguf_file against the gguf package's own reader, on the packaged SmolLM2 file
-    (Q4_1, Q8_0 and F32 tensors): every field with its types, every tensor's shape and values."""
-    import numpy as np
-    from gguf import GGUFReader, GGUFValueType, dequantize
-
-    from core.assets import smollm2_gguf
-    from training.gguf_file import read_gguf
-
-    quick, reference = read_gguf(smollm2_gguf()), GGUFReader(smollm2_gguf())
-    fields = {f.name: f for f in reference.fields.values() if not f.name.startswith("GGUF.")}
-    assert fields.keys() == quick.fields.keys()
-    for key, field in fields.items():
-        item_kind = field.types[-1] if field.types[0] == GGUFValueType.ARRAY else None
-        assert quick.fields[key] == (field.contents(), field.types[0], item_kind), key
-    assert [t.name for t in reference.tensors] == list(quick.tensors)
-    for tensor in reference.tensors:
-        ours = quick.tensors[tensor.name]
-        assert (ours.shape, ours.kind) == (list(tensor.shape), tensor.tensor_type), tensor.name
-        assert np.array_equal(dequantize(ours.data, ours.kind).ravel(),
-                              dequantize(tensor.data, tensor.tensor_type).ravel()), tensor.name
-
-
 @pytest.mark.slow
 def test_gemma3_export_matches_llama_cpps_own_conversion(gemma_run):
     """Gemma's mapping (its norms stored as 1 + w, its tied 262k embedding, its hyperparameters)
@@ -207,9 +184,9 @@ def test_gemma3_export_matches_llama_cpps_own_conversion(gemma_run):
     weights the run's base was read from: the same tensors and shapes, gemma3.* and tokenizer
     fields; the tensors LoRA leaves alone equal within f16 rounding, the trained ones the merged
     model's. Read with training.gguf_file (GGUFReader took 20 s a file on the 262k vocabulary;
-    the SmolLM2 tests check both readers agree, and check the writer with GGUFReader). Loading it
-    back through transformers would parse that vocabulary twice more (100 s); the SmolLM2 round
-    trips check that reader on the same writer."""
+    tests/test_gguf_file.py checks both readers agree, and the SmolLM2 tests read this writer's
+    files with GGUFReader). Loading it back through transformers would parse that vocabulary
+    twice more (100 s); the SmolLM2 round trips check that reader on the same writer."""
     import numpy as np
     from gguf import dequantize
     from safetensors.torch import load_file

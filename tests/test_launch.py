@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -112,7 +113,7 @@ def test_two_machines_on_localhost_train_one_run(tmp_path, data_home):
     sky = emit("skypilot", "one-machine-two-processes", tmp_path / "sky", "--processes", "2",
                "--port", str(free_port()), machines=1)
     node = {"SKYPILOT_NODE_RANK": "0", "SKYPILOT_NODE_IPS": "127.0.0.1\n", "SKYPILOT_NUM_NODES": "1"}
-    done = subprocess.run(["bash", "-c", yaml.safe_load(open(sky[-1]))["run"]], cwd=ROOT, env={**os.environ, **node},
+    done = subprocess.run(["bash", "-c", yaml.safe_load(Path(sky[-1]).read_text())["run"]], cwd=ROOT, env={**os.environ, **node},
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     one = RunFolder.named("one-machine-two-processes")

@@ -245,9 +245,9 @@ def read_status(run: RunFolder) -> RunStatus:
     else:  # killed (SIGKILL, out of memory, power) before it could say how it ended
         state = "interrupted"
     error = status.get("error", "")
-    if state == "interrupted" and not error:
+    if state == "interrupted":  # with the reason the run left, if it could leave one
         error = (f"Interrupted: resume with `python cli.py train --run-dir {run.path} --resume` "
-                 "(or the Resume button).\n" + _tail(run.process_log, 5))
+                 "(or the Resume button).\n" + (error + "\n" if error else "") + _tail(run.process_log, 5))
     elif state == "failed" and not error:
         error = _tail(run.process_log)
     return RunStatus(run.name, state, last.get("step", 0), last.get("max_steps", 0), last.get("eta_s"),

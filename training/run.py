@@ -61,7 +61,6 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
     if eval_set is not None and "before" not in scores:
         say_phase(run, "evaluating the base on held-out rows before training")
         scores["before"] = objective.held_out(trainer, cfg, tokenizer)
-        let_training_wrap(trainer)
     say_phase(run, "")
     result = fit(trainer, run, cfg, resume, main)
     if STOP_REQUESTED["flag"]:
@@ -103,10 +102,10 @@ def start_trainer(objective, cfg: TrainConfig, run: RunFolder, tokenizer, train_
 
 
 def let_training_wrap(trainer) -> None:
-    """Undo what an evaluation before training leaves: Trainer.evaluate prepares the bare model
-    for evaluation, accelerate then takes it as prepared, and train() skipped its DDP wrapping:
-    each process trained its own copy on its shard (the ranks' weights parted after step 1, and
-    only rank 0's was saved)."""
+    """Undo what an evaluation before training (the held-out figures) leaves: Trainer.evaluate
+    prepares the bare model for evaluation, accelerate then takes it as prepared, and train()
+    skipped its DDP wrapping: each process trained its own copy on its shard (the ranks' weights
+    parted after step 1, and only rank 0's was saved)."""
     model = trainer.model
     if trainer.accelerator.num_processes > 1 and trainer.model_wrapped is model:
         model._is_accelerate_prepared = False
@@ -121,6 +120,7 @@ def fit(trainer, run: RunFolder, cfg: TrainConfig, resume: bool, main: bool):
     checkpoint = run.latest_complete_checkpoint() if resume else None
     if resume and main:
         trim_log(run, int(checkpoint.name.split("-")[-1]) if checkpoint else 0)
+    let_training_wrap(trainer)
     return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
 
@@ -187,7 +187,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except BaseException as exc:
-        write_json(run.status_file, ending(exc, run))
+        write_json(run.status_file, ending(exc))
         raise
     finally:
         leave_process_group()
@@ -196,19 +196,18 @@ def main(argv=None) -> int:
     return 0
 
 
-def ending(exc: BaseException, run: RunFolder) -> dict:
+def ending(exc: BaseException) -> dict:
     """The status a run that raised leaves. In a multi-process run, a collective that lost its
-    peer (a machine or process killed) is an interruption that --resume on every machine
-    continues; anything else is a failure."""
+    peer (a machine or process killed) is an interruption, whose reason training.jobs shows
+    under the resume line; anything else is a failure."""
     import torch.distributed as dist
 
     said = f"{type(exc).__name__}: {exc}"
     lost_peer = isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and "gloo/transport" in str(exc))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and lost_peer:
         return {"state": "interrupted", "error": (
-            f"Interrupted: another process of this run was lost ({said.splitlines()[0][:200]}). Resume: run "
-            f"every machine's script again with --resume, or `python cli.py train --run-dir {run.path} --resume` "
-            "(or the Resume button) for a run on this machine.")}
+            f"Another process of this run was lost ({said.splitlines()[0][:200]}). On several "
+            "machines, run every machine's script again with --resume.")}
     return {"state": "failed", "error": said}
 
 

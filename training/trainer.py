@@ -36,7 +36,8 @@ class EpochSeededLengthSampler(LengthGroupedSampler):
 
 
 class LabSFTTrainer(SFTTrainer):
-    """trl SFTTrainer with a compact cross-entropy loss and a real-token counter in the logs."""
+    """trl SFTTrainer with a compact cross-entropy loss, a real-token counter in the logs and a
+    length-grouped order that a resume repeats."""
 
     _real_tokens = 0
 
