@@ -38,9 +38,15 @@ if [ "$WANT_TEST" = "--test" ] && [ ! -x /usr/bin/chromium ]; then
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium
 fi
+if [ "$WANT_TEST" = "--test" ] && [ ! -f .venv-skypilot/.installed ]; then
+  echo "[setup] installing SkyPilot into .venv-skypilot, for the launch-file test"
+  "$PY" -m venv .venv-skypilot
+  .venv-skypilot/bin/python -m pip install --disable-pip-version-check -q -r requirements-skypilot.txt
+  touch .venv-skypilot/.installed
+fi
 if [ "$WANT_TEST" != "--test" ]; then
   # The first chat would otherwise wait for this: the packaged GGUF becomes safetensors once.
-  echo "[setup] preparing the default chat model (once: about 25 s)"
+  echo "[setup] preparing the default chat model (once: about 20 s)"
   .venv/bin/python -m core.assets >/dev/null
   if [ "${FINETUNE_LAB_DECODE:-}" = compiled ]; then
     echo "[setup] compiling the decode step into the model cache (once: about 40 s)"

@@ -11,9 +11,10 @@ Model names: each known base (`smollm2-135m-instruct`) and `BASE:RUN` for each f
 adapter is attached to the one copy of its base's weights, as in Compare. Access: with
 FINETUNE_LAB_API_KEY set, every call needs `Authorization: Bearer KEY`. A public app serves
 callers as it serves visitors (listed models and finished runs, the same caps), unless they
-bear the key; an app behind --auth serves the endpoint only with a key. Each client address
-may run MAX_PER_ADDRESS requests at once and the endpoint MAX_RUNNING (more wait, up to
-MAX_WAITING); errors have OpenAI's shape: {"error": {"message", "type", "code"}}.
+bear the key; an app behind --auth serves the endpoint only with a key. Requests that come
+together on one base are decoded as one batch (serve.api_batch). Each client address may run
+MAX_PER_ADDRESS requests at once and the endpoint MAX_RUNNING (more wait, up to MAX_WAITING);
+errors have OpenAI's shape: {"error": {"message", "type", "code"}}.
 """
 from __future__ import annotations
 
@@ -24,17 +25,17 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from core import access, threads
+from core import access
 from core.errors import LabError
-from core.inference.chat import GenerationSettings, attach_tuned, stream_reply
+from core.inference.chat import GenerationSettings, attach_tuned
 from core.inference.compare import in_format
 from core.inference.models import KNOWN_MODELS, load_model
 from core.request_limits import client_address
 from core.runs import GENERATOR, finished_runs
 from core.settings import settings
-from training.jobs import current_job
+from serve.api_batch import MAX_ROWS, answer_together
 
-MAX_RUNNING, MAX_WAITING, MAX_PER_ADDRESS = 2, 6, 2
+MAX_RUNNING, MAX_WAITING, MAX_PER_ADDRESS = MAX_ROWS, 6, 2
 MAX_MESSAGES = 64
 
 
@@ -130,19 +131,19 @@ def _number(body: dict, name: str, default: float, low: float, high: float) -> f
 
 
 def replies(base: str, run: str | None, messages: list[dict], generation: GenerationSettings):
-    """The growing reply from the base, or from the run's adapter on it (the Chat tab's code,
-    with its thread policy: one thread while a training job runs)."""
-    threads.apply(threads.for_chat(job_running=bool(current_job())))
+    """The growing reply from the base, or from the run's adapter on it (the Chat tab's code),
+    batched with the other requests waiting on that base (serve.api_batch)."""
     loaded = load_model(base)
     if run is None:
-        return stream_reply(loaded, messages, generation)
+        return answer_together(loaded, None, messages, generation)
     tuned = attach_tuned(loaded, run)
-    return stream_reply(tuned.loaded, messages, in_format(generation, tuned.chat_template), tuned.adapter_name)
+    return answer_together(tuned.loaded, tuned.adapter_name, messages, in_format(generation, tuned.chat_template))
 
 
 class Slots:
-    """At most MAX_RUNNING generations at once, MAX_WAITING more in line, MAX_PER_ADDRESS per
-    client address: a script cannot fill the server's threads or starve the Chat tab's visitors."""
+    """At most MAX_RUNNING requests in generation at once (one batch's rows), MAX_WAITING more in
+    line, MAX_PER_ADDRESS per client address: a script cannot fill the server's threads or starve
+    the Chat tab's visitors."""
 
     def __init__(self):
         self.lock, self.running = threading.Lock(), threading.BoundedSemaphore(MAX_RUNNING)

@@ -18,8 +18,9 @@ from training.launch import KINDS, Cluster, emit, with_run_name
 def build(form: dict) -> None:
     """Lay out the box under the form (inside its Advanced section) and wire it to `form`."""
     with gr.Accordion("Several machines (accelerate, Slurm, SkyPilot)", open=False):
-        gr.Markdown("For more than one machine nothing starts here: download the files, copy the "
-                    "repository to each machine, and run them there. `processes` is per machine.")
+        gr.Markdown("For more than one machine nothing starts here: download the files into a folder "
+                    "`launch-RUN` (the name they use) in the repository's folder, copy it to each machine, "
+                    "and run them there. `processes` is per machine.")
         with gr.Row():
             machines = gr.Number(2, label="Machines", precision=0, minimum=2, maximum=1024, elem_id="launch-machines")
             kind = gr.Radio(list(KINDS), value="accelerate", label="Launcher", elem_id="launch-kind")
@@ -42,5 +43,6 @@ def launch_files(values: dict, kind: str, machines, main_ip: str, request=None) 
     cfg = with_run_name(train_form.values_to_config(values))
     folder = download_path(request, f"launch-{cfg.output_name}")
     cluster = Cluster(int(machines or 0), cfg.processes, (main_ip or "MAIN_MACHINE_IP").strip()[:200])
-    written = emit(cfg, kind, cluster, folder)
+    # The files name the config where the user puts them, not where this server wrote them.
+    written = emit(cfg, kind, cluster, folder, config_at=f"{folder.name}/train.yaml")
     return [str(path) for path in written], "\n\n".join(path.read_text() for path in written[1:])

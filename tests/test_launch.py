@@ -7,7 +7,9 @@ the same command.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -145,8 +147,26 @@ def test_slurm_and_skypilot_files_name_the_same_launch(tmp_path, capsys):
     assert task["num_nodes"] == 2 and task["setup"] == "bash setup.sh"
     assert '--machine_rank "$SKYPILOT_NODE_RANK"' in task["run"] and f"--config {sky}/train.yaml" in task["run"]
     assert subprocess.run(["bash", "-n", "-c", task["run"]]).returncode == 0
+    srun = next(line for line in script.splitlines() if line.startswith("srun "))
+    assert shlex.split(srun)[3].replace("$SLURM_NODEID", "$SKYPILOT_NODE_RANK").replace(str(slurm), str(sky)) \
+        == task["run"].strip().splitlines()[-1], "each node runs the command the SkyPilot test trains with"
+    assert skypilot_reads(sky / "skypilot.yaml", tmp_path) == {
+        "name": "cluster-run", "num_nodes": 2, "setup": "bash setup.sh", "run": task["run"].strip(),
+        "accelerators": [{"L4": 1}]}
     assert emit_here("slurm", tmp_path / "x", machines="0") == 2
     assert "use 1-1024 machines" in capsys.readouterr().err
+
+
+def skypilot_reads(task_file: Path, home: Path) -> dict:
+    """The task as SkyPilot's own loader reads it (`sky.Task.from_yaml`, in .venv-skypilot, made
+    by setup.sh --test: its pins clash with gradio's). No cloud account is needed to load it."""
+    read = ("import json, sys, sky; t = sky.Task.from_yaml(sys.argv[1]); print(json.dumps({'name': t.name, "
+            "'num_nodes': t.num_nodes, 'setup': t.setup, 'run': t.run.strip(), "
+            "'accelerators': [r.accelerators for r in t.resources]}))")
+    done = subprocess.run([str(ROOT / ".venv-skypilot/bin/python"), "-c", read, str(task_file)], capture_output=True,
+                          text=True, timeout=120, env={"PATH": os.environ["PATH"], "HOME": str(home)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 def test_the_train_tabs_box_writes_the_forms_launch_files(monkeypatch):
@@ -157,6 +177,7 @@ def test_the_train_tabs_box_writes_the_forms_launch_files(monkeypatch):
     files, text = launch_files(values, "accelerate", 3, "10.0.0.5")
     assert [f.rsplit("/", 1)[1] for f in files] == ["train.yaml", "machine-0.sh", "machine-1.sh", "machine-2.sh"]
     assert "--num_machines 3 --machine_rank 2 --main_process_ip 10.0.0.5" in text and "--num_processes 6" in text
+    assert text.count("--config launch-from-the-form/train.yaml") == 3, "the path the downloaded files will have"
     assert yaml.safe_load(open(files[0]))["output_name"] == "from-the-form"
     monkeypatch.setenv("FINETUNE_LAB_PUBLIC", "1")  # a visitor of a public app
     assert launch_files(values, "slurm", 2, "") == (None, "⚠️ Log in to do writing launch files: this app is public, "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -41,24 +42,38 @@ def test_the_adapter_answers_by_name_and_a_stream_says_what_a_reply_says(client,
     assert len([p for p in pieces if p]) > 3 and "".join(pieces) == tuned.choices[0].message.content
 
 
-def test_concurrent_clients_are_served_and_a_flood_is_refused(client, app_server):
-    """Two streams from one address are taken at once (the second waits for the model, which
-    answers one at a time) and answer as they do alone; more from that address get 429 at once,
-    and a flood of them leaves the server's memory where it was."""
+def test_concurrent_clients_are_decoded_together_and_a_flood_is_refused(client, app_server, tiny_run):
+    """A base and an adapter stream from one address are taken at once and decoded as one batch
+    (serve.api_batch): each one's tokens arrive while the other's do, and each says what it says
+    alone. More from that address get 429 at once, and a flood of them leaves the server's memory
+    where it was."""
     from openai import RateLimitError
 
     story = [{"role": "user", "content": "Write a long story about a dragon who learns to fly."}]
-    solo = client.chat.completions.create(model="smollm2-135m-instruct", messages=story, max_tokens=160)
+    names = ["smollm2-135m-instruct", f"smollm2-135m-instruct:{tiny_run.name}"]
+    solo = [client.chat.completions.create(model=name, messages=story, max_tokens=160).choices[0].message.content
+            for name in names]
     before = server_rss_mb(app_server)
-    streams = [client.chat.completions.create(model="smollm2-135m-instruct", messages=story, max_tokens=160,
-                                              stream=True) for _ in range(2)]
-    firsts = [next(iter(stream)) for stream in streams]  # both hold their slot now, for several seconds
+    streams = [client.chat.completions.create(model=name, messages=story, max_tokens=160, stream=True)
+               for name in names]
+    for stream in streams:
+        next(iter(stream))  # the role chunk: both hold their slot now, for several seconds
     for _ in range(20):
         with pytest.raises(RateLimitError, match="At most 2 requests at once from one address"):
             client.chat.completions.create(model="smollm2-135m-instruct", messages=story, max_tokens=160)
-    texts = ["".join(chunk.choices[0].delta.content or "" for chunk in [first, *stream])
-             for first, stream in zip(firsts, streams)]
-    assert texts == [solo.choices[0].message.content] * 2 and len(texts[0]) > 300
+    arrivals, texts = [[], []], ["", ""]
+
+    def read(index):
+        for chunk in streams[index]:
+            if chunk.choices[0].delta.content:
+                arrivals[index].append(time.monotonic())
+                texts[index] += chunk.choices[0].delta.content
+
+    readers = [threading.Thread(target=read, args=(index,)) for index in (0, 1)]
+    [reader.start() for reader in readers]
+    [reader.join(timeout=300) for reader in readers]
+    assert texts == solo and texts[0] != texts[1] and len(texts[0]) > 300
+    assert max(times[0] for times in arrivals) < min(times[-1] for times in arrivals), "decoded one after the other"
     assert server_rss_mb(app_server) - before < 100
     again = client.chat.completions.create(model="smollm2-135m-instruct", messages=WHO, max_tokens=4)
     assert again.choices[0].finish_reason == "length", "the slots were given back"

@@ -15,10 +15,8 @@ ran; FINETUNE_LAB_GGUF_RUNTIME=llama.cpp|transformers picks one.
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.util
 import os
-import threading
 from dataclasses import dataclass, field
 
 from core.errors import LabError
@@ -119,23 +117,10 @@ def gguf_runner(gguf, stop_ids: set[int]):
     return TorchRunner(load_gguf_model(gguf), TRANSFORMERS)
 
 
-_NAME_MAP_LOCK = threading.Lock()
-
-
 def load_gguf_model(path):
-    """A GGUF file as a transformers model in fp32. transformers' loader asks the gguf package
-    for its tensor-name map once per module (1,195 times for SmolLM2), and each call builds it
-    anew; it depends only on the architecture and the layer count, so during the load it is
-    built once (SmolLM2: 15-17 s -> 9 s a load, the same weights)."""
-    import gguf as gguf_package
+    """A GGUF file as a transformers model in fp32 (core.assets' quick load)."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    with _NAME_MAP_LOCK:
-        build = gguf_package.get_tensor_name_map
-        gguf_package.get_tensor_name_map = functools.lru_cache(maxsize=4)(build)
-        try:
-            return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                        dtype=torch.float32).eval()
-        finally:
-            gguf_package.get_tensor_name_map = build
+    from core.assets import load_gguf_model as load
+
+    return load(path, dtype=torch.float32).eval()

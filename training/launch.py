@@ -89,14 +89,16 @@ def with_run_name(cfg):
     return dataclasses.replace(cfg, output_name=cfg.output_name or default_run_name(cfg))
 
 
-def emit(cfg, kind: str, cluster: Cluster, folder: Path) -> list[Path]:
-    """Write the config and the launch files for `kind` into `folder`; return the files written."""
+def emit(cfg, kind: str, cluster: Cluster, folder: Path, config_at: str | None = None) -> list[Path]:
+    """Write the config and the launch files for `kind` into `folder`; return the files written.
+    `config_at`: the config's path as the machines see it from the repository's folder (default:
+    where it is written here)."""
     if kind not in KINDS:
         raise LabError(f"--emit-launch {kind!r}: choose one of {', '.join(KINDS)}.")
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "train.yaml"
     config.write_text(cfg.to_yaml())
-    where = config.as_posix()
+    where = config_at or config.as_posix()
     if kind == "accelerate":
         files = {f"machine-{rank}.sh": f"#!/bin/bash\nset -euo pipefail\n{ACTIVATE}\n{command} ${{1+\"$@\"}}\n"
                  for rank, command in enumerate(accelerate_commands(cluster, where))}
