@@ -55,6 +55,7 @@ def test_kills_inside_a_save_and_at_random_moments_always_resume(data_home):
     first.wait()
     wait_for(lambda: jobs.read_status(run).state == "interrupted", 30, "the CLI run to show as interrupted")
     assert f"--run-dir {run_dir} --resume" in jobs.read_status(run).error
+    assert not run.adapter.exists(), "no adapter before the run's end"
 
     jobs.resume(name, thread_count=1)
     wait_for(lambda: any(e.get("loss") is not None and e["time"] > killed_at for e in read_log(run)), 300,
@@ -84,11 +85,20 @@ def test_kills_inside_a_save_and_at_random_moments_always_resume(data_home):
     trained = [e["step"] for e in status.log if e.get("loss") is not None]
     assert trained == list(range(1, planned + 1)), "the log keeps each step once, however often it was killed"
 
-    # The same run uninterrupted: every resume trained on the batches and weights it would have.
+    last = run_dir / "checkpoints" / f"checkpoint-{planned}"
+    assert {"optimizer.pt", "scheduler.pt", "trainer_state.json"} <= {p.name for p in last.iterdir()}
+
+    # The same run uninterrupted: with the optimizer, scheduler and RNG state restored, every
+    # resume trained on the batches and weights it would have, at its learning rates.
     twin = RunFolder.named("kill-never")
     subprocess.run([sys.executable, "-m", "training.run", "--run-dir", str(twin.path), *settings], cwd=ROOT,
                    env=one_thread, check=True, capture_output=True, timeout=600)
     assert losses(run) == pytest.approx(losses(twin), rel=1e-4)
+    assert rates(run) == pytest.approx(rates(twin), rel=1e-9) and len(rates(run)) == planned
+
+
+def rates(run: RunFolder) -> list[float]:
+    return [entry["learning_rate"] for entry in read_log(run) if entry.get("loss") is not None]
 
 
 @pytest.mark.parametrize("content, suffix, message", [

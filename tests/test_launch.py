@@ -13,7 +13,6 @@ import shlex
 import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,12 +25,17 @@ SMALL = ["--max_steps", str(PLANNED), "--batch_size", "2", "--max_length", "64",
 
 
 def emit(kind: str, name: str, folder, *extra: str, machines: int = 2) -> list[str]:
-    done = subprocess.run([sys.executable, "cli.py", "train", "--config", "tiny", "--output_name", name,
-                           "--machines", str(machines), "--emit-launch", kind, "--launch-dir", str(folder),
-                           *extra, *SMALL],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout.split()
+    """The files `cli.py train ... --emit-launch KIND` writes (its code, run in this process)."""
+    import io
+
+    from training.run import main
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["--config", "tiny", "--output_name", name, "--machines", str(machines), "--emit-launch", kind,
+                     "--launch-dir", str(folder), *extra, *SMALL])
+    assert code == 0, printed.getvalue()
+    return printed.getvalue().split()
 
 
 def port_open(port: int) -> bool:
