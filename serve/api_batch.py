@@ -23,7 +23,7 @@ from dataclasses import astuple, dataclass, field, replace
 from typing import Iterator
 
 from core import threads
-from core.inference.chat import GenerationSettings, Reply, stream_reply
+from core.inference.chat import GenerationSettings, Reply, check_messages, stream_reply
 from core.inference.compare import stream_batch
 from core.inference.models import LoadedModel
 from training.jobs import current_job
@@ -33,7 +33,7 @@ GATHER_SECONDS = 0.03  # requests sent together arrive a few ms apart
 BASE = "__base__"
 
 
-@dataclass
+@dataclass(eq=False)  # a row is itself: two alike requests are still two rows
 class Row:
     """One request waiting for, or in, a batch; its replies go to `out` (None ends them)."""
 
@@ -74,7 +74,7 @@ class Batcher:
             live = [row for row in self.waiting if not row.gone.is_set()]
             batch = [row for row in live if row.batches_with(live[0])][:MAX_ROWS] if live else []
             self.waiting = [row for row in live if row not in batch]
-        return sorted(batch, key=lambda row: row.adapter != BASE)  # base rows first, then by adapter
+        return sorted(batch, key=lambda row: (row.adapter != BASE, row.adapter))  # base rows, then each adapter's
 
     def _serve(self) -> None:
         while True:
@@ -131,9 +131,14 @@ BATCHER = Batcher()
 
 def answer_together(loaded: LoadedModel, adapter: str | None, messages: list[dict],
                     settings: GenerationSettings) -> Iterator[Reply]:
-    """Yield the growing reply to one request, decoded in a batch with whatever else is waiting.
-    Closing the generator (a client that left) drops its row."""
-    row = Row(loaded, adapter or BASE, messages, settings)
+    """The growing reply to one request, decoded in a batch with whatever else is waiting.
+    Its messages are checked here, so one caller's bad input fails only that caller. Closing
+    the generator (a client that left) drops its row."""
+    check_messages(messages)
+    return _answer(Row(loaded, adapter or BASE, messages, settings))
+
+
+def _answer(row: Row) -> Iterator[Reply]:
     BATCHER.submit(row)
     try:
         for item in iter(row.out.get, None):
