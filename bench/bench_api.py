@@ -80,7 +80,7 @@ def main() -> None:
             result = figures_for(loaded, adapters, args.tokens, args.repeats)
             figures[f"requests_{len(adapters)}"] = result
             print(json.dumps(rounded(result)), flush=True)
-    figures["batch_sizes_seen"] = sorted(set(BATCHER.batch_sizes))
+    figures["batch_sizes_seen"] = sorted(BATCHER.batch_sizes)
     print(json.dumps(rounded(figures)))
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import Counter
 from dataclasses import astuple, dataclass, field, replace
 from typing import Iterator
 
@@ -56,7 +57,7 @@ class Batcher:
         self.waiting: list[Row] = []
         self.arrived = threading.Condition()
         self.dispatcher: threading.Thread | None = None
-        self.batch_sizes: list[int] = []  # what ran, for the tests and the curious
+        self.batch_sizes: Counter = Counter()  # how many batches of each size ran (bounded: MAX_ROWS keys)
 
     def submit(self, row: Row) -> None:
         with self.arrived:
@@ -80,7 +81,7 @@ class Batcher:
         while True:
             batch = self._next_batch()
             if batch:
-                self.batch_sizes.append(len(batch))
+                self.batch_sizes[len(batch)] += 1
                 threads.apply(threads.for_chat(job_running=bool(current_job())))
                 _run(batch)
 

@@ -24,7 +24,7 @@ def test_rows_batch_by_model_and_settings(tiny_model_dir):
     for row in rows:
         batcher.submit(row)
     answers = [list(iter(row.out.get, None)) for row in rows]
-    assert batcher.batch_sizes == [2, 1]
+    assert batcher.batch_sizes == {2: 1, 1: 1}
     assert all(len(replies) > 1 and replies[-1].done for replies in answers), "streamed, then done"
     alone = [list(stream_reply(loaded, row.messages, row.settings))[-1] for row in rows]
     assert [replies[-1].text for replies in answers] == [reply.text for reply in alone]

@@ -94,11 +94,8 @@ def test_kills_inside_a_save_and_at_random_moments_always_resume(data_home):
     subprocess.run([sys.executable, "-m", "training.run", "--run-dir", str(twin.path), *settings], cwd=ROOT,
                    env=one_thread, check=True, capture_output=True, timeout=600)
     assert losses(run) == pytest.approx(losses(twin), rel=1e-4)
-    assert rates(run) == pytest.approx(rates(twin), rel=1e-9) and len(rates(run)) == planned
-
-
-def rates(run: RunFolder) -> list[float]:
-    return [entry["learning_rate"] for entry in read_log(run) if entry.get("loss") is not None]
+    rates = losses(run, "learning_rate")
+    assert rates == pytest.approx(losses(twin, "learning_rate"), rel=1e-9) and len(rates) == planned
 
 
 @pytest.mark.parametrize("content, suffix, message", [

@@ -43,10 +43,11 @@ def port_open(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def losses(run) -> list[float]:
+def losses(run, key: str = "loss") -> list[float]:
+    """Each training step's loss (or another figure the step logged, by `key`), in order."""
     from training.progress import read_log
 
-    return [entry["loss"] for entry in read_log(run) if entry.get("loss") is not None]
+    return [entry[key] for entry in read_log(run) if entry.get("loss") is not None]
 
 
 def start_machines(files: list[str], logs: list, port: int, *extra: str) -> list[subprocess.Popen]:
@@ -119,8 +120,9 @@ def test_two_machines_on_localhost_train_one_run(tmp_path, data_home):
     sky = emit("skypilot", "one-machine-two-processes", tmp_path / "sky", "--processes", "2",
                "--port", str(free_port()), machines=1)
     node = {"SKYPILOT_NODE_RANK": "0", "SKYPILOT_NODE_IPS": "127.0.0.1\n", "SKYPILOT_NUM_NODES": "1"}
-    done = subprocess.run(["bash", "-c", yaml.safe_load(Path(sky[-1]).read_text())["run"]], cwd=ROOT, env={**os.environ, **node},
-                          capture_output=True, text=True, timeout=600)
+    run_block = yaml.safe_load(Path(sky[-1]).read_text())["run"]
+    done = subprocess.run(["bash", "-c", run_block], cwd=ROOT, env={**os.environ, **node}, capture_output=True,
+                          text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     one = RunFolder.named("one-machine-two-processes")
     assert one.manifest().world_size == 2

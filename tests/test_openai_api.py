@@ -70,8 +70,10 @@ def test_concurrent_clients_are_decoded_together_and_a_flood_is_refused(client, 
                 texts[index] += chunk.choices[0].delta.content
 
     readers = [threading.Thread(target=read, args=(index,)) for index in (0, 1)]
-    [reader.start() for reader in readers]
-    [reader.join(timeout=300) for reader in readers]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join(timeout=300)
     assert texts == solo and texts[0] != texts[1] and len(texts[0]) > 300
     assert max(times[0] for times in arrivals) < min(times[-1] for times in arrivals), "decoded one after the other"
     assert server_rss_mb(app_server) - before < 100
