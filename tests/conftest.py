@@ -3,7 +3,9 @@ trained tiny run, and the app served the way a Space or a share link serves it.
 
 The data dir is under ~/.cache (or $FINETUNE_LAB_TEST_HOME), outside both the system temp dir
 and the repo: Gradio serves files from those two on its own, so a test with the data dir there
-would pass where a user's ~/.finetune-lab fails. Heavy fixtures are built once per session.
+would pass where a user's ~/.finetune-lab fails. `make test` runs two pytest workers, each with
+a data dir of its own; heavy fixtures are built once per worker, and the files that share the
+heaviest run on one worker (SHARED_HEAVY_FIXTURES).
 The converted-model cache is shared across test sessions (~/.cache/finetune-lab-test-models).
 """
 from __future__ import annotations
@@ -27,15 +29,36 @@ os.environ.setdefault("FINETUNE_LAB_MODELS", str(Path.home() / ".cache" / "finet
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# Two pytest workers share 2 cores (make test runs `-n 2`). OpenMP threads that spin while they
+# wait took the CPU the other worker's threads needed: a sample of 9 files ran in 318 s spinning
+# and 259 s passive (398 s on one worker). Set before torch loads; jobs inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 ADMIN_KEY = "admin-key-for-tests-4821"
+
+
+# Files that use one of these session fixtures run on one worker (`--dist loadgroup`), so each
+# is built once; every other file is a group of its own. A fixture's name maps to its group.
+SHARED_HEAVY_FIXTURES = {"embed_run": "embedder", "smol_exports": "gguf-exports",
+                         "space_votes": "space-votes", "tiny_effect": "effect-map"}
+
+
+def pytest_collection_modifyitems(items):
+    groups: dict[Path, str] = {}
+    for item in items:
+        heavy = [SHARED_HEAVY_FIXTURES[f] for f in item.fixturenames if f in SHARED_HEAVY_FIXTURES]
+        if heavy or item.path not in groups:
+            groups[item.path] = heavy[0] if heavy else item.path.name
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(groups[item.path]))
 
 
 @pytest.fixture(scope="session", autouse=True)
 def data_home():
     home = Path(os.environ.get("FINETUNE_LAB_TEST_HOME") or
                 Path.home() / ".cache" / f"finetune-lab-test-home-{os.getpid()}").resolve()
+    home = home.with_name(f"{home.name}-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}")  # one per worker
     for outside in (Path(tempfile.gettempdir()).resolve(), ROOT):
         assert not home.is_relative_to(outside), f"the test data dir must be outside {outside}"
     shutil.rmtree(home, ignore_errors=True)
