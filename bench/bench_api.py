@@ -1,5 +1,6 @@
-"""API batching benchmark: requests that arrive together (base and adapter rows on one copy of
-SmolLM2) answered as one batch by serve.api_batch, against the same requests answered one after
+"""Chat batching benchmark: requests that arrive together (base and adapter rows on one copy of
+SmolLM2; the endpoint's clients and the Chat tab's visitors alike) answered as one batch by
+core.inference.batching, against the same requests answered one after
 the other, which is how a server with one decode thread answers them without batching (and how
 the endpoint answered before).
 
@@ -34,14 +35,15 @@ PROMPTS = ["Write a short story about a dragon.", "Explain what a LoRA adapter i
 
 
 def one_request(loaded, adapter, prompt: str, tokens: int) -> float:
-    """Seconds until this request's answer is complete, through the API's batcher."""
+    """Seconds until this request's answer is complete, through the batcher."""
+    from core.inference.batching import BASE, Row, answer_together
     from core.inference.chat import GenerationSettings
-    from serve.api_batch import answer_together
 
     settings = GenerationSettings(max_new_tokens=tokens, min_new_tokens=tokens)
+    row = Row(adapter or BASE, [{"role": "user", "content": prompt}])
     start = time.perf_counter()
-    replies = list(answer_together(loaded, adapter, [{"role": "user", "content": prompt}], settings))
-    assert replies[-1].new_tokens == tokens, replies[-1].new_tokens
+    replies = list(answer_together(loaded, [row], settings, threads.for_chat(job_running=False)))
+    assert replies[-1][0].new_tokens == tokens, replies[-1][0].new_tokens
     return time.perf_counter() - start
 
 
@@ -64,7 +66,7 @@ def figures_for(loaded, adapters: list, tokens: int, repeats: int) -> dict:
 def main() -> None:
     from core.inference.chat import attach_tuned
     from core.inference.models import load_model
-    from serve.api_batch import BATCHER
+    from core.inference.batching import BATCHER
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=96)

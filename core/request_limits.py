@@ -16,8 +16,8 @@ Gradio stores any client's uploads there before a handler sees them (no session 
 only its hourly clean-up (gr.Blocks' delete_cache) removes them.
 
 `HEAVY_EVENTS` and `GENERATE_EVENTS` are the listener settings that put every event that
-embeds, fits or reads a dataset, and every event that generates a chat answer, into one pool
-of two slots each across all sessions (SHARED_POOLS). Gradio's queue serves a pool first in,
+embeds, fits or reads a dataset (two slots), and every event that generates a chat answer (four
+slots, one batch), into a pool each across all sessions (SHARED_POOLS). Gradio's queue serves a pool first in,
 first out, so the app also lets one client address hold at most two events in each of them:
 and `fair_order` re-sorts a pool's waiting events on each push: each address's n-th event waits
 behind every other address's n-th, counting the events it has running, so a script that
@@ -37,7 +37,8 @@ from core.settings import settings
 MAX_BODY_BYTES = 1024 * 1024  # a queued event's inputs; files travel through /upload instead
 UPLOAD_PATH = "/gradio_api/upload"
 HEAVY_EVENTS = {"concurrency_id": "heavy", "concurrency_limit": 2}  # one per core
-GENERATE_EVENTS = {"concurrency_id": "generate", "concurrency_limit": 2}  # more streams only slow each
+# As many answers as one batch holds (core.inference.batching.MAX_ROWS): they decode together.
+GENERATE_EVENTS = {"concurrency_id": "generate", "concurrency_limit": 4}
 SHARED_POOLS = ("heavy", "generate")
 
 

@@ -12,7 +12,7 @@ adapter is attached to the one copy of its base's weights, as in Compare. Access
 FINETUNE_LAB_API_KEY set, every call needs `Authorization: Bearer KEY`. A public app serves
 callers as it serves visitors (listed models and finished runs, the same caps), unless they
 bear the key; an app behind --auth serves the endpoint only with a key. Requests that come
-together on one base are decoded as one batch (serve.api_batch). Each client address may run
+together on one base are decoded as one batch, with the Chat tab's (core.inference.batching). Each client address may run
 MAX_PER_ADDRESS requests at once and the endpoint MAX_RUNNING (more wait, up to MAX_WAITING);
 errors have OpenAI's shape: {"error": {"message", "type", "code"}}.
 """
@@ -25,15 +25,15 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from core import access
+from core import access, threads
 from core.errors import LabError
+from core.inference.batching import BASE, MAX_ROWS, Row, answer_together
 from core.inference.chat import GenerationSettings, attach_tuned
-from core.inference.compare import in_format
 from core.inference.models import KNOWN_MODELS, load_model
 from core.request_limits import client_address
 from core.runs import GENERATOR, finished_runs
 from core.settings import settings
-from serve.api_batch import MAX_ROWS, answer_together
+from training.jobs import current_job
 
 MAX_RUNNING, MAX_WAITING, MAX_PER_ADDRESS = MAX_ROWS, 6, 2
 MAX_MESSAGES = 64
@@ -132,12 +132,15 @@ def _number(body: dict, name: str, default: float, low: float, high: float) -> f
 
 def replies(base: str, run: str | None, messages: list[dict], generation: GenerationSettings):
     """The growing reply from the base, or from the run's adapter on it (the Chat tab's code),
-    batched with the other requests waiting on that base (serve.api_batch)."""
+    batched with the other requests waiting on that base, the Chat tab's included
+    (core.inference.batching)."""
     loaded = load_model(base)
+    thread_count = threads.for_chat(job_running=bool(current_job()))
     if run is None:
-        return answer_together(loaded, None, messages, generation)
+        return (reply for reply, in answer_together(loaded, [Row(BASE, messages)], generation, thread_count))
     tuned = attach_tuned(loaded, run)
-    return answer_together(tuned.loaded, tuned.adapter_name, messages, in_format(generation, tuned.chat_template))
+    row = Row(tuned.adapter_name or BASE, messages, tuned.chat_template)
+    return (reply for reply, in answer_together(tuned.loaded, [row], generation, thread_count))
 
 
 class Slots:

@@ -12,7 +12,8 @@ import gradio as gr
 
 from core import threads
 from core.access import check_adapter, check_model, clamp
-from core.inference.chat import GenerationSettings, attach_tuned, stream_reply
+from core.inference.batching import BASE, Row, answer_together
+from core.inference.chat import GenerationSettings, attach_tuned
 from core.inference.compare import stream_compare
 from core.errors import LabError
 from core.inference.models import DEFAULT_MODEL, load_model
@@ -84,7 +85,8 @@ def respond(ask: ChatRequest, request: gr.Request = None):
     """Stream the answer(s) to `ask.message`. Yields (base history, tuned history, status, box).
 
     On a public app, visitors get the listed models and finished runs only, and capped sizes:
-    the history is cut to its newest turns by characters, before anything is tokenized."""
+    the history is cut to its newest turns by characters, before anything is tokenized. Answers
+    on one model are decoded in batches across visitors (core.inference.batching)."""
     chars = clamp("history_chars", 10**9, request)
     base_history = within_chars(plain_history(ask.base_history), chars)
     tuned_history = within_chars(plain_history(ask.tuned_history), chars)
@@ -99,7 +101,8 @@ def respond(ask: ChatRequest, request: gr.Request = None):
         if compare:
             check_adapter(adapter, request)
         job = current_job()
-        threads.apply(threads.for_chat(job_running=bool(job)))
+        thread_count = threads.for_chat(job_running=bool(job))
+        threads.apply(thread_count)
         loaded = load_model(model_name)
         tuned = attach_tuned(loaded, adapter) if compare else None
     except LabError as exc:
@@ -110,10 +113,12 @@ def respond(ask: ChatRequest, request: gr.Request = None):
     for history in panes:
         history += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
     try:
-        if compare:
+        if compare and tuned.adapter_name is None:  # a full fine-tune: a second model, beside the base
             replies = stream_compare(loaded, tuned, base_history[:-1], tuned_history[:-1], settings)
-        else:
-            replies = ((reply,) for reply in stream_reply(loaded, base_history[:-1], settings))
+        else:  # with the other visitors' answers waiting on this model, in one batch
+            rows = [Row(BASE, base_history[:-1])]
+            rows += [Row(tuned.adapter_name, tuned_history[:-1], tuned.chat_template)] if compare else []
+            replies = answer_together(loaded, rows, settings, thread_count)
         for latest in replies:
             for history, reply in zip(panes, latest):
                 history[-1]["content"] = reply.text

@@ -61,6 +61,33 @@ def test_two_clients_keep_their_own_history(app_server):
     assert results["b"] == ["I like tea.", "Name a color."]
 
 
+def test_two_visitors_answers_decode_as_one_batch(app_server, tiny_run):
+    """One visitor's answer and another's Compare (base and adapter) decode together
+    (core.inference.batching): each one's text grows while the other's does, and every pane says
+    what it says when asked alone (the prompts are as long, so no row is padded)."""
+    from gradio_client import Client
+
+    story = "Write a long story about a dragon who learns to fly."
+    asks = [chat_args(story, max_new_tokens=64),
+            chat_args(story, mode="Compare", adapter=tiny_run.name, max_new_tokens=64)]
+    alone = [Client(app_server, verbose=False).predict(**ask)[:2] for ask in asks]
+    clients = [Client(app_server, verbose=False) for _ in asks]  # each fetches the config first
+    jobs = [client.submit(**ask) for client, ask in zip(clients, asks)]
+    grew = [[], []]  # when each visitor's base pane got longer
+    while not all(job.done() for job in jobs):
+        for job, times in zip(jobs, grew):
+            outputs = job.outputs()
+            length = len(text_of(outputs[-1][0][-1])) if outputs and outputs[-1][0] else 0
+            if length > (times[-1][1] if times else 0):
+                times.append((time.monotonic(), length))
+        time.sleep(0.02)
+    assert grew[0][0][0] < grew[1][-1][0] and grew[1][0][0] < grew[0][-1][0], "the answers were decoded in turn"
+    together = [job.outputs()[-1][:2] for job in jobs]
+    assert text_of(together[0][0][-1]) == text_of(alone[0][0][-1]) == text_of(alone[1][0][-1])
+    assert text_of(together[1][1][-1]) == text_of(alone[1][1][-1]) != text_of(alone[1][0][-1])
+    assert text_of(together[1][0][-1]) == text_of(alone[1][0][-1])
+
+
 def test_compare_gives_two_different_answers(app_server, tiny_run):
     from gradio_client import Client
 

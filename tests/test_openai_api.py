@@ -44,7 +44,7 @@ def test_the_adapter_answers_by_name_and_a_stream_says_what_a_reply_says(client,
 
 def test_concurrent_clients_are_decoded_together_and_a_flood_is_refused(client, app_server, tiny_run):
     """A base and an adapter stream from one address are taken at once and decoded as one batch
-    (serve.api_batch): each one's tokens arrive while the other's do, and each says what it says
+    (core.inference.batching): each one's tokens arrive while the other's do, and each says what it says
     alone. More from that address get 429 at once, and a flood of them leaves the server's memory
     where it was."""
     from openai import RateLimitError

@@ -113,9 +113,9 @@ def _append(tokenizer, reply: Reply, row_tokens: list[int], token: int, is_end: 
         return  # after its end of sequence, a row only receives padding
     row_tokens.append(token)
     reply.text = tokenizer.decode(row_tokens, skip_special_tokens=True).removesuffix("\ufffd")
-    if is_end:
-        reply.seconds = time.perf_counter() - start
     reply.new_tokens = len(row_tokens)
+    if is_end:  # this row is answered now, while the batch runs on for the others
+        _finish(reply, time.perf_counter() - start)
 
 
 def _end_ids(loaded: LoadedModel) -> set[int]:

@@ -1,0 +1,176 @@
+"""Chat requests that arrive together on one base model are answered as ONE batched `generate`:
+the Chat tab's visitors, Compare's two panes and the OpenAI endpoint's clients share one copy of
+the weights and one pass over them per token (core.inference.compare.stream_batch).
+
+    from core.inference.batching import BASE, Row, answer_together
+    for base, tuned in answer_together(loaded, [Row(BASE, messages), Row("run", messages)], settings, 2):
+        print(base.text, tuned.text)
+
+Chat decodes on one thread (core.threads), so without this a second visitor waited for the
+first answer to end. Requests that wait while a batch runs, or that arrive within
+GATHER_SECONDS of each other, go in the next batch, up to MAX_ROWS rows; a request's rows
+(Compare's base and adapter) stay in one batch. Requests batch when they share the model and
+every generation setting but the prompt format (an adapter may have its own). A row that ends
+is answered at once; the batch runs on for the others, and stops when every caller has left.
+A batch does not take new rows while it decodes: a request waits for the running batch to end.
+A lone one-row request takes the single-reply path (stream_reply, compiled step included).
+A row's greedy tokens are its solo reply's when the prompts are as long (tests/test_batching.py);
+a shorter prompt is left-padded, and its padded attention can round differently (as in Compare).
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import Counter
+from dataclasses import astuple, dataclass, field, replace
+from typing import Iterator
+
+from core import threads
+from core.inference.chat import GenerationSettings, Reply, check_messages, stream_reply
+from core.inference.compare import in_format, stream_batch
+from core.inference.models import LoadedModel
+
+MAX_ROWS = 4  # core.request_limits.GENERATE_EVENTS lets as many Chat tab answers run
+GATHER_SECONDS = 0.03  # requests sent together arrive a few ms apart
+BASE = "__base__"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One answer to decode: with an adapter (BASE: none), in its prompt format (None: the model's)."""
+
+    adapter: str
+    messages: list[dict]
+    chat_template: str | None = None
+
+
+@dataclass(eq=False)  # a request is itself: two alike requests are still two
+class Request:
+    """One caller's rows, waiting for or in a batch; its replies go to `out` (None ends them)."""
+
+    loaded: LoadedModel
+    rows: list[Row]
+    settings: GenerationSettings  # its chat_template is unused: each row names its own
+    thread_count: int  # torch threads for its batch: the caller knows whether a job is running
+    out: queue.Queue = field(default_factory=queue.Queue)
+    gone: threading.Event = field(default_factory=threading.Event)
+
+    def batches_with(self, other: "Request") -> bool:
+        def unformatted(settings: GenerationSettings) -> tuple:
+            return astuple(replace(settings, chat_template=None))
+
+        return self.loaded is other.loaded and unformatted(self.settings) == unformatted(other.settings)
+
+
+class Batcher:
+    """Queues requests; one dispatcher thread runs them a batch at a time."""
+
+    def __init__(self):
+        self.waiting: list[Request] = []
+        self.arrived = threading.Condition()
+        self.dispatcher: threading.Thread | None = None
+        self.batch_sizes: Counter = Counter()  # how many batches of each row count ran (MAX_ROWS keys)
+
+    def submit(self, request: Request) -> None:
+        with self.arrived:
+            self.waiting.append(request)
+            self.arrived.notify()
+            if self.dispatcher is None:
+                self.dispatcher = threading.Thread(target=self._serve, name="chat-batches", daemon=True)
+                self.dispatcher.start()
+
+    def _next_batch(self) -> list[Request]:
+        """The oldest live request, and the later ones that batch with it while rows fit."""
+        with self.arrived:
+            self.arrived.wait_for(lambda: self.waiting)
+        time.sleep(GATHER_SECONDS)
+        with self.arrived:
+            live = [request for request in self.waiting if not request.gone.is_set()]
+            batch, rows = [], 0
+            for request in live:
+                fits = rows + len(request.rows) <= MAX_ROWS and request.batches_with(live[0])
+                if not batch or fits:  # the oldest runs even alone, whatever its size
+                    batch.append(request)
+                    rows += len(request.rows)
+            self.waiting = [request for request in live if request not in batch]
+        return batch
+
+    def _serve(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch:
+                self.batch_sizes[sum(len(request.rows) for request in batch)] += 1
+                threads.apply(batch[0].thread_count)
+                _run(batch)
+
+
+def _run(batch: list[Request]) -> None:
+    """Decode the batch, handing each request its rows' growing replies; a failure reaches all."""
+    slots = sorted(((request, i) for request in batch for i in range(len(request.rows))),
+                   key=lambda slot: (slot[0].rows[slot[1]].adapter != BASE, slot[0].rows[slot[1]].adapter))
+    latest = {request: [Reply() for _ in request.rows] for request in batch}
+    answered: set[Request] = set()
+    stream = _replies(batch[0], slots)
+    try:
+        for replies in stream:
+            for (request, i), reply in zip(slots, replies):
+                latest[request][i] = Reply(**vars(reply))
+            for request in batch:
+                if request not in answered:
+                    request.out.put(tuple(latest[request]))
+                    if all(reply.done for reply in latest[request]):  # its rows ended: answer it now
+                        answered.add(request)
+                        request.out.put(None)
+            if all(request.gone.is_set() or request in answered for request in batch):
+                break  # every caller left or got its answer: stop decoding
+    except Exception as exc:  # raised again in each caller's thread
+        for request in batch:
+            request.out.put(exc)
+    finally:
+        stream.close()
+        for request in batch:
+            if request not in answered:
+                request.out.put(None)
+
+
+def _replies(first: Request, slots: list[tuple[Request, int]]) -> Iterator[tuple[Reply, ...]]:
+    rows = [request.rows[i] for request, i in slots]
+    if len(rows) == 1:
+        return _solo(first.loaded, rows[0], first.settings)
+    return stream_batch(first.loaded, [row.messages for row in rows], [row.adapter for row in rows],
+                        first.settings, [row.chat_template for row in rows])
+
+
+def _solo(loaded: LoadedModel, row: Row, settings: GenerationSettings) -> Iterator[tuple[Reply]]:
+    stream = stream_reply(loaded, row.messages, in_format(settings, row.chat_template),
+                          None if row.adapter == BASE else row.adapter)
+    try:
+        for reply in stream:
+            yield (reply,)
+    finally:
+        stream.close()  # stops its generate when the batch is dropped
+
+
+BATCHER = Batcher()
+
+
+def answer_together(loaded: LoadedModel, rows: list[Row], settings: GenerationSettings,
+                    thread_count: int) -> Iterator[tuple[Reply, ...]]:
+    """The growing replies to one request's rows, decoded in a batch with whatever else is
+    waiting. The messages are checked here, so one caller's bad input fails only that caller.
+    Closing the generator (a caller that left) drops the request."""
+    for row in rows:
+        check_messages(row.messages)
+    return _answer(Request(loaded, rows, settings, thread_count))
+
+
+def _answer(request: Request) -> Iterator[tuple[Reply, ...]]:
+    BATCHER.submit(request)
+    try:
+        for item in iter(request.out.get, None):
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        request.gone.set()
