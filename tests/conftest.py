@@ -44,6 +44,7 @@ SHARED_HEAVY_FIXTURES = {"embed_run": "embedder", "smol_exports": "gguf-exports"
                          "space_votes": "space-votes", "tiny_effect": "effect-map"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into node ids
 def pytest_collection_modifyitems(items):
     groups: dict[Path, str] = {}
     for item in items:
