@@ -17,8 +17,9 @@ only its hourly clean-up (gr.Blocks' delete_cache) removes them.
 
 `HEAVY_EVENTS` and `GENERATE_EVENTS` are the listener settings that put every event that
 embeds, fits or reads a dataset (two slots), and every event that generates a chat answer (four
-slots, one batch), into a pool each across all sessions (SHARED_POOLS). Gradio's queue serves a pool first in,
-first out, so the app also lets one client address hold at most two events in each of them:
+slots: one batch), into a pool each across all sessions (SHARED_POOLS). Gradio's queue serves a
+pool first in, first out, so the app also lets one client address hold at most two events in
+each of them:
 and `fair_order` re-sorts a pool's waiting events on each push: each address's n-th event waits
 behind every other address's n-th, counting the events it has running, so a script that
 rejoins the moment its answer ends still waits behind everyone who has nothing running.

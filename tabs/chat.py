@@ -13,7 +13,7 @@ import gradio as gr
 from core import threads
 from core.access import check_adapter, check_model, clamp
 from core.inference.batching import BASE, Row, answer_together
-from core.inference.chat import GenerationSettings, attach_tuned
+from core.inference.chat import GenerationSettings, Tuned, attach_tuned
 from core.inference.compare import stream_compare
 from core.errors import LabError
 from core.inference.models import DEFAULT_MODEL, load_model
@@ -113,12 +113,7 @@ def respond(ask: ChatRequest, request: gr.Request = None):
     for history in panes:
         history += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
     try:
-        if compare and tuned.adapter_name is None:  # a full fine-tune: a second model, beside the base
-            replies = stream_compare(loaded, tuned, base_history[:-1], tuned_history[:-1], settings)
-        else:  # with the other visitors' answers waiting on this model, in one batch
-            rows = [Row(BASE, base_history[:-1])]
-            rows += [Row(tuned.adapter_name, tuned_history[:-1], tuned.chat_template)] if compare else []
-            replies = answer_together(loaded, rows, settings, thread_count)
+        replies = answer_streams(loaded, tuned, base_history[:-1], tuned_history[:-1], settings, thread_count)
         for latest in replies:
             for history, reply in zip(panes, latest):
                 history[-1]["content"] = reply.text
@@ -132,6 +127,19 @@ def respond(ask: ChatRequest, request: gr.Request = None):
         status += f" · {side}: {reply.stats}" + (f" · {reply.notice}" if reply.notice else "")
     note = f" · training job '{job}' is running (chat uses 1 thread)" if job else ""
     yield base_history, tuned_history, status + note, ""
+
+
+def answer_streams(loaded, tuned: Tuned | None, base_messages: list[dict], tuned_messages: list[dict],
+                   settings: GenerationSettings, thread_count: int):
+    """(base reply,) or (base reply, tuned reply) as they grow. A base or LoRA adapter row joins
+    one batch with the other visitors' answers on this model; a full fine-tune is a second model,
+    answered beside the base."""
+    if tuned is not None and tuned.adapter_name is None:
+        return stream_compare(loaded, tuned, base_messages, tuned_messages, settings)
+    rows = [Row(BASE, base_messages)]
+    if tuned is not None:
+        rows.append(Row(tuned.adapter_name, tuned_messages, tuned.chat_template))
+    return answer_together(loaded, rows, settings, thread_count)
 
 
 def rewind(base_history, tuned_history, index) -> tuple[list, list, str]:
