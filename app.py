@@ -54,7 +54,8 @@ def build_app() -> gr.Blocks:
         with gr.Tab("Publish"):
             publish.build(demo)
         hub_panel.register_api()
-    # Generation is CPU-bound: more than 2 concurrent streams only slows every one of them.
+    # Work is CPU-bound: 2 events at once per listener by default (chat answers get 4, which
+    # decode as one batch: core.request_limits.GENERATE_EVENTS).
     # api_open=False: /gradio_api/run/... would run handlers beside the queue and its limits.
     demo.queue(default_concurrency_limit=2, max_size=QUEUE_SIZE, api_open=False)
     limit_events(demo, settings().events_per_session, settings().events_per_address)
