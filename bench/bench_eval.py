@@ -62,11 +62,12 @@ def mixed_generate(loaded, tuned, rows, settings) -> float:
     """The other way the app could do it: base and tuned rows of a chunk in ONE batch, LoRA
     applied per row through peft's adapter_names (what Compare does for two panes)."""
     from core.inference.compare import stream_batch
+    from core.inference.fast_decode import BASE
 
     start = time.perf_counter()
     for first in range(0, len(rows), 4):
         chunk = [m for m, _ in rows[first:first + 4]]
-        list(stream_batch(loaded, chunk * 2, ["__base__"] * len(chunk) + [tuned.adapter_name] * len(chunk), settings))
+        list(stream_batch(loaded, chunk * 2, [BASE] * len(chunk) + [tuned.adapter_name] * len(chunk), settings))
     return time.perf_counter() - start
 
 

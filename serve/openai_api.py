@@ -12,8 +12,8 @@ adapter is attached to the one copy of its base's weights, as in Compare. Access
 FINETUNE_LAB_API_KEY set, every call needs `Authorization: Bearer KEY`. A public app serves
 callers as it serves visitors (listed models and finished runs, the same caps), unless they
 bear the key; an app behind --auth serves the endpoint only with a key. Requests that come
-together on one base are decoded as one batch, with the Chat tab's (core.inference.batching). Each client address may run
-MAX_PER_ADDRESS requests at once and the endpoint MAX_RUNNING (more wait, up to MAX_WAITING);
+together on one base are decoded as one batch, with the Chat tab's (core.inference.batching).
+Each client address may run MAX_PER_ADDRESS requests at once and the endpoint MAX_RUNNING (more wait, up to MAX_WAITING);
 errors have OpenAI's shape: {"error": {"message", "type", "code"}}.
 """
 from __future__ import annotations
@@ -134,13 +134,12 @@ def replies(base: str, run: str | None, messages: list[dict], generation: Genera
     """The growing reply from the base, or from the run's adapter on it (the Chat tab's code),
     batched with the other requests waiting on that base, the Chat tab's included
     (core.inference.batching)."""
-    loaded = load_model(base)
+    loaded, row = load_model(base), Row(BASE, messages)
+    if run is not None:
+        tuned = attach_tuned(loaded, run)  # a full fine-tune is a model of its own
+        loaded, row = tuned.loaded, Row(tuned.adapter_name or BASE, messages, tuned.chat_template)
     thread_count = threads.for_chat(job_running=bool(current_job()))
-    if run is None:
-        return (reply for reply, in answer_together(loaded, [Row(BASE, messages)], generation, thread_count))
-    tuned = attach_tuned(loaded, run)
-    row = Row(tuned.adapter_name or BASE, messages, tuned.chat_template)
-    return (reply for reply, in answer_together(tuned.loaded, [row], generation, thread_count))
+    return (reply for reply, in answer_together(loaded, [row], generation, thread_count))
 
 
 class Slots:

@@ -29,11 +29,11 @@ from typing import Iterator
 from core import threads
 from core.inference.chat import GenerationSettings, Reply, check_messages, stream_reply
 from core.inference.compare import in_format, stream_batch
+from core.inference.fast_decode import BASE
 from core.inference.models import LoadedModel
 
 MAX_ROWS = 4  # core.request_limits.GENERATE_EVENTS lets as many Chat tab answers run
 GATHER_SECONDS = 0.03  # requests sent together arrive a few ms apart
-BASE = "__base__"
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import torch
 
 from core.inference.chat import (GenerationSettings, Reply, Tuned, adapter_context, build_inputs, check_messages,
                        generate_kwargs, launch_generate, stream_reply)
+from core.inference.fast_decode import BASE
 from core.inference.models import LoadedModel, ModelError
 
 
@@ -54,7 +55,7 @@ def stream_compare(base: LoadedModel, tuned: Tuned, base_messages: list[dict], t
                                  stream_reply(tuned.loaded, tuned_messages, in_format(settings, tuned.chat_template),
                                               beside_decode_thread=True))
     else:
-        yield from stream_batch(base, [base_messages, tuned_messages], ["__base__", tuned.adapter_name], settings,
+        yield from stream_batch(base, [base_messages, tuned_messages], [BASE, tuned.adapter_name], settings,
                                 [None, tuned.chat_template])
 
 
@@ -75,7 +76,7 @@ def left_padded(loaded: LoadedModel, rows: list[torch.Tensor]) -> tuple[torch.Te
 
 def stream_batch(loaded: LoadedModel, conversations: list[list[dict]], adapter_names: list[str],
                   settings: GenerationSettings, templates: list | None = None) -> Iterator[tuple[Reply, ...]]:
-    """Yield every row's reply as the batch grows: row i runs adapter_names[i] ("__base__": none),
+    """Yield every row's reply as the batch grows: row i runs adapter_names[i] (BASE: none),
     prompted in templates[i] (None: the model's own chat template)."""
     for messages in conversations:
         check_messages(messages)

@@ -32,6 +32,7 @@ from core.errors import LabError
 from core.settings import settings
 
 CHOICES = ("auto", "int8", "eager", "compiled")
+BASE = "__base__"  # a batch row without an adapter: peft's own name for it (`adapter_names`)
 
 
 # torch's int8 kernel reads bf16 inputs 16 values at a time and crashes the process when a row's
@@ -208,7 +209,7 @@ def quantize_linears(model: torch.nn.Module) -> int:
 
 
 def adapter_rows(model: torch.nn.Module, adapter_names: list[str]):
-    """A context in which batch row i gets adapter_names[i] ("__base__": none), or None when an
+    """A context in which batch row i gets adapter_names[i] (BASE: none), or None when an
     adapter is not plain LoRA on Linear layers (DoRA, dropout, merged: peft's path handles those).
 
     Per layer it adds x A (s B) to its rows in one in-place step, where peft's mixed-batch
@@ -224,14 +225,14 @@ def adapter_rows(model: torch.nn.Module, adapter_names: list[str]):
     from peft.tuners.lora import Linear as LoraLinear
     from peft.tuners.lora import LoraLayer
 
-    wanted = set(adapter_names) - {"__base__"}
+    wanted = set(adapter_names) - {BASE}
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
     if not wanted or not all(_plain_lora(m, wanted, LoraLinear) for m in layers):
         return None
     spans, start = [], 0
     for name, run in groupby(adapter_names):
         count = len(list(run))
-        if name != "__base__":
+        if name != BASE:
             spans.append((name, slice(start, start + count)))
         start += count
     return _rows_forward_installed(layers, spans)
