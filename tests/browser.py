@@ -1,8 +1,10 @@
 """Playwright helpers for the browser tests: the system Chromium, launched headless, and the
 screenshots: every one lands in test-artifacts/, and the README's (one per tab, DOC_SHOTS) in
-docs/screenshots/ too, so a suite run keeps the README's pictures current."""
+docs/screenshots/ too, so a suite run keeps the README's pictures current; a failed test's
+page as failed-TEST.png."""
 from __future__ import annotations
 
+import os
 import shutil
 from contextlib import contextmanager
 
@@ -35,5 +37,9 @@ def browser_page(url: str, ready: str = "text=Finetune Lab"):
         page.wait_for_selector(ready, timeout=60_000)
         try:
             yield page
+        except Exception:  # what the page showed when the test failed: test-artifacts/failed-TEST.png
+            test = os.environ.get("PYTEST_CURRENT_TEST", "test").split("::")[-1].split(" ")[0]
+            page.screenshot(path=str(ARTIFACTS / f"failed-{test}.png"), full_page=True)
+            raise
         finally:
             browser.close()

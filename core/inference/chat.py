@@ -264,8 +264,8 @@ def trained_format(folder: Path, tokenizer) -> str | None:
 
 
 def _attach_lora(base: LoadedModel, folder: Path) -> str:
-    """Attach once per folder. The check, the name and the load all happen under the model's
-    lock: two sessions attaching at once must not both pick 'adapter1' or load twice."""
+    """Attach once per folder, under the model's lock (two sessions must not both pick 'adapter1');
+    an attached adapter is found without it, as a running generation holds it to its end."""
     from peft import PeftConfig, PeftModel
 
     if not (folder / "adapter_model.safetensors").is_file():
@@ -273,6 +273,8 @@ def _attach_lora(base: LoadedModel, folder: Path) -> str:
     trained_on = PeftConfig.from_pretrained(str(folder)).base_model_name_or_path or ""
     _check_same_base(base, trained_on)
     key = str(folder)
+    if key in base.adapters:  # attached already: no need to wait for the generation that holds the lock
+        return base.adapters[key]
     compiled_decode.wait_until_settled(base)  # the compile reads the layers an attach would wrap
     with base.lock:
         if key in base.adapters:
