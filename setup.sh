@@ -32,11 +32,12 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-if [ "$WANT_TEST" = "--test" ] && [ ! -x /usr/bin/chromium ]; then
-  echo "[setup] installing Debian's chromium for the browser tests"
+if [ "$WANT_TEST" = "--test" ] && { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/sbin/slurmd ]; }; then
+  echo "[setup] installing Debian's chromium (browser tests) and Slurm (a two-node cluster on localhost)"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends slurmd slurmctld slurm-client munge
 fi
 if [ "$WANT_TEST" = "--test" ] && [ ! -f .venv-skypilot/.installed ]; then
   echo "[setup] installing SkyPilot into .venv-skypilot, for the launch-file test"

@@ -1,8 +1,8 @@
 """Training on several machines with the files `--emit-launch` writes (training/launch.py):
-two "machines" on localhost (two accelerate launches, CPU processes over gloo) train the tiny
-recipe as one run, killed and resumed, step for step as one machine with two processes does
-(trained by SkyPilot's own `run` block for one node); the Slurm and SkyPilot files parse and name
-the same command.
+two "machines" on localhost (CPU processes over gloo) train the tiny recipe as one run, started
+by the Slurm script on a real two-node Slurm cluster, cut off, and resumed by the two machines'
+accelerate scripts, step for step as one machine with two processes does (trained by SkyPilot's
+own `run` block for one node); the Slurm and SkyPilot files parse and name the same command.
 """
 from __future__ import annotations
 
@@ -78,35 +78,64 @@ def kill_machine(machine: subprocess.Popen) -> None:
     machine.wait()
 
 
+def kill_node(job: str, node: str) -> None:
+    """SIGKILL every process of Slurm job `job` on node `node` (by the variables Slurm gives its
+    tasks), as a lost host would: the task's shell, its launcher and the workers."""
+    import psutil
+
+    def on_node(process) -> bool:
+        with contextlib.suppress(psutil.Error):
+            env = process.environ()
+            return env.get("SLURM_JOB_ID") == job and env.get("SLURM_NODEID") == node and "SLURM_STEP_ID" in env
+        return False
+
+    family = [process for process in psutil.process_iter() if on_node(process)]
+    assert family, f"no process of job {job} on node {node}"
+    for process in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(family, timeout=30)
+
+
 @pytest.mark.slow
 def test_two_machines_on_localhost_train_one_run(tmp_path, data_home):
-    """Machine 1 is killed once the first checkpoint is written; machine 0's launcher outlives
-    its worker, so it is killed too (as a cluster's scheduler would). Both scripts run again
-    with --resume and finish the run, whose 8 losses equal one machine with two processes."""
+    """A real two-node Slurm cluster on this machine (tests/slurm_cluster.py) runs the sbatch
+    script as written, but for its GPU request. Once the first checkpoint is written node 1 is
+    lost (its processes SIGKILLed); the run shows as interrupted, the two machines' accelerate
+    scripts resume it with --resume, and its 8 losses equal one machine with two processes."""
     from core.runs import RunFolder, finished_runs
+    from tests.slurm_cluster import installed, slurm_cluster
     from training import jobs
     from training.export import merge_run
 
+    assert installed(), "Slurm is missing: `bash setup.sh --test` installs slurmd, slurmctld and munge"
     port = free_port()
     files = emit("accelerate", "two-machines", tmp_path, "--main-ip", "127.0.0.1", "--port", str(port))
     assert [f.rsplit("/", 1)[1] for f in files] == ["train.yaml", "machine-0.sh", "machine-1.sh"]
+    sbatch = emit("slurm", "two-machines", tmp_path / "slurm", "--port", str(port))[-1]
     logs = [tmp_path / f"machine-{rank}.log" for rank in (0, 1)]
     run = RunFolder.named("two-machines")
     first = run.path / "checkpoints" / "checkpoint-2" / "trainer_state.json"
-    machines = start_machines(files[1:], logs, port)
-    try:
-        wait_for(lambda: first.is_file() or any(m.poll() is not None for m in machines), 300, "checkpoint-2")
-        assert all(m.poll() is None for m in machines), "\n".join(log.read_text()[-3000:] for log in logs)
-        kill_machine(machines[1])
-        # Machine 0's worker fails on the lost peer; its launcher waits on after it, until the
-        # scheduler's kill (here: ours) ends it.
+    with slurm_cluster(tmp_path / "cluster") as slurm:
+        # A CPU partition: the same script, without the GPU request (a command-line option wins).
+        job = subprocess.run(["sbatch", "--parsable", "--gpus-per-node=0", f"--output={tmp_path}/slurm-%j.log",
+                              sbatch], cwd=ROOT, env=slurm, capture_output=True, text=True, check=True).stdout.strip()
+        slurm_log = tmp_path / f"slurm-{job}.log"
+        in_queue = lambda: job in subprocess.run(["squeue", "--noheader", "--format=%i"], env=slurm,  # noqa: E731
+                                                 capture_output=True, text=True).stdout.split()
+        wait_for(lambda: first.is_file() or not in_queue(), 300, "checkpoint-2")
+        assert in_queue(), slurm_log.read_text()[-3000:]
+        kill_node(job, "1")
+        # Machine 0's worker fails on the lost peer; the scheduler then ends the job.
         wait_for(lambda: run.status_file.is_file() and not jobs.is_live(run), 120, "machine 0's worker to fail")
-        kill_machine(machines[0])
-        assert len(losses(run)) < PLANNED, "the kill landed before the end"
-        lost = jobs.read_status(run)
-        assert lost.state == "interrupted" and "machine's script again with --resume" in lost.error, lost
-        wait_for(lambda: not port_open(port), 60, "machine 0's port to close")
-        machines = start_machines(files[1:], logs, port, "--resume")
+        subprocess.run(["scancel", job], env=slurm, check=True)
+        wait_for(lambda: not in_queue(), 120, "the job to end")
+    assert len(losses(run)) < PLANNED, "the kill landed before the end"
+    lost = jobs.read_status(run)
+    assert lost.state == "interrupted" and "machine's script again with --resume" in lost.error, lost
+    wait_for(lambda: not port_open(port), 60, "the main machine's port to close")
+    machines = start_machines(files[1:], logs, port, "--resume")
+    try:
         codes = [machine.wait(timeout=600) for machine in machines]
     finally:
         for machine in machines:
@@ -154,7 +183,8 @@ def test_slurm_and_skypilot_files_name_the_same_launch(tmp_path, capsys):
     assert '--machine_rank "$SKYPILOT_NODE_RANK"' in task["run"] and f"--config {sky}/train.yaml" in task["run"]
     assert subprocess.run(["bash", "-n", "-c", task["run"]]).returncode == 0
     srun = next(line for line in script.splitlines() if line.startswith("srun "))
-    assert shlex.split(srun)[3].replace("$SLURM_NODEID", "$SKYPILOT_NODE_RANK").replace(str(slurm), str(sky)) \
+    assert shlex.split(srun)[3].removesuffix(' "$@"').replace("$SLURM_NODEID", "$SKYPILOT_NODE_RANK") \
+        .replace(str(slurm), str(sky)) \
         == task["run"].strip().splitlines()[-1], "each node runs the command the SkyPilot test trains with"
     assert skypilot_reads(sky / "skypilot.yaml", tmp_path) == {
         "name": "cluster-run", "num_nodes": 2, "setup": "bash setup.sh", "run": task["run"].strip(),

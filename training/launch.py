@@ -42,10 +42,13 @@ class Cluster:
 
 
 def launch_args(cluster: Cluster, config: str, rank: str, main_ip: str, total: str | None = None) -> list[str]:
-    """accelerate launch for one machine; rank, main_ip and total may be shell expressions."""
+    """accelerate launch for one machine; rank, main_ip and total may be shell expressions.
+    Static rendezvous (accelerate's default): machine 0 hosts it, by rank. With c10d each
+    machine whose address matches the main one hosts it, so machines sharing a host (a test,
+    Slurm nodes on one box) race for the port and accelerate on machine 0 refuses it."""
     return ["accelerate", "launch", "--multi_gpu", "--num_machines", str(cluster.machines), "--machine_rank", rank,
             "--main_process_ip", main_ip, "--main_process_port", str(cluster.port),
-            "--num_processes", total or str(cluster.machines * cluster.processes), "--rdzv_backend", "c10d",
+            "--num_processes", total or str(cluster.machines * cluster.processes), "--rdzv_backend", "static",
             "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "training.run", "--config", config]
 
 
@@ -60,14 +63,17 @@ def accelerate_commands(cluster: Cluster, config: str) -> list[str]:
 
 
 def slurm_script(cluster: Cluster, config: str, name: str) -> str:
-    """An sbatch script: one task per node, each an accelerate launch with its node's rank."""
-    command = shell(launch_args(cluster, config, "$SLURM_NODEID", "$MAIN_IP"))
+    """An sbatch script: one task per node, each an accelerate launch with its node's rank. The
+    main machine's address is the one it reports itself (PyTorch's recipe for torchrun on Slurm);
+    the script's arguments reach training.run (`sbatch slurm.sbatch --resume`)."""
+    command = shell(launch_args(cluster, config, "$SLURM_NODEID", "$MAIN_IP")) + ' "$@"'
     return "\n".join([
         "#!/bin/bash", f"#SBATCH --job-name={name}", f"#SBATCH --nodes={cluster.machines}",
         "#SBATCH --ntasks-per-node=1", f"#SBATCH --gpus-per-node={cluster.processes}",
         f"#SBATCH --output={name}-%j.log", "set -euo pipefail", 'cd "$SLURM_SUBMIT_DIR"', ACTIVATE,
-        'export MAIN_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
-        f"srun bash -c {shlex.quote(command)}", ""])
+        'HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        'export MAIN_IP=$(srun --nodes=1 --ntasks=1 -w "$HEAD" hostname --ip-address | awk \'{print $1}\')',
+        f"srun bash -c {shlex.quote(command)} bash \"$@\"", ""])
 
 
 def skypilot_task(cluster: Cluster, config: str, name: str) -> str:
