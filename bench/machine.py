@@ -1,10 +1,12 @@
 """What a bench's ratios depend on: the CPU, its matrix features, the threads torch uses.
 
     .venv/bin/python -c "from bench.machine import describe; print(describe())"
+    .venv/bin/python bench/machine.py      # the same, with the matmul peaks (a few seconds)
 
 The bench scripts put this into their last JSON line, so a figure in BENCHMARKS.md carries the
 hardware it was measured on (bf16 speed-ups need AVX512-BF16 or AMX; the int8 kernels use
-AVX-512 or AVX2).
+AVX-512 or AVX2). `matmul_gflops` is where hosts differ most for training: one square bf16
+and fp32 product on torch's threads, the best of a few.
 """
 from __future__ import annotations
 
@@ -27,3 +29,28 @@ def describe() -> dict:
     return {"cpu": name, "cpu_features": [f for f in FEATURES if f in flags],
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> dict:
+    """{dtype: GFLOP/s} of a size x size x size product, the best of `repeats`."""
+    import time
+
+    import torch
+
+    figures = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        a @ b  # warm-up: oneDNN picks and caches its kernel
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+        figures[str(dtype).removeprefix("torch.")] = round(2 * size**3 / best / 1e9, 1)
+    return figures
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps({**describe(), "matmul_gflops": matmul_gflops()}))
