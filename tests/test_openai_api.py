@@ -44,16 +44,26 @@ def test_the_adapter_answers_by_name_and_a_stream_says_what_a_reply_says(client,
 
 def test_concurrent_clients_are_decoded_together_and_a_flood_is_refused(client, app_server, tiny_run):
     """A base and an adapter stream from one address are taken at once and decoded as one batch
-    (core.inference.batching): each one's tokens arrive while the other's do, and each says what it says
-    alone. More from that address get 429 at once, and a flood of them leaves the server's memory
-    where it was."""
-    from openai import RateLimitError
+    (core.inference.batching), after another address's answer: each one's tokens arrive while the
+    other's do, and each says what it says alone. More from that address get 429 at once, and a
+    flood of them leaves the server's memory where it was."""
+    from openai import OpenAI, RateLimitError
 
     story = [{"role": "user", "content": "Write a long story about a dragon who learns to fly."}]
     names = ["smollm2-135m-instruct", f"smollm2-135m-instruct:{tiny_run.name}"]
     solo = [client.chat.completions.create(model=name, messages=story, max_tokens=160).choices[0].message.content
             for name in names]
     before = server_rss_mb(app_server)
+    # Another visitor's long answer decodes while both streams arrive. A running batch takes no
+    # new rows, so both wait, and the next batch takes them together however far apart they
+    # arrived (a busy machine can space them by more than the batcher's gather time).
+    other = OpenAI(base_url=app_server + "v1", api_key="unused", max_retries=0, timeout=300,
+                   http_client=httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2")))
+    epic = [{"role": "user", "content": "Write a very long story about a dragon who learns to fly, in ten chapters."}]
+    blocking = other.chat.completions.create(model=names[0], messages=epic, max_tokens=512, stream=True)
+    blocker = iter(blocking)
+    while not next(blocker).choices[0].delta.content:
+        pass  # its batch is decoding
     streams = [client.chat.completions.create(model=name, messages=story, max_tokens=160, stream=True)
                for name in names]
     for stream in streams:
@@ -61,6 +71,9 @@ def test_concurrent_clients_are_decoded_together_and_a_flood_is_refused(client, 
     for _ in range(20):
         with pytest.raises(RateLimitError, match="At most 2 requests at once from one address"):
             client.chat.completions.create(model="smollm2-135m-instruct", messages=story, max_tokens=160)
+    for _ in range(20):  # a few more of its tokens, time for both requests to reach the batcher
+        assert next(blocker).choices[0].finish_reason is None, "the other visitor's answer ended too soon"
+    blocking.close()  # its batch stops at the next token: the two streams' batch starts
     arrivals, texts = [[], []], ["", ""]
 
     def read(index):
