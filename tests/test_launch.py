@@ -1,8 +1,9 @@
 """Training on several machines with the files `--emit-launch` writes (training/launch.py):
 two "machines" on localhost (CPU processes over gloo) train the tiny recipe as one run, started
-by the Slurm script on a real two-node Slurm cluster, cut off, and resumed by the two machines'
-accelerate scripts, step for step as one machine with two processes does (trained by SkyPilot's
-own `run` block for one node); the Slurm and SkyPilot files parse and name the same command.
+by the two machines' accelerate scripts, cut off, and resumed by the Slurm script on a real
+two-node Slurm cluster, step for step as one machine with two processes does (trained by
+SkyPilot's own `run` block for one node); the Slurm and SkyPilot files parse and name the same
+command.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -78,31 +80,13 @@ def kill_machine(machine: subprocess.Popen) -> None:
     machine.wait()
 
 
-def kill_node(job: str, node: str) -> None:
-    """SIGKILL every process of Slurm job `job` on node `node` (by the variables Slurm gives its
-    tasks), as a lost host would: the task's shell, its launcher and the workers."""
-    import psutil
-
-    def on_node(process) -> bool:
-        with contextlib.suppress(psutil.Error):
-            env = process.environ()
-            return env.get("SLURM_JOB_ID") == job and env.get("SLURM_NODEID") == node and "SLURM_STEP_ID" in env
-        return False
-
-    family = [process for process in psutil.process_iter() if on_node(process)]
-    assert family, f"no process of job {job} on node {node}"
-    for process in family:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
-    psutil.wait_procs(family, timeout=30)
-
-
 @pytest.mark.slow
 def test_two_machines_on_localhost_train_one_run(tmp_path, data_home):
-    """A real two-node Slurm cluster on this machine (tests/slurm_cluster.py) runs the sbatch
-    script as written, but for its GPU request. Once the first checkpoint is written node 1 is
-    lost (its processes SIGKILLed); the run shows as interrupted, the two machines' accelerate
-    scripts resume it with --resume, and its 8 losses equal one machine with two processes."""
+    """The two machines' accelerate scripts start the run. Machine 1 is killed once the first
+    checkpoint is written; machine 0's launcher outlives its worker, so it is killed too (as a
+    cluster's scheduler would). The run shows as interrupted, and the Slurm script finishes it
+    with --resume on a real two-node Slurm cluster on this machine (tests/slurm_cluster.py),
+    run as written but for its GPU request; its 8 losses equal one machine with two processes."""
     from core.runs import RunFolder, finished_runs
     from tests.slurm_cluster import installed, slurm_cluster
     from training import jobs
@@ -116,31 +100,31 @@ def test_two_machines_on_localhost_train_one_run(tmp_path, data_home):
     logs = [tmp_path / f"machine-{rank}.log" for rank in (0, 1)]
     run = RunFolder.named("two-machines")
     first = run.path / "checkpoints" / "checkpoint-2" / "trainer_state.json"
-    with slurm_cluster(tmp_path / "cluster") as slurm:
-        # A CPU partition: the same script, without the GPU request (a command-line option wins).
-        job = subprocess.run(["sbatch", "--parsable", "--gpus-per-node=0", f"--output={tmp_path}/slurm-%j.log",
-                              sbatch], cwd=ROOT, env=slurm, capture_output=True, text=True, check=True).stdout.strip()
-        slurm_log = tmp_path / f"slurm-{job}.log"
-        in_queue = lambda: job in subprocess.run(["squeue", "--noheader", "--format=%i"], env=slurm,  # noqa: E731
-                                                 capture_output=True, text=True).stdout.split()
-        wait_for(lambda: first.is_file() or not in_queue(), 300, "checkpoint-2")
-        assert in_queue(), slurm_log.read_text()[-3000:]
-        kill_node(job, "1")
-        # Machine 0's worker fails on the lost peer; the scheduler then ends the job.
-        wait_for(lambda: run.status_file.is_file() and not jobs.is_live(run), 120, "machine 0's worker to fail")
-        subprocess.run(["scancel", job], env=slurm, check=True)
-        wait_for(lambda: not in_queue(), 120, "the job to end")
-    assert len(losses(run)) < PLANNED, "the kill landed before the end"
-    lost = jobs.read_status(run)
-    assert lost.state == "interrupted" and "machine's script again with --resume" in lost.error, lost
-    wait_for(lambda: not port_open(port), 60, "the main machine's port to close")
-    machines = start_machines(files[1:], logs, port, "--resume")
+    machines = start_machines(files[1:], logs, port)
     try:
-        codes = [machine.wait(timeout=600) for machine in machines]
+        wait_for(lambda: first.is_file() or any(m.poll() is not None for m in machines), 300, "checkpoint-2")
+        assert all(m.poll() is None for m in machines), "\n".join(log.read_text()[-3000:] for log in logs)
+        killed_at = time.time()
+        kill_machine(machines[1])
+        # Machine 0's worker fails on the lost peer; its launcher waits on after it, until the
+        # scheduler's kill (here: ours) ends it.
+        wait_for(lambda: run.status_file.is_file() and not jobs.is_live(run), 120, "machine 0's worker to fail")
     finally:
         for machine in machines:
             kill_machine(machine)
-    assert codes == [0, 0], "\n".join(log.read_text()[-3000:] for log in logs)
+    assert len(losses(run)) < PLANNED, "the kill landed before the end"
+    lost = jobs.read_status(run)
+    assert lost.state == "interrupted" and "sbatch slurm.sbatch --resume" in lost.error, lost
+    wait_for(lambda: not port_open(port), 60, "machine 0's port to close")
+    with slurm_cluster(tmp_path / "cluster") as slurm:
+        # A CPU partition: the same script, without the GPU request (a command-line option wins).
+        done = subprocess.run(["sbatch", "--wait", "--gpus-per-node=0", f"--output={tmp_path}/slurm.log", sbatch,
+                               "--resume"], cwd=ROOT, env=slurm, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (tmp_path / "slurm.log").read_text()[-3000:]
+    from training.progress import read_log
+
+    kept = [(e["step"], e["time"] < killed_at) for e in read_log(run) if e.get("loss") is not None]
+    assert kept[:2] == [(1, True), (2, True)] and not any(before for _, before in kept[2:]), "resumed at checkpoint-2"
     manifest = run.manifest()
     assert manifest.world_size == 2 and manifest.steps == PLANNED, manifest
 

@@ -9,7 +9,8 @@ exactly the config the form or the CLI made; global rank 0 writes the run folder
 Run them from the repository's folder on each machine (Slurm: the folder sbatch is called in;
 SkyPilot: its synced workdir), with the run folder's parent (FINETUNE_LAB_HOME) on a shared
 filesystem if runs should resume after a failure: each rank keeps its own state in the
-checkpoints; after a failure, run every machine's script again with `--resume`. Copied back,
+checkpoints; after a failure, run every machine's script again with `--resume` (Slurm: `sbatch
+slurm.sbatch --resume`; the scripts pass their arguments to training.run). Copied back,
 the run folder shows, compares, evaluates and exports like a local one.
 """
 from __future__ import annotations

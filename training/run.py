@@ -207,7 +207,7 @@ def ending(exc: BaseException) -> dict:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and lost_peer:
         return {"state": "interrupted", "error": (
             f"Another process of this run was lost ({said.splitlines()[0][:200]}). On several "
-            "machines, run every machine's script again with --resume.")}
+            "machines, run every machine's script again with --resume (Slurm: sbatch slurm.sbatch --resume).")}
     return {"state": "failed", "error": said}
 
 
