@@ -12,6 +12,7 @@ starts runs as this user in its own folder and is stopped when the block ends.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import secrets
 import shutil
@@ -31,7 +32,7 @@ def config(folder: Path, socket: Path) -> str:
     ports = ",".join(str(free_port()) for _ in NODES)  # one line: Slurm refuses a host name on two
     nodes = (f"NodeName={','.join(NODES)} NodeAddr=127.0.0.1 Port={ports} "
              f"CPUs={os.cpu_count()} State=UNKNOWN")
-    user = os.environ.get("USER") or "root"
+    user = getpass.getuser()  # the daemons run as this user, and so do the jobs
     return f"""ClusterName=finetune-lab-test
 SlurmctldHost={os.uname().nodename}(127.0.0.1)
 SlurmctldPort={free_port()}
