@@ -20,7 +20,8 @@ def build(form: dict) -> None:
     with gr.Accordion("Several machines (accelerate, Slurm, SkyPilot)", open=False):
         gr.Markdown("For more than one machine nothing starts here: download the files into a folder "
                     "`launch-RUN` (the name they use) in the repository's folder, copy it to each machine, "
-                    "and run them there. `processes` is per machine.")
+                    "and run them there. `processes` is per machine. After a failure, run them again with "
+                    "`--resume` (`bash machine-0.sh --resume`, `sbatch slurm.sbatch --resume`).")
         with gr.Row():
             machines = gr.Number(2, label="Machines", precision=0, minimum=2, maximum=1024, elem_id="launch-machines")
             kind = gr.Radio(list(KINDS), value="accelerate", label="Launcher", elem_id="launch-kind")
