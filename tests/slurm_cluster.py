@@ -85,6 +85,12 @@ def slurm_cluster(folder: Path):
         assert all(d.poll() is None for d in daemons), (folder / "daemons.log").read_text()[-3000:]
         yield env
     finally:
+        # A test that failed mid-job leaves its job running, and slurmstepd outlives slurmd:
+        # end the jobs first, while the controller can still reach their steps.
+        subprocess.run(["scancel", "--full", "--signal=KILL", f"--user={getpass.getuser()}"], env=env,
+                       capture_output=True, timeout=30)
+        with contextlib.suppress(AssertionError):
+            wait_for(lambda: not queued_jobs(env), 30, "the jobs to end")
         for daemon in reversed(daemons):
             daemon.terminate()
         for daemon in daemons:
@@ -92,6 +98,8 @@ def slurm_cluster(folder: Path):
                 daemon.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 daemon.kill()
+        for step in stray_steps(folder):  # a step daemon whose slurmd went first waits on for it
+            step.kill()
         log.close()
 
 
@@ -99,3 +107,21 @@ def idle_nodes(env: dict) -> int:
     shown = subprocess.run(["sinfo", "--noheader", "--states=idle", "--format=%D"], env=env, capture_output=True,
                            text=True)
     return int(shown.stdout.strip() or 0) if shown.returncode == 0 else 0
+
+
+def queued_jobs(env: dict) -> list[str]:
+    shown = subprocess.run(["squeue", "--noheader", "--format=%i"], env=env, capture_output=True, text=True)
+    return shown.stdout.split()
+
+
+def stray_steps(folder: Path) -> list:
+    """This cluster's slurmstepd processes still alive (they hold its log files open)."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] == "slurmstepd":
+            with contextlib.suppress(psutil.Error):
+                if any(f.path.startswith(str(folder)) for f in process.open_files()):
+                    found.append(process)
+    return found
