@@ -13,8 +13,8 @@ FINETUNE_LAB_API_KEY set, every call needs `Authorization: Bearer KEY`. A public
 callers as it serves visitors (listed models and finished runs, the same caps), unless they
 bear the key; an app behind --auth serves the endpoint only with a key. Requests that come
 together on one base are decoded as one batch, with the Chat tab's (core.inference.batching).
-Each client address may run MAX_PER_ADDRESS requests at once and the endpoint MAX_RUNNING (more wait, up to MAX_WAITING);
-errors have OpenAI's shape: {"error": {"message", "type", "code"}}.
+Each client address may run MAX_PER_ADDRESS requests at once and the endpoint MAX_RUNNING (more
+wait, up to MAX_WAITING); errors have OpenAI's shape: {"error": {"message", "type", "code"}}.
 """
 from __future__ import annotations
 

@@ -265,3 +265,24 @@ def tiny_model_dir(tmp_path_factory):
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def long_answer(url: str, local_address: str | None = None):
+    """A 512-token answer streamed from the app's OpenAI endpoint (from `local_address`, a
+    loopback address, to count as another visitor), returned once its first word is out:
+    (the stream, its chunks). While it streams, it holds the chat batch (a running batch takes
+    no new rows), so requests sent meanwhile batch together however far apart they arrive;
+    closing the stream ends that batch at its next token."""
+    import httpx
+    from openai import OpenAI
+
+    transport = httpx.HTTPTransport(local_address=local_address) if local_address else None
+    client = OpenAI(base_url=url + "v1", api_key="unused", max_retries=0, timeout=300,
+                    http_client=httpx.Client(transport=transport) if transport else None)
+    epic = "Write a very long story about a dragon who learns to fly, in ten chapters."  # 512 tokens, greedy
+    stream = client.chat.completions.create(model="smollm2-135m-instruct", max_tokens=512, stream=True,
+                                            messages=[{"role": "user", "content": epic}])
+    chunks = iter(stream)
+    while not next(chunks).choices[0].delta.content:
+        pass
+    return stream, chunks

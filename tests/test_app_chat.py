@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, owner_client
+from tests.conftest import ROOT, long_answer, owner_client
 
 pytestmark = pytest.mark.slow
 
@@ -67,22 +67,15 @@ def test_two_visitors_answers_decode_as_one_batch(app_server, tiny_run):
     what it says when asked alone (the prompts are as long, so no row is padded)."""
     from gradio_client import Client
     from gradio_client.utils import Status
-    from openai import OpenAI
 
     story = "Write a long story about a dragon who learns to fly."
     asks = [chat_args(story, max_new_tokens=64),
             chat_args(story, mode="Compare", adapter=tiny_run.name, max_new_tokens=64)]
     alone = [Client(app_server, verbose=False).predict(**ask)[:2] for ask in asks]
     clients = [Client(app_server, verbose=False) for _ in asks]  # each fetches the config first
-    # A third caller's long answer decodes while both visitors' requests arrive. A running batch
-    # takes no new rows, so both wait, and the next batch takes them together however far
-    # apart they arrived (a busy machine spaced them by more than the batcher's gather time).
-    epic = "Write a very long story about a dragon who learns to fly, in ten chapters."  # 512 tokens, greedy
-    blocker = OpenAI(base_url=app_server + "v1", api_key="unused", max_retries=0, timeout=300)
-    blocking = blocker.chat.completions.create(model="smollm2-135m-instruct", max_tokens=512, stream=True,
-                                               messages=[{"role": "user", "content": epic}])
-    chunks = iter(blocking)
-    next(chunks)
+    # A third caller's long answer holds the batch while both visitors' requests arrive (a busy
+    # machine spaced them by more than the batcher's gather time).
+    blocking, chunks = long_answer(app_server)
     jobs = [client.submit(**ask) for client, ask in zip(clients, asks)]
     answering = (Status.PROCESSING, Status.ITERATING)
     started = None  # when both visitors' handlers were running

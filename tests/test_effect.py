@@ -23,7 +23,7 @@ def test_row_losses_match_transformers_own_loss_on_three_rows(tiny_effect, tiny_
 
     from core.runs import RunFolder
     from training.config import load_config
-    from training.effect import BATCH, sft_tokens
+    from training.effect import BATCH, right_padded, sft_tokens
     from training.model_setup import load_base, load_tokenizer
 
     run = RunFolder(tiny_run)
@@ -32,9 +32,7 @@ def test_row_losses_match_transformers_own_loss_on_three_rows(tiny_effect, tiny_
     model = PeftModel.from_pretrained(load_base(cfg), str(run.adapter)).eval()
     held = run.read_held_out()
     group = [sft_tokens(tokenizer, row) for row in held[:BATCH]]
-    width = max(len(ids) for ids, _ in group)
-    ids = torch.tensor([row + [0] * (width - len(row)) for row, _ in group])
-    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row, _ in group])
+    ids, mask = right_padded([tokens for tokens, _ in group])
     for n, (row, shown) in enumerate(zip(held[:3], tiny_effect["rows"][:3])):
         tokens, start = group[n]
         labels = torch.full_like(ids, -100)

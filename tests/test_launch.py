@@ -52,15 +52,10 @@ def losses(run, key: str = "loss") -> list[float]:
     return [entry[key] for entry in read_log(run) if entry.get("loss") is not None]
 
 
-def start_machines(files: list[str], logs: list, port: int, *extra: str) -> list[subprocess.Popen]:
-    machines = []
-    for path, log in zip(files, logs):
-        machines.append(subprocess.Popen(["bash", path, *extra], cwd=ROOT, stdout=log.open("a"),
-                                         stderr=subprocess.STDOUT, start_new_session=True))
-        # On one host machine 1 could take machine 0's port first (on a cluster their addresses
-        # differ), and accelerate on machine 0 refuses a port in use: start in order.
-        wait_for(lambda: port_open(port) or machines[0].poll() is not None, 120, "machine 0's port")
-    return machines
+def start_machines(files: list[str], logs: list) -> list[subprocess.Popen]:
+    """Both machines' scripts at once, as srun starts them (static rendezvous: machine 0 hosts it)."""
+    return [subprocess.Popen(["bash", path], cwd=ROOT, stdout=log.open("a"), stderr=subprocess.STDOUT,
+                             start_new_session=True) for path, log in zip(files, logs)]
 
 
 def kill_machine(machine: subprocess.Popen) -> None:
@@ -100,7 +95,7 @@ def test_two_machines_on_localhost_train_one_run(tmp_path, data_home):
     logs = [tmp_path / f"machine-{rank}.log" for rank in (0, 1)]
     run = RunFolder.named("two-machines")
     first = run.path / "checkpoints" / "checkpoint-2" / "trainer_state.json"
-    machines = start_machines(files[1:], logs, port)
+    machines = start_machines(files[1:], logs)
     try:
         wait_for(lambda: first.is_file() or any(m.poll() is not None for m in machines), 300, "checkpoint-2")
         assert all(m.poll() is None for m in machines), "\n".join(log.read_text()[-3000:] for log in logs)

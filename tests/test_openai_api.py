@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port, server_rss_mb
+from tests.conftest import ROOT, free_port, long_answer, server_rss_mb
 
 WHO = [{"role": "user", "content": "Who are you?"}]
 
@@ -47,23 +47,16 @@ def test_concurrent_clients_are_decoded_together_and_a_flood_is_refused(client, 
     (core.inference.batching), after another address's answer: each one's tokens arrive while the
     other's do, and each says what it says alone. More from that address get 429 at once, and a
     flood of them leaves the server's memory where it was."""
-    from openai import OpenAI, RateLimitError
+    from openai import RateLimitError
 
     story = [{"role": "user", "content": "Write a long story about a dragon who learns to fly."}]
     names = ["smollm2-135m-instruct", f"smollm2-135m-instruct:{tiny_run.name}"]
     solo = [client.chat.completions.create(model=name, messages=story, max_tokens=160).choices[0].message.content
             for name in names]
     before = server_rss_mb(app_server)
-    # Another visitor's long answer decodes while both streams arrive. A running batch takes no
-    # new rows, so both wait, and the next batch takes them together however far apart they
-    # arrived (a busy machine can space them by more than the batcher's gather time).
-    other = OpenAI(base_url=app_server + "v1", api_key="unused", max_retries=0, timeout=300,
-                   http_client=httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2")))
-    epic = [{"role": "user", "content": "Write a very long story about a dragon who learns to fly, in ten chapters."}]
-    blocking = other.chat.completions.create(model=names[0], messages=epic, max_tokens=512, stream=True)
-    blocker = iter(blocking)
-    while not next(blocker).choices[0].delta.content:
-        pass  # its batch is decoding
+    # Another address's long answer holds the batch while both streams arrive (127.0.0.2: the
+    # per-address limit still counts 2 for this client).
+    blocking, blocker = long_answer(app_server, local_address="127.0.0.2")
     streams = [client.chat.completions.create(model=name, messages=story, max_tokens=160, stream=True)
                for name in names]
     for stream in streams:

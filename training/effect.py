@@ -45,14 +45,21 @@ def row_losses(model, batches: list[tuple[list[int], int]], adapter_on: bool) ->
     with torch.inference_mode(), switch:
         for first in range(0, len(batches), BATCH):
             group = batches[first:first + BATCH]
-            width = max(len(ids) for ids, _ in group)
-            ids = torch.tensor([row + [0] * (width - len(row)) for row, _ in group])
-            mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row, _ in group])
+            ids, mask = right_padded([row for row, _ in group])
             logits = model(input_ids=ids, attention_mask=mask).logits.float()
             nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
             for n, (row, start) in enumerate(group):
                 losses.append(float(nll[n, max(start, 1) - 1:len(row) - 1].mean()))
     return losses
+
+
+def right_padded(rows: list[list[int]]):
+    """(token ids, attention mask) of `rows` as one batch, padded on the right with 0."""
+    import torch
+
+    width = max(len(row) for row in rows)
+    ids = torch.tensor([row + [0] * (width - len(row)) for row in rows])
+    return ids, torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
 
 
 def sft_tokens(tokenizer, row) -> tuple[list[int], int]:
