@@ -57,8 +57,9 @@ def picked(evt: gr.SelectData):
     return row[0] if row else gr.update()
 
 
-def build(target: gr.Dropdown, kind: str, elem_prefix: str) -> None:
-    """Lay out the panel in the current layout and wire it to fill `target`."""
+def build(target: gr.Dropdown, kind: str, elem_prefix: str):
+    """Lay out the panel in the current layout and wire it to fill `target`; returns the event
+    that fills it, for a caller to chain on."""
     with gr.Accordion("Find on the Hub", open=False, elem_id=f"{elem_prefix}-hub"):
         with gr.Row():
             tasks = MODEL_TASKS if kind == "model" else DATASET_TASKS
@@ -77,7 +78,7 @@ def build(target: gr.Dropdown, kind: str, elem_prefix: str) -> None:
         search.click(find_models, [task, query, library, size, sort], [results, status], api_name=False)
     else:
         search.click(find_datasets, [task, query, sort], [results, status], api_name=False)
-    results.select(picked, None, target, api_name=False)
+    return results.select(picked, None, target, api_name=False)
 
 
 def register_api() -> None:

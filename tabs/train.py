@@ -61,9 +61,8 @@ def build(demo: gr.Blocks, adapter_picker: gr.Dropdown) -> None:
     live = _run_step()
     train_effect.build(run)
     runs = _runs_section()
-    train_votes.build(data["dataset"], fields["objective"])
-    train_data.wire(data, form, uploads)
-    _wire_method(method, form, fields)
+    setters = train_votes.build(data["dataset"], fields["objective"]) + train_data.wire(data, form, uploads)
+    _wire_method(method, form, fields, setters + [method["picked"]])
     _wire_live(live, form, run, last_state, uploads, adapter_picker)
     _wire_runs(runs, run)
     gr.on([live["start"].click, live["stop"].click, live["resume"].click], runs_table, None, runs["table"],
@@ -81,18 +80,18 @@ def _method_step(cfg: TrainConfig) -> tuple[dict, dict]:
             recipe = gr.Dropdown(list_recipes(), label="Recipe (loads its settings)", value=None)
             model = gr.Dropdown([s.name for s in KNOWN_MODELS], value=cfg.model, allow_custom_value=True,
                                 label="model", info=train_form.help_of("model"), elem_id="cfg-model")
-        hub_panel.build(model, "model", "train-model")
+        picked = hub_panel.build(model, "model", "train-model")
         with gr.Row():
             fields = train_form.build_fields(["objective", "adapter"], cfg)
         explanation = gr.Markdown(_explain(cfg.objective, cfg.adapter))
         with gr.Accordion("Advanced", open=False), gr.Row():
             fields.update(train_form.build_fields([n for n in train_form.NAMES if n not in train_form.MAIN], cfg))
-        with gr.Accordion("Equivalent CLI command and YAML", open=False):
+        with gr.Accordion("Equivalent CLI command and YAML", open=False) as cli_section:
             cli = [gr.Textbox(label="CLI", interactive=False),
                    gr.Code(language="yaml", label="YAML config", interactive=False),
                    gr.File(label="Download YAML", interactive=False)]
     fields["model"] = model
-    return fields, dict(recipe=recipe, explanation=explanation, cli=cli)
+    return fields, dict(recipe=recipe, explanation=explanation, cli=cli, cli_section=cli_section, picked=picked)
 
 
 def _run_step() -> dict:
@@ -129,7 +128,9 @@ def _runs_section() -> dict:
                 message=message, evaluate=evaluate_btn, trackio=trackio_btn)
 
 
-def _wire_method(method: dict, form: dict, fields: dict) -> None:
+def _wire_method(method: dict, form: dict, fields: dict, setters: list) -> None:
+    """Wire the recipe, the explanation and the CLI/YAML preview. `setters` are the other
+    events that write form fields (Hub picks, uploads, column maps, votes)."""
     @shows_errors(toast=True)
     def on_recipe(name):
         values = load_recipe(name)
@@ -138,12 +139,20 @@ def _wire_method(method: dict, form: dict, fields: dict) -> None:
     def on_change(inputs: dict, request: gr.Request):
         return cli_preview(train_form.named_values(form, inputs), request)
 
-    method["recipe"].input(on_recipe, method["recipe"], list(form.values()), api_name=False)
-    for name in ("objective", "adapter"):
-        fields[name].change(_explain, [fields["objective"], fields["adapter"]], method["explanation"], api_name=False)
-    # One event for every field, and only the last of a burst runs (a recipe changes them all).
-    gr.on([widget.change for widget in form.values()], on_change, set(form.values()), method["cli"],
-          trigger_mode="always_last", show_progress="hidden", api_name=False)
+    setters = [method["recipe"].input(on_recipe, method["recipe"], list(form.values()), api_name=False), *setters]
+    # Not `.change`: a recipe sets ~40 fields, and each field's change event would submit its own
+    # snapshot of a half-updated form, answered in any order. `.input` fires on the user's own
+    # edits, and `.then` reads the form after a setter's outputs are applied. One pool of one runs
+    # them in the order they were sent, so an older snapshot's answer never lands last.
+    serial = dict(concurrency_id="train-form", concurrency_limit=1, show_progress="hidden")
+    explain = dict(fn=_explain, inputs=[fields["objective"], fields["adapter"]], outputs=method["explanation"],
+                   **serial)
+    preview = dict(fn=on_change, inputs=set(form.values()), outputs=method["cli"], **serial)
+    for event, triggers in ((explain, [fields["objective"].input, fields["adapter"].input]),
+                            (preview, [widget.input for widget in form.values()] + [method["cli_section"].expand])):
+        gr.on(triggers, trigger_mode="always_last", api_name=False, **event)
+        for setter in setters:
+            setter.then(api_name=False, **event)
 
 
 def _wire_live(live: dict, form: dict, run, last_state, uploads, adapter_picker) -> None:

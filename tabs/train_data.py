@@ -100,7 +100,7 @@ def build_step(cfg: TrainConfig) -> dict:
                                   info=train_form.help_of("dataset"), elem_id="cfg-dataset")
             upload = gr.File(label="…or upload csv / json / jsonl / parquet / txt / md", type="filepath",
                              file_types=[".csv", ".json", ".jsonl", ".parquet", ".txt", ".md"])
-        hub_panel.build(dataset, "dataset", "train-data")
+        picked = hub_panel.build(dataset, "dataset", "train-data")
         summary = gr.Markdown(elem_id="data-summary")
         table = gr.Dataframe(label="First rows", interactive=False, max_height=260)
         with gr.Row():
@@ -114,10 +114,11 @@ def build_step(cfg: TrainConfig) -> dict:
                                   color_map={"trained": "green", "trained, overlaps next window": "orange"})
         seen_info = gr.Markdown()
     return dict(dataset=dataset, upload=upload, columns=columns, maps=maps, row=row, preview=preview_btn,
-                seen=seen, seen_info=seen_info, outputs=[summary, table, *maps])
+                seen=seen, seen_info=seen_info, outputs=[summary, table, *maps], picked=picked)
 
 
-def wire(data: dict, form: dict, uploads: gr.State) -> None:
+def wire(data: dict, form: dict, uploads: gr.State) -> list:
+    """Wire the data step; returns the events that set form fields (dataset, columns)."""
     inspect_inputs = [data["dataset"], data["columns"], uploads]
 
     def on_upload(upload, own, request: gr.Request):
@@ -130,13 +131,14 @@ def wire(data: dict, form: dict, uploads: gr.State) -> None:
     def on_preview(inputs: dict, request: gr.Request):
         return preview_example(inputs[data["row"]], train_form.named_values(form, inputs), request, inputs[uploads])
 
-    data["upload"].upload(on_upload, [data["upload"], uploads], [data["dataset"], uploads, data["outputs"][0]],
+    uploaded = data["upload"].upload(on_upload, [data["upload"], uploads], [data["dataset"], uploads, data["outputs"][0]],
                           api_name=False)
     data["dataset"].change(inspect_for_form, inspect_inputs, data["outputs"], api_name=False, **HEAVY_EVENTS)
     data["columns"].submit(inspect_for_form, inspect_inputs, data["outputs"], api_name=False, **HEAVY_EVENTS)
-    for dropdown in data["maps"]:
-        dropdown.input(mapping_string, data["maps"], data["columns"], api_name=False)
+    mapped = [dropdown.input(mapping_string, data["maps"], data["columns"], api_name=False)
+              for dropdown in data["maps"]]
     data["preview"].click(on_preview, {data["row"], uploads, *form.values()}, [data["seen"], data["seen_info"]],
                           api_name=False, **HEAVY_EVENTS)
     gr.api(api_inspect, api_name="data_inspect", **HEAVY_EVENTS)
     gr.api(api_preview, api_name="data_preview", **HEAVY_EVENTS)
+    return [data["picked"], uploaded, *mapped]

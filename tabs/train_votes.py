@@ -130,7 +130,8 @@ def build_judge() -> None:
         button.click(judge_handler(choice), pending, [line, pending, *answers], api_name=f"judge_{choice}")
 
 
-def build(dataset: gr.Dropdown, objective: gr.Radio) -> None:
+def build(dataset: gr.Dropdown, objective: gr.Radio) -> list:
+    """Lay out and wire the votes panel; returns its events that set `dataset` and `objective`."""
     with gr.Accordion("Preference votes (blind Compare)", open=False):
         board = gr.Dataframe(headers=BOARD_COLUMNS, interactive=False, elem_id="votes-leaderboard",
                              label="Leaderboard: every model with blind votes (Bradley-Terry)")
@@ -151,6 +152,7 @@ def build(dataset: gr.Dropdown, objective: gr.Radio) -> None:
     refresh.click(vote_summary, None, [board, table, line], api_name="votes_table")
     accept.click(accept_visitors, None, [board, table, line], api_name="votes_accept")
     pull.click(pull_from_hub, [dataset_box, token], [board, table, line], api_name="votes_pull")
-    use.click(train_on_votes, None, [dataset, objective, line], api_name="votes_to_dataset")
-    thumbs.click(train_on_thumbs, None, [dataset, objective, line], api_name="thumbs_to_dataset")
+    setters = [use.click(train_on_votes, None, [dataset, objective, line], api_name="votes_to_dataset"),
+               thumbs.click(train_on_thumbs, None, [dataset, objective, line], api_name="thumbs_to_dataset")]
     build_judge()
+    return setters
