@@ -30,7 +30,8 @@ from core.errors import LabError
 
 
 def cmd_chat(args) -> int:
-    from core.inference.chat import GenerationSettings, attach_tuned, stream_reply
+    from core.inference.adapters import attach_tuned
+    from core.inference.chat import GenerationSettings, stream_reply
     from core.inference.compare import stream_compare
     from core.inference.models import load_model
 

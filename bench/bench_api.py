@@ -64,7 +64,7 @@ def figures_for(loaded, adapters: list, tokens: int, repeats: int) -> dict:
 
 
 def main() -> None:
-    from core.inference.chat import attach_tuned
+    from core.inference.adapters import attach_tuned
     from core.inference.models import load_model
     from core.inference.batching import BATCHER
 

@@ -92,7 +92,8 @@ def time_paths(tokens: int, repeats: int) -> dict:
 RSS_SCRIPT = """
 import pathlib, re, sys
 sys.path.insert(0, {root!r})
-from core.inference.chat import GenerationSettings, attach_tuned, stream_reply
+from core.inference.adapters import attach_tuned
+from core.inference.chat import GenerationSettings, stream_reply
 from core.inference.models import load_model
 m = load_model("smollm2-135m-instruct")
 s = GenerationSettings(max_new_tokens=16)
@@ -150,7 +151,7 @@ def decode_paths(tokens: int, repeats: int) -> tuple[dict, dict]:
 def compare_figures(adapter: str, tokens: int, repeats: int, eager) -> dict:
     """Compare on the app's own path, then on `eager` (the eager bf16 model decode_paths
     loaded): whether a batch of two costs about what one row costs depends on the matmul kernel."""
-    from core.inference.chat import attach_tuned
+    from core.inference.adapters import attach_tuned
     from core.inference.models import load_model
 
     loaded = load_model("smollm2-135m-instruct")  # the app's own path on this machine

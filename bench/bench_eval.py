@@ -78,7 +78,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from core import threads
-    from core.inference.chat import attach_tuned
+    from core.inference.adapters import attach_tuned
     from core.data.rows import load_rows
     from core.inference.models import load_model
     from training import answer_eval

@@ -49,7 +49,8 @@ def load_path(source: str, path: str):
     """A LoadedModel for one decode path: 'eager-fp32', 'eager-bf16' or 'int8' (bf16 activations)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from core.inference.fast_decode import quantize_linears, use_packed_decode_attention
+    from core.inference.decode_attention import use_packed_decode_attention
+    from core.inference.fast_decode import quantize_linears
     from core.inference.models import LoadedModel
 
     dtype = torch.float32 if path == "eager-fp32" else torch.bfloat16

@@ -36,7 +36,8 @@ def with_fp32_lora(run):
 
 
 def main() -> None:
-    from core.inference.chat import GenerationSettings, attach_tuned, stream_reply
+    from core.inference.adapters import attach_tuned
+    from core.inference.chat import GenerationSettings, stream_reply
     from core.inference.compare import stream_compare
     from core.inference.models import load_model
 

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from core import access, threads
 from core.errors import LabError
 from core.inference.batching import BASE, MAX_ROWS, Row, answer_together
-from core.inference.chat import GenerationSettings, attach_tuned
+from core.inference.adapters import attach_tuned
+from core.inference.chat import GenerationSettings
 from core.inference.models import KNOWN_MODELS, load_model
 from core.request_limits import client_address
 from core.runs import GENERATOR, finished_runs

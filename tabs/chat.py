@@ -13,7 +13,8 @@ import gradio as gr
 from core import threads
 from core.access import check_adapter, check_model, clamp
 from core.inference.batching import BASE, Row, answer_together
-from core.inference.chat import GenerationSettings, Tuned, attach_tuned
+from core.inference.adapters import Tuned, attach_tuned
+from core.inference.chat import GenerationSettings
 from core.inference.compare import stream_compare
 from core.errors import LabError
 from core.inference.models import DEFAULT_MODEL, load_model

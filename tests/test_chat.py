@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.inference.chat import GenerationSettings, attach_tuned, build_inputs, stream_reply
+from core.inference.adapters import attach_tuned
+
+from core.inference.chat import GenerationSettings, build_inputs, stream_reply
 from core.inference.models import ModelError, load_model
 
 GREEDY = GenerationSettings(max_new_tokens=24)

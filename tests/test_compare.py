@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.inference.chat import GenerationSettings, attach_tuned, stream_reply
+from core.inference.adapters import attach_tuned
+
+from core.inference.chat import GenerationSettings, stream_reply
 from core.inference.compare import stream_compare
 from core.inference.fast_decode import Int8Linear, decode_path, quantize_linears
 from core.errors import LabError

@@ -1,4 +1,4 @@
-"""The packed decode attention of core.inference.fast_decode: a chat model on a CPU uses it, prompts take
+"""The packed decode attention of core.inference.decode_attention: a chat model on a CPU uses it, prompts take
 transformers' own sdpa path unchanged, and a decoding step is as accurate as sdpa's.
 
     .venv/bin/python -m pytest tests/test_decode_attention.py
@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import torch
 
 from core.inference.chat import base_only
-from core.inference.fast_decode import PACKED_ATTENTION, packed_decode_attention, packs, use_packed_decode_attention
+from core.inference.decode_attention import PACKED_ATTENTION, packed_decode_attention, packs, use_packed_decode_attention
 
 
 @contextmanager

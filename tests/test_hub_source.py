@@ -143,7 +143,7 @@ def test_visitors_may_search_but_not_train(visitor):
 OFFLINE = """
 import json, sys, time
 sys.path.insert(0, '.')
-from core.inference.chat import adapter_folder
+from core.inference.adapters import adapter_folder
 from core.data.rows import load_rows
 from core.errors import LabError
 from core.inference.models import resolve_model
@@ -180,7 +180,7 @@ def test_offline_every_hub_use_says_hub_not_reachable_at_once(env):
 LOGITS = """
 import json, sys, torch
 sys.path.insert(0, '.')
-from core.inference.chat import attach_tuned
+from core.inference.adapters import attach_tuned
 from core.inference.models import load_model
 base = load_model("smollm2-135m-instruct")
 hub, local = attach_tuned(base, "tester/chats-lora"), attach_tuned(base, sys.argv[1])

@@ -108,7 +108,9 @@ def test_chat_prompts_an_adapter_in_the_format_it_trained_on(data_home, tiny_run
     SFT adapter saved without a template gets the plain "Question:/Answer:" text it trained on."""
     import shutil
 
-    from core.inference.chat import QA_FORMAT, GenerationSettings, attach_tuned, build_inputs, trained_format
+    from core.inference.adapters import attach_tuned, trained_format
+
+    from core.inference.chat import QA_FORMAT, GenerationSettings, build_inputs
     from core.inference.models import load_model
     from training.model_setup import CHATML
     from training.model_setup import load_tokenizer

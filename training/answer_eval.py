@@ -54,7 +54,8 @@ def reference_rows(eval_set, limit: int) -> list[tuple[list[dict], str]]:
 def generate(cfg, run: RunFolder, rows, seconds: float, progress=print, max_new_tokens: int = 64):
     """[(base answer, tuned answer)] for as many rows as fit in `seconds`, a batch of CHUNK rows
     per side at a time."""
-    from core.inference.chat import GenerationSettings, attach_tuned
+    from core.inference.adapters import attach_tuned
+    from core.inference.chat import GenerationSettings
     from core.inference.models import load_model
 
     base = load_model(cfg.model)

@@ -29,7 +29,8 @@ def before_after_report(cfg, run: RunFolder, eval_set=None, max_new_tokens: int 
     """Answer each prompt greedily before and after training; write the run's report (JSON and
     markdown); return the rows. "Before" is the base, or with start_from the adapter the run
     started from: both adapters then answer in one batch on one copy of the base weights."""
-    from core.inference.chat import GenerationSettings, attach_tuned
+    from core.inference.adapters import attach_tuned
+    from core.inference.chat import GenerationSettings
     from core.inference.compare import stream_batch, stream_compare
     from core.inference.models import load_model
 

@@ -2,9 +2,9 @@
 
     python cli.py chat "What is the capital of France?"            # the CLI twin
 
-Compare mode keeps ONE copy of the base weights: a LoRA/QLoRA adapter is attached with peft,
-and the base side runs inside `disable_adapter()`, so it is truly the base model. A fully
-fine-tuned folder is loaded as a second model instead.
+Compare mode keeps ONE copy of the base weights: a LoRA/QLoRA adapter is attached with peft
+(core.inference.adapters), and the base side runs inside `disable_adapter()`, so it is truly
+the base model. A fully fine-tuned folder is loaded as a second model instead.
 """
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ import contextlib
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import torch
 
 from core import threads
 from core.inference import compiled_decode
-from core.inference.models import LoadedModel, ModelError, find_spec, load_model
+from core.inference.models import LoadedModel, ModelError
 
 QA_FORMAT = "question-answer"  # plain "Question: …\nAnswer:" text (core.data.formats.qa_prompt)
+
 
 @dataclass
 class GenerationSettings:
@@ -48,15 +48,6 @@ class Reply:
     notice: str = ""
     new_tokens: int = 0
     seconds: float = 0.0
-
-
-@dataclass
-class Tuned:
-    """What the "tuned" side runs: a model, plus the peft adapter name when it is LoRA."""
-
-    loaded: LoadedModel
-    adapter_name: str | None
-    chat_template: str | None = None  # the prompt format it was trained on, when not the base's
 
 
 def build_inputs(loaded: LoadedModel, messages: list[dict], settings: GenerationSettings):
@@ -213,93 +204,3 @@ def base_only(loaded: LoadedModel, adapter_name: str | None):
         # Once peft has injected LoRA layers, the base is only reachable through this.
         return loaded.model.disable_adapter()
     return contextlib.nullcontext()
-
-
-def adapter_folder(value: str) -> Path:
-    """The folder an adapter box value names: a finished run's name, a folder path, or a Hub
-    repo id (downloaded: safetensors and config only)."""
-    from core.hub.source import HUB_REPO, download_adapter
-    from core.runs import GENERATOR, finished_runs
-
-    value = (value or "").strip()
-    if not value:
-        raise ModelError("Compare needs an adapter: pick one, type a folder path or a Hub repo id.")
-    by_run = {run.name: run.adapter for run in finished_runs(GENERATOR)}
-    folder = by_run.get(value) or Path(value).expanduser()
-    if not folder.is_dir() and HUB_REPO.fullmatch(value):
-        folder = download_adapter(value)
-    if not folder.is_dir():
-        raise ModelError(f"Adapter '{value}' is neither a finished run, a folder nor a Hub repo id.")
-    return folder.resolve()
-
-
-def attach_tuned(base: LoadedModel, value: str) -> Tuned:
-    """Prepare the tuned side: attach a LoRA adapter to `base`, or load a full model folder."""
-    folder = adapter_folder(value)
-    if (folder / "adapter_config.json").is_file():
-        return Tuned(base, _attach_lora(base, folder), trained_format(folder, base.tokenizer))
-    if (folder / "config.json").is_file():
-        loaded = load_model(str(folder))
-        return Tuned(loaded, None, trained_format(folder, loaded.tokenizer))
-    raise ModelError(f"'{value}' is neither a LoRA adapter (adapter_config.json) nor a model folder.")
-
-
-def trained_format(folder: Path, tokenizer) -> str | None:
-    """The prompt format an adapter was trained on, when it is not the base's own: the chat
-    template saved with it (training's `chat_template: chatml`), or QA_FORMAT for a run that
-    trained plain "Question:/Answer:" text (training records it in the adapter folder).
-    None: the base's format (or nothing is known)."""
-    import json
-
-    from core.runs import read_prompt_format
-
-    if not (folder / "tokenizer_config.json").is_file():
-        return None  # an adapter from elsewhere, saved without its tokenizer
-    jinja = folder / "chat_template.jinja"
-    saved = jinja.read_text() if jinja.is_file() else json.loads(
-        (folder / "tokenizer_config.json").read_text()).get("chat_template")
-    if saved:
-        return None if saved == tokenizer.chat_template else saved
-    return read_prompt_format(folder)
-
-
-def _attach_lora(base: LoadedModel, folder: Path) -> str:
-    """Attach once per folder, under the model's lock (two sessions must not both pick 'adapter1');
-    an attached adapter is found without it, as a running generation holds it to its end."""
-    from peft import PeftConfig, PeftModel
-
-    if not (folder / "adapter_model.safetensors").is_file():
-        raise ModelError(f"'{folder.name}' has no adapter_model.safetensors (only safetensors load).")
-    trained_on = PeftConfig.from_pretrained(str(folder)).base_model_name_or_path or ""
-    _check_same_base(base, trained_on)
-    key = str(folder)
-    if key in base.adapters:  # attached already: no need to wait for the generation that holds the lock
-        return base.adapters[key]
-    compiled_decode.wait_until_settled(base)  # the compile reads the layers an attach would wrap
-    with base.lock:
-        if key in base.adapters:
-            return base.adapters[key]
-        name = f"adapter{len(base.adapters)}"
-        try:
-            if hasattr(base.model, "load_adapter") and base.adapters:
-                threads.in_own_thread(base.model.load_adapter, str(folder), adapter_name=name)
-            else:
-                base.model = threads.in_own_thread(PeftModel.from_pretrained, base.model, str(folder),
-                                                   adapter_name=name)
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise ModelError(
-                f"Adapter '{folder.parent.name}' does not fit {base.name} (trained on "
-                f"'{trained_on}'): {str(exc).splitlines()[0][:200]}"
-            ) from None
-        base.model.eval()
-        base.adapters[key] = name
-    return name
-
-
-def _check_same_base(base: LoadedModel, trained_on: str) -> None:
-    adapter_spec, base_spec = find_spec(Path(trained_on).name or trained_on), find_spec(base.name)
-    if adapter_spec and base_spec and adapter_spec != base_spec:
-        raise ModelError(
-            f"This adapter was trained on {adapter_spec.name}, not on {base.name}: "
-            "pick that base model to compare."
-        )

@@ -24,8 +24,9 @@ from typing import Iterator
 
 import torch
 
-from core.inference.chat import (GenerationSettings, Reply, Tuned, adapter_context, build_inputs, check_messages,
-                       generate_kwargs, launch_generate, stream_reply)
+from core.inference.adapters import Tuned
+from core.inference.chat import (GenerationSettings, Reply, adapter_context, build_inputs, check_messages,
+                                 generate_kwargs, launch_generate, stream_reply)
 from core.inference.fast_decode import BASE
 from core.inference.models import LoadedModel, ModelError
 

@@ -13,9 +13,8 @@ any other Linear and calls it as the base layer. In chat, `adapter_rows` applies
 to their rows of a batch (each row its adapter or none) with fewer kernels than peft's 9 per
 layer: on int8 weights, one adapter's A rides in the base layer's own product and its B is int8
 too (2 kernels); otherwise 3 in fp32. It is `None` (then peft's `adapter_names` does it) where
-an adapter is not plain LoRA on Linear layers. Every chat model on a CPU also gets
-`packed_decode_attention`, which runs a decoding step's grouped-query attention as one short
-query block per key/value head (11% faster per token on the int8 weights). On a GPU,
+an adapter is not plain LoRA on Linear layers. (Every chat model on a CPU also gets
+core.inference.decode_attention's packed grouped-query attention.) On a GPU,
 auto keeps the eager weights: there the bf16 kernels are already fast. So does a CPU without
 native bf16, where the weights are fp32 and the int8 kernel is slow with fp32 activations.
 """
@@ -144,54 +143,6 @@ def decode_path(device: str, dtype: torch.dtype) -> str:
         fits = device == "cpu" and dtype == torch.bfloat16
         return "int8" if fits and int8_mm is not None else "eager"
     return choice
-
-
-PACKED_ATTENTION = "sdpa_packed_decode"
-
-
-def packed_decode_attention(module, query, key, value, attention_mask, **kwargs):
-    """transformers' sdpa attention, except for one query token (without a mask, or with one per
-    row, as a static cache's step has) on a model whose query heads share key/value heads (GQA):
-    there each key/value head's queries are packed into one short query block. Otherwise
-    transformers asks torch's CPU kernel to broadcast the key/value heads, or copies them per
-    query head when there is a mask. Measured per call (SmolLM2's 9 heads over 3): 4-7x slower
-    with 100-250 cached tokens and no mask; 285 against 76 us over a 512-slot static cache. The
-    results are as accurate against float64 (the two differ in the last bit in about 1 case in 10)."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    if not packs(module, query, attention_mask, **kwargs):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    batch, heads, _, width = query.shape
-    groups = module.num_key_value_groups
-    packed = query.reshape(batch, heads // groups, groups, width)  # query head h reads key/value head h // groups
-    out = F.scaled_dot_product_attention(packed, key, value, attn_mask=attention_mask, scale=kwargs.get("scaling"))
-    return out.reshape(batch, heads, 1, width).transpose(1, 2).contiguous(), None
-
-
-def packs(module, query, attention_mask, **kwargs) -> bool:
-    """Whether `packed_decode_attention` packs this call (else it is transformers' sdpa as is)."""
-    return (query.shape[2] == 1 and _one_mask_per_row(attention_mask) and getattr(module, "num_key_value_groups", 1) > 1
-            and not module.training and kwargs.get("position_bias") is None and kwargs.get("softcap") is None)
-
-
-def _one_mask_per_row(attention_mask) -> bool:
-    """No mask, or one shared by all heads (batch, 1, 1, keys): what a static cache's decoding step
-    passes to hide its empty slots. It then broadcasts over the packed query block unchanged."""
-    return attention_mask is None or (attention_mask.dim() == 4 and attention_mask.shape[1:3] == (1, 1))
-
-
-def use_packed_decode_attention(model) -> bool:
-    """Switch a chat model on a CPU from "sdpa" to `packed_decode_attention`; return whether it did.
-    Other attention choices (eager, flash kernels on a GPU) are left as they are."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-
-    if model.device.type != "cpu" or model.config._attn_implementation != "sdpa":
-        return False
-    AttentionInterface.register(PACKED_ATTENTION, packed_decode_attention)
-    AttentionMaskInterface.register(PACKED_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])  # the same masks
-    model.set_attn_implementation(PACKED_ATTENTION)
-    return model.config._attn_implementation == PACKED_ATTENTION
 
 
 def quantize_linears(model: torch.nn.Module) -> int:

@@ -182,7 +182,8 @@ def _load_fresh(name: str, source: str) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from core.inference import compiled_decode
-    from core.inference.fast_decode import decode_path, quantize_linears, use_packed_decode_attention
+    from core.inference.decode_attention import use_packed_decode_attention
+    from core.inference.fast_decode import decode_path, quantize_linears
 
     start = time.perf_counter()
     kwargs = dict(trust_remote_code=False)
