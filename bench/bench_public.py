@@ -17,7 +17,9 @@ classification with thousands of labels), one fills the queue from fresh session
 votes. The baseline phase runs the same honest visitors with no hostile ones.
 
 The last line is one JSON object: peak server RSS, the honest visitors' p50/p95 time to first
-token in both phases and the ratio of the p95s (what the attackers cost), their errors, and how
+token in both phases and the ratio of the p95s (what the attackers cost), how much of their chats'
+p50/p95 wait was in Gradio's queue before the handler started (`queue_wait_*`: the rest is the
+answer's batch and prompt), their errors, and how
 many hostile calls were refused. Targets (issue 27): peak RSS < 4 GB, no honest visitor refused
 or failed, p95 time to first token < 10 s on 2 cores.
 """
@@ -61,27 +63,30 @@ class Visitor:
         raise KeyError(api_name or elem_id)
 
     def call(self, fn_index: int, data: list, event_data=None, session: str | None = None) -> dict:
-        """Run one event; returns {"ok", "status", "first_token_s", "data", "error"}."""
+        """Run one event; returns {"ok", "status", "first_token_s", "queue_s", "data", "error"}
+        (`queue_s`: until Gradio's queue started the handler)."""
         session, start = session or self.session, time.perf_counter()
         body = {"data": data, "fn_index": fn_index, "session_hash": session, "event_data": event_data}
         joined = self.http.post(self.url + "gradio_api/queue/join", json=body)
         if joined.status_code != 200:
-            return {"ok": False, "status": joined.status_code, "first_token_s": None, "data": None,
+            return {"ok": False, "status": joined.status_code, "first_token_s": None, "queue_s": None, "data": None,
                     "error": joined.text[:200]}
-        event_id, first = joined.json()["event_id"], None
+        event_id, first, started = joined.json()["event_id"], None, None
         with self.http.stream("GET", self.url + "gradio_api/queue/data", params={"session_hash": session}) as stream:
             for line in stream.iter_lines():
                 message = json.loads(line[5:]) if line.startswith("data:") else {}
                 if message.get("event_id") != event_id:
                     continue
+                if message.get("msg") == "process_starts" and started is None:
+                    started = time.perf_counter() - start
                 if message.get("msg") == "process_generating" and first is None:
                     first = time.perf_counter() - start
                 if message.get("msg") == "process_completed":
                     output = message.get("output") or {}
                     return {"ok": bool(message.get("success")) and "error" not in output, "status": 200,
-                            "first_token_s": first or time.perf_counter() - start, "data": output.get("data"),
-                            "error": output.get("error")}
-        return {"ok": False, "status": 200, "first_token_s": None, "data": None, "error": "stream ended"}
+                            "first_token_s": first or time.perf_counter() - start, "queue_s": started,
+                            "data": output.get("data"), "error": output.get("error")}
+        return {"ok": False, "status": 200, "first_token_s": None, "queue_s": None, "data": None, "error": "stream ended"}
 
 
 CHAT = ["", [], [], "smollm2-135m-instruct", None, "Single", "", 0.0, 0.9, 48, 1.1, False, None, None]
@@ -105,6 +110,7 @@ def honest(visitor: Visitor, until: float, adapter: str | None, upload_path: Pat
             result = visitor.call(visitor.fn("chat"), data)
             if result["ok"]:
                 stats["ttft"].append(result["first_token_s"])
+                stats["queue"].append(result["queue_s"] or 0.0)
             if action == "vote" and result["ok"]:
                 result = visitor.call(visitor.fn(elem_id="base-chat", event="like"), [None, False],
                                       {"index": 1, "value": "", "liked": True})
@@ -173,7 +179,7 @@ def sample_rss(pid: int, until: float, peak: list) -> None:
 
 def phase(url: str, config: dict, pid: int, args, seconds: float, attack: bool, files: dict) -> dict:
     until, peak = time.time() + seconds, [0.0]
-    stats = {"ttft": [], "calls": 0, "errors": 0, "samples": []}
+    stats = {"ttft": [], "queue": [], "calls": 0, "errors": 0, "samples": []}
     hostile = {"calls": 0, "refused": 0}
     probe = Visitor(url, config, "10.0.0.1")
     listed = (probe.call(probe.fn("adapters"), [])["data"] or [[]])[0]
@@ -189,11 +195,17 @@ def phase(url: str, config: dict, pid: int, args, seconds: float, attack: bool, 
         thread.start()
     for thread in threads:
         thread.join()
-    ttft = sorted(stats["ttft"])
+    ttft, queue = sorted(stats["ttft"]), sorted(stats["queue"])
     return {"peak_rss_mb": round(peak[0]), "ttft_p50_s": round(statistics.median(ttft), 2) if ttft else None,
-            "ttft_p95_s": round(ttft[int(0.95 * (len(ttft) - 1))], 2) if ttft else None, "honest_calls": stats["calls"],
+            "ttft_p95_s": percentile(ttft, 0.95), "queue_wait_p50_s": percentile(queue, 0.5),
+            "queue_wait_p95_s": percentile(queue, 0.95), "honest_calls": stats["calls"],
             "honest_errors": stats["errors"], "error_samples": stats["samples"], "adapter": adapter,
             **({"hostile_calls": hostile["calls"], "hostile_refused": hostile["refused"]} if attack else {})}
+
+
+def percentile(values: list[float], share: float) -> float | None:
+    """The `share` percentile of sorted `values`, rounded (None when there are none)."""
+    return round(values[int(share * (len(values) - 1))], 2) if values else None
 
 
 def launch(home: str | None, work: Path) -> tuple[subprocess.Popen, str, dict]:
