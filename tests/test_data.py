@@ -1,4 +1,5 @@
-"""Data loading, format detection, column mapping, conversion, preview, and bad inputs."""
+"""Data loading, format detection, column mapping, conversion, preview, and bad inputs. (Hub
+dataset ids and the run names they give: tests/test_hub_source.py.)"""
 from __future__ import annotations
 
 import json
@@ -280,23 +281,3 @@ def test_bad_sharegpt_rows_name_the_problem(tmp_path, tokenizer, turns, problem)
     ds = load_rows_from([{"conversations": turns}])
     with pytest.raises(DataError, match=problem):
         sft_rows(ds, tokenizer)
-
-
-@pytest.mark.parametrize("value, parsed", [
-    ("owner/name", ("owner/name", None, "train")),
-    ("owner/name:sub@test", ("owner/name", "sub", "test")),
-    ("owner/name@validation", ("owner/name", None, "validation")),
-    ("data/train.jsonl", None), ("identity", None), ("chatterbot:ai", None), ("a/b/c", None), ("/etc/passwd", None),
-])
-def test_hub_dataset_ids_are_told_from_paths(value, parsed):
-    from core.hub.source import parse_hub_source
-
-    source = parse_hub_source(value)
-    assert (source and (source.repo, source.subset, source.split)) == parsed or (source is None and parsed is None)
-
-
-def test_a_hub_id_gives_a_valid_default_run_name():
-    from training.jobs import default_run_name
-
-    assert default_run_name(config_from_dict({"dataset": "owner/na.me:sub@test"})).startswith("sft-lora-na-me-sub-test-")
-    assert default_run_name(config_from_dict({"dataset": "/x/train.jsonl"})).startswith("sft-lora-train-")

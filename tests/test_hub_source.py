@@ -1,7 +1,8 @@
 """The Hub as a source, against the local Hub-protocol server with the real huggingface_hub and
 datasets clients (HF_ENDPOINT), through the served app: search by task and size, Hub datasets
 with subsets and splits, streaming that reads only what it needs, ShareGPT multi-turn data, and
-an adapter trained on a Hub set, pushed by Publish and compared by its repo id."""
+an adapter trained on a Hub set, pushed by Publish and compared by its repo id; and how a Hub
+dataset id is told from a path, and the run name it gives."""
 from __future__ import annotations
 
 import json
@@ -258,3 +259,24 @@ def test_find_on_the_hub_fills_the_boxes_in_a_browser(hub_app):
             timeout=60_000)
         page.locator("#train-data-hub").scroll_into_view_if_needed()
         shoot(page, "hub-dataset.png")
+
+
+@pytest.mark.parametrize("value, parsed", [
+    ("owner/name", ("owner/name", None, "train")),
+    ("owner/name:sub@test", ("owner/name", "sub", "test")),
+    ("owner/name@validation", ("owner/name", None, "validation")),
+    ("data/train.jsonl", None), ("identity", None), ("chatterbot:ai", None), ("a/b/c", None), ("/etc/passwd", None),
+])
+def test_hub_dataset_ids_are_told_from_paths(value, parsed):
+    from core.hub.source import parse_hub_source
+
+    source = parse_hub_source(value)
+    assert (source and (source.repo, source.subset, source.split)) == parsed or (source is None and parsed is None)
+
+
+def test_a_hub_id_gives_a_valid_default_run_name():
+    from training.config import config_from_dict
+    from training.jobs import default_run_name
+
+    assert default_run_name(config_from_dict({"dataset": "owner/na.me:sub@test"})).startswith("sft-lora-na-me-sub-test-")
+    assert default_run_name(config_from_dict({"dataset": "/x/train.jsonl"})).startswith("sft-lora-train-")
