@@ -10,7 +10,8 @@ Chat decodes on one thread (core.threads), so without this a second visitor wait
 first answer to end. Requests that wait while a batch runs, or that arrive within
 GATHER_SECONDS of each other, go in the next batch, up to MAX_ROWS rows; a request's rows
 (Compare's base and adapter) stay in one batch. Requests batch when they share the model and
-every generation setting but the prompt format (an adapter may have its own). A row that ends
+every generation setting but the prompt format (an adapter may have its own) and the input and
+answer lengths (each row stops at its own answer length). A row that ends
 is answered at once; the batch runs on for the others, and stops when every caller has left.
 A batch does not take new rows while it decodes: a request waits for the running batch to end.
 A lone one-row request takes the single-reply path (stream_reply, compiled step included).
@@ -57,8 +58,8 @@ class Request:
     gone: threading.Event = field(default_factory=threading.Event)
 
     def batches_with(self, other: "Request") -> bool:
-        def unformatted(settings: GenerationSettings) -> tuple:
-            return astuple(replace(settings, chat_template=None))
+        def unformatted(settings: GenerationSettings) -> tuple:  # each row keeps its own format and limits
+            return astuple(replace(settings, chat_template=None, max_new_tokens=0, max_input_tokens=0))
 
         return self.loaded is other.loaded and unformatted(self.settings) == unformatted(other.settings)
 
@@ -135,11 +136,12 @@ def _run(batch: list[Request]) -> None:
 
 
 def _replies(first: Request, slots: list[tuple[Request, int]]) -> Iterator[tuple[Reply, ...]]:
-    rows = [request.rows[i] for request, i in slots]
+    rows, row_settings = [request.rows[i] for request, i in slots], [request.settings for request, _ in slots]
     if len(rows) == 1:
         return _solo(first.loaded, rows[0], first.settings)
+    longest = replace(first.settings, max_new_tokens=max(settings.max_new_tokens for settings in row_settings))
     return stream_batch(first.loaded, [row.messages for row in rows], [row.adapter for row in rows],
-                        first.settings, [row.chat_template for row in rows])
+                        longest, [row.chat_template for row in rows], row_settings)
 
 
 def _solo(loaded: LoadedModel, row: Row, settings: GenerationSettings) -> Iterator[tuple[Reply]]:

@@ -76,14 +76,18 @@ def left_padded(loaded: LoadedModel, rows: list[torch.Tensor]) -> tuple[torch.Te
 
 
 def stream_batch(loaded: LoadedModel, conversations: list[list[dict]], adapter_names: list[str],
-                  settings: GenerationSettings, templates: list | None = None) -> Iterator[tuple[Reply, ...]]:
+                 settings: GenerationSettings, templates: list | None = None,
+                 row_settings: list[GenerationSettings] | None = None) -> Iterator[tuple[Reply, ...]]:
     """Yield every row's reply as the batch grows: row i runs adapter_names[i] (BASE: none),
-    prompted in templates[i] (None: the model's own chat template)."""
+    prompted in templates[i] (None: the model's own chat template). With `row_settings`, row i
+    has its own input and token limits (the rest of `settings` is the batch's, and its
+    max_new_tokens must be the largest)."""
     for messages in conversations:
         check_messages(messages)
     templates = templates or [None] * len(conversations)
-    encoded = [build_inputs(loaded, messages, in_format(settings, template))
-               for messages, template in zip(conversations, templates)]
+    row_settings = row_settings or [settings] * len(conversations)
+    encoded = [build_inputs(loaded, messages, in_format(own, template))
+               for messages, template, own in zip(conversations, templates, row_settings)]
     input_ids, mask = left_padded(loaded, [ids for ids, _ in encoded])
     streamer, stop = _RowStreamer(), threading.Event()
     kwargs = generate_kwargs(loaded, input_ids, settings, streamer, stop)
@@ -96,8 +100,8 @@ def stream_batch(loaded: LoadedModel, conversations: list[list[dict]], adapter_n
     ends = _end_ids(loaded)
     try:
         for step in iter(streamer.steps.get, None):
-            for reply, row_tokens, token in zip(replies, tokens, step):
-                _append(loaded.tokenizer, reply, row_tokens, token, token in ends, start)
+            for reply, row_tokens, token, own in zip(replies, tokens, step, row_settings):
+                _append(loaded.tokenizer, reply, row_tokens, token, token in ends, start, own.max_new_tokens)
             yield replies
     finally:
         stop.set()  # also reached when the consumer is closed (Stop, disconnect)
@@ -109,14 +113,16 @@ def stream_batch(loaded: LoadedModel, conversations: list[list[dict]], adapter_n
     yield replies
 
 
-def _append(tokenizer, reply: Reply, row_tokens: list[int], token: int, is_end: bool, start: float) -> None:
-    """Add one generated token to a row's reply, unless the row has already ended."""
+def _append(tokenizer, reply: Reply, row_tokens: list[int], token: int, is_end: bool, start: float,
+            budget: int) -> None:
+    """Add one generated token to a row's reply, unless the row has already ended (at its end of
+    sequence or its own token `budget`)."""
     if reply.seconds:
         return  # after its end of sequence, a row only receives padding
     row_tokens.append(token)
     reply.text = tokenizer.decode(row_tokens, skip_special_tokens=True).removesuffix("\ufffd")
     reply.new_tokens = len(row_tokens)
-    if is_end:  # this row is answered now, while the batch runs on for the others
+    if is_end or len(row_tokens) >= budget:  # answered now, while the batch runs on for the others
         _finish(reply, time.perf_counter() - start)
 
 
