@@ -120,9 +120,10 @@ def _append(tokenizer, reply: Reply, row_tokens: list[int], token: int, is_end: 
     if reply.seconds:
         return  # after its end of sequence, a row only receives padding
     row_tokens.append(token)
-    reply.text = tokenizer.decode(row_tokens, skip_special_tokens=True).removesuffix("\ufffd")
-    reply.new_tokens = len(row_tokens)
-    if is_end or len(row_tokens) >= budget:  # answered now, while the batch runs on for the others
+    text, ended = tokenizer.decode(row_tokens, skip_special_tokens=True), is_end or len(row_tokens) >= budget
+    # A character split across tokens shows once whole; at the end, as the solo reply shows it.
+    reply.text, reply.new_tokens = text if ended else text.removesuffix("\ufffd"), len(row_tokens)
+    if ended:  # answered now, while the batch runs on for the others
         _finish(reply, time.perf_counter() - start)
 
 
