@@ -64,7 +64,7 @@ def step_products(layers, rows) -> dict:
         for (q, s), qt, x in zip(layers, int_t, rows):
             x_scale = x.abs().amax().float().clamp(min=1e-12) / 127
             x8 = torch.round(x.float() / x_scale).to(torch.int8)
-            torch._int_mm(x8.expand(1, -1).contiguous(), qt).float().mul_(x_scale).mul_(s.float())
+            torch._int_mm(x8, qt).float().mul_(x_scale).mul_(s.float())
 
     def dequantized(xs, qs, ss):
         return [((x.float() * q.float()).sum(-1) * s.float()).to(torch.bfloat16) for x, q, s in zip(xs, qs, ss)]

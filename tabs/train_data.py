@@ -131,8 +131,8 @@ def wire(data: dict, form: dict, uploads: gr.State) -> list:
     def on_preview(inputs: dict, request: gr.Request):
         return preview_example(inputs[data["row"]], train_form.named_values(form, inputs), request, inputs[uploads])
 
-    uploaded = data["upload"].upload(on_upload, [data["upload"], uploads], [data["dataset"], uploads, data["outputs"][0]],
-                          api_name=False)
+    uploaded = data["upload"].upload(on_upload, [data["upload"], uploads],
+                                     [data["dataset"], uploads, data["outputs"][0]], api_name=False)
     data["dataset"].change(inspect_for_form, inspect_inputs, data["outputs"], api_name=False, **HEAVY_EVENTS)
     data["columns"].submit(inspect_for_form, inspect_inputs, data["outputs"], api_name=False, **HEAVY_EVENTS)
     mapped = [dropdown.input(mapping_string, data["maps"], data["columns"], api_name=False)

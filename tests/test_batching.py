@@ -2,9 +2,9 @@
 model with the same settings decode as one batch, each row says what it says alone and stops at
 its own answer length, a request with other settings gets a batch of its own, a two-row request
 (Compare's panes) never splits across batches, and an empty message is refused before it could
-join (and fail) a batch. (The
-real model with a base and an adapter row: over the openai client in tests/test_openai_api.py,
-and two visitors of the served app in tests/test_app_chat.py.)
+join (and fail) a batch. Answers of different lengths also batch on the real model. (The real
+model with a base and an adapter row: over the openai client in tests/test_openai_api.py, and
+two visitors of the served app in tests/test_app_chat.py.)
 """
 from __future__ import annotations
 
@@ -52,3 +52,20 @@ def test_bad_input_is_refused_before_it_joins_and_the_tab_runs_a_batch_of_answer
     with pytest.raises(ModelError, match="Empty message"):  # refused before it joins anyone's batch
         answer_together(loaded, [Row(BASE, [{"role": "user", "content": "  "}])], GenerationSettings(), 2)
     assert GENERATE_EVENTS["concurrency_limit"] == MAX_ROWS, "the Chat tab runs as many answers as a batch holds"
+
+
+def test_answers_of_different_lengths_share_a_batch_on_the_real_model(smol):
+    """Two visitors on the packaged model, one asking for 12 tokens and one for 6: one batch,
+    each reply its solo one, each stopping at its own count (prompts as long, 38 tokens: no
+    padding; long answers asked for, so neither ends before its count)."""
+    def ask(text: str, tokens: int) -> Request:
+        rows = [Row(BASE, [{"role": "user", "content": text}])]
+        return Request(smol, rows, GenerationSettings(max_new_tokens=tokens), 2)
+
+    requests = [ask("Write a long story about a dragon.", 12), ask("Write a long poem about the sea.", 6)]
+    batcher = Batcher()
+    replies = answers(batcher, requests)
+    assert batcher.batch_sizes == {2: 1}
+    alone = [list(stream_reply(smol, r.rows[0].messages, r.settings))[-1] for r in requests]
+    assert [growing[-1][0].text for growing in replies] == [reply.text for reply in alone]
+    assert [growing[-1][0].new_tokens for growing in replies] == [12, 6]

@@ -139,9 +139,8 @@ def _replies(first: Request, slots: list[tuple[Request, int]]) -> Iterator[tuple
     rows, row_settings = [request.rows[i] for request, i in slots], [request.settings for request, _ in slots]
     if len(rows) == 1:
         return _solo(first.loaded, rows[0], first.settings)
-    longest = replace(first.settings, max_new_tokens=max(settings.max_new_tokens for settings in row_settings))
     return stream_batch(first.loaded, [row.messages for row in rows], [row.adapter for row in rows],
-                        longest, [row.chat_template for row in rows], row_settings)
+                        first.settings, [row.chat_template for row in rows], row_settings)
 
 
 def _solo(loaded: LoadedModel, row: Row, settings: GenerationSettings) -> Iterator[tuple[Reply]]:

@@ -80,8 +80,7 @@ def stream_batch(loaded: LoadedModel, conversations: list[list[dict]], adapter_n
                  row_settings: list[GenerationSettings] | None = None) -> Iterator[tuple[Reply, ...]]:
     """Yield every row's reply as the batch grows: row i runs adapter_names[i] (BASE: none),
     prompted in templates[i] (None: the model's own chat template). With `row_settings`, row i
-    has its own input and token limits (the rest of `settings` is the batch's, and its
-    max_new_tokens must be the largest)."""
+    has its own input and answer lengths; the rest of `settings` is the batch's."""
     for messages in conversations:
         check_messages(messages)
     templates = templates or [None] * len(conversations)
@@ -90,7 +89,8 @@ def stream_batch(loaded: LoadedModel, conversations: list[list[dict]], adapter_n
                for messages, template, own in zip(conversations, templates, row_settings)]
     input_ids, mask = left_padded(loaded, [ids for ids, _ in encoded])
     streamer, stop = _RowStreamer(), threading.Event()
-    kwargs = generate_kwargs(loaded, input_ids, settings, streamer, stop)
+    longest = replace(settings, max_new_tokens=max(own.max_new_tokens for own in row_settings))
+    kwargs = generate_kwargs(loaded, input_ids, longest, streamer, stop)
     kwargs["attention_mask"] = mask
     context = adapter_context(loaded, adapter_names, kwargs)
     start = time.perf_counter()
