@@ -1,8 +1,9 @@
-"""core.inference.batching's grouping, on a tiny random Llama: requests that wait together on one
-model with the same settings decode as one batch, each row says what it says alone and stops at
-its own answer length, a request with other settings gets a batch of its own, a two-row request
-(Compare's panes) never splits across batches, and an empty message is refused before it could
-join (and fail) a batch. Answers of different lengths also batch on the real model. (The real
+"""core.inference.batching's grouping, on a tiny random Llama: requests on one model with the
+same settings decode as one batch, and a request that arrives while it runs joins it at the next
+token; each row says what it says alone, whenever it joined, and stops at its own answer length;
+a request with other settings waits for a batch of its own, a two-row request (Compare's panes)
+joins whole, and an empty message is refused before it could join (and fail) a batch. On the
+real model, a shorter request joins a running answer and both say what they say alone. (The real
 model with a base and an adapter row: over the openai client in tests/test_openai_api.py, and
 two visitors of the served app in tests/test_app_chat.py.)
 """
@@ -39,12 +40,27 @@ def test_requests_batch_by_model_and_settings_and_rows_that_fit(tiny_model_dir):
     assert [growing[-1][0].text for growing in replies] == [reply.text for reply in alone]
     assert [growing[-1][0].new_tokens for growing in replies] == [8, 5, 5]
 
-    # One row, then two pairs: the first pair fits beside the row (3 of 4), the second waits whole.
+    # One row, then two pairs: the first pair joins the row (3 of 4); the second waits whole, and
+    # joins the running row once the first pair has ended: one batch, at most 3 rows at once.
     requests = [ask(["Hello there"], 6), ask(["Hello here", "Hello again"], 4), ask(["Hello you", "Hello all"], 6)]
     replies = answers(batcher, requests)
-    assert batcher.batch_sizes == {2: 2, 1: 1, 3: 1} and MAX_ROWS == 4
+    assert batcher.batch_sizes == {2: 1, 1: 1, 3: 1} and MAX_ROWS == 4
     assert [len(growing[-1]) for growing in replies] == [1, 2, 2] and all(r.done for r in replies[2][-1])
     assert [reply.new_tokens for growing in replies for reply in growing[-1]] == [6, 4, 4, 6, 6]
+
+    # A request that arrives while a long answer runs joins it at the next token, and says what it
+    # says alone although its prompt is shorter (it sits left-padded in the batch's cache).
+    long, short = ask(["Tell me everything about the sea"], 200), ask(["Hi"], 5)
+    batcher = Batcher()
+    batcher.submit(long)
+    first = long.out.get()
+    batcher.submit(short)
+    joined = list(iter(short.out.get, None))
+    rest = [first] + list(iter(long.out.get, None))
+    assert batcher.batch_sizes == {2: 1}, "the short request waited for the long answer to end"
+    assert not rest[len(joined)][0].done, "the short answer ended while the long one ran"
+    for request, growing in ((long, rest), (short, joined)):
+        assert growing[-1][0].text == list(stream_reply(loaded, request.rows[0].messages, request.settings))[-1].text
 
 
 def test_bad_input_is_refused_before_it_joins_and_the_tab_runs_a_batch_of_answers(tiny_model_dir):
@@ -55,17 +71,20 @@ def test_bad_input_is_refused_before_it_joins_and_the_tab_runs_a_batch_of_answer
 
 
 def test_answers_of_different_lengths_share_a_batch_on_the_real_model(smol):
-    """Two visitors on the packaged model, one asking for 12 tokens and one for 6: one batch,
-    each reply its solo one, each stopping at its own count (prompts as long, 38 tokens: no
-    padding; long answers asked for, so neither ends before its count)."""
+    """Two visitors on the packaged model, one asking for 16 tokens and, once that answer runs,
+    one for 6 with a shorter prompt: it joins the running answer, each reply is its solo one, and
+    each stops at its own count (long answers asked for, so neither ends before its count)."""
     def ask(text: str, tokens: int) -> Request:
         rows = [Row(BASE, [{"role": "user", "content": text}])]
         return Request(smol, rows, GenerationSettings(max_new_tokens=tokens), 2)
 
-    requests = [ask("Write a long story about a dragon.", 12), ask("Write a long poem about the sea.", 6)]
+    story, poem = ask("Write a long story about a dragon who learns to fly.", 16), ask("Write a poem.", 6)
     batcher = Batcher()
-    replies = answers(batcher, requests)
-    assert batcher.batch_sizes == {2: 1}
-    alone = [list(stream_reply(smol, r.rows[0].messages, r.settings))[-1] for r in requests]
+    batcher.submit(story)
+    replies = [[story.out.get()]]
+    batcher.submit(poem)
+    replies = [replies[0] + list(iter(story.out.get, None)), list(iter(poem.out.get, None))]
+    assert batcher.batch_sizes == {2: 1}, "the second visitor waited for the first answer to end"
+    alone = [list(stream_reply(smol, r.rows[0].messages, r.settings))[-1] for r in (story, poem)]
     assert [growing[-1][0].text for growing in replies] == [reply.text for reply in alone]
-    assert [growing[-1][0].new_tokens for growing in replies] == [12, 6]
+    assert [growing[-1][0].new_tokens for growing in replies] == [16, 6]

@@ -1,22 +1,26 @@
-"""Chat requests that arrive together on one base model are answered as ONE batched `generate`:
-the Chat tab's visitors, Compare's two panes and the OpenAI endpoint's clients share one copy of
-the weights and one pass over them per token (core.inference.compare.stream_batch).
+"""Chat requests on one base model are answered as ONE batch: the Chat tab's visitors, Compare's
+two panes and the OpenAI endpoint's clients share one copy of the weights and one pass over them
+per token.
 
     from core.inference.batching import BASE, Row, answer_together
     for base, tuned in answer_together(loaded, [Row(BASE, messages), Row("run", messages)], settings, 2):
         print(base.text, tuned.text)
 
 Chat decodes on one thread (core.threads), so without this a second visitor waited for the
-first answer to end. Requests that wait while a batch runs, or that arrive within
-GATHER_SECONDS of each other, go in the next batch, up to MAX_ROWS rows; a request's rows
-(Compare's base and adapter) stay in one batch. Requests batch when they share the model and
-every generation setting but the prompt format (an adapter may have its own) and the input and
-answer lengths (each row stops at its own answer length). A row that ends
-is answered at once; the batch runs on for the others, and stops when every caller has left.
-A batch does not take new rows while it decodes: a request waits for the running batch to end.
-A lone one-row request takes the single-reply path (stream_reply, compiled step included).
-A row's greedy tokens are its solo reply's when the prompts are as long (tests/test_batching.py);
-a shorter prompt is left-padded, and its padded attention can round differently (as in Compare).
+first answer to end. Requests that arrive within GATHER_SECONDS of each other start a batch
+together, up to MAX_ROWS rows; a request's rows (Compare's base and adapter) stay in one batch.
+Requests batch when they share the model and every generation setting but the prompt format (an
+adapter may have its own) and the input and answer lengths (each row stops at its own). A row that
+ends is answered at once, and the batch stops when every caller has left.
+
+On a model that can (core.inference.running_batch.joins: the CPU's packed attention, a plain
+cache), the batch is a RunningBatch: a request that arrives while it decodes joins it at the next
+token while its rows fit, and every row's greedy tokens are its solo reply's. Elsewhere (a GPU, a
+sliding-window cache, the compiled step) a batch is one `generate` that takes no new rows, a
+request waits for it to end, and a lone one-row request takes the single-reply path
+(stream_reply, compiled step included); there a row's greedy tokens are its solo reply's when
+the prompts are as long (a shorter prompt is left-padded, and its padded attention can round
+differently, as in Compare). Tested in tests/test_batching.py.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from core.inference.chat import GenerationSettings, Reply, check_messages, strea
 from core.inference.compare import in_format, stream_batch
 from core.inference.fast_decode import BASE
 from core.inference.models import LoadedModel
+from core.inference.running_batch import LiveRow, RunningBatch, joins
 
 MAX_ROWS = 4  # core.request_limits.GENERATE_EVENTS lets as many Chat tab answers run
 GATHER_SECONDS = 0.03  # requests sent together arrive a few ms apart
@@ -71,7 +76,7 @@ class Batcher:
         self.waiting: list[Request] = []
         self.arrived = threading.Condition()
         self.dispatcher: threading.Thread | None = None
-        self.batch_sizes: Counter = Counter()  # how many batches of each row count ran (MAX_ROWS keys)
+        self.batch_sizes: Counter = Counter()  # how many batches ran with at most 1, 2, ... rows at once
 
     def submit(self, request: Request) -> None:
         with self.arrived:
@@ -100,10 +105,49 @@ class Batcher:
     def _serve(self) -> None:
         while True:
             batch = self._next_batch()
-            if batch:
+            if batch and joins(batch[0].loaded):
+                self._run_joining(batch)
+            elif batch:
                 self.batch_sizes[sum(len(request.rows) for request in batch)] += 1
                 threads.apply(batch[0].thread_count)
                 _run(batch)
+
+    def _run_joining(self, first: list[Request]) -> None:
+        """Decode `first` as a running batch that later requests join while rows fit."""
+        running = RunningBatch(first[0].loaded, first[0].settings)
+        members: dict[Request, list[LiveRow]] = {}
+        joining, peak = first, 0
+        while joining or running.rows:
+            _admit(running, members, joining)
+            if len(running.rows) > peak:  # counted before any answer is handed out
+                self.batch_sizes = self.batch_sizes - Counter({peak: 1}) + Counter({len(running.rows): 1})
+                peak = len(running.rows)
+            try:
+                if running.rows:
+                    running.step()
+            except Exception as exc:  # raised again in each caller's thread
+                for request in members:
+                    request.out.put(exc)
+                    request.out.put(None)
+                members.clear()
+                running.keep([])
+            _publish(running, members)
+            joining = self._joiners(running, first[0])
+
+    def _joiners(self, running: RunningBatch, first: Request) -> list[Request]:
+        """The waiting requests that join now, oldest first: while their rows fit and they batch
+        with the running ones (a request that does not waits for the batch to end, and so do the
+        ones behind it, so that nobody is overtaken for ever)."""
+        joining, rows = [], len(running.rows)
+        with self.arrived:
+            self.waiting = [request for request in self.waiting if not request.gone.is_set()]
+            for request in self.waiting:
+                if rows + len(request.rows) > MAX_ROWS or not request.batches_with(first):
+                    break
+                joining.append(request)
+                rows += len(request.rows)
+            self.waiting = self.waiting[len(joining):]
+        return joining
 
 
 def _run(batch: list[Request]) -> None:
@@ -133,6 +177,33 @@ def _run(batch: list[Request]) -> None:
         for request in batch:
             if request not in answered:
                 request.out.put(None)
+
+
+def _admit(running: RunningBatch, members: dict, joining: list[Request]) -> None:
+    """Read the joining requests' prompts into the running batch; a failure reaches its caller only."""
+    for request in joining:
+        threads.apply(min([request.thread_count] + [member.thread_count for member in members]))
+        try:
+            members[request] = [running.admit(request, row.messages, row.adapter, request.settings, row.chat_template)
+                                for row in request.rows]
+        except Exception as exc:
+            request.out.put(exc)
+            request.out.put(None)
+            running.keep([row for row in running.rows if row.owner is not request])
+
+
+def _publish(running: RunningBatch, members: dict) -> None:
+    """Hand each request its rows' replies; answer those whose rows ended, and drop the rows of
+    requests answered or gone from the batch."""
+    for request, rows in list(members.items()):
+        if request.gone.is_set():
+            del members[request]
+            continue
+        request.out.put(tuple(Reply(**vars(row.reply)) for row in rows))
+        if all(row.reply.done for row in rows):
+            request.out.put(None)
+            del members[request]
+    running.keep([row for row in running.rows if row.owner in members and not row.reply.done])
 
 
 def _replies(first: Request, slots: list[tuple[Request, int]]) -> Iterator[tuple[Reply, ...]]:

@@ -97,11 +97,11 @@ def stream_batch(loaded: LoadedModel, conversations: list[list[dict]], adapter_n
     done, result = launch_generate(loaded, kwargs, streamer, context)
     replies = tuple(Reply(notice=notice) for _, notice in encoded)
     tokens: list[list[int]] = [[] for _ in replies]
-    ends = _end_ids(loaded)
+    ends = end_ids(loaded)
     try:
         for step in iter(streamer.steps.get, None):
             for reply, row_tokens, token, own in zip(replies, tokens, step, row_settings):
-                _append(loaded.tokenizer, reply, row_tokens, token, token in ends, start, own.max_new_tokens)
+                add_token(loaded.tokenizer, reply, row_tokens, token, token in ends, start, own.max_new_tokens)
             yield replies
     finally:
         stop.set()  # also reached when the consumer is closed (Stop, disconnect)
@@ -113,7 +113,7 @@ def stream_batch(loaded: LoadedModel, conversations: list[list[dict]], adapter_n
     yield replies
 
 
-def _append(tokenizer, reply: Reply, row_tokens: list[int], token: int, is_end: bool, start: float,
+def add_token(tokenizer, reply: Reply, row_tokens: list[int], token: int, is_end: bool, start: float,
             budget: int) -> None:
     """Add one generated token to a row's reply, unless the row has already ended (at its end of
     sequence or its own token `budget`)."""
@@ -127,7 +127,7 @@ def _append(tokenizer, reply: Reply, row_tokens: list[int], token: int, is_end: 
         _finish(reply, time.perf_counter() - start)
 
 
-def _end_ids(loaded: LoadedModel) -> set[int]:
+def end_ids(loaded: LoadedModel) -> set[int]:
     ends = loaded.model.generation_config.eos_token_id
     ends = ends if isinstance(ends, list) else [ends]
     return {end for end in ends if end is not None}

@@ -173,6 +173,14 @@ def adapter_rows(model: torch.nn.Module, adapter_names: list[str]):
     exactly. Measured per all-linear LoRA layer of SmolLM2, batch of two, 2 CPU cores: peft
     147 us, fp32 path 44 us, the int8 base layer alone 23 us; end to end, the int8 path cut
     Compare's time per token by 8-14% against the fp32 path (BENCHMARKS.md)."""
+    prepared = rows_forwards(model, adapter_names)
+    return None if prepared is None else installed(prepared)
+
+
+def rows_forwards(model: torch.nn.Module, adapter_names: list[str]) -> list[tuple] | None:
+    """(LoRA layer, its forward for these rows) for every LoRA layer: what `adapter_rows`
+    installs, prepared once (scaling and quantizing B), so that a caller that runs many steps
+    with one set of rows (core.inference.running_batch) can install them per step for little."""
     from peft.tuners.lora import Linear as LoraLinear
     from peft.tuners.lora import LoraLayer
 
@@ -186,7 +194,9 @@ def adapter_rows(model: torch.nn.Module, adapter_names: list[str]):
         if name != BASE:
             spans.append((name, slice(start, start + count)))
         start += count
-    return _rows_forward_installed(layers, spans)
+    with torch.no_grad():
+        return [(layer, _lean_forward(layer, [(name, rows) for name, rows in spans if name in layer.lora_A]))
+                for layer in layers]
 
 
 def _plain_lora(layer, wanted: set, linear_type) -> bool:
@@ -196,14 +206,14 @@ def _plain_lora(layer, wanted: set, linear_type) -> bool:
 
 
 @contextmanager
-def _rows_forward_installed(layers, spans):
-    with torch.no_grad():
-        for layer in layers:
-            layer.forward = _lean_forward(layer, [(name, rows) for name, rows in spans if name in layer.lora_A])
+def installed(prepared: list[tuple]):
+    """The context in which each layer of `rows_forwards`' list runs its prepared forward."""
+    for layer, forward in prepared:
+        layer.forward = forward
     try:
         yield
     finally:
-        for layer in layers:
+        for layer, _ in prepared:
             del layer.forward  # back to peft's own forward
 
 
@@ -226,18 +236,19 @@ def _scaled(layer, name: str, rows: slice) -> tuple:
 
 
 def _appended(layer, name: str, rows: slice) -> tuple:
-    """(base layer, (first row, rows), int8 s B, its scales, s bias), with A kept under the int8
+    """(base layer, A, (first row, rows), int8 s B, its scales, s bias), with A kept under the int8
     base layer's weight (rebuilt only when another adapter, or other weights, were there)."""
     _, lora_a, scaled_b, bias = _scaled(layer, name, rows)
     base = layer.base_layer
     base.append_rows(lora_a)
-    return (base, (rows.start, rows.stop - rows.start),
+    return (base, lora_a, (rows.start, rows.stop - rows.start),
             *quantized_rows(padded(scaled_b, 1), base.scales.dtype), bias)
 
 
 def _int8_rows_forward(layer, span: tuple, x: torch.Tensor) -> torch.Tensor:
     # The decode step's hot path (210 layers per token in SmolLM2): views and 2 kernels, no more.
-    base, (start, count), qweight_b, scales_b, bias = span
+    base, lora_a, (start, count), qweight_b, scales_b, bias = span
+    base.append_rows(lora_a)  # at once unless another adapter's A was packed since this was prepared
     both = base.product_appended(x)
     own, per_row = base.out_features, both.shape[0] // x.shape[0]  # per_row: the tokens of a batch row
     low_rank = both.narrow(0, start * per_row, count * per_row).narrow(1, own, both.shape[1] - own)
