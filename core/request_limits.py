@@ -16,7 +16,7 @@ Gradio stores any client's uploads there before a handler sees them (no session 
 only its hourly clean-up (gr.Blocks' delete_cache) removes them.
 
 `HEAVY_EVENTS` and `GENERATE_EVENTS` are the listener settings that put every event that
-embeds, fits or reads a dataset (two slots), and every event that generates a chat answer (four
+embeds, fits or reads a dataset (two slots), and every event that generates a chat answer (eight
 slots: one batch), into a pool each across all sessions (SHARED_POOLS). Gradio's queue serves a
 pool first in, first out, so the app also lets one client address hold at most two events in
 each of them:
@@ -39,7 +39,7 @@ MAX_BODY_BYTES = 1024 * 1024  # a queued event's inputs; files travel through /u
 UPLOAD_PATH = "/gradio_api/upload"
 HEAVY_EVENTS = {"concurrency_id": "heavy", "concurrency_limit": 2}  # one per core
 # As many answers as one batch holds (core.inference.batching.MAX_ROWS): they decode together.
-GENERATE_EVENTS = {"concurrency_id": "generate", "concurrency_limit": 4}
+GENERATE_EVENTS = {"concurrency_id": "generate", "concurrency_limit": 8}
 SHARED_POOLS = ("heavy", "generate")
 
 

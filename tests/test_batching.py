@@ -40,13 +40,14 @@ def test_requests_batch_by_model_and_settings_and_rows_that_fit(tiny_model_dir):
     assert [growing[-1][0].text for growing in replies] == [reply.text for reply in alone]
     assert [growing[-1][0].new_tokens for growing in replies] == [8, 5, 5]
 
-    # One row, then two pairs: the first pair joins the row (3 of 4); the second waits whole, and
-    # joins the running row once the first pair has ended: one batch, at most 3 rows at once.
-    requests = [ask(["Hello there"], 6), ask(["Hello here", "Hello again"], 4), ask(["Hello you", "Hello all"], 6)]
+    # A row and two pairs start together (5 of 8 rows); four rows more do not fit, and wait whole
+    # until the first pair has ended, then join the running batch: one batch, at most 7 rows.
+    requests = [ask(["Hello there"], 6), ask(["Hello here", "Hello again"], 4), ask(["Hello you", "Hello all"], 6),
+                ask(["Hi", "Hey", "Yo", "Ho"], 3)]
     replies = answers(batcher, requests)
-    assert batcher.batch_sizes == {2: 1, 1: 1, 3: 1} and MAX_ROWS == 4
-    assert [len(growing[-1]) for growing in replies] == [1, 2, 2] and all(r.done for r in replies[2][-1])
-    assert [reply.new_tokens for growing in replies for reply in growing[-1]] == [6, 4, 4, 6, 6]
+    assert batcher.batch_sizes == {2: 1, 1: 1, 7: 1} and MAX_ROWS == 8
+    assert [len(growing[-1]) for growing in replies] == [1, 2, 2, 4] and all(r.done for r in replies[3][-1])
+    assert [reply.new_tokens for growing in replies for reply in growing[-1]] == [6, 4, 4, 6, 6, 3, 3, 3, 3]
 
     # A request that arrives while a long answer runs joins it at the next token, and says what it
     # says alone although its prompt is shorter (it sits left-padded in the batch's cache).

@@ -38,7 +38,7 @@ from core.inference.fast_decode import BASE
 from core.inference.models import LoadedModel
 from core.inference.running_batch import LiveRow, RunningBatch, joins
 
-MAX_ROWS = 4  # core.request_limits.GENERATE_EVENTS lets as many Chat tab answers run
+MAX_ROWS = 8  # core.request_limits.GENERATE_EVENTS lets as many Chat tab answers run
 GATHER_SECONDS = 0.03  # requests sent together arrive a few ms apart
 
 
