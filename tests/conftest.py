@@ -270,9 +270,8 @@ def tiny_model_dir(tmp_path_factory):
 def long_answer(url: str, local_address: str | None = None):
     """A 512-token answer streamed from the app's OpenAI endpoint (from `local_address`, a
     loopback address, to count as another visitor), returned once its first word is out:
-    (the stream, its chunks). While it streams, it holds the chat batch (a running batch takes
-    no new rows), so requests sent meanwhile batch together however far apart they arrive;
-    closing the stream ends that batch at its next token."""
+    (the stream, its chunks). While it streams, the chat batch runs, and requests sent meanwhile
+    join it (core.inference.running_batch); closing the stream drops its row at the next token."""
     import httpx
     from openai import OpenAI
 

@@ -62,36 +62,34 @@ def test_two_clients_keep_their_own_history(app_server):
 
 
 def test_two_visitors_answers_decode_as_one_batch(app_server, tiny_run):
-    """One visitor's answer and another's Compare (base and adapter) decode together
-    (core.inference.batching): each one's text grows while the other's does, and every pane says
-    what it says when asked alone (the prompts are as long, so no row is padded)."""
+    """One visitor's answer and another's Compare (base and adapter) join a third caller's long
+    answer (through the OpenAI endpoint, greedy too) while it runs (core.inference.running_batch):
+    both grow before it ends, each one's text grows while the other's does, and every pane says
+    what it says when asked alone."""
     from gradio_client import Client
-    from gradio_client.utils import Status
 
     story = "Write a long story about a dragon who learns to fly."
     asks = [chat_args(story, max_new_tokens=64),
             chat_args(story, mode="Compare", adapter=tiny_run.name, max_new_tokens=64)]
     alone = [Client(app_server, verbose=False).predict(**ask)[:2] for ask in asks]
     clients = [Client(app_server, verbose=False) for _ in asks]  # each fetches the config first
-    # A third caller's long answer holds the batch while both visitors' requests arrive (a busy
-    # machine spaced them by more than the batcher's gather time).
     blocking, chunks = long_answer(app_server)
     jobs = [client.submit(**ask) for client, ask in zip(clients, asks)]
-    answering = (Status.PROCESSING, Status.ITERATING)
-    started = None  # when both visitors' handlers were running
-    while started is None or time.monotonic() < started + 1.0:
-        chunk = next(chunks)
-        assert chunk.choices[0].finish_reason is None, "the blocker ended before both visitors were waiting"
-        if started is None and all(job.status().code in answering for job in jobs):
-            started = time.monotonic()
-    blocking.close()  # its batch stops at the next token: the two visitors' batch starts
     grew = [[], []]  # when each visitor's base pane got longer
-    while not all(job.done() for job in jobs):
+
+    def watch():
         for job, times in zip(jobs, grew):
             outputs = job.outputs()
             length = len(text_of(outputs[-1][0][-1])) if outputs and outputs[-1][0] else 0
             if length > (times[-1][1] if times else 0):
                 times.append((time.monotonic(), length))
+
+    while not all(grew):  # both joined the running batch: their answers grow before it ends
+        assert next(chunks).choices[0].finish_reason is None, "the long answer ended before both joined it"
+        watch()
+    blocking.close()
+    while not all(job.done() for job in jobs):
+        watch()
         time.sleep(0.02)
     assert grew[0][0][0] < grew[1][-1][0] and grew[1][0][0] < grew[0][-1][0], "the answers were decoded in turn"
     together = [job.outputs()[-1][:2] for job in jobs]

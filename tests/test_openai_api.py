@@ -44,8 +44,8 @@ def test_the_adapter_answers_by_name_and_a_stream_says_what_a_reply_says(client,
 
 def test_concurrent_clients_are_decoded_together_and_a_flood_is_refused(client, app_server, tiny_run):
     """A base and an adapter stream from one address are taken at once and decoded as one batch
-    (core.inference.batching), after another address's answer: each one's tokens arrive while the
-    other's do, and each says what it says alone. More from that address get 429 at once, and a
+    (core.inference.batching), joining another address's running answer: each one's tokens arrive
+    while the other's do, and each says what it says alone. More from that address get 429 at once, and a
     flood of them leaves the server's memory where it was."""
     from openai import RateLimitError
 
@@ -54,7 +54,7 @@ def test_concurrent_clients_are_decoded_together_and_a_flood_is_refused(client, 
     solo = [client.chat.completions.create(model=name, messages=story, max_tokens=160).choices[0].message.content
             for name in names]
     before = server_rss_mb(app_server)
-    # Another address's long answer holds the batch while both streams arrive (127.0.0.2: the
+    # Another address's long answer runs while both streams arrive and join it (127.0.0.2: the
     # per-address limit still counts 2 for this client).
     blocking, blocker = long_answer(app_server, local_address="127.0.0.2")
     streams = [client.chat.completions.create(model=name, messages=story, max_tokens=160, stream=True)
@@ -66,7 +66,7 @@ def test_concurrent_clients_are_decoded_together_and_a_flood_is_refused(client, 
             client.chat.completions.create(model="smollm2-135m-instruct", messages=story, max_tokens=160)
     for _ in range(20):  # a few more of its tokens, time for both requests to reach the batcher
         assert next(blocker).choices[0].finish_reason is None, "the other visitor's answer ended too soon"
-    blocking.close()  # its batch stops at the next token: the two streams' batch starts
+    blocking.close()  # its row leaves the batch at the next token
     arrivals, texts = [[], []], ["", ""]
 
     def read(index):

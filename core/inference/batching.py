@@ -10,7 +10,8 @@ Chat decodes on one thread (core.threads), so without this a second visitor wait
 first answer to end. Requests that arrive within GATHER_SECONDS of each other start a batch
 together, up to MAX_ROWS rows; a request's rows (Compare's base and adapter) stay in one batch.
 Requests batch when they share the model and every generation setting but the prompt format (an
-adapter may have its own) and the input and answer lengths (each row stops at its own). A row that
+adapter may have its own), the input and answer lengths (each row stops at its own), and top_p
+when greedy. A row that
 ends is answered at once, and the batch stops when every caller has left.
 
 On a model that can (core.inference.running_batch.joins: the CPU's packed attention, a plain
@@ -64,7 +65,9 @@ class Request:
 
     def batches_with(self, other: "Request") -> bool:
         def unformatted(settings: GenerationSettings) -> tuple:  # each row keeps its own format and limits
-            return astuple(replace(settings, chat_template=None, max_new_tokens=0, max_input_tokens=0))
+            greedy = settings.temperature <= 0  # then top_p changes nothing
+            return astuple(replace(settings, chat_template=None, max_new_tokens=0, max_input_tokens=0,
+                                   top_p=0.0 if greedy else settings.top_p))
 
         return self.loaded is other.loaded and unformatted(self.settings) == unformatted(other.settings)
 
