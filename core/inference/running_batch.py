@@ -76,7 +76,7 @@ class RunningBatch:
 
     def step(self) -> None:
         """One token for every row that has not ended."""
-        tokens = torch.tensor([[row.answer[-1]] for row in self.rows])
+        tokens = torch.tensor([[row.ids[-1]] for row in self.rows])  # each row's newest token
         positions = torch.tensor([[len(row.ids) - 1] for row in self.rows])
         width = self.cache.get_seq_length()
         starts = [width - (len(row.ids) - 1) for row in self.rows]
