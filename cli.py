@@ -23,9 +23,9 @@ Heavy libraries are imported inside each command, so `--help` is instant.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
+from cli_args import build_parser
 from core.errors import LabError
 
 
@@ -196,77 +196,6 @@ def cmd_serve(args) -> int:
     print(f"OpenAI-compatible endpoint: http://{args.host}:{args.port}/v1", flush=True)
     uvicorn.run(standalone(), host=args.host, port=args.port, log_level="warning")
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cli.py", description="Finetune Lab command line.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    chat = sub.add_parser("chat", help="stream a reply from a model (and its adapter)")
-    chat.add_argument("prompt")
-    chat.add_argument("--model", default="smollm2-135m-instruct", help="known name, Hub id or folder")
-    chat.add_argument("--adapter", help="a run name, a LoRA adapter or fully fine-tuned model folder, or a Hub repo id")
-    chat.add_argument("--compare", action="store_true", help="answer with base and tuned")
-    chat.add_argument("--temperature", type=float, default=0.0)
-    chat.add_argument("--max-new-tokens", type=int, default=256)
-    chat.add_argument("--system", help="system prompt")
-    sub.add_parser("train", help="train a run: same flags as python -m training.run", add_help=False)
-    sub.add_parser("runs", help="list training runs")
-    topics = sub.add_parser("topics", help="fit BERTopic on a corpus; write the table and figures")
-    topics.add_argument("--corpus", default="guardian-headlines", help="bundled corpus or csv/jsonl/txt file")
-    topics.add_argument("--method", choices=("fast", "umap"), default="fast")
-    topics.add_argument("--topics", type=int, default=20, help="number of topics (fast method)")
-    topics.add_argument("--out", default="topics-out", help="folder for topics.csv and the HTML figures")
-    topics.add_argument("--text-column", default="")
-    topics.add_argument("--label-column", default="")
-    topics.add_argument("--max-docs", type=int, default=5000)
-    topics.add_argument("--embedder", default="all-MiniLM-L6-v2")
-    publish = sub.add_parser("publish", help="push a run's adapter (and a compare Space); token from HF_TOKEN")
-    publish.add_argument("--run", required=True, help="run folder name (see: cli.py runs)")
-    publish.add_argument("--repo", required=True, help="model repo, OWNER/NAME")
-    publish.add_argument("--space", help="also create or update this Space, OWNER/NAME")
-    publish.add_argument("--votes-repo", help="the Space's private votes dataset, OWNER/NAME (default: the Space's "
-                         "name + '-votes'; 'none': the Space keeps no votes)")
-    publish.add_argument("--private", action="store_true")
-    publish.add_argument("--what", default="adapter",
-                         help="adapter (default), merged, or gguf-<quant> such as gguf-q8_0 (exported first if needed)")
-    votes = sub.add_parser("votes", help="the votes: export as DPO pairs or as rated answers (KTO), leaderboard, "
-                           "pull a Space's votes from the Hub, accept those waiting for review")
-    votes.add_argument("action", choices=("export", "thumbs", "table", "pull", "accept"))
-    votes.add_argument("dataset", nargs="?", help="pull: the Space's votes dataset, OWNER/NAME")
-    votes.add_argument("--token", help="pull: a Hugging Face token for a private dataset (default: HF_TOKEN)")
-    votes.add_argument("--out", help="export, thumbs: the jsonl file to write (default preferences.jsonl, "
-                       "thumbs.jsonl)")
-    evaluate = sub.add_parser("eval", help="score a finished run's held-out answers (base vs tuned) again")
-    evaluate.add_argument("--run", required=True, help="run folder name (see: cli.py runs)")
-    evaluate.add_argument("--rows", type=int, default=0, help="held-out rows to score (default: the run's eval_rows, "
-                          "or 16 when that was 0)")
-    effect = sub.add_parser("effect", help="where tuning helped or hurt: held-out losses, base vs tuned, by topic")
-    effect.add_argument("--run", required=True, help="a finished SFT or DAPT run (see: cli.py runs)")
-    effect.add_argument("--embedder", help="the embedder that groups the rows (default: the packaged MiniLM; or a "
-                        "tuned embedder's run name)")
-    export = sub.add_parser("export", help="merge a run's adapter into its base; or write GGUF + Modelfile")
-    export.add_argument("--run", required=True, help="run folder name (see: cli.py runs)")
-    export.add_argument("--format", choices=("merged", "gguf"), default="merged",
-                        help="merged: a plain safetensors model folder; gguf: one file for llama.cpp/Ollama")
-    export.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="merged weights")
-    export.add_argument("--quant", choices=("f16", "bf16", "q8_0", "q4_0"), default="q8_0",
-                        help="GGUF tensor type of the 2-D weights (norms stay f32)")
-    export.add_argument("--check", action="store_true", help="gguf: then compare its greedy answers and chat "
-                        "template with the adapter's and the merged model's (writes parity.json)")
-    hub = sub.add_parser("hub", help="search the Hub for models or datasets by task (a dataset id trains as is)")
-    hub.add_argument("kind", choices=("models", "datasets"))
-    hub.add_argument("--task", default="", help="models: a pipeline tag (default text-generation); datasets: a "
-                     "task category such as question-answering (default: any)")
-    hub.add_argument("--query", default="", help="name contains")
-    hub.add_argument("--library", default="transformers", help="models: transformers, sentence-transformers, peft")
-    hub.add_argument("--max-params", type=float, default=1000, help="models: at most this many million parameters")
-    hub.add_argument("--sort", choices=("downloads", "likes", "last_modified"), default="downloads")
-    hub.add_argument("--limit", type=int, default=20)
-    serve = sub.add_parser("serve", help="the OpenAI-compatible endpoint (/v1/models, /v1/chat/completions) alone")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--print-vllm", metavar="RUN", help="print the vLLM command that serves RUN's adapter instead")
-    return parser
 
 
 def main(argv=None) -> int:

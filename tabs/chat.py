@@ -91,26 +91,14 @@ def respond(ask: ChatRequest, request: gr.Request = None):
     chars = clamp("history_chars", 10**9, request)
     base_history = within_chars(plain_history(ask.base_history), chars)
     tuned_history = within_chars(plain_history(ask.tuned_history), chars)
-    message, adapter, compare = ask.message, ask.adapter, ask.compare
+    message = ask.message
     try:
-        settings = ask.settings(request)
-        if not str(message or "").strip():
-            raise LabError("Empty message: type something first.")
-        if len(str(message)) > chars:
-            raise LabError(f"Message too long: {len(str(message))} characters, at most {chars} here.")
-        model_name = check_model(ask.model or DEFAULT_MODEL, request)
-        if compare:
-            check_adapter(adapter, request)
-        job = current_job()
-        thread_count = threads.for_chat(job_running=bool(job))
-        threads.apply(thread_count)
-        loaded = load_model(model_name)
-        tuned = attach_tuned(loaded, adapter) if compare else None
+        settings, loaded, tuned, job, thread_count = _prepared(ask, chars, request)
     except LabError as exc:
         yield base_history, tuned_history, warn(exc), message
         return
     status = loaded.describe()
-    panes = [base_history, tuned_history] if compare else [base_history]
+    panes = [base_history, tuned_history] if ask.compare else [base_history]
     for history in panes:
         history += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
     try:
@@ -128,6 +116,23 @@ def respond(ask: ChatRequest, request: gr.Request = None):
         status += f" · {side}: {reply.stats}" + (f" · {reply.notice}" if reply.notice else "")
     note = f" · training job '{job}' is running (chat uses 1 thread)" if job else ""
     yield base_history, tuned_history, status + note, ""
+
+
+def _prepared(ask: ChatRequest, chars: int, request):
+    """(settings, loaded model, tuned side or None, running job, thread count) for `ask`, or a
+    LabError that says what is wrong with it."""
+    settings = ask.settings(request)
+    if not str(ask.message or "").strip():
+        raise LabError("Empty message: type something first.")
+    if len(str(ask.message)) > chars:
+        raise LabError(f"Message too long: {len(str(ask.message))} characters, at most {chars} here.")
+    model_name = check_model(ask.model or DEFAULT_MODEL, request)
+    if ask.compare:
+        check_adapter(ask.adapter, request)
+    job = current_job()
+    thread_count = threads.apply(threads.for_chat(job_running=bool(job)))
+    loaded = load_model(model_name)
+    return settings, loaded, attach_tuned(loaded, ask.adapter) if ask.compare else None, job, thread_count
 
 
 def answer_streams(loaded, tuned: Tuned | None, base_messages: list[dict], tuned_messages: list[dict],

@@ -66,28 +66,38 @@ def build(demo: gr.Blocks) -> gr.Dropdown:
         stop = gr.Button("Stop")
         clear = gr.Button("Clear")
     status = gr.Markdown("Models load on first use.", elem_id="chat-status")
-    with gr.Accordion("Generation settings", open=False):
-        defaults = GenerationSettings()
-        settings = [
-            gr.Textbox(defaults.system_prompt, label="System prompt (empty = the model's default)"),
-            gr.Slider(0, 2, defaults.temperature, step=0.05, label="Temperature (0 = greedy)"),
-            gr.Slider(0.05, 1, defaults.top_p, step=0.05, label="Top p"),
-            gr.Slider(1, 1024, defaults.max_new_tokens, step=1, label="Max new tokens"),
-            gr.Slider(1, 2, defaults.repetition_penalty, step=0.05, label="Repetition penalty"),
-        ]
+    settings = _generation_settings()
     inputs = [box, base_chat, tuned_chat, model, adapter, mode, *settings, blind, pending, given]
     outputs = [base_chat, tuned_chat, status, box, pending, given]
-    events = [trigger(chat_votes.chat_turn, inputs, outputs, api_name=name, **GENERATE_EVENTS)
-              for trigger, name in ((box.submit, "chat"), (send.click, None))]
-    for pane_chat in (base_chat, tuned_chat):  # Gradio's own retry, undo and edit buttons on each pane
-        for event, handler in ((pane_chat.retry, chat.on_retry), (pane_chat.edit, chat.on_edit)):
-            events.append(event(handler, [base_chat, tuned_chat], [base_chat, tuned_chat, box], api_name=False)
-                          .then(chat_votes.chat_turn, inputs, outputs, api_name=False, **GENERATE_EVENTS))
-        pane_chat.undo(chat.on_undo, [base_chat, tuned_chat], [base_chat, tuned_chat, box], api_name=False)
-    stop.click(None, cancels=events)
+    _wire_answers(box, send, stop, [base_chat, tuned_chat], inputs, outputs)
     clear.click(lambda: ([], [], "", None, None), None, [base_chat, tuned_chat, status, pending, given])
     wire_votes(mode, blind, vote_row, vote_buttons, pending, base_chat, tuned_chat, status, given)
     refresh.click(chat.refresh_adapters, None, adapter, api_name=False)
     demo.load(chat.refresh_adapters, None, adapter, api_name=False)
     gr.api(chat.adapter_choices, api_name="adapters")
     return adapter
+
+
+def _generation_settings() -> list:
+    """The sampling knobs, in an accordion, starting at GenerationSettings' defaults."""
+    with gr.Accordion("Generation settings", open=False):
+        defaults = GenerationSettings()
+        return [
+            gr.Textbox(defaults.system_prompt, label="System prompt (empty = the model's default)"),
+            gr.Slider(0, 2, defaults.temperature, step=0.05, label="Temperature (0 = greedy)"),
+            gr.Slider(0.05, 1, defaults.top_p, step=0.05, label="Top p"),
+            gr.Slider(1, 1024, defaults.max_new_tokens, step=1, label="Max new tokens"),
+            gr.Slider(1, 2, defaults.repetition_penalty, step=0.05, label="Repetition penalty"),
+        ]
+
+
+def _wire_answers(box, send, stop, panes: list, inputs: list, outputs: list) -> None:
+    """Enter, Send, and each pane's own retry and edit answer in the answer pool; Stop cancels them."""
+    events = [trigger(chat_votes.chat_turn, inputs, outputs, api_name=name, **GENERATE_EVENTS)
+              for trigger, name in ((box.submit, "chat"), (send.click, None))]
+    for pane_chat in panes:  # Gradio's own retry, undo and edit buttons on each pane
+        for event, handler in ((pane_chat.retry, chat.on_retry), (pane_chat.edit, chat.on_edit)):
+            events.append(event(handler, panes, [*panes, box], api_name=False)
+                          .then(chat_votes.chat_turn, inputs, outputs, api_name=False, **GENERATE_EVENTS))
+        pane_chat.undo(chat.on_undo, panes, [*panes, box], api_name=False)
+    stop.click(None, cancels=events)

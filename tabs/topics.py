@@ -213,8 +213,8 @@ def export_topics(result, request: gr.Request = None):
 
 
 def build() -> None:
-    """Lay out the Embeddings and topics tab."""
-    topic_state, classifier_state = gr.State(None, time_to_live=STATE_TTL_S), gr.State(None, time_to_live=STATE_TTL_S)
+    """Lay out the Embeddings and topics tab: the corpus, then a tab each for clusters, a
+    classifier and topics, each wiring its own events."""
     with gr.Row():
         source = gr.Dropdown(list(CORPORA), value=CORPORA[0], label="Bundled corpus")
         upload = gr.File(label="…or upload csv / jsonl / txt (one document per line)", type="filepath",
@@ -229,6 +229,15 @@ def build() -> None:
     spec = [source, upload, text_column, label_column, max_docs, embedder]
     embed_btn = gr.Button("Embed", variant="primary")
     corpus_info = gr.Markdown(elem_id="corpus-info")
+    # Runs that finished after the page loaded show up when the picker is opened.
+    embedder.focus(lambda: gr.update(choices=[DEFAULT_EMBEDDER, *tuned_embedders()]), None, embedder, api_name=False)
+    embed_btn.click(embed_corpus, spec, corpus_info, api_name="embed", **HEAVY_EVENTS)
+    _clusters_tab(spec)
+    _classify_tab(spec, embedder)
+    _topics_tab(spec, embedder)
+
+
+def _clusters_tab(spec: list) -> None:
     with gr.Tab("Clusters"):
         with gr.Row():
             method = gr.Radio(["kmeans", "hdbscan"], value="kmeans", label="Clustering")
@@ -239,6 +248,12 @@ def build() -> None:
         cluster_btn = gr.Button("Cluster")
         cluster_info, cluster_plot = gr.Markdown(), gr.Plot(label="Map")
         cluster_tbl = gr.Dataframe(label="Clusters", interactive=False, max_height=300)
+    cluster_btn.click(run_clustering, [*spec, method, n_clusters, min_size, projection, color_by],
+                      [cluster_plot, cluster_info, cluster_tbl], api_name="cluster", **HEAVY_EVENTS)
+
+
+def _classify_tab(spec: list, embedder) -> None:
+    classifier_state = gr.State(None, time_to_live=STATE_TTL_S)
     with gr.Tab("Classify"):
         clf_method = gr.Radio(["logreg", "knn"], value="logreg", label="Classifier")
         clf_btn = gr.Button("Train and evaluate")
@@ -247,6 +262,13 @@ def build() -> None:
         with gr.Row():
             new_text = gr.Textbox(label="Classify a new text")
             predicted = gr.Markdown()
+    clf_btn.click(run_classification, [*spec, clf_method], [clf_info, confusion, wrong, classifier_state],
+                  api_name="classify", **HEAVY_EVENTS)
+    new_text.submit(classify_text, [classifier_state, new_text, embedder], predicted, api_name=False, **HEAVY_EVENTS)
+
+
+def _topics_tab(spec: list, embedder) -> None:
+    topic_state = gr.State(None, time_to_live=STATE_TTL_S)
     with gr.Tab("Topics"):
         with gr.Row():
             topic_method = gr.Radio(["fast", "umap"], value="fast", label="Method (fast: PCA+KMeans)")
@@ -265,14 +287,6 @@ def build() -> None:
             export_btn = gr.Button("Export CSV + HTML")
         found = gr.Dataframe(interactive=False)
         files = gr.File(label="Exported files", file_count="multiple")
-    # Runs that finished after the page loaded show up when the picker is opened.
-    embedder.focus(lambda: gr.update(choices=[DEFAULT_EMBEDDER, *tuned_embedders()]), None, embedder, api_name=False)
-    embed_btn.click(embed_corpus, spec, corpus_info, api_name="embed", **HEAVY_EVENTS)
-    cluster_btn.click(run_clustering, [*spec, method, n_clusters, min_size, projection, color_by],
-                      [cluster_plot, cluster_info, cluster_tbl], api_name="cluster", **HEAVY_EVENTS)
-    clf_btn.click(run_classification, [*spec, clf_method], [clf_info, confusion, wrong, classifier_state],
-                  api_name="classify", **HEAVY_EVENTS)
-    new_text.submit(classify_text, [classifier_state, new_text, embedder], predicted, api_name=False, **HEAVY_EVENTS)
     topics_btn.click(run_topics, [*spec, topic_method, n_topics], [topic_info, topic_tbl, *figures, topic_state],
                      api_name="topics", **HEAVY_EVENTS)
     refit_btn.click(refit_with_tuned, [*spec, topic_method, n_topics], [topic_info, topic_tbl, *figures, topic_state,

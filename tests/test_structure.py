@@ -126,14 +126,14 @@ def test_the_arrows_run_one_way():
 
 
 def import_graph() -> dict[str, set[str]]:
-    """Each module of the app (core, training, tabs, serve, app.py, cli.py) and the app modules it
+    """Each module of the app (core, training, tabs, serve, app.py, cli.py, cli_args.py) and the app modules it
     imports, at module level or inside functions."""
     import ast
 
     files = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
              for folder in ("core", "training", "tabs", "serve") for p in (ROOT / folder).rglob("*.py")
              if "templates" not in p.parts}
-    files.update(app=ROOT / "app.py", cli=ROOT / "cli.py")
+    files.update(app=ROOT / "app.py", cli=ROOT / "cli.py", cli_args=ROOT / "cli_args.py")
     graph = {}
     for name, path in files.items():
         edges = set()
