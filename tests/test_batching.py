@@ -64,6 +64,25 @@ def test_requests_batch_by_model_and_settings_and_rows_that_fit(tiny_model_dir):
         assert growing[-1][0].text == list(stream_reply(loaded, request.rows[0].messages, request.settings))[-1].text
 
 
+def test_while_rows_decode_one_request_joins_at_a_time_after_its_prompts_time(tiny_model_dir):
+    """The joining policy: an empty batch takes every waiting request that fits; a decoding one
+    takes one, and none until it has decoded for as long as the last prompt passes took; a
+    request with other settings holds up those behind it until the batch ends."""
+    loaded = load_model(str(tiny_model_dir))
+    greedy, warm = GenerationSettings(), GenerationSettings(temperature=0.7)
+    ask = [Request(loaded, [Row(BASE, [{"role": "user", "content": f"Hi {i}"}])], greedy, 2) for i in range(3)]
+    batcher = Batcher()
+    batcher.waiting = list(ask)
+    assert batcher._joiners(0, ask[0], owed=0.0) == ask
+    batcher.waiting = list(ask)
+    assert batcher._joiners(2, ask[0], owed=0.4) == [] and batcher.waiting == ask
+    assert batcher._joiners(2, ask[0], owed=0.0) == ask[:1] and batcher.waiting == ask[1:]
+    assert batcher._joiners(MAX_ROWS, ask[0], owed=0.0) == [], "no room"
+    other = Request(loaded, ask[0].rows, warm, 2)
+    batcher.waiting = [other, *ask]
+    assert batcher._joiners(2, ask[0], owed=0.0) == [] and batcher._joiners(0, other, owed=0.0) == [other, *ask][:1]
+
+
 def test_bad_input_is_refused_before_it_joins_and_the_tab_runs_a_batch_of_answers(tiny_model_dir):
     loaded = load_model(str(tiny_model_dir))
     with pytest.raises(ModelError, match="Empty message"):  # refused before it joins anyone's batch

@@ -119,12 +119,15 @@ class Batcher:
         """Decode `first` as a running batch that later requests join while rows fit."""
         running = RunningBatch(first[0].loaded, first[0].settings)
         members: dict[Request, list[LiveRow]] = {}
-        joining, peak = first, 0
+        joining, peak, owed = first, 0, 0.0  # owed: prompt-pass seconds not yet matched by decoding
         while joining or running.rows:
-            _admit(running, members, joining)
+            stalled = bool(running.rows)  # prompt passes now hold up answers that are decoding
+            seconds = _admit(running, members, joining)
+            owed += seconds if stalled else 0.0
             if len(running.rows) > peak:  # counted before any answer is handed out
                 self.batch_sizes = self.batch_sizes - Counter({peak: 1}) + Counter({len(running.rows): 1})
                 peak = len(running.rows)
+            began = time.perf_counter()
             try:
                 if running.rows:
                     running.step()
@@ -134,17 +137,23 @@ class Batcher:
                     request.out.put(None)
                 members.clear()
                 running.keep([])
+            owed = max(0.0, owed - (time.perf_counter() - began))
             _publish(running, members)
-            joining = self._joiners(running, first[0])
+            joining = self._joiners(len(running.rows), first[0], owed)
 
-    def _joiners(self, running: RunningBatch, first: Request) -> list[Request]:
-        """The waiting requests that join now, oldest first: while their rows fit and they batch
-        with the running ones (a request that does not waits for the batch to end, and so do the
-        ones behind it, so that nobody is overtaken for ever)."""
-        joining, rows = [], len(running.rows)
+    def _joiners(self, rows: int, first: Request, owed: float) -> list[Request]:
+        """The waiting requests that join a batch of `rows` rows now, oldest first, while their
+        rows fit and they batch with the running ones (one that does not waits for the batch to
+        end, and so do those behind it, so that nobody is overtaken for ever). While rows decode,
+        one joins at a time, once the batch has decoded for as long as the last prompt passes
+        took (`owed` is what is left): prompts may take at most half of the decoding's time, so
+        a visitor sending long prompts one after the other cannot stall the others' answers."""
+        if rows and owed > 0:
+            return []
+        joining = []
         with self.arrived:
             self.waiting = [request for request in self.waiting if not request.gone.is_set()]
-            for request in self.waiting:
+            for request in self.waiting[:1] if rows else self.waiting:
                 if rows + len(request.rows) > MAX_ROWS or not request.batches_with(first):
                     break
                 joining.append(request)
@@ -182,8 +191,10 @@ def _run(batch: list[Request]) -> None:
                 request.out.put(None)
 
 
-def _admit(running: RunningBatch, members: dict, joining: list[Request]) -> None:
-    """Read the joining requests' prompts into the running batch; a failure reaches its caller only."""
+def _admit(running: RunningBatch, members: dict, joining: list[Request]) -> float:
+    """Read the joining requests' prompts into the running batch; a failure reaches its caller
+    only. Returns the seconds it took."""
+    began = time.perf_counter()
     for request in joining:
         threads.apply(min([request.thread_count] + [member.thread_count for member in members]))
         try:
@@ -193,6 +204,7 @@ def _admit(running: RunningBatch, members: dict, joining: list[Request]) -> None
             request.out.put(exc)
             request.out.put(None)
             running.keep([row for row in running.rows if row.owner is not request])
+    return time.perf_counter() - began
 
 
 def _publish(running: RunningBatch, members: dict) -> None:
