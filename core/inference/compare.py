@@ -114,7 +114,7 @@ def stream_batch(loaded: LoadedModel, conversations: list[list[dict]], adapter_n
 
 
 def add_token(tokenizer, reply: Reply, row_tokens: list[int], token: int, is_end: bool, start: float,
-            budget: int) -> None:
+              budget: int) -> None:
     """Add one generated token to a row's reply, unless the row has already ended (at its end of
     sequence or its own token `budget`)."""
     if reply.seconds:

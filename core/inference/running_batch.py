@@ -1,8 +1,8 @@
 """A batch that takes new rows while it decodes (continuous batching), for chat on a CPU.
 
     batch = RunningBatch(loaded, settings)
-    batch.admit(messages, BASE, settings)     # its prompt pass; the row's first token
-    while batch.rows: batch.step()            # one token for every row; drop ended rows with keep()
+    row = batch.admit(owner, messages, BASE, settings)   # its prompt pass; the row's first token
+    while not row.reply.done: batch.step()                # one token for every row; keep() drops rows
 
 core.inference.batching drives it: a visitor who asks while others' answers run joins them at
 the next token, instead of waiting for the whole batch to end. Each row's prompt is read alone
@@ -35,7 +35,7 @@ from core.inference.models import LoadedModel
 class LiveRow:
     """One answer in the batch: its ids so far (prompt, then answer) and its reply."""
 
-    owner: object  # whoever asked (core.inference.batching's request and row index)
+    owner: object  # whoever asked (core.inference.batching's request)
     adapter: str
     ids: list[int]
     budget: int  # its max_new_tokens
@@ -75,7 +75,7 @@ class RunningBatch:
         return row
 
     def step(self) -> None:
-        """One token for every row that has not ended."""
+        """One token for every row in the batch (an ended row's is ignored until keep() drops it)."""
         tokens = torch.tensor([[row.ids[-1]] for row in self.rows])  # each row's newest token
         positions = torch.tensor([[len(row.ids) - 1] for row in self.rows])
         width = self.cache.get_seq_length()
