@@ -6,9 +6,10 @@ Both paths are the same loaded model (int8 weights on a bf16 CPU) answering thro
 tab's `stream_reply`; the compiled step is switched off and on between interleaved replies.
 Figures: each path's tok/s on one prompt and `compiled_over_int8`; greedy agreement of the
 compiled step with the int8 path (bench.decode_speed.agreement: ten prompts, first 32 tokens,
-as bench_chat measures int8 against bf16); the first warm-up (a cold inductor cache, fresh temp
-folder) and a restart's warm-up in a new process on the same cache, with inductor's FX-graph
-cache hits. The last line is a JSON object.
+as bench_chat measures int8 against bf16); the first warm-up (compiling into a fresh model
+cache), and a restart: a new process on the same model cache, which loads the kept step (how
+long the step took to be ready, the process to be ready, and its first compiled answer of 8
+tokens, all from the process's start). The last line is a JSON object.
 """
 from __future__ import annotations
 
@@ -28,15 +29,19 @@ from bench import decode_speed, machine  # noqa: E402
 from bench.decode_speed import PROMPTS  # noqa: E402
 
 RESTART = """
-import sys; sys.path.insert(0, {root!r})
-from torch._dynamo.utils import counters
+import sys, time; sys.path.insert(0, {root!r})
+began = time.perf_counter()
+from core import threads
+from core.inference.chat import GenerationSettings, stream_reply
 from core.inference.models import load_model
+threads.apply(threads.for_chat(job_running=False))
 loaded = load_model("smollm2-135m-instruct")
 loaded.compiled.settled.wait()
-print(loaded.compiled.state, loaded.compiled.seconds, counters["inductor"]["fxgraph_cache_hit"],
-      counters["inductor"]["fxgraph_cache_miss"])
+ready = time.perf_counter() - began
+reply = list(stream_reply(loaded, [dict(role="user", content="Hi")], GenerationSettings(max_new_tokens=8)))[-1]
+print(loaded.compiled.state, loaded.compiled.seconds, loaded.compiled.from_model_cache, ready,
+      time.perf_counter() - began, reply.stats.endswith("compiled step"))
 """
-
 
 def rates(loaded, tokens: int, repeats: int) -> dict:
     from core.inference.chat import GenerationSettings, stream_reply
@@ -60,9 +65,13 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    os.environ.update(FINETUNE_LAB_DECODE="compiled", TORCHINDUCTOR_CACHE_DIR=tempfile.mkdtemp(prefix="inductor-"))
     from core import threads
-    from core.inference.models import load_model
+    from core.inference.models import load_model, resolve_model
+
+    models = Path(tempfile.mkdtemp(prefix="models-"))  # a cold model cache: no kept step, no inductor cache
+    (models / "smollm2-135m-instruct").symlink_to(resolve_model("smollm2-135m-instruct"))
+    os.environ.update(FINETUNE_LAB_DECODE="compiled", FINETUNE_LAB_MODELS=str(models))
+    os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
 
     threads.apply(threads.for_chat(job_running=False))
     loaded = load_model("smollm2-135m-instruct")
@@ -78,8 +87,9 @@ def main() -> None:
                "int8_tok_s": round(tok_s["int8"], 1), "compiled_tok_s": round(tok_s["compiled"], 1),
                "compiled_over_int8": round(tok_s["compiled"] / tok_s["int8"], 3),
                "compiled_vs_int8_greedy": agree, "first_compile_s": round(loaded.compiled.seconds, 1),
-               "restart_compile_s": round(float(out[1]), 1), "restart_fxgraph_cache_hits": int(out[2]),
-               "restart_fxgraph_cache_misses": int(out[3])}
+               "restart_step_ready_s": round(float(out[1]), 1), "restart_step_from_model_cache": out[2] == "True",
+               "restart_process_ready_s": round(float(out[3]), 1), "restart_first_answer_s": round(float(out[4]), 1),
+               "restart_first_answer_compiled": out[5] == "True"}
     print(json.dumps(figures))
 
 

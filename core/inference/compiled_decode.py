@@ -1,24 +1,25 @@
 """The compiled decode step for chat: inductor compiles the model's forward over a static KV cache.
 
     FINETUNE_LAB_DECODE=compiled python app.py
-    .venv/bin/python bench/bench_chat.py --compiled      # compiled_over_int8, same run
+    .venv/bin/python bench/compiled_speed.py      # compiled_over_int8 and a restart, same run
 
-It is transformers' own machinery: `generate(cache_implementation="static", compile_config=...)`
-compiles the decoding step (the prompt's prefill stays eager) once per model, dtype and shape.
-On a CPU it keeps the int8 weights of core.inference.fast_decode, whose kernel is one opaque op
-in the graph, and inductor fuses what lies between the products (norms, rotary, residuals,
-attention glue). On a GPU it asks for CUDA graphs (`reduce-overhead`); not measured here.
+It runs inside transformers' own machinery: `generate(cache_implementation="static",
+compile_config=...)` calls the compiled decoding step (the prompt's prefill stays eager). On a
+CPU it keeps the int8 weights of core.inference.fast_decode, whose kernel is one opaque op in
+the graph, and inductor fuses what lies between the products (norms, rotary, residuals,
+attention glue). On a GPU transformers compiles it with CUDA graphs (`reduce-overhead`); not
+measured here.
 
-When a model loads, a background thread compiles the step on a three-token warm-up; replies
-use the int8 path meanwhile, and switch over when it is ready. The compiled step serves a
-reply only where its graph is exact for it, else the reply takes the int8 path and the status
-line says why:
+When a model loads, a background thread gets the step ready; replies use the int8 path
+meanwhile, and switch over when it is ready. On a CPU the step is compiled once ahead of time
+and kept in the model cache (core.inference.compiled_store), so a restart loads it in seconds
+instead of tracing the model again; inductor's cache lives in the model cache too
+(`inductor/`, per torch version). The compiled step serves a reply only where its graph is exact
+for it, else the reply takes the int8 path and the status line says why:
 - one batch row, and no adapter ever attached (peft swaps layers and flags per request;
   Compare and tuned replies keep the int8 rows path they are tested on);
 - the prompt and the new tokens fit `SLOTS` cache slots: a static cache's attention reads all
   its slots every step, so a longer one would cost more than the compile saves.
-Inductor's cache lives in the model cache (`inductor/`, per torch version), so a restart
-reuses the generated code and pays only the tracing.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from core.inference import compiled_store
 from core.paths import models_dir
 from core.settings import settings
 
@@ -43,6 +45,7 @@ class CompiledStep:
 
     state: str = "compiling"
     seconds: float = 0.0  # how long the warm-up took
+    from_model_cache: bool = False  # loaded as kept by an earlier run, not compiled
     error: str = ""
     settled: threading.Event = field(default_factory=threading.Event)
 
@@ -82,18 +85,62 @@ def _warm_up(loaded, step: CompiledStep) -> None:
     # its layers) waits for `settled`. The thread is short-lived, so its OpenMP team ends with it.
     began = time.perf_counter()
     try:
-        ids = loaded.tokenizer("Hello", return_tensors="pt")["input_ids"].to(loaded.model.device)
-        with in_model_cache(), torch.inference_mode():
-            loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                  max_new_tokens=WARM_UP_TOKENS, min_new_tokens=WARM_UP_TOKENS,
-                                  pad_token_id=loaded.tokenizer.pad_token_id, top_p=None, top_k=None,
-                                  **generate_options(loaded.model.device.type))
+        with in_model_cache():
+            if loaded.model.device.type == "cpu":
+                step.from_model_cache = _install_kept_step(loaded)
+            _generate(loaded, WARM_UP_TOKENS)  # on a GPU, transformers compiles the step here
         step.state = "ready"
     except Exception as exc:  # the int8 path goes on serving; the status line says why
         message = str(exc).strip()
         step.state, step.error = "failed", message.splitlines()[0][:200] if message else type(exc).__name__
     step.seconds = time.perf_counter() - began
     step.settled.set()
+
+
+def _generate(loaded, tokens: int) -> None:
+    ids = loaded.tokenizer("Hello", return_tensors="pt")["input_ids"].to(loaded.model.device)
+    with torch.inference_mode():
+        loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                              max_new_tokens=tokens, min_new_tokens=tokens, pad_token_id=loaded.tokenizer.pad_token_id,
+                              top_p=None, top_k=None, **generate_options(loaded.model.device.type))
+
+
+def _install_kept_step(loaded) -> bool:
+    """Give `generate` the step kept in the model cache, compiling and keeping it first where
+    there is none (or it is unreadable). True if it was loaded."""
+    path = compiled_store.step_file(loaded, SLOTS)
+    try:
+        call = compiled_store.load(loaded, path)
+    except Exception as exc:  # written by other code, or cut short: compile it again
+        print(f"[compiled step] not reusing {path.name}: {str(exc).strip().splitlines()[0][:200]}", flush=True)
+        call = None
+    kept = call is not None
+    if not kept:
+        call = compiled_store.compile_and_keep(loaded, _step_kwargs(loaded), path)
+    _use_for_generate(loaded.model, call)
+    return kept
+
+
+def _step_kwargs(loaded) -> dict:
+    """One decoding step's keyword arguments, as `generate` passes them over a static cache."""
+    seen = []
+
+    def record(**kwargs):
+        seen.append(kwargs)
+        return loaded.model(**kwargs)
+
+    _use_for_generate(loaded.model, record)
+    try:
+        _generate(loaded, 2)
+    finally:  # the model is compiled next, and must not carry this function into the file
+        del loaded.model._compiled_call, loaded.model._last_compile_config
+    return seen[0]
+
+
+def _use_for_generate(model, call) -> None:
+    # transformers keeps its compiled forward here (PreTrainedModel.get_compiled_call) and calls
+    # it for every decoding step while the compile config it was made for is the one asked for.
+    model._compiled_call, model._last_compile_config = call, compile_config(model.device.type)
 
 
 def choose(loaded, rows: int, tokens: int, adapter_names: list | None) -> tuple[dict, str]:

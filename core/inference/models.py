@@ -132,6 +132,8 @@ class LoadedModel:
         dtype = str(self.model.dtype).removeprefix("torch.")
         weights = f"int8 weights, {dtype} activations" if self.decode == "int8" else dtype
         step = f", compiled step {self.compiled.state}" if self.compiled is not None else ""
+        if self.compiled is not None and self.compiled.from_model_cache:
+            step += " (kept in the model cache)"
         return f"{self.name} ({weights}{step}, loaded in {self.load_seconds:.1f} s)"
 
     @property

@@ -1,0 +1,75 @@
+"""The compiled decode step kept in the model cache, so a restart loads it instead of compiling.
+
+    used by core.inference.compiled_decode; bench/compiled_speed.py measures a restart with it
+
+torch's precompile API compiles one decoding step ahead of time (`torch.compile(...)
+.aot_compile`) and writes dynamo's bytecode with inductor's generated code to a file;
+`torch.compiler.load_compiled_function` reads it back in about 2 s, where tracing the model again
+took 7.6-12 s even with inductor's cache warm. One file serves every model of one architecture,
+dtype and decode path on one CPU kind and library versions (`step_file` names it by all of them),
+since the step reads the weights from the model it is given, not from the file.
+
+The step keeps no guards: `compiled_decode.choose` is its guard (one batch row, no adapter, at
+most `SLOTS` cache slots), as the graph was compiled for exactly that. The files are pickles and
+code that torch writes and runs, like inductor's own cache: the app loads only files it wrote in
+its own model cache, never one from the Hub.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import json
+import os
+import platform
+import types
+
+import torch
+
+from core.paths import models_dir
+
+
+def step_file(loaded, slots: int):
+    """Where `loaded`'s compiled step is kept: named by everything the generated code depends on."""
+    import transformers
+
+    config = {k: v for k, v in loaded.model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
+    key = json.dumps([config, str(loaded.model.dtype), loaded.decode, slots, loaded.model.device.type, torch.__version__,
+                      transformers.__version__, torch.backends.cpu.get_cpu_capability(), platform.machine()],
+                     sort_keys=True, default=str)
+    return models_dir() / "compiled" / f"decode-{hashlib.sha256(key.encode()).hexdigest()[:20]}.bin"
+
+
+def load(loaded, path):
+    """The step kept at `path` as a function of the decode step's keyword arguments, or None if
+    there is none. Raises if the file is unreadable or was written by other code."""
+    names = path.with_suffix(".json")
+    if not (path.is_file() and names.is_file()):
+        return None
+    modules = {name: importlib.import_module(module) for name, module in json.loads(names.read_text()).items()}
+    with path.open("rb") as file:
+        step = torch.compiler.load_compiled_function(file, f_globals=modules, external_data={"model": loaded.model})
+    step.disable_guard_check()  # the guard is compiled_decode.choose: see the docstring
+    return functools.partial(step, loaded.model)
+
+
+def compile_and_keep(loaded, step_kwargs: dict, path):
+    """Compile one decoding step for calls shaped like `step_kwargs` (a `generate` step's own
+    arguments), keep it at `path`, and return it as `load` does."""
+    compiled = torch.compile(loaded.model.__call__, fullgraph=True, dynamic=False,
+                             options={"guard_filter_fn": lambda guards: [False] * len(guards)})
+    with torch.inference_mode():
+        step = compiled.aot_compile(((), step_kwargs))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # dynamo's bytecode loads modules through globals it named at compile time; the file keeps
+    # their names, and `load` imports them again.
+    env, scope = step._artifacts.runtime_env, step._extra_globals
+    modules = {name: scope[name].__name__ for name in env.external_refs
+               if name not in env.used_globals and isinstance(scope.get(name), types.ModuleType)}
+    names = path.with_suffix(".json")
+    partial = names.with_suffix(f".{os.getpid()}.part")
+    partial.write_text(json.dumps(modules))
+    os.replace(partial, names)
+    step.save_compiled_function(str(path), external_data={"model": loaded.model})  # written whole, then renamed
+    step.disable_guard_check()
+    return functools.partial(step, loaded.model)
