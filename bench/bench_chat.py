@@ -37,8 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench import decode_speed, machine  # noqa: E402
-from bench.llamacpp_speed import llamacpp_rate  # noqa: E402
+from bench import decode_speed, llamacpp_speed, machine  # noqa: E402
 from core import threads  # noqa: E402
 PROMPT = [{"role": "user", "content": "Write a short paragraph about the history of Paris."}]
 
@@ -175,9 +174,11 @@ def main() -> None:
     args = parser.parse_args()
     figures, paths = decode_paths(args.tokens, args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
-        llama = threads.in_own_thread(llamacpp_rate, args.tokens, args.repeats, Path(tmp))
+        llama = llamacpp_speed.in_own_process(args.tokens, args.repeats)
         if llama:  # where the optional llama-cpp-python is installed
-            figures.update(llamacpp_q8_0=llama, app_over_llamacpp_q8_0=figures["int8"]["tok_s"] / llama["tok_s"])
+            figures.update(llamacpp_q8_0=llama)
+        if llama and "tok_s" in llama:
+            figures.update(app_over_llamacpp_q8_0=figures["int8"]["tok_s"] / llama["tok_s"])
         adapter = threads.in_own_thread(make_adapter, Path(tmp) / "adapter")
         figures.update(compare_figures(adapter, args.compare_tokens, max(3, args.repeats // 2),
                                        paths["eager-bf16"]))

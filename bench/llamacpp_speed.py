@@ -2,10 +2,21 @@
 the app's own GGUF writer, read by llama.cpp (llama-cpp-python, the optional extra
 requirements-llamacpp.txt), the same prompt, threads and token count as the app's decode
 figure (prefill included in both). None where llama-cpp-python is not installed.
+
+    .venv/bin/python -m bench.llamacpp_speed [--tokens 64] [--repeats 3]   # one JSON line
+
+bench_chat runs it in a process of its own (`in_own_process`): a llama.cpp built for the wrong
+CPU features dies of a fault (seen with GGML_NATIVE=ON on an AMX Xeon), and that must not end
+the whole benchmark.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,3 +54,27 @@ def llamacpp_rate(tokens: int, repeats: int, folder: Path) -> dict | None:
     once()  # warm-up
     return {"tok_s": statistics.median(once() for _ in range(repeats)), "threads": count,
             "file_mb": gguf.stat().st_size / 1e6}
+
+
+def in_own_process(tokens: int, repeats: int) -> dict | None:
+    """`llamacpp_rate` run by a child process; {"error": ...} where that process died."""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-m", "bench.llamacpp_speed", "--tokens", str(tokens), "--repeats",
+                           str(repeats)], cwd=root, capture_output=True, text=True)
+    if done.returncode:
+        return {"error": f"llama.cpp's process ended with code {done.returncode}: {done.stderr.strip()[-200:]}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    threads.apply(threads.for_chat(job_running=False))
+    with tempfile.TemporaryDirectory() as tmp:
+        print(json.dumps(llamacpp_rate(args.tokens, args.repeats, Path(tmp))))
+
+
+if __name__ == "__main__":
+    main()

@@ -6,8 +6,9 @@ torch's precompile API compiles one decoding step ahead of time (`torch.compile(
 .aot_compile`) and writes dynamo's bytecode with inductor's generated code to a file;
 `torch.compiler.load_compiled_function` reads it back in about 2 s, where tracing the model again
 took 7.6-12 s even with inductor's cache warm. One file serves every model of one architecture,
-dtype and decode path on one CPU kind and library versions (`step_file` names it by all of them),
-since the step reads the weights from the model it is given, not from the file.
+dtype and decode path on one CPU kind, with the same library versions and the same code of ours
+in the graph (`step_file` names it by all of them), since the step reads the weights from the
+model it is given, not from the file.
 
 The step keeps no guards: `compiled_decode.choose` is its guard (one batch row, no adapter, at
 most `SLOTS` cache slots), as the graph was compiled for exactly that. The files are pickles and
@@ -23,6 +24,7 @@ import json
 import os
 import platform
 import types
+from pathlib import Path
 
 import torch
 
@@ -33,9 +35,12 @@ def step_file(loaded, slots: int):
     """Where `loaded`'s compiled step is kept: named by everything the generated code depends on."""
     import transformers
 
+    from core.inference import decode_attention, fast_decode
+
     config = {k: v for k, v in loaded.model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
+    ours = [hashlib.sha256(Path(module.__file__).read_bytes()).hexdigest() for module in (fast_decode, decode_attention)]
     key = json.dumps([config, str(loaded.model.dtype), loaded.decode, slots, loaded.model.device.type, torch.__version__,
-                      transformers.__version__, torch.backends.cpu.get_cpu_capability(), platform.machine()],
+                      transformers.__version__, torch.backends.cpu.get_cpu_capability(), platform.machine(), ours],
                      sort_keys=True, default=str)
     return models_dir() / "compiled" / f"decode-{hashlib.sha256(key.encode()).hexdigest()[:20]}.bin"
 
