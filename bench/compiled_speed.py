@@ -9,7 +9,8 @@ compiled step with the int8 path (bench.decode_speed.agreement: ten prompts, fir
 as bench_chat measures int8 against bf16); the first warm-up (compiling into a fresh model
 cache), and a restart: a new process on the same model cache, which loads the kept step (how
 long the step took to be ready, the process to be ready, and its first compiled answer of 8
-tokens, all from the process's start). The last line is a JSON object.
+tokens, all from the process's start). Where llama-cpp-python is installed, llama.cpp on the same
+model as q8_0 (bench/llamacpp_speed.py), with both paths over it. The last line is a JSON object.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench import decode_speed, machine  # noqa: E402
+from bench import decode_speed, llamacpp_speed, machine  # noqa: E402
 from bench.decode_speed import PROMPTS  # noqa: E402
 
 RESTART = """
@@ -90,6 +91,12 @@ def main() -> None:
                "restart_step_ready_s": round(float(out[1]), 1), "restart_step_from_model_cache": out[2] == "True",
                "restart_process_ready_s": round(float(out[3]), 1), "restart_first_answer_s": round(float(out[4]), 1),
                "restart_first_answer_compiled": out[5] == "True"}
+    llama = llamacpp_speed.in_own_process(args.tokens, args.repeats)
+    if llama:  # where the optional llama-cpp-python is installed
+        figures.update(llamacpp_q8_0=llama)
+    if llama and "tok_s" in llama:
+        figures.update(app_over_llamacpp_q8_0=round(tok_s["int8"] / llama["tok_s"], 3),
+                       compiled_over_llamacpp_q8_0=round(tok_s["compiled"] / llama["tok_s"], 3))
     print(json.dumps(figures))
 
 
