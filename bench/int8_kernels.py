@@ -86,14 +86,21 @@ def step_products(layers, rows) -> dict:
     return kernels if vnni is None else {**kernels, "vnni_w8a8": vnni}
 
 
-def vnni_w8a8(layers, rows):
-    """One step's products through bench/kernels/w8a8_vnni.c, or None where it cannot build."""
+def w8a8_kernel():
+    """bench/kernels/w8a8_vnni.c's `w8a8_row`, built now, or None where it cannot build."""
     if "avx512_vnni" not in machine.describe()["cpu_features"] or not shutil.which("gcc"):
         return None
     library = Path(tempfile.mkdtemp(prefix="w8a8-")) / "w8a8_vnni.so"
     subprocess.run(["gcc", "-O3", "-mavx512f", "-mavx512bw", "-mavx512vnni", "-fopenmp", "-shared", "-fPIC",
                     str(ROOT / "bench" / "kernels" / "w8a8_vnni.c"), "-o", str(library)], check=True)
-    kernel = ctypes.CDLL(str(library)).w8a8_row
+    return ctypes.CDLL(str(library)).w8a8_row
+
+
+def vnni_w8a8(layers, rows):
+    """One step's products through bench/kernels/w8a8_vnni.c, or None where it cannot build."""
+    kernel = w8a8_kernel()
+    if kernel is None:
+        return None
     weights = [(q.to(torch.int16) + 128).to(torch.uint8) for q, _ in layers]  # the kernel's layout: w + 128
     outs = [torch.empty(1, q.shape[0], dtype=torch.bfloat16) for q, _ in layers]
     count = torch.get_num_threads()
