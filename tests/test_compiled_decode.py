@@ -131,3 +131,19 @@ def test_the_status_says_which_path_answers_and_why(smol):
     reply = list(stream_reply(replace(smol, compiled=CompiledStep(), adapters={}),
                               [{"role": "user", "content": "Hi"}], GenerationSettings(max_new_tokens=4)))[-1]
     assert reply.stats.endswith("tok/s, int8 path (the compiled step is still compiling)")
+
+
+def test_a_kept_step_that_does_not_load_is_compiled_again(tiny_model_dir, tmp_path, monkeypatch):
+    """A cut-short file in the model cache costs a compile, not the compiled step: the next
+    warm-up compiles and keeps a good one, and the one after loads it (tiny random Llama)."""
+    from core.inference import compiled_decode
+    from core.inference.models import _load_fresh
+
+    monkeypatch.setenv("FINETUNE_LAB_MODELS", str(tmp_path))
+    loaded = _load_fresh("tiny", str(tiny_model_dir))
+    path = compiled_store.step_file(loaded, SLOTS)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\x80\x04 cut short")
+    path.with_suffix(".json").write_text("{}")
+    assert compiled_decode._install_kept_step(loaded) is False
+    assert compiled_decode._install_kept_step(loaded) is True

@@ -107,18 +107,19 @@ def _generate(loaded, tokens: int) -> None:
 
 def _install_kept_step(loaded) -> bool:
     """Give `generate` the step kept in the model cache, compiling and keeping it first where
-    there is none (or it is unreadable). True if it was loaded."""
+    there is none, or where it does not load or answer. True if the kept one serves."""
     path = compiled_store.step_file(loaded, SLOTS)
     try:
         call = compiled_store.load(loaded, path)
+        if call is not None:
+            _use_for_generate(loaded.model, call)
+            _generate(loaded, WARM_UP_TOKENS)
+            return True
     except Exception as exc:  # written by other code, or cut short: compile it again
-        print(f"[compiled step] not reusing {path.name}: {str(exc).strip().splitlines()[0][:200]}", flush=True)
-        call = None
-    kept = call is not None
-    if not kept:
-        call = compiled_store.compile_and_keep(loaded, _step_kwargs(loaded), path)
-    _use_for_generate(loaded.model, call)
-    return kept
+        print(f"[compiled step] not reusing {path.name}: {(str(exc).strip() or type(exc).__name__).splitlines()[0][:200]}",
+              flush=True)
+    _use_for_generate(loaded.model, compiled_store.compile_and_keep(loaded, _step_kwargs(loaded), path))
+    return False
 
 
 def _step_kwargs(loaded) -> dict:
