@@ -174,11 +174,7 @@ def main() -> None:
     args = parser.parse_args()
     figures, paths = decode_paths(args.tokens, args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
-        llama = llamacpp_speed.in_own_process(args.tokens, args.repeats)
-        if llama:  # where the optional llama-cpp-python is installed
-            figures.update(llamacpp_q8_0=llama)
-        if llama and "tok_s" in llama:
-            figures.update(app_over_llamacpp_q8_0=figures["int8"]["tok_s"] / llama["tok_s"])
+        figures.update(llamacpp_speed.beside(args.tokens, args.repeats, app=figures["int8"]["tok_s"]))
         adapter = threads.in_own_thread(make_adapter, Path(tmp) / "adapter")
         figures.update(compare_figures(adapter, args.compare_tokens, max(3, args.repeats // 2),
                                        paths["eager-bf16"]))

@@ -91,12 +91,7 @@ def main() -> None:
                "restart_step_ready_s": round(float(out[1]), 1), "restart_step_from_model_cache": out[2] == "True",
                "restart_process_ready_s": round(float(out[3]), 1), "restart_first_answer_s": round(float(out[4]), 1),
                "restart_first_answer_compiled": out[5] == "True"}
-    llama = llamacpp_speed.in_own_process(args.tokens, args.repeats)
-    if llama:  # where the optional llama-cpp-python is installed
-        figures.update(llamacpp_q8_0=llama)
-    if llama and "tok_s" in llama:
-        figures.update(app_over_llamacpp_q8_0=round(tok_s["int8"] / llama["tok_s"], 3),
-                       compiled_over_llamacpp_q8_0=round(tok_s["compiled"] / llama["tok_s"], 3))
+    figures.update(llamacpp_speed.beside(args.tokens, args.repeats, app=tok_s["int8"], compiled=tok_s["compiled"]))
     print(json.dumps(figures))
 
 

@@ -56,6 +56,16 @@ def llamacpp_rate(tokens: int, repeats: int, folder: Path) -> dict | None:
             "file_mb": gguf.stat().st_size / 1e6}
 
 
+def beside(tokens: int, repeats: int, **app_tok_s: float) -> dict:
+    """llama.cpp's figure and each app path's rate over it (`<path>_over_llamacpp_q8_0`), for a
+    benchmark's JSON line; {} where llama-cpp-python is not installed."""
+    llama = in_own_process(tokens, repeats)
+    if not llama or "error" in llama:
+        return {"llamacpp_q8_0": llama} if llama else {}
+    return {"llamacpp_q8_0": llama,
+            **{f"{path}_over_llamacpp_q8_0": round(rate / llama["tok_s"], 3) for path, rate in app_tok_s.items()}}
+
+
 def in_own_process(tokens: int, repeats: int) -> dict | None:
     """`llamacpp_rate` run by a child process; {"error": ...} where that process died."""
     root = Path(__file__).resolve().parent.parent

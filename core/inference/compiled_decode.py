@@ -88,7 +88,8 @@ def _warm_up(loaded, step: CompiledStep) -> None:
         with in_model_cache():
             if loaded.model.device.type == "cpu":
                 step.from_model_cache = _install_kept_step(loaded)
-            _generate(loaded, WARM_UP_TOKENS)  # on a GPU, transformers compiles the step here
+            else:
+                _generate(loaded, WARM_UP_TOKENS)  # transformers compiles the step here
         step.state = "ready"
     except Exception as exc:  # the int8 path goes on serving; the status line says why
         message = str(exc).strip()
@@ -106,8 +107,8 @@ def _generate(loaded, tokens: int) -> None:
 
 
 def _install_kept_step(loaded) -> bool:
-    """Give `generate` the step kept in the model cache, compiling and keeping it first where
-    there is none, or where it does not load or answer. True if the kept one serves."""
+    """Give `generate` the step kept in the model cache and warm it up, compiling and keeping it
+    first where there is none, or where it does not load or answer. True if the kept one serves."""
     path = compiled_store.step_file(loaded, SLOTS)
     try:
         call = compiled_store.load(loaded, path)
@@ -119,6 +120,7 @@ def _install_kept_step(loaded) -> bool:
         print(f"[compiled step] not reusing {path.name}: {(str(exc).strip() or type(exc).__name__).splitlines()[0][:200]}",
               flush=True)
     _use_for_generate(loaded.model, compiled_store.compile_and_keep(loaded, _step_kwargs(loaded), path))
+    _generate(loaded, WARM_UP_TOKENS)
     return False
 
 

@@ -54,8 +54,7 @@ def load(loaded, path):
     modules = {name: importlib.import_module(module) for name, module in json.loads(names.read_text()).items()}
     with path.open("rb") as file:
         step = torch.compiler.load_compiled_function(file, f_globals=modules, external_data={"model": loaded.model})
-    step.disable_guard_check()  # the guard is compiled_decode.choose: see the docstring
-    return functools.partial(step, loaded.model)
+    return _unguarded(step, loaded.model)
 
 
 def compile_and_keep(loaded, step_kwargs: dict, path):
@@ -76,5 +75,9 @@ def compile_and_keep(loaded, step_kwargs: dict, path):
     partial.write_text(json.dumps(modules))
     os.replace(partial, names)
     step.save_compiled_function(str(path), external_data={"model": loaded.model})  # written whole, then renamed
-    step.disable_guard_check()
-    return functools.partial(step, loaded.model)
+    return _unguarded(step, loaded.model)
+
+
+def _unguarded(step, model):
+    step.disable_guard_check()  # the guard is compiled_decode.choose: see the docstring
+    return functools.partial(step, model)  # the step's first argument is the model (`self`)

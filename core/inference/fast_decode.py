@@ -75,16 +75,6 @@ def rows_times_int8(rows: torch.Tensor, qweight: torch.Tensor, scales: torch.Ten
     return int8_mm(kernel_rows(rows, scales.dtype), qweight, scales)
 
 
-@torch.library.custom_op("finetune_lab::rows_times_int8", mutates_args=())
-def _rows_times_int8_op(rows: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    return int8_mm(kernel_rows(rows, scales.dtype), qweight, scales)
-
-
-@_rows_times_int8_op.register_fake
-def _(rows, qweight, scales):
-    return rows.new_empty((rows.shape[0], qweight.shape[0]), dtype=scales.dtype)
-
-
 def int8_product(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     return rows_times_int8(x.reshape(-1, x.shape[-1]), qweight, scales).view(*x.shape[:-1], qweight.shape[0])
 
