@@ -28,14 +28,13 @@ from pathlib import Path
 
 import torch
 
+from core.inference import decode_attention, fast_decode
 from core.paths import models_dir
 
 
 def step_file(loaded, slots: int):
     """Where `loaded`'s compiled step is kept: named by everything the generated code depends on."""
-    import transformers
-
-    from core.inference import decode_attention, fast_decode
+    import transformers  # loaded by then with the model; not at the app's start
 
     config = {k: v for k, v in loaded.model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
     ours = [hashlib.sha256(Path(module.__file__).read_bytes()).hexdigest() for module in (fast_decode, decode_attention)]
