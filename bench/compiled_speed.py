@@ -1,9 +1,12 @@
 """The compiled decode step (FINETUNE_LAB_DECODE=compiled) against the app's int8 path, in one run.
 
-    .venv/bin/python bench/compiled_speed.py [--tokens 64] [--repeats 5]
+    .venv/bin/python bench/compiled_speed.py [--tokens 64] [--repeats 5] [--int8-kernel vnni]
 
 Both paths are the same loaded model (int8 weights on a bf16 CPU) answering through the Chat
 tab's `stream_reply`; the compiled step is switched off and on between interleaved replies.
+With `--int8-kernel vnni` the step multiplies with core.inference.w8a8_kernel's op (int8
+activations); the int8 path stays on torch's kernel (the app's default), and a third path,
+`int8_vnni`, is the int8 path on the VNNI kernel, with its greedy agreement.
 Figures: each path's tok/s on one prompt and `compiled_over_int8`; greedy agreement of the
 compiled step with the int8 path (bench.decode_speed.agreement: ten prompts, first 32 tokens,
 as bench_chat measures int8 against bf16); the first warm-up (compiling into a fresh model
@@ -45,15 +48,19 @@ print(loaded.compiled.state, loaded.compiled.seconds, loaded.compiled.from_model
 """
 
 def rates(loaded, tokens: int, repeats: int) -> dict:
+    """Median tok/s of the int8 path on torch's kernel, of the compiled step, and where the model
+    multiplies with the VNNI kernel, of the int8 path on it (`int8_vnni`)."""
     from core.inference.chat import GenerationSettings, stream_reply
 
     settings = GenerationSettings(max_new_tokens=tokens, min_new_tokens=tokens)
-    messages, step, times = [{"role": "user", "content": PROMPTS[1]}], loaded.compiled, {"int8": [], "compiled": []}
+    messages, step = [{"role": "user", "content": PROMPTS[1]}], loaded.compiled
+    times = {"int8": [], "compiled": [], **({"int8_vnni": []} if vnni(loaded) else {})}
     for round_ in range(repeats + 1):  # the first round warms both up
         for path in times:  # interleaved, so the host's noise hits both alike
             loaded.compiled = step if path == "compiled" else None
             start = time.perf_counter()
-            reply = list(stream_reply(loaded, messages, settings))[-1]
+            with decode_speed.multiplying_with(loaded.model, kernel(loaded, path)):
+                reply = list(stream_reply(loaded, messages, settings))[-1]
             if round_:
                 times[path].append(tokens / (time.perf_counter() - start))
             assert path != "compiled" or reply.stats.endswith("compiled step"), reply.stats
@@ -61,37 +68,72 @@ def rates(loaded, tokens: int, repeats: int) -> dict:
     return {path: statistics.median(rate) for path, rate in times.items()}
 
 
+def vnni(loaded) -> bool:
+    return "VNNI" in loaded.activations
+
+
+def kernel(loaded, path: str):
+    """The int8 product a path's replies take: the app's default (torch's) for the int8 path."""
+    from core.inference import fast_decode, w8a8_kernel
+
+    return w8a8_kernel.rows_times_int8 if vnni(loaded) and path != "int8" else fast_decode.rows_times_int8
+
+
+def greedy_figures(loaded) -> dict:
+    """Greedy agreement with the int8 path on torch's kernel: of the compiled step, and of the
+    int8 path on the VNNI kernel where the model has it."""
+    from core.inference.compiled_decode import generate_options
+
+    def greedy(path, **options):
+        step, loaded.compiled = loaded.compiled, None
+        with decode_speed.multiplying_with(loaded.model, kernel(loaded, path)):
+            tokens = [decode_speed.greedy_tokens(loaded, prompt, 32, **options) for prompt in PROMPTS]
+        loaded.compiled = step
+        return tokens
+
+    want = greedy("int8")
+    figures = {"compiled_vs_int8_greedy": decode_speed.agreement_with(
+        want, greedy("compiled", **generate_options(loaded.model.device.type)))}
+    if vnni(loaded):
+        figures["int8_vnni_vs_int8_greedy"] = decode_speed.agreement_with(want, greedy("int8_vnni"))
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--int8-kernel", choices=("torch", "vnni"), default="torch",
+                        help="what the compiled step multiplies with (FINETUNE_LAB_INT8_KERNEL)")
     args = parser.parse_args()
     from core import threads
     from core.inference.models import load_model, resolve_model
 
     models = Path(tempfile.mkdtemp(prefix="models-"))  # a cold model cache: no kept step, no inductor cache
     (models / "smollm2-135m-instruct").symlink_to(resolve_model("smollm2-135m-instruct"))
-    os.environ.update(FINETUNE_LAB_DECODE="compiled", FINETUNE_LAB_MODELS=str(models))
+    os.environ.update(FINETUNE_LAB_DECODE="compiled", FINETUNE_LAB_MODELS=str(models),
+                      FINETUNE_LAB_INT8_KERNEL=args.int8_kernel)
     os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
 
     threads.apply(threads.for_chat(job_running=False))
     loaded = load_model("smollm2-135m-instruct")
     loaded.compiled.settled.wait()
     assert loaded.compiled.state == "ready", loaded.compiled.error
+    assert args.int8_kernel == "torch" or vnni(loaded), loaded.activations
     tok_s = rates(loaded, args.tokens, args.repeats)  # stream_reply decodes on the decode thread
-    from core.inference.compiled_decode import generate_options
-
-    agree = decode_speed.agreement(loaded, loaded, candidate_options=generate_options(loaded.model.device.type))
+    agree = greedy_figures(loaded)
     out = subprocess.run([sys.executable, "-c", RESTART.format(root=str(ROOT))], capture_output=True, text=True,
                          check=True, env=os.environ).stdout.split()
-    figures = {**machine.describe(), "decode_weights": loaded.decode, "tokens": args.tokens,
-               "int8_tok_s": round(tok_s["int8"], 1), "compiled_tok_s": round(tok_s["compiled"], 1),
+    figures = {**machine.describe(), "decode_weights": loaded.decode, "activations": loaded.activations,
+               "tokens": args.tokens, **{f"{path}_tok_s": round(rate, 1) for path, rate in tok_s.items()},
                "compiled_over_int8": round(tok_s["compiled"] / tok_s["int8"], 3),
-               "compiled_vs_int8_greedy": agree, "first_compile_s": round(loaded.compiled.seconds, 1),
+               **({"int8_vnni_over_int8": round(tok_s["int8_vnni"] / tok_s["int8"], 3)} if vnni(loaded) else {}),
+               **agree, "first_compile_s": round(loaded.compiled.seconds, 1),
                "restart_step_ready_s": round(float(out[1]), 1), "restart_step_from_model_cache": out[2] == "True",
                "restart_process_ready_s": round(float(out[3]), 1), "restart_first_answer_s": round(float(out[4]), 1),
                "restart_first_answer_compiled": out[5] == "True"}
-    figures.update(llamacpp_speed.beside(args.tokens, args.repeats, app=tok_s["int8"], compiled=tok_s["compiled"]))
+    figures.update(llamacpp_speed.beside(args.tokens, args.repeats, app=tok_s["int8"], compiled=tok_s["compiled"],
+                                         **({"int8_vnni": tok_s["int8_vnni"]} if vnni(loaded) else {})))
     print(json.dumps(figures))
 
 

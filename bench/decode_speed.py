@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -46,7 +47,8 @@ def bytes_per_token(model) -> int:
 
 
 def load_path(source: str, path: str):
-    """A LoadedModel for one decode path: 'eager-fp32', 'eager-bf16' or 'int8' (bf16 activations)."""
+    """A LoadedModel for one decode path: 'eager-fp32', 'eager-bf16', 'int8' (bf16 activations)
+    or 'int8-vnni' (int8 activations: core.inference.w8a8_kernel, which must serve here)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from core.inference.decode_attention import use_packed_decode_attention
@@ -57,9 +59,14 @@ def load_path(source: str, path: str):
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).eval()
     if path == "int8":
         quantize_linears(model)
+    if path == "int8-vnni":
+        from core.inference import w8a8_kernel
+
+        assert not w8a8_kernel.unavailable(), w8a8_kernel.unavailable()
+        quantize_linears(model, w8a8_kernel.rows_times_int8)
     use_packed_decode_attention(model)  # as core.inference.models loads every chat model on a CPU
     tokenizer = AutoTokenizer.from_pretrained(source)
-    return LoadedModel(path, source, model, tokenizer, 0.0, decode="int8" if path == "int8" else "eager")
+    return LoadedModel(path, source, model, tokenizer, 0.0, decode="int8" if path.startswith("int8") else "eager")
 
 
 def decode_rates(paths: dict, tokens: int, repeats: int) -> dict:
@@ -118,13 +125,34 @@ def two_rows_over_one(loaded, tokens: int, repeats: int) -> float:
 def agreement(reference, candidate, tokens: int = 32, candidate_options: dict | None = None) -> dict:
     """On the ten prompts: how many keep the reference's first `tokens` greedy tokens, and the
     mean length of the common prefix. `candidate_options` go to the candidate's `generate`."""
-    prefixes = []
-    for prompt in PROMPTS:
-        want = greedy_tokens(reference, prompt, tokens)
-        got = greedy_tokens(candidate, prompt, tokens, **(candidate_options or {}))
-        prefixes.append(next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), tokens))
-    return {"prompts_identical": sum(p == tokens for p in prefixes), "prompts": len(PROMPTS),
+    want = [greedy_tokens(reference, prompt, tokens) for prompt in PROMPTS]
+    return agreement_with(want, [greedy_tokens(candidate, prompt, tokens, **(candidate_options or {}))
+                                 for prompt in PROMPTS])
+
+
+def agreement_with(want: list[list[int]], got: list[list[int]]) -> dict:
+    """`agreement`'s figures for greedy token lists already generated, prompt by prompt."""
+    tokens = len(want[0])
+    prefixes = [next((i for i, (a, b) in enumerate(zip(w, g)) if a != b), tokens) for w, g in zip(want, got)]
+    return {"prompts_identical": sum(p == tokens for p in prefixes), "prompts": len(prefixes),
             "mean_common_prefix": statistics.mean(prefixes)}
+
+
+@contextmanager
+def multiplying_with(model, rows_product):
+    """A context in which every Int8Linear of `model` multiplies with `rows_product` (torch's
+    kernel or core.inference.w8a8_kernel's), so one loaded model serves both in one run."""
+    from core.inference.fast_decode import Int8Linear
+
+    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    kept = [layer.rows_product for layer in layers]
+    for layer in layers:
+        layer.rows_product = rows_product
+    try:
+        yield
+    finally:
+        for layer, product in zip(layers, kept):
+            layer.rows_product = product
 
 
 def compare_timing(loaded, tuned, tokens: int, repeats: int) -> dict:

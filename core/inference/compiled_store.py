@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from core.inference import decode_attention, fast_decode
+from core.inference import decode_attention, fast_decode, w8a8_kernel
 from core.paths import models_dir
 
 
@@ -37,8 +37,9 @@ def step_file(loaded, slots: int):
     import transformers  # loaded by then with the model; not at the app's start
 
     config = {k: v for k, v in loaded.model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
-    ours = [hashlib.sha256(Path(module.__file__).read_bytes()).hexdigest() for module in (fast_decode, decode_attention)]
-    key = json.dumps([config, str(loaded.model.dtype), loaded.decode, slots, loaded.model.device.type, torch.__version__,
+    ours = [hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            for path in (fast_decode.__file__, decode_attention.__file__, w8a8_kernel.__file__, w8a8_kernel.SOURCE)]
+    key = json.dumps([config, str(loaded.model.dtype), loaded.decode, loaded.activations, slots, loaded.model.device.type, torch.__version__,
                       transformers.__version__, torch.backends.cpu.get_cpu_capability(), platform.machine(), ours],
                      sort_keys=True, default=str)
     return models_dir() / "compiled" / f"decode-{hashlib.sha256(key.encode()).hexdigest()[:20]}.bin"

@@ -75,8 +75,8 @@ def rows_times_int8(rows: torch.Tensor, qweight: torch.Tensor, scales: torch.Ten
     return int8_mm(kernel_rows(rows, scales.dtype), qweight, scales)
 
 
-def int8_product(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    return rows_times_int8(x.reshape(-1, x.shape[-1]), qweight, scales).view(*x.shape[:-1], qweight.shape[0])
+def int8_product(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, rows_product=rows_times_int8) -> torch.Tensor:
+    return rows_product(x.reshape(-1, x.shape[-1]), qweight, scales).view(*x.shape[:-1], qweight.shape[0])
 
 
 class Int8Linear(torch.nn.Linear):
@@ -84,10 +84,12 @@ class Int8Linear(torch.nn.Linear):
 
     It can hold extra rows under its weight (`append_rows`: a LoRA adapter's A), so that one
     product computes the layer and the adapter's first step; `qweight` stays a view of the rows
-    that are the layer's own, so the layer alone reads and computes exactly what it did."""
+    that are the layer's own, so the layer alone reads and computes exactly what it did.
+    `rows_product` multiplies: torch's kernel, or core.inference.w8a8_kernel's."""
 
-    def __init__(self, linear: torch.nn.Linear):
+    def __init__(self, linear: torch.nn.Linear, rows_product=rows_times_int8):
         torch.nn.Module.__init__(self)  # not Linear.__init__: it would allocate a float weight
+        self.rows_product = rows_product
         self.in_features, self.out_features = linear.in_features, linear.out_features
         qweight, scales = quantized_rows(linear.weight, linear.weight.dtype)
         self.register_buffer("qweight", qweight)
@@ -108,7 +110,7 @@ class Int8Linear(torch.nn.Linear):
         """x (flattened to 2-D) times the weight and the appended rows, from one product: the
         first out_features columns are the layer's output without its bias, the rest x A."""
         *_, packed, packed_scales = self.appended
-        return rows_times_int8(x.reshape(-1, x.shape[-1]), packed, packed_scales)
+        return self.rows_product(x.reshape(-1, x.shape[-1]), packed, packed_scales)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -116,7 +118,7 @@ class Int8Linear(torch.nn.Linear):
         return self.qweight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = int8_product(x, self.qweight, self.scales)
+        out = int8_product(x, self.qweight, self.scales, self.rows_product)
         return out if self.bias is None else out + self.bias
 
     def extra_repr(self) -> str:
@@ -138,16 +140,16 @@ def decode_path(device: str, dtype: torch.dtype) -> str:
     return choice
 
 
-def quantize_linears(model: torch.nn.Module) -> int:
-    """Swap every plain float Linear in `model` (the LM head included) for an Int8Linear; return
-    how many. Embeddings and norms stay as they are: they are a small share of each step's reads,
+def quantize_linears(model: torch.nn.Module, rows_product=rows_times_int8) -> int:
+    """Swap every plain float Linear in `model` (the LM head included) for an Int8Linear that
+    multiplies with `rows_product`; return how many. Embeddings and norms stay as they are: they are a small share of each step's reads,
     and so does a Linear whose input width the kernel cannot take."""
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if (type(child) is torch.nn.Linear and child.weight.dtype.is_floating_point
                     and child.in_features % KERNEL_WIDTH == 0):
-                setattr(parent, name, Int8Linear(child))
+                setattr(parent, name, Int8Linear(child, rows_product))
                 swapped += 1
     return swapped
 

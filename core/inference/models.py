@@ -126,11 +126,12 @@ class LoadedModel:
     adapters: dict = field(default_factory=dict)  # adapter path -> peft adapter name
     lock: threading.RLock = field(default_factory=threading.RLock)
     decode: str = "eager"  # or "int8": core.inference.fast_decode
+    activations: str = ""  # what int8 weights multiply: "bfloat16 activations", "int8 activations (VNNI kernel)"
     compiled: object = None  # core.inference.compiled_decode.CompiledStep, where one was asked for
 
     def describe(self) -> str:
         dtype = str(self.model.dtype).removeprefix("torch.")
-        weights = f"int8 weights, {dtype} activations" if self.decode == "int8" else dtype
+        weights = f"int8 weights, {self.activations}" if self.decode == "int8" else dtype
         step = f", compiled step {self.compiled.state}" if self.compiled is not None else ""
         if self.compiled is not None and self.compiled.from_model_cache:
             step += " (kept in the model cache)"
@@ -186,6 +187,7 @@ def _load_fresh(name: str, source: str) -> LoadedModel:
     from core.inference import compiled_decode
     from core.inference.decode_attention import use_packed_decode_attention
     from core.inference.fast_decode import decode_path, quantize_linears
+    from core.inference.w8a8_kernel import int8_product
 
     start = time.perf_counter()
     kwargs = dict(trust_remote_code=False)
@@ -197,14 +199,16 @@ def _load_fresh(name: str, source: str) -> LoadedModel:
     except (OSError, ValueError) as exc:  # transformers says "this repo is unusable" with both
         raise ModelError(f"Could not load '{name}': {str(exc).splitlines()[0].rstrip(' :')}.") from None
     model.eval()
-    decode = decode_path(model.device.type, model.dtype)
+    decode, activations = decode_path(model.device.type, model.dtype), ""
     if decode == "int8":
-        quantize_linears(model)
+        rows_product, activations = int8_product(model.dtype)
+        quantize_linears(model, rows_product)
     use_packed_decode_attention(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     label = find_spec(name).name if find_spec(name) else name
-    loaded = LoadedModel(label, source, model, tokenizer, time.perf_counter() - start, decode=decode)
+    loaded = LoadedModel(label, source, model, tokenizer, time.perf_counter() - start, decode=decode,
+                         activations=activations)
     if compiled_decode.wanted():
         loaded.compiled = compiled_decode.start(loaded)
     return loaded

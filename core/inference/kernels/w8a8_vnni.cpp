@@ -1,0 +1,140 @@
+// Int8 weights times int8 activations with AVX512-VNNI: the torch op finetune_lab::w8a8_mm.
+//
+// Built and loaded by core.inference.w8a8_kernel (g++ against torch's headers, kept in the model
+// cache). y[m, n] = scales[n] * sum_b sx[m, b] * sum_{k in block b} qweight[n, k] * xq[m, k]:
+// each row of the activations is quantized to int8 per block of 32 values with one float scale
+// (llama.cpp's q8_0 does the same); the weight is the app's int8 weight with one scale per
+// output row. vpdpbusd multiplies unsigned by signed bytes: the weight goes in as w + 128 (its
+// bytes with the top bit flipped, one instruction shared by every row), and each 32-bit lane's
+// sum starts from -128 * (the sum of its 4 values of xq), so it ends as the exact integer
+// sum(w * xq). (Taking the offset off after the float sum instead lost the answer to rounding
+// where a block held a large activation.)
+// Each row's result is computed the same way whatever the number of rows, so a row's answer
+// does not depend on the batch it is in.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kBlock = 32;      // activation values per scale
+constexpr int64_t kChunk = 64;      // bytes per AVX512 load: two blocks
+constexpr int64_t kTileRows = 4;    // weight rows per tile
+constexpr int64_t kGroupRows = 4;   // activation rows multiplied together
+constexpr int64_t kSerialBytes = 1 << 17;  // smaller weights: one thread (waking the other costs more)
+
+// One activation row, ready for vpdpbusd: its int8 values, and each 32-bit lane's scale and start.
+struct QuantizedRow {
+  std::vector<int8_t> values;       // xq, padded with zeros to whole chunks
+  std::vector<float> lane_scale;    // per chunk 16 lanes: 8 for each of its two blocks
+  std::vector<int32_t> lane_start;  // per chunk 16 lanes: -128 * the sum of the lane's 4 values
+};
+
+QuantizedRow quantize_row(const at::BFloat16* x, int64_t K) {
+  int64_t chunks = (K + kChunk - 1) / kChunk;
+  QuantizedRow q{std::vector<int8_t>(chunks * kChunk, 0), std::vector<float>(chunks * 16, 0.f),
+                 std::vector<int32_t>(chunks * 16, 0)};
+  for (int64_t b = 0; b * kBlock < K; ++b) {
+    float amax = 0.f;
+    for (int64_t k = b * kBlock; k < (b + 1) * kBlock; ++k) amax = std::fmax(amax, std::fabs(float(x[k])));
+    float inverse = amax > 0.f ? 127.f / amax : 0.f;
+    for (int64_t k = b * kBlock; k < (b + 1) * kBlock; ++k) {
+      q.values[k] = int8_t(std::nearbyint(float(x[k]) * inverse));
+      q.lane_start[k / 4] -= 128 * q.values[k];
+    }
+    for (int lane = 0; lane < 8; ++lane) q.lane_scale[b * 8 + lane] = amax / 127.f;
+  }
+  return q;
+}
+
+// The group's rows times weight rows [n0, n1), into out[r * N + n].
+template <int kRows>
+__attribute__((target("avx512f,avx512bw,avx512vnni")))
+void tile_products(const QuantizedRow* rows, const int8_t* weight, const at::BFloat16* scales,
+                   at::BFloat16* out, int64_t N, int64_t K, int64_t n0, int64_t n1) {
+  int64_t chunks = (K + kChunk - 1) / kChunk;
+  __mmask64 last = K % kChunk ? (__mmask64(1) << (K % kChunk)) - 1 : ~__mmask64(0);
+  const __m512i top_bit = _mm512_set1_epi8(char(0x80));
+  for (int64_t n = n0; n < n1; n += kTileRows) {
+    int64_t tile = std::min<int64_t>(kTileRows, n1 - n);
+    __m512 acc[kTileRows][kRows];
+    for (int j = 0; j < kTileRows; ++j)
+      for (int r = 0; r < kRows; ++r) acc[j][r] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < chunks; ++c) {
+      __mmask64 valid = c == chunks - 1 ? last : ~__mmask64(0);
+      __m512i x[kRows], start[kRows];
+      __m512 sx[kRows];
+      for (int r = 0; r < kRows; ++r) {
+        x[r] = _mm512_loadu_si512(rows[r].values.data() + c * kChunk);
+        sx[r] = _mm512_loadu_ps(rows[r].lane_scale.data() + c * 16);
+        start[r] = _mm512_loadu_si512(rows[r].lane_start.data() + c * 16);
+      }
+      for (int j = 0; j < kTileRows; ++j) {
+        const int8_t* w = weight + (n + std::min<int64_t>(j, tile - 1)) * K + c * kChunk;
+        // bytes past K stay 0 here, so w + 128 meets xq's zero padding
+        __m512i w_plus_128 = _mm512_xor_si512(_mm512_maskz_loadu_epi8(valid, w), top_bit);
+        for (int r = 0; r < kRows; ++r) {
+          __m512i dot = _mm512_dpbusd_epi32(start[r], w_plus_128, x[r]);
+          acc[j][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sx[r], acc[j][r]);
+        }
+      }
+    }
+    for (int j = 0; j < tile; ++j)
+      for (int r = 0; r < kRows; ++r)
+        out[r * N + n + j] = at::BFloat16(_mm512_reduce_add_ps(acc[j][r]) * float(scales[n + j]));
+  }
+}
+
+void group_products(const QuantizedRow* rows, int64_t count, const int8_t* weight, const at::BFloat16* scales,
+                    at::BFloat16* out, int64_t N, int64_t K) {
+  int64_t tiles = (N + kTileRows - 1) / kTileRows;
+  at::parallel_for(0, tiles, N * K < kSerialBytes ? tiles : 16, [&](int64_t t0, int64_t t1) {
+    int64_t n0 = t0 * kTileRows, n1 = std::min(N, t1 * kTileRows);
+    switch (count) {
+      case 1: tile_products<1>(rows, weight, scales, out, N, K, n0, n1); break;
+      case 2: tile_products<2>(rows, weight, scales, out, N, K, n0, n1); break;
+      case 3: tile_products<3>(rows, weight, scales, out, N, K, n0, n1); break;
+      default: tile_products<4>(rows, weight, scales, out, N, K, n0, n1); break;
+    }
+  });
+}
+
+at::Tensor w8a8_mm(const at::Tensor& rows, const at::Tensor& qweight, const at::Tensor& scales) {
+  TORCH_CHECK(rows.dim() == 2 && qweight.dim() == 2 && rows.size(1) == qweight.size(1), "w8a8_mm: rows (M, K) and weight (N, K)");
+  TORCH_CHECK(rows.scalar_type() == at::kBFloat16 && scales.scalar_type() == at::kBFloat16, "w8a8_mm: bf16 rows and scales");
+  TORCH_CHECK(qweight.scalar_type() == at::kChar && rows.size(1) % kBlock == 0, "w8a8_mm: an int8 weight, K a multiple of 32");
+  auto x = rows.contiguous();
+  auto w = qweight.contiguous();
+  auto s = scales.contiguous();
+  int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  auto out = at::empty({M, N}, x.options());
+  for (int64_t m0 = 0; m0 < M; m0 += kGroupRows) {
+    int64_t count = std::min(kGroupRows, M - m0);
+    std::vector<QuantizedRow> group;
+    for (int64_t r = 0; r < count; ++r) group.push_back(quantize_row(x.data_ptr<at::BFloat16>() + (m0 + r) * K, K));
+    group_products(group.data(), count, w.data_ptr<int8_t>(), s.data_ptr<at::BFloat16>(),
+                   out.data_ptr<at::BFloat16>() + m0 * N, N, K);
+  }
+  return out;
+}
+
+at::Tensor w8a8_mm_meta(const at::Tensor& rows, const at::Tensor& qweight, const at::Tensor& scales) {
+  return at::empty({rows.size(0), qweight.size(0)}, rows.options());
+}
+
+bool cpu_supported() { return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni"); }
+
+}  // namespace
+
+TORCH_LIBRARY(finetune_lab, m) {
+  m.def("w8a8_mm(Tensor rows, Tensor qweight, Tensor scales) -> Tensor");
+  m.def("w8a8_supported() -> bool", [] { return cpu_supported(); });
+}
+
+TORCH_LIBRARY_IMPL(finetune_lab, CPU, m) { m.impl("w8a8_mm", &w8a8_mm); }
+TORCH_LIBRARY_IMPL(finetune_lab, Meta, m) { m.impl("w8a8_mm", &w8a8_mm_meta); }
