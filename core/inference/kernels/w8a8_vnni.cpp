@@ -76,6 +76,9 @@ void tile_products(const QuantizedRow* rows, const int8_t* weight, const at::BFl
       }
       for (int j = 0; j < kTileRows; ++j) {
         const int8_t* w = weight + (n + std::min<int64_t>(j, tile - 1)) * K + c * kChunk;
+        // Ask for the next tile's bytes now: the weights come from L3 or memory, each step reads
+        // every weight once, and without this the products ran at 0.71 of torch's time, not 0.5.
+        if (n + kTileRows + j < n1) _mm_prefetch(reinterpret_cast<const char*>(w + kTileRows * K), _MM_HINT_T0);
         // bytes past K stay 0 here, so w + 128 meets xq's zero padding
         __m512i w_plus_128 = _mm512_xor_si512(_mm512_maskz_loadu_epi8(valid, w), top_bit);
         for (int r = 0; r < kRows; ++r) {
