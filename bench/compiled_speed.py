@@ -69,7 +69,9 @@ def rates(loaded, tokens: int, repeats: int) -> dict:
 
 
 def vnni(loaded) -> bool:
-    return "VNNI" in loaded.activations
+    from core.inference import w8a8_kernel
+
+    return w8a8_kernel.serves(loaded.model)
 
 
 def kernel(loaded, path: str):

@@ -1,4 +1,4 @@
-"""One decoding step's weight products on the CPU kernels torch ships, against the read bandwidth.
+"""One decoding step's weight products on torch's CPU kernels and the app's own, against the read bandwidth.
 
     .venv/bin/python bench/int8_kernels.py [--repeats 7]
 
@@ -12,11 +12,9 @@ product once, in model order, so every weight comes from memory as it does in a 
   q8_0 multiplies): a w8a8 path the app does not take, for its kernel speed;
 - `inductor_int8`: inductor's own code for the int8 product (dequantize, multiply, sum) over
   all the layers as one compiled graph;
-- `vnni_w8a8`: not a torch kernel but the lead for a faster one, where gcc and AVX512-VNNI are
-  here: bench/kernels/w8a8_vnni.c, built on the spot, quantizes the row to int8 per block of 64
-  values (llama.cpp's q8_0 does so per 32) and multiplies with `vpdpbusd`, called through
-  ctypes. Its greedy answers are not measured; simulated in fp32, per-32-block activations kept
-  13.1 of bf16's first 32 tokens on average against the app's 14.1.
+- `app_vnni_w8a8`: not a torch kernel but the app's own, where AVX512-VNNI and g++ are here
+  (core.inference.w8a8_kernel, FINETUNE_LAB_INT8_KERNEL=vnni): the row quantized to int8 per
+  block of 32 values, as llama.cpp's q8_0 does, multiplied with `vpdpbusd`.
 
 Figures: milliseconds per step (the best of `repeats`), effective GB/s (weight bytes over time)
 and `share_of_bandwidth` (against summing a 1 GB tensor), and the best kernel over the app's.
@@ -26,12 +24,8 @@ the app's; where no kernel here is, the compiled step cannot get there by removi
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -83,32 +77,19 @@ def step_products(layers, rows) -> dict:
     kernels = {"app_int8": app_int8, "bf16": eager_bf16, "int8_int8": int8_int8,
                "inductor_int8": lambda: compiled(rows, qs, ss)}
     vnni = vnni_w8a8(layers, rows)
-    return kernels if vnni is None else {**kernels, "vnni_w8a8": vnni}
-
-
-def w8a8_kernel():
-    """bench/kernels/w8a8_vnni.c's `w8a8_row`, built now, or None where it cannot build."""
-    if "avx512_vnni" not in machine.describe()["cpu_features"] or not shutil.which("gcc"):
-        return None
-    library = Path(tempfile.mkdtemp(prefix="w8a8-")) / "w8a8_vnni.so"
-    subprocess.run(["gcc", "-O3", "-mavx512f", "-mavx512bw", "-mavx512vnni", "-fopenmp", "-shared", "-fPIC",
-                    str(ROOT / "bench" / "kernels" / "w8a8_vnni.c"), "-o", str(library)], check=True)
-    return ctypes.CDLL(str(library)).w8a8_row
+    return kernels if vnni is None else {**kernels, "app_vnni_w8a8": vnni}
 
 
 def vnni_w8a8(layers, rows):
-    """One step's products through bench/kernels/w8a8_vnni.c, or None where it cannot build."""
-    kernel = w8a8_kernel()
-    if kernel is None:
+    """One step's products through core.inference.w8a8_kernel's op, or None where it does not serve."""
+    from core.inference import w8a8_kernel
+
+    if w8a8_kernel.unavailable():
         return None
-    weights = [(q.to(torch.int16) + 128).to(torch.uint8) for q, _ in layers]  # the kernel's layout: w + 128
-    outs = [torch.empty(1, q.shape[0], dtype=torch.bfloat16) for q, _ in layers]
-    count = torch.get_num_threads()
 
     def run():
-        for (q, s), w, x, y in zip(layers, weights, rows, outs):
-            kernel(ctypes.c_void_p(x.data_ptr()), ctypes.c_void_p(w.data_ptr()), ctypes.c_void_p(s.data_ptr()),
-                   ctypes.c_void_p(y.data_ptr()), q.shape[0], q.shape[1], count)
+        for (q, s), x in zip(layers, rows):
+            w8a8_kernel.rows_times_int8(x, q, s)
     return run
 
 

@@ -3,12 +3,13 @@
     used by core.inference.compiled_decode; bench/compiled_speed.py measures a restart with it
 
 torch's precompile API compiles one decoding step ahead of time (`torch.compile(...)
-.aot_compile`) and writes dynamo's bytecode with inductor's generated code to a file;
-`torch.compiler.load_compiled_function` reads it back in about 2 s, where tracing the model again
-took 7.6-12 s even with inductor's cache warm. One file serves every model of one architecture,
-dtype and decode path on one CPU kind, with the same library versions and the same code of ours
-in the graph (`step_file` names it by all of them), since the step reads the weights from the
-model it is given, not from the file.
+.aot_compile`; on the VNNI kernel with inductor's C++ wrapper) and writes dynamo's bytecode with inductor's
+generated code to a file; `torch.compiler.load_compiled_function` reads it back in about 2 s,
+where tracing the model again took 7.6-12 s even with inductor's cache warm. One file serves
+every model of one architecture, dtype, decode path and int8 kernel on one CPU kind, with the
+same library versions and the same code of ours in the graph or compiling it (`step_file` names
+it by all of them), since the step reads the weights from the model it is given, not from the
+file.
 
 The step keeps no guards: `compiled_decode.choose` is its guard (one batch row, no adapter, at
 most `SLOTS` cache slots), as the graph was compiled for exactly that. The files are pickles and
@@ -38,7 +39,7 @@ def step_file(loaded, slots: int):
 
     config = {k: v for k, v in loaded.model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
     ours = [hashlib.sha256(Path(path).read_bytes()).hexdigest()
-            for path in (fast_decode.__file__, decode_attention.__file__, w8a8_kernel.__file__, w8a8_kernel.SOURCE)]
+            for path in (__file__, fast_decode.__file__, decode_attention.__file__, w8a8_kernel.__file__, w8a8_kernel.SOURCE)]
     key = json.dumps([config, str(loaded.model.dtype), loaded.decode, loaded.activations, slots, loaded.model.device.type, torch.__version__,
                       transformers.__version__, torch.backends.cpu.get_cpu_capability(), platform.machine(), ours],
                      sort_keys=True, default=str)
@@ -60,8 +61,12 @@ def load(loaded, path):
 def compile_and_keep(loaded, step_kwargs: dict, path):
     """Compile one decoding step for calls shaped like `step_kwargs` (a `generate` step's own
     arguments), keep it at `path`, and return it as `load` does."""
+    # cpp_wrapper: inductor calls the step's kernels from generated C++, not Python. On the VNNI
+    # kernel decoding went from 78.5 to 86.7 tok/s (SmolLM2, 2-core Xeon); on torch's it gained
+    # nothing and the compile took 145-154 s instead of 33.
     compiled = torch.compile(loaded.model.__call__, fullgraph=True, dynamic=False,
-                             options={"guard_filter_fn": lambda guards: [False] * len(guards)})
+                             options={"guard_filter_fn": lambda guards: [False] * len(guards),
+                                      "cpp_wrapper": w8a8_kernel.serves(loaded.model)})
     with torch.inference_mode():
         step = compiled.aot_compile(((), step_kwargs))
     path.parent.mkdir(parents=True, exist_ok=True)

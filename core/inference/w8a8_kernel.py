@@ -110,5 +110,10 @@ def int8_product(dtype: torch.dtype):
     return rows_times_int8, "int8 activations (VNNI kernel)"
 
 
+def serves(model: torch.nn.Module) -> bool:
+    """Whether `model`'s int8 layers multiply with this op."""
+    return any(getattr(layer, "rows_product", None) is rows_times_int8 for layer in model.modules())
+
+
 if __name__ == "__main__":
     print(unavailable() or f"ready: {library_file()}")

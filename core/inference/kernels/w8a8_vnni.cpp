@@ -16,7 +16,6 @@
 #include <torch/library.h>
 #include <immintrin.h>
 
-#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -35,19 +34,35 @@ struct QuantizedRow {
   std::vector<int32_t> lane_start;  // per chunk 16 lanes: -128 * the sum of the lane's 4 values
 };
 
+// 16 bf16 values as floats: a bf16 is the top half of a float's bits.
+__attribute__((target("avx512f,avx512bw")))
+inline __m512 load_bf16(const at::BFloat16* x) {
+  __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+// x * inverse rounded to the nearest integer (ties to even, as torch.round), as int8 bytes.
+__attribute__((target("avx512f,avx512bw")))
+inline __m128i to_int8(__m512 x, __m512 inverse) {
+  return _mm512_cvtsepi32_epi8(_mm512_cvt_roundps_epi32(_mm512_mul_ps(x, inverse), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vnni")))
 QuantizedRow quantize_row(const at::BFloat16* x, int64_t K) {
   int64_t chunks = (K + kChunk - 1) / kChunk;
   QuantizedRow q{std::vector<int8_t>(chunks * kChunk, 0), std::vector<float>(chunks * 16, 0.f),
                  std::vector<int32_t>(chunks * 16, 0)};
   for (int64_t b = 0; b * kBlock < K; ++b) {
-    float amax = 0.f;
-    for (int64_t k = b * kBlock; k < (b + 1) * kBlock; ++k) amax = std::fmax(amax, std::fabs(float(x[k])));
-    float inverse = amax > 0.f ? 127.f / amax : 0.f;
-    for (int64_t k = b * kBlock; k < (b + 1) * kBlock; ++k) {
-      q.values[k] = int8_t(std::nearbyint(float(x[k]) * inverse));
-      q.lane_start[k / 4] -= 128 * q.values[k];
-    }
+    __m512 low = load_bf16(x + b * kBlock), high = load_bf16(x + b * kBlock + 16);
+    float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(low), _mm512_abs_ps(high)));
+    __m512 inverse = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q.values.data() + b * kBlock), to_int8(low, inverse));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q.values.data() + b * kBlock + 16), to_int8(high, inverse));
     for (int lane = 0; lane < 8; ++lane) q.lane_scale[b * 8 + lane] = amax / 127.f;
+  }
+  for (int64_t c = 0; c < chunks; ++c) {  // each lane's 4 values summed by vpdpbusd with ones
+    __m512i sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), _mm512_loadu_si512(q.values.data() + c * kChunk));
+    _mm512_storeu_si512(q.lane_start.data() + c * 16, _mm512_mullo_epi32(sums, _mm512_set1_epi32(-128)));
   }
   return q;
 }
