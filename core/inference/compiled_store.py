@@ -3,9 +3,9 @@
     used by core.inference.compiled_decode; bench/compiled_speed.py measures a restart with it
 
 torch's precompile API compiles one decoding step ahead of time (`torch.compile(...)
-.aot_compile`; on the VNNI kernel with inductor's C++ wrapper) and writes dynamo's bytecode with inductor's
-generated code to a file; `torch.compiler.load_compiled_function` reads it back in about 2 s,
-where tracing the model again took 7.6-12 s even with inductor's cache warm. One file serves
+.aot_compile`) and writes dynamo's bytecode with inductor's generated code to a file;
+`torch.compiler.load_compiled_function` reads it back in about 2 s, where tracing the model
+again took 7.6-12 s even with inductor's cache warm. One file serves
 every model of one architecture, dtype, decode path and int8 kernel on one CPU kind, with the
 same library versions and the same code of ours in the graph or compiling it (`step_file` names
 it by all of them), since the step reads the weights from the model it is given, not from the
@@ -61,12 +61,10 @@ def load(loaded, path):
 def compile_and_keep(loaded, step_kwargs: dict, path):
     """Compile one decoding step for calls shaped like `step_kwargs` (a `generate` step's own
     arguments), keep it at `path`, and return it as `load` does."""
-    # cpp_wrapper: inductor calls the step's kernels from generated C++, not Python. On the VNNI
-    # kernel decoding went from 78.5 to 86.7 tok/s (SmolLM2, 2-core Xeon); on torch's it gained
-    # nothing and the compile took 145-154 s instead of 33.
+    # Not inductor's cpp_wrapper: measured on both kernels, it decoded no faster (85.2 against
+    # 84.7 tok/s on the VNNI kernel) and its compile took 145-164 s instead of 33-41.
     compiled = torch.compile(loaded.model.__call__, fullgraph=True, dynamic=False,
-                             options={"guard_filter_fn": lambda guards: [False] * len(guards),
-                                      "cpp_wrapper": w8a8_kernel.serves(loaded.model)})
+                             options={"guard_filter_fn": lambda guards: [False] * len(guards)})
     with torch.inference_mode():
         step = compiled.aot_compile(((), step_kwargs))
     path.parent.mkdir(parents=True, exist_ok=True)
