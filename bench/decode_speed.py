@@ -48,7 +48,7 @@ def bytes_per_token(model) -> int:
 
 def load_path(source: str, path: str):
     """A LoadedModel for one decode path: 'eager-fp32', 'eager-bf16', 'int8' (bf16 activations)
-    or 'int8-vnni' (int8 activations: core.inference.w8a8_kernel, which must serve here)."""
+    or 'int8-own' (our own kernels: core.inference.own_kernels, which must serve here)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from core.inference.decode_attention import use_packed_decode_attention
@@ -59,12 +59,12 @@ def load_path(source: str, path: str):
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).eval()
     if path == "int8":
         quantize_linears(model)
-    if path == "int8-vnni":
-        from core.inference import w8a8_kernel
+    if path == "int8-own":
+        from core.inference import own_kernels
 
-        assert not w8a8_kernel.unavailable(), w8a8_kernel.unavailable()
-        quantize_linears(model, w8a8_kernel.rows_times_int8)
-    use_packed_decode_attention(model)  # as core.inference.models loads every chat model on a CPU
+        assert not own_kernels.unavailable(), own_kernels.unavailable()
+        quantize_linears(model, own_kernels.rows_times_int8)
+    use_packed_decode_attention(model, own_kernel=path == "int8-own")  # as core.inference.models loads on a CPU
     tokenizer = AutoTokenizer.from_pretrained(source)
     return LoadedModel(path, source, model, tokenizer, 0.0, decode="int8" if path.startswith("int8") else "eager")
 
@@ -139,20 +139,23 @@ def agreement_with(want: list[list[int]], got: list[list[int]]) -> dict:
 
 
 @contextmanager
-def multiplying_with(model, rows_product):
-    """A context in which every Int8Linear of `model` multiplies with `rows_product` (torch's
-    kernel or core.inference.w8a8_kernel's), so one loaded model serves both in one run."""
-    from core.inference.fast_decode import Int8Linear
+def on_kernels(model, own: bool):
+    """A context in which `model`'s int8 products and decoding attention run on our own kernels
+    (core.inference.own_kernels) or on torch's, so one loaded model serves both in one run."""
+    from core.inference import fast_decode, own_kernels
+    from core.inference.decode_attention import use_packed_decode_attention
 
-    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
-    kept = [layer.rows_product for layer in layers]
+    layers = [m for m in model.modules() if isinstance(m, fast_decode.Int8Linear)]
+    kept = [layer.rows_product for layer in layers], own_kernels.serves(model)
     for layer in layers:
-        layer.rows_product = rows_product
+        layer.rows_product = own_kernels.rows_times_int8 if own else fast_decode.rows_times_int8
+    use_packed_decode_attention(model, own_kernel=own)
     try:
         yield
     finally:
-        for layer, product in zip(layers, kept):
+        for layer, product in zip(layers, kept[0]):
             layer.rows_product = product
+        use_packed_decode_attention(model, own_kernel=kept[1])
 
 
 def compare_timing(loaded, tuned, tokens: int, repeats: int) -> dict:

@@ -13,7 +13,7 @@ product once, in model order, so every weight comes from memory as it does in a 
 - `inductor_int8`: inductor's own code for the int8 product (dequantize, multiply, sum) over
   all the layers as one compiled graph;
 - `app_vnni_w8a8`: not a torch kernel but the app's own, where AVX512-VNNI and g++ are here
-  (core.inference.w8a8_kernel, FINETUNE_LAB_INT8_KERNEL=vnni): the row quantized to int8 per
+  (core.inference.own_kernels, FINETUNE_LAB_CPU_KERNELS=own): the row quantized to int8 per
   block of 32 values, as llama.cpp's q8_0 does, multiplied with `vpdpbusd`.
 
 Figures: milliseconds per step (the best of `repeats`), effective GB/s (weight bytes over time)
@@ -81,15 +81,15 @@ def step_products(layers, rows) -> dict:
 
 
 def vnni_w8a8(layers, rows):
-    """One step's products through core.inference.w8a8_kernel's op, or None where it does not serve."""
-    from core.inference import w8a8_kernel
+    """One step's products through core.inference.own_kernels' op, or None where it does not serve."""
+    from core.inference import own_kernels
 
-    if w8a8_kernel.unavailable():
+    if own_kernels.unavailable():
         return None
 
     def run():
         for (q, s), x in zip(layers, rows):
-            w8a8_kernel.rows_times_int8(x, q, s)
+            own_kernels.rows_times_int8(x, q, s)
     return run
 
 

@@ -17,7 +17,7 @@
 | FINETUNE_LAB_EVENTS_PER_SESSION / _PER_ADDRESS | queued events a session / an address may hold | 8 / 16 |
 | FINETUNE_LAB_DTYPE | chat weights: auto, fp32, bf16 | auto |
 | FINETUNE_LAB_DECODE | chat decoding: auto, int8, eager, compiled | auto |
-| FINETUNE_LAB_INT8_KERNEL | what multiplies int8 weights: torch (bf16 activations), vnni (int8 activations, built here) | torch |
+| FINETUNE_LAB_CPU_KERNELS | chat's kernels on a CPU: torch's, or own (int8 activations with VNNI, attention over the slots in use; built here) | torch |
 | FINETUNE_LAB_MAX_MODELS | models kept in memory | 2 |
 | FINETUNE_LAB_GGUF_RUNTIME | what reads an exported GGUF in the parity check: auto, llama.cpp, transformers | auto (llama.cpp where installed) |
 | FINETUNE_LAB_THREADS | chat's CPU threads when no job runs | all cores |
@@ -40,7 +40,7 @@ from core.errors import LabError
 NAMES = ("FINETUNE_LAB_HOME", "FINETUNE_LAB_MODELS", "FINETUNE_LAB_PUBLIC", "FINETUNE_LAB_ADMIN_KEY", "FINETUNE_LAB_API_KEY",
          "FINETUNE_LAB_AUTH", "FINETUNE_LAB_ALLOWED_MODELS", "FINETUNE_LAB_VISITOR_HUB",
          "FINETUNE_LAB_VISITOR_VOTES", "FINETUNE_LAB_BEHIND_PROXY", "FINETUNE_LAB_EVENTS_PER_SESSION",
-         "FINETUNE_LAB_EVENTS_PER_ADDRESS", "FINETUNE_LAB_DTYPE", "FINETUNE_LAB_DECODE", "FINETUNE_LAB_INT8_KERNEL",
+         "FINETUNE_LAB_EVENTS_PER_ADDRESS", "FINETUNE_LAB_DTYPE", "FINETUNE_LAB_DECODE", "FINETUNE_LAB_CPU_KERNELS",
          "FINETUNE_LAB_MAX_MODELS", "FINETUNE_LAB_THREADS", "FINETUNE_LAB_GGUF_RUNTIME", "SPACE_ID", "SPACE_AUTHOR_NAME", "SYSTEM",
          "OAUTH_CLIENT_ID")
 _DECLARED = {"public": False}  # set by app.main for --share or an open host: no environment write
@@ -62,7 +62,7 @@ class Settings:
     events_per_address: int = 16
     dtype: str = "auto"
     decode: str = "auto"
-    int8_kernel: str = "torch"
+    cpu_kernels: str = "torch"
     max_models: int = 2
     threads: int = 0
     gguf_runtime: str = "auto"
@@ -98,7 +98,7 @@ def _parse(values: tuple, declared_public: bool) -> Settings:
         events_per_session=_number(env, "FINETUNE_LAB_EVENTS_PER_SESSION", 8),
         events_per_address=_number(env, "FINETUNE_LAB_EVENTS_PER_ADDRESS", 16),
         dtype=env.get("FINETUNE_LAB_DTYPE", "auto"), decode=env.get("FINETUNE_LAB_DECODE", "auto"),
-        int8_kernel=_choice(env, "FINETUNE_LAB_INT8_KERNEL", ("torch", "vnni")),
+        cpu_kernels=_choice(env, "FINETUNE_LAB_CPU_KERNELS", ("torch", "own")),
         max_models=max(1, _number(env, "FINETUNE_LAB_MAX_MODELS", 2)),
         threads=_number(env, "FINETUNE_LAB_THREADS", 0),
         gguf_runtime=_choice(env, "FINETUNE_LAB_GGUF_RUNTIME", ("auto", "llama.cpp", "transformers")),

@@ -6,7 +6,7 @@ torch's precompile API compiles one decoding step ahead of time (`torch.compile(
 .aot_compile`) and writes dynamo's bytecode with inductor's generated code to a file;
 `torch.compiler.load_compiled_function` reads it back in about 2 s, where tracing the model
 again took 7.6-12 s even with inductor's cache warm. One file serves
-every model of one architecture, dtype, decode path and int8 kernel on one CPU kind, with the
+every model of one architecture, dtype, decode path and kernels on one CPU kind, with the
 same library versions and the same code of ours in the graph or compiling it (`step_file` names
 it by all of them), since the step reads the weights from the model it is given, not from the
 file.
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from core.inference import decode_attention, fast_decode, w8a8_kernel
+from core.inference import decode_attention, fast_decode, own_kernels
 from core.paths import models_dir
 
 
@@ -39,7 +39,7 @@ def step_file(loaded, slots: int):
 
     config = {k: v for k, v in loaded.model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
     ours = [hashlib.sha256(Path(path).read_bytes()).hexdigest()
-            for path in (__file__, fast_decode.__file__, decode_attention.__file__, w8a8_kernel.__file__, w8a8_kernel.SOURCE)]
+            for path in (__file__, fast_decode.__file__, decode_attention.__file__, own_kernels.__file__, *own_kernels.SOURCES)]
     key = json.dumps([config, str(loaded.model.dtype), loaded.decode, loaded.activations, slots, loaded.model.device.type, torch.__version__,
                       transformers.__version__, torch.backends.cpu.get_cpu_capability(), platform.machine(), ours],
                      sort_keys=True, default=str)
@@ -61,8 +61,8 @@ def load(loaded, path):
 def compile_and_keep(loaded, step_kwargs: dict, path):
     """Compile one decoding step for calls shaped like `step_kwargs` (a `generate` step's own
     arguments), keep it at `path`, and return it as `load` does."""
-    # Not inductor's cpp_wrapper: measured on both kernels, it decoded no faster (85.2 against
-    # 84.7 tok/s on the VNNI kernel) and its compile took 145-164 s instead of 33-41.
+    # Not inductor's cpp_wrapper: measured on both int8 kernels, it decoded no faster (85.2
+    # against 84.7 tok/s on ours) and its compile took 145-164 s instead of 33-41.
     compiled = torch.compile(loaded.model.__call__, fullgraph=True, dynamic=False,
                              options={"guard_filter_fn": lambda guards: [False] * len(guards)})
     with torch.inference_mode():

@@ -85,7 +85,7 @@ class Int8Linear(torch.nn.Linear):
     It can hold extra rows under its weight (`append_rows`: a LoRA adapter's A), so that one
     product computes the layer and the adapter's first step; `qweight` stays a view of the rows
     that are the layer's own, so the layer alone reads and computes exactly what it did.
-    `rows_product` multiplies: torch's kernel, or core.inference.w8a8_kernel's."""
+    `rows_product` multiplies: torch's kernel, or core.inference.own_kernels'."""
 
     def __init__(self, linear: torch.nn.Linear, rows_product=rows_times_int8):
         torch.nn.Module.__init__(self)  # not Linear.__init__: it would allocate a float weight

@@ -126,7 +126,7 @@ class LoadedModel:
     adapters: dict = field(default_factory=dict)  # adapter path -> peft adapter name
     lock: threading.RLock = field(default_factory=threading.RLock)
     decode: str = "eager"  # or "int8": core.inference.fast_decode
-    activations: str = ""  # what int8 weights multiply: "bfloat16 activations", "int8 activations (VNNI kernel)"
+    activations: str = ""  # what int8 weights multiply: "bfloat16 activations", "int8 activations (own kernels)"
     compiled: object = None  # core.inference.compiled_decode.CompiledStep, where one was asked for
 
     def describe(self) -> str:
@@ -187,7 +187,7 @@ def _load_fresh(name: str, source: str) -> LoadedModel:
     from core.inference import compiled_decode
     from core.inference.decode_attention import use_packed_decode_attention
     from core.inference.fast_decode import decode_path, quantize_linears
-    from core.inference.w8a8_kernel import int8_product
+    from core.inference.own_kernels import int8_product, serves
 
     start = time.perf_counter()
     kwargs = dict(trust_remote_code=False)
@@ -203,7 +203,7 @@ def _load_fresh(name: str, source: str) -> LoadedModel:
     if decode == "int8":
         rows_product, activations = int8_product(model.dtype)
         quantize_linears(model, rows_product)
-    use_packed_decode_attention(model)
+    use_packed_decode_attention(model, own_kernel=serves(model))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     label = find_spec(name).name if find_spec(name) else name

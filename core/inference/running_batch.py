@@ -26,7 +26,7 @@ import torch
 from core import threads
 from core.inference.chat import GenerationSettings, Reply, base_only, build_inputs
 from core.inference.compare import add_token, end_ids, in_format
-from core.inference.decode_attention import PACKED_ATTENTION, rows_starting_at
+from core.inference.decode_attention import OWN_KERNEL_ATTENTION, PACKED_ATTENTION, rows_starting_at
 from core.inference.fast_decode import BASE, installed, rows_forwards
 from core.inference.models import LoadedModel
 
@@ -50,7 +50,7 @@ def joins(loaded: LoadedModel) -> bool:
     from transformers.cache_utils import DynamicLayer
 
     cache = DynamicCache(config=loaded.model.config)
-    return (loaded.model.config._attn_implementation == PACKED_ATTENTION and loaded.compiled is None
+    return (loaded.model.config._attn_implementation in (PACKED_ATTENTION, OWN_KERNEL_ATTENTION) and loaded.compiled is None
             and all(type(layer) is DynamicLayer for layer in cache.layers))
 
 

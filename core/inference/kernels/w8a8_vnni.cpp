@@ -1,8 +1,9 @@
 // Int8 weights times int8 activations with AVX512-VNNI: the torch op finetune_lab::w8a8_mm.
 //
-// Built and loaded by core.inference.w8a8_kernel (g++ against torch's headers, kept in the model
-// cache). y[m, n] = scales[n] * sum_b sx[m, b] * sum_{k in block b} qweight[n, k] * xq[m, k]:
-// each row of the activations is quantized to int8 per block of 32 values with one float scale
+// Built with decode_attention.cpp into one library by core.inference.own_kernels (g++ against
+// torch's headers, kept in the model cache).
+// y[m, n] = scales[n] * sum_b sx[m, b] * sum_{k in block b} qweight[n, k] * xq[m, k]: each row
+// of the activations is quantized to int8 per block of 32 values with one float scale
 // (llama.cpp's q8_0 does the same); the weight is the app's int8 weight with one scale per
 // output row. vpdpbusd multiplies unsigned by signed bytes: the weight goes in as w + 128 (its
 // bytes with the top bit flipped, one instruction shared by every row), and each 32-bit lane's

@@ -1,0 +1,123 @@
+"""Chat's own CPU kernels, opt-in: int8 x int8 products with AVX512-VNNI and a decoding step's
+attention over the cache slots in use, as torch ops built here with g++.
+
+    FINETUNE_LAB_CPU_KERNELS=own python app.py
+    .venv/bin/python -m core.inference.own_kernels     # build them into the model cache, say how it went
+
+- `finetune_lab::w8a8_mm` (kernels/w8a8_vnni.cpp). torch's int8 kernel (core.inference.
+  fast_decode) converts every int8 weight to bf16 before it multiplies. This one quantizes each
+  activation row to int8 per block of 32 values instead, as llama.cpp's q8_0 does, and
+  multiplies bytes by bytes with `vpdpbusd`. It rounds otherwise than bf16 activations, so
+  greedy answers part from the int8 path's sooner (bench/bench_chat.py reports the agreement):
+  that is why these kernels are a choice, not the default.
+- `finetune_lab::one_query_attention` (kernels/decode_attention.cpp): the compiled step's static
+  cache has 512 slots, and torch's attention reads all of them every step; this reads each row's
+  slots up to the last one its mask lets through (core.inference.decode_attention calls it).
+
+Both are compiled once per source, torch version and machine into `<models>/kernels/` (about
+15 s) and loaded with `torch.ops.load_library`; inside a compiled decode step each is one opaque
+op, as torch's kernels are. Where they cannot be built or run here (no g++, no AVX512-VNNI, not
+x86-64 Linux, weights not bf16), chat keeps torch's kernels and the model's status says why.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from core.inference.fast_decode import rows_times_int8 as torch_rows_times_int8
+from core.paths import models_dir
+from core.settings import settings
+
+SOURCES = [Path(__file__).parent / "kernels" / name for name in ("w8a8_vnni.cpp", "decode_attention.cpp")]
+BLOCK = 32  # activation values per scale: the op takes rows whose width is a multiple of it
+BUILD_SECONDS = 300
+
+
+def library_file() -> Path:
+    """Where the built ops are kept: named by their sources, torch's version and the machine."""
+    key = hashlib.sha256(b"".join(path.read_bytes() for path in SOURCES)
+                         + f"{torch.__version__} {platform.machine()} {compile_flags()}".encode())
+    return models_dir() / "kernels" / f"own-{key.hexdigest()[:20]}.so"
+
+
+def compile_flags() -> list[str]:
+    torch_dir = Path(torch.__file__).parent
+    # -fopenmp: without it at::parallel_for's OpenMP pragma is ignored and the ops run on one core
+    return ["-O3", "-fopenmp", "-std=c++20", "-shared", "-fPIC", "-w",
+            f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}", f"-I{torch_dir / 'include'}",
+            f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{torch_dir / 'lib'}"]
+
+
+@functools.cache
+def unavailable() -> str:
+    """Why the ops cannot serve here, in a few words; "" once they are built (if need be) and loaded."""
+    if platform.system() != "Linux" or platform.machine() != "x86_64":
+        return f"they are built for x86-64 Linux, not {platform.system()} {platform.machine()}"
+    if not torch.cpu._is_vnni_supported():
+        return "this CPU has no AVX512-VNNI"
+    if shutil.which("g++") is None:
+        return "no g++ here to build them"
+    path = library_file()
+    try:
+        try:
+            torch.ops.load_library(str(path))
+        except OSError:  # none kept yet, or a damaged file: build it (again)
+            build(path)
+            torch.ops.load_library(str(path))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        return f"building or loading them failed: {(str(exc).strip() or type(exc).__name__).splitlines()[-1][:160]}"
+    return "" if torch.ops.finetune_lab.w8a8_supported() else "this CPU lacks AVX512-BW or VNNI"
+
+
+def build(path: Path) -> None:
+    """Compile the ops into `path` (written whole or not at all: two processes may build at once)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[own kernels] building {path.name} with g++ (once per torch version: about 15 s)", flush=True)
+    fd, partial = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run(["g++", *map(str, SOURCES), "-o", partial, *compile_flags()], capture_output=True,
+                              text=True, timeout=BUILD_SECONDS)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr.strip() or f"g++ exited with {done.returncode}")
+        os.replace(partial, path)
+    finally:
+        Path(partial).unlink(missing_ok=True)
+
+
+def rows_times_int8(rows: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """2-D bf16 `rows` times an int8 weight with per-row `scales`, the rows quantized to int8 per
+    block of 32; torch's kernel where the width is no multiple of 32 (a LoRA B of rank 16)."""
+    if rows.shape[-1] % BLOCK or scales.dtype != torch.bfloat16:
+        return torch_rows_times_int8(rows, qweight, scales)
+    return torch.ops.finetune_lab.w8a8_mm(rows.to(torch.bfloat16), qweight, scales)
+
+
+def int8_product(dtype: torch.dtype):
+    """(the function that multiplies rows by an int8 weight, its activations in words) as
+    $FINETUNE_LAB_CPU_KERNELS asks: torch's kernel, or ours where they serve here."""
+    words = f"{str(dtype).removeprefix('torch.')} activations"
+    if settings().cpu_kernels != "own":
+        return torch_rows_times_int8, words
+    why_not = "the weights are not bf16" if dtype != torch.bfloat16 else unavailable()
+    if why_not:
+        print(f"[own kernels] keeping torch's: {why_not}", flush=True)
+        return torch_rows_times_int8, f"{words} (our own kernels do not serve: {why_not})"
+    return rows_times_int8, "int8 activations (own kernels)"
+
+
+def serves(model: torch.nn.Module) -> bool:
+    """Whether `model`'s int8 layers multiply with our op (then its attention takes ours too)."""
+    return any(getattr(layer, "rows_product", None) is rows_times_int8 for layer in model.modules())
+
+
+if __name__ == "__main__":
+    print(unavailable() or f"ready: {library_file()}")

@@ -1,0 +1,178 @@
+"""Our own CPU kernels (core.inference.own_kernels): the int8 x int8 product against an fp32
+reference of its own arithmetic, each row alone, the fallbacks; the one-query attention against
+float64 and torch's kernel; the real packaged SmolLM2 on both; and a compiled step that runs on
+them (tiny random Llama).
+
+    .venv/bin/python -m pytest tests/test_own_kernels.py
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from core.errors import LabError
+from core.inference import compiled_decode, compiled_store, own_kernels
+from core.inference.decode_attention import OWN_KERNEL_ATTENTION
+from core.inference.fast_decode import Int8Linear, quantized_rows
+from core.inference.fast_decode import rows_times_int8 as torch_rows_times_int8
+from core.inference.models import _load_fresh, resolve_model
+from core.settings import settings
+
+# The Xeon and EPYC hosts the suite runs on have AVX512-VNNI; elsewhere the fallback test runs.
+WHY_NOT = own_kernels.unavailable()
+needs_own = pytest.mark.skipif(bool(WHY_NOT), reason=f"our own kernels do not serve here: {WHY_NOT}")
+
+
+def reference(rows: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The op's arithmetic in fp32: each row quantized to int8 per 32 values, then multiplied."""
+    blocks = rows.float().view(rows.shape[0], -1, own_kernels.BLOCK)
+    largest = blocks.abs().amax(-1, keepdim=True)
+    quantized = torch.round(blocks * torch.where(largest > 0, 127 / largest, 0))
+    return ((quantized * largest / 127).view(rows.shape) @ qweight.float().t() * scales.float()).to(torch.bfloat16)
+
+
+def random_layer(out_features: int, in_features: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return quantized_rows(torch.randn(out_features, in_features), torch.bfloat16)
+
+
+@needs_own
+@pytest.mark.parametrize("rows,out_features,in_features", [(1, 576, 576), (2, 1537, 576), (5, 33, 1536), (9, 7, 32)])
+def test_the_op_computes_its_arithmetic_and_each_row_alone(rows, out_features, in_features):
+    torch.manual_seed(rows)
+    x = torch.randn(rows, in_features).to(torch.bfloat16)
+    x[0, :32] = 0  # a block of zeros has no scale to divide by
+    qweight, scales = random_layer(out_features, in_features)
+    got = own_kernels.rows_times_int8(x, qweight, scales)
+    want = reference(x, qweight, scales)
+    assert got.shape == (rows, out_features) and got.dtype == torch.bfloat16
+    assert (got.float() - want.float()).norm() / want.float().norm() < 4e-3  # bf16 rounding of the sums
+    # A row's answer does not depend on the batch it is in: Compare's base pane is the solo reply.
+    assert torch.equal(torch.cat([own_kernels.rows_times_int8(x[i:i + 1], qweight, scales) for i in range(rows)]), got)
+    # A strided view (a batch row of a wider tensor) reads as its values.
+    wide = torch.cat([x, x], dim=1)[:, in_features:]
+    assert torch.equal(own_kernels.rows_times_int8(wide, qweight, scales), got)
+
+
+def test_widths_the_op_cannot_take_go_to_torchs_kernel():
+    qweight, scales = random_layer(64, 16)  # a LoRA B of rank 16: not a multiple of 32
+    x = torch.randn(3, 16).to(torch.bfloat16)
+    assert torch.equal(own_kernels.rows_times_int8(x, qweight, scales), torch_rows_times_int8(x, qweight, scales))
+
+
+def test_the_setting_picks_the_kernel_and_says_why_it_does_not_serve(monkeypatch):
+    assert settings().cpu_kernels == "torch"
+    assert own_kernels.int8_product(torch.bfloat16) == (torch_rows_times_int8, "bfloat16 activations")
+    monkeypatch.setenv("FINETUNE_LAB_CPU_KERNELS", "own")
+    product, words = own_kernels.int8_product(torch.float32)
+    assert product is torch_rows_times_int8
+    assert words == "float32 activations (our own kernels do not serve: the weights are not bf16)"
+    product, words = own_kernels.int8_product(torch.bfloat16)
+    if WHY_NOT:
+        assert product is torch_rows_times_int8 and words.endswith(f"do not serve: {WHY_NOT})")
+    else:
+        assert (product, words) == (own_kernels.rows_times_int8, "int8 activations (own kernels)")
+    monkeypatch.setenv("FINETUNE_LAB_CPU_KERNELS", "vnni")
+    with pytest.raises(LabError, match=r"^FINETUNE_LAB_CPU_KERNELS='vnni' is not one of: torch, own\.$"):
+        settings()
+
+
+@needs_own
+def test_the_real_model_on_our_kernels_answers_as_the_int8_path_to_rounding(smol, monkeypatch):
+    """The packaged SmolLM2 loaded with FINETUNE_LAB_CPU_KERNELS=own: its status names them,
+    every int8 layer multiplies with our op, as the fp32 reference of its arithmetic does on the
+    real activations, and attention takes our op; its next-token logits are the int8 path's to
+    the rounding of int8 activations; and a batch of two rows answers each as one row alone."""
+    monkeypatch.setenv("FINETUNE_LAB_CPU_KERNELS", "own")
+    own = _load_fresh("smollm2-135m-instruct", resolve_model("smollm2-135m-instruct"))
+    assert "int8 weights, int8 activations (own kernels)" in own.describe()
+    assert own.model.config._attn_implementation == OWN_KERNEL_ATTENTION
+    layers = [m for m in own.model.modules() if isinstance(m, Int8Linear)]
+    assert len(layers) == 30 * 7 + 1 and all(m.rows_product is own_kernels.rows_times_int8 for m in layers)
+    errors = []
+
+    def checked(rows, qweight, scales):
+        got, want = own_kernels.rows_times_int8(rows, qweight, scales), reference(rows, qweight, scales)
+        errors.append(((got.float() - want.float()).norm() / want.float().norm()).item())
+        return got
+
+    for prompt in ("What is the capital of France?", "Explain LoRA in one sentence.", "How do I boil an egg?"):
+        ids = smol.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                 return_tensors="pt", return_dict=True)["input_ids"]
+        with torch.inference_mode():
+            want = smol.model(input_ids=ids).logits[0, -1].float()
+            for layer in layers:
+                layer.rows_product = checked
+            got = own.model(input_ids=ids).logits[0, -1].float()
+            for layer in layers:
+                layer.rows_product = own_kernels.rows_times_int8
+        # 30 layers amplify each product's bf16 rounding: 0.994-0.9999 measured
+        assert torch.cosine_similarity(got, want, dim=0) > 0.99
+    assert len(errors) == 3 * len(layers) and max(errors) < 3e-3  # 1.2e-3 measured: bf16 rounding
+    with torch.inference_mode():
+        options = dict(max_new_tokens=12, do_sample=False, top_p=None, top_k=None, pad_token_id=smol.tokenizer.pad_token_id)
+        with torch.profiler.profile() as profile:
+            one = own.model.generate(input_ids=ids, **options)
+        two = own.model.generate(input_ids=ids.repeat(2, 1), **options)
+    assert torch.equal(two[0], one[0]) and torch.equal(two[1], one[0])
+    calls = Counter(event.name for event in profile.events())
+    assert calls["finetune_lab::one_query_attention"] == 11 * 30  # every decoding step's layers
+
+
+@needs_own
+def test_a_compiled_step_runs_on_our_kernels_and_is_kept_apart(tiny_model_dir, tmp_path, monkeypatch):
+    """On our kernels, the compiled step is compiled with both ops in its graph, kept under a
+    file name of its own (not torch's kernels' step), and loaded again (tiny random Llama)."""
+    monkeypatch.setenv("FINETUNE_LAB_MODELS", str(tmp_path))
+    plain = _load_fresh("tiny", str(tiny_model_dir))
+    monkeypatch.setenv("FINETUNE_LAB_CPU_KERNELS", "own")
+    loaded = _load_fresh("tiny", str(tiny_model_dir))
+    assert loaded.activations == "int8 activations (own kernels)"
+    assert compiled_store.step_file(loaded, compiled_decode.SLOTS) != compiled_store.step_file(plain, compiled_decode.SLOTS)
+    assert compiled_decode._install_kept_step(loaded) is False  # compiled and kept
+    again = _load_fresh("tiny", str(tiny_model_dir))
+    assert compiled_decode._install_kept_step(again) is True  # loaded, not compiled
+    ids = again.tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
+    with torch.inference_mode(), torch.profiler.profile() as profile:
+        again.model.generate(input_ids=ids, max_new_tokens=16, min_new_tokens=16, do_sample=False, top_p=None,
+                             top_k=None, pad_token_id=again.tokenizer.pad_token_id,
+                             **compiled_decode.generate_options("cpu"))
+    calls = Counter(event.name for event in profile.events())
+    # the eager prefill and 15 steps of the kept compiled graph, each multiplying 2 * 7 + 1 layers
+    assert calls["## Call CompiledFxGraph None ##"] == 15
+    assert calls["finetune_lab::w8a8_mm"] == 16 * (2 * 7 + 1)
+    assert calls["finetune_lab::one_query_attention"] == 15 * 2  # decoding steps only: the prefill has 6 queries
+
+
+def attention_inputs(rows: int, slots: int, used: list[int], mask: str):
+    """A packed query (3 key/value heads of 3 query heads each, width 64), a static cache of
+    `slots` slots with `used[b]` in use in row b, and its mask: bool, additive bf16, or none."""
+    torch.manual_seed(slots)
+    query = torch.randn(rows, 3, 3, 64).to(torch.bfloat16)
+    key, value = (torch.randn(rows, 3, slots, 64).to(torch.bfloat16) for _ in range(2))
+    allowed = torch.arange(slots)[None, :] < torch.tensor(used)[:, None]
+    masks = {"bool": allowed[:, None, None, :], "none": None,
+             "additive": torch.zeros(rows, 1, 1, slots, dtype=torch.bfloat16).masked_fill(~allowed[:, None, None, :], float("-inf"))}
+    return query, key, value, masks[mask]
+
+
+@needs_own
+@pytest.mark.parametrize("mask", ["bool", "additive", "none"])
+def test_our_attention_reads_the_slots_in_use_as_accurately_as_torchs(mask):
+    import torch.nn.functional as F
+
+    rows, slots = 2, 512
+    used = [100, 7] if mask != "none" else [slots, slots]
+    query, key, value, attention_mask = attention_inputs(rows, slots, used, mask)
+    got = torch.ops.finetune_lab.one_query_attention(query, key, value, attention_mask, 0.125)
+    exact = F.scaled_dot_product_attention(query.double(), key.double(), value.double(), scale=0.125,
+                                           attn_mask=None if attention_mask is None else attention_mask.to(
+                                               torch.bool if mask == "bool" else torch.double))
+    torchs = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=0.125)
+    assert got.shape == query.shape and got.dtype == torch.bfloat16
+    assert (got.double() - exact).abs().max() <= 1.5 * (torchs.double() - exact).abs().max()
+    # The slots past the last one in use are never read: what they hold changes nothing.
+    key[1, :, used[1]:], value[1, :, used[1]:] = float("nan"), float("nan")
+    if mask != "none":
+        assert torch.equal(torch.ops.finetune_lab.one_query_attention(query, key, value, attention_mask, 0.125), got)
