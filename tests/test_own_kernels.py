@@ -14,6 +14,7 @@ import torch
 
 from core.errors import LabError
 from core.inference import compiled_decode, compiled_store, own_kernels
+from core.inference.chat import base_only
 from core.inference.decode_attention import OWN_KERNEL_ATTENTION
 from core.inference.fast_decode import Int8Linear, quantized_rows
 from core.inference.fast_decode import rows_times_int8 as torch_rows_times_int8
@@ -100,7 +101,7 @@ def test_the_real_model_on_our_kernels_answers_as_the_int8_path_to_rounding(smol
     for prompt in ("What is the capital of France?", "Explain LoRA in one sentence.", "How do I boil an egg?"):
         ids = smol.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                                  return_tensors="pt", return_dict=True)["input_ids"]
-        with torch.inference_mode():
+        with torch.inference_mode(), base_only(smol, None):  # other tests may have attached adapters
             want = smol.model(input_ids=ids).logits[0, -1].float()
             for layer in layers:
                 layer.rows_product = checked
