@@ -61,6 +61,24 @@ def test_compare_panes_equal_their_solo_runs(smol, loud_adapter):
     assert differs == len(PROMPTS), "the tuned pane must really run the adapter"
 
 
+def test_compare_on_our_own_kernels_keeps_each_pane_its_solo_reply(loud_adapter, monkeypatch):
+    """FINETUNE_LAB_CPU_KERNELS=own (core.inference.own_kernels): our int8 product and attention
+    compute each batch row alone, so Compare's panes are still exactly the solo replies."""
+    from core.inference.models import _load_fresh, resolve_model
+    from core.inference.own_kernels import serves, unavailable
+
+    if unavailable():
+        pytest.skip(f"our own kernels do not serve here: {unavailable()}")
+    monkeypatch.setenv("FINETUNE_LAB_CPU_KERNELS", "own")
+    own = _load_fresh("smollm2-135m-instruct", resolve_model("smollm2-135m-instruct"))
+    assert serves(own.model)
+    tuned = attach_tuned(own, str(loud_adapter))
+    for prompt in PROMPTS[:2]:
+        *_, (base, tuned_reply) = stream_compare(own, tuned, ask(prompt), ask(prompt), GREEDY)
+        assert base.text == solo(own, ask(prompt)).text
+        assert tuned_reply.text == solo(own, ask(prompt), tuned.adapter_name).text != base.text
+
+
 def test_compare_with_different_histories_per_pane(smol, loud_adapter):
     """Each pane continues its own conversation: rows of different lengths, left-padded."""
     tuned = attach_tuned(smol, str(loud_adapter))
