@@ -61,6 +61,23 @@ def test_compare_panes_equal_their_solo_runs(smol, loud_adapter):
     assert differs == len(PROMPTS), "the tuned pane must really run the adapter"
 
 
+def test_a_tuned_reply_prepares_its_adapter_on_the_decode_thread(smol, loud_adapter, monkeypatch):
+    """Preparing the adapter's rows (scaling, quantizing) is torch work; on a request thread it
+    gave that thread an OpenMP team, and every later step of the decode thread ran half as fast
+    on a 2-core Xeon (a tuned pane 15.8 tok/s, then the base 22.7, against 38 and 42 now)."""
+    import threading
+
+    from core.inference import fast_decode
+
+    threads_seen, prepare = [], fast_decode.rows_forwards
+    monkeypatch.setattr(fast_decode, "rows_forwards",
+                        lambda *args: threads_seen.append(threading.current_thread().name) or prepare(*args))
+    tuned = attach_tuned(smol, str(loud_adapter))
+    assert solo(smol, ask(PROMPTS[0]), tuned.adapter_name).done
+    *_, (base, tuned_reply) = stream_compare(smol, tuned, ask(PROMPTS[0]), ask(PROMPTS[0]), GREEDY)
+    assert len(threads_seen) == 2 and all(name.startswith("decode") for name in threads_seen), threads_seen
+
+
 def test_compare_on_our_own_kernels_keeps_each_pane_its_solo_reply(loud_adapter, monkeypatch):
     """FINETUNE_LAB_CPU_KERNELS=own (core.inference.own_kernels): our int8 product and attention
     compute each batch row alone, so Compare's panes are still exactly the solo replies."""

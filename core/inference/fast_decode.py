@@ -167,21 +167,37 @@ def adapter_rows(model: torch.nn.Module, adapter_names: list[str]):
     exactly the base's, and a solo reply and its Compare pane, which both take this path, agree
     exactly. Measured per all-linear LoRA layer of SmolLM2, batch of two, 2 CPU cores: peft
     147 us, fp32 path 44 us, the int8 base layer alone 23 us; end to end, the int8 path cut
-    Compare's time per token by 8-14% against the fp32 path (BENCHMARKS.md)."""
-    prepared = rows_forwards(model, adapter_names)
-    return None if prepared is None else installed(prepared)
+    Compare's time per token by 8-14% against the fp32 path (BENCHMARKS.md).
+
+    The forwards are prepared when the context is entered, so on the thread that decodes: torch
+    work on a request thread gives it an OpenMP team of its own, and on a 2-core Xeon every
+    decoding step ran half as fast afterwards (a tuned pane 15.5 tok/s, the base then 22.7,
+    against 45; core.threads)."""
+    return _prepared_and_installed(model, adapter_names) if _lora_layers(model, adapter_names) is not None else None
+
+
+@contextmanager
+def _prepared_and_installed(model: torch.nn.Module, adapter_names: list[str]):
+    with installed(rows_forwards(model, adapter_names)):
+        yield
+
+
+def _lora_layers(model: torch.nn.Module, adapter_names: list[str]) -> list | None:
+    """Every LoRA layer of `model`, or None unless the adapters named are plain LoRA on Linear layers."""
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.lora import LoraLayer
+
+    wanted = set(adapter_names) - {BASE}
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    return layers if wanted and all(_plain_lora(m, wanted, LoraLinear) for m in layers) else None
 
 
 def rows_forwards(model: torch.nn.Module, adapter_names: list[str]) -> list[tuple] | None:
     """(LoRA layer, its forward for these rows) for every LoRA layer: what `adapter_rows`
     installs, prepared once (scaling and quantizing B), so that a caller that runs many steps
     with one set of rows (core.inference.running_batch) can install them per step for little."""
-    from peft.tuners.lora import Linear as LoraLinear
-    from peft.tuners.lora import LoraLayer
-
-    wanted = set(adapter_names) - {BASE}
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-    if not wanted or not all(_plain_lora(m, wanted, LoraLinear) for m in layers):
+    layers = _lora_layers(model, adapter_names)
+    if layers is None:
         return None
     spans, start = [], 0
     for name, run in groupby(adapter_names):
