@@ -48,9 +48,8 @@ def test_vote_blind_then_train_dpo_and_kto_on_the_votes(app_server, tiny_run, sp
         pairs = 1 + sum(choice in ("A", "B") for choice in space_votes)
         assert f"{pairs} preference pair(s) exported" in page.locator("#votes-line").inner_text()
         page.get_by_text("Advanced", exact=True).click()
-        for field, value in (("start_from", tiny_run.name), ("max_steps", "1"), ("eval_fraction", "0"),
-                             ("output_name", "browser-dpo"), ("report_prompts", "Who are you?")):
-            page.locator(f"#cfg-{field} textarea, #cfg-{field} input").first.fill(value)
+        fill_until_kept(page, {"start_from": tiny_run.name, "max_steps": "1", "eval_fraction": "0",
+                               "output_name": "browser-dpo", "report_prompts": "Who are you?"})
         page.locator("#cfg-objective").get_by_role("radio", name="dpo", exact=True).wait_for()
         assert page.locator("#cfg-objective").get_by_role("radio", name="dpo", exact=True).is_checked()
         page.locator("#train-start").click()
@@ -115,6 +114,21 @@ def test_vote_blind_then_train_dpo_and_kto_on_the_votes(app_server, tiny_run, sp
         assert "The left answer (A) won" in page.locator("#votes-line").inner_text()
         page.locator("#votes-leaderboard").scroll_into_view_if_needed()
         shoot(page, "votes-leaderboard.png")
+
+
+def fill_until_kept(page, values: dict) -> None:
+    """Fill the training form's fields, and again any whose value did not stay: one CI run
+    started its DPO run from the base, its `start_from` box empty in the screenshot, as if the
+    box had been drawn anew after it was filled (the Advanced accordion had just opened)."""
+    boxes = {field: page.locator(f"#cfg-{field} textarea, #cfg-{field} input").first for field in values}
+    for _ in range(3):
+        for field, value in values.items():
+            if boxes[field].input_value() != value:
+                boxes[field].fill(value)
+        page.wait_for_timeout(500)
+        if all(boxes[field].input_value() == value for field, value in values.items()):
+            return
+    raise AssertionError({field: boxes[field].input_value() for field in values})
 
 
 def pull_the_spaces_votes(page, count: int) -> None:
