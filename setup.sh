@@ -32,12 +32,12 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-if [ "$WANT_TEST" = "--test" ] && { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/sbin/slurmd ]; }; then
-  echo "[setup] installing Debian's chromium (browser tests) and Slurm (a two-node cluster on localhost)"
+if [ "$WANT_TEST" = "--test" ] && { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/sbin/slurmd ] || ! command -v g++ >/dev/null; }; then
+  echo "[setup] installing Debian's chromium (browser tests), Slurm (a two-node cluster on localhost) and g++ (our own CPU kernels)"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends slurmd slurmctld slurm-client munge
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends slurmd slurmctld slurm-client munge g++
 fi
 if [ "$WANT_TEST" = "--test" ] && [ ! -f .venv-skypilot/.installed ]; then
   echo "[setup] installing SkyPilot into .venv-skypilot, for the launch-file test"

@@ -79,6 +79,27 @@ def smol(data_home):
     return load_model("smollm2-135m-instruct")
 
 
+@pytest.fixture(scope="session")
+def loud_adapter(tmp_path_factory, data_home):
+    """A LoRA adapter on SmolLM2's every Linear whose effect is unmistakable (random A and B,
+    scaled up), for Compare's tests on each kernel."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from core.inference.models import resolve_model
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m-instruct"))
+    lora = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False))
+    with torch.no_grad():
+        for name, param in lora.named_parameters():
+            if "lora_B" in name:
+                param.mul_(3)
+    folder = tmp_path_factory.mktemp("loud") / "adapter"
+    lora.save_pretrained(folder)
+    return folder
+
+
 TINY_RUN_PHASES: list[str] = []  # filled by tiny_run, polling the run as the Train tab does
 
 

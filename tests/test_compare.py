@@ -26,25 +26,6 @@ def solo(model, messages, adapter=None):
     return last
 
 
-@pytest.fixture(scope="module")
-def loud_adapter(tmp_path_factory, data_home):
-    """A LoRA adapter on every Linear whose effect is unmistakable (random A and B, scaled up)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from core.inference.models import resolve_model
-
-    model = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m-instruct"))
-    lora = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False))
-    with torch.no_grad():
-        for name, param in lora.named_parameters():
-            if "lora_B" in name:
-                param.mul_(3)
-    folder = tmp_path_factory.mktemp("loud") / "adapter"
-    lora.save_pretrained(folder)
-    return folder
-
-
 def test_compare_panes_equal_their_solo_runs(smol, loud_adapter):
     tuned = attach_tuned(smol, str(loud_adapter))
     differs = 0
@@ -76,24 +57,6 @@ def test_a_tuned_reply_prepares_its_adapter_on_the_decode_thread(smol, loud_adap
     assert solo(smol, ask(PROMPTS[0]), tuned.adapter_name).done
     *_, (base, tuned_reply) = stream_compare(smol, tuned, ask(PROMPTS[0]), ask(PROMPTS[0]), GREEDY)
     assert len(threads_seen) == 2 and all(name.startswith("decode") for name in threads_seen), threads_seen
-
-
-def test_compare_on_our_own_kernels_keeps_each_pane_its_solo_reply(loud_adapter, monkeypatch):
-    """FINETUNE_LAB_CPU_KERNELS=own (core.inference.own_kernels): our int8 product and attention
-    compute each batch row alone, so Compare's panes are still exactly the solo replies."""
-    from core.inference.models import _load_fresh, resolve_model
-    from core.inference.own_kernels import serves, unavailable
-
-    if unavailable():
-        pytest.skip(f"our own kernels do not serve here: {unavailable()}")
-    monkeypatch.setenv("FINETUNE_LAB_CPU_KERNELS", "own")
-    own = _load_fresh("smollm2-135m-instruct", resolve_model("smollm2-135m-instruct"))
-    assert serves(own.model)
-    tuned = attach_tuned(own, str(loud_adapter))
-    for prompt in PROMPTS[:2]:
-        *_, (base, tuned_reply) = stream_compare(own, tuned, ask(prompt), ask(prompt), GREEDY)
-        assert base.text == solo(own, ask(prompt)).text
-        assert tuned_reply.text == solo(own, ask(prompt), tuned.adapter_name).text != base.text
 
 
 def test_compare_with_different_histories_per_pane(smol, loud_adapter):

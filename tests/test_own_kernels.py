@@ -1,7 +1,7 @@
 """Our own CPU kernels (core.inference.own_kernels): the int8 x int8 product against an fp32
 reference of its own arithmetic, each row alone, the fallbacks; the one-query attention against
-float64 and torch's kernel; the real packaged SmolLM2 on both; and a compiled step that runs on
-them (tiny random Llama).
+float64 and torch's kernel; the real packaged SmolLM2 on both, alone and in Compare; and a
+compiled step that runs on them (tiny random Llama).
 
     .venv/bin/python -m pytest tests/test_own_kernels.py
 """
@@ -119,6 +119,24 @@ def test_the_real_model_on_our_kernels_answers_as_the_int8_path_to_rounding(smol
     assert torch.equal(two[0], one[0]) and torch.equal(two[1], one[0])
     calls = Counter(event.name for event in profile.events())
     assert calls["finetune_lab::one_query_attention"] == 11 * 30  # every decoding step's layers
+
+
+@needs_own
+def test_compare_on_our_own_kernels_keeps_each_pane_its_solo_reply(loud_adapter, monkeypatch):
+    """FINETUNE_LAB_CPU_KERNELS=own (core.inference.own_kernels): our int8 product and attention
+    compute each batch row alone, so Compare's panes are still exactly the solo replies."""
+    from core.inference.adapters import attach_tuned
+    from core.inference.compare import stream_compare
+    from tests.test_compare import GREEDY, PROMPTS, ask, solo
+
+    monkeypatch.setenv("FINETUNE_LAB_CPU_KERNELS", "own")
+    own = _load_fresh("smollm2-135m-instruct", resolve_model("smollm2-135m-instruct"))
+    assert own_kernels.serves(own.model)
+    tuned = attach_tuned(own, str(loud_adapter))
+    for prompt in PROMPTS[:2]:
+        *_, (base, tuned_reply) = stream_compare(own, tuned, ask(prompt), ask(prompt), GREEDY)
+        assert base.text == solo(own, ask(prompt)).text
+        assert tuned_reply.text == solo(own, ask(prompt), tuned.adapter_name).text != base.text
 
 
 @needs_own

@@ -5,11 +5,10 @@
 torch's precompile API compiles one decoding step ahead of time (`torch.compile(...)
 .aot_compile`) and writes dynamo's bytecode with inductor's generated code to a file;
 `torch.compiler.load_compiled_function` reads it back in about 2 s, where tracing the model
-again took 7.6-12 s even with inductor's cache warm. One file serves
-every model of one architecture, dtype, decode path and kernels on one CPU kind, with the
-same library versions and the same code of ours in the graph or compiling it (`step_file` names
-it by all of them), since the step reads the weights from the model it is given, not from the
-file.
+again took 7.6-12 s even with inductor's cache warm. One file serves every model of one
+architecture, dtype, decode path and kernels on one CPU kind, with the same library versions and
+the same code of ours in the graph or compiling it (`step_file` names it by all of them), since
+the step reads the weights from the model it is given, not from the file.
 
 The step keeps no guards: `compiled_decode.choose` is its guard (one batch row, no adapter, at
 most `SLOTS` cache slots), as the graph was compiled for exactly that. The files are pickles and

@@ -142,8 +142,9 @@ def decode_path(device: str, dtype: torch.dtype) -> str:
 
 def quantize_linears(model: torch.nn.Module, rows_product=rows_times_int8) -> int:
     """Swap every plain float Linear in `model` (the LM head included) for an Int8Linear that
-    multiplies with `rows_product`; return how many. Embeddings and norms stay as they are: they are a small share of each step's reads,
-    and so does a Linear whose input width the kernel cannot take."""
+    multiplies with `rows_product`; return how many. Embeddings and norms stay as they are: they
+    are a small share of each step's reads, and so does a Linear whose input width the kernel
+    cannot take."""
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):

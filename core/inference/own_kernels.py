@@ -61,7 +61,7 @@ def unavailable() -> str:
     """Why the ops cannot serve here, in a few words; "" once they are built (if need be) and loaded."""
     if platform.system() != "Linux" or platform.machine() != "x86_64":
         return f"they are built for x86-64 Linux, not {platform.system()} {platform.machine()}"
-    if not torch.cpu._is_vnni_supported():
+    if not (torch.cpu._is_avx512_supported() and torch.cpu._is_vnni_supported()):  # AVX512 F/BW/VL/DQ, VNNI
         return "this CPU has no AVX512-VNNI"
     if shutil.which("g++") is None:
         return "no g++ here to build them"
@@ -74,7 +74,7 @@ def unavailable() -> str:
             torch.ops.load_library(str(path))
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         return f"building or loading them failed: {(str(exc).strip() or type(exc).__name__).splitlines()[-1][:160]}"
-    return "" if torch.ops.finetune_lab.w8a8_supported() else "this CPU lacks AVX512-BW or VNNI"
+    return ""
 
 
 def build(path: Path) -> None:

@@ -26,37 +26,27 @@ inline __m512 load16(const at::BFloat16* x) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
 }
 
-// How many leading slots row b may attend to (the slots after the last allowed one add nothing).
-int64_t slots_in_use(const std::optional<at::Tensor>& mask, int64_t b, int64_t S) {
-  if (!mask.has_value()) return S;
-  const at::Tensor& m = *mask;
+// How many of row b's leading slots its mask lets through (the slots after the last one add nothing).
+int64_t slots_in_use(const bool* allowed, const float* added, int64_t b, int64_t S) {
   int64_t last = S;
-  if (m.scalar_type() == at::kBool) {
-    const bool* allowed = m.data_ptr<bool>() + b * S;
-    while (last > 0 && !allowed[last - 1]) --last;
-  } else {
-    auto row = m[b].reshape({S}).to(at::kFloat);
-    const float* added = row.data_ptr<float>();
-    while (last > 0 && std::isinf(added[last - 1]) && added[last - 1] < 0) --last;
-  }
+  if (allowed != nullptr) while (last > 0 && !allowed[b * S + last - 1]) --last;
+  if (added != nullptr) while (last > 0 && std::isinf(added[b * S + last - 1]) && added[b * S + last - 1] < 0) --last;
   return last;
 }
 
-// One (batch row, key/value head): its G queries over its first `slots` keys.
+// One (batch row, key/value head): its G queries over its first `slots` keys. `allowed` (a bool
+// mask) or `added` (a float one) is row b's mask, or null.
 __attribute__((target("avx512f")))
-void head_attention(const at::BFloat16* q, const at::BFloat16* k, const at::BFloat16* v, const at::Tensor* mask,
-                    int64_t b, at::BFloat16* out, int64_t G, int64_t D, int64_t S, int64_t slots, float scale) {
+void head_attention(const at::BFloat16* q, const at::BFloat16* k, const at::BFloat16* v, const bool* allowed,
+                    const float* added, at::BFloat16* out, int64_t G, int64_t D, int64_t slots, float scale) {
   std::vector<float> scores(G * slots);
-  const bool is_bool = mask != nullptr && mask->scalar_type() == at::kBool;
-  at::Tensor added;
-  if (mask != nullptr && !is_bool) added = (*mask)[b].reshape({S}).to(at::kFloat).contiguous();
   for (int64_t s = 0; s < slots; ++s) {
     for (int64_t g = 0; g < G; ++g) {
       __m512 sum = _mm512_setzero_ps();
       for (int64_t d = 0; d < D; d += 16) sum = _mm512_fmadd_ps(load16(q + g * D + d), load16(k + s * D + d), sum);
       float score = _mm512_reduce_add_ps(sum) * scale;
-      if (is_bool && !mask->data_ptr<bool>()[b * S + s]) score = -std::numeric_limits<float>::infinity();
-      if (added.defined()) score += added.data_ptr<float>()[s];
+      if (allowed != nullptr && !allowed[s]) score = -std::numeric_limits<float>::infinity();
+      if (added != nullptr) score += added[s];
       scores[g * slots + s] = score;
     }
   }
@@ -86,20 +76,23 @@ at::Tensor one_query_attention(const at::Tensor& query, const at::Tensor& key, c
   auto q = query.contiguous();
   auto k = key.contiguous();
   auto v = value.contiguous();
-  std::optional<at::Tensor> m;
+  at::Tensor m;  // the mask as bools, or as floats added to the scores: converted once, read per head
   if (mask.has_value()) {
     TORCH_CHECK(mask->numel() == B * S, "one_query_attention: one mask row of S slots per batch row");
-    m = mask->contiguous();
+    m = mask->scalar_type() == at::kBool ? mask->contiguous() : mask->to(at::kFloat).contiguous();
   }
+  const bool* allowed = m.defined() && m.scalar_type() == at::kBool ? m.data_ptr<bool>() : nullptr;
+  const float* added = m.defined() && m.scalar_type() == at::kFloat ? m.data_ptr<float>() : nullptr;
   auto out = at::empty_like(q);
   std::vector<int64_t> slots(B);
-  for (int64_t b = 0; b < B; ++b) slots[b] = slots_in_use(m, b, S);
+  for (int64_t b = 0; b < B; ++b) slots[b] = slots_in_use(allowed, added, b, S);
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       int64_t b = i / H;
       head_attention(q.data_ptr<at::BFloat16>() + i * G * D, k.data_ptr<at::BFloat16>() + i * S * D,
-                     v.data_ptr<at::BFloat16>() + i * S * D, m.has_value() ? &*m : nullptr, b,
-                     out.data_ptr<at::BFloat16>() + i * G * D, G, D, S, slots[b], float(scale));
+                     v.data_ptr<at::BFloat16>() + i * S * D, allowed ? allowed + b * S : nullptr,
+                     added ? added + b * S : nullptr, out.data_ptr<at::BFloat16>() + i * G * D, G, D, slots[b],
+                     float(scale));
     }
   });
   return out;

@@ -146,13 +146,10 @@ at::Tensor w8a8_mm_meta(const at::Tensor& rows, const at::Tensor& qweight, const
   return at::empty({rows.size(0), qweight.size(0)}, rows.options());
 }
 
-bool cpu_supported() { return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni"); }
-
 }  // namespace
 
 TORCH_LIBRARY(finetune_lab, m) {
   m.def("w8a8_mm(Tensor rows, Tensor qweight, Tensor scales) -> Tensor");
-  m.def("w8a8_supported() -> bool", [] { return cpu_supported(); });
 }
 
 TORCH_LIBRARY_IMPL(finetune_lab, CPU, m) { m.impl("w8a8_mm", &w8a8_mm); }
