@@ -14,7 +14,9 @@ as bench_chat measures int8 against bf16); the first warm-up (compiling into a f
 cache), and a restart: a new process on the same model cache, which loads the kept step (how
 long the step took to be ready, the process to be ready, and its first compiled answer of 8
 tokens, all from the process's start). Where llama-cpp-python is installed, llama.cpp on the same
-model as q8_0 (bench/llamacpp_speed.py), with both paths over it. The last line is a JSON object.
+model as q8_0 (bench/llamacpp_speed.py), with both paths over it. Then Compare with an adapter:
+its compiled step against the int8 path, each over a single pane (`compare_figures`). The last
+line is a JSON object.
 """
 from __future__ import annotations
 
@@ -101,6 +103,63 @@ def greedy_figures(loaded) -> dict:
     return figures
 
 
+def compare_figures(loaded, tokens: int, repeats: int) -> dict:
+    """Compare with an adapter (r=16 on every Linear, as bench_chat's) on the compiled Compare
+    step and on the int8 path, each over its own single base pane (interleaved medians, the
+    model's kernels for both); how long the Compare step took to compile; and the greedy
+    agreement of its panes with the int8 path's (ten prompts, the reply texts' first 28 tokens)."""
+    from bench.bench_chat import make_adapter
+    from core import threads
+    from core.inference.adapters import attach_tuned
+    from core.inference.chat import GenerationSettings, stream_reply
+    from core.inference.compare import stream_compare
+
+    folder = Path(tempfile.mkdtemp(prefix="adapter-")) / "adapter"
+    tuned = attach_tuned(loaded, threads.in_own_thread(make_adapter, folder))
+    settings, step = GenerationSettings(max_new_tokens=tokens, min_new_tokens=tokens), loaded.compiled
+    ask = [{"role": "user", "content": PROMPTS[1]}]
+    list(stream_compare(loaded, tuned, ask, ask, settings))  # starts the Compare step's compile
+    compare_step = next(iter(step.compare.values()))
+    compare_step.settled.wait()
+    assert compare_step.state == "ready", compare_step.error
+    runs = {"single": lambda: list(stream_reply(loaded, ask, settings))[-1],
+            "compare": lambda: list(stream_compare(loaded, tuned, ask, ask, settings))[-1][-1]}
+    times = {f"{path}_{run}": [] for path in ("compiled", "int8") for run in runs}
+    for round_ in range(repeats + 1):  # the first round warms every path up
+        for name in times:  # interleaved, so the host's noise hits all alike
+            path, run = name.split("_")
+            loaded.compiled = step if path == "compiled" else None
+            start = time.perf_counter()
+            reply = runs[run]()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+            assert (path == "compiled") == reply.stats.endswith("step"), reply.stats
+    seconds = {name: statistics.median(values) for name, values in times.items()}
+    figures = {"compare_compile_s": round(compare_step.seconds, 1),
+               "compiled_compare_tok_s": round(tokens / seconds["compiled_compare"], 1),
+               "compiled_compare_over_single": round(seconds["compiled_compare"] / seconds["compiled_single"], 3),
+               "int8_compare_over_single": round(seconds["int8_compare"] / seconds["int8_single"], 3)}
+    return {**figures, **compare_agreement(loaded, tuned)}
+
+
+def compare_agreement(loaded, tuned) -> dict:
+    from core.inference.chat import GenerationSettings
+    from core.inference.compare import stream_compare
+
+    step, settings = loaded.compiled, GenerationSettings(max_new_tokens=32, min_new_tokens=32)
+    panes = {}
+    for path in ("compiled", "int8"):
+        loaded.compiled = step if path == "compiled" else None
+        replies = [list(stream_compare(loaded, tuned, ask, ask, settings))[-1]
+                   for ask in ([{"role": "user", "content": prompt}] for prompt in PROMPTS)]
+        assert all((path == "compiled") == pair[1].stats.endswith("step") for pair in replies), replies[0][1].stats
+        # 32 tokens were generated; their text, tokenized again, can come out a token shorter
+        panes[path] = [[loaded.tokenizer(reply.text)["input_ids"][:28] for reply in pane] for pane in zip(*replies)]
+    loaded.compiled = step
+    return {f"compiled_compare_{pane}_vs_int8_greedy": decode_speed.agreement_with(want, got)
+            for pane, want, got in zip(("base", "tuned"), panes["int8"], panes["compiled"])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=64)
@@ -134,6 +193,7 @@ def main() -> None:
                "restart_step_ready_s": round(float(out[1]), 1), "restart_step_from_model_cache": out[2] == "True",
                "restart_process_ready_s": round(float(out[3]), 1), "restart_first_answer_s": round(float(out[4]), 1),
                "restart_first_answer_compiled": out[5] == "True"}
+    figures.update(compare_figures(loaded, args.tokens, args.repeats))
     figures.update(llamacpp_speed.beside(args.tokens, args.repeats, app=tok_s["int8"], compiled=tok_s["compiled"],
                                          **({"int8_own": tok_s["int8_own"]} if own(loaded) else {})))
     print(json.dumps(figures))

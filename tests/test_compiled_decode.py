@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 import subprocess
 import sys
 from dataclasses import replace
@@ -17,20 +18,22 @@ import pytest
 
 from core.inference import compiled_store
 from core.inference.chat import GenerationSettings, stream_reply
-from core.inference.compiled_decode import SLOTS, CompiledStep, choose
+from core.inference.compiled_decode import SLOTS, CompiledStep, Route, choose
+from core.inference.fast_decode import BASE
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # One process as the app runs it: load with FINETUNE_LAB_DECODE=compiled, wait for the warm-up,
-# answer through the Chat tab's stream_reply, then the same prompts with the step switched off.
+# answer through the Chat tab's stream_reply, then the same prompts with the step switched off;
+# then attach an adapter and do the same for Compare's panes, whose step compiles on the first.
 PROCESS = """
 import json, sys; sys.path.insert(0, {root!r})
 from torch._dynamo.utils import counters
 from core import threads
-import pytest
 
-from core.inference import compiled_store
+from core.inference.adapters import attach_tuned
 from core.inference.chat import GenerationSettings, stream_reply
+from core.inference.compare import stream_compare
 from core.inference.models import load_model
 
 threads.apply(threads.for_chat(job_running=False))
@@ -38,63 +41,110 @@ loaded = load_model("smollm2-135m-instruct")
 loaded.compiled.settled.wait()
 described = loaded.describe()
 step, settings, replies = loaded.compiled, GenerationSettings(max_new_tokens=24, repetition_penalty=1.0), {{}}
+ask = lambda q: [{{"role": "user", "content": q}}]
 for path in ("compiled", "int8"):
     loaded.compiled = step if path == "compiled" else None
-    replies[path] = [list(stream_reply(loaded, [{{"role": "user", "content": q}}], settings))[-1].__dict__
-                     for q in {prompts!r}]
+    replies[path] = [list(stream_reply(loaded, ask(q), settings))[-1].__dict__ for q in {prompts!r}]
+loaded.compiled, tuned = step, attach_tuned(loaded, {adapter!r})
+replies["after attach"] = list(stream_reply(loaded, ask("Hi"), settings))[-1].__dict__
+replies["first compare"] = [r.__dict__ for r in list(stream_compare(loaded, tuned, ask("Hi"), ask("Hi"), settings))[-1]]
+compare = next(iter(step.compare.values()))
+compare.settled.wait()
+for path in ("compiled", "int8"):
+    loaded.compiled = step if path == "compiled" else None
+    replies["compare " + path] = [[r.__dict__ for r in list(stream_compare(loaded, tuned, ask(q), ask(q), settings))[-1]]
+                                  for q in {prompts!r}]
 print(json.dumps({{"state": step.state, "error": step.error, "seconds": step.seconds, "replies": replies,
-                  "described": described,
+                  "described": described, "compare": [compare.state, compare.error, compare.seconds, compare.from_model_cache],
                   "hits": counters["inductor"]["fxgraph_cache_hit"], "misses": counters["inductor"]["fxgraph_cache_miss"]}}))
 """
 PROMPTS = ["What is the capital of France?", "Explain LoRA in one sentence.", "What is photosynthesis?"]
 
 
-def run_app_process(models: Path) -> dict:
+def run_app_process(models: Path, adapter: Path) -> dict:
     env = {**os.environ, "FINETUNE_LAB_DECODE": "compiled", "FINETUNE_LAB_MODELS": str(models)}
     env.pop("TORCHINDUCTOR_CACHE_DIR", None)
-    out = subprocess.run([sys.executable, "-c", PROCESS.format(root=str(ROOT), prompts=PROMPTS)], env=env,
+    out = subprocess.run([sys.executable, "-c", PROCESS.format(root=str(ROOT), prompts=PROMPTS, adapter=str(adapter))], env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_compiled_step_answers_and_a_restart_loads_it_from_the_model_cache(tmp_path):
-    """The first process compiles the step and keeps it in the model cache; the second (a
+def test_compiled_step_answers_and_a_restart_loads_it_from_the_model_cache(tmp_path, loud_adapter):
+    """The first process compiles the base step and keeps it in the model cache; the second (a
     restart) loads it, compiles nothing, is ready in a fraction of the time, and answers the
     same tokens. Both answer with the status naming the compiled step, and its greedy answers
     open with the int8 path's words: the graph sums the same bf16 products in another order, so
     near-ties part (over bench/compiled_speed.py's ten prompts, a common prefix of 25.9 tokens
-    on average, against 14.7 for int8 with eager bf16)."""
+    on average, against 14.7 for int8 with eager bf16). After an adapter attaches, base replies
+    keep the step; Compare's step compiles on the first Compare (int8 answers it meanwhile), is
+    kept and loaded the same way, and its panes open as the int8 path's do."""
     models = tmp_path / "models"
     models.mkdir()
     (models / "smollm2-135m-instruct").symlink_to(_converted_smollm2())
-    first = run_app_process(models)
+    first = run_app_process(models, loud_adapter)
     assert first["state"] == "ready", first["error"]
     assert any((models / "inductor").rglob("*.py")), "inductor wrote into the model cache"
     assert "compiled step ready, loaded" in first["described"]
-    assert [p.suffix for p in sorted((models / "compiled").iterdir())] == [".bin", ".json"]
+    assert Counter(p.suffix for p in (models / "compiled").iterdir()) == {".bin": 2, ".json": 2}  # base and Compare
     pairs = list(zip(first["replies"]["compiled"], first["replies"]["int8"]))
     for compiled, int8 in pairs:
         assert compiled["stats"].endswith(", compiled step") and not int8["stats"].endswith("compiled step")
         assert _common_words(compiled["text"], int8["text"]) >= 4, (compiled["text"], int8["text"])
     assert pairs[0][0]["text"] == pairs[0][1]["text"] == "The capital of France is Paris."
-    restart = run_app_process(models)
+    _check_compare(first)
+    assert first["compare"][3] is False
+    restart = run_app_process(models, loud_adapter)
     assert restart["state"] == "ready" and restart["misses"] == 0, restart
     assert "compiled step ready (kept in the model cache)" in restart["described"]
     assert restart["seconds"] < first["seconds"] / 3, (restart["seconds"], first["seconds"])
-    assert restart["replies"]["compiled"] == [dict(r, seconds=s["seconds"], stats=s["stats"])
-                                              for r, s in zip(first["replies"]["compiled"], restart["replies"]["compiled"])]
+    assert restart["compare"][3] is True and restart["compare"][2] < first["compare"][2] / 3, (restart["compare"], first["compare"])
+    for kind in ("compiled", "compare compiled"):
+        assert _without_times(restart["replies"][kind]) == _without_times(first["replies"][kind])
+
+
+def _check_compare(run: dict) -> None:
+    replies = run["replies"]
+    assert run["compare"][:2] == ["ready", ""], run["compare"]
+    assert replies["after attach"]["stats"].endswith(", compiled step")
+    assert all(r["stats"].endswith(", int8 path (the compiled Compare step is still compiling)") for r in replies["first compare"])
+    for (base, tuned), (int8_base, int8_tuned) in zip(replies["compare compiled"], replies["compare int8"]):
+        assert base["stats"].endswith(", compiled Compare step") and tuned["stats"].endswith(", compiled Compare step")
+        assert not int8_base["stats"].endswith("step") and tuned["text"] != base["text"]
+        assert _common_words(base["text"], int8_base["text"]) >= 4, (base["text"], int8_base["text"])
+        # The loud adapter's near-ties part the two soon, but the first token comes from the
+        # prompt's pass, which the Compare view runs eagerly with the rows path's arithmetic.
+        assert _common_tokens(tuned["text"], int8_tuned["text"]) >= 1, (tuned["text"], int8_tuned["text"])
+
+
+def _common_tokens(a: str, b: str) -> int:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(_converted_smollm2())
+    count = 0
+    for x, y in zip(tokenizer(a)["input_ids"], tokenizer(b)["input_ids"]):
+        if x != y:
+            break
+        count += 1
+    return count
+
+
+def _without_times(replies):
+    if isinstance(replies, list):
+        return [_without_times(r) for r in replies]
+    return {k: v for k, v in replies.items() if k not in ("seconds", "stats")}
 
 
 def test_an_unreadable_kept_step_raises_and_none_kept_is_none(smol, tmp_path):
     """compiled_decode compiles again when `load` raises: a cut-short file must not load."""
     path = tmp_path / "decode-x.bin"
-    assert compiled_store.load(smol, path) is None
+    assert compiled_store.load(smol.model, path) is None
     path.write_bytes(b"\x80\x04 cut short")
     path.with_suffix(".json").write_text("{}")
     with pytest.raises(Exception):
-        compiled_store.load(smol, path)
+        compiled_store.load(smol.model, path)
     assert compiled_store.step_file(smol, SLOTS) != compiled_store.step_file(smol, SLOTS + 1)
+    assert compiled_store.step_file(smol, SLOTS) != compiled_store.step_file(smol, SLOTS, 2, "layout")
 
 
 def _converted_smollm2() -> Path:
@@ -113,21 +163,23 @@ def _common_words(a: str, b: str) -> int:
 
 
 def test_the_status_says_which_path_answers_and_why(smol):
-    """Only a ready step serves, and only one row of the base model without adapters that fits
-    its slots; every other reply names the int8 path and the reason."""
-    ready = replace(smol, compiled=CompiledStep(state="ready"), adapters={})
-    options, words = choose(ready, 1, SLOTS, None)
-    assert words == "compiled step" and options["cache_implementation"] == "static"
-    assert options["max_cache_len"] == SLOTS and options["compile_config"]._compile_all_devices
-    assert choose(ready, 1, SLOTS + 1, None) == ({}, f"int8 path (over the compiled step's {SLOTS} tokens)")
-    assert choose(ready, 2, 64, None)[1] == choose(ready, 1, 64, ["adapter0"])[1] == choose(
-        replace(ready, adapters={"/a": "adapter0"}), 1, 64, None)[1] == (
-        "int8 path (the compiled step serves the base model without adapters)")
-    assert choose(replace(ready, compiled=CompiledStep()), 1, 64, None) == (
-        {}, "int8 path (the compiled step is still compiling)")
+    """Only a ready step serves, one base row that fits its slots; every other reply names the
+    int8 path and the reason (Compare's own step: tests/test_compiled_compare.py)."""
+    ready = replace(smol, compiled=CompiledStep(state="ready", model=smol.model), adapters={})
+    route = choose(ready, 1, SLOTS, None)
+    assert route.words == "compiled step" and route.options["cache_implementation"] == "static"
+    assert route.model is smol.model and route.context is None
+    assert route.options["max_cache_len"] == SLOTS and route.options["compile_config"]._compile_all_devices
+    assert choose(ready, 1, SLOTS, [None]).words == "compiled step"
+    assert choose(ready, 1, SLOTS + 1, None) == Route(words=f"int8 path (over the compiled step's {SLOTS} tokens)")
+    other = "int8 path (the compiled step serves one base row, or Compare's base and tuned rows)"
+    assert choose(ready, 2, 64, None).words == choose(ready, 1, 64, ["adapter0"]).words == other
+    assert choose(ready, 2, 64, ["adapter0", BASE]).words == choose(ready, 3, 64, [BASE, "a", "b"]).words == other
+    assert choose(replace(ready, compiled=CompiledStep()), 1, 64, None) == Route(
+        words="int8 path (the compiled step is still compiling)")
     failed = replace(ready, compiled=CompiledStep(state="failed", error="graph break"))
-    assert choose(failed, 1, 64, None) == ({}, "int8 path (compiling failed: graph break)")
-    assert choose(replace(ready, compiled=None), 1, 64, None) == ({}, "")
+    assert choose(failed, 1, 64, None) == Route(words="int8 path (the compiled step failed to compile: graph break)")
+    assert choose(replace(ready, compiled=None), 1, 64, None) == Route()
     reply = list(stream_reply(replace(smol, compiled=CompiledStep(), adapters={}),
                               [{"role": "user", "content": "Hi"}], GenerationSettings(max_new_tokens=4)))[-1]
     assert reply.stats.endswith("tok/s, int8 path (the compiled step is still compiling)")
@@ -137,13 +189,15 @@ def test_a_kept_step_that_does_not_load_is_compiled_again(tiny_model_dir, tmp_pa
     """A cut-short file in the model cache costs a compile, not the compiled step: the next
     warm-up compiles and keeps a good one, and the one after loads it (tiny random Llama)."""
     from core.inference import compiled_decode
+    from core.inference.compiled_views import base_view
     from core.inference.models import _load_fresh
 
     monkeypatch.setenv("FINETUNE_LAB_MODELS", str(tmp_path))
     loaded = _load_fresh("tiny", str(tiny_model_dir))
+    step = CompiledStep(model=base_view(loaded.model))
     path = compiled_store.step_file(loaded, SLOTS)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"\x80\x04 cut short")
     path.with_suffix(".json").write_text("{}")
-    assert compiled_decode._install_kept_step(loaded) is False
-    assert compiled_decode._install_kept_step(loaded) is True
+    assert compiled_decode._install_kept_step(loaded, step) is False
+    assert compiled_decode._install_kept_step(loaded, step) is True

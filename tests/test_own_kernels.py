@@ -15,6 +15,7 @@ import torch
 from core.errors import LabError
 from core.inference import compiled_decode, compiled_store, own_kernels
 from core.inference.chat import base_only
+from core.inference.compiled_views import base_view
 from core.inference.decode_attention import OWN_KERNEL_ATTENTION
 from core.inference.fast_decode import Int8Linear, quantized_rows
 from core.inference.fast_decode import rows_times_int8 as torch_rows_times_int8
@@ -149,12 +150,13 @@ def test_a_compiled_step_runs_on_our_kernels_and_is_kept_apart(tiny_model_dir, t
     loaded = _load_fresh("tiny", str(tiny_model_dir))
     assert loaded.activations == "int8 activations (own kernels)"
     assert compiled_store.step_file(loaded, compiled_decode.SLOTS) != compiled_store.step_file(plain, compiled_decode.SLOTS)
-    assert compiled_decode._install_kept_step(loaded) is False  # compiled and kept
+    assert compiled_decode._install_kept_step(loaded, compiled_decode.CompiledStep(model=base_view(loaded.model))) is False
     again = _load_fresh("tiny", str(tiny_model_dir))
-    assert compiled_decode._install_kept_step(again) is True  # loaded, not compiled
+    step = compiled_decode.CompiledStep(model=base_view(again.model))
+    assert compiled_decode._install_kept_step(again, step) is True  # loaded, not compiled
     ids = again.tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
     with torch.inference_mode(), torch.profiler.profile() as profile:
-        again.model.generate(input_ids=ids, max_new_tokens=16, min_new_tokens=16, do_sample=False, top_p=None,
+        step.model.generate(input_ids=ids, max_new_tokens=16, min_new_tokens=16, do_sample=False, top_p=None,
                              top_k=None, pad_token_id=again.tokenizer.pad_token_id,
                              **compiled_decode.generate_options("cpu"))
     calls = Counter(event.name for event in profile.events())

@@ -87,7 +87,7 @@ def _attach_lora(base: LoadedModel, folder: Path) -> str:
     key = str(folder)
     if key in base.adapters:  # attached already: no need to wait for the generation that holds the lock
         return base.adapters[key]
-    compiled_decode.wait_until_settled(base)  # the compile reads the layers an attach would wrap
+    compiled_decode.wait_until_settled(base)  # its warm-up runs the base layers peft is about to wrap
     with base.lock:
         if key in base.adapters:
             return base.adapters[key]

@@ -112,16 +112,15 @@ def stream_reply(loaded: LoadedModel, messages: list[dict], settings: Generation
     streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
     stop = threading.Event()
     kwargs = generate_kwargs(loaded, input_ids, settings, streamer, stop)
-    compiled, path = compiled_decode.choose(loaded, 1, input_ids.shape[1] + int(settings.max_new_tokens),
-                                            [adapter_name] if adapter_name else None)
-    kwargs.update(compiled)
-    context = base_only(loaded, adapter_name)
+    route = compiled_decode.choose(loaded, 1, input_ids.shape[1] + int(settings.max_new_tokens), [adapter_name])
+    kwargs.update(route.options)
+    context = route.context if route.model is not None else base_only(loaded, adapter_name)
     if adapter_name is not None:
         # The mixed-adapter arithmetic of a Compare batch (core.inference.compare): the same path rounds
         # the same way, so a solo reply and its Compare pane agree token for token.
         context = adapter_context(loaded, [adapter_name], kwargs)
     start = time.perf_counter()
-    done, result = launch_generate(loaded, kwargs, streamer, context, beside_decode_thread)
+    done, result = launch_generate(loaded, kwargs, streamer, context, beside_decode_thread, route.model)
     reply = Reply(notice=notice)
     try:
         for piece in streamer:
@@ -134,22 +133,23 @@ def stream_reply(loaded: LoadedModel, messages: list[dict], settings: Generation
         raise ModelError(f"Generation failed: {result['error']}")
     reply.seconds = time.perf_counter() - start
     reply.new_tokens = int(result["ids"].shape[1] - input_ids.shape[1])
-    reply.stats = f"{reply.new_tokens} tokens, {reply.new_tokens / reply.seconds:.1f} tok/s" + (f", {path}" if path else "")
+    reply.stats = f"{reply.new_tokens} tokens, {reply.new_tokens / reply.seconds:.1f} tok/s" + (f", {route.words}" if route.words else "")
     reply.done = True
     yield reply
 
 
-def launch_generate(loaded: LoadedModel, kwargs: dict, streamer, context=None, beside_decode_thread=False):
-    """Start `loaded.model.generate(**kwargs)` on core.threads' decode thread (or, with
-    `beside_decode_thread`, in a thread of its own); return (wait, result). `result` gets "ids",
-    or "error" together with the streamer's end, so its consumer never waits forever."""
+def launch_generate(loaded: LoadedModel, kwargs: dict, streamer, context=None, beside_decode_thread=False, model=None):
+    """Start `loaded.model.generate(**kwargs)` (or `model`'s: a compiled step's view) on
+    core.threads' decode thread (or, with `beside_decode_thread`, in a thread of its own); return
+    (wait, result). `result` gets "ids", or "error" together with the streamer's end, so its
+    consumer never waits forever."""
     wanted, result = torch.get_num_threads(), {}  # the thread count core.threads set for this request
 
     def run():
         try:
             threads.apply(wanted)
             with loaded.lock, context or contextlib.nullcontext(), torch.inference_mode():
-                result["ids"] = loaded.model.generate(**kwargs)
+                result["ids"] = (loaded.model if model is None else model).generate(**kwargs)
         except Exception as exc:  # surfaced by the caller, never lost in the thread
             result["error"] = exc
             streamer.end()

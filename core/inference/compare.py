@@ -12,7 +12,9 @@ Each pane's greedy tokens are those of its solo run (`core.inference.chat.stream
 tests/test_compare.py: the matmul kernels treat each row on its own, and a solo tuned reply
 takes the same mixed-adapter path, so the adapter's sum rounds alike. Where the two
 histories differ in length, the shorter row is left-padded, and its padded attention can round
-differently.
+differently. With FINETUNE_LAB_DECODE=compiled, a ready Compare step (core.inference.compiled_decode)
+decodes the two rows instead, and the status line says so; its panes are not held to their solo
+runs token for token (their agreement with this path is in BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from typing import Iterator
 
 import torch
 
+from core.inference import compiled_decode
 from core.inference.adapters import Tuned
 from core.inference.chat import (GenerationSettings, Reply, adapter_context, build_inputs, check_messages,
                                  generate_kwargs, launch_generate, stream_reply)
@@ -92,16 +95,18 @@ def stream_batch(loaded: LoadedModel, conversations: list[list[dict]], adapter_n
     longest = replace(settings, max_new_tokens=max(own.max_new_tokens for own in row_settings))
     kwargs = generate_kwargs(loaded, input_ids, longest, streamer, stop)
     kwargs["attention_mask"] = mask
-    context = adapter_context(loaded, adapter_names, kwargs)
+    route = compiled_decode.choose(loaded, len(adapter_names), input_ids.shape[1] + longest.max_new_tokens, adapter_names)
+    kwargs.update(route.options)
+    context = route.context if route.model is not None else adapter_context(loaded, adapter_names, kwargs)
     start = time.perf_counter()
-    done, result = launch_generate(loaded, kwargs, streamer, context)
+    done, result = launch_generate(loaded, kwargs, streamer, context, model=route.model)
     replies = tuple(Reply(notice=notice) for _, notice in encoded)
     tokens: list[list[int]] = [[] for _ in replies]
     ends = end_ids(loaded)
     try:
         for step in iter(streamer.steps.get, None):
             for reply, row_tokens, token, own in zip(replies, tokens, step, row_settings):
-                add_token(loaded.tokenizer, reply, row_tokens, token, token in ends, start, own.max_new_tokens)
+                add_token(loaded.tokenizer, reply, row_tokens, token, token in ends, start, own.max_new_tokens, route.words)
             yield replies
     finally:
         stop.set()  # also reached when the consumer is closed (Stop, disconnect)
@@ -109,12 +114,12 @@ def stream_batch(loaded: LoadedModel, conversations: list[list[dict]], adapter_n
     if "error" in result:
         raise ModelError(f"Generation failed: {result['error']}")
     for reply in replies:
-        _finish(reply, reply.seconds or time.perf_counter() - start)
+        _finish(reply, reply.seconds or time.perf_counter() - start, route.words)
     yield replies
 
 
 def add_token(tokenizer, reply: Reply, row_tokens: list[int], token: int, is_end: bool, start: float,
-              budget: int) -> None:
+              budget: int, path: str = "") -> None:
     """Add one generated token to a row's reply, unless the row has already ended (at its end of
     sequence or its own token `budget`)."""
     if reply.seconds:
@@ -124,7 +129,7 @@ def add_token(tokenizer, reply: Reply, row_tokens: list[int], token: int, is_end
     # A character split across tokens shows once whole; at the end, as the solo reply shows it.
     reply.text, reply.new_tokens = text if ended else text.removesuffix("\ufffd"), len(row_tokens)
     if ended:  # answered now, while the batch runs on for the others
-        _finish(reply, time.perf_counter() - start)
+        _finish(reply, time.perf_counter() - start, path)
 
 
 def end_ids(loaded: LoadedModel) -> set[int]:
@@ -133,9 +138,9 @@ def end_ids(loaded: LoadedModel) -> set[int]:
     return {end for end in ends if end is not None}
 
 
-def _finish(reply: Reply, seconds: float) -> None:
+def _finish(reply: Reply, seconds: float, path: str = "") -> None:
     reply.seconds, reply.done = seconds, True
-    reply.stats = f"{reply.new_tokens} tokens, {reply.new_tokens / max(seconds, 1e-9):.1f} tok/s"
+    reply.stats = f"{reply.new_tokens} tokens, {reply.new_tokens / max(seconds, 1e-9):.1f} tok/s" + (f", {path}" if path else "")
 
 
 def _side_by_side(*streams: Iterator[Reply]) -> Iterator[tuple[Reply, ...]]:

@@ -1,7 +1,7 @@
 """The compiled decode step for chat: inductor compiles the model's forward over a static KV cache.
 
     FINETUNE_LAB_DECODE=compiled python app.py
-    .venv/bin/python bench/compiled_speed.py      # compiled_over_int8 and a restart, same run
+    .venv/bin/python bench/compiled_speed.py      # compiled_over_int8, Compare and a restart, same run
 
 It runs inside transformers' own machinery: `generate(cache_implementation="static",
 compile_config=...)` calls the compiled decoding step (the prompt's prefill stays eager). On a
@@ -10,16 +10,21 @@ the graph, and inductor fuses what lies between the products (norms, rotary, res
 attention glue). On a GPU transformers compiles it with CUDA graphs (`reduce-overhead`); not
 measured here.
 
-When a model loads, a background thread gets the step ready; replies use the int8 path
-meanwhile, and switch over when it is ready. On a CPU the step is compiled once ahead of time
-and kept in the model cache (core.inference.compiled_store), so a restart loads it in seconds
-instead of tracing the model again; inductor's cache lives in the model cache too
-(`inductor/`, per torch version). The compiled step serves a reply only where its graph is exact
-for it, else the reply takes the int8 path and the status line says why:
-- one batch row, and no adapter ever attached (peft swaps layers and flags per request;
-  Compare and tuned replies keep the int8 rows path they are tested on);
-- the prompt and the new tokens fit `SLOTS` cache slots: a static cache's attention reads all
-  its slots every step, so a longer one would cost more than the compile saves.
+Two kinds of step, each on a view of the model that shares its weights (core.inference.compiled_views):
+- the base step, one batch row of the base model: compiled when the model loads, and serving
+  base replies before and after adapters attach;
+- a Compare step, two rows (the base, then the tuned pane with its LoRA adapter in the graph):
+  compiled on the first Compare with an adapter of its layout (layers, ranks), then serving
+  every adapter of that layout.
+
+Each is got ready by a background thread; replies use the int8 path meanwhile, and switch over
+when it is ready. On a CPU a step is compiled once ahead of time and kept in the model cache
+(core.inference.compiled_store), so a restart loads it in seconds instead of tracing the model
+again; inductor's cache lives in the model cache too (`inductor/`, per torch version). A step
+serves a reply only where its graph is exact for it, else the reply takes the int8 path and the
+status line says why: other batch shapes (several visitors, a tuned pane alone, two adapters)
+and a prompt with its new tokens over `SLOTS` cache slots (a static cache's attention reads all
+its slots every step, so a longer one would cost more than the compile saves).
 """
 from __future__ import annotations
 
@@ -31,7 +36,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from core.inference import compiled_store
+from core.inference import compiled_store, compiled_views
+from core.inference.fast_decode import BASE
 from core.paths import models_dir
 from core.settings import settings
 
@@ -41,13 +47,29 @@ WARM_UP_TOKENS = 3
 
 @dataclass
 class CompiledStep:
-    """Where a model's compiled decode step stands: "compiling", "ready" or "failed"."""
+    """Where a compiled decode step stands ("compiling", "ready" or "failed"), and the view of
+    the model it runs on. The base step also holds the Compare steps, by adapter layout."""
 
+    model: object = None  # the view (core.inference.compiled_views) the step runs on
+    rows: int = 1
+    layout: str = ""  # a Compare step's adapter layout; "" for the base step
     state: str = "compiling"
     seconds: float = 0.0  # how long the warm-up took
     from_model_cache: bool = False  # loaded as kept by an earlier run, not compiled
     error: str = ""
     settled: threading.Event = field(default_factory=threading.Event)
+    compare: dict = field(default_factory=dict)  # layout -> CompiledStep
+
+
+@dataclass
+class Route:
+    """How a reply decodes: extra `generate` arguments, the model to call (None: the loaded
+    model), a context to enter on the decode thread, and the words for the status line."""
+
+    options: dict = field(default_factory=dict)
+    model: object = None
+    context: object = None
+    words: str = ""
 
 
 def in_model_cache():
@@ -74,22 +96,25 @@ def generate_options(device_type: str) -> dict:
 
 
 def start(loaded) -> CompiledStep:
-    """Compile `loaded`'s decode step in a background thread; its progress is the returned value."""
-    step = CompiledStep()
+    """Compile `loaded`'s base step in a background thread; its progress is the returned value.
+    Call it before any adapter attaches: the view it runs on is the plain base model's."""
+    step = CompiledStep(model=compiled_views.base_view(loaded.model))
     threading.Thread(target=_warm_up, args=(loaded, step), daemon=True, name="compile-decode").start()
     return step
 
 
-def _warm_up(loaded, step: CompiledStep) -> None:
-    # No model lock: the plain model is only read, and attaching an adapter (the one change to
-    # its layers) waits for `settled`. The thread is short-lived, so its OpenMP team ends with it.
+def _warm_up(loaded, step: CompiledStep, make_view=None) -> None:
+    # No model lock: the weights are only read, and a view's tree is its own. The thread is
+    # short-lived, so its OpenMP team ends with it.
     began = time.perf_counter()
     try:
+        if make_view is not None:
+            step.model = make_view()
         with in_model_cache():
-            if loaded.model.device.type == "cpu":
-                step.from_model_cache = _install_kept_step(loaded)
+            if step.model.device.type == "cpu":
+                step.from_model_cache = _install_kept_step(loaded, step)
             else:
-                _generate(loaded, WARM_UP_TOKENS)  # transformers compiles the step here
+                _generate(step, loaded.tokenizer, WARM_UP_TOKENS)  # transformers compiles the step here
         step.state = "ready"
     except Exception as exc:  # the int8 path goes on serving; the status line says why
         message = str(exc).strip()
@@ -98,45 +123,46 @@ def _warm_up(loaded, step: CompiledStep) -> None:
     step.settled.set()
 
 
-def _generate(loaded, tokens: int) -> None:
-    ids = loaded.tokenizer("Hello", return_tensors="pt")["input_ids"].to(loaded.model.device)
+def _generate(step: CompiledStep, tokenizer, tokens: int) -> None:
+    ids = tokenizer(["Hello"] * step.rows, return_tensors="pt")["input_ids"].to(step.model.device)
     with torch.inference_mode():
-        loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                              max_new_tokens=tokens, min_new_tokens=tokens, pad_token_id=loaded.tokenizer.pad_token_id,
-                              top_p=None, top_k=None, **generate_options(loaded.model.device.type))
+        step.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                            max_new_tokens=tokens, min_new_tokens=tokens, pad_token_id=tokenizer.pad_token_id,
+                            top_p=None, top_k=None, **generate_options(step.model.device.type))
 
 
-def _install_kept_step(loaded) -> bool:
-    """Give `generate` the step kept in the model cache and warm it up, compiling and keeping it
-    first where there is none, or where it does not load or answer. True if the kept one serves."""
-    path = compiled_store.step_file(loaded, SLOTS)
+def _install_kept_step(loaded, step: CompiledStep) -> bool:
+    """Give `generate` on the step's view the step kept in the model cache and warm it up,
+    compiling and keeping it first where there is none, or where it does not load or answer.
+    True if the kept one serves."""
+    path = compiled_store.step_file(loaded, SLOTS, step.rows, step.layout)
     try:
-        call = compiled_store.load(loaded, path)
+        call = compiled_store.load(step.model, path)
         if call is not None:
-            _use_for_generate(loaded.model, call)
-            _generate(loaded, WARM_UP_TOKENS)
+            _use_for_generate(step.model, call)
+            _generate(step, loaded.tokenizer, WARM_UP_TOKENS)
             return True
     except Exception as exc:  # written by other code, or cut short: compile it again
         print(f"[compiled step] not reusing {path.name}: {(str(exc).strip() or type(exc).__name__).splitlines()[0][:200]}",
               flush=True)
-    _use_for_generate(loaded.model, compiled_store.compile_and_keep(loaded, _step_kwargs(loaded), path))
-    _generate(loaded, WARM_UP_TOKENS)
+    _use_for_generate(step.model, compiled_store.compile_and_keep(step.model, _step_kwargs(step, loaded.tokenizer), path))
+    _generate(step, loaded.tokenizer, WARM_UP_TOKENS)
     return False
 
 
-def _step_kwargs(loaded) -> dict:
+def _step_kwargs(step: CompiledStep, tokenizer) -> dict:
     """One decoding step's keyword arguments, as `generate` passes them over a static cache."""
     seen = []
 
     def record(**kwargs):
         seen.append(kwargs)
-        return loaded.model(**kwargs)
+        return step.model(**kwargs)
 
-    _use_for_generate(loaded.model, record)
+    _use_for_generate(step.model, record)
     try:
-        _generate(loaded, 2)
+        _generate(step, tokenizer, 2)
     finally:  # the model is compiled next, and must not carry this function into the file
-        del loaded.model._compiled_call, loaded.model._last_compile_config
+        del step.model._compiled_call, step.model._last_compile_config
     return seen[0]
 
 
@@ -146,26 +172,54 @@ def _use_for_generate(model, call) -> None:
     model._compiled_call, model._last_compile_config = call, compile_config(model.device.type)
 
 
-def choose(loaded, rows: int, tokens: int, adapter_names: list | None) -> tuple[dict, str]:
-    """(extra `generate` arguments, the status words) for a reply of `rows` batch rows that may
-    reach `tokens` tokens: the compiled step's arguments where it serves, else none."""
-    step = loaded.compiled
-    if step is None:
-        return {}, ""
-    fallback = loaded.decode
-    if step.state == "compiling":
-        return {}, f"{fallback} path (the compiled step is still compiling)"
-    if step.state == "failed":
-        return {}, f"{fallback} path (compiling failed: {step.error})"
-    if rows != 1 or adapter_names or loaded.adapters:
-        return {}, f"{fallback} path (the compiled step serves the base model without adapters)"
+def choose(loaded, rows: int, tokens: int, adapter_names: list | None) -> Route:
+    """How a reply of `rows` batch rows (row i with adapter_names[i], BASE or None: no adapter)
+    that may reach `tokens` tokens decodes: on a ready compiled step where one serves it, else on
+    the loaded model, with the status words saying why."""
+    base = loaded.compiled
+    if base is None:
+        return Route()
+    fallback, names = loaded.decode, [name or BASE for name in adapter_names or [BASE] * rows]
     if tokens > SLOTS:
-        return {}, f"{fallback} path (over the compiled step's {SLOTS} tokens)"
-    return generate_options(loaded.model.device.type), "compiled step"
+        return Route(words=f"{fallback} path (over the compiled step's {SLOTS} tokens)")
+    if names == [BASE]:
+        step, context = base, None
+    elif len(names) == 2 and names[0] == BASE and names[1] != BASE:
+        step, context = _compare_step(loaded, base, names[1])
+        if step is None:
+            return Route(words=f"{fallback} path (the Compare step takes plain LoRA adapters on int8 weights)")
+    else:
+        return Route(words=f"{fallback} path (the compiled step serves one base row, or Compare's base and tuned rows)")
+    kind = "compiled step" if step is base else "compiled Compare step"
+    if step.state == "compiling":
+        return Route(words=f"{fallback} path (the {kind} is still compiling)")
+    if step.state == "failed":
+        return Route(words=f"{fallback} path (the {kind} failed to compile: {step.error})")
+    return Route(generate_options(step.model.device.type), step.model, context, kind)
+
+
+def _compare_step(loaded, base: CompiledStep, adapter: str):
+    """(the Compare step for `adapter`'s layout, started now if new; the context that puts the
+    adapter into its view), or (None, None) where the adapter is not one a Compare step runs."""
+    layers = compiled_views.lora_layers(loaded.model, adapter)
+    if not layers or base.state != "ready":
+        return (base if layers else None), None  # the base step's state speaks for both
+    layout = compiled_views.layout(layers, adapter)
+    step = base.compare.setdefault(layout, new := CompiledStep(rows=2, layout=layout))
+    if step is new:
+        threading.Thread(target=_warm_up, args=(loaded, step, lambda: compiled_views.compare_view(base.model, layers, adapter)),
+                         daemon=True, name="compile-compare").start()
+    return step, _adapter_in(step, layers, adapter)
+
+
+@contextlib.contextmanager
+def _adapter_in(step: CompiledStep, layers: dict, adapter: str):
+    compiled_views.use(step.model, layers, adapter)  # on the decode thread, under the model's lock
+    yield
 
 
 def wait_until_settled(loaded) -> None:
-    """Block until `loaded`'s warm-up has finished (at once if it has none)."""
+    """Block until `loaded`'s base warm-up has finished (at once if it has none)."""
     if loaded.compiled is not None:
         loaded.compiled.settled.wait()
 

@@ -7,11 +7,12 @@ torch's precompile API compiles one decoding step ahead of time (`torch.compile(
 `torch.compiler.load_compiled_function` reads it back in about 2 s, where tracing the model
 again took 7.6-12 s even with inductor's cache warm. One file serves every model of one
 architecture, dtype, decode path and kernels on one CPU kind, with the same library versions and
-the same code of ours in the graph or compiling it (`step_file` names it by all of them), since
-the step reads the weights from the model it is given, not from the file.
+the same code of ours in the graph or compiling it, and the same batch rows and adapter layout
+(`step_file` names it by all of them), since the step reads the weights from the model it is
+given, not from the file.
 
-The step keeps no guards: `compiled_decode.choose` is its guard (one batch row, no adapter, at
-most `SLOTS` cache slots), as the graph was compiled for exactly that. The files are pickles and
+The step keeps no guards: `compiled_decode.choose` is its guard (the rows and adapter layout it
+was compiled for, at most `SLOTS` cache slots), as the graph was compiled for exactly that. The files are pickles and
 code that torch writes and runs, like inductor's own cache: the app loads only files it wrote in
 its own model cache, never one from the Hub.
 """
@@ -28,41 +29,41 @@ from pathlib import Path
 
 import torch
 
-from core.inference import decode_attention, fast_decode, own_kernels
+from core.inference import compiled_views, decode_attention, fast_decode, own_kernels
 from core.paths import models_dir
 
 
-def step_file(loaded, slots: int):
+def step_file(loaded, slots: int, rows: int = 1, layout: str = ""):
     """Where `loaded`'s compiled step is kept: named by everything the generated code depends on."""
     import transformers  # loaded by then with the model; not at the app's start
 
     config = {k: v for k, v in loaded.model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
     ours = [hashlib.sha256(Path(path).read_bytes()).hexdigest()
-            for path in (__file__, fast_decode.__file__, decode_attention.__file__, own_kernels.__file__, *own_kernels.SOURCES)]
-    key = json.dumps([config, str(loaded.model.dtype), loaded.decode, loaded.activations, slots, loaded.model.device.type, torch.__version__,
+            for path in (__file__, compiled_views.__file__, fast_decode.__file__, decode_attention.__file__, own_kernels.__file__, *own_kernels.SOURCES)]
+    key = json.dumps([config, str(loaded.model.dtype), loaded.decode, loaded.activations, slots, rows, layout, loaded.model.device.type, torch.__version__,
                       transformers.__version__, torch.backends.cpu.get_cpu_capability(), platform.machine(), ours],
                      sort_keys=True, default=str)
     return models_dir() / "compiled" / f"decode-{hashlib.sha256(key.encode()).hexdigest()[:20]}.bin"
 
 
-def load(loaded, path):
-    """The step kept at `path` as a function of the decode step's keyword arguments, or None if
-    there is none. Raises if the file is unreadable or was written by other code."""
+def load(model, path):
+    """The step kept at `path` as a function of the decode step's keyword arguments on `model`,
+    or None if there is none. Raises if the file is unreadable or was written by other code."""
     names = path.with_suffix(".json")
     if not (path.is_file() and names.is_file()):
         return None
     modules = {name: importlib.import_module(module) for name, module in json.loads(names.read_text()).items()}
     with path.open("rb") as file:
-        step = torch.compiler.load_compiled_function(file, f_globals=modules, external_data={"model": loaded.model})
-    return _unguarded(step, loaded.model)
+        step = torch.compiler.load_compiled_function(file, f_globals=modules, external_data={"model": model})
+    return _unguarded(step, model)
 
 
-def compile_and_keep(loaded, step_kwargs: dict, path):
-    """Compile one decoding step for calls shaped like `step_kwargs` (a `generate` step's own
-    arguments), keep it at `path`, and return it as `load` does."""
+def compile_and_keep(model, step_kwargs: dict, path):
+    """Compile `model`'s decoding step for calls shaped like `step_kwargs` (a `generate` step's
+    own arguments), keep it at `path`, and return it as `load` does."""
     # Not inductor's cpp_wrapper: measured on both int8 kernels, it decoded no faster (85.2
     # against 84.7 tok/s on ours) and its compile took 145-164 s instead of 33-41.
-    compiled = torch.compile(loaded.model.__call__, fullgraph=True, dynamic=False,
+    compiled = torch.compile(model.__call__, fullgraph=True, dynamic=False,
                              options={"guard_filter_fn": lambda guards: [False] * len(guards)})
     with torch.inference_mode():
         step = compiled.aot_compile(((), step_kwargs))
@@ -76,8 +77,8 @@ def compile_and_keep(loaded, step_kwargs: dict, path):
     partial = names.with_suffix(f".{os.getpid()}.part")
     partial.write_text(json.dumps(modules))
     os.replace(partial, names)
-    step.save_compiled_function(str(path), external_data={"model": loaded.model})  # written whole, then renamed
-    return _unguarded(step, loaded.model)
+    step.save_compiled_function(str(path), external_data={"model": model})  # written whole, then renamed
+    return _unguarded(step, model)
 
 
 def _unguarded(step, model):

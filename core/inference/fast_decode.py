@@ -231,7 +231,7 @@ def installed(prepared: list[tuple]):
 
 def _lean_forward(layer, spans: list[tuple[str, slice]]):
     if len(spans) == 1 and isinstance(layer.base_layer, Int8Linear):
-        return partial(_int8_rows_forward, layer, _appended(layer, *spans[0]))
+        return partial(_int8_rows_forward, layer, int8_adapter(layer, *spans[0]))
     return fp32_lora_forward(layer, spans)
 
 
@@ -247,7 +247,7 @@ def _scaled(layer, name: str, rows: slice) -> tuple:
     return rows, layer.lora_A[name].weight, lora_b.weight * scale, bias
 
 
-def _appended(layer, name: str, rows: slice) -> tuple:
+def int8_adapter(layer, name: str, rows: slice) -> tuple:
     """(base layer, A, (first row, rows), int8 s B, its scales, s bias), with A kept under the int8
     base layer's weight (rebuilt only when another adapter, or other weights, were there)."""
     _, lora_a, scaled_b, bias = _scaled(layer, name, rows)

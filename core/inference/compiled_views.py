@@ -1,0 +1,135 @@
+"""The module trees the compiled decode steps run on: views of a loaded model that share its weights.
+
+    used by core.inference.compiled_decode; tests/test_compiled_compare.py checks them
+
+A compiled step reads its weights through attribute paths from the model it is given, so it must
+get a tree shaped as it was compiled. peft changes a loaded model's tree when an adapter
+attaches (each targeted Linear becomes a LoRA layer), and Compare's adapter changes per
+request. So the steps never run on the loaded model itself, but on views: copies of its
+modules down to the leaves, which are shared, so no weight is copied.
+- `base_view`: the plain base model, made before any adapter attaches; peft's later changes
+  land in the loaded model's own modules, not the view's, so base replies keep their step.
+- `compare_view`: the base view with each of an adapter's LoRA layers as a `RowLoraLinear`,
+  which adds the adapter to the last batch row only (Compare's tuned pane; row 0 is the base).
+  Its int8 A and s B are those of core.inference.fast_decode's rows path, prepared by the same
+  code, and `use` swaps in another adapter of the same `layout` without compiling again.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from core.inference.fast_decode import Int8Linear, int8_adapter, rows_times_int8
+
+# Per-call state transformers keeps on a model; a view starts without the original's.
+_PER_MODEL = ("_cache", "_compiled_call", "_last_compile_config")
+
+
+class RowLoraLinear(torch.nn.Module):
+    """An int8 base layer plus one LoRA adapter on the batch's last row, with the arithmetic of
+    fast_decode's rows path: A (int8) rides under the base weight, so one product yields the
+    layer and x A, then s B (int8) is one more small product (in the compiled graph, a sum
+    that inductor fuses with what follows)."""
+
+    def __init__(self, base: Int8Linear):
+        super().__init__()
+        self.base = base  # shared with the loaded model
+        self.adapter = ""
+
+    def use(self, lora_layer, name: str) -> None:
+        """Take adapter `name`'s A and s B (and its bias) from peft's LoRA layer."""
+        _, lora_a, _, qb, sb, bias = int8_adapter(lora_layer, name, slice(0, 1))
+        # The packed weight is held here as well: if the loaded model's own path packs another
+        # adapter's A under the shared base layer, this view keeps computing with its own.
+        self.packed, self.packed_scales = self.base.appended[2:]
+        self.qb, self.sb, self.lora_bias, self.adapter = qb, sb, bias, name
+        self.qb_columns = qb.t().contiguous()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        both = self.base.rows_product(x.reshape(-1, x.shape[-1]), self.packed, self.packed_scales)
+        own, per_row = self.base.out_features, both.shape[0] // x.shape[0]
+        result = both[:, :own]
+        if self.base.bias is not None:
+            result = result + self.base.bias
+        if torch.compiler.is_compiling():
+            update = self._update_in_graph(both[:, own:])
+            tuned = torch.arange(both.shape[0], device=both.device)[:, None] >= both.shape[0] - per_row
+            return (result + torch.where(tuned, update, 0)).view(*x.shape[:-1], own)
+        update = rows_times_int8(both[-per_row:, own:], self.qb, self.sb)
+        if self.lora_bias is not None:
+            update = update + self.lora_bias
+        return torch.cat([result[:-per_row], result[-per_row:] + update]).view(*x.shape[:-1], own)
+
+    def _update_in_graph(self, low_rank: torch.Tensor) -> torch.Tensor:
+        # (x A) (s B) for every row as a sum down the columns of s B transposed, which inductor
+        # vectorizes along the outputs and fuses with the row's addition. Measured on SmolLM2
+        # with r=8 on every Linear, 2 cores: the int8 kernel called here, or a matmul, made
+        # Compare 1.47-1.51x a single pane, this 1.32; a sum along the rows (a horizontal
+        # reduction per output) 1.41; unrolling the sum over the rank was as fast as this but
+        # took 114 s to compile, not 36.
+        update = (low_rank.float()[:, :, None] * self.qb_columns.float()).sum(1)
+        update = (update * self.sb.float()).to(self.sb.dtype)
+        return update if self.lora_bias is None else update + self.lora_bias
+
+
+def tree_copy(module: torch.nn.Module, replace=None, path: str = "") -> torch.nn.Module:
+    """`module` with every module that has children copied (leaves shared), and the module at a
+    dotted path swapped for replace(path, module) wherever that returns one."""
+    copied = copy.copy(module)
+    for attribute in _PER_MODEL:
+        copied.__dict__.pop(attribute, None)
+    copied._modules = {}
+    for name, child in module._modules.items():
+        where = f"{path}.{name}" if path else name
+        swapped = replace(where, child) if replace else None
+        copied._modules[name] = swapped if swapped is not None else (
+            tree_copy(child, replace, where) if child is not None and child._modules else child)
+    return copied
+
+
+def base_view(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain base model's tree, apart from the loaded model's (call before adapters attach)."""
+    return tree_copy(model)
+
+
+def lora_layers(peft_model, name: str) -> dict:
+    """{dotted path in the base model: peft LoRA layer} for adapter `name`, or {} unless each is
+    plain LoRA on an Int8Linear (no dropout, DoRA or merge): what a compare view can run."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    inner = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
+    found = {}
+    for path, layer in inner.named_modules():
+        if isinstance(layer, LoraLinear) and name in layer.lora_A:
+            plain = (isinstance(layer.base_layer, Int8Linear) and not layer.merged and name not in layer.lora_variant
+                     and isinstance(layer.lora_dropout[name], torch.nn.Identity))
+            if not plain:
+                return {}
+            found[path] = layer
+    return found
+
+
+def layout(layers: dict, name: str) -> str:
+    """What a compare step is compiled for: which layers carry the adapter, their ranks and biases."""
+    return ";".join(f"{path}:{layer.r[name]}:{int(layer.lora_B[name].bias is not None)}"
+                    for path, layer in sorted(layers.items()))
+
+
+def compare_view(base: torch.nn.Module, layers: dict, name: str) -> torch.nn.Module:
+    """The base view with adapter `name` on the last batch row at each of `layers`."""
+    def swap(path, module):
+        if path in layers:
+            row_lora = RowLoraLinear(module)
+            row_lora.use(layers[path], name)
+            return row_lora
+        return None
+
+    return tree_copy(base, swap)
+
+
+def use(view: torch.nn.Module, layers: dict, name: str) -> None:
+    """Put adapter `name` (of the same layout) into a compare view, unless it is there already."""
+    for path, module in view.named_modules():
+        if isinstance(module, RowLoraLinear) and module.adapter != name:
+            module.use(layers[path], name)

@@ -1,0 +1,105 @@
+"""The views the compiled steps run on, and Compare's compiled step (core.inference.compiled_views,
+core.inference.compiled_decode) on a tiny random Llama: the views share the weights and stay the
+plain base when peft wraps the model; a Compare view computes exactly what the int8 rows path
+computes, and its in-graph update agrees with the kernel's; the routes and their status words.
+On the real packaged model, with the compile and a restart: tests/test_compiled_decode.py.
+
+    .venv/bin/python -m pytest tests/test_compiled_compare.py
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.inference import compiled_views
+from core.inference.compiled_decode import SLOTS, CompiledStep, choose
+from core.inference.fast_decode import BASE, adapter_rows, quantize_linears
+
+IDS = torch.tensor([[1, 9690, 198, 2683, 359], [1, 9690, 198, 2683, 359]])
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_model_dir):
+    """(view made before peft wrapped the model, the peft model): int8 weights in bf16, adapters
+    "one" and "two" of one layout, "wide" of another, and "dropped" with dropout."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_model_dir)).to(torch.bfloat16).eval()
+    quantize_linears(base)
+    view = compiled_views.base_view(base)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False), "one")
+    model.add_adapter("two", LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    model.add_adapter("wide", LoraConfig(r=20, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model.add_adapter("dropped", LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.1))
+    return view, model.eval()
+
+
+def test_a_view_shares_the_weights_and_stays_the_plain_base(tuned):
+    from peft.tuners.lora import LoraLayer
+
+    view, model = tuned
+    assert not any(isinstance(m, LoraLayer) for m in view.modules())
+    assert view.model.layers[0].self_attn.q_proj is model.get_base_model().model.layers[0].self_attn.q_proj.base_layer
+    assert view.model.layers is not model.get_base_model().model.layers  # its own tree above the leaves
+    with torch.inference_mode(), model.disable_adapter():
+        assert torch.equal(view(input_ids=IDS).logits, model(input_ids=IDS).logits)
+
+
+def test_a_compare_view_computes_what_the_rows_path_computes(tuned):
+    """Eager, the view's last row is the rows path's tuned row bit for bit, and its first row the
+    base's; `use` swaps in another adapter of the layout; inside the graph, the update (summed in
+    fp32, unrolled) stays within bf16 rounding of the kernel's."""
+    view, model = tuned
+    layers = compiled_views.lora_layers(model, "one")
+    assert len(layers) == 2 * 7 and compiled_views.layout(layers, "one") == compiled_views.layout(
+        compiled_views.lora_layers(model, "two"), "two") != compiled_views.layout(compiled_views.lora_layers(model, "wide"), "wide")
+    compare = compiled_views.compare_view(view, layers, "one")
+
+    def rows_path(name):
+        with torch.inference_mode(), adapter_rows(model, [BASE, name]):
+            return model(input_ids=IDS).logits
+
+    with torch.inference_mode():
+        assert torch.equal(compare(input_ids=IDS).logits, rows_path("one"))
+        compiled_views.use(compare, compiled_views.lora_layers(model, "two"), "two")
+        two = compare(input_ids=IDS).logits
+        assert torch.equal(two, rows_path("two")) and torch.equal(two[0], view(input_ids=IDS).logits[0])
+    layer = compare.model.layers[1].mlp.down_proj
+    x = torch.randn(2, 1, layer.base.in_features, dtype=torch.bfloat16)
+    both = layer.base.rows_product(x.reshape(2, -1), layer.packed, layer.packed_scales)
+    low_rank = both[:, layer.base.out_features:]
+    kernel = compiled_views.rows_times_int8(low_rank, layer.qb, layer.sb).float()
+    in_graph = layer._update_in_graph(low_rank).float()
+    assert (in_graph - kernel).abs().max() <= kernel.abs().max() / 128  # bf16 keeps 8 bits
+
+
+def test_only_plain_lora_on_int8_weights_gets_a_compare_view(tuned):
+    _, model = tuned
+    assert compiled_views.lora_layers(model, "dropped") == {}
+    assert compiled_views.lora_layers(model, "absent") == {}
+
+
+def test_compare_routes_and_their_status_words(tuned, smol):
+    """Compare's two rows (the base, then the adapter) take the Compare step of the adapter's
+    layout once it is ready, which then holds that adapter; before, the int8 path says why."""
+    from dataclasses import replace
+
+    view, model = tuned
+    base = CompiledStep(model=view, state="ready")
+    loaded = replace(smol, model=model, compiled=base, adapters={"/one": "one"})
+    layout = compiled_views.layout(compiled_views.lora_layers(model, "one"), "one")
+    compare = base.compare[layout] = CompiledStep(rows=2, layout=layout)  # no compile started here
+    assert choose(loaded, 2, 64, [BASE, "one"]).words == "int8 path (the compiled Compare step is still compiling)"
+    compare.model, compare.state = compiled_views.compare_view(view, compiled_views.lora_layers(model, "two"), "two"), "ready"
+    route = choose(loaded, 2, 64, [BASE, "one"])
+    assert route.words == "compiled Compare step" and route.model is compare.model and route.options["max_cache_len"] == SLOTS
+    with route.context:
+        assert {m.adapter for m in compare.model.modules() if isinstance(m, compiled_views.RowLoraLinear)} == {"one"}
+    assert choose(loaded, 2, SLOTS + 1, [BASE, "one"]).words == f"int8 path (over the compiled step's {SLOTS} tokens)"
+    assert choose(loaded, 2, 64, [BASE, "dropped"]).words == (
+        "int8 path (the Compare step takes plain LoRA adapters on int8 weights)")
+    assert choose(loaded, 1, 64, [BASE]).model is view  # base replies keep their step after adapters attach
+    compiling = replace(loaded, compiled=replace(base, state="compiling"))
+    assert choose(compiling, 2, 64, [BASE, "one"]).words == "int8 path (the compiled step is still compiling)"
