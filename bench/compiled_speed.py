@@ -134,6 +134,7 @@ def compare_figures(loaded, tokens: int, repeats: int) -> dict:
             if round_:
                 times[name].append(time.perf_counter() - start)
             assert (path == "compiled") == reply.stats.endswith("step"), reply.stats
+    loaded.compiled = step
     seconds = {name: statistics.median(values) for name, values in times.items()}
     figures = {"compare_compile_s": round(compare_step.seconds, 1),
                "compiled_compare_tok_s": round(tokens / seconds["compiled_compare"], 1),

@@ -18,22 +18,28 @@ from core.inference.fast_decode import BASE, adapter_rows, quantize_linears
 IDS = torch.tensor([[1, 9690, 198, 2683, 359], [1, 9690, 198, 2683, 359]])
 
 
-@pytest.fixture(scope="module")
-def tuned(tiny_model_dir):
-    """(view made before peft wrapped the model, the peft model): int8 weights in bf16, adapters
-    "one" and "two" of one layout, "wide" of another, and "dropped" with dropout."""
+def tiny_tuned(folder, int8: bool = True):
+    """(view made before peft wrapped the model, the peft model): int8 weights in bf16 (else
+    float Linears in fp32), adapters "one" and "two" of one layout, "wide" of another, and
+    "dropped" with dropout."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_model_dir)).to(torch.bfloat16).eval()
-    quantize_linears(base)
+    base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder)).eval()
+    if int8:
+        quantize_linears(base.to(torch.bfloat16))
     view = compiled_views.base_view(base)
     model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False), "one")
     model.add_adapter("two", LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
     model.add_adapter("wide", LoraConfig(r=20, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     model.add_adapter("dropped", LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.1))
     return view, model.eval()
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_model_dir):
+    return tiny_tuned(tiny_model_dir)
 
 
 def test_a_view_shares_the_weights_and_stays_the_plain_base(tuned):
@@ -75,7 +81,26 @@ def test_a_compare_view_computes_what_the_rows_path_computes(tuned):
     assert (in_graph - kernel).abs().max() <= kernel.abs().max() / 128  # bf16 keeps 8 bits
 
 
-def test_only_plain_lora_on_int8_weights_gets_a_compare_view(tuned):
+@pytest.mark.parametrize("int8", [True, False], ids=["int8", "float"])
+def test_a_compiled_compare_view_computes_as_the_eager_one(tiny_model_dir, int8):
+    """Eager, a Compare view computes what the rows path computes, on float weights too (a GPU's,
+    or a CPU's without native bf16); compiled (its in-graph update), the eager view's logits to
+    rounding, and the base row the base's where the weights are float."""
+    view, model = tiny_tuned(tiny_model_dir, int8)
+    compare = compiled_views.compare_view(view, compiled_views.lora_layers(model, "one"), "one")
+    with torch.inference_mode():
+        eager = compare(input_ids=IDS).logits.float()
+        compiled = torch.compile(compare, fullgraph=True)(input_ids=IDS).logits.float()
+        base = view(input_ids=IDS).logits.float()
+        with adapter_rows(model, [BASE, "one"]):
+            rows_path = model(input_ids=IDS).logits.float()
+    assert torch.equal(eager, rows_path)
+    effect = (eager[1] - eager[0]).norm()
+    assert (compiled[1] - eager[1]).norm() / effect < 0.02 and (compiled[0] - eager[0]).norm() / effect < 0.02
+    assert int8 or torch.allclose(compiled[0], base[0], atol=1e-5)
+
+
+def test_only_plain_lora_gets_a_compare_view(tuned):
     _, model = tuned
     assert compiled_views.lora_layers(model, "dropped") == {}
     assert compiled_views.lora_layers(model, "absent") == {}
@@ -99,7 +124,7 @@ def test_compare_routes_and_their_status_words(tuned, smol):
         assert {m.adapter for m in compare.model.modules() if isinstance(m, compiled_views.RowLoraLinear)} == {"one"}
     assert choose(loaded, 2, SLOTS + 1, [BASE, "one"]).words == f"int8 path (over the compiled step's {SLOTS} tokens)"
     assert choose(loaded, 2, 64, [BASE, "dropped"]).words == (
-        "int8 path (the Compare step takes plain LoRA adapters on int8 weights)")
+        "int8 path (the Compare step takes plain LoRA adapters: no dropout, DoRA or merge)")
     assert choose(loaded, 1, 64, [BASE]).model is view  # base replies keep their step after adapters attach
     compiling = replace(loaded, compiled=replace(base, state="compiling"))
     assert choose(compiling, 2, 64, [BASE, "one"]).words == "int8 path (the compiled step is still compiling)"

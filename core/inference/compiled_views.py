@@ -11,55 +11,71 @@ modules down to the leaves, which are shared, so no weight is copied.
   land in the loaded model's own modules, not the view's, so base replies keep their step.
 - `compare_view`: the base view with each of an adapter's LoRA layers as a `RowLoraLinear`,
   which adds the adapter to the last batch row only (Compare's tuned pane; row 0 is the base).
-  Its int8 A and s B are those of core.inference.fast_decode's rows path, prepared by the same
-  code, and `use` swaps in another adapter of the same `layout` without compiling again.
+  Its A and s B are those of core.inference.fast_decode's rows path, prepared by the same code
+  (int8 on int8 weights), and `use` swaps in another adapter of the same `layout` without
+  compiling again.
 """
 from __future__ import annotations
 
 import copy
 
 import torch
+import torch.nn.functional as F
 
-from core.inference.fast_decode import Int8Linear, int8_adapter, rows_times_int8
+from core.inference.fast_decode import Int8Linear, int8_adapter, rows_times_int8, scaled_lora
 
 # Per-call state transformers keeps on a model; a view starts without the original's.
 _PER_MODEL = ("_cache", "_compiled_call", "_last_compile_config")
 
 
 class RowLoraLinear(torch.nn.Module):
-    """An int8 base layer plus one LoRA adapter on the batch's last row, with the arithmetic of
-    fast_decode's rows path: A (int8) rides under the base weight, so one product yields the
-    layer and x A, then s B (int8) is one more small product (in the compiled graph, a sum
-    that inductor fuses with what follows)."""
+    """A base layer plus one LoRA adapter on the batch's last row, with the arithmetic of
+    fast_decode's rows path. On an Int8Linear, A (int8) rides under the base weight, so one
+    product yields the layer and x A, then s B (int8) is one more small product (in the
+    compiled graph, a sum that inductor fuses with what follows). On a float Linear (a GPU, or a
+    CPU without native bf16), A and s B as peft keeps them, after the layer's own product."""
 
-    def __init__(self, base: Int8Linear):
+    def __init__(self, base: torch.nn.Linear):
         super().__init__()
         self.base = base  # shared with the loaded model
-        self.adapter = ""
+        self.int8, self.adapter = isinstance(base, Int8Linear), ""
 
     def use(self, lora_layer, name: str) -> None:
         """Take adapter `name`'s A and s B (and its bias) from peft's LoRA layer."""
-        _, lora_a, _, qb, sb, bias = int8_adapter(lora_layer, name, slice(0, 1))
-        # The packed weight is held here as well: if the loaded model's own path packs another
-        # adapter's A under the shared base layer, this view keeps computing with its own.
-        self.packed, self.packed_scales = self.base.appended[2:]
-        self.qb, self.sb, self.lora_bias, self.adapter = qb, sb, bias, name
-        self.qb_columns = qb.t().contiguous()
+        if self.int8:
+            _, _, _, qb, sb, bias = int8_adapter(lora_layer, name, slice(0, 1))
+            # The packed weight is held here as well: if the loaded model's own path packs another
+            # adapter's A under the shared base layer, this view keeps computing with its own.
+            self.packed, self.packed_scales = self.base.appended[2:]
+            self.qb, self.sb, self.qb_columns = qb, sb, qb.t().contiguous()
+        else:
+            _, self.lora_a, self.scaled_b, bias = scaled_lora(lora_layer, name, slice(0, 1))
+        self.lora_bias, self.adapter = bias, name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.int8:
+            return self._float_forward(x)
         both = self.base.rows_product(x.reshape(-1, x.shape[-1]), self.packed, self.packed_scales)
         own, per_row = self.base.out_features, both.shape[0] // x.shape[0]
         result = both[:, :own]
         if self.base.bias is not None:
             result = result + self.base.bias
         if torch.compiler.is_compiling():
-            update = self._update_in_graph(both[:, own:])
-            tuned = torch.arange(both.shape[0], device=both.device)[:, None] >= both.shape[0] - per_row
-            return (result + torch.where(tuned, update, 0)).view(*x.shape[:-1], own)
+            return (result + torch.where(_tuned_rows(both, per_row), self._update_in_graph(both[:, own:]), 0)
+                    ).view(*x.shape[:-1], own)
         update = rows_times_int8(both[-per_row:, own:], self.qb, self.sb)
         if self.lora_bias is not None:
             update = update + self.lora_bias
         return torch.cat([result[:-per_row], result[-per_row:] + update]).view(*x.shape[:-1], own)
+
+    def _float_forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base(x)
+        if torch.compiler.is_compiling():  # every row's update, kept for the last: no in-place write
+            update = F.linear(F.linear(x.to(self.lora_a.dtype), self.lora_a), self.scaled_b, self.lora_bias)
+            tuned = torch.arange(x.shape[0], device=x.device).view(-1, *[1] * (x.dim() - 1)) == x.shape[0] - 1
+            return torch.where(tuned, result + update, result).to(result.dtype)
+        result[-1:] += F.linear(F.linear(x[-1:].to(self.lora_a.dtype), self.lora_a), self.scaled_b, self.lora_bias)
+        return result
 
     def _update_in_graph(self, low_rank: torch.Tensor) -> torch.Tensor:
         # (x A) (s B) for every row as a sum down the columns of s B transposed, which inductor
@@ -71,6 +87,11 @@ class RowLoraLinear(torch.nn.Module):
         update = (low_rank.float()[:, :, None] * self.qb_columns.float()).sum(1)
         update = (update * self.sb.float()).to(self.sb.dtype)
         return update if self.lora_bias is None else update + self.lora_bias
+
+
+def _tuned_rows(both: torch.Tensor, per_row: int) -> torch.Tensor:
+    """Which of a flattened batch's rows belong to its last batch row (the tuned pane)."""
+    return torch.arange(both.shape[0], device=both.device)[:, None] >= both.shape[0] - per_row
 
 
 def tree_copy(module: torch.nn.Module, replace=None, path: str = "") -> torch.nn.Module:
@@ -95,14 +116,14 @@ def base_view(model: torch.nn.Module) -> torch.nn.Module:
 
 def lora_layers(peft_model, name: str) -> dict:
     """{dotted path in the base model: peft LoRA layer} for adapter `name`, or {} unless each is
-    plain LoRA on an Int8Linear (no dropout, DoRA or merge): what a compare view can run."""
+    plain LoRA on a Linear (no dropout, DoRA or merge): what a compare view can run."""
     from peft.tuners.lora import Linear as LoraLinear
 
     inner = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
     found = {}
     for path, layer in inner.named_modules():
         if isinstance(layer, LoraLinear) and name in layer.lora_A:
-            plain = (isinstance(layer.base_layer, Int8Linear) and not layer.merged and name not in layer.lora_variant
+            plain = (type(layer.base_layer) in (Int8Linear, torch.nn.Linear) and not layer.merged and name not in layer.lora_variant
                      and isinstance(layer.lora_dropout[name], torch.nn.Identity))
             if not plain:
                 return {}

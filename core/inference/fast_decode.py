@@ -237,10 +237,10 @@ def _lean_forward(layer, spans: list[tuple[str, slice]]):
 
 def fp32_lora_forward(layer, spans: list[tuple[str, slice]]):
     """The forward that adds each (adapter name, rows) of `spans` with A and s B in fp32."""
-    return partial(_rows_forward, layer, [_scaled(layer, name, rows) for name, rows in spans])
+    return partial(_rows_forward, layer, [scaled_lora(layer, name, rows) for name, rows in spans])
 
 
-def _scaled(layer, name: str, rows: slice) -> tuple:
+def scaled_lora(layer, name: str, rows: slice) -> tuple:
     """(rows, A, s B, s bias): peft's (x A B + bias) s with the scale folded into B."""
     scale, lora_b = layer.scaling[name], layer.lora_B[name]
     bias = None if lora_b.bias is None else lora_b.bias * scale
@@ -250,7 +250,7 @@ def _scaled(layer, name: str, rows: slice) -> tuple:
 def int8_adapter(layer, name: str, rows: slice) -> tuple:
     """(base layer, A, (first row, rows), int8 s B, its scales, s bias), with A kept under the int8
     base layer's weight (rebuilt only when another adapter, or other weights, were there)."""
-    _, lora_a, scaled_b, bias = _scaled(layer, name, rows)
+    _, lora_a, scaled_b, bias = scaled_lora(layer, name, rows)
     base = layer.base_layer
     base.append_rows(lora_a)
     return (base, lora_a, (rows.start, rows.stop - rows.start),
