@@ -1,6 +1,7 @@
 """One short check of the GPU-only paths on a CUDA machine: QLoRA (bitsandbytes NF4 on CUDA),
 LoRA and full SFT through the real `python -m training.run`, and chat decoding on the GPU, eager
-and with the compiled decode step (FINETUNE_LAB_DECODE=compiled: CUDA graphs).
+and with the compiled decode step (FINETUNE_LAB_DECODE=compiled: CUDA graphs), a single pane and
+Compare with the LoRA run's adapter.
 
     python bench/gpu_check.py --shape FOLDER [--steps 30] [--out results.json]
 
@@ -115,8 +116,9 @@ def qlora_layers(model: Path) -> dict:
     return out
 
 
-def decode_rate(model: Path, tokens: int = 128) -> dict:
-    """Greedy decode of `tokens` new tokens through the chat path, and the model's dtype."""
+def decode_rate(model: Path, tokens: int = 128, adapter: Path | None = None) -> dict:
+    """Greedy decode of `tokens` new tokens through the chat path, and the model's dtype; with
+    `adapter`, Compare too (base and tuned panes, on its compiled step where one was asked for)."""
     from core.inference.chat import GenerationSettings, stream_reply
     from core.inference.models import load_model
 
@@ -127,14 +129,36 @@ def decode_rate(model: Path, tokens: int = 128) -> dict:
     messages = [{"role": "user", "content": "Tell me about the sea."}]
     list(stream_reply(loaded, messages, settings))  # warm-up
     last = list(stream_reply(loaded, messages, settings))[-1]
-    return {"dtype": str(loaded.model.dtype), "device": str(loaded.model.device), "decode": loaded.decode,
-            "status": last.stats, "compile_s": round(loaded.compiled.seconds, 1) if loaded.compiled else None,
-            "new_tokens": last.new_tokens, "tokens_per_s": round(last.new_tokens / last.seconds, 1)}
+    figures = {"dtype": str(loaded.model.dtype), "device": str(loaded.model.device), "decode": loaded.decode,
+               "status": last.stats, "compile_s": round(loaded.compiled.seconds, 1) if loaded.compiled else None,
+               "new_tokens": last.new_tokens, "tokens_per_s": round(last.new_tokens / last.seconds, 1)}
+    return {**figures, **(compare_rate(loaded, adapter, settings, last.seconds) if adapter else {})}
 
 
-def compiled_decode_rate(model: Path) -> dict:
+def compare_rate(loaded, adapter: Path, settings, single_s: float) -> dict:
+    """Compare's rate with `adapter` attached, after its compiled step (if any) is ready."""
+    from core.inference.adapters import attach_tuned
+    from core.inference.compare import stream_compare
+
+    tuned = attach_tuned(loaded, str(adapter))
+    messages = [{"role": "user", "content": "Tell me about the sea."}]
+    list(stream_compare(loaded, tuned, messages, messages, settings))  # warm-up; starts Compare's compile
+    steps = list(loaded.compiled.compare.values()) if loaded.compiled else []
+    for step in steps:
+        step.settled.wait()
+    list(stream_compare(loaded, tuned, messages, messages, settings))
+    start = time.perf_counter()
+    base, tuned_reply = list(stream_compare(loaded, tuned, messages, messages, settings))[-1]
+    seconds = time.perf_counter() - start
+    return {"compare_status": tuned_reply.stats, "compare_compile_s": [round(step.seconds, 1) for step in steps],
+            "compare_tokens_per_s": round(max(base.new_tokens, tuned_reply.new_tokens) / seconds, 1),
+            "compare_over_single": round(seconds / single_s, 3)}
+
+
+def compiled_decode_rate(model: Path, adapter: Path) -> dict:
     """decode_rate with FINETUNE_LAB_DECODE=compiled, in a process of its own (settings are read once)."""
-    out = subprocess.run([sys.executable, __file__, "--chat-only", str(model)], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, __file__, "--chat-only", str(model), "--adapter", str(adapter)],
+                         capture_output=True, text=True,
                          env={**os.environ, "FINETUNE_LAB_DECODE": "compiled"}, timeout=900)
     return json.loads(out.stdout.splitlines()[-1]) if out.returncode == 0 else {"error": out.stderr[-500:]}
 
@@ -143,13 +167,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=Path)
     parser.add_argument("--chat-only", type=Path, help="print decode_rate of this model folder and stop")
+    parser.add_argument("--adapter", type=Path, help="with --chat-only: a LoRA adapter folder for Compare")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     import torch
 
     if args.chat_only:
-        print(json.dumps(decode_rate(args.chat_only)))
+        print(json.dumps(decode_rate(args.chat_only, adapter=args.adapter)))
         return
 
     home = Path("/tmp/ftl-gpu-check")
@@ -161,8 +186,9 @@ def main() -> None:
               "params": build_model(args.shape, model)}
     result["qlora_layers"] = qlora_layers(model)
     result["runs"] = [train_once(model, adapter, args.steps, home) for adapter in ("qlora", "lora", "full")]
-    result["chat"] = decode_rate(model)
-    result["chat_compiled"] = compiled_decode_rate(model)
+    adapter = home / "runs" / "gpu-lora" / "adapter"  # the LoRA run's, for Compare
+    result["chat"] = decode_rate(model, adapter=adapter)
+    result["chat_compiled"] = compiled_decode_rate(model, adapter)
     line = json.dumps(result)
     if args.out:
         args.out.write_text(line)

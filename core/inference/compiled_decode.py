@@ -104,12 +104,14 @@ def start(loaded) -> CompiledStep:
 
 
 def _warm_up(loaded, step: CompiledStep, make_view=None) -> None:
-    # No model lock: the weights are only read, and a view's tree is its own. The thread is
-    # short-lived, so its OpenMP team ends with it.
+    # The model lock only while a Compare view is made: it packs the adapter's A under shared
+    # base layers, as a reply on the int8 path may be doing. Then the weights are only read, and
+    # a view's tree is its own. The thread is short-lived, so its OpenMP team ends with it.
     began = time.perf_counter()
     try:
         if make_view is not None:
-            step.model = make_view()
+            with loaded.lock:
+                step.model = make_view()
         with in_model_cache():
             if step.model.device.type == "cpu":
                 step.from_model_cache = _install_kept_step(loaded, step)
