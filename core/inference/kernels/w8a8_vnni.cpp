@@ -109,16 +109,25 @@ void tile_products(const QuantizedRow* rows, const int8_t* weight, const at::BFl
   }
 }
 
-void group_products(const QuantizedRow* rows, int64_t count, const int8_t* weight, const at::BFloat16* scales,
-                    at::BFloat16* out, int64_t N, int64_t K) {
-  int64_t tiles = (N + kTileRows - 1) / kTileRows;
+// Every row times the weight. Each thread takes a run of weight tiles and multiplies it by
+// every group of rows in turn, so the run (at most 16 tiles of 4 rows: 37-98 KB here) is read
+// from memory once and from cache for the other groups, where group by group over the whole
+// weight read it once per group. A prompt's pass is bound by arithmetic all the same: Compare's
+// two prompts of 37 tokens took 119 ms instead of 128 (SmolLM2, 2 cores).
+void all_products(const std::vector<QuantizedRow>& rows, const int8_t* weight, const at::BFloat16* scales,
+                  at::BFloat16* out, int64_t N, int64_t K) {
+  int64_t tiles = (N + kTileRows - 1) / kTileRows, M = rows.size();
   at::parallel_for(0, tiles, N * K < kSerialBytes ? tiles : 16, [&](int64_t t0, int64_t t1) {
     int64_t n0 = t0 * kTileRows, n1 = std::min(N, t1 * kTileRows);
-    switch (count) {
-      case 1: tile_products<1>(rows, weight, scales, out, N, K, n0, n1); break;
-      case 2: tile_products<2>(rows, weight, scales, out, N, K, n0, n1); break;
-      case 3: tile_products<3>(rows, weight, scales, out, N, K, n0, n1); break;
-      default: tile_products<4>(rows, weight, scales, out, N, K, n0, n1); break;
+    for (int64_t m0 = 0; m0 < M; m0 += kGroupRows) {
+      const QuantizedRow* group = rows.data() + m0;
+      at::BFloat16* group_out = out + m0 * N;
+      switch (std::min(kGroupRows, M - m0)) {
+        case 1: tile_products<1>(group, weight, scales, group_out, N, K, n0, n1); break;
+        case 2: tile_products<2>(group, weight, scales, group_out, N, K, n0, n1); break;
+        case 3: tile_products<3>(group, weight, scales, group_out, N, K, n0, n1); break;
+        default: tile_products<4>(group, weight, scales, group_out, N, K, n0, n1); break;
+      }
     }
   });
 }
@@ -132,13 +141,9 @@ at::Tensor w8a8_mm(const at::Tensor& rows, const at::Tensor& qweight, const at::
   auto s = scales.contiguous();
   int64_t M = x.size(0), K = x.size(1), N = w.size(0);
   auto out = at::empty({M, N}, x.options());
-  for (int64_t m0 = 0; m0 < M; m0 += kGroupRows) {
-    int64_t count = std::min(kGroupRows, M - m0);
-    std::vector<QuantizedRow> group;
-    for (int64_t r = 0; r < count; ++r) group.push_back(quantize_row(x.data_ptr<at::BFloat16>() + (m0 + r) * K, K));
-    group_products(group.data(), count, w.data_ptr<int8_t>(), s.data_ptr<at::BFloat16>(),
-                   out.data_ptr<at::BFloat16>() + m0 * N, N, K);
-  }
+  std::vector<QuantizedRow> quantized;
+  for (int64_t m = 0; m < M; ++m) quantized.push_back(quantize_row(x.data_ptr<at::BFloat16>() + m * K, K));
+  all_products(quantized, w.data_ptr<int8_t>(), s.data_ptr<at::BFloat16>(), out.data_ptr<at::BFloat16>(), N, K);
   return out;
 }
 
