@@ -165,6 +165,7 @@ def test_adapter_rows_agree_with_peft_mixed_batches(smol, tiny_run):
 
 
 def test_adapter_rows_leave_dora_to_peft(tiny_model_dir):
+    """DoRA, and adapters that hold more than LoRA on Linears, take peft's own mixed batches."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -175,6 +176,10 @@ def test_adapter_rows_leave_dora_to_peft(tiny_model_dir):
     assert adapter_rows(model, ["__base__", "default"]) is None
     plain = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=4, target_modules="all-linear"))
     assert adapter_rows(plain, ["__base__", "default"]) is not None and adapter_rows(plain, ["__base__"]) is None
+    for elsewhere in (LoraConfig(r=4, target_modules=["embed_tokens", "q_proj"]),  # LoRA on the embeddings too
+                      LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"])):  # a fully trained head
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), elsewhere)
+        assert adapter_rows(model, ["__base__", "default"]) is None, elsewhere
 
 
 def test_int8_linear_computes_appended_rows_in_the_same_product():

@@ -21,7 +21,8 @@ IDS = torch.tensor([[1, 9690, 198, 2683, 359], [1, 9690, 198, 2683, 359]])
 def tiny_tuned(folder, int8: bool = True):
     """(view made before peft wrapped the model, the peft model): int8 weights in bf16 (else
     float Linears in fp32), adapters "one" and "two" of one layout, "wide" of another, and
-    "dropped" with dropout."""
+    some a compare view cannot run: "dropped" (dropout), "embedded" (LoRA on the embeddings
+    too), "saved" (a fully trained LM head)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -34,6 +35,8 @@ def tiny_tuned(folder, int8: bool = True):
     model.add_adapter("two", LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
     model.add_adapter("wide", LoraConfig(r=20, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     model.add_adapter("dropped", LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.1))
+    model.add_adapter("embedded", LoraConfig(r=4, target_modules=["embed_tokens", "q_proj"]))
+    model.add_adapter("saved", LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"]))
     return view, model.eval()
 
 
@@ -103,6 +106,8 @@ def test_a_compiled_compare_view_computes_as_the_eager_one(tiny_model_dir, int8)
 def test_only_plain_lora_gets_a_compare_view(tuned):
     _, model = tuned
     assert compiled_views.lora_layers(model, "dropped") == {}
+    assert compiled_views.lora_layers(model, "embedded") == compiled_views.lora_layers(model, "saved") == {}
+    assert len(compiled_views.lora_layers(model, "wide")) == 2 * 2
     assert compiled_views.lora_layers(model, "absent") == {}
 
 

@@ -22,7 +22,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from core.inference.fast_decode import Int8Linear, int8_adapter, rows_times_int8, scaled_lora
+from core.inference.fast_decode import Int8Linear, holds_adapter, int8_adapter, rows_times_int8, scaled_lora
 
 # Per-call state transformers keeps on a model; a view starts without the original's.
 _PER_MODEL = ("_cache", "_compiled_call", "_last_compile_config")
@@ -115,19 +115,22 @@ def base_view(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def lora_layers(peft_model, name: str) -> dict:
-    """{dotted path in the base model: peft LoRA layer} for adapter `name`, or {} unless each is
-    plain LoRA on a Linear (no dropout, DoRA or merge): what a compare view can run."""
+    """{dotted path in the base model: peft LoRA layer} for adapter `name`, or {} unless each of
+    its layers is plain LoRA on a Linear (no dropout, DoRA, merge, LoRA on embeddings or fully
+    trained modules): what a compare view can run."""
     from peft.tuners.lora import Linear as LoraLinear
 
     inner = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
     found = {}
     for path, layer in inner.named_modules():
-        if isinstance(layer, LoraLinear) and name in layer.lora_A:
-            plain = (type(layer.base_layer) in (Int8Linear, torch.nn.Linear) and not layer.merged and name not in layer.lora_variant
-                     and isinstance(layer.lora_dropout[name], torch.nn.Identity))
-            if not plain:
-                return {}
-            found[path] = layer
+        if not holds_adapter(layer, name):
+            continue
+        plain = (isinstance(layer, LoraLinear) and type(layer.base_layer) in (Int8Linear, torch.nn.Linear)
+                 and not layer.merged and name not in layer.lora_variant
+                 and isinstance(layer.lora_dropout[name], torch.nn.Identity))
+        if not plain:
+            return {}
+        found[path] = layer
     return found
 
 

@@ -157,7 +157,8 @@ def quantize_linears(model: torch.nn.Module, rows_product=rows_times_int8) -> in
 
 def adapter_rows(model: torch.nn.Module, adapter_names: list[str]):
     """A context in which batch row i gets adapter_names[i] (BASE: none), or None when an
-    adapter is not plain LoRA on Linear layers (DoRA, dropout, merged: peft's path handles those).
+    adapter is not plain LoRA on Linear layers only (DoRA, dropout, merged, LoRA on embeddings,
+    fully trained modules: peft's path handles those).
 
     Per layer it adds x A (s B) to its rows in one in-place step, where peft's mixed-batch
     forward spends 9 kernels and some Python. The scaled B is computed once per reply. On an
@@ -190,7 +191,15 @@ def _lora_layers(model: torch.nn.Module, adapter_names: list[str]) -> list | Non
 
     wanted = set(adapter_names) - {BASE}
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-    return layers if wanted and all(_plain_lora(m, wanted, LoraLinear) for m in layers) else None
+    elsewhere = any(not isinstance(m, LoraLinear) and holds_adapter(m, name) for m in model.modules() for name in wanted)
+    return layers if wanted and not elsewhere and all(_plain_lora(m, wanted, LoraLinear) for m in layers) else None
+
+
+def holds_adapter(module: torch.nn.Module, name: str) -> bool:
+    """Whether `module` carries adapter `name`: LoRA on a Linear or an embedding, or a fully
+    trained copy of the module (peft's modules_to_save), which the rows paths do not run."""
+    return any(isinstance(held, (torch.nn.ModuleDict, torch.nn.ParameterDict)) and name in held for held in (
+        getattr(module, "lora_A", None), getattr(module, "lora_embedding_A", None), getattr(module, "modules_to_save", None)))
 
 
 def rows_forwards(model: torch.nn.Module, adapter_names: list[str]) -> list[tuple] | None:
