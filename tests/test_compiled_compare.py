@@ -129,7 +129,7 @@ def test_compare_routes_and_their_status_words(tuned, smol):
         assert {m.adapter for m in compare.model.modules() if isinstance(m, compiled_views.RowLoraLinear)} == {"one"}
     assert choose(loaded, 2, SLOTS + 1, [BASE, "one"]).words == f"int8 path (over the compiled step's {SLOTS} tokens)"
     assert choose(loaded, 2, 64, [BASE, "dropped"]).words == (
-        "int8 path (the Compare step takes plain LoRA adapters: no dropout, DoRA or merge)")
+        "int8 path (the Compare step takes plain LoRA on Linear layers only)")
     assert choose(loaded, 1, 64, [BASE]).model is view  # base replies keep their step after adapters attach
     compiling = replace(loaded, compiled=replace(base, state="compiling"))
     assert choose(compiling, 2, 64, [BASE, "one"]).words == "int8 path (the compiled step is still compiling)"

@@ -189,7 +189,7 @@ def choose(loaded, rows: int, tokens: int, adapter_names: list | None) -> Route:
     elif len(names) == 2 and names[0] == BASE and names[1] != BASE:
         step, context = _compare_step(loaded, base, names[1])
         if step is None:
-            return Route(words=f"{fallback} path (the Compare step takes plain LoRA adapters: no dropout, DoRA or merge)")
+            return Route(words=f"{fallback} path (the Compare step takes plain LoRA on Linear layers only)")
     else:
         return Route(words=f"{fallback} path (the compiled step serves one base row, or Compare's base and tuned rows)")
     kind = "compiled step" if step is base else "compiled Compare step"
