@@ -22,7 +22,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from core.inference.fast_decode import Int8Linear, holds_adapter, int8_adapter, rows_times_int8, scaled_lora
+from core.inference.fast_decode import Int8Linear, int8_adapter, plain_lora_layers, rows_times_int8, scaled_lora
 
 # Per-call state transformers keeps on a model; a view starts without the original's.
 _PER_MODEL = ("_cache", "_compiled_call", "_last_compile_config")
@@ -35,7 +35,7 @@ class RowLoraLinear(torch.nn.Module):
     compiled graph, a sum that inductor fuses with what follows). On a float Linear (a GPU, or a
     CPU without native bf16), A and s B as peft keeps them, after the layer's own product."""
 
-    def __init__(self, base: torch.nn.Linear):
+    def __init__(self, base: torch.nn.Module):
         super().__init__()
         self.base = base  # shared with the loaded model
         self.int8, self.adapter = isinstance(base, Int8Linear), ""
@@ -71,9 +71,10 @@ class RowLoraLinear(torch.nn.Module):
     def _float_forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base(x)
         if torch.compiler.is_compiling():  # every row's update, kept for the last: no in-place write
-            update = F.linear(F.linear(x.to(self.lora_a.dtype), self.lora_a), self.scaled_b, self.lora_bias)
-            tuned = torch.arange(x.shape[0], device=x.device).view(-1, *[1] * (x.dim() - 1)) == x.shape[0] - 1
-            return torch.where(tuned, result + update, result).to(result.dtype)
+            rows, flat = x.reshape(-1, x.shape[-1]), result.reshape(-1, result.shape[-1])
+            update = F.linear(F.linear(rows.to(self.lora_a.dtype), self.lora_a), self.scaled_b, self.lora_bias)
+            tuned = _tuned_rows(rows, rows.shape[0] // x.shape[0])
+            return torch.where(tuned, flat + update, flat).to(result.dtype).view(result.shape)
         result[-1:] += F.linear(F.linear(x[-1:].to(self.lora_a.dtype), self.lora_a), self.scaled_b, self.lora_bias)
         return result
 
@@ -89,9 +90,9 @@ class RowLoraLinear(torch.nn.Module):
         return update if self.lora_bias is None else update + self.lora_bias
 
 
-def _tuned_rows(both: torch.Tensor, per_row: int) -> torch.Tensor:
-    """Which of a flattened batch's rows belong to its last batch row (the tuned pane)."""
-    return torch.arange(both.shape[0], device=both.device)[:, None] >= both.shape[0] - per_row
+def _tuned_rows(flat: torch.Tensor, per_row: int) -> torch.Tensor:
+    """Which rows of a flattened batch (`per_row` tokens each) belong to its last batch row: the tuned pane."""
+    return torch.arange(flat.shape[0], device=flat.device)[:, None] >= flat.shape[0] - per_row
 
 
 def tree_copy(module: torch.nn.Module, replace=None, path: str = "") -> torch.nn.Module:
@@ -115,23 +116,14 @@ def base_view(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def lora_layers(peft_model, name: str) -> dict:
-    """{dotted path in the base model: peft LoRA layer} for adapter `name`, or {} unless each of
-    its layers is plain LoRA on a Linear (no dropout, DoRA, merge, LoRA on embeddings or fully
-    trained modules): what a compare view can run."""
-    from peft.tuners.lora import Linear as LoraLinear
+    """{dotted path in the base model: peft LoRA layer} for adapter `name`, or {} unless it is
+    plain LoRA on Linear layers only (fast_decode.plain_lora_layers): what a compare view can run."""
+    from peft.tuners.lora import LoraLayer  # peft loads with the first adapter, not at the app's start
 
+    if plain_lora_layers(peft_model, [name]) is None:
+        return {}
     inner = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
-    found = {}
-    for path, layer in inner.named_modules():
-        if not holds_adapter(layer, name):
-            continue
-        plain = (isinstance(layer, LoraLinear) and type(layer.base_layer) in (Int8Linear, torch.nn.Linear)
-                 and not layer.merged and name not in layer.lora_variant
-                 and isinstance(layer.lora_dropout[name], torch.nn.Identity))
-        if not plain:
-            return {}
-        found[path] = layer
-    return found
+    return {path: layer for path, layer in inner.named_modules() if isinstance(layer, LoraLayer) and name in layer.lora_A}
 
 
 def layout(layers: dict, name: str) -> str:

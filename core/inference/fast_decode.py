@@ -175,7 +175,7 @@ def adapter_rows(model: torch.nn.Module, adapter_names: list[str]):
     work on a request thread gives it an OpenMP team of its own, and on a 2-core Xeon every
     decoding step ran half as fast afterwards (a tuned pane 15.5 tok/s, the base then 22.7,
     against 45; core.threads)."""
-    return _prepared_and_installed(model, adapter_names) if _lora_layers(model, adapter_names) is not None else None
+    return _prepared_and_installed(model, adapter_names) if plain_lora_layers(model, adapter_names) is not None else None
 
 
 @contextmanager
@@ -184,18 +184,19 @@ def _prepared_and_installed(model: torch.nn.Module, adapter_names: list[str]):
         yield
 
 
-def _lora_layers(model: torch.nn.Module, adapter_names: list[str]) -> list | None:
-    """Every LoRA layer of `model`, or None unless the adapters named are plain LoRA on Linear layers."""
+def plain_lora_layers(model: torch.nn.Module, adapter_names: list[str]) -> list | None:
+    """Every LoRA layer of `model`, or None unless the adapters named are plain LoRA on Linear
+    layers only: what the rows paths (here and core.inference.compiled_views) can run."""
     from peft.tuners.lora import Linear as LoraLinear
     from peft.tuners.lora import LoraLayer
 
     wanted = set(adapter_names) - {BASE}
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-    elsewhere = any(not isinstance(m, LoraLinear) and holds_adapter(m, name) for m in model.modules() for name in wanted)
+    elsewhere = any(not isinstance(m, LoraLinear) and _holds_adapter(m, name) for m in model.modules() for name in wanted)
     return layers if wanted and not elsewhere and all(_plain_lora(m, wanted, LoraLinear) for m in layers) else None
 
 
-def holds_adapter(module: torch.nn.Module, name: str) -> bool:
+def _holds_adapter(module: torch.nn.Module, name: str) -> bool:
     """Whether `module` carries adapter `name`: LoRA on a Linear or an embedding, or a fully
     trained copy of the module (peft's modules_to_save), which the rows paths do not run."""
     return any(isinstance(held, (torch.nn.ModuleDict, torch.nn.ParameterDict)) and name in held for held in (
@@ -206,7 +207,7 @@ def rows_forwards(model: torch.nn.Module, adapter_names: list[str]) -> list[tupl
     """(LoRA layer, its forward for these rows) for every LoRA layer: what `adapter_rows`
     installs, prepared once (scaling and quantizing B), so that a caller that runs many steps
     with one set of rows (core.inference.running_batch) can install them per step for little."""
-    layers = _lora_layers(model, adapter_names)
+    layers = plain_lora_layers(model, adapter_names)
     if layers is None:
         return None
     spans, start = [], 0
