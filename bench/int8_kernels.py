@@ -14,7 +14,7 @@ product once, in model order, so every weight comes from memory as it does in a 
   all the layers as one compiled graph;
 - `app_vnni_w8a8`: not a torch kernel but the app's own, where AVX512-VNNI and g++ are here
   (core.inference.own_kernels, FINETUNE_LAB_CPU_KERNELS=own): the row quantized to int8 per
-  block of 32 values, as llama.cpp's q8_0 does, multiplied with `vpdpbusd`.
+  block of 32 values (as llama.cpp's q8_0, though not 32 neighbours), multiplied with `vpdpbusd`.
 
 Figures: milliseconds per step (the best of `repeats`), effective GB/s (weight bytes over time)
 and `share_of_bandwidth` (against summing a 1 GB tensor), and the best kernel over the app's.

@@ -28,11 +28,15 @@ needs_own = pytest.mark.skipif(bool(WHY_NOT), reason=f"our own kernels do not se
 
 
 def reference(rows: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """The op's arithmetic in fp32: each row quantized to int8 per 32 values, then multiplied."""
-    blocks = rows.float().view(rows.shape[0], -1, own_kernels.BLOCK)
-    largest = blocks.abs().amax(-1, keepdim=True)
+    """The op's arithmetic in fp32: each row quantized to int8 per block, then multiplied. The row
+    goes in chunks of 64 values, 16 lanes of 4; a block is one lane's values in 8 chunks."""
+    width = rows.shape[1]
+    padded = torch.nn.functional.pad(rows.float(), (0, -width % (64 * 8)))
+    blocks = padded.view(rows.shape[0], -1, 8, 16, 4)  # (row, group of chunks, chunk, lane, value)
+    largest = blocks.abs().amax(dim=(2, 4), keepdim=True)
     quantized = torch.round(blocks * torch.where(largest > 0, 127 / largest, 0))
-    return ((quantized * largest / 127).view(rows.shape) @ qweight.float().t() * scales.float()).to(torch.bfloat16)
+    dequantized = (quantized * largest / 127).view(rows.shape[0], -1)[:, :width]
+    return (dequantized @ qweight.float().t() * scales.float()).to(torch.bfloat16)
 
 
 def random_layer(out_features: int, in_features: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,7 +48,7 @@ def random_layer(out_features: int, in_features: int) -> tuple[torch.Tensor, tor
 def test_the_op_computes_its_arithmetic_and_each_row_alone(rows, out_features, in_features):
     torch.manual_seed(rows)
     x = torch.randn(rows, in_features).to(torch.bfloat16)
-    x[0, :32] = 0  # a block of zeros has no scale to divide by
+    x[0, 0::64] = x[0, 1::64] = x[0, 2::64] = x[0, 3::64] = 0  # lane 0's blocks are zeros: no scale to divide by
     qweight, scales = random_layer(out_features, in_features)
     got = own_kernels.rows_times_int8(x, qweight, scales)
     want = reference(x, qweight, scales)

@@ -6,7 +6,8 @@ attention over the cache slots in use, as torch ops built here with g++.
 
 - `finetune_lab::w8a8_mm` (kernels/w8a8_vnni.cpp). torch's int8 kernel (core.inference.
   fast_decode) converts every int8 weight to bf16 before it multiplies. This one quantizes each
-  activation row to int8 per block of 32 values instead, as llama.cpp's q8_0 does, and
+  activation row to int8 per block of 32 values instead (as llama.cpp's q8_0 does, but each
+  block is one 4-byte lane of 8 chunks of 64 values: the kernel's comment says why), and
   multiplies bytes by bytes with `vpdpbusd`. It rounds otherwise than bf16 activations, so
   greedy answers part from the int8 path's sooner (bench/bench_chat.py reports the agreement):
   that is why these kernels are a choice, not the default.
@@ -95,7 +96,7 @@ def build(path: Path) -> None:
 
 def rows_times_int8(rows: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """2-D bf16 `rows` times an int8 weight with per-row `scales`, the rows quantized to int8 per
-    block of 32; torch's kernel where the width is no multiple of 32 (a LoRA B of rank 16)."""
+    block of 32 values; torch's kernel where the width is no multiple of 32 (a LoRA B of rank 16)."""
     if rows.shape[-1] % BLOCK or scales.dtype != torch.bfloat16:
         return torch_rows_times_int8(rows, qweight, scales)
     return torch.ops.finetune_lab.w8a8_mm(rows.to(torch.bfloat16), qweight, scales)
