@@ -130,6 +130,8 @@ def test_compare_routes_and_their_status_words(tuned, smol):
     assert choose(loaded, 2, SLOTS + 1, [BASE, "one"]).words == f"int8 path (over the compiled step's {SLOTS} tokens)"
     assert choose(loaded, 2, 64, [BASE, "dropped"]).words == (
         "int8 path (the Compare step takes plain LoRA on Linear layers only)")
+    # Each adapter's layers are found once, not on every Compare: an attached adapter stays as it is.
+    assert base.lora_layers["one"] == compiled_views.lora_layers(model, "one") and base.lora_layers["dropped"] == {}
     assert choose(loaded, 1, 64, [BASE]).model is view  # base replies keep their step after adapters attach
     compiling = replace(loaded, compiled=replace(base, state="compiling"))
     assert choose(compiling, 2, 64, [BASE, "one"]).words == "int8 path (the compiled step is still compiling)"
