@@ -1,6 +1,6 @@
 """The compiled decode step (FINETUNE_LAB_DECODE=compiled) against the app's int8 path, in one run.
 
-    .venv/bin/python bench/compiled_speed.py [--tokens 64] [--repeats 5] [--kernels own]
+    .venv/bin/python bench/compiled_speed.py [--tokens 64] [--compare-tokens 128] [--repeats 5] [--kernels own]
 
 Both paths are the same loaded model (int8 weights on a bf16 CPU) answering through the Chat
 tab's `stream_reply`; the compiled step is switched off and on between interleaved replies.
@@ -15,8 +15,9 @@ cache), and a restart: a new process on the same model cache, which loads the ke
 long the step took to be ready, the process to be ready, and its first compiled answer of 8
 tokens, all from the process's start). Where llama-cpp-python is installed, llama.cpp on the same
 model as q8_0 (bench/llamacpp_speed.py), with both paths over it. Then Compare with an adapter:
-its compiled step against the int8 path, each over a single pane (`compare_figures`). The last
-line is a JSON object.
+its compiled step against the int8 path, each over a single pane (`compare_figures`), on
+--compare-tokens tokens (128, as bench_chat's Compare figure: a longer reply weighs the two
+prompts' pass less). The last line is a JSON object.
 """
 from __future__ import annotations
 
@@ -164,6 +165,7 @@ def compare_agreement(loaded, tuned) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--compare-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--kernels", choices=("torch", "own"), default="torch",
                         help="the kernels the compiled step runs on (FINETUNE_LAB_CPU_KERNELS)")
@@ -194,7 +196,8 @@ def main() -> None:
                "restart_step_ready_s": round(float(out[1]), 1), "restart_step_from_model_cache": out[2] == "True",
                "restart_process_ready_s": round(float(out[3]), 1), "restart_first_answer_s": round(float(out[4]), 1),
                "restart_first_answer_compiled": out[5] == "True"}
-    figures.update(compare_figures(loaded, args.tokens, args.repeats))
+    figures["compare_tokens"] = args.compare_tokens
+    figures.update(compare_figures(loaded, args.compare_tokens, args.repeats))
     figures.update(llamacpp_speed.beside(args.tokens, args.repeats, app=tok_s["int8"], compiled=tok_s["compiled"],
                                          **({"int8_own": tok_s["int8_own"]} if own(loaded) else {})))
     print(json.dumps(figures))
