@@ -50,8 +50,8 @@ def test_a_tuned_reply_prepares_its_adapter_on_the_decode_thread(smol, loud_adap
 
     from core.inference import fast_decode
 
-    threads_seen, prepare = [], fast_decode.rows_forwards
-    monkeypatch.setattr(fast_decode, "rows_forwards",
+    threads_seen, prepare = [], fast_decode.forwards_for
+    monkeypatch.setattr(fast_decode, "forwards_for",
                         lambda *args: threads_seen.append(threading.current_thread().name) or prepare(*args))
     tuned = attach_tuned(smol, str(loud_adapter))
     assert solo(smol, ask(PROMPTS[0]), tuned.adapter_name).done
