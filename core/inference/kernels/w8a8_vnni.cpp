@@ -43,14 +43,7 @@ struct QuantizedRow {
   std::vector<int32_t> lane_start;  // per group 16 lanes: -128 * the sum of the lane's values
 };
 
-// 16 bf16 values as floats: a bf16 is the top half of a float's bits.
-__attribute__((target("avx512f,avx512bw")))
-inline __m512 load_bf16(const at::BFloat16* x) {
-  __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
-
-// 16 bf16 values as floats, those at or past `valid` as 0.
+// 16 bf16 values as floats (a bf16 is the top half of a float's bits), those at or past `valid` as 0.
 __attribute__((target("avx512f,avx512bw,avx512vl")))
 inline __m512 load_bf16_masked(const at::BFloat16* x, int64_t valid) {
   __mmask16 mask = valid >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << std::max<int64_t>(valid, 0)) - 1);
