@@ -88,7 +88,8 @@ def test_compiled_step_answers_and_a_restart_loads_it_from_the_model_cache(tmp_p
     assert "compiled step ready, loaded" in first["described"]
     assert Counter(p.suffix for p in (models / "compiled").iterdir()) == {".bin": 2, ".json": 2}  # base and Compare
     for kept in (models / "compiled").glob("*.bin"):  # the steps' code checks no input sizes each call
-        assert b"cpp_fused" in kept.read_bytes() and b"assert_size_stride(" not in kept.read_bytes()
+        code = kept.read_bytes()
+        assert b"cpp_fused" in code and b"assert_size_stride(" not in code
     pairs = list(zip(first["replies"]["compiled"], first["replies"]["int8"]))
     for compiled, int8 in pairs:
         assert compiled["stats"].endswith(", compiled step") and not int8["stats"].endswith("compiled step")

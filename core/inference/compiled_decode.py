@@ -206,8 +206,9 @@ def choose(loaded, rows: int, tokens: int, adapter_names: list | None) -> Route:
 def _compare_step(loaded, base: CompiledStep, adapter: str):
     """(the Compare step for `adapter`'s layout, started now if new; the context that puts the
     adapter into its view), or (None, None) where the adapter is not one a Compare step runs."""
-    if (layers := base.lora_layers.get(adapter)) is None:
-        layers = base.lora_layers.setdefault(adapter, compiled_views.lora_layers(loaded.model, adapter))
+    if adapter not in base.lora_layers:
+        base.lora_layers[adapter] = compiled_views.lora_layers(loaded.model, adapter)
+    layers = base.lora_layers[adapter]
     if not layers or base.state != "ready":
         return (base if layers else None), None  # the base step's state speaks for both
     layout = compiled_views.layout(layers, adapter)
