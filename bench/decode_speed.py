@@ -63,7 +63,7 @@ def load_path(source: str, path: str):
         from core.inference import own_kernels
 
         assert not own_kernels.unavailable(), own_kernels.unavailable()
-        quantize_linears(model, own_kernels.rows_times_int8)
+        quantize_linears(model, own_kernels.rows_times_int8, own_kernels.pack)
     use_packed_decode_attention(model, own_kernel=path == "int8-own")  # as core.inference.models loads on a CPU
     tokenizer = AutoTokenizer.from_pretrained(source)
     return LoadedModel(path, source, model, tokenizer, 0.0, decode="int8" if path.startswith("int8") else "eager")
@@ -141,21 +141,35 @@ def agreement_with(want: list[list[int]], got: list[list[int]]) -> dict:
 @contextmanager
 def on_kernels(model, own: bool):
     """A context in which `model`'s int8 products and decoding attention run on our own kernels
-    (core.inference.own_kernels) or on torch's, so one loaded model serves both in one run."""
+    (core.inference.own_kernels) or on torch's, so one loaded model serves both in one run. Each
+    layer's weight is laid out for its kernel meanwhile (packed for ours, rows for torch's)."""
+    from core import threads
     from core.inference import fast_decode, own_kernels
     from core.inference.decode_attention import use_packed_decode_attention
 
     layers = [m for m in model.modules() if isinstance(m, fast_decode.Int8Linear)]
-    kept = [layer.rows_product for layer in layers], own_kernels.serves(model)
-    for layer in layers:
-        layer.rows_product = own_kernels.rows_times_int8 if own else fast_decode.rows_times_int8
+    kept = [(layer.rows_product, layer.qweight, layer.pack, layer.appended) for layer in layers], own_kernels.serves(model)
+    moved = [layer for layer in layers if (layer.rows_product is own_kernels.rows_times_int8) != own]
+    if moved:  # torch work off this thread: its own OpenMP team would slow every decoding step 2x (core.threads)
+        threads.in_own_thread(lambda: [_lay_out(layer, own) for layer in moved])
     use_packed_decode_attention(model, own_kernel=own)
     try:
         yield
     finally:
-        for layer, product in zip(layers, kept[0]):
-            layer.rows_product = product
+        for layer, (product, weight, pack, appended) in zip(layers, kept[0]):
+            layer.rows_product, layer.qweight, layer.pack, layer.appended = product, weight, pack, appended
         use_packed_decode_attention(model, own_kernel=kept[1])
+
+
+def _lay_out(layer, own: bool) -> None:
+    """Put an Int8Linear on our kernel (its weight packed where it can be) or torch's (rows),
+    without rows appended under it: an adapter's next reply appends its A again."""
+    from core.inference import fast_decode, own_kernels
+
+    rows = layer.qweight if layer.pack is None else own_kernels.unpack(layer.qweight, layer.in_features)
+    packed = own_kernels.pack(rows) if own else None
+    layer.qweight, layer.pack = (rows, None) if packed is None else (packed, own_kernels.pack)
+    layer.rows_product, layer.appended = own_kernels.rows_times_int8 if own else fast_decode.rows_times_int8, None
 
 
 def compare_timing(loaded, tuned, tokens: int, repeats: int) -> dict:

@@ -40,11 +40,13 @@ from bench.decode_speed import read_bandwidth_gbs  # noqa: E402
 
 def int8_layers(model_name: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(int8 weight, per-row bf16 scales) of every Int8Linear of the loaded chat model, in order."""
+    from core.inference import own_kernels
     from core.inference.fast_decode import Int8Linear
     from core.inference.models import load_model
 
     loaded = load_model(model_name)
-    layers = [(m.qweight, m.scales) for m in loaded.model.modules() if isinstance(m, Int8Linear)]
+    layers = [(m.qweight if m.pack is None else own_kernels.unpack(m.qweight, m.in_features), m.scales)
+              for m in loaded.model.modules() if isinstance(m, Int8Linear)]  # rows, as torch's kernels take them
     if not layers:
         raise SystemExit(f"{model_name} has no int8 layers here (FINETUNE_LAB_DECODE must pick int8).")
     return layers
@@ -87,9 +89,11 @@ def vnni_w8a8(layers, rows):
     if own_kernels.unavailable():
         return None
 
+    packed = [(own_kernels.pack(q), q, s) for q, s in layers]  # None: rows our op cannot take
+
     def run():
-        for (q, s), x in zip(layers, rows):
-            own_kernels.rows_times_int8(x, q, s)
+        for (p, q, s), x in zip(packed, rows):
+            own_kernels.rows_times_int8(x, q if p is None else p, s)
     return run
 
 

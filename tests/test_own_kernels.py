@@ -44,41 +44,51 @@ def random_layer(out_features: int, in_features: int) -> tuple[torch.Tensor, tor
 
 
 @needs_own
-@pytest.mark.parametrize("rows,out_features,in_features", [(1, 576, 576), (2, 1537, 576), (5, 33, 1536), (9, 7, 32)])
+@pytest.mark.parametrize("rows,out_features,in_features", [(1, 576, 576), (2, 1552, 576), (5, 48, 1536), (9, 16, 32),
+                                                          (37, 192, 576)])
 def test_the_op_computes_its_arithmetic_and_each_row_alone(rows, out_features, in_features):
     torch.manual_seed(rows)
     x = torch.randn(rows, in_features).to(torch.bfloat16)
     x[0, 0::64] = x[0, 1::64] = x[0, 2::64] = x[0, 3::64] = 0  # lane 0's blocks are zeros: no scale to divide by
     qweight, scales = random_layer(out_features, in_features)
-    got = own_kernels.rows_times_int8(x, qweight, scales)
+    packed = own_kernels.pack(qweight)
+    assert packed.dtype == torch.uint8 and torch.equal(own_kernels.unpack(packed, in_features), qweight)
+    got = own_kernels.rows_times_int8(x, packed, scales)
     want = reference(x, qweight, scales)
     assert got.shape == (rows, out_features) and got.dtype == torch.bfloat16
     assert (got.float() - want.float()).norm() / want.float().norm() < 4e-3  # bf16 rounding of the sums
     # A row's answer does not depend on the batch it is in: Compare's base pane is the solo reply.
-    assert torch.equal(torch.cat([own_kernels.rows_times_int8(x[i:i + 1], qweight, scales) for i in range(rows)]), got)
+    assert torch.equal(torch.cat([own_kernels.rows_times_int8(x[i:i + 1], packed, scales) for i in range(rows)]), got)
     # A strided view (a batch row of a wider tensor) reads as its values.
     wide = torch.cat([x, x], dim=1)[:, in_features:]
-    assert torch.equal(own_kernels.rows_times_int8(wide, qweight, scales), got)
+    assert torch.equal(own_kernels.rows_times_int8(wide, packed, scales), got)
 
 
-def test_widths_the_op_cannot_take_go_to_torchs_kernel():
-    qweight, scales = random_layer(64, 16)  # a LoRA B of rank 16: not a multiple of 32
-    x = torch.randn(3, 16).to(torch.bfloat16)
-    assert torch.equal(own_kernels.rows_times_int8(x, qweight, scales), torch_rows_times_int8(x, qweight, scales))
+@needs_own
+def test_weights_the_op_cannot_take_stay_rows_for_torchs_kernel():
+    for out_features, in_features in [(64, 16), (33, 576)]:  # a LoRA B of rank 16; rows that fill no tile
+        qweight, scales = random_layer(out_features, in_features)
+        assert own_kernels.pack(qweight) is None
+        x = torch.randn(3, in_features).to(torch.bfloat16)
+        assert torch.equal(own_kernels.rows_times_int8(x, qweight, scales), torch_rows_times_int8(x, qweight, scales))
+    layer = Int8Linear(torch.nn.Linear(576, 33, dtype=torch.bfloat16), own_kernels.rows_times_int8, own_kernels.pack)
+    assert layer.pack is None and layer.qweight.shape == (33, 576)
+    layer.append_rows(torch.randn(8, 576))  # an adapter's A under rows: rows too
+    assert layer.appended[2].shape == (33 + 16, 576)
 
 
 def test_the_setting_picks_the_kernel_and_says_why_it_does_not_serve(monkeypatch):
     assert settings().cpu_kernels == "torch"
-    assert own_kernels.int8_product(torch.bfloat16) == (torch_rows_times_int8, "bfloat16 activations")
+    assert own_kernels.int8_product(torch.bfloat16) == (torch_rows_times_int8, None, "bfloat16 activations")
     monkeypatch.setenv("FINETUNE_LAB_CPU_KERNELS", "own")
-    product, words = own_kernels.int8_product(torch.float32)
-    assert product is torch_rows_times_int8
+    product, pack, words = own_kernels.int8_product(torch.float32)
+    assert product is torch_rows_times_int8 and pack is None
     assert words == "float32 activations (our own kernels do not serve: the weights are not bf16)"
-    product, words = own_kernels.int8_product(torch.bfloat16)
+    product, pack, words = own_kernels.int8_product(torch.bfloat16)
     if WHY_NOT:
-        assert product is torch_rows_times_int8 and words.endswith(f"do not serve: {WHY_NOT})")
+        assert product is torch_rows_times_int8 and pack is None and words.endswith(f"do not serve: {WHY_NOT})")
     else:
-        assert (product, words) == (own_kernels.rows_times_int8, "int8 activations (own kernels)")
+        assert (product, pack, words) == (own_kernels.rows_times_int8, own_kernels.pack, "int8 activations (own kernels)")
     monkeypatch.setenv("FINETUNE_LAB_CPU_KERNELS", "vnni")
     with pytest.raises(LabError, match=r"^FINETUNE_LAB_CPU_KERNELS='vnni' is not one of: torch, own\.$"):
         settings()
@@ -96,10 +106,12 @@ def test_the_real_model_on_our_kernels_answers_as_the_int8_path_to_rounding(smol
     assert own.model.config._attn_implementation == OWN_KERNEL_ATTENTION
     layers = [m for m in own.model.modules() if isinstance(m, Int8Linear)]
     assert len(layers) == 30 * 7 + 1 and all(m.rows_product is own_kernels.rows_times_int8 for m in layers)
+    assert all(m.qweight.dtype == torch.uint8 for m in layers)  # packed for our op
     errors = []
 
-    def checked(rows, qweight, scales):
-        got, want = own_kernels.rows_times_int8(rows, qweight, scales), reference(rows, qweight, scales)
+    def checked(rows, packed, scales):
+        got = own_kernels.rows_times_int8(rows, packed, scales)
+        want = reference(rows, own_kernels.unpack(packed, rows.shape[1]), scales)
         errors.append(((got.float() - want.float()).norm() / want.float().norm()).item())
         return got
 

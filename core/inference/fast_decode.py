@@ -76,7 +76,7 @@ def rows_times_int8(rows: torch.Tensor, qweight: torch.Tensor, scales: torch.Ten
 
 
 def int8_product(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, rows_product=rows_times_int8) -> torch.Tensor:
-    return rows_product(x.reshape(-1, x.shape[-1]), qweight, scales).view(*x.shape[:-1], qweight.shape[0])
+    return rows_product(x.reshape(-1, x.shape[-1]), qweight, scales).view(*x.shape[:-1], scales.shape[0])
 
 
 class Int8Linear(torch.nn.Linear):
@@ -85,14 +85,18 @@ class Int8Linear(torch.nn.Linear):
     It can hold extra rows under its weight (`append_rows`: a LoRA adapter's A), so that one
     product computes the layer and the adapter's first step; `qweight` stays a view of the rows
     that are the layer's own, so the layer alone reads and computes exactly what it did.
-    `rows_product` multiplies: torch's kernel, or core.inference.own_kernels'."""
+    `rows_product` multiplies: torch's kernel, or core.inference.own_kernels'. `pack` lays the
+    int8 rows out as that product reads them (own_kernels.pack: tiles of 16 rows), or returns
+    None where it cannot; the weight then stays rows, which own_kernels sends to torch's kernel."""
 
-    def __init__(self, linear: torch.nn.Linear, rows_product=rows_times_int8):
+    def __init__(self, linear: torch.nn.Linear, rows_product=rows_times_int8, pack=None):
         torch.nn.Module.__init__(self)  # not Linear.__init__: it would allocate a float weight
         self.rows_product = rows_product
         self.in_features, self.out_features = linear.in_features, linear.out_features
         qweight, scales = quantized_rows(linear.weight, linear.weight.dtype)
-        self.register_buffer("qweight", qweight)
+        packed = pack(qweight) if pack is not None else None
+        self.pack = pack if packed is not None else None
+        self.register_buffer("qweight", qweight if packed is None else packed)
         self.register_buffer("scales", scales)
         self.bias = linear.bias
         self.appended = None  # (source rows, their version, the int8 weight with them under it, scales)
@@ -102,8 +106,10 @@ class Int8Linear(torch.nn.Linear):
         if self.appended is not None and self.appended[0] is rows and self.appended[1] == rows._version:
             return
         extra, extra_scales = quantized_rows(padded(rows, 0), self.scales.dtype)
-        packed, packed_scales = torch.cat([self.qweight, extra]), torch.cat([self.scales, extra_scales])
-        self.qweight, self.scales = packed[:self.out_features], packed_scales[:self.out_features]
+        own = len(self.qweight)  # rows, or packed tiles of rows: the layer's own come first either way
+        packed = torch.cat([self.qweight, extra if self.pack is None else self.pack(extra)])
+        packed_scales = torch.cat([self.scales, extra_scales])
+        self.qweight, self.scales = packed[:own], packed_scales[:self.out_features]
         self.appended = (rows, rows._version, packed, packed_scales)
 
     def product_appended(self, x: torch.Tensor) -> torch.Tensor:
@@ -140,17 +146,17 @@ def decode_path(device: str, dtype: torch.dtype) -> str:
     return choice
 
 
-def quantize_linears(model: torch.nn.Module, rows_product=rows_times_int8) -> int:
+def quantize_linears(model: torch.nn.Module, rows_product=rows_times_int8, pack=None) -> int:
     """Swap every plain float Linear in `model` (the LM head included) for an Int8Linear that
-    multiplies with `rows_product`; return how many. Embeddings and norms stay as they are: they
-    are a small share of each step's reads, and so does a Linear whose input width the kernel
-    cannot take."""
+    multiplies with `rows_product` on its weight laid out by `pack`; return how many. Embeddings
+    and norms stay as they are: they are a small share of each step's reads, and so does a
+    Linear whose input width the kernel cannot take."""
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if (type(child) is torch.nn.Linear and child.weight.dtype.is_floating_point
                     and child.in_features % KERNEL_WIDTH == 0):
-                setattr(parent, name, Int8Linear(child, rows_product))
+                setattr(parent, name, Int8Linear(child, rows_product, pack))
                 swapped += 1
     return swapped
 

@@ -201,8 +201,8 @@ def _load_fresh(name: str, source: str) -> LoadedModel:
     model.eval()
     decode, activations = decode_path(model.device.type, model.dtype), ""
     if decode == "int8":
-        rows_product, activations = int8_product(model.dtype)
-        quantize_linears(model, rows_product)
+        rows_product, pack, activations = int8_product(model.dtype)
+        quantize_linears(model, rows_product, pack)
     use_packed_decode_attention(model, own_kernel=serves(model))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

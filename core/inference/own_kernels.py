@@ -8,9 +8,11 @@ attention over the cache slots in use, as torch ops built here with g++.
   fast_decode) converts every int8 weight to bf16 before it multiplies. This one quantizes each
   activation row to int8 per block of 32 values instead (as llama.cpp's q8_0 does, but each
   block is one 4-byte lane of 8 chunks of 64 values: the kernel's comment says why), and
-  multiplies bytes by bytes with `vpdpbusd`. It rounds otherwise than bf16 activations, so
-  greedy answers part from the int8 path's sooner (bench/bench_chat.py reports the agreement):
-  that is why these kernels are a choice, not the default.
+  multiplies bytes by bytes with `vpdpbusd`, on the weight packed in tiles of 16 rows (`pack`):
+  a prompt's pass multiplies dozens of rows, and packed, each load serves them all. It rounds
+  otherwise than bf16 activations, so greedy answers part from the int8 path's sooner
+  (bench/bench_chat.py reports the agreement): that is why these kernels are a choice, not the
+  default.
 - `finetune_lab::one_query_attention` (kernels/decode_attention.cpp): the compiled step's static
   cache has 512 slots, and torch's attention reads all of them every step; this reads each row's
   slots up to the last one its mask lets through (core.inference.decode_attention calls it).
@@ -39,6 +41,7 @@ from core.settings import settings
 
 SOURCES = [Path(__file__).parent / "kernels" / name for name in ("w8a8_vnni.cpp", "decode_attention.cpp")]
 BLOCK = 32  # activation values per scale: the op takes rows whose width is a multiple of it
+TILE = 16  # weight rows per packed tile: one register of the op's sums
 BUILD_SECONDS = 300
 
 
@@ -94,25 +97,48 @@ def build(path: Path) -> None:
         Path(partial).unlink(missing_ok=True)
 
 
-def rows_times_int8(rows: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """2-D bf16 `rows` times an int8 weight with per-row `scales`, the rows quantized to int8 per
-    block of 32 values; torch's kernel where the width is no multiple of 32 (a LoRA B of rank 16)."""
-    if rows.shape[-1] % BLOCK or scales.dtype != torch.bfloat16:
-        return torch_rows_times_int8(rows, qweight, scales)
-    return torch.ops.finetune_lab.w8a8_mm(rows.to(torch.bfloat16), qweight, scales)
+def pack(qweight: torch.Tensor) -> torch.Tensor | None:
+    """int8 weight rows (N, K) laid out as our op reads them: tiles of 16 rows, each lane by lane
+    (4 bytes of each 64), chunk by chunk, the tile's 16 rows' 4 bytes of that lane, as w + 128
+    (kernels/w8a8_vnni.cpp says why). None where N is no multiple of 16 (rows appended under the
+    weight, an adapter's A, must start a tile) or K of 32: such weights stay rows."""
+    rows, width = qweight.shape
+    if rows % TILE or width % BLOCK:
+        return None
+    chunks = -(-width // 64)
+    whole = torch.nn.functional.pad(qweight, (0, chunks * 64 - width))
+    tiles = whole.view(rows // TILE, TILE, chunks, 16, 4).permute(0, 3, 2, 1, 4)
+    return (tiles.contiguous().view(torch.uint8) ^ 0x80).view(rows // TILE, 16, chunks, 64)
+
+
+def unpack(packed: torch.Tensor, width: int) -> torch.Tensor:
+    """The int8 weight rows (N, width) that `pack` laid out as `packed`."""
+    tiles, _, chunks, _ = packed.shape
+    rows = (packed ^ 0x80).view(torch.int8).view(tiles, 16, chunks, TILE, 4).permute(0, 3, 2, 1, 4)
+    return rows.reshape(tiles * TILE, chunks * 64)[:, :width].contiguous()
+
+
+def rows_times_int8(rows: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """2-D bf16 `rows` times an int8 weight with per-row `scales`: packed (`pack`), by our op,
+    which quantizes the rows to int8 per block of 32 values; a weight left as rows (a LoRA B of
+    rank 16, a width no multiple of 32), by torch's kernel."""
+    if weight.dtype != torch.uint8:
+        return torch_rows_times_int8(rows, weight, scales)
+    return torch.ops.finetune_lab.w8a8_mm(rows.to(torch.bfloat16), weight, scales)
 
 
 def int8_product(dtype: torch.dtype):
-    """(the function that multiplies rows by an int8 weight, its activations in words) as
-    $FINETUNE_LAB_CPU_KERNELS asks: torch's kernel, or ours where they serve here."""
+    """(the function that multiplies rows by an int8 weight, the one that lays a weight out for
+    it (None: rows as they are), its activations in words) as $FINETUNE_LAB_CPU_KERNELS asks:
+    torch's kernel, or ours where they serve here."""
     words = f"{str(dtype).removeprefix('torch.')} activations"
     if settings().cpu_kernels != "own":
-        return torch_rows_times_int8, words
+        return torch_rows_times_int8, None, words
     why_not = "the weights are not bf16" if dtype != torch.bfloat16 else unavailable()
     if why_not:
         print(f"[own kernels] keeping torch's: {why_not}", flush=True)
-        return torch_rows_times_int8, f"{words} (our own kernels do not serve: {why_not})"
-    return rows_times_int8, "int8 activations (own kernels)"
+        return torch_rows_times_int8, None, f"{words} (our own kernels do not serve: {why_not})"
+    return rows_times_int8, pack, "int8 activations (own kernels)"
 
 
 def serves(model: torch.nn.Module) -> bool:
