@@ -251,6 +251,39 @@ def test_adapter_rows_switch_adapters_on_int8_weights(tiny_model_dir):
     assert (first[1] - by_peft[1]).float().norm() / effect < 0.05
 
 
+def test_int8_rows_path_quantizes_each_adapters_b_once(tiny_model_dir):
+    """A tuned reply's preparation reuses each LoRA layer's int8 s B, and quantizes it again only
+    when B changed in place (its version) or its scale did; the logits follow the new B."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from core.inference.fast_decode import adapter_rows, int8_adapter
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_model_dir)).to(torch.bfloat16).eval()
+    quantize_linears(base)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).eval()
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    ids = torch.tensor([[1, 9690, 198, 2683, 359]] * 2)
+
+    def logits():
+        with torch.inference_mode(), adapter_rows(model, ["__base__", "default"]):
+            return model(input_ids=ids).logits[1]
+
+    first = logits()
+    kept = int8_adapter(layer, "default", slice(1, 2))[3]
+    assert int8_adapter(layer, "default", slice(1, 2))[3] is kept and torch.equal(logits(), first)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:  # every lora_B (and A): the adapter's effect doubles, or more
+                param.mul_(2)
+    assert int8_adapter(layer, "default", slice(1, 2))[3] is not kept and not torch.equal(logits(), first)
+    before = int8_adapter(layer, "default", slice(1, 2))
+    layer.scaling["default"] *= 2
+    after = int8_adapter(layer, "default", slice(1, 2))
+    assert torch.equal(after[3], before[3]) and torch.equal(after[4].float(), 2 * before[4].float())  # scales doubled
+
+
 def test_int8_rows_path_keeps_biases():
     """A base Linear with a bias and a LoRA B with one (peft's lora_bias): on int8 weights the
     adapter's row matches peft's own forward, and the base row is the layer without the adapter."""
