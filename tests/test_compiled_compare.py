@@ -11,16 +11,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.inference import compiled_views
+from core.inference import compiled_views, own_kernels
 from core.inference.compiled_decode import SLOTS, CompiledStep, choose
 from core.inference.fast_decode import BASE, adapter_rows, quantize_linears
 
 IDS = torch.tensor([[1, 9690, 198, 2683, 359], [1, 9690, 198, 2683, 359]])
 
 
-def tiny_tuned(folder, int8: bool = True):
+def tiny_tuned(folder, int8: bool = True, own: bool = False):
     """(view made before peft wrapped the model, the peft model): int8 weights in bf16 (else
-    float Linears in fp32), adapters "one" and "two" of one layout, "wide" of another, and
+    float Linears in fp32; `own`: int8 on our own kernels, the weights packed), adapters "one" and "two" of one layout, "wide" of another, and
     some a compare view cannot run: "dropped" (dropout), "embedded" (LoRA on the embeddings
     too), "saved" (a fully trained LM head)."""
     from peft import LoraConfig, get_peft_model
@@ -29,7 +29,7 @@ def tiny_tuned(folder, int8: bool = True):
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder)).eval()
     if int8:
-        quantize_linears(base.to(torch.bfloat16))
+        quantize_linears(base.to(torch.bfloat16), *((own_kernels.rows_times_int8, own_kernels.pack) if own else ()))
     view = compiled_views.base_view(base)
     model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False), "one")
     model.add_adapter("two", LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
@@ -84,21 +84,29 @@ def test_a_compare_view_computes_what_the_rows_path_computes(tuned):
     assert (in_graph - kernel).abs().max() <= kernel.abs().max() / 128  # bf16 keeps 8 bits
 
 
-@pytest.mark.parametrize("int8", [True, False], ids=["int8", "float"])
-def test_a_compiled_compare_view_computes_as_the_eager_one(tiny_model_dir, int8):
+@pytest.mark.parametrize("int8,own", [(True, False), (True, True), (False, False)], ids=["int8", "own", "float"])
+def test_a_compiled_compare_view_computes_as_the_eager_one(tiny_model_dir, int8, own):
     """Eager, a Compare view computes what the rows path computes, on float weights too (a GPU's,
     or a CPU's without native bf16); compiled (its in-graph update), the eager view's logits to
-    rounding, and the base row the base's where the weights are float."""
-    view, model = tiny_tuned(tiny_model_dir, int8)
+    rounding, and the base row the base's where the weights are float. On our own kernels one op
+    call adds each layer's adapter (s B in fp32, not torch's int8 kernel): the rows path's
+    logits to rounding, the base row exactly."""
+    if own and own_kernels.unavailable():
+        pytest.skip(f"our own kernels do not serve here: {own_kernels.unavailable()}")
+    view, model = tiny_tuned(tiny_model_dir, int8, own)
     compare = compiled_views.compare_view(view, compiled_views.lora_layers(model, "one"), "one")
+    assert all(layer.one_op == own for layer in compare.modules() if isinstance(layer, compiled_views.RowLoraLinear))
     with torch.inference_mode():
         eager = compare(input_ids=IDS).logits.float()
         compiled = torch.compile(compare, fullgraph=True)(input_ids=IDS).logits.float()
         base = view(input_ids=IDS).logits.float()
         with adapter_rows(model, [BASE, "one"]):
             rows_path = model(input_ids=IDS).logits.float()
-    assert torch.equal(eager, rows_path)
     effect = (eager[1] - eager[0]).norm()
+    if own:
+        assert torch.equal(eager[0], rows_path[0]) and (eager[1] - rows_path[1]).norm() / effect < 0.02
+    else:
+        assert torch.equal(eager, rows_path)
     assert (compiled[1] - eager[1]).norm() / effect < 0.02 and (compiled[0] - eager[0]).norm() / effect < 0.02
     assert int8 or torch.allclose(compiled[0], base[0], atol=1e-5)
 

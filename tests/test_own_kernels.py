@@ -77,6 +77,23 @@ def test_weights_the_op_cannot_take_stay_rows_for_torchs_kernel():
     assert layer.appended[2].shape == (33 + 16, 576)
 
 
+@needs_own
+def test_one_call_adds_an_adapter_to_the_last_rows():
+    """w8a8_lora_mm (Compare's tuned pane on our kernels): the rows before the tuned ones are the
+    layer's product exactly; the tuned ones add s B times the same product's x A (to rounding)."""
+    torch.manual_seed(0)
+    layer = Int8Linear(torch.nn.Linear(576, 192, bias=False, dtype=torch.bfloat16), own_kernels.rows_times_int8, own_kernels.pack)
+    layer.append_rows(torch.randn(8, 576) / 24)  # an adapter's A of rank 8, packed as 16 rows under the weight
+    lora_b, lora_b_scales = quantized_rows(torch.randn(192, 16) / 4, torch.bfloat16)  # s B, int8 per output
+    x = torch.randn(5, 576).to(torch.bfloat16)
+    got = own_kernels.lora_rows_times_int8(x, *layer.appended[2:], lora_b.t().contiguous(), lora_b_scales, 2)
+    both = own_kernels.rows_times_int8(x, *layer.appended[2:])
+    assert torch.equal(got[:3], both[:3, :192]) and torch.equal(got[:3], layer(x[:3]))
+    update = both[3:, 192:].float() @ (lora_b.float() * lora_b_scales.float()[:, None]).t()
+    assert update.norm() > 0.5 * both[3:, :192].float().norm()  # an adapter that is plain to see
+    assert (got[3:].float() - both[3:, :192].float() - update).norm() / update.norm() < 0.02
+
+
 def test_the_setting_picks_the_kernel_and_says_why_it_does_not_serve(monkeypatch):
     assert settings().cpu_kernels == "torch"
     assert own_kernels.int8_product(torch.bfloat16) == (torch_rows_times_int8, None, "bfloat16 activations")

@@ -22,6 +22,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
+from core.inference import own_kernels
 from core.inference.fast_decode import Int8Linear, int8_adapter, plain_lora_layers, rows_times_int8, scaled_lora
 
 # Per-call state transformers keeps on a model; a view starts without the original's.
@@ -32,13 +33,14 @@ class RowLoraLinear(torch.nn.Module):
     """A base layer plus one LoRA adapter on the batch's last row, with the arithmetic of
     fast_decode's rows path. On an Int8Linear, A (int8) rides under the base weight, so one
     product yields the layer and x A, then s B (int8) is one more small product (in the
-    compiled graph, a sum that inductor fuses with what follows). On a float Linear (a GPU, or a
-    CPU without native bf16), A and s B as peft keeps them, after the layer's own product."""
+    compiled graph, a sum that inductor fuses with what follows; on our own kernels, part of
+    the same op call, own_kernels.lora_rows_times_int8). On a float Linear (a GPU, or a CPU
+    without native bf16), A and s B as peft keeps them, after the layer's own product."""
 
     def __init__(self, base: torch.nn.Module):
         super().__init__()
         self.base = base  # shared with the loaded model
-        self.int8, self.adapter = isinstance(base, Int8Linear), ""
+        self.int8, self.adapter, self.one_op = isinstance(base, Int8Linear), "", False
 
     def use(self, lora_layer, name: str) -> None:
         """Take adapter `name`'s A and s B (and its bias) from peft's LoRA layer."""
@@ -48,6 +50,8 @@ class RowLoraLinear(torch.nn.Module):
             # adapter's A under the shared base layer, this view keeps computing with its own.
             self.packed, self.packed_scales = self.base.appended[2:]
             self.qb, self.sb, self.qb_columns = qb, sb, qb.t().contiguous()
+            # On our kernels (a packed weight) one op call adds s B too; a LoRA bias keeps the sum.
+            self.one_op = self.base.pack is not None and bias is None
         else:
             _, self.lora_a, self.scaled_b, bias = scaled_lora(lora_layer, name, slice(0, 1))
         self.lora_bias, self.adapter = bias, name
@@ -55,6 +59,11 @@ class RowLoraLinear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.int8:
             return self._float_forward(x)
+        if self.one_op:
+            rows = x.reshape(-1, x.shape[-1])
+            out = own_kernels.lora_rows_times_int8(rows, self.packed, self.packed_scales, self.qb_columns, self.sb,
+                                                   rows.shape[0] // x.shape[0])
+            return (out if self.base.bias is None else out + self.base.bias).view(*x.shape[:-1], self.base.out_features)
         both = self.base.rows_product(x.reshape(-1, x.shape[-1]), self.packed, self.packed_scales)
         own, per_row = self.base.out_features, both.shape[0] // x.shape[0]
         result = both[:, :own]

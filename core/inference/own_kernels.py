@@ -127,6 +127,14 @@ def rows_times_int8(rows: torch.Tensor, weight: torch.Tensor, scales: torch.Tens
     return torch.ops.finetune_lab.w8a8_mm(rows.to(torch.bfloat16), weight, scales)
 
 
+def lora_rows_times_int8(rows: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, lora_b: torch.Tensor,
+                         lora_b_scales: torch.Tensor, tuned: int) -> torch.Tensor:
+    """A layer plus one LoRA adapter on the last `tuned` rows, in one call of our op: `packed`
+    holds the layer's rows and the adapter's A under them (as Int8Linear.append_rows packs
+    them), `lora_b` (rank, outputs) int8 and `lora_b_scales` its s B quantized per output."""
+    return torch.ops.finetune_lab.w8a8_lora_mm(rows.to(torch.bfloat16), packed, scales, lora_b, lora_b_scales, tuned)
+
+
 def int8_product(dtype: torch.dtype):
     """(the function that multiplies rows by an int8 weight, the one that lays a weight out for
     it (None: rows as they are), its activations in words) as $FINETUNE_LAB_CPU_KERNELS asks:

@@ -1,4 +1,5 @@
-// Int8 weights times int8 activations with AVX512-VNNI: the torch op finetune_lab::w8a8_mm.
+// Int8 weights times int8 activations with AVX512-VNNI: the torch ops finetune_lab::w8a8_mm, and
+// w8a8_lora_mm, which adds a LoRA adapter's s B to the last rows in the same call.
 //
 // Built with decode_attention.cpp into one library by core.inference.own_kernels (g++ against
 // torch's headers, kept in the model cache).
@@ -15,7 +16,7 @@
 // a register's lanes at the end. Several rows share each load and several tiles each
 // broadcast, so a prompt's pass (dozens of rows) is arithmetic, not loads: Compare's two
 // prompts of 37 tokens took 40 ms of products, not 74, with the weights as plain rows (SmolLM2,
-// the 2-core Xeon). vpdpbusd multiplies unsigned by signed bytes: hence w + 128, and each
+// a 2-core Xeon without AMX). vpdpbusd multiplies unsigned by signed bytes: hence w + 128, and each
 // block's sum starts from -128 * (the sum of its values of xq), so it ends as the exact integer
 // sum(w * xq). (Taking the offset off after the float sum instead lost the answer to rounding
 // where a block held a large activation.)
@@ -108,13 +109,24 @@ QuantizedRows quantize_rows(const at::BFloat16* x, int64_t M, int64_t K) {
   return q;
 }
 
-// 16 floats rounded to bf16 (to nearest, ties to even, as at::BFloat16) and stored.
+// 16 floats' bf16 bits (rounded to nearest, ties to even, as at::BFloat16), one per 32-bit lane.
 __attribute__((target("avx512f,avx512bw,avx512vl")))
-inline void store_bf16(at::BFloat16* out, __m512 values) {
+inline __m512i bf16_bits(__m512 values) {
   __m512i bits = _mm512_castps_si512(values);
   __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), odd)), 16);
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm512_cvtepi32_epi16(rounded));
+  return _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), odd)), 16);
+}
+
+// 16 floats rounded to bf16 and stored.
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+inline void store_bf16(at::BFloat16* out, __m512 values) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm512_cvtepi32_epi16(bf16_bits(values)));
+}
+
+// 16 floats rounded to bf16 and back: what a bf16 tensor would hold.
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+inline __m512 round_to_bf16(__m512 values) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(bf16_bits(values), 16));
 }
 
 // Rows [m0, m0 + kRows) times the packed tiles [t, t + kCols), into out[m * N + n].
@@ -216,11 +228,65 @@ at::Tensor w8a8_mm_meta(const at::Tensor& rows, const at::Tensor& packed, const 
   return at::empty({rows.size(0), scales.size(0)}, rows.options());
 }
 
+// Row `row` of y (its N outputs, then x A's `rank` values) plus its s B: per output
+// (sum_r xA[r] * b[r, n]) * sb[n] in fp32, rounded to bf16 as a bf16 tensor would hold it, then
+// added to y, into out. b (rank, N) int8 and sb (N) bf16: s B quantized per output.
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+void add_lora(const at::BFloat16* row, const int8_t* b, const at::BFloat16* sb, at::BFloat16* out, int64_t N, int64_t rank) {
+  for (int64_t n = 0; n < N; n += kTile) {
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t r = 0; r < rank; ++r) {
+      __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + r * N + n));
+      sum = _mm512_add_ps(sum, _mm512_mul_ps(_mm512_set1_ps(float(row[N + r])), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes))));
+    }
+    __m512 update = round_to_bf16(_mm512_mul_ps(sum, load_bf16_masked(sb + n, kTile)));
+    store_bf16(out + n, _mm512_add_ps(load_bf16_masked(row + n, kTile), update));
+  }
+}
+
+// A layer and one LoRA adapter on the last `tuned` rows, in one call (Compare's tuned pane):
+// `packed` holds the layer's N rows and then the adapter's A (its rank padded to 16), so one
+// product gives y and x A, and `add_lora` adds s B to the tuned rows. In the compiled Compare
+// step that is one call a layer where the sum in inductor's code was a kernel more
+// (core.inference.compiled_views.RowLoraLinear).
+at::Tensor w8a8_lora_mm(const at::Tensor& rows, const at::Tensor& packed, const at::Tensor& scales,
+                        const at::Tensor& lora_b, const at::Tensor& lora_b_scales, int64_t tuned) {
+  int64_t M = rows.size(0), N = lora_b_scales.size(0), rank = lora_b.size(0), width = scales.size(0);
+  TORCH_CHECK(lora_b.dim() == 2 && lora_b.size(1) == N && lora_b.scalar_type() == at::kChar && width == N + rank &&
+              N % kTile == 0 && lora_b_scales.scalar_type() == at::kBFloat16 && 0 <= tuned && tuned <= M,
+              "w8a8_lora_mm: b (rank, N) int8 under a packed weight of N + rank rows, sb (N) bf16");
+  at::Tensor both = w8a8_mm(rows, packed, scales);  // (M, N + rank): y, then x A
+  auto b = lora_b.contiguous();
+  auto sb = lora_b_scales.contiguous();
+  auto out = at::empty({M, N}, both.options());
+  const at::BFloat16* y = both.data_ptr<at::BFloat16>();
+  at::BFloat16* o = out.data_ptr<at::BFloat16>();
+  at::parallel_for(0, M, 8, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      if (m < M - tuned) std::memcpy(o + m * N, y + m * width, N * sizeof(at::BFloat16));
+      else add_lora(y + m * width, b.data_ptr<int8_t>(), sb.data_ptr<at::BFloat16>(), o + m * N, N, rank);
+    }
+  });
+  return out;
+}
+
+at::Tensor w8a8_lora_mm_meta(const at::Tensor& rows, const at::Tensor& packed, const at::Tensor& scales,
+                             const at::Tensor& lora_b, const at::Tensor& lora_b_scales, int64_t tuned) {
+  return at::empty({rows.size(0), lora_b_scales.size(0)}, rows.options());
+}
+
 }  // namespace
 
 TORCH_LIBRARY(finetune_lab, m) {
   m.def("w8a8_mm(Tensor rows, Tensor packed, Tensor scales) -> Tensor");
+  m.def("w8a8_lora_mm(Tensor rows, Tensor packed, Tensor scales, Tensor lora_b, Tensor lora_b_scales, int tuned) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(finetune_lab, CPU, m) { m.impl("w8a8_mm", &w8a8_mm); }
-TORCH_LIBRARY_IMPL(finetune_lab, Meta, m) { m.impl("w8a8_mm", &w8a8_mm_meta); }
+TORCH_LIBRARY_IMPL(finetune_lab, CPU, m) {
+  m.impl("w8a8_mm", &w8a8_mm);
+  m.impl("w8a8_lora_mm", &w8a8_lora_mm);
+}
+TORCH_LIBRARY_IMPL(finetune_lab, Meta, m) {
+  m.impl("w8a8_mm", &w8a8_mm_meta);
+  m.impl("w8a8_lora_mm", &w8a8_lora_mm_meta);
+}
