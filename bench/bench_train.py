@@ -29,7 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench import machine  # noqa: E402
-from core.inference.models import resolve_precision, torch_dtype  # noqa: E402
+from core.inference.models import torch_dtype  # noqa: E402
+from training.device import training_precision  # noqa: E402
 PARAMS = 134.5e6
 
 
@@ -190,7 +191,7 @@ def main() -> None:
 def measure(args: argparse.Namespace, tmp: Path) -> dict:
     rows = write_rows(tmp / "rows.jsonl")
     cfg = bench_config(rows, args.steps)
-    precision = resolve_precision("auto")
+    precision = training_precision("auto")
     base = run_baseline(cfg, tmp / "baseline", precision)
     base_fp32 = run_baseline(cfg, tmp / "baseline_fp32", "fp32")
     engine = run_engine(cfg, tmp / "engine")

@@ -79,8 +79,11 @@ def test_cli_export_prints_the_folder_and_size(merged, tiny_run):
 
 
 def test_qlora_merges_into_its_dequantized_base(data_home):
-    """A QLoRA adapter lands on the NF4-rounded weights it was trained against: the merged
-    model's logits match the unmerged adapter on its 4-bit base within the bf16 tolerance."""
+    """A QLoRA adapter lands on the NF4-rounded weights it was trained against: merged and kept
+    in fp32, the model's logits are the unmerged adapter's on its 4-bit base to float rounding
+    (measured: worst 5e-5; merging into the original weights instead moved them by 2.0 on
+    average). bf16 storage's own rounding is the LoRA test's above: in bf16 a near-tie here may
+    part (15 of 16 top tokens kept, worst gap 0.18, when trained in fp32)."""
     from core.runs import RunFolder
     from training.config import load_config
     from training.export import logit_gap, merge_run
@@ -89,6 +92,5 @@ def test_qlora_merges_into_its_dequantized_base(data_home):
     cfg = load_config("tiny", adapter="qlora", max_steps=2, output_name="export-qlora",
                       eval_fraction=0)  # no held-out scoring on 4-bit weights: the merge is tested here
     train(cfg, RunFolder.named(cfg.output_name).path)
-    gap = logit_gap(cfg.output_name, merge_run(cfg.output_name).folder, PROMPTS)
-    assert gap["mean"] < BF16_LOGIT_TOLERANCE["mean"] and gap["max"] < BF16_LOGIT_TOLERANCE["max"], gap
-    assert gap["top1_agreement"] == 1.0, gap
+    gap = logit_gap(cfg.output_name, merge_run(cfg.output_name, dtype="fp32").folder, PROMPTS)
+    assert gap["max"] < 1e-3 and gap["top1_agreement"] == 1.0, gap

@@ -15,12 +15,13 @@ from collections import Counter
 
 from core.inference.chat import QA_FORMAT
 from core.explore.embeddings import hub_id as embedder_hub_id
-from core.inference.models import find_spec, resolve_precision, weights_origin
+from core.inference.models import find_spec, weights_origin
 from core.paths import write_json
 from core.runs import Manifest, RunFolder, write_prompt_format
 from training import evaluate, objectives, tracking
 from training.answer_eval import answer_scores
 from training.config import TrainConfig
+from training.device import training_precision
 from training.prepare import load_training_rows
 from training.progress import say_phase
 
@@ -72,7 +73,7 @@ def write_manifest(cfg, run: RunFolder, trainer, result, scores, report) -> None
         base_weights=weights_origin(cfg.model), objective=cfg.objective, adapter=cfg.adapter,
         method=evaluate.method(cfg), dataset=cfg.dataset, steps=trainer.state.global_step,
         start_from=cfg.start_from or None, dataset_revision=cfg.dataset_revision or None,
-        world_size=trainer.args.world_size, precision=resolve_precision(cfg.precision),
+        world_size=trainer.args.world_size, precision=training_precision(cfg.precision),
         train_runtime_s=round(result.metrics["train_runtime"], 1),
         first_loss=losses[0] if losses else None, final_loss=losses[-1] if losses else None,
         held_out=held_out, answer_scores=answers, judged_blind=objective.judged_blind, kind=objective.kind,

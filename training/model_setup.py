@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 
 from core.errors import LabError
-from core.inference.models import resolve_precision, torch_dtype
+from core.inference.models import torch_dtype
 from core.runs import RunFolder
-from training.device import attention_for, keep_4bit_layers_differentiable, precision_flags
+from training.device import attention_for, keep_4bit_layers_differentiable, precision_flags, training_precision
 from training.tracking import tracking_args
 
 
@@ -51,7 +51,7 @@ def load_base(cfg, sequence_length: int = 0):
 
     kwargs = dict(use_safetensors=True, trust_remote_code=False,
                   attn_implementation=attention_for(sequence_length or cfg.max_length))
-    compute = torch_dtype(resolve_precision(cfg.precision))
+    compute = torch_dtype(training_precision(cfg.precision))
     if cfg.adapter == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type=cfg.quant_type,
