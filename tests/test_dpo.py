@@ -23,7 +23,8 @@ def run_job(**overrides):
 
 @pytest.fixture(scope="module")
 def dpo_run(data_home):
-    return run_job(output_name="dpo-fixture", max_steps=6, max_rows=40)  # 7 held-out pairs on 4 prompts
+    # 7 held-out pairs on 4 prompts; after 4 steps: accuracy 1.0, margin 1.64 (6 steps: 2.25)
+    return run_job(output_name="dpo-fixture", max_steps=4, max_rows=40)
 
 
 @pytest.mark.slow

@@ -74,7 +74,7 @@ def test_kto_learns_to_tell_good_from_bad_answers(data_home):
     from training.progress import read_log
     from training.runs_compare import figures_table
 
-    cfg = load_config("kto_lora", output_name="kto-fixture", max_steps=6, max_rows=24, learning_rate=1e-3,
+    cfg = load_config("kto_lora", output_name="kto-fixture", max_steps=4, max_rows=24, learning_rate=1e-3,
                       report_prompts=["Who are you?"])
     run = jobs.start(cfg)
     status = jobs.wait(run.name, timeout=900)

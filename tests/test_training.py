@@ -292,7 +292,8 @@ def test_two_processes_from_the_ui_handler_stop_and_resume_as_one_run(data_home)
     from tabs import train_live
     from tabs.train_form import config_to_values
 
-    cfg = load_config("tiny", processes=2, max_steps=4, save_steps=100, output_name="ddp-ui", eval_rows=0)
+    cfg = load_config("tiny", processes=2, max_steps=4, save_steps=100, output_name="ddp-ui", eval_rows=0,
+                      batch_size=4, max_length=64)  # what is tested is the processes, not the steps
     message, name = train_live.start_training(config_to_values(cfg))
     assert name == "ddp-ui", message
     run = RunFolder.named(name)
@@ -313,7 +314,7 @@ def test_two_processes_from_the_ui_handler_stop_and_resume_as_one_run(data_home)
     steps = [e["step"] for e in read_log(run) if e.get("loss") is not None]
     assert steps == [1, 2, 3, 4], steps  # rank 0 alone logs; the resume trimmed nothing twice
     assert list(train_live.runs_table()["name"]).count("ddp-ui") == 1
-    assert "Effective batch 16 rows" in json.loads(run.plan_file.read_text())["text"]  # 8 rows x 2 processes
+    assert "Effective batch 8 rows" in json.loads(run.plan_file.read_text())["text"]  # 4 rows x 2 processes
 
 
 def test_progress_line_reads_like_a_progress_bar():
