@@ -153,13 +153,16 @@ def test_lora_trains_resumes_exactly_and_saves_a_whole_embedder(data_home):
     whole = RunFolder(train(cfg, data_home / "runs" / cfg.output_name))
     manifest = whole.manifest()
     figures = {m.label.split(",")[-1].split("(")[0].strip(): m for m in manifest.held_out}
-    # Measured over six runs (bf16 and fp32, one or two threads): accuracy 0.773 -> 0.80-0.827,
-    # NMI 0.61 -> 0.646-0.725, ARI 0.229 -> 0.321-0.372 (full fine-tune: NMI 0.758). KMeans on
-    # ~75 held-out texts in 21 clusters is what varies most, so each margin is half its worst gain.
+    # Measured over seven runs (bf16 and fp32, one or two threads): accuracy 0.773 -> 0.80-0.827,
+    # the labels' silhouette 0.008 -> 0.045-0.048, NMI 0.61 -> 0.646-0.725, ARI 0.229 ->
+    # 0.254-0.372 (full fine-tune: NMI 0.758). KMeans on ~75 held-out texts in 21 clusters lands
+    # in another optimum for embeddings that differ in rounding only (the same accuracy and
+    # silhouette, ARI 0.254 against 0.328), so the margin is on the silhouette, which has none.
     assert manifest.method == "EMBED + LORA"
     assert figures["held-out classification accuracy"].after > figures["held-out classification accuracy"].before
-    assert figures["NMI"].after > figures["NMI"].before + 0.02, manifest.held_out
-    assert figures["ARI"].after > figures["ARI"].before + 0.045, manifest.held_out
+    silhouette = figures["held-out silhouette of the labels"]
+    assert silhouette.after > silhouette.before + 0.02, manifest.held_out
+    assert figures["NMI"].after > figures["NMI"].before, manifest.held_out
     first = whole.checkpoints / "checkpoint-30"
     assert (first / "adapter_model.safetensors").is_file() and not (first / "model.safetensors").exists()
     assert (whole.adapter / "model.safetensors").is_file() and not (whole.adapter / "adapter_config.json").exists()
