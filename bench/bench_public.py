@@ -8,7 +8,7 @@ cache $FINETUNE_LAB_MODELS or ~/.finetune-lab/models),
 behind a stand-in proxy (FINETUNE_LAB_BEHIND_PROXY=1), so each simulated visitor comes from an
 address of its own through X-Forwarded-For, as on a Space. Each honest visitor has its own
 session and, until time runs out, waits a human's 10-30 s (reading the last answer, typing the
-next question; with 4-12 s, 20 visitors alone ask more than two cores answer: BENCHMARKS.md) and
+next question; with 4-12 s, 20 visitors alone asked more than two cores answer: in git, BENCHMARKS.md) and
 then does one of: chat (single),
 Compare with the newest finished run if there is one, a data preview, topics on a small upload,
 or a thumb on the answer it was just given. Two hostile visitors run at the same time: one sends
