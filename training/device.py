@@ -38,8 +38,7 @@ def bf16_matmuls_pay() -> bool:
     run and every resume then trains in the precision the run started in."""
     import torch
 
-    from core.assets import file_lock
-    from core.paths import models_dir, write_json
+    from core.paths import file_lock, models_dir, write_json
 
     kept = models_dir() / "cpu-matmuls.json"
     key = f"{_cpu_flags()} torch {torch.__version__}"
