@@ -18,9 +18,9 @@ from core.inference.models import resolve_precision
 
 def training_precision(choice: str) -> str:
     """The precision a run trains in: resolve_precision's, except that on a CPU `auto` keeps
-    bf16 only where bf16 matmuls beat fp32 ones here. The CPU's flag does not say: bf16 ran at
-    2.2x fp32's speed on an EPYC and 6.8x on a Xeon with AMX, but at 0.5-0.67x on a Xeon whose
-    VM hides AMX (166 against 324 GFLOP/s), where the suite's training took most of 27 minutes."""
+    bf16 only where bf16 matmuls beat fp32's by a tenth here (bf16_matmuls_pay). The CPU's flag
+    does not say: bf16 ran at 2.2x fp32's speed on an EPYC and 6.8x on a Xeon with AMX, but at
+    0.5-0.67x on a Xeon whose VM hides AMX (166 against 324 GFLOP/s)."""
     import torch
 
     precision = resolve_precision(choice)
