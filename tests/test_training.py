@@ -110,7 +110,8 @@ def test_tiny_run_scores_its_held_out_answers_and_evaluating_again_repeats_them(
 
 @pytest.mark.parametrize("recipe, overrides", [
     ("sft_qlora", dict(max_rows=48, max_steps=4, batch_size=4, learning_rate=1e-3, report_to="trackio")),
-    ("dapt_lora", dict(max_rows=1, max_steps=4, batch_size=4, learning_rate=1e-3, eval_fraction=0.02)),
+    ("dapt_lora", dict(max_rows=1, max_steps=4, batch_size=4, learning_rate=1e-3, eval_fraction=0.02,
+                       general_windows=8)),
     ("qa_full", dict(max_rows=48, max_steps=4, batch_size=4, learning_rate=5e-5, report_to="tensorboard")),
 ])
 def test_recipe_trains_and_reloads(recipe, overrides, data_home):
@@ -133,16 +134,16 @@ def test_recipe_trains_and_reloads(recipe, overrides, data_home):
 
 
 def assert_effect_map_matches(name: str, general: tuple) -> None:
-    """A DAPT run's effect map: the forgetting windows are their own group, whose mean loss
-    change is the run's general-perplexity change in log space (equal-length windows); the
-    held-out windows are cut to eval_rows, and the note says so."""
+    """A DAPT run's effect map: the forgetting windows (general_windows of them) are their own
+    group, whose mean loss change is the run's general-perplexity change in log space
+    (equal-length windows); the held-out windows are cut to eval_rows, and the note says so."""
     import math
 
     from training.effect import GENERAL, compute
 
     effect = compute(name)
     topics = {topic["topic"]: topic for topic in effect["topics"]}
-    assert topics[GENERAL]["general"] and topics[GENERAL]["rows"] == 32
+    assert topics[GENERAL]["general"] and topics[GENERAL]["rows"] == 8, "general_windows=8"
     assert abs(topics[GENERAL]["mean_change"] - math.log(general[1] / general[0])) < 0.01, (topics, general)
     assert sum(t["rows"] for t in topics.values() if not t["general"]) == 2, "eval_rows=2"
     assert "2 of " in effect["note"] and "held-out rows measured" in effect["note"], effect["note"]

@@ -72,6 +72,8 @@ class TrainConfig:
     max_length: int = _f(256, "SFT: longest example in tokens; longer ones are truncated")
     block_size: int = _f(128, "DAPT: context window length in tokens")
     stride: int = _f(96, "DAPT: step between window starts; < block_size makes windows overlap")
+    general_windows: int = _f(32, "DAPT: windows of general English whose perplexity, before and after, "
+                              "shows forgetting")
     batching: str = _f("auto", "SFT batches: grouped (rows of similar length, little padding; fastest "
                        "on CPU), packed (rows packed padding-free; best on GPU), padded, or auto",
                        choices=("auto", "grouped", "packed", "padded"))
@@ -116,7 +118,8 @@ class TrainConfig:
         objective = objectives.get(self.objective)
         if not 0 <= self.eval_fraction < 0.5:
             raise LabError(f"eval_fraction={self.eval_fraction} must be in [0, 0.5).")
-        for name in ("lora_r", "batch_size", "grad_accum", "max_length", "block_size", "save_steps", "processes"):
+        for name in ("lora_r", "batch_size", "grad_accum", "max_length", "block_size", "general_windows", "save_steps",
+                     "processes"):
             if getattr(self, name) < 1:
                 raise LabError(f"{name}={getattr(self, name)} must be at least 1.")
         if self.torch_compile and not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):

@@ -14,7 +14,6 @@ from core.runs import Measure
 from training.model_setup import context_length
 from training.objectives.sft import SFT, perplexity
 
-GENERAL_WINDOWS = 32  # the forgetting check: 32 windows of general text, a few seconds
 PREVIEW_ROWS = 64  # rows a preview reads: enough text for the two windows it shows
 
 
@@ -64,14 +63,14 @@ def general_perplexity(trainer, cfg, tokenizer) -> float:
 
 
 def general_windows(cfg, tokenizer):
-    """The forgetting check's windows (training.effect maps them too)."""
+    """The forgetting check's first `general_windows` windows (training.effect maps them too)."""
     from datasets import Dataset
 
     from core.data.rows import load_rows
 
     rows = load_rows("chatterbot").shuffle(seed=cfg.seed)
     text = Dataset.from_dict({"text": [f"{row['question']}\n{row['answer']}" for row in rows]})
-    return dapt_windows(text, tokenizer, cfg.block_size, cfg.stride, context_length(cfg.model), GENERAL_WINDOWS)
+    return dapt_windows(text, tokenizer, cfg.block_size, cfg.stride, context_length(cfg.model), cfg.general_windows)
 
 
 OBJECTIVE = DAPT()
