@@ -17,7 +17,7 @@ test:
 	trap 'rm -rf "$$tmp" "$$home"-*' EXIT; \
 	FINETUNE_LAB_TEST_HOME="$$home" \
 	GRADIO_TEMP_DIR="$$tmp/gradio" GRADIO_ANALYTICS_ENABLED=False HF_HUB_DISABLE_TELEMETRY=1 \
-		.venv/bin/python -m pytest -q -rs --durations=15 --basetemp="$$tmp/pytest" -n 2 --dist loadgroup
+		.venv/bin/python -m pytest -q -rs --durations=15 --basetemp="$$tmp/pytest" -n 2 --dist loadgroup --no-loadscope-reorder
 
 bench:
 	.venv/bin/python bench/bench_chat.py

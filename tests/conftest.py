@@ -5,7 +5,7 @@ The data dir is under ~/.cache (or $FINETUNE_LAB_TEST_HOME), outside both the sy
 and the repo: Gradio serves files from those two on its own, so a test with the data dir there
 would pass where a user's ~/.finetune-lab fails. `make test` runs two pytest workers, each with
 a data dir of its own; heavy fixtures are built once per worker, and the files that share the
-heaviest run on one worker (SHARED_HEAVY_FIXTURES).
+heaviest run on one worker, longest first (scheduling.py).
 The converted-model cache is shared across test sessions (~/.cache/finetune-lab-test-models).
 """
 from __future__ import annotations
@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from scheduling import pytest_collection_modifyitems, pytest_runtest_logreport, pytest_sessionfinish  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -36,23 +38,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 ADMIN_KEY = "admin-key-for-tests-4821"
-
-
-# Files that use one of these session fixtures run on one worker (`--dist loadgroup`), so each
-# is built once; every other file is a group of its own. A fixture's name maps to its group.
-SHARED_HEAVY_FIXTURES = {"embed_run": "embedder", "smol_exports": "gguf-exports",
-                         "space_votes": "space-votes", "tiny_effect": "effect-map"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into node ids
-def pytest_collection_modifyitems(items):
-    groups: dict[Path, str] = {}
-    for item in items:
-        heavy = [SHARED_HEAVY_FIXTURES[f] for f in item.fixturenames if f in SHARED_HEAVY_FIXTURES]
-        if heavy or item.path not in groups:
-            groups[item.path] = heavy[0] if heavy else item.path.name
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(groups[item.path]))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,0 +1,51 @@
+"""How `make test`'s two workers share the suite: which files run together on one worker, and
+which start first. conftest.py imports these hooks.
+
+Files that use one of SHARED_HEAVY_FIXTURES run on one worker (`--dist loadgroup`), so each
+fixture is built once; every other file is a group of its own. Groups start longest first, by
+the seconds a past run took (durations.json), so that no long test starts last while the
+other worker sits idle; xdist's own order (most tests first) started the three longest single
+tests last. Record the seconds again after a change in what the tests cost:
+
+    FINETUNE_LAB_RECORD_DURATIONS=1 make test     # rewrites tests/durations.json
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+DURATIONS = Path(__file__).with_name("durations.json")
+# A fixture's name maps to its group.
+SHARED_HEAVY_FIXTURES = {"embed_run": "embedder", "smol_exports": "gguf-exports",
+                         "space_votes": "space-votes", "tiny_effect": "effect-map"}
+_seconds: dict[str, float] = defaultdict(float)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into node ids
+def pytest_collection_modifyitems(items):
+    groups: dict[Path, str] = {}
+    for item in items:
+        heavy = [SHARED_HEAVY_FIXTURES[f] for f in item.fixturenames if f in SHARED_HEAVY_FIXTURES]
+        if heavy or item.path not in groups:
+            groups[item.path] = heavy[0] if heavy else item.path.name
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(groups[item.path]))
+    past = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    # A group never timed starts first: it may be long, and starting a short one early costs little.
+    items.sort(key=lambda item: -past.get(groups[item.path], float("inf")))  # stable: a file keeps its order
+
+
+def pytest_runtest_logreport(report):
+    if "@" in report.nodeid:  # xdist names the group after the "@"
+        _seconds[report.nodeid.rsplit("@", 1)[1]] += report.duration
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("FINETUNE_LAB_RECORD_DURATIONS") and not hasattr(session.config, "workerinput") and _seconds:
+        past = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}  # a partial run updates its groups
+        timed = {**past, **{group: round(seconds) for group, seconds in _seconds.items()}}
+        DURATIONS.write_text(json.dumps(dict(sorted(timed.items())), indent=1) + "\n")
