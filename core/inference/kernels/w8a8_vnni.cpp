@@ -186,22 +186,31 @@ void run_of_tiles(const QuantizedRows& q, int64_t m0, const uint8_t* packed, con
   for (; t < t1; ++t) tile_products<kRows, 1>(q, m0, packed, scales, out, N, t);
 }
 
-// Every row times the weight. Each thread takes a run of tiles and multiplies it by every group
-// of rows in turn, so the run is read from memory once and from cache for the other groups.
-// Registers: kRows x kCols sums, as many scaled sums, kCols weight loads and a broadcast (4 x 3
-// ran a prompt's pass fastest: 40 ms against 43 for 4 x 2, 6 x 2 and 4 x 4 (spilled)).
+// Rows [m_begin, m_end) times tiles [t0, t1). Registers: kRows x kCols sums, as many scaled
+// sums, kCols weight loads and a broadcast (4 x 3 ran a prompt's pass fastest: 40 ms against
+// 43 for 4 x 2, 6 x 2 and 4 x 4 (spilled)).
+void rows_times_tiles(const QuantizedRows& q, int64_t m_begin, int64_t m_end, const uint8_t* packed,
+                      const at::BFloat16* scales, at::BFloat16* out, int64_t N, int64_t t0, int64_t t1) {
+  for (int64_t m0 = m_begin; m0 < m_end; m0 += 4) {
+    switch (std::min<int64_t>(4, m_end - m0)) {
+      case 1: run_of_tiles<1, 4>(q, m0, packed, scales, out, N, t0, t1); break;
+      case 2: run_of_tiles<2, 4>(q, m0, packed, scales, out, N, t0, t1); break;
+      case 3: run_of_tiles<3, 3>(q, m0, packed, scales, out, N, t0, t1); break;
+      default: run_of_tiles<4, 3>(q, m0, packed, scales, out, N, t0, t1); break;
+    }
+  }
+}
+
+// Every row times the weight's first `tiles` tiles; then `after(t0, t1)` on the thread that
+// computed tiles [t0, t1). Each thread takes a run of tiles and multiplies it by every group of
+// rows in turn, so the run is read from memory once and from cache for the other groups.
+template <typename After>
 void all_products(const QuantizedRows& q, int64_t M, const uint8_t* packed, const at::BFloat16* scales,
-                  at::BFloat16* out, int64_t N, int64_t tiles) {
+                  at::BFloat16* out, int64_t N, int64_t tiles, After after) {
   int64_t K = q.chunks * kChunk;
   at::parallel_for(0, tiles, N * K < kSerialBytes ? tiles : 4, [&](int64_t t0, int64_t t1) {
-    for (int64_t m0 = 0; m0 < M; m0 += 4) {
-      switch (std::min<int64_t>(4, M - m0)) {
-        case 1: run_of_tiles<1, 4>(q, m0, packed, scales, out, N, t0, t1); break;
-        case 2: run_of_tiles<2, 4>(q, m0, packed, scales, out, N, t0, t1); break;
-        case 3: run_of_tiles<3, 3>(q, m0, packed, scales, out, N, t0, t1); break;
-        default: run_of_tiles<4, 3>(q, m0, packed, scales, out, N, t0, t1); break;
-      }
-    }
+    rows_times_tiles(q, 0, M, packed, scales, out, N, t0, t1);
+    after(t0, t1);
   });
 }
 
@@ -220,7 +229,8 @@ at::Tensor w8a8_mm(const at::Tensor& rows, const at::Tensor& packed, const at::T
   auto s = scales.contiguous();
   auto out = at::empty({M, N}, x.options());
   QuantizedRows q = quantize_rows(x.data_ptr<at::BFloat16>(), M, K);
-  all_products(q, M, p.data_ptr<uint8_t>(), s.data_ptr<at::BFloat16>(), out.data_ptr<at::BFloat16>(), N, N / kTile);
+  all_products(q, M, p.data_ptr<uint8_t>(), s.data_ptr<at::BFloat16>(), out.data_ptr<at::BFloat16>(), N, N / kTile,
+               [](int64_t, int64_t) {});
   return out;
 }
 
@@ -228,44 +238,58 @@ at::Tensor w8a8_mm_meta(const at::Tensor& rows, const at::Tensor& packed, const 
   return at::empty({rows.size(0), scales.size(0)}, rows.options());
 }
 
-// Row `row` of y (its N outputs, then x A's `rank` values) plus its s B: per output
-// (sum_r xA[r] * b[r, n]) * sb[n] in fp32, rounded to bf16 as a bf16 tensor would hold it, then
-// added to y, into out. b (rank, N) int8 and sb (N) bf16: s B quantized per output.
+// Outputs [16 t0, 16 t1) of one row of y, in place, plus its s B: per output
+// (sum_r xa[r] * b[r, n]) * sb[n] in fp32, rounded to bf16 as a bf16 tensor would hold it, then
+// added to y. b (rank, N) int8 and sb (N) bf16: s B quantized per output.
 __attribute__((target("avx512f,avx512bw,avx512vl")))
-void add_lora(const at::BFloat16* row, const int8_t* b, const at::BFloat16* sb, at::BFloat16* out, int64_t N, int64_t rank) {
-  for (int64_t n = 0; n < N; n += kTile) {
+void add_lora(at::BFloat16* y, const at::BFloat16* xa, const int8_t* b, const at::BFloat16* sb, int64_t N,
+              int64_t rank, int64_t t0, int64_t t1) {
+  for (int64_t n = t0 * kTile; n < t1 * kTile; n += kTile) {
     __m512 sum = _mm512_setzero_ps();
     for (int64_t r = 0; r < rank; ++r) {
       __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + r * N + n));
-      sum = _mm512_add_ps(sum, _mm512_mul_ps(_mm512_set1_ps(float(row[N + r])), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes))));
+      sum = _mm512_add_ps(sum, _mm512_mul_ps(_mm512_set1_ps(float(xa[r])), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes))));
     }
     __m512 update = round_to_bf16(_mm512_mul_ps(sum, load_bf16_masked(sb + n, kTile)));
-    store_bf16(out + n, _mm512_add_ps(load_bf16_masked(row + n, kTile), update));
+    store_bf16(y + n, _mm512_add_ps(load_bf16_masked(y + n, kTile), update));
   }
 }
 
 // A layer and one LoRA adapter on the last `tuned` rows, in one call (Compare's tuned pane):
-// `packed` holds the layer's N rows and then the adapter's A (its rank padded to 16), so one
-// product gives y and x A, and `add_lora` adds s B to the tuned rows. In the compiled Compare
-// step that is one call a layer where the sum in inductor's code was a kernel more
-// (core.inference.compiled_views.RowLoraLinear).
+// `packed` holds the layer's N rows and then the adapter's A (its rank padded to 16). The tuned
+// rows' x A comes first, from A's tiles (the base rows need none); then each thread multiplies
+// every row by its run of the layer's tiles and adds s B to the tuned rows' outputs there, while
+// they are in cache. In the compiled Compare step that is one call a layer where the sum in
+// inductor's code was a kernel more (core.inference.compiled_views.RowLoraLinear).
 at::Tensor w8a8_lora_mm(const at::Tensor& rows, const at::Tensor& packed, const at::Tensor& scales,
                         const at::Tensor& lora_b, const at::Tensor& lora_b_scales, int64_t tuned) {
-  int64_t M = rows.size(0), N = lora_b_scales.size(0), rank = lora_b.size(0), width = scales.size(0);
-  TORCH_CHECK(lora_b.dim() == 2 && lora_b.size(1) == N && lora_b.scalar_type() == at::kChar && width == N + rank &&
-              N % kTile == 0 && lora_b_scales.scalar_type() == at::kBFloat16 && 0 <= tuned && tuned <= M,
+  int64_t M = rows.size(0), K = rows.size(1), N = lora_b_scales.size(0), rank = lora_b.size(0);
+  int64_t chunks = (K + kChunk - 1) / kChunk;
+  TORCH_CHECK(rows.dim() == 2 && rows.scalar_type() == at::kBFloat16 && K % kWidthStep == 0 &&
+              packed.dim() == 4 && packed.scalar_type() == at::kByte && packed.size(1) == kLanes &&
+              packed.size(2) == chunks && packed.size(3) == kChunk && scales.size(0) == packed.size(0) * kTile &&
+              scales.scalar_type() == at::kBFloat16,
+              "w8a8_lora_mm: bf16 rows (M, K) under a weight packed by own_kernels.pack for rows of this width");
+  TORCH_CHECK(lora_b.dim() == 2 && lora_b.size(1) == N && lora_b.scalar_type() == at::kChar &&
+              scales.size(0) == N + rank && N % kTile == 0 && rank % kTile == 0 &&
+              lora_b_scales.scalar_type() == at::kBFloat16 && 0 <= tuned && tuned <= M,
               "w8a8_lora_mm: b (rank, N) int8 under a packed weight of N + rank rows, sb (N) bf16");
-  at::Tensor both = w8a8_mm(rows, packed, scales);  // (M, N + rank): y, then x A
+  auto x = rows.contiguous();
+  auto p = packed.contiguous();
+  auto s = scales.contiguous();
   auto b = lora_b.contiguous();
   auto sb = lora_b_scales.contiguous();
-  auto out = at::empty({M, N}, both.options());
-  const at::BFloat16* y = both.data_ptr<at::BFloat16>();
-  at::BFloat16* o = out.data_ptr<at::BFloat16>();
-  at::parallel_for(0, M, 8, [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m) {
-      if (m < M - tuned) std::memcpy(o + m * N, y + m * width, N * sizeof(at::BFloat16));
-      else add_lora(y + m * width, b.data_ptr<int8_t>(), sb.data_ptr<at::BFloat16>(), o + m * N, N, rank);
-    }
+  auto out = at::empty({M, N}, x.options());
+  QuantizedRows q = quantize_rows(x.data_ptr<at::BFloat16>(), M, K);
+  const uint8_t* weight = p.data_ptr<uint8_t>();
+  const int64_t tile_bytes = kLanes * chunks * kChunk, tiles = N / kTile;
+  std::vector<at::BFloat16> xa(M * rank);  // rows of x A, the tuned ones filled
+  rows_times_tiles(q, M - tuned, M, weight + tiles * tile_bytes, s.data_ptr<at::BFloat16>() + N, xa.data(), rank,
+                   0, rank / kTile);
+  at::BFloat16* y = out.data_ptr<at::BFloat16>();
+  all_products(q, M, weight, s.data_ptr<at::BFloat16>(), y, N, tiles, [&](int64_t t0, int64_t t1) {
+    for (int64_t m = M - tuned; m < M; ++m)
+      add_lora(y + m * N, xa.data() + m * rank, b.data_ptr<int8_t>(), sb.data_ptr<at::BFloat16>(), N, rank, t0, t1);
   });
   return out;
 }
