@@ -89,8 +89,30 @@ TINY_RUN_PHASES: list[str] = []  # filled by tiny_run, polling the run as the Tr
 
 
 @pytest.fixture(scope="session")
-def tiny_run(data_home):
-    """A real LoRA run of the `tiny` recipe, started through training.jobs and awaited."""
+def tiny_run(data_home, tmp_path_factory):
+    """A real LoRA run of the `tiny` recipe, started through training.jobs and awaited. Under
+    `make test`'s two workers, the first to need it trains it and the other copies the finished
+    folder into its own data dir (pytest-xdist's recipe for a session fixture built once)."""
+    import json
+
+    from core.paths import file_lock
+    from core.runs import RunFolder
+
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return _train_tiny_run()
+    shared = tmp_path_factory.getbasetemp().parent / "tiny-fixture"  # this session's, both workers'
+    phases = shared.with_suffix(".phases.json")
+    with file_lock(shared.with_suffix(".lock")):
+        if phases.is_file():
+            TINY_RUN_PHASES.extend(json.loads(phases.read_text()))
+            return Path(shutil.copytree(shared, RunFolder.named("tiny-fixture").path))
+        path = _train_tiny_run()
+        shutil.copytree(path, shared)
+        phases.write_text(json.dumps(TINY_RUN_PHASES))
+        return path
+
+
+def _train_tiny_run() -> Path:
     from training import jobs
     from training.config import load_config
 
