@@ -4,8 +4,8 @@ trained tiny run, and the app served the way a Space or a share link serves it.
 The data dir is under ~/.cache (or $FINETUNE_LAB_TEST_HOME), outside both the system temp dir
 and the repo: Gradio serves files from those two on its own, so a test with the data dir there
 would pass where a user's ~/.finetune-lab fails. `make test` runs two pytest workers, each with
-a data dir of its own; heavy fixtures are built once per worker, and the files that share the
-heaviest run on one worker, longest first (scheduling.py).
+a data dir of its own; heavy fixtures are built once per worker (the tiny run once in all), and
+the files that share the heaviest run on one worker, longest first (scheduling.py).
 The converted-model cache is shared across test sessions (~/.cache/finetune-lab-test-models).
 """
 from __future__ import annotations
