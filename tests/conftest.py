@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from scheduling import pytest_collection_modifyitems, pytest_runtest_logreport, pytest_sessionfinish  # noqa: F401
+from tiny_fixture import tiny_run, tiny_run_phases  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -85,49 +86,6 @@ def loud_adapter(tmp_path_factory, data_home):
     return folder
 
 
-TINY_RUN_PHASES: list[str] = []  # filled by tiny_run, polling the run as the Train tab does
-
-
-@pytest.fixture(scope="session")
-def tiny_run(data_home, tmp_path_factory):
-    """A real LoRA run of the `tiny` recipe, started through training.jobs and awaited. Under
-    `make test`'s two workers, the first to need it trains it and the other copies the finished
-    folder into its own data dir (pytest-xdist's recipe for a session fixture built once)."""
-    import json
-
-    from core.paths import file_lock
-    from core.runs import RunFolder
-
-    if "PYTEST_XDIST_WORKER" not in os.environ:
-        return _train_tiny_run()
-    shared = tmp_path_factory.getbasetemp().parent / "tiny-fixture"  # this session's, both workers'
-    phases = shared.with_suffix(".phases.json")
-    with file_lock(shared.with_suffix(".lock")):
-        if phases.is_file():
-            TINY_RUN_PHASES.extend(json.loads(phases.read_text()))
-            return Path(shutil.copytree(shared, RunFolder.named("tiny-fixture").path))
-        path = _train_tiny_run()
-        shutil.copytree(path, shared)
-        phases.write_text(json.dumps(TINY_RUN_PHASES))
-        return path
-
-
-def _train_tiny_run() -> Path:
-    from training import jobs
-    from training.config import load_config
-
-    run = jobs.start(load_config("tiny", output_name="tiny-fixture"))
-    phases, deadline = TINY_RUN_PHASES, time.time() + 600  # what the Train tab shows between steps
-    while jobs.live_pid(run) and time.time() < deadline:
-        phase = jobs.read_status(run).phase
-        if phase and phase not in phases:
-            phases.append(phase)
-        time.sleep(0.2)
-    status = jobs.wait("tiny-fixture", timeout=10)
-    assert status.state == "completed", status.error
-    return run.path
-
-
 def wait_for(predicate, timeout=300, what="condition"):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -162,12 +120,6 @@ def smol_exports(tiny_run):
     from training.gguf_export import export_gguf
 
     return {quant: export_gguf(tiny_run.name, quant) for quant in ("f16", "bf16", "q8_0", "q4_0")}
-
-
-@pytest.fixture(scope="session")
-def tiny_run_phases(tiny_run) -> list[str]:
-    """The phases the tiny run showed between its steps, as the Train tab's poll saw them."""
-    return TINY_RUN_PHASES
 
 
 @pytest.fixture(scope="module")
