@@ -5,7 +5,8 @@ Files that use one of SHARED_HEAVY_FIXTURES run on one worker (`--dist loadgroup
 fixture is built once; every other file is a group of its own. Groups start longest first, by
 the seconds a past run took (durations.json), so that no long test starts last while the
 other worker sits idle; xdist's own order (most tests first) started the three longest single
-tests last. In a file, the tests that need the tiny run go last. Record the seconds again after a change in what the tests cost:
+tests last. In a file, the tests that need the tiny run go last. Record the seconds again after
+a change in what the tests cost:
 
     FINETUNE_LAB_RECORD_DURATIONS=1 make test     # rewrites tests/durations.json
 """
@@ -35,13 +36,18 @@ def pytest_collection_modifyitems(items):
             groups[item.path] = heavy[0] if heavy else item.path.name
     for item in items:
         item.add_marker(pytest.mark.xdist_group(groups[item.path]))
-    past = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    past = past_seconds()
     files = {path: rank for rank, path in enumerate(dict.fromkeys(item.path for item in items))}
     # A group never timed starts first: it may be long, and starting a short one early costs little.
     # In a file, the tests that need the tiny run go last: the other worker is likely training it
-    # (conftest.tiny_run), and this one has other work meanwhile instead of waiting.
+    # (tiny_fixture.py), and this one has other work meanwhile instead of waiting.
     items.sort(key=lambda item: (-past.get(groups[item.path], float("inf")), files[item.path],
                                  "tiny_run" in item.fixturenames))  # stable: otherwise a file keeps its order
+
+
+def past_seconds() -> dict[str, float]:
+    """Each group's seconds in the run that last recorded them."""
+    return json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
 
 
 def pytest_runtest_logreport(report):
@@ -51,6 +57,6 @@ def pytest_runtest_logreport(report):
 
 def pytest_sessionfinish(session, exitstatus):
     if os.environ.get("FINETUNE_LAB_RECORD_DURATIONS") and not hasattr(session.config, "workerinput") and _seconds:
-        past = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}  # a partial run updates its groups
-        timed = {**past, **{group: round(seconds) for group, seconds in _seconds.items()}}
+        # a partial run updates only its own groups
+        timed = {**past_seconds(), **{group: round(seconds) for group, seconds in _seconds.items()}}
         DURATIONS.write_text(json.dumps(dict(sorted(timed.items())), indent=1) + "\n")

@@ -169,6 +169,8 @@ def test_unknown_recipe_field_and_impossible_settings(tmp_path):
         load_config(tmp_path / "r.yaml")
     with pytest.raises(LabError, match="stride=128 must be"):
         config_from_dict({"objective": "dapt", "block_size": 64, "stride": 128})
+    with pytest.raises(LabError, match=r"^general_windows=0 must be at least 1\.$"):
+        config_from_dict({"objective": "dapt", "general_windows": 0})
     with pytest.raises(LabError, match="choose one of"):
         config_from_dict({"adapter": "dora"})
 

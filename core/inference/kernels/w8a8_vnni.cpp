@@ -216,14 +216,19 @@ void all_products(const QuantizedRows& q, int64_t M, const uint8_t* packed, cons
 
 // rows (M, K) bf16; packed (tiles, 16 lanes, chunks, 64) uint8 as own_kernels.pack makes it;
 // scales (N) bf16, N = 16 * tiles.
-at::Tensor w8a8_mm(const at::Tensor& rows, const at::Tensor& packed, const at::Tensor& scales) {
+void check_rows_and_weight(const at::Tensor& rows, const at::Tensor& packed, const at::Tensor& scales, const char* op) {
   TORCH_CHECK(rows.dim() == 2 && rows.scalar_type() == at::kBFloat16 && rows.size(1) % kWidthStep == 0,
-              "w8a8_mm: bf16 rows (M, K), K a multiple of 32");
-  int64_t M = rows.size(0), K = rows.size(1), N = scales.size(0), chunks = (K + kChunk - 1) / kChunk;
+              op, ": bf16 rows (M, K), K a multiple of 32");
+  int64_t chunks = (rows.size(1) + kChunk - 1) / kChunk;
   TORCH_CHECK(packed.dim() == 4 && packed.scalar_type() == at::kByte && packed.size(1) == kLanes &&
-              packed.size(2) == chunks && packed.size(3) == kChunk && N == packed.size(0) * kTile,
-              "w8a8_mm: a weight packed by own_kernels.pack for rows of this width");
-  TORCH_CHECK(scales.dim() == 1 && scales.scalar_type() == at::kBFloat16, "w8a8_mm: bf16 scales, one per output");
+              packed.size(2) == chunks && packed.size(3) == kChunk && scales.size(0) == packed.size(0) * kTile,
+              op, ": a weight packed by own_kernels.pack for rows of this width");
+  TORCH_CHECK(scales.dim() == 1 && scales.scalar_type() == at::kBFloat16, op, ": bf16 scales, one per output");
+}
+
+at::Tensor w8a8_mm(const at::Tensor& rows, const at::Tensor& packed, const at::Tensor& scales) {
+  check_rows_and_weight(rows, packed, scales, "w8a8_mm");
+  int64_t M = rows.size(0), K = rows.size(1), N = scales.size(0);
   auto x = rows.contiguous();
   auto p = packed.contiguous();
   auto s = scales.contiguous();
@@ -263,13 +268,9 @@ void add_lora(at::BFloat16* y, const at::BFloat16* xa, const int8_t* b, const at
 // inductor's code was a kernel more (core.inference.compiled_views.RowLoraLinear).
 at::Tensor w8a8_lora_mm(const at::Tensor& rows, const at::Tensor& packed, const at::Tensor& scales,
                         const at::Tensor& lora_b, const at::Tensor& lora_b_scales, int64_t tuned) {
+  check_rows_and_weight(rows, packed, scales, "w8a8_lora_mm");
   int64_t M = rows.size(0), K = rows.size(1), N = lora_b_scales.size(0), rank = lora_b.size(0);
   int64_t chunks = (K + kChunk - 1) / kChunk;
-  TORCH_CHECK(rows.dim() == 2 && rows.scalar_type() == at::kBFloat16 && K % kWidthStep == 0 &&
-              packed.dim() == 4 && packed.scalar_type() == at::kByte && packed.size(1) == kLanes &&
-              packed.size(2) == chunks && packed.size(3) == kChunk && scales.size(0) == packed.size(0) * kTile &&
-              scales.scalar_type() == at::kBFloat16,
-              "w8a8_lora_mm: bf16 rows (M, K) under a weight packed by own_kernels.pack for rows of this width");
   TORCH_CHECK(lora_b.dim() == 2 && lora_b.size(1) == N && lora_b.scalar_type() == at::kChar &&
               scales.size(0) == N + rank && N % kTile == 0 && rank % kTile == 0 &&
               lora_b_scales.scalar_type() == at::kBFloat16 && 0 <= tuned && tuned <= M,
