@@ -19,6 +19,7 @@ import torch
 from core import threads
 from core.inference import compiled_decode
 from core.inference.models import LoadedModel, ModelError
+from core.inference.token_rules import ReplyRules, end_ids
 
 QA_FORMAT = "question-answer"  # plain "Question: …\nAnswer:" text (core.data.formats.qa_prompt)
 
@@ -162,16 +163,17 @@ def launch_generate(loaded: LoadedModel, kwargs: dict, streamer, context=None, b
 
 
 def generate_kwargs(loaded: LoadedModel, input_ids, settings: GenerationSettings, streamer, stop) -> dict:
-    from transformers import StoppingCriteriaList
+    from transformers import LogitsProcessorList, StoppingCriteriaList
 
     if settings.temperature > 0:
-        sampling = dict(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
-    else:
-        sampling = dict(do_sample=False, top_p=None, top_k=None)
+        sampling = dict(do_sample=True, temperature=settings.temperature, top_p=settings.top_p,
+                        repetition_penalty=settings.repetition_penalty, min_new_tokens=settings.min_new_tokens or None)
+    else:  # the same rules, in place (core.inference.token_rules); 1.0: not the model's own penalty too
+        rules = ReplyRules(settings.repetition_penalty, end_ids(loaded.model), settings.min_new_tokens or 0, input_ids.shape[1])
+        sampling = dict(do_sample=False, top_p=None, top_k=None, repetition_penalty=1.0, min_new_tokens=None,
+                        logits_processor=LogitsProcessorList([rules] if rules.active() else []))
     return dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer,
                 max_new_tokens=int(settings.max_new_tokens), pad_token_id=loaded.tokenizer.pad_token_id,
-                repetition_penalty=settings.repetition_penalty,
-                min_new_tokens=settings.min_new_tokens or None,
                 stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]), **sampling)
 
 

@@ -32,6 +32,7 @@ from core.inference.chat import (GenerationSettings, Reply, adapter_context, bui
                                  generate_kwargs, launch_generate, stream_reply)
 from core.inference.fast_decode import BASE
 from core.inference.models import LoadedModel, ModelError
+from core.inference.token_rules import end_ids
 
 
 class _RowStreamer:
@@ -102,7 +103,7 @@ def stream_batch(loaded: LoadedModel, conversations: list[list[dict]], adapter_n
     done, result = launch_generate(loaded, kwargs, streamer, context, model=route.model)
     replies = tuple(Reply(notice=notice) for _, notice in encoded)
     tokens: list[list[int]] = [[] for _ in replies]
-    ends = end_ids(loaded)
+    ends = end_ids(loaded.model)
     try:
         for step in iter(streamer.steps.get, None):
             for reply, row_tokens, token, own in zip(replies, tokens, step, row_settings):
@@ -130,12 +131,6 @@ def add_token(tokenizer, reply: Reply, row_tokens: list[int], token: int, is_end
     reply.text, reply.new_tokens = text if ended else text.removesuffix("\ufffd"), len(row_tokens)
     if ended:  # answered now, while the batch runs on for the others
         _finish(reply, time.perf_counter() - start, path)
-
-
-def end_ids(loaded: LoadedModel) -> set[int]:
-    ends = loaded.model.generation_config.eos_token_id
-    ends = ends if isinstance(ends, list) else [ends]
-    return {end for end in ends if end is not None}
 
 
 def _finish(reply: Reply, seconds: float, path: str = "") -> None:

@@ -25,10 +25,11 @@ import torch
 
 from core import threads
 from core.inference.chat import GenerationSettings, Reply, base_only, build_inputs
-from core.inference.compare import add_token, end_ids, in_format
+from core.inference.compare import add_token, in_format
 from core.inference.decode_attention import OWN_KERNEL_ATTENTION, PACKED_ATTENTION, rows_starting_at
 from core.inference.fast_decode import BASE, installed, rows_forwards
 from core.inference.models import LoadedModel
+from core.inference.token_rules import ReplyRules, end_ids
 
 
 @dataclass(eq=False)
@@ -61,7 +62,7 @@ class RunningBatch:
         self.loaded, self.settings = loaded, settings
         self.rows: list[LiveRow] = []
         self.cache = None  # a DynamicCache once a row is in; slot t of row b holds its token t - starts[b]
-        self.ends = end_ids(loaded)
+        self.ends = end_ids(loaded.model)
         self._forwards: dict = {}  # the adapters' row forwards, by what they were prepared for
 
     def admit(self, owner, messages: list[dict], adapter: str, own: GenerationSettings,
@@ -134,12 +135,8 @@ class RunningBatch:
     def _choose(self, row: LiveRow, logits: torch.Tensor) -> int:
         """The row's next token from its logits, processed as `generate` processes a solo reply's."""
         settings, ids = self.settings, torch.tensor([row.ids])
-        if settings.repetition_penalty != 1.0:
-            from transformers import RepetitionPenaltyLogitsProcessor
-
-            logits = RepetitionPenaltyLogitsProcessor(settings.repetition_penalty)(ids, logits)
-        if len(row.answer) < settings.min_new_tokens:
-            logits[:, list(self.ends)] = -float("inf")
+        rules = ReplyRules(settings.repetition_penalty, self.ends, settings.min_new_tokens, len(row.ids) - len(row.answer))
+        logits = rules(ids, logits)
         if settings.temperature <= 0:
             return int(logits.argmax(-1))
         from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
