@@ -10,6 +10,7 @@ import torch
 from transformers import (LogitsProcessorList, MinLengthLogitsProcessor, MinNewTokensLengthLogitsProcessor,
                           RepetitionPenaltyLogitsProcessor)
 
+from core.errors import LabError
 from core.inference.token_rules import ReplyRules
 
 
@@ -45,5 +46,5 @@ def test_rules_that_change_nothing_are_left_out_and_a_bad_penalty_is_refused():
     assert not ReplyRules(1.0, [0], least=0).active()
     assert ReplyRules(1.0, [0], least=1).active() and ReplyRules(1.1, []).active()
     assert not ReplyRules(1.0, [], least=3).active()
-    with pytest.raises(ValueError, match="repetition_penalty must be above 0, not 0"):
+    with pytest.raises(LabError, match="Repetition penalty must be above 0, not 0"):
         ReplyRules(0, [0])

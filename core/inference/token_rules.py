@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from transformers import LogitsProcessor
 
+from core.errors import LabError
+
 
 class ReplyRules(LogitsProcessor):
     """Penalize every token already in a row's ids (prompt and answer) by `penalty`, as
@@ -30,7 +32,7 @@ class ReplyRules(LogitsProcessor):
 
     def __init__(self, penalty: float, ends, least: int = 0, prompt_length: int = 0):
         if penalty <= 0:
-            raise ValueError(f"repetition_penalty must be above 0, not {penalty}.")
+            raise LabError(f"Repetition penalty must be above 0, not {penalty}.")
         self.penalty, self.ends, self.least, self.prompt_length = penalty, sorted(ends), least, prompt_length
 
     def active(self) -> bool:
