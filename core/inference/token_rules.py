@@ -11,8 +11,9 @@ tensors; the least length builds a vocabulary-long mask, and `generate` then add
 `MinLengthLogitsProcessor`, which builds it again. With SmolLM2's 49,152 tokens that was 0.6 ms
 of a single pane's compiled step and 1.1 ms of Compare's (6.7 and 9.1 ms a step in all).
 
-Greedy replies only: with sampling, `generate` applies its warpers (temperature, top-k, top-p)
-before any processor passed in, and the penalty must come first; there it keeps its own.
+Through `generate`, greedy replies only: with sampling, `generate` applies its warpers
+(temperature, top-k, top-p) before any processor passed in, and the penalty must come first;
+there it keeps its own. The running batch applies its warpers itself, after these rules.
 """
 from __future__ import annotations
 
