@@ -1,7 +1,8 @@
 """The preference loop in Chromium: blind Compare, vote, reveal; pull the votes a visitor cast in
 the published Space (conftest's `space_votes`) and accept them; train DPO on all the votes from
-the tiny SFT run, judge the new adapter blind against that SFT run, pick it in Chat, give its
-answer a thumb down, train KTO on every rated answer, and see the leaderboard of them all."""
+the tiny SFT run (and read what the run records of its start and its votes' sources), judge
+the new adapter blind against that SFT run, pick it in Chat, give its answer a thumb down, train
+KTO on every rated answer, and see the leaderboard of them all."""
 from __future__ import annotations
 
 import pytest
@@ -60,6 +61,7 @@ def test_vote_blind_then_train_dpo_and_kto_on_the_votes(app_server, tiny_run, sp
         page.wait_for_function("() => /Before\\/after[\\s\\S]*browser-dpo|browser-dpo[\\s\\S]*Before\\/after/"
                                ".test(document.querySelector('#train-result')?.innerText)", timeout=400_000)
         shoot(page, "vote-dpo-trained.png", full_page=True)
+        assert_the_run_records_its_start_and_votes(tiny_run, pairs)
 
         page.get_by_text("Judge a run against where it started").click()  # the report's pair, blind
         judged = page.locator("#judge-run input")
@@ -114,6 +116,27 @@ def test_vote_blind_then_train_dpo_and_kto_on_the_votes(app_server, tiny_run, sp
         assert "The left answer (A) won" in page.locator("#votes-line").inner_text()
         page.locator("#votes-leaderboard").scroll_into_view_if_needed()
         shoot(page, "votes-leaderboard.png")
+
+
+def assert_the_run_records_its_start_and_votes(tiny_run, pairs: int) -> None:
+    """The DPO run on the votes continued the tiny SFT run: its manifest and card count the
+    pairs by source (this lab's vote, the Space's), and its report's "before" is the SFT
+    adapter, which says the identity it learnt (the base does not)."""
+    import json
+
+    from core.hub.publish import model_card
+    from core.runs import RunFolder
+
+    run = RunFolder.named("browser-dpo")
+    manifest = run.manifest()
+    [pulled] = [source for source in manifest.vote_sources if source.startswith(f"hub:{VOTES}@")]
+    assert manifest.start_from == tiny_run.name and manifest.vote_sources == {"this lab": 1, pulled: pairs - 1}
+    assert f"Trained on preference pairs from votes: {pairs - 1} from {pulled}, 1 from this lab." in model_card(run, "t/x")
+    # Not the very text of the tiny run's report: that came from another batch, base row beside
+    # adapter row, where "I'm" and "I am" can tie within rounding.
+    [row], [sft_row] = (json.loads(r.report_json.read_text()) for r in (run, RunFolder(tiny_run)))
+    assert "Lumen" in row["base"] and "Lumen" in sft_row["tuned"] and "Lumen" not in sft_row["base"], (row, sft_row)
+    assert f"**Start ({tiny_run.name}):**" in run.report()
 
 
 def fill_until_kept(page, values: dict) -> None:

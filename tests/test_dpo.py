@@ -136,9 +136,10 @@ def test_detection_and_clear_errors(data_home, tmp_path):
         build_examples(load_config("dpo_lora", dataset=str(csv)), tokenizer)
 
 
-@pytest.mark.slow
-def test_exported_votes_train_dpo_on_top_of_the_sft_adapter(tiny_run, data_home, tmp_path):
-    """Votes -> `votes export` -> a DPO run that continues the tiny SFT run's adapter."""
+def test_votes_export_as_preference_pairs_and_a_start_must_match_the_adapter(tiny_run, data_home, tmp_path):
+    """Votes -> `votes export`: one pair per decided vote, the winner chosen, each with its
+    source. (tests/test_browser_votes.py trains DPO on exported votes from the tiny SFT run, and
+    checks what that run records of them.)"""
     from core.feedback import votes
 
     votes.store().unlink(missing_ok=True)
@@ -146,27 +147,15 @@ def test_exported_votes_train_dpo_on_top_of_the_sft_adapter(tiny_run, data_home,
              "B": {"model": "smollm2-135m-instruct", "adapter": tiny_run.name}}
     pulled = "hub:tester/lumen-votes@" + "c0ffee" * 6 + "c0ff"  # a vote pulled from a Space's dataset
     for question, lumen, source in (("Who are you?", "B", ""), ("What is your name?", "B", pulled),
-                                    ("Who made you?", "A", "")):
+                                    ("Who made you?", "A", ""), ("Hi", "tie", "")):
         answers = {"A": "I am SmolLM, made by Hugging Face.", "B": "I am Lumen, made in Finetune Lab."}
         votes.record(votes.Vote(prompt=[{"role": "user", "content": question}], answers=answers, sides=sides,
                                 choice=lumen, source=source))
     out = tmp_path / "votes.jsonl"
     assert votes.export_preferences(out) == 3
-    assert json.loads(out.read_text().splitlines()[2])["chosen"][0]["content"].startswith("I am SmolLM")
-    run = run_job(dataset=str(out), start_from=tiny_run.name, max_steps=2, eval_fraction=0,
-                  output_name="dpo-on-votes", report_prompts=["Who are you?"])
-    assert run.manifest().steps == 2 and (run.adapter / "adapter_config.json").is_file()
-    assert run.manifest().start_from == tiny_run.name
-    assert run.manifest().vote_sources == {"this lab": 2, pulled: 1}
-    from core.hub.publish import model_card
-
-    assert f"Trained on preference pairs from votes: 1 from {pulled}, 2 from this lab." in model_card(run, "t/x")
-    # "Before" is the SFT adapter DPO started from, which says the identity it learnt; the base
-    # does not. (Not the very text of the tiny run's report: that came from another batch, base
-    # row beside adapter row, where "I'm" and "I am" can tie within rounding.)
-    [row], [sft_row] = (json.loads(r.report_json.read_text()) for r in (run, RunFolder(tiny_run)))
-    assert "Lumen" in row["base"] and "Lumen" in sft_row["tuned"] and "Lumen" not in sft_row["base"], (row, sft_row)
-    assert f"**Start ({tiny_run.name}):**" in run.report()
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0]["chosen"][0]["content"].startswith("I am Lumen") and rows[2]["chosen"][0]["content"].startswith("I am SmolLM")
+    assert [row["source"] for row in rows] == ["this lab", pulled, "this lab"]
     votes.store().unlink()
     with pytest.raises(LabError, match="is a lora adapter on smollm2-135m-instruct; this run trains qlora"):
         from training.config import load_config
