@@ -37,12 +37,15 @@ def test_train_reload_and_compare_in_browser(app_server, tiny_run):
         page.wait_for_function("() => document.querySelector('#cfg-max_steps input')?.value === '6'",
                                timeout=30_000)
         name = page.locator("#cfg-output_name textarea, #cfg-output_name input").first
+        # No answers scored (the tiny fixture's run checks those): what is tested here is the page.
+        rows = page.locator("#cfg-eval_rows input").first
         for _ in range(3):  # a late answer of the recipe's events can blank a name typed meanwhile
             name.fill("browser-run")
+            rows.fill("0")
             page.wait_for_timeout(1000)
-            if name.input_value() == "browser-run":
+            if name.input_value() == "browser-run" and rows.input_value() == "0":
                 break
-        assert name.input_value() == "browser-run"
+        assert name.input_value() == "browser-run" and rows.input_value() == "0"
         page.locator("#cfg-adapter").get_by_role("radio", name="lora", exact=True).check()
         page.locator("#cfg-lr_scheduler").get_by_role("radio", name="cosine", exact=True).check()
         page.locator("#train-start").click()
