@@ -1,5 +1,5 @@
-"""objective=dpo with trl's DPOTrainer on the real SmolLM2: the bundled preference pairs, exported
-votes, and DPO on top of the tiny SFT run's adapter."""
+"""objective=dpo with trl's DPOTrainer on the real SmolLM2: the bundled preference pairs, and votes
+exported as pairs (DPO on them from the tiny SFT run's adapter: tests/test_browser_votes.py)."""
 from __future__ import annotations
 
 import json
