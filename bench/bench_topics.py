@@ -1,4 +1,5 @@
-"""Topics benchmark: the embedding cache against a fresh embedding, and a fast topic refit.
+"""Topics benchmark: the embedding cache against a fresh embedding, a fast topic refit, and
+naming the topics with the chat model.
 
     .venv/bin/python bench/bench_topics.py [--repeats 5]
 
@@ -9,6 +10,9 @@ On the 4,080 Guardian headlines with the packaged MiniLM:
     the next click in the same process;
 (b) a refit of the fast topic model (PCA + KMeans on the cached embeddings, BERTopic's own
     c-TF-IDF and representation), as when the user moves the topic-count slider.
+(c) naming 15 topics with the packaged SmolLM2 (`label_topics`: every topic's question in one
+    batched greedy generate) against the plain way, one `stream_reply` per topic with the same
+    questions and settings, interleaved; `naming_speedup` is their ratio.
 Required: the cache hit is >= 50x faster, and the refit takes <= 5 s. The data dir is a
 temporary folder, removed afterwards. The last line printed is a JSON object with the figures.
 """
@@ -60,16 +64,42 @@ def main(argv=None) -> dict:
                 hits.append(timed(lambda: embed(texts))[0])
         fit_topics(texts, vectors, "fast", 20)  # first fit: imports and numba warm-up
         refits = [timed(lambda n=n: fit_topics(texts, vectors, "fast", n))[0] for n in range(15, 15 + args.repeats)]
+        batched, one_at_a_time = naming_seconds(fit_topics(texts, vectors, "fast", 15), max(2, args.repeats // 2))
     figures = {"documents": len(texts), "fresh_embed_s": round(statistics.median(fresh), 2),
                "cache_hit_s": round(statistics.median(hits), 4),
                "memory_hit_s": round(statistics.median(memory_hits), 4),
                "cache_speedup": round(statistics.median(fresh) / statistics.median(hits), 1),
-               "refit_s": round(statistics.median(refits), 2), "threads": threads.for_chat(False)}
+               "refit_s": round(statistics.median(refits), 2), "naming_15_topics_s": round(statistics.median(batched), 2),
+               "naming_one_at_a_time_s": round(statistics.median(one_at_a_time), 2),
+               "naming_speedup": round(statistics.median(one_at_a_time) / statistics.median(batched), 2),
+               "threads": threads.for_chat(False)}
     print(f"{len(texts)} headlines: fresh embedding {figures['fresh_embed_s']} s, cache hit "
           f"{figures['cache_hit_s'] * 1000:.1f} ms ({figures['cache_speedup']}x; required >= 50x); "
-          f"fast refit {figures['refit_s']} s (required <= 5 s), medians")
+          f"fast refit {figures['refit_s']} s (required <= 5 s); naming 15 topics {figures['naming_15_topics_s']} s, "
+          f"one at a time {figures['naming_one_at_a_time_s']} s; medians")
     print(json.dumps(figures))
     return figures
+
+
+def naming_seconds(result, repeats: int) -> tuple[list[float], list[float]]:
+    """Seconds to name every topic of `result`: batched (`label_topics`), and one reply per topic."""
+    from core.explore.topics import label_topics, naming_question, naming_settings
+    from core.inference.chat import stream_reply
+    from core.inference.models import load_model
+
+    loaded = load_model("smollm2-135m-instruct")
+    topics = [t for t in sorted(result.model.get_topics()) if t != -1]
+
+    def one_at_a_time():
+        for topic in topics:
+            list(stream_reply(loaded, [{"role": "user", "content": naming_question(result, topic)}], naming_settings()))
+
+    label_topics(result, max_topics=2)  # warm-up: the first generate's own costs
+    batched, single = [], []
+    for _ in range(repeats):
+        batched.append(timed(lambda: label_topics(result))[0])
+        single.append(timed(one_at_a_time)[0])
+    return batched, single
 
 
 if __name__ == "__main__":

@@ -119,37 +119,46 @@ def search_topics(result: TopicResult, query: str, top_n: int = 5) -> list[tuple
             for t, s in zip(topics, similarities)]
 
 
+def naming_settings():
+    """The naming answers' settings: short, greedy, with the instruction as the system prompt."""
+    from core.inference.chat import GenerationSettings
+
+    return GenerationSettings(max_new_tokens=20, system_prompt="You name topics in 2 to 4 words. Answer with the name only.")
+
+
 def label_topics(result: TopicResult, chat_model: str = "smollm2-135m-instruct", max_topics: int = 30,
                  progress=None) -> dict[int, str]:
     """Ask the chat model for a short name per topic, from its top words and example documents.
     Every topic's question is one row of a single batched greedy generate: a decoding step
     reads the weights once for all its rows, where one reply at a time read them once per topic."""
-    from core.inference.chat import GenerationSettings
     from core.inference.compare import stream_batch
     from core.inference.fast_decode import BASE
     from core.inference.models import load_model
 
     loaded = load_model(chat_model)
-    settings = GenerationSettings(max_new_tokens=20, system_prompt="You name topics in 2 to 4 words. "
-                                  "Answer with the name only.")
+    settings = naming_settings()
     topic_ids = [t for t in sorted(result.model.get_topics()) if t != -1][:max_topics]
-    keywords = {t: ", ".join(w for w, _ in result.model.get_topic(t)[:8]) for t in topic_ids}
-    questions = [[{"role": "user", "content": _naming_question(result, t, keywords[t])}] for t in topic_ids]
+    questions = [[{"role": "user", "content": naming_question(result, t)}] for t in topic_ids]
     replies = ()
     if questions:
         for step, replies in enumerate(stream_batch(loaded, questions, [BASE] * len(questions), settings)):
             if progress:
                 progress(min(1.0, (step + 1) / settings.max_new_tokens))
-    labels = {t: _clean_label(reply.text) or keywords[t].split(", ")[0] for t, reply in zip(topic_ids, replies)}
+    labels = {t: _clean_label(reply.text) or topic_keywords(result, t).split(", ")[0] for t, reply in zip(topic_ids, replies)}
     if -1 in result.model.get_topics():
         labels[-1] = "Outliers"
     result.model.set_topic_labels(labels)
     return labels
 
 
-def _naming_question(result: TopicResult, topic: int, keywords: str) -> str:
+def topic_keywords(result: TopicResult, topic: int) -> str:
+    return ", ".join(w for w, _ in result.model.get_topic(topic)[:8])
+
+
+def naming_question(result: TopicResult, topic: int) -> str:
+    """What the chat model is asked about one topic: its keywords and three example documents."""
     docs = "\n".join(f"- {d[:120]}" for d in (result.model.get_representative_docs(topic) or [])[:3])
-    return f"Keywords: {keywords}\nExample documents:\n{docs}\nWhat is a short name for this topic?"
+    return f"Keywords: {topic_keywords(result, topic)}\nExample documents:\n{docs}\nWhat is a short name for this topic?"
 
 
 _PREAMBLE = re.compile(r"^(?:a |the )?(?:short |good )?(?:name for (?:this|the) topic|topic name)"
