@@ -46,7 +46,8 @@ def test_cosine_with_warmup_is_the_schedule_the_run_logs(data_home, tiny_run):
     from training.run import train
 
     cfg = load_config("tiny", output_name="cosine-run", max_steps=6, save_steps=100, eval_fraction=0,
-                      lr_scheduler="cosine", warmup=2, optimizer="adamw_torch", weight_decay=0.01)
+                      lr_scheduler="cosine", warmup=2, optimizer="adamw_torch", weight_decay=0.01,
+                      batch_size=4, max_length=64)  # what is tested is the schedule: short steps
     run = RunFolder(train(cfg, data_home / "runs" / cfg.output_name))
     logged = [e["learning_rate"] for e in read_log(run) if e.get("loss") is not None]
     peak, warm, total = cfg.learning_rate, 2, 6
