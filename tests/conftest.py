@@ -36,6 +36,12 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 # wait took the CPU the other worker's threads needed: a sample of 9 files ran in 318 s spinning
 # and 259 s passive (398 s on one worker). Set before torch loads; jobs inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# And one thread each: a worker's torch (and the app servers it starts) took both cores by
+# default, so two workers ran four threads on two cores, and every parallel kernel waited for a
+# thread the other worker had descheduled. A sample of 6 files: 124-127 s with the default, 115-117 s
+# with one thread. Jobs take one thread anyway (core.threads.for_job); bench/ measures two.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("FINETUNE_LAB_THREADS", "1")
 
 
 ADMIN_KEY = "admin-key-for-tests-4821"
