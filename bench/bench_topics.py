@@ -64,7 +64,8 @@ def main(argv=None) -> dict:
                 hits.append(timed(lambda: embed(texts))[0])
         fit_topics(texts, vectors, "fast", 20)  # first fit: imports and numba warm-up
         refits = [timed(lambda n=n: fit_topics(texts, vectors, "fast", n))[0] for n in range(15, 15 + args.repeats)]
-        batched, one_at_a_time = naming_seconds(fit_topics(texts, vectors, "fast", 15), max(2, args.repeats // 2))
+        fifteen = fit_topics(texts, vectors, "fast", 15)
+        batched, one_at_a_time = naming_seconds(fifteen, max(2, args.repeats // 2))
     figures = {"documents": len(texts), "fresh_embed_s": round(statistics.median(fresh), 2),
                "cache_hit_s": round(statistics.median(hits), 4),
                "memory_hit_s": round(statistics.median(memory_hits), 4),

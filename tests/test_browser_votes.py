@@ -131,7 +131,8 @@ def assert_the_run_records_its_start_and_votes(tiny_run, pairs: int) -> None:
     manifest = run.manifest()
     [pulled] = [source for source in manifest.vote_sources if source.startswith(f"hub:{VOTES}@")]
     assert manifest.start_from == tiny_run.name and manifest.vote_sources == {"this lab": 1, pulled: pairs - 1}
-    assert f"Trained on preference pairs from votes: {pairs - 1} from {pulled}, 1 from this lab." in model_card(run, "t/x")
+    card = model_card(run, "t/x")
+    assert f"Trained on preference pairs from votes: {pairs - 1} from {pulled}, 1 from this lab." in card
     # Not the very text of the tiny run's report: that came from another batch, base row beside
     # adapter row, where "I'm" and "I am" can tie within rounding.
     [row], [sft_row] = (json.loads(r.report_json.read_text()) for r in (run, RunFolder(tiny_run)))

@@ -7,7 +7,6 @@ import json
 import pytest
 
 from core.errors import LabError
-from core.runs import RunFolder
 
 
 def run_job(**overrides):
@@ -154,7 +153,8 @@ def test_votes_export_as_preference_pairs_and_a_start_must_match_the_adapter(tin
     out = tmp_path / "votes.jsonl"
     assert votes.export_preferences(out) == 3
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert rows[0]["chosen"][0]["content"].startswith("I am Lumen") and rows[2]["chosen"][0]["content"].startswith("I am SmolLM")
+    chosen = [row["chosen"][0]["content"] for row in rows]
+    assert chosen[0].startswith("I am Lumen") and chosen[2].startswith("I am SmolLM")
     assert [row["source"] for row in rows] == ["this lab", pulled, "this lab"]
     votes.store().unlink()
     with pytest.raises(LabError, match="is a lora adapter on smollm2-135m-instruct; this run trains qlora"):

@@ -123,7 +123,8 @@ def naming_settings():
     """The naming answers' settings: short, greedy, with the instruction as the system prompt."""
     from core.inference.chat import GenerationSettings
 
-    return GenerationSettings(max_new_tokens=20, system_prompt="You name topics in 2 to 4 words. Answer with the name only.")
+    return GenerationSettings(max_new_tokens=20,
+                              system_prompt="You name topics in 2 to 4 words. Answer with the name only.")
 
 
 def label_topics(result: TopicResult, chat_model: str = "smollm2-135m-instruct", max_topics: int = 30,
@@ -144,7 +145,8 @@ def label_topics(result: TopicResult, chat_model: str = "smollm2-135m-instruct",
         for step, replies in enumerate(stream_batch(loaded, questions, [BASE] * len(questions), settings)):
             if progress:
                 progress(min(1.0, (step + 1) / settings.max_new_tokens))
-    labels = {t: _clean_label(reply.text) or topic_keywords(result, t).split(", ")[0] for t, reply in zip(topic_ids, replies)}
+    labels = {t: _clean_label(reply.text) or topic_keywords(result, t).split(", ")[0]  # the first keyword
+              for t, reply in zip(topic_ids, replies)}
     if -1 in result.model.get_topics():
         labels[-1] = "Outliers"
     result.model.set_topic_labels(labels)
@@ -152,13 +154,15 @@ def label_topics(result: TopicResult, chat_model: str = "smollm2-135m-instruct",
 
 
 def topic_keywords(result: TopicResult, topic: int) -> str:
+    """A topic's eight top words, comma-separated."""
     return ", ".join(w for w, _ in result.model.get_topic(topic)[:8])
 
 
 def naming_question(result: TopicResult, topic: int) -> str:
     """What the chat model is asked about one topic: its keywords and three example documents."""
     docs = "\n".join(f"- {d[:120]}" for d in (result.model.get_representative_docs(topic) or [])[:3])
-    return f"Keywords: {topic_keywords(result, topic)}\nExample documents:\n{docs}\nWhat is a short name for this topic?"
+    return (f"Keywords: {topic_keywords(result, topic)}\nExample documents:\n{docs}\n"
+            "What is a short name for this topic?")
 
 
 _PREAMBLE = re.compile(r"^(?:a |the )?(?:short |good )?(?:name for (?:this|the) topic|topic name)"
