@@ -20,18 +20,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_chat import make_adapter  # noqa: E402
-from core.inference import fast_decode  # noqa: E402
+from core.inference import lora_rows  # noqa: E402
 from core import threads  # noqa: E402
 
 
 def with_fp32_lora(run):
     """`run` with the fp32 path for every LoRA layer: what `_lean_forward` picked before the int8 one."""
     def wrapped():
-        chosen, fast_decode._lean_forward = fast_decode._lean_forward, fast_decode.fp32_lora_forward
+        chosen, lora_rows._lean_forward = lora_rows._lean_forward, lora_rows.fp32_lora_forward
         try:
             return run()
         finally:
-            fast_decode._lean_forward = chosen
+            lora_rows._lean_forward = chosen
     return wrapped
 
 

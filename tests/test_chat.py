@@ -60,7 +60,7 @@ def test_compare_base_pane_is_exactly_the_base_model(tmp_path, data_home, monkey
     """One copy of weights: the base side must equal a separately loaded plain transformers
     model, token for token. The reference owes nothing to the code under test, so the app
     decodes with the model's own weights here (FINETUNE_LAB_DECODE=eager, in a cache of this
-    test's own); the int8 path is held to peft's logits in test_compare.py."""
+    test's own); the int8 path is held to peft's logits in test_lora_rows.py."""
     from collections import OrderedDict
 
     from peft import LoraConfig, get_peft_model

@@ -13,7 +13,8 @@ import torch
 
 from core.inference import compiled_views, own_kernels
 from core.inference.compiled_decode import SLOTS, CompiledStep, choose
-from core.inference.fast_decode import BASE, adapter_rows, quantize_linears
+from core.inference.fast_decode import BASE, quantize_linears
+from core.inference.lora_rows import adapter_rows
 
 IDS = torch.tensor([[1, 9690, 198, 2683, 359], [1, 9690, 198, 2683, 359]])
 

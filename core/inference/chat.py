@@ -188,7 +188,8 @@ def adapter_context(loaded: LoadedModel, adapter_names: list[str], kwargs: dict)
     """The context that applies adapter_names[i] to batch row i during `generate`: the lean
     rows path of core.inference.fast_decode, else peft's own `adapter_names` argument (added to kwargs).
     A batch of base rows only runs the pure base."""
-    from core.inference.fast_decode import BASE, adapter_rows
+    from core.inference.fast_decode import BASE
+    from core.inference.lora_rows import adapter_rows
 
     if set(adapter_names) <= {BASE}:
         return base_only(loaded, None)

@@ -3,7 +3,7 @@
     python cli.py chat --adapter <run name> --compare "What is LoRA?"      # the CLI twin
 
 A LoRA/QLoRA adapter shares the base's weights, so both panes come from ONE batched `generate`
-with mixed-adapter batches (peft's arithmetic, applied by core.inference.fast_decode.adapter_rows): row 0
+with mixed-adapter batches (peft's arithmetic, applied by core.inference.lora_rows.adapter_rows): row 0
 runs without the adapter, row 1 with it. Decoding a token reads every weight once whatever the batch size, so two
 rows cost little more than one. A full fine-tune is a second model: its pane runs in a thread of
 its own next to the base's.

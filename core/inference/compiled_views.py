@@ -11,7 +11,7 @@ modules down to the leaves, which are shared, so no weight is copied.
   land in the loaded model's own modules, not the view's, so base replies keep their step.
 - `compare_view`: the base view with each of an adapter's LoRA layers as a `RowLoraLinear`,
   which adds the adapter to the last batch row only (Compare's tuned pane; row 0 is the base).
-  Its A and s B are those of core.inference.fast_decode's rows path, prepared by the same code
+  Its A and s B are those of core.inference.lora_rows' path, prepared by the same code
   (int8 on int8 weights), and `use` swaps in another adapter of the same `layout` without
   compiling again.
 """
@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from core.inference import own_kernels
-from core.inference.fast_decode import Int8Linear, int8_adapter, plain_lora_layers, rows_times_int8, scaled_lora
+from core.inference.fast_decode import Int8Linear, rows_times_int8
+from core.inference.lora_rows import int8_adapter, plain_lora_layers, scaled_lora
 
 # Per-call state transformers keeps on a model; a view starts without the original's.
 _PER_MODEL = ("_cache", "_compiled_call", "_last_compile_config")
@@ -31,7 +32,7 @@ _PER_MODEL = ("_cache", "_compiled_call", "_last_compile_config")
 
 class RowLoraLinear(torch.nn.Module):
     """A base layer plus one LoRA adapter on the batch's last row, with the arithmetic of
-    fast_decode's rows path. On an Int8Linear, A (int8) rides under the base weight, so one
+    lora_rows' path. On an Int8Linear, A (int8) rides under the base weight, so one
     product yields the layer and x A, then s B (int8) is one more small product (in the
     compiled graph, a sum that inductor fuses with what follows; on our own kernels, part of
     the same op call, own_kernels.lora_rows_times_int8). On a float Linear (a GPU, or a CPU
@@ -126,7 +127,7 @@ def base_view(model: torch.nn.Module) -> torch.nn.Module:
 
 def lora_layers(peft_model, name: str) -> dict:
     """{dotted path in the base model: peft LoRA layer} for adapter `name`, or {} unless it is
-    plain LoRA on Linear layers only (fast_decode.plain_lora_layers): what a compare view can run."""
+    plain LoRA on Linear layers only (lora_rows.plain_lora_layers): what a compare view can run."""
     from peft.tuners.lora import LoraLayer  # peft loads with the first adapter, not at the app's start
 
     if plain_lora_layers(peft_model, [name]) is None:

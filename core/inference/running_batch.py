@@ -27,7 +27,8 @@ from core import threads
 from core.inference.chat import GenerationSettings, Reply, base_only, build_inputs
 from core.inference.compare import add_token, in_format
 from core.inference.decode_attention import OWN_KERNEL_ATTENTION, PACKED_ATTENTION, rows_starting_at
-from core.inference.fast_decode import BASE, installed, rows_forwards
+from core.inference.fast_decode import BASE
+from core.inference.lora_rows import installed, rows_forwards
 from core.inference.models import LoadedModel
 from core.inference.token_rules import ReplyRules, end_ids
 
