@@ -3,11 +3,11 @@
     used by core.inference.chat, .compare, .running_batch and .compiled_views; tests/test_lora_rows.py checks it
 
 `adapter_rows` is the context chat decodes in when a batch mixes adapters (Compare's base and
-tuned panes, several visitors) or a tuned pane runs alone: peft's mixed-batch forward spends 9
-kernels a layer. On the int8 weights of core.inference.fast_decode with one adapter in the
-batch, A rides under the base weight (`Int8Linear.append_rows`), so the base product also
-yields x A, and s B is int8 too: 2 kernels. Otherwise A and s B stay fp32: 3 kernels. It is
-`None` (then peft's `adapter_names` does it) where an adapter is not plain LoRA on Linear layers.
+tuned panes, several visitors) or a tuned pane runs alone; on the int8 weights of
+core.inference.fast_decode an adapter's A rides under the base weight (`Int8Linear.append_rows`).
+`rows_forwards` and `installed` give the same forwards to a caller that installs them per step
+(core.inference.running_batch), and `int8_adapter` and `scaled_lora` the same A and s B to the
+compiled Compare step's view (core.inference.compiled_views).
 """
 from __future__ import annotations
 
