@@ -162,3 +162,45 @@ def test_votes_export_as_preference_pairs_and_a_start_must_match_the_adapter(tin
         from training.model_setup import starting_adapter
 
         starting_adapter(load_config("dpo_lora", adapter="qlora", start_from=tiny_run.name))
+
+
+@pytest.mark.parametrize("start", ["fresh adapter", "continued adapter"])
+def test_before_training_the_held_out_figures_are_known_not_evaluated(start, tiny_model_dir, data_home, tmp_path):
+    """Where the policy starts as its own reference, DPO's figures before training are stated, not
+    evaluated: they equal what trl's evaluation measures, on a fresh adapter (B zero, the
+    reference with it off) and on a continued one (trl's frozen copy, "ref"); after a step the
+    policy is no longer its reference."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig, DPOTrainer
+
+    from core.runs import RunFolder
+    from training import objectives
+    from training.config import load_config
+    from training.model_setup import common_args
+    from training.objectives.dpo import policy_is_its_reference
+    from training.prepare import build_examples, split_examples
+
+    cfg = load_config("dpo_lora", model=str(tiny_model_dir), max_rows=16, max_steps=1, batch_size=2,
+                      max_length=64, eval_fraction=0.25, output_name=f"dpo-known-{start[:5]}", learning_rate=0.05)
+    objective, run = objectives.get("dpo"), RunFolder.named(cfg.output_name)
+    run.path.mkdir(parents=True)
+    tokenizer = objective.tokenizer(cfg)
+    train_set, eval_set = split_examples(build_examples(cfg, tokenizer), cfg)
+    if start == "fresh adapter":
+        trainer = objective.trainer(cfg, run, tokenizer, train_set, eval_set, [])
+    else:  # an adapter with weights of its own, continued as load_policy does for start_from
+        get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                       LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).save_pretrained(tmp_path)
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(tmp_path),
+                                          is_trainable=True)
+        trainer = DPOTrainer(model=model, args=DPOConfig(**common_args(cfg, run), beta=cfg.beta, max_length=64),
+                             train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer)
+        assert "ref" in model.peft_config
+    assert policy_is_its_reference(trainer)
+    stated = objective.held_out_before(trainer, cfg, tokenizer)
+    assert stated == objective.held_out(trainer, cfg, tokenizer) == {
+        "reward_accuracy": 0.0, "reward_margin": 0.0, "dpo_loss": 0.6931}
+    trainer.train()
+    assert not policy_is_its_reference(trainer)
+    assert objective.held_out(trainer, cfg, tokenizer)["reward_margin"] != 0

@@ -83,6 +83,10 @@ class Objective:
         """The held-out figures at this point of training, by name (saved in the run folder)."""
         raise NotImplementedError
 
+    def held_out_before(self, trainer, cfg, tokenizer) -> dict:
+        """The held-out figures before training: measured, unless the objective knows them."""
+        return self.held_out(trainer, cfg, tokenizer)
+
     def measures(self, before: dict, after: dict) -> list[Measure]:
         """The held-out figures as the manifest shows them, headline first."""
         raise NotImplementedError

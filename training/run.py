@@ -60,7 +60,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
     scores = evaluate.load_scores(run)
     if eval_set is not None and "before" not in scores:
         say_phase(run, "evaluating the base on held-out rows before training")
-        scores["before"] = objective.held_out(trainer, cfg, tokenizer)
+        scores["before"] = objective.held_out_before(trainer, cfg, tokenizer)
     say_phase(run, "")
     result = fit(trainer, run, cfg, resume, main)
     if STOP_REQUESTED["flag"]:
