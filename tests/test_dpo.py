@@ -178,7 +178,7 @@ def test_before_training_the_held_out_figures_are_known_not_evaluated(start, tin
     from training import objectives
     from training.config import load_config
     from training.model_setup import common_args
-    from training.objectives.dpo import policy_is_its_reference
+    from training.objective import policy_is_its_reference
     from training.prepare import build_examples, split_examples
 
     cfg = load_config("dpo_lora", model=str(tiny_model_dir), max_rows=16, max_steps=1, batch_size=2,

@@ -147,3 +147,21 @@ def split_by_prompt(examples, n_eval: int, seed: int):
         raise DataError("Every row has the same prompt: nothing can be held out. Set eval_fraction to 0.")
     return (examples.select([i for i, key in enumerate(keys) if key not in held]),
             examples.select([i for i, key in enumerate(keys) if key in held]))
+
+
+def policy_is_its_reference(trainer) -> bool:
+    """Whether trl's reference computes what the policy computes now: a full fine-tune's frozen
+    copy with the same weights, a continued adapter's frozen copy ("ref") equal to it, or a fresh
+    adapter whose B is all zeros (trl scores the reference with it off)."""
+    import torch
+
+    model = trainer.model
+    with torch.no_grad():
+        if trainer.ref_model is not None:
+            return all(torch.equal(mine, theirs) for mine, theirs in
+                       zip(model.parameters(), trainer.ref_model.parameters(), strict=True))
+        named = dict(model.named_parameters())
+        if "ref" in getattr(model, "peft_config", {}):
+            return all(torch.equal(weight, named[name.replace(".default.", ".ref.")])
+                       for name, weight in named.items() if ".default." in name)
+        return all(not weight.any() for name, weight in named.items() if "lora_B" in name)

@@ -20,7 +20,8 @@ from core.data.rows import DataError, detect_format
 from core.data.formats import Preview, answer_columns, answer_text, prompt_messages, sft_preview
 from core.runs import Measure
 from training.model_setup import common_args, load_policy
-from training.objective import BLIND_JUDGING_NOTE, Objective, held_out_prompts, split_by_prompt
+from training.objective import (BLIND_JUDGING_NOTE, Objective, held_out_prompts, policy_is_its_reference,
+                                split_by_prompt)
 
 
 class DPO(Objective):
@@ -78,11 +79,11 @@ class DPO(Objective):
                 "dpo_loss": round(metrics["eval_loss"], 4)}
 
     def held_out_before(self, trainer, cfg, tokenizer) -> dict:
-        """Where the policy starts as its own reference, every reward (beta times the log-ratio
-        of policy and reference) is zero: accuracy 0 (chosen strictly over rejected), margin 0,
-        loss -log sigmoid(0) = ln 2. trl's evaluation computes exactly these (8.5 s for the
-        bundled recipe's 7 held-out pairs on 2 cores), so they are only measured where the
-        reference is not the start (another loss, or weights that differ)."""
+        """Where the policy starts as its own reference (`policy_is_its_reference`), every reward
+        (beta times the log-ratio of policy and reference) is zero: accuracy 0 (chosen strictly
+        over rejected), margin 0, loss -log sigmoid(0) = ln 2. trl's evaluation computes exactly
+        these (8.5 s for the bundled recipe's 7 held-out pairs on 2 cores), so they are only
+        measured where the reference is not the start (another loss, or weights that differ)."""
         if list(trainer.args.loss_type) != ["sigmoid"] or not policy_is_its_reference(trainer):
             return self.held_out(trainer, cfg, tokenizer)
         return {"reward_accuracy": 0.0, "reward_margin": 0.0, "dpo_loss": round(math.log(2), 4)}
@@ -97,24 +98,6 @@ class DPO(Objective):
 
     def report_note(self) -> str:
         return BLIND_JUDGING_NOTE
-
-
-def policy_is_its_reference(trainer) -> bool:
-    """Whether trl's reference computes what the policy computes now: a full fine-tune's frozen
-    copy with the same weights, a continued adapter's frozen copy ("ref") equal to it, or a fresh
-    adapter whose B is all zeros (trl scores the reference with it off)."""
-    import torch
-
-    model = trainer.model
-    with torch.no_grad():
-        if trainer.ref_model is not None:
-            return all(torch.equal(mine, theirs) for mine, theirs in
-                       zip(model.parameters(), trainer.ref_model.parameters(), strict=True))
-        named = dict(model.named_parameters())
-        if "ref" in getattr(model, "peft_config", {}):
-            return all(torch.equal(weight, named[name.replace(".default.", ".ref.")])
-                       for name, weight in named.items() if ".default." in name)
-        return all(not weight.any() for name, weight in named.items() if "lora_B" in name)
 
 
 OBJECTIVE = DPO()

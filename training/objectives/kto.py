@@ -8,7 +8,8 @@ is the base with the adapter switched off (or, with `start_from`, a frozen copy 
 the run continues), so it costs no second copy of the weights. Rows: prompt/completion/label
 (label true/false, 1/0 or up/down), as message lists or plain text; the training rows need at
 least one good and one bad answer. Held out: rows whose prompts never trained, scored by the
-reward margin between good and bad answers and by the KTO loss.
+reward margin between good and bad answers and by the KTO loss (known before training where the
+policy starts as its reference: `held_out_before`).
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from core.errors import LabError
 from core.data.formats import Preview, answer_columns, answer_text, prompt_messages, sft_preview
 from core.runs import Measure
 from training.model_setup import common_args, load_policy
-from training.objective import BLIND_JUDGING_NOTE, Objective, held_out_prompts, split_by_prompt
+from training.objective import (BLIND_JUDGING_NOTE, Objective, held_out_prompts, policy_is_its_reference,
+                                split_by_prompt)
 
 LABELS = {"true": True, "1": True, "up": True, "good": True, "false": False, "0": False, "down": False, "bad": False}
 
@@ -68,6 +70,16 @@ class KTO(Objective):
         metrics = trainer.evaluate()
         return {"reward_margin": round(metrics.get("eval_rewards/margins", 0.0), 4),
                 "kto_loss": round(metrics["eval_loss"], 4)}
+
+    def held_out_before(self, trainer, cfg, tokenizer) -> dict:
+        """Where the policy starts as its own reference, every reward and the KL estimate are
+        zero: margin 0, and each row's loss 1 - sigmoid(0) = 0.5 at trl's default weights of 1
+        (what its evaluation computes); measured otherwise."""
+        args = trainer.args
+        if (args.loss_type, args.desirable_weight, args.undesirable_weight) != ("kto", 1.0, 1.0) \
+                or not policy_is_its_reference(trainer):
+            return self.held_out(trainer, cfg, tokenizer)
+        return {"reward_margin": 0.0, "kto_loss": 0.5}
 
     def measures(self, before: dict, after: dict) -> list[Measure]:
         return [Measure("held-out reward margin (good over bad answers)", before.get("reward_margin"),
