@@ -253,6 +253,25 @@ def tiny_model_dir(tmp_path_factory):
     return folder
 
 
+@pytest.fixture
+def tiny_objective(tiny_model_dir, data_home):
+    """A factory: recipe -> (objective, cfg, run folder, tokenizer, train rows, held-out rows) on the
+    tiny random model, as training.run prepares a run, for tests that build its trainer."""
+    def prepare(recipe: str, **overrides):
+        from core.runs import RunFolder
+        from training import objectives
+        from training.config import load_config
+        from training.prepare import build_examples, split_examples
+
+        cfg = load_config(recipe, model=str(tiny_model_dir), max_steps=1, max_length=64, eval_fraction=0.25,
+                          learning_rate=0.05, **overrides)
+        objective, run = objectives.get(cfg.objective), RunFolder.named(cfg.output_name)
+        run.path.mkdir(parents=True)
+        tokenizer = objective.tokenizer(cfg)
+        return (objective, cfg, run, tokenizer, *split_examples(build_examples(cfg, tokenizer), cfg))
+    return prepare
+
+
 def long_answer(url: str, local_address: str | None = None):
     """A 512-token answer streamed from the app's OpenAI endpoint (from `local_address`, a
     loopback address, to count as another visitor), returned once its first word is out:

@@ -165,7 +165,7 @@ def test_votes_export_as_preference_pairs_and_a_start_must_match_the_adapter(tin
 
 
 @pytest.mark.parametrize("start", ["fresh adapter", "continued adapter"])
-def test_before_training_the_held_out_figures_are_known_not_evaluated(start, tiny_model_dir, data_home, tmp_path):
+def test_before_training_the_held_out_figures_are_known_not_evaluated(start, tiny_objective, tiny_model_dir, tmp_path):
     """Where the policy starts as its own reference, DPO's figures before training are stated, not
     evaluated: they equal what trl's evaluation measures, on a fresh adapter (B zero, the
     reference with it off) and on a continued one (trl's frozen copy, "ref"); after a step the
@@ -174,19 +174,11 @@ def test_before_training_the_held_out_figures_are_known_not_evaluated(start, tin
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
-    from core.runs import RunFolder
-    from training import objectives
-    from training.config import load_config
     from training.model_setup import common_args
     from training.objective import policy_is_its_reference
-    from training.prepare import build_examples, split_examples
 
-    cfg = load_config("dpo_lora", model=str(tiny_model_dir), max_rows=16, max_steps=1, batch_size=2,
-                      max_length=64, eval_fraction=0.25, output_name=f"dpo-known-{start[:5]}", learning_rate=0.05)
-    objective, run = objectives.get("dpo"), RunFolder.named(cfg.output_name)
-    run.path.mkdir(parents=True)
-    tokenizer = objective.tokenizer(cfg)
-    train_set, eval_set = split_examples(build_examples(cfg, tokenizer), cfg)
+    objective, cfg, run, tokenizer, train_set, eval_set = tiny_objective(
+        "dpo_lora", max_rows=16, batch_size=2, output_name=f"dpo-known-{start[:5]}")
     if start == "fresh adapter":
         trainer = objective.trainer(cfg, run, tokenizer, train_set, eval_set, [])
     else:  # an adapter with weights of its own, continued as load_policy does for start_from

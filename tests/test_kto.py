@@ -91,22 +91,14 @@ def test_kto_learns_to_tell_good_from_bad_answers(data_home):
     assert [row for row in table if row[0] == f"{margin.label} (before)"][0][1] == f"{margin.after} ({margin.before})"
 
 
-def test_before_training_the_held_out_figures_are_known_not_evaluated(tiny_model_dir, data_home):
+def test_before_training_the_held_out_figures_are_known_not_evaluated(tiny_objective):
     """Where the policy starts as its own reference (a fresh adapter), KTO's figures before
     training are stated, not evaluated: they equal what trl's evaluation measures; after a step
     the policy is no longer its reference."""
-    from core.runs import RunFolder
-    from training import objectives
-    from training.config import load_config
     from training.objective import policy_is_its_reference
-    from training.prepare import build_examples, split_examples
 
-    cfg = load_config("kto_lora", model=str(tiny_model_dir), max_rows=24, max_steps=1, batch_size=4,
-                      max_length=64, eval_fraction=0.25, output_name="kto-known", learning_rate=0.05)
-    objective, run = objectives.get("kto"), RunFolder.named(cfg.output_name)
-    run.path.mkdir(parents=True)
-    tokenizer = objective.tokenizer(cfg)
-    train_set, eval_set = split_examples(build_examples(cfg, tokenizer), cfg)
+    objective, cfg, run, tokenizer, train_set, eval_set = tiny_objective(
+        "kto_lora", max_rows=24, batch_size=4, output_name="kto-known")
     trainer = objective.trainer(cfg, run, tokenizer, train_set, eval_set, [])
     assert policy_is_its_reference(trainer)
     stated = objective.held_out_before(trainer, cfg, tokenizer)

@@ -186,7 +186,7 @@ def check_messages(messages: list[dict]) -> None:
 
 def adapter_context(loaded: LoadedModel, adapter_names: list[str], kwargs: dict):
     """The context that applies adapter_names[i] to batch row i during `generate`: the lean
-    rows path of core.inference.fast_decode, else peft's own `adapter_names` argument (added to kwargs).
+    rows path of core.inference.lora_rows, else peft's own `adapter_names` argument (added to kwargs).
     A batch of base rows only runs the pure base."""
     from core.inference.fast_decode import BASE
     from core.inference.lora_rows import adapter_rows

@@ -76,8 +76,8 @@ class KTO(Objective):
         zero: margin 0, and each row's loss 1 - sigmoid(0) = 0.5 at trl's default weights of 1
         (what its evaluation computes); measured otherwise."""
         args = trainer.args
-        if (args.loss_type, args.desirable_weight, args.undesirable_weight) != ("kto", 1.0, 1.0) \
-                or not policy_is_its_reference(trainer):
+        defaults = (args.loss_type, args.desirable_weight, args.undesirable_weight) == ("kto", 1.0, 1.0)
+        if not (defaults and policy_is_its_reference(trainer)):
             return self.held_out(trainer, cfg, tokenizer)
         return {"reward_margin": 0.0, "kto_loss": 0.5}
 
