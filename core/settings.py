@@ -17,7 +17,7 @@
 | FINETUNE_LAB_EVENTS_PER_SESSION / _PER_ADDRESS | queued events a session / an address may hold | 8 / 16 |
 | FINETUNE_LAB_DTYPE | chat weights: auto, fp32, bf16 | auto |
 | FINETUNE_LAB_DECODE | chat decoding: auto, int8, eager, compiled | auto |
-| FINETUNE_LAB_CPU_KERNELS | chat's kernels on a CPU: torch's, or own (int8 activations with VNNI, attention over the slots in use; built here) | torch |
+| FINETUNE_LAB_CPU_KERNELS | chat's kernels on a CPU: torch's, or own (activations as two int8 bytes with VNNI, attention over the slots in use; built here) | torch |
 | FINETUNE_LAB_MAX_MODELS | models kept in memory | 2 |
 | FINETUNE_LAB_GGUF_RUNTIME | what reads an exported GGUF in the parity check: auto, llama.cpp, transformers | auto (llama.cpp where installed) |
 | FINETUNE_LAB_THREADS | chat's CPU threads when no job runs | all cores |

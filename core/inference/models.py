@@ -126,7 +126,7 @@ class LoadedModel:
     adapters: dict = field(default_factory=dict)  # adapter path -> peft adapter name
     lock: threading.RLock = field(default_factory=threading.RLock)
     decode: str = "eager"  # or "int8": core.inference.fast_decode
-    activations: str = ""  # what int8 weights multiply: "bfloat16 activations", "int8 activations (own kernels)"
+    activations: str = ""  # what int8 weights multiply: "bfloat16 activations", "16-bit activations (own kernels)"
     compiled: object = None  # core.inference.compiled_decode.CompiledStep, where one was asked for
 
     def describe(self) -> str:

@@ -146,7 +146,7 @@ def int8_product(dtype: torch.dtype):
     if why_not:
         print(f"[own kernels] keeping torch's: {why_not}", flush=True)
         return torch_rows_times_int8, None, f"{words} (our own kernels do not serve: {why_not})"
-    return rows_times_int8, pack, "int8 activations (own kernels)"
+    return rows_times_int8, pack, "16-bit activations (own kernels)"
 
 
 def serves(model: torch.nn.Module) -> bool:

@@ -4,21 +4,26 @@
 // Built with decode_attention.cpp into one library by core.inference.own_kernels (g++ against
 // torch's headers, kept in the model cache).
 // y[m, n] = scales[n] * sum_b sx[m, b] * sum_{k in block b} w[n, k] * xq[m, k]: each row of the
-// activations is quantized to int8 per block of 32 values with one float scale, as llama.cpp's
-// q8_0 does, but not 32 neighbours: the row goes in chunks of 64 bytes, 16 lanes of 4, and a
-// block is one lane's 4 values in each of 8 chunks (a group). A block's integer sum then runs
-// over its 8 chunks before one conversion and one scaling.
+// activations is quantized per block of 32 values with one float scale, as llama.cpp's q8_0
+// does, but to 16 bits, not 8: each value is two int8 bytes, xq = 254 * high + low, the high
+// byte in steps of the block's largest / 127 and the low one in 1/254 of those. One byte a
+// value moved greedy answers: on SmolLM2 a step's logits were 0.30 from fp32's on average
+// against torch's int8 path's 0.27 (bf16 activations), with two bytes 0.27. vpdpbusd sums each
+// byte's products into a register of its own, and the two become one integer before any
+// rounding. Nor are a block's values 32 neighbours: the row goes in chunks of 64 bytes, 16
+// lanes of 4, and a block is one lane's 4 values in each of 8 chunks (a group). A block's
+// integer sum then runs over its 8 chunks before one conversion and one scaling.
 //
 // The weight comes packed (own_kernels.pack): for each tile of 16 output rows, lane by lane,
 // chunk by chunk, the tile's 16 rows' 4 bytes of that lane, each byte w + 128. One 64-byte load
 // then holds 16 outputs' weights for one lane of one chunk, and vpdpbusd multiplies it by that
-// lane's 4 activation bytes, broadcast: 16 outputs' sums in one register, none to add up across
+// lane's 4 activation bytes (high, then low), broadcast: 16 outputs' sums in one register, none to add up across
 // a register's lanes at the end. Several rows share each load and several tiles each
 // broadcast, so a prompt's pass (dozens of rows) is arithmetic, not loads: Compare's two
 // prompts of 37 tokens took 40 ms of products, not 74, with the weights as plain rows (SmolLM2,
 // a 2-core Xeon without AMX). vpdpbusd multiplies unsigned by signed bytes: hence w + 128, and each
-// block's sum starts from -128 * (the sum of its values of xq), so it ends as the exact integer
-// sum(w * xq). (Taking the offset off after the float sum instead lost the answer to rounding
+// block's sums start from -128 * (the sum of its high, of its low bytes), so each ends as the
+// exact integer sum(w * byte). (Taking the offset off after the float sum instead lost the answer to rounding
 // where a block held a large activation.)
 // Every output's arithmetic is one fixed sequence: per lane, its blocks' scaled sums added group
 // by group, then the 16 lanes added pairwise (as _mm512_reduce_add_ps adds a register, the
@@ -41,15 +46,18 @@ constexpr int64_t kLanes = 16;
 constexpr int64_t kTile = 16;       // output rows per packed tile: one register of sums
 constexpr int64_t kGroupChunks = 8; // chunks whose lanes share one scale each (a block of 32 values)
 constexpr int64_t kSerialBytes = 1 << 17;  // smaller weights: one thread (waking the other costs more)
+constexpr int32_t kLowSteps = 254;  // a low byte's steps per step of the high byte
 
-// The activation rows, ready for vpdpbusd: int8 values (each row padded with zeros to whole
-// chunks), and per row, group and lane the block's scale and its start (-128 * its values' sum).
+// The activation rows, ready for vpdpbusd: each value as two int8 bytes, high and low (each row
+// padded with zeros to whole chunks), and per row, group and lane the block's scale (of a low
+// byte's step) and the starts of its two sums (-128 * the sum of its high, of its low bytes).
 struct QuantizedRows {
   int64_t chunks, groups;
-  std::vector<int8_t> values;
+  std::vector<int8_t> high, low;
   std::vector<float> scale;
-  std::vector<int32_t> start;
-  const int8_t* row(int64_t m) const { return values.data() + m * chunks * kChunk; }
+  std::vector<int32_t> start_high, start_low;
+  const int8_t* high_row(int64_t m) const { return high.data() + m * chunks * kChunk; }
+  const int8_t* low_row(int64_t m) const { return low.data() + m * chunks * kChunk; }
   int64_t block(int64_t m, int64_t g, int64_t lane) const { return (m * groups + g) * kLanes + lane; }
 };
 
@@ -61,15 +69,27 @@ inline __m512 load_bf16_masked(const at::BFloat16* x, int64_t valid) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
 }
 
-// x * inverse rounded to the nearest integer (ties to even, as torch.round), as int8 bytes.
+// Values already rounded to integers in [-127, 127], as int8 bytes.
 __attribute__((target("avx512f,avx512bw")))
-inline __m128i to_int8(__m512 x, __m512 inverse) {
-  return _mm512_cvtsepi32_epi8(_mm512_cvt_roundps_epi32(_mm512_mul_ps(x, inverse), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+inline __m128i to_int8(__m512 whole) {
+  return _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(whole));
+}
+
+// x in steps of a block's high byte (t = x * 127 / amax, so |t| <= 127): its high byte round(t),
+// then its low byte round((t - high) * 254), what high left in steps of 1/254 (|t - high| <= 1/2,
+// so |low| <= 127). Both round to nearest, ties to even, as torch.round.
+__attribute__((target("avx512f,avx512bw")))
+inline void split(__m512 t, __m128i& high, __m128i& low) {
+  constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  __m512 whole = _mm512_roundscale_ps(t, kNearest);
+  high = to_int8(whole);
+  low = to_int8(_mm512_roundscale_ps(_mm512_mul_ps(_mm512_sub_ps(t, whole), _mm512_set1_ps(float(kLowSteps))), kNearest));
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vnni,avx512vl")))
 void quantize_row(const at::BFloat16* x, int64_t K, int64_t m, QuantizedRows& q) {
-  int8_t* values = q.values.data() + m * q.chunks * kChunk;
+  int8_t* high = q.high.data() + m * q.chunks * kChunk;
+  int8_t* low = q.low.data() + m * q.chunks * kChunk;
   for (int64_t g = 0; g < q.groups; ++g) {
     int64_t c0 = g * kGroupChunks, c1 = std::min(q.chunks, c0 + kGroupChunks);
     __m512 largest[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
@@ -82,27 +102,33 @@ void quantize_row(const at::BFloat16* x, int64_t K, int64_t m, QuantizedRows& q)
     for (int quarter = 0; quarter < 4; ++quarter) _mm512_store_ps(each + quarter * 16, largest[quarter]);
     for (int lane = 0; lane < kLanes; ++lane) {
       float amax = std::max(std::max(each[4 * lane], each[4 * lane + 1]), std::max(each[4 * lane + 2], each[4 * lane + 3]));
-      q.scale[q.block(m, g, lane)] = amax / 127.f;
+      q.scale[q.block(m, g, lane)] = amax / 127.f / float(kLowSteps);
       for (int i = 0; i < 4; ++i) inverse[4 * lane + i] = amax > 0.f ? 127.f / amax : 0.f;
     }
-    __m512i sums = _mm512_setzero_si512();
+    __m512i high_sums = _mm512_setzero_si512(), low_sums = _mm512_setzero_si512();
     for (int64_t c = c0; c < c1; ++c) {
       for (int quarter = 0; quarter < 4; ++quarter) {
         int64_t k = c * kChunk + quarter * 16;
-        __m128i bytes = to_int8(load_bf16_masked(x + k, K - k), _mm512_load_ps(inverse + quarter * 16));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(values + k), bytes);
+        __m128i h, l;
+        split(_mm512_mul_ps(load_bf16_masked(x + k, K - k), _mm512_load_ps(inverse + quarter * 16)), h, l);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(high + k), h);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(low + k), l);
       }
       // each lane's 4 values summed by vpdpbusd with ones
-      sums = _mm512_dpbusd_epi32(sums, _mm512_set1_epi8(1), _mm512_loadu_si512(values + c * kChunk));
+      high_sums = _mm512_dpbusd_epi32(high_sums, _mm512_set1_epi8(1), _mm512_loadu_si512(high + c * kChunk));
+      low_sums = _mm512_dpbusd_epi32(low_sums, _mm512_set1_epi8(1), _mm512_loadu_si512(low + c * kChunk));
     }
-    _mm512_storeu_si512(q.start.data() + q.block(m, g, 0), _mm512_mullo_epi32(sums, _mm512_set1_epi32(-128)));
+    __m512i minus_128 = _mm512_set1_epi32(-128);
+    _mm512_storeu_si512(q.start_high.data() + q.block(m, g, 0), _mm512_mullo_epi32(high_sums, minus_128));
+    _mm512_storeu_si512(q.start_low.data() + q.block(m, g, 0), _mm512_mullo_epi32(low_sums, minus_128));
   }
 }
 
 QuantizedRows quantize_rows(const at::BFloat16* x, int64_t M, int64_t K) {
   int64_t chunks = (K + kChunk - 1) / kChunk, groups = (chunks + kGroupChunks - 1) / kGroupChunks;
-  QuantizedRows q{chunks, groups, std::vector<int8_t>(M * chunks * kChunk),
-                  std::vector<float>(M * groups * kLanes), std::vector<int32_t>(M * groups * kLanes)};
+  QuantizedRows q{chunks, groups, std::vector<int8_t>(M * chunks * kChunk), std::vector<int8_t>(M * chunks * kChunk),
+                  std::vector<float>(M * groups * kLanes), std::vector<int32_t>(M * groups * kLanes),
+                  std::vector<int32_t>(M * groups * kLanes)};
   at::parallel_for(0, M, 8, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) quantize_row(x + m * K, K, m, q);
   });
@@ -144,22 +170,32 @@ void tile_products(const QuantizedRows& q, int64_t m0, const uint8_t* packed, co
       for (int c = 0; c < kCols; ++c) acc[r][c] = _mm512_setzero_ps();
     for (int64_t g = 0; g < q.groups; ++g) {
       int64_t c0 = g * kGroupChunks, c1 = std::min(chunks, c0 + kGroupChunks);
-      __m512i dot[kRows][kCols];
+      __m512i high[kRows][kCols], low[kRows][kCols];
       for (int r = 0; r < kRows; ++r)
-        for (int c = 0; c < kCols; ++c) dot[r][c] = _mm512_set1_epi32(q.start[q.block(m0 + r, g, lane)]);
+        for (int c = 0; c < kCols; ++c) {
+          high[r][c] = _mm512_set1_epi32(q.start_high[q.block(m0 + r, g, lane)]);
+          low[r][c] = _mm512_set1_epi32(q.start_low[q.block(m0 + r, g, lane)]);
+        }
       for (int64_t chunk = c0; chunk < c1; ++chunk) {
         __m512i w[kCols];
         for (int c = 0; c < kCols; ++c) w[c] = _mm512_load_si512(w_lane[c] + chunk * kChunk);
         for (int r = 0; r < kRows; ++r) {
-          int32_t four;  // the lane's 4 bytes of this chunk
-          std::memcpy(&four, q.row(m0 + r) + chunk * kChunk + 4 * lane, 4);
-          __m512i x = _mm512_set1_epi32(four);
-          for (int c = 0; c < kCols; ++c) dot[r][c] = _mm512_dpbusd_epi32(dot[r][c], w[c], x);
+          int32_t four_high, four_low;  // the lane's 4 bytes of this chunk
+          std::memcpy(&four_high, q.high_row(m0 + r) + chunk * kChunk + 4 * lane, 4);
+          std::memcpy(&four_low, q.low_row(m0 + r) + chunk * kChunk + 4 * lane, 4);
+          __m512i xh = _mm512_set1_epi32(four_high), xl = _mm512_set1_epi32(four_low);
+          for (int c = 0; c < kCols; ++c) {
+            high[r][c] = _mm512_dpbusd_epi32(high[r][c], w[c], xh);
+            low[r][c] = _mm512_dpbusd_epi32(low[r][c], w[c], xl);
+          }
         }
       }
       for (int r = 0; r < kRows; ++r) {
         __m512 sx = _mm512_set1_ps(q.scale[q.block(m0 + r, g, lane)]);
-        for (int c = 0; c < kCols; ++c) acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r][c]), sx, acc[r][c]);
+        for (int c = 0; c < kCols; ++c) {  // the exact integer sum(w * (254 high + low)), then one conversion
+          __m512i both = _mm512_add_epi32(_mm512_mullo_epi32(high[r][c], _mm512_set1_epi32(kLowSteps)), low[r][c]);
+          acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(both), sx, acc[r][c]);
+        }
       }
     }
     for (int r = 0; r < kRows; ++r)
@@ -186,9 +222,10 @@ void run_of_tiles(const QuantizedRows& q, int64_t m0, const uint8_t* packed, con
   for (; t < t1; ++t) tile_products<kRows, 1>(q, m0, packed, scales, out, N, t);
 }
 
-// Rows [m_begin, m_end) times tiles [t0, t1). Registers: kRows x kCols sums, as many scaled
-// sums, kCols weight loads and a broadcast (4 x 3 ran a prompt's pass fastest: 40 ms against
-// 43 for 4 x 2, 6 x 2 and 4 x 4 (spilled)).
+// Rows [m_begin, m_end) times tiles [t0, t1). Registers: kRows x kCols sums of each byte, as
+// many scaled sums, kCols weight loads and two broadcasts. With one byte a value 4 x 3 ran a
+// prompt's pass fastest (40 ms against 43 for 4 x 2, 6 x 2 and 4 x 4, spilled); with two, 4 x 3
+// spills too but still ran fastest (37 rows: 36.7 ms against 38-40 for 3 x 3, 46 for 2 x 4).
 void rows_times_tiles(const QuantizedRows& q, int64_t m_begin, int64_t m_end, const uint8_t* packed,
                       const at::BFloat16* scales, at::BFloat16* out, int64_t N, int64_t t0, int64_t t1) {
   for (int64_t m0 = m_begin; m0 < m_end; m0 += 4) {
