@@ -7,7 +7,9 @@
 
 The page is served before any model loads; models load lazily on first use (the libraries
 they need are imported once before serving: two request threads importing transformers at
-once see it half-built). On a Hugging Face Space this file runs as is (the Space owner's
+once see it half-built), except that where chat gets a compiled decode step (by default on a
+CPU with native bf16) the default model and its step start loading at once
+(core.inference.prepare.at_app_start). On a Hugging Face Space this file runs as is (the Space owner's
 Hugging Face login unlocks training/publishing). A non-loopback --host without --auth is
 public too (see core/access.py for what that means).
 
@@ -27,7 +29,8 @@ import gradio as gr  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 from core import access  # noqa: E402
-from core.settings import declare_public, settings  # noqa: E402
+from core.inference import prepare  # noqa: E402
+from core.settings import declare_public, declare_serving, settings  # noqa: E402
 from core.request_limits import (MAX_BODY_BYTES, SHARED_POOLS, BodyLimit, UploadCacheLimit,  # noqa: E402
                                  client_address, fair_order)
 from serve.openai_server import router as openai_router  # noqa: E402
@@ -137,6 +140,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     # Reachable by others with no login in front: public, without writing the environment.
     declare_public(args.share or (not args.auth and not access.is_loopback(args.host)))
+    declare_serving()  # chat models here get the compiled decode step (core.inference.compiled_decode.wanted)
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     import_libraries()
     # run_history=False: Gradio would otherwise keep every call's inputs (the HF token too) in the browser.
@@ -147,6 +151,7 @@ def main(argv=None) -> None:
                                            Middleware(UploadCacheLimit, folder=upload_folder())]})
     # The OpenAI-compatible endpoint on the same server (Gradio's --auth does not guard it: a key does).
     demo.app.include_router(openai_router(login_required=auth is not None))
+    prepare.at_app_start()  # the default chat model and its decode step, loaded before anyone asks
     demo.block_thread()
 
 

@@ -188,11 +188,12 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from core import access
-    from core.settings import declare_public, settings
+    from core.settings import declare_public, declare_serving, settings
     from serve.openai_server import standalone
 
     # Reachable by others with no key: visitors' rules, as app.py does for its own host.
     declare_public(not access.is_loopback(args.host) and not settings().api_key)
+    declare_serving()
     print(f"OpenAI-compatible endpoint: http://{args.host}:{args.port}/v1", flush=True)
     uvicorn.run(standalone(), host=args.host, port=args.port, log_level="warning")
     return 0

@@ -8,10 +8,11 @@ the streaming path's overhead, compare-mode memory, time to first token.
     core.inference.fast_decode), the machine's read bandwidth, and each path's share of its bandwidth
     limit (bandwidth / bytes read per token); greedy agreement of int8 with eager bf16 on ten
     prompts (first 32 tokens); `decode_speedup` is int8 over eager bf16; where our own kernels
-    serve (core.inference.own_kernels: int8 activations), the same for them (`int8-own`,
+    serve (core.inference.own_kernels: two int8 bytes a value), the same for them (`int8-own`,
     `own_vs_bf16_greedy`, `own_over_int8`);
 (e) wall time of Compare (both panes from one batch, --compare-tokens each) against a single
-    pane: `compare_over_single` is over the base pane alone, with the app's default path
+    pane: `compare_over_single` is over the base pane alone, on the int8 path as the app loads it
+    outside a serving process (our kernels where they serve; no compiled step)
     (`two_base_rows_over_one`: a batch of two rows without any adapter over one row, its floor); the
     same figures on eager bf16 weights (`eager_bf16`), and the app's Compare over an eager
     single pane (`compare_over_eager_single`);
@@ -22,7 +23,8 @@ the streaming path's overhead, compare-mode memory, time to first token.
     each measured in its own fresh subprocess;
 (c) time to first streamed token;
 (f) where llama-cpp-python is installed, llama.cpp on the same model written as q8_0 by the app's
-    GGUF writer (bench/llamacpp_speed.py): `app_over_llamacpp_q8_0` is the app's int8 rate over it.
+    GGUF writer (bench/llamacpp_speed.py): `int8_over_llamacpp_q8_0` is the int8 path's rate over
+    it (the app's own figure, on its compiled step: bench/compiled_speed.py).
 The last line printed is a JSON object with the figures (medians over the repeats).
 """
 from __future__ import annotations
@@ -161,7 +163,7 @@ def compare_figures(adapter: str, tokens: int, repeats: int, eager) -> dict:
     from core.inference.adapters import attach_tuned
     from core.inference.models import load_model
 
-    loaded = load_model("smollm2-135m-instruct")  # the app's own path on this machine
+    loaded = load_model("smollm2-135m-instruct")  # the app's int8 path on this machine (not serving: no compiled step)
     floor = decode_speed.two_rows_over_one(loaded, tokens, repeats)  # before the adapter attaches
     times = decode_speed.compare_timing(loaded, attach_tuned(loaded, adapter), tokens, repeats)
     eager_times = decode_speed.compare_timing(eager, attach_tuned(eager, adapter), tokens, repeats)
@@ -183,7 +185,7 @@ def main() -> None:
     figures, paths = decode_paths(args.tokens, args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
         own = {"own": figures["int8-own"]["tok_s"]} if "int8-own" in figures else {}
-        figures.update(llamacpp_speed.beside(args.tokens, args.repeats, app=figures["int8"]["tok_s"], **own))
+        figures.update(llamacpp_speed.beside(args.tokens, args.repeats, int8=figures["int8"]["tok_s"], **own))
         adapter = threads.in_own_thread(make_adapter, Path(tmp) / "adapter")
         figures.update(compare_figures(adapter, args.compare_tokens, max(3, args.repeats // 2),
                                        paths["eager-bf16"]))

@@ -1,13 +1,15 @@
-"""The compiled decode step (FINETUNE_LAB_DECODE=compiled) against the app's int8 path, in one run.
+"""The app's decode on a CPU with native bf16, the compiled step, against the int8 path on torch's
+kernels and llama.cpp, in one run.
 
-    .venv/bin/python bench/compiled_speed.py [--tokens 64] [--compare-tokens 128] [--repeats 5] [--kernels own]
-                                             [--compare-processes 3]
+    .venv/bin/python bench/compiled_speed.py [--tokens 64] [--compare-tokens 128] [--repeats 5]
+                                             [--kernels auto|torch|own] [--compare-processes 3]
 
 Both paths are the same loaded model (int8 weights on a bf16 CPU) answering through the Chat
 tab's `stream_reply`; the compiled step is switched off and on between interleaved replies.
-With `--kernels own` the model runs on core.inference.own_kernels (int8 activations, attention
-over the cache slots in use), and so does the compiled step; the int8 path stays on torch's
-kernels (the app's default), and a third path, `int8_own`, is the int8 path on ours, with its
+With `--kernels auto` (the app's default) or `own` the model runs on core.inference.own_kernels
+where they serve (two int8 bytes a value, attention over the cache slots in use), and so does
+the compiled step: what the app answers with. The int8 path stays on torch's kernels (the
+app's decode until 2026-12-05), and a third path, `int8_own`, is the int8 path on ours, with its
 greedy agreement.
 Figures: each path's tok/s on one prompt and `compiled_over_int8`; greedy agreement of the
 compiled step with the int8 path (bench.decode_speed.agreement: ten prompts, first 32 tokens,
@@ -15,7 +17,8 @@ as bench_chat measures int8 against bf16); the first warm-up (compiling into a f
 cache), and a restart: a new process on the same model cache, which loads the kept step (how
 long the step took to be ready, the process to be ready, and its first compiled answer of 8
 tokens, all from the process's start). Where llama-cpp-python is installed, llama.cpp on the same
-model as q8_0 (bench/llamacpp_speed.py), with both paths over it. Then Compare with an adapter:
+model as q8_0 (bench/llamacpp_speed.py), with each path over it (`app_over_llamacpp_q8_0`: the
+compiled step, as the app answers). Then Compare with an adapter:
 its compiled step against the int8 path, each over a single pane (`compare_figures`), on
 --compare-tokens tokens (128, as bench_chat's Compare figure: a longer reply weighs the two
 prompts' pass less), timed in --compare-processes fresh processes on the kept steps: the median
@@ -201,8 +204,8 @@ def main() -> None:
     parser.add_argument("--compare-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--compare-processes", type=int, default=3, help="fresh processes that time Compare")
-    parser.add_argument("--kernels", choices=("torch", "own"), default="torch",
-                        help="the kernels the compiled step runs on (FINETUNE_LAB_CPU_KERNELS)")
+    parser.add_argument("--kernels", choices=("auto", "torch", "own"), default="auto",
+                        help="the kernels the compiled step runs on (FINETUNE_LAB_CPU_KERNELS; auto: ours where they serve)")
     args = parser.parse_args()
     from core import threads
     from core.inference.models import load_model, resolve_model
@@ -217,7 +220,7 @@ def main() -> None:
     loaded = load_model("smollm2-135m-instruct")
     loaded.compiled.settled.wait()
     assert loaded.compiled.state == "ready", loaded.compiled.error
-    assert args.kernels == "torch" or own(loaded), loaded.activations
+    assert args.kernels != "own" or own(loaded), loaded.activations
     tok_s = rates(loaded, args.tokens, args.repeats)  # stream_reply decodes on the decode thread
     agree = greedy_figures(loaded)
     out = subprocess.run([sys.executable, "-c", RESTART.format(root=str(ROOT))], capture_output=True, text=True,
@@ -232,8 +235,8 @@ def main() -> None:
                "restart_first_answer_compiled": out[5] == "True"}
     figures["compare_tokens"] = args.compare_tokens
     figures.update(compare_figures(loaded, args.compare_tokens, args.repeats, args.compare_processes))
-    figures.update(llamacpp_speed.beside(args.tokens, args.repeats, app=tok_s["int8"], compiled=tok_s["compiled"],
-                                         **({"int8_own": tok_s["int8_own"]} if own(loaded) else {})))
+    figures.update(llamacpp_speed.beside(args.tokens, args.repeats, app=tok_s["compiled"], int8=tok_s["int8"],
+                                         compiled=tok_s["compiled"], **({"int8_own": tok_s["int8_own"]} if own(loaded) else {})))
     print(json.dumps(figures))
 
 

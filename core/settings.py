@@ -16,8 +16,8 @@
 | FINETUNE_LAB_BEHIND_PROXY=1 | trust the last X-Forwarded-For entry (on by itself on a Space) | off |
 | FINETUNE_LAB_EVENTS_PER_SESSION / _PER_ADDRESS | queued events a session / an address may hold | 8 / 16 |
 | FINETUNE_LAB_DTYPE | chat weights: auto, fp32, bf16 | auto |
-| FINETUNE_LAB_DECODE | chat decoding: auto, int8, eager, compiled | auto |
-| FINETUNE_LAB_CPU_KERNELS | chat's kernels on a CPU: torch's, or own (activations as two int8 bytes with VNNI, attention over the slots in use; built here) | torch |
+| FINETUNE_LAB_DECODE | chat decoding: auto (int8 weights on a CPU with native bf16, and the compiled step where the app serves), int8, eager, compiled | auto |
+| FINETUNE_LAB_CPU_KERNELS | chat's kernels on a CPU: auto (ours where they serve), torch's, or own (activations as two int8 bytes with VNNI, attention over the slots in use; built here) | auto |
 | FINETUNE_LAB_MAX_MODELS | models kept in memory | 2 |
 | FINETUNE_LAB_GGUF_RUNTIME | what reads an exported GGUF in the parity check: auto, llama.cpp, transformers | auto (llama.cpp where installed) |
 | FINETUNE_LAB_THREADS | chat's CPU threads when no job runs | all cores |
@@ -25,7 +25,7 @@
 A Space sets SPACE_ID, SPACE_AUTHOR_NAME and SYSTEM=spaces (and OAUTH_CLIENT_ID with OAuth on). The values are parsed once per
 distinct environment (so a test's monkeypatched variable takes effect); a bad number is a
 one-line LabError naming the variable. Nothing writes os.environ to pass a setting: the app
-declares public mode with `declare_public()`. Secrets (the admin key, the login) never show in
+declares public mode with `declare_public()`, and that it serves chat with `declare_serving()`. Secrets (the admin key, the login) never show in
 the object's repr.
 """
 from __future__ import annotations
@@ -43,7 +43,9 @@ NAMES = ("FINETUNE_LAB_HOME", "FINETUNE_LAB_MODELS", "FINETUNE_LAB_PUBLIC", "FIN
          "FINETUNE_LAB_EVENTS_PER_ADDRESS", "FINETUNE_LAB_DTYPE", "FINETUNE_LAB_DECODE", "FINETUNE_LAB_CPU_KERNELS",
          "FINETUNE_LAB_MAX_MODELS", "FINETUNE_LAB_THREADS", "FINETUNE_LAB_GGUF_RUNTIME", "SPACE_ID", "SPACE_AUTHOR_NAME", "SYSTEM",
          "OAUTH_CLIENT_ID")
-_DECLARED = {"public": False}  # set by app.main for --share or an open host: no environment write
+# Set by app.main (public: --share or an open host; serving: a process that answers chat for a
+# while, as cli.py serve is too): no environment write.
+_DECLARED = {"public": False, "serving": False}
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class Settings:
     events_per_address: int = 16
     dtype: str = "auto"
     decode: str = "auto"
-    cpu_kernels: str = "torch"
+    cpu_kernels: str = "auto"
     max_models: int = 2
     threads: int = 0
     gguf_runtime: str = "auto"
@@ -70,11 +72,12 @@ class Settings:
     space_author: str = ""
     on_spaces: bool = False
     oauth: bool = False  # a real Space with "hf_oauth: true": SYSTEM, SPACE_ID and OAUTH_CLIENT_ID set
+    serving: bool = False  # this process serves chat for a while: the app, or cli.py serve
 
 
 def settings() -> Settings:
     """The settings the environment gives now (parsed once per distinct environment)."""
-    return _parse(tuple(os.environ.get(name) for name in NAMES), _DECLARED["public"])
+    return _parse(tuple(os.environ.get(name) for name in NAMES), _DECLARED["public"], _DECLARED["serving"])
 
 
 def declare_public(public: bool) -> None:
@@ -82,8 +85,14 @@ def declare_public(public: bool) -> None:
     _DECLARED["public"] = public
 
 
+def declare_serving() -> None:
+    """This process serves chat for a while (the app, the OpenAI server): what it may prepare
+    once at a model's load (the compiled decode step) pays back over many replies."""
+    _DECLARED["serving"] = True
+
+
 @lru_cache(maxsize=8)
-def _parse(values: tuple, declared_public: bool) -> Settings:
+def _parse(values: tuple, declared_public: bool, declared_serving: bool) -> Settings:
     env = {name: value for name, value in zip(NAMES, values) if value is not None}
     on_spaces = env.get("SYSTEM") == "spaces"
     return Settings(
@@ -98,12 +107,12 @@ def _parse(values: tuple, declared_public: bool) -> Settings:
         events_per_session=_number(env, "FINETUNE_LAB_EVENTS_PER_SESSION", 8),
         events_per_address=_number(env, "FINETUNE_LAB_EVENTS_PER_ADDRESS", 16),
         dtype=env.get("FINETUNE_LAB_DTYPE", "auto"), decode=env.get("FINETUNE_LAB_DECODE", "auto"),
-        cpu_kernels=_choice(env, "FINETUNE_LAB_CPU_KERNELS", ("torch", "own")),
+        cpu_kernels=_choice(env, "FINETUNE_LAB_CPU_KERNELS", ("auto", "torch", "own")),
         max_models=max(1, _number(env, "FINETUNE_LAB_MAX_MODELS", 2)),
         threads=_number(env, "FINETUNE_LAB_THREADS", 0),
         gguf_runtime=_choice(env, "FINETUNE_LAB_GGUF_RUNTIME", ("auto", "llama.cpp", "transformers")),
         space_id=env.get("SPACE_ID", ""), space_author=env.get("SPACE_AUTHOR_NAME", ""), on_spaces=on_spaces,
-        oauth=on_spaces and bool(env.get("SPACE_ID")) and bool(env.get("OAUTH_CLIENT_ID")))
+        oauth=on_spaces and bool(env.get("SPACE_ID")) and bool(env.get("OAUTH_CLIENT_ID")), serving=declared_serving)
 
 
 def _number(env: dict, name: str, default: int) -> int:

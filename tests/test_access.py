@@ -121,6 +121,7 @@ def test_non_loopback_host_without_auth_is_public(monkeypatch):
     from core import settings
 
     monkeypatch.setitem(settings._DECLARED, "public", False)  # restored after the test; main declares it
+    monkeypatch.setitem(settings._DECLARED, "serving", False)
     class Unlaunched:  # main's calls, without a server
         app = type("Routes", (), {"include_router": lambda self, router: None})()
 

@@ -16,15 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from core.inference import compiled_store
+from core.inference import compiled_store, own_kernels
 from core.inference.chat import GenerationSettings, stream_reply
-from core.inference.compiled_decode import SLOTS, CompiledStep, Route, choose
+from core.inference.compiled_decode import SLOTS, CompiledStep, Route, choose, wanted
 from core.inference.fast_decode import BASE
+from core.paths import models_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# One process as the app runs it: load with FINETUNE_LAB_DECODE=compiled, wait for the warm-up,
-# answer through the Chat tab's stream_reply, then the same prompts with the step switched off;
+# One process as the app runs it: the defaults (no FINETUNE_LAB_DECODE or _CPU_KERNELS: our
+# kernels where they serve) in a process that serves chat, as app.main declares; load, wait for
+# the warm-up, answer through the Chat tab's stream_reply, then the same prompts with the step switched off;
 # then attach an adapter and do the same for Compare's panes, whose step compiles on the first.
 # A restart answers on the compiled steps only: their answers must be the first process's.
 PROCESS = """
@@ -36,7 +38,9 @@ from core.inference.adapters import attach_tuned
 from core.inference.chat import GenerationSettings, stream_reply
 from core.inference.compare import stream_compare
 from core.inference.models import load_model
+from core.settings import declare_serving
 
+declare_serving()
 threads.apply(threads.for_chat(job_running=False))
 loaded = load_model("smollm2-135m-instruct")
 loaded.compiled.settled.wait()
@@ -63,8 +67,9 @@ PROMPTS = ["What is the capital of France?", "Explain LoRA in one sentence."]  #
 
 
 def run_app_process(models: Path, adapter: Path, paths=("compiled", "int8")) -> dict:
-    env = {**os.environ, "FINETUNE_LAB_DECODE": "compiled", "FINETUNE_LAB_MODELS": str(models)}
-    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    env = {k: v for k, v in os.environ.items() if k not in ("FINETUNE_LAB_DECODE", "FINETUNE_LAB_CPU_KERNELS",
+                                                            "TORCHINDUCTOR_CACHE_DIR")}
+    env["FINETUNE_LAB_MODELS"] = str(models)
     script = PROCESS.format(root=str(ROOT), prompts=PROMPTS, adapter=str(adapter), paths=paths)
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -75,18 +80,22 @@ def test_compiled_step_answers_and_a_restart_loads_it_from_the_model_cache(tmp_p
     """The first process compiles the base step and keeps it in the model cache; the second (a
     restart) loads it, compiles nothing, is ready in a fraction of the time, and answers the
     same tokens. Both answer with the status naming the compiled step, and its greedy answers
-    open with the int8 path's words: the graph sums the same bf16 products in another order, so
-    near-ties part (over bench/compiled_speed.py's ten prompts, a common prefix of 25.9 tokens
-    on average, against 14.7 for int8 with eager bf16). After an adapter attaches, base replies
+    open with the int8 path's words: the graph sums the same products in another order, so
+    near-ties part (over bench/compiled_speed.py's ten prompts, a common prefix of 25.7 tokens
+    on average on torch's kernels, 17.9 on ours, against 14.7 for int8 with eager bf16). After an adapter attaches, base replies
     keep the step; Compare's step compiles on the first Compare (int8 answers it meanwhile), is
     kept and loaded the same way, and its panes open as the int8 path's do."""
     models = tmp_path / "models"
     models.mkdir()
     (models / "smollm2-135m-instruct").symlink_to(_converted_smollm2())
+    shared_kernels = models_dir() / "kernels"  # built once for the suite (test_own_kernels.py builds them too)
+    shared_kernels.mkdir(parents=True, exist_ok=True)
+    (models / "kernels").symlink_to(shared_kernels)
     first = run_app_process(models, loud_adapter)
     assert first["state"] == "ready", first["error"]
     assert any((models / "inductor").rglob("*.py")), "inductor wrote into the model cache"
     assert "compiled step ready, loaded" in first["described"]
+    assert ("int8 weights, 16-bit activations (own kernels)" in first["described"]) == (not own_kernels.unavailable())
     assert Counter(p.suffix for p in (models / "compiled").iterdir()) == {".bin": 2, ".json": 2}  # base and Compare
     for kept in (models / "compiled").glob("*.bin"):  # the steps' code checks no input sizes each call
         code = kept.read_bytes()
@@ -139,6 +148,48 @@ def _without_times(replies):
     return {k: v for k, v in replies.items() if k not in ("seconds", "stats")}
 
 
+def test_the_app_compiles_where_it_serves_chat(monkeypatch):
+    """By default the step is compiled for int8 weights in a process that serves chat (the app,
+    cli.py serve), not in a one-off reply or a job's evaluation, nor where visitors may load Hub
+    models; FINETUNE_LAB_DECODE=compiled compiles anywhere, int8 and eager nowhere."""
+    from core import settings
+
+    monkeypatch.delenv("FINETUNE_LAB_DECODE")
+    monkeypatch.setitem(settings._DECLARED, "serving", False)
+    assert not wanted("int8")
+    monkeypatch.setitem(settings._DECLARED, "serving", True)
+    assert wanted("int8") and not wanted("eager")  # eager: a GPU, or a CPU without native bf16
+    monkeypatch.setenv("FINETUNE_LAB_PUBLIC", "1")
+    assert wanted("int8")
+    monkeypatch.setenv("FINETUNE_LAB_VISITOR_HUB", "1")
+    assert not wanted("int8")
+    monkeypatch.setenv("FINETUNE_LAB_DECODE", "compiled")
+    assert wanted("int8") and wanted("eager")
+    for choice in ("int8", "eager"):
+        monkeypatch.setenv("FINETUNE_LAB_DECODE", choice)
+        monkeypatch.delenv("FINETUNE_LAB_VISITOR_HUB", raising=False)
+        assert not wanted("int8")
+
+
+def test_the_app_loads_its_default_model_at_start_where_it_compiles(monkeypatch):
+    """app.main's prepare.at_app_start: the default model (and so its step) starts loading before
+    anyone asks where the app compiles steps, and a failed load leaves the first chat to say why."""
+    from core import settings
+    from core.inference import prepare
+
+    asked = []
+    monkeypatch.setattr(prepare, "load_model", lambda name: asked.append(name) or 1 / 0)
+    monkeypatch.setitem(settings._DECLARED, "serving", True)
+    monkeypatch.setenv("FINETUNE_LAB_DECODE", "int8")  # as the suite runs: no step, nothing ahead
+    assert prepare.at_app_start() is None
+    for choice in ("auto", "compiled"):
+        monkeypatch.setenv("FINETUNE_LAB_DECODE", choice)
+        prepare.at_app_start().join(timeout=10)
+    assert asked == [prepare.DEFAULT_MODEL] * 2
+    monkeypatch.setitem(settings._DECLARED, "serving", False)  # a one-off process: cli.py chat, a job
+    assert prepare.at_app_start() is None
+
+
 def test_an_unreadable_kept_step_raises_and_none_kept_is_none(smol, tmp_path):
     """compiled_decode compiles again when `load` raises: a cut-short file must not load."""
     path = tmp_path / "decode-x.bin"
@@ -181,6 +232,8 @@ def test_the_status_says_which_path_answers_and_why(smol):
     assert choose(ready, 2, 64, ["adapter0", BASE]).words == choose(ready, 3, 64, [BASE, "a", "b"]).words == other
     assert choose(replace(ready, compiled=CompiledStep()), 1, 64, None) == Route(
         words="int8 path (the compiled step is still compiling)")
+    assert choose(replace(ready, compiled=CompiledStep(state="loading")), 1, 64, None) == Route(
+        words="int8 path (the compiled step is still loading)")  # from the model cache: about 2 s
     failed = replace(ready, compiled=CompiledStep(state="failed", error="graph break"))
     assert choose(failed, 1, 64, None) == Route(words="int8 path (the compiled step failed to compile: graph break)")
     assert choose(replace(ready, compiled=None), 1, 64, None) == Route()

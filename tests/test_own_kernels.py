@@ -102,20 +102,25 @@ def test_one_call_adds_an_adapter_to_the_last_rows():
     assert (got[3:].float() - both[3:, :192].float() - update).norm() / update.norm() < 0.02
 
 
-def test_the_setting_picks_the_kernel_and_says_why_it_does_not_serve(monkeypatch):
-    assert settings().cpu_kernels == "torch"
+def test_the_setting_picks_the_kernel_and_says_why_it_does_not_serve(monkeypatch, capsys):
+    monkeypatch.setenv("FINETUNE_LAB_CPU_KERNELS", "torch")  # as the suite chats (conftest.py)
     assert own_kernels.int8_product(torch.bfloat16) == (torch_rows_times_int8, None, "bfloat16 activations")
-    monkeypatch.setenv("FINETUNE_LAB_CPU_KERNELS", "own")
-    product, pack, words = own_kernels.int8_product(torch.float32)
-    assert product is torch_rows_times_int8 and pack is None
-    assert words == "float32 activations (our own kernels do not serve: the weights are not bf16)"
-    product, pack, words = own_kernels.int8_product(torch.bfloat16)
-    if WHY_NOT:
-        assert product is torch_rows_times_int8 and pack is None and words.endswith(f"do not serve: {WHY_NOT})")
-    else:
-        assert (product, pack, words) == (own_kernels.rows_times_int8, own_kernels.pack, "16-bit activations (own kernels)")
+    monkeypatch.delenv("FINETUNE_LAB_CPU_KERNELS")
+    assert settings().cpu_kernels == "auto"  # the default: ours where they serve
+    for choice in ("auto", "own"):
+        monkeypatch.setenv("FINETUNE_LAB_CPU_KERNELS", choice)
+        product, pack, words = own_kernels.int8_product(torch.float32)
+        assert product is torch_rows_times_int8 and pack is None
+        assert words == "float32 activations (our own kernels do not serve: the weights are not bf16)"
+        # Asked for by name, the log says why not too; by default only the model's status does.
+        assert ("keeping torch's: the weights are not bf16" in capsys.readouterr().out) == (choice == "own")
+        product, pack, words = own_kernels.int8_product(torch.bfloat16)
+        if WHY_NOT:
+            assert product is torch_rows_times_int8 and pack is None and words.endswith(f"do not serve: {WHY_NOT})")
+        else:
+            assert (product, pack, words) == (own_kernels.rows_times_int8, own_kernels.pack, "16-bit activations (own kernels)")
     monkeypatch.setenv("FINETUNE_LAB_CPU_KERNELS", "vnni")
-    with pytest.raises(LabError, match=r"^FINETUNE_LAB_CPU_KERNELS='vnni' is not one of: torch, own\.$"):
+    with pytest.raises(LabError, match=r"^FINETUNE_LAB_CPU_KERNELS='vnni' is not one of: auto, torch, own\.$"):
         settings()
 
 

@@ -36,7 +36,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # What the training process inherits: no tokens, admin key or --auth string ever reaches it.
 _CHILD_ENV_PREFIXES = ("PATH", "HOME", "USER", "LANG", "LC_", "TZ", "TMPDIR", "TEMP", "TMP", "PYTHON",
                        "VIRTUAL_ENV", "LD_LIBRARY_PATH", "XDG_", "FINETUNE_LAB_HOME", "FINETUNE_LAB_MODELS",
-                       "FINETUNE_LAB_DTYPE", "FINETUNE_LAB_DECODE", "FINETUNE_LAB_GGUF_RUNTIME", "HF_HOME", "HF_HUB_OFFLINE", "HF_HUB_CACHE",
+                       "FINETUNE_LAB_DTYPE", "FINETUNE_LAB_DECODE", "FINETUNE_LAB_CPU_KERNELS",
+                       "FINETUNE_LAB_GGUF_RUNTIME", "HF_HOME", "HF_HUB_OFFLINE", "HF_HUB_CACHE",
                        "HF_HUB_DISABLE", "HF_ENDPOINT", "TRACKIO_DIR", "HF_DATASETS_", "TRANSFORMERS_", "TOKENIZERS_PARALLELISM",
                        "TORCH", "PYTORCH_", "OMP_", "MKL_", "OPENBLAS_", "CUDA_", "NCCL_", "ACCELERATE_", "SPACE_ID")
 _SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "AUTH")

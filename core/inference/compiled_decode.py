@@ -1,6 +1,7 @@
 """The compiled decode step for chat: inductor compiles the model's forward over a static KV cache.
 
-    FINETUNE_LAB_DECODE=compiled python app.py
+    python app.py                                   # on a CPU with int8 weights: the default (`wanted`)
+    FINETUNE_LAB_DECODE=compiled python cli.py chat "Hi"   # in any process, GPUs included
     .venv/bin/python bench/compiled_speed.py      # compiled_over_int8, Compare and a restart, same run
 
 It runs inside transformers' own machinery: `generate(cache_implementation="static",
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from core import threads
 from core.inference import compiled_store, compiled_views
 from core.inference.fast_decode import BASE
 from core.paths import models_dir
@@ -47,8 +49,9 @@ WARM_UP_TOKENS = 3
 
 @dataclass
 class CompiledStep:
-    """Where a compiled decode step stands ("compiling", "ready" or "failed"), and the view of
-    the model it runs on. The base step also holds the Compare steps, by adapter layout."""
+    """Where a compiled decode step stands ("compiling", "loading" from the model cache, "ready"
+    or "failed"), and the view of the model it runs on. The base step also holds the Compare
+    steps, by adapter layout."""
 
     model: object = None  # the view (core.inference.compiled_views) the step runs on
     rows: int = 1
@@ -141,18 +144,27 @@ def _install_kept_step(loaded, step: CompiledStep) -> bool:
     compiling and keeping it first where there is none, or where it does not load or answer.
     True if the kept one serves."""
     path = compiled_store.step_file(loaded, SLOTS, step.rows, step.layout)
+    if path.is_file():
+        step.state = "loading"
     try:
         call = compiled_store.load(step.model, path)
         if call is not None:
             _use_for_generate(step.model, call)
-            _generate(step, loaded.tokenizer, WARM_UP_TOKENS)
+            _warm_up_between_replies(step, loaded.tokenizer)
             return True
     except Exception as exc:  # written by other code, or cut short: compile it again
         print(f"[compiled step] not reusing {path.name}: {(str(exc).strip() or type(exc).__name__).splitlines()[0][:200]}",
               flush=True)
+    step.state = "compiling"
     _use_for_generate(step.model, compiled_store.compile_and_keep(step.model, _step_kwargs(step, loaded.tokenizer), path))
-    _generate(step, loaded.tokenizer, WARM_UP_TOKENS)
+    _warm_up_between_replies(step, loaded.tokenizer)
     return False
+
+
+def _warm_up_between_replies(step: CompiledStep, tokenizer) -> None:
+    # On the decode thread: torch work on this short-lived one starts an OpenMP team of its own
+    # beside the decode thread's, and replies decoded at half speed meanwhile.
+    threads.decode_thread().submit(_generate, step, tokenizer, WARM_UP_TOKENS).result()
 
 
 def _step_kwargs(step: CompiledStep, tokenizer) -> dict:
@@ -196,8 +208,8 @@ def choose(loaded, rows: int, tokens: int, adapter_names: list | None) -> Route:
     else:
         return Route(words=f"{fallback} path (the compiled step serves one base row, or Compare's base and tuned rows)")
     kind = "compiled step" if step is base else "compiled Compare step"
-    if step.state == "compiling":
-        return Route(words=f"{fallback} path (the {kind} is still compiling)")
+    if step.state in ("compiling", "loading"):
+        return Route(words=f"{fallback} path (the {kind} is still {step.state})")
     if step.state == "failed":
         return Route(words=f"{fallback} path (the {kind} failed to compile: {step.error})")
     return Route(generate_options(step.model.device.type), step.model, context, kind)
@@ -231,6 +243,15 @@ def wait_until_settled(loaded) -> None:
         loaded.compiled.settled.wait()
 
 
-def wanted() -> bool:
-    """Whether chat models get the compiled step ($FINETUNE_LAB_DECODE=compiled)."""
-    return settings().decode == "compiled"
+def wanted(decode: str) -> bool:
+    """Whether a chat model loaded with `decode` weights gets the compiled step: always with
+    $FINETUNE_LAB_DECODE=compiled; with auto (the default), on int8 weights (a CPU) in a process
+    that serves chat (core.settings.declare_serving: the app, cli.py serve), where a first
+    compile of 30-50 s pays back over many replies and later starts load it in seconds. Not in a
+    one-off reply or a job's evaluation, nor in a public app whose visitors may load Hub models:
+    each new model would take a core for that long."""
+    chosen = settings()
+    if chosen.decode == "compiled":
+        return True
+    visitors_choose = chosen.public and chosen.visitor_hub
+    return chosen.decode == "auto" and decode == "int8" and chosen.serving and not visitors_choose

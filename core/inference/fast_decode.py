@@ -1,6 +1,7 @@
 """Weight-only int8 decoding for chat on a CPU: the frozen base's Linear layers keep int8 weights.
 
     FINETUNE_LAB_DECODE=int8|eager|auto|compiled python app.py   # auto (default): int8 for bf16 on a CPU
+    # (and in the app, the compiled step on top: core.inference.compiled_decode)
 
 Decoding one token at a time is bound by memory bandwidth, not arithmetic: every step reads all
 the weights once. Int8 weights halve the bytes read against bf16. torch's own CPU kernel
@@ -130,7 +131,8 @@ def decode_path(device: str, dtype: torch.dtype) -> str:
 
     auto (the default) picks int8 for bf16 weights on a CPU only: with fp32 activations the
     kernel measured 10x slower than bf16 ones (371 against 29 us for a 1536x576 product).
-    compiled picks the weights as auto does; core.inference.compiled_decode adds its step."""
+    compiled picks the weights as auto does; core.inference.compiled_decode.wanted says where
+    its step comes on top."""
     choice = settings().decode
     if choice not in CHOICES:
         raise LabError(f"FINETUNE_LAB_DECODE={choice!r}: use one of {', '.join(CHOICES)}.")

@@ -209,7 +209,7 @@ def _load_fresh(name: str, source: str) -> LoadedModel:
     label = find_spec(name).name if find_spec(name) else name
     loaded = LoadedModel(label, source, model, tokenizer, time.perf_counter() - start, decode=decode,
                          activations=activations)
-    if compiled_decode.wanted():
+    if compiled_decode.wanted(decode):
         loaded.compiled = compiled_decode.start(loaded)
     return loaded
 

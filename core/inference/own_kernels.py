@@ -1,18 +1,18 @@
-"""Chat's own CPU kernels, opt-in: int8 x int8 products with AVX512-VNNI and a decoding step's
-attention over the cache slots in use, as torch ops built here with g++.
+"""Chat's own CPU kernels, where they serve (the default): int8-weight products with
+AVX512-VNNI and a decoding step's attention over the cache slots in use, as torch ops built here
+with g++.
 
-    FINETUNE_LAB_CPU_KERNELS=own python app.py
+    FINETUNE_LAB_CPU_KERNELS=auto|own|torch python app.py   # auto: ours where they serve
     .venv/bin/python -m core.inference.own_kernels     # build them into the model cache, say how it went
 
 - `finetune_lab::w8a8_mm` (kernels/w8a8_vnni.cpp). torch's int8 kernel (core.inference.
   fast_decode) converts every int8 weight to bf16 before it multiplies. This one quantizes each
-  activation row to int8 per block of 32 values instead (as llama.cpp's q8_0 does, but each
-  block is one 4-byte lane of 8 chunks of 64 values: the kernel's comment says why), and
-  multiplies bytes by bytes with `vpdpbusd`, on the weight packed in tiles of 16 rows (`pack`):
-  a prompt's pass multiplies dozens of rows, and packed, each load serves them all. It rounds
-  otherwise than bf16 activations, so greedy answers part from the int8 path's sooner
-  (bench/bench_chat.py reports the agreement): that is why these kernels are a choice, not the
-  default.
+  activation row per block of 32 values instead (as llama.cpp's q8_0 does, but to 16 bits, two
+  int8 bytes a value, and each block is one 4-byte lane of 8 chunks of 64 values: the kernel's
+  comment says why), and multiplies bytes by bytes with `vpdpbusd`, on the weight packed in
+  tiles of 16 rows (`pack`): a prompt's pass multiplies dozens of rows, and packed, each load
+  serves them all. Greedy answers keep eager fp32's as the int8 path's do
+  (bench/bench_chat.py reports the agreement).
 - `finetune_lab::one_query_attention` (kernels/decode_attention.cpp): the compiled step's static
   cache has 512 slots, and torch's attention reads all of them every step; this reads each row's
   slots up to the last one its mask lets through (core.inference.decode_attention calls it).
@@ -120,7 +120,7 @@ def unpack(packed: torch.Tensor, width: int) -> torch.Tensor:
 
 def rows_times_int8(rows: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """2-D bf16 `rows` times an int8 weight with per-row `scales`: packed (`pack`), by our op,
-    which quantizes the rows to int8 per block of 32 values; a weight left as rows (a LoRA B of
+    which quantizes the rows to two int8 bytes a value per block of 32 values; a weight left as rows (a LoRA B of
     rank 16, a width no multiple of 32), by torch's kernel."""
     if weight.dtype != torch.uint8:
         return torch_rows_times_int8(rows, weight, scales)
@@ -138,13 +138,16 @@ def lora_rows_times_int8(rows: torch.Tensor, packed: torch.Tensor, scales: torch
 def int8_product(dtype: torch.dtype):
     """(the function that multiplies rows by an int8 weight, the one that lays a weight out for
     it (None: rows as they are), its activations in words) as $FINETUNE_LAB_CPU_KERNELS asks:
-    torch's kernel, or ours where they serve here."""
+    torch's kernel, or ours where they serve here (auto, the default, and own, which also
+    prints why not)."""
     words = f"{str(dtype).removeprefix('torch.')} activations"
-    if settings().cpu_kernels != "own":
+    choice = settings().cpu_kernels
+    if choice == "torch":
         return torch_rows_times_int8, None, words
     why_not = "the weights are not bf16" if dtype != torch.bfloat16 else unavailable()
     if why_not:
-        print(f"[own kernels] keeping torch's: {why_not}", flush=True)
+        if choice == "own":
+            print(f"[own kernels] keeping torch's: {why_not}", flush=True)
         return torch_rows_times_int8, None, f"{words} (our own kernels do not serve: {why_not})"
     return rows_times_int8, pack, "16-bit activations (own kernels)"
 
