@@ -154,14 +154,16 @@ def free_port() -> int:
 
 def start_app(extra_args=(), env=None) -> tuple[subprocess.Popen, str]:
     """Launch app.py on a free loopback port; return (process, url) once it answers. It gets the
-    environment a user has: not the TOKENIZERS_PARALLELISM=false set above for the test process."""
+    environment a user has: not the TOKENIZERS_PARALLELISM=false set above for the test process;
+    `env` adds to it (a value of None takes a variable out)."""
     import urllib.request
 
     port = free_port()
     log = open(ARTIFACTS / f"app-{port}.log", "w")
     user_env = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"}
     proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *extra_args],
-                            cwd=ROOT, env={**user_env, **(env or {})}, stdout=log, stderr=log)
+                            cwd=ROOT, env={k: v for k, v in {**user_env, **(env or {})}.items() if v is not None},
+                            stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120
     while time.time() < deadline:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 import subprocess
 import sys
+import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from core.inference.chat import GenerationSettings, stream_reply
 from core.inference.compiled_decode import SLOTS, CompiledStep, Route, choose, wanted
 from core.inference.fast_decode import BASE
 from core.paths import models_dir
+from tests.conftest import start_app
+from tests.test_app_chat import chat_args, text_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,9 +85,11 @@ def test_compiled_step_answers_and_a_restart_loads_it_from_the_model_cache(tmp_p
     same tokens. Both answer with the status naming the compiled step, and its greedy answers
     open with the int8 path's words: the graph sums the same products in another order, so
     near-ties part (over bench/compiled_speed.py's ten prompts, a common prefix of 25.7 tokens
-    on average on torch's kernels, 17.9 on ours, against 14.7 for int8 with eager bf16). After an adapter attaches, base replies
-    keep the step; Compare's step compiles on the first Compare (int8 answers it meanwhile), is
-    kept and loaded the same way, and its panes open as the int8 path's do."""
+    on average on torch's kernels, 17.9 on ours, against 14.7 for int8 with eager bf16). After
+    an adapter attaches, base replies keep the step; Compare's step compiles on the first
+    Compare (int8 answers it meanwhile), is kept and loaded the same way, and its panes open as
+    the int8 path's do. Last, app.py on the same cache, the defaults as `make run` has them,
+    answers its chat on the compiled step."""
     models = tmp_path / "models"
     models.mkdir()
     (models / "smollm2-135m-instruct").symlink_to(_converted_smollm2())
@@ -114,6 +119,29 @@ def test_compiled_step_answers_and_a_restart_loads_it_from_the_model_cache(tmp_p
     assert restart["compare"][3] is True and restart["compare"][2] < first["compare"][2] / 3, (restart["compare"], first["compare"])
     for kind in ("compiled", "compare compiled"):
         assert _without_times(restart["replies"][kind]) == _without_times(first["replies"][kind])
+    # The app itself as `make run` serves it, the defaults on this model cache: it loads the
+    # default model and its kept step as it starts, and its chat answers on the step.
+    proc, url = start_app(env={"FINETUNE_LAB_DECODE": None, "FINETUNE_LAB_CPU_KERNELS": None,
+                               "TORCHINDUCTOR_CACHE_DIR": None, "FINETUNE_LAB_MODELS": str(models)})
+    try:
+        base, status = _chat_once_the_step_serves(url)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert status.endswith(", compiled step") and "Paris" in text_of(base[-1]), (status, base)
+
+
+def _chat_once_the_step_serves(url: str, seconds: float = 120) -> tuple[list, str]:
+    """The served app's answer to PROMPTS[0] and its status, asked until the step answers: the
+    first questions may come while the step is still loading."""
+    from gradio_client import Client
+
+    client, deadline = Client(url, verbose=False), time.monotonic() + seconds
+    while True:
+        base, _, status, _ = client.predict(**chat_args(PROMPTS[0], max_new_tokens=24))
+        if status.endswith("compiled step") or time.monotonic() > deadline:
+            return base, status
+        time.sleep(1)
 
 
 def _check_compare(run: dict) -> None:
