@@ -25,8 +25,8 @@
 A Space sets SPACE_ID, SPACE_AUTHOR_NAME and SYSTEM=spaces (and OAUTH_CLIENT_ID with OAuth on). The values are parsed once per
 distinct environment (so a test's monkeypatched variable takes effect); a bad number is a
 one-line LabError naming the variable. Nothing writes os.environ to pass a setting: the app
-declares public mode with `declare_public()`, and that it serves chat with `declare_serving()`. Secrets (the admin key, the login) never show in
-the object's repr.
+declares public mode with `declare_public()`, and that it serves chat with `declare_serving()`.
+Secrets (the admin key, the login) never show in the object's repr.
 """
 from __future__ import annotations
 
