@@ -17,12 +17,12 @@ as bench_chat measures int8 against bf16); the first warm-up (compiling into a f
 cache), and a restart: a new process on the same model cache, which loads the kept step (how
 long the step took to be ready, the process to be ready, and its first compiled answer of 8
 tokens, all from the process's start). Where llama-cpp-python is installed, llama.cpp on the same
-model as q8_0 (bench/llamacpp_speed.py), with each path over it (`app_over_llamacpp_q8_0`: the
-compiled step, as the app answers). Then Compare with an adapter:
-its compiled step against the int8 path, each over a single pane (`compare_figures`), on
---compare-tokens tokens (128, as bench_chat's Compare figure: a longer reply weighs the two
-prompts' pass less), timed in --compare-processes fresh processes on the kept steps: the median
-process's ratio, and each one's. The last line is a JSON object.
+model as q8_0 (bench/llamacpp_speed.py), taking turns with the app's paths in every round, with
+each path over it (`app_over_llamacpp_q8_0`: the compiled step, as the app answers). Then
+Compare with an adapter: its compiled step against the int8 path, each over a single pane
+(`compare_figures`), on --compare-tokens tokens (128, as bench_chat's Compare figure: a longer
+reply weighs the two prompts' pass less), timed in --compare-processes fresh processes on the
+kept steps: the median process's ratio, and each one's. The last line is a JSON object.
 """
 from __future__ import annotations
 
@@ -62,9 +62,10 @@ print(json.dumps(compare_times({folder!r}, {tokens}, {repeats})))
 """
 
 
-def rates(loaded, tokens: int, repeats: int) -> dict:
-    """Median tok/s of the int8 path on torch's kernel, of the compiled step, and where the model
-    runs on our own kernels, of the int8 path on them (`int8_own`)."""
+def rates(loaded, tokens: int, repeats: int, llama=None) -> dict:
+    """Median tok/s of the int8 path on torch's kernel, of the compiled step, where the model
+    runs on our own kernels of the int8 path on them (`int8_own`), and of `llama`
+    (llamacpp_speed.TakingTurns: llama.cpp, one reply a round) where it runs."""
     from core.inference.chat import GenerationSettings, stream_reply
 
     settings = GenerationSettings(max_new_tokens=tokens, min_new_tokens=tokens)
@@ -80,6 +81,9 @@ def rates(loaded, tokens: int, repeats: int) -> dict:
             if round_:
                 times[path].append(tokens / seconds)
             assert path != "compiled" or reply.stats.endswith("compiled step"), reply.stats
+        rate = llama.rate() if llama is not None and llama.facts is not None else None
+        if rate is not None and round_:
+            times.setdefault("llamacpp", []).append(rate)
     loaded.compiled = step
     return {path: statistics.median(rate) for path, rate in times.items()}
 
@@ -221,7 +225,12 @@ def main() -> None:
     loaded.compiled.settled.wait()
     assert loaded.compiled.state == "ready", loaded.compiled.error
     assert args.kernels != "own" or own(loaded), loaded.activations
-    tok_s = rates(loaded, args.tokens, args.repeats)  # stream_reply decodes on the decode thread
+    llama = llamacpp_speed.TakingTurns(args.tokens)
+    try:
+        tok_s = rates(loaded, args.tokens, args.repeats, llama)  # stream_reply decodes on the decode thread
+    finally:
+        llama.close()
+    llama_tok_s = tok_s.pop("llamacpp", None)
     agree = greedy_figures(loaded)
     out = subprocess.run([sys.executable, "-c", RESTART.format(root=str(ROOT))], capture_output=True, text=True,
                          check=True, env=os.environ).stdout.split()
@@ -235,8 +244,10 @@ def main() -> None:
                "restart_first_answer_compiled": out[5] == "True"}
     figures["compare_tokens"] = args.compare_tokens
     figures.update(compare_figures(loaded, args.compare_tokens, args.repeats, args.compare_processes))
-    figures.update(llamacpp_speed.beside(args.tokens, args.repeats, app=tok_s["compiled"], int8=tok_s["int8"],
-                                         compiled=tok_s["compiled"], **({"int8_own": tok_s["int8_own"]} if own(loaded) else {})))
+    if llama_tok_s is not None:  # the same rounds as the app's paths, taking turns with them
+        figures["llamacpp_q8_0"] = {"tok_s": round(llama_tok_s, 1), **llama.facts, "taking_turns": True}
+        figures.update({f"{path}_over_llamacpp_q8_0": round(rate / llama_tok_s, 3)
+                        for path, rate in {"app": tok_s["compiled"], **tok_s}.items()})
     print(json.dumps(figures))
 
 

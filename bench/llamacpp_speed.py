@@ -7,7 +7,7 @@ figure (prefill included in both). None where llama-cpp-python is not installed.
 
 bench_chat runs it in a process of its own (`in_own_process`): a llama.cpp built for the wrong
 CPU features dies of a fault (seen with GGML_NATIVE=ON on an AMX Xeon), and that must not end
-the whole benchmark.
+the whole benchmark. bench/compiled_speed.py takes turns with one (`TakingTurns`, `--serve`).
 """
 from __future__ import annotations
 
@@ -26,6 +26,17 @@ from core import threads
 
 def llamacpp_rate(tokens: int, repeats: int, folder: Path) -> dict | None:
     """{"tok_s", "threads", "file_mb"} of greedy decoding in llama.cpp, median over the repeats."""
+    ready = prepared(tokens, folder)
+    if ready is None:
+        return None
+    once, facts = ready
+    once()  # warm-up
+    return {"tok_s": statistics.median(once() for _ in range(repeats)), **facts}
+
+
+def prepared(tokens: int, folder: Path):
+    """(a function that decodes `tokens` greedy tokens of the prompt and returns its tok/s,
+    {"threads", "file_mb"}), or None where llama-cpp-python is not installed."""
     from training.gguf_runtime import llama_cpp_installed
 
     if not llama_cpp_installed():
@@ -51,9 +62,36 @@ def llamacpp_rate(tokens: int, repeats: int, folder: Path) -> dict | None:
                 break
         return tokens / (time.perf_counter() - start)
 
-    once()  # warm-up
-    return {"tok_s": statistics.median(once() for _ in range(repeats)), "threads": count,
-            "file_mb": gguf.stat().st_size / 1e6}
+    return once, {"threads": count, "file_mb": gguf.stat().st_size / 1e6}
+
+
+class TakingTurns:
+    """llama.cpp in a process of its own that decodes one reply each time `rate()` asks, so a
+    benchmark can interleave it with the app's replies: the host's changes then hit both alike
+    (timed one after the other, llama.cpp over the app moved 0.73-0.97 between runs of one code).
+    `facts` is None where llama-cpp-python is not installed or its process died."""
+
+    def __init__(self, tokens: int):
+        root = Path(__file__).resolve().parent.parent
+        self.process = subprocess.Popen([sys.executable, "-m", "bench.llamacpp_speed", "--tokens", str(tokens), "--serve"],
+                                        cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.facts = json.loads(self.process.stdout.readline() or "null")
+        if self.facts is not None:
+            self.rate()  # warm-up
+
+    def rate(self) -> float | None:
+        """One reply's tok/s, or None where the process died."""
+        try:
+            self.process.stdin.write("\n")
+            self.process.stdin.flush()
+            return float(self.process.stdout.readline())
+        except (OSError, ValueError):
+            return None
+
+    def close(self) -> None:
+        if self.process.stdin:
+            self.process.stdin.close()
+        self.process.wait(timeout=60)
 
 
 def beside(tokens: int, repeats: int, **app_tok_s: float) -> dict:
@@ -80,10 +118,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--serve", action="store_true", help="one JSON line once ready, then a rate per line read")
     args = parser.parse_args()
     threads.apply(threads.for_chat(job_running=False))
     with tempfile.TemporaryDirectory() as tmp:
-        print(json.dumps(llamacpp_rate(args.tokens, args.repeats, Path(tmp))))
+        if not args.serve:
+            print(json.dumps(llamacpp_rate(args.tokens, args.repeats, Path(tmp))))
+            return
+        ready = prepared(args.tokens, Path(tmp))
+        print(json.dumps(ready and ready[1]), flush=True)
+        for _ in sys.stdin if ready else ():
+            print(ready[0](), flush=True)
 
 
 if __name__ == "__main__":
