@@ -42,12 +42,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # with one thread. Jobs take one thread anyway (core.threads.for_job); bench/ measures two.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("FINETUNE_LAB_THREADS", "1")
-# The app's defaults build our own CPU kernels on first use and compile a decode step in the
-# background wherever it serves chat (core/inference/own_kernels.py, compiled_decode.py): a
-# core for 15 s and 30-60 s more in each served app or `app.main` whose model cache lacks them,
-# beside the tests. The suite chats on the int8 path on torch's kernels (eager where the CPU has
-# no native bf16, as auto picks there); test_compiled_decode.py serves the defaults' paths as
-# the app does, test_own_kernels.py and test_compiled_compare.py test them.
+# The defaults would build our CPU kernels and compile a decode step in each served app (a core
+# for 45-75 s beside the tests): the suite chats on the int8 path on torch's kernels (eager without
+# native bf16); test_compiled_decode.py serves the defaults, test_own_kernels.py tests the kernels.
 from core.inference.models import cpu_has_native_bf16  # noqa: E402 (after the thread settings)
 
 os.environ.setdefault("FINETUNE_LAB_CPU_KERNELS", "torch")

@@ -17,14 +17,14 @@
 // The weight comes packed (own_kernels.pack): for each tile of 16 output rows, lane by lane,
 // chunk by chunk, the tile's 16 rows' 4 bytes of that lane, each byte w + 128. One 64-byte load
 // then holds 16 outputs' weights for one lane of one chunk, and vpdpbusd multiplies it by that
-// lane's 4 activation bytes (high, then low), broadcast: 16 outputs' sums in one register, none to add up across
-// a register's lanes at the end. Several rows share each load and several tiles each
-// broadcast, so a prompt's pass (dozens of rows) is arithmetic, not loads: Compare's two
+// lane's 4 activation bytes (high, then low), broadcast: 16 outputs' sums in one register,
+// none to add up across a register's lanes at the end. Several rows share each load and several
+// tiles each broadcast, so a prompt's pass (dozens of rows) is arithmetic, not loads: Compare's two
 // prompts of 37 tokens took 40 ms of products, not 74, with the weights as plain rows (SmolLM2,
 // a 2-core Xeon without AMX). vpdpbusd multiplies unsigned by signed bytes: hence w + 128, and each
 // block's sums start from -128 * (the sum of its high, of its low bytes), so each ends as the
-// exact integer sum(w * byte). (Taking the offset off after the float sum instead lost the answer to rounding
-// where a block held a large activation.)
+// exact integer sum(w * byte). (Taking the offset off after the float sum instead lost the
+// answer to rounding where a block held a large activation.)
 // Every output's arithmetic is one fixed sequence: per lane, its blocks' scaled sums added group
 // by group, then the 16 lanes added pairwise (as _mm512_reduce_add_ps adds a register, the
 // order the kernel before packing used, so its answers are the same to the bit). So a row's
