@@ -108,10 +108,12 @@ def test_stop_and_resume_through_ui_functions(data_home, monkeypatch):
     step = jobs.read_status(RunFolder.named(run)).step
     message, _ = train_live.resume_training(run)
     assert "Resumed" in message
-    env = job_environment(run)  # resume gets the same thread policy as start, and no secrets
-    assert env["OMP_NUM_THREADS"] == str(threads.for_job()) and "HF_TOKEN" not in env
     while jobs.read_status(RunFolder.named(run)).step <= step and time.time() < deadline + 120:
         time.sleep(0.5)
+    # Read once the job has stepped: right after Popen returns, exec may not yet have laid out
+    # the new environment, and /proc/<pid>/environ can read empty.
+    env = job_environment(run)  # resume gets the same thread policy as start, and no secrets
+    assert env["OMP_NUM_THREADS"] == str(threads.for_job()) and "HF_TOKEN" not in env
     train_live.stop_training(run)
     final = jobs.wait(run, 120)
     assert final.state == "stopped" and final.step > step
