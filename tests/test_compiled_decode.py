@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import replace
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from core.inference import compiled_store, own_kernels
+from core.inference import compiled_decode, compiled_store, own_kernels
 from core.inference.chat import GenerationSettings, stream_reply
 from core.inference.compiled_decode import SLOTS, CompiledStep, Route, choose, wanted
 from core.inference.fast_decode import BASE
@@ -245,9 +246,10 @@ def _common_words(a: str, b: str) -> int:
     return count
 
 
-def test_the_status_says_which_path_answers_and_why(smol):
+def test_the_status_says_which_path_answers_and_why(smol, monkeypatch):
     """Only a ready step serves, one base row that fits its slots; every other reply names the
     int8 path and the reason (Compare's own step: tests/test_compiled_compare.py)."""
+    monkeypatch.setattr(compiled_decode, "LOADING_WAIT_S", 0.05)
     ready = replace(smol, compiled=CompiledStep(state="ready", model=smol.model), adapters={})
     route = choose(ready, 1, SLOTS, None)
     assert route.words == "compiled step" and route.options["cache_implementation"] == "static"
@@ -262,6 +264,12 @@ def test_the_status_says_which_path_answers_and_why(smol):
         words="int8 path (the compiled step is still compiling)")
     assert choose(replace(ready, compiled=CompiledStep(state="loading")), 1, 64, None) == Route(
         words="int8 path (the compiled step is still loading)")  # from the model cache: about 2 s
+    loading = CompiledStep(state="loading", model=smol.model)  # a reply waits for a kept step that settles
+    threading.Timer(0.3, lambda: (setattr(loading, "state", "ready"), loading.settled.set())).start()
+    monkeypatch.setattr(compiled_decode, "LOADING_WAIT_S", 30)
+    began = time.monotonic()
+    assert choose(replace(ready, compiled=loading), 1, 64, None).words == "compiled step"
+    assert 0.2 < time.monotonic() - began < 10
     failed = replace(ready, compiled=CompiledStep(state="failed", error="graph break"))
     assert choose(failed, 1, 64, None) == Route(words="int8 path (the compiled step failed to compile: graph break)")
     assert choose(replace(ready, compiled=None), 1, 64, None) == Route()

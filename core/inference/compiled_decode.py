@@ -18,8 +18,8 @@ Two kinds of step, each on a view of the model that shares its weights (core.inf
   compiled on the first Compare with an adapter of its layout (layers, ranks), then serving
   every adapter of that layout.
 
-Each is got ready by a background thread; replies use the int8 path meanwhile, and switch over
-when it is ready. On a CPU a step is compiled once ahead of time and kept in the model cache
+Each is got ready by a background thread; replies use the int8 path while it compiles, and switch
+over when it is ready (a reply waits a few seconds for one loading from the model cache). On a CPU a step is compiled once ahead of time and kept in the model cache
 (core.inference.compiled_store), so a restart loads it in seconds instead of tracing the model
 again; inductor's cache lives in the model cache too (`inductor/`, per torch version). A step
 serves a reply only where its graph is exact for it, else the reply takes the int8 path and the
@@ -45,6 +45,11 @@ from core.settings import settings
 
 SLOTS = 512
 WARM_UP_TOKENS = 3
+# How long a reply waits for a step loading from the model cache (about 2 s) rather than
+# decoding beside the load on the int8 path: the two share the CPU and the GIL, and the
+# reply took 5.2 s where waiting and then answering on the step takes about half of that.
+LOADING_WAIT_S = 6.0
+_NEW_STEPS = threading.Lock()
 
 
 @dataclass
@@ -104,9 +109,16 @@ def generate_options(device_type: str) -> dict:
 def start(loaded) -> CompiledStep:
     """Compile `loaded`'s base step in a background thread; its progress is the returned value.
     Call it before any adapter attaches: the view it runs on is the plain base model's."""
-    step = CompiledStep(model=compiled_views.base_view(loaded.model))
+    step = CompiledStep(model=compiled_views.base_view(loaded.model), state=_first_state(loaded, 1, ""))
     threading.Thread(target=_warm_up, args=(loaded, step), daemon=True, name="compile-decode").start()
     return step
+
+
+def _first_state(loaded, rows: int, layout: str) -> str:
+    """ "loading" where a CPU step of this shape is kept in the model cache, else "compiling":
+    said before the warm-up thread runs, so the first reply knows to wait for a kept step."""
+    kept = loaded.model.device.type == "cpu" and compiled_store.step_file(loaded, SLOTS, rows, layout).is_file()
+    return "loading" if kept else "compiling"
 
 
 def _warm_up(loaded, step: CompiledStep, make_view=None) -> None:
@@ -208,6 +220,8 @@ def choose(loaded, rows: int, tokens: int, adapter_names: list | None) -> Route:
     else:
         return Route(words=f"{fallback} path (the compiled step serves one base row, or Compare's base and tuned rows)")
     kind = "compiled step" if step is base else "compiled Compare step"
+    if step.state == "loading":
+        step.settled.wait(LOADING_WAIT_S)
     if step.state in ("compiling", "loading"):
         return Route(words=f"{fallback} path (the {kind} is still {step.state})")
     if step.state == "failed":
@@ -224,8 +238,12 @@ def _compare_step(loaded, base: CompiledStep, adapter: str):
     if not layers or base.state != "ready":
         return (base if layers else None), None  # the base step's state speaks for both
     layout = compiled_views.layout(layers, adapter)
-    step = base.compare.setdefault(layout, new := CompiledStep(rows=2, layout=layout))
-    if step is new:
+    with _NEW_STEPS:  # two Compares at once start one warm-up
+        step = base.compare.get(layout)
+        new = step is None
+        if new:
+            step = base.compare[layout] = CompiledStep(rows=2, layout=layout, state=_first_state(loaded, 2, layout))
+    if new:
         threading.Thread(target=_warm_up, args=(loaded, step, lambda: compiled_views.compare_view(base.model, layers, adapter)),
                          daemon=True, name="compile-compare").start()
     return step, _adapter_in(step, layers, adapter)

@@ -36,9 +36,11 @@ def at_app_start() -> threading.Thread | None:
     """Where the settings may give chat models a compiled decode step (app.main declared it
     serves; FINETUNE_LAB_DECODE auto or compiled), load the default model now, in a background
     thread: the step's load from the model cache (about 2 s) or its compile must not share the
-    CPU with the first answer. Where no step comes after all (a GPU or a CPU without native bf16
-    under auto, visitors' Hub models), this only loads the model sooner. Beside the load, a first answer of 55 tokens decoded at 19 tok/s
-    on the int8 path, which alone decodes it at 70 (a 2-core Xeon)."""
+    CPU with the first answer. Beside the load, a first answer of 55 tokens decoded at 19 tok/s
+    on the int8 path, which alone decodes it at 70 (a 2-core Xeon); so a question asked while the
+    step loads waits for it (compiled_decode.LOADING_WAIT_S). Where no step comes after all (a
+    GPU or a CPU without native bf16 under auto, visitors' Hub models), this only loads the
+    model sooner."""
     chosen = settings()
     if not (chosen.serving and chosen.decode in ("auto", "compiled")):
         return None
