@@ -8,7 +8,7 @@
 The page is served before any model loads; models load lazily on first use (the libraries
 they need are imported once before serving: two request threads importing transformers at
 once see it half-built), except that where chat gets a compiled decode step (by default on a
-CPU with native bf16) the default model and its step start loading at once
+CPU with native bf16) the default model and its step start loading as the UI is built
 (core.inference.prepare.at_app_start). On a Hugging Face Space this file runs as is (the Space owner's
 Hugging Face login unlocks training/publishing). A non-loopback --host without --auth is
 public too (see core/access.py for what that means).
@@ -143,6 +143,7 @@ def main(argv=None) -> None:
     declare_serving()  # chat models here get the compiled decode step (core.inference.compiled_decode.wanted)
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     import_libraries()
+    prepare.at_app_start()  # the default chat model and its decode step load while the UI builds
     # run_history=False: Gradio would otherwise keep every call's inputs (the HF token too) in the browser.
     demo = build_app()
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
@@ -151,7 +152,6 @@ def main(argv=None) -> None:
                                            Middleware(UploadCacheLimit, folder=upload_folder())]})
     # The OpenAI-compatible endpoint on the same server (Gradio's --auth does not guard it: a key does).
     demo.app.include_router(openai_router(login_required=auth is not None))
-    prepare.at_app_start()  # the default chat model and its decode step, loaded before anyone asks
     demo.block_thread()
 
 

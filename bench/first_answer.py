@@ -45,6 +45,7 @@ app.import_libraries()
 declare_serving()
 threads.apply(threads.for_chat(job_running=False))
 prepare.at_app_start()
+app.build_app()  # as app.main does before it serves the page
 time.sleep({later})
 send, first = time.perf_counter(), None
 for reply in stream_reply(load_model(DEFAULT_MODEL), [{{"role": "user", "content": "Who are you?"}}], GenerationSettings()):

@@ -206,15 +206,19 @@ def test_the_app_loads_its_default_model_at_start_where_it_compiles(monkeypatch)
     from core import settings
     from core.inference import prepare
 
-    asked = []
+    asked, probed = [], []
     monkeypatch.setattr(prepare, "load_model", lambda name: asked.append(name) or 1 / 0)
+    monkeypatch.setattr(prepare, "_probe_compiler_isa", lambda: probed.append(1))  # inductor's, beside the load
     monkeypatch.setitem(settings._DECLARED, "serving", True)
     monkeypatch.setenv("FINETUNE_LAB_DECODE", "int8")  # as the suite runs: no step, nothing ahead
     assert prepare.at_app_start() is None
     for choice in ("auto", "compiled"):
         monkeypatch.setenv("FINETUNE_LAB_DECODE", choice)
         prepare.at_app_start().join(timeout=10)
-    assert asked == [prepare.DEFAULT_MODEL] * 2
+    deadline = time.monotonic() + 10  # the probe runs in a thread of its own
+    while len(probed) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert asked == [prepare.DEFAULT_MODEL] * 2 and probed == [1, 1]
     monkeypatch.setitem(settings._DECLARED, "serving", False)  # a one-off process: cli.py chat, a job
     assert prepare.at_app_start() is None
 
