@@ -155,7 +155,9 @@ def _check_compare(run: dict) -> None:
         assert not int8_base["stats"].endswith("step") and tuned["text"] != base["text"]
         assert _common_words(base["text"], int8_base["text"]) >= 4, (base["text"], int8_base["text"])
         # The loud adapter's near-ties part the two soon, but the first token comes from the
-        # prompt's pass, which the Compare view runs eagerly with the rows path's arithmetic.
+        # prompt's pass, which the Compare view runs eagerly with the rows path's arithmetic up
+        # to the order of s B's sums (our op's against torch's int8 kernel): the same token
+        # unless the first is a near-tie, as it was for one unseeded draw of the adapter.
         assert _common_tokens(tuned["text"], int8_tuned["text"]) >= 1, (tuned["text"], int8_tuned["text"])
 
 
