@@ -18,8 +18,9 @@ Two kinds of step, each on a view of the model that shares its weights (core.inf
   compiled on the first Compare with an adapter of its layout (layers, ranks), then serving
   every adapter of that layout.
 
-Each is got ready by a background thread; replies use the int8 path while it compiles, and switch
-over when it is ready (a reply waits a few seconds for one loading from the model cache). On a CPU a step is compiled once ahead of time and kept in the model cache
+Each is got ready by a background thread; replies use the int8 path while it compiles, and
+switch over when it is ready (a reply waits a few seconds for one loading from the model cache).
+On a CPU a step is compiled once ahead of time and kept in the model cache
 (core.inference.compiled_store), so a restart loads it in seconds instead of tracing the model
 again; inductor's cache lives in the model cache too (`inductor/`, per torch version). A step
 serves a reply only where its graph is exact for it, else the reply takes the int8 path and the
@@ -46,8 +47,8 @@ from core.settings import settings
 SLOTS = 512
 WARM_UP_TOKENS = 3
 # How long a reply waits for a step loading from the model cache (about 2 s) rather than
-# decoding beside the load on the int8 path: the two share the CPU and the GIL, and the
-# reply took 5.2 s where waiting and then answering on the step takes about half of that.
+# decoding beside the load on the int8 path: the two share the CPU and the GIL (18 tok/s, where
+# the step decodes about 100), and waiting answered sooner (bench/first_answer.py).
 LOADING_WAIT_S = 6.0
 _NEW_STEPS = threading.Lock()
 
