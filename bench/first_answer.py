@@ -9,8 +9,8 @@ path on torch's kernels (the defaults until 2026-12-05), in one run.
 2. For each setting, fresh processes that start as app.main does (the app's imports, serving
    declared, `prepare.at_app_start`, the UI built) and ask "Who are you?" (greedy, the Chat
    tab's defaults) through `stream_reply`: once at the very start, once `--later` seconds after
-   (a user opening the page and typing). Each reports the first token's and the whole answer's seconds after
-   the send, and the status line (which path answered).
+   (a user opening the page and typing). Each reports the first token's and the whole
+   answer's seconds after the send, and the status line (which path answered).
 The last line is a JSON object; `later_answer_over_baseline` is the defaults' answer time over
 the baseline's, asked later.
 """

@@ -157,8 +157,6 @@ def _install_kept_step(loaded, step: CompiledStep) -> bool:
     compiling and keeping it first where there is none, or where it does not load or answer.
     True if the kept one serves."""
     path = compiled_store.step_file(loaded, SLOTS, step.rows, step.layout)
-    if path.is_file():
-        step.state = "loading"
     try:
         call = compiled_store.load(step.model, path)
         if call is not None:

@@ -17,6 +17,8 @@ import contextlib
 import threading
 import time
 
+import torch
+
 from core.inference.compiled_decode import wait_until_settled
 from core.inference.models import DEFAULT_MODEL, load_model
 from core.settings import declare_serving, settings
@@ -47,15 +49,9 @@ def at_app_start() -> threading.Thread | None:
         return None
     loading = threading.Thread(target=_load_default_model, daemon=True, name="load-default-model")
     loading.start()
-    if not _on_gpu():  # a compiled step on a CPU
+    if not torch.cuda.is_available():  # a compiled step on a CPU
         threading.Thread(target=_probe_compiler_isa, daemon=True, name="probe-isa").start()
     return loading
-
-
-def _on_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _probe_compiler_isa() -> None:
