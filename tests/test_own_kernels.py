@@ -94,7 +94,7 @@ def test_one_call_adds_an_adapter_to_the_last_rows():
     layer.append_rows(torch.randn(8, 576) / 24)  # an adapter's A of rank 8, packed as 16 rows under the weight
     lora_b, lora_b_scales = quantized_rows(torch.randn(192, 16) / 4, torch.bfloat16)  # s B, int8 per output
     x = torch.randn(5, 576).to(torch.bfloat16)
-    got = own_kernels.lora_rows_times_int8(x, *layer.appended[2:], lora_b.t().contiguous(), lora_b_scales, 2)
+    got = own_kernels.lora_rows_times_int8(x, *layer.appended[2:], own_kernels.pack_lora_b(lora_b.t()), lora_b_scales, 2)
     both = own_kernels.rows_times_int8(x, *layer.appended[2:])
     assert torch.equal(got[:3], both[:3, :192]) and torch.equal(got[:3], layer(x[:3]))
     update = both[3:, 192:].float() @ (lora_b.float() * lora_b_scales.float()[:, None]).t()

@@ -53,6 +53,7 @@ class RowLoraLinear(torch.nn.Module):
             self.qb, self.sb, self.qb_columns = qb, sb, qb.t().contiguous()
             # On our kernels (a packed weight) one op call adds s B too; a LoRA bias keeps the sum.
             self.one_op = self.base.pack is not None and bias is None
+            self.qb_tiles = own_kernels.pack_lora_b(self.qb_columns) if self.one_op else None
         else:
             _, self.lora_a, self.scaled_b, bias = scaled_lora(lora_layer, name, slice(0, 1))
         self.lora_bias, self.adapter = bias, name
@@ -62,7 +63,7 @@ class RowLoraLinear(torch.nn.Module):
             return self._float_forward(x)
         if self.one_op:
             rows = x.reshape(-1, x.shape[-1])
-            out = own_kernels.lora_rows_times_int8(rows, self.packed, self.packed_scales, self.qb_columns, self.sb,
+            out = own_kernels.lora_rows_times_int8(rows, self.packed, self.packed_scales, self.qb_tiles, self.sb,
                                                    rows.shape[0] // x.shape[0])
             return (out if self.base.bias is None else out + self.base.bias).view(*x.shape[:-1], self.base.out_features)
         both = self.base.rows_product(x.reshape(-1, x.shape[-1]), self.packed, self.packed_scales)

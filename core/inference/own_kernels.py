@@ -127,11 +127,18 @@ def rows_times_int8(rows: torch.Tensor, weight: torch.Tensor, scales: torch.Tens
     return torch.ops.finetune_lab.w8a8_mm(rows.to(torch.bfloat16), weight, scales)
 
 
+def pack_lora_b(lora_b: torch.Tensor) -> torch.Tensor:
+    """An adapter's int8 s B, (rank, outputs), as our op reads it: by tile of 16 outputs, each
+    tile's rank rows of 16 bytes together, so a thread's run of tiles reads one stretch."""
+    rank, outputs = lora_b.shape
+    return lora_b.view(rank, outputs // TILE, TILE).permute(1, 0, 2).contiguous()
+
+
 def lora_rows_times_int8(rows: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, lora_b: torch.Tensor,
                          lora_b_scales: torch.Tensor, tuned: int) -> torch.Tensor:
     """A layer plus one LoRA adapter on the last `tuned` rows, in one call of our op: `packed`
     holds the layer's rows and the adapter's A under them (as Int8Linear.append_rows packs
-    them), `lora_b` (rank, outputs) int8 and `lora_b_scales` its s B quantized per output."""
+    them), `lora_b` its s B in int8 as `pack_lora_b` lays it out, `lora_b_scales` quantized per output."""
     return torch.ops.finetune_lab.w8a8_lora_mm(rows.to(torch.bfloat16), packed, scales, lora_b, lora_b_scales, tuned)
 
 

@@ -282,36 +282,42 @@ at::Tensor w8a8_mm_meta(const at::Tensor& rows, const at::Tensor& packed, const 
 
 // Outputs [16 t0, 16 t1) of one row of y, in place, plus its s B: per output
 // (sum_r xa[r] * b[r, n]) * sb[n] in fp32, rounded to bf16 as a bf16 tensor would hold it, then
-// added to y. b (rank, N) int8 and sb (N) bf16: s B quantized per output.
+// added to y. b int8 by tile of 16 outputs (own_kernels.pack_lora_b: per tile, rank rows of its
+// 16 bytes), so a thread's run of tiles reads one stretch of it, and sb (N) bf16: s B quantized
+// per output.
 __attribute__((target("avx512f,avx512bw,avx512vl")))
-void add_lora(at::BFloat16* y, const at::BFloat16* xa, const int8_t* b, const at::BFloat16* sb, int64_t N,
-              int64_t rank, int64_t t0, int64_t t1) {
-  for (int64_t n = t0 * kTile; n < t1 * kTile; n += kTile) {
+void add_lora(at::BFloat16* y, const at::BFloat16* xa, const int8_t* b, const at::BFloat16* sb, int64_t rank,
+              int64_t t0, int64_t t1) {
+  std::vector<float> x(xa, xa + rank);
+  for (int64_t t = t0; t < t1; ++t) {
+    const int8_t* tile = b + t * rank * kTile;
     __m512 sum = _mm512_setzero_ps();
     for (int64_t r = 0; r < rank; ++r) {
-      __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + r * N + n));
-      sum = _mm512_add_ps(sum, _mm512_mul_ps(_mm512_set1_ps(float(xa[r])), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes))));
+      __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(tile + r * kTile));
+      sum = _mm512_add_ps(sum, _mm512_mul_ps(_mm512_set1_ps(x[r]), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes))));
     }
+    int64_t n = t * kTile;
     __m512 update = round_to_bf16(_mm512_mul_ps(sum, load_bf16_masked(sb + n, kTile)));
     store_bf16(y + n, _mm512_add_ps(load_bf16_masked(y + n, kTile), update));
   }
 }
 
 // A layer and one LoRA adapter on the last `tuned` rows, in one call (Compare's tuned pane):
-// `packed` holds the layer's N rows and then the adapter's A (its rank padded to 16). The tuned
-// rows' x A comes first, from A's tiles (the base rows need none); then each thread multiplies
-// every row by its run of the layer's tiles and adds s B to the tuned rows' outputs there, while
-// they are in cache. In the compiled Compare step that is one call a layer where the sum in
+// `packed` holds the layer's N rows and then the adapter's A (its rank padded to 16). Each thread
+// multiplies every row by its run of the layer's tiles, then the tuned rows by A's tiles (x A;
+// the base rows need none), and adds s B to the tuned rows' outputs in its run while they are
+// in cache. Both threads compute x A: it is a tile or two, and one thread computing it first
+// while the other waited cost Compare 0.5 ms a step (SmolLM2, the 2-core EPYC). In the compiled Compare step that is one call a layer where the sum in
 // inductor's code was a kernel more (core.inference.compiled_views.RowLoraLinear).
 at::Tensor w8a8_lora_mm(const at::Tensor& rows, const at::Tensor& packed, const at::Tensor& scales,
                         const at::Tensor& lora_b, const at::Tensor& lora_b_scales, int64_t tuned) {
   check_rows_and_weight(rows, packed, scales, "w8a8_lora_mm");
-  int64_t M = rows.size(0), K = rows.size(1), N = lora_b_scales.size(0), rank = lora_b.size(0);
+  int64_t M = rows.size(0), K = rows.size(1), N = lora_b_scales.size(0), rank = lora_b.size(1);
   int64_t chunks = (K + kChunk - 1) / kChunk;
-  TORCH_CHECK(lora_b.dim() == 2 && lora_b.size(1) == N && lora_b.scalar_type() == at::kChar &&
+  TORCH_CHECK(lora_b.dim() == 3 && lora_b.size(0) * kTile == N && lora_b.size(2) == kTile && lora_b.scalar_type() == at::kChar &&
               scales.size(0) == N + rank && N % kTile == 0 && rank % kTile == 0 &&
               lora_b_scales.scalar_type() == at::kBFloat16 && 0 <= tuned && tuned <= M,
-              "w8a8_lora_mm: b (rank, N) int8 under a packed weight of N + rank rows, sb (N) bf16");
+              "w8a8_lora_mm: b (N / 16, rank, 16) int8 under a packed weight of N + rank rows, sb (N) bf16");
   auto x = rows.contiguous();
   auto p = packed.contiguous();
   auto s = scales.contiguous();
@@ -321,13 +327,13 @@ at::Tensor w8a8_lora_mm(const at::Tensor& rows, const at::Tensor& packed, const 
   QuantizedRows q = quantize_rows(x.data_ptr<at::BFloat16>(), M, K);
   const uint8_t* weight = p.data_ptr<uint8_t>();
   const int64_t tile_bytes = kLanes * chunks * kChunk, tiles = N / kTile;
-  std::vector<at::BFloat16> xa(M * rank);  // rows of x A, the tuned ones filled
-  rows_times_tiles(q, M - tuned, M, weight + tiles * tile_bytes, s.data_ptr<at::BFloat16>() + N, xa.data(), rank,
-                   0, rank / kTile);
   at::BFloat16* y = out.data_ptr<at::BFloat16>();
   all_products(q, M, weight, s.data_ptr<at::BFloat16>(), y, N, tiles, [&](int64_t t0, int64_t t1) {
+    std::vector<at::BFloat16> xa(M * rank);  // rows of x A, the tuned ones filled
+    rows_times_tiles(q, M - tuned, M, weight + tiles * tile_bytes, s.data_ptr<at::BFloat16>() + N, xa.data(), rank,
+                     0, rank / kTile);
     for (int64_t m = M - tuned; m < M; ++m)
-      add_lora(y + m * N, xa.data() + m * rank, b.data_ptr<int8_t>(), sb.data_ptr<at::BFloat16>(), N, rank, t0, t1);
+      add_lora(y + m * N, xa.data() + m * rank, b.data_ptr<int8_t>(), sb.data_ptr<at::BFloat16>(), rank, t0, t1);
   });
   return out;
 }
