@@ -119,14 +119,19 @@ def rss_mb(adapter: str) -> tuple[float, float]:
 
 
 def make_adapter(folder: Path) -> str:
+    import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from core.inference.models import resolve_model
 
     model = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m-instruct"))
-    get_peft_model(model, LoraConfig(r=16, target_modules="all-linear", init_lora_weights=False)
-                   ).save_pretrained(folder)
+    # Drawn from seed 0: its garbled answers are full of near-ties, so another draw each run
+    # moved the tuned pane's greedy agreement from 1/10 to 8/10 prompts identical.
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        adapted = get_peft_model(model, LoraConfig(r=16, target_modules="all-linear", init_lora_weights=False))
+    adapted.save_pretrained(folder)
     return str(folder)
 
 
