@@ -307,8 +307,9 @@ void add_lora(at::BFloat16* y, const at::BFloat16* xa, const int8_t* b, const at
 // multiplies every row by its run of the layer's tiles, then the tuned rows by A's tiles (x A;
 // the base rows need none), and adds s B to the tuned rows' outputs in its run while they are
 // in cache. Both threads compute x A: it is a tile or two, and one thread computing it first
-// while the other waited cost Compare 0.5 ms a step (SmolLM2, the 2-core EPYC). In the compiled Compare step that is one call a layer where the sum in
-// inductor's code was a kernel more (core.inference.compiled_views.RowLoraLinear).
+// while the other waited cost Compare 0.5 ms a step (SmolLM2, the 2-core EPYC). In the compiled
+// Compare step that is one call a layer where the sum in inductor's code was a kernel more
+// (core.inference.compiled_views.RowLoraLinear).
 at::Tensor w8a8_lora_mm(const at::Tensor& rows, const at::Tensor& packed, const at::Tensor& scales,
                         const at::Tensor& lora_b, const at::Tensor& lora_b_scales, int64_t tuned) {
   check_rows_and_weight(rows, packed, scales, "w8a8_lora_mm");
