@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.inference import compiled_views, own_kernels
+from core.inference import compiled_views, own_kernels, shared_products
 from core.inference.compiled_decode import SLOTS, CompiledStep, choose
 from core.inference.fast_decode import BASE, quantize_linears
 from core.inference.lora_rows import adapter_rows
@@ -110,6 +110,41 @@ def test_a_compiled_compare_view_computes_as_the_eager_one(tiny_model_dir, int8,
         assert torch.equal(eager, rows_path)
     assert (compiled[1] - eager[1]).norm() / effect < 0.02 and (compiled[0] - eager[0]).norm() / effect < 0.02
     assert int8 or torch.allclose(compiled[0], base[0], atol=1e-5)
+
+
+def apart(view):
+    """`view` with each group of shared_products back as its layers, one product each."""
+    view = compiled_views.tree_copy(view)
+    for parent in list(view.modules()):
+        for group in shared_products.groups(parent):
+            parent._modules.update(zip(group.names, group.layers))
+    return view
+
+
+def test_layers_sharing_an_input_compute_in_one_call_what_they_compute_apart(tiny_model_dir):
+    """On our kernels, q/k/v and gate/up are one product each in the views, the base's and
+    Compare's (its adapters on all of them, or on q and v only at a rank over 16), to the bit as
+    each layer alone; `use` swaps the adapter in them too; a layer called out of turn says so."""
+    if own_kernels.unavailable():
+        pytest.skip(f"our own kernels do not serve here: {own_kernels.unavailable()}")
+    view, model = tiny_tuned(tiny_model_dir, own=True)
+    attention = view.model.layers[0].self_attn
+    assert [type(m).__name__ for m in (attention.q_proj, attention.k_proj, attention.o_proj)] == ["Part", "Part", "Int8Linear"]
+    with torch.inference_mode():
+        assert torch.equal(view(input_ids=IDS).logits, apart(view)(input_ids=IDS).logits)
+        for name, groups in (("wide", 2), ("one", 4)):
+            layers = compiled_views.lora_layers(model, name)
+            compare = compiled_views.compare_view(view, layers, name)
+            assert sum(isinstance(m, shared_products.LoraProduct) for m in compare.modules()) == groups
+            logits = compare(input_ids=IDS).logits
+            assert torch.equal(logits, compiled_views.compare_view(apart(view), layers, name)(input_ids=IDS).logits)
+            assert torch.equal(logits[0], view(input_ids=IDS).logits[0]) and not torch.equal(logits[1], logits[0])
+        compiled_views.use(compare, compiled_views.lora_layers(model, "two"), "two")  # the same layout as one's
+        assert {m.adapter for m in compare.modules() if isinstance(m, shared_products.LoraProduct)} == {"two"}
+        assert torch.equal(compare(input_ids=IDS).logits, compiled_views.compare_view(
+            view, compiled_views.lora_layers(model, "two"), "two")(input_ids=IDS).logits)
+        with pytest.raises(RuntimeError, match="^k_proj was called before q_proj, which computes it$"):
+            attention.k_proj(torch.zeros(1, 32, dtype=torch.bfloat16))
 
 
 def test_only_plain_lora_gets_a_compare_view(tuned):

@@ -94,8 +94,10 @@ def test_one_call_adds_an_adapter_to_the_last_rows():
     layer.append_rows(torch.randn(8, 576) / 24)  # an adapter's A of rank 8, packed as 16 rows under the weight
     lora_b, lora_b_scales = quantized_rows(torch.randn(192, 16) / 4, torch.bfloat16)  # s B, int8 per output
     x = torch.randn(5, 576).to(torch.bfloat16)
-    got = own_kernels.lora_rows_times_int8(x, *layer.appended[2:], own_kernels.pack_lora_b(lora_b.t()), lora_b_scales, 2)
-    both = own_kernels.rows_times_int8(x, *layer.appended[2:])
+    packed, scales = layer.appended[2:]
+    got = own_kernels.lora_rows_times_int8(x, packed[:12], scales[:192], packed[12:], scales[192:],
+                                           own_kernels.pack_lora_b(lora_b.t()), lora_b_scales, torch.zeros(12, dtype=torch.int64), 2)
+    both = own_kernels.rows_times_int8(x, packed, scales)
     assert torch.equal(got[:3], both[:3, :192]) and torch.equal(got[:3], layer(x[:3]))
     update = both[3:, 192:].float() @ (lora_b.float() * lora_b_scales.float()[:, None]).t()
     assert update.norm() > 0.5 * both[3:, :192].float().norm()  # an adapter that is plain to see
@@ -190,7 +192,8 @@ def test_compare_on_our_own_kernels_keeps_each_pane_its_solo_reply(loud_adapter,
 @needs_own
 def test_a_compiled_step_runs_on_our_kernels_and_is_kept_apart(tiny_model_dir, tmp_path, monkeypatch):
     """On our kernels, the compiled step is compiled with both ops in its graph, kept under a
-    file name of its own (not torch's kernels' step), and loaded again (tiny random Llama)."""
+    file name of its own (not torch's kernels' step), and loaded again (tiny random Llama); its
+    view multiplies q, k, v and gate, up as one product each, on the model's own weights."""
     monkeypatch.setenv("FINETUNE_LAB_MODELS", str(tmp_path))
     plain = _load_fresh("tiny", str(tiny_model_dir))
     monkeypatch.setenv("FINETUNE_LAB_CPU_KERNELS", "own")
@@ -208,9 +211,14 @@ def test_a_compiled_step_runs_on_our_kernels_and_is_kept_apart(tiny_model_dir, t
                              **compiled_decode.generate_options("cpu"))
     calls = Counter(event.name for event in profile.events())
     # the eager prefill and 15 steps of the kept compiled graph, each multiplying 2 * 7 + 1 layers
+    # in 2 * 4 + 1 calls: q, k, v and gate, up as one product each (core.inference.shared_products)
     assert calls["## Call CompiledFxGraph None ##"] == 15
-    assert calls["finetune_lab::w8a8_mm"] == 16 * (2 * 7 + 1)
+    assert calls["finetune_lab::w8a8_mm"] == 16 * (2 * 4 + 1)
     assert calls["finetune_lab::one_query_attention"] == 15 * 2  # decoding steps only: the prefill has 6 queries
+    attention, layer = step.model.model.layers[1].self_attn, again.model.model.layers[1]
+    assert attention.q_proj.product.packed.untyped_storage().data_ptr() == layer.self_attn.v_proj.qweight.untyped_storage().data_ptr()
+    with torch.inference_mode():  # each weight held once, and the view's logits the model's to the bit
+        assert torch.equal(step.model(input_ids=ids).logits, again.model(input_ids=ids).logits)
 
 
 def attention_inputs(rows: int, slots: int, used: list[int], mask: str):

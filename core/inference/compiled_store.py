@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from core.inference import compiled_views, decode_attention, fast_decode, lora_rows, own_kernels
+from core.inference import compiled_views, decode_attention, fast_decode, lora_rows, own_kernels, shared_products
 from core.paths import models_dir
 
 
@@ -42,7 +42,8 @@ def step_file(loaded, slots: int, rows: int = 1, layout: str = ""):
 
     config = {k: v for k, v in loaded.model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
     ours = [hashlib.sha256(Path(path).read_bytes()).hexdigest()
-            for path in (__file__, compiled_views.__file__, fast_decode.__file__, lora_rows.__file__, decode_attention.__file__, own_kernels.__file__, *own_kernels.SOURCES)]
+            for path in (__file__, compiled_views.__file__, shared_products.__file__, fast_decode.__file__, lora_rows.__file__,
+                          decode_attention.__file__, own_kernels.__file__, *own_kernels.SOURCES)]
     key = json.dumps([config, str(loaded.model.dtype), loaded.decode, loaded.activations, slots, rows, layout, loaded.model.device.type, torch.__version__,
                       transformers.__version__, torch.backends.cpu.get_cpu_capability(), platform.machine(), ours],
                      sort_keys=True, default=str)

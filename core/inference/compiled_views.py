@@ -8,9 +8,12 @@ attaches (each targeted Linear becomes a LoRA layer), and Compare's adapter chan
 request. So the steps never run on the loaded model itself, but on views: copies of its
 modules down to the leaves, which are shared, so no weight is copied.
 - `base_view`: the plain base model, made before any adapter attaches; peft's later changes
-  land in the loaded model's own modules, not the view's, so base replies keep their step.
+  land in the loaded model's own modules, not the view's, so base replies keep their step. On
+  our own kernels, the layers that read one input (q, k, v; gate, up) are one product each
+  (core.inference.shared_products).
 - `compare_view`: the base view with each of an adapter's LoRA layers as a `RowLoraLinear`,
-  which adds the adapter to the last batch row only (Compare's tuned pane; row 0 is the base).
+  which adds the adapter to the last batch row only (Compare's tuned pane; row 0 is the base),
+  or, in a group of shared_products, the group's product with the adapter in the same op call.
   Its A and s B are those of core.inference.lora_rows' path, prepared by the same code
   (int8 on int8 weights), and `use` swaps in another adapter of the same `layout` without
   compiling again.
@@ -25,6 +28,7 @@ import torch.nn.functional as F
 from core.inference import own_kernels
 from core.inference.fast_decode import Int8Linear, rows_times_int8
 from core.inference.lora_rows import int8_adapter, plain_lora_layers, scaled_lora
+from core.inference.shared_products import LoraProduct, Part, groups, share_products, with_adapter
 
 # Per-call state transformers keeps on a model; a view starts without the original's.
 _PER_MODEL = ("_cache", "_compiled_call", "_last_compile_config")
@@ -53,7 +57,11 @@ class RowLoraLinear(torch.nn.Module):
             self.qb, self.sb, self.qb_columns = qb, sb, qb.t().contiguous()
             # On our kernels (a packed weight) one op call adds s B too; a LoRA bias keeps the sum.
             self.one_op = self.base.pack is not None and bias is None
-            self.qb_tiles = own_kernels.pack_lora_b(self.qb_columns) if self.one_op else None
+            if self.one_op:  # the op takes the weight and A apart: views of the packed rows
+                tiles, own = len(self.base.qweight), self.base.out_features
+                self.op_arguments = (self.packed[:tiles], self.packed_scales[:own], self.packed[tiles:],
+                                     self.packed_scales[own:], own_kernels.pack_lora_b(self.qb_columns), self.sb,
+                                     torch.zeros(own // own_kernels.TILE, dtype=torch.int64))
         else:
             _, self.lora_a, self.scaled_b, bias = scaled_lora(lora_layer, name, slice(0, 1))
         self.lora_bias, self.adapter = bias, name
@@ -63,8 +71,7 @@ class RowLoraLinear(torch.nn.Module):
             return self._float_forward(x)
         if self.one_op:
             rows = x.reshape(-1, x.shape[-1])
-            out = own_kernels.lora_rows_times_int8(rows, self.packed, self.packed_scales, self.qb_tiles, self.sb,
-                                                   rows.shape[0] // x.shape[0])
+            out = own_kernels.lora_rows_times_int8(rows, *self.op_arguments, rows.shape[0] // x.shape[0])
             return (out if self.base.bias is None else out + self.base.bias).view(*x.shape[:-1], self.base.out_features)
         both = self.base.rows_product(x.reshape(-1, x.shape[-1]), self.packed, self.packed_scales)
         own, per_row = self.base.out_features, both.shape[0] // x.shape[0]
@@ -122,8 +129,9 @@ def tree_copy(module: torch.nn.Module, replace=None, path: str = "") -> torch.nn
 
 
 def base_view(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain base model's tree, apart from the loaded model's (call before adapters attach)."""
-    return tree_copy(model)
+    """The plain base model's tree, apart from the loaded model's (call before adapters attach),
+    with the layers that read one input as one product where our kernels serve (shared_products)."""
+    return share_products(tree_copy(model))
 
 
 def lora_layers(peft_model, name: str) -> dict:
@@ -146,13 +154,32 @@ def layout(layers: dict, name: str) -> str:
 def compare_view(base: torch.nn.Module, layers: dict, name: str) -> torch.nn.Module:
     """The base view with adapter `name` on the last batch row at each of `layers`."""
     def swap(path, module):
-        if path in layers:
+        if path in layers and not isinstance(module, Part):
             row_lora = RowLoraLinear(module)
             row_lora.use(layers[path], name)
             return row_lora
         return None
 
-    return tree_copy(base, swap)
+    view = tree_copy(base, swap)  # every module above the leaves is the view's own: changed below
+    for path, parent in list(view.named_modules()):
+        for group in groups(parent):
+            paths = [f"{path}.{child}" for child in group.names]
+            if any(where in layers for where in paths):
+                _add_adapter(parent, group, [layers.get(where) for where in paths], name)
+    return view
+
+
+def _add_adapter(parent: torch.nn.Module, group, lora_layers: list, name: str) -> None:
+    """The group's Parts in `parent` with the adapter on the tuned row, in one op call; or, where
+    an adapter has a LoRA bias (the op adds no bias), its layers apart as RowLoraLinears."""
+    if all(layer is None or layer.lora_B[name].bias is None for layer in lora_layers):
+        parts = with_adapter(parent._modules[group.names[0]], tuple(lora_layers), name)
+    else:
+        parts = [layer if lora is None else RowLoraLinear(layer) for layer, lora in zip(group.layers, lora_layers)]
+        for part, lora in zip(parts, lora_layers):
+            if lora is not None:
+                part.use(lora, name)
+    parent._modules.update(zip(group.names, parts))
 
 
 def use(view: torch.nn.Module, layers: dict, name: str) -> None:
@@ -160,3 +187,6 @@ def use(view: torch.nn.Module, layers: dict, name: str) -> None:
     for path, module in view.named_modules():
         if isinstance(module, RowLoraLinear) and module.adapter != name:
             module.use(layers[path], name)
+        elif isinstance(module, Part) and isinstance(module.product, LoraProduct) and module.product.adapter != name:
+            parent = path.rpartition(".")[0]
+            module.product.use(tuple(layers.get(f"{parent}.{child}") for child in module.group.names), name)

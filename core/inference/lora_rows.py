@@ -1,13 +1,13 @@
 """LoRA adapters on their own rows of a chat batch (each row its adapter or none), in fewer kernels than peft's.
 
-    used by core.inference.chat, .compare, .running_batch and .compiled_views; tests/test_lora_rows.py checks it
+    used by core.inference.chat, .compare, .running_batch, .compiled_views and .shared_products; tests/test_lora_rows.py checks it
 
 `adapter_rows` is the context chat decodes in when a batch mixes adapters (Compare's base and
 tuned panes, several visitors) or a tuned pane runs alone; on the int8 weights of
 core.inference.fast_decode an adapter's A rides under the base weight (`Int8Linear.append_rows`).
 `rows_forwards` and `installed` give the same forwards to a caller that installs them per step
-(core.inference.running_batch), and `int8_adapter` and `scaled_lora` the same A and s B to the
-compiled Compare step's view (core.inference.compiled_views).
+(core.inference.running_batch), and `int8_adapter`, `int8_scaled_b` and `scaled_lora` the same
+A and s B to the compiled Compare step's view (core.inference.compiled_views, .shared_products).
 """
 from __future__ import annotations
 
@@ -140,12 +140,19 @@ def int8_adapter(layer, name: str, rows: slice) -> tuple:
     layers took about 20 ms before a tuned reply's first token)."""
     scale, lora_b, base = layer.scaling[name], layer.lora_B[name], layer.base_layer
     base.append_rows(layer.lora_A[name].weight)
+    bias = None if lora_b.bias is None else lora_b.bias * scale
+    return (base, layer.lora_A[name].weight, (rows.start, rows.stop - rows.start), *int8_scaled_b(layer, name), bias)
+
+
+def int8_scaled_b(layer, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s B in int8, its rank padded to 16, one scale per output) of adapter `name` on an int8
+    base layer, quantized once and kept on peft's B module while its weight and scale stay."""
+    scale, lora_b = layer.scaling[name], layer.lora_B[name]
     kept = getattr(lora_b, "int8_scaled", None)
     if kept is None or kept[:2] != (lora_b.weight._version, scale):
         kept = lora_b.int8_scaled = (lora_b.weight._version, scale,
-                                     *quantized_rows(padded(lora_b.weight * scale, 1), base.scales.dtype))
-    bias = None if lora_b.bias is None else lora_b.bias * scale
-    return (base, layer.lora_A[name].weight, (rows.start, rows.stop - rows.start), *kept[2:], bias)
+                                     *quantized_rows(padded(lora_b.weight * scale, 1), layer.base_layer.scales.dtype))
+    return kept[2:]
 
 
 def _int8_rows_forward(layer, span: tuple, x: torch.Tensor) -> torch.Tensor:

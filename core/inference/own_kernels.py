@@ -134,12 +134,17 @@ def pack_lora_b(lora_b: torch.Tensor) -> torch.Tensor:
     return lora_b.view(rank, outputs // TILE, TILE).permute(1, 0, 2).contiguous()
 
 
-def lora_rows_times_int8(rows: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, lora_b: torch.Tensor,
-                         lora_b_scales: torch.Tensor, tuned: int) -> torch.Tensor:
+def lora_rows_times_int8(rows: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, lora_a: torch.Tensor,
+                         lora_a_scales: torch.Tensor, lora_b: torch.Tensor, lora_b_scales: torch.Tensor,
+                         lora_b_from: torch.Tensor, tuned: int) -> torch.Tensor:
     """A layer plus one LoRA adapter on the last `tuned` rows, in one call of our op: `packed`
-    holds the layer's rows and the adapter's A under them (as Int8Linear.append_rows packs
-    them), `lora_b` its s B in int8 as `pack_lora_b` lays it out, `lora_b_scales` quantized per output."""
-    return torch.ops.finetune_lab.w8a8_lora_mm(rows.to(torch.bfloat16), packed, scales, lora_b, lora_b_scales, tuned)
+    the layer's weight and `lora_a` the adapter's A (its rank padded to 16), each packed by
+    `pack`; `lora_b` its s B in int8 as `pack_lora_b` lays it out, `lora_b_scales` quantized per
+    output, and `lora_b_from` (one int64 per tile of 16 outputs) where in x A each tile's s B
+    starts, or -1 for a tile without the adapter (several layers in one weight: their A's one
+    under another, core.inference.shared_products)."""
+    return torch.ops.finetune_lab.w8a8_lora_mm(rows.to(torch.bfloat16), packed, scales, lora_a, lora_a_scales, lora_b,
+                                               lora_b_scales, lora_b_from, tuned)
 
 
 def int8_product(dtype: torch.dtype):

@@ -281,16 +281,19 @@ at::Tensor w8a8_mm_meta(const at::Tensor& rows, const at::Tensor& packed, const 
 }
 
 // Outputs [16 t0, 16 t1) of one row of y, in place, plus its s B: per output
-// (sum_r xa[r] * b[r, n]) * sb[n] in fp32, rounded to bf16 as a bf16 tensor would hold it, then
-// added to y. b int8 by tile of 16 outputs (own_kernels.pack_lora_b: per tile, rank rows of its
-// 16 bytes), so a thread's run of tiles reads one stretch of it, and sb (N) bf16: s B quantized
-// per output.
+// (sum_r xa[from[t] + r] * b[r, n]) * sb[n] in fp32, rounded to bf16 as a bf16 tensor would hold
+// it, then added to y; a tile with from[t] < 0 has no adapter and stays as it is. b int8 by tile
+// of 16 outputs (own_kernels.pack_lora_b: per tile, its rank rows of 16 bytes), so a thread's run
+// of tiles reads one stretch of it, and sb (N) bf16: s B quantized per output. `from` lets one
+// call serve layers that share an input (q, k and v; gate and up): each tile reads its own
+// layer's stretch of x A.
 __attribute__((target("avx512f,avx512bw,avx512vl")))
-void add_lora(at::BFloat16* y, const at::BFloat16* xa, const int8_t* b, const at::BFloat16* sb, int64_t rank,
-              int64_t t0, int64_t t1) {
-  std::vector<float> x(xa, xa + rank);
+void add_lora(at::BFloat16* y, const float* xa, const int8_t* b, const at::BFloat16* sb, int64_t rank,
+              const int64_t* from, int64_t t0, int64_t t1) {
   for (int64_t t = t0; t < t1; ++t) {
+    if (from[t] < 0) continue;
     const int8_t* tile = b + t * rank * kTile;
+    const float* x = xa + from[t];
     __m512 sum = _mm512_setzero_ps();
     for (int64_t r = 0; r < rank; ++r) {
       __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(tile + r * kTile));
@@ -302,45 +305,55 @@ void add_lora(at::BFloat16* y, const at::BFloat16* xa, const int8_t* b, const at
   }
 }
 
-// A layer and one LoRA adapter on the last `tuned` rows, in one call (Compare's tuned pane):
-// `packed` holds the layer's N rows and then the adapter's A (its rank padded to 16). Each thread
-// multiplies every row by its run of the layer's tiles, then the tuned rows by A's tiles (x A;
-// the base rows need none), and adds s B to the tuned rows' outputs in its run while they are
-// in cache. Both threads compute x A: it is a tile or two, and one thread computing it first
-// while the other waited cost Compare 0.5 ms a step (SmolLM2, the 2-core EPYC). In the compiled
-// Compare step that is one call a layer where the sum in inductor's code was a kernel more
-// (core.inference.compiled_views.RowLoraLinear).
+// A layer and a LoRA adapter on the last `tuned` rows, in one call (Compare's tuned pane): the
+// layer's weight `packed`, the adapter's A packed apart (`lora_a`, its rank padded to 16; for
+// layers sharing an input, their A's one under another), s B by tile with each tile's start in
+// x A (`lora_b_from`, add_lora). Each thread multiplies every row by its run of the layer's
+// tiles, then the tuned rows by A's tiles (x A; the base rows need none), and adds s B to the
+// tuned rows' outputs in its run while they are in cache. Both threads compute x A: it is a tile
+// or a few, and one thread computing it first while the other waited cost Compare 0.5 ms a step
+// (SmolLM2, the 2-core EPYC). In the compiled Compare step that is one call a layer (or a group
+// of layers) where the sum in inductor's code was a kernel more (core.inference.compiled_views).
 at::Tensor w8a8_lora_mm(const at::Tensor& rows, const at::Tensor& packed, const at::Tensor& scales,
-                        const at::Tensor& lora_b, const at::Tensor& lora_b_scales, int64_t tuned) {
+                        const at::Tensor& lora_a, const at::Tensor& lora_a_scales, const at::Tensor& lora_b,
+                        const at::Tensor& lora_b_scales, const at::Tensor& lora_b_from, int64_t tuned) {
   check_rows_and_weight(rows, packed, scales, "w8a8_lora_mm");
-  int64_t M = rows.size(0), K = rows.size(1), N = lora_b_scales.size(0), rank = lora_b.size(1);
-  int64_t chunks = (K + kChunk - 1) / kChunk;
+  check_rows_and_weight(rows, lora_a, lora_a_scales, "w8a8_lora_mm (lora_a)");
+  int64_t M = rows.size(0), K = rows.size(1), N = scales.size(0), a_rows = lora_a_scales.size(0), rank = lora_b.size(1);
   TORCH_CHECK(lora_b.dim() == 3 && lora_b.size(0) * kTile == N && lora_b.size(2) == kTile && lora_b.scalar_type() == at::kChar &&
-              scales.size(0) == N + rank && N % kTile == 0 && rank % kTile == 0 &&
-              lora_b_scales.scalar_type() == at::kBFloat16 && 0 <= tuned && tuned <= M,
-              "w8a8_lora_mm: b (N / 16, rank, 16) int8 under a packed weight of N + rank rows, sb (N) bf16");
+              lora_b_scales.dim() == 1 && lora_b_scales.size(0) == N && lora_b_scales.scalar_type() == at::kBFloat16 &&
+              lora_b_from.dim() == 1 && lora_b_from.size(0) == N / kTile && lora_b_from.scalar_type() == at::kLong &&
+              rank <= a_rows && 0 <= tuned && tuned <= M,
+              "w8a8_lora_mm: b (N / 16, rank, 16) int8, sb (N) bf16, from (N / 16) int64, A of at least rank rows");
+  auto from = lora_b_from.contiguous();
+  const int64_t* starts = from.data_ptr<int64_t>();
+  for (int64_t t = 0; t < N / kTile; ++t)
+    TORCH_CHECK(starts[t] < 0 || starts[t] + rank <= a_rows, "w8a8_lora_mm: a tile's x A starts past A's rows");
   auto x = rows.contiguous();
   auto p = packed.contiguous();
   auto s = scales.contiguous();
+  auto a = lora_a.contiguous();
+  auto sa = lora_a_scales.contiguous();
   auto b = lora_b.contiguous();
   auto sb = lora_b_scales.contiguous();
   auto out = at::empty({M, N}, x.options());
   QuantizedRows q = quantize_rows(x.data_ptr<at::BFloat16>(), M, K);
-  const uint8_t* weight = p.data_ptr<uint8_t>();
-  const int64_t tile_bytes = kLanes * chunks * kChunk, tiles = N / kTile;
   at::BFloat16* y = out.data_ptr<at::BFloat16>();
-  all_products(q, M, weight, s.data_ptr<at::BFloat16>(), y, N, tiles, [&](int64_t t0, int64_t t1) {
-    std::vector<at::BFloat16> xa(M * rank);  // rows of x A, the tuned ones filled
-    rows_times_tiles(q, M - tuned, M, weight + tiles * tile_bytes, s.data_ptr<at::BFloat16>() + N, xa.data(), rank,
-                     0, rank / kTile);
-    for (int64_t m = M - tuned; m < M; ++m)
-      add_lora(y + m * N, xa.data() + m * rank, b.data_ptr<int8_t>(), sb.data_ptr<at::BFloat16>(), rank, t0, t1);
+  all_products(q, M, p.data_ptr<uint8_t>(), s.data_ptr<at::BFloat16>(), y, N, N / kTile, [&](int64_t t0, int64_t t1) {
+    std::vector<at::BFloat16> xa(M * a_rows);  // rows of x A, the tuned ones filled
+    rows_times_tiles(q, M - tuned, M, a.data_ptr<uint8_t>(), sa.data_ptr<at::BFloat16>(), xa.data(), a_rows,
+                     0, a_rows / kTile);
+    for (int64_t m = M - tuned; m < M; ++m) {
+      std::vector<float> row(xa.data() + m * a_rows, xa.data() + (m + 1) * a_rows);
+      add_lora(y + m * N, row.data(), b.data_ptr<int8_t>(), sb.data_ptr<at::BFloat16>(), rank, starts, t0, t1);
+    }
   });
   return out;
 }
 
 at::Tensor w8a8_lora_mm_meta(const at::Tensor& rows, const at::Tensor& packed, const at::Tensor& scales,
-                             const at::Tensor& lora_b, const at::Tensor& lora_b_scales, int64_t tuned) {
+                             const at::Tensor& lora_a, const at::Tensor& lora_a_scales, const at::Tensor& lora_b,
+                             const at::Tensor& lora_b_scales, const at::Tensor& lora_b_from, int64_t tuned) {
   return at::empty({rows.size(0), lora_b_scales.size(0)}, rows.options());
 }
 
@@ -348,7 +361,8 @@ at::Tensor w8a8_lora_mm_meta(const at::Tensor& rows, const at::Tensor& packed, c
 
 TORCH_LIBRARY(finetune_lab, m) {
   m.def("w8a8_mm(Tensor rows, Tensor packed, Tensor scales) -> Tensor");
-  m.def("w8a8_lora_mm(Tensor rows, Tensor packed, Tensor scales, Tensor lora_b, Tensor lora_b_scales, int tuned) -> Tensor");
+  m.def("w8a8_lora_mm(Tensor rows, Tensor packed, Tensor scales, Tensor lora_a, Tensor lora_a_scales, Tensor lora_b, "
+        "Tensor lora_b_scales, Tensor lora_b_from, int tuned) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(finetune_lab, CPU, m) {
