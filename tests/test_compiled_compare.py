@@ -1,8 +1,9 @@
 """The views the compiled steps run on, and Compare's compiled step (core.inference.compiled_views,
 core.inference.compiled_decode) on a tiny random Llama: the views share the weights and stay the
 plain base when peft wraps the model; a Compare view computes exactly what the int8 rows path
-computes, and its in-graph update agrees with the kernel's; the routes and their status words.
-On the real packaged model, with the compile and a restart: tests/test_compiled_decode.py.
+computes, and its in-graph update agrees with the kernel's; on our kernels, layers that read
+one input as one product (core.inference.shared_products) compute what they compute apart;
+the routes and their status words. On the real packaged model, with the compile and a restart: tests/test_compiled_decode.py.
 
     .venv/bin/python -m pytest tests/test_compiled_compare.py
 """
@@ -145,6 +146,38 @@ def test_layers_sharing_an_input_compute_in_one_call_what_they_compute_apart(tin
             view, compiled_views.lora_layers(model, "two"), "two")(input_ids=IDS).logits)
         with pytest.raises(RuntimeError, match="^k_proj was called before q_proj, which computes it$"):
             attention.k_proj(torch.zeros(1, 32, dtype=torch.bfloat16))
+
+
+def test_a_group_keeps_its_biases_and_an_adapter_with_a_bias_keeps_its_layers_apart(tiny_model_dir):
+    """A group of layers with biases (Qwen's q, k, v) adds them after its one product, to the
+    bit as each layer alone; an adapter with a bias of its own (peft's lora_bias, which our op
+    does not add) runs its group's layers apart, each a RowLoraLinear, as the same view would
+    without groups."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if own_kernels.unavailable():
+        pytest.skip(f"our own kernels do not serve here: {own_kernels.unavailable()}")
+    torch.manual_seed(0)
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.attention_bias = True
+    base = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for layer in base.modules():
+            if isinstance(layer, torch.nn.Linear) and layer.bias is not None:
+                layer.bias.normal_()
+    quantize_linears(base.to(torch.bfloat16), own_kernels.rows_times_int8, own_kernels.pack)
+    view = compiled_views.base_view(base)
+    assert view.model.layers[0].self_attn.q_proj.product.bias is not None
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj"], init_lora_weights=False,
+                                             lora_bias=True), "biased")
+    layers = compiled_views.lora_layers(model.eval(), "biased")
+    compare = compiled_views.compare_view(view, layers, "biased")
+    assert isinstance(compare.model.layers[0].self_attn.k_proj, compiled_views.RowLoraLinear)
+    assert not any(isinstance(m, shared_products.LoraProduct) for m in compare.modules())
+    with torch.inference_mode():
+        assert torch.equal(view(input_ids=IDS).logits, apart(view)(input_ids=IDS).logits)
+        assert torch.equal(compare(input_ids=IDS).logits, compiled_views.compare_view(apart(view), layers, "biased")(input_ids=IDS).logits)
 
 
 def test_only_plain_lora_gets_a_compare_view(tuned):
