@@ -11,12 +11,11 @@ modules down to the leaves, which are shared, so no weight is copied.
   land in the loaded model's own modules, not the view's, so base replies keep their step. On
   our own kernels, the layers that read one input (q, k, v; gate, up) are one product each
   (core.inference.shared_products).
-- `compare_view`: the base view with each of an adapter's LoRA layers as a `RowLoraLinear`,
-  which adds the adapter to the last batch row only (Compare's tuned pane; row 0 is the base),
-  or, in a group of shared_products, the group's product with the adapter in the same op call.
-  Its A and s B are those of core.inference.lora_rows' path, prepared by the same code
-  (int8 on int8 weights), and `use` swaps in another adapter of the same `layout` without
-  compiling again.
+- `compare_view`: the base view with an adapter on the last batch row only (Compare's tuned
+  pane; row 0 is the base) at each of its LoRA layers: on our own kernels, the layer (or its
+  group of shared_products) and the adapter in one op call; elsewhere a `RowLoraLinear`. Its A
+  and s B are quantized as core.inference.lora_rows' path quantizes them, and `use` swaps in
+  another adapter of the same `layout` without compiling again.
 """
 from __future__ import annotations
 
@@ -25,10 +24,10 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from core.inference import own_kernels
 from core.inference.fast_decode import Int8Linear, rows_times_int8
 from core.inference.lora_rows import int8_adapter, plain_lora_layers, scaled_lora
-from core.inference.shared_products import LoraProduct, Part, groups, share_products, with_adapter
+from core.inference.shared_products import (LoraProduct, Part, alone_with_adapter, groups, one_call_serves,
+                                            share_products, with_adapter)
 
 # Per-call state transformers keeps on a model; a view starts without the original's.
 _PER_MODEL = ("_cache", "_compiled_call", "_last_compile_config")
@@ -36,16 +35,17 @@ _PER_MODEL = ("_cache", "_compiled_call", "_last_compile_config")
 
 class RowLoraLinear(torch.nn.Module):
     """A base layer plus one LoRA adapter on the batch's last row, with the arithmetic of
-    lora_rows' path. On an Int8Linear, A (int8) rides under the base weight, so one
-    product yields the layer and x A, then s B (int8) is one more small product (in the
-    compiled graph, a sum that inductor fuses with what follows; on our own kernels, part of
-    the same op call, own_kernels.lora_rows_times_int8). On a float Linear (a GPU, or a CPU
-    without native bf16), A and s B as peft keeps them, after the layer's own product."""
+    lora_rows' path, where our op cannot add it in the layer's own call (shared_products:
+    torch's int8 kernel, float weights, a LoRA bias). On an Int8Linear, A (int8) rides under
+    the base weight, so one product yields the layer and x A, then s B (int8) is one more small
+    product (in the compiled graph, a sum that inductor fuses with what follows). On a float
+    Linear (a GPU, or a CPU without native bf16), A and s B as peft keeps them, after the
+    layer's own product."""
 
     def __init__(self, base: torch.nn.Module):
         super().__init__()
         self.base = base  # shared with the loaded model
-        self.int8, self.adapter, self.one_op = isinstance(base, Int8Linear), "", False
+        self.int8, self.adapter = isinstance(base, Int8Linear), ""
 
     def use(self, lora_layer, name: str) -> None:
         """Take adapter `name`'s A and s B (and its bias) from peft's LoRA layer."""
@@ -55,13 +55,6 @@ class RowLoraLinear(torch.nn.Module):
             # adapter's A under the shared base layer, this view keeps computing with its own.
             self.packed, self.packed_scales = self.base.appended[2:]
             self.qb, self.sb, self.qb_columns = qb, sb, qb.t().contiguous()
-            # On our kernels (a packed weight) one op call adds s B too; a LoRA bias keeps the sum.
-            self.one_op = self.base.pack is not None and bias is None
-            if self.one_op:  # the op takes the weight and A apart: views of the packed rows
-                tiles, own = len(self.base.qweight), self.base.out_features
-                self.op_arguments = (self.packed[:tiles], self.packed_scales[:own], self.packed[tiles:],
-                                     self.packed_scales[own:], own_kernels.pack_lora_b(self.qb_columns), self.sb,
-                                     torch.zeros(own // own_kernels.TILE, dtype=torch.int64))
         else:
             _, self.lora_a, self.scaled_b, bias = scaled_lora(lora_layer, name, slice(0, 1))
         self.lora_bias, self.adapter = bias, name
@@ -69,10 +62,6 @@ class RowLoraLinear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.int8:
             return self._float_forward(x)
-        if self.one_op:
-            rows = x.reshape(-1, x.shape[-1])
-            out = own_kernels.lora_rows_times_int8(rows, *self.op_arguments, rows.shape[0] // x.shape[0])
-            return (out if self.base.bias is None else out + self.base.bias).view(*x.shape[:-1], self.base.out_features)
         both = self.base.rows_product(x.reshape(-1, x.shape[-1]), self.packed, self.packed_scales)
         own, per_row = self.base.out_features, both.shape[0] // x.shape[0]
         result = both[:, :own]
@@ -154,11 +143,13 @@ def layout(layers: dict, name: str) -> str:
 def compare_view(base: torch.nn.Module, layers: dict, name: str) -> torch.nn.Module:
     """The base view with adapter `name` on the last batch row at each of `layers`."""
     def swap(path, module):
-        if path in layers and not isinstance(module, Part):
-            row_lora = RowLoraLinear(module)
-            row_lora.use(layers[path], name)
-            return row_lora
-        return None
+        if path not in layers or isinstance(module, Part):
+            return None
+        if isinstance(module, Int8Linear) and module.pack is not None and one_call_serves([layers[path]], name):
+            return alone_with_adapter(path.rpartition(".")[2], module, layers[path], name)
+        row_lora = RowLoraLinear(module)
+        row_lora.use(layers[path], name)
+        return row_lora
 
     view = tree_copy(base, swap)  # every module above the leaves is the view's own: changed below
     for path, parent in list(view.named_modules()):
@@ -172,8 +163,8 @@ def compare_view(base: torch.nn.Module, layers: dict, name: str) -> torch.nn.Mod
 def _add_adapter(parent: torch.nn.Module, group, lora_layers: list, name: str) -> None:
     """The group's Parts in `parent` with the adapter on the tuned row, in one op call; or, where
     an adapter has a LoRA bias (the op adds no bias), its layers apart as RowLoraLinears."""
-    if all(layer is None or layer.lora_B[name].bias is None for layer in lora_layers):
-        parts = with_adapter(parent._modules[group.names[0]], tuple(lora_layers), name)
+    if one_call_serves(lora_layers, name):
+        parts = with_adapter(group, parent._modules[group.names[0]].product, tuple(lora_layers), name)
     else:
         parts = [layer if lora is None else RowLoraLinear(layer) for layer, lora in zip(group.layers, lora_layers)]
         for part, lora in zip(parts, lora_layers):

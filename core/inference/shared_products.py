@@ -13,9 +13,9 @@ op's arithmetic for one output does not depend on the tiles around it.
 
 Only in compiled_views' views, on our kernels (the weights packed by tile), and only groups of
 one parent's children: the model itself keeps its layers, whose weights become views of the
-group's, so each weight is held once. In Compare's view a group with an adapter gets a
-`LoraProduct`: the group's product and the adapter on the tuned rows in one op call, each tile
-adding its own layer's s B (own_kernels.lora_rows_times_int8).
+group's, so each weight is held once. In Compare's view a group with an adapter, or a layer
+alone (a group of one: o and down), gets a `LoraProduct`: the product and the adapter on the
+tuned rows in one op call, each tile adding its own layer's s B (own_kernels.lora_rows_times_int8).
 """
 from __future__ import annotations
 
@@ -67,10 +67,10 @@ class Product(torch.nn.Module):
     def __init__(self, layers: tuple):
         super().__init__()
         self.sizes = [layer.out_features for layer in layers]
-        self.register_buffer("packed", torch.cat([layer.qweight for layer in layers]))
-        self.register_buffer("scales", torch.cat([layer.scales for layer in layers]))
+        self.register_buffer("packed", _joined([layer.qweight for layer in layers]))
+        self.register_buffer("scales", _joined([layer.scales for layer in layers]))
         biases = [layer.bias for layer in layers]
-        self.bias = None if all(b is None for b in biases) else torch.cat(
+        self.bias = None if all(b is None for b in biases) else _joined(
             [layer.scales.new_zeros(layer.out_features) if b is None else b.detach() for layer, b in zip(layers, biases)])
         tile, row = 0, 0
         for layer in layers:  # the layers read their weights from here too: each weight held once
@@ -98,16 +98,27 @@ def share_products(view: torch.nn.Module) -> torch.nn.Module:
 
 
 def groups(parent: torch.nn.Module) -> list[Group]:
-    """The groups among `parent`'s children."""
-    return [part.group for part in parent.children() if isinstance(part, Part) and part.index == 0]
+    """The groups among `parent`'s children that multiply without an adapter (a plain Product)."""
+    return [part.group for part in parent.children() if isinstance(part, Part) and isinstance(part.product, Product)]
 
 
-def with_adapter(first: Part, lora_layers: tuple, name: str) -> list[Part]:
-    """The Parts of `first`'s group with adapter `name` on the tuned rows, sharing its Product
-    (lora_layers[i]: peft's LoRA layer over the group's layer i, or None where it has none)."""
-    group = Group(first.group.names, first.group.layers)
-    return [Part(group, i, LoraProduct(first.product, lora_layers, name) if i == 0 else None)
-            for i in range(len(group.layers))]
+def one_call_serves(lora_layers, name: str) -> bool:
+    """Whether our op can add adapter `name` over these peft LoRA layers (None: a layer without
+    it) in their product's own call: not where the adapter has a LoRA bias, which the op does not add."""
+    return all(layer is None or layer.lora_B[name].bias is None for layer in lora_layers)
+
+
+def with_adapter(group: Group, product: Product, lora_layers: tuple, name: str) -> list[Part]:
+    """`group`'s Parts with adapter `name` on the tuned rows over its `product` (lora_layers[i]:
+    peft's LoRA layer over the group's layer i, or None where it has none)."""
+    fresh = Group(group.names, group.layers)
+    return [Part(fresh, i, LoraProduct(product, lora_layers, name) if i == 0 else None) for i in range(len(group.layers))]
+
+
+def alone_with_adapter(child: str, layer: Int8Linear, lora_layer, name: str) -> Part:
+    """One packed int8 layer (the parent's `child`) and adapter `name` on the tuned rows, in one
+    op call: a group of one, whose product is the layer's own weight."""
+    return with_adapter(Group((child,), (layer,)), Product((layer,)), (lora_layer,), name)[0]
 
 
 class LoraProduct(torch.nn.Module):
@@ -149,6 +160,11 @@ class LoraProduct(torch.nn.Module):
         out = own_kernels.lora_rows_times_int8(rows, product.packed, product.scales, self.lora_a, self.lora_a_scales,
                                                self.lora_b, self.lora_b_scales, self.lora_b_from, rows.shape[0] // x.shape[0])
         return (out if product.bias is None else out + product.bias).view(*x.shape[:-1], out.shape[-1])
+
+
+def _joined(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The tensors one under another; a single one as it is (a group of one keeps its layer's weight)."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
 def _zero_padded(weight: torch.Tensor, size: int, dim: int) -> torch.Tensor:
