@@ -98,20 +98,39 @@ def test_kills_inside_a_save_and_at_random_moments_always_resume(data_home):
     assert rates == pytest.approx(losses(twin, "learning_rate"), rel=1e-9) and len(rates) == planned
 
 
-@pytest.mark.parametrize("content, suffix, message", [
+MALFORMED = [
     ('{"question": "Hi", "answer": "Hello"}\n{"question": "Yo", "answer": null}\n', ".jsonl",
-     "error: row 2: 'answer' is empty"),
-    ("question,answer\nHi,Hello\nWho\n", ".csv", "error: row 2: 'answer' is empty"),
-    ("question,answer\nHi,Hello\nA,B,C\n", ".csv", "error: bad.csv: could not be read as csv"),
-])
-def test_malformed_datasets_are_one_line_errors_in_the_cli(tmp_path, content, suffix, message):
+     "row 2: 'answer' is empty"),
+    ("question,answer\nHi,Hello\nWho\n", ".csv", "row 2: 'answer' is empty"),
+    ("question,answer\nHi,Hello\nA,B,C\n", ".csv", "bad.csv: could not be read as csv"),
+]
+
+
+@pytest.mark.parametrize("content, suffix, message", MALFORMED)
+def test_malformed_datasets_are_lab_errors(tmp_path, content, suffix, message):
+    """Each malformed file stops the run's preparation with a LabError naming what is wrong (in
+    this process: the CLI's line is its message, checked once below)."""
+    from core.errors import LabError
+    from training.config import config_from_dict
+    from training.run import prepare
+
+    data, run = tmp_path / f"bad{suffix}", RunFolder(tmp_path / "run")
+    data.write_text(content)
+    run.path.mkdir()
+    with pytest.raises(LabError) as caught:
+        prepare(config_from_dict({"dataset": str(data), "max_steps": 1, "eval_fraction": 0}), run)
+    assert str(caught.value).startswith(message)
+
+
+def test_a_malformed_dataset_is_one_line_in_the_cli(tmp_path):
+    content, suffix, message = MALFORMED[0]
     data = tmp_path / f"bad{suffix}"
     data.write_text(content)
     out = subprocess.run([sys.executable, "cli.py", "train", "--dataset", str(data), "--max_steps", "1",
                           "--eval_fraction", "0", "--run-dir", str(tmp_path / "run")],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert out.stderr.strip().splitlines()[-1].startswith(message), out.stderr[-500:]
+    assert out.stderr.strip().splitlines()[-1].startswith(f"error: {message}"), out.stderr[-500:]
 
 
 def test_two_starts_at_once_launch_one_job(data_home):
