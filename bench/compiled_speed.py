@@ -202,7 +202,7 @@ def compare_agreement(loaded, tuned) -> dict:
             for pane, want, got in zip(("base", "tuned"), panes["int8"], panes["compiled"])}
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--compare-tokens", type=int, default=128)
@@ -210,7 +210,11 @@ def main() -> None:
     parser.add_argument("--compare-processes", type=int, default=3, help="fresh processes that time Compare")
     parser.add_argument("--kernels", choices=("auto", "torch", "own"), default="auto",
                         help="the kernels the compiled step runs on (FINETUNE_LAB_CPU_KERNELS; auto: ours where they serve)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = arguments()
     from core import threads
     from core.inference.models import load_model, resolve_model
 
