@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # A restart answers on the compiled steps only: their answers must be the first process's.
 PROCESS = """
 import json, sys; sys.path.insert(0, {root!r})
+from dataclasses import replace
 from torch._dynamo.utils import counters
 from core import threads
 
@@ -54,6 +55,9 @@ ask = lambda q: [{{"role": "user", "content": q}}]
 for path in {paths!r}:
     loaded.compiled = step if path == "compiled" else None
     replies[path] = [list(stream_reply(loaded, ask(q), settings))[-1].__dict__ for q in {prompts!r}]
+from tests.test_step_loop import both_ways  # our loop and generate's on the step: the same scores, or it raises
+ways = both_ways(loaded, step.model, [{prompts!r}[1]], replace(settings, repetition_penalty=1.3))
+replies["loop is generate"] = ways["loop"] == ways["generate"] and len(ways["loop"][1]) == 24
 loaded.compiled, tuned = step, attach_tuned(loaded, {adapter!r})
 replies["after attach"] = list(stream_reply(loaded, ask("Hi"), settings))[-1].__dict__
 replies["first compare"] = [r.__dict__ for r in list(stream_compare(loaded, tuned, ask("Hi"), ask("Hi"), settings))[-1]]
@@ -83,7 +87,8 @@ def run_app_process(models: Path, adapter: Path, paths=("compiled", "int8")) -> 
 def test_compiled_step_answers_and_a_restart_loads_it_from_the_model_cache(tmp_path, loud_adapter):
     """The first process compiles the base step and keeps it in the model cache; the second (a
     restart) loads it, compiles nothing, is ready in a fraction of the time, and answers the
-    same tokens. Both answer with the status naming the compiled step, and its greedy answers
+    same tokens. Both answer with the status naming the compiled step, each step's scores in our
+    loop around it (core.inference.step_loop) are generate's to the bit, and its greedy answers
     open with the int8 path's words: the graph sums the same products in another order, so
     near-ties part (over bench/compiled_speed.py's ten prompts, a common prefix of 25.7 tokens
     on average on torch's kernels, 17.9 on ours, against 14.7 for int8 with eager bf16). After
@@ -106,6 +111,7 @@ def test_compiled_step_answers_and_a_restart_loads_it_from_the_model_cache(tmp_p
     for kept in (models / "compiled").glob("*.bin"):  # the steps' code checks no input sizes each call
         code = kept.read_bytes()
         assert b"cpp_fused" in code and b"assert_size_stride(" not in code
+    assert first["replies"]["loop is generate"] is True  # core.inference.step_loop on the real step
     pairs = list(zip(first["replies"]["compiled"], first["replies"]["int8"]))
     for compiled, int8 in pairs:
         assert compiled["stats"].endswith(", compiled step") and not int8["stats"].endswith("compiled step")

@@ -17,7 +17,7 @@ from typing import Iterator
 import torch
 
 from core import threads
-from core.inference import compiled_decode
+from core.inference import compiled_decode, step_loop
 from core.inference.models import LoadedModel, ModelError
 from core.inference.token_rules import ReplyRules, end_ids
 
@@ -140,7 +140,7 @@ def stream_reply(loaded: LoadedModel, messages: list[dict], settings: Generation
 
 
 def launch_generate(loaded: LoadedModel, kwargs: dict, streamer, context=None, beside_decode_thread=False, model=None):
-    """Start `loaded.model.generate(**kwargs)` (or `model`'s: a compiled step's view) on
+    """Start `loaded.model.generate(**kwargs)` (or, on `model`, a compiled step's view, core.inference.step_loop's) on
     core.threads' decode thread (or, with `beside_decode_thread`, in a thread of its own); return
     (wait, result). `result` gets "ids", or "error" together with the streamer's end, so its
     consumer never waits forever."""
@@ -150,7 +150,7 @@ def launch_generate(loaded: LoadedModel, kwargs: dict, streamer, context=None, b
         try:
             threads.apply(wanted)
             with loaded.lock, context or contextlib.nullcontext(), torch.inference_mode():
-                result["ids"] = (loaded.model if model is None else model).generate(**kwargs)
+                result["ids"] = loaded.model.generate(**kwargs) if model is None else step_loop.generate(model, kwargs)
         except Exception as exc:  # surfaced by the caller, never lost in the thread
             result["error"] = exc
             streamer.end()

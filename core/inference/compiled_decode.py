@@ -5,7 +5,9 @@
     .venv/bin/python bench/compiled_speed.py      # compiled_over_int8, Compare and a restart, same run
 
 It runs inside transformers' own machinery: `generate(cache_implementation="static",
-compile_config=...)` calls the compiled decoding step (the prompt's prefill stays eager). On a
+compile_config=...)` calls the compiled decoding step (the prompt's prefill stays eager); a
+greedy reply's steps after the first token run in core.inference.step_loop, on generate's
+inputs, updated in place. On a
 CPU it keeps the int8 weights of core.inference.fast_decode, whose kernel is one opaque op in
 the graph, and inductor fuses what lies between the products (norms, rotary, residuals,
 attention glue). On a GPU transformers compiles it with CUDA graphs (`reduce-overhead`); not
