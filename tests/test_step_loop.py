@@ -40,6 +40,8 @@ class StopAfter(_RowStreamer):
     def __init__(self, stop: threading.Event, count: int):
         super().__init__()
         self.stop, self.count, self.tokens = stop, count, []
+        if count <= 0:  # Stop pressed before the reply began
+            stop.set()
 
     def put(self, value):
         super().put(value)
@@ -92,7 +94,8 @@ def test_the_loop_decodes_generates_tokens(tiny):
 
 def test_two_rows_of_different_lengths_where_one_ends_early(tiny):
     """Row 0 ends when it picks the token made its end of sequence here: from then on it takes
-    padding, in both ways, while row 1 goes on; then a Stop during the 4th token ends both."""
+    padding, in both ways, while row 1 goes on; then a Stop during the 4th token ends both, and
+    one made before the reply began ends it at its first token."""
     loaded, view = tiny
     prompts, settings = ["Hello there, how are you today?", "Hi"], GenerationSettings(max_new_tokens=10)
     free = both_ways(loaded, view, prompts, settings)
@@ -102,6 +105,7 @@ def test_two_rows_of_different_lengths_where_one_ends_early(tiny):
     try:
         ended = both_ways(loaded, view, prompts, settings)
         stopped = both_ways(loaded, view, prompts, settings, stop_after=4)
+        at_once = both_ways(loaded, view, prompts, settings, stop_after=0)
     finally:
         config.eos_token_id = before
     assert ended["loop"] == ended["generate"] and stopped["loop"] == stopped["generate"], (ended, stopped)
@@ -111,3 +115,4 @@ def test_two_rows_of_different_lengths_where_one_ends_early(tiny):
     # Stop set while the 4th token streams is seen with the 5th, which streams too (generate
     # checks its criteria before it streams a token), and the reply ends there
     assert len(stopped["loop"][1]) == 5 and stopped["loop"][2]
+    assert at_once["loop"] == at_once["generate"] and len(at_once["loop"][1]) == 1  # the first token only

@@ -33,10 +33,14 @@ def generate(model, kwargs: dict) -> torch.LongTensor:
     ids = model.generate(**{**prompt_pass, "max_new_tokens": 1}, cache=cache, streamer=_StaysOpen(streamer))
     ends = torch.tensor(sorted(end_ids(model)), dtype=ids.dtype)
     pad = kwargs.get("pad_token_id")
-    pad = int(ends[0]) if pad is None and len(ends) else pad
+    if pad is None:  # generate pads with the first end id; with none, no row ends before the others
+        pad = int(ends[0]) if len(ends) else 0
     rules, stopping = kwargs.get("logits_processor") or [], kwargs.get("stopping_criteria") or []
     unfinished = ~torch.isin(ids[:, -1], ends)
-    if budget > 1 and unfinished.any():  # a Stop during the first token's streaming ends the next, as in generate
+    # A Stop seen now ends the reply at its first token, as generate's check of that token does
+    # for a Stop made during the prompt's pass (one made while the token streamed would, in
+    # generate, end the reply a token later: the two cannot be told apart here).
+    if budget > 1 and unfinished.any() and not _stopped(stopping, ids):
         ids = _decode(model, kwargs, cache, ids, budget - 1, rules, stopping, ends, pad, unfinished, streamer)
     streamer.end()
     return ids
