@@ -1,8 +1,8 @@
 """core.inference.step_loop against `generate` on the same compiled step (a tiny random Llama,
-float weights, a step for two rows, as Compare's): the same ids and the same streamed tokens,
-with a repetition penalty and a least length, for rows of different lengths (left padding)
-where one ends early, and a Stop mid-reply. One row, on the real packaged model:
-tests/test_compiled_decode.py.
+float weights, a step for two rows, as Compare's): the same ids, the same streamed tokens and
+every step's scores to the bit, with a repetition penalty and a least length, for rows of
+different lengths (left padding) where one ends early, a Stop mid-reply and one made before
+the reply began. One row, on the real packaged model: tests/test_compiled_decode.py.
 
     .venv/bin/python -m pytest tests/test_step_loop.py
 """
@@ -24,7 +24,6 @@ def tiny(tiny_model_dir, tmp_path_factory):
     """(the tiny model loaded, a view of it with its compiled step for two rows)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.manual_seed(0)
     loaded = LoadedModel("tiny", str(tiny_model_dir), AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(),
                          AutoTokenizer.from_pretrained(tiny_model_dir), 0.0)
     step = compiled_decode.CompiledStep(model=compiled_views.base_view(loaded.model), rows=2)
