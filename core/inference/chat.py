@@ -19,6 +19,7 @@ import torch
 from core import threads
 from core.inference import compiled_decode, step_loop
 from core.inference.models import LoadedModel, ModelError
+from core.inference.reply_text import TextStreamer
 from core.inference.token_rules import ReplyRules, end_ids
 
 QA_FORMAT = "question-answer"  # plain "Question: …\nAnswer:" text (core.data.formats.qa_prompt)
@@ -106,11 +107,9 @@ def stream_reply(loaded: LoadedModel, messages: list[dict], settings: Generation
 
     Generation runs on core.threads' decode thread, or, with `beside_decode_thread`, in a
     thread of its own that can run next to it (the second model of a side-by-side Compare)."""
-    from transformers import TextIteratorStreamer
-
     check_messages(messages)
     input_ids, notice = build_inputs(loaded, messages, settings)
-    streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    streamer = TextStreamer(loaded.tokenizer)
     stop = threading.Event()
     kwargs = generate_kwargs(loaded, input_ids, settings, streamer, stop)
     route = compiled_decode.choose(loaded, 1, input_ids.shape[1] + int(settings.max_new_tokens), [adapter_name])
@@ -124,15 +123,15 @@ def stream_reply(loaded: LoadedModel, messages: list[dict], settings: Generation
     done, result = launch_generate(loaded, kwargs, streamer, context, beside_decode_thread, route.model)
     reply = Reply(notice=notice)
     try:
-        for piece in streamer:
-            reply.text += piece
+        for text in streamer:
+            reply.text = text
             yield reply
     finally:
         stop.set()  # also reached when the consumer is closed (Stop, disconnect)
     done()
     if "error" in result:
         raise ModelError(f"Generation failed: {result['error']}")
-    reply.seconds = time.perf_counter() - start
+    reply.seconds, reply.text = time.perf_counter() - start, streamer.finish()
     reply.new_tokens = int(result["ids"].shape[1] - input_ids.shape[1])
     reply.stats = f"{reply.new_tokens} tokens, {reply.new_tokens / reply.seconds:.1f} tok/s" + (f", {route.words}" if route.words else "")
     reply.done = True

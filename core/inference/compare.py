@@ -32,6 +32,7 @@ from core.inference.chat import (GenerationSettings, Reply, adapter_context, bui
                                  generate_kwargs, launch_generate, stream_reply)
 from core.inference.fast_decode import BASE
 from core.inference.models import LoadedModel, ModelError
+from core.inference.reply_text import ReplyText
 from core.inference.token_rules import end_ids
 
 
@@ -102,12 +103,12 @@ def stream_batch(loaded: LoadedModel, conversations: list[list[dict]], adapter_n
     start = time.perf_counter()
     done, result = launch_generate(loaded, kwargs, streamer, context, model=route.model)
     replies = tuple(Reply(notice=notice) for _, notice in encoded)
-    tokens: list[list[int]] = [[] for _ in replies]
+    texts = [ReplyText(loaded.tokenizer) for _ in replies]
     ends = end_ids(loaded.model)
     try:
         for step in iter(streamer.steps.get, None):
-            for reply, row_tokens, token, own in zip(replies, tokens, step, row_settings):
-                add_token(loaded.tokenizer, reply, row_tokens, token, token in ends, start, own.max_new_tokens, route.words)
+            for reply, text, token, own in zip(replies, texts, step, row_settings):
+                add_token(reply, text, token, token in ends, start, own.max_new_tokens, route.words)
             yield replies
     finally:
         stop.set()  # also reached when the consumer is closed (Stop, disconnect)
@@ -119,17 +120,16 @@ def stream_batch(loaded: LoadedModel, conversations: list[list[dict]], adapter_n
     yield replies
 
 
-def add_token(tokenizer, reply: Reply, row_tokens: list[int], token: int, is_end: bool, start: float,
-              budget: int, path: str = "") -> None:
-    """Add one generated token to a row's reply, unless the row has already ended (at its end of
-    sequence or its own token `budget`)."""
+def add_token(reply: Reply, text: ReplyText, token: int, is_end: bool, start: float, budget: int,
+              path: str = "") -> None:
+    """Add one generated token to a row's reply and its `text`, unless the row has already ended
+    (at its end of sequence or its own token `budget`)."""
     if reply.seconds:
         return  # after its end of sequence, a row only receives padding
-    row_tokens.append(token)
-    text, ended = tokenizer.decode(row_tokens, skip_special_tokens=True), is_end or len(row_tokens) >= budget
-    # A character split across tokens shows once whole; at the end, as the solo reply shows it.
-    reply.text, reply.new_tokens = text if ended else text.removesuffix("\ufffd"), len(row_tokens)
-    if ended:  # answered now, while the batch runs on for the others
+    text.add(token)
+    reply.text, reply.new_tokens = text.text, len(text.tokens)
+    if is_end or len(text.tokens) >= budget:  # answered now, while the batch runs on for the others
+        reply.text = text.finish()  # a character split across tokens shows once whole; at the end, as the solo reply shows it
         _finish(reply, time.perf_counter() - start, path)
 
 

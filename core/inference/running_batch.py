@@ -30,6 +30,7 @@ from core.inference.decode_attention import OWN_KERNEL_ATTENTION, PACKED_ATTENTI
 from core.inference.fast_decode import BASE
 from core.inference.lora_rows import installed, rows_forwards
 from core.inference.models import LoadedModel
+from core.inference.reply_text import ReplyText
 from core.inference.token_rules import ReplyRules, end_ids
 
 
@@ -42,7 +43,7 @@ class LiveRow:
     ids: list[int]
     budget: int  # its max_new_tokens
     reply: Reply
-    answer: list[int] = field(default_factory=list)
+    answer: ReplyText  # its tokens and their text
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -70,7 +71,8 @@ class RunningBatch:
               template: str | None = None) -> LiveRow:
         """Read the row's prompt alone and add it to the batch with its first token."""
         ids, notice = build_inputs(self.loaded, messages, in_format(own, template))
-        row = LiveRow(owner, adapter, ids[0].tolist(), int(own.max_new_tokens), Reply(notice=notice))
+        row = LiveRow(owner, adapter, ids[0].tolist(), int(own.max_new_tokens), Reply(notice=notice),
+                      ReplyText(self.loaded.tokenizer))
         logits, cache = _on_decode_thread(self._prompt_pass, ids, adapter)
         self._add_token(row, self._choose(row, logits))
         self._merge(row, cache)
@@ -136,7 +138,7 @@ class RunningBatch:
     def _choose(self, row: LiveRow, logits: torch.Tensor) -> int:
         """The row's next token from its logits, processed as `generate` processes a solo reply's."""
         settings, ids = self.settings, torch.tensor([row.ids])
-        rules = ReplyRules(settings.repetition_penalty, self.ends, settings.min_new_tokens, len(row.ids) - len(row.answer))
+        rules = ReplyRules(settings.repetition_penalty, self.ends, settings.min_new_tokens, len(row.ids) - len(row.answer.tokens))
         logits = rules(ids, logits)
         if settings.temperature <= 0:
             return int(logits.argmax(-1))
@@ -152,7 +154,7 @@ class RunningBatch:
 
     def _add_token(self, row: LiveRow, token: int) -> None:
         row.ids.append(token)
-        add_token(self.loaded.tokenizer, row.reply, row.answer, token, token in self.ends, row.started, row.budget)
+        add_token(row.reply, row.answer, token, token in self.ends, row.started, row.budget)
 
     def _merge(self, row: LiveRow, cache) -> None:
         """Add the row's prompt cache to the batch's, left-padding whichever is shorter."""
