@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import queue
 
+from tokenizers.decoders import DecodeStream
+
 
 class ReplyText:
     """The text of one answer so far (`text`), from its tokens, given one at a time."""
 
     def __init__(self, tokenizer):
-        from tokenizers.decoders import DecodeStream
-
         self.tokenizer, self.tokens, self.text = tokenizer, [], ""
         backend = getattr(tokenizer, "backend_tokenizer", None)
         incremental = backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", False)
