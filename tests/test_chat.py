@@ -121,12 +121,14 @@ def test_folder_that_is_neither_adapter_nor_model(smol, tmp_path):
 
 @pytest.mark.slow
 def test_packaged_gemma_base_continues_text():
-    """The second packaged model: a pretrained-only Gemma 3 with no chat template."""
+    """The second packaged model: a pretrained-only Gemma 3 with no chat template. Its text
+    streams through its own decoder (spaces as "▁"), each text the start of the last one."""
     gemma = load_model("gemma-3-270m")
     assert not gemma.tokenizer.chat_template
-    reply = final(gemma, [{"role": "user", "content": "The Eiffel Tower is located in the city of"}],
-                  GenerationSettings(max_new_tokens=8, raw_text=True))
-    assert "Paris" in reply.text
+    texts = [reply.text for reply in stream_reply(gemma, [{"role": "user", "content": "The Eiffel Tower is located in the city of"}],
+                                                  GenerationSettings(max_new_tokens=8, raw_text=True))]
+    assert "Paris" in texts[-1] and len(texts) > 2
+    assert all(texts[-1].startswith(text) and "\ufffd" not in text for text in texts)
 
 
 def test_two_sessions_attaching_one_adapter_load_it_once(smol, tiny_run):
