@@ -9,9 +9,9 @@ it ran on the thread that decodes (a single pane's streamer; every row of the ru
 `ReplyText` takes tokenizers' own incremental decoder (`DecodeStream`), which keeps only the
 few tokens a character or a word's leading space may still need: on SmolLM2, 1 us a token
 against 17 us on average over a 128-token answer, and a single pane's 128-token reply on the
-compiled step came 1.03-1.05x as fast (the 2-core EPYC, the two taking turns in one process). Where the tokenizer has no `tokenizers` backend, or
-cleans up spaces after decoding (which looks at the whole text), each token decodes the whole
-answer, as before. Either way, a text in progress never ends in half a character, and the text
+compiled step came 1.03-1.05x as fast (the 2-core EPYC, the two taking turns in one process).
+Where the tokenizer has no `tokenizers` backend, or cleans up spaces after decoding (which looks
+at the whole text), each token decodes the whole answer, as before. Either way, a text in progress never ends in half a character, and the text
 when the reply ends is the whole answer decoded once: exactly `tokenizer.decode`'s.
 """
 from __future__ import annotations
