@@ -31,7 +31,7 @@ def generate(model, kwargs: dict) -> torch.LongTensor:
     cache = StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=kwargs["max_cache_len"])
     prompt_pass = {k: v for k, v in kwargs.items() if k not in ("cache_implementation", "max_cache_len", "streamer")}
     ids = model.generate(**{**prompt_pass, "max_new_tokens": 1}, cache=cache, streamer=_StaysOpen(streamer))
-    ends = torch.tensor(sorted(end_ids(model)), dtype=ids.dtype)
+    ends = torch.tensor(sorted(end_ids(model)), dtype=ids.dtype, device=ids.device)
     pad = kwargs.get("pad_token_id")
     if pad is None:  # generate pads with the first end id; with none, no row ends before the others
         pad = int(ends[0]) if len(ends) else 0
