@@ -4,6 +4,11 @@ and with the compiled decode step (FINETUNE_LAB_DECODE=compiled: CUDA graphs), a
 Compare with the LoRA run's adapter.
 
     python bench/gpu_check.py --shape FOLDER [--steps 30] [--out results.json]
+    python bench/gpu_check.py --shape FOLDER --decode-only --out results.json   # chat decoding alone
+
+With --decode-only, no training: Compare's adapter is a random LoRA (r=16 on every Linear,
+seeded, as bench/bench_chat.py's), and the figures are written to --out after each phase, so a
+run cut short by its time limit still leaves what it measured.
 
 FOLDER holds a model's config.json and tokenizer files without weights: the check builds a
 model of that shape with random weights (seeded), because the device machine has no Hub and
@@ -155,12 +160,28 @@ def compare_rate(loaded, adapter: Path, settings, single_s: float) -> dict:
             "compare_over_single": round(seconds / single_s, 3)}
 
 
-def compiled_decode_rate(model: Path, adapter: Path) -> dict:
+def compiled_decode_rate(model: Path, adapter: Path, timeout: float = 900) -> dict:
     """decode_rate with FINETUNE_LAB_DECODE=compiled, in a process of its own (settings are read once)."""
-    out = subprocess.run([sys.executable, __file__, "--chat-only", str(model), "--adapter", str(adapter)],
-                         capture_output=True, text=True,
-                         env={**os.environ, "FINETUNE_LAB_DECODE": "compiled"}, timeout=900)
+    try:
+        out = subprocess.run([sys.executable, __file__, "--chat-only", str(model), "--adapter", str(adapter)],
+                             capture_output=True, text=True,
+                             env={**os.environ, "FINETUNE_LAB_DECODE": "compiled"}, timeout=timeout)
+    except subprocess.TimeoutExpired as late:
+        return {"error": f"no answer in {timeout:.0f} s", "stderr_tail": (late.stderr or b"")[-800:].decode(errors="replace")}
     return json.loads(out.stdout.splitlines()[-1]) if out.returncode == 0 else {"error": out.stderr[-500:]}
+
+
+def random_adapter(model: Path, folder: Path) -> Path:
+    """A seeded random LoRA adapter (r=16 on every Linear) of `model`, for Compare without training."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(model),
+                          LoraConfig(r=16, target_modules="all-linear", init_lora_weights=False))
+    lora.save_pretrained(folder)
+    return folder
 
 
 def main() -> None:
@@ -169,6 +190,8 @@ def main() -> None:
     parser.add_argument("--chat-only", type=Path, help="print decode_rate of this model folder and stop")
     parser.add_argument("--adapter", type=Path, help="with --chat-only: a LoRA adapter folder for Compare")
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--decode-only", action="store_true", help="chat decoding alone, with a random adapter")
+    parser.add_argument("--compile-timeout", type=float, default=900, help="seconds for the compiled decode's process")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     import torch
@@ -184,15 +207,23 @@ def main() -> None:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)"
     result = {"gpu": gpu, "torch": torch.__version__,
               "params": build_model(args.shape, model)}
-    result["qlora_layers"] = qlora_layers(model)
-    result["runs"] = [train_once(model, adapter, args.steps, home) for adapter in ("qlora", "lora", "full")]
-    adapter = home / "runs" / "gpu-lora" / "adapter"  # the LoRA run's, for Compare
+    if args.decode_only:
+        adapter = random_adapter(model, home / "random-adapter")
+    else:
+        result["qlora_layers"] = qlora_layers(model)
+        result["runs"] = [train_once(model, adapter, args.steps, home) for adapter in ("qlora", "lora", "full")]
+        adapter = home / "runs" / "gpu-lora" / "adapter"  # the LoRA run's, for Compare
     result["chat"] = decode_rate(model, adapter=adapter)
-    result["chat_compiled"] = compiled_decode_rate(model, adapter)
-    line = json.dumps(result)
-    if args.out:
-        args.out.write_text(line)
-    print(line)
+    keep(result, args.out)
+    result["chat_compiled"] = compiled_decode_rate(model, adapter, args.compile_timeout)
+    keep(result, args.out)
+    print(json.dumps(result))
+
+
+def keep(result: dict, out: Path | None) -> None:
+    """The figures so far, written whole to `out` (if given)."""
+    if out:
+        out.write_text(json.dumps(result))
 
 
 if __name__ == "__main__":
