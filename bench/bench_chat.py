@@ -118,14 +118,15 @@ def rss_mb(adapter: str) -> tuple[float, float]:
     return int(peak) / 1024, int(now) / 1024
 
 
-def make_adapter(folder: Path) -> str:
+def make_adapter(folder: Path, model_folder: Path | None = None) -> str:
+    """A random LoRA (r=16 on every Linear, seed 0) of the packaged SmolLM2, or of `model_folder`."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from core.inference.models import resolve_model
 
-    model = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m-instruct"))
+    model = AutoModelForCausalLM.from_pretrained(model_folder or resolve_model("smollm2-135m-instruct"))
     # Drawn from seed 0: its garbled answers are full of near-ties, so another draw each run
     # moved the tuned pane's greedy agreement from 1/10 to 8/10 prompts identical.
     with torch.random.fork_rng():

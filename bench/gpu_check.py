@@ -6,8 +6,8 @@ Compare with the LoRA run's adapter.
     python bench/gpu_check.py --shape FOLDER [--steps 30] [--out results.json]
     python bench/gpu_check.py --shape FOLDER --decode-only --out results.json   # chat decoding alone
 
-With --decode-only, no training: Compare's adapter is a random LoRA (r=16 on every Linear,
-seeded, as bench/bench_chat.py's), and the figures are written to --out after each phase, so a
+With --decode-only, no training: Compare's adapter is bench/bench_chat.py's random LoRA (r=16
+on every Linear, seeded), and the figures are written to --out after each phase, so a
 run cut short by its time limit still leaves what it measured.
 
 FOLDER holds a model's config.json and tokenizer files without weights: the check builds a
@@ -29,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.bench_chat import make_adapter  # noqa: E402
 
 
 def build_model(shape: Path, folder: Path) -> int:
@@ -171,19 +172,6 @@ def compiled_decode_rate(model: Path, adapter: Path, timeout: float = 900) -> di
     return json.loads(out.stdout.splitlines()[-1]) if out.returncode == 0 else {"error": out.stderr[-500:]}
 
 
-def random_adapter(model: Path, folder: Path) -> Path:
-    """A seeded random LoRA adapter (r=16 on every Linear) of `model`, for Compare without training."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(model),
-                          LoraConfig(r=16, target_modules="all-linear", init_lora_weights=False))
-    lora.save_pretrained(folder)
-    return folder
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=Path)
@@ -208,7 +196,7 @@ def main() -> None:
     result = {"gpu": gpu, "torch": torch.__version__,
               "params": build_model(args.shape, model)}
     if args.decode_only:
-        adapter = random_adapter(model, home / "random-adapter")
+        adapter = Path(make_adapter(home / "random-adapter", model))
     else:
         result["qlora_layers"] = qlora_layers(model)
         result["runs"] = [train_once(model, adapter, args.steps, home) for adapter in ("qlora", "lora", "full")]

@@ -129,7 +129,7 @@ def add_token(reply: Reply, text: ReplyText, token: int, is_end: bool, start: fl
     text.add(token)
     reply.text, reply.new_tokens = text.text, len(text.tokens)
     if is_end or len(text.tokens) >= budget:  # answered now, while the batch runs on for the others
-        reply.text = text.finish()  # a character split across tokens shows once whole; at the end, as the solo reply shows it
+        reply.text = text.finish()  # the whole answer decoded once, as the solo reply ends
         _finish(reply, time.perf_counter() - start, path)
 
 

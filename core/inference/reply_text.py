@@ -11,8 +11,9 @@ few tokens a character or a word's leading space may still need: on SmolLM2, 1 u
 against 17 us on average over a 128-token answer, and a single pane's 128-token reply on the
 compiled step came 1.03-1.05x as fast (the 2-core EPYC, the two taking turns in one process).
 Where the tokenizer has no `tokenizers` backend, or cleans up spaces after decoding (which looks
-at the whole text), each token decodes the whole answer, as before. Either way, a text in progress never ends in half a character, and the text
-when the reply ends is the whole answer decoded once: exactly `tokenizer.decode`'s.
+at the whole text), each token decodes the whole answer, as before. Either way, a text in
+progress never ends in half a character, and the text when the reply ends is the whole answer
+decoded once: exactly `tokenizer.decode`'s.
 """
 from __future__ import annotations
 
@@ -52,15 +53,15 @@ class TextStreamer:
     The first `put` (the prompt, as `generate` passes it) is skipped; `finish()` gives the final text."""
 
     def __init__(self, tokenizer):
-        self.reply, self._texts, self._prompt_seen = ReplyText(tokenizer), queue.Queue(), False
+        self.answer, self._texts, self._prompt_seen = ReplyText(tokenizer), queue.Queue(), False
 
     def put(self, value) -> None:
         if not self._prompt_seen:
             self._prompt_seen = True
             return
         for token in value.reshape(-1).tolist():
-            if self.reply.add(token):
-                self._texts.put(self.reply.text)
+            if self.answer.add(token):
+                self._texts.put(self.answer.text)
 
     def end(self) -> None:
         self._texts.put(None)
@@ -69,4 +70,4 @@ class TextStreamer:
         return iter(self._texts.get, None)
 
     def finish(self) -> str:
-        return self.reply.finish()
+        return self.answer.finish()
