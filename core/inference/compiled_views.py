@@ -15,22 +15,35 @@ modules down to the leaves, which are shared, so no weight is copied.
   pane; row 0 is the base) at each of its LoRA layers: on our own kernels, the layer (or its
   group of shared_products) and the adapter in one op call; elsewhere a `RowLoraLinear`. Its A
   and s B are quantized as core.inference.lora_rows' path quantizes them, and `use` swaps in
-  another adapter of the same `layout` without compiling again.
+  another adapter of the same `layout` without compiling again. On float weights (a GPU's),
+  where each product in the step is a kernel launch, the RowLoraLinears that read one input
+  compute x A in one product (`SharedLowRank`) and s B as a sum fused with the row's addition:
+  Compare's step adds 4 products a layer to the single pane's 7, where it added 14.
 """
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from core.inference.fast_decode import Int8Linear, rows_times_int8
 from core.inference.lora_rows import int8_adapter, plain_lora_layers, scaled_lora
-from core.inference.shared_products import (LoraProduct, Part, alone_with_adapter, groups, one_call_serves,
+from core.inference.shared_products import (GROUPS, LoraProduct, Part, alone_with_adapter, groups, one_call_serves,
                                             share_products, with_adapter)
 
 # Per-call state transformers keeps on a model; a view starts without the original's.
 _PER_MODEL = ("_cache", "_compiled_call", "_last_compile_config")
+
+
+@dataclass(eq=False)
+class SharedLowRank:
+    """x A of the float RowLoraLinears of one parent that read one input (q, k, v; gate, up), in
+    the compiled step: the first layer computes it for all of them in one product (their A's one
+    under another, held on that layer) and keeps it here until the last takes its columns."""
+
+    low_rank: torch.Tensor | None = None
 
 
 class RowLoraLinear(torch.nn.Module):
@@ -40,12 +53,14 @@ class RowLoraLinear(torch.nn.Module):
     the base weight, so one product yields the layer and x A, then s B (int8) is one more small
     product (in the compiled graph, a sum that inductor fuses with what follows). On a float
     Linear (a GPU, or a CPU without native bf16), A and s B as peft keeps them, after the
-    layer's own product."""
+    layer's own product (in the compiled graph, x A shared with the layers beside it that
+    read the same input, and s B a fused sum, as on int8)."""
 
     def __init__(self, base: torch.nn.Module):
         super().__init__()
         self.base = base  # shared with the loaded model
         self.int8, self.adapter = isinstance(base, Int8Linear), ""
+        self.shared, self.columns, self.group_lora_a = None, None, None  # set by _share_low_rank
 
     def use(self, lora_layer, name: str) -> None:
         """Take adapter `name`'s A and s B (and its bias) from peft's LoRA layer."""
@@ -57,6 +72,7 @@ class RowLoraLinear(torch.nn.Module):
             self.qb, self.sb, self.qb_columns = qb, sb, qb.t().contiguous()
         else:
             _, self.lora_a, self.scaled_b, bias = scaled_lora(lora_layer, name, slice(0, 1))
+            self.scaled_b_columns = self.scaled_b.t().contiguous()
         self.lora_bias, self.adapter = bias, name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,12 +94,30 @@ class RowLoraLinear(torch.nn.Module):
     def _float_forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base(x)
         if torch.compiler.is_compiling():  # every row's update, kept for the last: no in-place write
+            # On a GPU each product is a kernel launch, and a decoding step's kernels are each a
+            # few microseconds: x A is one product for the layers that read one input, and s B a
+            # sum that inductor fuses with the row's addition, not a product of its own.
             rows, flat = x.reshape(-1, x.shape[-1]), result.reshape(-1, result.shape[-1])
-            update = F.linear(F.linear(rows.to(self.lora_a.dtype), self.lora_a), self.scaled_b, self.lora_bias)
+            update = (self._low_rank(rows.to(self.lora_a.dtype))[:, :, None] * self.scaled_b_columns).sum(1)
+            update = update if self.lora_bias is None else update + self.lora_bias
             tuned = _tuned_rows(rows, rows.shape[0] // x.shape[0])
             return torch.where(tuned, flat + update, flat).to(result.dtype).view(result.shape)
         result[-1:] += F.linear(F.linear(x[-1:].to(self.lora_a.dtype), self.lora_a), self.scaled_b, self.lora_bias)
         return result
+
+    def _low_rank(self, rows: torch.Tensor) -> torch.Tensor:
+        """x A for `rows`: this layer's columns of its group's product (`SharedLowRank`), or its own."""
+        shared = self.shared
+        if shared is None:
+            return F.linear(rows, self.lora_a)
+        if self.group_lora_a is not None:  # the group's first layer
+            shared.low_rank = F.linear(rows, self.group_lora_a)
+        if shared.low_rank is None:
+            raise RuntimeError("a layer of a LoRA group was called before the group's first, which computes x A")
+        own = shared.low_rank[:, self.columns]
+        if self.columns.stop == shared.low_rank.shape[1]:
+            shared.low_rank = None  # nothing held between steps, nor carried out of a compiled one
+        return own
 
     def _update_in_graph(self, low_rank: torch.Tensor) -> torch.Tensor:
         # (x A) (s B) for every row as a sum down the columns of s B transposed, which inductor
@@ -157,7 +191,25 @@ def compare_view(base: torch.nn.Module, layers: dict, name: str) -> torch.nn.Mod
             paths = [f"{path}.{child}" for child in group.names]
             if any(where in layers for where in paths):
                 _add_adapter(parent, group, [layers.get(where) for where in paths], name)
+    _share_low_rank(view)
     return view
+
+
+def _share_low_rank(view: torch.nn.Module) -> None:
+    """Link the float RowLoraLinears of each parent that read one input (SharedLowRank), their
+    A's one under another on the first; again after `use` has put in another adapter."""
+    for parent in view.modules():
+        for names in GROUPS:
+            linked = [parent._modules.get(name) for name in names]
+            linked = [layer for layer in linked if isinstance(layer, RowLoraLinear) and not layer.int8]
+            if len(linked) < 2 or len({layer.lora_a.dtype for layer in linked}) > 1:
+                continue
+            shared, start = SharedLowRank(), 0
+            for layer in linked:
+                rank = layer.lora_a.shape[0]
+                layer.shared, layer.columns, layer.group_lora_a = shared, slice(start, start + rank), None
+                start += rank
+            linked[0].group_lora_a = torch.cat([layer.lora_a for layer in linked])
 
 
 def _add_adapter(parent: torch.nn.Module, group, lora_layers: list, name: str) -> None:
@@ -175,9 +227,13 @@ def _add_adapter(parent: torch.nn.Module, group, lora_layers: list, name: str) -
 
 def use(view: torch.nn.Module, layers: dict, name: str) -> None:
     """Put adapter `name` (of the same layout) into a compare view, unless it is there already."""
+    swapped = False
     for path, module in view.named_modules():
         if isinstance(module, RowLoraLinear) and module.adapter != name:
             module.use(layers[path], name)
+            swapped = True
         elif isinstance(module, Part) and isinstance(module.product, LoraProduct) and module.product.adapter != name:
             parent = path.rpartition(".")[0]
             module.product.use(tuple(layers.get(f"{parent}.{child}") for child in module.group.names), name)
+    if swapped:
+        _share_low_rank(view)  # the groups' A's, of the adapter now in
