@@ -43,3 +43,13 @@ def browser_page(url: str, ready: str = "text=Finetune Lab"):
             raise
         finally:
             browser.close()
+
+
+def pick(option) -> None:
+    """Choose an option of an open Gradio dropdown. Its list is drawn `position: fixed` where the
+    box stood when it opened; if the page above grows meanwhile (a re-attached run's curves, the
+    data preview), a click, which scrolls to the option first, chased it out of the viewport
+    (once in CI, for 30 s). The list chooses on the mousedown its options send it, which is
+    what this sends, wherever the list is drawn."""
+    option.wait_for(state="attached")
+    option.dispatch_event("mousedown")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser import browser_page, shoot
+from tests.browser import browser_page, pick, shoot
 from tests.conftest import ADMIN_KEY
 from training.config import load_config
 
@@ -30,7 +30,7 @@ def test_train_reload_and_compare_in_browser(app_server, tiny_run):
         page.locator("#cfg-dataset input").press("Enter")
         page.get_by_text("detected format: qa").wait_for(timeout=30_000)
         page.get_by_label("Recipe (loads its settings)").fill("tiny")
-        page.get_by_role("option", name="tiny").click()
+        pick(page.get_by_role("option", name="tiny"))
         # The recipe fills every field, output_name included; on a busy machine its answer can
         # land after a name typed at once and blank it, so wait until it has been applied.
         page.get_by_text("Advanced", exact=True).click()
@@ -81,7 +81,7 @@ def test_train_reload_and_compare_in_browser(app_server, tiny_run):
         page.get_by_role("tab", name="Chat").click()
         page.get_by_role("radio", name="Compare").check()
         page.locator("#adapter-picker input").click()
-        page.get_by_role("option", name="browser-run").first.click()
+        pick(page.get_by_role("option", name="browser-run").first)
         box = page.get_by_placeholder("Ask something")
         box.fill("Who are you?")
         box.press("Enter")
@@ -96,7 +96,7 @@ def test_train_reload_and_compare_in_browser(app_server, tiny_run):
         page.get_by_role("button", name="↻").click()  # it finished after the page loaded
         page.wait_for_timeout(1500)
         page.get_by_label("Finished run").click()
-        page.get_by_role("option", name="browser-run").first.click()
+        pick(page.get_by_role("option", name="browser-run").first)
         page.get_by_text("Export: a merged model, or GGUF").click()
         shoot(page, "publish.png")
 
@@ -105,7 +105,7 @@ def test_train_reload_and_compare_in_browser(app_server, tiny_run):
         page.get_by_text("Compare runs", exact=True).click()
         for name in ("browser-run", tiny_run.name):
             page.locator("#compare-runs input").click()
-            page.get_by_role("option", name=name, exact=True).click()
+            pick(page.get_by_role("option", name=name, exact=True))
         page.locator("#compare-go").click()
         page.wait_for_function("() => document.querySelector('#compare-line')?.innerText.includes('differ')",
                                timeout=30_000)
@@ -122,7 +122,7 @@ def test_yaml_download_is_served_with_the_data_dir_outside_temp(app_server, data
     with browser_page(app_server) as page:
         page.get_by_role("tab", name="Train").click()
         page.get_by_label("Recipe (loads its settings)").fill("tiny")
-        page.get_by_role("option", name="tiny").click()
+        pick(page.get_by_role("option", name="tiny"))
         page.get_by_text("Equivalent CLI command and YAML").click()
         # On a busy machine the default config's file can show before the recipe's: wait for it.
         page.wait_for_function("() => document.body.innerText.includes('max_steps: 6')", timeout=60_000)
@@ -140,7 +140,7 @@ def test_train_the_embedder_recipe_and_open_its_maps(app_server):
         unlock(page)
         page.get_by_role("tab", name="Train").click()
         page.get_by_label("Recipe (loads its settings)").fill("embed_chatterbot")
-        page.get_by_role("option", name="embed_chatterbot").click()
+        pick(page.get_by_role("option", name="embed_chatterbot"))
         page.get_by_text("Advanced", exact=True).click()
         page.wait_for_function("() => document.querySelector('#cfg-max_steps input')?.value === '60'",
                                timeout=30_000)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser import browser_page, shoot
+from tests.browser import browser_page, pick, shoot
 from tests.space_votes import MODEL_REPO, TOKEN, VOTES
 from tests.test_browser_chat import send
 from tests.test_browser_train import unlock
@@ -66,7 +66,7 @@ def test_vote_blind_then_train_dpo_and_kto_on_the_votes(app_server, tiny_run, sp
         page.get_by_text("Judge a run against where it started").click()  # the report's pair, blind
         judged = page.locator("#judge-run input")
         judged.click()
-        page.get_by_role("option", name="browser-dpo").first.click()
+        pick(page.get_by_role("option", name="browser-dpo").first)
         page.locator("#judge-next").click()
         page.wait_for_function("() => document.querySelector('#judge-line')?.innerText.includes('to judge')",
                                timeout=30_000)
@@ -82,7 +82,7 @@ def test_vote_blind_then_train_dpo_and_kto_on_the_votes(app_server, tiny_run, sp
         page.locator("#blind-toggle input").uncheck()
         page.get_by_text("Tuned model").first.wait_for(timeout=30_000)  # the names are back
         picker.click()
-        page.get_by_role("option", name="browser-dpo").first.click()
+        pick(page.get_by_role("option", name="browser-dpo").first)
         send(page, "Who are you?")
         page.wait_for_function("() => /tuned:|⚠️/.test(document.querySelector('#chat-status')?.innerText)",
                                timeout=120_000)
