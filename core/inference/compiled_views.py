@@ -17,33 +17,23 @@ modules down to the leaves, which are shared, so no weight is copied.
   and s B are quantized as core.inference.lora_rows' path quantizes them, and `use` swaps in
   another adapter of the same `layout` without compiling again. On float weights (a GPU's),
   where each product in the step is a kernel launch, the RowLoraLinears that read one input
-  compute x A in one product (`SharedLowRank`) and s B as a sum fused with the row's addition:
+  compute x A in one product (a shared_products `Group`) and s B as a sum fused with the row's addition:
   Compare's step adds 4 products a layer to the single pane's 7, where it added 14.
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from core.inference.fast_decode import Int8Linear, rows_times_int8
 from core.inference.lora_rows import int8_adapter, plain_lora_layers, scaled_lora
-from core.inference.shared_products import (GROUPS, LoraProduct, Part, alone_with_adapter, groups, one_call_serves,
-                                            share_products, with_adapter)
+from core.inference.shared_products import (GROUPS, Group, LoraProduct, Part, alone_with_adapter, groups,
+                                            one_call_serves, share_products, with_adapter)
 
 # Per-call state transformers keeps on a model; a view starts without the original's.
 _PER_MODEL = ("_cache", "_compiled_call", "_last_compile_config")
-
-
-@dataclass(eq=False)
-class SharedLowRank:
-    """x A of the float RowLoraLinears of one parent that read one input (q, k, v; gate, up), in
-    the compiled step: the first layer computes it for all of them in one product (their A's one
-    under another, held on that layer) and keeps it here until the last takes its columns."""
-
-    low_rank: torch.Tensor | None = None
 
 
 class RowLoraLinear(torch.nn.Module):
@@ -60,7 +50,7 @@ class RowLoraLinear(torch.nn.Module):
         super().__init__()
         self.base = base  # shared with the loaded model
         self.int8, self.adapter = isinstance(base, Int8Linear), ""
-        self.shared, self.columns, self.group_lora_a = None, None, None  # set by _share_low_rank
+        self.group, self.index, self.group_lora_a = None, 0, None  # set by _share_low_rank
 
     def use(self, lora_layer, name: str) -> None:
         """Take adapter `name`'s A and s B (and its bias) from peft's LoRA layer."""
@@ -106,17 +96,18 @@ class RowLoraLinear(torch.nn.Module):
         return result
 
     def _low_rank(self, rows: torch.Tensor) -> torch.Tensor:
-        """x A for `rows`: this layer's columns of its group's product (`SharedLowRank`), or its own."""
-        shared = self.shared
-        if shared is None:
+        """x A for `rows`: this layer's part of its group's one product (as a shared_products
+        Part takes its output), or its own product where it has no group."""
+        group = self.group
+        if group is None:
             return F.linear(rows, self.lora_a)
-        if self.group_lora_a is not None:  # the group's first layer
-            shared.low_rank = F.linear(rows, self.group_lora_a)
-        if shared.low_rank is None:
-            raise RuntimeError("a layer of a LoRA group was called before the group's first, which computes x A")
-        own = shared.low_rank[:, self.columns]
-        if self.columns.stop == shared.low_rank.shape[1]:
-            shared.low_rank = None  # nothing held between steps, nor carried out of a compiled one
+        if self.group_lora_a is not None:  # the group's first layer: their A's one under another
+            group.outputs = F.linear(rows, self.group_lora_a).split([m.lora_a.shape[0] for m in group.layers], -1)
+        if group.outputs is None:
+            raise RuntimeError(f"{group.names[self.index]} was called before {group.names[0]}, which computes its x A")
+        own = group.outputs[self.index]
+        if self.index == len(group.layers) - 1:
+            group.outputs = None  # nothing held between steps, nor carried out of a compiled one
         return own
 
     def _update_in_graph(self, low_rank: torch.Tensor) -> torch.Tensor:
@@ -196,20 +187,18 @@ def compare_view(base: torch.nn.Module, layers: dict, name: str) -> torch.nn.Mod
 
 
 def _share_low_rank(view: torch.nn.Module) -> None:
-    """Link the float RowLoraLinears of each parent that read one input (SharedLowRank), their
-    A's one under another on the first; again after `use` has put in another adapter."""
+    """Make the float RowLoraLinears of each parent that read one input one `Group`, their A's
+    one under another on the first; again after `use` has put in another adapter."""
     for parent in view.modules():
         for names in GROUPS:
-            linked = [parent._modules.get(name) for name in names]
-            linked = [layer for layer in linked if isinstance(layer, RowLoraLinear) and not layer.int8]
-            if len(linked) < 2 or len({layer.lora_a.dtype for layer in linked}) > 1:
+            linked = [(name, parent._modules.get(name)) for name in names]
+            linked = [(name, m) for name, m in linked if isinstance(m, RowLoraLinear) and not m.int8]
+            if len(linked) < 2 or len({m.lora_a.dtype for _, m in linked}) > 1:
                 continue
-            shared, start = SharedLowRank(), 0
-            for layer in linked:
-                rank = layer.lora_a.shape[0]
-                layer.shared, layer.columns, layer.group_lora_a = shared, slice(start, start + rank), None
-                start += rank
-            linked[0].group_lora_a = torch.cat([layer.lora_a for layer in linked])
+            group = Group(*map(tuple, zip(*linked)))
+            for index, layer in enumerate(group.layers):
+                layer.group, layer.index, layer.group_lora_a = group, index, None
+            group.layers[0].group_lora_a = torch.cat([layer.lora_a for layer in group.layers])
 
 
 def _add_adapter(parent: torch.nn.Module, group, lora_layers: list, name: str) -> None:

@@ -36,7 +36,7 @@ class Group:
     each held until its layer takes it."""
 
     names: tuple
-    layers: tuple  # the Int8Linear layers, shared with the loaded model
+    layers: tuple  # the Int8Linear layers, shared with the loaded model (compiled_views: its RowLoraLinears)
     outputs: tuple | None = None
 
 
