@@ -104,23 +104,34 @@ def test_chat_template_choice_is_shown_and_validated(data_home):
 
 
 @pytest.mark.slow
-def test_chat_prompts_an_adapter_in_the_format_it_trained_on(data_home, tiny_run):
+def test_chat_prompts_an_adapter_in_the_format_it_trained_on(data_home, tiny_run, monkeypatch):
     """chat_template: chatml is saved with the adapter, and Compare prompts its pane in ChatML; an
-    SFT adapter saved without a template gets the plain "Question:/Answer:" text it trained on."""
+    SFT adapter saved without a template gets the plain "Question:/Answer:" text it trained on.
+    The run's report and held-out answers are generated on the decode thread after the thread
+    that trained has ended (training.run: with its OpenMP team alive they took twice as long)."""
     import shutil
+    import threading
 
     from core.inference.adapters import attach_tuned, trained_format
-
     from core.inference.chat import QA_FORMAT, GenerationSettings, build_inputs
     from core.inference.models import load_model
-    from training.model_setup import CHATML
-    from training.model_setup import load_tokenizer
+    from training import run as run_module
+    from training.model_setup import CHATML, load_tokenizer
     from training.prepare import build_examples
     from training.run import train
 
     cfg = load_config("tiny", output_name="chatml-run", max_steps=2, save_steps=100, eval_rows=2, chat_template="chatml")
-    run = RunFolder(train(cfg, data_home / "runs" / cfg.output_name))
-    base = load_model(cfg.model)
+    base, seen = load_model(cfg.model), {"fit": [], "generate": set()}  # the run's report and answers load it too
+    hook = base.model.register_forward_pre_hook(lambda *_: seen["generate"].add(threading.current_thread().name))
+    real_fit, real_finish = run_module.fit, run_module.finish
+    monkeypatch.setattr(run_module, "fit", lambda *a: seen["fit"].append(threading.current_thread()) or real_fit(*a))
+    monkeypatch.setattr(run_module, "finish", lambda *a: seen.update(trained_alive=seen["fit"][0].is_alive()) or real_finish(*a))
+    try:
+        run = RunFolder(train(cfg, data_home / "runs" / cfg.output_name))
+    finally:
+        hook.remove()
+    assert seen["fit"][0] is not threading.main_thread() and seen["trained_alive"] is False
+    assert len(seen["generate"]) == 1 and seen["generate"].pop().startswith("decode"), seen
     assert attach_tuned(base, tiny_run.name).chat_template is None  # trained in the model's own template
     tuned = attach_tuned(base, run.name)
     question = [{"role": "user", "content": "Who are you?"}]

@@ -21,6 +21,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from core import threads
 from core.errors import LabError
 from core.explore.embeddings import cosine_label
 from core.runs import RunFolder
@@ -76,10 +77,11 @@ def generate(cfg, run: RunFolder, rows, seconds: float, progress=print, max_new_
 def answer_batch(loaded, conversations: list[list[dict]], adapter_name: str | None, settings,
                  template: str | None = None) -> list[str]:
     """Every conversation's whole answer from one batched greedy generate, with one adapter
-    switched on (None: the base, adapters off). It switches the model's active adapter, which a
-    process that shares the model (the app) must not do: the training process and `cli.py eval`
-    own theirs. On 2 CPU cores this ran 1.25x faster than naming the adapter per row through
-    peft's adapter_names, which Compare needs (bench/bench_eval.py)."""
+    switched on (None: the base, adapters off), on the decode thread, as chat generates
+    (core.threads). It switches the model's active adapter, which a process that shares the
+    model (the app) must not do: the training process and `cli.py eval` own theirs. On 2 CPU
+    cores this ran 1.25x faster than naming the adapter per row through peft's adapter_names,
+    which Compare needs (bench/bench_eval.py)."""
     import contextlib
     import threading
 
@@ -98,8 +100,11 @@ def answer_batch(loaded, conversations: list[list[dict]], adapter_name: str | No
         switch = model.disable_adapter()
     elif loaded.adapters:
         model.set_adapter(adapter_name)
-    with torch.inference_mode(), switch:
-        output = model.generate(**kwargs)
+    def run():
+        with torch.inference_mode(), switch:
+            return model.generate(**kwargs)
+
+    output = threads.decode_thread().submit(run).result()
     return loaded.tokenizer.batch_decode(output[:, input_ids.shape[1]:], skip_special_tokens=True)
 
 

@@ -1,10 +1,12 @@
 """Complete a run after its last step: save the adapter, score its answers, write the manifest.
 
-    from training.finish import finish; finish(cfg, run, trainer, tokenizer, eval_set, result, scores)
+    from training.finish import finish, save_final
+    save_final(trainer, tokenizer, cfg, run); finish(cfg, run, trainer, eval_set, result, scores)
 
-training.run calls it in the main process once the steps are done. The adapter is written to a
-temp folder and renamed into place, so a kill inside the save never leaves a half adapter that
-looks complete; the status file says "completed" only after the manifest is written.
+training.run calls both in the main process once the steps are done: `save_final` in the thread
+that trained, `finish` after it ended. The adapter is written to a temp folder and renamed into
+place, so a kill inside the save never leaves a half adapter that looks complete; the status
+file says "completed" only after the manifest is written.
 """
 from __future__ import annotations
 
@@ -26,11 +28,9 @@ from training.prepare import load_training_rows
 from training.progress import say_phase
 
 
-def finish(cfg: TrainConfig, run: RunFolder, trainer, tokenizer, eval_set, result, scores: dict) -> None:
-    """Save the adapter, score its answers, and write the manifest: the run is complete."""
-    evaluate.save_scores(run, scores)
-    say_phase(run, "saving the adapter")
-    save_final(trainer, tokenizer, cfg, run)
+def finish(cfg: TrainConfig, run: RunFolder, trainer, eval_set, result, scores: dict) -> None:
+    """Write the before/after report, score the saved adapter's answers, and write the manifest:
+    the run is complete."""
     say_phase(run, "writing the before/after report")
     report = objectives.get(cfg.objective).report(cfg, run, eval_set)
     if report is None:
