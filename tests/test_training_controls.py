@@ -122,7 +122,8 @@ def test_chat_prompts_an_adapter_in_the_format_it_trained_on(data_home, tiny_run
 
     cfg = load_config("tiny", output_name="chatml-run", max_steps=2, save_steps=100, eval_rows=2, chat_template="chatml")
     base, seen = load_model(cfg.model), {"fit": [], "generate": set()}  # the run's report and answers load it too
-    hook = base.model.register_forward_pre_hook(lambda *_: seen["generate"].add(threading.current_thread().name))
+    embedding = base.model.get_input_embeddings()  # called by every forward, under peft's wrappers too
+    hook = embedding.register_forward_pre_hook(lambda *_: seen["generate"].add(threading.current_thread().name))
     real_fit, real_finish = run_module.fit, run_module.finish
     monkeypatch.setattr(run_module, "fit", lambda *a: seen["fit"].append(threading.current_thread()) or real_fit(*a))
     monkeypatch.setattr(run_module, "finish", lambda *a: seen.update(trained_alive=seen["fit"][0].is_alive()) or real_finish(*a))

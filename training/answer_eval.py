@@ -10,7 +10,7 @@ Three scores, each the mean over rows, for the base and the tuned model:
 - cosine: the cosine similarity of the answer's and the reference's MiniLM sentence embeddings
   (the packaged embedder the Embeddings tab uses), which credits a paraphrase.
 Rows and time are capped (`eval_rows`, `eval_seconds`); the table says how many rows it scored.
-Both models answer on one copy of the base weights, in batches of four rows per side.
+Both models answer on one copy of the base weights, four rows at a time, in one batch of eight.
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from dataclasses import replace
 
 import numpy as np
 
-from core import threads
 from core.errors import LabError
 from core.explore.embeddings import cosine_label
 from core.runs import RunFolder
@@ -53,10 +52,11 @@ def reference_rows(eval_set, limit: int) -> list[tuple[list[dict], str]]:
 
 
 def generate(cfg, run: RunFolder, rows, seconds: float, progress=print, max_new_tokens: int = 64):
-    """[(base answer, tuned answer)] for as many rows as fit in `seconds`, a batch of CHUNK rows
-    per side at a time."""
+    """[(base answer, tuned answer)] for as many rows as fit in `seconds`, CHUNK rows at a time,
+    each chunk asked of base and tuned in one batch, as Compare asks its two panes."""
     from core.inference.adapters import attach_tuned
     from core.inference.chat import GenerationSettings
+    from core.inference.fast_decode import BASE
     from core.inference.models import load_model
 
     base = load_model(cfg.model)
@@ -67,45 +67,29 @@ def generate(cfg, run: RunFolder, rows, seconds: float, progress=print, max_new_
         if time.monotonic() > deadline:
             break
         chunk = [messages for messages, _ in rows[start:start + CHUNK]]
-        before = answer_batch(base, chunk, None, settings)
-        after = answer_batch(tuned.loaded, chunk, tuned.adapter_name, settings, tuned.chat_template)
-        answers += [(b.strip(), t.strip()) for b, t in zip(before, after)]
+        n = len(chunk)
+        if tuned.adapter_name is None:  # a full fine-tune: weights of its own, a batch of its own
+            before = answer_batch(base, chunk, [BASE] * n, settings)
+            after = answer_batch(tuned.loaded, chunk, [BASE] * n, settings, [tuned.chat_template] * n)
+        else:
+            both = answer_batch(base, chunk * 2, [BASE] * n + [tuned.adapter_name] * n, settings,
+                                [None] * n + [tuned.chat_template] * n)
+            before, after = both[:n], both[n:]
+        answers += list(zip(before, after))
         progress(f"evaluation: {len(answers)}/{len(rows)} held-out rows answered by base and tuned")
     return answers
 
 
-def answer_batch(loaded, conversations: list[list[dict]], adapter_name: str | None, settings,
-                 template: str | None = None) -> list[str]:
-    """Every conversation's whole answer from one batched greedy generate, with one adapter
-    switched on (None: the base, adapters off), on the decode thread, as chat generates
-    (core.threads). It switches the model's active adapter, which a process that shares the
-    model (the app) must not do: the training process and `cli.py eval` own theirs. On 2 CPU
-    cores this ran 1.25x faster than naming the adapter per row through peft's adapter_names,
-    which Compare needs (bench/bench_eval.py)."""
-    import contextlib
-    import threading
+def answer_batch(loaded, conversations: list[list[dict]], adapter_names: list[str], settings,
+                 templates: list | None = None) -> list[str]:
+    """Every conversation's whole greedy answer from one batch, row i on adapter_names[i] (BASE:
+    the base), on one copy of the base weights and on the decode thread, as Compare's panes
+    (core.inference.compare.stream_batch). On 2 CPU cores plain generate, a batch of each with
+    the adapter switched between them, took 1.24x as long (bench/bench_eval.py)."""
+    from core.inference.compare import stream_batch
 
-    import torch
-
-    from core.inference.chat import build_inputs, check_messages, generate_kwargs
-    from core.inference.compare import in_format, left_padded
-
-    for messages in conversations:
-        check_messages(messages)
-    rows = [build_inputs(loaded, messages, in_format(settings, template))[0] for messages in conversations]
-    input_ids, mask = left_padded(loaded, rows)
-    kwargs = {**generate_kwargs(loaded, input_ids, settings, None, threading.Event()), "attention_mask": mask}
-    model, switch = loaded.model, contextlib.nullcontext()
-    if loaded.adapters and adapter_name is None:
-        switch = model.disable_adapter()
-    elif loaded.adapters:
-        model.set_adapter(adapter_name)
-    def run():
-        with torch.inference_mode(), switch:
-            return model.generate(**kwargs)
-
-    output = threads.decode_thread().submit(run).result()
-    return loaded.tokenizer.batch_decode(output[:, input_ids.shape[1]:], skip_special_tokens=True)
+    *_, replies = stream_batch(loaded, conversations, adapter_names, settings, templates)
+    return [reply.text.strip() for reply in replies]
 
 
 def scores(answers: list[str], references: list[str], embedder: str = "") -> dict:
