@@ -21,6 +21,7 @@ import math
 import sys
 import time
 
+from core import threads
 from core.errors import LabError
 from core.paths import write_json
 from core.runs import RunFolder, read_json
@@ -116,6 +117,12 @@ def load_sides(cfg, run: RunFolder):
     return base, AutoModelForCausalLM.from_pretrained(str(run.adapter), use_safetensors=True).eval()
 
 
+def side_losses(cfg, run: RunFolder, tokens: list) -> list[tuple[float, float]]:
+    """(base loss, tuned loss) of each row."""
+    base_model, tuned_model = load_sides(cfg, run)
+    return list(zip(row_losses(base_model, tokens, False), row_losses(tuned_model, tokens, True)))
+
+
 def compute(name: str, embedder: str = "", progress=print) -> dict:
     """Measure, answer and group the run's held-out rows; write and return effect.json's content."""
     from training.model_setup import load_tokenizer
@@ -130,10 +137,10 @@ def compute(name: str, embedder: str = "", progress=print) -> dict:
     tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
     rows, tokens, held = held_out_rows(run, cfg, tokenizer, limit)
     progress(f"effect map: loss of {len(rows)} rows under the base and the tuned model")
-    base_model, tuned_model = load_sides(cfg, run)
-    for row, before, after in zip(rows, row_losses(base_model, tokens, False), row_losses(tuned_model, tokens, True)):
+    # In a thread that ends before the answers are generated on the decode thread, taking its
+    # OpenMP team along: two teams' threads outnumber the cores and sleep (core.threads).
+    for row, (before, after) in zip(rows, threads.in_own_thread(side_losses, cfg, run, tokens)):
         row.update(base_loss=round(before, 4), tuned_loss=round(after, 4), change=round(after - before, 4))
-    del base_model, tuned_model
     cut = add_answers(cfg, run, rows, progress) if objectives.get(cfg.objective).scores_answers else 0
     progress("effect map: grouping the rows into topics")
     topics, note = group(rows, embedder)
