@@ -53,43 +53,22 @@ def reference_rows(eval_set, limit: int) -> list[tuple[list[dict], str]]:
 
 def generate(cfg, run: RunFolder, rows, seconds: float, progress=print, max_new_tokens: int = 64):
     """[(base answer, tuned answer)] for as many rows as fit in `seconds`, CHUNK rows at a time,
-    each chunk asked of base and tuned in one batch, as Compare asks its two panes."""
+    each chunk asked of base and tuned in one batch (core.inference.compare.answer_pairs)."""
     from core.inference.adapters import attach_tuned
     from core.inference.chat import GenerationSettings
-    from core.inference.fast_decode import BASE
+    from core.inference.compare import answer_pairs
     from core.inference.models import load_model
 
     base = load_model(cfg.model)
     tuned = attach_tuned(base, str(run.adapter))
     settings = GenerationSettings(max_new_tokens=max_new_tokens)
     answers, deadline = [], time.monotonic() + seconds
-    for start in range(0, len(rows), CHUNK):
+    for pairs in answer_pairs(base, tuned, [messages for messages, _ in rows], settings, per_batch=CHUNK):
+        answers += pairs
+        progress(f"evaluation: {len(answers)}/{len(rows)} held-out rows answered by base and tuned")
         if time.monotonic() > deadline:
             break
-        chunk = [messages for messages, _ in rows[start:start + CHUNK]]
-        n = len(chunk)
-        if tuned.adapter_name is None:  # a full fine-tune: weights of its own, a batch of its own
-            before = answer_batch(base, chunk, [BASE] * n, settings)
-            after = answer_batch(tuned.loaded, chunk, [BASE] * n, settings, [tuned.chat_template] * n)
-        else:
-            both = answer_batch(base, chunk * 2, [BASE] * n + [tuned.adapter_name] * n, settings,
-                                [None] * n + [tuned.chat_template] * n)
-            before, after = both[:n], both[n:]
-        answers += list(zip(before, after))
-        progress(f"evaluation: {len(answers)}/{len(rows)} held-out rows answered by base and tuned")
     return answers
-
-
-def answer_batch(loaded, conversations: list[list[dict]], adapter_names: list[str], settings,
-                 templates: list | None = None) -> list[str]:
-    """Every conversation's whole greedy answer from one batch, row i on adapter_names[i] (BASE:
-    the base), on one copy of the base weights and on the decode thread, as Compare's panes
-    (core.inference.compare.stream_batch). On 2 CPU cores plain generate, a batch of each with
-    the adapter switched between them, took 1.24x as long (bench/bench_eval.py)."""
-    from core.inference.compare import stream_batch
-
-    *_, replies = stream_batch(loaded, conversations, adapter_names, settings, templates)
-    return [reply.text.strip() for reply in replies]
 
 
 def scores(answers: list[str], references: list[str], embedder: str = "") -> dict:

@@ -26,12 +26,12 @@ def save_scores(run: RunFolder, scores: dict) -> None:
 
 
 def before_after_report(cfg, run: RunFolder, eval_set=None, max_new_tokens: int = 48) -> list[dict]:
-    """Answer each prompt greedily before and after training; write the run's report (JSON and
-    markdown); return the rows. "Before" is the base, or with start_from the adapter the run
-    started from: both adapters then answer in one batch on one copy of the base weights."""
+    """Answer each prompt greedily before and after training, both sides in one batch on one
+    copy of the base weights; write the run's report (JSON and markdown); return the rows.
+    "Before" is the base, or with start_from the adapter the run started from."""
     from core.inference.adapters import attach_tuned
     from core.inference.chat import GenerationSettings
-    from core.inference.compare import stream_batch, stream_compare
+    from core.inference.compare import answer_pairs
     from core.inference.models import load_model
 
     objective = objectives.get(cfg.objective)
@@ -39,15 +39,10 @@ def before_after_report(cfg, run: RunFolder, eval_set=None, max_new_tokens: int 
     tuned = attach_tuned(base, str(run.adapter))
     start = attach_tuned(base, cfg.start_from) if cfg.start_from else None
     settings = GenerationSettings(max_new_tokens=max_new_tokens, raw_text=objective.raw_text)
-    rows = []
-    for messages in objective.report_conversations(cfg, eval_set):
-        if start is None:
-            *_, replies = stream_compare(base, tuned, messages, messages, settings)
-        else:
-            *_, replies = stream_batch(base, [messages, messages], [start.adapter_name, tuned.adapter_name], settings,
-                                       [start.chat_template, tuned.chat_template])
-        rows.append({"prompt": messages[-1]["content"], "messages": messages,
-                     "base": replies[0].text.strip(), "tuned": replies[1].text.strip()})
+    conversations = objective.report_conversations(cfg, eval_set)
+    pairs = [pair for batch in answer_pairs(base, tuned, conversations, settings, start) for pair in batch]
+    rows = [{"prompt": messages[-1]["content"], "messages": messages, "base": before, "tuned": after}
+            for messages, (before, after) in zip(conversations, pairs)]
     run.report_json.write_text(json.dumps(rows, indent=2))
     run.report_md.write_text(report_markdown(rows, cfg))
     return rows
