@@ -6,7 +6,7 @@ enabled).
     FINETUNE_LAB_HOME=/tmp/ftl-bench .venv/bin/python bench/bench_eval.py [--rows 24] [--repeats 3]
 
 Trains the `tiny` recipe once (kept as run `bench-eval-tiny`), then answers the first --rows rows
-of the identity set greedily (64 new tokens, batches of 4 rows), with each path, --repeats
+of the identity set greedily (64 new tokens, answer_eval.CHUNK conversations a batch), with each path, --repeats
 times each, all on the decode thread (core.threads), and scores the app's answers (exact match,
 ROUGE-L, MiniLM cosine). Prints medians per 100 rows, the ratio plain / app, and a JSON line.
 """
@@ -37,8 +37,9 @@ def tiny_run():
     return run
 
 
-def plain_generate(loaded, adapter_name, rows, tokens: int) -> float:
-    """The plain baseline: batched model.generate, base rows with the adapter disabled, then tuned."""
+def plain_generate(loaded, adapter_name, rows, tokens: int, chunk: int) -> float:
+    """The plain baseline: batched model.generate, `chunk` base rows with the adapter disabled,
+    then the same rows tuned."""
     import torch
 
     tokenizer, model = loaded.tokenizer, loaded.model
@@ -46,9 +47,9 @@ def plain_generate(loaded, adapter_name, rows, tokens: int) -> float:
     same = dict(max_new_tokens=tokens, do_sample=False, repetition_penalty=1.1,  # the app's defaults
                 pad_token_id=tokenizer.pad_token_id)
     start = time.perf_counter()
-    for first in range(0, len(rows), 4):
+    for first in range(0, len(rows), chunk):
         texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False)
-                 for m, _ in rows[first:first + 4]]
+                 for m, _ in rows[first:first + chunk]]
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.inference_mode():
             with model.disable_adapter():
@@ -86,7 +87,8 @@ def main() -> None:
         app.append(time.perf_counter() - start)
         # On the decode thread, as the app's paths generate: torch work on a second long-lived
         # thread gives it an OpenMP team of its own, and two teams slow both (core.threads).
-        plain.append(threads.decode_thread().submit(plain_generate, base, tuned.adapter_name, rows, 64).result())
+        plain.append(threads.decode_thread().submit(plain_generate, base, tuned.adapter_name, rows, 64,
+                                                    answer_eval.CHUNK).result())
         embeddings.RECENT.clear()  # the same answers each repeat: scored from memory otherwise
         start = time.perf_counter()
         for side in (0, 1):
@@ -95,7 +97,7 @@ def main() -> None:
     per_100 = {name: round(statistics.median(times) * 100 / args.rows, 1)
                for name, times in (("app_generate_s", app), ("plain_generate_s", plain), ("scoring_s", scoring))}
     result = {**per_100, "plain_over_app": round(statistics.median(plain) / statistics.median(app), 2),
-              "rows": args.rows, "repeats": args.repeats, "threads": threads.cores()}
+              "rows": args.rows, "per_batch": answer_eval.CHUNK, "repeats": args.repeats, "threads": threads.cores()}
     print(f"per 100 rows: app generation {per_100['app_generate_s']} s, plain generation "
           f"{per_100['plain_generate_s']} s (plain/app {result['plain_over_app']}x), scoring {per_100['scoring_s']} s")
     print(json.dumps(result))

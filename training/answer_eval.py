@@ -10,7 +10,7 @@ Three scores, each the mean over rows, for the base and the tuned model:
 - cosine: the cosine similarity of the answer's and the reference's MiniLM sentence embeddings
   (the packaged embedder the Embeddings tab uses), which credits a paraphrase.
 Rows and time are capped (`eval_rows`, `eval_seconds`); the table says how many rows it scored.
-Both models answer on one copy of the base weights, four rows at a time, in one batch of eight.
+Both models answer on one copy of the base weights, eight rows at a time, in one batch of sixteen.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from training.model_setup import load_tokenizer
 from training.prepare import build_examples, split_examples
 from training.progress import run_as_job
 
-CHUNK = 4  # rows per generate call
+CHUNK = 8  # conversations a batch (each asked of base and tuned: sixteen rows)
 DEFAULT_ROWS = 16
 
 

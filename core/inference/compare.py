@@ -122,13 +122,14 @@ def stream_batch(loaded: LoadedModel, conversations: list[list[dict]], adapter_n
 
 
 def answer_pairs(base: LoadedModel, tuned: Tuned, conversations: list[list[dict]], settings: GenerationSettings,
-                 start: Tuned | None = None, per_batch: int = 4) -> Iterator[list[tuple[str, str]]]:
+                 start: Tuned | None = None, per_batch: int = 8) -> Iterator[list[tuple[str, str]]]:
     """Yield, for each `per_batch` conversations, their whole greedy answers [(before, after)]:
     before from the base (or `start`'s adapter), after from `tuned`, every row of both sides in
     one batch on one copy of the base weights, as Compare asks its panes (a full fine-tune: a
     batch on each model). A run's report and held-out answers are asked this way: on 2 CPU
     cores, plain generate, a batch of each side with the adapter switched between them, took
-    1.24x as long (bench/bench_eval.py)."""
+    1.15x as long (bench/bench_eval.py), and eight conversations a batch took 0.72x the time of
+    four."""
     for first in range(0, len(conversations), per_batch):
         chunk = conversations[first:first + per_batch]
         n = len(chunk)
