@@ -6,9 +6,10 @@ enabled).
     FINETUNE_LAB_HOME=/tmp/ftl-bench .venv/bin/python bench/bench_eval.py [--rows 24] [--repeats 3]
 
 Trains the `tiny` recipe once (kept as run `bench-eval-tiny`), then answers the first --rows rows
-of the identity set greedily (64 new tokens, answer_eval.CHUNK conversations a batch), with each path, --repeats
-times each, all on the decode thread (core.threads), and scores the app's answers (exact match,
-ROUGE-L, MiniLM cosine). Prints medians per 100 rows, the ratio plain / app, and a JSON line.
+of the identity set greedily (64 new tokens, answer_eval.CHUNK conversations a batch), with
+each path, --repeats times each, all on the decode thread (core.threads), and scores the app's
+answers (exact match, ROUGE-L, MiniLM cosine). Prints medians per 100 rows, the ratio plain /
+app, and a JSON line.
 """
 from __future__ import annotations
 
