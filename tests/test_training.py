@@ -59,7 +59,8 @@ def test_tiny_lora_run_folder_and_identity_change(tiny_run):
 
 def test_tiny_run_says_what_it_does_between_steps(tiny_run, tiny_run_phases):
     """Loading, the evaluations, saving and answering held-out rows each show in the Train tab
-    (polled while the job ran) and in the console log, in order; nothing is left once it ends."""
+    (polled while the job ran) and in the console log, in order, with no library notices between
+    them; nothing is left once it ends."""
     from tabs.train_plots import progress_html
     from training import jobs
 
@@ -69,6 +70,8 @@ def test_tiny_run_says_what_it_does_between_steps(tiny_run, tiny_run_phases):
              "evaluation: 7/7 held-out rows answered by base and tuned"]
     console = (tiny_run / "stderr.log").read_text()
     assert [console.index(phase) for phase in order] == sorted(console.index(phase) for phase in order), console
+    # No library notices a user cannot act on (core/__init__.py quiets peft's and bitsandbytes').
+    assert "Warning" not in console and "pip install kernels" not in console, console
     assert "evaluation: 7/7 held-out rows answered by base and tuned" in tiny_run_phases, tiny_run_phases
     assert all(phase in order or phase.startswith("evaluation: ") for phase in tiny_run_phases), tiny_run_phases
     status = jobs.read_status(RunFolder(tiny_run))
