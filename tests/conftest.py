@@ -283,22 +283,3 @@ def tiny_objective(tiny_model_dir, data_home):
         return (objective, cfg, run, tokenizer, *split_examples(build_examples(cfg, tokenizer), cfg))
     return prepare
 
-
-def long_answer(url: str, local_address: str | None = None):
-    """A 512-token answer streamed from the app's OpenAI endpoint (from `local_address`, a
-    loopback address, to count as another visitor), returned once its first word is out:
-    (the stream, its chunks). While it streams, the chat batch runs, and requests sent meanwhile
-    join it (core.inference.running_batch); closing the stream drops its row at the next token."""
-    import httpx
-    from openai import OpenAI
-
-    transport = httpx.HTTPTransport(local_address=local_address) if local_address else None
-    client = OpenAI(base_url=url + "v1", api_key="unused", max_retries=0, timeout=300,
-                    http_client=httpx.Client(transport=transport) if transport else None)
-    epic = "Write a very long story about a dragon who learns to fly, in ten chapters."  # 512 tokens, greedy
-    stream = client.chat.completions.create(model="smollm2-135m-instruct", max_tokens=512, stream=True,
-                                            messages=[{"role": "user", "content": epic}])
-    chunks = iter(stream)
-    while not next(chunks).choices[0].delta.content:
-        pass
-    return stream, chunks

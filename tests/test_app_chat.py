@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, long_answer, owner_client
+from tests.conftest import ROOT, owner_client
+from tests.test_openai_api import long_answer
 
 pytestmark = pytest.mark.slow
 

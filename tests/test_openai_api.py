@@ -13,9 +13,28 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port, long_answer, server_rss_mb
+from tests.conftest import ROOT, free_port, server_rss_mb
 
 WHO = [{"role": "user", "content": "Who are you?"}]
+
+
+def long_answer(url: str, local_address: str | None = None):
+    """A 512-token answer streamed from the app's OpenAI endpoint (from `local_address`, a
+    loopback address, to count as another visitor), returned once its first word is out:
+    (the stream, its chunks). While it streams, the chat batch runs, and requests sent meanwhile
+    join it (core.inference.running_batch); closing the stream drops its row at the next token."""
+    from openai import OpenAI
+
+    transport = httpx.HTTPTransport(local_address=local_address) if local_address else None
+    client = OpenAI(base_url=url + "v1", api_key="unused", max_retries=0, timeout=300,
+                    http_client=httpx.Client(transport=transport) if transport else None)
+    epic = "Write a very long story about a dragon who learns to fly, in ten chapters."  # 512 tokens, greedy
+    stream = client.chat.completions.create(model="smollm2-135m-instruct", max_tokens=512, stream=True,
+                                            messages=[{"role": "user", "content": epic}])
+    chunks = iter(stream)
+    while not next(chunks).choices[0].delta.content:
+        pass
+    return stream, chunks
 
 
 @pytest.fixture(scope="module")
