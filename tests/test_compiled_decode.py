@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # A restart answers on the compiled steps only: their answers must be the first process's.
 PROCESS = """
 import json, sys; sys.path.insert(0, {root!r})
+from dataclasses import replace
 from torch._dynamo.utils import counters
 from core import threads
 
