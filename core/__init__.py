@@ -7,7 +7,7 @@ import warnings
 
 # Library notices a user cannot act on, quieted once here (every entry point imports core).
 # peft asks transformers' deprecated `is_gradient_checkpointing` each time it wraps a model in an
-# adapter (peft 0.18 on transformers 5.x): a notice for peft's authors, printed in every run's log.
+# adapter (peft 0.21 on transformers 5.24): a notice for peft's authors, printed in every run's log.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 # peft imports bitsandbytes, which on an AVX512-BF16 CPU warns at import that it could not fetch
 # an optional kernel from the Hub ("pip install kernels") and falls back to its own. Installing

@@ -112,7 +112,6 @@ def test_an_unreadable_kept_step_raises_and_none_kept_is_none(smol, tmp_path):
 def test_a_kept_step_that_does_not_load_is_compiled_again(tiny_model_dir, tmp_path, monkeypatch):
     """A cut-short file in the model cache costs a compile, not the compiled step: the next
     warm-up compiles and keeps a good one, and the one after loads it (tiny random Llama)."""
-    from core.inference import compiled_decode
     from core.inference.compiled_views import base_view
     from core.inference.models import _load_fresh
 
