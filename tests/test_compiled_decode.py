@@ -179,12 +179,6 @@ def _without_times(replies):
     return {k: v for k, v in replies.items() if k not in ("seconds", "stats")}
 
 
-
-
-
-
-
-
 def _converted_smollm2() -> Path:
     from core.inference.models import resolve_model
 
