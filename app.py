@@ -29,7 +29,9 @@ import gradio as gr  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 from core import access  # noqa: E402
+from core.errors import LabError  # noqa: E402
 from core.inference import prepare  # noqa: E402
+from core.ports import check_free, port_number  # noqa: E402
 from core.settings import declare_public, declare_serving, settings  # noqa: E402
 from core.request_limits import (MAX_BODY_BYTES, SHARED_POOLS, BodyLimit, UploadCacheLimit,  # noqa: E402
                                  client_address, fair_order)
@@ -129,7 +131,7 @@ def import_libraries() -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--port", type=port_number, default=os.environ.get("GRADIO_SERVER_PORT", "7860"))
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
     parser.add_argument("--auth", default=settings().auth or None,
                         help="USER:PASSWORD login for the whole app (or $FINETUNE_LAB_AUTH)")
@@ -138,6 +140,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    try:
+        check_free(args.host, args.port)  # now, not after the model has loaded (Gradio binds last)
+    except LabError as exc:
+        sys.exit(f"error: {exc}")
     # Reachable by others with no login in front: public, without writing the environment.
     declare_public(args.share or (not args.auth and not access.is_loopback(args.host)))
     declare_serving()  # chat models here get the compiled decode step (core.inference.compiled_decode.wanted)

@@ -188,14 +188,16 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from core import access
+    from core.ports import listening_socket
     from core.settings import declare_public, declare_serving, settings
     from serve.openai_server import standalone
 
     # Reachable by others with no key: visitors' rules, as app.py does for its own host.
     declare_public(not access.is_loopback(args.host) and not settings().api_key)
     declare_serving()
+    listening = listening_socket(args.host, args.port)  # a taken port: one line, before the URL is printed
     print(f"OpenAI-compatible endpoint: http://{args.host}:{args.port}/v1", flush=True)
-    uvicorn.run(standalone(), host=args.host, port=args.port, log_level="warning")
+    uvicorn.Server(uvicorn.Config(standalone(), log_level="warning")).run(sockets=[listening])
     return 0
 
 

@@ -3,11 +3,13 @@
     python cli.py --help              # the subcommands
     python cli.py export --help       # one subcommand's flags
 
-Only argparse is imported here, so `--help` is instant.
+Only argparse (and core.ports, for the port flag) is imported here, so `--help` is instant.
 """
 from __future__ import annotations
 
 import argparse
+
+from core.ports import port_number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,5 +116,5 @@ def _add_hub(sub) -> None:
 def _add_serve(sub) -> None:
     serve = sub.add_parser("serve", help="the OpenAI-compatible endpoint (/v1/models, /v1/chat/completions) alone")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=port_number, default=8000)
     serve.add_argument("--print-vllm", metavar="RUN", help="print the vLLM command that serves RUN's adapter instead")

@@ -124,7 +124,7 @@ def test_refusals_have_openais_shape(client, app_server):
     assert httpx.post(app_server + "v1/chat/completions", content=b"{not json").status_code == 400
 
 
-def test_cli_serve_alone_asks_for_its_key(data_home):
+def test_cli_serve_alone_asks_for_its_key(data_home, capsys):
     port = free_port()
     env = {**os.environ, "FINETUNE_LAB_API_KEY": "sk-test-key"}
     proc = subprocess.Popen([sys.executable, "cli.py", "serve", "--port", str(port)], cwd=ROOT, env=env,
@@ -144,10 +144,23 @@ def test_cli_serve_alone_asks_for_its_key(data_home):
         huge = httpx.post(url.replace("/models", "/chat/completions"), content=b"x" * 2_000_000,
                           headers={"Authorization": "Bearer sk-test-key"})
         assert huge.status_code == 413  # bounded as it arrives, before it is read whole
+        # The port taken, or no port: one line at once, and no address printed that nothing serves
+        # (uvicorn hung on port 99999; app.py's main, run here, checks before it loads anything).
+        taken = subprocess.run([sys.executable, "cli.py", "serve", "--port", str(port)], cwd=ROOT, capture_output=True,
+                               text=True, timeout=60)
+        in_use = f"error: cannot listen on 127.0.0.1:{port}: Address already in use."
+        assert (taken.returncode, taken.stdout, taken.stderr) == (2, "", in_use + "\n"), taken
+        from app import main as app_main
+
+        for argv, said in ((["--port", str(port)], in_use), (["--port", "99999"], "")):
+            with pytest.raises(SystemExit) as refused:
+                app_main(argv)
+            assert refused.value.code == (said or 2)
+        assert "'99999': use a port from 1 to 65535" in capsys.readouterr().err
     finally:
         proc.terminate()
         output = proc.communicate(timeout=30)[0]
-    assert "sk-test-key" not in output
+    assert "sk-test-key" not in output and output.startswith(f"OpenAI-compatible endpoint: http://127.0.0.1:{port}/v1")
 
 
 def test_print_vllm_names_the_base_and_the_adapter(tiny_run):
