@@ -175,6 +175,28 @@ def test_unknown_recipe_field_and_impossible_settings(tmp_path):
         config_from_dict({"adapter": "dora"})
 
 
+def test_a_missing_data_file_is_refused_before_a_run_exists(tmp_path, monkeypatch, capsys, data_home):
+    """The CLI's run and the Train tab's Start check the data file first: a typo is one line,
+    with no failed run left behind and no model loaded; a file's path is kept absolute (a job
+    runs in the repository's folder); bundled names and Hub ids pass as they are."""
+    from core.data.rows import checked_source
+    from core.runs import RunFolder
+    from training import jobs
+    from training.run import main
+
+    missing = tmp_path / "typo.jsonl"
+    assert main(["--config", "tiny", "--dataset", str(missing), "--output_name", "typo-run"]) == 2
+    assert capsys.readouterr().err == f"error: {missing}: file not found.\n"
+    with pytest.raises(DataError, match=r"notes\.xlsx: unsupported file type"):
+        jobs.start(load_config("tiny", dataset="notes.xlsx", output_name="typo-run"))
+    assert not RunFolder.named("typo-run").path.exists()
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "rows.jsonl", [ROWS["qa"]])
+    assert checked_source(" rows.jsonl ") == str(tmp_path / "rows.jsonl")
+    assert [checked_source(s) for s in ("identity", "chatterbot:ai", "lab/chats:sub@test")] == [
+        "identity", "chatterbot:ai", "lab/chats:sub@test"]
+
+
 def test_torch_compile_without_a_compiler_is_refused(tmp_path, monkeypatch):
     assert config_from_dict({"torch_compile": "true"}).torch_compile is True
     monkeypatch.setenv("PATH", str(tmp_path))  # no g++/c++/clang++ on it

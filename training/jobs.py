@@ -18,11 +18,12 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from core import threads
 from core.data.file_types import EXTENSIONS
+from core.data.rows import checked_source
 from core.errors import LabError
 from core.paths import check_name, runs_dir, write_json
 from core.runs import Manifest, RunFolder, all_runs, read_json
@@ -77,7 +78,7 @@ def child_env(thread_count: int) -> dict:
 def start(cfg: TrainConfig, thread_count: int | None = None, resume_run: RunFolder | None = None) -> RunFolder:
     """Launch a run (or resume one) as a detached subprocess; raise JobBusy if a job is live.
     The job gets every core but the one chat keeps (core.threads), on start and resume alike."""
-    cfg.validate()
+    cfg = replace(cfg.validate(), dataset=checked_source(cfg.dataset))  # a missing file: refused, no run left
     with _no_other_job():
         run = resume_run or RunFolder.named(cfg.output_name or default_run_name(cfg))
         if resume_run is None and run.path.exists():

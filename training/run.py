@@ -28,9 +28,11 @@ if __name__ == "__main__":  # first thing: a Stop during the heavy imports below
 import argparse
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from core import threads
+from core.data.rows import checked_source
 from core.errors import LabError
 from core.paths import write_json
 from core.runs import RunFolder
@@ -182,7 +184,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg = config_from_args(args)
-    except LabError as exc:
+        if not args.emit_launch:  # a cluster's data paths are the cluster's, checked where it trains
+            cfg = replace(cfg, dataset=checked_source(cfg.dataset))
+    except LabError as exc:  # before the run folder exists: a typo leaves no failed run behind
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.emit_launch:

@@ -115,17 +115,38 @@ def _shakespeare_rows() -> list[dict]:
             for p in sorted((folder / "plays").rglob("*.md"))]
 
 
+def checked_source(source: str) -> str:
+    """`source` as a run records it, checked before the run starts (its rows are read inside
+    it): a data file that is missing, or of a type no loader reads, is a DataError now, and a
+    file's path is made absolute (a job runs in the repository's folder, a resume from
+    anywhere). Bundled names and Hub dataset ids pass as they are."""
+    from core.hub.source import parse_hub_source
+
+    source = (source or "").strip()
+    if source in BUNDLED or source.startswith("chatterbot:") or parse_hub_source(source):
+        return source
+    path = Path(source).expanduser()
+    _file_kind(path)
+    return str(path.resolve())
+
+
+def _file_kind(path: Path) -> str:
+    """The loader for a data file ('json', 'csv', ...); DataError when there is none or no file."""
+    kind = EXTENSIONS.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(f"{path.name}: unsupported file type; use {', '.join(EXTENSIONS)}.")
+    if not path.is_file():
+        raise DataError(f"{path}: file not found.")
+    return kind
+
+
 def _load_file(path: Path, cache: bool = True):
     import tempfile
     from contextlib import nullcontext
 
     from datasets import load_dataset
 
-    kind = EXTENSIONS.get(path.suffix.lower())
-    if kind is None:
-        raise DataError(f"{path.name}: unsupported file type; use {', '.join(EXTENSIONS)}.")
-    if not path.is_file():
-        raise DataError(f"{path}: file not found.")
+    kind = _file_kind(path)
     if kind != "parquet":
         check_text_file(path)
     extra = {"sample_by": "paragraph"} if kind == "text" else {}
