@@ -35,6 +35,8 @@ def cmd_chat(args) -> int:
     from core.inference.compare import stream_compare
     from core.inference.models import load_model
 
+    if args.compare and not args.adapter:
+        raise LabError("--compare answers with the base and a tuned model side by side: name it with --adapter.")
     settings = GenerationSettings(temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                                   system_prompt=args.system or "")
     messages = [{"role": "user", "content": args.prompt}]
@@ -53,6 +55,25 @@ def cmd_chat(args) -> int:
         shown = len(reply.text)
     print(f"\n[{reply.stats}]" + (f" [{reply.notice}]" if reply.notice else ""), file=sys.stderr)
     return 0
+
+
+def writable(out, folder: bool = False):
+    """`--out` (a folder, or a file) tried for writing now, its folder created, so a typo is one
+    line before the work, not a traceback after it."""
+    import tempfile
+
+    try:
+        (out if folder else out.parent).mkdir(parents=True, exist_ok=True)
+        if folder:
+            tempfile.TemporaryFile(dir=out).close()
+        else:
+            existed = out.exists()
+            open(out, "a").close()
+            if not existed:
+                out.unlink()
+    except OSError as exc:
+        raise LabError(f"--out {out}: cannot write there ({exc.strerror}).") from None
+    return out
 
 
 def cmd_train(rest: list[str]) -> int:
@@ -77,10 +98,11 @@ def cmd_topics(args) -> int:
     from core.explore.embeddings import embed, load_embedder
     from core.explore.topics import export, fit_topics
 
+    out = writable(Path(args.out), folder=True)  # before the embedding, which takes minutes
     corpus = load_corpus(args.corpus, args.text_column, args.label_column, args.max_docs)
     vectors = embed(corpus.texts, args.embedder)
     result = fit_topics(corpus.texts, vectors, args.method, args.topics, embedder=load_embedder(args.embedder))
-    for path in export(result, Path(args.out)):
+    for path in export(result, out):
         print(path)
     print(result.table()[["Topic", "Count", "Representation"]].head(12).to_string(index=False))
     return 0
@@ -137,9 +159,9 @@ def cmd_votes(args) -> int:
 
     args.out = args.out or ("thumbs.jsonl" if args.action == "thumbs" else "preferences.jsonl")
     if args.action == "export":
-        print(f"{votes.export_preferences(Path(args.out))} preference pair(s) written to {args.out}")
+        print(f"{votes.export_preferences(writable(Path(args.out)))} preference pair(s) written to {args.out}")
     elif args.action == "thumbs":
-        print(f"{votes.export_rated(Path(args.out))} rated answer(s) written to {args.out}")
+        print(f"{votes.export_rated(writable(Path(args.out)))} rated answer(s) written to {args.out}")
     elif args.action == "pull":
         from core.hub.votes_pull import pull_votes
 

@@ -30,14 +30,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def at_least(low, kind=int):
+    """argparse type: a number of `kind` no smaller than `low`, or a one-line usage error."""
+    def number(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value >= low:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{text!r}: use {low} or more")
+        return value
+    return number
+
+
 def _add_chat(sub) -> None:
     chat = sub.add_parser("chat", help="stream a reply from a model (and its adapter)")
     chat.add_argument("prompt")
     chat.add_argument("--model", default="smollm2-135m-instruct", help="known name, Hub id or folder")
     chat.add_argument("--adapter", help="a run name, a LoRA adapter or fully fine-tuned model folder, or a Hub repo id")
     chat.add_argument("--compare", action="store_true", help="answer with base and tuned")
-    chat.add_argument("--temperature", type=float, default=0.0)
-    chat.add_argument("--max-new-tokens", type=int, default=256)
+    chat.add_argument("--temperature", type=at_least(0.0, float), default=0.0, help="0: greedy")
+    chat.add_argument("--max-new-tokens", type=at_least(1), default=256)
     chat.add_argument("--system", help="system prompt")
 
 
@@ -45,11 +58,11 @@ def _add_topics(sub) -> None:
     topics = sub.add_parser("topics", help="fit BERTopic on a corpus; write the table and figures")
     topics.add_argument("--corpus", default="guardian-headlines", help="bundled corpus or csv/jsonl/txt file")
     topics.add_argument("--method", choices=("fast", "umap"), default="fast")
-    topics.add_argument("--topics", type=int, default=20, help="number of topics (fast method)")
+    topics.add_argument("--topics", type=at_least(2), default=20, help="number of topics (fast method)")
     topics.add_argument("--out", default="topics-out", help="folder for topics.csv and the HTML figures")
     topics.add_argument("--text-column", default="")
     topics.add_argument("--label-column", default="")
-    topics.add_argument("--max-docs", type=int, default=5000)
+    topics.add_argument("--max-docs", type=at_least(1), default=5000)
     topics.add_argument("--embedder", default="all-MiniLM-L6-v2")
 
 

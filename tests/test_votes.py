@@ -117,6 +117,30 @@ def test_head_to_head_counts_one_pair_in_either_pane_order(clean_store):
     assert (flipped["wins"], flipped["losses"]) == (1, 2)
 
 
+def test_cli_refuses_bad_flags_before_any_work(clean_store, tmp_path, capsys):
+    """cli.py's flags and --out paths are checked before a model loads or a corpus is embedded:
+    a one-line error (exit 2), and no file left behind."""
+    from cli import main
+
+    assert main(["votes", "export", "--out", str(tmp_path / "new" / "v.jsonl")]) == 2  # no votes yet
+    assert "No decided A/B votes yet" in capsys.readouterr().err
+    assert list((tmp_path / "new").iterdir()) == [], "the probe of --out leaves no file"
+    votes.record(a_vote("B"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    refused = {("chat", "Hi", "--compare"): "--compare answers with the base and a tuned model side by side: "
+                                            "name it with --adapter.",
+               ("votes", "export", "--out", str(tmp_path)): f"--out {tmp_path}: cannot write there (Is a directory).",
+               ("topics", "--out", str(blocker / "x")): f"--out {blocker / 'x'}: cannot write there (Not a directory)."}
+    for argv, said in refused.items():
+        assert main(list(argv)) == 2 and capsys.readouterr().err == f"error: {said}\n"
+    for argv in (["chat", "Hi", "--max-new-tokens", "0"], ["chat", "Hi", "--temperature", "-1"],
+                 ["topics", "--topics", "1"], ["serve", "--port", "70000"]):
+        with pytest.raises(SystemExit) as usage:
+            main(argv)
+        assert usage.value.code == 2 and f"'{argv[-1]}': use " in capsys.readouterr().err
+
+
 def test_cli_votes_export_and_table(clean_store, tmp_path):
     votes.record(a_vote("B"))
     out = tmp_path / "v.jsonl"
