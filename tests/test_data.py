@@ -173,11 +173,13 @@ def test_unknown_recipe_field_and_impossible_settings(tmp_path):
         config_from_dict({"objective": "dapt", "general_windows": 0})
     with pytest.raises(LabError, match="choose one of"):
         config_from_dict({"adapter": "dora"})
+    with pytest.raises(LabError, match=r"^learning_rate=-0.001 must be above 0\.$"):  # torch's traceback, once
+        config_from_dict({"learning_rate": "-1e-3"})
 
 
-def test_a_missing_data_file_is_refused_before_a_run_exists(tmp_path, monkeypatch, capsys, data_home):
-    """The CLI's run and the Train tab's Start check the data file first: a typo is one line,
-    with no failed run left behind and no model loaded; a file's path is kept absolute (a job
+def test_a_missing_data_file_or_run_is_refused_before_a_run_exists(tmp_path, monkeypatch, capsys, data_home):
+    """The CLI's run and the Train tab's Start check the data file first, and a resume its run:
+    a typo is one line, with no failed run left behind and no model loaded; a file's path is kept absolute (a job
     runs in the repository's folder); bundled names and Hub ids pass as they are."""
     from core.data.rows import checked_source
     from core.runs import RunFolder
@@ -187,6 +189,10 @@ def test_a_missing_data_file_is_refused_before_a_run_exists(tmp_path, monkeypatc
     missing = tmp_path / "typo.jsonl"
     assert main(["--config", "tiny", "--dataset", str(missing), "--output_name", "typo-run"]) == 2
     assert capsys.readouterr().err == f"error: {missing}: file not found.\n"
+    # --resume of a run that is not there: refused (it trained a new run from scratch)
+    for where in (["--config", "tiny", "--output_name", "typo-run"], ["--run-dir", str(tmp_path / "typo-run")]):
+        assert main([*where, "--resume"]) == 2
+        assert capsys.readouterr().err.startswith("error: Nothing to resume")
     with pytest.raises(DataError, match=r"notes\.xlsx: unsupported file type"):
         jobs.start(load_config("tiny", dataset="notes.xlsx", output_name="typo-run"))
     assert not RunFolder.named("typo-run").path.exists()

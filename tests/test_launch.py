@@ -171,6 +171,9 @@ def test_slurm_and_skypilot_files_name_the_same_launch(tmp_path, capsys):
         "accelerators": [{"L4": 1}]}
     assert emit_here("slurm", tmp_path / "x", machines="0") == 2
     assert "use 1-1024 machines" in capsys.readouterr().err
+    assert main(["--config", "tiny", "--machines", "2", "--emit-launch", "slurm", "--port", "99999",
+                 "--launch-dir", str(tmp_path / "x")]) == 2
+    assert "port=99999: use a port from 1 to 65535" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def skypilot_reads(task_file: Path, home: Path) -> dict:

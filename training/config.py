@@ -129,8 +129,9 @@ class TrainConfig:
         for name in ("warmup", "weight_decay", "max_grad_norm", "neftune_alpha"):
             if getattr(self, name) < 0:
                 raise LabError(f"{name}={getattr(self, name)} must be 0 or more.")
-        if self.beta <= 0:
-            raise LabError(f"beta={self.beta} must be above 0.")
+        for name in ("learning_rate", "beta"):
+            if not getattr(self, name) > 0:
+                raise LabError(f"{name}={getattr(self, name)} must be above 0.")
         if self.start_from and not objective.continues_adapter:
             able = [name for name in objectives.NAMES if objectives.get(name).continues_adapter]
             raise LabError(f"start_from continues an adapter with {' or '.join(able)}: pick one, or clear it.")

@@ -40,6 +40,8 @@ class Cluster:
         if not (1 <= self.machines <= 1024 and 1 <= self.processes <= 64):
             raise LabError(f"machines={self.machines}, processes={self.processes}: use 1-1024 machines, "
                            "1-64 processes on each.")
+        if not 1 <= self.port <= 65535:
+            raise LabError(f"port={self.port}: use a port from 1 to 65535.")
 
 
 def launch_args(cluster: Cluster, config: str, rank: str, main_ip: str, total: str | None = None) -> list[str]:

@@ -163,7 +163,10 @@ def config_from_args(args) -> TrainConfig:
     if args.config:
         return load_config(args.config, **overrides)
     if args.resume and args.run_dir:
-        return load_config(RunFolder(Path(args.run_dir)).config, **overrides)
+        config = RunFolder(Path(args.run_dir)).config
+        if not config.is_file():
+            raise LabError(f"Nothing to resume in {args.run_dir}: it holds no run (no {config.name}).")
+        return load_config(config, **overrides)
     return config_from_dict(overrides)
 
 
@@ -193,6 +196,9 @@ def main(argv=None) -> int:
         return emit_launch(cfg, args)
     signal.signal(signal.SIGTERM, request_stop)
     run = RunFolder(Path(args.run_dir)) if args.run_dir else RunFolder.named(cfg.output_name or default_run_name(cfg))
+    if args.resume and not run.config.is_file():  # else a typo'd name would train a new run from scratch
+        print(f"error: Nothing to resume: no run '{run.name}' (without --resume, it starts).", file=sys.stderr)
+        return 2
     run_dir = run.path
     run.path.mkdir(parents=True, exist_ok=True)
     if os.environ.get("RANK", "0") == "0" and not is_live(run):
