@@ -91,7 +91,7 @@ def _add_votes(sub) -> None:
 def _add_eval(sub) -> None:
     evaluate = sub.add_parser("eval", help="score a finished run's held-out answers (base vs tuned) again")
     evaluate.add_argument("--run", required=True, help="run folder name (see: cli.py runs)")
-    evaluate.add_argument("--rows", type=int, default=0, help="held-out rows to score (default: the run's eval_rows, "
+    evaluate.add_argument("--rows", type=at_least(0), default=0, help="held-out rows to score (default: the run's eval_rows, "
                           "or 16 when that was 0)")
 
 

@@ -15,6 +15,7 @@ import torch
 from training.device import training_precision
 from tests.conftest import ROOT, wait_for
 from tests.test_tracking import assert_tracked
+from core.errors import LabError
 from core.runs import RunFolder
 from training import jobs
 from training.progress import read_log
@@ -95,6 +96,10 @@ def test_tiny_run_scores_its_held_out_answers_and_evaluating_again_repeats_them(
     from tabs.train_live import evaluate_again, result_markdown
     from training import jobs
 
+    from training.answer_eval import evaluate_run
+
+    with pytest.raises(LabError, match=r"^rows=-3: use 0"):  # it raised an AttributeError after loading
+        evaluate_run(tiny_run.name, rows=-3)
     kept = RunFolder(tiny_run).read_held_out()  # the rows the run held out, as it split them
     assert len(kept) == 7 and [row["prompt"][-1]["content"] for row in kept[:3]] == [e["prompt"] for e in examples]
     (tiny_run / "held_out.jsonl").rename(tiny_run / "held_out.kept")  # a run trained before rows were kept

@@ -135,7 +135,7 @@ def test_cli_refuses_bad_flags_before_any_work(clean_store, tmp_path, capsys):
     for argv, said in refused.items():
         assert main(list(argv)) == 2 and capsys.readouterr().err == f"error: {said}\n"
     for argv in (["chat", "Hi", "--max-new-tokens", "0"], ["chat", "Hi", "--temperature", "-1"],
-                 ["topics", "--topics", "1"], ["serve", "--port", "70000"]):
+                 ["topics", "--topics", "1"], ["serve", "--port", "70000"], ["eval", "--run", "x", "--rows", "-3"]):
         with pytest.raises(SystemExit) as usage:
             main(argv)
         assert usage.value.code == 2 and f"'{argv[-1]}': use " in capsys.readouterr().err

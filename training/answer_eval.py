@@ -118,6 +118,8 @@ def evaluate_run(name: str, progress=print, rows: int = 0) -> dict:
     """Score a finished run's held-out answers again (after a change of `eval_rows`, or for a
     run trained before this existed), on the rows the run held out; updates the run's scores
     and its manifest."""
+    if rows < 0:
+        raise LabError(f"rows={rows}: use 0 (the run's own eval_rows) or more.")
     run = RunFolder.existing(name)
     manifest = run.manifest()
     objectives.require_scored_answers(name, manifest)
