@@ -121,9 +121,10 @@ def _add_hub(sub) -> None:
                      "task category such as question-answering (default: any)")
     hub.add_argument("--query", default="", help="name contains")
     hub.add_argument("--library", default="transformers", help="models: transformers, sentence-transformers, peft")
-    hub.add_argument("--max-params", type=float, default=1000, help="models: at most this many million parameters")
+    hub.add_argument("--max-params", type=at_least(0.0, float), default=1000,
+                     help="models: at most this many million parameters (0: any size)")
     hub.add_argument("--sort", choices=("downloads", "likes", "last_modified"), default="downloads")
-    hub.add_argument("--limit", type=int, default=20)
+    hub.add_argument("--limit", type=at_least(1), default=20)
 
 
 def _add_serve(sub) -> None:
