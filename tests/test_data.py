@@ -167,6 +167,9 @@ def test_unknown_recipe_field_and_impossible_settings(tmp_path):
     (tmp_path / "r.yaml").write_text("model: smollm2\nlearning_rat: 0.1\n")
     with pytest.raises(LabError, match="Unknown setting.*learning_rat"):
         load_config(tmp_path / "r.yaml")
+    (tmp_path / "r.yaml").write_text("model: smollm2\n  max_steps: 3\n")  # a recipe written by hand
+    with pytest.raises(LabError, match=r"r\.yaml is not valid YAML at line 2: mapping values are not allowed"):
+        load_config(tmp_path / "r.yaml")
     with pytest.raises(LabError, match="stride=128 must be"):
         config_from_dict({"objective": "dapt", "block_size": 64, "stride": 128})
     with pytest.raises(LabError, match=r"^general_windows=0 must be at least 1\.$"):

@@ -100,6 +100,10 @@ def test_tiny_run_scores_its_held_out_answers_and_evaluating_again_repeats_them(
 
     with pytest.raises(LabError, match=r"^rows=-3: use 0"):  # it raised an AttributeError after loading
         evaluate_run(tiny_run.name, rows=-3)
+    from training.run import main
+
+    assert main(["--run-dir", str(tiny_run), "--resume"]) == 2  # it trained again past its end
+    assert jobs.read_status(RunFolder(tiny_run)).state == "completed"
     kept = RunFolder(tiny_run).read_held_out()  # the rows the run held out, as it split them
     assert len(kept) == 7 and [row["prompt"][-1]["content"] for row in kept[:3]] == [e["prompt"] for e in examples]
     (tiny_run / "held_out.jsonl").rename(tiny_run / "held_out.kept")  # a run trained before rows were kept

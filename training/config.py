@@ -193,7 +193,12 @@ def load_config(path: str | Path, **overrides) -> TrainConfig:
         path = RECIPES_DIR / f"{path.name}.yaml"
     if not path.is_file():
         raise LabError(f"Recipe {path} not found; bundled: {', '.join(list_recipes())}.")
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:  # a recipe written by hand
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise LabError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}.") from None
     if not isinstance(values, dict):
         raise LabError(f"{path} must be a YAML mapping of setting: value.")
     return config_from_dict({**values, **overrides})
