@@ -40,6 +40,7 @@ _PATH = re.compile(r"(?<![\w.])(?:~|/)[^\s`'\"),]*[^\s`'\"),.:]")
 @shows_errors()
 def stop_training(run: str, request: gr.Request = None) -> str:
     require_user(request, action="stopping a run")
+    run = run or jobs.current_job() or ""  # a tab that did not start it, or the API: one job runs at a time
     return f"Stopping **{run}**: saving a checkpoint…" if run and jobs.stop(run) else "No running job."
 
 

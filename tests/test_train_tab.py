@@ -114,7 +114,8 @@ def test_stop_and_resume_through_ui_functions(data_home, monkeypatch):
     # the new environment, and /proc/<pid>/environ can read empty.
     env = job_environment(run)  # resume gets the same thread policy as start, and no secrets
     assert env["OMP_NUM_THREADS"] == str(threads.for_job()) and "HF_TOKEN" not in env
-    train_live.stop_training(run)
+    # Stop from a tab that did not start the run (or /train_stop over the API): the one running job
+    assert train_live.stop_training("") == "Stopping **ui-stop**: saving a checkpoint…"
     final = jobs.wait(run, 120)
     assert final.state == "stopped" and final.step > step
     view = train_live.poll(run, None)
