@@ -222,7 +222,7 @@ def build() -> None:
     with gr.Row():
         text_column = gr.Textbox(label="Text column (uploads)", placeholder="text")
         label_column = gr.Textbox(label="Label column (optional)")
-        max_docs = gr.Number(DEFAULT_MAX_DOCS, precision=0, label="Document cap")
+        max_docs = gr.Number(DEFAULT_MAX_DOCS, precision=0, minimum=1, label="Document cap")
         embedder = gr.Dropdown([DEFAULT_EMBEDDER, *tuned_embedders()], value=DEFAULT_EMBEDDER, allow_custom_value=True,
                                label="Embedding model", elem_id="embedder",
                                info="The packaged MiniLM, a run of objective embed (tuned), a Hub id or a path")

@@ -202,6 +202,11 @@ def test_a_missing_data_file_or_run_is_refused_before_a_run_exists(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     write_jsonl(tmp_path / "rows.jsonl", [ROWS["qa"]])
     assert checked_source(" rows.jsonl ") == str(tmp_path / "rows.jsonl")
+    for empty in ("", "  "):  # it said ": unsupported file type"
+        with pytest.raises(DataError, match="^No dataset given: pick a bundled one"):
+            checked_source(empty)
+        with pytest.raises(DataError, match="^No dataset given"):
+            load_rows(empty)
     assert [checked_source(s) for s in ("identity", "chatterbot:ai", "lab/chats:sub@test")] == [
         "identity", "chatterbot:ai", "lab/chats:sub@test"]
 

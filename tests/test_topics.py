@@ -88,6 +88,10 @@ def test_corpus_cap_is_explained():
     assert len(corpus.texts) == 100 and "Using 100 of 4080" in corpus.note
     debates = load_corpus("debates-2016")
     assert debates.labels and "TRUMP" in debates.labels
+    from core.data.rows import DataError
+
+    with pytest.raises(DataError, match=r"^max_docs=-5: use 1 or more\.$"):  # pandas' sample raised on it
+        load_corpus("guardian-headlines", max_docs=-5)
 
 
 def test_fast_topics_on_headlines_and_every_figure(headlines):

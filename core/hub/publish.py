@@ -78,8 +78,9 @@ def hub_errors(token: str, repo_id: str = ""):
         raise HubError(_scrub(f"The Hugging Face Hub is unreachable ({type(exc).__name__}).", token)) from None
     except Exception as exc:  # httpx transport errors and anything else: still one clean line
         name = type(exc).__name__
-        detail = "unreachable" if "Connect" in name or "Timeout" in name else f"failed: {str(exc)[:160]}"
-        raise HubError(_scrub(f"The Hugging Face Hub request {detail} ({name}).", token)) from None
+        said = ("The Hugging Face Hub is unreachable" if "Connect" in name or "Timeout" in name
+                else f"The Hugging Face Hub request failed: {str(exc)[:160]}")
+        raise HubError(_scrub(f"{said} ({name}).", token)) from None
 
 
 def _scrub(text: str, token: str) -> str:
