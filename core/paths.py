@@ -53,6 +53,8 @@ def check_name(name: str, what: str = "name") -> str:
     Allows letters, digits, '.', '_' and '-', starting with a letter or digit; this rules out
     path traversal ('..'), absolute paths and separators.
     """
+    if isinstance(name, str) and not name.strip():  # an empty picker, not a bad name
+        raise LabError(f"No {what} given: pick one.")
     if not isinstance(name, str) or not _SAFE_NAME.match(name) or ".." in name:
         raise LabError(
             f"Invalid {what} {name!r}: use 1-96 letters, digits, '.', '_' or '-', "

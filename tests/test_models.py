@@ -88,8 +88,8 @@ def test_weights_dtype_follows_the_cpu_and_the_override(smol, monkeypatch):
 
 @pytest.mark.parametrize("bad", ["../etc", "/abs", "a/b", "", ".hidden", "x" * 200, "a..b"])
 def test_unsafe_names_are_refused(bad):
-    with pytest.raises(LabError):
-        check_name(bad)
+    with pytest.raises(LabError, match="^No run name given: pick one" if not bad else "^Invalid run name"):
+        check_name(bad, "run name")
 
 
 def _convert_into(models_dir, queue):
