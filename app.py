@@ -31,6 +31,7 @@ from starlette.middleware import Middleware  # noqa: E402
 from core import access  # noqa: E402
 from core.errors import LabError  # noqa: E402
 from core.inference import prepare  # noqa: E402
+from core.paths import data_dir  # noqa: E402
 from core.ports import check_free, port_number  # noqa: E402
 from core.settings import declare_public, declare_serving, settings  # noqa: E402
 from core.request_limits import (MAX_BODY_BYTES, SHARED_POOLS, BodyLimit, UploadCacheLimit,  # noqa: E402
@@ -142,6 +143,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     try:
         check_free(args.host, args.port)  # now, not after the model has loaded (Gradio binds last)
+        data_dir()
     except LabError as exc:
         sys.exit(f"error: {exc}")
     # Reachable by others with no login in front: public, without writing the environment.

@@ -29,15 +29,21 @@ def data_dir() -> Path:
         root = Path("/data/finetune-lab")
     else:
         root = Path.home() / ".finetune-lab"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+    return _made(root, "FINETUNE_LAB_HOME")
 
 
 def models_dir() -> Path:
     """Cache of converted (GGUF -> safetensors) model folders ($FINETUNE_LAB_MODELS overrides)."""
-    path = settings().models or data_dir() / "models"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _made(settings().models or data_dir() / "models", "FINETUNE_LAB_MODELS")
+
+
+def _made(folder: Path, variable: str) -> Path:
+    """`folder`, created if need be; a LabError that names the setting when it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LabError(f"Cannot create {folder} ({exc.strerror}): set {variable} to a folder you can write.") from None
+    return folder
 
 
 def runs_dir() -> Path:

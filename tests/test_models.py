@@ -92,6 +92,22 @@ def test_unsafe_names_are_refused(bad):
         check_name(bad, "run name")
 
 
+def test_an_unwritable_data_dir_is_one_line(monkeypatch, tmp_path):
+    """A data dir or model cache that cannot be made names the setting to change (it was a
+    FileNotFoundError traceback from every command, and from app.py's start)."""
+    from core.paths import data_dir, models_dir
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("FINETUNE_LAB_HOME", str(blocker / "home"))
+    with pytest.raises(LabError, match=r"^Cannot create .*a-file/home \(Not a directory\): set FINETUNE_LAB_HOME"):
+        data_dir()
+    monkeypatch.setenv("FINETUNE_LAB_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FINETUNE_LAB_MODELS", str(blocker / "models"))
+    with pytest.raises(LabError, match=r"\): set FINETUNE_LAB_MODELS to a folder you can write\.$"):
+        models_dir()
+
+
 def _convert_into(models_dir, queue):
     os.environ["FINETUNE_LAB_MODELS"] = models_dir
     queue.put(str(assets.converted_dir(assets.smollm2_gguf(), "smollm2-concurrent")))
