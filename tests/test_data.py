@@ -196,6 +196,9 @@ def test_a_missing_data_file_or_run_is_refused_before_a_run_exists(tmp_path, mon
     for where in (["--config", "tiny", "--output_name", "typo-run"], ["--run-dir", str(tmp_path / "typo-run")]):
         assert main([*where, "--resume"]) == 2
         assert capsys.readouterr().err.startswith("error: Nothing to resume")
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match=r"^empty\.jsonl: the file is empty\.$"):
+        checked_source(str(tmp_path / "empty.jsonl"))
     with pytest.raises(DataError, match=r"notes\.xlsx: unsupported file type"):
         jobs.start(load_config("tiny", dataset="notes.xlsx", output_name="typo-run"))
     assert not RunFolder.named("typo-run").path.exists()

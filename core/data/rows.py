@@ -134,6 +134,8 @@ def checked_source(source: str) -> str:
         return source
     path = Path(source).expanduser()
     _file_kind(path)
+    if path.stat().st_size == 0:  # the rest of check_text_file reads the whole file: the run does that
+        raise DataError(f"{path.name}: the file is empty.")
     return str(path.resolve())
 
 
