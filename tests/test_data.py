@@ -1,5 +1,6 @@
 """Data loading, format detection, column mapping, conversion, preview, and bad inputs. (Hub
-dataset ids and the run names they give: tests/test_hub_source.py.)"""
+dataset ids and the run names they give: tests/test_hub_source.py; the checks before a run
+starts: tests/test_run_checks.py.)"""
 from __future__ import annotations
 
 import json
