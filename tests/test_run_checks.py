@@ -61,6 +61,11 @@ def test_unknown_recipe_field_and_impossible_settings(tmp_path):
         config_from_dict({"adapter": "dora"})
     with pytest.raises(LabError, match=r"^learning_rate=-0.001 must be above 0\.$"):  # torch's traceback, once
         config_from_dict({"learning_rate": "-1e-3"})
+    # each failed inside the run (torch's dropout, Trainer's arguments) or, kept 0 checkpoints, broke resume
+    for name, value in {"lora_dropout": 1.5, "save_total_limit": 0, "logging_steps": 0, "lora_alpha": 0,
+                        "eval_rows": -1, "eval_seconds": -1.0, "max_rows": -5, "eval_steps": -1, "threads": -2}.items():
+        with pytest.raises(LabError, match=f"^{name}={value} must be "):
+            config_from_dict({name: value})
 
 
 

@@ -118,15 +118,18 @@ class TrainConfig:
         objective = objectives.get(self.objective)
         if not 0 <= self.eval_fraction < 0.5:
             raise LabError(f"eval_fraction={self.eval_fraction} must be in [0, 0.5).")
-        for name in ("lora_r", "batch_size", "grad_accum", "max_length", "block_size", "general_windows", "save_steps",
-                     "processes"):
+        for name in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "max_length", "block_size", "general_windows",
+                     "save_steps", "save_total_limit", "logging_steps", "processes"):
             if getattr(self, name) < 1:
                 raise LabError(f"{name}={getattr(self, name)} must be at least 1.")
         if self.torch_compile and not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
             raise LabError("torch_compile needs a C++ compiler (g++) for torch's inductor backend.")
         if self.max_steps < 1 and self.epochs <= 0:
             raise LabError("Set max_steps > 0 or epochs > 0.")
-        for name in ("warmup", "weight_decay", "max_grad_norm", "neftune_alpha"):
+        if not 0 <= self.lora_dropout < 1:
+            raise LabError(f"lora_dropout={self.lora_dropout} must be in [0, 1).")
+        for name in ("warmup", "weight_decay", "max_grad_norm", "neftune_alpha", "eval_rows", "eval_seconds",
+                     "max_rows", "eval_steps", "threads"):
             if getattr(self, name) < 0:
                 raise LabError(f"{name}={getattr(self, name)} must be 0 or more.")
         for name in ("learning_rate", "beta"):
