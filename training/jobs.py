@@ -143,9 +143,19 @@ def record_job(run: RunFolder, pid: int, command: list[str]) -> None:
 def resume(name: str, thread_count: int | None = None) -> RunFolder:
     """Continue a stopped or interrupted run from its newest complete checkpoint."""
     run = RunFolder.existing(name)
-    if read_status(run).state == "completed":
-        raise LabError(f"Run '{name}' already completed.")
+    if refusal := resume_refusal(run):
+        raise LabError(refusal)
     return start(load_config(run.config), thread_count, resume_run=run)
+
+
+def resume_refusal(run: RunFolder) -> str:
+    """Why a resume cannot continue this run folder ('' when it can): the UI's Resume and
+    `training.run --resume` alike."""
+    if not run.config.is_file():  # else a typo'd name would train a new run from scratch
+        return f"Nothing to resume: no run '{run.name}' (start it instead)."
+    if read_status(run).state == "completed":
+        return f"Run '{run.name}' already completed: nothing to resume."
+    return ""
 
 
 def stop(name: str) -> bool:

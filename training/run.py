@@ -43,7 +43,7 @@ from training.callbacks import JsonlLogger, StopOnRequest
 from training.config import TrainConfig, config_from_dict, field_help, load_config
 from training.device import compile_layers
 from training.finish import finish, save_final
-from training.jobs import default_run_name, is_live, read_status, record_job
+from training.jobs import default_run_name, is_live, record_job, resume_refusal
 from training.launch import KINDS, PORT, Cluster, emit, with_run_name
 from training.prepare import build_examples, pin_dataset_revision, split_examples
 from training.progress import batch_plan, say_phase, trim_log
@@ -163,10 +163,10 @@ def config_from_args(args) -> TrainConfig:
     if args.config:
         return load_config(args.config, **overrides)
     if args.resume and args.run_dir:
-        config = RunFolder(Path(args.run_dir)).config
-        if not config.is_file():
-            raise LabError(f"Nothing to resume in {args.run_dir}: it holds no run (no {config.name}).")
-        return load_config(config, **overrides)
+        run = RunFolder(Path(args.run_dir))
+        if refusal := resume_refusal(run):  # before its config is read
+            raise LabError(refusal)
+        return load_config(run.config, **overrides)
     return config_from_dict(overrides)
 
 
@@ -195,8 +195,8 @@ def main(argv=None) -> int:
     if args.emit_launch:
         return emit_launch(cfg, args)
     run = RunFolder(Path(args.run_dir)) if args.run_dir else RunFolder.named(cfg.output_name or default_run_name(cfg))
-    if args.resume and resume_refusal(run):
-        print(f"error: {resume_refusal(run)}", file=sys.stderr)
+    if args.resume and (refusal := resume_refusal(run)):
+        print(f"error: {refusal}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, request_stop)
     run_dir = run.path
@@ -220,15 +220,6 @@ def main(argv=None) -> int:
     if os.environ.get("RANK", "0") == "0":  # one line from a multi-process job too
         print(f"run folder: {run_dir}")
     return 0
-
-
-def resume_refusal(run: RunFolder) -> str:
-    """Why `--resume` cannot continue this run folder ('' when it can)."""
-    if not run.config.is_file():  # else a typo'd name would train a new run from scratch
-        return f"Nothing to resume: no run '{run.name}' (without --resume, it starts)."
-    if read_status(run).state == "completed":
-        return f"Run '{run.name}' already completed: nothing to resume."
-    return ""
 
 
 def ending(exc: BaseException) -> dict:
