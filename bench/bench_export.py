@@ -86,7 +86,7 @@ def main() -> None:
     from training.export import logit_gap, merge_run
     from core.runs import RunFolder
     from training.config import load_config
-    from training.run import train
+    from training.fit import train
 
     figures = {}
     for adapter in ("lora", "qlora"):

@@ -8,7 +8,7 @@ SFT rows (answers of 10-150 words), the same number of optimizer steps.
             where bf16 is native: a CPU with AVX512-BF16/AMX or a recent GPU; fp16 on an older
             GPU; else fp32), dynamic padding to the longest row of each batch, no packing, no
             gradient checkpointing, loss on answers only; again in fp32 ("baseline_fp32");
-  engine:   the model, peft and SFTConfig that training.run builds for the same TrainConfig,
+  engine:   the model, peft and SFTConfig that training.fit builds for the same TrainConfig,
             at its default precision (auto: bf16 autocast on a CPU with native bf16), and
             again forced to fp32 ("engine_fp32") to show what a CPU without bf16 gets.
 Reports real (non-pad) tokens/s and their ratio, achieved GFLOP/s against this machine's

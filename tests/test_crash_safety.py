@@ -112,7 +112,7 @@ def test_malformed_datasets_are_lab_errors(tmp_path, content, suffix, message):
     this process: the CLI's line is its message, checked once below)."""
     from core.errors import LabError
     from training.config import config_from_dict
-    from training.run import prepare
+    from training.fit import prepare
 
     data, run = tmp_path / f"bad{suffix}", RunFolder(tmp_path / "run")
     data.write_text(content)

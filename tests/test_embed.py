@@ -122,7 +122,7 @@ def test_pairs_train_with_multiple_negatives_ranking(data_home):
     from core.runs import RunFolder
     from training.config import load_config
     from training.prepare import preview
-    from training.run import train
+    from training.fit import train
 
     cfg = load_config("embed_chatterbot", output_name="embed-pairs", columns="anchor=question,positive=answer",
                       max_rows=160, max_steps=3, batch_size=16, eval_fraction=0.2)
@@ -147,7 +147,7 @@ def test_lora_trains_resumes_exactly_and_saves_a_whole_embedder(data_home):
     from core.explore.embeddings import embed
     from core.runs import RunFolder
     from training.config import load_config
-    from training.run import train
+    from training.fit import train
 
     cfg = load_config("embed_chatterbot", output_name="embed-lora", adapter="lora", learning_rate=5e-4)
     whole = RunFolder(train(cfg, data_home / "runs" / cfg.output_name))

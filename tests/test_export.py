@@ -87,7 +87,7 @@ def test_qlora_merges_into_its_dequantized_base(data_home):
     from core.runs import RunFolder
     from training.config import load_config
     from training.export import logit_gap, merge_run
-    from training.run import train
+    from training.fit import train
 
     cfg = load_config("tiny", adapter="qlora", max_steps=2, output_name="export-qlora",
                       eval_fraction=0)  # no held-out scoring on 4-bit weights: the merge is tested here

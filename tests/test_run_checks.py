@@ -74,3 +74,22 @@ def test_torch_compile_without_a_compiler_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no g++/c++/clang++ on it
     with pytest.raises(LabError, match="torch_compile needs a C\\+\\+ compiler"):
         config_from_dict({"torch_compile": True})
+
+
+def test_a_wrong_flag_is_refused_before_the_training_libraries_load(tmp_path):
+    """training.run checks its flags, settings and data before it imports training.fit (with
+    transformers, peft and trl: 7 s here), so a typo is one line at once; a setting's flag may
+    be spelled with dashes as the other commands spell theirs."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from training.run import parse_args
+
+    args = parse_args(["--config", "tiny", "--max-steps", "3", "--output-name=dashed", "--run-dir", "x"])
+    assert (args.max_steps, args.output_name, args.run_dir) == ("3", "dashed", "x")
+    probe = ("import sys; from training.run import main; "
+             "code = main(['--config', 'tiny', '--max-steps', '0', '--epochs', '0']); "
+             "print(code, sorted({'transformers', 'training.fit'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stdout == "2 []\n" and done.stderr == "error: Set max_steps > 0 or epochs > 0.\n", done

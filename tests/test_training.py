@@ -20,7 +20,7 @@ from core.runs import RunFolder
 from training import jobs
 from training.progress import read_log
 from training.config import load_config
-from training.run import train
+from training.fit import train
 
 pytestmark = pytest.mark.slow
 

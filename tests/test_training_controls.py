@@ -43,7 +43,7 @@ def test_each_control_reaches_the_trainer_args(recipe, data_home):
 @pytest.mark.slow
 def test_cosine_with_warmup_is_the_schedule_the_run_logs(data_home, tiny_run):
     from training.progress import read_log
-    from training.run import train
+    from training.fit import train
 
     cfg = load_config("tiny", output_name="cosine-run", max_steps=6, save_steps=100, eval_fraction=0,
                       lr_scheduler="cosine", warmup=2, optimizer="adamw_torch", weight_decay=0.01,
@@ -108,25 +108,25 @@ def test_chat_prompts_an_adapter_in_the_format_it_trained_on(data_home, tiny_run
     """chat_template: chatml is saved with the adapter, and Compare prompts its pane in ChatML; an
     SFT adapter saved without a template gets the plain "Question:/Answer:" text it trained on.
     The run's report and held-out answers are generated on the decode thread after the thread
-    that trained has ended (training.run: with its OpenMP team alive they took twice as long)."""
+    that trained has ended (training.fit: with its OpenMP team alive they took twice as long)."""
     import shutil
     import threading
 
     from core.inference.adapters import attach_tuned, trained_format
     from core.inference.chat import QA_FORMAT, GenerationSettings, build_inputs
     from core.inference.models import load_model
-    from training import run as run_module
+    from training import fit as fit_module
     from training.model_setup import CHATML, load_tokenizer
     from training.prepare import build_examples
-    from training.run import train
+    from training.fit import train
 
     cfg = load_config("tiny", output_name="chatml-run", max_steps=2, save_steps=100, eval_rows=2, chat_template="chatml")
     base, seen = load_model(cfg.model), {"fit": [], "generate": set()}  # the run's report and answers load it too
     embedding = base.model.get_input_embeddings()  # called by every forward, under peft's wrappers too
     hook = embedding.register_forward_pre_hook(lambda *_: seen["generate"].add(threading.current_thread().name))
-    real_fit, real_finish = run_module.fit, run_module.finish
-    monkeypatch.setattr(run_module, "fit", lambda *a: seen["fit"].append(threading.current_thread()) or real_fit(*a))
-    monkeypatch.setattr(run_module, "finish", lambda *a: seen.update(trained_alive=seen["fit"][0].is_alive()) or real_finish(*a))
+    real_fit, real_finish = fit_module.run_steps, fit_module.finish
+    monkeypatch.setattr(fit_module, "run_steps", lambda *a: seen["fit"].append(threading.current_thread()) or real_fit(*a))
+    monkeypatch.setattr(fit_module, "finish", lambda *a: seen.update(trained_alive=seen["fit"][0].is_alive()) or real_finish(*a))
     try:
         run = RunFolder(train(cfg, data_home / "runs" / cfg.output_name))
     finally:

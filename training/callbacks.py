@@ -1,7 +1,7 @@
 """Trainer callbacks: the JSONL progress log the UI tails, and a clean stop on request.
 
 Each log line: step, max_steps, epoch, loss, eval_loss, learning_rate, grad_norm, tokens_per_s,
-elapsed_s, eta_s; for DPO and KTO also rewards_accuracies and rewards_margins (and their eval_ twins). Used by training.run; read by training.jobs. The same entry is echoed to the
+elapsed_s, eta_s; for DPO and KTO also rewards_accuracies and rewards_margins (and their eval_ twins). Used by training.fit; read by training.jobs. The same entry is echoed to the
 console as one readable line (`training.progress.progress_line`), which the CLI user watches.
 """
 from __future__ import annotations
@@ -80,7 +80,7 @@ class StopOnRequest(TrainerCallback):
             dist.all_reduce(vote, op=dist.ReduceOp.MAX)
             wanted = bool(vote.item())
         if wanted:
-            self.flag["flag"] = True  # training.run then reports "stopped", not "completed"
+            self.flag["flag"] = True  # training.fit then reports "stopped", not "completed"
             control.should_save = True
             control.should_training_stop = True
         return control

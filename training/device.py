@@ -1,6 +1,6 @@
 """How a training run uses the hardware: precision per device, compile, 4-bit quirks.
 
-Used by training.run and bench/bench_train.py. Check what this machine gets:
+Used by training.fit and bench/bench_train.py. Check what this machine gets:
 
     python -c "from training.device import precision_flags; print(precision_flags('auto'))"
 """

@@ -3,7 +3,7 @@
     from training.finish import finish, save_final
     save_final(trainer, tokenizer, cfg, run); finish(cfg, run, trainer, eval_set, result, scores)
 
-training.run calls both in the main process once the steps are done: `save_final` in the thread
+training.fit calls both in the main process once the steps are done: `save_final` in the thread
 that trained, `finish` after it ended. The adapter is written to a temp folder and renamed into
 place, so a kill inside the save never leaves a half adapter that looks complete; the status
 file says "completed" only after the manifest is written.

@@ -1,4 +1,5 @@
-"""Train one run: `train(cfg, run_dir)`. This is also the process the UI and the CLI launch.
+"""The training process the UI and the CLI launch: flags, the checks before any work, then
+training.fit's `train(cfg, run_dir)`, and the status the run ends with.
 
     python -m training.run --config training/recipes/tiny.yaml [--max_steps 5 ...]
     python -m training.run --run-dir ~/.finetune-lab/runs/NAME --resume
@@ -9,7 +10,8 @@ Everything goes into the run folder (core.runs.RunFolder names its files): the c
 log, checkpoints, the adapter (renamed into place when complete), the scores, the report and
 the manifest. SIGTERM saves a checkpoint and stops. What differs between objectives (rows,
 trainer, held-out figures) is the objective's (training/objectives/); the model setup they share
-is training.model_setup.
+is training.model_setup. A wrong flag, setting or data path is one line in a fraction of a
+second: training.fit, which imports transformers, peft and trl (seconds), is imported after.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ def request_stop(*_) -> None:
     STOP_REQUESTED["flag"] = True
 
 
-if __name__ == "__main__":  # first thing: a Stop during the heavy imports below must not kill the run
+if __name__ == "__main__":  # first thing: a Stop while the process starts must not kill the run
     signal.signal(signal.SIGTERM, request_stop)
 
 import argparse
@@ -31,119 +33,19 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from core import threads
 from core.data.rows import checked_source
 from core.errors import LabError
 from core.paths import write_json
 from core.runs import RunFolder
-from transformers import PrinterCallback
 
-from training import evaluate, objectives, tracking
-from training.callbacks import JsonlLogger, StopOnRequest
 from training.config import TrainConfig, config_from_dict, field_help, load_config
-from training.device import compile_layers
-from training.finish import finish, save_final
 from training.jobs import default_run_name, is_live, record_job, resume_refusal
 from training.launch import KINDS, PORT, Cluster, emit, with_run_name
-from training.prepare import build_examples, pin_dataset_revision, split_examples
-from training.progress import batch_plan, say_phase, trim_log
-
-
-def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
-    """Run training to completion (or until SIGTERM) and write the run folder: load and prepare
-    the data, measure the base on the held-out rows, train, measure again, save, finish."""
-    threads.apply(threads.for_training(cfg.threads))
-    run = RunFolder(run_dir)
-    run.path.mkdir(parents=True, exist_ok=True)
-    # The steps run in a thread that ends with them, and takes its OpenMP team along: with that
-    # team alive beside the decode thread's, which generates the answers after them, their
-    # threads outnumbered 2 cores and slept between kernels (core.threads): the tiny recipe's
-    # held-out answers took 11-16 s instead of 6-7, its whole run 43-52 s instead of 28-29.
-    trained = threads.in_own_thread(train_and_save, cfg, run, resume)
-    if trained is not None:
-        finish(*trained)
-    return run_dir
-
-
-def train_and_save(cfg: TrainConfig, run: RunFolder, resume: bool):
-    """Train, measure and save the adapter; return what `finish` takes, or None when there is
-    nothing to finish here (a stopped run, or not the main process)."""
-    cfg, tokenizer, train_set, eval_set = prepare(cfg, run)
-    objective = objectives.get(cfg.objective)
-    trainer = start_trainer(objective, cfg, run, tokenizer, train_set, eval_set, resume)
-    main = trainer.is_world_process_zero()
-    scores = evaluate.load_scores(run)
-    if eval_set is not None and "before" not in scores:
-        say_phase(run, "evaluating the base on held-out rows before training")
-        scores["before"] = objective.held_out_before(trainer, cfg, tokenizer)
-    say_phase(run, "")
-    result = fit(trainer, run, cfg, resume, main)
-    if STOP_REQUESTED["flag"]:
-        if main:
-            write_json(run.status_file, {"state": "stopped", "step": trainer.state.global_step})
-        return None
-    if eval_set is not None:
-        say_phase(run, "evaluating the tuned model on held-out rows")
-        scores["after"] = objective.held_out(trainer, cfg, tokenizer)
-    if not main:
-        return None
-    evaluate.save_scores(run, scores)
-    say_phase(run, "saving the adapter")
-    save_final(trainer, tokenizer, cfg, run)
-    return cfg, run, trainer, eval_set, result, scores
-
-
-def prepare(cfg: TrainConfig, run: RunFolder):
-    """(cfg with its data pinned, tokenizer, train rows, held-out rows or None); the config and
-    the held-out rows are kept in the run folder."""
-    say_phase(run, "loading the model and preparing the data")
-    cfg = pin_dataset_revision(cfg)
-    run.config.write_text(cfg.to_yaml())
-    tokenizer = objectives.get(cfg.objective).tokenizer(cfg)
-    train_set, eval_set = split_examples(build_examples(cfg, tokenizer), cfg)
-    if eval_set is not None and os.environ.get("RANK", "0") == "0":
-        run.save_held_out(eval_set.to_list())
-    return cfg, tokenizer, train_set, eval_set
-
-
-def start_trainer(objective, cfg: TrainConfig, run: RunFolder, tokenizer, train_set, eval_set, resume: bool):
-    """The objective's trainer, logging to the run folder and stoppable; its batch plan said."""
-    callbacks = [JsonlLogger(run.log, resume), StopOnRequest(STOP_REQUESTED, run.stop_marker),
-                 *tracking.callbacks(cfg, run)]
-    trainer = objective.trainer(cfg, run, tokenizer, train_set, eval_set, callbacks)
-    trainer.remove_callback(PrinterCallback)  # raw log dicts; JsonlLogger prints a readable line
-    if trainer.is_world_process_zero():
-        plan = batch_plan(cfg, trainer)
-        write_json(run.plan_file, plan)
-        print(plan["text"], flush=True)
-    return trainer
-
-
-def let_training_wrap(trainer) -> None:
-    """Undo what an evaluation before training (the held-out figures) leaves: Trainer.evaluate
-    prepares the bare model for evaluation, accelerate then takes it as prepared, and train()
-    skipped its DDP wrapping: each process trained its own copy on its shard (the ranks' weights
-    parted after step 1, and only rank 0's was saved)."""
-    model = trainer.model
-    if trainer.accelerator.num_processes > 1 and trainer.model_wrapped is model:
-        model._is_accelerate_prepared = False
-        if model in trainer.accelerator._models:
-            trainer.accelerator._models.remove(model)
-
-
-def fit(trainer, run: RunFolder, cfg: TrainConfig, resume: bool, main: bool):
-    """trainer.train, from the newest complete checkpoint when resuming (the log trimmed to it)."""
-    if cfg.torch_compile:
-        compile_layers(trainer.model)
-    checkpoint = run.latest_complete_checkpoint() if resume else None
-    if resume and main:
-        trim_log(run, int(checkpoint.name.split("-")[-1]) if checkpoint else 0)
-    let_training_wrap(trainer)
-    return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Train one Finetune Lab run.")
+    parser = argparse.ArgumentParser(description="Train one Finetune Lab run.",
+                                     epilog="Each setting may also be spelled with dashes: --max-steps 20.")
     parser.add_argument("--config", help="recipe YAML path or bundled recipe name")
     parser.add_argument("--run-dir", help="run folder (default: <data dir>/runs/<output_name>)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
@@ -155,7 +57,20 @@ def parse_args(argv=None):
     parser.add_argument("--launch-dir", help="with --emit-launch: where to write (default launch-<run name>)")
     for name, help_text in field_help().items():
         parser.add_argument(f"--{name}", help=help_text.replace("%", "%%"), default=None)
-    return parser.parse_args(argv)
+    return parser.parse_args(underscored(sys.argv[1:] if argv is None else argv))
+
+
+def underscored(argv: list[str]) -> list[str]:
+    """The settings' flags are the recipe's keys (--max_steps); the dashed spelling the other
+    commands use (--max-steps) means the same."""
+    settings = field_help()
+    spelled = []
+    for arg in argv:
+        name, equals, value = arg[2:].partition("=")
+        if arg.startswith("--") and name.replace("-", "_") in settings:
+            arg = f"--{name.replace('-', '_')}{equals}{value}"
+        spelled.append(arg)
+    return spelled
 
 
 def config_from_args(args) -> TrainConfig:
@@ -199,6 +114,8 @@ def main(argv=None) -> int:
         print(f"error: {refusal}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, request_stop)
+    from training.fit import train  # the heavy imports, once the checks have passed
+
     run_dir = run.path
     run.path.mkdir(parents=True, exist_ok=True)
     if os.environ.get("RANK", "0") == "0" and not is_live(run):
@@ -207,7 +124,7 @@ def main(argv=None) -> int:
         record_job(run, os.getpid(), [sys.executable, "-m", "training.run", *(argv or sys.argv[1:])])
         run.status_file.unlink(missing_ok=True)  # how an earlier attempt ended no longer holds
     try:
-        train(cfg, run_dir, resume=args.resume)
+        train(cfg, run_dir, resume=args.resume, stop=STOP_REQUESTED)
     except LabError as exc:  # bad data or settings: a clear line, not a traceback
         write_json(run.status_file, {"state": "failed", "error": str(exc)})
         print(f"error: {exc}", file=sys.stderr)

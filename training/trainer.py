@@ -7,7 +7,7 @@ indices), and a pre-hook on the LM head drops the other rows' pads and prompts a
 positions, so only the trained (row, position) pairs reach the 49k-wide LM head and the fp32
 cross-entropy. The call still goes through the wrapped model, so DDP and peft hooks work as
 usual. Length-grouped batches come in an order set by the seed and the epoch alone, so a resumed
-run trains on the batches the uninterrupted run would have. Used by training.run; measured by
+run trains on the batches the uninterrupted run would have. Used by training.fit; measured by
 bench/bench_train.py.
 """
 from __future__ import annotations
