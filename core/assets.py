@@ -65,7 +65,8 @@ def converted_dir(gguf_path: Path, name: str) -> Path:
     """A safetensors folder converted from `gguf_path`, created once and then reused.
 
     The conversion writes to a temporary folder and renames it into place under a file lock,
-    so a crash never leaves a half-written folder and two processes never convert twice.
+    so a crash never leaves a half-written folder in its place and two processes never convert
+    twice; the temporary folder of a conversion that was killed is removed by the next one.
     """
     target = models_dir() / name
     if (target / "config.json").is_file():
@@ -73,6 +74,8 @@ def converted_dir(gguf_path: Path, name: str) -> Path:
     with file_lock(models_dir() / f"{name}.lock"):
         if (target / "config.json").is_file():
             return target
+        for killed in models_dir().glob(f".{name}-{'?' * 8}"):  # mkdtemp's; under the lock, none live
+            shutil.rmtree(killed, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=models_dir()))
         try:
             _convert_gguf(gguf_path, tmp)

@@ -115,7 +115,11 @@ def _convert_into(models_dir, queue):
 
 @pytest.mark.slow
 def test_two_processes_convert_once(tmp_path):
-    """The GGUF conversion runs once under a lock; the other process waits and reuses it."""
+    """The GGUF conversion runs once under a lock; the other process waits and reuses it. The
+    half-written folder of a conversion killed earlier (500 MB) is removed."""
+    killed = tmp_path / ".smollm2-concurrent-k1ll3d_x"
+    killed.mkdir()
+    (killed / "model.safetensors").write_bytes(b"half")
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_convert_into, args=(str(tmp_path), queue)) for _ in range(2)]
