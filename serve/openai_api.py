@@ -8,139 +8,46 @@ models and to every finished run's adapter.
         model="smollm2-135m-instruct:RUN", messages=[{"role": "user", "content": "Who are you?"}])
 
 Model names: each known base (`smollm2-135m-instruct`) and `BASE:RUN` for each finished run; an
-adapter is attached to the one copy of its base's weights, as in Compare. Access: with
-FINETUNE_LAB_API_KEY set, every call needs `Authorization: Bearer KEY`. A public app serves
-callers as it serves visitors (listed models and finished runs, the same caps), unless they
-bear the key; an app behind --auth serves the endpoint only with a key. Requests that come
+adapter is attached to the one copy of its base's weights, as in Compare. Who may call, and
+what a request may hold, is serve.openai_request's: with FINETUNE_LAB_API_KEY set, every call
+needs `Authorization: Bearer KEY`; a public app serves callers as it serves visitors (listed
+models and finished runs, the same caps), unless they bear the key. Here the answer is cut at
+its `stop` strings and counted in `usage` (in a stream's last chunk with
+stream_options.include_usage). Requests that come
 together on one base are decoded as one batch, with the Chat tab's (core.inference.batching).
 Each client address may run MAX_PER_ADDRESS requests at once and the endpoint MAX_RUNNING (more
 wait, up to MAX_WAITING); errors have OpenAI's shape: {"error": {"message", "type", "code"}}.
 """
 from __future__ import annotations
 
-import hmac
 import json
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 
-from core import access, threads
+from core import threads
 from core.errors import LabError
-from core.inference.batching import BASE, MAX_ROWS, Row, answer_together
 from core.inference.adapters import attach_tuned
-from core.inference.chat import GenerationSettings
-from core.inference.models import KNOWN_MODELS, load_model
-from core.request_limits import client_address
-from core.runs import GENERATOR, finished_runs
-from core.settings import settings
+from core.inference.batching import BASE, MAX_ROWS, Row, answer_together
+from core.inference.chat import Reply
+from core.inference.models import load_model
+from serve.openai_request import ApiError, ChatRequest
 from training.jobs import current_job
 
 MAX_RUNNING, MAX_WAITING, MAX_PER_ADDRESS = MAX_ROWS, 6, 2
-MAX_MESSAGES = 64
 
 
-class ApiError(Exception):
-    """An error answered in OpenAI's shape with an HTTP status."""
-
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.kind, self.code = status, message, kind, code
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.kind, "param": None, "code": self.code}}
-
-
-@dataclass
-class Caller:
-    """Who calls: trusted (the owner: a private app, or the API key) or a visitor, and from where."""
-
-    trusted: bool
-    address: str
-
-    def cap(self, name: str, value: int) -> int:
-        return value if self.trusted else min(value, access.LIMITS[name])
-
-
-def caller(request, login_required: bool) -> Caller:
-    """Check the bearer key; decide whether the caller is the owner or a visitor."""
-    key = settings().api_key
-    sent = (request.headers.get("authorization") or "").removeprefix("Bearer ").strip()
-    if key and not hmac.compare_digest(sent.encode(), key.encode()):
-        raise ApiError(401, "Invalid API key: send Authorization: Bearer $FINETUNE_LAB_API_KEY.",
-                       "invalid_request_error", "invalid_api_key")
-    if login_required and not key:
-        raise ApiError(403, "This app is behind a login: set FINETUNE_LAB_API_KEY to open its API.",
-                       "permission_error")
-    return Caller(trusted=bool(key) or not access.is_public(), address=client_address(request))
-
-
-def model_names() -> list[str]:
-    """The known bases, then BASE:RUN for each finished run, newest first."""
-    adapters = [f"{run.manifest().model}:{run.name}" for run in finished_runs(GENERATOR)]
-    return [spec.name for spec in KNOWN_MODELS] + adapters
-
-
-def models_body() -> dict:
-    return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "finetune-lab"}
-                                       for name in model_names()]}
-
-
-def parse_request(body: dict, who: Caller) -> tuple[str, str | None, list[dict], GenerationSettings]:
-    """(base, run or None, messages, settings) from a chat completion body, every size checked
-    and capped before any model work."""
-    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-        raise ApiError(400, "'model' is required: one of GET /v1/models.", code="model_required")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not 0 < len(messages) <= MAX_MESSAGES:
-        raise ApiError(400, f"'messages' must be a list of 1 to {MAX_MESSAGES} messages.")
-    clean = []
-    for message in messages:
-        if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant"):
-            raise ApiError(400, "Each message needs a role: system, user or assistant.")
-        content = message.get("content")
-        if not isinstance(content, str):
-            raise ApiError(400, "Each message's content must be a string (no images or parts).")
-        clean.append({"role": message["role"], "content": content})
-    if clean[-1]["role"] != "user":
-        raise ApiError(400, "The last message must be the user's: there is nothing to answer.")
-    chars = who.cap("history_chars", 10**9)
-    if sum(len(m["content"]) for m in clean) > chars:
-        raise ApiError(400, f"The messages hold more than {chars} characters, the most this app takes.")
-    base, _, run = body["model"].partition(":")
-    if body["model"] not in model_names():
-        raise ApiError(404, f"The model '{body['model'][:80]}' does not exist here: see GET /v1/models.",
-                       code="model_not_found")
-    system = [m["content"] for m in clean if m["role"] == "system"]
-    return base, run or None, [m for m in clean if m["role"] != "system"], GenerationSettings(
-        system_prompt="\n".join(system), temperature=_number(body, "temperature", 0.0, 0.0, 2.0),
-        top_p=_number(body, "top_p", 1.0, 0.01, 1.0),
-        max_new_tokens=who.cap("max_new_tokens", int(_number(body, _limit_field(body), 256, 1, 4096))))
-
-
-def _limit_field(body: dict) -> str:
-    """Newer clients send max_completion_tokens; older ones max_tokens."""
-    return "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-
-
-def _number(body: dict, name: str, default: float, low: float, high: float) -> float:
-    value = body.get(name, default)
-    value = default if value is None else value
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
-        raise ApiError(400, f"'{name}' must be a number from {low:g} to {high:g}.")
-    return float(value)
-
-
-def replies(base: str, run: str | None, messages: list[dict], generation: GenerationSettings):
+def replies(request: ChatRequest):
     """The growing reply from the base, or from the run's adapter on it (the Chat tab's code),
     batched with the other requests waiting on that base, the Chat tab's included
     (core.inference.batching)."""
-    loaded, row = load_model(base), Row(BASE, messages)
-    if run is not None:
-        tuned = attach_tuned(loaded, run)  # a full fine-tune is a model of its own
-        loaded, row = tuned.loaded, Row(tuned.adapter_name or BASE, messages, tuned.chat_template)
+    loaded, row = load_model(request.base), Row(BASE, request.messages)
+    if request.run is not None:
+        tuned = attach_tuned(loaded, request.run)  # a full fine-tune is a model of its own
+        loaded, row = tuned.loaded, Row(tuned.adapter_name or BASE, request.messages, tuned.chat_template)
     thread_count = threads.for_chat(job_running=bool(current_job()))
-    return (reply for reply, in answer_together(loaded, [row], generation, thread_count))
+    return (reply for reply, in answer_together(loaded, [row], request.generation, thread_count))
 
 
 class Slots:
@@ -173,45 +80,69 @@ class Slots:
 SLOTS = Slots()
 
 
-def completion(stream, limit: int) -> tuple[str, str]:
-    """Run the reply to its end: (text, finish_reason)."""
-    reply = None
-    for reply in stream:
-        pass
-    return (reply.text, _finish_reason(reply, limit)) if reply else ("", "stop")
+@dataclass
+class Piece:
+    """The answer's text so far as it may be shown; `finish` set on the last piece."""
+
+    text: str
+    reply: Reply | None
+    finish: str | None = None
 
 
-def _finish_reason(reply, limit: int) -> str:
-    return "length" if reply.new_tokens >= limit else "stop"
-
-
-def chunks(name: str, stream, limit: int):
-    """Server-sent events, OpenAI's chat.completion.chunk shape, ending with data: [DONE]."""
-    ident, created, sent = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), 0
-
-    def event(delta: dict, finish: str | None) -> str:
-        chunk = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": name,
-                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-        return f"data: {json.dumps(chunk)}\n\n"
-
-    yield event({"role": "assistant", "content": ""}, None)
-    reply = None
+def pieces(stream, request: ChatRequest):
+    """The growing answer, cut at the first of the request's stop strings (its generation then
+    ends), holding back an end that may yet become one; the last piece says why it ended."""
+    hold, reply = max(map(len, request.stops), default=1) - 1, None
     try:
         for reply in stream:
-            if len(reply.text) > sent:
-                yield event({"content": reply.text[sent:]}, None)
-                sent = len(reply.text)
+            cut = min((at for at in (reply.text.find(s) for s in request.stops) if at >= 0), default=None)
+            if cut is not None:
+                yield Piece(reply.text[:cut], reply, "stop")
+                return
+            yield Piece(reply.text[:max(0, len(reply.text) - hold)], reply)
+    finally:
+        stream.close()  # a stop string, or a client that left: the row leaves the batch
+    limit = request.generation.max_new_tokens
+    yield Piece(reply.text if reply else "", reply, "length" if reply and reply.new_tokens >= limit else "stop")
+
+
+def usage(reply: Reply | None) -> dict:
+    prompt, answer = (reply.prompt_tokens, reply.new_tokens) if reply else (0, 0)
+    return {"prompt_tokens": prompt, "completion_tokens": answer, "total_tokens": prompt + answer}
+
+
+def completion_body(stream, request: ChatRequest) -> dict:
+    """Run the answer to its end: the chat.completion body."""
+    *_, last = pieces(stream, request)
+    return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+            "model": request.model, "choices": [{"index": 0, "finish_reason": last.finish,
+                                                 "message": {"role": "assistant", "content": last.text}}],
+            "usage": usage(last.reply)}
+
+
+def chunks(stream, request: ChatRequest):
+    """Server-sent events, OpenAI's chat.completion.chunk shape, ending with data: [DONE]; with
+    stream_options.include_usage, a last chunk with no choices and the usage."""
+    ident, created, sent = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), 0
+
+    def event(choices: list, **extra) -> str:
+        chunk = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": request.model,
+                 "choices": choices, **extra}
+        return f"data: {json.dumps(chunk)}\n\n"
+
+    yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+    try:
+        for piece in pieces(stream, request):
+            if len(piece.text) > sent or piece.finish:
+                delta = {"content": piece.text[sent:]} if len(piece.text) > sent else {}
+                yield event([{"index": 0, "delta": delta, "finish_reason": piece.finish}])
+                sent = max(sent, len(piece.text))
     except LabError as exc:
         yield f"data: {json.dumps(ApiError(500, str(exc), 'server_error').body())}\n\n"
         return
-    yield event({}, _finish_reason(reply, limit) if reply else "stop")
+    if request.include_usage:
+        yield event([], usage=usage(piece.reply))
     yield "data: [DONE]\n\n"
-
-
-def completion_body(name: str, text: str, finish: str) -> dict:
-    return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-            "model": name, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                        "finish_reason": finish}]}
 
 
 def vllm_command(run_name: str) -> str:

@@ -15,8 +15,8 @@ from starlette.middleware import Middleware
 
 from core.errors import LabError
 from core.request_limits import MAX_BODY_BYTES, BodyLimit
-from serve.openai_api import (SLOTS, ApiError, caller, chunks, completion, completion_body, models_body,
-                              parse_request, replies)
+from serve.openai_api import SLOTS, chunks, completion_body, replies
+from serve.openai_request import ApiError, caller, models_body, parse_request
 
 
 def router(login_required: bool = False) -> APIRouter:
@@ -48,23 +48,21 @@ async def answer(request: Request, login_required: bool):
         body = json.loads(await request.body())
     except ValueError:
         raise ApiError(400, "The request body is not JSON.") from None
-    base, run, messages, generation = await run_in_threadpool(parse_request, body, who)  # reads the runs
+    chat = await run_in_threadpool(parse_request, body, who)  # reads the runs
     await run_in_threadpool(SLOTS.take, who.address)  # may wait for a running generation to end
     try:
-        stream = await run_in_threadpool(replies, base, run, messages, generation)
+        stream = await run_in_threadpool(replies, chat)
     except LabError as exc:
         SLOTS.give(who.address)
         raise ApiError(400, str(exc)) from None
-    if body.get("stream"):
-        events = Held(chunks(body["model"], stream, generation.max_new_tokens), who.address)
-        return StreamingResponse(events, media_type="text/event-stream")
+    if chat.stream:
+        return StreamingResponse(Held(chunks(stream, chat), who.address), media_type="text/event-stream")
     try:
-        text, finish = await run_in_threadpool(completion, stream, generation.max_new_tokens)
+        return await run_in_threadpool(completion_body, stream, chat)
     except LabError as exc:
         raise ApiError(400, str(exc)) from None
     finally:
         SLOTS.give(who.address)
-    return completion_body(body["model"], text, finish)
 
 
 class Held:

@@ -61,6 +61,23 @@ def test_the_adapter_answers_by_name_and_a_stream_says_what_a_reply_says(client,
     assert len([p for p in pieces if p]) > 3 and "".join(pieces) == tuned.choices[0].message.content
 
 
+def test_an_answer_ends_at_a_stop_string_and_counts_its_tokens(client, tiny_run):
+    """`stop` cuts the answer before the string and ends its generation, streamed or not; `usage`
+    counts the prompt and the answer's tokens, in a stream's last chunk when asked."""
+    model = f"smollm2-135m-instruct:{tiny_run.name}"
+    whole = client.chat.completions.create(model=model, messages=WHO, max_tokens=24)
+    assert whole.usage.prompt_tokens > 5 and whole.usage.completion_tokens == 24
+    text = whole.choices[0].message.content
+    cut = client.chat.completions.create(model=model, messages=WHO, max_tokens=24, stop=["Lumen", "zzz"])
+    assert cut.choices[0].finish_reason == "stop" and cut.choices[0].message.content == text[:text.index("Lumen")]
+    assert 0 < cut.usage.completion_tokens < 24 and cut.usage.prompt_tokens == whole.usage.prompt_tokens
+    chunks = list(client.chat.completions.create(model=model, messages=WHO, max_tokens=24, stop="Lumen",
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == cut.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert not chunks[-1].choices and chunks[-1].usage.prompt_tokens == cut.usage.prompt_tokens
+
+
 def test_concurrent_clients_are_decoded_together_and_a_flood_is_refused(client, app_server, tiny_run):
     """A base and an adapter stream from one address are taken at once and decoded as one batch
     (core.inference.batching), joining another address's running answer: each one's tokens arrive
@@ -117,6 +134,11 @@ def test_refusals_have_openais_shape(client, app_server):
         client.chat.completions.create(model="smollm2-135m-instruct", messages=WHO, max_tokens=10**6)
     with pytest.raises(BadRequestError, match="'max_completion_tokens' must be a number from 1 to 4096"):
         client.chat.completions.create(model="smollm2-135m-instruct", messages=WHO, max_completion_tokens=0)
+    for field, message in ((dict(n=2), "'n' must be 1"), (dict(stop=["a"] * 5), "'stop' must be a string"),
+                           (dict(response_format={"type": "json_object"}), "Only 'response_format'"),
+                           (dict(tools=[{"type": "function", "function": {"name": "f"}}]), "Tools are not supported")):
+        with pytest.raises(BadRequestError, match=message):  # refused, not silently ignored
+            client.chat.completions.create(model="smollm2-135m-instruct", messages=WHO, **field)
     raw = httpx.post(app_server + "v1/chat/completions", content=b'{"model": "smollm2-135m-instruct"}')
     assert raw.status_code == 400 and raw.json() == {"error": {
         "message": "'messages' must be a list of 1 to 64 messages.", "type": "invalid_request_error",
@@ -175,7 +197,7 @@ def test_an_app_behind_a_login_opens_its_api_only_with_a_key(monkeypatch):
     """Gradio's --auth does not guard /v1: without FINETUNE_LAB_API_KEY the endpoint refuses."""
     from starlette.requests import Request
 
-    from serve.openai_api import ApiError, caller
+    from serve.openai_request import ApiError, caller
 
     def request(key: str = "") -> Request:
         headers = [(b"authorization", f"Bearer {key}".encode())] if key else []

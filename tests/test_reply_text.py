@@ -72,12 +72,13 @@ def test_the_text_at_the_end_is_decode_even_where_it_parts(tokenizer):
 
 def test_the_streamer_skips_the_prompt_and_hands_on_each_longer_text(tokenizer):
     """As `generate` calls it: the prompt first (skipped), then one token a call; iterating
-    gives each longer text once, until `end`."""
+    gives each longer text once, with the answer's tokens so far, until `end`."""
     streamer, ids = TextStreamer(tokenizer), answer_ids(tokenizer, ANSWERS[0])
     streamer.put(torch.tensor([tokenizer("a prompt")["input_ids"]]))
     for token in ids:
         streamer.put(torch.tensor([token]))
     streamer.end()
-    texts = list(streamer)
+    texts, counts = zip(*streamer)
+    assert counts[-1] <= len(ids) and list(counts) == sorted(set(counts)) and counts[0] >= 1  # a token may add no text
     assert texts[-1] == ANSWERS[0] and all(ANSWERS[0].startswith(text) for text in texts)
     assert len(texts) == len(set(texts)) and streamer.finish() == ANSWERS[0]

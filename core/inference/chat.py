@@ -50,6 +50,7 @@ class Reply:
     notice: str = ""
     new_tokens: int = 0
     seconds: float = 0.0
+    prompt_tokens: int = 0  # the prompt as the model read it (after any dropped turns)
 
 
 def build_inputs(loaded: LoadedModel, messages: list[dict], settings: GenerationSettings):
@@ -121,10 +122,9 @@ def stream_reply(loaded: LoadedModel, messages: list[dict], settings: Generation
         context = adapter_context(loaded, [adapter_name], kwargs)
     start = time.perf_counter()
     done, result = launch_generate(loaded, kwargs, streamer, context, beside_decode_thread, route.model)
-    reply = Reply(notice=notice)
+    reply = Reply(notice=notice, prompt_tokens=input_ids.shape[1])
     try:
-        for text in streamer:
-            reply.text = text
+        for reply.text, reply.new_tokens in streamer:
             yield reply
     finally:
         stop.set()  # also reached when the consumer is closed (Stop, disconnect)

@@ -49,8 +49,9 @@ class ReplyText:
 
 
 class TextStreamer:
-    """A `generate` streamer for one row: iterate it for the text so far, each time it grows.
-    The first `put` (the prompt, as `generate` passes it) is skipped; `finish()` gives the final text."""
+    """A `generate` streamer for one row: iterate it for (the text so far, its token count), each
+    time the text grows. The first `put` (the prompt, as `generate` passes it) is skipped;
+    `finish()` gives the final text."""
 
     def __init__(self, tokenizer):
         self.answer, self._texts, self._prompt_seen = ReplyText(tokenizer), queue.Queue(), False
@@ -61,7 +62,7 @@ class TextStreamer:
             return
         for token in value.reshape(-1).tolist():
             if self.answer.add(token):
-                self._texts.put(self.answer.text)
+                self._texts.put((self.answer.text, len(self.answer.tokens)))
 
     def end(self) -> None:
         self._texts.put(None)

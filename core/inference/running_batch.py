@@ -71,7 +71,8 @@ class RunningBatch:
               template: str | None = None) -> LiveRow:
         """Read the row's prompt alone and add it to the batch with its first token."""
         ids, notice = build_inputs(self.loaded, messages, in_format(own, template))
-        row = LiveRow(owner, adapter, ids[0].tolist(), int(own.max_new_tokens), Reply(notice=notice),
+        row = LiveRow(owner, adapter, ids[0].tolist(), int(own.max_new_tokens),
+                      Reply(notice=notice, prompt_tokens=ids.shape[1]),
                       ReplyText(self.loaded.tokenizer))
         logits, cache = _on_decode_thread(self._prompt_pass, ids, adapter)
         self._add_token(row, self._choose(row, logits))
