@@ -83,11 +83,42 @@ def cmd_train(rest: list[str]) -> int:
 
 
 def cmd_runs(args) -> int:
-    from training.jobs import list_runs
+    from core.runs import RunFolder
+    from training import jobs
 
-    for run in list_runs():
+    if args.compare:
+        return print_comparison(args.compare)
+    if args.stop is not None:
+        name = args.stop or jobs.current_job()
+        if not name or not jobs.stop(name):
+            raise LabError(f"Run '{name}' is not running." if name else "No job is running.")
+        print(f"Stopping {name}: it saves a checkpoint, then ends. Resume: "
+              f"{jobs.resume_command(RunFolder.existing(name))}")
+        return 0
+    if args.delete:
+        if not args.yes:
+            raise LabError(f"Deleting '{args.delete}' removes its adapter and checkpoints: add --yes.")
+        jobs.delete(args.delete)
+        print(f"Deleted {args.delete}.")
+        return 0
+    for run in jobs.list_runs():
         headline = run.manifest.headline() if run.manifest else None
         print(f"{run.name:40} {run.state:10} step {run.step}/{run.max_steps}  {headline.line() if headline else ''}")
+    return 0
+
+
+def print_comparison(names: list[str]) -> int:
+    """The Train tab's run comparison as two text tables (its loss plot stays in the app)."""
+    from training.runs_compare import config_diff, figures_table, pick_runs
+
+    runs = pick_runs(names)
+    for title, rows in (("setting", config_diff(runs)), ("figure", figures_table(runs))):
+        table = [[title, *(run.name for run in runs)], *([str(cell) if cell is not None else "" for cell in row]
+                                                          for row in rows)]
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        for row in table:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print()
     return 0
 
 

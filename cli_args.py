@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_chat(sub)
     sub.add_parser("train", help="train a run: same flags as python -m training.run", add_help=False)
-    sub.add_parser("runs", help="list training runs")
+    _add_runs(sub)
     _add_topics(sub)
     _add_publish(sub)
     _add_votes(sub)
@@ -41,6 +41,16 @@ def at_least(low, kind=int):
             raise argparse.ArgumentTypeError(f"{text!r}: use {low} or more")
         return value
     return number
+
+
+def _add_runs(sub) -> None:
+    runs = sub.add_parser("runs", help="list training runs; compare, stop or delete them")
+    action = runs.add_mutually_exclusive_group()
+    action.add_argument("--compare", nargs="+", metavar="RUN", help="2-4 runs: the settings that differ and their figures")
+    action.add_argument("--stop", nargs="?", const="", metavar="RUN",
+                        help="save a checkpoint and stop RUN (default: the running job)")
+    action.add_argument("--delete", metavar="RUN", help="delete a run folder (with --yes)")
+    runs.add_argument("--yes", action="store_true", help="confirm --delete")
 
 
 def _add_chat(sub) -> None:

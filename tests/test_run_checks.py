@@ -33,6 +33,8 @@ def test_a_missing_data_file_or_run_is_refused_before_a_run_exists(tmp_path, mon
     with pytest.raises(DataError, match=r"notes\.xlsx: unsupported file type"):
         jobs.start(load_config("tiny", dataset="notes.xlsx", output_name="typo-run"))
     assert not RunFolder.named("typo-run").path.exists()
+    spaced = RunFolder(tmp_path / "my runs" / "x")  # the resume line a user pastes into a shell
+    assert jobs.resume_command(spaced) == f"python cli.py train --run-dir '{spaced.path}' --resume"
     monkeypatch.chdir(tmp_path)
     write_jsonl(tmp_path / "rows.jsonl", [ROWS["qa"]])
     assert checked_source(" rows.jsonl ") == str(tmp_path / "rows.jsonl")

@@ -89,7 +89,7 @@ def job_environment(run: str) -> dict:
 
 
 @pytest.mark.slow
-def test_stop_and_resume_through_ui_functions(data_home, monkeypatch):
+def test_stop_and_resume_through_ui_functions(data_home, monkeypatch, capsys):
     monkeypatch.setenv("HF_TOKEN", "hf_never_passed_on")
     message, run = train_live.start_training(values(output_name="ui-stop", max_steps=200, save_steps=1000,
                                                     learning_rate=1e-3, max_length=128))
@@ -103,7 +103,10 @@ def test_stop_and_resume_through_ui_functions(data_home, monkeypatch):
 
     *_, (base, _, status, _) = chat.respond(chat.ChatRequest("Hi", [], [], max_new_tokens=4))
     assert base[-1]["content"] and "training job 'ui-stop' is running" in status, "chat works while training"
-    assert "Stopping" in train_live.stop_training(run)
+    from cli import main as cli
+
+    assert cli(["runs", "--stop", run]) == 0  # the CLI's twin of Stop
+    assert capsys.readouterr().out.startswith(f"Stopping {run}: it saves a checkpoint, then ends. Resume: python cli.py")
     assert jobs.wait(run, 120).state == "stopped"
     step = jobs.read_status(RunFolder.named(run)).step
     message, _ = train_live.resume_training(run)
@@ -121,4 +124,6 @@ def test_stop_and_resume_through_ui_functions(data_home, monkeypatch):
     view = train_live.poll(run, None)
     assert f"step {final.step}/200" in view.progress and "stopped" in view.stats and view.state == "stopped"
     assert len(view.plot.data[0].x) >= 2
+    assert cli(["runs", "--stop"]) == 2 and capsys.readouterr().err == "error: No job is running.\n"
+    assert cli(["runs", "--delete", run]) == 2 and "add --yes" in capsys.readouterr().err
     assert "Deleted" in train_live.delete_run(run, True)

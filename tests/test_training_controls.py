@@ -41,7 +41,7 @@ def test_each_control_reaches_the_trainer_args(recipe, data_home):
 
 
 @pytest.mark.slow
-def test_cosine_with_warmup_is_the_schedule_the_run_logs(data_home, tiny_run):
+def test_cosine_with_warmup_is_the_schedule_the_run_logs(data_home, tiny_run, capsys):
     from training.progress import read_log
     from training.fit import train
 
@@ -82,6 +82,12 @@ def test_cosine_with_warmup_is_the_schedule_the_run_logs(data_home, tiny_run):
     results = {row[0]: row[1:] for row in figures["value"]}
     assert results["steps"] == [6, 6] and results["held-out answers, embedding cosine (base)"][0] is None
     assert "setting(s) differ" in line and "Pick two to four" in compare_view([run.name])[3]
+    from cli import main as cli
+
+    assert cli(["runs", "--compare", run.name, tiny_run.name]) == 0  # the same tables, as text
+    printed = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert ["setting", "cosine-run", "tiny-fixture"] in printed and ["lr_scheduler", "cosine", "linear"] in printed
+    assert ["steps", "6", "6"] in printed and ["figure", "cosine-run", "tiny-fixture"] in printed
 
 
 def test_chat_template_choice_is_shown_and_validated(data_home):

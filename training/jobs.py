@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -258,13 +259,18 @@ def read_status(run: RunFolder) -> RunStatus:
         state = "interrupted"
     error = status.get("error", "")
     if state == "interrupted":  # with the reason the run left, if it could leave one
-        error = (f"Interrupted: resume with `python cli.py train --run-dir {run.path} --resume` "
+        error = (f"Interrupted: resume with `{resume_command(run)}` "
                  "(or the Resume button).\n" + (error + "\n" if error else "") + _tail(run.process_log, 5))
     elif state == "failed" and not error:
         error = _tail(run.process_log)
     return RunStatus(run.name, state, last.get("step", 0), last.get("max_steps", 0), last.get("eta_s"),
                      last.get("tokens_per_s"), log, run.manifest(), error,
                      read_phase(run) if state == "running" else "")
+
+
+def resume_command(run: RunFolder) -> str:
+    """The command that resumes `run`, quoted to paste into a shell."""
+    return f"python cli.py train --run-dir {shlex.quote(str(run.path))} --resume"
 
 
 def _tail(path: Path, lines: int = 15) -> str:
