@@ -3,8 +3,9 @@
     python cli.py chat "What is the capital of France?"
     python cli.py chat --adapter RUN/adapter --compare "Who are you?"
     python cli.py train --config training/recipes/sft_lora.yaml [--max_steps 20 ...]
-    python cli.py runs
+    python cli.py runs [--compare RUN RUN | --stop [RUN] | --delete RUN --yes]
     python cli.py topics --corpus guardian-headlines [--method fast|umap] [--out DIR]
+    python cli.py embed --corpus chatterbot [--cluster kmeans --clusters 8] [--classify logreg]
     HF_TOKEN=... python cli.py publish --run RUN --repo USER/NAME [--space USER/SPACE] [--private]
     python cli.py export --run RUN --format merged [--dtype bf16|fp16|fp32]
     python cli.py export --run RUN --format gguf [--quant f16|bf16|q8_0|q4_0]
@@ -25,7 +26,8 @@ from __future__ import annotations
 
 import sys
 
-from cli_args import build_parser
+from cli_args import build_parser, writable
+from cli_explore import cmd_embed, cmd_topics
 from core.errors import LabError
 
 
@@ -55,25 +57,6 @@ def cmd_chat(args) -> int:
         shown = len(reply.text)
     print(f"\n[{reply.stats}]" + (f" [{reply.notice}]" if reply.notice else ""), file=sys.stderr)
     return 0
-
-
-def writable(out, folder: bool = False):
-    """`--out` (a folder, or a file) tried for writing now, its folder created, so a typo is one
-    line before the work, not a traceback after it."""
-    import tempfile
-
-    try:
-        (out if folder else out.parent).mkdir(parents=True, exist_ok=True)
-        if folder:
-            tempfile.TemporaryFile(dir=out).close()
-        else:
-            existed = out.exists()
-            open(out, "a").close()
-            if not existed:
-                out.unlink()
-    except OSError as exc:
-        raise LabError(f"--out {out}: cannot write there ({exc.strerror}).") from None
-    return out
 
 
 def cmd_train(rest: list[str]) -> int:
@@ -119,23 +102,6 @@ def print_comparison(names: list[str]) -> int:
         for row in table:
             print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
         print()
-    return 0
-
-
-def cmd_topics(args) -> int:
-    from pathlib import Path
-
-    from core.explore.corpora import load_corpus
-    from core.explore.embeddings import embed, load_embedder
-    from core.explore.topics import export, fit_topics
-
-    out = writable(Path(args.out), folder=True)  # before the embedding, which takes minutes
-    corpus = load_corpus(args.corpus, args.text_column, args.label_column, args.max_docs)
-    vectors = embed(corpus.texts, args.embedder)
-    result = fit_topics(corpus.texts, vectors, args.method, args.topics, embedder=load_embedder(args.embedder))
-    for path in export(result, out):
-        print(path)
-    print(result.table()[["Topic", "Count", "Representation"]].head(12).to_string(index=False))
     return 0
 
 
@@ -259,7 +225,7 @@ def main(argv=None) -> int:
     if argv[:1] == ["train"]:
         return cmd_train(argv[1:])
     args = build_parser().parse_args(argv)
-    commands = {"chat": cmd_chat, "runs": cmd_runs, "topics": cmd_topics, "publish": cmd_publish,
+    commands = {"chat": cmd_chat, "runs": cmd_runs, "topics": cmd_topics, "embed": cmd_embed, "publish": cmd_publish,
                 "export": cmd_export, "effect": cmd_effect, "votes": cmd_votes, "eval": cmd_eval, "hub": cmd_hub,
                 "serve": cmd_serve}
     try:

@@ -4,11 +4,13 @@
     python cli.py export --help       # one subcommand's flags
 
 Only argparse (and core.ports, for the port flag) is imported here, so `--help` is instant.
+`writable` checks an `--out` before a command's work.
 """
 from __future__ import annotations
 
 import argparse
 
+from core.errors import LabError
 from core.ports import port_number
 
 
@@ -20,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train", help="train a run: same flags as python -m training.run", add_help=False)
     _add_runs(sub)
     _add_topics(sub)
+    _add_embed(sub)
     _add_publish(sub)
     _add_votes(sub)
     _add_eval(sub)
@@ -66,14 +69,31 @@ def _add_chat(sub) -> None:
 
 def _add_topics(sub) -> None:
     topics = sub.add_parser("topics", help="fit BERTopic on a corpus; write the table and figures")
-    topics.add_argument("--corpus", default="guardian-headlines", help="bundled corpus or csv/jsonl/txt file")
+    _add_corpus(topics)
     topics.add_argument("--method", choices=("fast", "umap"), default="fast")
     topics.add_argument("--topics", type=at_least(2), default=20, help="number of topics (fast method)")
     topics.add_argument("--out", default="topics-out", help="folder for topics.csv and the HTML figures")
-    topics.add_argument("--text-column", default="")
-    topics.add_argument("--label-column", default="")
-    topics.add_argument("--max-docs", type=at_least(1), default=5000)
-    topics.add_argument("--embedder", default="all-MiniLM-L6-v2")
+
+
+def _add_embed(sub) -> None:
+    embed = sub.add_parser("embed", help="embed a corpus; cluster it and score the clusters against its labels, "
+                           "or classify it on its labels")
+    _add_corpus(embed)
+    embed.add_argument("--cluster", choices=("kmeans", "hdbscan"), help="cluster the documents")
+    embed.add_argument("--clusters", type=at_least(2), default=8, help="how many (kmeans)")
+    embed.add_argument("--min-size", type=at_least(2), default=10, help="smallest cluster (hdbscan)")
+    embed.add_argument("--classify", choices=("logreg", "knn"), help="train and score a classifier on the labels")
+    embed.add_argument("--out", help="with --cluster: write clusters.csv (cluster, label, text) into this folder")
+
+
+def _add_corpus(parser) -> None:
+    """The corpus flags topics and embed share, as the Embeddings tab's first widgets."""
+    parser.add_argument("--corpus", default="guardian-headlines", help="bundled corpus or csv/jsonl/txt file")
+    parser.add_argument("--text-column", default="")
+    parser.add_argument("--label-column", default="")
+    parser.add_argument("--max-docs", type=at_least(1), default=5000)
+    parser.add_argument("--embedder", default="all-MiniLM-L6-v2", help="the packaged MiniLM, a Hub id, a folder "
+                        "or a tuned embedder run")
 
 
 def _add_publish(sub) -> None:
@@ -142,3 +162,22 @@ def _add_serve(sub) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=port_number, default=8000)
     serve.add_argument("--print-vllm", metavar="RUN", help="print the vLLM command that serves RUN's adapter instead")
+
+
+def writable(out, folder: bool = False):
+    """`--out` (a folder, or a file) tried for writing now, its folder created, so a typo is one
+    line before the work, not a traceback after it."""
+    import tempfile
+
+    try:
+        (out if folder else out.parent).mkdir(parents=True, exist_ok=True)
+        if folder:
+            tempfile.TemporaryFile(dir=out).close()
+        else:
+            existed = out.exists()
+            open(out, "a").close()
+            if not existed:
+                out.unlink()
+    except OSError as exc:
+        raise LabError(f"--out {out}: cannot write there ({exc.strerror}).") from None
+    return out

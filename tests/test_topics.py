@@ -141,3 +141,30 @@ def test_cli_topics_writes_table_and_figures(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert (tmp_path / "topics.csv").read_text().count("\n") >= 8
     assert all((tmp_path / f"{name}.html").stat().st_size > 1000 for name in FIGURES)
+
+
+def test_cli_embed_clusters_and_classifies_as_the_tab_does(chatterbot, tmp_path, capsys):
+    """`cli.py embed`: the tab's cluster scores and classifier, as text, on the corpus's cached
+    embeddings; clusters.csv holds every document; a flag combination that cannot work is one
+    line before any file is made."""
+    from cli import main as cli
+
+    corpus, vectors = chatterbot
+    out = tmp_path / "clusters"
+    assert cli(["embed", "--corpus", "chatterbot", "--cluster", "kmeans", "--clusters", "5",
+                "--classify", "logreg", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    ids = embeddings.cluster(vectors, "kmeans", 5)
+    scores = embeddings.cluster_scores(corpus.labels, ids)
+    assert f"5 clusters (kmeans) · NMI {scores['nmi']} · ARI {scores['ari']} against the labels" in printed
+    result = embeddings.classify(vectors, corpus.labels, corpus.texts, "logreg")
+    assert f"Accuracy {result.accuracy:.3f} · macro-F1 {result.macro_f1:.3f}" in printed
+    coding = next(line.split() for line in printed.splitlines() if line.strip().startswith("coding "))
+    assert int(coding[1]) == int(np.asarray(result.confusion)[result.classes.index("coding")].sum())
+    written = (out / "clusters.csv").read_text().splitlines()
+    assert written[0] == "cluster,label,text" and len(written) == len(corpus.texts) + 1
+    assert cli(["embed", "--out", str(tmp_path / "none")]) == 2 and not (tmp_path / "none").exists()
+    assert cli(["embed", "--corpus", "guardian-headlines", "--classify", "knn"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: --out writes the clusters: add --cluster kmeans or --cluster hdbscan.",
+        "error: This corpus has no label column: pick one to classify."]
