@@ -4,8 +4,9 @@ and a chat completion body checked and capped before any model work (serve.opena
     python -c "from serve.openai_request import model_names; print(model_names())"
 
 A field this endpoint cannot honour is refused with a 400 that says so, not ignored: `n` above 1,
-`tools`, a `response_format` other than text, `logprobs`. `seed` is accepted and not applied
-(sampled answers decode in a batch with other callers' rows, from one generator).
+`tools`, a `response_format` other than text, `logprobs`, a presence or frequency penalty, a
+logit bias. `seed` is accepted and not applied (sampled answers decode in a batch with other
+callers' rows, from one generator).
 """
 from __future__ import annotations
 
@@ -133,6 +134,9 @@ def refuse_what_is_not_served(body: dict) -> None:
         raise ApiError(400, "Only 'response_format': {'type': 'text'} is supported here.")
     if body.get("logprobs") or body.get("top_logprobs"):
         raise ApiError(400, "'logprobs' is not supported here.")
+    for name in ("presence_penalty", "frequency_penalty", "logit_bias"):
+        if body.get(name):  # 0, null and {} are what clients send by default
+            raise ApiError(400, f"'{name}' is not supported here: leave it out (or 0).")
 
 
 def stop_strings(stop) -> tuple[str, ...]:

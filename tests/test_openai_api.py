@@ -136,7 +136,8 @@ def test_refusals_have_openais_shape(client, app_server):
         client.chat.completions.create(model="smollm2-135m-instruct", messages=WHO, max_completion_tokens=0)
     for field, message in ((dict(n=2), "'n' must be 1"), (dict(stop=["a"] * 5), "'stop' must be a string"),
                            (dict(response_format={"type": "json_object"}), "Only 'response_format'"),
-                           (dict(tools=[{"type": "function", "function": {"name": "f"}}]), "Tools are not supported")):
+                           (dict(tools=[{"type": "function", "function": {"name": "f"}}]), "Tools are not supported"),
+                           (dict(frequency_penalty=0.5), "'frequency_penalty' is not supported")):
         with pytest.raises(BadRequestError, match=message):  # refused, not silently ignored
             client.chat.completions.create(model="smollm2-135m-instruct", messages=WHO, **field)
     raw = httpx.post(app_server + "v1/chat/completions", content=b'{"model": "smollm2-135m-instruct"}')

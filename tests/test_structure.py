@@ -126,14 +126,14 @@ def test_the_arrows_run_one_way():
 
 
 def import_graph() -> dict[str, set[str]]:
-    """Each module of the app (core, training, tabs, serve, app.py, cli.py, cli_args.py) and the app modules it
+    """Each module of the app (core, training, tabs, serve, app.py and the cli modules) and the app modules it
     imports, at module level or inside functions."""
     import ast
 
     files = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
              for folder in ("core", "training", "tabs", "serve") for p in (ROOT / folder).rglob("*.py")
              if "templates" not in p.parts}
-    files.update(app=ROOT / "app.py", cli=ROOT / "cli.py", cli_args=ROOT / "cli_args.py")
+    files.update({path.stem: path for path in (ROOT / "app.py", *ROOT.glob("cli*.py"))})
     graph = {}
     for name, path in files.items():
         edges = set()
@@ -181,7 +181,7 @@ def test_only_the_objectives_name_an_objective():
     from training.objectives import NAMES
 
     found = []
-    for path in [ROOT / "app.py", ROOT / "cli.py", *(p for folder in ("core", "training", "tabs", "serve", "bench")
+    for path in [ROOT / "app.py", *ROOT.glob("cli*.py"), *(p for folder in ("core", "training", "tabs", "serve", "bench")
                                                      for p in (ROOT / folder).rglob("*.py"))]:
         if "objectives" not in path.parts and "templates" not in path.parts:
             found += [f"{path.relative_to(ROOT)}:{line}" for line in name_tests(path.read_text(), NAMES)]
