@@ -3,7 +3,7 @@
 One panel sits under each box it serves: the Chat model box, the Train model box and the Train
 dataset box. The handlers are plain functions over widget values (tests call them directly);
 core.hub.search does the searching. Picking a row writes its repo id into the box. Offline the
-panel says "Hub not reachable", and the known local models still work.
+panel says "The Hugging Face Hub is unreachable", and the known local models still work.
 """
 from __future__ import annotations
 

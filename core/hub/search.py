@@ -63,11 +63,12 @@ def check_reachable() -> None:
 
     offline = "Hub search and Hub ids need the Hub; the known local models and your files still work."
     if constants.HF_HUB_OFFLINE:
-        raise HubUnreachable(f"Hub not reachable: HF_HUB_OFFLINE=1. {offline}")
+        raise HubUnreachable(f"The Hugging Face Hub is unreachable: HF_HUB_OFFLINE=1. {offline}")
     try:
         get_session().head(f"{constants.ENDPOINT}/api/whoami-v2", timeout=PROBE_SECONDS)
     except Exception as exc:  # DNS failure, refused, timeout: all mean the same to the user
-        raise HubUnreachable(f"Hub not reachable ({type(exc).__name__} from {constants.ENDPOINT}). {offline}") from None
+        raise HubUnreachable(f"The Hugging Face Hub is unreachable ({type(exc).__name__} from {constants.ENDPOINT}). "
+                             f"{offline}") from None
 
 
 def search_models(task: str = "text-generation", query: str = "", library: str = "transformers",
