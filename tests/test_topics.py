@@ -98,6 +98,9 @@ def test_fast_topics_on_headlines_and_every_figure(headlines):
     table = headlines.table()
     assert len(table[table.Topic != -1]) >= 5
     assert all(words for words in table.Representation)
+    words = [word for row in table.Representation for word in row.split(", ")]
+    assert not [word for word in words if word.isdigit()]  # "000", from "£1,000", named a topic
+    assert words.count("uk") <= 2, words  # in most headlines: weighed down, not in every topic
     for name in FIGURES:  # BERTopic's own figure, drawn: traces, not a placeholder's message
         fig = figure(headlines, name)
         assert fig.data and any(len(trace.x if trace.x is not None else trace.z) for trace in fig.data), name

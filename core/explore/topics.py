@@ -3,7 +3,8 @@
     python cli.py topics --corpus guardian-headlines --method fast --out topics-out
 
 "fast" is PCA(10) + KMeans (seconds on cached embeddings); "umap" is UMAP + HDBSCAN (BERTopic's
-default, slower). Both are seeded. Figures that BERTopic cannot draw for a given model (the
+default, slower). Both are seeded. A topic's words leave out bare numbers and weigh down words
+frequent in every topic (c-TF-IDF's reduce_frequent_words). Figures that BERTopic cannot draw for a given model (the
 intertopic map needs at least 3 topics) come back as a figure that says why, never a crash.
 """
 from __future__ import annotations
@@ -47,6 +48,7 @@ def fit_topics(texts: list[str], embeddings: np.ndarray, method: str = "fast", n
                seed: int = 0, embedder=None) -> TopicResult:
     """Fit BERTopic on `texts` with their precomputed embeddings."""
     from bertopic import BERTopic
+    from bertopic.vectorizers import ClassTfidfTransformer
     from sklearn.decomposition import PCA
     from sklearn.feature_extraction.text import CountVectorizer
 
@@ -67,9 +69,13 @@ def fit_topics(texts: list[str], embeddings: np.ndarray, method: str = "fast", n
         clusterer = HDBSCAN(min_cluster_size=max(5, len(texts) // 100), prediction_data=True)
     else:
         raise TopicsError(f"Unknown method {method!r}: use fast or umap.")
-    vectorizer = CountVectorizer(stop_words="english", min_df=2 if len(texts) >= 50 else 1)
+    # A topic's words: no bare numbers ("000" of "£1,000"), and words frequent in every topic
+    # ("uk", "says" in headlines) weighed down, as BERTopic's guide advises.
+    vectorizer = CountVectorizer(stop_words="english", min_df=2 if len(texts) >= 50 else 1,
+                                 token_pattern=r"(?u)\b\w*[^\W\d_]\w*\b")
     model = BERTopic(embedding_model=embedder, umap_model=reducer, hdbscan_model=clusterer,
-                     vectorizer_model=vectorizer, calculate_probabilities=False)
+                     vectorizer_model=vectorizer, ctfidf_model=ClassTfidfTransformer(reduce_frequent_words=True),
+                     calculate_probabilities=False)
     model.fit_transform(texts, embeddings)
     reduced = PCA(n_components=2, random_state=seed).fit_transform(embeddings)
     return TopicResult(model, texts, embeddings, reduced)
