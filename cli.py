@@ -32,13 +32,16 @@ from core.errors import LabError
 
 
 def cmd_chat(args) -> int:
-    from core.inference.adapters import attach_tuned
+    from core.inference.adapters import adapter_folder, attach_tuned
+
+    if args.compare and not args.adapter:
+        raise LabError("--compare answers with the base and a tuned model side by side: name it with --adapter.")
+    if args.adapter:
+        adapter_folder(args.adapter)  # a typo is one line before the libraries and the model load
     from core.inference.chat import GenerationSettings, stream_reply
     from core.inference.compare import stream_compare
     from core.inference.models import load_model
 
-    if args.compare and not args.adapter:
-        raise LabError("--compare answers with the base and a tuned model side by side: name it with --adapter.")
     settings = GenerationSettings(temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                                   system_prompt=args.system or "")
     messages = [{"role": "user", "content": args.prompt}]

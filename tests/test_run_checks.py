@@ -78,10 +78,11 @@ def test_torch_compile_without_a_compiler_is_refused(tmp_path, monkeypatch):
         config_from_dict({"torch_compile": True})
 
 
-def test_a_wrong_flag_is_refused_before_the_training_libraries_load(tmp_path):
+def test_a_wrong_flag_is_refused_before_the_libraries_load(tmp_path):
     """training.run checks its flags, settings and data before it imports training.fit (with
-    transformers, peft and trl: 7 s here), so a typo is one line at once; a setting's flag may
-    be spelled with dashes as the other commands spell theirs."""
+    transformers, peft and trl: 7 s here), and `cli.py chat` its adapter before the model, so a
+    typo is one line at once; a setting's flag may be spelled with dashes as the other commands
+    spell theirs."""
     import subprocess
     import sys
 
@@ -90,8 +91,10 @@ def test_a_wrong_flag_is_refused_before_the_training_libraries_load(tmp_path):
 
     args = parse_args(["--config", "tiny", "--max-steps", "3", "--output-name=dashed", "--run-dir", "x"])
     assert (args.max_steps, args.output_name, args.run_dir) == ("3", "dashed", "x")
-    probe = ("import sys; from training.run import main; "
-             "code = main(['--config', 'tiny', '--max-steps', '0', '--epochs', '0']); "
-             "print(code, sorted({'transformers', 'training.fit'} & set(sys.modules)))")
+    probe = ("import sys; from training.run import main; from cli import main as cli; "
+             "codes = main(['--config', 'tiny', '--max-steps', '0', '--epochs', '0']), cli(['chat', '--adapter', 'nope', 'hi']); "
+             "print(*codes, sorted({'torch', 'transformers', 'training.fit'} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert done.stdout == "2 []\n" and done.stderr == "error: Set max_steps > 0 or epochs > 0.\n", done
+    assert done.stdout == "2 2 []\n" and done.stderr == (
+        "error: Set max_steps > 0 or epochs > 0.\n"
+        "error: Adapter 'nope' is neither a finished run, a folder nor a Hub repo id.\n"), done

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import threads
-from core.inference import compiled_decode
 from core.inference.models import LoadedModel, ModelError, find_spec, load_model
 
 
@@ -87,6 +86,8 @@ def _attach_lora(base: LoadedModel, folder: Path) -> str:
     key = str(folder)
     if key in base.adapters:  # attached already: no need to wait for the generation that holds the lock
         return base.adapters[key]
+    from core.inference import compiled_decode  # torch's compiler: imported when a model is at hand
+
     compiled_decode.wait_until_settled(base)  # its warm-up runs the base layers peft is about to wrap
     with base.lock:
         if key in base.adapters:
