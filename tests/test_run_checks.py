@@ -3,6 +3,9 @@ impossible setting or missing input, from the CLI, the Train tab's Start and a r
 failed run left behind. (Bad rows inside a file: tests/test_data.py.)"""
 from __future__ import annotations
 
+import os
+import re
+
 import pytest
 
 from core.data.rows import DataError, load_rows
@@ -33,6 +36,22 @@ def test_a_missing_data_file_or_run_is_refused_before_a_run_exists(tmp_path, mon
     with pytest.raises(DataError, match=r"notes\.xlsx: unsupported file type"):
         jobs.start(load_config("tiny", dataset="notes.xlsx", output_name="typo-run"))
     assert not RunFolder.named("typo-run").path.exists()
+    # A named run must be new: the CLI trained a second process into a live run's folder
+    taken = RunFolder.named("taken-run")
+    taken.path.mkdir()
+    from training.processes import record_job
+
+    for live, said, in_the_app in (
+            (False, "A run named 'taken-run' already exists: pick another output_name, or resume it.", None),
+            (True, "Run 'taken-run' is running: stop it first, or pick another output_name.",
+             "Job 'taken-run' is still running: stop it or wait for it to finish.")):  # one job at a time there
+        if live:
+            record_job(taken, os.getpid(), ["this test"])
+        assert main(["--config", "tiny", "--output-name", "taken-run"]) == 2
+        assert capsys.readouterr().err == f"error: {said}\n"
+        with pytest.raises(LabError, match=f"^{re.escape(in_the_app or said)}$"):
+            jobs.start(load_config("tiny", output_name="taken-run"))
+    assert sorted(p.name for p in taken.path.iterdir()) == ["job.json"], "nothing written into it"
     spaced = RunFolder(tmp_path / "my runs" / "x")  # the resume line a user pastes into a shell
     assert jobs.resume_command(spaced) == f"python cli.py train --run-dir '{spaced.path}' --resume"
     monkeypatch.chdir(tmp_path)

@@ -5,7 +5,8 @@
 A job is `python -m training.run --run-dir RUN` in its own session (so a UI crash or reload
 never kills it, and the UI never dies with it), or `python -m training.answer_eval --run RUN`
 to score a finished run's held-out answers again: one job at a time, either kind. All state lives in the run folder
-(core.runs.RunFolder); `read_status` turns it into what the UI shows, from any process.
+(core.runs.RunFolder), which process runs it in training.processes; `read_status` turns it into
+what the UI shows, from any process.
 Importing this module stays light (no torch), since the app imports it.
 """
 from __future__ import annotations
@@ -26,10 +27,11 @@ from core import threads
 from core.data.file_types import EXTENSIONS
 from core.data.rows import checked_source
 from core.errors import LabError
-from core.paths import check_name, runs_dir, write_json
-from core.runs import Manifest, RunFolder, all_runs, read_json
+from core.paths import check_name, runs_dir
+from core.runs import Manifest, RunFolder, all_runs
 from training import objectives
 from training.config import TrainConfig, load_config
+from training.processes import is_live, live_pid, record_job
 from training.progress import read_log, read_phase
 
 
@@ -82,8 +84,8 @@ def start(cfg: TrainConfig, thread_count: int | None = None, resume_run: RunFold
     cfg = replace(cfg.validate(), dataset=checked_source(cfg.dataset))  # a missing file: refused, no run left
     with _no_other_job():
         run = resume_run or RunFolder.named(cfg.output_name or default_run_name(cfg))
-        if resume_run is None and run.path.exists():
-            raise LabError(f"A run named '{run.name}' already exists: pick another output_name.")
+        if resume_run is None and (refusal := start_refusal(run)):
+            raise LabError(refusal)
         run.path.mkdir(parents=True, exist_ok=True)
         run.config.write_text(cfg.to_yaml())
         run.status_file.unlink(missing_ok=True)  # a resumed run's last words
@@ -136,17 +138,23 @@ def _launch(run: RunFolder, cmd: list[str], thread_count: int) -> None:
     record_job(run, proc.pid, cmd)
 
 
-def record_job(run: RunFolder, pid: int, command: list[str]) -> None:
-    """Record which process runs this folder: a pid plus its start time (against pid reuse)."""
-    write_json(run.job_file, {"pid": pid, "created": _created(pid), "command": command, "started": time.time()})
-
-
 def resume(name: str, thread_count: int | None = None) -> RunFolder:
     """Continue a stopped or interrupted run from its newest complete checkpoint."""
     run = RunFolder.existing(name)
     if refusal := resume_refusal(run):
         raise LabError(refusal)
     return start(load_config(run.config), thread_count, resume_run=run)
+
+
+def start_refusal(run: RunFolder) -> str:
+    """Why a new run cannot start in this folder ('' when it can): the Train tab's Start and a
+    named `training.run` alike. A second run there would mix its steps, checkpoints and log with
+    the first's, live or done."""
+    if not run.path.exists():
+        return ""
+    if is_live(run):
+        return f"Run '{run.name}' is running: stop it first, or pick another output_name."
+    return f"A run named '{run.name}' already exists: pick another output_name, or resume it."
 
 
 def resume_refusal(run: RunFolder) -> str:
@@ -181,42 +189,6 @@ def wait(name: str, timeout: float = 600) -> "RunStatus":
     while live_pid(run) and time.time() < deadline:
         time.sleep(0.5)
     return read_status(run)
-
-
-def live_pid(run: RunFolder) -> int | None:
-    """The job's pid while it runs; None once it ended (or the pid now names another process)."""
-    import psutil
-
-    job = read_json(run.job_file)
-    pid = job.get("pid")
-    if not isinstance(pid, int):
-        return None
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)  # reap our own finished child
-        if waited == pid:
-            return None
-    except ChildProcessError:
-        pass  # not our child (started by an earlier UI process)
-    try:
-        process = psutil.Process(pid)
-        alive = process.status() != psutil.STATUS_ZOMBIE
-        same = job.get("created") in (None, process.create_time())
-    except psutil.Error:
-        return None
-    return pid if alive and same else None
-
-
-def _created(pid: int) -> float | None:
-    import psutil
-
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
-
-
-def is_live(run: RunFolder) -> bool:
-    return live_pid(run) is not None
 
 
 def current_job() -> str | None:

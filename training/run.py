@@ -39,7 +39,8 @@ from core.paths import write_json
 from core.runs import RunFolder
 
 from training.config import TrainConfig, config_from_dict, field_help, load_config
-from training.jobs import default_run_name, is_live, record_job, resume_refusal
+from training.jobs import default_run_name, resume_refusal, start_refusal
+from training.processes import is_live, record_job
 from training.launch import KINDS, PORT, Cluster, emit, with_run_name
 
 
@@ -110,7 +111,10 @@ def main(argv=None) -> int:
     if args.emit_launch:
         return emit_launch(cfg, args)
     run = RunFolder(Path(args.run_dir)) if args.run_dir else RunFolder.named(cfg.output_name or default_run_name(cfg))
-    if args.resume and (refusal := resume_refusal(run)):
+    # A named run must be new. Not checked: the launcher's --run-dir (made for the job), and a
+    # multi-process run, whose ranks make its folder in any order.
+    fresh = not args.resume and not args.run_dir and int(os.environ.get("WORLD_SIZE", "1")) == 1
+    if refusal := resume_refusal(run) if args.resume else start_refusal(run) if fresh else "":
         print(f"error: {refusal}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, request_stop)
