@@ -9,14 +9,12 @@ models and to every finished run's adapter.
 
 Model names: each known base (`smollm2-135m-instruct`) and `BASE:RUN` for each finished run; an
 adapter is attached to the one copy of its base's weights, as in Compare. Who may call, and
-what a request may hold, is serve.openai_request's: with FINETUNE_LAB_API_KEY set, every call
-needs `Authorization: Bearer KEY`; a public app serves callers as it serves visitors (listed
-models and finished runs, the same caps), unless they bear the key. Here the answer is cut at
-its `stop` strings and counted in `usage` (in a stream's last chunk with
-stream_options.include_usage). Requests that come
-together on one base are decoded as one batch, with the Chat tab's (core.inference.batching).
-Each client address may run MAX_PER_ADDRESS requests at once and the endpoint MAX_RUNNING (more
-wait, up to MAX_WAITING); errors have OpenAI's shape: {"error": {"message", "type", "code"}}.
+what a request may hold, is serve.openai_request's. Here the answer is cut at its `stop`
+strings and counted in `usage` (in a stream's last chunk with stream_options.include_usage).
+Requests that come together on one base are decoded as one batch, with the Chat tab's
+(core.inference.batching). Each client address may run MAX_PER_ADDRESS requests at once and the
+endpoint MAX_RUNNING (more wait, up to MAX_WAITING); errors have OpenAI's shape:
+{"error": {"message", "type", "code"}}.
 """
 from __future__ import annotations
 

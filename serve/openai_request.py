@@ -3,6 +3,10 @@ and a chat completion body checked and capped before any model work (serve.opena
 
     python -c "from serve.openai_request import model_names; print(model_names())"
 
+With FINETUNE_LAB_API_KEY set, every call needs `Authorization: Bearer KEY`. A public app serves
+callers as it serves visitors (listed models and finished runs, the same caps), unless they
+bear the key; an app behind --auth serves the endpoint only with a key.
+
 A field this endpoint cannot honour is refused with a 400 that says so, not ignored: `n` above 1,
 `tools`, a `response_format` other than text, `logprobs`, a presence or frequency penalty, a
 logit bias. `seed` is accepted and not applied (sampled answers decode in a batch with other
