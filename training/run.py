@@ -40,8 +40,8 @@ from core.runs import RunFolder
 
 from training.config import TrainConfig, config_from_dict, field_help, load_config
 from training.jobs import default_run_name, resume_refusal, start_refusal
-from training.processes import is_live, record_job
 from training.launch import KINDS, PORT, Cluster, emit, with_run_name
+from training.processes import is_live, record_job
 
 
 def parse_args(argv=None):
@@ -99,23 +99,31 @@ def emit_launch(cfg: TrainConfig, args) -> int:
     return 0
 
 
+def checked_start(args) -> tuple[TrainConfig, RunFolder]:
+    """The run's config and folder once every check has passed, before the folder is made: a
+    typo raises a LabError and leaves no failed run behind."""
+    cfg = config_from_args(args)
+    cfg = replace(cfg, dataset=checked_source(cfg.dataset))
+    run = RunFolder(Path(args.run_dir)) if args.run_dir else RunFolder.named(cfg.output_name or default_run_name(cfg))
+    if args.resume:
+        refusal = resume_refusal(run)
+    elif args.run_dir or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        refusal = ""  # the launcher's folder, made for the job; a multi-process run's ranks make it in any order
+    else:
+        refusal = start_refusal(run)  # a named run must be new
+    if refusal:
+        raise LabError(refusal)
+    return cfg, run
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        cfg = config_from_args(args)
-        if not args.emit_launch:  # a cluster's data paths are the cluster's, checked where it trains
-            cfg = replace(cfg, dataset=checked_source(cfg.dataset))
-    except LabError as exc:  # before the run folder exists: a typo leaves no failed run behind
+        if args.emit_launch:  # a cluster's data paths are the cluster's, checked where it trains
+            return emit_launch(config_from_args(args), args)
+        cfg, run = checked_start(args)
+    except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.emit_launch:
-        return emit_launch(cfg, args)
-    run = RunFolder(Path(args.run_dir)) if args.run_dir else RunFolder.named(cfg.output_name or default_run_name(cfg))
-    # A named run must be new. Not checked: the launcher's --run-dir (made for the job), and a
-    # multi-process run, whose ranks make its folder in any order.
-    fresh = not args.resume and not args.run_dir and int(os.environ.get("WORLD_SIZE", "1")) == 1
-    if refusal := resume_refusal(run) if args.resume else start_refusal(run) if fresh else "":
-        print(f"error: {refusal}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, request_stop)
     from training.fit import train  # the heavy imports, once the checks have passed
