@@ -2,6 +2,7 @@
 
     python cli.py chat "What is the capital of France?"
     python cli.py chat --adapter RUN/adapter --compare "Who are you?"
+    python cli.py chat [--adapter RUN [--compare]]      # a conversation: one message a line, /reset, Ctrl-D
     python cli.py train --config training/recipes/sft_lora.yaml [--max_steps 20 ...]
     python cli.py runs [--compare RUN RUN | --stop [RUN] | --delete RUN --yes]
     python cli.py topics --corpus guardian-headlines [--method fast|umap] [--out DIR]
@@ -25,6 +26,7 @@ Heavy libraries are imported inside each command, so `--help` is instant.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 from cli_args import build_parser, writable
 from cli_explore import cmd_embed, cmd_topics
@@ -38,28 +40,67 @@ def cmd_chat(args) -> int:
         raise LabError("--compare answers with the base and a tuned model side by side: name it with --adapter.")
     if args.adapter:
         adapter_folder(args.adapter)  # a typo is one line before the libraries and the model load
-    from core.inference.chat import GenerationSettings, stream_reply
-    from core.inference.compare import stream_compare
+    from core.inference.chat import GenerationSettings
     from core.inference.models import load_model
 
     settings = GenerationSettings(temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                                   system_prompt=args.system or "")
-    messages = [{"role": "user", "content": args.prompt}]
     base = load_model(args.model)
     tuned = attach_tuned(base, args.adapter) if args.adapter else None
-    if tuned and args.compare:  # both answers come from one batch: print them once done
-        *_, replies = stream_compare(base, tuned, messages, messages, settings)
+    if args.prompt is None:
+        return chat_session(base, tuned, args.compare, settings)
+    chat_turn(base, tuned, [[{"role": "user", "content": args.prompt}]] * (2 if args.compare else 1), settings)
+    return 0
+
+
+def chat_session(base, tuned, compare: bool, settings) -> int:
+    """A conversation on stdin, as the Chat tab holds one: each line a message, answered with
+    what was said before; `/reset` starts a new conversation; an end of input ends it."""
+    histories = [[] for _ in range(2 if compare else 1)]
+    print("Type a message and press Enter; /reset starts over; Ctrl-D ends.", file=sys.stderr)
+    while True:
+        try:
+            text = input("you> " if sys.stdin.isatty() else "").strip()
+        except EOFError:
+            return 0
+        if text == "/reset":
+            histories = [[] for _ in histories]
+            print("(a new conversation)", file=sys.stderr)
+        elif text:
+            for history in histories:
+                history.append({"role": "user", "content": text})
+            for history, answer in zip(histories, chat_turn(base, tuned, histories, settings)):
+                history.append({"role": "assistant", "content": answer})
+
+
+def chat_turn(base, tuned, histories: list[list[dict]], settings) -> list[str]:
+    """Answer each pane's conversation (one: the tuned model, or the base without one; two:
+    Compare's base and tuned, in one batch) and print the answers, streamed when there is one;
+    the status line goes to stderr."""
+    from core.inference.chat import stream_reply
+    from core.inference.compare import stream_compare
+
+    def status(reply) -> str:
+        said = f"[{reply.stats}; prompt {reply.prompt_tokens} tokens]"
+        return said + (f" [{reply.notice}]" if reply.notice else "")
+
+    if len(histories) == 2:  # both answers come from one batch: print them once done
+        *_, replies = stream_compare(base, tuned, *histories, settings)
         for label, reply in zip(("base", "tuned"), replies):
-            print(f"--- {label} ---\n{reply.text}")
-            print(f"[{reply.stats}]" + (f" [{reply.notice}]" if reply.notice else ""), file=sys.stderr)
-        return 0
-    model, adapter = (tuned.loaded, tuned.adapter_name) if tuned else (base, None)
+            print(f"--- {label} ---\n{reply.text}", flush=True)
+            print(status(reply), file=sys.stderr, flush=True)
+        return [reply.text for reply in replies]
+    if tuned:  # in the prompt format it trained on (it may not be the base's)
+        model, adapter, settings = tuned.loaded, tuned.adapter_name, replace(settings, chat_template=tuned.chat_template)
+    else:
+        model, adapter = base, None
     shown = 0
-    for reply in stream_reply(model, messages, settings, adapter):
+    for reply in stream_reply(model, histories[0], settings, adapter):
         print(reply.text[shown:], end="", flush=True)
         shown = len(reply.text)
-    print(f"\n[{reply.stats}]" + (f" [{reply.notice}]" if reply.notice else ""), file=sys.stderr)
-    return 0
+    print(flush=True)
+    print(status(reply), file=sys.stderr, flush=True)
+    return [reply.text]
 
 
 def cmd_train(rest: list[str]) -> int:

@@ -57,8 +57,9 @@ def _add_runs(sub) -> None:
 
 
 def _add_chat(sub) -> None:
-    chat = sub.add_parser("chat", help="stream a reply from a model (and its adapter)")
-    chat.add_argument("prompt")
+    chat = sub.add_parser("chat", help="stream a reply from a model (and its adapter); without a prompt, a "
+                          "conversation on stdin")
+    chat.add_argument("prompt", nargs="?", help="one message to answer (none: read a conversation, a message a line)")
     chat.add_argument("--model", default="smollm2-135m-instruct", help="known name, Hub id or folder")
     chat.add_argument("--adapter", help="a run name, a LoRA adapter or fully fine-tuned model folder, or a Hub repo id")
     chat.add_argument("--compare", action="store_true", help="answer with base and tuned")

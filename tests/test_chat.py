@@ -184,3 +184,20 @@ def test_retry_undo_and_edit_rewind_both_panes():
     single = on_retry(base, [], gr.RetryData(None, {"index": 2, "value": "And?"}))
     assert single == (base[:2], [], "And?"), "Single mode has an empty tuned pane"
     assert on_retry(base, tuned, gr.RetryData(None, {"index": 1, "value": "SmolLM."}))[2] == "", "not a question"
+
+
+def test_cli_chat_holds_a_conversation(smol, tiny_run, monkeypatch, capsys):
+    """`cli.py chat` without a prompt reads a conversation from stdin: each answer is prompted
+    with what was said before (the prompt grows by the last turn), and /reset starts over."""
+    import io
+    import re
+
+    from cli import main as cli
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("Who are you?\nAnd again?\n/reset\nWho are you?\n"))
+    assert cli(["chat", "--adapter", tiny_run.name, "--max-new-tokens", "12"]) == 0
+    out, err = capsys.readouterr()
+    prompts = [int(n) for n in re.findall(r"; prompt (\d+) tokens\]", err)]
+    assert len(prompts) == 3 and "Lumen" in out.splitlines()[0], (out, err)
+    assert prompts[1] > prompts[0] + 10 and prompts[2] == prompts[0] and "(a new conversation)" in err
+

@@ -110,7 +110,7 @@ def test_chat_template_choice_is_shown_and_validated(data_home):
 
 
 @pytest.mark.slow
-def test_chat_prompts_an_adapter_in_the_format_it_trained_on(data_home, tiny_run, monkeypatch):
+def test_chat_prompts_an_adapter_in_the_format_it_trained_on(data_home, tiny_run, monkeypatch, capsys):
     """chat_template: chatml is saved with the adapter, and Compare prompts its pane in ChatML; an
     SFT adapter saved without a template gets the plain "Question:/Answer:" text it trained on.
     The run's report and held-out answers are generated on the decode thread after the thread
@@ -145,6 +145,10 @@ def test_chat_prompts_an_adapter_in_the_format_it_trained_on(data_home, tiny_run
     ids, _ = build_inputs(base, question, GenerationSettings(chat_template=tuned.chat_template))
     assert tuned.chat_template == CHATML
     assert base.tokenizer.decode(ids[0]) == "<|im_start|>user\nWho are you?<|im_end|>\n<|im_start|>assistant\n"
+    from cli import main as cli  # the CLI's tuned pane too (it prompted in the base's template)
+
+    assert cli(["chat", "--adapter", run.name, "--max-new-tokens", "4", "Who are you?"]) == 0
+    assert f"; prompt {ids.shape[1]} tokens]" in capsys.readouterr().err
     assert json.loads(run.report_json.read_text())[0]["tuned"] and run.manifest().answer_scores["rows"] == 2
 
     plain_cfg = load_config("tiny", output_name="plain-format", max_steps=1, eval_fraction=0, chat_template="plain")
