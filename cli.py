@@ -38,15 +38,15 @@ def cmd_chat(args) -> int:
 
     if args.compare and not args.adapter:
         raise LabError("--compare answers with the base and a tuned model side by side: name it with --adapter.")
-    if args.adapter:
-        adapter_folder(args.adapter)  # a typo is one line before the libraries and the model load
+    # Resolved once (a Hub id is downloaded here), so a typo is one line before the libraries and the model load.
+    folder = str(adapter_folder(args.adapter)) if args.adapter else None
     from core.inference.chat import GenerationSettings
     from core.inference.models import load_model
 
     settings = GenerationSettings(temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                                   system_prompt=args.system or "")
     base = load_model(args.model)
-    tuned = attach_tuned(base, args.adapter) if args.adapter else None
+    tuned = attach_tuned(base, folder) if folder else None
     if args.prompt is None:
         return chat_session(base, tuned, args.compare, settings)
     chat_turn(base, tuned, [[{"role": "user", "content": args.prompt}]] * (2 if args.compare else 1), settings)
@@ -136,16 +136,14 @@ def cmd_runs(args) -> int:
 
 def print_comparison(names: list[str]) -> int:
     """The Train tab's run comparison as two text tables (its loss plot stays in the app)."""
+    import pandas as pd
+
     from training.runs_compare import config_diff, figures_table, pick_runs
 
     runs = pick_runs(names)
     for title, rows in (("setting", config_diff(runs)), ("figure", figures_table(runs))):
-        table = [[title, *(run.name for run in runs)], *([str(cell) if cell is not None else "" for cell in row]
-                                                          for row in rows)]
-        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-        for row in table:
-            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-        print()
+        cells = [["" if cell is None else str(cell) for cell in row] for row in rows]  # as shown: 6, not 6.0
+        print(pd.DataFrame(cells, columns=[title, *(run.name for run in runs)]).to_string(index=False), "\n")
     return 0
 
 

@@ -56,18 +56,16 @@ def embedded(args, classifying: bool = False):
 
 
 def print_clusters(args, corpus, vectors, out: Path | None) -> None:
+    """The tab's summary and cluster table, as text; clusters.csv holds every document's cluster."""
     import pandas as pd
 
-    from core.explore.embeddings import cluster, cluster_scores
+    from core.explore.embeddings import cluster, cluster_summary, cluster_table
 
     ids = cluster(vectors, args.cluster, args.clusters, args.min_size)
-    scores = cluster_scores(corpus.labels, ids) if corpus.labels else {}
-    print(f"{len(set(ids) - {-1})} clusters ({args.cluster})" + (
-        f" · NMI {scores['nmi']} · ARI {scores['ari']} against the labels" if scores else " · no labels to score against"))
-    frame = pd.DataFrame({"cluster": ids, "label": corpus.labels or [""] * len(ids), "text": corpus.texts})
-    sizes = frame.groupby("cluster").agg(size=("text", "size"), example=("text", lambda t: t.iloc[0][:80]))
-    print(sizes.to_string())
+    print(f"{cluster_summary(corpus.labels, ids)} ({args.cluster})")
+    print(cluster_table(corpus.texts, ids).to_string(index=False, max_colwidth=100))
     if out is not None:
+        frame = pd.DataFrame({"cluster": ids, "label": corpus.labels or [""] * len(ids), "text": corpus.texts})
         frame.to_csv(out / "clusters.csv", index=False)
         print(out / "clusters.csv")
 

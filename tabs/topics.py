@@ -20,7 +20,7 @@ from core.explore import topics as topic_core
 from core.access import LIMITS, AccessDenied, check_data_source, clamp, is_trusted
 from core.explore.corpora import CORPORA, DEFAULT_MAX_DOCS, load_corpus
 from core.explore.embeddings import (DEFAULT_EMBEDDER, PACKAGED_EMBEDDERS, check_labels, classify, cluster,
-                                     cluster_scores, embed, is_tuned_embedder, load_embedder, project,
+                                     cluster_summary, cluster_table, embed, is_tuned_embedder, load_embedder, project,
                                      tuned_embedders)
 from core.errors import LabError
 from core.request_limits import HEAVY_EVENTS
@@ -91,10 +91,8 @@ def run_clustering(source, upload, text_column, label_column, max_docs, embedder
         request, progress, projection)
     ids = cluster(vectors, method, int(n_clusters), int(min_size))
     points = project(vectors, projection)
-    scores = cluster_scores(corpus.labels, ids) if corpus.labels else {}
-    text = f"{len(set(ids) - {-1})} clusters" + (f" · NMI {scores['nmi']} · ARI {scores['ari']} against the labels"
-                                                 if scores else " · no labels to score against")
-    return cluster_map(corpus, ids, points, color_by), text + f". {corpus.note}", cluster_table(corpus, ids)
+    text = f"{cluster_summary(corpus.labels, ids)}. {corpus.note}"
+    return cluster_map(corpus, ids, points, color_by), text, cluster_table(corpus.texts, ids)
 
 
 def cluster_map(corpus, ids, points, color_by: str):
@@ -106,15 +104,6 @@ def cluster_map(corpus, ids, points, color_by: str):
                      labels={"color": color_by, "x": "", "y": ""})
     fig.update_traces(marker=dict(size=5, opacity=0.75))
     return fig
-
-
-def cluster_table(corpus, ids):
-    import pandas as pd
-
-    frame = pd.DataFrame({"cluster": ids, "text": corpus.texts})
-    groups = frame.groupby("cluster")["text"]
-    return pd.DataFrame({"cluster": groups.size().index, "size": groups.size().values,
-                         "examples": [" | ".join(t[:80] for t in texts[:3]) for _, texts in groups]})
 
 
 @shows_errors(lambda message: (message, None, None, None))

@@ -159,7 +159,7 @@ def test_cli_embed_clusters_and_classifies_as_the_tab_does(chatterbot, tmp_path,
     printed = capsys.readouterr().out
     ids = embeddings.cluster(vectors, "kmeans", 5)
     scores = embeddings.cluster_scores(corpus.labels, ids)
-    assert f"5 clusters (kmeans) · NMI {scores['nmi']} · ARI {scores['ari']} against the labels" in printed
+    assert f"5 clusters · NMI {scores['nmi']} · ARI {scores['ari']} against the labels (kmeans)" in printed
     result = embeddings.classify(vectors, corpus.labels, corpus.texts, "logreg")
     assert f"Accuracy {result.accuracy:.3f} · macro-F1 {result.macro_f1:.3f}" in printed
     coding = next(line.split() for line in printed.splitlines() if line.strip().startswith("coding "))

@@ -105,8 +105,8 @@ def checked_start(args) -> tuple[TrainConfig, RunFolder]:
     cfg = config_from_args(args)
     cfg = replace(cfg, dataset=checked_source(cfg.dataset))
     run = RunFolder(Path(args.run_dir)) if args.run_dir else RunFolder.named(cfg.output_name or default_run_name(cfg))
-    if args.resume:
-        refusal = resume_refusal(run)
+    if args.resume:  # a --run-dir's was checked before its config was read (config_from_args)
+        refusal = "" if args.run_dir else resume_refusal(run)
     elif args.run_dir or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         refusal = ""  # the launcher's folder, made for the job; a multi-process run's ranks make it in any order
     else:

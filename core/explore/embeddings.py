@@ -205,6 +205,22 @@ def retrieval_scores(anchors, positives) -> dict:
     return {"top1": round(float((ranks == 1).mean()), 3), "mrr": round(float((1 / ranks).mean()), 3)}
 
 
+def cluster_summary(labels, clusters) -> str:
+    """"N clusters · NMI x · ARI y against the labels" (or that there are none to score against)."""
+    scores = cluster_scores(labels, clusters) if labels else {}
+    return f"{len(set(clusters) - {-1})} clusters" + (
+        f" · NMI {scores['nmi']} · ARI {scores['ari']} against the labels" if scores else " · no labels to score against")
+
+
+def cluster_table(texts: list[str], clusters):
+    """One row per cluster: its id, size and first three texts (cut to 80 characters)."""
+    import pandas as pd
+
+    groups = pd.DataFrame({"cluster": clusters, "text": texts}).groupby("cluster")["text"]
+    return pd.DataFrame({"cluster": groups.size().index, "size": groups.size().values,
+                         "examples": [" | ".join(t[:80] for t in group[:3]) for _, group in groups]})
+
+
 def cluster_scores(labels, clusters) -> dict:
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
