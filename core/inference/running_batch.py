@@ -136,6 +136,7 @@ class RunningBatch:
         with installed(prepared):
             yield {}
 
+    @torch.inference_mode()  # the rules change the pass's logits in place, and those are inference tensors
     def _choose(self, row: LiveRow, logits: torch.Tensor) -> int:
         """The row's next token from its logits, processed as `generate` processes a solo reply's."""
         settings, ids = self.settings, torch.tensor([row.ids])
