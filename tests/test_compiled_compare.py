@@ -226,25 +226,26 @@ def test_only_plain_lora_gets_a_compare_view(tuned):
 
 def test_compare_routes_and_their_status_words(tuned, smol):
     """Compare's two rows (the base, then the adapter) take the Compare step of the adapter's
-    layout once it is ready, which then holds that adapter; before, the int8 path says why."""
+    layout once it is ready, which then holds that adapter; before, the weights' path says why."""
     from dataclasses import replace
 
+    path = f"{smol.decode} path"  # int8 on a CPU with native bf16
     view, model = tuned
     base = CompiledStep(model=view, state="ready")
     loaded = replace(smol, model=model, compiled=base, adapters={"/one": "one"})
     layout = compiled_views.layout(compiled_views.lora_layers(model, "one"), "one")
     compare = base.compare[layout] = CompiledStep(rows=2, layout=layout)  # no compile started here
-    assert choose(loaded, 2, 64, [BASE, "one"]).words == "int8 path (the compiled Compare step is still compiling)"
+    assert choose(loaded, 2, 64, [BASE, "one"]).words == f"{path} (the compiled Compare step is still compiling)"
     compare.model, compare.state = compiled_views.compare_view(view, compiled_views.lora_layers(model, "two"), "two"), "ready"
     route = choose(loaded, 2, 64, [BASE, "one"])
     assert route.words == "compiled Compare step" and route.model is compare.model and route.options["max_cache_len"] == SLOTS
     with route.context:
         assert {m.adapter for m in compare.model.modules() if isinstance(m, compiled_views.RowLoraLinear)} == {"one"}
-    assert choose(loaded, 2, SLOTS + 1, [BASE, "one"]).words == f"int8 path (over the compiled step's {SLOTS} tokens)"
+    assert choose(loaded, 2, SLOTS + 1, [BASE, "one"]).words == f"{path} (over the compiled step's {SLOTS} tokens)"
     assert choose(loaded, 2, 64, [BASE, "dropped"]).words == (
-        "int8 path (the Compare step takes plain LoRA on Linear layers only)")
+        f"{path} (the Compare step takes plain LoRA on Linear layers only)")
     # Each adapter's layers are found once, not on every Compare: an attached adapter stays as it is.
     assert base.lora_layers["one"] == compiled_views.lora_layers(model, "one") and base.lora_layers["dropped"] == {}
     assert choose(loaded, 1, 64, [BASE]).model is view  # base replies keep their step after adapters attach
     compiling = replace(loaded, compiled=replace(base, state="compiling"))
-    assert choose(compiling, 2, 64, [BASE, "one"]).words == "int8 path (the compiled step is still compiling)"
+    assert choose(compiling, 2, 64, [BASE, "one"]).words == f"{path} (the compiled step is still compiling)"

@@ -67,7 +67,9 @@ def test_the_app_loads_its_default_model_at_start_where_it_compiles(monkeypatch)
 
 def test_the_status_says_which_path_answers_and_why(smol, monkeypatch):
     """Only a ready step serves, one base row that fits its slots; every other reply names the
-    int8 path and the reason (Compare's own step: tests/test_compiled_compare.py)."""
+    weights' path (int8 on a CPU with native bf16) and the reason (Compare's own step:
+    tests/test_compiled_compare.py)."""
+    path = f"{smol.decode} path"
     monkeypatch.setattr(compiled_decode, "LOADING_WAIT_S", 0.05)
     ready = replace(smol, compiled=CompiledStep(state="ready", model=smol.model), adapters={})
     route = choose(ready, 1, SLOTS, None)
@@ -75,14 +77,14 @@ def test_the_status_says_which_path_answers_and_why(smol, monkeypatch):
     assert route.model is smol.model and route.context is None
     assert route.options["max_cache_len"] == SLOTS and route.options["compile_config"]._compile_all_devices
     assert choose(ready, 1, SLOTS, [None]).words == "compiled step"
-    assert choose(ready, 1, SLOTS + 1, None) == Route(words=f"int8 path (over the compiled step's {SLOTS} tokens)")
-    other = "int8 path (the compiled step serves one base row, or Compare's base and tuned rows)"
+    assert choose(ready, 1, SLOTS + 1, None) == Route(words=f"{path} (over the compiled step's {SLOTS} tokens)")
+    other = f"{path} (the compiled step serves one base row, or Compare's base and tuned rows)"
     assert choose(ready, 2, 64, None).words == choose(ready, 1, 64, ["adapter0"]).words == other
     assert choose(ready, 2, 64, ["adapter0", BASE]).words == choose(ready, 3, 64, [BASE, "a", "b"]).words == other
     assert choose(replace(ready, compiled=CompiledStep()), 1, 64, None) == Route(
-        words="int8 path (the compiled step is still compiling)")
+        words=f"{path} (the compiled step is still compiling)")
     assert choose(replace(ready, compiled=CompiledStep(state="loading")), 1, 64, None) == Route(
-        words="int8 path (the compiled step is still loading)")  # from the model cache: about 2 s
+        words=f"{path} (the compiled step is still loading)")  # from the model cache: about 2 s
     loading = CompiledStep(state="loading", model=smol.model)  # a reply waits for a kept step that settles
     threading.Timer(0.3, lambda: (setattr(loading, "state", "ready"), loading.settled.set())).start()
     monkeypatch.setattr(compiled_decode, "LOADING_WAIT_S", 30)
@@ -90,11 +92,11 @@ def test_the_status_says_which_path_answers_and_why(smol, monkeypatch):
     assert choose(replace(ready, compiled=loading), 1, 64, None).words == "compiled step"
     assert 0.2 < time.monotonic() - began < 10
     failed = replace(ready, compiled=CompiledStep(state="failed", error="graph break"))
-    assert choose(failed, 1, 64, None) == Route(words="int8 path (the compiled step failed to compile: graph break)")
+    assert choose(failed, 1, 64, None) == Route(words=f"{path} (the compiled step failed to compile: graph break)")
     assert choose(replace(ready, compiled=None), 1, 64, None) == Route()
     reply = list(stream_reply(replace(smol, compiled=CompiledStep(), adapters={}),
                               [{"role": "user", "content": "Hi"}], GenerationSettings(max_new_tokens=4)))[-1]
-    assert reply.stats.endswith("tok/s, int8 path (the compiled step is still compiling)")
+    assert reply.stats.endswith(f"tok/s, {path} (the compiled step is still compiling)")
 
 
 def test_an_unreadable_kept_step_raises_and_none_kept_is_none(smol, tmp_path):
