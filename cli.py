@@ -44,7 +44,7 @@ def cmd_chat(args) -> int:
     from core.inference.models import load_model
 
     settings = GenerationSettings(temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                                  system_prompt=args.system or "")
+                                  system_prompt=args.system or "", seed=args.seed)
     base = load_model(args.model)
     tuned = attach_tuned(base, folder) if folder else None
     if args.prompt is None:

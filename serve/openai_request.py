@@ -9,8 +9,7 @@ bear the key; an app behind --auth serves the endpoint only with a key.
 
 A field this endpoint cannot honour is refused with a 400 that says so, not ignored: `n` above 1,
 `tools`, a `response_format` other than text, `logprobs`, a presence or frequency penalty, a
-logit bias. `seed` is accepted and not applied (sampled answers decode in a batch with other
-callers' rows, from one generator).
+logit bias. A `seed` makes a sampled answer repeat (core.inference.chat.GenerationSettings).
 """
 from __future__ import annotations
 
@@ -105,7 +104,8 @@ def parse_request(body: dict, who: Caller) -> ChatRequest:
     generation = GenerationSettings(
         system_prompt="\n".join(system), temperature=_number(body, "temperature", 0.0, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.01, 1.0),
-        max_new_tokens=who.cap("max_new_tokens", int(_number(body, _limit_field(body), 256, 1, 4096))))
+        max_new_tokens=who.cap("max_new_tokens", int(_number(body, _limit_field(body), 256, 1, 4096))),
+        seed=_seed(body.get("seed")))
     options = body.get("stream_options") or {}
     return ChatRequest(body["model"], base, run or None, [m for m in messages if m["role"] != "system"], generation,
                        stop_strings(body.get("stop")), bool(body.get("stream")),
@@ -156,6 +156,12 @@ def stop_strings(stop) -> tuple[str, ...]:
 def _limit_field(body: dict) -> str:
     """Newer clients send max_completion_tokens; older ones max_tokens."""
     return "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+
+
+def _seed(seed) -> int | None:
+    if seed is not None and (type(seed) is not int or not -2**63 <= seed < 2**63):
+        raise ApiError(400, "'seed' must be a whole number that fits in 64 bits (signed).")
+    return seed
 
 
 def _number(body: dict, name: str, default: float, low: float, high: float) -> float:

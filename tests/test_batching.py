@@ -108,3 +108,37 @@ def test_answers_of_different_lengths_share_a_batch_on_the_real_model(smol):
     alone = [list(stream_reply(smol, r.rows[0].messages, r.settings))[-1] for r in (story, poem)]
     assert [growing[-1][0].text for growing in replies] == [reply.text for reply in alone]
     assert [growing[-1][0].new_tokens for growing in replies] == [16, 6]
+
+
+def test_a_seed_repeats_a_sampled_answer_whoever_shares_its_batch(tiny_model_dir, monkeypatch):
+    """A running batch samples each seeded row from its own generator: the answer is the same
+    alone or beside others (seeded otherwise or not at all). `generate` (a GPU, the compiled
+    step) samples every row from one generator, so there a seeded request decodes alone, its
+    draws seeded and the process's generator left as it was. On the model's own weights, as a
+    CPU without native bf16 decodes (there every batched answer once failed)."""
+    from collections import OrderedDict
+
+    import torch
+
+    from core.inference import models
+
+    monkeypatch.setenv("FINETUNE_LAB_DECODE", "eager")
+    monkeypatch.setattr(models, "_CACHE", OrderedDict())
+    loaded = load_model(str(tiny_model_dir))
+    assert loaded.decode == "eager"
+    hello = [Row(BASE, [{"role": "user", "content": "Hello there"}])]
+
+    def sampled(seed):
+        return Request(loaded, hello, GenerationSettings(temperature=1.0, top_p=1.0, max_new_tokens=10, seed=seed), 2)
+
+    alone = answers(Batcher(), [sampled(7)])[0][-1][0].text
+    batcher = Batcher()
+    together = answers(batcher, [sampled(8), sampled(None), sampled(7)])
+    assert batcher.batch_sizes == {3: 1}, "the three decoded together"
+    assert together[2][-1][0].text == alone and together[0][-1][0].text != alone
+
+    assert sampled(7).batches_with(sampled(8), joining=True) and sampled(None).batches_with(sampled(None), joining=False)
+    assert not sampled(7).batches_with(sampled(None), joining=False)
+    before = torch.get_rng_state()
+    solo = [list(stream_reply(loaded, hello[0].messages, sampled(seed).settings))[-1].text for seed in (7, 7, 8)]
+    assert solo[0] == solo[1] != solo[2] and torch.equal(torch.get_rng_state(), before)

@@ -78,6 +78,22 @@ def test_an_answer_ends_at_a_stop_string_and_counts_its_tokens(client, tiny_run)
     assert not chunks[-1].choices and chunks[-1].usage.prompt_tokens == cut.usage.prompt_tokens
 
 
+def test_a_seed_repeats_a_sampled_answer_beside_another_callers(client):
+    ask = dict(model="smollm2-135m-instruct", messages=WHO, max_tokens=12, temperature=1.5)
+
+    def answer(seed: int) -> str:
+        return client.chat.completions.create(seed=seed, **ask).choices[0].message.content
+
+    first = answer(3)
+    together: dict[int, str] = {}
+    callers = [threading.Thread(target=lambda seed=seed: together.update({seed: answer(seed)})) for seed in (3, 4)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert together[3] == first != together[4]
+
+
 def test_concurrent_clients_are_decoded_together_and_a_flood_is_refused(client, app_server, tiny_run):
     """A base and an adapter stream from one address are taken at once and decoded as one batch
     (core.inference.batching), joining another address's running answer: each one's tokens arrive
@@ -137,7 +153,8 @@ def test_refusals_have_openais_shape(client, app_server):
     for field, message in ((dict(n=2), "'n' must be 1"), (dict(stop=["a"] * 5), "'stop' must be a string"),
                            (dict(response_format={"type": "json_object"}), "Only 'response_format'"),
                            (dict(tools=[{"type": "function", "function": {"name": "f"}}]), "Tools are not supported"),
-                           (dict(frequency_penalty=0.5), "'frequency_penalty' is not supported")):
+                           (dict(frequency_penalty=0.5), "'frequency_penalty' is not supported"),
+                           (dict(seed=1.5), "'seed' must be a whole number")):
         with pytest.raises(BadRequestError, match=message):  # refused, not silently ignored
             client.chat.completions.create(model="smollm2-135m-instruct", messages=WHO, **field)
     raw = httpx.post(app_server + "v1/chat/completions", content=b'{"model": "smollm2-135m-instruct"}')

@@ -38,6 +38,11 @@ class GenerationSettings:
     raw_text: bool = False  # continue the text as is, without the chat template
     min_new_tokens: int = 0  # benchmarks set it, so that every run generates the same count
     chat_template: str | None = None  # None: the model's own; else a Jinja text, or QA_FORMAT
+    seed: int | None = None  # a sampled reply's random draws; None: the process's generator
+
+    def sampling_seed(self) -> int | None:
+        """The seed that decides this reply, if any: greedy replies draw nothing."""
+        return self.seed if self.temperature > 0 else None
 
 
 @dataclass
@@ -121,7 +126,8 @@ def stream_reply(loaded: LoadedModel, messages: list[dict], settings: Generation
         # the same way, so a solo reply and its Compare pane agree token for token.
         context = adapter_context(loaded, [adapter_name], kwargs)
     start = time.perf_counter()
-    done, result = launch_generate(loaded, kwargs, streamer, context, beside_decode_thread, route.model)
+    done, result = launch_generate(loaded, kwargs, streamer, context, beside_decode_thread, route.model,
+                                   settings.sampling_seed())
     reply = Reply(notice=notice, prompt_tokens=input_ids.shape[1])
     try:
         for reply.text, reply.new_tokens in streamer:
@@ -138,17 +144,18 @@ def stream_reply(loaded: LoadedModel, messages: list[dict], settings: Generation
     yield reply
 
 
-def launch_generate(loaded: LoadedModel, kwargs: dict, streamer, context=None, beside_decode_thread=False, model=None):
+def launch_generate(loaded: LoadedModel, kwargs: dict, streamer, context=None, beside_decode_thread=False, model=None,
+                    seed: int | None = None):
     """Start `loaded.model.generate(**kwargs)` (or, on `model`, a compiled step's view, core.inference.step_loop's) on
-    core.threads' decode thread (or, with `beside_decode_thread`, in a thread of its own); return
-    (wait, result). `result` gets "ids", or "error" together with the streamer's end, so its
-    consumer never waits forever."""
+    core.threads' decode thread (or, with `beside_decode_thread`, in a thread of its own), its
+    sampling seeded with `seed` if given; return (wait, result). `result` gets "ids", or "error"
+    together with the streamer's end, so its consumer never waits forever."""
     wanted, result = torch.get_num_threads(), {}  # the thread count core.threads set for this request
 
     def run():
         try:
             threads.apply(wanted)
-            with loaded.lock, context or contextlib.nullcontext(), torch.inference_mode():
+            with loaded.lock, context or contextlib.nullcontext(), torch.inference_mode(), seeded(seed, loaded.model.device):
                 result["ids"] = loaded.model.generate(**kwargs) if model is None else step_loop.generate(model, kwargs)
         except Exception as exc:  # surfaced by the caller, never lost in the thread
             result["error"] = exc
@@ -159,6 +166,21 @@ def launch_generate(loaded: LoadedModel, kwargs: dict, streamer, context=None, b
     worker = threading.Thread(target=run, daemon=True)
     worker.start()
     return worker.join, result
+
+
+_SEEDED_DRAWS = threading.Lock()  # a Compare's second model samples in a thread beside the first's
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None, device: torch.device):
+    """Sample from `seed` inside, restoring the process's generator after (None: as it is). Seeded
+    replies take that generator one at a time, so two panes' draws never interleave."""
+    if seed is None:
+        yield
+        return
+    with _SEEDED_DRAWS, torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def generate_kwargs(loaded: LoadedModel, input_ids, settings: GenerationSettings, streamer, stop) -> dict:

@@ -102,7 +102,7 @@ def stream_batch(loaded: LoadedModel, conversations: list[list[dict]], adapter_n
     kwargs.update(route.options)
     context = route.context if route.model is not None else adapter_context(loaded, adapter_names, kwargs)
     start = time.perf_counter()
-    done, result = launch_generate(loaded, kwargs, streamer, context, model=route.model)
+    done, result = launch_generate(loaded, kwargs, streamer, context, model=route.model, seed=settings.sampling_seed())
     replies = tuple(Reply(notice=notice, prompt_tokens=ids.shape[1]) for ids, notice in encoded)
     texts = [ReplyText(loaded.tokenizer) for _ in replies]
     ends = end_ids(loaded.model)

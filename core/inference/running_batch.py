@@ -9,7 +9,8 @@ the next token, instead of waiting for the whole batch to end. Each row's prompt
 (no padding), then its keys and values join the batch's cache, left-padded to the longest row.
 A decoding step runs every row in one pass over the weights; in attention, each row reads its
 own keys only (core.inference.decode_attention.rows_starting_at), and it samples from its own
-ids (its repetition penalty counts its prompt and answer, as `generate` does for a solo reply).
+ids (its repetition penalty counts its prompt and answer, as `generate` does for a solo reply)
+and, when its request names a seed, from its own generator, whoever else is in the batch.
 So every row's greedy tokens are its solo reply's, whenever it joined (tests/test_batching.py).
 
 It needs the packed decode attention and a plain growing cache (no sliding window): `joins`
@@ -44,6 +45,7 @@ class LiveRow:
     budget: int  # its max_new_tokens
     reply: Reply
     answer: ReplyText  # its tokens and their text
+    generator: torch.Generator | None = None  # its seeded draws (None: the process's generator)
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -73,7 +75,7 @@ class RunningBatch:
         ids, notice = build_inputs(self.loaded, messages, in_format(own, template))
         row = LiveRow(owner, adapter, ids[0].tolist(), int(own.max_new_tokens),
                       Reply(notice=notice, prompt_tokens=ids.shape[1]),
-                      ReplyText(self.loaded.tokenizer))
+                      ReplyText(self.loaded.tokenizer), _generator(own.sampling_seed()))
         logits, cache = _on_decode_thread(self._prompt_pass, ids, adapter)
         self._add_token(row, self._choose(row, logits))
         self._merge(row, cache)
@@ -152,7 +154,7 @@ class RunningBatch:
             logits = TopKLogitsWarper(top_k)(ids, logits)
         if settings.top_p < 1.0:
             logits = TopPLogitsWarper(settings.top_p)(ids, logits)
-        return int(torch.multinomial(torch.softmax(logits, -1), 1))
+        return int(torch.multinomial(torch.softmax(logits, -1), 1, generator=row.generator))
 
     def _add_token(self, row: LiveRow, token: int) -> None:
         row.ids.append(token)
@@ -168,6 +170,10 @@ class RunningBatch:
             mine.keys = torch.cat([_left_padded(mine.keys, width), _left_padded(new.keys, width)])
             mine.values = torch.cat([_left_padded(mine.values, width), _left_padded(new.values, width)])
         self.rows.append(row)
+
+
+def _generator(seed: int | None) -> torch.Generator | None:
+    return None if seed is None else torch.Generator().manual_seed(seed)
 
 
 def _left_padded(states: torch.Tensor, width: int) -> torch.Tensor:
