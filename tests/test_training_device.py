@@ -35,14 +35,18 @@ def test_qlora_gradients_reach_the_first_layer_after_an_eval_pass():
     assert len(first) == 7 and all(g is not None and g.abs().sum() > 0 for g in first)
 
 
-def test_auto_trains_in_bf16_only_where_its_matmuls_are_faster_here():
-    """training_precision: explicit choices stand; on a CPU with native bf16, auto picks bf16 only
-    if bf16 matmuls clearly beat fp32 ones, checked against a second timing wherever the two
-    differ by more than a third (bf16 2.2-6.8x faster on the EPYC and the AMX Xeon, 0.5-0.67x on
-    the Xeon without AMX)."""
-    from training.device import _best_times, bf16_matmuls_pay
+def test_auto_trains_in_bf16_only_where_its_matmuls_are_faster_here(capfd):
+    """training_precision: explicit choices stand, and bf16 on a CPU that only emulates it says
+    so once; on a CPU with native bf16, auto picks bf16 only if bf16 matmuls clearly beat fp32
+    ones, checked against a second timing wherever the two differ by more than a third (bf16
+    2.2-6.8x faster on the EPYC and the AMX Xeon, 0.5-0.67x on the Xeon without AMX)."""
+    from core.inference.models import cpu_has_native_bf16
+    from training.device import _best_times, _say_bf16_is_emulated, bf16_matmuls_pay
 
-    assert training_precision("bf16") == "bf16" and training_precision("fp32") == "fp32"
+    _say_bf16_is_emulated.cache_clear()
+    assert training_precision("bf16") == "bf16" == training_precision("bf16") and training_precision("fp32") == "fp32"
+    said = capfd.readouterr().err.count("its matmuls are emulated")
+    assert said == (0 if torch.cuda.is_available() or cpu_has_native_bf16() else 1)
     if torch.cuda.is_available() or resolve_precision("auto") != "bf16":
         assert training_precision("auto") == resolve_precision("auto")
         return
