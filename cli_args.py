@@ -64,7 +64,7 @@ def _add_chat(sub) -> None:
     chat.add_argument("--adapter", help="a run name, a LoRA adapter or fully fine-tuned model folder, or a Hub repo id")
     chat.add_argument("--compare", action="store_true", help="answer with base and tuned")
     chat.add_argument("--temperature", type=at_least(0.0, float), default=0.0, help="0: greedy")
-    chat.add_argument("--seed", type=at_least(0), help="with a temperature above 0: the same seed, the same answer")
+    chat.add_argument("--seed", type=int, help="with a temperature above 0: the same seed, the same answer")
     chat.add_argument("--max-new-tokens", type=at_least(1), default=256)
     chat.add_argument("--system", help="system prompt")
 

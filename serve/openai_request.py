@@ -17,7 +17,8 @@ import hmac
 from dataclasses import dataclass
 
 from core import access
-from core.inference.chat import GenerationSettings
+from core.inference.chat import GenerationSettings, checked_seed
+from core.inference.models import ModelError
 from core.inference.models import KNOWN_MODELS
 from core.request_limits import client_address
 from core.runs import GENERATOR, finished_runs
@@ -159,9 +160,10 @@ def _limit_field(body: dict) -> str:
 
 
 def _seed(seed) -> int | None:
-    if seed is not None and (type(seed) is not int or not -2**63 <= seed < 2**63):
-        raise ApiError(400, "'seed' must be a whole number that fits in 64 bits (signed).")
-    return seed
+    try:
+        return checked_seed(seed)
+    except ModelError as error:
+        raise ApiError(400, str(error)) from None
 
 
 def _number(body: dict, name: str, default: float, low: float, high: float) -> float:

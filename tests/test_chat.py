@@ -188,7 +188,8 @@ def test_retry_undo_and_edit_rewind_both_panes():
 
 def test_cli_chat_holds_a_conversation(smol, tiny_run, monkeypatch, capsys):
     """`cli.py chat` without a prompt reads a conversation from stdin: each answer is prompted
-    with what was said before (the prompt grows by the last turn), and /reset starts over."""
+    with what was said before (the prompt grows by the last turn), and /reset starts over. A seed
+    torch cannot take is one line."""
     import io
     import re
 
@@ -200,4 +201,6 @@ def test_cli_chat_holds_a_conversation(smol, tiny_run, monkeypatch, capsys):
     prompts = [int(n) for n in re.findall(r"; prompt (\d+) tokens\]", err)]
     assert len(prompts) == 3 and "Lumen" in out.splitlines()[0], (out, err)
     assert prompts[1] > prompts[0] + 10 and prompts[2] == prompts[0] and "(a new conversation)" in err
+    assert cli(["chat", "--temperature", "1", "--seed", str(2**64), "Hi"]) == 2
+    assert "The seed must be a whole number that fits in 64 bits" in capsys.readouterr().err
 

@@ -94,8 +94,9 @@ class Batcher:
                 self.dispatcher = threading.Thread(target=self._serve, name="chat-batches", daemon=True)
                 self.dispatcher.start()
 
-    def _next_batch(self) -> list[Request]:
-        """The oldest live request, and the later ones that batch with it while rows fit."""
+    def _next_batch(self) -> tuple[list[Request], bool]:
+        """The oldest live request, and the later ones that batch with it while rows fit; and
+        whether they run as a running batch that others may join."""
         with self.arrived:
             self.arrived.wait_for(lambda: self.waiting)
         time.sleep(GATHER_SECONDS)
@@ -108,12 +109,12 @@ class Batcher:
                     batch.append(request)
                     rows += len(request.rows)
             self.waiting = [request for request in live if request not in batch]
-        return batch
+        return batch, joining
 
     def _serve(self) -> None:
         while True:
-            batch = self._next_batch()
-            if batch and joins(batch[0].loaded):
+            batch, joining = self._next_batch()
+            if batch and joining:
                 self._run_joining(batch)
             elif batch:
                 self.batch_sizes[sum(len(request.rows) for request in batch)] += 1

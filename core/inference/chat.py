@@ -45,6 +45,13 @@ class GenerationSettings:
         return self.seed if self.temperature > 0 else None
 
 
+def checked_seed(seed) -> int | None:
+    """A seed torch's generators take (a whole number that fits in 64 bits, signed), or None."""
+    if seed is not None and (type(seed) is not int or not -2**63 <= seed < 2**63):
+        raise ModelError("The seed must be a whole number that fits in 64 bits (signed).")
+    return seed
+
+
 @dataclass
 class Reply:
     """The reply so far. `stats` and `notice` are filled in for the status line."""
