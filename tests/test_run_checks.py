@@ -84,10 +84,40 @@ def test_unknown_recipe_field_and_impossible_settings(tmp_path):
         config_from_dict({"learning_rate": "-1e-3"})
     # each failed inside the run (torch's dropout, Trainer's arguments) or, kept 0 checkpoints, broke resume
     for name, value in {"lora_dropout": 1.5, "save_total_limit": 0, "logging_steps": 0, "lora_alpha": 0,
-                        "eval_rows": -1, "eval_seconds": -1.0, "max_rows": -5, "eval_steps": -1, "threads": -2}.items():
+                        "eval_rows": -1, "eval_seconds": -1.0, "max_rows": -5, "eval_steps": -1, "threads": -2,
+                        "seed": -5}.items():  # numpy's traceback after the model had loaded
         with pytest.raises(LabError, match=f"^{name}={value} must be "):
             config_from_dict({name: value})
 
+
+
+def test_rows_max_length_leaves_no_answer_in_are_counted_and_a_wrong_lora_target_is_one_line(tmp_path, capsys):
+    """trl drops a row whose prompt fills max_length: the run says how many, and where that is
+    every row, one line says so (it was an IndexError from the empty held-out set). A lora_target
+    that names no layer was peft's traceback. On the real model and the tiny recipe's rows."""
+    from core.runs import RunFolder
+    from training import objectives
+    from training.fit import prepare, start_trainer
+
+    def trainer(**settings):
+        run = RunFolder(tmp_path / str(len(list(tmp_path.iterdir()))))
+        run.path.mkdir()
+        cfg, tokenizer, train_set, eval_set = prepare(load_config("tiny", **settings), run)
+        start_trainer(objectives.get("sft"), cfg, run, tokenizer, train_set, eval_set, False, {"flag": False})
+        return tokenizer, train_set
+
+    tokenizer, train_set = trainer(max_length=36)
+    prompts = [len(tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, return_dict=True)["input_ids"])
+               for row in train_set]
+    dropped = sum(length >= 36 for length in prompts)
+    assert 0 < dropped < len(train_set) and (
+        f"note: {dropped} of {len(train_set)} training rows dropped: their prompt fills max_length=36, "
+        "leaving no answer to learn.") in capsys.readouterr().out
+    with pytest.raises(DataError, match=rf"^max_length={min(prompts)} leaves no answer to learn in any of the "
+                                        rf"{len(train_set)} training rows: their prompts fill it\. Raise max_length\.$"):
+        trainer(max_length=min(prompts))
+    with pytest.raises(LabError, match=r"^lora_target='attn' names no layer of smollm2-135m-instruct: use all-linear"):
+        trainer(lora_target="attn")
 
 
 def test_torch_compile_without_a_compiler_is_refused(tmp_path, monkeypatch):

@@ -132,6 +132,8 @@ class TrainConfig:
                      "max_rows", "eval_steps", "threads"):
             if getattr(self, name) < 0:
                 raise LabError(f"{name}={getattr(self, name)} must be 0 or more.")
+        if not 0 <= self.seed < 2**32:
+            raise LabError(f"seed={self.seed} must be between 0 and {2**32 - 1}.")
         for name in ("learning_rate", "beta"):
             if not getattr(self, name) > 0:
                 raise LabError(f"{name}={getattr(self, name)} must be above 0.")

@@ -15,8 +15,11 @@ import os
 from pathlib import Path
 
 from core import threads
+from core.data.rows import DataError
+from core.errors import LabError
 from core.paths import write_json
 from core.runs import RunFolder
+from peft import NoMatchingPeftModuleError
 from transformers import PrinterCallback
 
 from training import evaluate, objectives, tracking
@@ -90,13 +93,35 @@ def start_trainer(objective, cfg: TrainConfig, run: RunFolder, tokenizer, train_
     """The objective's trainer, logging to the run folder and stoppable; its batch plan said."""
     callbacks = [JsonlLogger(run.log, resume), StopOnRequest(stop, run.stop_marker),
                  *tracking.callbacks(cfg, run)]
-    trainer = objective.trainer(cfg, run, tokenizer, train_set, eval_set, callbacks)
+    try:
+        trainer = objective.trainer(cfg, run, tokenizer, train_set, eval_set, callbacks)
+    except NoMatchingPeftModuleError as error:
+        raise LabError(f"lora_target={cfg.lora_target!r} names no layer of {cfg.model}: use all-linear, or "
+                       "names of its Linear layers (q_proj,v_proj in Llama-style models; query,value in "
+                       "BERT-style embedders).") from error
+    check_rows_left(trainer, cfg, train_set, eval_set)
     trainer.remove_callback(PrinterCallback)  # raw log dicts; JsonlLogger prints a readable line
     if trainer.is_world_process_zero():
         plan = batch_plan(cfg, trainer)
         write_json(run.plan_file, plan)
         print(plan["text"], flush=True)
     return trainer
+
+
+def check_rows_left(trainer, cfg: TrainConfig, train_set, eval_set) -> None:
+    """trl drops each row whose prompt fills max_length, since no answer token is left to learn
+    from: say how many it dropped, and stop with one line where none is left."""
+    if getattr(trainer.args, "packing", False):  # packing joins rows: its count is not theirs
+        return
+    for rows, given, kept in (("training", train_set, trainer.train_dataset),
+                              ("held-out", eval_set, trainer.eval_dataset)):
+        if given is None or kept is None or len(kept) == len(given):
+            continue
+        if not len(kept):
+            raise DataError(f"max_length={cfg.max_length} leaves no answer to learn in any of the {len(given)} "
+                            f"{rows} rows: their prompts fill it. Raise max_length.")
+        print(f"note: {len(given) - len(kept)} of {len(given)} {rows} rows dropped: their prompt fills "
+              f"max_length={cfg.max_length}, leaving no answer to learn.", flush=True)
 
 
 def let_training_wrap(trainer) -> None:
