@@ -90,10 +90,13 @@ def _add_embed(sub) -> None:
 
 def _add_corpus(parser) -> None:
     """The corpus flags topics and embed share, as the Embeddings tab's first widgets."""
-    parser.add_argument("--corpus", default="guardian-headlines", help="bundled corpus or csv/jsonl/txt file")
-    parser.add_argument("--text-column", default="")
-    parser.add_argument("--label-column", default="")
-    parser.add_argument("--max-docs", type=at_least(1), default=5000)
+    parser.add_argument("--corpus", default="guardian-headlines",
+                        help="a bundled corpus (guardian-headlines, debates-2016, chatterbot) or a csv/jsonl/txt file")
+    parser.add_argument("--text-column", default="", help="a file's text column (default: 'text', else its first); "
+                        "a bundled corpus has its own")
+    parser.add_argument("--label-column", default="", help="the column of categories, to classify or to score "
+                        "clusters against")
+    parser.add_argument("--max-docs", type=at_least(1), default=5000, help="documents to use (a seeded sample)")
     parser.add_argument("--embedder", default="all-MiniLM-L6-v2", help="the packaged MiniLM, a Hub id, a folder "
                         "or a tuned embedder run")
 

@@ -102,3 +102,21 @@ def test_pairs_come_from_exactly_the_rows_whose_loss_rose(tiny_effect, tiny_run,
         make_pairs(tiny_run.name, topic)
     with pytest.raises(LabError, match="No topic"):
         topic_rows(effect, "no such topic")
+
+
+def test_an_unfinished_or_preference_run_is_refused_in_one_line(data_home):
+    """A run that failed or is still running has no manifest: it said its held-out rows had no
+    reference text, which is the refusal for a DPO or KTO run."""
+    from core.runs import Manifest, RunFolder
+    from training.effect import compute
+
+    half_done = RunFolder.named("half-done")
+    half_done.path.mkdir()
+    with pytest.raises(LabError, match=r"^'half-done' has not finished: the effect map compares a finished run"):
+        compute("half-done")
+    preference = RunFolder.named("preference-run")
+    preference.path.mkdir()
+    preference.write_manifest(Manifest("preference-run", "smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct",
+                                       "dpo", "lora", "DPO + LORA", "pairs.jsonl"))
+    with pytest.raises(LabError, match=r"^'preference-run' is not a finished SFT or DAPT run: .* reference text"):
+        compute("preference-run")

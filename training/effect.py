@@ -129,7 +129,9 @@ def compute(name: str, embedder: str = "", progress=print) -> dict:
 
     run = RunFolder.existing(name)
     manifest = run.manifest()
-    if manifest is None or not objectives.get(manifest.objective).maps_effect:
+    if manifest is None:
+        raise LabError(f"'{name}' has not finished: the effect map compares a finished run with its base.")
+    if not objectives.get(manifest.objective).maps_effect:
         raise LabError(f"'{name}' is not a finished SFT or DAPT run: the effect map compares losses on reference "
                        "text, which its held-out rows do not have.")
     cfg = load_config(run.config)
