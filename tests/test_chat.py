@@ -50,6 +50,14 @@ def test_huge_message_is_cut_with_notice(smol):
     assert reply.done and "cut to its last" in reply.notice
 
 
+def test_an_answer_longer_than_the_context_is_refused_in_one_line(smol):
+    """`cli.py chat --max-new-tokens 100000` failed inside the embedding on an empty prompt."""
+    too_long = GenerationSettings(max_new_tokens=smol.context_length)
+    with pytest.raises(ModelError, match=rf"^max_new_tokens={smol.context_length} leaves no room for the message: "
+                                         rf"this model reads {smol.context_length} tokens in all"):
+        final(smol, FRANCE, too_long)
+
+
 def test_empty_message_is_refused(smol):
     with pytest.raises(ModelError, match="Empty message"):
         final(smol, [{"role": "user", "content": "   "}])

@@ -71,6 +71,9 @@ def build_inputs(loaded: LoadedModel, messages: list[dict], settings: Generation
     Returns (input_ids tensor of shape [1, n], notice); the notice says what was cut.
     """
     tokenizer = loaded.tokenizer
+    if settings.max_new_tokens >= loaded.context_length:  # no room left for the prompt
+        raise ModelError(f"max_new_tokens={settings.max_new_tokens} leaves no room for the message: this model reads "
+                         f"{loaded.context_length} tokens in all, message and answer.")
     budget = min(settings.max_input_tokens, loaded.context_length - settings.max_new_tokens)
     system = [{"role": "system", "content": settings.system_prompt}] if settings.system_prompt else []
     turns, dropped = list(messages), 0
