@@ -94,3 +94,15 @@ def test_qlora_merges_into_its_dequantized_base(data_home):
     train(cfg, RunFolder.named(cfg.output_name).path)
     gap = logit_gap(cfg.output_name, merge_run(cfg.output_name, dtype="fp32").folder, PROMPTS)
     assert gap["max"] < 1e-3 and gap["top1_agreement"] == 1.0, gap
+    assert_the_parity_check_reads_it_on_its_4bit_base(cfg.output_name)
+
+
+def assert_the_parity_check_reads_it_on_its_4bit_base(run_name: str) -> None:
+    """The parity check's reference, the unmerged adapter, sits on the NF4 base too: on the
+    original weights it parted from its own merged model in every prompt (0/6, a run of 9 steps)."""
+    from training.export_parity import check_parity
+    from training.gguf_export import export_gguf
+
+    export_gguf(run_name, "f16")
+    pairs = check_parity(run_name, "f16", progress=lambda line: None)["pairs"]
+    assert pairs["adapter vs merged"]["identical"] == pairs["adapter vs merged"]["of"] > 0, pairs

@@ -63,7 +63,7 @@ def merge_run(run_name: str, dtype: str = "bf16", progress=None) -> Export:
     return Export(run.merged, time.perf_counter() - start)
 
 
-def _training_base(run: RunFolder):
+def training_base(run: RunFolder):
     """The run's base as training loaded it (NF4 for QLoRA), computing in fp32."""
     from training.config import load_config
     from training.model_setup import load_base
@@ -77,7 +77,7 @@ def _merged_model(run: RunFolder):
 
     # A QLoRA base is de-quantized first, so the adapter lands on the very weights it was
     # trained against (peft would otherwise re-quantize the merged weights to 4 bits).
-    base = _training_base(run)
+    base = training_base(run)
     if getattr(base, "is_quantized", False):
         base = base.dequantize()
     model = PeftModel.from_pretrained(base, str(run.adapter))
@@ -108,7 +108,7 @@ def logit_gap(run_name: str, merged: Path, prompts: list[str]) -> dict:
 
     run = RunFolder.existing(run_name)
     tokenizer = AutoTokenizer.from_pretrained(str(merged))
-    unmerged = PeftModel.from_pretrained(_training_base(run), str(run.adapter)).eval()
+    unmerged = PeftModel.from_pretrained(training_base(run), str(run.adapter)).eval()
     plain = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32).eval()
     gaps, agree, positions = [], 0, 0
     with torch.inference_mode():

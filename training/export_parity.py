@@ -19,6 +19,7 @@ from __future__ import annotations
 from core.errors import LabError
 from core.paths import write_json
 from core.runs import RunFolder
+from training.export import training_base
 from training.gguf_runtime import TorchRunner, gguf_runner
 
 MAX_PROMPTS = 16
@@ -61,17 +62,16 @@ def first_parting(one: list[int], other: list[int]) -> int | None:
     return next((i for i, (a, b) in enumerate(zip(one, other)) if a != b), min(len(one), len(other)))
 
 
-def load_formats(run: RunFolder, cfg, gguf) -> dict:
+def load_formats(run: RunFolder, gguf) -> dict:
     """{format: runner} for the adapter on its base, the merged folder and the GGUF file."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from core.inference.models import resolve_model
-
     fp32 = dict(dtype=torch.float32, use_safetensors=True, trust_remote_code=False)
-    base = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model), **fp32)
-    adapter = (PeftModel.from_pretrained(base, str(run.adapter)) if run.is_lora else
+    # A QLoRA adapter on the NF4 base it trained against, as the merge puts it: on the original
+    # weights it answered differently (0/6 prompts identical to its own merged model).
+    adapter = (PeftModel.from_pretrained(training_base(run), str(run.adapter)) if run.is_lora else
                AutoModelForCausalLM.from_pretrained(str(run.adapter), **fp32)).eval()
     formats = {"adapter": TorchRunner(adapter)}
     if (run.merged / "config.json").is_file():
@@ -134,7 +134,7 @@ def check_parity(run_name: str, quant: str, progress=print) -> dict:
     conversations = parity_prompts(run, cfg)
     prompts = [prompt_ids(tokenizer, messages) for messages in conversations]
     progress(f"parity: {len(prompts)} prompts through the adapter, the merged model and the {quant} GGUF")
-    formats = load_formats(run, cfg, gguf)
+    formats = load_formats(run, gguf)
     answers = {name: [runner.greedy(ids, NEW_TOKENS) for ids in prompts] for name, runner in formats.items()}
     pairs = {f"{one} vs {other}": compare(answers[one], answers[other], formats[other], prompts)
              for one, other in (("adapter", "merged"), ("adapter", "gguf"), ("merged", "gguf"))
