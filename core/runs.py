@@ -175,15 +175,20 @@ class RunFolder:
         """How the last attempt ended ({} while running, or when it was killed)."""
         return read_json(self.status_file)
 
-    @property
-    def objective(self) -> str:
-        """The run's objective as its config names it (known from the start, not only when done)."""
+    def settings(self) -> dict:
+        """The run's settings as its config.yaml holds them (known from the start, not only when
+        done); {} when it has none that can be read."""
         import yaml
 
         try:
-            return str((yaml.safe_load(self.config.read_text()) or {}).get("objective", ""))
+            settings = yaml.safe_load(self.config.read_text())
         except (OSError, yaml.YAMLError):
-            return ""
+            return {}
+        return settings if isinstance(settings, dict) else {}
+
+    @property
+    def objective(self) -> str:
+        return str(self.settings().get("objective", ""))
 
     @property
     def is_finished(self) -> bool:

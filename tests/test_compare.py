@@ -83,3 +83,17 @@ def test_compare_stop_ends_generation(smol, loud_adapter):
     stream.close()  # what Gradio does on Stop
     assert smol.lock.acquire(timeout=10), "generate must end soon after Stop and free the model"
     smol.lock.release()
+
+
+def test_report_pairs_take_each_side_from_its_own_model(smol, loud_adapter, tiny_model_dir):
+    """A run's report asks its pairs with answer_pairs: "before" may be a model of its own (the
+    start of a DPO run continuing a QLoRA adapter, run on its 4-bit base), "after" an adapter on
+    the base; each side's answers are its solo runs' (one conversation: rows of other lengths
+    would be left-padded, which changes the rounding)."""
+    from core.inference.compare import answer_pairs
+
+    start, tuned = attach_tuned(smol, str(tiny_model_dir)), attach_tuned(smol, str(loud_adapter))
+    conversations = [ask(PROMPTS[0])]
+    [pairs] = answer_pairs(smol, tuned, conversations, GREEDY, start)
+    assert pairs == [(solo(start.loaded, messages).text.strip(), solo(smol, messages, tuned.adapter_name).text.strip())
+                     for messages in conversations]

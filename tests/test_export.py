@@ -95,6 +95,7 @@ def test_qlora_merges_into_its_dequantized_base(data_home):
     gap = logit_gap(cfg.output_name, merge_run(cfg.output_name, dtype="fp32").folder, PROMPTS)
     assert gap["max"] < 1e-3 and gap["top1_agreement"] == 1.0, gap
     assert_the_parity_check_reads_it_on_its_4bit_base(cfg.output_name)
+    assert_chat_runs_it_as_its_merged_export(cfg.output_name, cfg.model)
 
 
 def assert_the_parity_check_reads_it_on_its_4bit_base(run_name: str) -> None:
@@ -106,3 +107,23 @@ def assert_the_parity_check_reads_it_on_its_4bit_base(run_name: str) -> None:
     export_gguf(run_name, "f16")
     pairs = check_parity(run_name, "f16", progress=lambda line: None)["pairs"]
     assert pairs["adapter vs merged"]["identical"] == pairs["adapter vs merged"]["of"] > 0, pairs
+
+
+def assert_chat_runs_it_as_its_merged_export(run_name: str, model: str) -> None:
+    """Chat, the report and the held-out scores run a QLoRA adapter on its 4-bit base, as its
+    merged export holds it: a second model whose answers are the merged folder's on the same
+    decode path, token for token. On the original weights it answered otherwise."""
+    from core.inference.adapters import attach_tuned
+    from core.inference.chat import GenerationSettings, stream_reply
+    from core.inference.models import load_model
+    from core.runs import RunFolder
+
+    base, run = load_model(model), RunFolder.named(run_name)
+    tuned = attach_tuned(base, run_name)
+    assert tuned.adapter_name is None and tuned.loaded is not base and "4-bit base" in tuned.loaded.name
+    exported = load_model(str(run.merged))
+    greedy = GenerationSettings(temperature=0, max_new_tokens=24)
+    for prompt in PROMPTS:
+        messages = [{"role": "user", "content": prompt}]
+        (*_, as_trained), (*_, merged) = (stream_reply(side, messages, greedy) for side in (tuned.loaded, exported))
+        assert as_trained.text == merged.text, (prompt, as_trained.text, merged.text)

@@ -11,7 +11,8 @@ chat template, loadable with `AutoModelForCausalLM.from_pretrained` alone, no pe
 How it merges: the base loads in fp32, peft attaches the adapter, and `merge_and_unload` adds
 each B·A·scale into its weight in fp32; the result is saved in `dtype` (bf16 by default, the
 size models are published in). A QLoRA adapter was trained against the base's NF4-rounded
-weights, so its base loads in NF4 as in training and is de-quantized before the merge: merging
+weights, so its base loads in NF4 as in training and is de-quantized before the merge
+(core.inference.qlora, which Chat runs it with too): merging
 into the original full-precision weights instead moved the logits by 2.0 on average and changed
 the top token at 19% of positions (bench/bench_export.py). `logit_gap` measures a merged model
 against the unmerged adapter. A full fine-tune's adapter folder already is a model.
@@ -72,17 +73,20 @@ def training_base(run: RunFolder):
 
 
 def _merged_model(run: RunFolder):
+    """The adapter merged into its base; a QLoRA adapter into the base rounded to 4 bits as it
+    trained, as Chat runs it (core.inference.qlora)."""
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    # A QLoRA base is de-quantized first, so the adapter lands on the very weights it was
-    # trained against (peft would otherwise re-quantize the merged weights to 4 bits).
-    base = training_base(run)
-    if getattr(base, "is_quantized", False):
-        base = base.dequantize()
-    model = PeftModel.from_pretrained(base, str(run.adapter))
+    from core.inference.models import resolve_model
+    from core.inference.qlora import merged_as_trained, trained_on_4bit
+    from training.config import load_config
+
     tokenizer = AutoTokenizer.from_pretrained(str(run.adapter), trust_remote_code=False)
-    return model.merge_and_unload(), tokenizer
+    four_bit = trained_on_4bit(run.adapter)
+    if four_bit is not None:
+        return merged_as_trained(resolve_model(load_config(run.config).model), run.adapter, four_bit), tokenizer
+    return PeftModel.from_pretrained(training_base(run), str(run.adapter)).merge_and_unload(), tokenizer
 
 
 def _save(model, tokenizer, folder: Path, dtype: str) -> None:

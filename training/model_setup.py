@@ -45,17 +45,16 @@ def load_base(cfg, sequence_length: int = 0):
     LoRA/QLoRA bases are stored in the compute dtype, which halves their memory. The longest
     row (`sequence_length`, default max_length) picks the attention kernel."""
     import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
 
     from core.inference.models import resolve_model
+    from core.inference.qlora import four_bit_config
 
     kwargs = dict(use_safetensors=True, trust_remote_code=False,
                   attn_implementation=attention_for(sequence_length or cfg.max_length))
     compute = torch_dtype(training_precision(cfg.precision))
     if cfg.adapter == "qlora":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=cfg.quant_type,
-            bnb_4bit_use_double_quant=cfg.double_quant, bnb_4bit_compute_dtype=compute)
+        kwargs["quantization_config"] = four_bit_config(cfg.quant_type, cfg.double_quant, compute)
         if torch.cuda.is_available():  # bitsandbytes quantizes where the weights load, and the
             # Trainer never moves a 4-bit model: without this it would train on the CPU.
             kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}

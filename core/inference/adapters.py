@@ -15,6 +15,7 @@ from pathlib import Path
 
 from core import threads
 from core.inference.models import LoadedModel, ModelError, find_spec, load_model
+from core.inference.qlora import as_trained, trained_on_4bit
 
 
 @dataclass
@@ -47,6 +48,11 @@ def adapter_folder(value: str) -> Path:
 def attach_tuned(base: LoadedModel, value: str) -> Tuned:
     """Prepare the tuned side: attach a LoRA adapter to `base`, or load a full model folder."""
     folder = adapter_folder(value)
+    four_bit = trained_on_4bit(folder)
+    if four_bit is not None:  # a second model, as the adapter trained (core.inference.qlora)
+        _check_same_base(base, base_model_of(folder))
+        loaded = as_trained(base, folder, four_bit)
+        return Tuned(loaded, None, trained_format(folder, loaded.tokenizer))
     if (folder / "adapter_config.json").is_file():
         return Tuned(base, _attach_lora(base, folder), trained_format(folder, base.tokenizer))
     if (folder / "config.json").is_file():
@@ -77,11 +83,11 @@ def trained_format(folder: Path, tokenizer) -> str | None:
 def _attach_lora(base: LoadedModel, folder: Path) -> str:
     """Attach once per folder, under the model's lock (two sessions must not both pick 'adapter1');
     an attached adapter is found without it, as a running generation holds it to its end."""
-    from peft import PeftConfig, PeftModel
+    from peft import PeftModel
 
     if not (folder / "adapter_model.safetensors").is_file():
         raise ModelError(f"'{folder.name}' has no adapter_model.safetensors (only safetensors load).")
-    trained_on = PeftConfig.from_pretrained(str(folder)).base_model_name_or_path or ""
+    trained_on = base_model_of(folder)
     _check_same_base(base, trained_on)
     key = str(folder)
     if key in base.adapters:  # attached already: no need to wait for the generation that holds the lock
@@ -107,6 +113,13 @@ def _attach_lora(base: LoadedModel, folder: Path) -> str:
         base.model.eval()
         base.adapters[key] = name
     return name
+
+
+def base_model_of(folder: Path) -> str:
+    """The base an adapter folder names (its Hub id, or the folder it was trained on)."""
+    from peft import PeftConfig
+
+    return PeftConfig.from_pretrained(str(folder)).base_model_name_or_path or ""
 
 
 def _check_same_base(base: LoadedModel, trained_on: str) -> None:

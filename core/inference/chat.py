@@ -2,9 +2,10 @@
 
     python cli.py chat "What is the capital of France?"            # the CLI twin
 
-Compare mode keeps ONE copy of the base weights: a LoRA/QLoRA adapter is attached with peft
+Compare mode keeps ONE copy of the base weights: a LoRA adapter is attached with peft
 (core.inference.adapters), and the base side runs inside `disable_adapter()`, so it is truly
-the base model. A fully fine-tuned folder is loaded as a second model instead.
+the base model. A fully fine-tuned folder, or a QLoRA adapter on its 4-bit base
+(core.inference.qlora), is loaded as a second model instead.
 """
 from __future__ import annotations
 

@@ -2,11 +2,11 @@
 
     python cli.py chat --adapter <run name> --compare "What is LoRA?"      # the CLI twin
 
-A LoRA/QLoRA adapter shares the base's weights, so both panes come from ONE batched `generate`
+A LoRA adapter shares the base's weights, so both panes come from ONE batched `generate`
 with mixed-adapter batches (peft's arithmetic, applied by core.inference.lora_rows.adapter_rows): row 0
 runs without the adapter, row 1 with it. Decoding a token reads every weight once whatever the batch size, so two
-rows cost little more than one. A full fine-tune is a second model: its pane runs in a thread of
-its own next to the base's. A run's report and held-out answers are asked the same way, several
+rows cost little more than one. A full fine-tune is a second model, and so is a QLoRA adapter on
+its 4-bit base (core.inference.qlora): its pane runs in a thread of its own next to the base's. A run's report and held-out answers are asked the same way, several
 conversations a batch (`answer_pairs`).
 
 Each pane's greedy tokens are those of its solo run (`core.inference.chat.stream_reply`), tested in
@@ -124,27 +124,33 @@ def stream_batch(loaded: LoadedModel, conversations: list[list[dict]], adapter_n
 def answer_pairs(base: LoadedModel, tuned: Tuned, conversations: list[list[dict]], settings: GenerationSettings,
                  start: Tuned | None = None, per_batch: int = 8) -> Iterator[list[tuple[str, str]]]:
     """Yield, for each `per_batch` conversations, their whole greedy answers [(before, after)]:
-    before from the base (or `start`'s adapter), after from `tuned`, every row of both sides in
-    one batch on one copy of the base weights, as Compare asks its panes (a full fine-tune: a
-    batch on each model). A run's report and held-out answers are asked this way: on 2 CPU
+    before from the base (or `start`), after from `tuned`, every row of both sides in one batch
+    on one copy of the base weights, as Compare asks its panes (a side that is a model of its
+    own: a batch on each model). A run's report and held-out answers are asked this way: on 2 CPU
     cores, plain generate, a batch of each side with the adapter switched between them, took
     1.15x as long (bench/bench_eval.py), and eight conversations a batch took 0.72x the time of
     four."""
     for first in range(0, len(conversations), per_batch):
         chunk = conversations[first:first + per_batch]
         n = len(chunk)
-        before = [start.adapter_name if start else BASE] * n
+        (before, before_adapter), (after, after_adapter) = _side(start, base), _side(tuned, base)
         before_templates = [start.chat_template if start else None] * n
         after_templates = [tuned.chat_template] * n
-        if tuned.adapter_name is None:
-            *_, base_replies = stream_batch(base, chunk, before, settings, before_templates)
-            *_, tuned_replies = stream_batch(tuned.loaded, chunk, [BASE] * n, settings, after_templates)
-            replies = (*base_replies, *tuned_replies)
-        else:
-            *_, replies = stream_batch(base, chunk * 2, before + [tuned.adapter_name] * n, settings,
+        if before is after:
+            *_, replies = stream_batch(before, chunk * 2, [before_adapter] * n + [after_adapter] * n, settings,
                                        before_templates + after_templates)
+        else:
+            *_, base_replies = stream_batch(before, chunk, [before_adapter] * n, settings, before_templates)
+            *_, tuned_replies = stream_batch(after, chunk, [after_adapter] * n, settings, after_templates)
+            replies = (*base_replies, *tuned_replies)
         texts = [reply.text.strip() for reply in replies]
         yield list(zip(texts[:n], texts[n:]))
+
+
+def _side(side: Tuned | None, base: LoadedModel) -> tuple[LoadedModel, str]:
+    """The model a side of a pair runs on and its adapter there (BASE: none). A full fine-tune,
+    or a QLoRA adapter on its 4-bit base, is a model of its own, run bare; None is the base."""
+    return (side.loaded, side.adapter_name or BASE) if side else (base, BASE)
 
 
 def add_token(reply: Reply, text: ReplyText, token: int, is_end: bool, start: float, budget: int,

@@ -159,22 +159,27 @@ def load_model(name: str) -> LoadedModel:
     model already in memory goes on meanwhile, and two requests for one model load it once.
     """
     source = resolve_model(name)
+    return cached_model(source, lambda: _load_fresh(name, source))
+
+
+def cached_model(key: str, load: Callable[[], LoadedModel]) -> LoadedModel:
+    """The model cached under `key`, or `load()`'s, cached (least recently used goes first)."""
     with _CACHE_LOCK:
-        if source in _CACHE:
-            _CACHE.move_to_end(source)
-            return _CACHE[source]
-        loading = _LOADING.setdefault(source, threading.Lock())
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+        loading = _LOADING.setdefault(key, threading.Lock())
     with loading:
         with _CACHE_LOCK:
-            if source in _CACHE:
-                return _CACHE[source]
+            if key in _CACHE:
+                return _CACHE[key]
         try:  # in a thread of its own: see core.threads on why torch work stays off request threads
-            loaded = threads.in_own_thread(_load_fresh, name, source)
+            loaded = threads.in_own_thread(load)
         finally:
             with _CACHE_LOCK:
-                _LOADING.pop(source, None)
+                _LOADING.pop(key, None)
         with _CACHE_LOCK:
-            _CACHE[source] = loaded
+            _CACHE[key] = loaded
             while len(_CACHE) > cache_limit():  # a reply still streaming keeps its own reference
                 _CACHE.popitem(last=False)
         return loaded
@@ -183,11 +188,6 @@ def load_model(name: str) -> LoadedModel:
 def _load_fresh(name: str, source: str) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from core.inference import compiled_decode
-    from core.inference.decode_attention import use_packed_decode_attention
-    from core.inference.fast_decode import decode_path, quantize_linears
-    from core.inference.own_kernels import int8_product, serves
 
     start = time.perf_counter()
     kwargs = dict(trust_remote_code=False)
@@ -198,6 +198,18 @@ def _load_fresh(name: str, source: str) -> LoadedModel:
         model.to("cuda" if torch.cuda.is_available() else "cpu")
     except (OSError, ValueError) as exc:  # transformers says "this repo is unusable" with both
         raise ModelError(f"Could not load '{name}': {str(exc).splitlines()[0].rstrip(' :')}.") from None
+    label = find_spec(name).name if find_spec(name) else name
+    return ready_to_chat(label, source, model, tokenizer, start)
+
+
+def ready_to_chat(label: str, source: str, model, tokenizer, start: float) -> LoadedModel:
+    """A loaded model on its decode path (int8 weights where they pay, the compiled step where
+    asked for), as chat runs it; `start` is when its load began."""
+    from core.inference import compiled_decode
+    from core.inference.decode_attention import use_packed_decode_attention
+    from core.inference.fast_decode import decode_path, quantize_linears
+    from core.inference.own_kernels import int8_product, serves
+
     model.eval()
     decode, activations = decode_path(model.device.type, model.dtype), ""
     if decode == "int8":
@@ -206,7 +218,6 @@ def _load_fresh(name: str, source: str) -> LoadedModel:
     use_packed_decode_attention(model, own_kernel=serves(model))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    label = find_spec(name).name if find_spec(name) else name
     loaded = LoadedModel(label, source, model, tokenizer, time.perf_counter() - start, decode=decode,
                          activations=activations)
     if compiled_decode.wanted(decode):
