@@ -118,10 +118,7 @@ class TrainConfig:
         objective = objectives.get(self.objective)
         if not 0 <= self.eval_fraction < 0.5:
             raise LabError(f"eval_fraction={self.eval_fraction} must be in [0, 0.5).")
-        for name in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "max_length", "block_size", "general_windows",
-                     "save_steps", "save_total_limit", "logging_steps", "processes"):
-            if getattr(self, name) < 1:
-                raise LabError(f"{name}={getattr(self, name)} must be at least 1.")
+        self._check_counts()
         if self.torch_compile and not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
             raise LabError("torch_compile needs a C++ compiler (g++) for torch's inductor backend.")
         if self.max_steps < 1 and self.epochs <= 0:
@@ -132,8 +129,6 @@ class TrainConfig:
                      "max_rows", "eval_steps", "threads"):
             if getattr(self, name) < 0:
                 raise LabError(f"{name}={getattr(self, name)} must be 0 or more.")
-        if not 0 <= self.seed < 2**32:
-            raise LabError(f"seed={self.seed} must be between 0 and {2**32 - 1}.")
         for name in ("learning_rate", "beta"):
             if not getattr(self, name) > 0:
                 raise LabError(f"{name}={getattr(self, name)} must be above 0.")
@@ -148,6 +143,14 @@ class TrainConfig:
                 check_name(getattr(self, name), name)
         objective.check(self)
         return self
+
+    def _check_counts(self) -> None:
+        for name in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "max_length", "block_size", "general_windows",
+                     "save_steps", "save_total_limit", "logging_steps", "processes"):
+            if getattr(self, name) < 1:
+                raise LabError(f"{name}={getattr(self, name)} must be at least 1.")
+        if not 0 <= self.seed < 2**32:  # numpy's seeding takes no other
+            raise LabError(f"seed={self.seed} must be between 0 and {2**32 - 1}.")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(asdict(self), sort_keys=False)
