@@ -78,7 +78,7 @@ def test_cli_export_prints_the_folder_and_size(merged, tiny_run):
     assert str(merged.folder) in done.stdout and "MB" in done.stdout and "[100%]" in done.stderr
 
 
-def test_qlora_merges_into_its_dequantized_base(data_home):
+def test_qlora_merges_into_its_dequantized_base(data_home, tmp_path):
     """A QLoRA adapter lands on the NF4-rounded weights it was trained against: merged and kept
     in fp32, the model's logits are the unmerged adapter's on its 4-bit base to float rounding
     (measured: worst 5e-5; merging into the original weights instead moved them by 2.0 on
@@ -96,6 +96,7 @@ def test_qlora_merges_into_its_dequantized_base(data_home):
     assert gap["max"] < 1e-3 and gap["top1_agreement"] == 1.0, gap
     assert_the_parity_check_reads_it_on_its_4bit_base(cfg.output_name)
     assert_chat_runs_it_as_its_merged_export(cfg.output_name, cfg.model)
+    assert_its_space_runs_it_as_its_merged_export(cfg.output_name, cfg.model, tmp_path)
 
 
 def assert_the_parity_check_reads_it_on_its_4bit_base(run_name: str) -> None:
@@ -127,3 +128,31 @@ def assert_chat_runs_it_as_its_merged_export(run_name: str, model: str) -> None:
         messages = [{"role": "user", "content": prompt}]
         (*_, as_trained), (*_, merged) = (stream_reply(side, messages, greedy) for side in (tuned.loaded, exported))
         assert as_trained.text == merged.text, (prompt, as_trained.text, merged.text)
+
+
+def assert_its_space_runs_it_as_its_merged_export(run_name: str, model: str, tmp_path) -> None:
+    """The compare Space published for a QLoRA run (its generated app.py, run here on the local
+    adapter folder) holds the tuned side as its merged export does, weight for weight, beside
+    the untouched base; its requirements bring bitsandbytes. It put the adapter on the original
+    weights."""
+    import importlib.util
+
+    from transformers import AutoModelForCausalLM
+
+    from core.hub import space
+    from core.inference.models import resolve_model
+    from core.inference.qlora import trained_on_4bit
+    from core.runs import RunFolder
+
+    run, base_path = RunFolder.named(run_name), resolve_model(model)
+    files = space.space_files(str(run.adapter), base_path, True, four_bit=trained_on_4bit(run.adapter))
+    assert "bitsandbytes==" in files["requirements.txt"]
+    (tmp_path / "app.py").write_text(files["app.py"])
+    spec = importlib.util.spec_from_file_location("qlora_space_app", tmp_path / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    _, base, tuned = app.models()
+    for side, folder in ((tuned, run.merged), (base, base_path)):
+        expected = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).state_dict()
+        got = side.state_dict()
+        assert all(torch.equal(got[name].float(), weight) for name, weight in expected.items()), folder

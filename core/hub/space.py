@@ -10,36 +10,42 @@ CommitScheduler can push votes there. The token travels to the Hub only: never i
 """
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 from pathlib import Path
 
 from core.hub.publish import (TEMPLATES, HubError, check_namespace, check_repo_id, finished_manifest, finished_run,
                               hub_api, hub_errors, resolve_token, step)
+from core.inference.qlora import trained_on_4bit
 from core.runs import EMBEDDER
 
 SPACE_PACKAGES = ("torch", "transformers", "peft", "gradio", "huggingface_hub", "safetensors")
 
 
-def space_requirements() -> list[str]:
-    """The Space's pins, taken from this repo's requirements.txt: one source for both."""
+def space_requirements(four_bit: bool = False) -> list[str]:
+    """The Space's pins, taken from this repo's requirements.txt: one source for both
+    (bitsandbytes too where a QLoRA adapter runs on its 4-bit base)."""
     lines = (Path(__file__).resolve().parents[2] / "requirements.txt").read_text().splitlines()
     pins = {re.split(r"[=<>~!\[ ]", line, 1)[0].lower(): line.strip() for line in lines
             if line.strip() and not line.startswith(("#", "-"))}
-    return [pins.get(name, name) for name in SPACE_PACKAGES]
+    return [pins.get(name, name) for name in SPACE_PACKAGES + (("bitsandbytes",) if four_bit else ())]
 
 
 def default_votes_repo(space_id: str) -> str:
     return f"{space_id}-votes"
 
 
-def space_files(model_repo: str, base_model: str, is_lora: bool, votes_repo: str = "") -> dict[str, str]:
-    """The Space folder: app.py (compare chat for this adapter), requirements.txt, README.md."""
+def space_files(model_repo: str, base_model: str, is_lora: bool, votes_repo: str = "",
+                four_bit: dict | None = None) -> dict[str, str]:
+    """The Space folder: app.py (compare chat for this adapter), requirements.txt, README.md.
+    `four_bit`: a QLoRA adapter's settings (core.inference.qlora), which it then runs with."""
     name = model_repo.split("/")[-1]
     app = (TEMPLATES / "space_app.py").read_text()
     app = app.replace("@@MODEL_REPO@@", model_repo).replace("@@BASE_MODEL@@", base_model)
     app = app.replace("@@IS_LORA@@", "True" if is_lora else "False").replace("@@VOTES_REPO@@", votes_repo)
-    pins = space_requirements()
+    app = app.replace("@@FOUR_BIT@@", json.dumps(four_bit))
+    pins = space_requirements(four_bit is not None)
     gradio_version = next(p for p in pins if p.startswith("gradio")).partition("==")[2]
     votes_line = (f"Blind A/B votes and thumbs are kept in the private dataset {votes_repo}."
                   if votes_repo else "This Space keeps no votes.")
@@ -74,7 +80,8 @@ def push_space(run_name: str, space_id: str, model_repo: str, token: str | None 
             check_namespace(api, votes_repo)
             api.create_repo(votes_repo, repo_type="dataset", private=True, exist_ok=True)
             api.add_space_secret(space_id, "HF_TOKEN", token, description="Pushes the votes to " + votes_repo)
-        for name, text in space_files(model_repo, manifest.base_model, is_lora, votes_repo).items():
+        files = space_files(model_repo, manifest.base_model, is_lora, votes_repo, trained_on_4bit(run.adapter))
+        for name, text in files.items():
             (Path(tmp) / name).write_text(text)
         step(progress, 0.6, "Uploading app.py, requirements.txt and README.md")
         api.upload_folder(repo_id=space_id, repo_type="space", folder_path=tmp, commit_message="Update Space")

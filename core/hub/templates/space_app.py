@@ -29,6 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStream
 MODEL_REPO = os.environ.get("MODEL_REPO", "@@MODEL_REPO@@")
 BASE_MODEL = os.environ.get("BASE_MODEL", "@@BASE_MODEL@@")
 IS_LORA = "@@IS_LORA@@" == "True"
+FOUR_BIT = json.loads('@@FOUR_BIT@@')  # a QLoRA adapter's 4-bit settings, as it trained (null: none)
 VOTES_REPO = os.environ.get("VOTES_REPO", "@@VOTES_REPO@@")  # empty: no votes are kept
 VOTES_DIR = Path(os.environ.get("VOTES_DIR", "votes"))
 VOTES_EVERY_MINUTES = float(os.environ.get("VOTES_EVERY_MINUTES", "5"))
@@ -51,7 +52,9 @@ def models():
         load = dict(use_safetensors=True, trust_remote_code=False)
         tokenizer = AutoTokenizer.from_pretrained(BASE_MODEL)
         base = AutoModelForCausalLM.from_pretrained(BASE_MODEL, **load).eval()
-        if IS_LORA:
+        if FOUR_BIT:
+            tuned = merged_on_its_4bit_base(load)
+        elif IS_LORA:
             from peft import PeftModel
 
             tuned = base = PeftModel.from_pretrained(base, MODEL_REPO).eval()
@@ -59,6 +62,19 @@ def models():
             tuned = AutoModelForCausalLM.from_pretrained(MODEL_REPO, **load).eval()
         _MODELS.update(tokenizer=tokenizer, base=base, tuned=tuned, revision=adapter_revision())
     return _MODELS["tokenizer"], _MODELS["base"], _MODELS["tuned"]
+
+
+def merged_on_its_4bit_base(load):
+    """A QLoRA adapter as it trained, a model beside the base: the base rounded to 4 bits as in
+    training, de-quantized, the adapter merged in. On the original weights it answers otherwise
+    (Finetune Lab runs and exports it this way too: core/inference/qlora.py)."""
+    from peft import PeftModel
+    from transformers import BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=FOUR_BIT["quant_type"],
+                               bnb_4bit_use_double_quant=FOUR_BIT["double_quant"], bnb_4bit_compute_dtype=torch.float32)
+    rounded = AutoModelForCausalLM.from_pretrained(BASE_MODEL, quantization_config=quant, **load)
+    return PeftModel.from_pretrained(rounded.dequantize().float(), MODEL_REPO).merge_and_unload().eval()
 
 
 def adapter_revision():
@@ -91,7 +107,7 @@ def stream(side_name, messages, max_new_tokens=None):
     model = tuned if side_name == "tuned" else base
 
     def run():
-        no_adapter = IS_LORA and side_name == "base"
+        no_adapter = IS_LORA and not FOUR_BIT and side_name == "base"
         with torch.inference_mode(), (model.disable_adapter() if no_adapter else _nothing()):
             model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                            max_new_tokens=max_new_tokens or MAX_NEW_TOKENS, do_sample=False,
