@@ -18,8 +18,7 @@ from dataclasses import dataclass
 
 from core import access
 from core.inference.chat import GenerationSettings, checked_seed
-from core.inference.models import ModelError
-from core.inference.models import KNOWN_MODELS
+from core.inference.models import KNOWN_MODELS, ModelError
 from core.request_limits import client_address
 from core.runs import GENERATOR, finished_runs
 from core.settings import settings

@@ -120,8 +120,9 @@ def check_rows_left(trainer, cfg: TrainConfig, train_set, eval_set) -> None:
         if not len(kept):
             raise DataError(f"max_length={cfg.max_length} leaves no answer to learn in any of the {len(given)} "
                             f"{rows} rows: their prompts fill it. Raise max_length.")
-        print(f"note: {len(given) - len(kept)} of {len(given)} {rows} rows dropped: their prompt fills "
-              f"max_length={cfg.max_length}, leaving no answer to learn.", flush=True)
+        if trainer.is_world_process_zero():  # one note in the log, however many processes train
+            print(f"note: {len(given) - len(kept)} of {len(given)} {rows} rows dropped: their prompt fills "
+                  f"max_length={cfg.max_length}, leaving no answer to learn.", flush=True)
 
 
 def let_training_wrap(trainer) -> None:

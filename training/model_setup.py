@@ -9,8 +9,6 @@ objectives, and they build on this.
 """
 from __future__ import annotations
 
-import os
-
 from core.errors import LabError
 from core.inference.models import torch_dtype
 from core.runs import RunFolder
@@ -48,16 +46,13 @@ def load_base(cfg, sequence_length: int = 0):
     from transformers import AutoModelForCausalLM
 
     from core.inference.models import resolve_model
-    from core.inference.qlora import four_bit_config
+    from core.inference.qlora import four_bit_load_args
 
     kwargs = dict(use_safetensors=True, trust_remote_code=False,
                   attn_implementation=attention_for(sequence_length or cfg.max_length))
     compute = torch_dtype(training_precision(cfg.precision))
     if cfg.adapter == "qlora":
-        kwargs["quantization_config"] = four_bit_config(cfg.quant_type, cfg.double_quant, compute)
-        if torch.cuda.is_available():  # bitsandbytes quantizes where the weights load, and the
-            # Trainer never moves a 4-bit model: without this it would train on the CPU.
-            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+        kwargs.update(four_bit_load_args(cfg.quant_type, cfg.double_quant, compute))
     else:
         kwargs["dtype"] = torch.float32 if cfg.adapter == "full" else compute
     model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model), **kwargs)

@@ -6,8 +6,9 @@ A LoRA adapter shares the base's weights, so both panes come from ONE batched `g
 with mixed-adapter batches (peft's arithmetic, applied by core.inference.lora_rows.adapter_rows): row 0
 runs without the adapter, row 1 with it. Decoding a token reads every weight once whatever the batch size, so two
 rows cost little more than one. A full fine-tune is a second model, and so is a QLoRA adapter on
-its 4-bit base (core.inference.qlora): its pane runs in a thread of its own next to the base's. A run's report and held-out answers are asked the same way, several
-conversations a batch (`answer_pairs`).
+its 4-bit base (core.inference.qlora): its pane runs in a thread of its own next to the base's.
+A run's report and held-out answers are asked the same way, several conversations a batch
+(`answer_pairs`).
 
 Each pane's greedy tokens are those of its solo run (`core.inference.chat.stream_reply`), tested in
 tests/test_compare.py: the matmul kernels treat each row on its own, and a solo tuned reply

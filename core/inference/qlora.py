@@ -19,12 +19,21 @@ from core.inference.models import LoadedModel, ModelError, cached_model, inferen
 from core.runs import RunFolder
 
 
-def four_bit_config(quant_type: str, double_quant: bool, compute_dtype):
-    """bitsandbytes' 4-bit settings, as training loads a QLoRA base."""
+def four_bit_load_args(quant_type: str, double_quant: bool, compute_dtype) -> dict:
+    """`from_pretrained`'s arguments for a base rounded to 4 bits by bitsandbytes, as training
+    loads a QLoRA base."""
+    import os
+
+    import torch
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
-                              bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute_dtype)
+    args = {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
+                                                      bnb_4bit_use_double_quant=double_quant,
+                                                      bnb_4bit_compute_dtype=compute_dtype)}
+    if torch.cuda.is_available():  # bitsandbytes quantizes where the weights load, and the
+        # Trainer never moves a 4-bit model: without this it would train on the CPU.
+        args["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+    return args
 
 
 def trained_on_4bit(adapter: Path) -> dict | None:
@@ -40,7 +49,6 @@ def merged_as_trained(base_source: str, adapter: Path, four_bit: dict):
     """The base rounded to 4 bits as the run trained on it, de-quantized to fp32, with the
     adapter merged in (peft would re-quantize the merged weights on a 4-bit base)."""
     import importlib.util
-    import os
 
     import torch
     from peft import PeftModel
@@ -48,11 +56,10 @@ def merged_as_trained(base_source: str, adapter: Path, four_bit: dict):
 
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ModelError("A QLoRA adapter runs on its 4-bit base, which needs bitsandbytes: pip install bitsandbytes.")
-    place = {"device_map": {"": int(os.environ.get("LOCAL_RANK", 0))}} if torch.cuda.is_available() else {}
     # The weights are rounded from the dtype they are stored in, as training loaded them.
     base = AutoModelForCausalLM.from_pretrained(
         base_source, use_safetensors=True, trust_remote_code=False,
-        quantization_config=four_bit_config(four_bit["quant_type"], four_bit["double_quant"], torch.float32), **place)
+        **four_bit_load_args(four_bit["quant_type"], four_bit["double_quant"], torch.float32))
     return PeftModel.from_pretrained(base.dequantize().float(), str(adapter)).merge_and_unload()
 
 
