@@ -89,7 +89,9 @@ def models_body() -> dict:
 
 def parse_request(body: dict, who: Caller) -> ChatRequest:
     """The request in a chat completion body, every size checked and capped before any model work."""
-    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.")
+    if not isinstance(body.get("model"), str):
         raise ApiError(400, "'model' is required: one of GET /v1/models.", code="model_required")
     refuse_what_is_not_served(body)
     messages = checked_messages(body.get("messages"))
@@ -107,9 +109,10 @@ def parse_request(body: dict, who: Caller) -> ChatRequest:
         max_new_tokens=who.cap("max_new_tokens", int(_number(body, _limit_field(body), 256, 1, 4096))),
         seed=_seed(body.get("seed")))
     options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise ApiError(400, "'stream_options' must be an object.")
     return ChatRequest(body["model"], base, run or None, [m for m in messages if m["role"] != "system"], generation,
-                       stop_strings(body.get("stop")), bool(body.get("stream")),
-                       isinstance(options, dict) and bool(options.get("include_usage")))
+                       stop_strings(body.get("stop")), _flag(body, "stream"), _flag(options, "include_usage"))
 
 
 def checked_messages(messages) -> list[dict]:
@@ -163,6 +166,13 @@ def _seed(seed) -> int | None:
         return checked_seed(seed)
     except ModelError as error:
         raise ApiError(400, str(error)) from None
+
+
+def _flag(body: dict, name: str) -> bool:
+    value = body.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise ApiError(400, f"'{name}' must be true or false.")
+    return bool(value)
 
 
 def _number(body: dict, name: str, default: float, low: float, high: float) -> float:

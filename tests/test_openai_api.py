@@ -162,6 +162,11 @@ def test_refusals_have_openais_shape(client, app_server):
         "message": "'messages' must be a list of 1 to 64 messages.", "type": "invalid_request_error",
         "param": None, "code": None}}
     assert httpx.post(app_server + "v1/chat/completions", content=b"{not json").status_code == 400
+    for body, message in ((b"[1, 2]", "The request body must be a JSON object."),
+                          (b'{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}], '
+                           b'"stream": "yes"}', "'stream' must be true or false.")):
+        raw = httpx.post(app_server + "v1/chat/completions", content=body)
+        assert raw.status_code == 400 and raw.json()["error"]["message"] == message
 
 
 def test_cli_serve_alone_asks_for_its_key(data_home, capsys):
