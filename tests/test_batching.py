@@ -5,7 +5,8 @@ a request with other settings waits for a batch of its own, a two-row request (C
 joins whole, and an empty message is refused before it could join (and fail) a batch. On the
 real model, a shorter request joins a running answer and both say what they say alone. (The real
 model with a base and an adapter row: over the openai client in tests/test_openai_api.py, and
-two visitors of the served app in tests/test_app_chat.py.)
+two visitors of the served app in tests/test_app_chat.py.) A seed repeats a sampled answer in
+any batch, through `generate` or the running batch.
 """
 from __future__ import annotations
 
@@ -112,10 +113,10 @@ def test_answers_of_different_lengths_share_a_batch_on_the_real_model(smol):
 
 def test_a_seed_repeats_a_sampled_answer_whoever_shares_its_batch(tiny_model_dir, monkeypatch):
     """A running batch samples each seeded row from its own generator: the answer is the same
-    alone or beside others (seeded otherwise or not at all). `generate` (a GPU, the compiled
-    step) samples every row from one generator, so there a seeded request decodes alone, its
-    draws seeded and the process's generator left as it was. On the model's own weights, as a
-    CPU without native bf16 decodes (there every batched answer once failed)."""
+    alone or beside others (seeded otherwise or not at all), and the same as a solo reply
+    through `generate`, whose seeded draws leave the process's generator as it was. On the
+    model's own weights, as a CPU without native bf16 decodes (there every batched answer once
+    failed)."""
     from collections import OrderedDict
 
     import torch
@@ -137,8 +138,25 @@ def test_a_seed_repeats_a_sampled_answer_whoever_shares_its_batch(tiny_model_dir
     assert batcher.batch_sizes == {3: 1}, "the three decoded together"
     assert together[2][-1][0].text == alone and together[0][-1][0].text != alone
 
-    assert sampled(7).batches_with(sampled(8), joining=True) and sampled(None).batches_with(sampled(None), joining=False)
-    assert not sampled(7).batches_with(sampled(None), joining=False)
+    assert sampled(7).batches_with(sampled(8)) and sampled(7).batches_with(sampled(None))
     before = torch.get_rng_state()
     solo = [list(stream_reply(loaded, hello[0].messages, sampled(seed).settings))[-1].text for seed in (7, 7, 8)]
-    assert solo[0] == solo[1] != solo[2] and torch.equal(torch.get_rng_state(), before)
+    assert solo[0] == solo[1] == alone != solo[2] and torch.equal(torch.get_rng_state(), before)
+
+
+def test_seeded_rows_batch_through_generate_and_answer_as_alone(smol):
+    """Where `generate` decodes a batch (a GPU, the compiled step, a sliding-window model), each
+    row draws from its own generator too: seeded rows beside an unseeded one say what they say
+    alone, and the running batch (a CPU's) draws the same. On the real model."""
+    from core.inference.compare import stream_batch
+
+    hello = [{"role": "user", "content": "Name a colour and say why."}]
+
+    def sampled(seed):
+        return GenerationSettings(temperature=1.0, top_p=0.95, max_new_tokens=12, seed=seed)
+
+    alone = {seed: list(stream_reply(smol, hello, sampled(seed)))[-1].text for seed in (7, 8)}
+    rows = list(stream_batch(smol, [hello] * 3, [BASE] * 3, sampled(7), row_settings=[sampled(7), sampled(None), sampled(8)]))[-1]
+    assert [rows[0].text, rows[2].text] == [alone[7], alone[8]] and alone[7] != alone[8]
+    running = answers(Batcher(), [Request(smol, [Row(BASE, hello)], sampled(seed), 2) for seed in (8, 7)])
+    assert [growing[-1][0].text for growing in running] == [alone[8], alone[7]]

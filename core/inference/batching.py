@@ -11,8 +11,9 @@ first answer to end. Requests that arrive within GATHER_SECONDS of each other st
 together, up to MAX_ROWS rows; a request's rows (Compare's base and adapter) stay in one batch.
 Requests batch when they share the model and every generation setting but the prompt format (an
 adapter may have its own), the input and answer lengths (each row stops at its own), top_p when
-greedy, and the seed where each row samples from its own generator (Request.batches_with). A row
-that ends is answered at once, and the batch stops when every caller has left.
+greedy, and the seed: each row samples from its own generator (core.inference.token_rules), so a
+seeded answer is the same beside any others (Request.batches_with). A row that ends is answered
+at once, and the batch stops when every caller has left.
 
 On a model that can (core.inference.running_batch.joins: the CPU's packed attention, a plain
 cache), the batch is a RunningBatch: a request that arrives while it decodes joins it at the next
@@ -63,18 +64,15 @@ class Request:
     out: queue.Queue = field(default_factory=queue.Queue)
     gone: threading.Event = field(default_factory=threading.Event)
 
-    def batches_with(self, other: "Request", joining: bool) -> bool:
-        """Whether the two decode in one batch. A running batch (`joining`) draws each row's samples
-        from the row's own generator, so seeds may differ; `generate` draws every row's from one,
-        so there a seeded sampled request decodes alone."""
+    def batches_with(self, other: "Request") -> bool:
+        """Whether the two decode in one batch: each row draws its samples from its own generator,
+        so their seeds may differ."""
         def unformatted(settings: GenerationSettings) -> tuple:  # each row keeps its own format and limits
             greedy = settings.temperature <= 0  # then top_p changes nothing
             return astuple(replace(settings, chat_template=None, max_new_tokens=0, max_input_tokens=0, seed=None,
                                    top_p=0.0 if greedy else settings.top_p))
 
-        seeded = any(request.settings.sampling_seed() is not None for request in (self, other))
-        return (self.loaded is other.loaded and (joining or not seeded)
-                and unformatted(self.settings) == unformatted(other.settings))
+        return self.loaded is other.loaded and unformatted(self.settings) == unformatted(other.settings)
 
 
 class Batcher:
@@ -104,7 +102,7 @@ class Batcher:
             live = [request for request in self.waiting if not request.gone.is_set()]
             batch, rows, joining = [], 0, bool(live) and joins(live[0].loaded)
             for request in live:
-                fits = rows + len(request.rows) <= MAX_ROWS and request.batches_with(live[0], joining)
+                fits = rows + len(request.rows) <= MAX_ROWS and request.batches_with(live[0])
                 if not batch or fits:  # the oldest runs even alone, whatever its size
                     batch.append(request)
                     rows += len(request.rows)
@@ -160,7 +158,7 @@ class Batcher:
         with self.arrived:
             self.waiting = [request for request in self.waiting if not request.gone.is_set()]
             for request in self.waiting[:1] if rows else self.waiting:
-                if rows + len(request.rows) > MAX_ROWS or not request.batches_with(first, joining=True):
+                if rows + len(request.rows) > MAX_ROWS or not request.batches_with(first):
                     break
                 joining.append(request)
                 rows += len(request.rows)

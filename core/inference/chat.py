@@ -21,7 +21,7 @@ from core import threads
 from core.inference import compiled_decode, step_loop
 from core.inference.models import LoadedModel, ModelError
 from core.inference.reply_text import TextStreamer
-from core.inference.token_rules import ReplyRules, end_ids
+from core.inference.token_rules import ReplyRules, SampledRows, end_ids, model_top_k
 
 QA_FORMAT = "question-answer"  # plain "Question: …\nAnswer:" text (core.data.formats.qa_prompt)
 
@@ -137,8 +137,7 @@ def stream_reply(loaded: LoadedModel, messages: list[dict], settings: Generation
         # the same way, so a solo reply and its Compare pane agree token for token.
         context = adapter_context(loaded, [adapter_name], kwargs)
     start = time.perf_counter()
-    done, result = launch_generate(loaded, kwargs, streamer, context, beside_decode_thread, route.model,
-                                   settings.sampling_seed())
+    done, result = launch_generate(loaded, kwargs, streamer, context, beside_decode_thread, route.model)
     reply = Reply(notice=notice, prompt_tokens=input_ids.shape[1])
     try:
         for reply.text, reply.new_tokens in streamer:
@@ -155,18 +154,17 @@ def stream_reply(loaded: LoadedModel, messages: list[dict], settings: Generation
     yield reply
 
 
-def launch_generate(loaded: LoadedModel, kwargs: dict, streamer, context=None, beside_decode_thread=False, model=None,
-                    seed: int | None = None):
+def launch_generate(loaded: LoadedModel, kwargs: dict, streamer, context=None, beside_decode_thread=False, model=None):
     """Start `loaded.model.generate(**kwargs)` (or, on `model`, a compiled step's view, core.inference.step_loop's) on
-    core.threads' decode thread (or, with `beside_decode_thread`, in a thread of its own), its
-    sampling seeded with `seed` if given; return (wait, result). `result` gets "ids", or "error"
-    together with the streamer's end, so its consumer never waits forever."""
+    core.threads' decode thread (or, with `beside_decode_thread`, in a thread of its own); return
+    (wait, result). `result` gets "ids", or "error" together with the streamer's end, so its
+    consumer never waits forever."""
     wanted, result = torch.get_num_threads(), {}  # the thread count core.threads set for this request
 
     def run():
         try:
             threads.apply(wanted)
-            with loaded.lock, context or contextlib.nullcontext(), torch.inference_mode(), seeded(seed, loaded.model.device):
+            with loaded.lock, context or contextlib.nullcontext(), torch.inference_mode():
                 result["ids"] = loaded.model.generate(**kwargs) if model is None else step_loop.generate(model, kwargs)
         except Exception as exc:  # surfaced by the caller, never lost in the thread
             result["error"] = exc
@@ -179,34 +177,23 @@ def launch_generate(loaded: LoadedModel, kwargs: dict, streamer, context=None, b
     return worker.join, result
 
 
-_SEEDED_DRAWS = threading.Lock()  # a Compare's second model samples in a thread beside the first's
-
-
-@contextlib.contextmanager
-def seeded(seed: int | None, device: torch.device):
-    """Sample from `seed` inside, restoring the process's generator after (None: as it is). Seeded
-    replies take that generator one at a time, so two panes' draws never interleave."""
-    if seed is None:
-        yield
-        return
-    with _SEEDED_DRAWS, torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
-
-
-def generate_kwargs(loaded: LoadedModel, input_ids, settings: GenerationSettings, streamer, stop) -> dict:
+def generate_kwargs(loaded: LoadedModel, input_ids, settings: GenerationSettings, streamer, stop,
+                    seeds: list | None = None) -> dict:
+    """`generate`'s arguments for a reply (a batch's rows: `input_ids`' rows), each sampled row
+    drawing from a generator seeded with seeds[i] (default: every row the settings' seed)."""
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
-    if settings.temperature > 0:
-        sampling = dict(do_sample=True, temperature=settings.temperature, top_p=settings.top_p,
-                        repetition_penalty=settings.repetition_penalty, min_new_tokens=settings.min_new_tokens or None)
-    else:  # the same rules, in place (core.inference.token_rules); 1.0: not the model's own penalty too
-        rules = ReplyRules(settings.repetition_penalty, end_ids(loaded.model), settings.min_new_tokens or 0, input_ids.shape[1])
-        sampling = dict(do_sample=False, top_p=None, top_k=None, repetition_penalty=1.0, min_new_tokens=None,
-                        logits_processor=LogitsProcessorList([rules] if rules.active() else []))
+    # The same rules as transformers' own processors, in place (core.inference.token_rules);
+    # repetition_penalty 1.0: not the model's own penalty too.
+    rules = ReplyRules(settings.repetition_penalty, end_ids(loaded.model), settings.min_new_tokens or 0, input_ids.shape[1])
+    processors = [rules] if rules.active() else []
+    if settings.temperature > 0:  # each row drawn by SampledRows: generate's greedy pick takes its token
+        seeds = seeds or [settings.sampling_seed()] * input_ids.shape[0]
+        processors = [SampledRows(rules, settings.temperature, settings.top_p, model_top_k(loaded.model), seeds)]
     return dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer,
                 max_new_tokens=int(settings.max_new_tokens), pad_token_id=loaded.tokenizer.pad_token_id,
-                stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]), **sampling)
+                stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]), logits_processor=LogitsProcessorList(processors),
+                do_sample=False, top_p=None, top_k=None, repetition_penalty=1.0, min_new_tokens=None)
 
 
 def check_messages(messages: list[dict]) -> None:

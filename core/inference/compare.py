@@ -97,13 +97,13 @@ def stream_batch(loaded: LoadedModel, conversations: list[list[dict]], adapter_n
     input_ids, mask = left_padded(loaded, [ids for ids, _ in encoded])
     streamer, stop = _RowStreamer(), threading.Event()
     longest = replace(settings, max_new_tokens=max(own.max_new_tokens for own in row_settings))
-    kwargs = generate_kwargs(loaded, input_ids, longest, streamer, stop)
+    kwargs = generate_kwargs(loaded, input_ids, longest, streamer, stop, [own.sampling_seed() for own in row_settings])
     kwargs["attention_mask"] = mask
     route = compiled_decode.choose(loaded, len(adapter_names), input_ids.shape[1] + longest.max_new_tokens, adapter_names)
     kwargs.update(route.options)
     context = route.context if route.model is not None else adapter_context(loaded, adapter_names, kwargs)
     start = time.perf_counter()
-    done, result = launch_generate(loaded, kwargs, streamer, context, model=route.model, seed=settings.sampling_seed())
+    done, result = launch_generate(loaded, kwargs, streamer, context, model=route.model)
     replies = tuple(Reply(notice=notice, prompt_tokens=ids.shape[1]) for ids, notice in encoded)
     texts = [ReplyText(loaded.tokenizer) for _ in replies]
     ends = end_ids(loaded.model)

@@ -32,7 +32,7 @@ from core.inference.fast_decode import BASE
 from core.inference.lora_rows import installed, rows_forwards
 from core.inference.models import LoadedModel
 from core.inference.reply_text import ReplyText
-from core.inference.token_rules import ReplyRules, end_ids
+from core.inference.token_rules import ReplyRules, drawn, end_ids, model_top_k
 
 
 @dataclass(eq=False)
@@ -143,18 +143,10 @@ class RunningBatch:
         """The row's next token from its logits, processed as `generate` processes a solo reply's."""
         settings, ids = self.settings, torch.tensor([row.ids])
         rules = ReplyRules(settings.repetition_penalty, self.ends, settings.min_new_tokens, len(row.ids) - len(row.answer.tokens))
-        logits = rules(ids, logits)
         if settings.temperature <= 0:
-            return int(logits.argmax(-1))
-        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
-
-        logits = TemperatureLogitsWarper(settings.temperature)(ids, logits)
-        top_k = self.loaded.model.generation_config.top_k  # as `generate` takes it from the model
-        if top_k:
-            logits = TopKLogitsWarper(top_k)(ids, logits)
-        if settings.top_p < 1.0:
-            logits = TopPLogitsWarper(settings.top_p)(ids, logits)
-        return int(torch.multinomial(torch.softmax(logits, -1), 1, generator=row.generator))
+            return int(rules(ids, logits).argmax(-1))
+        top_k = model_top_k(self.loaded.model)
+        return int(drawn(ids, logits, rules, settings.temperature, settings.top_p, top_k, [row.generator])[0])
 
     def _add_token(self, row: LiveRow, token: int) -> None:
         row.ids.append(token)

@@ -1,4 +1,4 @@
-"""Greedy replies on a compiled decode step, in a loop of our own around it.
+"""Replies on a compiled decode step, in a loop of our own around it.
 
     used by core.inference.chat.launch_generate for replies on a ready compiled step
     (core.inference.compiled_decode); tests/test_step_loop.py holds it to `generate`'s tokens
@@ -11,7 +11,8 @@ to it), its `prepare_inputs_for_generation` makes the first step's inputs, and e
 only changes them in place: the new token, each row's position plus one, one more slot of the
 mask. The scores, their rules (core.inference.token_rules), the padding of rows that have ended
 and the end itself are `generate`'s, so each token is the one `generate` picks on the same step.
-Sampling (temperature above 0) keeps `generate`'s own loop.
+`generate` runs greedy for every reply: a sampled one's draws are a processor's
+(core.inference.token_rules.SampledRows), which runs here too.
 """
 from __future__ import annotations
 
@@ -22,9 +23,8 @@ from core.inference.token_rules import end_ids
 
 def generate(model, kwargs: dict) -> torch.LongTensor:
     """What `model.generate(**kwargs)` returns, for a compiled step's view (kwargs with
-    compiled_decode.generate_options): greedy replies decode in our loop, sampled ones in `generate`'s."""
-    if kwargs.get("do_sample"):
-        return model.generate(**kwargs)
+    compiled_decode.generate_options), greedy: a sampled reply's draws are a processor's
+    (core.inference.token_rules.SampledRows)."""
     from transformers import StaticCache
 
     streamer, budget = kwargs["streamer"], int(kwargs["max_new_tokens"])
