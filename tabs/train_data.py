@@ -10,6 +10,7 @@ from __future__ import annotations
 import gradio as gr
 
 from core.access import check_data_source, check_model, clamp, is_trusted
+from core.data import file_types
 from core.data.rows import bundled_sources, detect_format, load_rows
 from core.errors import LabError
 from core.request_limits import HEAVY_EVENTS
@@ -98,8 +99,7 @@ def build_step(cfg: TrainConfig) -> dict:
         with gr.Row():
             dataset = gr.Dropdown(dataset_choices(), value=cfg.dataset, allow_custom_value=True, label="dataset",
                                   info=train_form.help_of("dataset"), elem_id="cfg-dataset")
-            upload = gr.File(label="…or upload csv / json / jsonl / parquet / txt / md", type="filepath",
-                             file_types=[".csv", ".json", ".jsonl", ".parquet", ".txt", ".md"])
+            upload = gr.File(label=f"…or upload {file_types.listed()}", type="filepath", file_types=list(file_types.EXTENSIONS))
         picked = hub_panel.build(dataset, "dataset", "train-data")
         summary = gr.Markdown(elem_id="data-summary")
         table = gr.Dataframe(label="First rows", interactive=False, max_height=260)

@@ -71,11 +71,13 @@ def test_bundled_datasets_load():
     assert len(plays) == 38 and "ROMEO" in " ".join(plays["text"])
 
 
-def test_csv_and_txt_files(tmp_path):
+def test_csv_tsv_and_txt_files(tmp_path):
     (tmp_path / "d.csv").write_text("question,answer\nWhy?,Because.\nHow?,Like so.\n")
     assert detect_format(load_rows(str(tmp_path / "d.csv")).column_names) == "qa"
     (tmp_path / "d.md").write_text("# Title\n\nFirst paragraph.\n\nSecond paragraph.\n")
     assert len(load_rows(str(tmp_path / "d.md"))) == 3
+    (tmp_path / "d.tsv").write_text("question\tanswer\nWhy, then?\tBecause, that's why.\n")  # commas stay text
+    assert load_rows(str(tmp_path / "d.tsv"))[0] == {"question": "Why, then?", "answer": "Because, that's why."}
 
 
 def test_preview_marks_exactly_the_tokens_trl_trains_on(tokenizer):
@@ -121,6 +123,7 @@ def test_dapt_windows_slide_with_overlap(tokenizer):
     ("binary.txt", b"\x00\x01\x02\x03" * 100, "binary"),
     ("data.xlsx", b"whatever", "unsupported file type"),
     ("only_header.csv", b"question,answer\n", r"only_header.csv: has a header \(question, answer\) and no rows\."),
+    ("only_header.tsv", b"question\tanswer\n", r"only_header.tsv: has a header \(question, answer\) and no rows\."),
     ("mixed.jsonl", b'{"question": "a", "answer": "b"}\n{"question": "c", "answer": {"text": "d"}}\n',
      r"mixed.jsonl: field 'answer' is text in row 1 but an object in row 2; make it the same kind in every row\."),
 ])

@@ -36,7 +36,7 @@ class TrainConfig:
 
     model: str = _f("smollm2-135m-instruct", "Base model: a known name, Hub id or local folder")
     dataset: str = _f("identity", "A bundled dataset (identity, chatterbot, chatterbot:CATEGORY, "
-                      "shakespeare), a csv/json/jsonl/parquet/txt/md file, or a Hub dataset "
+                      "shakespeare), a csv/tsv/json/jsonl/parquet/txt/md file, or a Hub dataset "
                       "id: owner/name, owner/name:subset, owner/name@split")
     columns: str = _f("", "Column mapping when detection guesses wrong, e.g. 'question=Q,answer=A'")
     dataset_revision: str = _f("", "Hub datasets: the commit to load (empty: the newest, pinned into the run's "

@@ -27,7 +27,7 @@ import yaml
 
 from core.assets import package_dir
 from core.errors import LabError
-from core.data.file_types import EXTENSIONS
+from core.data.file_types import EXTENSIONS, READ_OPTIONS
 
 
 FORMATS = {  # format -> required columns, in detection order
@@ -158,7 +158,7 @@ def _load_file(path: Path, cache: bool = True):
     kind = _file_kind(path)
     if kind != "parquet":
         check_text_file(path)
-    extra = {"sample_by": "paragraph"} if kind == "text" else {}
+    extra = dict(READ_OPTIONS.get(path.suffix.lower(), {}))
     # Without the cache: read into memory through a cache folder that is deleted right after.
     with nullcontext() if cache else tempfile.TemporaryDirectory(prefix="finetune-lab-read-") as scratch:
         if scratch:
@@ -195,7 +195,7 @@ def check_text_file(path: Path) -> None:
     if not has_text:
         raise DataError(f"{path.name}: the file is empty.")
     checks = {".jsonl": _check_jsonl, ".json": lambda p: _parse_json(p.read_text(encoding="utf-8"), p.name),
-              ".csv": _check_csv}
+              ".csv": _check_csv, ".tsv": _check_csv}
     checks.get(path.suffix.lower(), lambda p: None)(path)
 
 
@@ -203,7 +203,7 @@ def _check_csv(path: Path) -> None:
     import csv
 
     with path.open(encoding="utf-8", newline="") as handle:
-        records = csv.reader(handle)
+        records = csv.reader(handle, delimiter=READ_OPTIONS.get(path.suffix.lower(), {}).get("sep", ","))
         header, row = next(records, None), next((r for r in records if any(c.strip() for c in r)), None)
     if header and row is None:
         raise DataError(f"{path.name}: has a header ({', '.join(header)[:120]}) and no rows.")
