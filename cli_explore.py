@@ -18,10 +18,10 @@ from core.errors import LabError
 
 def cmd_topics(args) -> int:
     from core.explore.embeddings import load_embedder
-    from core.explore.topics import export, fit_topics
+    from core.explore.topics import check_corpus, export, fit_topics
 
     out = writable(Path(args.out), folder=True)  # before the embedding, which takes minutes
-    corpus, vectors = embedded(args)
+    corpus, vectors = embedded(args, lambda corpus: check_corpus(corpus.texts))
     result = fit_topics(corpus.texts, vectors, args.method, args.topics, embedder=load_embedder(args.embedder))
     for path in export(result, out):
         print(path)
@@ -30,10 +30,12 @@ def cmd_topics(args) -> int:
 
 
 def cmd_embed(args) -> int:
+    from core.explore.embeddings import check_labels
+
     if args.out and not args.cluster:
         raise LabError("--out writes the clusters: add --cluster kmeans or --cluster hdbscan.")
     out = writable(Path(args.out), folder=True) if args.out else None
-    corpus, vectors = embedded(args, classifying=bool(args.classify))
+    corpus, vectors = embedded(args, (lambda corpus: check_labels(corpus.labels)) if args.classify else None)
     print(f"{len(corpus.texts)} documents, embeddings {vectors.shape[1]}-d ({args.embedder}). {corpus.note}".strip())
     if args.cluster:
         print_clusters(args, corpus, vectors, out)
@@ -42,15 +44,15 @@ def cmd_embed(args) -> int:
     return 0
 
 
-def embedded(args, classifying: bool = False):
-    """(corpus, its embeddings) for the corpus flags; labels a classifier can use are checked
-    before the embedding."""
+def embedded(args, check=None):
+    """(corpus, its embeddings) for the corpus flags; `check(corpus)` runs before the embedding
+    (labels a classifier can use, documents topics can be made of)."""
     from core.explore.corpora import load_corpus
-    from core.explore.embeddings import check_labels, embed
+    from core.explore.embeddings import embed
 
     corpus = load_corpus(args.corpus, args.text_column, args.label_column, args.max_docs)
-    if classifying:
-        check_labels(corpus.labels)
+    if check is not None:
+        check(corpus)
     print(f"Embedding {len(corpus.texts)} documents with {args.embedder}...", flush=True)
     return corpus, embed(corpus.texts, args.embedder)
 

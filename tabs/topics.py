@@ -41,11 +41,12 @@ class CorpusRequest:
     max_docs: int = DEFAULT_MAX_DOCS
     embedder: str = DEFAULT_EMBEDDER
 
-    def load(self, request=None, progress=None, projection: str = "pca", classifying: bool = False):
+    def load(self, request=None, progress=None, projection: str = "pca", check=None):
         """The corpus and its embeddings. A public app's visitors get the packaged embedder only,
         an uploaded corpus of at most LIMITS["corpus_bytes"], a capped document count, no new
         files in the embedding cache, and t-SNE/UMAP maps only for small corpora; those limits
-        and the labels of a classification are checked before anything is embedded."""
+        and `check(corpus)` (a classification's labels, a topic model's documents) are checked
+        before anything is embedded."""
         upload = self.upload
         check_data_source(upload or self.source, CORPORA, request, own_uploads=[upload] if upload else [])
         if upload and Path(upload).is_file() and Path(upload).stat().st_size > clamp("corpus_bytes", 2**62, request):
@@ -61,8 +62,8 @@ class CorpusRequest:
         if projection != "pca" and len(corpus.texts) > clamp("projection_docs", len(corpus.texts), request):
             raise AccessDenied(f"On a public app, {projection} maps at most {LIMITS['projection_docs']} "
                                "documents: lower the document cap or use pca.")
-        if classifying:
-            check_labels(corpus.labels)
+        if check is not None:
+            check(corpus)
         callback = (lambda f: progress(f, desc="Embedding")) if progress else None
         return corpus, embed(corpus.texts, embedder, progress=callback, write_cache=is_trusted(request))
 
@@ -111,7 +112,7 @@ def run_classification(source, upload, text_column, label_column, max_docs, embe
                        request: gr.Request = None, progress=gr.Progress()):
     """(scores markdown, confusion matrix, misclassified examples, fitted classifier)."""
     ask = CorpusRequest(source, upload, text_column, label_column, max_docs, embedder)
-    corpus, vectors = ask.load(request, progress, classifying=True)
+    corpus, vectors = ask.load(request, progress, check=lambda corpus: check_labels(corpus.labels))
     result = classify(vectors, corpus.labels, corpus.texts, method)
     result.embedder = ask.embedder_name
     import pandas as pd
@@ -144,7 +145,7 @@ def run_topics(source, upload, text_column, label_column, max_docs, embedder, me
                request: gr.Request = None, progress=gr.Progress()):
     """(message, topic table, five figures, fitted result)."""
     ask = CorpusRequest(source, upload, text_column, label_column, max_docs, embedder)
-    corpus, vectors = ask.load(request, progress)
+    corpus, vectors = ask.load(request, progress, check=lambda corpus: topic_core.check_corpus(corpus.texts))
     result = topic_core.fit_topics(corpus.texts, vectors, method, int(n_topics), embedder=load_embedder(ask.embedder_name))
     return (_topics_message(result, corpus.note), result.table(),
             *[topic_core.figure(result, name) for name in topic_core.FIGURES], result)

@@ -109,10 +109,32 @@ def test_fast_topics_on_headlines_and_every_figure(headlines):
     assert found and "coronavirus" in " ".join(words for _, _, words in found)
 
 
-def test_too_few_documents_is_a_clear_message():
+def test_a_corpus_without_topics_in_it_is_one_line_before_the_embedding(tmp_path, capsys):
+    """Too few documents, or different ones, or words a topic could be named by: each is one
+    line, from the CLI before anything is embedded (40 copies of one document, and documents of
+    one word and numbers, crashed in BERTopic's c-TF-IDF; stop words alone in scikit-learn)."""
+    import json
+
+    from cli import main as cli
+
     texts = ["cats purr", "dogs bark", "birds sing", "fish swim", "cows moo"]
-    with pytest.raises(TopicsError, match="at least 10 documents; this corpus has 5"):
+    with pytest.raises(TopicsError, match="at least 10 different documents; this corpus has 5"):
         fit_topics(texts, embeddings.embed(texts))
+    corpora = {"copies": ["same text here"] * 40, "one-word": [f"apple {i}" for i in range(20)],
+               "stop-words": [f"the and {word}" for word in ("of", "to", "in", "is", "it", "that", "was", "for", "on", "as")]}
+    for name, documents in corpora.items():
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"text": text}) + "\n" for text in documents))
+        assert cli(["topics", "--corpus", str(tmp_path / f"{name}.jsonl"), "--out", str(tmp_path / "out")]) == 2
+    printed = capsys.readouterr()
+    assert "Embedding" not in printed.out and [line for line in printed.err.splitlines() if "error" in line] == [
+        "error: Topic modelling needs at least 10 different documents; this corpus has 40 (1 different).",
+        "error: The documents hold 1 word(s) a topic could be named by (stop words and bare numbers do not count): "
+        "nothing to make topics of.",
+        "error: The documents hold 0 word(s) a topic could be named by (stop words and bare numbers do not count): "
+        "nothing to make topics of."]
+    two_words = [f"{'apple' if i % 2 else 'pear'} {i}" for i in range(20)]  # the fewest a model is made of
+    table = fit_topics(two_words, embeddings.embed(two_words), "fast", 2).table()
+    assert set(table["Representation"]) <= {"apple", "pear", "apple, pear", "pear, apple"}, table  # no "" words
 
 
 def test_two_topics_give_a_fallback_intertopic_figure():

@@ -4,8 +4,10 @@
 
 "fast" is PCA(10) + KMeans (seconds on cached embeddings); "umap" is UMAP + HDBSCAN (BERTopic's
 default, slower). Both are seeded. A topic's words leave out bare numbers and weigh down words
-frequent in every topic (c-TF-IDF's reduce_frequent_words). Figures that BERTopic cannot draw for a given model (the
-intertopic map needs at least 3 topics) come back as a figure that says why, never a crash.
+frequent in every topic (c-TF-IDF's reduce_frequent_words). A corpus BERTopic cannot make topics
+of (too few documents, or different ones, or words) is refused by `check_corpus`, which callers
+run before the embedding. Figures that BERTopic cannot draw for a given model (the intertopic
+map needs at least 3 topics) come back as a figure that says why, never a crash.
 """
 from __future__ import annotations
 
@@ -39,9 +41,34 @@ class TopicResult:
         keep = [c for c in ("Topic", "Count", "CustomName", "Name", "Representation", "Representative_Docs")
                 if c in info.columns]
         info = info[keep].copy()
-        info["Representation"] = info["Representation"].map(lambda words: ", ".join(words[:8]))
+        # BERTopic pads a topic's words with "" where it has fewer than ten
+        info["Representation"] = info["Representation"].map(lambda words: ", ".join([w for w in words if w][:8]))
         info["Representative_Docs"] = info["Representative_Docs"].map(lambda docs: " | ".join(d[:90] for d in docs[:2]))
         return info
+
+
+def check_corpus(texts: list[str]) -> None:
+    """Refuse, in one line, a corpus BERTopic cannot make topics of: under MIN_DOCS documents, or
+    different documents, or under two words a topic could be named by (its c-TF-IDF fails on a
+    vocabulary of one word, and the vectorizer on none). Cheap: run it before the embedding."""
+    distinct = len(set(texts))
+    if len(texts) < MIN_DOCS or distinct < MIN_DOCS:
+        counted = f"{len(texts)}" + (f" ({distinct} different)" if distinct < len(texts) else "")
+        raise TopicsError(f"Topic modelling needs at least {MIN_DOCS} different documents; this corpus has {counted}.")
+    try:
+        words = len(_vectorizer(len(texts)).fit(texts).vocabulary_)
+    except ValueError:  # scikit-learn's "empty vocabulary"
+        words = 0
+    if words < 2:
+        raise TopicsError(f"The documents hold {words} word(s) a topic could be named by (stop words and bare "
+                          "numbers do not count): nothing to make topics of.")
+
+
+def _vectorizer(documents: int):
+    """A topic's words: no bare numbers ("000" of "£1,000") and no English stop words."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    return CountVectorizer(stop_words="english", min_df=2 if documents >= 50 else 1, token_pattern=r"(?u)\b\w*[^\W\d_]\w*\b")
 
 
 def fit_topics(texts: list[str], embeddings: np.ndarray, method: str = "fast", n_topics: int = 20,
@@ -50,10 +77,8 @@ def fit_topics(texts: list[str], embeddings: np.ndarray, method: str = "fast", n
     from bertopic import BERTopic
     from bertopic.vectorizers import ClassTfidfTransformer
     from sklearn.decomposition import PCA
-    from sklearn.feature_extraction.text import CountVectorizer
 
-    if len(texts) < MIN_DOCS:
-        raise TopicsError(f"Topic modelling needs at least {MIN_DOCS} documents; this corpus has {len(texts)}.")
+    check_corpus(texts)
     n_topics = max(2, min(int(n_topics), len(texts) // 3))
     if method == "fast":
         from sklearn.cluster import KMeans
@@ -69,12 +94,9 @@ def fit_topics(texts: list[str], embeddings: np.ndarray, method: str = "fast", n
         clusterer = HDBSCAN(min_cluster_size=max(5, len(texts) // 100), prediction_data=True)
     else:
         raise TopicsError(f"Unknown method {method!r}: use fast or umap.")
-    # A topic's words: no bare numbers ("000" of "£1,000"), and words frequent in every topic
-    # ("uk", "says" in headlines) weighed down, as BERTopic's guide advises.
-    vectorizer = CountVectorizer(stop_words="english", min_df=2 if len(texts) >= 50 else 1,
-                                 token_pattern=r"(?u)\b\w*[^\W\d_]\w*\b")
+    # Words frequent in every topic ("uk", "says" in headlines) weighed down, as BERTopic's guide advises.
     model = BERTopic(embedding_model=embedder, umap_model=reducer, hdbscan_model=clusterer,
-                     vectorizer_model=vectorizer, ctfidf_model=ClassTfidfTransformer(reduce_frequent_words=True),
+                     vectorizer_model=_vectorizer(len(texts)), ctfidf_model=ClassTfidfTransformer(reduce_frequent_words=True),
                      calculate_probabilities=False)
     model.fit_transform(texts, embeddings)
     reduced = PCA(n_components=2, random_state=seed).fit_transform(embeddings)
