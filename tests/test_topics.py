@@ -83,6 +83,26 @@ def test_classification_beats_the_majority_class(chatterbot):
     assert result.confusion.shape == (len(result.classes),) * 2 and result.misclassified
 
 
+def test_documents_without_a_label_are_left_out_and_labels_need_documents_to_test_on(tmp_path):
+    """With a label column, a row whose label is missing, null or blank is left out (and said),
+    not a class named "None"; classification needs two labels with a document to learn from
+    and one to test on (30 labels of one document each scored 0.000)."""
+    import json
+
+    from core.errors import LabError
+
+    rows = [{"text": f"note {i} about {'cats' if i % 2 else 'dogs'}", "label": ["cat", None, "dog", " "][i % 4]}
+            for i in range(12)] + [{"text": "a note with no label field"}]
+    (tmp_path / "notes.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    corpus = load_corpus(str(tmp_path / "notes.jsonl"), label_column="label")
+    assert corpus.labels == ["cat", "dog"] * 3 and "7 documents without a label in 'label' left out." in corpus.note
+    assert embeddings.check_labels(corpus.labels) == {"cat": 3, "dog": 3}
+    with pytest.raises(LabError, match="this corpus has 30 labels, 0 with 2 or more"):
+        embeddings.check_labels([f"c{i}" for i in range(30)])
+    with pytest.raises(LabError, match="this corpus has 2 labels, 1 with 2 or more"):
+        embeddings.check_labels(["a"] * 29 + ["b"])
+
+
 def test_corpus_cap_is_explained():
     corpus = load_corpus("guardian-headlines", max_docs=100)
     assert len(corpus.texts) == 100 and "Using 100 of 4080" in corpus.note

@@ -4,7 +4,9 @@
 
 A file is read as a stream of rows and sampled as it goes (a seeded reservoir of `max_docs`
 documents, each cut at MAX_DOC_CHARS), so its memory is the documents kept, never the file:
-a 40 MB upload of 14 million one-line documents with a cap of 10 keeps 10.
+a 40 MB upload of 14 million one-line documents with a cap of 10 keeps 10. With a label column,
+a document without a label (missing, null or blank) is left out, and the note says how many:
+"None" is no category to classify or score clusters against.
 """
 from __future__ import annotations
 
@@ -77,25 +79,37 @@ def _read_file(path: Path, text_column: str, label_column: str, max_docs: int) -
     for column in filter(None, (text_column, label_column)):
         if column not in first:
             raise DataError(f"{path.name}: no column '{column}'; have {', '.join(map(str, first))[:200]}.")
-    rng, kept, total, cut = random.Random(0), [], 0, 0
+    rng, kept, total, cut, unlabeled = random.Random(0), [], 0, 0, 0
     for row in chain([first], rows):
-        text = str(row.get(text_column) or "").strip()
-        if not text:
+        text, label = str(row.get(text_column) or "").strip(), _label(row.get(label_column)) if label_column else None
+        unlabeled += bool(text and label == "")
+        if not text or label == "":
             continue
         cut += len(text) > MAX_DOC_CHARS
-        doc = (total, text[:MAX_DOC_CHARS], str(row.get(label_column)) if label_column else None)
+        doc = (total, text[:MAX_DOC_CHARS], label)
         if total < max_docs:
             kept.append(doc)
         elif (slot := rng.randrange(total + 1)) < max_docs:
             kept[slot] = doc
         total += 1
     if not kept:
-        raise DataError(f"{path.name}: no non-empty documents in column '{text_column}'.")
+        raise DataError(f"{path.name}: no non-empty documents in column '{text_column}'"
+                        + (f" with a label in '{label_column}'." if unlabeled else "."))
     kept.sort()
     notes = [f"Using {max_docs} of {total} documents (a seeded random sample); raise the cap to use more."
-             if total > max_docs else "", f"{cut} documents cut at {MAX_DOC_CHARS} characters." if cut else ""]
+             if total > max_docs else "", f"{cut} documents cut at {MAX_DOC_CHARS} characters." if cut else "",
+             _unlabeled_note(unlabeled, label_column)]
     labels = [label for _, _, label in kept] if label_column else None
     return Corpus(str(path), [text for _, text, _ in kept], labels, " ".join(filter(None, notes)))
+
+
+def _label(value) -> str:
+    """A row's label as text; "" where it has none (missing, null, blank)."""
+    return "" if value is None else str(value).strip()
+
+
+def _unlabeled_note(count: int, label_column: str) -> str:
+    return f"{count} documents without a label in '{label_column}' left out." if count else ""
 
 
 def _rows(path: Path):
@@ -125,12 +139,15 @@ def _to_corpus(name, frame, text_column, label_column, max_docs) -> Corpus:
             raise DataError(f"{name}: no column '{column}'; have {', '.join(map(str, frame.columns))}.")
     frame = frame[frame[text_column].astype(str).str.strip().astype(bool)]
     frame = frame.dropna(subset=[text_column])
-    total, notes = len(frame), []
+    labelled = frame[label_column].notna() & frame[label_column].astype(str).str.strip().astype(bool) if label_column else None
+    notes = [_unlabeled_note(int((~labelled).sum()), label_column)] if label_column else []
+    frame = frame[labelled] if label_column else frame
+    total = len(frame)
     if total == 0:
         raise DataError(f"{name}: no non-empty documents in column '{text_column}'.")
     if total > max_docs:
         frame = frame.sample(n=max_docs, random_state=0).sort_index()
         notes.append(f"Using {max_docs} of {total} documents (a seeded random sample); raise the cap to use more.")
     texts = frame[text_column].astype(str).str.strip().tolist()
-    labels = frame[label_column].astype(str).tolist() if label_column else None
-    return Corpus(name, texts, labels, " ".join(notes))
+    labels = frame[label_column].astype(str).str.strip().tolist() if label_column else None
+    return Corpus(name, texts, labels, " ".join(filter(None, notes)))
