@@ -3,6 +3,7 @@ impossible setting or missing input, from the CLI, the Train tab's Start and a r
 failed run left behind. (Bad rows inside a file: tests/test_data.py.)"""
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -94,7 +95,8 @@ def test_unknown_recipe_field_and_impossible_settings(tmp_path):
 def test_rows_max_length_leaves_no_answer_in_are_counted_and_a_wrong_lora_target_is_one_line(tmp_path, capsys):
     """trl drops a row whose prompt fills max_length: the run says how many, and where that is
     every row, one line says so (it was an IndexError from the empty held-out set). A lora_target
-    that names no layer was peft's traceback. On the real model and the tiny recipe's rows."""
+    that names no layer was peft's traceback. max_steps 0 trains for the epochs asked (it ran
+    one step at learning rate 0). On the real model and the tiny recipe's rows."""
     from core.runs import RunFolder
     from training import objectives
     from training.fit import prepare, start_trainer
@@ -103,10 +105,16 @@ def test_rows_max_length_leaves_no_answer_in_are_counted_and_a_wrong_lora_target
         run = RunFolder(tmp_path / str(len(list(tmp_path.iterdir()))))
         run.path.mkdir()
         cfg, tokenizer, train_set, eval_set = prepare(load_config("tiny", **settings), run)
-        start_trainer(objectives.get("sft"), cfg, run, tokenizer, train_set, eval_set, False, {"flag": False})
-        return tokenizer, train_set
+        made = start_trainer(objectives.get("sft"), cfg, run, tokenizer, train_set, eval_set, False, {"flag": False})
+        return tokenizer, train_set, made
 
-    tokenizer, train_set = trainer(max_length=36)
+    by_epochs = trainer(max_steps=0, epochs=0.25)[2]
+    per_epoch = len(by_epochs.get_train_dataloader())
+    steps = by_epochs.set_initial_training_values(by_epochs.args, by_epochs.get_train_dataloader())[-1]
+    assert per_epoch > 4 and steps == math.ceil(0.25 * per_epoch), (steps, per_epoch)  # transformers' own count
+    with pytest.raises(LabError, match=r"^max_steps=-2: use a number of steps, or 0 to train for `epochs`\.$"):
+        load_config("tiny", max_steps=-2)
+    tokenizer, train_set, _ = trainer(max_length=36)
     prompts = [len(tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, return_dict=True)["input_ids"])
                for row in train_set]
     dropped = sum(length >= 36 for length in prompts)

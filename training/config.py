@@ -66,7 +66,7 @@ class TrainConfig:
                             "(plain Question:/Answer: when it has none); chatml: ChatML; "
                             "plain: Question:/Answer: text", choices=("own", "chatml", "plain"))
     epochs: float = _f(1.0, "Passes over the data (ignored when max_steps > 0)")
-    max_steps: int = _f(-1, "Stop after this many optimizer steps (-1: use epochs)")
+    max_steps: int = _f(-1, "Stop after this many optimizer steps (0 or -1: as many as epochs make)")
     batch_size: int = _f(4, "Rows per device per step")
     grad_accum: int = _f(1, "Gradient accumulation steps (effective batch = batch_size x this)")
     max_length: int = _f(256, "SFT: longest example in tokens; longer ones are truncated")
@@ -123,6 +123,8 @@ class TrainConfig:
             raise LabError("torch_compile needs a C++ compiler (g++) for torch's inductor backend.")
         if self.max_steps < 1 and self.epochs <= 0:
             raise LabError("Set max_steps > 0 or epochs > 0.")
+        if self.max_steps < -1:
+            raise LabError(f"max_steps={self.max_steps}: use a number of steps, or 0 to train for `epochs`.")
         if not 0 <= self.lora_dropout < 1:
             raise LabError(f"lora_dropout={self.lora_dropout} must be in [0, 1).")
         for name in ("warmup", "weight_decay", "max_grad_norm", "neftune_alpha", "eval_rows", "eval_seconds",

@@ -108,7 +108,8 @@ def common_args(cfg, run: RunFolder) -> dict:
     import torch
 
     return dict(
-        output_dir=str(run.checkpoints), max_steps=cfg.max_steps,
+        # transformers trains for epochs at max_steps -1 only: 0 ran one step at learning rate 0
+        output_dir=str(run.checkpoints), max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
         num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate, logging_steps=cfg.logging_steps, **schedule_flags(cfg),
