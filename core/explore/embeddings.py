@@ -243,8 +243,9 @@ class Classification:
 
 def check_labels(labels) -> dict:
     """The count of each label, or a one-line error when classification cannot use them: none,
-    one, fewer than two with a document to learn from and one to test on, or over MAX_CLASSES (a
-    confusion matrix and its plot grow with the square of that)."""
+    one, over MAX_CLASSES (a confusion matrix and its plot grow with the square of that; the
+    text column, picked by mistake), or fewer than two with a document to learn from and one to
+    test on."""
     from collections import Counter
 
     counts = Counter(labels or [])
@@ -252,12 +253,12 @@ def check_labels(labels) -> dict:
         raise LabError("This corpus has no label column: pick one to classify.")
     if len(counts) < 2:
         raise LabError("Classification needs at least two different labels.")
-    if (enough := sum(count >= 2 for count in counts.values())) < 2:
-        raise LabError(f"Classification needs two labels with 2 documents or more each (one to learn from, one to "
-                       f"test on); this corpus has {len(counts)} labels, {enough} with 2 or more.")
     if len(counts) > MAX_CLASSES:
         raise LabError(f"The label column has {len(counts)} different labels, at most {MAX_CLASSES} here: "
                        "is it the text column? Pick a column of categories.")
+    if (enough := sum(count >= 2 for count in counts.values())) < 2:
+        raise LabError(f"Classification needs two labels with 2 documents or more each (one to learn from, one to "
+                       f"test on); this corpus has {len(counts)} labels, {enough} with 2 or more.")
     return counts
 
 
