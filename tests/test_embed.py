@@ -63,6 +63,11 @@ def test_the_tuned_embedder_is_used_like_the_packaged_one(embed_run):
     tuned, base = embed(texts, embed_run.name), embed(texts)
     assert tuned.shape == base.shape and not np.allclose(tuned, base, atol=1e-3)
     assert np.allclose(embed(texts, embed_run.name), tuned), "the cache keys vectors by the run"
+    from core.inference.adapters import adapter_folder
+    from core.inference.models import ModelError
+
+    with pytest.raises(ModelError, match=f"^'{embed_run.name}' tuned an embedder: it does not chat"):
+        adapter_folder(embed_run.name)  # typed into Chat's adapter box, or cli.py chat --adapter
 
 
 @pytest.mark.slow

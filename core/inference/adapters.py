@@ -31,7 +31,7 @@ def adapter_folder(value: str) -> Path:
     """The folder an adapter box value names: a finished run's name, a folder path, or a Hub
     repo id (downloaded: safetensors and config only)."""
     from core.hub.source import HUB_REPO, download_adapter
-    from core.runs import GENERATOR, finished_runs
+    from core.runs import EMBEDDER, GENERATOR, finished_runs
 
     value = (value or "").strip()
     if not value:
@@ -41,6 +41,9 @@ def adapter_folder(value: str) -> Path:
     if not folder.is_dir() and HUB_REPO.fullmatch(value):
         folder = download_adapter(value)
     if not folder.is_dir():
+        if value in {run.name for run in finished_runs(EMBEDDER)}:
+            raise ModelError(f"'{value}' tuned an embedder: it does not chat. Use it in Embeddings & topics "
+                             f"(cli.py embed --embedder {value}).")
         raise ModelError(f"Adapter '{value}' is neither a finished run, a folder nor a Hub repo id.")
     return folder.resolve()
 
