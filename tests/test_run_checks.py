@@ -83,6 +83,12 @@ def test_unknown_recipe_field_and_impossible_settings(tmp_path):
         config_from_dict({"adapter": "dora"})
     with pytest.raises(LabError, match=r"^learning_rate=-0.001 must be above 0\.$"):  # torch's traceback, once
         config_from_dict({"learning_rate": "-1e-3"})
+    # once cast without a word: 2.5 steps to 2, yes to 1; an infinite rate passed its check
+    assert config_from_dict({"max_steps": 2.0, "batch_size": "8"}).max_steps == 2  # a form's number, a YAML string
+    for name, value, message in (("max_steps", 2.5, "must be a whole number"), ("max_steps", True, "is not a number"),
+                                 ("learning_rate", "inf", "is not a number"), ("epochs", "nan", "is not a number")):
+        with pytest.raises(LabError, match=rf"^{name}={re.escape(repr(value))} {message}\.$"):
+            config_from_dict({name: value})
     # each failed inside the run (torch's dropout, Trainer's arguments) or, kept 0 checkpoints, broke resume
     for name, value in {"lora_dropout": 1.5, "save_total_limit": 0, "logging_steps": 0, "lora_alpha": 0,
                         "eval_rows": -1, "eval_seconds": -1.0, "max_rows": -5, "eval_steps": -1, "threads": -2,

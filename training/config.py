@@ -9,6 +9,7 @@ held-out figures; the adapter (full, lora, qlora) decides the peft/bitsandbytes 
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 import shutil
 import typing
@@ -188,9 +189,14 @@ def _coerce(name: str, kind: type, value):
         return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
     if kind in (int, float):
         try:
-            return int(float(value)) if kind is int else float(value)
+            number = float(value) if not isinstance(value, bool) else math.nan  # yes/no is no count
         except (TypeError, ValueError):
-            raise LabError(f"{name}={value!r} is not a number.") from None
+            number = math.nan
+        if not math.isfinite(number):
+            raise LabError(f"{name}={value!r} is not a number.")
+        if kind is int and not number.is_integer():  # a form's 2.0 is 2; 2.5 steps is no count
+            raise LabError(f"{name}={value!r} must be a whole number.")
+        return int(number) if kind is int else number
     return "" if value is None else str(value)
 
 
