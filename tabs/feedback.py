@@ -30,7 +30,8 @@ def shows_errors(shape: Callable[[str], Any] = lambda message: message, toast: b
         if toast:
             import gradio as gr
 
-            raise gr.Error(str(exc)) from None
+            # Expected, so no traceback in the server's log: one per refused visitor's call filled it
+            raise gr.Error(str(exc), print_exception=False) from None
         return shape(warn(exc))
 
     def decorate(handler):

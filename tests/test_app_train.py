@@ -36,8 +36,14 @@ def test_train_tiny_recipe_over_the_api(app_server):
 
 
 def test_bad_recipe_is_a_clear_error(app_server):
+    """One line to the caller, and no traceback in the server's log: each refused call printed
+    one (a visitor's calls could fill the log with them)."""
+    from tests.conftest import ARTIFACTS
+
     with pytest.raises(Exception, match="Unknown setting"):
         owner_client(app_server).predict("tiny", "learning_rat: 1", api_name="/train_recipe")
+    log = (ARTIFACTS / f"app-{app_server.rstrip('/').rsplit(':', 1)[1]}.log").read_text()
+    assert "Unknown setting(s): learning_rat" not in log, log[-2000:]
 
 
 def test_visitors_see_no_server_paths(app_server, tiny_run, data_home):

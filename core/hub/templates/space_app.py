@@ -147,7 +147,8 @@ def respond(message, left, right, blind):
     blind); then keep the pair, server side, as the one thing this session may vote on."""
     message = (message or "").strip()
     if not message or len(message) > MAX_MESSAGE:
-        raise gr.Error(f"Ask a question of at most {MAX_MESSAGE} characters.")
+        # print_exception=False: a refused call (each visitor may make many) writes no traceback to the log
+        raise gr.Error(f"Ask a question of at most {MAX_MESSAGE} characters.", print_exception=False)
     order = random.sample(["base", "tuned"], 2) if blind else ["base", "tuned"]
     histories = [list(h or [])[-2 * MAX_TURNS:] for h in (left, right)]
     prompts = [context(h) + [{"role": "user", "content": message}] for h in histories]
@@ -171,9 +172,9 @@ def write_vote(vote, request):
     while recent and recent[0] < time.time() - 60:
         recent.popleft()
     if len(recent) >= VOTES_PER_MINUTE:
-        raise gr.Error(f"At most {VOTES_PER_MINUTE} votes a minute: wait a moment.")
+        raise gr.Error(f"At most {VOTES_PER_MINUTE} votes a minute: wait a moment.", print_exception=False)
     if not VOTES_REPO:
-        raise gr.Error("This Space keeps no votes.")
+        raise gr.Error("This Space keeps no votes.", print_exception=False)
     line = json.dumps({**vote, "time": time.time(), "space": os.environ.get("SPACE_ID", ""),
                        "session": hashlib.sha256(session.encode()).hexdigest()[:16]}, ensure_ascii=False)
     lock = _SCHEDULER[0].lock if _SCHEDULER else threading.Lock()
@@ -181,7 +182,7 @@ def write_vote(vote, request):
         VOTES_DIR.mkdir(parents=True, exist_ok=True)
         used = sum(p.stat().st_size for p in VOTES_DIR.glob("*.jsonl"))
         if used + len(line) > MAX_VOTES_BYTES:
-            raise gr.Error("The vote box is full until the owner collects it. Thank you!")
+            raise gr.Error("The vote box is full until the owner collects it. Thank you!", print_exception=False)
         with _VOTE_FILE.open("a", encoding="utf-8") as handle:
             handle.write(line + "\n")
     recent.append(time.time())
@@ -191,7 +192,7 @@ def vote_handler(choice):
     def vote(pair, request: gr.Request):
         """Record a blind verdict on this session's last pair; reveal which model was which."""
         if not pair or not pair["blind"] or pair["voted"]:
-            raise gr.Error("Nothing to vote on: ask a question with Blind A/B on, then vote once.")
+            raise gr.Error("Nothing to vote on: ask a question with Blind A/B on, then vote once.", print_exception=False)
         write_vote({key: pair[key] for key in ("id", "prompt", "prompt_b", "answers", "sides")} | {"choice": choice},
                    request)
         pair["voted"].add("pair")
@@ -206,7 +207,7 @@ def thumb_handler(pane):
         key = "AB"[pane]
         index = data.index[0] if isinstance(data.index, (list, tuple)) else data.index
         if not pair or pair["blind"] or key in pair["voted"] or index != len(history or []) - 1:
-            raise gr.Error("Rate the newest answer, once (in Blind A/B, vote with the buttons).")
+            raise gr.Error("Rate the newest answer, once (in Blind A/B, vote with the buttons).", print_exception=False)
         prompt = pair["prompt_b"] if key == "B" and pair["prompt_b"] else pair["prompt"]
         write_vote({"id": f"{pair['id']}-{key}", "prompt": prompt, "answers": {"A": pair["answers"][key]},
                     "sides": {"A": pair["sides"][key]}, "choice": "up" if data.liked else "down"}, request)
