@@ -16,9 +16,10 @@ from training.config import config_from_dict, load_config
 
 
 def test_a_missing_data_file_or_run_is_refused_before_a_run_exists(tmp_path, monkeypatch, capsys, data_home):
-    """The CLI's run and the Train tab's Start check the data file first, and a resume its run:
-    a typo is one line, with no failed run left behind and no model loaded; a file's path is
-    kept absolute (a job runs in the repository's folder); bundled names and Hub ids pass."""
+    """The CLI's run and the Train tab's Start check the data file and the model's name first,
+    and a resume its run: a typo is one line, with no failed run left behind and no model loaded
+    (a model folder without config.json failed as a run); a file's path is kept absolute (a job
+    runs in the repository's folder); bundled names and Hub ids pass."""
     from core.data.rows import checked_source
     from core.runs import RunFolder
     from training import jobs
@@ -36,6 +37,11 @@ def test_a_missing_data_file_or_run_is_refused_before_a_run_exists(tmp_path, mon
         checked_source(str(tmp_path / "empty.jsonl"))
     with pytest.raises(DataError, match=r"notes\.xlsx: unsupported file type"):
         jobs.start(load_config("tiny", dataset="notes.xlsx", output_name="typo-run"))
+    with pytest.raises(LabError, match=rf"^'{re.escape(str(tmp_path))}' is a path but not a model folder \(no config\.json\)\.$"):
+        jobs.start(load_config("tiny", model=str(tmp_path), output_name="typo-run"))
+    assert main(["--config", "tiny", "--model", "../no such/model", "--output_name", "typo-run"]) == 2
+    assert capsys.readouterr().err == ("error: '../no such/model' is not a local folder, not a known model, and not "
+                                       "a valid Hub id.\n")
     assert not RunFolder.named("typo-run").path.exists()
     # A named run must be new: the CLI trained a second process into a live run's folder
     taken = RunFolder.named("taken-run")

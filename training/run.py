@@ -35,6 +35,7 @@ from pathlib import Path
 
 from core.data.rows import checked_source
 from core.errors import LabError
+from core.inference.models import check_model_name
 from core.paths import write_json
 from core.runs import RunFolder
 
@@ -104,6 +105,7 @@ def checked_start(args) -> tuple[TrainConfig, RunFolder]:
     typo raises a LabError and leaves no failed run behind."""
     cfg = config_from_args(args)
     cfg = replace(cfg, dataset=checked_source(cfg.dataset))
+    check_model_name(cfg.model)
     run = RunFolder(Path(args.run_dir)) if args.run_dir else RunFolder.named(cfg.output_name or default_run_name(cfg))
     if args.resume:  # a --run-dir's was checked before its config was read (config_from_args)
         refusal = "" if args.run_dir else resume_refusal(run)

@@ -71,15 +71,31 @@ def weights_origin(name: str) -> str:
             "safetensors), not the original Hub weights")
 
 
-def resolve_model(name: str) -> str:
-    """Turn a short name, Hub id or folder into something `from_pretrained` can load."""
+def check_model_name(name: str) -> None:
+    """What `resolve_model` checks before it converts or downloads anything: cheap, so that a
+    run's start refuses a typo before its folder exists."""
     name = (name or "").strip()
     if not name:
         raise ModelError("No model given: pick a known model, type a Hub id or a local folder.")
     path = Path(name).expanduser()
+    if path.exists() and not (path / "config.json").is_file():
+        raise ModelError(f"'{name}' is a path but not a model folder (no config.json).")
+    if not path.exists() and find_spec(name) is None:
+        from huggingface_hub.errors import HFValidationError
+        from huggingface_hub.utils import validate_repo_id
+
+        try:
+            validate_repo_id(name)
+        except HFValidationError:
+            raise ModelError(f"'{name}' is not a local folder, not a known model, and not a valid Hub id.") from None
+
+
+def resolve_model(name: str) -> str:
+    """Turn a short name, Hub id or folder into something `from_pretrained` can load."""
+    check_model_name(name)
+    name = name.strip()
+    path = Path(name).expanduser()
     if path.exists():
-        if not (path / "config.json").is_file():
-            raise ModelError(f"'{name}' is a path but not a model folder (no config.json).")
         return str(path.resolve())
     spec = find_spec(name)
     if spec is not None:
@@ -92,14 +108,11 @@ def resolve_model(name: str) -> str:
 
 def _resolve_hub_id(repo_id: str) -> str:
     from huggingface_hub import model_info, try_to_load_from_cache
-    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
+    from huggingface_hub.errors import RepositoryNotFoundError
 
     tried = "not a local folder, not a known model"
-    try:
-        if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
-            return repo_id
-    except HFValidationError:
-        raise ModelError(f"'{repo_id}' is {tried}, and not a valid Hub id.") from None
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):  # a valid id: check_model_name said so
+        return repo_id
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise ModelError(f"'{repo_id}' is {tried}, not in the HF cache, and HF_HUB_OFFLINE=1.")
     try:
