@@ -30,12 +30,19 @@ def cmd_topics(args) -> int:
 
 
 def cmd_embed(args) -> int:
-    from core.explore.embeddings import check_labels
+    from core.explore.embeddings import check_clusters, check_labels
 
     if args.out and not args.cluster:
         raise LabError("--out writes the clusters: add --cluster kmeans or --cluster hdbscan.")
     out = writable(Path(args.out), folder=True) if args.out else None
-    corpus, vectors = embedded(args, (lambda corpus: check_labels(corpus.labels)) if args.classify else None)
+
+    def usable(corpus) -> None:  # before the embedding, which takes minutes
+        if args.cluster:
+            check_clusters(len(corpus.texts), args.cluster, args.clusters)
+        if args.classify:
+            check_labels(corpus.labels)
+
+    corpus, vectors = embedded(args, usable)
     print(f"{len(corpus.texts)} documents, embeddings {vectors.shape[1]}-d ({args.embedder}). {corpus.note}".strip())
     if args.cluster:
         print_clusters(args, corpus, vectors, out)

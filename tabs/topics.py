@@ -19,7 +19,7 @@ import gradio as gr
 from core.explore import topics as topic_core
 from core.access import LIMITS, AccessDenied, check_data_source, clamp, is_trusted
 from core.explore.corpora import CORPORA, DEFAULT_MAX_DOCS, load_corpus
-from core.explore.embeddings import (DEFAULT_EMBEDDER, PACKAGED_EMBEDDERS, check_labels, classify, cluster,
+from core.explore.embeddings import (DEFAULT_EMBEDDER, PACKAGED_EMBEDDERS, check_clusters, check_labels, classify, cluster,
                                      cluster_summary, cluster_table, embed, is_tuned_embedder, load_embedder, project,
                                      tuned_embedders)
 from core.errors import LabError
@@ -89,7 +89,7 @@ def run_clustering(source, upload, text_column, label_column, max_docs, embedder
                    projection, color_by, request: gr.Request = None, progress=gr.Progress()):
     """(2-D map, scores markdown, cluster table)."""
     corpus, vectors = CorpusRequest(source, upload, text_column, label_column, max_docs, embedder).load(
-        request, progress, projection)
+        request, progress, projection, check=lambda corpus: check_clusters(len(corpus.texts), method, int(n_clusters)))
     ids = cluster(vectors, method, int(n_clusters), int(min_size))
     points = project(vectors, projection)
     text = f"{cluster_summary(corpus.labels, ids)}. {corpus.note}"

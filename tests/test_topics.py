@@ -210,6 +210,9 @@ def test_cli_embed_clusters_and_classifies_as_the_tab_does(chatterbot, tmp_path,
     assert written[0] == "cluster,label,text" and len(written) == len(corpus.texts) + 1
     assert cli(["embed", "--out", str(tmp_path / "none")]) == 2 and not (tmp_path / "none").exists()
     assert cli(["embed", "--corpus", "guardian-headlines", "--classify", "knn"]) == 2
-    assert capsys.readouterr().err.splitlines() == [
+    assert cli(["embed", "--corpus", "chatterbot", "--max-docs", "30", "--cluster", "kmeans", "--clusters", "31"]) == 2
+    printed = capsys.readouterr()
+    assert "Embedding" not in printed.out and printed.err.splitlines() == [  # each before the embedding
         "error: --out writes the clusters: add --cluster kmeans or --cluster hdbscan.",
-        "error: This corpus has no label column: pick one to classify."]
+        "error: This corpus has no label column: pick one to classify.",
+        "error: KMeans needs 2 to 30 clusters for 30 documents."]

@@ -154,13 +154,19 @@ def cluster(vectors: np.ndarray, method: str = "kmeans", n_clusters: int = 8, mi
     from hdbscan import HDBSCAN  # the one BERTopic uses too (its approximate_predict needs it)
     from sklearn.cluster import KMeans
 
+    check_clusters(len(vectors), method, n_clusters)
     if method == "kmeans":
-        if not 2 <= n_clusters <= len(vectors):
-            raise LabError(f"KMeans needs 2 to {len(vectors)} clusters for {len(vectors)} documents.")
         return KMeans(n_clusters=n_clusters, random_state=seed, n_init=4).fit_predict(vectors)
-    if method == "hdbscan":
-        return HDBSCAN(min_cluster_size=max(2, int(min_cluster_size))).fit_predict(vectors)
-    raise LabError(f"Unknown clustering method {method!r}: use kmeans or hdbscan.")
+    return HDBSCAN(min_cluster_size=max(2, int(min_cluster_size))).fit_predict(vectors)
+
+
+def check_clusters(documents: int, method: str, n_clusters: int) -> None:
+    """A one-line error unless `method` can cluster `documents` documents: callers check before
+    the embedding too."""
+    if method not in ("kmeans", "hdbscan"):
+        raise LabError(f"Unknown clustering method {method!r}: use kmeans or hdbscan.")
+    if method == "kmeans" and not 2 <= n_clusters <= documents:
+        raise LabError(f"KMeans needs 2 to {documents} clusters for {documents} documents.")
 
 
 def project(vectors: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
