@@ -119,7 +119,7 @@ class TrainConfig:
         objective = objectives.get(self.objective)
         if not 0 <= self.eval_fraction < 0.5:
             raise LabError(f"eval_fraction={self.eval_fraction} must be in [0, 0.5).")
-        self._check_counts()
+        self._check_whole_numbers()
         if self.torch_compile and not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
             raise LabError("torch_compile needs a C++ compiler (g++) for torch's inductor backend.")
         if self.max_steps < 1 and self.epochs <= 0:
@@ -147,12 +147,13 @@ class TrainConfig:
         objective.check(self)
         return self
 
-    def _check_counts(self) -> None:
+    def _check_whole_numbers(self) -> None:
+        """Counts of at least one, and a seed that numpy's seeding takes."""
         for name in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "max_length", "block_size", "general_windows",
                      "save_steps", "save_total_limit", "logging_steps", "processes"):
             if getattr(self, name) < 1:
                 raise LabError(f"{name}={getattr(self, name)} must be at least 1.")
-        if not 0 <= self.seed < 2**32:  # numpy's seeding takes no other
+        if not 0 <= self.seed < 2**32:
             raise LabError(f"seed={self.seed} must be between 0 and {2**32 - 1}.")
 
     def to_yaml(self) -> str:

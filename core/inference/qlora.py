@@ -12,6 +12,7 @@ as a full fine-tune is.
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -22,8 +23,6 @@ from core.runs import RunFolder
 def four_bit_load_args(quant_type: str, double_quant: bool, compute_dtype) -> dict:
     """`from_pretrained`'s arguments for a base rounded to 4 bits by bitsandbytes, as training
     loads a QLoRA base."""
-    import os
-
     import torch
     from transformers import BitsAndBytesConfig
 

@@ -66,7 +66,7 @@ class RunningBatch:
         self.loaded, self.settings = loaded, settings
         self.rows: list[LiveRow] = []
         self.cache = None  # a DynamicCache once a row is in; slot t of row b holds its token t - starts[b]
-        self.ends = end_ids(loaded.model)
+        self.ends, self.top_k = end_ids(loaded.model), model_top_k(loaded.model)
         self._forwards: dict = {}  # the adapters' row forwards, by what they were prepared for
 
     def admit(self, owner, messages: list[dict], adapter: str, own: GenerationSettings,
@@ -145,8 +145,7 @@ class RunningBatch:
         rules = ReplyRules(settings.repetition_penalty, self.ends, settings.min_new_tokens, len(row.ids) - len(row.answer.tokens))
         if settings.temperature <= 0:
             return int(rules(ids, logits).argmax(-1))
-        top_k = model_top_k(self.loaded.model)
-        return int(drawn(ids, logits, rules, settings.temperature, settings.top_p, top_k, [row.generator])[0])
+        return int(drawn(ids, logits, rules, settings.temperature, settings.top_p, self.top_k, [row.generator])[0])
 
     def _add_token(self, row: LiveRow, token: int) -> None:
         row.ids.append(token)
