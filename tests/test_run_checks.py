@@ -59,6 +59,7 @@ def test_a_missing_data_file_or_run_is_refused_before_a_run_exists(tmp_path, mon
         with pytest.raises(LabError, match=f"^{re.escape(in_the_app or said)}$"):
             jobs.start(load_config("tiny", output_name="taken-run"))
     assert sorted(p.name for p in taken.path.iterdir()) == ["job.json"], "nothing written into it"
+    taken.job_file.unlink()  # this worker's later tests may start jobs
     spaced = RunFolder(tmp_path / "my runs" / "x")  # the resume line a user pastes into a shell
     assert jobs.resume_command(spaced) == f"python cli.py train --run-dir '{spaced.path}' --resume"
     monkeypatch.chdir(tmp_path)
@@ -72,6 +73,42 @@ def test_a_missing_data_file_or_run_is_refused_before_a_run_exists(tmp_path, mon
     assert [checked_source(s) for s in ("identity", "chatterbot:ai", "lab/chats:sub@test")] == [
         "identity", "chatterbot:ai", "lab/chats:sub@test"]
 
+
+
+def test_data_that_does_not_fit_the_objective_is_refused_at_start(tmp_path, capsys, data_home):
+    """DPO on question/answer rows loaded the model and then failed as a run. Start now reads
+    the data's first row (its first block's columns, the mapping applied) and refuses in one
+    line, with no run folder left; the run still checks every row. A Hub set, and a file whose
+    first row does not parse, are left to the run, which names the problem."""
+    from core.data.columns import first_columns
+    from core.runs import RunFolder
+    from training import jobs
+    from training.run import main
+
+    assert main(["--config", "tiny", "--objective", "dpo", "--dataset", "identity", "--output_name", "misfit"]) == 2
+    assert capsys.readouterr().err == ("error: objective=dpo needs preference rows with prompt, chosen and rejected "
+                                       "columns; this data has question, answer.\n")
+    refusals = {"sft": ("identity-preferences", r"^This is preference data \(prompt, chosen, rejected\): train it "
+                                                r"with objective=dpo\.$"),
+                "dapt": ("chatterbot:ai", r"^DAPT needs a 'text' column; have question, answer, category\.$"),
+                "kto": ("identity-preferences", r"^objective=kto needs rows with prompt, completion and label"),
+                "embed": ("identity", r"^objective=embed needs a text column")}
+    for objective, (dataset, said) in refusals.items():
+        extra = {"model": "minilm", "adapter": "full", "batch_size": 4} if objective == "embed" else {}
+        with pytest.raises(LabError, match=said):
+            jobs.start(load_config("tiny", objective=objective, dataset=dataset, output_name="misfit", **extra))
+    assert not RunFolder.named("misfit").path.exists()
+    # A file: the first block's columns (row 1 has no context, row 2 has), and the mapping applied
+    rows = write_jsonl(tmp_path / "rows.jsonl", [{"Q": "a", "A": "b"}, {"Q": "c", "A": "d", "context": "e"}] * 50)
+    assert first_columns(rows) == ["Q", "A", "context"]
+    assert first_columns(rows, "question=Q,answer=A") == ["question", "answer", "context"]
+    with pytest.raises(DataError, match="^Cannot detect the format from columns Q, A, context"):
+        load_config("tiny", dataset=rows).checked_for_start()
+    assert load_config("tiny", dataset=rows, columns="question=Q,answer=A").checked_for_start().dataset == rows
+    (tmp_path / "broken.jsonl").write_text("{not json\n")
+    assert first_columns(str(tmp_path / "broken.jsonl")) is None
+    assert first_columns("lab/chats") is None
+    assert "Failed to load JSON" not in capsys.readouterr().err  # the run reports it, once
 
 
 def test_unknown_recipe_field_and_impossible_settings(tmp_path):

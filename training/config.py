@@ -13,12 +13,15 @@ import math
 import re
 import shutil
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
 
+from core.data.columns import first_columns
+from core.data.rows import checked_source
 from core.errors import LabError
+from core.inference.models import check_model_name
 from training import objectives
 
 ADAPTERS = ("lora", "qlora", "full")
@@ -146,6 +149,17 @@ class TrainConfig:
                 check_name(getattr(self, name), name)
         objective.check(self)
         return self
+
+    def checked_for_start(self) -> "TrainConfig":
+        """This config once all that can be checked before a run exists has passed: the
+        settings, the model's name, the data's file (its path made absolute: a job runs in the
+        repository's folder, a resume from anywhere) and, from its first row, that the data
+        fits the objective. A LabError says the first problem; no run folder is left behind."""
+        cfg = replace(self.validate(), dataset=checked_source(self.dataset))
+        check_model_name(cfg.model)
+        if (columns := first_columns(cfg.dataset, cfg.columns)) is not None:
+            objectives.get(cfg.objective).check_columns(columns)
+        return cfg
 
     def _check_whole_numbers(self) -> None:
         """Counts of at least one, and a seed that numpy's seeding takes."""

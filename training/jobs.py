@@ -20,14 +20,12 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import threads
 from core.data.file_types import EXTENSIONS
-from core.data.rows import checked_source
 from core.errors import LabError
-from core.inference.models import check_model_name
 from core.paths import check_name, runs_dir
 from core.runs import Manifest, RunFolder, all_runs
 from training import objectives
@@ -82,8 +80,7 @@ def child_env(thread_count: int) -> dict:
 def start(cfg: TrainConfig, thread_count: int | None = None, resume_run: RunFolder | None = None) -> RunFolder:
     """Launch a run (or resume one) as a detached subprocess; raise JobBusy if a job is live.
     The job gets every core but the one chat keeps (core.threads), on start and resume alike."""
-    cfg = replace(cfg.validate(), dataset=checked_source(cfg.dataset))  # a missing file: refused, no run left
-    check_model_name(cfg.model)  # and a model folder or name that cannot be one
+    cfg = cfg.checked_for_start()
     with _no_other_job():
         run = resume_run or RunFolder.named(cfg.output_name or default_run_name(cfg))
         if resume_run is None and (refusal := start_refusal(run)):

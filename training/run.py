@@ -30,12 +30,9 @@ if __name__ == "__main__":  # first thing: a Stop while the process starts must 
 import argparse
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 
-from core.data.rows import checked_source
 from core.errors import LabError
-from core.inference.models import check_model_name
 from core.paths import write_json
 from core.runs import RunFolder
 
@@ -103,9 +100,7 @@ def emit_launch(cfg: TrainConfig, args) -> int:
 def checked_start(args) -> tuple[TrainConfig, RunFolder]:
     """The run's config and folder once every check has passed, before the folder is made: a
     typo raises a LabError and leaves no failed run behind."""
-    cfg = config_from_args(args)
-    cfg = replace(cfg, dataset=checked_source(cfg.dataset))
-    check_model_name(cfg.model)
+    cfg = config_from_args(args).checked_for_start()
     run = RunFolder(Path(args.run_dir)) if args.run_dir else RunFolder.named(cfg.output_name or default_run_name(cfg))
     if args.resume:  # a --run-dir's was checked before its config was read (config_from_args)
         refusal = "" if args.run_dir else resume_refusal(run)

@@ -129,11 +129,10 @@ def _checked_messages(messages, number: int) -> list[dict]:
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
-def sft_rows(ds, tokenizer, first_row: int = 1):
-    """A Dataset of prompt/completion rows, validated row by row (numbered from `first_row`)."""
-    from datasets import Dataset
-
-    fmt = detect_format(ds.column_names)
+def sft_format(column_names) -> str:
+    """The format of SFT rows with these columns; a DataError naming the objective that trains
+    them where they are not prompts with answers."""
+    fmt = detect_format(column_names)
     if fmt == "preference":
         raise DataError("This is preference data (prompt, chosen, rejected): train it with objective=dpo.")
     if fmt == "unpaired":
@@ -141,6 +140,20 @@ def sft_rows(ds, tokenizer, first_row: int = 1):
     if fmt == "text":
         raise DataError("SFT needs prompts and answers, but this data has only a 'text' column: "
                         "use objective=dapt, or map columns (e.g. 'question=Q,answer=A').")
+    return fmt
+
+
+def check_text_column(column_names) -> None:
+    """DAPT reads plain text: a DataError where the rows are something else."""
+    if detect_format(column_names) != "text":
+        raise DataError(f"DAPT needs a 'text' column; have {', '.join(column_names)}.")
+
+
+def sft_rows(ds, tokenizer, first_row: int = 1):
+    """A Dataset of prompt/completion rows, validated row by row (numbered from `first_row`)."""
+    from datasets import Dataset
+
+    fmt = sft_format(ds.column_names)
     conversations = [conversation(row, fmt, i) for i, row in enumerate(ds, first_row)]
     rows = [to_prompt_completion(messages, bool(tokenizer.chat_template)) for messages in conversations]
     if any(sum(m["role"] == "assistant" for m in messages) > 1 for messages in conversations):
@@ -193,8 +206,7 @@ def dapt_windows(ds, tokenizer, block_size: int, stride: int, context_length: in
     With `max_windows`, tokenizing stops as soon as that many windows exist (the preview)."""
     from datasets import Dataset
 
-    if detect_format(ds.column_names) != "text":
-        raise DataError(f"DAPT needs a 'text' column; have {', '.join(ds.column_names)}.")
+    check_text_column(ds.column_names)
     if block_size > context_length:
         raise DataError(f"block_size={block_size} is larger than the model context ({context_length} tokens).")
     needed = block_size + stride * (max_windows - 1) if max_windows else None

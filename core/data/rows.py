@@ -133,13 +133,13 @@ def checked_source(source: str) -> str:
     if source in BUNDLED or source.startswith("chatterbot:") or parse_hub_source(source):
         return source
     path = Path(source).expanduser()
-    _file_kind(path)
+    file_kind(path)
     if path.stat().st_size == 0:  # the rest of check_text_file reads the whole file: the run does that
         raise DataError(f"{path.name}: the file is empty.")
     return str(path.resolve())
 
 
-def _file_kind(path: Path) -> str:
+def file_kind(path: Path) -> str:
     """The loader for a data file ('json', 'csv', ...); DataError when there is none or no file."""
     kind = EXTENSIONS.get(path.suffix.lower())
     if kind is None:
@@ -155,7 +155,7 @@ def _load_file(path: Path, cache: bool = True):
 
     from datasets import load_dataset
 
-    kind = _file_kind(path)
+    kind = file_kind(path)
     if kind != "parquet":
         check_text_file(path)
     extra = dict(READ_OPTIONS.get(path.suffix.lower(), {}))

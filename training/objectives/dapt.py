@@ -9,7 +9,7 @@ general English (ChatterBot's questions and answers), so forgetting shows beside
 from __future__ import annotations
 
 from core.errors import LabError
-from core.data.formats import dapt_preview, dapt_windows
+from core.data.formats import check_text_column, dapt_preview, dapt_windows
 from core.runs import Measure
 from training.model_setup import context_length
 from training.objectives.sft import SFT, perplexity
@@ -26,6 +26,9 @@ class DAPT(SFT):
     def check(self, cfg) -> None:
         if not 0 < cfg.stride <= cfg.block_size:
             raise LabError(f"stride={cfg.stride} must be between 1 and block_size={cfg.block_size}.")
+
+    def check_columns(self, column_names) -> None:
+        check_text_column(column_names)
 
     def sequence_length(self, cfg) -> int:
         return cfg.block_size

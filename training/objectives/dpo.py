@@ -30,14 +30,17 @@ class DPO(Objective):
     continues_adapter = True
     judged_blind = True
 
+    def check_columns(self, column_names) -> None:
+        if detect_format(column_names) != "preference":
+            raise DataError("objective=dpo needs preference rows with prompt, chosen and rejected "
+                            f"columns; this data has {', '.join(column_names)}.")
+
     def examples(self, rows, tokenizer, cfg, first_row: int = 1):
         """prompt/chosen/rejected rows, conversational when the tokenizer has a chat template
         (plain "Question:/Answer:" text otherwise, as SFT does), checked row by row."""
         from datasets import Dataset
 
-        if detect_format(rows.column_names) != "preference":
-            raise DataError("objective=dpo needs preference rows with prompt, chosen and rejected "
-                            f"columns; this data has {', '.join(rows.column_names)}.")
+        self.check_columns(rows.column_names)
         chat = bool(tokenizer.chat_template)
         return Dataset.from_list([answer_columns(prompt_messages(row, n), {side: answer_text(row, side, n) for side in
                                                                           ("chosen", "rejected")}, chat)

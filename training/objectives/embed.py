@@ -57,6 +57,10 @@ class Embed(Objective):
             raise LabError(f"objective=embed needs an even batch_size of at least 4 (it is {cfg.batch_size}): "
                            "each batch holds pairs of texts per label.")
 
+    def check_columns(self, column_names) -> None:
+        if not {"anchor", "positive"} <= set(column_names):
+            labelled_columns(column_names)
+
     def tokenizer(self, cfg):
         return None  # the sentence-transformers model brings its own
 

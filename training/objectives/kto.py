@@ -34,12 +34,15 @@ class KTO(Objective):
         if cfg.batch_size < 2:  # trl estimates KTO's KL term from the other rows of a batch
             raise LabError(f"objective=kto needs batch_size of at least 2 (it is {cfg.batch_size}).")
 
+    def check_columns(self, column_names) -> None:
+        if detect_format(column_names) != "unpaired":
+            raise DataError("objective=kto needs rows with prompt, completion and label columns; "
+                            f"this data has {', '.join(column_names)}.")
+
     def examples(self, rows, tokenizer, cfg, first_row: int = 1):
         from datasets import Dataset
 
-        if detect_format(rows.column_names) != "unpaired":
-            raise DataError("objective=kto needs rows with prompt, completion and label columns; "
-                            f"this data has {', '.join(rows.column_names)}.")
+        self.check_columns(rows.column_names)
         chat = bool(tokenizer.chat_template)
         return Dataset.from_list([_labelled_row(row, number, chat) for number, row in enumerate(rows, first_row)])
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from core.data.formats import sft_preview, sft_rows
+from core.data.formats import sft_format, sft_preview, sft_rows
 from core.runs import Measure
 from training.model_setup import common_args, load_base, lora_config
 from training.objective import Objective
@@ -22,6 +22,9 @@ class SFT(Objective):
     maps_effect = True
     help = "sft: learn answers to prompts (loss on answers only)"
     scores_answers = True
+
+    def check_columns(self, column_names) -> None:
+        sft_format(column_names)
 
     def examples(self, rows, tokenizer, cfg, first_row: int = 1):
         return sft_rows(rows, tokenizer, first_row)
