@@ -123,6 +123,7 @@ def cmd_runs(args) -> int:
               f"{jobs.resume_command(RunFolder.existing(name))}")
         return 0
     if args.delete:
+        RunFolder.existing(args.delete)  # a typo says so, not "add --yes"
         if not args.yes:
             raise LabError(f"Deleting '{args.delete}' removes its adapter and checkpoints: add --yes.")
         jobs.delete(args.delete)

@@ -126,4 +126,6 @@ def test_stop_and_resume_through_ui_functions(data_home, monkeypatch, capsys):
     assert len(view.plot.data[0].x) >= 2
     assert cli(["runs", "--stop"]) == 2 and capsys.readouterr().err == "error: No job is running.\n"
     assert cli(["runs", "--delete", run]) == 2 and "add --yes" in capsys.readouterr().err
+    assert cli(["runs", "--delete", "ui-stpo"]) == 2  # a typo: it asked for --yes first
+    assert capsys.readouterr().err == "error: No run named 'ui-stpo'.\n"
     assert "Deleted" in train_live.delete_run(run, True)
