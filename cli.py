@@ -40,9 +40,11 @@ def cmd_chat(args) -> int:
         raise LabError("--compare answers with the base and a tuned model side by side: name it with --adapter.")
     # Resolved once (a Hub id is downloaded here), so a typo is one line before the libraries and the model load.
     folder = str(adapter_folder(args.adapter)) if args.adapter else None
-    from core.inference.chat import GenerationSettings, checked_seed
+    from core.inference.chat import GenerationSettings, check_messages, checked_seed
     from core.inference.models import load_model
 
+    if args.prompt is not None:  # before the model loads
+        check_messages([{"role": "user", "content": args.prompt}])
     settings = GenerationSettings(temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                                   system_prompt=args.system or "", seed=checked_seed(args.seed))
     base = load_model(args.model)

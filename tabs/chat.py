@@ -14,7 +14,7 @@ from core import threads
 from core.access import check_adapter, check_model, clamp
 from core.inference.batching import BASE, Row, answer_together
 from core.inference.adapters import Tuned, attach_tuned
-from core.inference.chat import GenerationSettings
+from core.inference.chat import GenerationSettings, check_messages
 from core.inference.compare import stream_compare
 from core.errors import LabError
 from core.inference.models import DEFAULT_MODEL, load_model
@@ -122,8 +122,7 @@ def _prepared(ask: ChatRequest, chars: int, request):
     """(settings, loaded model, tuned side or None, running job, thread count) for `ask`, or a
     LabError that says what is wrong with it."""
     settings = ask.settings(request)
-    if not str(ask.message or "").strip():
-        raise LabError("Empty message: type something first.")
+    check_messages([{"role": "user", "content": str(ask.message or "")}])
     if len(str(ask.message)) > chars:
         raise LabError(f"Message too long: {len(str(ask.message))} characters, at most {chars} here.")
     model_name = check_model(ask.model or DEFAULT_MODEL, request)

@@ -130,6 +130,7 @@ def test_cli_refuses_bad_flags_before_any_work(clean_store, tmp_path, capsys):
     blocker.write_text("")
     refused = {("chat", "Hi", "--compare"): "--compare answers with the base and a tuned model side by side: "
                                             "name it with --adapter.",
+               ("chat", "  "): "Empty message: type something first.",  # said before the model loads
                ("votes", "export", "--out", str(tmp_path)): f"--out {tmp_path}: cannot write there (Is a directory).",
                ("topics", "--out", str(blocker / "x")): f"--out {blocker / 'x'}: cannot write there (Not a directory)."}
     for argv, said in refused.items():
