@@ -19,9 +19,9 @@ import gradio as gr
 from core.explore import topics as topic_core
 from core.access import LIMITS, AccessDenied, check_data_source, clamp, is_trusted
 from core.explore.corpora import CORPORA, DEFAULT_MAX_DOCS, load_corpus
-from core.explore.embeddings import (DEFAULT_EMBEDDER, PACKAGED_EMBEDDERS, check_clusters, check_labels, classify, cluster,
-                                     cluster_summary, cluster_table, embed, is_tuned_embedder, load_embedder, project,
-                                     tuned_embedders)
+from core.explore.embedders import DEFAULT_EMBEDDER, PACKAGED_EMBEDDERS, is_tuned_embedder, tuned_embedders
+from core.explore.embeddings import (check_clusters, check_labels, classify, cluster, cluster_summary, cluster_table, embed,
+                                     load_embedder, project)
 from core.errors import LabError
 from core.request_limits import HEAVY_EVENTS
 from tabs.feedback import shows_errors, warn

@@ -55,7 +55,8 @@ def test_tuning_separates_the_held_out_categories(embed_run):
 def test_the_tuned_embedder_is_used_like_the_packaged_one(embed_run):
     import numpy as np
 
-    from core.explore.embeddings import embed, tuned_embedders
+    from core.explore.embedders import tuned_embedders
+    from core.explore.embeddings import embed
     from tabs.chat import adapter_choices
 
     assert embed_run.name in tuned_embedders() and embed_run.name not in adapter_choices()
@@ -72,7 +73,7 @@ def test_the_tuned_embedder_is_used_like_the_packaged_one(embed_run):
 
 @pytest.mark.slow
 def test_held_out_answers_can_be_scored_by_the_tuned_embedder(embed_run):
-    from core.explore.embeddings import cosine_label
+    from core.explore.embedders import cosine_label
     from training.answer_eval import scores
     from training.config import load_config
 
@@ -100,7 +101,7 @@ def test_the_served_tab_clusters_with_it_and_a_visitor_may_too(embed_run, raw):
         maps[embedder] = (plot, float(info.split("NMI ")[1].split(" ")[0]))
     assert maps[embed_run.name][0] != maps["all-MiniLM-L6-v2"][0]
     assert maps[embed_run.name][1] > maps["all-MiniLM-L6-v2"][1], "the tuned embedder clusters the categories better"
-    from core.explore.embeddings import tuned_embedders
+    from core.explore.embedders import tuned_embedders
 
     refit = raw.call(raw.fn_index(api_name="topics_tuned"), [*spec, "all-MiniLM-L6-v2", "fast", 8])
     assert refit["ok"] and refit["data"][0].startswith("8 topics over 300 documents"), refit

@@ -22,7 +22,7 @@ from dataclasses import replace
 import numpy as np
 
 from core.errors import LabError
-from core.explore.embeddings import cosine_label
+from core.explore.embedders import cosine_label
 from core.runs import RunFolder
 from training import objectives
 from training.config import load_config

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 
 from core.inference.chat import QA_FORMAT
-from core.explore.embeddings import hub_id as embedder_hub_id
+from core.explore.embedders import hub_id as embedder_hub_id
 from core.inference.models import find_spec, weights_origin
 from core.paths import write_json
 from core.runs import Manifest, RunFolder, write_prompt_format

@@ -2,10 +2,9 @@
 
     python -c "from core.explore.embeddings import embed; print(embed(['hello', 'world']).shape)"
 
-An embedder is a name: the packaged MiniLM, a Hub id or a folder, or a finished run of the
-`embed` objective (a fine-tuned MiniLM), which loads from its run folder. The cache key is
-the model's key (a run's name and finish time, so a run deleted and trained again under the
-same name never reuses old vectors) plus a hash of every text, so re-running on the same corpus
+An embedder is a name (core.explore.embedders says which model it means). The cache key is
+the model's key (a tuned embedder run's name and finish time, so a run deleted and trained
+again under the same name never reuses old vectors) plus a hash of every text, so re-running on the same corpus
 loads a .npy file instead of encoding. The corpora used last also stay in memory (RECENT, at
 most RECENT_BYTES): Embed, Cluster, Classify and Topics each embed the same corpus, and a
 public app's visitors, whose embeddings are never written to disk, would otherwise encode it
@@ -20,14 +19,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core import assets, threads
+from core import threads
 from core.errors import LabError
+from core.explore.embedders import DEFAULT_EMBEDDER, embedder_key, embedder_source
 from core.paths import data_dir
-from core.runs import EMBEDDER, Manifest, RunFolder, finished_runs
 
 
-DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
-PACKAGED_EMBEDDERS = (DEFAULT_EMBEDDER, "sentence-transformers/all-MiniLM-L6-v2")  # offline copy
 ENCODED = {"texts": 0}  # how many texts were actually encoded (tests check the cache with it)
 _MODELS: dict = {}
 _LOCK = threading.Lock()
@@ -35,53 +32,6 @@ RECENT: OrderedDict[str, np.ndarray] = OrderedDict()  # cache key -> vectors, th
 RECENT_BYTES = 64 * 2**20
 MAX_CLASSES = 50
 _RECENT_LOCK = threading.Lock()
-
-
-def cosine_label(embedder: str | None) -> str:
-    """How a table names the cosine of answers: "MiniLM cosine", or the tuned embedder's."""
-    return "MiniLM cosine" if (embedder or DEFAULT_EMBEDDER) in PACKAGED_EMBEDDERS else f"cosine by {embedder}"
-
-
-def hub_id(name: str) -> str:
-    """The Hub id of an embedder known by a short name (the packaged MiniLM), else the name."""
-    return PACKAGED_EMBEDDERS[1] if name in PACKAGED_EMBEDDERS else name
-
-
-def tuned_embedders() -> list[str]:
-    """Finished runs whose product is an embedder, newest first."""
-    return [run.name for run in finished_runs(EMBEDDER)]
-
-
-def embedder_source(name: str) -> str:
-    """What SentenceTransformer loads for `name`: the packaged MiniLM folder, a tuned embedder's
-    run folder, or the name itself (a Hub id or a folder)."""
-    name = (name or "").strip() or DEFAULT_EMBEDDER
-    if name in PACKAGED_EMBEDDERS:
-        return str(assets.minilm_dir() or name)
-    return str(RunFolder.named(name).adapter) if _tuned_manifest(name) else name
-
-
-def embedder_key(name: str) -> str:
-    """The cache key of an embedder: its name, and for a tuned one also when it finished."""
-    name = (name or "").strip() or DEFAULT_EMBEDDER
-    manifest = _tuned_manifest(name)
-    return f"{name}@{manifest.created}" if manifest else name
-
-
-def is_tuned_embedder(name: str) -> bool:
-    return _tuned_manifest((name or "").strip()) is not None
-
-
-def _tuned_manifest(name: str) -> Manifest | None:
-    """The manifest of the finished embedder run called `name`; None for any other name."""
-    if name in PACKAGED_EMBEDDERS:
-        return None
-    try:
-        run = RunFolder.named(name)
-    except LabError:
-        return None  # not a run name (a Hub id has a slash)
-    manifest = run.manifest() if run.is_finished else None
-    return manifest if manifest is not None and manifest.kind == EMBEDDER else None
 
 
 def load_embedder(name: str = DEFAULT_EMBEDDER):

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from core.errors import LabError
-from core.explore.embeddings import cosine_label
+from core.explore.embedders import cosine_label
 from core.runs import EMBEDDER, Manifest, RunFolder
 
 

@@ -86,7 +86,7 @@ class Embed(Objective):
     def preview(self, rows, row: int, tokenizer, cfg) -> Preview:
         from transformers import AutoTokenizer
 
-        from core.explore.embeddings import embedder_source
+        from core.explore.embedders import embedder_source
 
         if {"anchor", "positive"} <= set(rows.column_names):
             shown = [(cell_text(rows[row], c, row + 1) + "\n", f"{c}: {PAIR_ROLES[c]}")
@@ -105,7 +105,7 @@ class Embed(Objective):
         from sentence_transformers.base.sampler import BatchSamplers
         from sentence_transformers.sentence_transformer.losses import BatchAllTripletLoss, MultipleNegativesRankingLoss
 
-        from core.explore.embeddings import embedder_source
+        from core.explore.embedders import embedder_source
         from training.objectives.embed_lora import LoraEmbedderTrainer, with_lora
 
         model = SentenceTransformer(embedder_source(cfg.model), trust_remote_code=False)
@@ -145,7 +145,8 @@ class Embed(Objective):
         run's report; the Train tab and the model card show them."""
         from sentence_transformers import SentenceTransformer
 
-        from core.explore.embeddings import embedder_source, project
+        from core.explore.embedders import embedder_source
+        from core.explore.embeddings import project
 
         if eval_set is None or "positive" in eval_set.column_names:
             return False
