@@ -106,8 +106,11 @@ def test_pairs_come_from_exactly_the_rows_whose_loss_rose(tiny_effect, tiny_run,
 
 def test_an_unfinished_or_preference_run_is_refused_in_one_line(data_home):
     """A run that failed or is still running has no manifest: it said its held-out rows had no
-    reference text, which is the refusal for a DPO or KTO run."""
+    reference text, which is the refusal for a DPO or KTO run. The app's Start of the job says
+    the same before a job starts (it failed as a job), and so does a run's name given as the
+    embedder that is no embedder."""
     from core.runs import Manifest, RunFolder
+    from training import jobs
     from training.effect import compute
 
     half_done = RunFolder.named("half-done")
@@ -120,3 +123,15 @@ def test_an_unfinished_or_preference_run_is_refused_in_one_line(data_home):
                                        "dpo", "lora", "DPO + LORA", "pairs.jsonl"))
     with pytest.raises(LabError, match=r"^'preference-run' is not a finished SFT or DAPT run: .* reference text"):
         compute("preference-run")
+    for run in ("half-done", "preference-run"):
+        with pytest.raises(LabError, match=f"^'{run}' (has not finished|is not a finished SFT)"):
+            jobs.effect(run)
+        assert not RunFolder.named(run).job_file.exists(), "no job started"
+    tuned = RunFolder.named("sft-run")
+    tuned.adapter.mkdir(parents=True)
+    tuned.write_manifest(Manifest("sft-run", "smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct",
+                                  "sft", "lora", "SFT + LORA", "identity"))
+    with pytest.raises(LabError, match="^Run 'half-done' has not finished: it has no embedder to use yet"):
+        jobs.effect("sft-run", embedder="half-done")
+    with pytest.raises(LabError, match="^Run 'sft-run' tuned a chat model, not an embedder"):
+        compute("sft-run", embedder="sft-run")

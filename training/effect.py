@@ -23,6 +23,7 @@ import time
 
 from core import threads
 from core.errors import LabError
+from core.explore.embedders import embedder_source
 from core.paths import write_json
 from core.runs import RunFolder, read_json
 from training import objectives
@@ -123,17 +124,25 @@ def side_losses(cfg, run: RunFolder, tokens: list) -> list[tuple[float, float]]:
     return list(zip(row_losses(base_model, tokens, False), row_losses(tuned_model, tokens, True)))
 
 
+def check_effect(run: RunFolder, embedder: str = "") -> None:
+    """Refuse, in one line, a run that has no effect to map, or a run's name given as the
+    embedder that is no embedder: before a model loads, and from the app before the job starts."""
+    manifest = run.manifest()
+    if manifest is None:
+        raise LabError(f"'{run.name}' has not finished: the effect map compares a finished run with its base.")
+    if not objectives.get(manifest.objective).maps_effect:
+        raise LabError(f"'{run.name}' is not a finished SFT or DAPT run: the effect map compares losses on "
+                       "reference text, which its held-out rows do not have.")
+    if embedder:
+        embedder_source(embedder)
+
+
 def compute(name: str, embedder: str = "", progress=print) -> dict:
     """Measure, answer and group the run's held-out rows; write and return effect.json's content."""
     from training.model_setup import load_tokenizer
 
     run = RunFolder.existing(name)
-    manifest = run.manifest()
-    if manifest is None:
-        raise LabError(f"'{name}' has not finished: the effect map compares a finished run with its base.")
-    if not objectives.get(manifest.objective).maps_effect:
-        raise LabError(f"'{name}' is not a finished SFT or DAPT run: the effect map compares losses on reference "
-                       "text, which its held-out rows do not have.")
+    check_effect(run, embedder)
     cfg = load_config(run.config)
     limit = cfg.eval_rows or DEFAULT_ROWS
     tokenizer = load_tokenizer(cfg.model, cfg.chat_template)

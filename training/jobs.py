@@ -30,6 +30,7 @@ from core.paths import check_name, runs_dir
 from core.runs import Manifest, RunFolder, all_runs
 from training import objectives
 from training.config import TrainConfig, load_config
+from training.effect import check_effect
 from training.processes import is_live, live_pid, record_job
 from training.progress import read_log, read_phase
 
@@ -107,6 +108,7 @@ def evaluate(name: str, rows: int = 0, thread_count: int | None = None) -> RunFo
 def effect(name: str, embedder: str = "", thread_count: int | None = None) -> RunFolder:
     """Map where a finished run's tuning helped or hurt (training.effect), as a job."""
     run = RunFolder.existing(name)
+    check_effect(run, embedder)
     with _no_other_job():
         cmd = [sys.executable, "-m", "training.effect", "--run", run.name, "--embedder", embedder or ""]
         _launch(run, cmd, thread_count or threads.for_job())
