@@ -21,6 +21,7 @@ import yaml
 from core.data.columns import first_columns
 from core.data.rows import checked_source
 from core.errors import LabError
+from core.explore.embedders import embedder_source
 from core.inference.models import check_model_name
 from training import objectives
 
@@ -153,10 +154,12 @@ class TrainConfig:
     def checked_for_start(self) -> "TrainConfig":
         """This config once all that can be checked before a run exists has passed: the
         settings, the model's name, the data's file (its path made absolute: a job runs in the
-        repository's folder, a resume from anywhere) and, from its first row, that the data
-        fits the objective. A LabError says the first problem; no run folder is left behind."""
+        repository's folder, a resume from anywhere), the embedder that scores its answers, and,
+        from its first row, that the data fits the objective. A LabError says the first problem;
+        no run folder is left behind."""
         cfg = replace(self.validate(), dataset=checked_source(self.dataset))
         check_model_name(cfg.model)
+        embedder_source(cfg.eval_embedder)  # a chat run's name: said now, not after the training
         if (columns := first_columns(cfg.dataset, cfg.columns)) is not None:
             objectives.get(cfg.objective).check_columns(columns)
         return cfg
