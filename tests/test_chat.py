@@ -214,11 +214,11 @@ def test_cli_chat_holds_a_conversation(smol, tiny_run, monkeypatch, capsys):
     # A chat run's name, or an unfinished run's, as the embedder: one line (as a Hub id it failed after 76 s offline)
     from core.runs import RunFolder
 
-    RunFolder.named("half-done").path.mkdir()
+    RunFolder.named("unfinished-run").path.mkdir()
     for run, said in ((tiny_run.name, f"Run '{tiny_run.name}' tuned a chat model, not an embedder: pick "
                                       "all-MiniLM-L6-v2, a tuned embedder's run, a Hub id or a folder."),
-                      ("half-done", "Run 'half-done' has not finished: it has no embedder to use yet.")):
+                      ("unfinished-run", "Run 'unfinished-run' has not finished: it has no embedder to use yet.")):
         assert cli(["embed", "--embedder", run, "--max-docs", "20"]) == 2
         assert capsys.readouterr().err.splitlines()[-1] == f"error: {said}"
-    RunFolder.named("half-done").path.rmdir()
+    RunFolder.named("unfinished-run").path.rmdir()
 

@@ -113,17 +113,17 @@ def test_an_unfinished_or_preference_run_is_refused_in_one_line(data_home):
     from training import jobs
     from training.effect import compute
 
-    half_done = RunFolder.named("half-done")
+    half_done = RunFolder.named("effect-half-done")
     half_done.path.mkdir()
-    with pytest.raises(LabError, match=r"^'half-done' has not finished: the effect map compares a finished run"):
-        compute("half-done")
+    with pytest.raises(LabError, match=r"^'effect-half-done' has not finished: the effect map compares a finished run"):
+        compute("effect-half-done")
     preference = RunFolder.named("preference-run")
     preference.path.mkdir()
     preference.write_manifest(Manifest("preference-run", "smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct",
                                        "dpo", "lora", "DPO + LORA", "pairs.jsonl"))
     with pytest.raises(LabError, match=r"^'preference-run' is not a finished SFT or DAPT run: .* reference text"):
         compute("preference-run")
-    for run in ("half-done", "preference-run"):
+    for run in ("effect-half-done", "preference-run"):
         with pytest.raises(LabError, match=f"^'{run}' (has not finished|is not a finished SFT)"):
             jobs.effect(run)
         assert not RunFolder.named(run).job_file.exists(), "no job started"
@@ -131,7 +131,7 @@ def test_an_unfinished_or_preference_run_is_refused_in_one_line(data_home):
     tuned.adapter.mkdir(parents=True)
     tuned.write_manifest(Manifest("sft-run", "smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct",
                                   "sft", "lora", "SFT + LORA", "identity"))
-    with pytest.raises(LabError, match="^Run 'half-done' has not finished: it has no embedder to use yet"):
-        jobs.effect("sft-run", embedder="half-done")
+    with pytest.raises(LabError, match="^Run 'effect-half-done' has not finished: it has no embedder to use yet"):
+        jobs.effect("sft-run", embedder="effect-half-done")
     with pytest.raises(LabError, match="^Run 'sft-run' tuned a chat model, not an embedder"):
         compute("sft-run", embedder="sft-run")

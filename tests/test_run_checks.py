@@ -97,10 +97,10 @@ def test_data_that_does_not_fit_the_objective_is_refused_at_start(tmp_path, caps
         extra = {"model": "minilm", "adapter": "full", "batch_size": 4} if objective == "embed" else {}
         with pytest.raises(LabError, match=said):
             jobs.start(load_config("tiny", objective=objective, dataset=dataset, output_name="misfit", **extra))
-    RunFolder.named("half-done").path.mkdir()
-    with pytest.raises(LabError, match="^Run 'half-done' has not finished: it has no embedder to use yet"):
-        load_config("tiny", eval_embedder="half-done").checked_for_start()  # it failed after the training
-    RunFolder.named("half-done").path.rmdir()
+    RunFolder.named("unfinished-embedder").path.mkdir()
+    with pytest.raises(LabError, match="^Run 'unfinished-embedder' has not finished: it has no embedder to use yet"):
+        load_config("tiny", eval_embedder="unfinished-embedder").checked_for_start()  # it failed after the training
+    RunFolder.named("unfinished-embedder").path.rmdir()
     assert not RunFolder.named("misfit").path.exists()
     # A file: the first block's columns (row 1 has no context, row 2 has), and the mapping applied
     rows = write_jsonl(tmp_path / "rows.jsonl", [{"Q": "a", "A": "b"}, {"Q": "c", "A": "d", "context": "e"}] * 50)
