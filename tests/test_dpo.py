@@ -3,6 +3,7 @@ exported as pairs (DPO on them from the tiny SFT run's adapter: tests/test_brows
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -104,6 +105,7 @@ def test_model_card_states_the_reward_accuracy(dpo_run):
 
 
 def test_preview_shows_chosen_and_rejected(data_home):
+    from core.data.rows import load_rows
     from training.config import load_config
     from training.prepare import preview
 
@@ -113,6 +115,10 @@ def test_preview_shows_chosen_and_rejected(data_home):
     text = {label: part for part, label in shown.segments}
     assert "Lumen" in text["chosen: made more likely"] and "<|im_start|>user" in shown.segments[0][0]
     assert shown.trained_tokens < shown.total_tokens
+    pairs = len(load_rows("identity-preferences"))
+    for settings, said in (({}, f"the data has {pairs} rows."), ({"max_rows": 5}, "the data has 5 rows (max_rows=5).")):
+        with pytest.raises(LabError, match=f"^Row {pairs} is out of range: {re.escape(said)}$"):
+            preview(load_config("dpo_lora", **settings), pairs)
 
 
 def test_detection_and_clear_errors(data_home, tmp_path):

@@ -84,7 +84,8 @@ def _preview(cfg, row: int, tokenizer, cache: bool) -> Preview:
     needed = objective.preview_rows(row)
     rows = load_training_rows(cfg, needed=needed, cache=cache)
     if needed == row + 1 and not 0 <= row < len(rows):
-        raise DataError(f"Row {row} is out of range: the data has {len(rows)} rows.")
+        capped = f" (max_rows={cfg.max_rows})" if cfg.max_rows and len(rows) == cfg.max_rows else ""
+        raise DataError(f"Row {row} is out of range: the data has {len(rows)} rows{capped}.")
     shown = objective.preview(rows, row, tokenizer, cfg)
     if needed != row + 1 and parse_hub_source(cfg.dataset) and not cfg.max_rows:
         shown.note = f"{shown.note[:-1]} in the first {len(rows)} rows streamed from the Hub."
