@@ -3,8 +3,9 @@ data fits the objective, made before a run exists (training.config.TrainConfig.c
 
     python -c "from core.data.columns import first_columns; print(first_columns('identity'))"
 
-Only the first block of a file is read, so a large file answers in a fraction of a second; the
-run still reads and checks every row.
+Of a JSON-lines, CSV or Parquet file only the first block is read, so a large one answers in a
+fraction of a second; a JSON array is parsed whole (2.6 s for 74 MB on 2 cores). The run still
+reads and checks every row.
 """
 from __future__ import annotations
 
