@@ -16,7 +16,8 @@ public too (see core/access.py for what that means).
 Every event goes through the queue (the REST route /gradio_api/run/... is closed), where one
 session and one client address may each hold only a few events at once; a request body over
 1 MB is refused before Gradio parses it, and uploads stop while Gradio's upload folder holds
-over 2 GB (core/request_limits.py). The same server answers OpenAI clients at /v1
+over 2 GB (core/request_limits.py). A public app's stderr passes at most 30,000 characters a
+minute (core/log_budget.py), so a visitor's calls cannot fill its log. The same server answers OpenAI clients at /v1
 (serve/openai_api.py: the same models, access rules and caps; FINETUNE_LAB_API_KEY to require a key).
 """
 import argparse
@@ -28,7 +29,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
-from core import access  # noqa: E402
+from core import access, log_budget  # noqa: E402
 from core.errors import LabError  # noqa: E402
 from core.inference import prepare  # noqa: E402
 from core.paths import data_dir  # noqa: E402
@@ -160,6 +161,8 @@ def main(argv=None) -> None:
                                            Middleware(UploadCacheLimit, folder=upload_folder())]})
     # The OpenAI-compatible endpoint on the same server (Gradio's --auth does not guard it: a key does).
     demo.app.include_router(openai_router(login_required=auth is not None))
+    if access.is_public():  # served: from here on, what visitors make it print is bounded
+        log_budget.install()
     demo.block_thread()
 
 

@@ -175,3 +175,25 @@ def test_fair_order_serves_addresses_round_robin():
     order = fair_order(waiting, running=["bot-0"], key=lambda e: e.split("-")[0])
     assert order == ["ann", "bob", "cy", "bot-1", "ann-2", "bot-2", "bot-3"]
     assert fair_order(["a", "b", "c"], [], key=lambda e: e) == ["a", "b", "c"], "one each: arrival order"
+
+
+def test_the_log_budget_passes_a_minutes_worth_then_counts_what_it_leaves_out():
+    """core.log_budget: 30 characters a minute here, on a clock the test moves."""
+    import io
+
+    from core.log_budget import LogBudget
+
+    now = [0.0]
+    out = io.StringIO()
+    log = LogBudget(out, per_minute=30, clock=lambda: now[0])
+    for line in ("0123456789\n", "abcdefghij\n", "KLMNOPQRST\n", "UVWXYZ0123\n"):
+        assert log.write(line) == len(line)  # a caller never sees a short write
+    assert out.getvalue() == "0123456789\nabcdefghij\n", "the last two lines would go over the 30"
+    now[0] += 600  # ten minutes: the budget refills to 30, never more
+    log.write("ok\n")
+    assert out.getvalue().endswith("\n[log] 22 characters left out: over this public app's log budget of 30 a "
+                                   "minute\nok\n") and log.dropped == 0
+    now[0] += 60  # the note overdrew the budget: a minute later it is still below the 3 characters asked
+    log.write("no\n")
+    assert out.getvalue().endswith("ok\n") and log.dropped == 3
+    assert log.encoding == out.encoding and log.getvalue() == out.getvalue(), "the rest is the stream's"

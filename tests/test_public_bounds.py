@@ -112,3 +112,27 @@ def test_a_visitors_preview_of_their_upload_leaves_no_datasets_cache(raw, tmp_pa
     assert "**5 rows**" in text_of(summary), text_of(summary)[:300]
     after = snapshot(cache) if cache.is_dir() else {}
     assert set(after) == set(before), f"new datasets cache files: {sorted(set(after) - set(before))[:3]}"
+
+
+def test_values_gradio_refuses_add_at_most_the_log_budget(raw, app_server):
+    """A choice that is not in a Radio, or a chat history not in Gradio's message shape, is
+    refused by Gradio before any handler of ours, and Gradio prints its traceback for each
+    (about 1.5 KB; no setting turns that off): 80 such calls printed 118 KB in 2.6 s. Through the
+    public app's log budget (core.log_budget) they add at most a minute's worth. (For a minute
+    after, the log may leave lines out: the tests that read it for a traceback run before this.)"""
+    import time
+
+    from core.log_budget import PUBLIC_PER_MINUTE
+    from tests.conftest import ARTIFACTS
+
+    log = ARTIFACTS / f"app-{app_server.rstrip('/').rsplit(':', 1)[1]}.log"
+    chat, start, began = raw.fn_index(api_name="chat"), log.stat().st_size, time.monotonic()
+    refused_by_gradio = 0
+    while refused_by_gradio < 80:  # a queue refusal (this address's last event not yet gone) prints a line too
+        for data in ([*CHAT[:5], "Weird", *CHAT[6:]], ["Hi", [{"role": "user", "content": "a"}], *CHAT[2:]]):
+            result = raw.call(chat, data)
+            assert not result["ok"], result
+            refused_by_gradio += result["status"] == 200
+    refill = PUBLIC_PER_MINUTE * (time.monotonic() - began) / 60
+    grown = log.stat().st_size - start
+    assert grown <= PUBLIC_PER_MINUTE + refill + 200, f"{grown:,} bytes in {time.monotonic() - began:.1f} s"
