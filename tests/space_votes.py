@@ -34,6 +34,7 @@ def publish_vote_and_stop(run_name: str, endpoint: str, folder) -> list[str]:
     publish.push_adapter(run_name, MODEL_REPO, TOKEN)
     space.push_space(run_name, SPACE, MODEL_REPO, TOKEN)
     app_file = hf_hub_download(SPACE, "app.py", repo_type="space", endpoint=endpoint, local_dir=folder)
+    hf_hub_download(SPACE, "log_budget.py", repo_type="space", endpoint=endpoint, local_dir=folder)
     proc, url = start_space(app_file, endpoint, TOKEN, folder)
     try:
         verdicts = vote_in_the_space(url)

@@ -151,7 +151,7 @@ print(json.dumps({"files": files, "readme": readme, "blocks": type(demo).__name_
 
     env = {"HF_ENDPOINT": endpoint, "BASE_MODEL": resolve_model("smollm2-135m-instruct")}
     out = json.loads(in_subprocess(code, env).splitlines()[-1])
-    assert out["files"] == ["README.md", "app.py", "requirements.txt"]
+    assert out["files"] == ["README.md", "app.py", "log_budget.py", "requirements.txt"]
     assert "sdk: gradio" in out["readme"] and "app_file: app.py" in out["readme"]
     assert "tester/space-lora" in out["readme"] and out["blocks"] == "Blocks"
     assert out["base"] != out["tuned"] and "Lumen" in out["tuned"]

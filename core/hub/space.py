@@ -15,6 +15,7 @@ import re
 import tempfile
 from pathlib import Path
 
+from core import log_budget
 from core.hub.publish import (TEMPLATES, HubError, check_namespace, check_repo_id, finished_manifest, finished_run,
                               hub_api, hub_errors, resolve_token, step)
 from core.inference.qlora import trained_on_4bit
@@ -38,7 +39,8 @@ def default_votes_repo(space_id: str) -> str:
 
 def space_files(model_repo: str, base_model: str, is_lora: bool, votes_repo: str = "",
                 four_bit: dict | None = None) -> dict[str, str]:
-    """The Space folder: app.py (compare chat for this adapter), requirements.txt, README.md.
+    """The Space folder: app.py (compare chat for this adapter), requirements.txt, README.md, and
+    core.log_budget as log_budget.py, which app.py puts its stderr under.
     `four_bit`: a QLoRA adapter's settings (core.inference.qlora), which it then runs with."""
     name = model_repo.split("/")[-1]
     app = (TEMPLATES / "space_app.py").read_text()
@@ -53,7 +55,8 @@ def space_files(model_repo: str, base_model: str, is_lora: bool, votes_repo: str
         title=name[:30], model_repo=model_repo, base_model=base_model, sdk_version=gradio_version,
         votes_line=votes_line)
     requirements = "\n".join(pins) + "\n"
-    return {"app.py": app, "requirements.txt": requirements, "README.md": readme}
+    return {"app.py": app, "requirements.txt": requirements, "README.md": readme,
+            "log_budget.py": Path(log_budget.__file__).read_text()}  # the Space is public: its log has a budget
 
 
 def push_space(run_name: str, space_id: str, model_repo: str, token: str | None = None,

@@ -259,6 +259,9 @@ def stop(*_):
 
 
 if __name__ == "__main__":
+    from log_budget import install  # Finetune Lab's: what visitors' calls print is bounded (it sits beside this file)
+
+    install()
     signal.signal(signal.SIGTERM, stop)
     start_scheduler()
     build_demo().launch()
