@@ -149,6 +149,8 @@ def main(argv=None) -> None:
         sys.exit(f"error: {exc}")
     # Reachable by others with no login in front: public, without writing the environment.
     declare_public(args.share or (not args.auth and not access.is_loopback(args.host)))
+    if access.is_public():  # before the server's log handlers take sys.stderr: all it prints has a budget
+        log_budget.install()
     declare_serving()  # chat models here get the compiled decode step (core.inference.compiled_decode.wanted)
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     import_libraries()
@@ -161,8 +163,6 @@ def main(argv=None) -> None:
                                            Middleware(UploadCacheLimit, folder=upload_folder())]})
     # The OpenAI-compatible endpoint on the same server (Gradio's --auth does not guard it: a key does).
     demo.app.include_router(openai_router(login_required=auth is not None))
-    if access.is_public():  # served: from here on, what visitors make it print is bounded
-        log_budget.install()
     demo.block_thread()
 
 

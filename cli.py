@@ -251,13 +251,15 @@ def cmd_serve(args) -> int:
         return 0
     import uvicorn
 
-    from core import access
+    from core import access, log_budget
     from core.ports import listening_socket
     from core.settings import declare_public, declare_serving, settings
     from serve.openai_server import standalone
 
     # Reachable by others with no key: visitors' rules, as app.py does for its own host.
     declare_public(not access.is_loopback(args.host) and not settings().api_key)
+    if access.is_public():  # before uvicorn's log handlers take sys.stderr (core.log_budget)
+        log_budget.install()
     declare_serving()
     listening = listening_socket(args.host, args.port)  # a taken port: one line, before the URL is printed
     print(f"OpenAI-compatible endpoint: http://{args.host}:{args.port}/v1", flush=True)
