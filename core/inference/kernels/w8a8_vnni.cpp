@@ -47,6 +47,11 @@ constexpr int64_t kTile = 16;       // output rows per packed tile: one register
 constexpr int64_t kGroupChunks = 8; // chunks whose lanes share one scale each (a block of 32 values)
 constexpr int64_t kSerialBytes = 1 << 17;  // smaller weights: one thread (waking the other costs more)
 constexpr int32_t kLowSteps = 254;  // a low byte's steps per step of the high byte
+// Each weight stream is asked for into cache this far ahead of its loads, so memory is read
+// while the chunk before is multiplied. A step's 211 products (134 MB of int8 weights) ran in
+// 3.63 ms against 4.06 with one row, and 3.89 against 4.77 with two (medians of six processes
+// taking turns, 2 threads, the EPYC Zen 5); 512 and 2048 bytes ahead did no better.
+constexpr int64_t kPrefetchAhead = 1024;
 
 // The activation rows, ready for vpdpbusd: each value as two int8 bytes, high and low (each row
 // padded with zeros to whole chunks), and per row, group and lane the block's scale (of a low
@@ -178,7 +183,10 @@ void tile_products(const QuantizedRows& q, int64_t m0, const uint8_t* packed, co
         }
       for (int64_t chunk = c0; chunk < c1; ++chunk) {
         __m512i w[kCols];
-        for (int c = 0; c < kCols; ++c) w[c] = _mm512_load_si512(w_lane[c] + chunk * kChunk);
+        for (int c = 0; c < kCols; ++c) {
+          _mm_prefetch(reinterpret_cast<const char*>(w_lane[c] + chunk * kChunk + kPrefetchAhead), _MM_HINT_T0);
+          w[c] = _mm512_load_si512(w_lane[c] + chunk * kChunk);
+        }
         for (int r = 0; r < kRows; ++r) {
           int32_t four_high, four_low;  // the lane's 4 bytes of this chunk
           std::memcpy(&four_high, q.high_row(m0 + r) + chunk * kChunk + 4 * lane, 4);
