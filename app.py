@@ -17,8 +17,8 @@ Every event goes through the queue (the REST route /gradio_api/run/... is closed
 session and one client address may each hold only a few events at once; a request body over
 1 MB is refused before Gradio parses it, and uploads stop while Gradio's upload folder holds
 over 2 GB (core/request_limits.py). A public app's stderr passes at most 30,000 characters a
-minute (core/log_budget.py), so a visitor's calls cannot fill its log. The same server answers OpenAI clients at /v1
-(serve/openai_api.py: the same models, access rules and caps; FINETUNE_LAB_API_KEY to require a key).
+minute (core/log_budget.py), so a visitor's calls cannot fill its log. The same server answers
+OpenAI clients at /v1 (serve/openai_api.py: the same models, access rules and caps; FINETUNE_LAB_API_KEY to require a key).
 """
 import argparse
 import os

@@ -131,7 +131,8 @@ def check_effect(run: RunFolder, embedder: str = "") -> None:
     if manifest is None:
         raise LabError(f"'{run.name}' has not finished: the effect map compares a finished run with its base.")
     if not objectives.get(manifest.objective).maps_effect:
-        raise LabError(f"'{run.name}' is not a finished SFT or DAPT run: the effect map compares losses on "
+        able = " or ".join(name.upper() for name in objectives.NAMES if objectives.get(name).maps_effect)
+        raise LabError(f"'{run.name}' is not a finished {able} run: the effect map compares losses on "
                        "reference text, which its held-out rows do not have.")
     if embedder:
         embedder_source(embedder)

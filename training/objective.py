@@ -49,7 +49,7 @@ class Objective:
 
     def check_columns(self, column_names) -> None:
         """Raise DataError when rows with these columns cannot train this objective: Start asks
-        with the first row's columns (core.data.rows.first_columns), `examples` with every row's."""
+        with the first row's columns (core.data.columns.first_columns), `examples` with every row's."""
 
     def sequence_length(self, cfg) -> int:
         """The longest row in tokens, which picks the attention kernel."""

@@ -56,14 +56,22 @@ def is_tuned_embedder(name: str) -> bool:
     return _tuned_manifest((name or "").strip()) is not None
 
 
-def _check_not_another_run(name: str) -> None:
-    """A run's name that is no finished embedder is said in one line: as a Hub id it would
-    wait out the Hub's retries (76 s offline) before failing."""
+def _run_named(name: str) -> RunFolder | None:
+    """The run folder called `name`, where there is one (a Hub id has a slash: no run's name)."""
+    if name in PACKAGED_EMBEDDERS:
+        return None
     try:
         run = RunFolder.named(name)
     except LabError:
-        return  # not a run name (a Hub id has a slash)
-    if not run.path.is_dir():
+        return None
+    return run if run.path.is_dir() else None
+
+
+def _check_not_another_run(name: str) -> None:
+    """A run's name that is no finished embedder is said in one line: as a Hub id it would
+    wait out the Hub's retries (76 s offline) before failing."""
+    run = _run_named(name)
+    if run is None:
         return
     if not run.is_finished:
         raise LabError(f"Run '{name}' has not finished: it has no embedder to use yet.")
@@ -73,11 +81,6 @@ def _check_not_another_run(name: str) -> None:
 
 def _tuned_manifest(name: str) -> Manifest | None:
     """The manifest of the finished embedder run called `name`; None for any other name."""
-    if name in PACKAGED_EMBEDDERS:
-        return None
-    try:
-        run = RunFolder.named(name)
-    except LabError:
-        return None  # not a run name (a Hub id has a slash)
-    manifest = run.manifest() if run.is_finished else None
+    run = _run_named(name)
+    manifest = run.manifest() if run is not None and run.is_finished else None
     return manifest if manifest is not None and manifest.kind == EMBEDDER else None
