@@ -95,8 +95,11 @@ def test_one_call_adds_an_adapter_to_the_last_rows():
     lora_b, lora_b_scales = quantized_rows(torch.randn(192, 16) / 4, torch.bfloat16)  # s B, int8 per output
     x = torch.randn(5, 576).to(torch.bfloat16)
     packed, scales = layer.appended[2:]
-    got = own_kernels.lora_rows_times_int8(x, packed[:12], scales[:192], packed[12:], scales[192:],
-                                           own_kernels.pack_lora_b(lora_b.t()), lora_b_scales, torch.zeros(12, dtype=torch.int64), 2)
+    adapter = own_kernels.pack_adapter(packed[12:], scales[192:], own_kernels.pack_lora_b(lora_b.t()), lora_b_scales,
+                                       torch.zeros(12, dtype=torch.int64))
+    got = own_kernels.lora_rows_times_int8(x, packed[:12], scales[:192], adapter, 16, 16, 2)
+    with pytest.raises(RuntimeError, match="pack_adapter"):  # the parts' sizes are checked before any is read
+        own_kernels.lora_rows_times_int8(x, packed[:12], scales[:192], adapter[:-2], 16, 16, 2)
     both = own_kernels.rows_times_int8(x, packed, scales)
     assert torch.equal(got[:3], both[:3, :192]) and torch.equal(got[:3], layer(x[:3]))
     update = both[3:, 192:].float() @ (lora_b.float() * lora_b_scales.float()[:, None]).t()

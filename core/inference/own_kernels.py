@@ -134,17 +134,25 @@ def pack_lora_b(lora_b: torch.Tensor) -> torch.Tensor:
     return lora_b.view(rank, outputs // TILE, TILE).permute(1, 0, 2).contiguous()
 
 
-def lora_rows_times_int8(rows: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, lora_a: torch.Tensor,
-                         lora_a_scales: torch.Tensor, lora_b: torch.Tensor, lora_b_scales: torch.Tensor,
-                         lora_b_from: torch.Tensor, tuned: int) -> torch.Tensor:
+def pack_adapter(lora_a: torch.Tensor, lora_a_scales: torch.Tensor, lora_b: torch.Tensor, lora_b_scales: torch.Tensor,
+                 lora_b_from: torch.Tensor) -> torch.Tensor:
+    """An adapter's parts over one weight as the one byte tensor `lora_rows_times_int8` takes:
+    `lora_a` its A packed by `pack` (its rank padded to 16), `lora_b` its s B in int8 as
+    `pack_lora_b` lays it out, each with its scales (bf16, one per row of A, one per output),
+    and `lora_b_from` (one int64 per tile of 16 outputs) where in x A each tile's s B starts, or
+    -1 for a tile without the adapter (several layers in one weight: their A's one under
+    another, core.inference.shared_products). One tensor, not five: each is an argument the op's
+    call pays for, 120 times a step of Compare (kernels/w8a8_vnni.cpp, AdapterParts)."""
+    parts = (lora_a, lora_b, lora_b_from.to(torch.int64), lora_a_scales.to(torch.bfloat16), lora_b_scales.to(torch.bfloat16))
+    return torch.cat([part.contiguous().view(torch.uint8).reshape(-1) for part in parts])
+
+
+def lora_rows_times_int8(rows: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, adapter: torch.Tensor,
+                         a_rows: int, rank: int, tuned: int) -> torch.Tensor:
     """A layer plus one LoRA adapter on the last `tuned` rows, in one call of our op: `packed`
-    the layer's weight and `lora_a` the adapter's A (its rank padded to 16), each packed by
-    `pack`; `lora_b` its s B in int8 as `pack_lora_b` lays it out, `lora_b_scales` quantized per
-    output, and `lora_b_from` (one int64 per tile of 16 outputs) where in x A each tile's s B
-    starts, or -1 for a tile without the adapter (several layers in one weight: their A's one
-    under another, core.inference.shared_products)."""
-    return torch.ops.finetune_lab.w8a8_lora_mm(rows.to(torch.bfloat16), packed, scales, lora_a, lora_a_scales, lora_b,
-                                               lora_b_scales, lora_b_from, tuned)
+    the layer's weight by `pack`, and `adapter` by `pack_adapter`, with `a_rows` rows of A and
+    s B of `rank` (padded to 16)."""
+    return torch.ops.finetune_lab.w8a8_lora_mm(rows.to(torch.bfloat16), packed, scales, adapter, a_rows, rank, tuned)
 
 
 def int8_product(dtype: torch.dtype):

@@ -313,64 +313,76 @@ void add_lora(at::BFloat16* y, const float* xa, const int8_t* b, const at::BFloa
   }
 }
 
-// A layer and a LoRA adapter on the last `tuned` rows, in one call (Compare's tuned pane): the
-// layer's weight `packed`, the adapter's A packed apart (`lora_a`, its rank padded to 16; for
-// layers sharing an input, their A's one under another), s B by tile with each tile's start in
-// x A (`lora_b_from`, add_lora). Each thread multiplies every row by its run of the layer's
-// tiles, then the tuned rows by A's tiles (x A; the base rows need none), and adds s B to the
-// tuned rows' outputs in its run while they are in cache. Both threads compute x A: it is a tile
-// or a few, and one thread computing it first while the other waited cost Compare 0.5 ms a step
-// (SmolLM2, the 2-core EPYC). In the compiled Compare step that is one call a layer (or a group
-// of layers) where the sum in inductor's code was a kernel more (core.inference.compiled_views).
-at::Tensor w8a8_lora_mm(const at::Tensor& rows, const at::Tensor& packed, const at::Tensor& scales,
-                        const at::Tensor& lora_a, const at::Tensor& lora_a_scales, const at::Tensor& lora_b,
-                        const at::Tensor& lora_b_scales, const at::Tensor& lora_b_from, int64_t tuned) {
-  check_rows_and_weight(rows, packed, scales, "w8a8_lora_mm");
-  check_rows_and_weight(rows, lora_a, lora_a_scales, "w8a8_lora_mm (lora_a)");
-  int64_t M = rows.size(0), K = rows.size(1), N = scales.size(0), a_rows = lora_a_scales.size(0), rank = lora_b.size(1);
-  TORCH_CHECK(lora_b.dim() == 3 && lora_b.size(0) * kTile == N && lora_b.size(2) == kTile && lora_b.scalar_type() == at::kChar &&
-              lora_b_scales.dim() == 1 && lora_b_scales.size(0) == N && lora_b_scales.scalar_type() == at::kBFloat16 &&
-              lora_b_from.dim() == 1 && lora_b_from.size(0) == N / kTile && lora_b_from.scalar_type() == at::kLong &&
-              rank <= a_rows && 0 <= tuned && tuned <= M,
-              "w8a8_lora_mm: b (N / 16, rank, 16) int8, sb (N) bf16, from (N / 16) int64, A of at least rank rows");
-  auto from = lora_b_from.contiguous();
-  const int64_t* starts = from.data_ptr<int64_t>();
+// An adapter's parts as w8a8_lora_mm reads them from one byte tensor (own_kernels.pack_adapter),
+// in this order: A packed as own_kernels.pack packs a weight (its rank padded to 16; for layers
+// sharing an input, their A's one under another), s B by tile (N / 16, rank, 16) int8, each
+// tile's start in x A (N / 16) int64, A's scales (a_rows) bf16, then s B's (N) bf16. One tensor,
+// not five: each tensor argument costs the op's call from Python, and the compiled step's code
+// a load from the module tree, 120 times a step.
+struct AdapterParts {
+  const uint8_t* a;
+  const int8_t* b;
+  const int64_t* from;
+  const at::BFloat16* a_scales;
+  const at::BFloat16* b_scales;
+};
+
+AdapterParts adapter_parts(const at::Tensor& adapter, int64_t a_rows, int64_t rank, int64_t chunks, int64_t N) {
+  int64_t a_bytes = a_rows * chunks * kChunk, b_bytes = N * rank, from_bytes = N / kTile * 8;
+  TORCH_CHECK(adapter.dim() == 1 && adapter.scalar_type() == at::kByte && adapter.is_contiguous() &&
+              reinterpret_cast<uintptr_t>(adapter.data_ptr()) % kChunk == 0 &&
+              a_rows % kTile == 0 && 0 < rank && rank <= a_rows &&
+              adapter.numel() == a_bytes + b_bytes + from_bytes + 2 * (a_rows + N),
+              "w8a8_lora_mm: an adapter packed by own_kernels.pack_adapter for this weight, rank and A");
+  const uint8_t* bytes = adapter.data_ptr<uint8_t>();
+  const int64_t* from = reinterpret_cast<const int64_t*>(bytes + a_bytes + b_bytes);
   for (int64_t t = 0; t < N / kTile; ++t)
-    TORCH_CHECK(starts[t] < 0 || starts[t] + rank <= a_rows, "w8a8_lora_mm: a tile's x A starts past A's rows");
+    TORCH_CHECK(from[t] < 0 || from[t] + rank <= a_rows, "w8a8_lora_mm: a tile's x A starts past A's rows");
+  const at::BFloat16* scales = reinterpret_cast<const at::BFloat16*>(bytes + a_bytes + b_bytes + from_bytes);
+  return {bytes, reinterpret_cast<const int8_t*>(bytes + a_bytes), from, scales, scales + a_rows};
+}
+
+// A layer and a LoRA adapter on the last `tuned` rows, in one call (Compare's tuned pane): the
+// layer's weight `packed` and the adapter's parts (AdapterParts). Each thread multiplies every
+// row by its run of the layer's tiles, then the tuned rows by A's tiles (x A; the base rows need
+// none), and adds s B to the tuned rows' outputs in its run while they are in cache. Both
+// threads compute x A: it is a tile or a few, and one thread computing it first while the other
+// waited cost Compare 0.5 ms a step (SmolLM2, the 2-core EPYC). In the compiled Compare step
+// that is one call a layer (or a group of layers) where the sum in inductor's code was a kernel
+// more (core.inference.compiled_views).
+at::Tensor w8a8_lora_mm(const at::Tensor& rows, const at::Tensor& packed, const at::Tensor& scales,
+                        const at::Tensor& adapter, int64_t a_rows, int64_t rank, int64_t tuned) {
+  check_rows_and_weight(rows, packed, scales, "w8a8_lora_mm");
+  int64_t M = rows.size(0), K = rows.size(1), N = scales.size(0);
+  TORCH_CHECK(0 <= tuned && tuned <= M, "w8a8_lora_mm: tuned rows among the rows");
   auto x = rows.contiguous();
   auto p = packed.contiguous();
   auto s = scales.contiguous();
-  auto a = lora_a.contiguous();
-  auto sa = lora_a_scales.contiguous();
-  auto b = lora_b.contiguous();
-  auto sb = lora_b_scales.contiguous();
-  auto out = at::empty({M, N}, x.options());
   QuantizedRows q = quantize_rows(x.data_ptr<at::BFloat16>(), M, K);
+  AdapterParts lora = adapter_parts(adapter, a_rows, rank, q.chunks, N);
+  auto out = at::empty({M, N}, x.options());
   at::BFloat16* y = out.data_ptr<at::BFloat16>();
   all_products(q, M, p.data_ptr<uint8_t>(), s.data_ptr<at::BFloat16>(), y, N, N / kTile, [&](int64_t t0, int64_t t1) {
     std::vector<at::BFloat16> xa(M * a_rows);  // rows of x A, the tuned ones filled
-    rows_times_tiles(q, M - tuned, M, a.data_ptr<uint8_t>(), sa.data_ptr<at::BFloat16>(), xa.data(), a_rows,
-                     0, a_rows / kTile);
+    rows_times_tiles(q, M - tuned, M, lora.a, lora.a_scales, xa.data(), a_rows, 0, a_rows / kTile);
     for (int64_t m = M - tuned; m < M; ++m) {
       std::vector<float> row(xa.data() + m * a_rows, xa.data() + (m + 1) * a_rows);
-      add_lora(y + m * N, row.data(), b.data_ptr<int8_t>(), sb.data_ptr<at::BFloat16>(), rank, starts, t0, t1);
+      add_lora(y + m * N, row.data(), lora.b, lora.b_scales, rank, lora.from, t0, t1);
     }
   });
   return out;
 }
 
 at::Tensor w8a8_lora_mm_meta(const at::Tensor& rows, const at::Tensor& packed, const at::Tensor& scales,
-                             const at::Tensor& lora_a, const at::Tensor& lora_a_scales, const at::Tensor& lora_b,
-                             const at::Tensor& lora_b_scales, const at::Tensor& lora_b_from, int64_t tuned) {
-  return at::empty({rows.size(0), lora_b_scales.size(0)}, rows.options());
+                             const at::Tensor& adapter, int64_t a_rows, int64_t rank, int64_t tuned) {
+  return at::empty({rows.size(0), scales.size(0)}, rows.options());
 }
 
 }  // namespace
 
 TORCH_LIBRARY(finetune_lab, m) {
   m.def("w8a8_mm(Tensor rows, Tensor packed, Tensor scales) -> Tensor");
-  m.def("w8a8_lora_mm(Tensor rows, Tensor packed, Tensor scales, Tensor lora_a, Tensor lora_a_scales, Tensor lora_b, "
-        "Tensor lora_b_scales, Tensor lora_b_from, int tuned) -> Tensor");
+  m.def("w8a8_lora_mm(Tensor rows, Tensor packed, Tensor scales, Tensor adapter, int a_rows, int rank, int tuned) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(finetune_lab, CPU, m) {
