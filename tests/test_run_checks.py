@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+from core.data.columns import FirstRows
 from core.data.rows import DataError, load_rows
 from core.errors import LabError
 from tests.test_data import ROWS, write_jsonl
@@ -80,7 +81,7 @@ def test_data_that_does_not_fit_the_objective_is_refused_at_start(tmp_path, caps
     the data's first row (its first block's columns, the mapping applied) and refuses in one
     line, with no run folder left; the run still checks every row. A Hub set, and a file whose
     first row does not parse, are left to the run, which names the problem."""
-    from core.data.columns import first_columns
+    from core.data.columns import first_rows
     from core.runs import RunFolder
     from training import jobs
     from training.run import main
@@ -104,15 +105,43 @@ def test_data_that_does_not_fit_the_objective_is_refused_at_start(tmp_path, caps
     assert not RunFolder.named("misfit").path.exists()
     # A file: the first block's columns (row 1 has no context, row 2 has), and the mapping applied
     rows = write_jsonl(tmp_path / "rows.jsonl", [{"Q": "a", "A": "b"}, {"Q": "c", "A": "d", "context": "e"}] * 50)
-    assert first_columns(rows) == ["Q", "A", "context"]
-    assert first_columns(rows, "question=Q,answer=A") == ["question", "answer", "context"]
+    assert first_rows(rows) == FirstRows(["Q", "A", "context"], 2)  # counted up to the two a split needs
+    assert first_rows(rows, "question=Q,answer=A").columns == ["question", "answer", "context"]
     with pytest.raises(DataError, match="^Cannot detect the format from columns Q, A, context"):
         load_config("tiny", dataset=rows).checked_for_start()
     assert load_config("tiny", dataset=rows, columns="question=Q,answer=A").checked_for_start().dataset == rows
     (tmp_path / "broken.jsonl").write_text("{not json\n")
-    assert first_columns(str(tmp_path / "broken.jsonl")) is None
-    assert first_columns("lab/chats") is None
+    assert first_rows(str(tmp_path / "broken.jsonl")) is None
+    assert first_rows("lab/chats") is None
     assert "Failed to load JSON" not in capsys.readouterr().err  # the run reports it, once
+
+
+def test_too_few_rows_to_hold_one_out_are_refused_at_start(tmp_path, data_home):
+    """One row with a held-out fraction failed as a run, after the model had loaded. Start counts
+    the first two rows (the message is the run's own, training.prepare.held_out_count) and
+    refuses in one line; max_rows caps the count, and DAPT, whose examples are windows of text,
+    is left to the run."""
+    from core.data.columns import first_rows
+    from core.runs import RunFolder
+    from training import jobs
+
+    one = write_jsonl(tmp_path / "one.jsonl", [ROWS["qa"]])
+    assert first_rows(one) == FirstRows(list(ROWS["qa"]), 1)
+    too_few = r"^Only 1 example\(s\): too few for eval_fraction=0.1\. Add data or set eval_fraction to 0\.$"
+    with pytest.raises(DataError, match=too_few):
+        jobs.start(load_config("tiny", dataset=one, output_name="one-row"))
+    assert not RunFolder.named("one-row").path.exists()
+    assert load_config("tiny", dataset=one, eval_fraction=0).checked_for_start().dataset == one
+    many = write_jsonl(tmp_path / "many.jsonl", [ROWS["qa"]] * 40)
+    with pytest.raises(DataError, match=too_few):
+        load_config("tiny", dataset=many, max_rows=1).checked_for_start()
+    assert load_config("tiny", dataset=many, max_rows=2).checked_for_start().dataset == many
+    (tmp_path / "line.txt").write_text("One line of domain text, which DAPT cuts into windows.\n")
+    assert load_config("tiny", objective="dapt", dataset=str(tmp_path / "line.txt")).checked_for_start()
+    # a broken second row: the run names its line; Start does not guess a count
+    (tmp_path / "second-broken.jsonl").write_text('{"question": "q", "answer": "a"}\n{not json\n')
+    assert first_rows(str(tmp_path / "second-broken.jsonl")) is None
+    assert load_config("tiny", dataset=str(tmp_path / "second-broken.jsonl")).checked_for_start()
 
 
 def test_unknown_recipe_field_and_impossible_settings(tmp_path):

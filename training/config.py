@@ -18,12 +18,13 @@ from pathlib import Path
 
 import yaml
 
-from core.data.columns import first_columns
+from core.data.columns import first_rows
 from core.data.rows import checked_source
 from core.errors import LabError
 from core.explore.embedders import embedder_source
 from core.inference.models import check_model_name
 from training import objectives
+from training.prepare import held_out_count
 
 ADAPTERS = ("lora", "qlora", "full")
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -155,13 +156,16 @@ class TrainConfig:
         """This config once all that can be checked before a run exists has passed: the
         settings, the model's name, the data's file (its path made absolute: a job runs in the
         repository's folder, a resume from anywhere), the embedder that scores its answers, and,
-        from its first row, that the data fits the objective. A LabError says the first problem;
-        no run folder is left behind."""
+        from its first rows, that the data fits the objective and leaves a row to train on once
+        one is held out. A LabError says the first problem; no run folder is left behind."""
         cfg = replace(self.validate(), dataset=checked_source(self.dataset))
         check_model_name(cfg.model)
         embedder_source(cfg.eval_embedder)  # a chat run's name: said now, not after the training
-        if (columns := first_columns(cfg.dataset, cfg.columns)) is not None:
-            objectives.get(cfg.objective).check_columns(columns)
+        if (first := first_rows(cfg.dataset, cfg.columns)) is not None:
+            objective = objectives.get(cfg.objective)
+            objective.check_columns(first.columns)
+            if objective.example_per_row and first.count is not None and cfg.eval_fraction > 0:
+                held_out_count(min(first.count, cfg.max_rows or first.count), cfg.eval_fraction)
         return cfg
 
     def _check_whole_numbers(self) -> None:

@@ -39,6 +39,7 @@ class Objective:
     maps_effect = False  # held-out rows have reference text to compare losses on (training.effect)
     judged_blind = False  # the report's answers are pairs to judge blind against the start
     kind = GENERATOR  # what the run makes (core.runs): a model to chat with, or an embedder
+    example_per_row = True  # each row one example, so Start can count them (DAPT: windows of text)
 
     def tokenizer(self, cfg):
         """The tokenizer rows are built with (None: the trainer's model brings its own)."""
@@ -49,7 +50,7 @@ class Objective:
 
     def check_columns(self, column_names) -> None:
         """Raise DataError when rows with these columns cannot train this objective: Start asks
-        with the first row's columns (core.data.columns.first_columns), `examples` with every row's."""
+        with the first row's columns (core.data.columns.first_rows), `examples` with every row's."""
 
     def sequence_length(self, cfg) -> int:
         """The longest row in tokens, which picks the attention kernel."""

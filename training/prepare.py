@@ -59,13 +59,17 @@ def split_examples(examples, cfg):
     """(train, eval or None), split with the config's seed."""
     if cfg.eval_fraction <= 0:
         return examples, None
-    n_eval = min(MAX_EVAL_EXAMPLES, max(1, round(len(examples) * cfg.eval_fraction)))
-    if len(examples) - n_eval < 1:
-        raise DataError(
-            f"Only {len(examples)} example(s): too few for eval_fraction={cfg.eval_fraction}. "
-            "Add data or set eval_fraction to 0."
-        )
-    return objectives.get(cfg.objective).split(examples, n_eval, cfg.seed)
+    return objectives.get(cfg.objective).split(examples, held_out_count(len(examples), cfg.eval_fraction), cfg.seed)
+
+
+def held_out_count(examples: int, eval_fraction: float) -> int:
+    """How many of `examples` are held out (eval_fraction > 0); a DataError where none would be
+    left to train on. Start asks it with the rows it counted (TrainConfig.checked_for_start)."""
+    n_eval = min(MAX_EVAL_EXAMPLES, max(1, round(examples * eval_fraction)))
+    if examples - n_eval < 1:
+        raise DataError(f"Only {examples} example(s): too few for eval_fraction={eval_fraction}. "
+                        "Add data or set eval_fraction to 0.")
+    return n_eval
 
 
 def preview(cfg, row: int = 0, tokenizer=None, cache: bool = True) -> Preview:

@@ -22,6 +22,7 @@ class DAPT(SFT):
     help = "dapt: next-token prediction on raw domain text"
     raw_text = True
     scores_answers = False
+    example_per_row = False
 
     def check(self, cfg) -> None:
         if not 0 < cfg.stride <= cfg.block_size:
