@@ -105,7 +105,7 @@ def test_data_that_does_not_fit_the_objective_is_refused_at_start(tmp_path, caps
     assert not RunFolder.named("misfit").path.exists()
     # A file: the first block's columns (row 1 has no context, row 2 has), and the mapping applied
     rows = write_jsonl(tmp_path / "rows.jsonl", [{"Q": "a", "A": "b"}, {"Q": "c", "A": "d", "context": "e"}] * 50)
-    assert first_rows(rows) == FirstRows(["Q", "A", "context"], 2)  # counted up to the two a split needs
+    assert first_rows(rows).columns == ["Q", "A", "context"] and first_rows(rows).count == 100  # small: read whole
     assert first_rows(rows, "question=Q,answer=A").columns == ["question", "answer", "context"]
     with pytest.raises(DataError, match="^Cannot detect the format from columns Q, A, context"):
         load_config("tiny", dataset=rows).checked_for_start()
@@ -120,13 +120,15 @@ def test_too_few_rows_to_hold_one_out_are_refused_at_start(tmp_path, data_home):
     """One row with a held-out fraction failed as a run, after the model had loaded. Start counts
     the first two rows (the message is the run's own, training.prepare.held_out_count) and
     refuses in one line; max_rows caps the count, and DAPT, whose examples are windows of text,
-    is left to the run."""
+    is left to the run. A small file is read whole, and split as the run splits it."""
     from core.data.columns import first_rows
     from core.runs import RunFolder
     from training import jobs
 
     one = write_jsonl(tmp_path / "one.jsonl", [ROWS["qa"]])
-    assert first_rows(one) == FirstRows(list(ROWS["qa"]), 1)
+    assert (first_rows(one).columns, first_rows(one).count) == (list(ROWS["qa"]), 1)
+    large = write_jsonl(tmp_path / "large.jsonl", [{**ROWS["qa"], "context": "x" * 400}] * 10_000)  # over 4 MB
+    assert first_rows(large) == FirstRows(list(ROWS["qa"]), 2)  # its first block: counted up to the two a split needs
     too_few = r"^Only 1 example\(s\): too few for eval_fraction=0.1\. Add data or set eval_fraction to 0\.$"
     with pytest.raises(DataError, match=too_few):
         jobs.start(load_config("tiny", dataset=one, output_name="one-row"))
@@ -138,6 +140,19 @@ def test_too_few_rows_to_hold_one_out_are_refused_at_start(tmp_path, data_home):
     assert load_config("tiny", dataset=many, max_rows=2).checked_for_start().dataset == many
     (tmp_path / "line.txt").write_text("One line of domain text, which DAPT cuts into windows.\n")
     assert load_config("tiny", objective="dapt", dataset=str(tmp_path / "line.txt")).checked_for_start()
+    # A small file is read whole: votes on one question leave no prompt to hold out; thumbs
+    # that are all up leave KTO nothing bad to learn from. Each says so as its run would.
+    pair = {"prompt": [{"role": "user", "content": "Capital of France?"}], "chosen": "Paris.", "rejected": "Lyon."}
+    votes = write_jsonl(tmp_path / "votes.jsonl", [pair] * 3)
+    with pytest.raises(DataError, match="^Every row has the same prompt: nothing can be held out"):
+        load_config("tiny", objective="dpo", dataset=votes).checked_for_start()
+    other = {**pair, "prompt": [{"role": "user", "content": "Capital of Italy?"}], "chosen": "Rome."}
+    assert load_config("tiny", objective="dpo", dataset=write_jsonl(tmp_path / "two.jsonl", [pair, pair, other]),
+                       ).checked_for_start()
+    thumbs = write_jsonl(tmp_path / "thumbs.jsonl", [{"prompt": f"Question {n}?", "completion": "Yes.", "label": True}
+                                                     for n in range(6)])
+    with pytest.raises(DataError, match="^objective=kto needs good and bad answers among the training rows"):
+        load_config("tiny", objective="kto", batch_size=2, dataset=thumbs).checked_for_start()
     # a broken second row: the run names its line; Start does not guess a count
     (tmp_path / "second-broken.jsonl").write_text('{"question": "q", "answer": "a"}\n{not json\n')
     assert first_rows(str(tmp_path / "second-broken.jsonl")) is None

@@ -162,10 +162,9 @@ class TrainConfig:
         check_model_name(cfg.model)
         embedder_source(cfg.eval_embedder)  # a chat run's name: said now, not after the training
         if (first := first_rows(cfg.dataset, cfg.columns)) is not None:
-            objective = objectives.get(cfg.objective)
-            objective.check_columns(first.columns)
-            if objective.example_per_row and first.count is not None and cfg.eval_fraction > 0:
-                held_out_count(min(first.count, cfg.max_rows or first.count), cfg.eval_fraction)
+            objectives.get(cfg.objective).check_columns(first.columns)
+            if cfg.eval_fraction > 0:
+                _check_held_out(first, cfg)
         return cfg
 
     def _check_whole_numbers(self) -> None:
@@ -179,6 +178,19 @@ class TrainConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(asdict(self), sort_keys=False)
+
+
+def _check_held_out(first, cfg: TrainConfig) -> None:
+    """A DataError, as the run's split would raise it, where the rows Start read leave none to
+    train on once `eval_fraction` holds some out: too few rows; or, in a small file read whole,
+    a split that cannot be made (a preference set whose rows all share one prompt: the votes on
+    one question)."""
+    objective = objectives.get(cfg.objective)
+    if not objective.example_per_row or first.count is None:
+        return
+    n_eval = held_out_count(min(first.count, cfg.max_rows or first.count), cfg.eval_fraction)
+    if first.every_row is not None and not cfg.max_rows:  # max_rows samples the rows: the run's to tell
+        objective.split(first.every_row, n_eval, cfg.seed)  # on the rows as they are: prompts and labels
 
 
 def field_types() -> dict[str, type]:
