@@ -2,7 +2,7 @@
 kernels and llama.cpp, in one run.
 
     .venv/bin/python bench/compiled_speed.py [--tokens 64] [--compare-tokens 128] [--repeats 5]
-                                             [--kernels auto|torch|own] [--compare-processes 3]
+                                             [--kernels auto|torch|own] [--compare-processes 5]
 
 Both paths are the same loaded model (int8 weights on a bf16 CPU) answering through the Chat
 tab's `stream_reply`; the compiled step is switched off and on between interleaved replies.
@@ -207,7 +207,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--compare-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--compare-processes", type=int, default=3, help="fresh processes that time Compare")
+    parser.add_argument("--compare-processes", type=int, default=5,
+                        help="fresh processes that time Compare (one process's ratio moves 1.25-1.37 with where its memory lands)")
     parser.add_argument("--kernels", choices=("auto", "torch", "own"), default="auto",
                         help="the kernels the compiled step runs on (FINETUNE_LAB_CPU_KERNELS; auto: ours where they serve)")
     return parser.parse_args()
