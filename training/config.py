@@ -162,9 +162,10 @@ class TrainConfig:
         check_model_name(cfg.model)
         embedder_source(cfg.eval_embedder)  # a chat run's name: said now, not after the training
         if (first := first_rows(cfg.dataset, cfg.columns)) is not None:
-            objectives.get(cfg.objective).check_columns(first.columns)
+            objective = objectives.get(cfg.objective)
+            objective.check_columns(first.columns)
             if cfg.eval_fraction > 0:
-                _check_held_out(first, cfg)
+                _check_held_out(objective, first, cfg)
         return cfg
 
     def _check_whole_numbers(self) -> None:
@@ -180,12 +181,11 @@ class TrainConfig:
         return yaml.safe_dump(asdict(self), sort_keys=False)
 
 
-def _check_held_out(first, cfg: TrainConfig) -> None:
-    """A DataError, as the run's split would raise it, where the rows Start read leave none to
-    train on once `eval_fraction` holds some out: too few rows; or, in a small file read whole,
-    a split that cannot be made (a preference set whose rows all share one prompt: the votes on
-    one question)."""
-    objective = objectives.get(cfg.objective)
+def _check_held_out(objective, first, cfg: TrainConfig) -> None:
+    """A DataError, as `objective`'s split in the run would raise it, where the rows Start read
+    leave none to train on once `eval_fraction` holds some out: too few rows; or, in a small file
+    read whole, a split that cannot be made (a preference set whose rows all share one prompt:
+    the votes on one question)."""
     if not objective.example_per_row or first.count is None:
         return
     n_eval = held_out_count(min(first.count, cfg.max_rows or first.count), cfg.eval_fraction)
