@@ -50,7 +50,10 @@ constexpr int32_t kLowSteps = 254;  // a low byte's steps per step of the high b
 // Each weight stream is asked for into cache this far ahead of its loads, so memory is read
 // while the chunk before is multiplied. A step's 211 products (134 MB of int8 weights) ran in
 // 3.63 ms against 4.06 with one row, and 3.89 against 4.77 with two (medians of six processes
-// taking turns, 2 threads, the EPYC Zen 5); 512 and 2048 bytes ahead did no better.
+// taking turns, 2 threads, the EPYC Zen 5); 512 and 2048 bytes ahead did no better. Near a
+// tile's end a stream asks on into the tile its column reads next (kCols tiles on), not the
+// one beside it, which another column is reading already: a step's 121 products, one row 0.09-0.14
+// ms faster, two rows 0.19-0.26 (bench/kernel_pair.py, medians of 40 chains taking turns).
 constexpr int64_t kPrefetchAhead = 1024;
 
 // The activation rows, ready for vpdpbusd: each value as two int8 bytes, high and low (each row
@@ -167,6 +170,9 @@ void tile_products(const QuantizedRows& q, int64_t m0, const uint8_t* packed, co
                    at::BFloat16* out, int64_t N, int64_t t) {
   const int64_t chunks = q.chunks;
   alignas(64) float lanes[kRows][kCols][kLanes][kTile];  // per lane, the 16 outputs' sums over its blocks
+  const int64_t tile_bytes = kLanes * chunks * kChunk;
+  const uint8_t* tile_end[kCols];
+  for (int c = 0; c < kCols; ++c) tile_end[c] = packed + (t + c + 1) * tile_bytes;
   for (int64_t lane = 0; lane < kLanes; ++lane) {
     const uint8_t* w_lane[kCols];
     for (int c = 0; c < kCols; ++c) w_lane[c] = packed + ((t + c) * kLanes + lane) * chunks * kChunk;
@@ -184,7 +190,9 @@ void tile_products(const QuantizedRows& q, int64_t m0, const uint8_t* packed, co
       for (int64_t chunk = c0; chunk < c1; ++chunk) {
         __m512i w[kCols];
         for (int c = 0; c < kCols; ++c) {
-          _mm_prefetch(reinterpret_cast<const char*>(w_lane[c] + chunk * kChunk + kPrefetchAhead), _MM_HINT_T0);
+          const uint8_t* ahead = w_lane[c] + chunk * kChunk + kPrefetchAhead;
+          if (ahead >= tile_end[c]) ahead += (kCols - 1) * tile_bytes;  // on into the column's next tile
+          _mm_prefetch(reinterpret_cast<const char*>(ahead), _MM_HINT_T0);
           w[c] = _mm512_load_si512(w_lane[c] + chunk * kChunk);
         }
         for (int r = 0; r < kRows; ++r) {
@@ -234,12 +242,15 @@ void run_of_tiles(const QuantizedRows& q, int64_t m0, const uint8_t* packed, con
 // many scaled sums, kCols weight loads and two broadcasts. With one byte a value 4 x 3 ran a
 // prompt's pass fastest (40 ms against 43 for 4 x 2, 6 x 2 and 4 x 4, spilled); with two, 4 x 3
 // spills too but still ran fastest (37 rows: 36.7 ms against 38-40 for 3 x 3, 46 for 2 x 4).
+// Two rows (Compare's step) take 6 tiles at once: a thread's run of SmolLM2's tiles (18, 30, 96
+// or 1536) is a whole number of 6s, and two rows' products over a step were 0.1 ms faster than
+// with 4 (18 = 4 x 4 + 2 left alone), 5 or 8; one row is fastest with 4 (6: 0.04-0.1 ms slower).
 void rows_times_tiles(const QuantizedRows& q, int64_t m_begin, int64_t m_end, const uint8_t* packed,
                       const at::BFloat16* scales, at::BFloat16* out, int64_t N, int64_t t0, int64_t t1) {
   for (int64_t m0 = m_begin; m0 < m_end; m0 += 4) {
     switch (std::min<int64_t>(4, m_end - m0)) {
       case 1: run_of_tiles<1, 4>(q, m0, packed, scales, out, N, t0, t1); break;
-      case 2: run_of_tiles<2, 4>(q, m0, packed, scales, out, N, t0, t1); break;
+      case 2: run_of_tiles<2, 6>(q, m0, packed, scales, out, N, t0, t1); break;
       case 3: run_of_tiles<3, 3>(q, m0, packed, scales, out, N, t0, t1); break;
       default: run_of_tiles<4, 3>(q, m0, packed, scales, out, N, t0, t1); break;
     }
