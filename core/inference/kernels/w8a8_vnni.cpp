@@ -53,7 +53,7 @@ constexpr int32_t kLowSteps = 254;  // a low byte's steps per step of the high b
 // taking turns, 2 threads, the EPYC Zen 5); 512 and 2048 bytes ahead did no better. Near a
 // tile's end a stream asks on into the tile its column reads next (kCols tiles on), not the
 // one beside it, which another column is reading already: a step's 121 products, one row 0.09-0.14
-// ms faster, two rows 0.19-0.26 (bench/kernel_pair.py, medians of 40 chains taking turns).
+// ms faster, two rows 0.10-0.20 (bench/kernel_pair.py: paired medians of 40 rounds).
 constexpr int64_t kPrefetchAhead = 1024;
 
 // The activation rows, ready for vpdpbusd: each value as two int8 bytes, high and low (each row
@@ -244,7 +244,8 @@ void run_of_tiles(const QuantizedRows& q, int64_t m0, const uint8_t* packed, con
 // spills too but still ran fastest (37 rows: 36.7 ms against 38-40 for 3 x 3, 46 for 2 x 4).
 // Two rows (Compare's step) take 6 tiles at once: a thread's run of SmolLM2's tiles (18, 30, 96
 // or 1536) is a whole number of 6s, and two rows' products over a step were 0.1 ms faster than
-// with 4 (18 = 4 x 4 + 2 left alone), 5 or 8; one row is fastest with 4 (6: 0.04-0.1 ms slower).
+// with 4 (18 = 4 x 4 + 2 left alone), and 0.05 faster than 5 or 8; one row is fastest with 4
+// (6: 0.09-0.1 ms slower, 8: 0.16).
 void rows_times_tiles(const QuantizedRows& q, int64_t m_begin, int64_t m_end, const uint8_t* packed,
                       const at::BFloat16* scales, at::BFloat16* out, int64_t N, int64_t t0, int64_t t1) {
   for (int64_t m0 = m_begin; m0 < m_end; m0 += 4) {
