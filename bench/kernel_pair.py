@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/kernel_pair.py                          # the working tree's kernel against HEAD's
     .venv/bin/python bench/kernel_pair.py --against HEAD~3 --variant wide=/tmp/w8a8_wide.cpp --reps 60
+    .venv/bin/python bench/kernel_pair.py --pane-rows 37 --reps 10   # a 37-token prompt's pass a pane
 
 What a change to core/inference/kernels/w8a8_vnni.cpp buys, measured so the host's noise cancels:
 between two runs of bench/compiled_speed.py this host's speed moves by more than most kernel
@@ -11,7 +12,8 @@ products of SmolLM2-135M (random int8 weights of its shapes, 134 MB: more than t
 cache, so read from memory as a step reads them): q/k/v and gate/up as one product each, as
 core.inference.shared_products multiplies them, and the LM head; with one row (a single pane),
 two rows (Compare's rows without the adapter) or two with an r=16 adapter on the second
-(Compare's op). The chains of all sources take turns, in alternating order, and each figure is
+(Compare's op); with --pane-rows N, N rows a pane (a prompt's pass), the LM head over each
+pane's last row. The chains of all sources take turns, in alternating order, and each figure is
 the median of paired differences from the working tree's chain: two copies of one source read
 within +-0.06 ms. Each source's outputs are checked against the working tree's to the bit first.
 The last line is a JSON object.
@@ -25,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -76,39 +79,46 @@ def step_weights() -> tuple[list, tuple]:
     return layers, head
 
 
-def activations() -> dict:
-    """{(rows, width): bf16 rows}: the chains' inputs."""
+def activations(pane_rows: int) -> dict:
+    """{(rows, width): bf16 rows}: the chains' inputs, `pane_rows` rows a pane, and one a pane for the LM head."""
     torch.manual_seed(1)
-    return {(rows, width): torch.randn(rows, width).to(torch.bfloat16) for rows in (1, 2) for width in (576, 1536)}
+    return {(rows, width): torch.randn(rows, width).to(torch.bfloat16)
+            for rows in (1, 2, pane_rows, 2 * pane_rows) for width in (576, 1536)}
 
 
-ROWS = activations()
+@dataclass
+class Step:
+    """What the chains multiply: step_weights' layers and LM head, and `pane_rows` rows a pane."""
+
+    layers: list
+    head: tuple
+    pane_rows: int
+    inputs: dict
 
 
-def chain(ops, weights, chain_name: str) -> list[torch.Tensor]:
-    """One chain's outputs (chain_name in CHAINS) on `ops`, the weights as step_weights gives them."""
-    layers, head = weights
-    rows = 1 if chain_name == "one_row" else 2
+def chain(ops, step: Step, chain_name: str) -> list[torch.Tensor]:
+    """One chain's outputs (chain_name in CHAINS) on `ops`: each pane `step.pane_rows` rows
+    through every layer, then the LM head over each pane's last row (as a prompt's pass)."""
+    panes, pane_rows, rows = (1 if chain_name == "one_row" else 2), step.pane_rows, step.inputs
     outputs = []
-    for weight, scales, adapter, a_rows, width in layers:
-        x = ROWS[(rows, width)]
+    for weight, scales, adapter, a_rows, width in step.layers:
+        x = rows[(panes * pane_rows, width)]
         if chain_name == "two_rows_adapter":
-            outputs.append(ops.w8a8_lora_mm(x, weight, scales, adapter, a_rows, RANK, 1))
+            outputs.append(ops.w8a8_lora_mm(x, weight, scales, adapter, a_rows, RANK, pane_rows))
         else:
             outputs.append(ops.w8a8_mm(x, weight, scales))
-    outputs.append(ops.w8a8_mm(ROWS[(rows, 576)], *head))
+    outputs.append(ops.w8a8_mm(rows[(panes, 576)], *step.head))
     return outputs
 
 
-
-def timings(sources: dict, weights, reps: int) -> dict:
+def timings(sources: dict, step: Step, reps: int) -> dict:
     """{source: {chain: [ms per rep]}}, the sources taking turns in alternating order."""
     seen = {name: {c: [] for c in CHAINS} for name in sources}
     for rep in range(reps):
         for chain_name in CHAINS:
             for name, ops in (list(sources.items()) if rep % 2 else list(sources.items())[::-1]):
                 start = time.perf_counter()
-                chain(ops, weights, chain_name)
+                chain(ops, step, chain_name)
                 seen[name][chain_name].append((time.perf_counter() - start) * 1e3)
     return seen
 
@@ -130,6 +140,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=FILE",
                         help="another source of the kernel, as a file (repeatable)")
     parser.add_argument("--reps", type=int, default=40)
+    parser.add_argument("--pane-rows", type=int, default=1,
+                        help="rows a pane: 1 times a decoding step's products, a prompt's length its pass")
     return parser.parse_args()
 
 
@@ -144,12 +156,12 @@ def main() -> None:
         name, _, path = item.partition("=")
         texts[name] = Path(path).read_text()
     sources = {"working_tree": torch.ops.finetune_lab, **{name: built_ops(name, text) for name, text in texts.items()}}
-    weights = step_weights()
-    reference = {c: chain(sources["working_tree"], weights, c) for c in CHAINS}
-    identical = {name: all(all(torch.equal(a, b) for a, b in zip(chain(ops, weights, c), reference[c])) for c in CHAINS)
+    step = Step(*step_weights(), args.pane_rows, activations(args.pane_rows))
+    reference = {c: chain(sources["working_tree"], step, c) for c in CHAINS}
+    identical = {name: all(all(torch.equal(a, b) for a, b in zip(chain(ops, step, c), reference[c])) for c in CHAINS)
                  for name, ops in sources.items() if name != "working_tree"}
-    result = figures(timings(sources, weights, args.reps), identical)
-    print(json.dumps({**result, "reps": args.reps, **machine.describe()}))
+    result = figures(timings(sources, step, args.reps), identical)
+    print(json.dumps({**result, "pane_rows": args.pane_rows, "reps": args.reps, **machine.describe()}))
 
 
 if __name__ == "__main__":
