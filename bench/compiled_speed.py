@@ -155,7 +155,7 @@ def compare_times(folder: str, tokens: int, repeats: int) -> dict:
     """In a process of its own, on the steps the first one kept: the median seconds of a single
     base pane and of Compare with the adapter in `folder`, on the compiled steps and on the int8
     path, interleaved (the model's kernels for both). One process's figures move with where its
-    memory landed: the ratio ranged 1.25-1.32 over nine processes of the same code."""
+    memory landed: the ratio ranged 1.17-1.32 over 15 processes of the same code (BENCHMARKS.md)."""
     from core import threads
     from core.inference.adapters import attach_tuned
     from core.inference.chat import GenerationSettings, stream_reply
@@ -208,7 +208,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--compare-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--compare-processes", type=int, default=5,
-                        help="fresh processes that time Compare (one process's ratio moves 1.25-1.37 with where its memory lands)")
+                        help="fresh processes that time Compare (one process's ratio moved 1.17-1.32 over 15 processes of one code)")
     parser.add_argument("--kernels", choices=("auto", "torch", "own"), default="auto",
                         help="the kernels the compiled step runs on (FINETUNE_LAB_CPU_KERNELS; auto: ours where they serve)")
     return parser.parse_args()
