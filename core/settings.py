@@ -15,8 +15,8 @@
 | FINETUNE_LAB_VISITOR_VOTES | visitors' votes kept for review | 5000 |
 | FINETUNE_LAB_BEHIND_PROXY=1 | trust the last X-Forwarded-For entry (on by itself on a Space) | off |
 | FINETUNE_LAB_EVENTS_PER_SESSION / _PER_ADDRESS | queued events a session / an address may hold | 8 / 16 |
-| FINETUNE_LAB_DTYPE | chat weights: auto, fp32, bf16 | auto |
-| FINETUNE_LAB_DECODE | chat decoding: auto (int8 weights on a CPU with native bf16, and the compiled step where the app serves), int8, eager, compiled | auto |
+| FINETUNE_LAB_DTYPE | chat weights: auto (bf16 beside int8 weights on a CPU; fp32 for eager decoding without native bf16), fp32, bf16 | auto |
+| FINETUNE_LAB_DECODE | chat decoding: auto (int8 weights on a CPU, and the compiled step where the app serves), int8, eager, compiled | auto |
 | FINETUNE_LAB_CPU_KERNELS | chat's kernels on a CPU: auto (ours where they serve), torch's, or own (activations as two int8 bytes with VNNI, attention over the slots in use; built here) | auto |
 | FINETUNE_LAB_MAX_MODELS | models kept in memory | 2 |
 | FINETUNE_LAB_GGUF_RUNTIME | what reads an exported GGUF in the parity check: auto, llama.cpp, transformers | auto (llama.cpp where installed) |

@@ -43,12 +43,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("FINETUNE_LAB_THREADS", "1")
 # The defaults would build our CPU kernels and compile a decode step in each served app (a core
-# for 45-75 s beside the tests): the suite chats on the int8 path on torch's kernels (eager without
-# native bf16); test_compiled_decode.py serves the defaults, test_own_kernels.py tests the kernels.
-from core.inference.models import cpu_has_native_bf16  # noqa: E402 (after the thread settings)
-
+# for 45-75 s beside the tests): the suite chats on the int8 path on torch's kernels;
+# test_compiled_decode.py serves the defaults, test_own_kernels.py tests the kernels.
 os.environ.setdefault("FINETUNE_LAB_CPU_KERNELS", "torch")
-os.environ.setdefault("FINETUNE_LAB_DECODE", "int8" if cpu_has_native_bf16() else "eager")
+os.environ.setdefault("FINETUNE_LAB_DECODE", "int8")
 
 
 ADMIN_KEY = "admin-key-for-tests-4821"

@@ -115,8 +115,8 @@ def test_a_seed_repeats_a_sampled_answer_whoever_shares_its_batch(tiny_model_dir
     """A running batch samples each seeded row from its own generator: the answer is the same
     alone or beside others (seeded otherwise or not at all), and the same as a solo reply
     through `generate`, whose seeded draws leave the process's generator as it was. On the
-    model's own weights, as a CPU without native bf16 decodes (there every batched answer once
-    failed)."""
+    model's own weights, as a GPU and FINETUNE_LAB_DECODE=eager decode (there every batched
+    answer once failed)."""
     from collections import OrderedDict
 
     import torch

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from core.inference import own_kernels
-from core.inference.models import cpu_has_native_bf16
 from core.paths import models_dir
 from tests.conftest import start_app
 from tests.test_app_chat import chat_args, text_of
@@ -81,8 +80,6 @@ def run_app_process(models: Path, adapter: Path, paths=("compiled", "int8")) -> 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not cpu_has_native_bf16(), reason="the app compiles its decode step by default over int8 "
-                    "weights, on a CPU with native bf16; this one has none (fp32, eager: test_compiled_route.py)")
 def test_compiled_step_answers_and_a_restart_loads_it_from_the_model_cache(tmp_path, loud_adapter):
     """The first process compiles the base step and keeps it in the model cache; the second (a
     restart) loads it, compiles nothing, is ready in a fraction of the time, and answers the

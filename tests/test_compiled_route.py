@@ -29,7 +29,7 @@ def test_the_app_compiles_where_it_serves_chat(monkeypatch):
     monkeypatch.setitem(settings._DECLARED, "serving", False)
     assert not wanted("int8")
     monkeypatch.setitem(settings._DECLARED, "serving", True)
-    assert wanted("int8") and not wanted("eager")  # eager: a GPU, or a CPU without native bf16
+    assert wanted("int8") and not wanted("eager")  # eager: a GPU, or FINETUNE_LAB_DECODE=eager
     monkeypatch.setenv("FINETUNE_LAB_PUBLIC", "1")
     assert wanted("int8")
     monkeypatch.setenv("FINETUNE_LAB_VISITOR_HUB", "1")
@@ -67,7 +67,7 @@ def test_the_app_loads_its_default_model_at_start_where_it_compiles(monkeypatch)
 
 def test_the_status_says_which_path_answers_and_why(smol, monkeypatch):
     """Only a ready step serves, one base row that fits its slots; every other reply names the
-    weights' path (int8 on a CPU with native bf16) and the reason (Compare's own step:
+    weights' path (int8 on a CPU) and the reason (Compare's own step:
     tests/test_compiled_compare.py)."""
     path = f"{smol.decode} path"
     monkeypatch.setattr(compiled_decode, "LOADING_WAIT_S", 0.05)

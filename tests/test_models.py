@@ -75,8 +75,11 @@ def test_weights_dtype_follows_the_cpu_and_the_override(smol, monkeypatch):
 
     from core.inference.models import cpu_has_native_bf16, inference_dtype
 
-    assert smol.model.dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
-    assert smol.model.dtype == inference_dtype() and str(smol.model.dtype)[6:] in smol.describe()
+    # bf16 beside int8 weights on any CPU (the suite's path), natively or not: no bf16 product runs
+    assert smol.decode == "int8" and smol.model.dtype == torch.bfloat16 == inference_dtype()
+    assert "int8 weights, bfloat16 activations" in smol.describe()
+    monkeypatch.setenv("FINETUNE_LAB_DECODE", "eager")  # eager bf16 only where the CPU has it
+    assert inference_dtype() == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
     monkeypatch.setenv("FINETUNE_LAB_DTYPE", "fp32")
     assert inference_dtype() == torch.float32
     monkeypatch.setenv("FINETUNE_LAB_DTYPE", "bf16")
@@ -84,6 +87,43 @@ def test_weights_dtype_follows_the_cpu_and_the_override(smol, monkeypatch):
     monkeypatch.setenv("FINETUNE_LAB_DTYPE", "half")
     with pytest.raises(ModelError, match="FINETUNE_LAB_DTYPE='half'"):
         inference_dtype()
+
+
+AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}  # torch runs this CPU as an AVX2 one
+AS_THE_APP_LOADS = """
+import json, sys; sys.path.insert(0, {root!r})
+from core.inference import own_kernels
+from core.inference.chat import GenerationSettings, stream_reply
+from core.inference.models import cpu_has_native_bf16, inference_dtype, load_model
+loaded = load_model("smollm2-135m-instruct")
+ask = [{{"role": "user", "content": "What is the capital of France?"}}]
+reply = list(stream_reply(loaded, ask, GenerationSettings(max_new_tokens=12, repetition_penalty=1.0)))[-1]
+print(json.dumps({{"native": cpu_has_native_bf16(), "own": own_kernels.unavailable(), "dtype": str(inference_dtype()),
+                  "described": loaded.describe(), "text": reply.text}}))
+"""
+
+
+def test_a_cpu_without_native_bf16_chats_on_int8_weights(data_home):
+    """A CPU that only emulates bf16 (AVX2, as torch runs one here) still chats with int8 weights
+    and bf16 activations, the default, and answers as a bf16 CPU does (only eager decoding keeps
+    fp32 weights there: bf16 products run at about 1 GFLOP/s); our AVX-512 kernels step aside."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = AS_THE_APP_LOADS.format(root=str(ROOT))
+    for decode in ("auto", "eager"):  # auto: the default (no compiled step outside a serving process)
+        env = {**os.environ, **AVX2_ONLY, "FINETUNE_LAB_DECODE": decode, "FINETUNE_LAB_CPU_KERNELS": "auto"}
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        seen = json.loads(done.stdout.splitlines()[-1])
+        assert seen["native"] is False and seen["own"] == "torch runs its AVX2 kernels here", seen
+        assert seen["text"] == "The capital of France is Paris.", seen
+        if decode == "auto":
+            assert seen["dtype"] == "torch.bfloat16" and "int8 weights, bfloat16 activations" in seen["described"]
+        else:
+            assert seen["dtype"] == "torch.float32" and "(float32, loaded" in seen["described"], seen
 
 
 @pytest.mark.parametrize("bad", ["../etc", "/abs", "a/b", "", ".hidden", "x" * 200, "a..b"])

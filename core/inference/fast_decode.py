@@ -1,6 +1,6 @@
 """Weight-only int8 decoding for chat on a CPU: the frozen base's Linear layers keep int8 weights.
 
-    FINETUNE_LAB_DECODE=int8|eager|auto|compiled python app.py   # auto (default): int8 for bf16 on a CPU
+    FINETUNE_LAB_DECODE=int8|eager|auto|compiled python app.py   # auto (default): int8 on a CPU
     # (and in the app, the compiled step on top: core.inference.compiled_decode)
 
 Decoding one token at a time is bound by memory bandwidth, not arithmetic: every step reads all
@@ -14,8 +14,12 @@ any other Linear and calls it as the base layer, and `append_rows` keeps an adap
 the int8 weight, so that core.inference.lora_rows (each batch row its adapter or none) gets the
 layer and x A from one product. (Every chat model on a CPU also gets
 core.inference.decode_attention's packed grouped-query attention.) On a GPU,
-auto keeps the eager weights: there the bf16 kernels are already fast. So does a CPU without
-native bf16, where the weights are fp32 and the int8 kernel is slow with fp32 activations.
+auto keeps the eager weights: there the bf16 kernels are already fast. A CPU without native
+bf16 decodes int8 too, with bf16 activations (core.inference.models.inference_dtype): the
+kernel converts them to fp32 as it multiplies, so nothing emulates a bf16 product, while with
+fp32 activations it is 10x slower. Timed on an AVX2-only CPU as torch runs one
+(`ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` on an AVX-512 EPYC): 48-63 tok/s against
+22-25 for fp32 weights, eager.
 """
 from __future__ import annotations
 
@@ -129,8 +133,9 @@ class Int8Linear(torch.nn.Linear):
 def decode_path(device: str, dtype: torch.dtype) -> str:
     """'int8' or 'eager' weights for a model on `device` held in `dtype`, from $FINETUNE_LAB_DECODE.
 
-    auto (the default) picks int8 for bf16 weights on a CPU only: with fp32 activations the
-    kernel measured 10x slower than bf16 ones (371 against 29 us for a 1536x576 product).
+    auto (the default) picks int8 for bf16 weights on a CPU only (as they are there by default:
+    decodes_int8_on_cpu): with fp32 activations the kernel measured 10x slower than bf16 ones
+    (371 against 29 us for a 1536x576 product).
     compiled picks the weights as auto does; core.inference.compiled_decode.wanted says where
     its step comes on top."""
     choice = settings().decode
@@ -140,6 +145,12 @@ def decode_path(device: str, dtype: torch.dtype) -> str:
         fits = device == "cpu" and dtype == torch.bfloat16
         return "int8" if fits and int8_mm is not None else "eager"
     return choice
+
+
+def decodes_int8_on_cpu() -> bool:
+    """Whether $FINETUNE_LAB_DECODE leaves a CPU's chat model on int8 weights, so that its
+    float weights and activations are best held in bf16 (all but eager)."""
+    return settings().decode in ("auto", "compiled", "int8") and int8_mm is not None
 
 
 def quantize_linears(model: torch.nn.Module, rows_product=rows_times_int8, pack=None) -> int:

@@ -7,9 +7,9 @@ Resolution order for a name:
 2. a known short name or its Hub id -> the offline packaged copy when installed, else the Hub id;
 3. any other Hub id -> used as is if it is in the HF cache or the Hub answers for it.
 Loading uses safetensors only and never runs remote code. A model goes to the GPU when there is
-one (bf16, or fp16 on older cards). On a CPU it is held in bf16 where the CPU multiplies bf16
-natively (decoding ran 1.5x faster there), else in fp32. $FINETUNE_LAB_DTYPE (fp32 | bf16)
-overrides the choice.
+one (bf16, or fp16 on older cards). On a CPU it is held in bf16 with int8 weights (the default
+decode path, core.inference.fast_decode), or in fp32 for eager decoding where the CPU does not
+multiply bf16 natively. $FINETUNE_LAB_DTYPE (fp32 | bf16) overrides the choice.
 """
 from __future__ import annotations
 
@@ -239,14 +239,20 @@ def ready_to_chat(label: str, source: str, model, tokenizer, start: float) -> Lo
 
 
 def cpu_has_native_bf16() -> bool:
-    """True when the CPU multiplies bf16 natively (AVX512-BF16 or AMX). Measured: bf16 GEMMs ran
-    2.2x faster than fp32 on such a CPU (EPYC, avx512_bf16), while a CPU without them emulates
-    bf16 and a bf16 training step ran 2.7x slower (Xeon, AVX-512 VNNI only)."""
+    """True when the CPU multiplies bf16 natively (AVX512-BF16 or AMX) and torch may use it.
+    Measured: bf16 GEMMs ran 2.2x faster than fp32 on such a CPU (EPYC, avx512_bf16), while a
+    CPU without them emulates bf16 and a bf16 training step ran 2.7x slower (Xeon, AVX-512 VNNI
+    only). `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` make torch run such a CPU as an
+    AVX2-only one (bf16 products at 1.2 GFLOP/s, as on one): then this says False too."""
     try:
         flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
         return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    if not flags & {"avx512_bf16", "amx_bf16"}:
+        return False
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability() == "AVX512" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def resolve_precision(choice: str) -> str:
@@ -268,9 +274,19 @@ def torch_dtype(precision: str):
 
 
 def inference_dtype():
-    """The chat weights' dtype: resolve_precision of $FINETUNE_LAB_DTYPE (default auto). On a
-    CPU with native bf16, SmolLM2 decoding went from 17 to 26 tok/s."""
+    """The chat weights' dtype: $FINETUNE_LAB_DTYPE, or for auto (the default) bf16 where the
+    decode path is int8 on a CPU (core.inference.fast_decode), natively or not: there bf16 is
+    only the activations' dtype beside int8 weights, and no bf16 matrix product runs that a CPU
+    without native bf16 would emulate. Else resolve_precision's: a GPU's, or fp32 for eager
+    decoding on a CPU without native bf16. On a CPU with it, SmolLM2 decoding went from 17 to 26
+    tok/s in bf16; on an AVX2-only one (emulated), from 22-25 in fp32 to 48-63 with int8 weights."""
+    import torch
+
+    from core.inference.fast_decode import decodes_int8_on_cpu
+
     choice = settings().dtype
     if choice not in ("auto", "fp32", "bf16"):
         raise ModelError(f"FINETUNE_LAB_DTYPE={choice!r}: use auto, fp32 or bf16.")
+    if choice == "auto" and not torch.cuda.is_available() and decodes_int8_on_cpu():
+        return torch.bfloat16
     return torch_dtype(resolve_precision(choice))

@@ -67,6 +67,8 @@ def unavailable() -> str:
         return f"they are built for x86-64 Linux, not {platform.system()} {platform.machine()}"
     if not (torch.cpu._is_avx512_supported() and torch.cpu._is_vnni_supported()):  # AVX512 F/BW/VL/DQ, VNNI
         return "this CPU has no AVX512-VNNI"
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":  # ATEN_CPU_CAPABILITY asked for less
+        return f"torch runs its {torch.backends.cpu.get_cpu_capability()} kernels here"
     if shutil.which("g++") is None:
         return "no g++ here to build them"
     path = library_file()
