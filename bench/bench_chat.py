@@ -3,13 +3,14 @@ the streaming path's overhead, compare-mode memory, time to first token.
 
     .venv/bin/python bench/bench_chat.py [--repeats 5] [--tokens 64] [--compare-tokens 128]
     FINETUNE_LAB_DTYPE=fp32 .venv/bin/python bench/bench_chat.py   # the fp32 figures
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 .venv/bin/python bench/bench_chat.py   # as on an AVX2-only CPU
 
 (d) decode rate of each path (eager fp32, eager bf16, int8 weights with bf16 activations:
     core.inference.fast_decode), the machine's read bandwidth, and each path's share of its bandwidth
     limit (bandwidth / bytes read per token); greedy agreement of int8 with eager bf16 on ten
-    prompts (first 32 tokens); `decode_speedup` is int8 over eager bf16; where our own kernels
-    serve (core.inference.own_kernels: two int8 bytes a value), the same for them (`int8-own`,
-    `own_vs_bf16_greedy`, `own_over_int8`);
+    prompts (first 32 tokens), and with eager fp32 (`int8_vs_fp32_greedy`); `decode_speedup` is
+    int8 over eager bf16; where our own kernels serve (core.inference.own_kernels: two int8
+    bytes a value), the same for them (`int8-own`, `own_vs_bf16_greedy`, `own_over_int8`);
 (e) wall time of Compare (both panes from one batch, --compare-tokens each) against a single
     pane: `compare_over_single` is over the base pane alone, on the int8 path as the app loads it
     outside a serving process (our kernels where they serve; no compiled step)
@@ -154,6 +155,8 @@ def decode_paths(tokens: int, repeats: int) -> tuple[dict, dict]:
         figures[path] = {"tok_s": rates[path], "bandwidth_limit_tok_s": limit, "share_of_limit": rates[path] / limit}
         print(path, json.dumps(figures[path]), flush=True)
     figures["int8_vs_bf16_greedy"] = decode_speed.agreement(paths["eager-bf16"], paths["int8"])
+    # Against fp32: eager decoding's weights on a CPU without native bf16, which also decodes int8.
+    figures["int8_vs_fp32_greedy"] = decode_speed.agreement(paths["eager-fp32"], paths["int8"])
     if own:
         figures["own_vs_bf16_greedy"] = decode_speed.agreement(paths["eager-bf16"], paths["int8-own"])
         figures["own_over_int8"] = figures["int8-own"]["tok_s"] / figures["int8"]["tok_s"]
