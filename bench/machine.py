@@ -38,7 +38,9 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> dict:
 
     import torch
 
-    native_bf16 = bool({"avx512_bf16", "amx_bf16"} & set(describe()["cpu_features"]))
+    from core.inference.models import cpu_has_native_bf16  # as the app decides it (ATEN_CPU_CAPABILITY too)
+
+    native_bf16 = cpu_has_native_bf16()
     figures = {}
     for dtype in (torch.bfloat16, torch.float32):
         # Emulated bf16 (AVX2 only) multiplies at a few GFLOP/s: a smaller product says as much in seconds.
@@ -56,5 +58,8 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> dict:
 
 if __name__ == "__main__":
     import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the repo's packages
 
     print(json.dumps({**describe(), "matmul_gflops": matmul_gflops()}))
