@@ -24,11 +24,12 @@ Each is got ready by a background thread; replies use the int8 path while it com
 switch over when it is ready (a reply waits a few seconds for one loading from the model cache).
 On a CPU a step is compiled once ahead of time and kept in the model cache
 (core.inference.compiled_store), so a restart loads it in seconds instead of tracing the model
-again; inductor's cache lives in the model cache too (`inductor/`, per torch version). A step
-serves a reply only where its graph is exact for it, else the reply takes the int8 path and the
-status line says why: other batch shapes (several visitors, a tuned pane alone, two adapters)
-and a prompt with its new tokens over `SLOTS` cache slots (a static cache's attention reads all
-its slots every step, so a longer one would cost more than the compile saves).
+again; inductor's cache lives in the model cache too (`inductor/`, per torch version and CPU
+capability). A step serves a reply only where its graph is exact for it, else the reply takes
+the int8 path and the status line says why: other batch shapes (several visitors, a tuned pane
+alone, two adapters) and a prompt with its new tokens over `SLOTS` cache slots (a static
+cache's attention reads all its slots every step, so a longer one would cost more than the
+compile saves).
 """
 from __future__ import annotations
 
@@ -88,12 +89,15 @@ class Route:
 
 def in_model_cache():
     """A context in which inductor caches into the model cache (torch's own switch, which also
-    restores the default after), unless the user chose a folder with TORCHINDUCTOR_CACHE_DIR."""
+    restores the default after), unless the user chose a folder with TORCHINDUCTOR_CACHE_DIR.
+    A folder per torch version and CPU capability: inductor's own keys miss ATEN_CPU_CAPABILITY,
+    and code compiled for AVX-512 came back under avx2 with wrong results."""
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir, temporary_cache_dir
 
     if os.environ.get("TORCHINDUCTOR_CACHE_DIR") not in (None, os.path.abspath(default_cache_dir())):
         return contextlib.nullcontext()
-    return temporary_cache_dir(str(models_dir() / "inductor" / torch.__version__))
+    return temporary_cache_dir(str(models_dir() / "inductor" / f"{torch.__version__}-"
+                                   f"{torch.backends.cpu.get_cpu_capability().lower()}"))
 
 
 def compile_config(device_type: str):
