@@ -109,9 +109,11 @@ def test_training_process_gets_no_secrets(monkeypatch):
     monkeypatch.setenv("FINETUNE_LAB_ADMIN_KEY", "k")
     monkeypatch.setenv("FINETUNE_LAB_AUTH", "u:p")
     monkeypatch.setenv("HF_HOME", "/somewhere")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # the CPU features torch may use: as in the app
     env = child_env(1)
     assert not {"HF_TOKEN", "FINETUNE_LAB_ADMIN_KEY", "FINETUNE_LAB_AUTH"} & set(env)
     assert env["HF_HOME"] == "/somewhere" and env["OMP_NUM_THREADS"] == "1" and "PATH" in env
+    assert env["ONEDNN_MAX_CPU_ISA"] == "AVX2"
 
 
 def test_non_loopback_host_without_auth_is_public(monkeypatch):

@@ -43,7 +43,8 @@ _CHILD_ENV_PREFIXES = ("PATH", "HOME", "USER", "LANG", "LC_", "TZ", "TMPDIR", "T
                        "FINETUNE_LAB_DTYPE", "FINETUNE_LAB_DECODE", "FINETUNE_LAB_CPU_KERNELS",
                        "FINETUNE_LAB_GGUF_RUNTIME", "HF_HOME", "HF_HUB_OFFLINE", "HF_HUB_CACHE",
                        "HF_HUB_DISABLE", "HF_ENDPOINT", "TRACKIO_DIR", "HF_DATASETS_", "TRANSFORMERS_", "TOKENIZERS_PARALLELISM",
-                       "TORCH", "PYTORCH_", "OMP_", "MKL_", "OPENBLAS_", "CUDA_", "NCCL_", "ACCELERATE_", "SPACE_ID")
+                       "TORCH", "PYTORCH_", "OMP_", "MKL_", "OPENBLAS_", "CUDA_", "NCCL_", "ACCELERATE_", "SPACE_ID",
+                       "ATEN_", "ONEDNN_", "DNNL_")  # the CPU features torch may use: the app's and the job's alike
 _SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "AUTH")
 
 
