@@ -106,7 +106,7 @@ print(json.dumps({{"native": cpu_has_native_bf16(), "own": own_kernels.unavailab
 def test_a_cpu_without_native_bf16_chats_on_int8_weights(data_home):
     """A CPU that only emulates bf16 (AVX2, as torch runs one here) still chats with int8 weights
     and bf16 activations, the default, and answers as a bf16 CPU does (only eager decoding keeps
-    fp32 weights there: bf16 products run at about 1 GFLOP/s); our AVX-512 kernels step aside."""
+    fp32 weights there: its bf16 products are emulated); our AVX-512 kernels step aside."""
     import subprocess
     import sys
 
