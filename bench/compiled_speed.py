@@ -103,7 +103,7 @@ def kernels(loaded, path: str):
 def greedy_figures(loaded) -> dict:
     """Greedy agreement with the int8 path on torch's kernel: of the compiled step, and of the
     int8 path on our kernels where the model has them."""
-    from core.inference.compiled_decode import generate_options
+    from core.inference.compiled_decode import generate_options, in_model_cache
 
     def greedy(path, **options):
         step, loaded.compiled = loaded.compiled, None
@@ -113,8 +113,11 @@ def greedy_figures(loaded) -> dict:
         return tokens
 
     want = greedy("int8")
-    figures = {"compiled_vs_int8_greedy": decode_speed.agreement_with(
-        want, greedy("compiled", **generate_options(loaded.model.device.type)))}
+    # transformers compiles the forward here: into the app's inductor cache, kept apart per CPU
+    # capability (torch's default one gave code compiled for AVX-512 back under avx2: wrong tokens)
+    with in_model_cache():
+        compiled = greedy("compiled", **generate_options(loaded.model.device.type))
+    figures = {"compiled_vs_int8_greedy": decode_speed.agreement_with(want, compiled)}
     if own(loaded):
         figures["int8_own_vs_int8_greedy"] = decode_speed.agreement_with(want, greedy("int8_own"))
     return figures

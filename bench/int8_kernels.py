@@ -12,9 +12,10 @@ product once, in model order, so every weight comes from memory as it does in a 
   q8_0 multiplies): a w8a8 path the app does not take, for its kernel speed;
 - `inductor_int8`: inductor's own code for the int8 product (dequantize, multiply, sum) over
   all the layers as one compiled graph;
-- `app_vnni_w8a8`: not a torch kernel but the app's own, where AVX512-VNNI and g++ are here
-  (core.inference.own_kernels, FINETUNE_LAB_CPU_KERNELS=own): the row quantized to int8 per
-  block of 32 values (as llama.cpp's q8_0, though not 32 neighbours), multiplied with `vpdpbusd`.
+- `app_vnni_w8a8` (`app_avx2_w8a8`): not a torch kernel but the app's own, where g++ is here and the CPU has
+  AVX2 (core.inference.own_kernels, FINETUNE_LAB_CPU_KERNELS=own): the row quantized per block
+  of 32 values (as llama.cpp's q8_0, though not 32 neighbours), multiplied with `vpdpbusd`
+  (AVX512-VNNI) or `vpmaddwd` (AVX2).
 
 Figures: milliseconds per step (the best of `repeats`), effective GB/s (weight bytes over time)
 and `share_of_bandwidth` (against summing a 1 GB tensor), and the best kernel over the app's.
@@ -78,11 +79,15 @@ def step_products(layers, rows) -> dict:
     qs, ss = [q for q, _ in layers], [s for _, s in layers]
     kernels = {"app_int8": app_int8, "bf16": eager_bf16, "int8_int8": int8_int8,
                "inductor_int8": lambda: compiled(rows, qs, ss)}
-    vnni = vnni_w8a8(layers, rows)
-    return kernels if vnni is None else {**kernels, "app_vnni_w8a8": vnni}
+    own = own_w8a8(layers, rows)
+    if own is None:
+        return kernels
+    from core.inference.own_kernels import instruction_set
+
+    return {**kernels, f"app_{instruction_set().split('-')[-1]}_w8a8": own}  # app_vnni_w8a8 or app_avx2_w8a8
 
 
-def vnni_w8a8(layers, rows):
+def own_w8a8(layers, rows):
     """One step's products through core.inference.own_kernels' op, or None where it does not serve."""
     from core.inference import own_kernels
 

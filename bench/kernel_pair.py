@@ -3,8 +3,10 @@
     .venv/bin/python bench/kernel_pair.py                          # the working tree's kernel against HEAD's
     .venv/bin/python bench/kernel_pair.py --against HEAD~3 --variant wide=/tmp/w8a8_wide.cpp --reps 60
     .venv/bin/python bench/kernel_pair.py --pane-rows 37 --reps 10   # a 37-token prompt's pass a pane
+    .venv/bin/python bench/kernel_pair.py --variant avx2=core/inference/kernels/w8a8_avx2.cpp  # the other build
 
-What a change to core/inference/kernels/w8a8_vnni.cpp buys, measured so the host's noise cancels:
+What a change to the int8 kernel of the build this CPU runs (core/inference/kernels/w8a8_vnni.cpp
+or w8a8_avx2.cpp, as core.inference.own_kernels picks it) buys, measured so the host's noise cancels:
 between two runs of bench/compiled_speed.py this host's speed moves by more than most kernel
 changes. Each other source is built with g++ under an op namespace of its own (the app's flags,
 own_kernels.compile_flags) and loaded beside the app's ops. A chain is one decoding step's
@@ -38,7 +40,9 @@ from bench import machine  # noqa: E402
 from core.inference import own_kernels  # noqa: E402
 from core.inference.fast_decode import quantized_rows  # noqa: E402
 
-SOURCE = "core/inference/kernels/w8a8_vnni.cpp"
+BUILD = own_kernels.instruction_set()
+SOURCE = f"core/inference/kernels/{own_kernels.BUILDS[BUILD][0][0]}" if BUILD else ""
+HEADER = "core/inference/kernels/w8a8_ops.h"  # included by the kernels since the AVX2 build
 # SmolLM2-135M: per layer q/k/v (960 outputs from 576), o (576 from 576), gate/up (3072 from
 # 576), down (576 from 1536), the layers each product holds; 30 layers; the LM head 49152 x 576.
 LAYER_SHAPES = [(960, 576, 3), (576, 576, 1), (3072, 576, 2), (576, 1536, 1)]
@@ -46,17 +50,23 @@ LAYERS, VOCAB, RANK = 30, 49152, 16
 CHAINS = ("one_row", "two_rows", "two_rows_adapter")
 
 
+def with_header(source: str, header: str) -> str:
+    """The kernel's C++ text with its shared header's text in place of the #include."""
+    return source.replace('#include "w8a8_ops.h"', header)
+
+
 def built_ops(name: str, source: str):
-    """The ops of `source` (the kernel's C++ text) under namespace `name`, built once per text."""
+    """The ops of `source` (the kernel's C++ text, its header inlined) under namespace `name`,
+    built once per text."""
     text = source.replace("TORCH_LIBRARY(finetune_lab", f"TORCH_LIBRARY({name}").replace(
         "TORCH_LIBRARY_IMPL(finetune_lab", f"TORCH_LIBRARY_IMPL({name}")
-    folder = own_kernels.library_file().parent / "pairs"
+    folder = own_kernels.library_file(BUILD).parent / "pairs"
     folder.mkdir(parents=True, exist_ok=True)
     stem = folder / f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
     library = stem.with_suffix(".so")
     if not library.is_file():
         stem.with_suffix(".cpp").write_text(text)
-        subprocess.run(["g++", str(stem.with_suffix(".cpp")), "-o", str(library), *own_kernels.compile_flags()],
+        subprocess.run(["g++", str(stem.with_suffix(".cpp")), "-o", str(library), *own_kernels.compile_flags(BUILD)],
                        check=True, capture_output=True, text=True)
     torch.ops.load_library(str(library))
     return getattr(torch.ops, name)
@@ -149,12 +159,13 @@ def main() -> None:
     args = arguments()
     if own_kernels.unavailable():
         raise SystemExit(f"Our kernels cannot run here: {own_kernels.unavailable()}.")
-    against = subprocess.run(["git", "-C", str(ROOT), "show", f"{args.against}:{SOURCE}"], check=True,
-                             capture_output=True, text=True).stdout
-    texts = {"against_" + "".join(ch if ch.isalnum() else "_" for ch in args.against): against}
+    against, against_header = (subprocess.run(["git", "-C", str(ROOT), "show", f"{args.against}:{path}"],
+                                              capture_output=True, text=True).stdout for path in (SOURCE, HEADER))
+    texts = {"against_" + "".join(ch if ch.isalnum() else "_" for ch in args.against): with_header(against, against_header)}
+    header = (ROOT / HEADER).read_text()
     for item in args.variant:
         name, _, path = item.partition("=")
-        texts[name] = Path(path).read_text()
+        texts[name] = with_header(Path(path).read_text(), header)
     sources = {"working_tree": torch.ops.finetune_lab, **{name: built_ops(name, text) for name, text in texts.items()}}
     step = Step(*step_weights(), args.pane_rows, activations(args.pane_rows))
     reference = {c: chain(sources["working_tree"], step, c) for c in CHAINS}

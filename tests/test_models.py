@@ -98,15 +98,16 @@ from core.inference.models import cpu_has_native_bf16, inference_dtype, load_mod
 loaded = load_model("smollm2-135m-instruct")
 ask = [{{"role": "user", "content": "What is the capital of France?"}}]
 reply = list(stream_reply(loaded, ask, GenerationSettings(max_new_tokens=12, repetition_penalty=1.0)))[-1]
-print(json.dumps({{"native": cpu_has_native_bf16(), "own": own_kernels.unavailable(), "dtype": str(inference_dtype()),
+print(json.dumps({{"native": cpu_has_native_bf16(), "own": own_kernels.unavailable(), "build": own_kernels.instruction_set(),
+                  "dtype": str(inference_dtype()),
                   "described": loaded.describe(), "text": reply.text}}))
 """
 
 
 def test_a_cpu_without_native_bf16_chats_on_int8_weights(data_home):
     """A CPU that only emulates bf16 (AVX2, as torch runs one here) still chats with int8 weights
-    and bf16 activations, the default, and answers as a bf16 CPU does (only eager decoding keeps
-    fp32 weights there: its bf16 products are emulated); our AVX-512 kernels step aside."""
+    and bf16 activations, the default, on our kernels' AVX2 build, and answers as a bf16 CPU does
+    (only eager decoding keeps fp32 weights there: its bf16 products are emulated)."""
     import subprocess
     import sys
 
@@ -118,10 +119,10 @@ def test_a_cpu_without_native_bf16_chats_on_int8_weights(data_home):
         done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         seen = json.loads(done.stdout.splitlines()[-1])
-        assert seen["native"] is False and seen["own"] == "torch runs its AVX2 kernels here", seen
+        assert seen["native"] is False and seen["build"] == "avx2" and seen["own"] == "", seen
         assert seen["text"] == "The capital of France is Paris.", seen
         if decode == "auto":
-            assert seen["dtype"] == "torch.bfloat16" and "int8 weights, bfloat16 activations" in seen["described"]
+            assert seen["dtype"] == "torch.bfloat16" and "int8 weights, 16-bit activations (own kernels)" in seen["described"]
         else:
             assert seen["dtype"] == "torch.float32" and "(float32, loaded" in seen["described"], seen
 

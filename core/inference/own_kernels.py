@@ -1,26 +1,30 @@
 """Chat's own CPU kernels, where they serve (the default): int8-weight products with
-AVX512-VNNI and a decoding step's attention over the cache slots in use, as torch ops built here
-with g++.
+AVX512-VNNI or AVX2, and a decoding step's attention over the cache slots in use, as torch ops
+built here with g++.
 
     FINETUNE_LAB_CPU_KERNELS=auto|own|torch python app.py   # auto: ours where they serve
     .venv/bin/python -m core.inference.own_kernels     # build them into the model cache, say how it went
 
-- `finetune_lab::w8a8_mm` (kernels/w8a8_vnni.cpp). torch's int8 kernel (core.inference.
+- `finetune_lab::w8a8_mm` (kernels/w8a8_ops.h). torch's int8 kernel (core.inference.
   fast_decode) converts every int8 weight to bf16 before it multiplies. This one quantizes each
   activation row per block of 32 values instead (as llama.cpp's q8_0 does, but to 16 bits, two
-  int8 bytes a value, and each block is one 4-byte lane of 8 chunks of 64 values: the kernel's
-  comment says why), and multiplies bytes by bytes with `vpdpbusd`, on the weight packed in
-  tiles of 16 rows (`pack`): a prompt's pass multiplies dozens of rows, and packed, each load
-  serves them all. Greedy answers keep eager fp32's as the int8 path's do
-  (bench/bench_chat.py reports the agreement).
+  int8 bytes a value, and each block is one 4-byte lane of 8 chunks of 64 values: the header's
+  comment says why), and multiplies integers by integers, on the weight packed in tiles of 16
+  rows (`pack`): a prompt's pass multiplies dozens of rows, and packed, each load serves them
+  all. Two builds compute the same outputs to the bit: bytes by bytes with AVX512-VNNI's
+  `vpdpbusd` (kernels/w8a8_vnni.cpp), or with AVX2's `vpmaddwd` on each value whole
+  (kernels/w8a8_avx2.cpp: AVX2-only CPUs, AVX-512 ones without VNNI, and any CPU torch is told
+  to run as AVX2). Greedy answers keep eager fp32's as the int8 path's do (bench/bench_chat.py
+  reports the agreement).
 - `finetune_lab::one_query_attention` (kernels/decode_attention.cpp): the compiled step's static
   cache has 512 slots, and torch's attention reads all of them every step; this reads each row's
   slots up to the last one its mask lets through (core.inference.decode_attention calls it).
 
-Both are compiled once per source, torch version and machine into `<models>/kernels/` (about
-15 s) and loaded with `torch.ops.load_library`; inside a compiled decode step each is one opaque
-op, as torch's kernels are. Where they cannot be built or run here (no g++, no AVX512-VNNI, not
-x86-64 Linux, weights not bf16), chat keeps torch's kernels and the model's status says why.
+The build the CPU runs (`instruction_set`, as torch runs it) is compiled once per source,
+torch version and machine into `<models>/kernels/` (about 15 s) and loaded with
+`torch.ops.load_library`; inside a compiled decode step each op is one opaque op, as torch's
+kernels are. Where they cannot be built or run here (no g++, no AVX2, not x86-64 Linux, weights
+not bf16), chat keeps torch's kernels and the model's status says why.
 """
 from __future__ import annotations
 
@@ -39,23 +43,38 @@ from core.inference.fast_decode import rows_times_int8 as torch_rows_times_int8
 from core.paths import models_dir
 from core.settings import settings
 
-SOURCES = [Path(__file__).parent / "kernels" / name for name in ("w8a8_vnni.cpp", "decode_attention.cpp")]
+KERNELS = Path(__file__).parent / "kernels"
+# Each build's files to compile and flags: the same ops on each instruction set, both including
+# kernels/w8a8_ops.h.
+BUILDS = {"avx512-vnni": (["w8a8_vnni.cpp", "decode_attention.cpp"], []),
+          "avx2": (["w8a8_avx2.cpp", "decode_attention.cpp"], ["-DFINETUNE_LAB_AVX2"])}
+# Every kernel file: a kept compiled step is named by them too (core.inference.compiled_store).
+SOURCES = [KERNELS / name for name in ("w8a8_ops.h", "w8a8_vnni.cpp", "w8a8_avx2.cpp", "decode_attention.cpp")]
 BLOCK = 32  # activation values per scale: the op takes rows whose width is a multiple of it
-TILE = 16  # weight rows per packed tile: one register of the op's sums
+TILE = 16  # weight rows per packed tile: the 16 outputs each weight load serves
 BUILD_SECONDS = 300
 
 
-def library_file() -> Path:
-    """Where the built ops are kept: named by their sources, torch's version and the machine."""
-    key = hashlib.sha256(b"".join(path.read_bytes() for path in SOURCES)
-                         + f"{torch.__version__} {platform.machine()} {compile_flags()}".encode())
-    return models_dir() / "kernels" / f"own-{key.hexdigest()[:20]}.so"
+def instruction_set() -> str:
+    """The build this CPU runs, as torch runs it: "avx512-vnni", "avx2", or "" (neither)."""
+    capability = torch.backends.cpu.get_cpu_capability()  # ATEN_CPU_CAPABILITY may ask for less than the CPU has
+    if capability == "AVX512" and torch.cpu._is_avx512_supported() and torch.cpu._is_vnni_supported():
+        return "avx512-vnni"
+    return "avx2" if capability in ("AVX512", "AVX2") else ""  # torch's AVX2 needs FMA too, as ours does
 
 
-def compile_flags() -> list[str]:
+def library_file(build: str) -> Path:
+    """Where a build of the ops is kept: named by its sources, torch's version and the machine."""
+    files = [KERNELS / "w8a8_ops.h", *(KERNELS / name for name in BUILDS[build][0])]
+    key = hashlib.sha256(b"".join(path.read_bytes() for path in files)
+                         + f"{build} {torch.__version__} {platform.machine()} {compile_flags(build)}".encode())
+    return models_dir() / "kernels" / f"own-{build}-{key.hexdigest()[:20]}.so"
+
+
+def compile_flags(build: str) -> list[str]:
     torch_dir = Path(torch.__file__).parent
     # -fopenmp: without it at::parallel_for's OpenMP pragma is ignored and the ops run on one core
-    return ["-O3", "-fopenmp", "-std=c++20", "-shared", "-fPIC", "-w",
+    return ["-O3", "-fopenmp", "-std=c++20", "-shared", "-fPIC", "-w", *BUILDS[build][1],
             f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}", f"-I{torch_dir / 'include'}",
             f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{torch_dir / 'lib'}"]
 
@@ -65,32 +84,34 @@ def unavailable() -> str:
     """Why the ops cannot serve here, in a few words; "" once they are built (if need be) and loaded."""
     if platform.system() != "Linux" or platform.machine() != "x86_64":
         return f"they are built for x86-64 Linux, not {platform.system()} {platform.machine()}"
-    if not (torch.cpu._is_avx512_supported() and torch.cpu._is_vnni_supported()):  # AVX512 F/BW/VL/DQ, VNNI
-        return "this CPU has no AVX512-VNNI"
-    if torch.backends.cpu.get_cpu_capability() != "AVX512":  # ATEN_CPU_CAPABILITY asked for less
-        return f"torch runs its {torch.backends.cpu.get_cpu_capability()} kernels here"
+    build = instruction_set()
+    if not build:
+        return ("this CPU has no AVX2" if not torch.cpu._is_avx2_supported()
+                else f"torch runs its {torch.backends.cpu.get_cpu_capability()} kernels here")
     if shutil.which("g++") is None:
         return "no g++ here to build them"
-    path = library_file()
+    path = library_file(build)
     try:
         try:
             torch.ops.load_library(str(path))
         except OSError:  # none kept yet, or a damaged file: build it (again)
-            build(path)
+            compile_build(build, path)
             torch.ops.load_library(str(path))
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         return f"building or loading them failed: {(str(exc).strip() or type(exc).__name__).splitlines()[-1][:160]}"
     return ""
 
 
-def build(path: Path) -> None:
-    """Compile the ops into `path` (written whole or not at all: two processes may build at once)."""
+def compile_build(build: str, path: Path) -> None:
+    """Compile a build of the ops into `path` (written whole or not at all: two processes may
+    build at once)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     print(f"[own kernels] building {path.name} with g++ (once per torch version: about 15 s)", flush=True)
     fd, partial = tempfile.mkstemp(suffix=".so", dir=path.parent)
     os.close(fd)
     try:
-        done = subprocess.run(["g++", *map(str, SOURCES), "-o", partial, *compile_flags()], capture_output=True,
+        sources = [str(KERNELS / name) for name in BUILDS[build][0]]
+        done = subprocess.run(["g++", *sources, "-o", partial, *compile_flags(build)], capture_output=True,
                               text=True, timeout=BUILD_SECONDS)
         if done.returncode != 0:
             raise RuntimeError(done.stderr.strip() or f"g++ exited with {done.returncode}")
@@ -180,4 +201,4 @@ def serves(model: torch.nn.Module) -> bool:
 
 
 if __name__ == "__main__":
-    print(unavailable() or f"ready: {library_file()}")
+    print(unavailable() or f"ready: {library_file(instruction_set())}")

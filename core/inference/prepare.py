@@ -7,7 +7,7 @@ before anyone asks (`at_app_start`).
 
 It loads the default chat model as the app does (core.settings.declare_serving), so it prepares
 exactly what the settings pick here and nothing more: no kernels where torch's serve
-(FINETUNE_LAB_CPU_KERNELS=torch, or a CPU without AVX512-VNNI), no compiled step where the app
+(FINETUNE_LAB_CPU_KERNELS=torch, or a CPU without AVX2), no compiled step where the app
 would not compile one (FINETUNE_LAB_DECODE=int8 or eager, a GPU).
 Models added later still convert and compile on first use.
 """

@@ -1,7 +1,8 @@
 // One decoding step's attention over a static KV cache, reading only the slots in use: the
 // torch op finetune_lab::one_query_attention.
 //
-// Built with w8a8_vnni.cpp into one library by core.inference.own_kernels. A static cache has a
+// Built into each of core.inference.own_kernels' libraries: with w8a8_vnni.cpp on AVX-512, and
+// with w8a8_avx2.cpp and FINETUNE_LAB_AVX2 defined, 8 floats a register. A static cache has a
 // fixed number of slots (512 in the compiled step) and a mask that hides the empty ones, and
 // torch's attention kernel reads all of them every step. This op finds each batch row's last
 // slot the mask lets through and stops there: the slots after it add exactly nothing to the
@@ -20,11 +21,43 @@
 
 namespace {
 
-__attribute__((target("avx512f")))
-inline __m512 load16(const at::BFloat16* x) {
+#ifdef FINETUNE_LAB_AVX2
+#define VECTOR_ISA "avx2,fma"
+using Floats = __m256;
+constexpr int64_t kFloats = 8;
+
+__attribute__((target(VECTOR_ISA)))
+inline Floats load_floats(const at::BFloat16* x) {
+  __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+}
+__attribute__((target(VECTOR_ISA))) inline Floats zeros() { return _mm256_setzero_ps(); }
+__attribute__((target(VECTOR_ISA))) inline Floats broadcast(float x) { return _mm256_set1_ps(x); }
+__attribute__((target(VECTOR_ISA))) inline Floats fmadd(Floats a, Floats b, Floats c) { return _mm256_fmadd_ps(a, b, c); }
+__attribute__((target(VECTOR_ISA))) inline Floats load(const float* x) { return _mm256_loadu_ps(x); }
+__attribute__((target(VECTOR_ISA))) inline void store(float* x, Floats v) { _mm256_storeu_ps(x, v); }
+__attribute__((target(VECTOR_ISA))) inline float total(Floats v) {
+  __m128 four = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  __m128 two = _mm_add_ps(four, _mm_movehl_ps(four, four));
+  return _mm_cvtss_f32(_mm_add_ss(two, _mm_movehdup_ps(two)));
+}
+#else
+#define VECTOR_ISA "avx512f"
+using Floats = __m512;
+constexpr int64_t kFloats = 16;
+
+__attribute__((target(VECTOR_ISA)))
+inline Floats load_floats(const at::BFloat16* x) {
   __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
 }
+__attribute__((target(VECTOR_ISA))) inline Floats zeros() { return _mm512_setzero_ps(); }
+__attribute__((target(VECTOR_ISA))) inline Floats broadcast(float x) { return _mm512_set1_ps(x); }
+__attribute__((target(VECTOR_ISA))) inline Floats fmadd(Floats a, Floats b, Floats c) { return _mm512_fmadd_ps(a, b, c); }
+__attribute__((target(VECTOR_ISA))) inline Floats load(const float* x) { return _mm512_loadu_ps(x); }
+__attribute__((target(VECTOR_ISA))) inline void store(float* x, Floats v) { _mm512_storeu_ps(x, v); }
+__attribute__((target(VECTOR_ISA))) inline float total(Floats v) { return _mm512_reduce_add_ps(v); }
+#endif
 
 // How many of row b's leading slots its mask lets through (the slots after the last one add nothing).
 int64_t slots_in_use(const bool* allowed, const float* added, int64_t b, int64_t S) {
@@ -36,15 +69,15 @@ int64_t slots_in_use(const bool* allowed, const float* added, int64_t b, int64_t
 
 // One (batch row, key/value head): its G queries over its first `slots` keys. `allowed` (a bool
 // mask) or `added` (a float one) is row b's mask, or null.
-__attribute__((target("avx512f")))
+__attribute__((target(VECTOR_ISA)))
 void head_attention(const at::BFloat16* q, const at::BFloat16* k, const at::BFloat16* v, const bool* allowed,
                     const float* added, at::BFloat16* out, int64_t G, int64_t D, int64_t slots, float scale) {
   std::vector<float> scores(G * slots);
   for (int64_t s = 0; s < slots; ++s) {
     for (int64_t g = 0; g < G; ++g) {
-      __m512 sum = _mm512_setzero_ps();
-      for (int64_t d = 0; d < D; d += 16) sum = _mm512_fmadd_ps(load16(q + g * D + d), load16(k + s * D + d), sum);
-      float score = _mm512_reduce_add_ps(sum) * scale;
+      Floats sum = zeros();
+      for (int64_t d = 0; d < D; d += kFloats) sum = fmadd(load_floats(q + g * D + d), load_floats(k + s * D + d), sum);
+      float score = total(sum) * scale;
       if (allowed != nullptr && !allowed[s]) score = -std::numeric_limits<float>::infinity();
       if (added != nullptr) score += added[s];
       scores[g * slots + s] = score;
@@ -57,9 +90,8 @@ void head_attention(const at::BFloat16* q, const at::BFloat16* k, const at::BFlo
     for (int64_t s = 0; s < slots; ++s) total += (row[s] = std::isinf(top) ? 0.f : std::exp(row[s] - top));
     std::vector<float> acc(D, 0.f);
     for (int64_t s = 0; s < slots; ++s) {
-      __m512 weight = _mm512_set1_ps(row[s]);
-      for (int64_t d = 0; d < D; d += 16)
-        _mm512_storeu_ps(acc.data() + d, _mm512_fmadd_ps(weight, load16(v + s * D + d), _mm512_loadu_ps(acc.data() + d)));
+      Floats weight = broadcast(row[s]);
+      for (int64_t d = 0; d < D; d += kFloats) store(acc.data() + d, fmadd(weight, load_floats(v + s * D + d), load(acc.data() + d)));
     }
     float inverse = total > 0.f ? 1.f / total : 0.f;
     for (int64_t d = 0; d < D; ++d) out[g * D + d] = at::BFloat16(acc[d] * inverse);

@@ -1,52 +1,27 @@
-// Int8 weights times int8 activations with AVX512-VNNI: the torch ops finetune_lab::w8a8_mm, and
-// w8a8_lora_mm, which adds a LoRA adapter's s B to the last rows in the same call.
+// The int8 ops finetune_lab::w8a8_mm and w8a8_lora_mm with AVX512-VNNI (what they compute, and
+// what the AVX2 build shares with this one: w8a8_ops.h). Built with decode_attention.cpp into one
+// library by core.inference.own_kernels (g++ against torch's headers, kept in the model cache).
 //
-// Built with decode_attention.cpp into one library by core.inference.own_kernels (g++ against
-// torch's headers, kept in the model cache).
-// y[m, n] = scales[n] * sum_b sx[m, b] * sum_{k in block b} w[n, k] * xq[m, k]: each row of the
-// activations is quantized per block of 32 values with one float scale, as llama.cpp's q8_0
-// does, but to 16 bits, not 8: each value is two int8 bytes, xq = 254 * high + low, the high
-// byte in steps of the block's largest / 127 and the low one in 1/254 of those. One byte a
-// value moved greedy answers: on SmolLM2 a step's logits were 0.30 from fp32's on average
-// against torch's int8 path's 0.27 (bf16 activations), with two bytes 0.27. vpdpbusd sums each
-// byte's products into a register of its own, and the two become one integer before any
-// rounding. Nor are a block's values 32 neighbours: the row goes in chunks of 64 bytes, 16
-// lanes of 4, and a block is one lane's 4 values in each of 8 chunks (a group). A block's
-// integer sum then runs over its 8 chunks before one conversion and one scaling.
-//
-// The weight comes packed (own_kernels.pack): for each tile of 16 output rows, lane by lane,
-// chunk by chunk, the tile's 16 rows' 4 bytes of that lane, each byte w + 128. One 64-byte load
-// then holds 16 outputs' weights for one lane of one chunk, and vpdpbusd multiplies it by that
-// lane's 4 activation bytes (high, then low), broadcast: 16 outputs' sums in one register,
-// none to add up across a register's lanes at the end. Several rows share each load and several
-// tiles each broadcast, so a prompt's pass (dozens of rows) is arithmetic, not loads: Compare's two
-// prompts of 37 tokens took 40 ms of products, not 74, with the weights as plain rows (SmolLM2,
-// a 2-core Xeon without AMX). vpdpbusd multiplies unsigned by signed bytes: hence w + 128, and each
-// block's sums start from -128 * (the sum of its high, of its low bytes), so each ends as the
-// exact integer sum(w * byte). (Taking the offset off after the float sum instead lost the
-// answer to rounding where a block held a large activation.)
-// Every output's arithmetic is one fixed sequence: per lane, its blocks' scaled sums added group
-// by group, then the 16 lanes added pairwise (as _mm512_reduce_add_ps adds a register, the
-// order the kernel before packing used, so its answers are the same to the bit). So a row's
-// answer does not depend on the batch it is in, nor on how its outputs were tiled.
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+// vpdpbusd sums each byte's products into a register of its own, and the two become one integer
+// before any rounding. Each weight stretch is one 64-byte load of 16 outputs' weights for one
+// lane of one chunk, and vpdpbusd multiplies it by that lane's 4 activation bytes (high, then
+// low), broadcast: 16 outputs' sums in one register, none to add up across a register's lanes
+// at the end. Several rows share each load and several tiles each broadcast, so a prompt's pass
+// (dozens of rows) is arithmetic, not loads: Compare's two prompts of 37 tokens took 40 ms of
+// products, not 74, with the weights as plain rows (SmolLM2, a 2-core Xeon without AMX).
+// vpdpbusd multiplies unsigned by signed bytes: hence w + 128, and each block's sums start from
+// -128 * (the sum of its high, of its low bytes), so each ends as the exact integer
+// sum(w * byte). (Taking the offset off after the float sum instead lost the answer to rounding
+// where a block held a large activation.) The 16 lanes are added pairwise in the order the
+// kernel before packing used (_mm512_reduce_add_ps), so its answers are the same to the bit.
+#include "w8a8_ops.h"
+
 #include <immintrin.h>
 
-#include <cstdint>
 #include <cstring>
-#include <vector>
 
 namespace {
 
-constexpr int64_t kWidthStep = 32;  // the rows' width is a multiple of it (own_kernels.BLOCK)
-constexpr int64_t kChunk = 64;      // bytes per AVX512 load: 16 lanes of 4 values
-constexpr int64_t kLanes = 16;
-constexpr int64_t kTile = 16;       // output rows per packed tile: one register of sums
-constexpr int64_t kGroupChunks = 8; // chunks whose lanes share one scale each (a block of 32 values)
-constexpr int64_t kSerialBytes = 1 << 17;  // smaller weights: one thread (waking the other costs more)
-constexpr int32_t kLowSteps = 254;  // a low byte's steps per step of the high byte
 // Each weight stream is asked for into cache this far ahead of its loads, so memory is read
 // while the chunk before is multiplied. A step's 211 products (134 MB of int8 weights) ran in
 // 3.63 ms against 4.06 with one row, and 3.89 against 4.77 with two (medians of six processes
@@ -55,19 +30,6 @@ constexpr int32_t kLowSteps = 254;  // a low byte's steps per step of the high b
 // one beside it, which another column is reading already: a step's 121 products, one row 0.09-0.14
 // ms faster, two rows 0.10-0.20 (bench/kernel_pair.py: paired medians of 40 rounds).
 constexpr int64_t kPrefetchAhead = 1024;
-
-// The activation rows, ready for vpdpbusd: each value as two int8 bytes, high and low (each row
-// padded with zeros to whole chunks), and per row, group and lane the block's scale (of a low
-// byte's step) and the starts of its two sums (-128 * the sum of its high, of its low bytes).
-struct QuantizedRows {
-  int64_t chunks, groups;
-  std::vector<int8_t> high, low;
-  std::vector<float> scale;
-  std::vector<int32_t> start_high, start_low;
-  const int8_t* high_row(int64_t m) const { return high.data() + m * chunks * kChunk; }
-  const int8_t* low_row(int64_t m) const { return low.data() + m * chunks * kChunk; }
-  int64_t block(int64_t m, int64_t g, int64_t lane) const { return (m * groups + g) * kLanes + lane; }
-};
 
 // 16 bf16 values as floats (a bf16 is the top half of a float's bits), those at or past `valid` as 0.
 __attribute__((target("avx512f,avx512bw,avx512vl")))
@@ -135,7 +97,7 @@ void quantize_row(const at::BFloat16* x, int64_t K, int64_t m, QuantizedRows& q)
 QuantizedRows quantize_rows(const at::BFloat16* x, int64_t M, int64_t K) {
   int64_t chunks = (K + kChunk - 1) / kChunk, groups = (chunks + kGroupChunks - 1) / kGroupChunks;
   QuantizedRows q{chunks, groups, std::vector<int8_t>(M * chunks * kChunk), std::vector<int8_t>(M * chunks * kChunk),
-                  std::vector<float>(M * groups * kLanes), std::vector<int32_t>(M * groups * kLanes),
+                  {}, std::vector<float>(M * groups * kLanes), std::vector<int32_t>(M * groups * kLanes),
                   std::vector<int32_t>(M * groups * kLanes)};
   at::parallel_for(0, M, 8, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) quantize_row(x + m * K, K, m, q);
@@ -258,48 +220,6 @@ void rows_times_tiles(const QuantizedRows& q, int64_t m_begin, int64_t m_end, co
   }
 }
 
-// Every row times the weight's first `tiles` tiles; then `after(t0, t1)` on the thread that
-// computed tiles [t0, t1). Each thread takes a run of tiles and multiplies it by every group of
-// rows in turn, so the run is read from memory once and from cache for the other groups.
-template <typename After>
-void all_products(const QuantizedRows& q, int64_t M, const uint8_t* packed, const at::BFloat16* scales,
-                  at::BFloat16* out, int64_t N, int64_t tiles, After after) {
-  int64_t K = q.chunks * kChunk;
-  at::parallel_for(0, tiles, N * K < kSerialBytes ? tiles : 4, [&](int64_t t0, int64_t t1) {
-    rows_times_tiles(q, 0, M, packed, scales, out, N, t0, t1);
-    after(t0, t1);
-  });
-}
-
-// rows (M, K) bf16; packed (tiles, 16 lanes, chunks, 64) uint8 as own_kernels.pack makes it;
-// scales (N) bf16, N = 16 * tiles.
-void check_rows_and_weight(const at::Tensor& rows, const at::Tensor& packed, const at::Tensor& scales, const char* op) {
-  TORCH_CHECK(rows.dim() == 2 && rows.scalar_type() == at::kBFloat16 && rows.size(1) % kWidthStep == 0,
-              op, ": bf16 rows (M, K), K a multiple of 32");
-  int64_t chunks = (rows.size(1) + kChunk - 1) / kChunk;
-  TORCH_CHECK(packed.dim() == 4 && packed.scalar_type() == at::kByte && packed.size(1) == kLanes &&
-              packed.size(2) == chunks && packed.size(3) == kChunk && scales.size(0) == packed.size(0) * kTile,
-              op, ": a weight packed by own_kernels.pack for rows of this width");
-  TORCH_CHECK(scales.dim() == 1 && scales.scalar_type() == at::kBFloat16, op, ": bf16 scales, one per output");
-}
-
-at::Tensor w8a8_mm(const at::Tensor& rows, const at::Tensor& packed, const at::Tensor& scales) {
-  check_rows_and_weight(rows, packed, scales, "w8a8_mm");
-  int64_t M = rows.size(0), K = rows.size(1), N = scales.size(0);
-  auto x = rows.contiguous();
-  auto p = packed.contiguous();
-  auto s = scales.contiguous();
-  auto out = at::empty({M, N}, x.options());
-  QuantizedRows q = quantize_rows(x.data_ptr<at::BFloat16>(), M, K);
-  all_products(q, M, p.data_ptr<uint8_t>(), s.data_ptr<at::BFloat16>(), out.data_ptr<at::BFloat16>(), N, N / kTile,
-               [](int64_t, int64_t) {});
-  return out;
-}
-
-at::Tensor w8a8_mm_meta(const at::Tensor& rows, const at::Tensor& packed, const at::Tensor& scales) {
-  return at::empty({rows.size(0), scales.size(0)}, rows.options());
-}
-
 // Outputs [16 t0, 16 t1) of one row of y, in place, plus its s B: per output
 // (sum_r xa[from[t] + r] * b[r, n]) * sb[n] in fp32, rounded to bf16 as a bf16 tensor would hold
 // it, then added to y; a tile with from[t] < 0 has no adapter and stays as it is. b int8 by tile
@@ -325,83 +245,4 @@ void add_lora(at::BFloat16* y, const float* xa, const int8_t* b, const at::BFloa
   }
 }
 
-// An adapter's parts as w8a8_lora_mm reads them from one byte tensor (own_kernels.pack_adapter),
-// in this order: A packed as own_kernels.pack packs a weight (its rank padded to 16; for layers
-// sharing an input, their A's one under another), s B by tile (N / 16, rank, 16) int8, each
-// tile's start in x A (N / 16) int64, A's scales (a_rows) bf16, then s B's (N) bf16. One tensor,
-// not five: each tensor argument costs the op's call from Python, and the compiled step's code
-// a load from the module tree, 120 times a step.
-struct AdapterParts {
-  const uint8_t* a;
-  const int8_t* b;
-  const int64_t* from;
-  const at::BFloat16* a_scales;
-  const at::BFloat16* b_scales;
-};
-
-AdapterParts adapter_parts(const at::Tensor& adapter, int64_t a_rows, int64_t rank, int64_t chunks, int64_t N) {
-  int64_t a_bytes = a_rows * chunks * kChunk, b_bytes = N * rank, from_bytes = N / kTile * 8;
-  TORCH_CHECK(adapter.dim() == 1 && adapter.scalar_type() == at::kByte && adapter.is_contiguous() &&
-              reinterpret_cast<uintptr_t>(adapter.data_ptr()) % kChunk == 0 &&
-              a_rows % kTile == 0 && 0 < rank && rank <= a_rows &&
-              adapter.numel() == a_bytes + b_bytes + from_bytes + 2 * (a_rows + N),
-              "w8a8_lora_mm: an adapter packed by own_kernels.pack_adapter for this weight, rank and A");
-  const uint8_t* bytes = adapter.data_ptr<uint8_t>();
-  const int64_t* from = reinterpret_cast<const int64_t*>(bytes + a_bytes + b_bytes);
-  for (int64_t t = 0; t < N / kTile; ++t)
-    TORCH_CHECK(from[t] < 0 || from[t] + rank <= a_rows, "w8a8_lora_mm: a tile's x A starts past A's rows");
-  const at::BFloat16* scales = reinterpret_cast<const at::BFloat16*>(bytes + a_bytes + b_bytes + from_bytes);
-  return {bytes, reinterpret_cast<const int8_t*>(bytes + a_bytes), from, scales, scales + a_rows};
-}
-
-// A layer and a LoRA adapter on the last `tuned` rows, in one call (Compare's tuned pane): the
-// layer's weight `packed` and the adapter's parts (AdapterParts). Each thread multiplies every
-// row by its run of the layer's tiles, then the tuned rows by A's tiles (x A; the base rows need
-// none), and adds s B to the tuned rows' outputs in its run while they are in cache. Both
-// threads compute x A: it is a tile or a few, and one thread computing it first while the other
-// waited cost Compare 0.5 ms a step (SmolLM2, the 2-core EPYC). In the compiled Compare step
-// that is one call a layer (or a group of layers) where the sum in inductor's code was a kernel
-// more (core.inference.compiled_views).
-at::Tensor w8a8_lora_mm(const at::Tensor& rows, const at::Tensor& packed, const at::Tensor& scales,
-                        const at::Tensor& adapter, int64_t a_rows, int64_t rank, int64_t tuned) {
-  check_rows_and_weight(rows, packed, scales, "w8a8_lora_mm");
-  int64_t M = rows.size(0), K = rows.size(1), N = scales.size(0);
-  TORCH_CHECK(0 <= tuned && tuned <= M, "w8a8_lora_mm: tuned rows among the rows");
-  auto x = rows.contiguous();
-  auto p = packed.contiguous();
-  auto s = scales.contiguous();
-  QuantizedRows q = quantize_rows(x.data_ptr<at::BFloat16>(), M, K);
-  AdapterParts lora = adapter_parts(adapter, a_rows, rank, q.chunks, N);
-  auto out = at::empty({M, N}, x.options());
-  at::BFloat16* y = out.data_ptr<at::BFloat16>();
-  all_products(q, M, p.data_ptr<uint8_t>(), s.data_ptr<at::BFloat16>(), y, N, N / kTile, [&](int64_t t0, int64_t t1) {
-    std::vector<at::BFloat16> xa(M * a_rows);  // rows of x A, the tuned ones filled
-    rows_times_tiles(q, M - tuned, M, lora.a, lora.a_scales, xa.data(), a_rows, 0, a_rows / kTile);
-    for (int64_t m = M - tuned; m < M; ++m) {
-      std::vector<float> row(xa.data() + m * a_rows, xa.data() + (m + 1) * a_rows);
-      add_lora(y + m * N, row.data(), lora.b, lora.b_scales, rank, lora.from, t0, t1);
-    }
-  });
-  return out;
-}
-
-at::Tensor w8a8_lora_mm_meta(const at::Tensor& rows, const at::Tensor& packed, const at::Tensor& scales,
-                             const at::Tensor& adapter, int64_t a_rows, int64_t rank, int64_t tuned) {
-  return at::empty({rows.size(0), scales.size(0)}, rows.options());
-}
-
 }  // namespace
-
-TORCH_LIBRARY(finetune_lab, m) {
-  m.def("w8a8_mm(Tensor rows, Tensor packed, Tensor scales) -> Tensor");
-  m.def("w8a8_lora_mm(Tensor rows, Tensor packed, Tensor scales, Tensor adapter, int a_rows, int rank, int tuned) -> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(finetune_lab, CPU, m) {
-  m.impl("w8a8_mm", &w8a8_mm);
-  m.impl("w8a8_lora_mm", &w8a8_lora_mm);
-}
-TORCH_LIBRARY_IMPL(finetune_lab, Meta, m) {
-  m.impl("w8a8_mm", &w8a8_mm_meta);
-  m.impl("w8a8_lora_mm", &w8a8_lora_mm_meta);
-}
