@@ -21,7 +21,7 @@ built here with g++.
   slots up to the last one its mask lets through (core.inference.decode_attention calls it).
 
 The build the CPU runs (`instruction_set`, as torch runs it) is compiled once per source,
-torch version and machine into `<models>/kernels/` (about 15 s) and loaded with
+torch version and machine into `<models>/kernels/` (about 10 s) and loaded with
 `torch.ops.load_library`; inside a compiled decode step each op is one opaque op, as torch's
 kernels are. Where they cannot be built or run here (no g++, no AVX2, not x86-64 Linux, weights
 not bf16), chat keeps torch's kernels and the model's status says why.
@@ -106,7 +106,7 @@ def compile_build(build: str, path: Path) -> None:
     """Compile a build of the ops into `path` (written whole or not at all: two processes may
     build at once)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    print(f"[own kernels] building {path.name} with g++ (once per torch version: about 15 s)", flush=True)
+    print(f"[own kernels] building {path.name} with g++ (once per torch version: about 10 s)", flush=True)
     fd, partial = tempfile.mkstemp(suffix=".so", dir=path.parent)
     os.close(fd)
     try:

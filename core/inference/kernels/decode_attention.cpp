@@ -9,7 +9,8 @@
 // softmax. query (B, H, G, D): the G query heads that share key/value head h, packed as
 // core.inference.decode_attention packs them; key, value (B, H, S, D); mask (B, 1, 1, S), bool
 // (true: attend) or added to the scores, or none. Scores, softmax and sums are fp32.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <immintrin.h>

@@ -25,7 +25,8 @@
 // two kernels computed it: they agree to the bit (tests/test_own_kernels.py).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
