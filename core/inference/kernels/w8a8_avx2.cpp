@@ -110,6 +110,18 @@ inline void lane_sums(const __m256i pairs[4], __m256& low, __m256& high) {
   high = _mm256_cvtepi32_ps(_mm256_permute4x64_epi64(_mm256_hadd_epi32(pairs[2], pairs[3]), 0xD8));
 }
 
+// Outputs [first, first + 8) of a tile from the 16 lanes' sums: added pairwise (lanes i and
+// i + 8, then i + 4, i + 2, i + 1, as the VNNI kernel adds them), scaled, and stored as bf16.
+__attribute__((target("avx2,fma")))
+inline void store_outputs(const float (*lanes)[kTile], int first, const at::BFloat16* scales, at::BFloat16* out) {
+  __m256 half[8], quarter[4], eighth[2];
+  for (int i = 0; i < 8; ++i) half[i] = _mm256_add_ps(_mm256_load_ps(lanes[i] + first), _mm256_load_ps(lanes[i + 8] + first));
+  for (int i = 0; i < 4; ++i) quarter[i] = _mm256_add_ps(half[i], half[i + 4]);
+  for (int i = 0; i < 2; ++i) eighth[i] = _mm256_add_ps(quarter[i], quarter[i + 2]);
+  __m256 total = _mm256_add_ps(eighth[0], eighth[1]);
+  store_bf16(out + first, _mm256_mul_ps(total, load8_bf16(scales + first, 8)));
+}
+
 // Rows [m0, m0 + kRows) times the packed tile t, into out[m * N + n].
 template <int kRows>
 __attribute__((target("avx2,fma")))
@@ -155,16 +167,8 @@ void tile_products(const QuantizedRows& q, int64_t m0, const uint8_t* packed, co
     }
   }
   for (int r = 0; r < kRows; ++r)
-    for (int part = 0; part < 2; ++part) {  // outputs 0-7, then 8-15 of the tile
-      int64_t n = t * kTile + 8 * part;
-      __m256 half[8], quarter[4], eighth[2];  // lanes i and i + 8, then i + 4, i + 2, i + 1
-      for (int i = 0; i < 8; ++i)
-        half[i] = _mm256_add_ps(_mm256_load_ps(lanes[r][i] + 8 * part), _mm256_load_ps(lanes[r][i + 8] + 8 * part));
-      for (int i = 0; i < 4; ++i) quarter[i] = _mm256_add_ps(half[i], half[i + 4]);
-      for (int i = 0; i < 2; ++i) eighth[i] = _mm256_add_ps(quarter[i], quarter[i + 2]);
-      __m256 total = _mm256_add_ps(eighth[0], eighth[1]);
-      store_bf16(out + (m0 + r) * N + n, _mm256_mul_ps(total, load8_bf16(scales + n, 8)));
-    }
+    for (int part = 0; part < 2; ++part)  // outputs 0-7, then 8-15 of the tile
+      store_outputs(lanes[r], 8 * part, scales + t * kTile, out + (m0 + r) * N + t * kTile);
 }
 
 QuantizedRows quantize_rows(const at::BFloat16* x, int64_t M, int64_t K) {
