@@ -1,8 +1,8 @@
 """Our own CPU kernels (core.inference.own_kernels): the int8 x int8 product against an fp32
 reference of its own arithmetic, each row alone, the fallbacks; the one-query attention against
 float64 and torch's kernel; the real packaged SmolLM2 on both, alone and in Compare; a
-compiled step that runs on them (tiny random Llama); and the AVX2 build against the AVX512-VNNI
-one, where the CPU runs both.
+compiled step that runs on them (tiny random Llama); the AVX2 build against the AVX512-VNNI
+one, where the CPU runs both; and a build that fails.
 
     .venv/bin/python -m pytest tests/test_own_kernels.py
 """
@@ -316,3 +316,16 @@ def test_the_avx2_build_answers_as_the_vnni_build_to_the_bit(tmp_path):
                                                attn_mask=mask.to(mask_as))
         torchs = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=0.125)
         assert (got.double() - exact).abs().max() <= 1.5 * (torchs.double() - exact).abs().max()
+
+
+def test_a_failed_build_says_why_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    """g++'s own message comes back (the model's status shows it), and no library or half-built
+    object stays in the model cache: the next start builds again."""
+    (tmp_path / "fine.cpp").write_text("int kernel() { return 0; }\n")
+    (tmp_path / "broken.cpp").write_text("int kernel( {\n")  # compiled beside the fine one
+    monkeypatch.setattr(own_kernels, "KERNELS", tmp_path)
+    monkeypatch.setitem(own_kernels.BUILDS, "avx2", (["fine.cpp", "broken.cpp"], []))
+    library = tmp_path / "kernels" / "own-avx2-test.so"
+    with pytest.raises(RuntimeError, match="expected"):
+        own_kernels.compile_build("avx2", library)
+    assert list(library.parent.iterdir()) == []
