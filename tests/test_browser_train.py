@@ -1,6 +1,8 @@
 """The whole Train flow in Chromium: start, live curve, reload mid-run, result, compare in Chat."""
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from tests.browser import browser_page, pick, shoot
@@ -124,12 +126,15 @@ def test_yaml_download_is_served_with_the_data_dir_outside_temp(app_server, data
         page.get_by_label("Recipe (loads its settings)").fill("tiny")
         pick(page.get_by_role("option", name="tiny"))
         page.get_by_text("Equivalent CLI command and YAML").click()
-        # On a busy machine the default config's file can show before the recipe's: wait for it.
-        page.wait_for_function("() => document.body.innerText.includes('max_steps: 6')", timeout=60_000)
-        page.wait_for_timeout(1000)  # any answer still in flight lands: none may be a half-set form
-        link = page.locator("a[data-testid='download-link'][href*='train-config-']").first
+        # The file is named by its text (tabs/train.py cli_preview). Waiting for the recipe's
+        # text was not enough: once, on a busy machine, the first link still served the
+        # default config's file a second after. So wait for the recipe's own link.
+        want = load_config("tiny").to_yaml()
+        name = f"train-config-{hashlib.sha1(want.encode()).hexdigest()[:10]}.yaml"
+        link = page.locator(f"a[data-testid='download-link'][href*='{name}']").first
+        link.wait_for(timeout=60_000)
         body = page.request.get(link.get_attribute("href")).text()
-        assert body == load_config("tiny").to_yaml(), body  # the whole recipe, nothing of the defaults
+        assert body == want, body  # the whole recipe, nothing of the defaults
         shoot(page, "train-yaml-download.png", full_page=True)
 
 
