@@ -21,7 +21,7 @@ built here with g++.
   slots up to the last one its mask lets through (core.inference.decode_attention calls it).
 
 The build the CPU runs (`instruction_set`, as torch runs it) is compiled once per source,
-torch version and machine into `<models>/kernels/` (about 6 s) and loaded with
+torch version and machine into `<models>/kernels/` (about 10 s) and loaded with
 `torch.ops.load_library`; inside a compiled decode step each op is one opaque op, as torch's
 kernels are. Where they cannot be built or run here (no g++, no AVX2, not x86-64 Linux, weights
 not bf16), chat keeps torch's kernels and the model's status says why.
@@ -104,27 +104,20 @@ def unavailable() -> str:
 
 def compile_build(build: str, path: Path) -> None:
     """Compile a build of the ops into `path` (written whole or not at all: two processes may
-    build at once). Each source compiles in a g++ of its own, at the same time (5.6 s against
-    10.3 one after the other, on 2 cores), then they are linked."""
+    build at once)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    print(f"[own kernels] building {path.name} with g++ (once per torch version: about 6 s)", flush=True)
-    flags, sources = compile_flags(build), BUILDS[build][0]
-    with tempfile.TemporaryDirectory(dir=path.parent) as work:
-        objects = [f"{work}/{name}.o" for name in sources]
-        compiling = [subprocess.Popen(["g++", "-c", str(KERNELS / name), "-o", obj, *flags], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, text=True) for name, obj in zip(sources, objects)]
-        errors = [process.communicate(timeout=BUILD_SECONDS)[1] for process in compiling]
-        for process, error in zip(compiling, errors):
-            _check(process.returncode, error)
-        linked = subprocess.run(["g++", *objects, "-o", f"{work}/ops.so", *flags], capture_output=True, text=True,
-                                timeout=BUILD_SECONDS)
-        _check(linked.returncode, linked.stderr)
-        os.replace(f"{work}/ops.so", path)
-
-
-def _check(code: int, errors: str) -> None:
-    if code != 0:
-        raise RuntimeError(errors.strip() or f"g++ exited with {code}")
+    print(f"[own kernels] building {path.name} with g++ (once per torch version: about 10 s)", flush=True)
+    fd, partial = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    os.close(fd)
+    try:
+        sources = [str(KERNELS / name) for name in BUILDS[build][0]]
+        done = subprocess.run(["g++", *sources, "-o", partial, *compile_flags(build)], capture_output=True,
+                              text=True, timeout=BUILD_SECONDS)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr.strip() or f"g++ exited with {done.returncode}")
+        os.replace(partial, path)
+    finally:
+        Path(partial).unlink(missing_ok=True)
 
 
 def pack(qweight: torch.Tensor) -> torch.Tensor | None:
