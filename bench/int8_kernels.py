@@ -12,10 +12,10 @@ product once, in model order, so every weight comes from memory as it does in a 
   q8_0 multiplies): a w8a8 path the app does not take, for its kernel speed;
 - `inductor_int8`: inductor's own code for the int8 product (dequantize, multiply, sum) over
   all the layers as one compiled graph;
-- `app_vnni_w8a8` (`app_avx2_w8a8`): not a torch kernel but the app's own, where g++ is here and the CPU has
-  AVX2 (core.inference.own_kernels, FINETUNE_LAB_CPU_KERNELS=own): the row quantized per block
-  of 32 values (as llama.cpp's q8_0, though not 32 neighbours), multiplied with `vpdpbusd`
-  (AVX512-VNNI) or `vpmaddwd` (AVX2).
+- `app_vnni_w8a8` (`app_avx2_w8a8`): not a torch kernel but the app's own, where g++ is here
+  and the CPU has AVX2 (core.inference.own_kernels, FINETUNE_LAB_CPU_KERNELS=own): the row
+  quantized per block of 32 values (as llama.cpp's q8_0, though not 32 neighbours), multiplied
+  with `vpdpbusd` (AVX512-VNNI) or `vpmaddwd` (AVX2).
 
 Figures: milliseconds per step (the best of `repeats`), effective GB/s (weight bytes over time)
 and `share_of_bandwidth` (against summing a 1 GB tensor), and the best kernel over the app's.

@@ -42,7 +42,7 @@ from core.inference.fast_decode import quantized_rows  # noqa: E402
 
 BUILD = own_kernels.instruction_set()
 SOURCE = f"core/inference/kernels/{own_kernels.BUILDS[BUILD][0][0]}" if BUILD else ""
-HEADER = "core/inference/kernels/w8a8_ops.h"  # included by the kernels since the AVX2 build
+HEADER = str(own_kernels.SHARED_HEADER.relative_to(ROOT))  # included by the kernels since the AVX2 build
 # SmolLM2-135M: per layer q/k/v (960 outputs from 576), o (576 from 576), gate/up (3072 from
 # 576), down (576 from 1536), the layers each product holds; 30 layers; the LM head 49152 x 576.
 LAYER_SHAPES = [(960, 576, 3), (576, 576, 1), (3072, 576, 2), (576, 1536, 1)]
@@ -52,7 +52,13 @@ CHAINS = ("one_row", "two_rows", "two_rows_adapter")
 
 def with_header(source: str, header: str) -> str:
     """The kernel's C++ text with its shared header's text in place of the #include."""
-    return source.replace('#include "w8a8_ops.h"', header)
+    return source.replace(f'#include "{own_kernels.SHARED_HEADER.name}"', header)
+
+
+def text_at(revision: str, path: str, check: bool = True) -> str:
+    """A file's text at a git revision ("" where it is missing and `check` is off)."""
+    return subprocess.run(["git", "-C", str(ROOT), "show", f"{revision}:{path}"], capture_output=True, text=True,
+                          check=check).stdout
 
 
 def built_ops(name: str, source: str):
@@ -159,9 +165,9 @@ def main() -> None:
     args = arguments()
     if own_kernels.unavailable():
         raise SystemExit(f"Our kernels cannot run here: {own_kernels.unavailable()}.")
-    against, against_header = (subprocess.run(["git", "-C", str(ROOT), "show", f"{args.against}:{path}"],
-                                              capture_output=True, text=True).stdout for path in (SOURCE, HEADER))
-    texts = {"against_" + "".join(ch if ch.isalnum() else "_" for ch in args.against): with_header(against, against_header)}
+    # the header is "" at revisions before the AVX2 build, whose kernel was one file
+    against = with_header(text_at(args.against, SOURCE), text_at(args.against, HEADER, check=False))
+    texts = {"against_" + "".join(ch if ch.isalnum() else "_" for ch in args.against): against}
     header = (ROOT / HEADER).read_text()
     for item in args.variant:
         name, _, path = item.partition("=")

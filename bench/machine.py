@@ -5,8 +5,9 @@
 
 The bench scripts put this into their last JSON line, so a figure in BENCHMARKS.md carries the
 hardware it was measured on (bf16 speed-ups need AVX512-BF16 or AMX; the int8 kernels use
-AVX-512 or AVX2, and `own_kernels_build` says which build of ours the CPU runs). `matmul_gflops` is where hosts differ most for training: one square bf16
-and fp32 product on torch's threads, the best of a few.
+AVX-512 or AVX2, and `own_kernels_build` says which build of ours the CPU runs).
+`matmul_gflops` is where hosts differ most for training: one square bf16 and fp32 product on
+torch's threads, the best of a few.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def describe() -> dict:
     flags = set(cpuinfo.split())
     return {"cpu": name, "cpu_features": [f for f in FEATURES if f in flags],
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "own_kernels_build": instruction_set() or None, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+            "own_kernels_build": instruction_set() or None, "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 5) -> dict:

@@ -91,9 +91,9 @@ def test_a_compare_view_computes_what_the_rows_path_computes(tuned):
 def test_a_compiled_compare_view_computes_as_the_eager_one(tiny_model_dir, int8, own):
     """Eager, a Compare view computes what the rows path computes, on float weights too (a
     GPU's, or a CPU's with FINETUNE_LAB_DECODE=eager); compiled (its in-graph update), the eager
-    view's logits to rounding, and the base row the base's where the weights are float. On our own kernels one op
-    call adds each layer's adapter (s B in fp32, not torch's int8 kernel): the rows path's
-    logits to rounding, the base row exactly."""
+    view's logits to rounding, and the base row the base's where the weights are float. On our
+    own kernels one op call adds each layer's adapter (s B in fp32, not torch's int8 kernel):
+    the rows path's logits to rounding, the base row exactly."""
     if own and own_kernels.unavailable():
         pytest.skip(f"our own kernels do not serve here: {own_kernels.unavailable()}")
     view, model = tiny_tuned(tiny_model_dir, int8, own)

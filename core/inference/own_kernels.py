@@ -44,12 +44,12 @@ from core.paths import models_dir
 from core.settings import settings
 
 KERNELS = Path(__file__).parent / "kernels"
-# Each build's files to compile and flags: the same ops on each instruction set, both including
-# kernels/w8a8_ops.h.
+SHARED_HEADER = KERNELS / "w8a8_ops.h"  # what the two builds of the int8 ops share
+# Each build's files to compile and flags: the same ops on each instruction set.
 BUILDS = {"avx512-vnni": (["w8a8_vnni.cpp", "decode_attention.cpp"], []),
           "avx2": (["w8a8_avx2.cpp", "decode_attention.cpp"], ["-DFINETUNE_LAB_AVX2"])}
 # Every kernel file: a kept compiled step is named by them too (core.inference.compiled_store).
-SOURCES = [KERNELS / name for name in ("w8a8_ops.h", "w8a8_vnni.cpp", "w8a8_avx2.cpp", "decode_attention.cpp")]
+SOURCES = [SHARED_HEADER, *(KERNELS / name for name in ("w8a8_vnni.cpp", "w8a8_avx2.cpp", "decode_attention.cpp"))]
 BLOCK = 32  # activation values per scale: the op takes rows whose width is a multiple of it
 TILE = 16  # weight rows per packed tile: the 16 outputs each weight load serves
 BUILD_SECONDS = 300
@@ -65,7 +65,7 @@ def instruction_set() -> str:
 
 def library_file(build: str) -> Path:
     """Where a build of the ops is kept: named by its sources, torch's version and the machine."""
-    files = [KERNELS / "w8a8_ops.h", *(KERNELS / name for name in BUILDS[build][0])]
+    files = [SHARED_HEADER, *(KERNELS / name for name in BUILDS[build][0])]
     key = hashlib.sha256(b"".join(path.read_bytes() for path in files)
                          + f"{build} {torch.__version__} {platform.machine()} {compile_flags(build)}".encode())
     return models_dir() / "kernels" / f"own-{build}-{key.hexdigest()[:20]}.so"

@@ -88,11 +88,7 @@ void quantize_row(const at::BFloat16* x, int64_t K, int64_t m, QuantizedRows& q)
       }
     alignas(32) float each[64], inverse[64];  // value v of a chunk is in lane v / 4
     for (int eighth = 0; eighth < 8; ++eighth) _mm256_store_ps(each + eighth * 8, largest[eighth]);
-    for (int lane = 0; lane < kLanes; ++lane) {
-      float amax = std::max(std::max(each[4 * lane], each[4 * lane + 1]), std::max(each[4 * lane + 2], each[4 * lane + 3]));
-      q.scale[q.block(m, g, lane)] = amax / 127.f / float(kLowSteps);
-      for (int i = 0; i < 4; ++i) inverse[4 * lane + i] = amax > 0.f ? 127.f / amax : 0.f;
-    }
+    block_scales(each, m, g, q, inverse);
     for (int64_t c = c0; c < c1; ++c)
       for (int eighth = 0; eighth < 8; ++eighth) {
         int64_t k = c * kChunk + eighth * 8;

@@ -22,7 +22,7 @@
 // exact integer sum(w * xq) of each block, converted to float and scaled, added group by group;
 // then the 16 lanes added pairwise (as _mm512_reduce_add_ps adds a register). So a row's answer
 // does not depend on the batch it is in, nor on how its outputs were tiled, nor on which of the
-// two kernels computed it: they agree to the bit (tests/test_own_kernels.py).
+// two kernels computed it: they agree to the bit (tests/test_kernel_builds.py).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -30,6 +30,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -59,6 +60,17 @@ struct QuantizedRows {
   const int16_t* whole_row(int64_t m) const { return whole.data() + m * chunks * kChunk; }
   int64_t block(int64_t m, int64_t g, int64_t lane) const { return (m * groups + g) * kLanes + lane; }
 };
+
+// Row m's block scales for group g, from each of a chunk's 64 values' largest magnitude over
+// the group (`each`; value v is in lane v / 4): per lane, its scale (of a low byte's step) into
+// q, and into `inverse` the factor that takes the lane's values to steps of its high byte.
+inline void block_scales(const float each[64], int64_t m, int64_t g, QuantizedRows& q, float inverse[64]) {
+  for (int lane = 0; lane < kLanes; ++lane) {
+    float amax = std::max(std::max(each[4 * lane], each[4 * lane + 1]), std::max(each[4 * lane + 2], each[4 * lane + 3]));
+    q.scale[q.block(m, g, lane)] = amax / 127.f / float(kLowSteps);
+    for (int i = 0; i < 4; ++i) inverse[4 * lane + i] = amax > 0.f ? 127.f / amax : 0.f;
+  }
+}
 
 // Each instruction set's own, defined by the file that includes this one:
 // the rows (M, K) quantized; rows [m_begin, m_end) times the packed tiles [t0, t1) into

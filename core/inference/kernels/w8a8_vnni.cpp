@@ -70,11 +70,7 @@ void quantize_row(const at::BFloat16* x, int64_t K, int64_t m, QuantizedRows& q)
       }
     alignas(64) float each[64], inverse[64];  // value v of a chunk is in lane v / 4
     for (int quarter = 0; quarter < 4; ++quarter) _mm512_store_ps(each + quarter * 16, largest[quarter]);
-    for (int lane = 0; lane < kLanes; ++lane) {
-      float amax = std::max(std::max(each[4 * lane], each[4 * lane + 1]), std::max(each[4 * lane + 2], each[4 * lane + 3]));
-      q.scale[q.block(m, g, lane)] = amax / 127.f / float(kLowSteps);
-      for (int i = 0; i < 4; ++i) inverse[4 * lane + i] = amax > 0.f ? 127.f / amax : 0.f;
-    }
+    block_scales(each, m, g, q, inverse);
     __m512i high_sums = _mm512_setzero_si512(), low_sums = _mm512_setzero_si512();
     for (int64_t c = c0; c < c1; ++c) {
       for (int quarter = 0; quarter < 4; ++quarter) {
