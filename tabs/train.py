@@ -62,7 +62,7 @@ def build(demo: gr.Blocks, adapter_picker: gr.Dropdown) -> None:
     train_effect.build(run)
     runs = _runs_section()
     setters = train_votes.build(data["dataset"], fields["objective"]) + train_data.wire(data, form, uploads)
-    _wire_method(method, form, fields, setters + [method["picked"]])
+    _wire_method(demo, method, form, fields, setters + [method["picked"]])
     _wire_live(live, form, run, last_state, uploads, adapter_picker)
     _wire_runs(runs, run)
     gr.on([live["start"].click, live["stop"].click, live["resume"].click], runs_table, None, runs["table"],
@@ -86,12 +86,12 @@ def _method_step(cfg: TrainConfig) -> tuple[dict, dict]:
         explanation = gr.Markdown(_explain(cfg.objective, cfg.adapter))
         with gr.Accordion("Advanced", open=False), gr.Row():
             fields.update(train_form.build_fields([n for n in train_form.NAMES if n not in train_form.MAIN], cfg))
-        with gr.Accordion("Equivalent CLI command and YAML", open=False) as cli_section:
+        with gr.Accordion("Equivalent CLI command and YAML", open=False):
             cli = [gr.Textbox(label="CLI", interactive=False),
                    gr.Code(language="yaml", label="YAML config", interactive=False),
                    gr.File(label="Download YAML", interactive=False)]
     fields["model"] = model
-    return fields, dict(recipe=recipe, explanation=explanation, cli=cli, cli_section=cli_section, picked=picked)
+    return fields, dict(recipe=recipe, explanation=explanation, cli=cli, picked=picked)
 
 
 def _run_step() -> dict:
@@ -128,7 +128,7 @@ def _runs_section() -> dict:
                 message=message, evaluate=evaluate_btn, trackio=trackio_btn)
 
 
-def _wire_method(method: dict, form: dict, fields: dict, setters: list) -> None:
+def _wire_method(demo: gr.Blocks, method: dict, form: dict, fields: dict, setters: list) -> None:
     """Wire the recipe, the explanation and the CLI/YAML preview. `setters` are the other
     events that write form fields (Hub picks, uploads, column maps, votes)."""
     @shows_errors(toast=True)
@@ -144,12 +144,16 @@ def _wire_method(method: dict, form: dict, fields: dict, setters: list) -> None:
     # snapshot of a half-updated form, answered in any order. `.input` fires on the user's own
     # edits, and `.then` reads the form after a setter's outputs are applied. One pool of one runs
     # them in the order they were sent, so an older snapshot's answer never lands last.
+    # The preview's first answer comes with the page, not when its section opens: a snapshot
+    # sent on opening could be taken before a recipe's fields were applied, and on a busy
+    # machine that answer showed last although the server ran it first (the section's widgets
+    # mount as it opens).
     serial = dict(concurrency_id="train-form", concurrency_limit=1, show_progress="hidden")
     explain = dict(fn=_explain, inputs=[fields["objective"], fields["adapter"]], outputs=method["explanation"],
                    **serial)
     preview = dict(fn=on_change, inputs=set(form.values()), outputs=method["cli"], **serial)
     for event, triggers in ((explain, [fields["objective"].input, fields["adapter"].input]),
-                            (preview, [widget.input for widget in form.values()] + [method["cli_section"].expand])):
+                            (preview, [widget.input for widget in form.values()] + [demo.load])):
         gr.on(triggers, trigger_mode="always_last", api_name=False, **event)
         for setter in setters:
             setter.then(api_name=False, **event)

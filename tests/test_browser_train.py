@@ -126,14 +126,14 @@ def test_yaml_download_is_served_with_the_data_dir_outside_temp(app_server, data
         page.get_by_label("Recipe (loads its settings)").fill("tiny")
         pick(page.get_by_role("option", name="tiny"))
         page.get_by_text("Equivalent CLI command and YAML").click()
-        # The file is named by its text (tabs/train.py cli_preview). Waiting for the recipe's
-        # text was not enough: once, on a busy machine, the first link still served the
-        # default config's file a second after. So wait for the recipe's own link.
+        # The file is named by its text (tabs/train.py cli_preview): wait for the recipe's own
+        # link, then check it stays (a stale answer once replaced it under load).
         want = load_config("tiny").to_yaml()
         name = f"train-config-{hashlib.sha1(want.encode()).hexdigest()[:10]}.yaml"
         link = page.locator(f"a[data-testid='download-link'][href*='{name}']").first
         link.wait_for(timeout=60_000)
-        body = page.request.get(link.get_attribute("href")).text()
+        page.wait_for_timeout(2_000)
+        body = page.request.get(link.get_attribute("href", timeout=5_000)).text()
         assert body == want, body  # the whole recipe, nothing of the defaults
         shoot(page, "train-yaml-download.png", full_page=True)
 
