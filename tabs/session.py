@@ -10,10 +10,13 @@ only those (core.access.check_data_source).
 Downloads (the YAML config, topic exports) go to Gradio's own temp folder, which Gradio serves
 from wherever the data dir is (~/.finetune-lab and /data are outside what it serves), each in a
 random folder (a URL names no session: whoever saw a session id could act as that session), and
-are removed after an hour. Visitors' downloads share VISITOR_DOWNLOAD_BYTES.
+are removed after an hour. A file named by its own text (the YAML config) gets one folder per
+name instead, so every page load's default config is one file, not one each. Visitors'
+downloads share VISITOR_DOWNLOAD_BYTES.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import time
 import uuid
@@ -72,8 +75,9 @@ def remember_upload(path: str | None, uploads: list | None) -> list:
     return [*(uploads or []), path] if path else list(uploads or [])
 
 
-def download_path(request, name: str) -> Path:
-    """A fresh path for a file this session downloads, in a random folder Gradio serves."""
+def download_path(request, name: str, named_by_content: bool = False) -> Path:
+    """A path for a file this session downloads, in a folder Gradio serves: a random one, or
+    one per name for a file whose name is a hash of its content (the same file every time)."""
     from gradio.utils import get_upload_folder  # the folder Gradio serves the app's own files from
 
     root = Path(get_upload_folder()) / "finetune-lab" / ("owner" if is_trusted(request) else "visitors")
@@ -82,9 +86,11 @@ def download_path(request, name: str) -> Path:
         used = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
         if used > VISITOR_DOWNLOAD_BYTES:
             raise AccessDenied("Visitors' downloads are full for now: try again within the hour, or log in.")
-    folder = root / uuid.uuid4().hex
+    name = check_name(name, "file name")
+    folder = root / (f"content-{name}" if named_by_content else uuid.uuid4().hex)
     folder.mkdir(parents=True, exist_ok=True)
-    return folder / check_name(name, "file name")
+    os.utime(folder)  # a folder in use is kept an hour more (remove_older_than reads its time)
+    return folder / name
 
 
 def remove_older_than(root: Path, seconds: float) -> None:

@@ -41,7 +41,7 @@ def cli_preview(values: dict, request=None):
         cfg = train_form.values_to_config(values)
         text = cfg.to_yaml()
         name = f"train-config-{hashlib.sha1(text.encode()).hexdigest()[:10]}.yaml"
-        path = download_path(request, name)
+        path = download_path(request, name, named_by_content=True)
     except LabError as exc:
         return f"# {exc}", "", None
     path.write_text(text)

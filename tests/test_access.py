@@ -3,6 +3,7 @@ The served public app is attacked in tests/test_public.py."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -54,6 +55,23 @@ def test_download_urls_name_no_session(monkeypatch):
     monkeypatch.setenv("FINETUNE_LAB_PUBLIC", "1")
     path = session.download_path(Request("sessionhash123"), "train-config.yaml")
     assert "sessionhash123" not in str(path) and path.parent.parent.name == "visitors"
+    assert session.download_path(Request("sessionhash123"), "train-config.yaml").parent != path.parent
+
+
+def test_every_page_loads_default_yaml_is_one_file(monkeypatch):
+    """The Train form's YAML preview answers each page load: its file is named by its text, so
+    two visitors' default configs are one file, not a folder each; the owner's are apart."""
+    from tabs import session, train, train_form
+    from training.config import TrainConfig
+
+    monkeypatch.setenv("FINETUNE_LAB_PUBLIC", "1")
+    defaults = train_form.config_to_values(TrainConfig())
+    files = {train.cli_preview(defaults, Request(visitor))[2] for visitor in ("visitor-a", "visitor-b")}
+    [shown] = files
+    assert Path(shown).parent.parent.name == "visitors" and Path(shown).read_text() == TrainConfig().to_yaml()
+    folders = len(list(Path(shown).parent.parent.iterdir()))
+    other = train.cli_preview({**defaults, "max_steps": 7 + os.getpid()}, Request("visitor-a"))[2]  # a new text
+    assert other != shown and len(list(Path(shown).parent.parent.iterdir())) == folders + 1
 
 
 def test_public_app_reads_no_server_paths(monkeypatch, tmp_path, data_home):
