@@ -60,7 +60,7 @@ def test_download_urls_name_no_session(monkeypatch):
 
 def test_every_page_loads_default_yaml_is_one_file(monkeypatch):
     """The Train form's YAML preview answers each page load: its file is named by its text, so
-    two visitors' default configs are one file, not a folder each; the owner's are apart."""
+    two visitors' default configs are one file, not a folder each, and a new text adds one."""
     from tabs import session, train, train_form
     from training.config import TrainConfig
 
